@@ -1,0 +1,160 @@
+//! The gRPC surface: `signer.v1.Signer` served with tonic.
+//!
+//! This is the only place where errors become `tonic::Status`, so every status code has one
+//! meaning: INVALID_ARGUMENT for bad input, NOT_FOUND for an unknown key, PERMISSION_DENIED
+//! (with the rule) for a policy denial, ABORTED for a reused `request_id`, UNAUTHENTICATED
+//! without a mapped identity, UNAVAILABLE when a backend, the state store or the audit log
+//! cannot serve. Handlers hold no logic of their own beyond authentication.
+
+use std::sync::Arc;
+
+use signerd_proto::v1::{self, signer_server};
+use tonic::{Request, Response, Status};
+
+use crate::keys::KeyInfo;
+use crate::service::{Caller, ServiceError, Signer};
+use crate::tls::ConnInfo;
+
+/// The tonic implementation of `signer.v1.Signer`.
+#[derive(Debug, Clone)]
+pub struct SignerApi {
+    signer: Arc<Signer>,
+}
+
+impl SignerApi {
+    /// Wraps the signing service.
+    pub fn new(signer: Arc<Signer>) -> SignerApi {
+        SignerApi { signer }
+    }
+
+    /// The caller's identity, or UNAUTHENTICATED (recorded as `auth.failure`).
+    fn caller<T>(&self, req: &Request<T>) -> Result<Caller, Status> {
+        let info = req.extensions().get::<ConnInfo>();
+        let peer = info.map(|i| i.peer);
+        let Some(cert) = info.and_then(|i| i.cert.as_ref()) else {
+            self.signer
+                .record_auth_failure(peer, None, "no client certificate");
+            return Err(Status::unauthenticated("a client certificate is required"));
+        };
+        match &cert.identity {
+            Ok(identity) => Ok(Caller {
+                identity: identity.clone(),
+                cert_sha256: cert.sha256.clone(),
+                peer,
+            }),
+            Err(reason) => {
+                self.signer
+                    .record_auth_failure(peer, Some(&cert.sha256), reason);
+                Err(Status::unauthenticated(reason.clone()))
+            }
+        }
+    }
+}
+
+/// Maps a pipeline error to its status code.
+pub fn status(e: ServiceError) -> Status {
+    match e {
+        ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
+        ServiceError::NotFound(m) => Status::not_found(m),
+        ServiceError::PermissionDenied { rule, reason } => match rule {
+            Some(rule) => Status::permission_denied(format!("{reason} (rule: {rule})")),
+            None => Status::permission_denied(reason),
+        },
+        ServiceError::Aborted(m) => Status::aborted(m),
+        ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
+        ServiceError::Unavailable(m) => Status::unavailable(m),
+    }
+}
+
+fn key_proto(k: KeyInfo) -> v1::Key {
+    let evm_address = match k.algorithm {
+        crate::keys::Algorithm::Secp256k1 => crate::chain::evm::address_of(&k.public_key)
+            .map(|a| a.to_checksum(None))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    let algorithm = match k.algorithm {
+        crate::keys::Algorithm::Secp256k1 => v1::Algorithm::Secp256k1,
+        crate::keys::Algorithm::Ed25519 => v1::Algorithm::Ed25519,
+        crate::keys::Algorithm::P256 => v1::Algorithm::P256,
+    };
+    v1::Key {
+        id: k.id,
+        algorithm: algorithm.into(),
+        backend: k.backend.to_owned(),
+        public_key: k.public_key,
+        evm_address,
+    }
+}
+
+#[tonic::async_trait]
+impl signer_server::Signer for SignerApi {
+    async fn list_keys(
+        &self,
+        req: Request<v1::ListKeysRequest>,
+    ) -> Result<Response<v1::ListKeysResponse>, Status> {
+        self.caller(&req)?;
+        let keys = self.signer.keys().keys().into_iter().map(key_proto).collect();
+        Ok(Response::new(v1::ListKeysResponse { keys }))
+    }
+
+    async fn get_key(&self, req: Request<v1::GetKeyRequest>) -> Result<Response<v1::Key>, Status> {
+        self.caller(&req)?;
+        let id = &req.get_ref().key_id;
+        if id.is_empty() {
+            return Err(Status::invalid_argument("key_id: required"));
+        }
+        match self.signer.keys().key(id) {
+            Some(k) => Ok(Response::new(key_proto(k))),
+            None => Err(Status::not_found(format!("key `{id}` not found"))),
+        }
+    }
+
+    async fn sign_evm_transaction(
+        &self,
+        req: Request<v1::SignEvmTransactionRequest>,
+    ) -> Result<Response<v1::SignEvmTransactionResponse>, Status> {
+        let caller = self.caller(&req)?;
+        self.signer
+            .sign_transaction(caller, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn sign_evm_message(
+        &self,
+        req: Request<v1::SignEvmMessageRequest>,
+    ) -> Result<Response<v1::SignEvmMessageResponse>, Status> {
+        let caller = self.caller(&req)?;
+        self.signer
+            .sign_message(caller, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn sign_typed_data(
+        &self,
+        req: Request<v1::SignTypedDataRequest>,
+    ) -> Result<Response<v1::SignTypedDataResponse>, Status> {
+        let caller = self.caller(&req)?;
+        self.signer
+            .sign_typed_data(caller, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn sign_digest(
+        &self,
+        req: Request<v1::SignDigestRequest>,
+    ) -> Result<Response<v1::SignDigestResponse>, Status> {
+        let caller = self.caller(&req)?;
+        self.signer
+            .sign_digest(caller, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+}

@@ -1,0 +1,460 @@
+//! `signerctl`: the command-line client of signerd for services, operators and auditors.
+//!
+//! Remote commands (`keys list`, `sign ...`) talk to a running daemon over mTLS. Keystore
+//! commands (`keys generate`, `keys import`) work on the local keystore named by a
+//! configuration file and never send key material anywhere.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
+use signerd::client::{ClientSettings, connect};
+use signerd::keys::{Algorithm, KeyInfo};
+use signerd_proto::v1;
+
+#[derive(Parser)]
+#[command(name = "signerctl", version, about = "Client for the signerd signing daemon")]
+struct Cli {
+    #[command(flatten)]
+    conn: Conn,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Conn {
+    /// signerd's address (default: from --dev, else https://127.0.0.1:50051).
+    #[arg(long, global = true)]
+    endpoint: Option<String>,
+    /// CA certificate that issued the server's certificate (PEM).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (PEM).
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// Client private key (PEM).
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    /// A `signerd dev` directory: use its CA, its address and the certificate named by --as.
+    #[arg(long, global = true)]
+    dev: Option<PathBuf>,
+    /// With --dev: the client to act as (app, alice, bob, carol, admin).
+    #[arg(long = "as", global = true, default_value = "app")]
+    as_: String,
+    /// Name to verify in the server certificate, if not the endpoint's host.
+    #[arg(long, global = true)]
+    server_name: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Keys: list them on a daemon, or generate and import them in a local keystore.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Ask signerd to sign.
+    #[command(subcommand)]
+    Sign(SignCmd),
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// List the daemon's keys.
+    List,
+    /// Generate a key in the local software keystore of a configuration.
+    Generate {
+        /// signerd configuration whose `[keys.soft]` keystore receives the key.
+        #[arg(long)]
+        config: PathBuf,
+        /// The new key's id.
+        #[arg(long)]
+        id: String,
+        /// secp256k1 or ed25519.
+        #[arg(long)]
+        algorithm: Algorithm,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TxType {
+    Legacy,
+    Eip2930,
+    Eip1559,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Key id.
+    #[arg(long = "key")]
+    key_id: String,
+    /// Idempotency key; a random one is chosen (and printed) when absent.
+    #[arg(long)]
+    request_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum SignCmd {
+    /// Sign an EVM transaction (EIP-1559 unless --type says otherwise).
+    EvmTx {
+        #[command(flatten)]
+        common: Common,
+        /// Transaction type.
+        #[arg(long = "type", value_enum, default_value_t = TxType::Eip1559)]
+        tx_type: TxType,
+        /// Chain id.
+        #[arg(long)]
+        chain_id: u64,
+        /// Nonce.
+        #[arg(long)]
+        nonce: u64,
+        /// Gas limit.
+        #[arg(long, default_value_t = 21000)]
+        gas_limit: u64,
+        /// Gas price in wei (legacy, EIP-2930).
+        #[arg(long, default_value = "")]
+        gas_price: String,
+        /// Max fee per gas in wei (EIP-1559).
+        #[arg(long, default_value = "")]
+        max_fee_per_gas: String,
+        /// Max priority fee per gas in wei (EIP-1559).
+        #[arg(long, default_value = "")]
+        max_priority_fee_per_gas: String,
+        /// Destination address; omit for contract creation.
+        #[arg(long, default_value = "")]
+        to: String,
+        /// Value in wei (decimal or 0x hex).
+        #[arg(long, default_value = "")]
+        value: String,
+        /// Calldata, 0x hex.
+        #[arg(long, default_value = "")]
+        data: String,
+    },
+    /// Sign an EIP-191 personal message.
+    Message {
+        #[command(flatten)]
+        common: Common,
+        /// The message as text.
+        #[arg(long, conflicts_with = "hex")]
+        text: Option<String>,
+        /// The message as 0x hex bytes.
+        #[arg(long)]
+        hex: Option<String>,
+    },
+    /// Sign EIP-712 typed data (eth_signTypedData_v4 JSON) from a file, or - for stdin.
+    TypedData {
+        #[command(flatten)]
+        common: Common,
+        /// JSON file.
+        #[arg(long)]
+        file: PathBuf,
+    },
+    /// Sign a raw 32-byte digest (blind signing; the policy must allow `raw_digest`).
+    Digest {
+        #[command(flatten)]
+        common: Common,
+        /// 0x-prefixed 32-byte hex.
+        #[arg(long)]
+        digest: String,
+    },
+}
+
+fn hex0x(b: &[u8]) -> String {
+    format!("0x{}", hex::encode(b))
+}
+
+fn parse_hex(what: &str, s: &str) -> anyhow::Result<Vec<u8>> {
+    let body = s.strip_prefix("0x").unwrap_or(s);
+    hex::decode(body).with_context(|| format!("{what}: not hex"))
+}
+
+fn settings(c: &Conn) -> anyhow::Result<ClientSettings> {
+    if let Some(dir) = &c.dev {
+        let endpoint = match &c.endpoint {
+            Some(e) => e.clone(),
+            None => {
+                let mut addr = signerd::dev::listen_of(dir)?;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+                }
+                format!("https://{addr}")
+            }
+        };
+        let mut s = ClientSettings::dev(dir, &c.as_, endpoint);
+        s.server_name = c.server_name.clone();
+        return Ok(s);
+    }
+    let (Some(ca), Some(cert), Some(key)) = (&c.ca, &c.cert, &c.key) else {
+        bail!("give --ca, --cert and --key (or --dev DIR --as NAME)");
+    };
+    Ok(ClientSettings {
+        endpoint: c
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "https://127.0.0.1:50051".into()),
+        ca: ca.clone(),
+        identity: Some((cert.clone(), key.clone())),
+        server_name: c.server_name.clone(),
+    })
+}
+
+fn request_id(given: &Option<String>) -> String {
+    given.clone().unwrap_or_else(|| {
+        let mut b = [0u8; 12];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+        format!("cli-{}", hex::encode(b))
+    })
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", s.code(), s.message())
+}
+
+fn key_json(k: &v1::Key) -> serde_json::Value {
+    json!({
+        "id": k.id,
+        "algorithm": v1::Algorithm::try_from(k.algorithm).map(|a| a.as_str_name()).unwrap_or("UNKNOWN"),
+        "backend": k.backend,
+        "public_key": hex0x(&k.public_key),
+        "evm_address": k.evm_address,
+    })
+}
+
+fn sig_json(s: &Option<v1::Signature>) -> serde_json::Value {
+    match s {
+        Some(s) => json!({"r": hex0x(&s.r), "s": hex0x(&s.s), "y_parity": s.y_parity, "v": s.v, "bytes": hex0x(&s.bytes)}),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn receipt_json(r: &Option<v1::AuditReceipt>) -> serde_json::Value {
+    match r {
+        Some(r) => json!({"seq": r.seq, "leaf_hash": hex0x(&r.leaf_hash)}),
+        None => serde_json::Value::Null,
+    }
+}
+
+/// Prints a flat JSON object as aligned `key: value` lines, or as JSON.
+fn emit(json_out: bool, v: serde_json::Value) {
+    if json_out {
+        println!("{v:#}");
+        return;
+    }
+    if let serde_json::Value::Object(map) = v {
+        for (k, v) in map {
+            match v {
+                serde_json::Value::String(s) => println!("{k:>17}: {s}"),
+                serde_json::Value::Object(inner) => {
+                    let parts: Vec<String> = inner
+                        .iter()
+                        .map(|(ik, iv)| match iv {
+                            serde_json::Value::String(s) => format!("{ik}={s}"),
+                            other => format!("{ik}={other}"),
+                        })
+                        .collect();
+                    println!("{k:>17}: {}", parts.join(" "));
+                }
+                other => println!("{k:>17}: {other}"),
+            }
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn local_keystore(config: &Path) -> anyhow::Result<(PathBuf, secrecy::SecretString)> {
+    let config = signerd::config::Config::load(config)?;
+    let soft = config
+        .keys
+        .soft
+        .context("the configuration has no [keys.soft] keystore")?;
+    let passphrase = soft.passphrase().map_err(anyhow::Error::msg)?;
+    Ok((soft.dir, passphrase))
+}
+
+fn print_local_key(json_out: bool, k: &KeyInfo) {
+    let address = match k.algorithm {
+        Algorithm::Secp256k1 => signerd::chain::evm::address_of(&k.public_key)
+            .map(|a| a.to_checksum(None))
+            .unwrap_or_default(),
+        _ => String::new(),
+    };
+    emit(
+        json_out,
+        json!({"id": k.id, "algorithm": k.algorithm.as_str(), "backend": k.backend,
+               "public_key": hex0x(&k.public_key), "evm_address": address}),
+    );
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let json_out = cli.json;
+    match cli.command {
+        Command::Keys(KeysCmd::Generate { config, id, algorithm }) => {
+            let (dir, passphrase) = local_keystore(&config)?;
+            let k = signerd::keys::soft::generate(&dir, &id, algorithm, &passphrase)?;
+            print_local_key(json_out, &k);
+            if !json_out {
+                println!("restart signerd to serve the new key");
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCmd::List) => {
+            let mut client = connect(&settings(&cli.conn)?).await?;
+            let keys = client
+                .list_keys(v1::ListKeysRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .keys;
+            if json_out {
+                let list: Vec<_> = keys.iter().map(key_json).collect();
+                println!("{:#}", serde_json::Value::Array(list));
+            } else {
+                for k in &keys {
+                    let alg = v1::Algorithm::try_from(k.algorithm)
+                        .map(|a| a.as_str_name().trim_start_matches("ALGORITHM_").to_lowercase())
+                        .unwrap_or_default();
+                    println!("{:<24} {:<10} {:<7} {}", k.id, alg, k.backend, k.evm_address);
+                }
+            }
+            Ok(())
+        }
+        Command::Sign(cmd) => sign(&cli.conn, json_out, cmd).await,
+    }
+}
+
+async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
+    let mut client = connect(&settings(conn)?).await?;
+    match cmd {
+        SignCmd::EvmTx {
+            common,
+            tx_type,
+            chain_id,
+            nonce,
+            gas_limit,
+            gas_price,
+            max_fee_per_gas,
+            max_priority_fee_per_gas,
+            to,
+            value,
+            data,
+        } => {
+            let request_id = request_id(&common.request_id);
+            let r#type = match tx_type {
+                TxType::Legacy => v1::EvmTransactionType::Legacy,
+                TxType::Eip2930 => v1::EvmTransactionType::Eip2930,
+                TxType::Eip1559 => v1::EvmTransactionType::Eip1559,
+            };
+            let resp = client
+                .sign_evm_transaction(v1::SignEvmTransactionRequest {
+                    request_id: request_id.clone(),
+                    key_id: common.key_id,
+                    r#type: r#type.into(),
+                    chain_id,
+                    nonce,
+                    gas_limit,
+                    gas_price,
+                    max_fee_per_gas,
+                    max_priority_fee_per_gas,
+                    to,
+                    value,
+                    data: if data.is_empty() { Vec::new() } else { parse_hex("--data", &data)? },
+                    access_list: Vec::new(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            emit(
+                json_out,
+                json!({
+                    "request_id": request_id,
+                    "raw_transaction": hex0x(&resp.raw_transaction),
+                    "transaction_hash": hex0x(&resp.transaction_hash),
+                    "signing_hash": hex0x(&resp.signing_hash),
+                    "signature": sig_json(&resp.signature),
+                    "audit_receipt": receipt_json(&resp.receipt),
+                }),
+            );
+        }
+        SignCmd::Message { common, text, hex } => {
+            let message = match (text, hex) {
+                (Some(t), None) => t.into_bytes(),
+                (None, Some(h)) => parse_hex("--hex", &h)?,
+                _ => bail!("give --text or --hex"),
+            };
+            let request_id = request_id(&common.request_id);
+            let resp = client
+                .sign_evm_message(v1::SignEvmMessageRequest {
+                    request_id: request_id.clone(),
+                    key_id: common.key_id,
+                    message,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            emit(
+                json_out,
+                json!({"request_id": request_id, "signing_hash": hex0x(&resp.signing_hash),
+                       "signature": sig_json(&resp.signature), "audit_receipt": receipt_json(&resp.receipt)}),
+            );
+        }
+        SignCmd::TypedData { common, file } => {
+            let typed_data_json = if file.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("reading stdin")?
+            } else {
+                std::fs::read_to_string(&file).with_context(|| file.display().to_string())?
+            };
+            let request_id = request_id(&common.request_id);
+            let resp = client
+                .sign_typed_data(v1::SignTypedDataRequest {
+                    request_id: request_id.clone(),
+                    key_id: common.key_id,
+                    typed_data_json,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            emit(
+                json_out,
+                json!({"request_id": request_id, "signing_hash": hex0x(&resp.signing_hash),
+                       "signature": sig_json(&resp.signature), "audit_receipt": receipt_json(&resp.receipt)}),
+            );
+        }
+        SignCmd::Digest { common, digest } => {
+            let request_id = request_id(&common.request_id);
+            let resp = client
+                .sign_digest(v1::SignDigestRequest {
+                    request_id: request_id.clone(),
+                    key_id: common.key_id,
+                    digest: parse_hex("--digest", &digest)?,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            emit(
+                json_out,
+                json!({"request_id": request_id, "signature": sig_json(&resp.signature),
+                       "audit_receipt": receipt_json(&resp.receipt)}),
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! `signerd`: the signing daemon.
+//!
+//! `signerd dev` runs on embedded development defaults; `signerd run --config FILE` runs a
+//! production configuration; `signerd check-config --config FILE` validates one.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use signerd::config::Config;
+use signerd::server::{Daemon, shutdown_signal};
+
+#[derive(Parser)]
+#[command(name = "signerd", version, about = "Self-hosted custody and signing daemon")]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` also works.
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run with development defaults, creating DIR on first run (CA, certificates, keys, policy).
+    Dev {
+        /// The development directory.
+        #[arg(long, default_value = ".signerd-dev")]
+        dir: PathBuf,
+        /// Listen address (default 127.0.0.1:50051, or what DIR's configuration says).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+    },
+    /// Run a production configuration.
+    Run {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Validate a configuration: the file, the policy, the TLS material and the keystore.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Dev { dir, listen } => dev(dir, listen).await,
+            Command::Run { config } => run(config).await,
+            Command::CheckConfig { config } => check(config),
+        }
+    })
+}
+
+async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let daemon = Daemon::open(config).await?;
+    println!("signerd listening on {}", daemon.local_addr()?);
+    daemon.serve(shutdown_signal()).await?;
+    println!("signerd stopped");
+    Ok(())
+}
+
+async fn dev(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let config_path = signerd::dev::prepare(&dir, listen)?;
+    let config = Config::load(&config_path)?;
+    let daemon = Daemon::open(config.clone()).await?;
+    let addr = daemon.local_addr()?;
+    let shown = dir.display();
+    println!("signerd listening on {addr}");
+    println!();
+    println!("Development mode: mTLS (TLS 1.3) with the development CA in {shown}/pki.");
+    println!("Configuration {shown}/signerd.toml, policy {shown}/policy.toml, audit log {shown}/audit/.");
+    println!("Keys: {} (secp256k1), {} (ed25519).", signerd::dev::DEV_SECP256K1, signerd::dev::DEV_ED25519);
+    println!();
+    println!("In another terminal, sign an EIP-1559 transaction as client `app`:");
+    println!();
+    let endpoint = if addr.port() == 50051 && addr.ip().is_loopback() {
+        String::new()
+    } else {
+        format!(" --endpoint https://{addr}")
+    };
+    println!(
+        "  cargo run --release --bin signerctl -- --dev {shown} --as app{endpoint} sign evm-tx \\\n    \
+         --key {} --chain-id 1 --nonce 0 --gas-limit 21000 \\\n    \
+         --max-fee-per-gas 30000000000 --max-priority-fee-per-gas 1000000000 \\\n    \
+         --to 0x3535353535353535353535353535353535353535 --value 1000000000000000",
+        signerd::dev::DEV_SECP256K1
+    );
+    println!();
+    println!("Stop with Ctrl-C.");
+    daemon.serve(shutdown_signal()).await?;
+    println!("signerd stopped");
+    Ok(())
+}
+
+fn check(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let policy = signerd::server::load_policy(&config.policy.file)?;
+    signerd::tls::server_config(&config.tls)?;
+    let keys = signerd::server::open_keys(&config)?;
+    println!(
+        "{}: OK ({} identities, policy serial {} sha256 {}, {} keys in the {} backend)",
+        path.display(),
+        config.identities.len(),
+        policy.serial(),
+        policy.hash_hex(),
+        keys.keys().len(),
+        keys.name()
+    );
+    Ok(())
+}

@@ -1,0 +1,473 @@
+//! The daemon's configuration file (`signerd.toml`): parsing, validation and path resolution.
+//!
+//! The schema is strict: an unknown field is an error with file, line and column. Relative
+//! paths are resolved against the directory of the configuration file, so a configuration
+//! means the same thing whatever the working directory. Secrets are never written here: the
+//! keystore passphrase comes from a file or an environment variable that the config names.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Largest configuration file accepted.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not valid TOML or not the schema.
+    #[error("{path}:{line}:{column}: {message}")]
+    Syntax {
+        /// The file.
+        path: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Parsed, but inconsistent or unusable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A validated configuration with absolute paths.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The gRPC listener.
+    pub server: ServerConfig,
+    /// TLS material for the listener.
+    pub tls: TlsConfig,
+    /// Mapping from client certificates to identities.
+    #[serde(default, rename = "identity")]
+    pub identities: Vec<IdentityConfig>,
+    /// Where the policy file is.
+    pub policy: PolicyConfig,
+    /// The key backend.
+    pub keys: KeysConfig,
+    /// The state store.
+    pub state: StateConfig,
+    /// The audit log.
+    pub audit: AuditConfig,
+    /// The file this configuration was read from.
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address and port to listen on.
+    pub listen: SocketAddr,
+    /// Largest request message accepted, in bytes.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Deadline for one request, in milliseconds (a shorter client deadline also applies).
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Deadline for a TLS handshake, in milliseconds.
+    #[serde(default = "default_handshake_timeout_ms")]
+    pub handshake_timeout_ms: u64,
+    /// Most client connections open at once; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most requests in flight on one connection.
+    #[serde(default = "default_max_concurrent_streams")]
+    pub max_concurrent_streams: u32,
+}
+
+fn default_max_message_bytes() -> usize {
+    1024 * 1024
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+fn default_handshake_timeout_ms() -> u64 {
+    5_000
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_concurrent_streams() -> u32 {
+    256
+}
+
+impl ServerConfig {
+    /// [`ServerConfig::request_timeout_ms`] as a duration.
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    /// [`ServerConfig::handshake_timeout_ms`] as a duration.
+    pub fn handshake_timeout(&self) -> Duration {
+        Duration::from_millis(self.handshake_timeout_ms)
+    }
+}
+
+/// `[tls]`: PEM files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain.
+    pub cert: PathBuf,
+    /// Server private key.
+    pub key: PathBuf,
+    /// CA certificates that issue client certificates.
+    pub client_ca: PathBuf,
+    /// Certificate revocation lists (PEM) checked for every client certificate.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+}
+
+/// One `[[identity]]`: which certificate is which client. Exactly one matcher must be set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The identity's id, as policy rules name it.
+    pub id: String,
+    /// Its roles (`requester`, `approver`, `admin`, ...).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Match the certificate subject's common name.
+    pub subject_cn: Option<String>,
+    /// Match a URI subject alternative name (for example a SPIFFE id).
+    pub san_uri: Option<String>,
+    /// Match the SHA-256 fingerprint of the DER certificate (hex, colons allowed).
+    pub sha256: Option<String>,
+}
+
+/// `[policy]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The policy file.
+    pub file: PathBuf,
+}
+
+/// `[keys]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysConfig {
+    /// `soft` (the only backend in this build).
+    pub backend: String,
+    /// `[keys.soft]`, required when `backend = "soft"`.
+    pub soft: Option<SoftKeysConfig>,
+}
+
+/// `[keys.soft]`: the encrypted software keystore.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SoftKeysConfig {
+    /// Keystore directory.
+    pub dir: PathBuf,
+    /// File holding the keystore passphrase (first line).
+    pub passphrase_file: Option<PathBuf>,
+    /// Environment variable holding the keystore passphrase.
+    pub passphrase_env: Option<String>,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Directory of the embedded state store.
+    pub dir: PathBuf,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Directory of the audit log segments.
+    pub dir: PathBuf,
+    /// Most records per group commit.
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+}
+
+fn default_max_batch() -> usize {
+    1024
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let shown = path.display().to_string();
+        let read_err = |source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(read_err)?;
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(ConfigError::Invalid {
+                path: shown,
+                message: format!("file is larger than {MAX_CONFIG_BYTES} bytes"),
+            });
+        }
+        let src = std::fs::read_to_string(path).map_err(read_err)?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        Config::parse(&shown, &src, &base)
+    }
+
+    /// Parses `src` (named `shown` in errors), resolving relative paths against `base`.
+    pub fn parse(shown: &str, src: &str, base: &Path) -> Result<Config, ConfigError> {
+        let mut cfg: Config = toml::from_str(src).map_err(|e| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_col(src, s.start));
+            ConfigError::Syntax {
+                path: shown.to_owned(),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        cfg.source = PathBuf::from(shown);
+        cfg.resolve(base);
+        cfg.validate()
+            .map_err(|message| ConfigError::Invalid {
+                path: shown.to_owned(),
+                message,
+            })?;
+        Ok(cfg)
+    }
+
+    fn resolve(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.tls.cert);
+        abs(&mut self.tls.key);
+        abs(&mut self.tls.client_ca);
+        self.tls.crls.iter_mut().for_each(abs);
+        abs(&mut self.policy.file);
+        if let Some(soft) = &mut self.keys.soft {
+            abs(&mut soft.dir);
+            if let Some(f) = &mut soft.passphrase_file {
+                abs(f);
+            }
+        }
+        abs(&mut self.state.dir);
+        abs(&mut self.audit.dir);
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let s = &self.server;
+        bounded("server.max_message_bytes", s.max_message_bytes as u64, 1024, 64 << 20)?;
+        bounded("server.request_timeout_ms", s.request_timeout_ms, 100, 600_000)?;
+        bounded("server.handshake_timeout_ms", s.handshake_timeout_ms, 100, 60_000)?;
+        bounded("server.max_connections", s.max_connections as u64, 1, 100_000)?;
+        bounded("server.max_concurrent_streams", u64::from(s.max_concurrent_streams), 1, 10_000)?;
+        bounded("audit.max_batch", self.audit.max_batch as u64, 1, 65_536)?;
+
+        let mut ids = std::collections::HashSet::new();
+        let mut matchers = std::collections::HashSet::new();
+        for ident in &self.identities {
+            if ident.id.is_empty() || ident.id.len() > 128 {
+                return Err("identity: `id` must be 1 to 128 characters".into());
+            }
+            if !ids.insert(ident.id.as_str()) {
+                return Err(format!("identity `{}` is defined twice", ident.id));
+            }
+            let set: Vec<String> = [
+                ident.subject_cn.as_ref().map(|v| format!("subject_cn={v}")),
+                ident.san_uri.as_ref().map(|v| format!("san_uri={v}")),
+                ident
+                    .sha256
+                    .as_ref()
+                    .map(|v| format!("sha256={}", normalize_fingerprint(v).unwrap_or_default())),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if set.len() != 1 {
+                return Err(format!(
+                    "identity `{}`: set exactly one of `subject_cn`, `san_uri`, `sha256`",
+                    ident.id
+                ));
+            }
+            if let Some(fp) = &ident.sha256
+                && normalize_fingerprint(fp).is_none()
+            {
+                return Err(format!(
+                    "identity `{}`: `sha256` must be 32 bytes of hex (colons allowed)",
+                    ident.id
+                ));
+            }
+            if !matchers.insert(set[0].clone()) {
+                return Err(format!(
+                    "identity `{}`: another identity already matches {}",
+                    ident.id, set[0]
+                ));
+            }
+        }
+        match self.keys.backend.as_str() {
+            "soft" => {
+                let soft = self
+                    .keys
+                    .soft
+                    .as_ref()
+                    .ok_or("keys.backend = \"soft\" needs a [keys.soft] table")?;
+                if soft.passphrase_file.is_some() == soft.passphrase_env.is_some() {
+                    return Err(
+                        "keys.soft: set exactly one of `passphrase_file` and `passphrase_env`".into(),
+                    );
+                }
+            }
+            other => {
+                return Err(format!(
+                    "keys.backend: unknown backend `{other}` (this build supports `soft`)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SoftKeysConfig {
+    /// Reads the keystore passphrase from the configured file or environment variable.
+    pub fn passphrase(&self) -> Result<SecretString, String> {
+        let raw = if let Some(file) = &self.passphrase_file {
+            crate::tls::check_secret_file(file)?;
+            std::fs::read_to_string(file)
+                .map_err(|e| format!("keys.soft.passphrase_file {}: {e}", file.display()))?
+        } else if let Some(var) = &self.passphrase_env {
+            std::env::var(var)
+                .map_err(|_| format!("keys.soft.passphrase_env: ${var} is not set or not UTF-8"))?
+        } else {
+            return Err("keys.soft: no passphrase source".into());
+        };
+        let mut raw = zeroize::Zeroizing::new(raw);
+        let line = raw.lines().next().unwrap_or("").to_owned();
+        raw.clear();
+        if line.is_empty() {
+            return Err("keys.soft: the keystore passphrase is empty".into());
+        }
+        Ok(SecretString::from(line))
+    }
+}
+
+fn bounded(name: &str, v: u64, min: u64, max: u64) -> Result<(), String> {
+    if (min..=max).contains(&v) {
+        Ok(())
+    } else {
+        Err(format!("{name} = {v} is outside {min}..={max}"))
+    }
+}
+
+/// Lowercase hex without separators, if `s` is 32 bytes of hex.
+pub fn normalize_fingerprint(s: &str) -> Option<String> {
+    let hex: String = s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
+fn line_col(src: &str, at: usize) -> (usize, usize) {
+    let before = src.get(..at.min(src.len())).unwrap_or(src);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:50051"
+
+[tls]
+cert = "pki/server.pem"
+key = "pki/server-key.pem"
+client_ca = "pki/ca.pem"
+
+[[identity]]
+id = "app"
+roles = ["requester"]
+subject_cn = "app"
+
+[policy]
+file = "policy.toml"
+
+[keys]
+backend = "soft"
+[keys.soft]
+dir = "keys"
+passphrase_file = "keystore.pass"
+
+[state]
+dir = "state"
+
+[audit]
+dir = "audit"
+"#;
+
+    fn parse(src: &str) -> Result<Config, ConfigError> {
+        Config::parse("signerd.toml", src, Path::new("/etc/signerd"))
+    }
+
+    #[test]
+    fn good_config_resolves_paths_and_defaults() {
+        let c = match parse(GOOD) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(c.tls.cert, PathBuf::from("/etc/signerd/pki/server.pem"));
+        assert_eq!(c.audit.dir, PathBuf::from("/etc/signerd/audit"));
+        assert_eq!(c.server.max_message_bytes, 1024 * 1024);
+        assert_eq!(c.identities[0].id, "app");
+    }
+
+    #[test]
+    fn unknown_field_is_located() {
+        let src = GOOD.replace("[audit]\n", "[audit]\nfsink = true\n");
+        let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("signerd.toml:28:1: unknown field `fsink`"), "{e}");
+    }
+
+    #[test]
+    fn inconsistent_configs_are_refused() {
+        let cases = [
+            (GOOD.replace("subject_cn = \"app\"", "subject_cn = \"app\"\nsan_uri = \"spiffe://x\""), "exactly one of"),
+            (GOOD.replace("backend = \"soft\"", "backend = \"tpm\""), "unknown backend `tpm`"),
+            (GOOD.replace("passphrase_file = \"keystore.pass\"", ""), "exactly one of `passphrase_file`"),
+            (GOOD.replace("[server]\n", "[server]\nmax_message_bytes = 10\n"), "max_message_bytes = 10 is outside"),
+            (GOOD.replace("subject_cn = \"app\"", "sha256 = \"abcd\""), "32 bytes of hex"),
+            (format!("{GOOD}\n[[identity]]\nid = \"app\"\nsubject_cn = \"x\"\n"), "defined twice"),
+            (format!("{GOOD}\n[[identity]]\nid = \"app2\"\nsubject_cn = \"app\"\n"), "already matches"),
+        ];
+        for (src, want) in cases {
+            let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn fingerprints_normalize() {
+        let fp = "AB:".repeat(31) + "AB";
+        assert_eq!(normalize_fingerprint(&fp), Some("ab".repeat(32)));
+        assert_eq!(normalize_fingerprint("zz"), None);
+    }
+}

@@ -1,0 +1,128 @@
+//! Key backends: where private keys live and how they sign.
+//!
+//! Callers see only [`KeyBackend`]: they hand over the exact bytes to sign (a 32-byte digest
+//! for ECDSA, the message for Ed25519) and get a normalized signature back. A backend never
+//! exposes private key material, and its errors never contain any.
+
+pub mod soft;
+
+use async_trait::async_trait;
+
+/// A signature algorithm a key supports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    /// ECDSA over secp256k1, as used by EVM chains.
+    Secp256k1,
+    /// EdDSA over edwards25519 (RFC 8032).
+    Ed25519,
+    /// ECDSA over NIST P-256.
+    P256,
+}
+
+impl Algorithm {
+    /// The name used in configuration, CLI flags and audit records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Secp256k1 => "secp256k1",
+            Algorithm::Ed25519 => "ed25519",
+            Algorithm::P256 => "p256",
+        }
+    }
+}
+
+impl std::fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Algorithm {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "secp256k1" => Ok(Algorithm::Secp256k1),
+            "ed25519" => Ok(Algorithm::Ed25519),
+            "p256" => Ok(Algorithm::P256),
+            other => Err(format!(
+                "unknown algorithm `{other}` (expected secp256k1, ed25519 or p256)"
+            )),
+        }
+    }
+}
+
+/// Public facts about one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// The key's id, as named in policy rules and requests.
+    pub id: String,
+    /// Its algorithm.
+    pub algorithm: Algorithm,
+    /// The backend holding it: `soft`, `pkcs11` or `vault`.
+    pub backend: &'static str,
+    /// Public key: 33-byte compressed SEC1 for ECDSA, 32 bytes for Ed25519.
+    pub public_key: Vec<u8>,
+}
+
+/// What to sign.
+#[derive(Debug, Clone, Copy)]
+pub enum Payload<'a> {
+    /// ECDSA over a digest the daemon computed (keccak256 for EVM).
+    Prehash(&'a [u8; 32]),
+    /// EdDSA over the message itself.
+    Message(&'a [u8]),
+}
+
+/// A signature as a backend returns it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawSignature {
+    /// ECDSA: `s` is always in the lower half of the order; `y_parity` is the recovery id.
+    Ecdsa {
+        /// r, big-endian.
+        r: [u8; 32],
+        /// s, big-endian, low-s normalized.
+        s: [u8; 32],
+        /// Recovery id (parity of R's y coordinate).
+        y_parity: bool,
+    },
+    /// Ed25519: R || S.
+    Ed25519([u8; 64]),
+}
+
+/// Why a backend could not sign or answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// No key with this id.
+    #[error("key `{0}` not found")]
+    NotFound(String),
+    /// The key exists but cannot sign this payload.
+    #[error("key `{id}` is {algorithm}; {what}")]
+    WrongAlgorithm {
+        /// The key.
+        id: String,
+        /// Its algorithm.
+        algorithm: Algorithm,
+        /// What was asked of it.
+        what: String,
+    },
+    /// The backend cannot serve right now (HSM, Vault, keystore).
+    #[error("key backend unavailable: {0}")]
+    Unavailable(String),
+    /// A key store or key file is invalid or cannot be used.
+    #[error("keystore: {0}")]
+    Keystore(String),
+}
+
+/// A place where private keys live.
+#[async_trait]
+pub trait KeyBackend: Send + Sync + 'static {
+    /// `soft`, `pkcs11` or `vault`.
+    fn name(&self) -> &'static str;
+    /// Every key, sorted by id.
+    fn keys(&self) -> Vec<KeyInfo>;
+    /// One key by id.
+    fn key(&self, id: &str) -> Option<KeyInfo>;
+    /// Signs `payload` with key `id`. ECDSA results are low-s normalized with their recovery id.
+    async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError>;
+}

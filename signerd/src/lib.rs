@@ -1,0 +1,22 @@
+//! signerd: a self-hosted custody and signing daemon.
+//!
+//! Backend services ask signerd over mutually authenticated gRPC to sign EVM transactions and
+//! messages. Every request is decoded into a canonical action, checked against the declarative
+//! policy, signed by a key backend and written to an append-only audit log before the answer
+//! leaves the process. Every failure on that path fails closed: nothing is signed.
+//!
+//! One folder per concern: [`api`] (the only place errors become `tonic::Status`), [`tls`],
+//! [`keys`], [`chain`], [`state`], [`audit`], [`config`]; [`service`] is the signing pipeline
+//! that ties them together.
+
+pub mod api;
+pub mod audit;
+pub mod chain;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod keys;
+pub mod server;
+pub mod service;
+pub mod state;
+pub mod tls;

@@ -1,0 +1,201 @@
+//! Start-up, serving and shutdown of the daemon.
+//!
+//! Start-up opens everything before the listener binds, in an order that fails early: policy,
+//! keys, state store, audit log, TLS. Anything missing or inconsistent stops start-up with a
+//! message that names the file. Shutdown (SIGTERM or SIGINT) stops accepting, lets in-flight
+//! requests finish, then writes `audit.stop` and syncs the log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use signerd_policy::{MAX_POLICY_BYTES, Policy};
+use signerd_proto::v1::signer_server::SignerServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::api::SignerApi;
+use crate::audit::{AuditLog, AuditOptions};
+use crate::config::Config;
+use crate::keys::KeyBackend;
+use crate::keys::soft::SoftBackend;
+use crate::service::Signer;
+use crate::tls::{self, AcceptOptions, IdentityMap};
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// A component could not be opened; the message names it.
+    #[error("{0}")]
+    Start(String),
+    /// Serving failed.
+    #[error("server: {0}")]
+    Serve(String),
+}
+
+fn start<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServerError + '_ {
+    move |e| ServerError::Start(format!("{what}: {e}"))
+}
+
+/// Reads and validates a policy file.
+pub fn load_policy(path: &std::path::Path) -> Result<Policy, ServerError> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(start(&shown))?;
+    if meta.len() > MAX_POLICY_BYTES as u64 {
+        return Err(ServerError::Start(format!(
+            "{shown}: policy is {} bytes, more than the {MAX_POLICY_BYTES} allowed",
+            meta.len()
+        )));
+    }
+    let src = std::fs::read_to_string(path).map_err(start(&shown))?;
+    Policy::parse(&shown, &src).map_err(|e| ServerError::Start(e.to_string()))
+}
+
+/// Opens the configured key backend.
+pub fn open_keys(config: &Config) -> Result<Arc<dyn KeyBackend>, ServerError> {
+    let soft = config
+        .keys
+        .soft
+        .as_ref()
+        .ok_or_else(|| ServerError::Start("keys: [keys.soft] is missing".into()))?;
+    let passphrase = soft.passphrase().map_err(ServerError::Start)?;
+    let backend = SoftBackend::open(&soft.dir, &passphrase).map_err(start("keys.soft"))?;
+    Ok(Arc::new(backend))
+}
+
+/// A daemon that has opened everything and bound its listener, ready to serve.
+pub struct Daemon {
+    config: Config,
+    signer: Arc<Signer>,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("listen", &self.local_addr().ok())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Opens every component and binds the listener.
+    pub async fn open(config: Config) -> Result<Daemon, ServerError> {
+        let policy = load_policy(&config.policy.file)?;
+        let keys = open_keys(&config)?;
+        let state = crate::state::open_sled(&config.state.dir).map_err(start("state"))?;
+        let tls = tls::server_config(&config.tls).map_err(start("tls"))?;
+        let audit = AuditLog::open(
+            &config.audit.dir,
+            AuditOptions {
+                fsync: true,
+                max_batch: config.audit.max_batch,
+            },
+        )
+        .map_err(start("audit"))?;
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(start(&format!("listen {}", config.server.listen)))?;
+        tracing::info!(
+            policy_serial = policy.serial(),
+            policy_hash = %policy.hash_hex(),
+            keys = keys.keys().len(),
+            backend = keys.name(),
+            "opened"
+        );
+        let signer = Arc::new(Signer::new(keys, policy, state, audit));
+        Ok(Daemon {
+            config,
+            signer,
+            listener,
+            tls,
+        })
+    }
+
+    /// The address the listener is bound to.
+    pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.listener
+            .local_addr()
+            .map_err(|e| ServerError::Serve(e.to_string()))
+    }
+
+    /// Serves until `shutdown` resolves, then drains and closes the audit log.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+        let server = &self.config.server;
+        let identities = Arc::new(IdentityMap::new(&self.config.identities));
+        let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
+        let conns = tls::accept_loop(
+            self.listener,
+            self.tls,
+            identities,
+            AcceptOptions {
+                handshake_timeout: server.handshake_timeout(),
+                max_connections: server.max_connections,
+            },
+            fail_tx,
+        );
+        let signer = self.signer.clone();
+        tokio::spawn(async move {
+            while let Some(f) = fail_rx.recv().await {
+                signer.record_auth_failure(Some(f.peer), None, &f.reason);
+            }
+        });
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<SignerServer<SignerApi>>().await;
+        let mut audit_health = self.signer.audit().health();
+        tokio::spawn(async move {
+            while audit_health.changed().await.is_ok() {
+                if !*audit_health.borrow() {
+                    tracing::error!("audit log failed: reporting NOT_SERVING");
+                    health.set_not_serving::<SignerServer<SignerApi>>().await;
+                    health
+                        .set_service_status("", tonic_health::ServingStatus::NotServing)
+                        .await;
+                }
+            }
+        });
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(signerd_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| ServerError::Serve(format!("reflection: {e}")))?;
+
+        let api = SignerServer::new(SignerApi::new(self.signer.clone()))
+            .max_decoding_message_size(server.max_message_bytes)
+            .max_encoding_message_size(server.max_message_bytes);
+        let result = tonic::transport::Server::builder()
+            .timeout(server.request_timeout())
+            .max_concurrent_streams(server.max_concurrent_streams)
+            .http2_max_header_list_size(16 * 1024)
+            .add_service(api)
+            .add_service(health_service)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(ReceiverStream::new(conns), shutdown)
+            .await;
+        tracing::info!("listener closed; closing the audit log");
+        let closed = self.signer.audit().shutdown().await;
+        result.map_err(|e| ServerError::Serve(e.to_string()))?;
+        closed.map_err(|e| ServerError::Serve(e.to_string()))
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = term => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

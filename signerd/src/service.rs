@@ -1,0 +1,692 @@
+//! The signing pipeline: one request from decoded input to durable, audited answer.
+//!
+//! Order matters and is the same for every method: validate and decode the request into the
+//! exact bytes to sign and an [`Action`]; take the per-request-id lock and replay a stored
+//! answer if there is one; evaluate the policy; record request and decision; sign; record the
+//! result and wait until it is fsynced; store the answer for retries; answer. Any failure on
+//! the way fails closed: no signature leaves without its durable `sign.result` record.
+//!
+//! This module never builds `tonic::Status`; [`ServiceError`] is mapped in [`crate::api`].
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+
+use prost::Message;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use signerd_policy::{Action, Decision, Identity, Kind, Policy};
+use signerd_proto::v1;
+
+use crate::audit::{AuditLog, Receipt, Record};
+use crate::chain::evm::{self, PreparedTx};
+use crate::keys::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
+use crate::state::{StateStore, StoredOutcome, StoredRequest};
+
+/// Longest accepted `request_id`.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Why a request was not signed. Each variant maps to one gRPC status code.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The request is malformed (INVALID_ARGUMENT).
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The key does not exist (NOT_FOUND).
+    #[error("{0}")]
+    NotFound(String),
+    /// The policy denied it (PERMISSION_DENIED).
+    #[error("{reason}")]
+    PermissionDenied {
+        /// The deciding rule, if any.
+        rule: Option<String>,
+        /// Human-readable reason naming the rule.
+        reason: String,
+    },
+    /// The `request_id` was used for a different request (ABORTED).
+    #[error("{0}")]
+    Aborted(String),
+    /// The caller has no identity (UNAUTHENTICATED).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A backend, the state store or the audit log cannot serve (UNAVAILABLE).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The authenticated caller of one request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The mapped identity.
+    pub identity: Identity,
+    /// SHA-256 of the client certificate, hex.
+    pub cert_sha256: String,
+    /// The peer's address.
+    pub peer: Option<SocketAddr>,
+}
+
+/// A signing response: filled from the signature, then given its audit receipt.
+pub trait SignResponse: Message + Default + Send + 'static {
+    /// Sets the signature, the signed hash and (for transactions) the encoded transaction.
+    fn fill(&mut self, sig: v1::Signature, signing_hash: [u8; 32], tx: Option<evm::SignedTx>);
+    /// Sets the receipt.
+    fn set_receipt(&mut self, receipt: v1::AuditReceipt);
+}
+
+impl SignResponse for v1::SignEvmTransactionResponse {
+    fn fill(&mut self, sig: v1::Signature, signing_hash: [u8; 32], tx: Option<evm::SignedTx>) {
+        if let Some(tx) = tx {
+            self.raw_transaction = tx.raw;
+            self.transaction_hash = tx.hash.to_vec();
+        }
+        self.signature = Some(sig);
+        self.signing_hash = signing_hash.to_vec();
+    }
+    fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
+        self.receipt = Some(receipt);
+    }
+}
+
+impl SignResponse for v1::SignEvmMessageResponse {
+    fn fill(&mut self, sig: v1::Signature, signing_hash: [u8; 32], _: Option<evm::SignedTx>) {
+        self.signature = Some(sig);
+        self.signing_hash = signing_hash.to_vec();
+    }
+    fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
+        self.receipt = Some(receipt);
+    }
+}
+
+impl SignResponse for v1::SignTypedDataResponse {
+    fn fill(&mut self, sig: v1::Signature, signing_hash: [u8; 32], _: Option<evm::SignedTx>) {
+        self.signature = Some(sig);
+        self.signing_hash = signing_hash.to_vec();
+    }
+    fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
+        self.receipt = Some(receipt);
+    }
+}
+
+impl SignResponse for v1::SignDigestResponse {
+    fn fill(&mut self, sig: v1::Signature, _: [u8; 32], _: Option<evm::SignedTx>) {
+        self.signature = Some(sig);
+    }
+    fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
+        self.receipt = Some(receipt);
+    }
+}
+
+/// A decoded request, ready for policy and signing.
+struct Prepared {
+    method: &'static str,
+    request_id: String,
+    key: KeyInfo,
+    action: Action,
+    /// What the fingerprint commits to: the signing hash, or the raw digest.
+    commitment: [u8; 32],
+    payload: PayloadKind,
+}
+
+enum PayloadKind {
+    Tx(Box<PreparedTx>),
+    /// secp256k1 over a 32-byte hash (EIP-191, EIP-712, raw digest); `v` is 27 + parity.
+    EcdsaHash,
+    /// Ed25519 over the 32 bytes of a raw digest.
+    Ed25519Digest,
+}
+
+/// Per-(client, request_id) locks of requests in progress.
+type InFlight = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
+
+/// The signing service shared by every connection.
+pub struct Signer {
+    keys: Arc<dyn KeyBackend>,
+    policy: RwLock<Arc<Policy>>,
+    state: Arc<dyn StateStore>,
+    audit: AuditLog,
+    inflight: InFlight,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("backend", &self.keys.name())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Signer {
+    /// Assembles the service.
+    pub fn new(
+        keys: Arc<dyn KeyBackend>,
+        policy: Policy,
+        state: Arc<dyn StateStore>,
+        audit: AuditLog,
+    ) -> Signer {
+        Signer {
+            keys,
+            policy: RwLock::new(Arc::new(policy)),
+            state,
+            audit,
+            inflight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The key backend.
+    pub fn keys(&self) -> &dyn KeyBackend {
+        self.keys.as_ref()
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        match self.policy.read() {
+            Ok(p) => p.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Records a refused authentication (no mapped identity, failed handshake).
+    pub fn record_auth_failure(&self, peer: Option<SocketAddr>, cert_sha256: Option<&str>, reason: &str) {
+        let rec = Record::new("auth.failure")
+            .field("peer", peer.map(|p| p.to_string()))
+            .field("cert_sha256", cert_sha256)
+            .field("reason", reason);
+        if let Err(e) = self.audit.append(rec) {
+            tracing::error!(error = %e, "cannot record auth.failure");
+        }
+    }
+
+    /// Signs an EVM transaction.
+    pub async fn sign_transaction(
+        self: &Arc<Self>,
+        caller: Caller,
+        req: v1::SignEvmTransactionRequest,
+    ) -> Result<v1::SignEvmTransactionResponse, ServiceError> {
+        let method = "SignEvmTransaction";
+        let this = self.clone();
+        self.run(caller, method, req.request_id.clone(), req.key_id.clone(), move || {
+            let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EVM transactions")?;
+            let tx = evm::prepare_transaction(&req).map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+            Ok(Prepared {
+                method,
+                request_id: req.request_id,
+                key,
+                action: tx.action().clone(),
+                commitment: tx.signing_hash().0,
+                payload: PayloadKind::Tx(Box::new(tx)),
+            })
+        })
+        .await
+    }
+
+    /// Signs an EIP-191 message.
+    pub async fn sign_message(
+        self: &Arc<Self>,
+        caller: Caller,
+        req: v1::SignEvmMessageRequest,
+    ) -> Result<v1::SignEvmMessageResponse, ServiceError> {
+        let method = "SignEvmMessage";
+        let this = self.clone();
+        self.run(caller, method, req.request_id.clone(), req.key_id.clone(), move || {
+            let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-191 messages")?;
+            let (hash, action) = evm::prepare_message(&req.key_id, &req.message)
+                .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+            Ok(Prepared {
+                method,
+                request_id: req.request_id,
+                key,
+                action,
+                commitment: hash.0,
+                payload: PayloadKind::EcdsaHash,
+            })
+        })
+        .await
+    }
+
+    /// Signs EIP-712 typed data.
+    pub async fn sign_typed_data(
+        self: &Arc<Self>,
+        caller: Caller,
+        req: v1::SignTypedDataRequest,
+    ) -> Result<v1::SignTypedDataResponse, ServiceError> {
+        let method = "SignTypedData";
+        let this = self.clone();
+        self.run(caller, method, req.request_id.clone(), req.key_id.clone(), move || {
+            let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-712 typed data")?;
+            let (hash, action) = evm::prepare_typed_data(&req.key_id, &req.typed_data_json)
+                .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+            Ok(Prepared {
+                method,
+                request_id: req.request_id,
+                key,
+                action,
+                commitment: hash.0,
+                payload: PayloadKind::EcdsaHash,
+            })
+        })
+        .await
+    }
+
+    /// Signs a raw 32-byte digest (blind signing).
+    pub async fn sign_digest(
+        self: &Arc<Self>,
+        caller: Caller,
+        req: v1::SignDigestRequest,
+    ) -> Result<v1::SignDigestResponse, ServiceError> {
+        let method = "SignDigest";
+        let this = self.clone();
+        self.run(caller, method, req.request_id.clone(), req.key_id.clone(), move || {
+            let digest: [u8; 32] = req.digest.as_slice().try_into().map_err(|_| {
+                ServiceError::InvalidArgument(format!(
+                    "digest: must be exactly 32 bytes, got {}",
+                    req.digest.len()
+                ))
+            })?;
+            let key = this.key_by_id(&req.key_id)?;
+            let payload = match key.algorithm {
+                Algorithm::Secp256k1 => PayloadKind::EcdsaHash,
+                Algorithm::Ed25519 => PayloadKind::Ed25519Digest,
+                other => {
+                    return Err(ServiceError::InvalidArgument(format!(
+                        "key `{}` is {other}; raw digests are signed with secp256k1 or ed25519 keys",
+                        key.id
+                    )));
+                }
+            };
+            Ok(Prepared {
+                method,
+                request_id: req.request_id,
+                action: Action::new(&key.id, Kind::RawDigest),
+                key,
+                commitment: digest,
+                payload,
+            })
+        })
+        .await
+    }
+
+    fn key_by_id(&self, id: &str) -> Result<KeyInfo, ServiceError> {
+        if id.is_empty() {
+            return Err(ServiceError::InvalidArgument("key_id: required".into()));
+        }
+        self.keys
+            .key(id)
+            .ok_or_else(|| ServiceError::NotFound(format!("key `{id}` not found")))
+    }
+
+    fn key_for(&self, id: &str, want: Algorithm, what: &str) -> Result<KeyInfo, ServiceError> {
+        let key = self.key_by_id(id)?;
+        if key.algorithm != want {
+            return Err(ServiceError::InvalidArgument(format!(
+                "key `{id}` is {}; {what} need a {want} key",
+                key.algorithm
+            )));
+        }
+        Ok(key)
+    }
+
+    /// Runs one request to completion on its own task, so a client that disconnects cannot
+    /// cut the pipeline between signing and auditing.
+    async fn run<R: SignResponse>(
+        self: &Arc<Self>,
+        caller: Caller,
+        method: &'static str,
+        request_id: String,
+        key_id: String,
+        prepare: impl FnOnce() -> Result<Prepared, ServiceError> + Send + 'static,
+    ) -> Result<R, ServiceError> {
+        let this = self.clone();
+        let span = tracing::info_span!("request", req_id = %request_id, client = %caller.identity.id, method);
+        let task = tokio::spawn(tracing::Instrument::instrument(
+            async move { this.process(caller, method, request_id, key_id, prepare).await },
+            span,
+        ));
+        match task.await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "signing task failed");
+                Err(ServiceError::Unavailable("internal error; nothing was signed".into()))
+            }
+        }
+    }
+
+    async fn process<R: SignResponse>(
+        self: Arc<Self>,
+        caller: Caller,
+        method: &'static str,
+        request_id: String,
+        key_id: String,
+        prepare: impl FnOnce() -> Result<Prepared, ServiceError>,
+    ) -> Result<R, ServiceError> {
+        if !self.audit.is_healthy() {
+            return Err(ServiceError::Unavailable(
+                "audit log unavailable; signing is stopped until an operator restarts signerd".into(),
+            ));
+        }
+        let prepared = validate_request_id(&request_id).and_then(|()| prepare());
+        let prepared = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                // Malformed requests are recorded too; nothing was signed, so no need to wait.
+                let status = match &e {
+                    ServiceError::NotFound(_) => "not_found",
+                    _ => "invalid_argument",
+                };
+                let _ = self.audit.append(request_record(&caller, method, &request_id, &key_id, None));
+                let _ = self.audit.append(
+                    Record::new("sign.result")
+                        .field("req_id", request_id.as_str())
+                        .field("status", status)
+                        .field("message", e.to_string()),
+                );
+                tracing::info!(status, error = %e, "request refused");
+                return Err(e);
+            }
+        };
+
+        let fingerprint = fingerprint(&prepared);
+        let _guard = self.lock_request(&caller.identity.id, &prepared.request_id).await;
+        if let Some(stored) = self.stored(&caller, &prepared.request_id).await? {
+            return replay(stored, &fingerprint);
+        }
+
+        let policy = self.policy();
+        let decision = policy.evaluate(&prepared.action, &caller.identity);
+        let req_rec = request_record(&caller, method, &prepared.request_id, &prepared.key.id, Some(&fingerprint));
+        let dec_rec = decision_record(&prepared, &decision, &policy);
+        self.audit.append(req_rec).map_err(unavailable)?;
+        self.audit.append(dec_rec).map_err(unavailable)?;
+
+        if let Decision::Deny { rule, reason } = decision {
+            let result = Record::new("sign.result")
+                .field("req_id", prepared.request_id.as_str())
+                .field("status", "denied")
+                .field("rule", rule.as_deref())
+                .field("message", reason.as_str());
+            self.audit.append_durable(result).await.map_err(unavailable)?;
+            let outcome = StoredOutcome::Denied {
+                rule: rule.clone(),
+                reason: reason.clone(),
+            };
+            self.store(&caller, &prepared, &fingerprint, outcome).await?;
+            tracing::info!(rule = rule.as_deref().unwrap_or("-"), "denied");
+            return Err(ServiceError::PermissionDenied { rule, reason });
+        }
+
+        let signature = match self.sign(&prepared).await {
+            Ok(sig) => sig,
+            Err(e) => {
+                let msg = e.to_string();
+                let _ = self
+                    .audit
+                    .append_durable(
+                        Record::new("sign.result")
+                            .field("req_id", prepared.request_id.as_str())
+                            .field("status", "backend_error")
+                            .field("message", msg.as_str()),
+                    )
+                    .await;
+                tracing::warn!(error = %msg, "backend failed");
+                return Err(match e {
+                    KeyError::NotFound(m) => ServiceError::NotFound(format!("key `{m}` not found")),
+                    KeyError::WrongAlgorithm { .. } => ServiceError::InvalidArgument(msg),
+                    _ => ServiceError::Unavailable(msg),
+                });
+            }
+        };
+
+        let (mut response, result_rec) = build_response::<R>(&prepared, &signature)?;
+        let receipt = self.audit.append_durable(result_rec).await.map_err(unavailable)?;
+        response.set_receipt(receipt_proto(receipt));
+        let outcome = StoredOutcome::Signed {
+            response: hex::encode(response.encode_to_vec()),
+        };
+        self.store(&caller, &prepared, &fingerprint, outcome).await?;
+        tracing::info!(audit_seq = receipt.seq, "signed");
+        Ok(response)
+    }
+
+    async fn sign(&self, p: &Prepared) -> Result<RawSignature, KeyError> {
+        match p.payload {
+            PayloadKind::Ed25519Digest => self.keys.sign(&p.key.id, Payload::Message(&p.commitment)).await,
+            _ => self.keys.sign(&p.key.id, Payload::Prehash(&p.commitment)).await,
+        }
+    }
+
+    async fn lock_request(&self, client: &str, request_id: &str) -> RequestGuard<'_> {
+        let key = (client.to_owned(), request_id.to_owned());
+        let lock = {
+            let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            map.entry(key.clone()).or_default().clone()
+        };
+        let guard = lock.clone().lock_owned().await;
+        RequestGuard {
+            map: &self.inflight,
+            key,
+            lock,
+            _guard: guard,
+        }
+    }
+
+    async fn stored(&self, caller: &Caller, request_id: &str) -> Result<Option<StoredRequest>, ServiceError> {
+        let state = self.state.clone();
+        let (client, id) = (caller.identity.id.clone(), request_id.to_owned());
+        tokio::task::spawn_blocking(move || state.get_request(&client, &id))
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("state store: {e}")))?
+            .map_err(|e| ServiceError::Unavailable(e.to_string()))
+    }
+
+    async fn store(
+        &self,
+        caller: &Caller,
+        p: &Prepared,
+        fingerprint: &str,
+        outcome: StoredOutcome,
+    ) -> Result<(), ServiceError> {
+        let state = self.state.clone();
+        let (client, id) = (caller.identity.id.clone(), p.request_id.clone());
+        let rec = StoredRequest {
+            fingerprint: fingerprint.to_owned(),
+            method: p.method.to_owned(),
+            outcome,
+        };
+        tokio::task::spawn_blocking(move || state.put_request(&client, &id, &rec))
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("state store: {e}")))?
+            .map_err(|e| {
+                // The signature is durable in the audit log but will not be returned.
+                tracing::error!(error = %e, "cannot store request outcome");
+                ServiceError::Unavailable(e.to_string())
+            })
+    }
+}
+
+/// Holds the per-(client, request_id) lock; removes the map entry when nobody else waits.
+struct RequestGuard<'a> {
+    map: &'a InFlight,
+    key: (String, String),
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for RequestGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        // One reference in the map, one here, one inside the owned guard: nobody else waits.
+        if Arc::strong_count(&self.lock) <= 3 {
+            map.remove(&self.key);
+        }
+    }
+}
+
+fn unavailable(e: crate::audit::AuditError) -> ServiceError {
+    ServiceError::Unavailable(e.to_string())
+}
+
+/// Checks the client-chosen idempotency key.
+pub fn validate_request_id(id: &str) -> Result<(), ServiceError> {
+    if id.is_empty() {
+        return Err(ServiceError::InvalidArgument(
+            "request_id: required (a client-chosen idempotency key)".into(),
+        ));
+    }
+    if id.len() > MAX_REQUEST_ID_LEN {
+        return Err(ServiceError::InvalidArgument(format!(
+            "request_id: at most {MAX_REQUEST_ID_LEN} characters, got {}",
+            id.len()
+        )));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+    {
+        return Err(ServiceError::InvalidArgument(format!(
+            "request_id: character {c:?} is not allowed (use A-Z a-z 0-9 . _ : -)"
+        )));
+    }
+    Ok(())
+}
+
+/// SHA-256 over the method, the key and what is signed: equal for exactly the same request.
+fn fingerprint(p: &Prepared) -> String {
+    let mut h = Sha256::new();
+    h.update(b"signerd.request.v1\0");
+    h.update(p.method.as_bytes());
+    h.update([0]);
+    h.update(p.key.id.as_bytes());
+    h.update([0]);
+    h.update(p.commitment);
+    hex::encode(h.finalize())
+}
+
+fn replay<R: SignResponse>(stored: StoredRequest, fingerprint: &str) -> Result<R, ServiceError> {
+    if stored.fingerprint != fingerprint {
+        return Err(ServiceError::Aborted(format!(
+            "request_id was already used for a different {} request",
+            stored.method
+        )));
+    }
+    tracing::info!("replaying stored outcome");
+    match stored.outcome {
+        StoredOutcome::Signed { response } => hex::decode(&response)
+            .ok()
+            .and_then(|b| R::decode(b.as_slice()).ok())
+            .ok_or_else(|| ServiceError::Unavailable("stored response cannot be decoded".into())),
+        StoredOutcome::Denied { rule, reason } => Err(ServiceError::PermissionDenied { rule, reason }),
+    }
+}
+
+fn request_record(
+    caller: &Caller,
+    method: &str,
+    request_id: &str,
+    key_id: &str,
+    fingerprint: Option<&str>,
+) -> Record {
+    Record::new("sign.request")
+        .field("req_id", request_id)
+        .field("method", method)
+        .field("client", caller.identity.id.as_str())
+        .field("cert_sha256", caller.cert_sha256.as_str())
+        .field("key", key_id)
+        .field("fingerprint", fingerprint)
+}
+
+fn decision_record(p: &Prepared, d: &Decision, policy: &Policy) -> Record {
+    let (effect, rules, reason) = match d {
+        Decision::Allow { rules } => ("allow", rules.clone(), None),
+        Decision::Deny { rule, reason } => ("deny", rule.iter().cloned().collect(), Some(reason.as_str())),
+    };
+    Record::new("sign.decision")
+        .field("req_id", p.request_id.as_str())
+        .field("decision", effect)
+        .field("rules", rules)
+        .field("reason", reason)
+        .field("policy_serial", policy.serial())
+        .field("policy_hash", policy.hash_hex())
+        .field("action", serde_json::to_value(&p.action).unwrap_or_default())
+}
+
+fn receipt_proto(r: Receipt) -> v1::AuditReceipt {
+    v1::AuditReceipt {
+        seq: r.seq,
+        leaf_hash: r.leaf_hash.to_vec(),
+    }
+}
+
+/// Builds the response (without receipt) and its `sign.result` record.
+fn build_response<R: SignResponse>(p: &Prepared, sig: &RawSignature) -> Result<(R, Record), ServiceError> {
+    let mut rec = Record::new("sign.result")
+        .field("req_id", p.request_id.as_str())
+        .field("status", "signed")
+        .field("signing_hash", format!("0x{}", hex::encode(p.commitment)));
+    let mut out = v1::Signature::default();
+    let mut tx_fields = None;
+    match (&p.payload, sig) {
+        (PayloadKind::Tx(tx), RawSignature::Ecdsa { r, s, y_parity }) => {
+            let signed = tx.encode_signed(*r, *s, *y_parity);
+            out = ecdsa_proto(r, s, *y_parity, signed.v);
+            out.bytes.clear();
+            rec = rec.field("tx_hash", format!("{:#x}", signed.hash));
+            tx_fields = Some(signed);
+        }
+        (PayloadKind::EcdsaHash, RawSignature::Ecdsa { r, s, y_parity }) => {
+            out = ecdsa_proto(r, s, *y_parity, 27 + u64::from(*y_parity));
+        }
+        (PayloadKind::Ed25519Digest, RawSignature::Ed25519(bytes)) => {
+            out.bytes = bytes.to_vec();
+        }
+        _ => {
+            return Err(ServiceError::Unavailable(
+                "key backend returned a signature of the wrong kind; nothing was returned".into(),
+            ));
+        }
+    }
+    rec = rec.field(
+        "signature",
+        json!({"r": hex0x(&out.r), "s": hex0x(&out.s), "v": out.v, "bytes": hex0x(&out.bytes)}),
+    );
+
+    let mut response = R::default();
+    response.fill(out, p.commitment, tx_fields);
+    Ok((response, rec))
+}
+
+fn hex0x(b: &[u8]) -> String {
+    format!("0x{}", hex::encode(b))
+}
+
+fn ecdsa_proto(r: &[u8; 32], s: &[u8; 32], y_parity: bool, v: u64) -> v1::Signature {
+    let mut bytes = Vec::with_capacity(65);
+    bytes.extend_from_slice(r);
+    bytes.extend_from_slice(s);
+    bytes.push(27 + u8::from(y_parity));
+    v1::Signature {
+        r: r.to_vec(),
+        s: s.to_vec(),
+        y_parity: u32::from(y_parity),
+        v,
+        bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_validated() {
+        assert!(validate_request_id("order-42:retry.1_a").is_ok());
+        let msg = |id: &str| validate_request_id(id).err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg("").contains("required"));
+        assert!(msg(&"a".repeat(129)).contains("at most 128"));
+        assert!(msg("a b").contains("' '"));
+        assert!(msg("é").contains("not allowed"));
+    }
+}

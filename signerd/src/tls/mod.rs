@@ -1,0 +1,362 @@
+//! Mutual TLS for the gRPC listener: rustls configuration (TLS 1.3 only, client certificates
+//! required and checked against the configured CA and CRLs), the accept loop with a handshake
+//! deadline, and the mapping from a verified client certificate to an [`Identity`].
+//!
+//! A handshake never blocks the accept loop: each one runs in its own task under a deadline.
+//! A certificate that verifies but maps to no configured identity is not an identity: requests
+//! on such a connection are refused by the API layer.
+
+pub mod pki;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use sha2::{Digest, Sha256};
+use signerd_policy::Identity;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use crate::config::{IdentityConfig, TlsConfig, normalize_fingerprint};
+
+/// Why TLS material could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// A PEM file is missing, unreadable or holds nothing usable.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(String),
+}
+
+fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsError {
+    TlsError::File {
+        path: path.display().to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// Refuses a secret file that other users could read (group or world permission bits).
+pub fn check_secret_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: secret file is accessible by other users (mode {:o}); run `chmod 600` on it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(())
+}
+
+/// Loads every certificate in a PEM file; an empty file is an error.
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| file_err(path, e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(path, e))?;
+    if certs.is_empty() {
+        return Err(file_err(path, "no certificate found"));
+    }
+    Ok(certs)
+}
+
+/// Builds the server configuration: TLS 1.3, client certificate required, ALPN h2.
+pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in load_certs(&cfg.client_ca)? {
+        roots
+            .add(ca)
+            .map_err(|e| file_err(&cfg.client_ca, format!("not a usable CA certificate: {e}")))?;
+    }
+    let mut crls = Vec::new();
+    for path in &cfg.crls {
+        let list = CertificateRevocationListDer::pem_file_iter(path)
+            .map_err(|e| file_err(path, e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| file_err(path, e))?;
+        if list.is_empty() {
+            return Err(file_err(path, "no CRL found"));
+        }
+        crls.extend(list);
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .with_crls(crls)
+        .build()
+        .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
+
+    check_secret_file(&cfg.key).map_err(TlsError::Config)?;
+    let chain = load_certs(&cfg.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| file_err(&cfg.key, e))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Config(format!("server certificate and key: {e}")))?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// How configured identities are found from a client certificate.
+#[derive(Debug, Clone, Default)]
+pub struct IdentityMap {
+    entries: Vec<(Matcher, Identity)>,
+}
+
+#[derive(Debug, Clone)]
+enum Matcher {
+    SubjectCn(String),
+    SanUri(String),
+    Sha256(String),
+}
+
+/// A verified client certificate, and what it maps to.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// SHA-256 of the DER certificate, lowercase hex.
+    pub sha256: String,
+    /// The identity, or why there is none.
+    pub identity: Result<Identity, String>,
+}
+
+impl IdentityMap {
+    /// Builds the map from the configuration (already validated).
+    pub fn new(entries: &[IdentityConfig]) -> IdentityMap {
+        let entries = entries
+            .iter()
+            .filter_map(|e| {
+                let m = if let Some(cn) = &e.subject_cn {
+                    Matcher::SubjectCn(cn.clone())
+                } else if let Some(uri) = &e.san_uri {
+                    Matcher::SanUri(uri.clone())
+                } else {
+                    Matcher::Sha256(normalize_fingerprint(e.sha256.as_deref()?)?)
+                };
+                Some((
+                    m,
+                    Identity {
+                        id: e.id.clone(),
+                        roles: e.roles.clone(),
+                    },
+                ))
+            })
+            .collect();
+        IdentityMap { entries }
+    }
+
+    /// Maps a certificate that rustls has already verified.
+    pub fn resolve(&self, der: &[u8]) -> ClientCert {
+        let sha256 = hex::encode(Sha256::digest(der));
+        let identity = self.identity_of(der, &sha256);
+        ClientCert { sha256, identity }
+    }
+
+    fn identity_of(&self, der: &[u8], sha256: &str) -> Result<Identity, String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der)
+            .map_err(|e| format!("client certificate cannot be parsed: {e}"))?;
+        let cns: Vec<&str> = cert
+            .subject()
+            .iter_common_name()
+            .filter_map(|cn| cn.as_str().ok())
+            .collect();
+        let uris: Vec<&str> = cert
+            .subject_alternative_name()
+            .ok()
+            .flatten()
+            .map(|san| {
+                san.value
+                    .general_names
+                    .iter()
+                    .filter_map(|n| match n {
+                        x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut found: Vec<&Identity> = self
+            .entries
+            .iter()
+            .filter(|(m, _)| match m {
+                Matcher::SubjectCn(cn) => cns.contains(&cn.as_str()),
+                Matcher::SanUri(uri) => uris.contains(&uri.as_str()),
+                Matcher::Sha256(fp) => fp == sha256,
+            })
+            .map(|(_, id)| id)
+            .collect();
+        found.dedup_by(|a, b| a.id == b.id);
+        match found.as_slice() {
+            [one] => Ok((*one).clone()),
+            [] => Err(format!(
+                "client certificate (subject CN {cns:?}, sha256 {sha256}) is not mapped to any identity"
+            )),
+            many => Err(format!(
+                "client certificate sha256 {sha256} matches several identities ({}); refusing",
+                many.iter().map(|i| i.id.as_str()).collect::<Vec<_>>().join(", ")
+            )),
+        }
+    }
+}
+
+/// What the API layer learns about the connection a request came on.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// The verified client certificate.
+    pub cert: Option<ClientCert>,
+}
+
+/// An accepted, handshaken mTLS connection. Holds its connection-limit permit.
+pub struct TlsConn {
+    inner: TlsStream<TcpStream>,
+    info: ConnInfo,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = ConnInfo;
+    fn connect_info(&self) -> ConnInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A handshake that failed: who tried and why (reported to the audit log).
+#[derive(Debug, Clone)]
+pub struct HandshakeFailure {
+    /// The peer's address.
+    pub peer: SocketAddr,
+    /// rustls's reason, or the deadline.
+    pub reason: String,
+}
+
+/// Accept-loop settings.
+#[derive(Debug, Clone)]
+pub struct AcceptOptions {
+    /// Deadline for one handshake.
+    pub handshake_timeout: Duration,
+    /// Most connections open at once.
+    pub max_connections: usize,
+}
+
+/// Accepts TCP connections and hands back handshaken [`TlsConn`]s on a channel. Each handshake
+/// runs in its own task under `handshake_timeout`; failures go to `failures`.
+pub fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    identities: Arc<IdentityMap>,
+    opts: AcceptOptions,
+    failures: mpsc::UnboundedSender<HandshakeFailure>,
+) -> mpsc::Receiver<Result<TlsConn, std::io::Error>> {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(opts.max_connections));
+    tokio::spawn(async move {
+        loop {
+            // Wait for a free slot before accepting, so excess clients queue in the backlog.
+            let Ok(permit) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let identities = identities.clone();
+            let tx = tx.clone();
+            let failures = failures.clone();
+            let deadline = opts.handshake_timeout;
+            tokio::spawn(async move {
+                let reason = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let cert = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|der| identities.resolve(der));
+                        let conn = TlsConn {
+                            inner: stream,
+                            info: ConnInfo { peer, cert },
+                            _permit: permit,
+                        };
+                        let _ = tx.send(Ok(conn)).await;
+                        return;
+                    }
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => format!("TLS handshake not completed within {deadline:?}"),
+                };
+                tracing::info!(%peer, %reason, "TLS handshake failed");
+                let _ = failures.send(HandshakeFailure { peer, reason });
+            });
+        }
+    });
+    rx
+}

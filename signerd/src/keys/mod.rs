@@ -4,6 +4,7 @@
 //! for ECDSA, the message for Ed25519) and get a normalized signature back. A backend never
 //! exposes private key material, and its errors never contain any.
 
+pub mod hazmat;
 pub mod soft;
 
 use async_trait::async_trait;

@@ -148,12 +148,15 @@ mod opt_hex4 {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<[u8; 4]>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<[u8; 4]>, D::Error> {
         let s: Option<String> = Option::deserialize(d)?;
         match s {
             None => Ok(None),
             Some(s) => {
-                let raw = hex::decode(s.trim_start_matches("0x")).map_err(serde::de::Error::custom)?;
+                let raw =
+                    hex::decode(s.trim_start_matches("0x")).map_err(serde::de::Error::custom)?;
                 let arr: [u8; 4] = raw
                     .try_into()
                     .map_err(|_| serde::de::Error::custom("a selector is 4 bytes"))?;

@@ -11,7 +11,7 @@ mod action;
 mod parse;
 
 pub use action::{Action, Erc20Call, Kind, TypedDataFacts};
-pub use parse::{Effect, Policy, PolicyError, Rule, MAX_POLICY_BYTES};
+pub use parse::{Effect, MAX_POLICY_BYTES, Policy, PolicyError, Rule};
 
 /// Who is asking: the identity the daemon mapped from the client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -177,8 +177,14 @@ kinds = ["contract_creation"]
     fn raw_digest_needs_a_rule_that_names_it() {
         let p = policy(BASE);
         // `app-signs` has no `kinds`, so it does not cover blind signing.
-        assert!(!p.evaluate(&Action::new("hot", Kind::RawDigest), &app()).is_allow());
-        assert!(p.evaluate(&Action::new("ed", Kind::RawDigest), &app()).is_allow());
+        assert!(
+            !p.evaluate(&Action::new("hot", Kind::RawDigest), &app())
+                .is_allow()
+        );
+        assert!(
+            p.evaluate(&Action::new("ed", Kind::RawDigest), &app())
+                .is_allow()
+        );
     }
 
     #[test]
@@ -188,8 +194,14 @@ kinds = ["contract_creation"]
             id: "bob".into(),
             roles: vec!["approver".into()],
         };
-        assert!(!p.evaluate(&Action::new("hot", Kind::NativeTransfer), &bob).is_allow());
-        assert!(!p.evaluate(&Action::new("ed", Kind::RawDigest), &bob).is_allow());
+        assert!(
+            !p.evaluate(&Action::new("hot", Kind::NativeTransfer), &bob)
+                .is_allow()
+        );
+        assert!(
+            !p.evaluate(&Action::new("ed", Kind::RawDigest), &bob)
+                .is_allow()
+        );
     }
 
     #[test]
@@ -197,6 +209,9 @@ kinds = ["contract_creation"]
         let p = policy(BASE);
         assert_eq!(p.serial(), 3);
         assert_eq!(p.hash_hex().len(), 64);
-        assert_ne!(p.hash_hex(), policy(&BASE.replace("serial = 3", "serial = 4")).hash_hex());
+        assert_ne!(
+            p.hash_hex(),
+            policy(&BASE.replace("serial = 3", "serial = 4")).hash_hex()
+        );
     }
 }

@@ -204,14 +204,17 @@ mod tests {
 
     #[test]
     fn unknown_field_is_located() {
-        let e = err("version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\n  valu = 3\n");
+        let e =
+            err("version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\n  valu = 3\n");
         assert!(e.starts_with("p.toml:6:3: "), "{e}");
         assert!(e.contains("unknown field `valu`"), "{e}");
     }
 
     #[test]
     fn unknown_kind_is_located() {
-        let e = err("version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\nkinds = [\"teleport\"]\n");
+        let e = err(
+            "version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\nkinds = [\"teleport\"]\n",
+        );
         assert!(e.starts_with("p.toml:6:"), "{e}");
         assert!(e.contains("teleport"), "{e}");
     }
@@ -220,15 +223,22 @@ mod tests {
     fn duplicate_ids_empty_lists_and_versions_are_refused() {
         let dup = "version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\n[[rule]]\nid = \"a\"\neffect = \"deny\"\n";
         assert_eq!(err(dup), "p.toml: rule id `a` is used twice");
-        let empty = "version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\nkeys = []\n";
-        assert_eq!(err(empty), "p.toml: rule `a`: `keys` is empty; omit it to match any");
+        let empty =
+            "version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\nkeys = []\n";
+        assert_eq!(
+            err(empty),
+            "p.toml: rule `a`: `keys` is empty; omit it to match any"
+        );
         assert!(err("version = 2\nserial = 1\n").contains("version 2 is not supported"));
         assert!(err("serial = 1\n").contains("missing field `version`"));
     }
 
     #[test]
     fn oversized_file_is_refused() {
-        let big = format!("version = 1\nserial = 1\n#{}\n", "x".repeat(MAX_POLICY_BYTES));
+        let big = format!(
+            "version = 1\nserial = 1\n#{}\n",
+            "x".repeat(MAX_POLICY_BYTES)
+        );
         assert!(err(&big).contains("more than the"));
     }
 

@@ -46,7 +46,10 @@ impl ClientSettings {
         ClientSettings {
             endpoint,
             ca: pki.join("ca.pem"),
-            identity: Some((pki.join(format!("{name}.pem")), pki.join(format!("{name}-key.pem")))),
+            identity: Some((
+                pki.join(format!("{name}.pem")),
+                pki.join(format!("{name}-key.pem")),
+            )),
             server_name: None,
         }
     }
@@ -82,7 +85,9 @@ pub async fn channel(s: &ClientSettings) -> Result<Channel, ClientError> {
         .timeout(Duration::from_secs(30))
         .connect()
         .await
-        .map_err(|e| ClientError::Connect(format!("cannot connect to {}: {}", s.endpoint, chain(&e))))
+        .map_err(|e| {
+            ClientError::Connect(format!("cannot connect to {}: {}", s.endpoint, chain(&e)))
+        })
 }
 
 /// An error and its sources on one line.

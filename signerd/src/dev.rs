@@ -76,11 +76,17 @@ pub fn prepare(dir: &Path, listen: Option<SocketAddr>) -> Result<PathBuf, DevErr
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "signerd-dev".into());
-    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(err(parent.display()))?;
     let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
-    let built = build(&tmp, listen.map_or_else(|| DEV_LISTEN.to_owned(), |a| a.to_string()));
+    let built = build(
+        &tmp,
+        listen.map_or_else(|| DEV_LISTEN.to_owned(), |a| a.to_string()),
+    );
     if let Err(e) = built {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -109,27 +115,50 @@ fn build(dir: &Path, listen: String) -> Result<(), DevError> {
         .issue_server(&["localhost", "127.0.0.1", "::1"])
         .map_err(pki_err)?;
     write_new(&pki.join("server.pem"), server.cert_pem.as_bytes(), 0o644)?;
-    write_new(&pki.join("server-key.pem"), server.key_pem.as_bytes(), 0o600)?;
+    write_new(
+        &pki.join("server-key.pem"),
+        server.key_pem.as_bytes(),
+        0o600,
+    )?;
     for (client, _) in DEV_CLIENTS {
         let c = ca
             .issue_client(client, &ClientOptions::default())
             .map_err(pki_err)?;
-        write_new(&pki.join(format!("{client}.pem")), c.cert_pem.as_bytes(), 0o644)?;
-        write_new(&pki.join(format!("{client}-key.pem")), c.key_pem.as_bytes(), 0o600)?;
+        write_new(
+            &pki.join(format!("{client}.pem")),
+            c.cert_pem.as_bytes(),
+            0o644,
+        )?;
+        write_new(
+            &pki.join(format!("{client}-key.pem")),
+            c.key_pem.as_bytes(),
+            0o600,
+        )?;
     }
 
     let mut secret = zeroize::Zeroizing::new([0u8; 32]);
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, secret.as_mut());
     let passphrase = zeroize::Zeroizing::new(hex::encode(secret.as_ref()));
-    write_new(&dir.join("keystore.pass"), format!("{}\n", passphrase.as_str()).as_bytes(), 0o600)?;
+    write_new(
+        &dir.join("keystore.pass"),
+        format!("{}\n", passphrase.as_str()).as_bytes(),
+        0o600,
+    )?;
     let passphrase = SecretString::from(passphrase.as_str().to_owned());
     let keys = dir.join("keys");
     mkdir(&keys)?;
-    for (id, alg) in [(DEV_SECP256K1, Algorithm::Secp256k1), (DEV_ED25519, Algorithm::Ed25519)] {
+    for (id, alg) in [
+        (DEV_SECP256K1, Algorithm::Secp256k1),
+        (DEV_ED25519, Algorithm::Ed25519),
+    ] {
         soft::generate(&keys, id, alg, &passphrase).map_err(|e| DevError(e.to_string()))?;
     }
 
-    write_new(&dir.join("signerd.toml"), config_text(&listen).as_bytes(), 0o600)?;
+    write_new(
+        &dir.join("signerd.toml"),
+        config_text(&listen).as_bytes(),
+        0o600,
+    )?;
     write_new(&dir.join("policy.toml"), POLICY.as_bytes(), 0o644)?;
     Ok(())
 }
@@ -208,7 +237,10 @@ fn set_listen(config: &Path, addr: SocketAddr) -> Result<(), DevError> {
         })
         .collect();
     if !replaced {
-        return Err(DevError(format!("{}: no `listen` line to update", config.display())));
+        return Err(DevError(format!(
+            "{}: no `listen` line to update",
+            config.display()
+        )));
     }
     let tmp = config.with_extension("toml.tmp");
     let _ = std::fs::remove_file(&tmp);

@@ -121,7 +121,10 @@ impl Daemon {
     }
 
     /// Serves until `shutdown` resolves, then drains and closes the audit log.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
         let server = &self.config.server;
         let identities = Arc::new(IdentityMap::new(&self.config.identities));
         let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -191,7 +191,12 @@ impl Signer {
     }
 
     /// Records a refused authentication (no mapped identity, failed handshake).
-    pub fn record_auth_failure(&self, peer: Option<SocketAddr>, cert_sha256: Option<&str>, reason: &str) {
+    pub fn record_auth_failure(
+        &self,
+        peer: Option<SocketAddr>,
+        cert_sha256: Option<&str>,
+        reason: &str,
+    ) {
         let rec = Record::new("auth.failure")
             .field("peer", peer.map(|p| p.to_string()))
             .field("cert_sha256", cert_sha256)
@@ -209,18 +214,25 @@ impl Signer {
     ) -> Result<v1::SignEvmTransactionResponse, ServiceError> {
         let method = "SignEvmTransaction";
         let this = self.clone();
-        self.run(caller, method, req.request_id.clone(), req.key_id.clone(), move || {
-            let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EVM transactions")?;
-            let tx = evm::prepare_transaction(&req).map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
-            Ok(Prepared {
-                method,
-                request_id: req.request_id,
-                key,
-                action: tx.action().clone(),
-                commitment: tx.signing_hash().0,
-                payload: PayloadKind::Tx(Box::new(tx)),
-            })
-        })
+        self.run(
+            caller,
+            method,
+            req.request_id.clone(),
+            req.key_id.clone(),
+            move || {
+                let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EVM transactions")?;
+                let tx = evm::prepare_transaction(&req)
+                    .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+                Ok(Prepared {
+                    method,
+                    request_id: req.request_id,
+                    key,
+                    action: tx.action().clone(),
+                    commitment: tx.signing_hash().0,
+                    payload: PayloadKind::Tx(Box::new(tx)),
+                })
+            },
+        )
         .await
     }
 
@@ -232,19 +244,25 @@ impl Signer {
     ) -> Result<v1::SignEvmMessageResponse, ServiceError> {
         let method = "SignEvmMessage";
         let this = self.clone();
-        self.run(caller, method, req.request_id.clone(), req.key_id.clone(), move || {
-            let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-191 messages")?;
-            let (hash, action) = evm::prepare_message(&req.key_id, &req.message)
-                .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
-            Ok(Prepared {
-                method,
-                request_id: req.request_id,
-                key,
-                action,
-                commitment: hash.0,
-                payload: PayloadKind::EcdsaHash,
-            })
-        })
+        self.run(
+            caller,
+            method,
+            req.request_id.clone(),
+            req.key_id.clone(),
+            move || {
+                let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-191 messages")?;
+                let (hash, action) = evm::prepare_message(&req.key_id, &req.message)
+                    .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+                Ok(Prepared {
+                    method,
+                    request_id: req.request_id,
+                    key,
+                    action,
+                    commitment: hash.0,
+                    payload: PayloadKind::EcdsaHash,
+                })
+            },
+        )
         .await
     }
 
@@ -256,19 +274,25 @@ impl Signer {
     ) -> Result<v1::SignTypedDataResponse, ServiceError> {
         let method = "SignTypedData";
         let this = self.clone();
-        self.run(caller, method, req.request_id.clone(), req.key_id.clone(), move || {
-            let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-712 typed data")?;
-            let (hash, action) = evm::prepare_typed_data(&req.key_id, &req.typed_data_json)
-                .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
-            Ok(Prepared {
-                method,
-                request_id: req.request_id,
-                key,
-                action,
-                commitment: hash.0,
-                payload: PayloadKind::EcdsaHash,
-            })
-        })
+        self.run(
+            caller,
+            method,
+            req.request_id.clone(),
+            req.key_id.clone(),
+            move || {
+                let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-712 typed data")?;
+                let (hash, action) = evm::prepare_typed_data(&req.key_id, &req.typed_data_json)
+                    .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+                Ok(Prepared {
+                    method,
+                    request_id: req.request_id,
+                    key,
+                    action,
+                    commitment: hash.0,
+                    payload: PayloadKind::EcdsaHash,
+                })
+            },
+        )
         .await
     }
 
@@ -343,14 +367,19 @@ impl Signer {
         let this = self.clone();
         let span = tracing::info_span!("request", req_id = %request_id, client = %caller.identity.id, method);
         let task = tokio::spawn(tracing::Instrument::instrument(
-            async move { this.process(caller, method, request_id, key_id, prepare).await },
+            async move {
+                this.process(caller, method, request_id, key_id, prepare)
+                    .await
+            },
             span,
         ));
         match task.await {
             Ok(result) => result,
             Err(e) => {
                 tracing::error!(error = %e, "signing task failed");
-                Err(ServiceError::Unavailable("internal error; nothing was signed".into()))
+                Err(ServiceError::Unavailable(
+                    "internal error; nothing was signed".into(),
+                ))
             }
         }
     }
@@ -365,7 +394,8 @@ impl Signer {
     ) -> Result<R, ServiceError> {
         if !self.audit.is_healthy() {
             return Err(ServiceError::Unavailable(
-                "audit log unavailable; signing is stopped until an operator restarts signerd".into(),
+                "audit log unavailable; signing is stopped until an operator restarts signerd"
+                    .into(),
             ));
         }
         let prepared = validate_request_id(&request_id).and_then(|()| prepare());
@@ -377,7 +407,9 @@ impl Signer {
                     ServiceError::NotFound(_) => "not_found",
                     _ => "invalid_argument",
                 };
-                let _ = self.audit.append(request_record(&caller, method, &request_id, &key_id, None));
+                let _ =
+                    self.audit
+                        .append(request_record(&caller, method, &request_id, &key_id, None));
                 let _ = self.audit.append(
                     Record::new("sign.result")
                         .field("req_id", request_id.as_str())
@@ -390,14 +422,22 @@ impl Signer {
         };
 
         let fingerprint = fingerprint(&prepared);
-        let _guard = self.lock_request(&caller.identity.id, &prepared.request_id).await;
+        let _guard = self
+            .lock_request(&caller.identity.id, &prepared.request_id)
+            .await;
         if let Some(stored) = self.stored(&caller, &prepared.request_id).await? {
             return replay(stored, &fingerprint);
         }
 
         let policy = self.policy();
         let decision = policy.evaluate(&prepared.action, &caller.identity);
-        let req_rec = request_record(&caller, method, &prepared.request_id, &prepared.key.id, Some(&fingerprint));
+        let req_rec = request_record(
+            &caller,
+            method,
+            &prepared.request_id,
+            &prepared.key.id,
+            Some(&fingerprint),
+        );
         let dec_rec = decision_record(&prepared, &decision, &policy);
         self.audit.append(req_rec).map_err(unavailable)?;
         self.audit.append(dec_rec).map_err(unavailable)?;
@@ -408,12 +448,16 @@ impl Signer {
                 .field("status", "denied")
                 .field("rule", rule.as_deref())
                 .field("message", reason.as_str());
-            self.audit.append_durable(result).await.map_err(unavailable)?;
+            self.audit
+                .append_durable(result)
+                .await
+                .map_err(unavailable)?;
             let outcome = StoredOutcome::Denied {
                 rule: rule.clone(),
                 reason: reason.clone(),
             };
-            self.store(&caller, &prepared, &fingerprint, outcome).await?;
+            self.store(&caller, &prepared, &fingerprint, outcome)
+                .await?;
             tracing::info!(rule = rule.as_deref().unwrap_or("-"), "denied");
             return Err(ServiceError::PermissionDenied { rule, reason });
         }
@@ -441,20 +485,33 @@ impl Signer {
         };
 
         let (mut response, result_rec) = build_response::<R>(&prepared, &signature)?;
-        let receipt = self.audit.append_durable(result_rec).await.map_err(unavailable)?;
+        let receipt = self
+            .audit
+            .append_durable(result_rec)
+            .await
+            .map_err(unavailable)?;
         response.set_receipt(receipt_proto(receipt));
         let outcome = StoredOutcome::Signed {
             response: hex::encode(response.encode_to_vec()),
         };
-        self.store(&caller, &prepared, &fingerprint, outcome).await?;
+        self.store(&caller, &prepared, &fingerprint, outcome)
+            .await?;
         tracing::info!(audit_seq = receipt.seq, "signed");
         Ok(response)
     }
 
     async fn sign(&self, p: &Prepared) -> Result<RawSignature, KeyError> {
         match p.payload {
-            PayloadKind::Ed25519Digest => self.keys.sign(&p.key.id, Payload::Message(&p.commitment)).await,
-            _ => self.keys.sign(&p.key.id, Payload::Prehash(&p.commitment)).await,
+            PayloadKind::Ed25519Digest => {
+                self.keys
+                    .sign(&p.key.id, Payload::Message(&p.commitment))
+                    .await
+            }
+            _ => {
+                self.keys
+                    .sign(&p.key.id, Payload::Prehash(&p.commitment))
+                    .await
+            }
         }
     }
 
@@ -473,7 +530,11 @@ impl Signer {
         }
     }
 
-    async fn stored(&self, caller: &Caller, request_id: &str) -> Result<Option<StoredRequest>, ServiceError> {
+    async fn stored(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, ServiceError> {
         let state = self.state.clone();
         let (client, id) = (caller.identity.id.clone(), request_id.to_owned());
         tokio::task::spawn_blocking(move || state.get_request(&client, &id))
@@ -578,7 +639,9 @@ fn replay<R: SignResponse>(stored: StoredRequest, fingerprint: &str) -> Result<R
             .ok()
             .and_then(|b| R::decode(b.as_slice()).ok())
             .ok_or_else(|| ServiceError::Unavailable("stored response cannot be decoded".into())),
-        StoredOutcome::Denied { rule, reason } => Err(ServiceError::PermissionDenied { rule, reason }),
+        StoredOutcome::Denied { rule, reason } => {
+            Err(ServiceError::PermissionDenied { rule, reason })
+        }
     }
 }
 
@@ -601,7 +664,11 @@ fn request_record(
 fn decision_record(p: &Prepared, d: &Decision, policy: &Policy) -> Record {
     let (effect, rules, reason) = match d {
         Decision::Allow { rules } => ("allow", rules.clone(), None),
-        Decision::Deny { rule, reason } => ("deny", rule.iter().cloned().collect(), Some(reason.as_str())),
+        Decision::Deny { rule, reason } => (
+            "deny",
+            rule.iter().cloned().collect(),
+            Some(reason.as_str()),
+        ),
     };
     Record::new("sign.decision")
         .field("req_id", p.request_id.as_str())
@@ -610,7 +677,10 @@ fn decision_record(p: &Prepared, d: &Decision, policy: &Policy) -> Record {
         .field("reason", reason)
         .field("policy_serial", policy.serial())
         .field("policy_hash", policy.hash_hex())
-        .field("action", serde_json::to_value(&p.action).unwrap_or_default())
+        .field(
+            "action",
+            serde_json::to_value(&p.action).unwrap_or_default(),
+        )
 }
 
 fn receipt_proto(r: Receipt) -> v1::AuditReceipt {
@@ -621,7 +691,10 @@ fn receipt_proto(r: Receipt) -> v1::AuditReceipt {
 }
 
 /// Builds the response (without receipt) and its `sign.result` record.
-fn build_response<R: SignResponse>(p: &Prepared, sig: &RawSignature) -> Result<(R, Record), ServiceError> {
+fn build_response<R: SignResponse>(
+    p: &Prepared,
+    sig: &RawSignature,
+) -> Result<(R, Record), ServiceError> {
     let mut rec = Record::new("sign.result")
         .field("req_id", p.request_id.as_str())
         .field("status", "signed")
@@ -683,7 +756,12 @@ mod tests {
     #[test]
     fn request_ids_are_validated() {
         assert!(validate_request_id("order-42:retry.1_a").is_ok());
-        let msg = |id: &str| validate_request_id(id).err().map(|e| e.to_string()).unwrap_or_default();
+        let msg = |id: &str| {
+            validate_request_id(id)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        };
         assert!(msg("").contains("required"));
         assert!(msg(&"a".repeat(129)).contains("at most 128"));
         assert!(msg("a b").contains("' '"));

@@ -94,7 +94,13 @@ impl signer_server::Signer for SignerApi {
         req: Request<v1::ListKeysRequest>,
     ) -> Result<Response<v1::ListKeysResponse>, Status> {
         self.caller(&req)?;
-        let keys = self.signer.keys().keys().into_iter().map(key_proto).collect();
+        let keys = self
+            .signer
+            .keys()
+            .keys()
+            .into_iter()
+            .map(key_proto)
+            .collect();
         Ok(Response::new(v1::ListKeysResponse { keys }))
     }
 

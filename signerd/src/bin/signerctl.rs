@@ -14,7 +14,11 @@ use signerd::keys::{Algorithm, KeyInfo};
 use signerd_proto::v1;
 
 #[derive(Parser)]
-#[command(name = "signerctl", version, about = "Client for the signerd signing daemon")]
+#[command(
+    name = "signerctl",
+    version,
+    about = "Client for the signerd signing daemon"
+)]
 struct Cli {
     #[command(flatten)]
     conn: Conn,
@@ -224,7 +228,9 @@ fn key_json(k: &v1::Key) -> serde_json::Value {
 
 fn sig_json(s: &Option<v1::Signature>) -> serde_json::Value {
     match s {
-        Some(s) => json!({"r": hex0x(&s.r), "s": hex0x(&s.s), "y_parity": s.y_parity, "v": s.v, "bytes": hex0x(&s.bytes)}),
+        Some(s) => {
+            json!({"r": hex0x(&s.r), "s": hex0x(&s.s), "y_parity": s.y_parity, "v": s.v, "bytes": hex0x(&s.bytes)})
+        }
         None => serde_json::Value::Null,
     }
 }
@@ -264,7 +270,10 @@ fn emit(json_out: bool, v: serde_json::Value) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -307,7 +316,11 @@ fn print_local_key(json_out: bool, k: &KeyInfo) {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let json_out = cli.json;
     match cli.command {
-        Command::Keys(KeysCmd::Generate { config, id, algorithm }) => {
+        Command::Keys(KeysCmd::Generate {
+            config,
+            id,
+            algorithm,
+        }) => {
             let (dir, passphrase) = local_keystore(&config)?;
             let k = signerd::keys::soft::generate(&dir, &id, algorithm, &passphrase)?;
             print_local_key(json_out, &k);
@@ -330,9 +343,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 for k in &keys {
                     let alg = v1::Algorithm::try_from(k.algorithm)
-                        .map(|a| a.as_str_name().trim_start_matches("ALGORITHM_").to_lowercase())
+                        .map(|a| {
+                            a.as_str_name()
+                                .trim_start_matches("ALGORITHM_")
+                                .to_lowercase()
+                        })
                         .unwrap_or_default();
-                    println!("{:<24} {:<10} {:<7} {}", k.id, alg, k.backend, k.evm_address);
+                    println!(
+                        "{:<24} {:<10} {:<7} {}",
+                        k.id, alg, k.backend, k.evm_address
+                    );
                 }
             }
             Ok(())
@@ -376,7 +396,11 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                     max_priority_fee_per_gas,
                     to,
                     value,
-                    data: if data.is_empty() { Vec::new() } else { parse_hex("--data", &data)? },
+                    data: if data.is_empty() {
+                        Vec::new()
+                    } else {
+                        parse_hex("--data", &data)?
+                    },
                     access_list: Vec::new(),
                 })
                 .await

@@ -12,7 +12,11 @@ use signerd::config::Config;
 use signerd::server::{Daemon, shutdown_signal};
 
 #[derive(Parser)]
-#[command(name = "signerd", version, about = "Self-hosted custody and signing daemon")]
+#[command(
+    name = "signerd",
+    version,
+    about = "Self-hosted custody and signing daemon"
+)]
 struct Cli {
     /// Log format on standard error.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
@@ -63,7 +67,11 @@ fn init_logging(format: LogFormat, level: &str) {
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().with_current_span(true).with_span_list(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
     }
 }
 
@@ -101,8 +109,14 @@ async fn dev(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     println!("signerd listening on {addr}");
     println!();
     println!("Development mode: mTLS (TLS 1.3) with the development CA in {shown}/pki.");
-    println!("Configuration {shown}/signerd.toml, policy {shown}/policy.toml, audit log {shown}/audit/.");
-    println!("Keys: {} (secp256k1), {} (ed25519).", signerd::dev::DEV_SECP256K1, signerd::dev::DEV_ED25519);
+    println!(
+        "Configuration {shown}/signerd.toml, policy {shown}/policy.toml, audit log {shown}/audit/."
+    );
+    println!(
+        "Keys: {} (secp256k1), {} (ed25519).",
+        signerd::dev::DEV_SECP256K1,
+        signerd::dev::DEV_ED25519
+    );
     println!();
     println!("In another terminal, sign an EIP-1559 transaction as client `app`:");
     println!();

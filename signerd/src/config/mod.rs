@@ -244,11 +244,10 @@ impl Config {
         })?;
         cfg.source = PathBuf::from(shown);
         cfg.resolve(base);
-        cfg.validate()
-            .map_err(|message| ConfigError::Invalid {
-                path: shown.to_owned(),
-                message,
-            })?;
+        cfg.validate().map_err(|message| ConfigError::Invalid {
+            path: shown.to_owned(),
+            message,
+        })?;
         Ok(cfg)
     }
 
@@ -275,11 +274,36 @@ impl Config {
 
     fn validate(&self) -> Result<(), String> {
         let s = &self.server;
-        bounded("server.max_message_bytes", s.max_message_bytes as u64, 1024, 64 << 20)?;
-        bounded("server.request_timeout_ms", s.request_timeout_ms, 100, 600_000)?;
-        bounded("server.handshake_timeout_ms", s.handshake_timeout_ms, 100, 60_000)?;
-        bounded("server.max_connections", s.max_connections as u64, 1, 100_000)?;
-        bounded("server.max_concurrent_streams", u64::from(s.max_concurrent_streams), 1, 10_000)?;
+        bounded(
+            "server.max_message_bytes",
+            s.max_message_bytes as u64,
+            1024,
+            64 << 20,
+        )?;
+        bounded(
+            "server.request_timeout_ms",
+            s.request_timeout_ms,
+            100,
+            600_000,
+        )?;
+        bounded(
+            "server.handshake_timeout_ms",
+            s.handshake_timeout_ms,
+            100,
+            60_000,
+        )?;
+        bounded(
+            "server.max_connections",
+            s.max_connections as u64,
+            1,
+            100_000,
+        )?;
+        bounded(
+            "server.max_concurrent_streams",
+            u64::from(s.max_concurrent_streams),
+            1,
+            10_000,
+        )?;
         bounded("audit.max_batch", self.audit.max_batch as u64, 1, 65_536)?;
 
         let mut ids = std::collections::HashSet::new();
@@ -332,7 +356,8 @@ impl Config {
                     .ok_or("keys.backend = \"soft\" needs a [keys.soft] table")?;
                 if soft.passphrase_file.is_some() == soft.passphrase_env.is_some() {
                     return Err(
-                        "keys.soft: set exactly one of `passphrase_file` and `passphrase_env`".into(),
+                        "keys.soft: set exactly one of `passphrase_file` and `passphrase_env`"
+                            .into(),
                     );
                 }
             }
@@ -379,7 +404,11 @@ fn bounded(name: &str, v: u64, min: u64, max: u64) -> Result<(), String> {
 
 /// Lowercase hex without separators, if `s` is 32 bytes of hex.
 pub fn normalize_fingerprint(s: &str) -> Option<String> {
-    let hex: String = s.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
+    let hex: String = s
+        .chars()
+        .filter(|c| *c != ':')
+        .collect::<String>()
+        .to_ascii_lowercase();
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
@@ -444,19 +473,46 @@ dir = "audit"
     fn unknown_field_is_located() {
         let src = GOOD.replace("[audit]\n", "[audit]\nfsink = true\n");
         let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(e.starts_with("signerd.toml:28:1: unknown field `fsink`"), "{e}");
+        assert!(
+            e.starts_with("signerd.toml:28:1: unknown field `fsink`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn inconsistent_configs_are_refused() {
         let cases = [
-            (GOOD.replace("subject_cn = \"app\"", "subject_cn = \"app\"\nsan_uri = \"spiffe://x\""), "exactly one of"),
-            (GOOD.replace("backend = \"soft\"", "backend = \"tpm\""), "unknown backend `tpm`"),
-            (GOOD.replace("passphrase_file = \"keystore.pass\"", ""), "exactly one of `passphrase_file`"),
-            (GOOD.replace("[server]\n", "[server]\nmax_message_bytes = 10\n"), "max_message_bytes = 10 is outside"),
-            (GOOD.replace("subject_cn = \"app\"", "sha256 = \"abcd\""), "32 bytes of hex"),
-            (format!("{GOOD}\n[[identity]]\nid = \"app\"\nsubject_cn = \"x\"\n"), "defined twice"),
-            (format!("{GOOD}\n[[identity]]\nid = \"app2\"\nsubject_cn = \"app\"\n"), "already matches"),
+            (
+                GOOD.replace(
+                    "subject_cn = \"app\"",
+                    "subject_cn = \"app\"\nsan_uri = \"spiffe://x\"",
+                ),
+                "exactly one of",
+            ),
+            (
+                GOOD.replace("backend = \"soft\"", "backend = \"tpm\""),
+                "unknown backend `tpm`",
+            ),
+            (
+                GOOD.replace("passphrase_file = \"keystore.pass\"", ""),
+                "exactly one of `passphrase_file`",
+            ),
+            (
+                GOOD.replace("[server]\n", "[server]\nmax_message_bytes = 10\n"),
+                "max_message_bytes = 10 is outside",
+            ),
+            (
+                GOOD.replace("subject_cn = \"app\"", "sha256 = \"abcd\""),
+                "32 bytes of hex",
+            ),
+            (
+                format!("{GOOD}\n[[identity]]\nid = \"app\"\nsubject_cn = \"x\"\n"),
+                "defined twice",
+            ),
+            (
+                format!("{GOOD}\n[[identity]]\nid = \"app2\"\nsubject_cn = \"app\"\n"),
+                "already matches",
+            ),
         ];
         for (src, want) in cases {
             let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();

@@ -80,6 +80,31 @@ enum KeysCmd {
         #[arg(long)]
         algorithm: Algorithm,
     },
+    /// Import a key into the local software keystore: an Ethereum keystore v3 file, or a raw
+    /// 32-byte secret. Secrets are read from files or environment variables, never from flags.
+    Import {
+        /// signerd configuration whose `[keys.soft]` keystore receives the key.
+        #[arg(long)]
+        config: PathBuf,
+        /// The new key's id.
+        #[arg(long)]
+        id: String,
+        /// An Ethereum keystore v3 JSON file (imported as secp256k1).
+        #[arg(long, conflicts_with = "secret_file", required_unless_present = "secret_file")]
+        keystore_v3: Option<PathBuf>,
+        /// File holding the keystore v3 password (first line).
+        #[arg(long, conflicts_with = "password_env")]
+        password_file: Option<PathBuf>,
+        /// Environment variable holding the keystore v3 password.
+        #[arg(long)]
+        password_env: Option<String>,
+        /// File holding a raw private key as hex (first line).
+        #[arg(long, requires = "algorithm")]
+        secret_file: Option<PathBuf>,
+        /// Algorithm of the raw key: secp256k1 or ed25519.
+        #[arg(long)]
+        algorithm: Option<Algorithm>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -299,6 +324,19 @@ fn local_keystore(config: &Path) -> anyhow::Result<(PathBuf, secrecy::SecretStri
     Ok((soft.dir, passphrase))
 }
 
+/// The first line of a secret file, which must not be readable by other users.
+fn secret_line(path: &Path) -> anyhow::Result<secrecy::SecretString> {
+    signerd::tls::check_secret_file(path).map_err(anyhow::Error::msg)?;
+    let raw = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).with_context(|| path.display().to_string())?,
+    );
+    let line = raw.lines().next().unwrap_or("").trim().to_owned();
+    if line.is_empty() {
+        bail!("{}: empty", path.display());
+    }
+    Ok(secrecy::SecretString::from(line))
+}
+
 fn print_local_key(json_out: bool, k: &KeyInfo) {
     let address = match k.algorithm {
         Algorithm::Secp256k1 => signerd::chain::evm::address_of(&k.public_key)
@@ -323,6 +361,43 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }) => {
             let (dir, passphrase) = local_keystore(&config)?;
             let k = signerd::keys::soft::generate(&dir, &id, algorithm, &passphrase)?;
+            print_local_key(json_out, &k);
+            if !json_out {
+                println!("restart signerd to serve the new key");
+            }
+            Ok(())
+        }
+        Command::Keys(KeysCmd::Import {
+            config,
+            id,
+            keystore_v3,
+            password_file,
+            password_env,
+            secret_file,
+            algorithm,
+        }) => {
+            let (dir, passphrase) = local_keystore(&config)?;
+            let k = if let Some(v3) = keystore_v3 {
+                let password = match (password_file, password_env) {
+                    (Some(f), None) => secret_line(&f)?,
+                    (None, Some(var)) => secrecy::SecretString::from(
+                        std::env::var(&var).with_context(|| format!("${var} is not set"))?,
+                    ),
+                    _ => bail!("give --password-file or --password-env for the keystore v3 password"),
+                };
+                signerd::keys::hazmat::import_keystore_v3(&dir, &id, &v3, &password, &passphrase)?
+            } else {
+                let (Some(file), Some(algorithm)) = (secret_file, algorithm) else {
+                    bail!("give --keystore-v3 FILE, or --secret-file FILE with --algorithm");
+                };
+                let line = secret_line(&file)?;
+                let hex_str = secrecy::ExposeSecret::expose_secret(&line);
+                let secret = zeroize::Zeroizing::new(
+                    hex::decode(hex_str.strip_prefix("0x").unwrap_or(hex_str))
+                        .map_err(|_| anyhow::anyhow!("{}: not hex", file.display()))?,
+                );
+                signerd::keys::hazmat::import_secret(&dir, &id, algorithm, secret, &passphrase)?
+            };
             print_local_key(json_out, &k);
             if !json_out {
                 println!("restart signerd to serve the new key");

@@ -1,0 +1,170 @@
+//! Audit record bodies and their exact byte encoding.
+//!
+//! A record's body fields are serialized here, on the caller's thread, so the single writer
+//! thread only adds the envelope (`v`, `seq`, `ts`, `type`, `prev`) and hashes. Field order is
+//! the insertion order, because the bytes on disk are the bytes hashed and auditors read them
+//! with `jq`. This module must never reorder fields, emit a line break inside a record, let a
+//! body field shadow an envelope field, or accept a record that would be too long to read back.
+
+use super::AuditError;
+
+/// Longest record line, in bytes without the trailing newline. The reader refuses longer
+/// lines, so the writer must never produce one.
+pub const MAX_LINE_BYTES: usize = 1 << 20;
+
+/// Longest record type name, in bytes.
+const MAX_KIND_BYTES: usize = 64;
+
+/// Room the envelope needs around the body: `{"v":1,"seq":` + 20 digits + `,"ts":"` + a
+/// timestamp (27 bytes until year 9999) + `","type":"` + the type + `"` + `,"prev":"` +
+/// 64 hex digits + `"}`; rounded up generously.
+const ENVELOPE_BYTES: usize = 256 + MAX_KIND_BYTES;
+
+/// Field names the envelope owns; a body field with one of these names would make the line
+/// ambiguous (JSON readers disagree on duplicate keys).
+const RESERVED: [&str; 5] = ["v", "seq", "ts", "type", "prev"];
+
+/// A record body: the type and the fields after the envelope, in insertion order.
+#[derive(Debug, Clone)]
+pub struct Record {
+    kind: &'static str,
+    // A Vec, not a serde_json::Map: the map sorts its keys and field order is part of the
+    // hashed bytes.
+    fields: Vec<(String, serde_json::Value)>,
+}
+
+impl Record {
+    /// A record of type `kind` (`sign.request`, `sign.decision`, ...). The type must be made
+    /// of `a-z`, `0-9`, `.` and `_`; [`AuditLog::append`](super::AuditLog::append) refuses
+    /// anything else.
+    pub fn new(kind: &'static str) -> Record {
+        Record {
+            kind,
+            fields: Vec::new(),
+        }
+    }
+
+    /// Adds a field after the ones already added. Names must be unique within the record and
+    /// must not be one of the envelope names (`v`, `seq`, `ts`, `type`, `prev`);
+    /// [`AuditLog::append`](super::AuditLog::append) refuses records that break this.
+    pub fn field(mut self, name: &str, value: impl Into<serde_json::Value>) -> Record {
+        self.fields.push((name.to_owned(), value.into()));
+        self
+    }
+
+    /// The record type.
+    pub fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// The body fields, in order.
+    pub fn fields(&self) -> &[(String, serde_json::Value)] {
+        &self.fields
+    }
+
+    /// The body bytes as they appear in the line: `,"name":value` for each field, in order.
+    /// Checks everything the writer thread relies on, so the writer never has to refuse a
+    /// record it has already assigned a sequence number to.
+    pub(super) fn encode(&self) -> Result<Vec<u8>, AuditError> {
+        let invalid = |why: String| {
+            AuditError::InvalidRecord(format!("record `{}`: {why}", self.kind.escape_debug()))
+        };
+        if self.kind.is_empty() || self.kind.len() > MAX_KIND_BYTES {
+            return Err(invalid(format!(
+                "the type must be 1 to {MAX_KIND_BYTES} bytes long"
+            )));
+        }
+        if !self
+            .kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_')
+        {
+            return Err(invalid(
+                "the type may only contain a-z, 0-9, `.` and `_`".to_owned(),
+            ));
+        }
+        let mut body = Vec::with_capacity(32 * self.fields.len() + 16);
+        for (i, (name, value)) in self.fields.iter().enumerate() {
+            if RESERVED.contains(&name.as_str()) {
+                return Err(invalid(format!(
+                    "field `{name}` is reserved for the envelope"
+                )));
+            }
+            // Records have a handful of fields; a quadratic scan beats building a set.
+            if self.fields[..i].iter().any(|(earlier, _)| earlier == name) {
+                return Err(invalid(format!(
+                    "field `{}` appears twice",
+                    name.escape_debug()
+                )));
+            }
+            body.push(b',');
+            serde_json::to_writer(&mut body, name)
+                .map_err(|e| invalid(format!("field name: {e}")))?;
+            body.push(b':');
+            serde_json::to_writer(&mut body, value)
+                .map_err(|e| invalid(format!("field `{}`: {e}", name.escape_debug())))?;
+            if body.len() + ENVELOPE_BYTES > MAX_LINE_BYTES {
+                return Err(invalid(format!(
+                    "the record would be longer than {MAX_LINE_BYTES} bytes (at field `{}`)",
+                    name.escape_debug()
+                )));
+            }
+        }
+        Ok(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn encode_keeps_insertion_order_and_escapes() {
+        let rec = Record::new("sign.request")
+            .field("zeta", 1)
+            .field("alpha", "a\"b\nc")
+            .field("mid", serde_json::json!({"b": 1, "a": [true, null]}))
+            .field("none", Option::<String>::None);
+        let body = rec.encode().unwrap();
+        assert_eq!(
+            std::str::from_utf8(&body).unwrap(),
+            r#","zeta":1,"alpha":"a\"b\nc","mid":{"a":[true,null],"b":1},"none":null"#
+        );
+        assert!(!body.contains(&b'\n'));
+    }
+
+    #[test]
+    fn encode_refuses_reserved_duplicate_and_bad_type() {
+        for name in RESERVED {
+            let err = Record::new("x").field(name, 1).encode().unwrap_err();
+            assert!(
+                err.to_string().contains("reserved for the envelope"),
+                "{err}"
+            );
+        }
+        let err = Record::new("x")
+            .field("a", 1)
+            .field("a", 2)
+            .encode()
+            .unwrap_err();
+        assert!(err.to_string().contains("field `a` appears twice"), "{err}");
+        let err = Record::new("Sign Request").encode().unwrap_err();
+        assert!(err.to_string().contains("may only contain"), "{err}");
+        let err = Record::new("").encode().unwrap_err();
+        assert!(err.to_string().contains("1 to 64 bytes"), "{err}");
+    }
+
+    #[test]
+    fn encode_refuses_oversized_records() {
+        let err = Record::new("x")
+            .field("big", "a".repeat(MAX_LINE_BYTES))
+            .encode()
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("longer than 1048576 bytes"),
+            "{err}"
+        );
+    }
+}

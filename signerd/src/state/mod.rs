@@ -1,0 +1,80 @@
+//! Durable daemon state: idempotency records (later: spend windows and pending approvals).
+//!
+//! The [`StateStore`] trait is the seam; [`SledStore`] is the embedded default. A store call
+//! is blocking and must run on a blocking thread. Every write is durable when it returns; a
+//! store must never report success for a write it has not made durable, and never put secrets
+//! in values, keys or errors. The audit log, not this store, is the source of truth after a
+//! crash.
+
+mod sled;
+
+use std::path::Path;
+
+pub use self::sled::SledStore;
+
+/// What the daemon remembers about one `request_id` of one client.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredRequest {
+    /// Hex SHA-256 fingerprint of the request.
+    pub fingerprint: String,
+    /// The gRPC method.
+    pub method: String,
+    /// How it ended.
+    pub outcome: StoredOutcome,
+}
+
+/// The final outcome of a request, replayed to retries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "status", rename_all = "snake_case")]
+pub enum StoredOutcome {
+    /// Signed: the protobuf-encoded response, hex.
+    Signed {
+        /// Hex of the encoded response message.
+        response: String,
+    },
+    /// Denied by policy.
+    Denied {
+        /// The deciding rule, if any.
+        rule: Option<String>,
+        /// The reason given to the client.
+        reason: String,
+    },
+}
+
+/// Why the state store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The store cannot read or commit.
+    #[error("state store unavailable: {0}")]
+    Unavailable(String),
+    /// A stored value cannot be decoded.
+    #[error("state store corrupt: {0}")]
+    Corrupt(String),
+    /// A key part is not storable (a NUL byte, or too long). The caller validates first, so
+    /// this is a bug upstream.
+    #[error("state store: invalid key: {0}")]
+    InvalidKey(String),
+}
+
+/// Durable storage for idempotency records (later: spend windows, approvals).
+pub trait StateStore: Send + Sync + 'static {
+    /// The stored request, if any.
+    fn get_request(
+        &self,
+        client: &str,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, StateError>;
+    /// Stores the request; durable when this returns.
+    fn put_request(
+        &self,
+        client: &str,
+        request_id: &str,
+        rec: &StoredRequest,
+    ) -> Result<(), StateError>;
+}
+
+/// Opens the default store in `dir` (created with mode 0700 if missing).
+pub fn open_sled(dir: &Path) -> Result<std::sync::Arc<dyn StateStore>, StateError> {
+    Ok(std::sync::Arc::new(SledStore::open(dir)?))
+}

@@ -1,0 +1,307 @@
+//! The embedded [`StateStore`] on [sled](https://docs.rs/sled/0.34) 0.34.
+//!
+//! Idempotency records live in the tree `requests` under the key `client || 0x00 ||
+//! request_id`, as JSON. Writes are flushed (fsync) before they return, so a retried request
+//! after a crash never gets signed twice for lack of a record. This module must never return
+//! from a write before the flush, nor build a key that two different (client, request_id)
+//! pairs could share.
+
+use std::fs::DirBuilder;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use super::{StateError, StateStore, StoredRequest};
+
+/// Longest client id or request id, in bytes. Both are validated upstream far below this.
+const MAX_KEY_PART_BYTES: usize = 1024;
+
+/// Name of the tree holding idempotency records.
+const REQUESTS_TREE: &str = "requests";
+
+/// [`StateStore`] on a sled database.
+pub struct SledStore {
+    db: sled::Db,
+    requests: sled::Tree,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates, mode 0700) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<SledStore, StateError> {
+        match std::fs::metadata(dir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                return Err(StateError::Unavailable(format!(
+                    "{} exists but is not a directory",
+                    dir.display()
+                )));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| {
+                        StateError::Unavailable(format!(
+                            "cannot create directory {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+            }
+            Err(e) => {
+                return Err(StateError::Unavailable(format!(
+                    "cannot inspect {}: {e}",
+                    dir.display()
+                )));
+            }
+        }
+        let db = sled::Config::new()
+            .path(dir)
+            // Writes are flushed explicitly; the background flush only bounds the loss of
+            // anything else sled keeps.
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| {
+                StateError::Unavailable(format!("cannot open sled database {}: {e}", dir.display()))
+            })?;
+        let requests = db.open_tree(REQUESTS_TREE).map_err(|e| {
+            StateError::Unavailable(format!(
+                "cannot open tree `{REQUESTS_TREE}` in {}: {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(SledStore {
+            db,
+            requests,
+            dir: dir.to_owned(),
+        })
+    }
+}
+
+/// `client || 0x00 || request_id`. A client id without NUL makes the split unambiguous; the
+/// request id is refused with NUL too so keys stay printable.
+fn request_key(client: &str, request_id: &str) -> Result<Vec<u8>, StateError> {
+    for (what, part) in [("client id", client), ("request id", request_id)] {
+        if part.as_bytes().contains(&0) {
+            return Err(StateError::InvalidKey(format!(
+                "{what} {part:?} contains a NUL byte"
+            )));
+        }
+        if part.len() > MAX_KEY_PART_BYTES {
+            return Err(StateError::InvalidKey(format!(
+                "{what} is {} bytes long, at most {MAX_KEY_PART_BYTES} allowed",
+                part.len()
+            )));
+        }
+    }
+    let mut key = Vec::with_capacity(client.len() + 1 + request_id.len());
+    key.extend_from_slice(client.as_bytes());
+    key.push(0);
+    key.extend_from_slice(request_id.as_bytes());
+    Ok(key)
+}
+
+impl StateStore for SledStore {
+    fn get_request(
+        &self,
+        client: &str,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, StateError> {
+        let key = request_key(client, request_id)?;
+        let value = self.requests.get(&key).map_err(|e| {
+            StateError::Unavailable(format!(
+                "read {REQUESTS_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        match value {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                StateError::Corrupt(format!(
+                    "{REQUESTS_TREE}[client={client:?}, request_id={request_id:?}]: cannot decode the stored value: {e}"
+                ))
+            }),
+        }
+    }
+
+    fn put_request(
+        &self,
+        client: &str,
+        request_id: &str,
+        rec: &StoredRequest,
+    ) -> Result<(), StateError> {
+        let key = request_key(client, request_id)?;
+        let value = serde_json::to_vec(rec).map_err(|e| {
+            StateError::Unavailable(format!(
+                "encode {REQUESTS_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        self.requests.insert(key, value).map_err(|e| {
+            StateError::Unavailable(format!(
+                "write {REQUESTS_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        // Durable before returning: concurrent callers' flushes share sled's log writes.
+        self.db.flush().map_err(|e| {
+            StateError::Unavailable(format!(
+                "flush after writing {REQUESTS_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::state::StoredOutcome;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            TempDir(std::env::temp_dir().join(format!(
+                "signerd-state-{name}-{}-{nanos}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            )))
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn signed(resp: &str) -> StoredRequest {
+        StoredRequest {
+            fingerprint: "ab".repeat(32),
+            method: "SignEvmTransaction".to_owned(),
+            outcome: StoredOutcome::Signed {
+                response: resp.to_owned(),
+            },
+        }
+    }
+
+    #[test]
+    fn round_trip_and_durable_across_reopen() {
+        let dir = TempDir::new("roundtrip");
+        let denied = StoredRequest {
+            fingerprint: "cd".repeat(32),
+            method: "SignEvmMessage".to_owned(),
+            outcome: StoredOutcome::Denied {
+                rule: Some("no-blind".to_owned()),
+                reason: "raw digests are not allowed".to_owned(),
+            },
+        };
+        {
+            let store = SledStore::open(&dir.0).unwrap();
+            assert_eq!(store.get_request("svc-a", "r1").unwrap(), None);
+            store.put_request("svc-a", "r1", &signed("0a0b")).unwrap();
+            store.put_request("svc-a", "r2", &denied).unwrap();
+            assert_eq!(
+                store.get_request("svc-a", "r1").unwrap(),
+                Some(signed("0a0b"))
+            );
+        }
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&dir.0).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let store = open_sled_for_test(&dir.0);
+        assert_eq!(
+            store.get_request("svc-a", "r1").unwrap(),
+            Some(signed("0a0b"))
+        );
+        assert_eq!(store.get_request("svc-a", "r2").unwrap(), Some(denied));
+        assert_eq!(store.get_request("svc-a", "r3").unwrap(), None);
+    }
+
+    fn open_sled_for_test(dir: &Path) -> std::sync::Arc<dyn StateStore> {
+        crate::state::open_sled(dir).unwrap()
+    }
+
+    #[test]
+    fn clients_do_not_collide() {
+        let dir = TempDir::new("clients");
+        let store = SledStore::open(&dir.0).unwrap();
+        store.put_request("svc-a", "same", &signed("aa")).unwrap();
+        store.put_request("svc-b", "same", &signed("bb")).unwrap();
+        // Concatenation without the separator would make these two one key.
+        store.put_request("svc-a", "bsame", &signed("cc")).unwrap();
+        store.put_request("svc-ab", "same", &signed("dd")).unwrap();
+        assert_eq!(
+            store.get_request("svc-a", "same").unwrap(),
+            Some(signed("aa"))
+        );
+        assert_eq!(
+            store.get_request("svc-b", "same").unwrap(),
+            Some(signed("bb"))
+        );
+        assert_eq!(
+            store.get_request("svc-a", "bsame").unwrap(),
+            Some(signed("cc"))
+        );
+        assert_eq!(
+            store.get_request("svc-ab", "same").unwrap(),
+            Some(signed("dd"))
+        );
+        assert_eq!(store.get_request("svc-c", "same").unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_nul_in_keys_and_reports_corruption() {
+        let dir = TempDir::new("corrupt");
+        let store = SledStore::open(&dir.0).unwrap();
+        let err = store.put_request("svc\0a", "r", &signed("aa")).unwrap_err();
+        assert!(matches!(err, StateError::InvalidKey(_)));
+        assert!(
+            err.to_string()
+                .contains("client id \"svc\\0a\" contains a NUL byte"),
+            "{err}"
+        );
+        assert!(store.get_request("svc", "r\0").is_err());
+
+        store
+            .requests
+            .insert(b"svc\0bad", b"{not json".to_vec())
+            .unwrap();
+        let err = store.get_request("svc", "bad").unwrap_err();
+        assert!(matches!(err, StateError::Corrupt(_)));
+        assert!(
+            err.to_string().starts_with(
+                "state store corrupt: requests[client=\"svc\", request_id=\"bad\"]: cannot decode"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_file_as_directory() {
+        let dir = TempDir::new("notdir");
+        std::fs::write(&dir.0, b"").unwrap();
+        let err = SledStore::open(&dir.0).unwrap_err();
+        assert!(
+            err.to_string().ends_with("exists but is not a directory"),
+            "{err}"
+        );
+        std::fs::remove_file(&dir.0).unwrap();
+    }
+}

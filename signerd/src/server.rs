@@ -148,7 +148,7 @@ impl Daemon {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<SignerServer<SignerApi>>().await;
         let mut audit_health = self.signer.audit().health();
-        tokio::spawn(async move {
+        let watcher = tokio::spawn(async move {
             while audit_health.changed().await.is_ok() {
                 if !*audit_health.borrow() {
                     tracing::error!("audit log failed: reporting NOT_SERVING");
@@ -178,6 +178,8 @@ impl Daemon {
             .serve_with_incoming_shutdown(ReceiverStream::new(conns), shutdown)
             .await;
         tracing::info!("listener closed; closing the audit log");
+        // Closing the log ends its health too; that is not a failure to report.
+        watcher.abort();
         let closed = self.signer.audit().shutdown().await;
         result.map_err(|e| ServerError::Serve(e.to_string()))?;
         closed.map_err(|e| ServerError::Serve(e.to_string()))

@@ -90,7 +90,11 @@ enum KeysCmd {
         #[arg(long)]
         id: String,
         /// An Ethereum keystore v3 JSON file (imported as secp256k1).
-        #[arg(long, conflicts_with = "secret_file", required_unless_present = "secret_file")]
+        #[arg(
+            long,
+            conflicts_with = "secret_file",
+            required_unless_present = "secret_file"
+        )]
         keystore_v3: Option<PathBuf>,
         /// File holding the keystore v3 password (first line).
         #[arg(long, conflicts_with = "password_env")]
@@ -383,7 +387,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     (None, Some(var)) => secrecy::SecretString::from(
                         std::env::var(&var).with_context(|| format!("${var} is not set"))?,
                     ),
-                    _ => bail!("give --password-file or --password-env for the keystore v3 password"),
+                    _ => {
+                        bail!("give --password-file or --password-env for the keystore v3 password")
+                    }
                 };
                 signerd::keys::hazmat::import_keystore_v3(&dir, &id, &v3, &password, &passphrase)?
             } else {

@@ -64,7 +64,8 @@ fn init_logging(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder
@@ -120,13 +121,8 @@ async fn dev(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     println!();
     println!("In another terminal, sign an EIP-1559 transaction as client `app`:");
     println!();
-    let endpoint = if addr.port() == 50051 && addr.ip().is_loopback() {
-        String::new()
-    } else {
-        format!(" --endpoint https://{addr}")
-    };
     println!(
-        "  cargo run --release --bin signerctl -- --dev {shown} --as app{endpoint} sign evm-tx \\\n    \
+        "  cargo run --release --bin signerctl -- --dev {shown} --as app sign evm-tx \\\n    \
          --key {} --chain-id 1 --nonce 0 --gas-limit 21000 \\\n    \
          --max-fee-per-gas 30000000000 --max-priority-fee-per-gas 1000000000 \\\n    \
          --to 0x3535353535353535353535353535353535353535 --value 1000000000000000",

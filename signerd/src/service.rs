@@ -407,12 +407,20 @@ impl Signer {
                     ServiceError::NotFound(_) => "not_found",
                     _ => "invalid_argument",
                 };
-                let _ =
-                    self.audit
-                        .append(request_record(&caller, method, &request_id, &key_id, None));
+                // Client-chosen identifiers reach the log only once they are known to be
+                // well-formed, so a refused request cannot write arbitrary text into it.
+                let req_id = validate_request_id(&request_id)
+                    .ok()
+                    .map(|()| request_id.as_str());
+                let key = crate::keys::soft::validate_key_id(&key_id)
+                    .ok()
+                    .map(|()| key_id.as_str());
+                let _ = self
+                    .audit
+                    .append(request_record(&caller, method, req_id, key, None));
                 let _ = self.audit.append(
                     Record::new("sign.result")
-                        .field("req_id", request_id.as_str())
+                        .field("req_id", req_id)
                         .field("status", status)
                         .field("message", e.to_string()),
                 );
@@ -434,8 +442,8 @@ impl Signer {
         let req_rec = request_record(
             &caller,
             method,
-            &prepared.request_id,
-            &prepared.key.id,
+            Some(&prepared.request_id),
+            Some(&prepared.key.id),
             Some(&fingerprint),
         );
         let dec_rec = decision_record(&prepared, &decision, &policy);
@@ -648,8 +656,8 @@ fn replay<R: SignResponse>(stored: StoredRequest, fingerprint: &str) -> Result<R
 fn request_record(
     caller: &Caller,
     method: &str,
-    request_id: &str,
-    key_id: &str,
+    request_id: Option<&str>,
+    key_id: Option<&str>,
     fingerprint: Option<&str>,
 ) -> Record {
     Record::new("sign.request")

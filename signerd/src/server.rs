@@ -1,7 +1,7 @@
 //! Start-up, serving and shutdown of the daemon.
 //!
 //! Start-up opens everything before the listener binds, in an order that fails early: policy,
-//! keys, state store, audit log, TLS. Anything missing or inconsistent stops start-up with a
+//! keys, state store, TLS, audit log. Anything missing or inconsistent stops start-up with a
 //! message that names the file. Shutdown (SIGTERM or SIGINT) stops accepting, lets in-flight
 //! requests finish, then writes `audit.stop` and syncs the log.
 

@@ -120,9 +120,15 @@ async fn dev(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     );
     println!();
     println!("In another terminal, sign an EIP-1559 transaction as client `app`:");
+    // signerctl --dev finds the address in the configuration, unless the port was chosen at bind.
+    let endpoint = if addr == config.server.listen {
+        String::new()
+    } else {
+        format!(" --endpoint https://{addr}")
+    };
     println!();
     println!(
-        "  cargo run --release --bin signerctl -- --dev {shown} --as app sign evm-tx \\\n    \
+        "  cargo run --release --bin signerctl -- --dev {shown} --as app{endpoint} sign evm-tx \\\n    \
          --key {} --chain-id 1 --nonce 0 --gas-limit 21000 \\\n    \
          --max-fee-per-gas 30000000000 --max-priority-fee-per-gas 1000000000 \\\n    \
          --to 0x3535353535353535353535353535353535353535 --value 1000000000000000",

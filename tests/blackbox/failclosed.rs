@@ -1,0 +1,211 @@
+//! Fail closed on the audit log: if it cannot be opened the daemon does not start; if it
+//! cannot be written (full disk, deleted segment) signing stops with UNAVAILABLE, health says
+//! NOT_SERVING, and every signature that was returned has its record in the log.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use signerd_proto::v1;
+use signerd_proto::v1::signer_client::SignerClient;
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::util::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_audit_dir_stops_startup() {
+    let env = TestEnv::new("audit-file");
+    // The configured audit directory is a regular file.
+    write_file(&env.audit_dir(), b"not a directory\n", 0o600);
+    let out = run_to_exit(env.run_command(), Duration::from_secs(60));
+    assert!(
+        !out.status.success(),
+        "signerd started with an unusable audit dir: {out:?}"
+    );
+    assert!(
+        !out.stdout.contains("listening"),
+        "signerd listened: {out:?}"
+    );
+    let dir = env.audit_dir().display().to_string();
+    assert!(
+        out.stderr.contains("audit") && out.stderr.contains(&dir),
+        "the error does not name the audit log {dir}: {:?}",
+        out.stderr
+    );
+}
+
+/// Signing calls of every kind after the log failed: all UNAVAILABLE, nothing signed.
+async fn assert_signing_stopped(c: &mut SignerClient<Channel>, replay_id: &str) {
+    let calls = [
+        (
+            "new transaction",
+            c.sign_evm_transaction(eip1559("after-failure-tx"))
+                .await
+                .map(|_| ()),
+        ),
+        (
+            "replayed transaction",
+            c.sign_evm_transaction(eip1559(replay_id)).await.map(|_| ()),
+        ),
+        (
+            "message",
+            c.sign_evm_message(v1::SignEvmMessageRequest {
+                request_id: "after-failure-msg".into(),
+                key_id: HOT.into(),
+                message: b"hello".to_vec(),
+            })
+            .await
+            .map(|_| ()),
+        ),
+        (
+            "digest",
+            c.sign_digest(v1::SignDigestRequest {
+                request_id: "after-failure-digest".into(),
+                key_id: ED.into(),
+                digest: vec![1; 32],
+            })
+            .await
+            .map(|_| ()),
+        ),
+    ];
+    for (what, r) in calls {
+        match r {
+            Ok(()) => panic!("{what}: signed after the audit log failed"),
+            Err(st) => assert_eq!(st.code(), Code::Unavailable, "{what}: {st:?}"),
+        }
+    }
+}
+
+/// Polls the health service until it reports NOT_SERVING (bounded).
+async fn assert_not_serving(channel: Channel) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let signer = health(channel.clone(), SIGNER_SERVICE).await;
+        let all = health(channel.clone(), "").await;
+        if matches!(signer, Ok(NOT_SERVING)) && matches!(all, Ok(NOT_SERVING)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "health still {signer:?} (signer) / {all:?} (server) after the audit log failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_audit_disk_stops_signing() {
+    let env = TestEnv::new("audit-full");
+    let audit_dir = env.audit_dir();
+    std::fs::create_dir_all(&audit_dir).unwrap();
+    // A private mount namespace with a 64 KiB tmpfs over the audit directory. Neither unshare
+    // nor sh forks, so the child's pid is the daemon's.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=64k tmpfs "$0" && exec "$@""#)
+        .arg(&audit_dir)
+        .arg(SIGNERD)
+        .arg("run")
+        .arg("--config")
+        .arg(env.config_path());
+    let mut d = Daemon::spawn(cmd).unwrap_or_else(|e| {
+        panic!(
+            "cannot run signerd over a 64 KiB tmpfs in a private mount namespace \
+             (needs `unshare --user --map-root-user --mount` and `mount -t tmpfs`; CI runs as root \
+             where this works): {e}"
+        )
+    });
+    // The tmpfs is only visible inside the daemon's namespace.
+    let seen: PathBuf = Path::new("/proc")
+        .join(d.pid().to_string())
+        .join("root")
+        .join(audit_dir.strip_prefix("/").unwrap());
+    assert!(
+        Audit::read(&audit_dir).lines.is_empty(),
+        "the audit log is not on the private tmpfs"
+    );
+
+    let mut c = env.client(&d, "app").await;
+    let mut signed = Vec::new();
+    let mut failure = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for i in 0..5000 {
+        assert!(
+            Instant::now() < deadline,
+            "the 64 KiB audit log never filled up"
+        );
+        let id = format!("fill-{i}");
+        match c.sign_evm_transaction(eip1559(&id)).await {
+            Ok(resp) => signed.push((id, resp.into_inner().receipt)),
+            Err(st) => {
+                failure = Some(st);
+                break;
+            }
+        }
+    }
+    let st = failure.expect("signing never failed although the audit disk is full");
+    assert_eq!(st.code(), Code::Unavailable, "first failure: {st:?}");
+    assert!(
+        !signed.is_empty(),
+        "nothing was signed before the disk filled up"
+    );
+
+    assert_signing_stopped(&mut c, &signed[0].0).await;
+    let channel = signerd::client::channel(&env.settings(&d, "app"))
+        .await
+        .unwrap();
+    assert_not_serving(channel).await;
+    assert!(d.is_running(), "signerd exited instead of refusing to sign");
+
+    // Every signature that left the daemon has its record in the log.
+    let audit = Audit::read(&seen);
+    assert!(
+        !audit.lines.is_empty(),
+        "cannot read the audit log at {}",
+        seen.display()
+    );
+    for (id, receipt) in &signed {
+        check_receipt(&audit, receipt.as_ref(), id);
+    }
+    assert!(
+        Audit::read(&audit_dir).lines.is_empty(),
+        "the audit log was written outside the private tmpfs"
+    );
+    for id in [
+        "after-failure-tx",
+        "after-failure-msg",
+        "after-failure-digest",
+    ] {
+        audit.assert_not_signed(id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_audit_segment_stops_signing() {
+    let env = TestEnv::new("audit-deleted");
+    let mut d = env.start();
+    let mut c = env.client(&d, "app").await;
+    let resp = c
+        .sign_evm_transaction(eip1559("before-delete"))
+        .await
+        .unwrap()
+        .into_inner();
+    check_receipt(&env.audit(), resp.receipt.as_ref(), "before-delete");
+
+    let segment = env.audit_dir().join("segment-00000001.jsonl");
+    std::fs::remove_file(&segment).unwrap_or_else(|e| panic!("{}: {e}", segment.display()));
+
+    // A record written to an unlinked file is lost: the next signature must not be returned.
+    let st = refused(
+        "first call after deletion",
+        c.sign_evm_transaction(eip1559("after-delete")).await,
+    );
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    assert_signing_stopped(&mut c, "before-delete").await;
+    let channel = signerd::client::channel(&env.settings(&d, "app"))
+        .await
+        .unwrap();
+    assert_not_serving(channel).await;
+    assert!(d.is_running(), "signerd exited instead of refusing to sign");
+}

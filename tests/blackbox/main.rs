@@ -1,0 +1,17 @@
+//! Black-box integration tests: they start the real `signerd` and `signerctl` binaries against
+//! throw-away installations and check, independently of the daemon's code, what comes back
+//! (status codes, signatures, encoded transactions) and what lands in the audit log.
+//!
+//! One test binary, one module per area (as ripgrep does), shared fixtures in [`util`]. Every
+//! test uses its own directory and an ephemeral port, so tests run in parallel; no test ever
+//! leaves a daemon running or is skipped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod badinput;
+mod dev;
+mod failclosed;
+mod idempotency;
+mod mtls;
+mod signing;
+mod util;

@@ -1,4 +1,4 @@
-//! Durable daemon state: idempotency records (later: spend windows and pending approvals).
+//! Durable daemon state: idempotency records and the spend ledger of policy limits.
 //!
 //! The [`StateStore`] trait is the seam; [`SledStore`] is the embedded default. A store call
 //! is blocking and must run on a blocking thread. Every write is durable when it returns; a
@@ -7,10 +7,12 @@
 //! crash.
 
 mod sled;
+pub mod spend;
 
 use std::path::Path;
 
 pub use self::sled::SledStore;
+pub use self::spend::{Charge, Exceeded, Used};
 
 /// What the daemon remembers about one `request_id` of one client.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -57,7 +59,7 @@ pub enum StateError {
     InvalidKey(String),
 }
 
-/// Durable storage for idempotency records (later: spend windows, approvals).
+/// Durable storage for idempotency records and limit reservations.
 pub trait StateStore: Send + Sync + 'static {
     /// The stored request, if any.
     fn get_request(
@@ -72,6 +74,22 @@ pub trait StateStore: Send + Sync + 'static {
         request_id: &str,
         rec: &StoredRequest,
     ) -> Result<(), StateError>;
+
+    /// Atomically checks every charge against its limit and, when all fit, reserves them for
+    /// `owner` (`client`, `request_id`). Nothing is reserved when any charge does not fit.
+    fn reserve(
+        &self,
+        client: &str,
+        request_id: &str,
+        now: i64,
+        charges: &[Charge],
+    ) -> Result<Result<(), Exceeded>, StateError>;
+
+    /// Releases every reservation of a request that ended unsigned.
+    fn release(&self, client: &str, request_id: &str) -> Result<(), StateError>;
+
+    /// What `bucket` used in the `window_secs` before `now`.
+    fn used(&self, bucket: &str, window_secs: u64, now: i64) -> Result<Used, StateError>;
 }
 
 /// Opens the default store in `dir` (created with mode 0700 if missing).

@@ -407,5 +407,30 @@ async fn keys_are_listed_and_health_is_serving() {
         health(channel.clone(), SIGNER_SERVICE).await.unwrap(),
         SERVING
     );
-    assert_eq!(health(channel, "").await.unwrap(), SERVING);
+    assert_eq!(health(channel.clone(), "").await.unwrap(), SERVING);
+
+    // Server reflection lets any gRPC tool discover the API.
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel)
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let answer = answers.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("reflection did not list services: {answer:?}");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&SIGNER_SERVICE), "reflection: {names:?}");
+    assert!(
+        names.contains(&"grpc.health.v1.Health"),
+        "reflection: {names:?}"
+    );
 }

@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use signerd_policy::{MAX_POLICY_BYTES, Policy};
+use signerd_proto::v1::admin_server::AdminServer;
 use signerd_proto::v1::signer_server::SignerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::SignerApi;
+use crate::api::{AdminApi, SignerApi};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Config;
 use crate::keys::KeyBackend;
@@ -104,7 +105,14 @@ impl Daemon {
             backend = keys.name(),
             "opened"
         );
-        let signer = Arc::new(Signer::new(keys, policy, state, audit));
+        let signer = Arc::new(Signer::new(
+            keys,
+            policy,
+            config.policy.file.clone(),
+            state,
+            audit,
+        ));
+        signer.record_startup_policy().map_err(start("audit"))?;
         Ok(Daemon {
             config,
             signer,
@@ -165,6 +173,28 @@ impl Daemon {
             .build_v1()
             .map_err(|e| ServerError::Serve(format!("reflection: {e}")))?;
 
+        let signer = self.signer.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            else {
+                tracing::error!(
+                    "cannot listen for SIGHUP; reload the policy through the Admin API"
+                );
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match signer.reload_policy("sighup", None, false).await {
+                    Ok(r) if !r.changed => tracing::info!("SIGHUP: policy unchanged"),
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: policy reload refused; the running policy stays")
+                    }
+                }
+            }
+        });
+        let admin = AdminServer::new(AdminApi::new(self.signer.clone()))
+            .max_decoding_message_size(server.max_message_bytes);
         let api = SignerServer::new(SignerApi::new(self.signer.clone()))
             .max_decoding_message_size(server.max_message_bytes)
             .max_encoding_message_size(server.max_message_bytes);
@@ -173,6 +203,7 @@ impl Daemon {
             .max_concurrent_streams(server.max_concurrent_streams)
             .http2_max_header_list_size(16 * 1024)
             .add_service(api)
+            .add_service(admin)
             .add_service(health_service)
             .add_service(reflection)
             .serve_with_incoming_shutdown(ReceiverStream::new(conns), shutdown)

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use prost::Message;
@@ -47,6 +48,9 @@ pub enum ServiceError {
     /// The `request_id` was used for a different request (ABORTED).
     #[error("{0}")]
     Aborted(String),
+    /// The operation conflicts with the current state (FAILED_PRECONDITION).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The caller has no identity (UNAUTHENTICATED).
     #[error("{0}")]
     Unauthenticated(String),
@@ -72,6 +76,8 @@ pub trait SignResponse: Message + Default + Send + 'static {
     fn fill(&mut self, sig: v1::Signature, signing_hash: [u8; 32], tx: Option<evm::SignedTx>);
     /// Sets the receipt.
     fn set_receipt(&mut self, receipt: v1::AuditReceipt);
+    /// Sets the evaluation of a dry run.
+    fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation);
 }
 
 impl SignResponse for v1::SignEvmTransactionResponse {
@@ -86,6 +92,9 @@ impl SignResponse for v1::SignEvmTransactionResponse {
     fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
         self.receipt = Some(receipt);
     }
+    fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
+        self.evaluation = Some(evaluation);
+    }
 }
 
 impl SignResponse for v1::SignEvmMessageResponse {
@@ -95,6 +104,9 @@ impl SignResponse for v1::SignEvmMessageResponse {
     }
     fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
         self.receipt = Some(receipt);
+    }
+    fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
+        self.evaluation = Some(evaluation);
     }
 }
 
@@ -106,6 +118,9 @@ impl SignResponse for v1::SignTypedDataResponse {
     fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
         self.receipt = Some(receipt);
     }
+    fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
+        self.evaluation = Some(evaluation);
+    }
 }
 
 impl SignResponse for v1::SignDigestResponse {
@@ -115,11 +130,16 @@ impl SignResponse for v1::SignDigestResponse {
     fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
         self.receipt = Some(receipt);
     }
+    fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
+        self.evaluation = Some(evaluation);
+    }
 }
 
 /// A decoded request, ready for policy and signing.
 struct Prepared {
     method: &'static str,
+    /// Evaluate and explain only.
+    dry_run: bool,
     request_id: String,
     key: KeyInfo,
     action: Action,
@@ -143,6 +163,10 @@ type InFlight = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
 pub struct Signer {
     keys: Arc<dyn KeyBackend>,
     policy: RwLock<Arc<Policy>>,
+    /// The policy file, re-read on reload.
+    policy_path: PathBuf,
+    /// Serializes reloads, so two cannot interleave their checks and swaps.
+    reload: Mutex<()>,
     state: Arc<dyn StateStore>,
     audit: AuditLog,
     inflight: InFlight,
@@ -161,12 +185,15 @@ impl Signer {
     pub fn new(
         keys: Arc<dyn KeyBackend>,
         policy: Policy,
+        policy_path: PathBuf,
         state: Arc<dyn StateStore>,
         audit: AuditLog,
     ) -> Signer {
         Signer {
             keys,
             policy: RwLock::new(Arc::new(policy)),
+            policy_path,
+            reload: Mutex::new(()),
             state,
             audit,
             inflight: Mutex::new(HashMap::new()),
@@ -188,6 +215,81 @@ impl Signer {
             Ok(p) => p.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         }
+    }
+
+    /// Records the policy the daemon starts with.
+    pub fn record_startup_policy(&self) -> Result<(), ServiceError> {
+        let p = self.policy();
+        let rec = Record::new("policy.load")
+            .field("source", "startup")
+            .field("file", self.policy_path.display().to_string())
+            .field("old_serial", serde_json::Value::Null)
+            .field("old_hash", serde_json::Value::Null)
+            .field("new_serial", p.serial())
+            .field("new_hash", p.hash_hex())
+            .field("forced", false);
+        self.audit.append(rec).map_err(unavailable)
+    }
+
+    /// Re-reads, validates and atomically installs the policy file. The running policy stays
+    /// on any error. A serial that does not increase is refused unless `force`.
+    pub async fn reload_policy(
+        &self,
+        source: &str,
+        actor: Option<&str>,
+        force: bool,
+    ) -> Result<v1::ReloadPolicyResponse, ServiceError> {
+        let path = self.policy_path.clone();
+        let new = tokio::task::spawn_blocking(move || crate::server::load_policy(&path))
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("policy reload: {e}")))?
+            .map_err(|e| ServiceError::FailedPrecondition(format!("policy not reloaded: {e}")))?;
+        let record = {
+            let _serial = self.reload.lock().unwrap_or_else(|p| p.into_inner());
+            let old = self.policy();
+            let mut response = v1::ReloadPolicyResponse {
+                serial: new.serial(),
+                hash: new.hash_hex(),
+                previous_serial: old.serial(),
+                previous_hash: old.hash_hex(),
+                changed: new.hash() != old.hash(),
+            };
+            if !response.changed {
+                response.serial = old.serial();
+                return Ok(response);
+            }
+            if new.serial() <= old.serial() && !force {
+                return Err(ServiceError::FailedPrecondition(format!(
+                    "policy not reloaded: serial {} is not higher than the running serial {}; \
+                     raise `serial`, or force the reload",
+                    new.serial(),
+                    old.serial()
+                )));
+            }
+            let rec = Record::new("policy.load")
+                .field("source", source)
+                .field("actor", actor)
+                .field("file", self.policy_path.display().to_string())
+                .field("old_serial", old.serial())
+                .field("old_hash", old.hash_hex())
+                .field("new_serial", new.serial())
+                .field("new_hash", new.hash_hex())
+                .field("forced", force && new.serial() <= old.serial());
+            let mut slot = self.policy.write().unwrap_or_else(|p| p.into_inner());
+            *slot = Arc::new(new);
+            (rec, response)
+        };
+        let (rec, response) = record;
+        // Every decision after the swap names the new hash; the load record says when it began.
+        self.audit.append_durable(rec).await.map_err(unavailable)?;
+        tracing::info!(
+            serial = response.serial,
+            hash = %response.hash,
+            previous_serial = response.previous_serial,
+            source,
+            "policy loaded"
+        );
+        Ok(response)
     }
 
     /// Records a refused authentication (no mapped identity, failed handshake).
@@ -225,6 +327,7 @@ impl Signer {
                     .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
                 Ok(Prepared {
                     method,
+                    dry_run: req.dry_run,
                     request_id: req.request_id,
                     key,
                     action: tx.action().clone(),
@@ -255,6 +358,7 @@ impl Signer {
                     .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
                 Ok(Prepared {
                     method,
+                    dry_run: req.dry_run,
                     request_id: req.request_id,
                     key,
                     action,
@@ -285,6 +389,7 @@ impl Signer {
                     .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
                 Ok(Prepared {
                     method,
+                    dry_run: req.dry_run,
                     request_id: req.request_id,
                     key,
                     action,
@@ -324,6 +429,7 @@ impl Signer {
             };
             Ok(Prepared {
                 method,
+                dry_run: req.dry_run,
                 request_id: req.request_id,
                 action: Action::new(&key.id, Kind::RawDigest),
                 key,
@@ -429,6 +535,10 @@ impl Signer {
             }
         };
 
+        if prepared.dry_run {
+            return self.dry_run(&caller, &prepared);
+        }
+
         let fingerprint = fingerprint(&prepared);
         let _guard = self
             .lock_request(&caller.identity.id, &prepared.request_id)
@@ -505,6 +615,48 @@ impl Signer {
         self.store(&caller, &prepared, &fingerprint, outcome)
             .await?;
         tracing::info!(audit_seq = receipt.seq, "signed");
+        Ok(response)
+    }
+
+    /// Evaluates and explains without signing, reserving or storing anything.
+    fn dry_run<R: SignResponse>(&self, caller: &Caller, p: &Prepared) -> Result<R, ServiceError> {
+        let policy = self.policy();
+        let decision = policy.evaluate(&p.action, &caller.identity);
+        let (effect, rules, reason) = match &decision {
+            Decision::Allow { rules } => ("allow", rules.clone(), "allowed".to_owned()),
+            Decision::Deny { rule, reason } => {
+                ("deny", rule.iter().cloned().collect(), reason.clone())
+            }
+        };
+        let explanation = vec![format!(
+            "{effect}: {reason}; rules: [{}]; policy serial {}",
+            rules.join(", "),
+            policy.serial()
+        )];
+        let rec = Record::new("sign.dry_run")
+            .field("req_id", p.request_id.as_str())
+            .field("method", p.method)
+            .field("client", caller.identity.id.as_str())
+            .field("key", p.key.id.as_str())
+            .field("decision", effect)
+            .field("rules", rules.clone())
+            .field("policy_serial", policy.serial())
+            .field("policy_hash", policy.hash_hex())
+            .field(
+                "action",
+                serde_json::to_value(&p.action).unwrap_or_default(),
+            );
+        self.audit.append(rec).map_err(unavailable)?;
+        let mut response = R::default();
+        response.set_evaluation(v1::PolicyEvaluation {
+            decision: effect.to_owned(),
+            rules,
+            reason,
+            explanation,
+            policy_serial: policy.serial(),
+            policy_hash: policy.hash_hex(),
+        });
+        tracing::info!(decision = effect, "dry run");
         Ok(response)
     }
 

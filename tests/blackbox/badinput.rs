@@ -139,6 +139,7 @@ async fn bad_inputs_are_refused_precisely() {
         (
             "legacy with chain_id 0",
             Call::Tx(v1::SignEvmTransactionRequest {
+                dry_run: false,
                 chain_id: 0,
                 ..legacy("bad-chain")
             }),
@@ -149,6 +150,7 @@ async fn bad_inputs_are_refused_precisely() {
         (
             "typed data not matching its types",
             Call::Typed(v1::SignTypedDataRequest {
+                dry_run: false,
                 request_id: "bad-typed".into(),
                 key_id: HOT.into(),
                 typed_data_json: bad_typed,
@@ -160,6 +162,7 @@ async fn bad_inputs_are_refused_precisely() {
         (
             "typed data that is not JSON",
             Call::Typed(v1::SignTypedDataRequest {
+                dry_run: false,
                 request_id: "bad-json".into(),
                 key_id: HOT.into(),
                 typed_data_json: "{\"types\": ".into(),
@@ -171,6 +174,7 @@ async fn bad_inputs_are_refused_precisely() {
         (
             "digest of 31 bytes",
             Call::Digest(v1::SignDigestRequest {
+                dry_run: false,
                 request_id: "bad-digest".into(),
                 key_id: ED.into(),
                 digest: vec![7; 31],
@@ -182,6 +186,7 @@ async fn bad_inputs_are_refused_precisely() {
         (
             "message with an unknown key",
             Call::Message(v1::SignEvmMessageRequest {
+                dry_run: false,
                 request_id: "bad-msg-key".into(),
                 key_id: "missing".into(),
                 message: b"hi".to_vec(),
@@ -253,6 +258,7 @@ async fn oversized_request_is_refused() {
     let st = refused(
         "100 KiB message",
         c.sign_evm_message(v1::SignEvmMessageRequest {
+            dry_run: false,
             request_id: "too-big".into(),
             key_id: HOT.into(),
             message: vec![b'a'; 100 * 1024],

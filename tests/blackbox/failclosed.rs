@@ -51,6 +51,7 @@ async fn assert_signing_stopped(c: &mut SignerClient<Channel>, replay_id: &str) 
         (
             "message",
             c.sign_evm_message(v1::SignEvmMessageRequest {
+                dry_run: false,
                 request_id: "after-failure-msg".into(),
                 key_id: HOT.into(),
                 message: b"hello".to_vec(),
@@ -61,6 +62,7 @@ async fn assert_signing_stopped(c: &mut SignerClient<Channel>, replay_id: &str) 
         (
             "digest",
             c.sign_digest(v1::SignDigestRequest {
+                dry_run: false,
                 request_id: "after-failure-digest".into(),
                 key_id: ED.into(),
                 digest: vec![1; 32],

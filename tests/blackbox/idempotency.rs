@@ -59,6 +59,7 @@ async fn reused_id_with_another_request_is_aborted() {
         .into_inner();
 
     let other = v1::SignEvmTransactionRequest {
+        dry_run: false,
         nonce: 1,
         ..eip1559("reused")
     };
@@ -68,6 +69,7 @@ async fn reused_id_with_another_request_is_aborted() {
     let st = refused(
         "different method",
         c.sign_evm_message(v1::SignEvmMessageRequest {
+            dry_run: false,
             request_id: "reused".into(),
             key_id: HOT.into(),
             message: b"x".to_vec(),
@@ -118,6 +120,7 @@ async fn retry_after_restart_returns_the_stored_response() {
         "retry after restart got a different answer"
     );
     let other = v1::SignEvmTransactionRequest {
+        dry_run: false,
         nonce: 9,
         ..eip1559("durable")
     };
@@ -148,6 +151,7 @@ async fn clients_have_separate_request_ids() {
         .unwrap()
         .into_inner();
     let other = v1::SignEvmTransactionRequest {
+        dry_run: false,
         nonce: 7,
         ..eip1559("shared-id")
     };

@@ -13,5 +13,6 @@ mod dev;
 mod failclosed;
 mod idempotency;
 mod mtls;
+mod policy_ops;
 mod signing;
 mod util;

@@ -128,6 +128,7 @@ async fn evm_transactions_of_each_type_are_signed() {
     // EIP-2930 with an access list.
     let storage_key = format!("0x{}", "00".repeat(31) + "01");
     let req = v1::SignEvmTransactionRequest {
+        dry_run: false,
         r#type: v1::EvmTransactionType::Eip2930.into(),
         gas_price: "20000000000".to_owned(),
         max_fee_per_gas: String::new(),
@@ -157,6 +158,7 @@ async fn evm_transactions_of_each_type_are_signed() {
 
     // Legacy with EIP-155 replay protection.
     let req = v1::SignEvmTransactionRequest {
+        dry_run: false,
         nonce: 2,
         ..legacy("tx-legacy")
     };
@@ -209,6 +211,7 @@ async fn eip191_and_eip712_are_signed() {
     let message = b"signerd black-box test: hello".to_vec();
     let resp = c
         .sign_evm_message(v1::SignEvmMessageRequest {
+            dry_run: false,
             request_id: "msg-1".into(),
             key_id: HOT.into(),
             message: message.clone(),
@@ -228,6 +231,7 @@ async fn eip191_and_eip712_are_signed() {
 
     let resp = c
         .sign_typed_data(v1::SignTypedDataRequest {
+            dry_run: false,
             request_id: "mail-1".into(),
             key_id: HOT.into(),
             typed_data_json: MAIL_TYPED_DATA.into(),
@@ -264,6 +268,7 @@ async fn raw_digest_needs_a_rule_naming_it() {
     assert_eq!(key.public_key.len(), 32);
     let resp = c
         .sign_digest(v1::SignDigestRequest {
+            dry_run: false,
             request_id: "digest-ed".into(),
             key_id: ED.into(),
             digest: digest.clone(),
@@ -281,6 +286,7 @@ async fn raw_digest_needs_a_rule_naming_it() {
     let st = refused(
         "raw digest with hot",
         c.sign_digest(v1::SignDigestRequest {
+            dry_run: false,
             request_id: "digest-hot".into(),
             key_id: HOT.into(),
             digest,
@@ -312,6 +318,7 @@ async fn deny_rule_wins_over_allow() {
     let mut c = env.client(&d, "app").await;
     // `requesters-hot` allows this contract creation; `no-contract-creation` denies it.
     let req = v1::SignEvmTransactionRequest {
+        dry_run: false,
         to: String::new(),
         value: String::new(),
         data: INIT_CODE.to_vec(),

@@ -79,10 +79,11 @@ kinds = ["contract_creation"]
 "#;
 
 /// Client certificates every installation issues: (file name, subject CN, options).
-/// `app`, `bob` and `payments` are mapped; the others are refused for one reason each.
+/// `app`, `bob`, `admin` and `payments` are mapped; the others are refused for one reason each.
 const CLIENTS: &[(&str, &str, Cert)] = &[
     ("app", "app", Cert::Good),
     ("bob", "bob", Cert::Good),
+    ("admin", "admin", Cert::Good),
     ("stranger", "stranger", Cert::Good),
     ("payments", "payments-pod", Cert::Spiffe),
     ("app-expired", "app", Cert::Expired),
@@ -312,6 +313,11 @@ subject_cn = "app"
 id = "bob"
 roles = ["approver"]
 subject_cn = "bob"
+
+[[identity]]
+id = "admin"
+roles = ["admin"]
+subject_cn = "admin"
 
 [[identity]]
 id = "payments"
@@ -858,6 +864,7 @@ pub(crate) fn leaf_hash(line: &str) -> [u8; 32] {
 /// The standard request: EIP-1559 on chain 1, 1000 wei to [`TO`], signed by [`HOT`].
 pub(crate) fn eip1559(request_id: &str) -> v1::SignEvmTransactionRequest {
     v1::SignEvmTransactionRequest {
+        dry_run: false,
         request_id: request_id.to_owned(),
         key_id: HOT.to_owned(),
         r#type: v1::EvmTransactionType::Eip1559.into(),
@@ -877,6 +884,7 @@ pub(crate) fn eip1559(request_id: &str) -> v1::SignEvmTransactionRequest {
 /// A legacy (EIP-155) transaction request on chain 1.
 pub(crate) fn legacy(request_id: &str) -> v1::SignEvmTransactionRequest {
     v1::SignEvmTransactionRequest {
+        dry_run: false,
         r#type: v1::EvmTransactionType::Legacy.into(),
         gas_price: "20000000000".to_owned(),
         max_fee_per_gas: String::new(),

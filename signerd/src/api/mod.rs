@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use signerd_proto::v1::{self, signer_server};
+use signerd_proto::v1::{self, admin_server, signer_server};
 use tonic::{Request, Response, Status};
 
 use crate::keys::KeyInfo;
@@ -62,6 +62,7 @@ pub fn status(e: ServiceError) -> Status {
         },
         ServiceError::Aborted(m) => Status::aborted(m),
         ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
+        ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
         ServiceError::Unavailable(m) => Status::unavailable(m),
     }
 }
@@ -159,6 +160,43 @@ impl signer_server::Signer for SignerApi {
         let caller = self.caller(&req)?;
         self.signer
             .sign_digest(caller, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+}
+
+/// The tonic implementation of `signer.v1.Admin`: clients with the `admin` role only.
+#[derive(Debug, Clone)]
+pub struct AdminApi {
+    inner: SignerApi,
+}
+
+impl AdminApi {
+    /// Wraps the signing service.
+    pub fn new(signer: Arc<Signer>) -> AdminApi {
+        AdminApi {
+            inner: SignerApi::new(signer),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl admin_server::Admin for AdminApi {
+    async fn reload_policy(
+        &self,
+        req: Request<v1::ReloadPolicyRequest>,
+    ) -> Result<Response<v1::ReloadPolicyResponse>, Status> {
+        let caller = self.inner.caller(&req)?;
+        if !caller.identity.roles.iter().any(|r| r == "admin") {
+            return Err(Status::permission_denied(format!(
+                "ReloadPolicy needs the `admin` role; `{}` does not have it",
+                caller.identity.id
+            )));
+        }
+        self.inner
+            .signer
+            .reload_policy("rpc", Some(&caller.identity.id), req.get_ref().force)
             .await
             .map(Response::new)
             .map_err(status)

@@ -126,6 +126,9 @@ struct Common {
     /// Idempotency key; a random one is chosen (and printed) when absent.
     #[arg(long)]
     request_id: Option<String>,
+    /// Evaluate and explain the policy decision without signing or spending.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Subcommand)]
@@ -262,6 +265,18 @@ fn sig_json(s: &Option<v1::Signature>) -> serde_json::Value {
         }
         None => serde_json::Value::Null,
     }
+}
+
+fn evaluation_json(e: &v1::PolicyEvaluation) -> serde_json::Value {
+    json!({
+        "dry_run": "nothing was signed",
+        "decision": e.decision,
+        "rules": e.rules.join(", "),
+        "reason": e.reason,
+        "explanation": e.explanation.join("; "),
+        "policy_serial": e.policy_serial,
+        "policy_hash": e.policy_hash,
+    })
 }
 
 fn receipt_json(r: &Option<v1::AuditReceipt>) -> serde_json::Value {
@@ -466,6 +481,7 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
             };
             let resp = client
                 .sign_evm_transaction(v1::SignEvmTransactionRequest {
+                    dry_run: common.dry_run,
                     request_id: request_id.clone(),
                     key_id: common.key_id,
                     r#type: r#type.into(),
@@ -487,6 +503,10 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if let Some(e) = &resp.evaluation {
+                emit(json_out, evaluation_json(e));
+                return Ok(());
+            }
             emit(
                 json_out,
                 json!({
@@ -508,6 +528,7 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
             let request_id = request_id(&common.request_id);
             let resp = client
                 .sign_evm_message(v1::SignEvmMessageRequest {
+                    dry_run: common.dry_run,
                     request_id: request_id.clone(),
                     key_id: common.key_id,
                     message,
@@ -515,6 +536,10 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if let Some(e) = &resp.evaluation {
+                emit(json_out, evaluation_json(e));
+                return Ok(());
+            }
             emit(
                 json_out,
                 json!({"request_id": request_id, "signing_hash": hex0x(&resp.signing_hash),
@@ -530,6 +555,7 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
             let request_id = request_id(&common.request_id);
             let resp = client
                 .sign_typed_data(v1::SignTypedDataRequest {
+                    dry_run: common.dry_run,
                     request_id: request_id.clone(),
                     key_id: common.key_id,
                     typed_data_json,
@@ -537,6 +563,10 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if let Some(e) = &resp.evaluation {
+                emit(json_out, evaluation_json(e));
+                return Ok(());
+            }
             emit(
                 json_out,
                 json!({"request_id": request_id, "signing_hash": hex0x(&resp.signing_hash),
@@ -547,6 +577,7 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
             let request_id = request_id(&common.request_id);
             let resp = client
                 .sign_digest(v1::SignDigestRequest {
+                    dry_run: common.dry_run,
                     request_id: request_id.clone(),
                     key_id: common.key_id,
                     digest: parse_hex("--digest", &digest)?,
@@ -554,6 +585,10 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if let Some(e) = &resp.evaluation {
+                emit(json_out, evaluation_json(e));
+                return Ok(());
+            }
             emit(
                 json_out,
                 json!({"request_id": request_id, "signature": sig_json(&resp.signature),

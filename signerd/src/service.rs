@@ -13,6 +13,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
+use alloy_primitives::B256;
 use prost::Message;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -345,27 +346,14 @@ impl Signer {
         caller: Caller,
         req: v1::SignEvmMessageRequest,
     ) -> Result<v1::SignEvmMessageResponse, ServiceError> {
-        let method = "SignEvmMessage";
-        let this = self.clone();
-        self.run(
+        let ids = (req.request_id, req.key_id, req.dry_run);
+        let message = req.message;
+        self.sign_hash(
             caller,
-            method,
-            req.request_id.clone(),
-            req.key_id.clone(),
-            move || {
-                let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-191 messages")?;
-                let (hash, action) = evm::prepare_message(&req.key_id, &req.message)
-                    .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
-                Ok(Prepared {
-                    method,
-                    dry_run: req.dry_run,
-                    request_id: req.request_id,
-                    key,
-                    action,
-                    commitment: hash.0,
-                    payload: PayloadKind::EcdsaHash,
-                })
-            },
+            "SignEvmMessage",
+            "EIP-191 messages",
+            ids,
+            move |key| evm::prepare_message(key, &message),
         )
         .await
     }
@@ -376,28 +364,43 @@ impl Signer {
         caller: Caller,
         req: v1::SignTypedDataRequest,
     ) -> Result<v1::SignTypedDataResponse, ServiceError> {
-        let method = "SignTypedData";
-        let this = self.clone();
-        self.run(
+        let ids = (req.request_id, req.key_id, req.dry_run);
+        let json = req.typed_data_json;
+        self.sign_hash(
             caller,
-            method,
-            req.request_id.clone(),
-            req.key_id.clone(),
-            move || {
-                let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-712 typed data")?;
-                let (hash, action) = evm::prepare_typed_data(&req.key_id, &req.typed_data_json)
-                    .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
-                Ok(Prepared {
-                    method,
-                    dry_run: req.dry_run,
-                    request_id: req.request_id,
-                    key,
-                    action,
-                    commitment: hash.0,
-                    payload: PayloadKind::EcdsaHash,
-                })
-            },
+            "SignTypedData",
+            "EIP-712 typed data",
+            ids,
+            move |key| evm::prepare_typed_data(key, &json),
         )
+        .await
+    }
+
+    /// The pipeline of secp256k1 signatures over a 32-byte hash that `prepare` computes.
+    async fn sign_hash<R: SignResponse>(
+        self: &Arc<Self>,
+        caller: Caller,
+        method: &'static str,
+        what: &'static str,
+        (request_id, key_id, dry_run): (String, String, bool),
+        prepare: impl FnOnce(&str) -> Result<(B256, Action), evm::EvmError> + Send + 'static,
+    ) -> Result<R, ServiceError> {
+        let this = self.clone();
+        let (rid, kid) = (request_id.clone(), key_id.clone());
+        self.run(caller, method, request_id, key_id, move || {
+            let key = this.key_for(&kid, Algorithm::Secp256k1, what)?;
+            let (hash, action) =
+                prepare(&kid).map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
+            Ok(Prepared {
+                method,
+                dry_run,
+                request_id: rid,
+                key,
+                action,
+                commitment: hash.0,
+                payload: PayloadKind::EcdsaHash,
+            })
+        })
         .await
     }
 

@@ -44,6 +44,16 @@ impl Kind {
         Kind::RawDigest,
     ];
 
+    /// This kind's bit in a [`crate::rule::KindSet`].
+    pub(crate) fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+
+    /// Position in [`Kind::ALL`].
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+
     /// The name used in policy files and audit records.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -94,6 +104,13 @@ pub struct TypedDataFacts {
     /// `domain.verifyingContract`, when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verifying_contract: Option<Address>,
+    /// `message.spender` when `primaryType` is `Permit` (EIP-2612) and it decoded as an address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub spender: Option<Address>,
+    /// `message.value` when `primaryType` is `Permit` (EIP-2612) and it decoded as a uint256:
+    /// the allowance granted, in the token's base units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub permit_value: Option<U256>,
 }
 
 /// Everything the policy may look at about one request.
@@ -120,6 +137,13 @@ pub struct Action {
     /// Decoded typed-data facts for [`Kind::Eip712TypedData`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub typed_data: Option<TypedDataFacts>,
+    /// Transaction gas limit; `None` for non-transactions or when not decoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gas_limit: Option<u64>,
+    /// Most the transaction may pay per gas, in wei: `max_fee_per_gas` (EIP-1559) or
+    /// `gas_price` (legacy, EIP-2930); `None` for non-transactions or when not decoded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_fee_per_gas: Option<U256>,
 }
 
 impl Action {
@@ -134,6 +158,8 @@ impl Action {
             selector: None,
             erc20: None,
             typed_data: None,
+            gas_limit: None,
+            max_fee_per_gas: None,
         }
     }
 }

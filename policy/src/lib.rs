@@ -1,17 +1,143 @@
 //! signerd's policy engine: parse, validate and evaluate the declarative signing policy that
 //! security teams own.
 //!
-//! Evaluation is a pure function of (policy, action, identity): this crate performs no I/O,
-//! reads no clock and holds no state, so it can be unit-tested, fuzzed and run by
-//! `signerctl` exactly as the daemon runs it. The default is deny: a request is allowed only
-//! when at least one `allow` rule matches and no `deny` rule does. Raw-digest (blind) signing
-//! is never matched by a rule that does not name the `raw_digest` kind explicitly.
+//! Evaluation is a pure function of (policy, action, identity, time, usage snapshot): this
+//! crate performs no I/O, reads no clock and holds no global state, so it can be unit-tested,
+//! fuzzed and run by `signerctl` exactly as the daemon runs it. The entry points are
+//! [`Policy::parse`], [`Policy::evaluate_request`] (and [`Policy::explain_request`]),
+//! [`check`], [`run_tests`] and [`diff`].
+//!
+//! # Semantics
+//!
+//! - **Default deny.** A request is allowed only when at least one `allow` rule matches.
+//! - **All matching rules are considered.** Any matching `deny` rule wins. Otherwise, the
+//!   approval requirements of every matching `require_approval` rule stack (each group named
+//!   must reach its largest `min`; the shortest `ttl` and any `veto` apply), giving
+//!   [`Decision::NeedsApproval`]: the request *requires approval*. Otherwise an `allow` rule
+//!   must match.
+//! - **Limits.** A request that passes the rules must also fit every limit that applies to
+//!   it: `per_tx_max`, and the sliding-window `max_amount` (used + requested) and `max_count`
+//!   (used + 1), and every `[[rate_limit]]` of its client. The returned [`Charge`]s must be
+//!   reserved atomically with [`fits`] by the caller before signing.
+//! - **Indeterminate is deny.** A matcher that needs a field the request lacks or that could
+//!   not be decoded (an ERC-20 kind without decoded arguments, a `Permit` without a decoded
+//!   spender, a missing chain id) is indeterminate: a `deny` rule then matches, a
+//!   `require_approval` rule denies, and an `allow` rule does not match. A limit that cannot
+//!   tell how much of its asset a request moves denies.
+//! - **Blind signing must be named.** A rule without `kinds` covers every kind except
+//!   `raw_digest`.
+//! - **Field matchers imply kinds.** A matcher on a field a kind does not have does not match
+//!   (`value_max` never matches a signed message; `erc20_counterparty` only ERC-20 calls).
+//!
+//! # The language (version 1)
+//!
+//! ```toml
+//! version = 1
+//! serial = 7                      # must increase with every change the daemon loads
+//!
+//! [address_books.payees]
+//! addresses = ["0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed"]   # EIP-55 or lowercase
+//!
+//! [[asset]]                        # registry for amount literals and limits
+//! chain_id = 1
+//! contract = "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"      # or "native"
+//! symbol = "USDC"
+//! decimals = 6
+//!
+//! [groups]
+//! treasury = ["alice", "bob", "carol"]
+//!
+//! [[rule]]
+//! id = "payouts"
+//! effect = "allow"                 # allow | deny | require_approval
+//! clients = ["payments"]
+//! keys = ["hot"]
+//! chain_ids = [1]
+//! kinds = ["erc20_transfer"]
+//! erc20_counterparty = ["book:payees"]
+//! erc20_amount_max = "2500 USDC"
+//! hours = { from = "09:00", to = "17:00", utc_offset = "+01:00", days = ["mon", "tue", "wed", "thu", "fri"] }
+//!
+//! [[rule]]
+//! id = "large"
+//! effect = "require_approval"
+//! keys = ["hot"]
+//! value_min = "10 ether"
+//! approvals = [{ group = "treasury", min = 2 }]
+//! ttl = "1h"
+//! veto = true                      # default true: any group member can veto
+//!
+//! [[limit]]
+//! id = "daily-usdc"
+//! keys = ["hot"]
+//! asset = "USDC"                   # "native", a symbol, or { chain_id = 1, contract = "0x..." }
+//! per_tx_max = "5000 USDC"
+//! window = "24h"                   # s, m, h, d
+//! max_amount = "20000 USDC"
+//! max_count = 100
+//! key_by = ["key", "asset"]        # any of key, asset, destination, client
+//!
+//! [[rate_limit]]
+//! id = "per-client"
+//! window = "1m"
+//! max_requests = 600
+//! ```
+//!
+//! Rule matchers (all present ones must hold; an absent one matches anything; lists must
+//! not be empty): `clients`, `groups`, `roles` (any one), `keys`, `chain_ids`, `kinds`, `to`
+//! and `not_to` (the transaction's destination — for ERC-20 calls that is the token
+//! contract; entries are addresses or `"book:NAME"`), `contracts` and `selectors`
+//! (`"0xa9059cbb"` or a canonical signature `"transfer(address,uint256)"`),
+//! `erc20_counterparty` (recipient or spender), `erc20_amount_min`/`erc20_amount_max`
+//! (written with a token symbol they also pin the token), `value_min`/`value_max` (native),
+//! `gas_limit_max`, `max_fee_per_gas_max` (`gas_price` for legacy transactions),
+//! `primary_types`, `domain_names`, `verifying_contracts`, `domain_chain_ids`,
+//! `permit_spenders` (primaryType `Permit` with `message.spender` in the list), and `hours`.
+//!
+//! Amount literals are base units (`1000000` or `"1000000"`) or a decimal with a unit:
+//! `wei`, `gwei`, `ether`/`ETH` for the native coin, or an `[[asset]]` symbol resolved among
+//! the chains of the rule's `chain_ids` (all chains when absent). Unknown or ambiguous
+//! symbols, more fractional digits than the asset has decimals, and values over 256 bits are
+//! errors. Amounts are never floats.
+//!
+//! `hours` uses a **fixed UTC offset** (`utc_offset = "+02:00"`, default UTC): there is no
+//! time-zone database in this version, so a window does not follow daylight-saving changes.
+//! A window with `from` later than `to` crosses midnight and belongs to the day it opens on.
+//!
+//! Limits are per asset. A native-coin limit counts the value of every transaction on its
+//! chain; a token limit counts ERC-20 `transfer`, `transferFrom` and `approve` amounts and
+//! EIP-2612 `Permit` values of that token, and denies calls to the token contract and typed
+//! data for it that cannot be measured. Absent `kinds` in a limit means every kind. In a
+//! limit, `to` and the `destination` bucket part mean where the asset goes (the native
+//! recipient, the ERC-20 recipient or spender, the Permit spender). A limit without `asset`
+//! counts requests (`max_count`). A request the daemon refuses does not use up rate budget.
+//!
+//! Ids of rules, limits and rate limits share one namespace and appear in decisions.
 
 mod action;
+mod amount;
+mod cases;
+mod check;
+mod diff;
+mod eval;
+mod index;
+mod limit;
+mod literal;
 mod parse;
+#[cfg(test)]
+mod proptests;
+mod rule;
+mod time;
 
 pub use action::{Action, Erc20Call, Kind, TypedDataFacts};
-pub use parse::{Effect, MAX_POLICY_BYTES, Policy, PolicyError, Rule};
+pub use amount::{AmountFormat, Asset, AssetId};
+pub use cases::{CaseResult, TestReport, run_test_file, run_tests};
+pub use check::{Warning, check};
+pub use diff::{Change, DiffReport, diff};
+pub use eval::{Charge, Evaluation, NoUsage, Request, Usage, Used, fits};
+pub use limit::BucketKey;
+pub use parse::{MAX_POLICY_BYTES, Policy, PolicyError};
+pub use rule::{Effect, Match, Rule};
 
 /// Who is asking: the identity the daemon mapped from the client certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,196 +148,78 @@ pub struct Identity {
     pub roles: Vec<String>,
 }
 
+/// One group's part of a quorum that must approve a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRequirement {
+    /// The group's name in `[groups]`.
+    pub group: String,
+    /// Distinct members of the group who must approve (the requester never counts).
+    pub min: u32,
+    /// The group's members (client ids).
+    pub members: Vec<String>,
+    /// How long approvals stay valid, in seconds.
+    pub ttl_secs: u64,
+    /// Whether one member's veto rejects the request.
+    pub veto: bool,
+}
+
 /// The outcome of evaluating a request against a policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// At least one allow rule matched and no deny rule did.
+    /// At least one allow rule matched, no deny or require_approval rule did, and every
+    /// applicable limit holds.
     Allow {
         /// Ids of every allow rule that matched.
         rules: Vec<String>,
     },
-    /// A deny rule matched, or no allow rule did.
+    /// A deny rule matched (or was indeterminate), no rule allows, or a limit is exceeded.
     Deny {
-        /// The first matching deny rule, or `None` when no rule allows.
+        /// The deciding rule or limit, or `None` when no rule allows.
         rule: Option<String>,
-        /// A human-readable reason, naming the rule.
+        /// A human-readable reason, naming the rule or limit.
         reason: String,
+    },
+    /// No deny rule matched, some `require_approval` rules did, and every applicable limit
+    /// holds: the request requires approval by every listed quorum.
+    NeedsApproval {
+        /// Ids of every `require_approval` rule that matched.
+        rules: Vec<String>,
+        /// The stacked requirements, one per group.
+        requirements: Vec<ApprovalRequirement>,
     },
 }
 
 impl Decision {
-    /// Whether the request may be signed.
+    /// Whether the request may be signed now.
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow { .. })
+    }
+
+    /// `allow`, `deny` or `require_approval`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Decision::Allow { .. } => "allow",
+            Decision::Deny { .. } => "deny",
+            Decision::NeedsApproval { .. } => "require_approval",
+        }
     }
 }
 
 impl Policy {
-    /// Evaluates `action` requested by `who`.
+    /// Evaluates `action` requested by `who` at Unix time 0 with no usage counted: limits
+    /// see empty windows (only `per_tx_max` can deny) and `hours` windows are evaluated at
+    /// 1970-01-01T00:00Z. Kept for callers that do not track time and usage yet; use
+    /// [`Policy::evaluate_request`].
     pub fn evaluate(&self, action: &Action, who: &Identity) -> Decision {
-        let mut allows = Vec::new();
-        for rule in self.rules() {
-            if !rule.matches(action, who) {
-                continue;
-            }
-            match rule.effect {
-                Effect::Deny => {
-                    return Decision::Deny {
-                        rule: Some(rule.id.clone()),
-                        reason: format!("denied by rule `{}`", rule.id),
-                    };
-                }
-                Effect::Allow => allows.push(rule.id.clone()),
-            }
-        }
-        if allows.is_empty() {
-            Decision::Deny {
-                rule: None,
-                reason: "no rule allows".to_owned(),
-            }
-        } else {
-            Decision::Allow { rules: allows }
-        }
-    }
-}
-
-impl Rule {
-    /// Whether every matcher of this rule holds for the request.
-    pub fn matches(&self, action: &Action, who: &Identity) -> bool {
-        // Blind signing must be named: a rule without `kinds` covers everything else.
-        let kind_ok = match &self.kinds {
-            Some(kinds) => kinds.contains(&action.kind),
-            None => action.kind != Kind::RawDigest,
-        };
-        kind_ok
-            && self.clients.as_ref().is_none_or(|c| c.contains(&who.id))
-            && self
-                .roles
-                .as_ref()
-                .is_none_or(|r| who.roles.iter().any(|role| r.contains(role)))
-            && self.keys.as_ref().is_none_or(|k| k.contains(&action.key))
+        self.evaluate_request(&Request {
+            action,
+            identity: who,
+            now_unix: 0,
+            usage: &NoUsage,
+        })
+        .decision
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(src: &str) -> Policy {
-        match Policy::parse("policy.toml", src) {
-            Ok(p) => p,
-            Err(e) => panic!("{e}"),
-        }
-    }
-
-    fn app() -> Identity {
-        Identity {
-            id: "app".into(),
-            roles: vec!["requester".into()],
-        }
-    }
-
-    const BASE: &str = r#"
-version = 1
-serial = 3
-
-[[rule]]
-id = "app-signs"
-effect = "allow"
-clients = ["app"]
-keys = ["hot"]
-
-[[rule]]
-id = "blind-ed"
-effect = "allow"
-roles = ["requester"]
-keys = ["ed"]
-kinds = ["raw_digest"]
-
-[[rule]]
-id = "no-creation"
-description = "contract creation is never allowed"
-effect = "deny"
-kinds = ["contract_creation"]
-"#;
-
-    #[test]
-    fn default_deny_names_no_rule() {
-        let p = policy(BASE);
-        let d = p.evaluate(&Action::new("cold", Kind::NativeTransfer), &app());
-        assert_eq!(
-            d,
-            Decision::Deny {
-                rule: None,
-                reason: "no rule allows".into()
-            }
-        );
-    }
-
-    #[test]
-    fn allow_lists_matching_rules() {
-        let p = policy(BASE);
-        let d = p.evaluate(&Action::new("hot", Kind::Erc20Transfer), &app());
-        assert_eq!(
-            d,
-            Decision::Allow {
-                rules: vec!["app-signs".into()]
-            }
-        );
-    }
-
-    #[test]
-    fn deny_wins_over_allow() {
-        let p = policy(BASE);
-        let d = p.evaluate(&Action::new("hot", Kind::ContractCreation), &app());
-        assert_eq!(
-            d,
-            Decision::Deny {
-                rule: Some("no-creation".into()),
-                reason: "denied by rule `no-creation`".into()
-            }
-        );
-    }
-
-    #[test]
-    fn raw_digest_needs_a_rule_that_names_it() {
-        let p = policy(BASE);
-        // `app-signs` has no `kinds`, so it does not cover blind signing.
-        assert!(
-            !p.evaluate(&Action::new("hot", Kind::RawDigest), &app())
-                .is_allow()
-        );
-        assert!(
-            p.evaluate(&Action::new("ed", Kind::RawDigest), &app())
-                .is_allow()
-        );
-    }
-
-    #[test]
-    fn other_client_and_role_do_not_match() {
-        let p = policy(BASE);
-        let bob = Identity {
-            id: "bob".into(),
-            roles: vec!["approver".into()],
-        };
-        assert!(
-            !p.evaluate(&Action::new("hot", Kind::NativeTransfer), &bob)
-                .is_allow()
-        );
-        assert!(
-            !p.evaluate(&Action::new("ed", Kind::RawDigest), &bob)
-                .is_allow()
-        );
-    }
-
-    #[test]
-    fn hash_and_serial_are_exposed() {
-        let p = policy(BASE);
-        assert_eq!(p.serial(), 3);
-        assert_eq!(p.hash_hex().len(), 64);
-        assert_ne!(
-            p.hash_hex(),
-            policy(&BASE.replace("serial = 3", "serial = 4")).hash_hex()
-        );
-    }
-}
+mod tests;

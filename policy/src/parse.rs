@@ -1,15 +1,25 @@
-//! Parsing and validation of policy files (TOML, strict schema).
+//! Parsing and validation of policy files (TOML, strict schema) into a compiled [`Policy`].
 //!
-//! Unknown fields, empty lists, duplicate rule ids and oversized files are errors that name
-//! the file, line and column, so a policy that does not say exactly what its author meant is
-//! never loaded.
+//! Unknown fields, empty lists, duplicate ids, unknown address books, groups or asset
+//! symbols, bad EIP-55 checksums, amounts with too many decimals and oversized files are all
+//! errors that name the file, line and column, so a policy that does not say exactly what its
+//! author meant is never loaded. This module must never panic on any input: it is fuzzed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::Range;
 
+use alloy_primitives::{Address, U256};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use toml::Spanned;
 
 use crate::Kind;
+use crate::amount::{self, AmountFormat, AmountLit, Asset, AssetId, MAX_DECIMALS};
+use crate::index::RuleIndex;
+use crate::limit::{KeyBy, Limit, RateLimit, Scope};
+use crate::literal::{AddrRef, ContractLit, Selector, check_name, parse_address};
+use crate::rule::{AddrSet, ApprovalSpec, Effect, Groups, KindSet, Matchers, Rule, TokenBound};
+use crate::time::{DAYS, Duration, Hours, TimeOfDay, UtcOffset, Weekday};
 
 /// Largest policy file accepted, in bytes.
 pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
@@ -17,7 +27,7 @@ pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
 /// The only policy language version this crate understands.
 const VERSION: u32 = 1;
 
-/// Why a policy file was refused.
+/// Why a policy (or test-case) file was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
@@ -33,11 +43,16 @@ pub enum PolicyError {
         /// What is wrong.
         message: String,
     },
-    /// The file parsed but says something inconsistent.
-    #[error("{file}: {message}")]
+    /// The file parsed but says something inconsistent or unresolvable (an unknown address
+    /// book, an ambiguous asset symbol, a duplicate id).
+    #[error("{file}:{line}:{column}: {message}")]
     Invalid {
         /// The file name given to [`Policy::parse`].
         file: String,
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
         /// What is wrong.
         message: String,
     },
@@ -53,51 +68,17 @@ pub enum PolicyError {
     },
 }
 
-/// What a matching rule does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Effect {
-    /// Allows the request unless a deny rule also matches.
-    Allow,
-    /// Denies the request, whatever else matches.
-    Deny,
-}
-
-/// One rule. Every matcher that is present must hold; an absent matcher matches anything.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Rule {
-    /// Unique id, reported in decisions and audit records.
-    pub id: String,
-    /// Free text for humans.
-    #[serde(default)]
-    pub description: String,
-    /// Allow or deny.
-    pub effect: Effect,
-    /// Client ids this rule applies to.
-    pub clients: Option<Vec<String>>,
-    /// Client roles this rule applies to (any one suffices).
-    pub roles: Option<Vec<String>>,
-    /// Key ids this rule applies to.
-    pub keys: Option<Vec<String>>,
-    /// Request kinds; when absent, every kind except `raw_digest`.
-    pub kinds: Option<Vec<Kind>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct File {
-    version: u32,
-    serial: u64,
-    #[serde(default, rename = "rule")]
-    rules: Vec<Rule>,
-}
-
-/// A validated policy, with the hash of the exact bytes it was parsed from.
+/// A validated, compiled policy, with the hash of the exact bytes it was parsed from.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    serial: u64,
-    rules: Vec<Rule>,
+    pub(crate) serial: u64,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) limits: Vec<Limit>,
+    pub(crate) rate_limits: Vec<RateLimit>,
+    pub(crate) assets: Vec<Asset>,
+    pub(crate) books: BTreeMap<String, BTreeSet<Address>>,
+    pub(crate) groups: BTreeMap<String, BTreeSet<String>>,
+    pub(crate) index: RuleIndex,
     hash: [u8; 32],
 }
 
@@ -111,52 +92,65 @@ impl Policy {
                 max: MAX_POLICY_BYTES,
             });
         }
-        let parsed: File = toml::from_str(src).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(src, s.start));
-            PolicyError::Syntax {
-                file: file.to_owned(),
-                line,
-                column,
-                message: e.message().to_owned(),
-            }
-        })?;
-        let invalid = |message: String| PolicyError::Invalid {
-            file: file.to_owned(),
-            message,
+        let raw: RawFile = from_toml(file, src)?;
+        let cx = Cx { file, src };
+        if *raw.version.get_ref() != VERSION {
+            return Err(cx.invalid(
+                raw.version.span(),
+                format!(
+                    "version {} is not supported (this signerd reads version {VERSION})",
+                    raw.version.get_ref()
+                ),
+            ));
+        }
+        let assets = cx.assets(raw.assets)?;
+        let books = cx.books(raw.address_books)?;
+        let groups = cx.groups(raw.groups)?;
+        let env = Env {
+            cx,
+            assets: &assets,
+            books: &books,
+            groups: &groups,
         };
-        if parsed.version != VERSION {
-            return Err(invalid(format!(
-                "version {} is not supported (this signerd reads version {VERSION})",
-                parsed.version
-            )));
+        let mut ids: HashSet<String> = HashSet::new();
+        let mut unique = |id: &Spanned<String>| -> Result<(), PolicyError> {
+            check_name(id.get_ref()).map_err(|e| cx.invalid(id.span(), format!("id {e}")))?;
+            if !ids.insert(id.get_ref().clone()) {
+                return Err(cx.invalid(
+                    id.span(),
+                    format!(
+                        "id `{}` is used twice; rules, limits and rate limits share one id space",
+                        id.get_ref()
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        for r in raw.rules {
+            unique(&r.id)?;
+            rules.push(env.rule(r)?);
         }
-        let mut ids = HashSet::new();
-        for rule in &parsed.rules {
-            if rule.id.is_empty() {
-                return Err(invalid("a rule has an empty `id`".into()));
-            }
-            if !ids.insert(rule.id.as_str()) {
-                return Err(invalid(format!("rule id `{}` is used twice", rule.id)));
-            }
-            let lists = [
-                ("clients", rule.clients.as_ref().map(Vec::len)),
-                ("roles", rule.roles.as_ref().map(Vec::len)),
-                ("keys", rule.keys.as_ref().map(Vec::len)),
-                ("kinds", rule.kinds.as_ref().map(Vec::len)),
-            ];
-            for (name, len) in lists {
-                if len == Some(0) {
-                    // An empty list would match nothing; say so instead of silently never matching.
-                    return Err(invalid(format!(
-                        "rule `{}`: `{name}` is empty; omit it to match any",
-                        rule.id
-                    )));
-                }
-            }
+        let mut limits = Vec::with_capacity(raw.limits.len());
+        for l in raw.limits {
+            unique(&l.id)?;
+            limits.push(env.limit(l)?);
         }
+        let mut rate_limits = Vec::with_capacity(raw.rate_limits.len());
+        for r in raw.rate_limits {
+            unique(&r.id)?;
+            rate_limits.push(env.rate_limit(r)?);
+        }
+        let index = RuleIndex::build(&rules);
         Ok(Policy {
-            serial: parsed.serial,
-            rules: parsed.rules,
+            serial: raw.serial,
+            rules,
+            limits,
+            rate_limits,
+            assets,
+            books,
+            groups,
+            index,
             hash: Sha256::digest(src.as_bytes()).into(),
         })
     }
@@ -171,6 +165,25 @@ impl Policy {
         &self.rules
     }
 
+    /// The asset registry, in file order.
+    pub fn assets(&self) -> &[Asset] {
+        &self.assets
+    }
+
+    /// Members of the group `name`, if it exists (for approval quorums).
+    pub fn group_members(&self, name: &str) -> Option<&BTreeSet<String>> {
+        self.groups.get(name)
+    }
+
+    /// Ids of the `[[limit]]` and `[[rate_limit]]` entries, in file order.
+    pub fn limit_ids(&self) -> Vec<&str> {
+        self.limits
+            .iter()
+            .map(|l| l.id.as_str())
+            .chain(self.rate_limits.iter().map(|r| r.id.as_str()))
+            .collect()
+    }
+
     /// SHA-256 of the policy file's bytes.
     pub fn hash(&self) -> [u8; 32] {
         self.hash
@@ -182,69 +195,1032 @@ impl Policy {
     }
 }
 
+pub(crate) fn format_of(assets: &[Asset], asset: AssetId) -> AmountFormat {
+    match assets.iter().find(|a| a.id == asset) {
+        Some(a) => AmountFormat {
+            symbol: a.symbol.clone(),
+            decimals: a.decimals,
+        },
+        None if asset.contract.is_none() => AmountFormat::ether(),
+        None => AmountFormat::base_units(),
+    }
+}
+
+/// Deserializes TOML, turning errors into located [`PolicyError::Syntax`].
+pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(
+    file: &str,
+    src: &str,
+) -> Result<T, PolicyError> {
+    toml::from_str(src).map_err(|e| {
+        let (line, column) = e.span().map_or((1, 1), |s| line_col(src, s.start));
+        PolicyError::Syntax {
+            file: file.to_owned(),
+            line,
+            column,
+            message: e.message().trim_end().to_owned(),
+        }
+    })
+}
+
 /// 1-based line and column (in characters) of byte offset `at` in `src`.
-fn line_col(src: &str, at: usize) -> (usize, usize) {
-    let at = at.min(src.len());
-    let before = src.get(..at).unwrap_or(src);
+pub(crate) fn line_col(src: &str, at: usize) -> (usize, usize) {
+    let mut at = at.min(src.len());
+    while !src.is_char_boundary(at) {
+        at -= 1;
+    }
+    let before = &src[..at];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
     (line, column)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+// ---------------------------------------------------------------------------------------
+// The schema, as written.
 
-    fn err(src: &str) -> String {
-        match Policy::parse("p.toml", src) {
-            Ok(_) => panic!("expected an error for:\n{src}"),
-            Err(e) => e.to_string(),
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    version: Spanned<u32>,
+    serial: u64,
+    #[serde(default)]
+    address_books: BTreeMap<String, Spanned<RawBook>>,
+    #[serde(default, rename = "asset")]
+    assets: Vec<RawAsset>,
+    #[serde(default)]
+    groups: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    #[serde(default, rename = "rule")]
+    rules: Vec<RawRule>,
+    #[serde(default, rename = "limit")]
+    limits: Vec<RawLimit>,
+    #[serde(default, rename = "rate_limit")]
+    rate_limits: Vec<RawRateLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBook {
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: String,
+    addresses: Spanned<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAsset {
+    chain_id: u64,
+    contract: Spanned<ContractLit>,
+    symbol: Spanned<String>,
+    decimals: Spanned<u8>,
+}
+
+type List<T> = Option<Spanned<Vec<T>>>;
+type Addrs = List<Spanned<String>>;
+type Amount = Option<Spanned<AmountLit>>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    effect: Effect,
+    clients: List<String>,
+    groups: List<Spanned<String>>,
+    roles: List<String>,
+    keys: List<String>,
+    chain_ids: List<u64>,
+    kinds: List<Kind>,
+    to: Addrs,
+    not_to: Addrs,
+    contracts: Addrs,
+    selectors: List<Spanned<String>>,
+    erc20_counterparty: Addrs,
+    erc20_amount_max: Amount,
+    erc20_amount_min: Amount,
+    value_max: Amount,
+    value_min: Amount,
+    gas_limit_max: Option<u64>,
+    max_fee_per_gas_max: Amount,
+    primary_types: List<String>,
+    domain_names: List<String>,
+    verifying_contracts: Addrs,
+    domain_chain_ids: List<u64>,
+    permit_spenders: Addrs,
+    hours: Option<Spanned<RawHours>>,
+    approvals: List<Spanned<RawApproval>>,
+    ttl: Option<Spanned<Duration>>,
+    veto: Option<Spanned<bool>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHours {
+    from: TimeOfDay,
+    to: TimeOfDay,
+    #[serde(default)]
+    utc_offset: UtcOffset,
+    days: List<Weekday>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    group: Spanned<String>,
+    min: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimit {
+    id: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    clients: List<String>,
+    groups: List<Spanned<String>>,
+    roles: List<String>,
+    keys: List<String>,
+    chain_ids: List<u64>,
+    kinds: List<Kind>,
+    to: Addrs,
+    asset: Option<Spanned<RawAssetRef>>,
+    per_tx_max: Amount,
+    window: Option<Spanned<Duration>>,
+    max_amount: Amount,
+    max_count: Option<Spanned<u64>>,
+    key_by: List<RawKeyBy>,
+}
+
+enum RawAssetRef {
+    Name(String),
+    Id(RawAssetId),
+}
+
+impl<'de> Deserialize<'de> for RawAssetRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawAssetRef;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"native\", an asset symbol, or { chain_id, contract }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawAssetRef, E> {
+                Ok(RawAssetRef::Name(v.to_owned()))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                m: M,
+            ) -> Result<RawAssetRef, M::Error> {
+                RawAssetId::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(RawAssetRef::Id)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAssetId {
+    chain_id: u64,
+    contract: ContractLit,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum RawKeyBy {
+    Key,
+    Asset,
+    Destination,
+    Client,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    id: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    clients: List<String>,
+    groups: List<Spanned<String>>,
+    window: Spanned<Duration>,
+    max_requests: Spanned<u64>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Compilation.
+
+/// Where errors point.
+#[derive(Clone, Copy)]
+pub(crate) struct Cx<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) src: &'a str,
+}
+
+impl Cx<'_> {
+    pub(crate) fn invalid(&self, span: Range<usize>, message: String) -> PolicyError {
+        let (line, column) = line_col(self.src, span.start);
+        PolicyError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            column,
+            message,
         }
     }
 
-    #[test]
-    fn unknown_field_is_located() {
-        let e =
-            err("version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\n  valu = 3\n");
-        assert!(e.starts_with("p.toml:6:3: "), "{e}");
-        assert!(e.contains("unknown field `valu`"), "{e}");
+    pub(crate) fn line(&self, span: &Range<usize>) -> usize {
+        line_col(self.src, span.start).0
     }
 
-    #[test]
-    fn unknown_kind_is_located() {
-        let e = err(
-            "version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\nkinds = [\"teleport\"]\n",
-        );
-        assert!(e.starts_with("p.toml:6:"), "{e}");
-        assert!(e.contains("teleport"), "{e}");
+    fn assets(&self, raw: Vec<RawAsset>) -> Result<Vec<Asset>, PolicyError> {
+        let mut out: Vec<Asset> = Vec::with_capacity(raw.len());
+        for a in raw {
+            let id = match *a.contract.get_ref() {
+                ContractLit::Native => AssetId::native(a.chain_id),
+                ContractLit::Token(c) => AssetId::token(a.chain_id, c),
+            };
+            let symbol = a.symbol.get_ref();
+            let sym_ok = !symbol.is_empty()
+                && symbol.len() <= 32
+                && symbol
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-');
+            if !sym_ok {
+                return Err(self.invalid(
+                    a.symbol.span(),
+                    format!(
+                        "symbol `{symbol}` must be 1 to 32 letters, digits, `.`, `_` or `-` (it is written after amounts)"
+                    ),
+                ));
+            }
+            let decimals = *a.decimals.get_ref();
+            if decimals > MAX_DECIMALS {
+                return Err(self.invalid(
+                    a.decimals.span(),
+                    format!("decimals {decimals} is more than {MAX_DECIMALS}"),
+                ));
+            }
+            if let Some(d) = amount::native_unit(symbol) {
+                let ok = id.contract.is_none() && symbol == "ETH" && decimals == d;
+                if !ok {
+                    return Err(self.invalid(
+                        a.symbol.span(),
+                        format!(
+                            "symbol `{symbol}` is reserved for the native unit it names (wei, gwei, ether/ETH with 18 decimals)"
+                        ),
+                    ));
+                }
+            }
+            if out.iter().any(|o| o.id == id) {
+                return Err(
+                    self.invalid(a.contract.span(), format!("asset {id} is registered twice"))
+                );
+            }
+            if out
+                .iter()
+                .any(|o| o.id.chain_id == id.chain_id && o.symbol == *symbol)
+            {
+                return Err(self.invalid(
+                    a.symbol.span(),
+                    format!("symbol `{symbol}` is used twice on chain {}", id.chain_id),
+                ));
+            }
+            out.push(Asset {
+                id,
+                symbol: symbol.clone(),
+                decimals,
+            });
+        }
+        Ok(out)
     }
 
-    #[test]
-    fn duplicate_ids_empty_lists_and_versions_are_refused() {
-        let dup = "version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\n[[rule]]\nid = \"a\"\neffect = \"deny\"\n";
-        assert_eq!(err(dup), "p.toml: rule id `a` is used twice");
-        let empty =
-            "version = 1\nserial = 1\n[[rule]]\nid = \"a\"\neffect = \"allow\"\nkeys = []\n";
-        assert_eq!(
-            err(empty),
-            "p.toml: rule `a`: `keys` is empty; omit it to match any"
-        );
-        assert!(err("version = 2\nserial = 1\n").contains("version 2 is not supported"));
-        assert!(err("serial = 1\n").contains("missing field `version`"));
+    fn books(
+        &self,
+        raw: BTreeMap<String, Spanned<RawBook>>,
+    ) -> Result<BTreeMap<String, BTreeSet<Address>>, PolicyError> {
+        let mut out = BTreeMap::new();
+        for (name, book) in raw {
+            check_name(&name)
+                .map_err(|e| self.invalid(book.span(), format!("address book {e}")))?;
+            let book = book.into_inner();
+            if book.addresses.get_ref().is_empty() {
+                return Err(self.invalid(
+                    book.addresses.span(),
+                    format!("address book `{name}` is empty"),
+                ));
+            }
+            let mut set = BTreeSet::new();
+            for a in book.addresses.into_inner() {
+                let addr = parse_address(a.get_ref()).map_err(|e| self.invalid(a.span(), e))?;
+                set.insert(addr);
+            }
+            out.insert(name, set);
+        }
+        Ok(out)
     }
 
-    #[test]
-    fn oversized_file_is_refused() {
-        let big = format!(
-            "version = 1\nserial = 1\n#{}\n",
-            "x".repeat(MAX_POLICY_BYTES)
-        );
-        assert!(err(&big).contains("more than the"));
-    }
-
-    #[test]
-    fn line_col_counts_characters() {
-        assert_eq!(line_col("ab\ncé d", 7), (2, 4));
-        assert_eq!(line_col("", 0), (1, 1));
+    fn groups(
+        &self,
+        raw: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    ) -> Result<BTreeMap<String, BTreeSet<String>>, PolicyError> {
+        let mut out = BTreeMap::new();
+        for (name, members) in raw {
+            check_name(&name).map_err(|e| self.invalid(members.span(), format!("group {e}")))?;
+            if members.get_ref().is_empty() {
+                return Err(self.invalid(members.span(), format!("group `{name}` is empty")));
+            }
+            let mut set = BTreeSet::new();
+            for m in members.into_inner() {
+                if m.get_ref().is_empty() {
+                    return Err(self.invalid(m.span(), "an empty client id".into()));
+                }
+                set.insert(m.into_inner());
+            }
+            out.insert(name, set);
+        }
+        Ok(out)
     }
 }
+
+/// Everything name resolution needs.
+pub(crate) struct Env<'a> {
+    pub(crate) cx: Cx<'a>,
+    pub(crate) assets: &'a [Asset],
+    pub(crate) books: &'a BTreeMap<String, BTreeSet<Address>>,
+    pub(crate) groups: &'a BTreeMap<String, BTreeSet<String>>,
+}
+
+/// A resolved amount: base units, the token its symbol names, how to print it.
+pub(crate) type Resolved = (U256, Option<AssetId>, AmountFormat);
+
+/// What unit an amount field is in.
+#[derive(Clone, Copy)]
+pub(crate) enum Unit<'a> {
+    /// The native coin, on these chains (all registered chains when `None`).
+    Native(Option<&'a BTreeSet<u64>>),
+    /// Some ERC-20 token, on these chains.
+    Token(Option<&'a BTreeSet<u64>>),
+    /// Exactly this asset.
+    Of(AssetId),
+}
+
+fn chain_list(chains: Option<&BTreeSet<u64>>) -> String {
+    match chains {
+        Some(c) => {
+            let v: Vec<String> = c.iter().map(u64::to_string).collect();
+            format!("chain {}", v.join(", "))
+        }
+        None => "any registered chain".into(),
+    }
+}
+
+impl Env<'_> {
+    /// Non-empty list or `None`; an empty list would match nothing, so it is refused.
+    fn list<T>(&self, field: &str, v: List<T>) -> Result<Option<Vec<T>>, PolicyError> {
+        match v {
+            None => Ok(None),
+            Some(s) if s.get_ref().is_empty() => Err(self.cx.invalid(
+                s.span(),
+                format!("`{field}` is empty; omit it to match any"),
+            )),
+            Some(s) => Ok(Some(s.into_inner())),
+        }
+    }
+
+    fn strings(
+        &self,
+        field: &str,
+        v: List<String>,
+    ) -> Result<Option<BTreeSet<String>>, PolicyError> {
+        let span = v.as_ref().map(Spanned::span);
+        let list = self.list(field, v)?;
+        if let (Some(l), Some(span)) = (&list, span)
+            && l.iter().any(String::is_empty)
+        {
+            return Err(self
+                .cx
+                .invalid(span, format!("`{field}` has an empty entry")));
+        }
+        Ok(list.map(|l| l.into_iter().collect()))
+    }
+
+    fn selectors(
+        &self,
+        v: List<Spanned<String>>,
+    ) -> Result<Option<BTreeSet<[u8; 4]>>, PolicyError> {
+        let Some(list) = self.list("selectors", v)? else {
+            return Ok(None);
+        };
+        let mut out = BTreeSet::new();
+        for s in list {
+            let sel = Selector::parse(s.get_ref()).map_err(|e| self.cx.invalid(s.span(), e))?;
+            out.insert(sel.0);
+        }
+        Ok(Some(out))
+    }
+
+    fn group_set(&self, v: List<Spanned<String>>) -> Result<Option<Groups>, PolicyError> {
+        let Some(names) = self.list("groups", v)? else {
+            return Ok(None);
+        };
+        let mut members = BTreeSet::new();
+        let mut written = Vec::with_capacity(names.len());
+        for n in names {
+            let Some(m) = self.groups.get(n.get_ref()) else {
+                return Err(self.cx.invalid(
+                    n.span(),
+                    format!("group `{}` is not defined in [groups]", n.get_ref()),
+                ));
+            };
+            members.extend(m.iter().cloned());
+            written.push(n.into_inner());
+        }
+        Ok(Some(Groups {
+            names: written,
+            members,
+        }))
+    }
+
+    fn addrs(&self, field: &str, v: Addrs) -> Result<Option<AddrSet>, PolicyError> {
+        let Some(list) = self.list(field, v)? else {
+            return Ok(None);
+        };
+        let mut set = BTreeSet::new();
+        let mut written = Vec::with_capacity(list.len());
+        for entry in list {
+            let parsed =
+                AddrRef::parse(entry.get_ref()).map_err(|e| self.cx.invalid(entry.span(), e))?;
+            match &parsed {
+                AddrRef::Addr(a) => {
+                    set.insert(*a);
+                }
+                AddrRef::Book(name) => {
+                    let Some(book) = self.books.get(name) else {
+                        return Err(self.cx.invalid(
+                            entry.span(),
+                            format!(
+                                "address book `{name}` is not defined (add [address_books.{name}])"
+                            ),
+                        ));
+                    };
+                    set.extend(book.iter().copied());
+                }
+            }
+            written.push(parsed.to_string());
+        }
+        Ok(Some(AddrSet { set, written }))
+    }
+
+    /// Resolves an amount literal; returns base units, the token it names (for `Unit::Token`
+    /// with a symbol) and how to print amounts of that unit.
+    pub(crate) fn amount(
+        &self,
+        field: &str,
+        lit: &Spanned<AmountLit>,
+        unit: Unit<'_>,
+    ) -> Result<Resolved, PolicyError> {
+        let err = |m: String| self.cx.invalid(lit.span(), format!("`{field}`: {m}"));
+        let base_format = || match unit {
+            Unit::Native(chains) => self.native_format(chains),
+            Unit::Token(_) => AmountFormat::base_units(),
+            Unit::Of(id) => format_of(self.assets, id),
+        };
+        let text = match lit.get_ref() {
+            AmountLit::Int(v) => return Ok((U256::from(*v), None, base_format())),
+            AmountLit::Text(t) => t,
+        };
+        let sp = amount::split(text).map_err(&err)?;
+        let Some(u) = sp.unit else {
+            let v = amount::scale(text, sp.int, sp.frac, 0).map_err(&err)?;
+            return Ok((v, None, base_format()));
+        };
+        let scaled = |decimals: u8| amount::scale(text, sp.int, sp.frac, decimals).map_err(&err);
+        let in_chains = |chains: Option<&BTreeSet<u64>>, a: &Asset| {
+            chains.is_none_or(|c| c.contains(&a.id.chain_id))
+        };
+        match unit {
+            Unit::Native(chains) => {
+                if let Some(d) = amount::native_unit(u) {
+                    return Ok((scaled(d)?, None, self.native_format(chains)));
+                }
+                let natives: Vec<&Asset> = self
+                    .assets
+                    .iter()
+                    .filter(|a| a.symbol == u && a.id.contract.is_none() && in_chains(chains, a))
+                    .collect();
+                let Some(first) = natives.first() else {
+                    if self.assets.iter().any(|a| a.symbol == u) {
+                        return Err(err(format!(
+                            "`{text}` names a token, but this amount is in the native coin's units (wei, gwei, ether)"
+                        )));
+                    }
+                    return Err(err(format!(
+                        "`{text}`: unknown unit `{u}` on {} (native units are wei, gwei, ether or a native [[asset]] symbol)",
+                        chain_list(chains)
+                    )));
+                };
+                if natives.iter().any(|a| a.decimals != first.decimals) {
+                    return Err(err(format!(
+                        "`{text}`: `{u}` is ambiguous: native assets with different decimals on {}; narrow `chain_ids`",
+                        chain_list(chains)
+                    )));
+                }
+                let fmt = AmountFormat {
+                    symbol: first.symbol.clone(),
+                    decimals: first.decimals,
+                };
+                Ok((scaled(first.decimals)?, None, fmt))
+            }
+            Unit::Token(chains) => {
+                if amount::native_unit(u).is_some() {
+                    return Err(err(format!(
+                        "`{text}` is in native units, but this amount is an ERC-20 token amount"
+                    )));
+                }
+                let tokens: Vec<&Asset> = self
+                    .assets
+                    .iter()
+                    .filter(|a| a.symbol == u && a.id.contract.is_some() && in_chains(chains, a))
+                    .collect();
+                match tokens.as_slice() {
+                    [one] => Ok((
+                        scaled(one.decimals)?,
+                        Some(one.id),
+                        AmountFormat {
+                            symbol: one.symbol.clone(),
+                            decimals: one.decimals,
+                        },
+                    )),
+                    [] => Err(err(format!(
+                        "`{text}`: unknown token symbol `{u}` on {} (register it with [[asset]])",
+                        chain_list(chains)
+                    ))),
+                    many => {
+                        let c: Vec<String> = many.iter().map(|a| a.id.to_string()).collect();
+                        Err(err(format!(
+                            "`{text}`: symbol `{u}` is ambiguous ({}); narrow `chain_ids` to one chain",
+                            c.join(", ")
+                        )))
+                    }
+                }
+            }
+            Unit::Of(id) => {
+                let fmt = format_of(self.assets, id);
+                if id.contract.is_none()
+                    && let Some(d) = amount::native_unit(u)
+                {
+                    return Ok((scaled(d)?, None, fmt));
+                }
+                match self.assets.iter().find(|a| a.id == id) {
+                    Some(a) if a.symbol == u => Ok((scaled(a.decimals)?, None, fmt)),
+                    _ => Err(err(format!(
+                        "`{text}` is not in the units of asset {id} ({})",
+                        fmt.symbol
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn native_format(&self, chains: Option<&BTreeSet<u64>>) -> AmountFormat {
+        let one = chains
+            .filter(|c| c.len() == 1)
+            .and_then(|c| c.first().copied());
+        match one {
+            Some(c) => format_of(self.assets, AssetId::native(c)),
+            None => AmountFormat::ether(),
+        }
+    }
+
+    fn rule(&self, r: RawRule) -> Result<Rule, PolicyError> {
+        let cx = self.cx;
+        let id = r.id.get_ref().clone();
+        let ctx = |e: PolicyError| prefix(e, &format!("rule `{id}`: "));
+        let clients = self.strings("clients", r.clients).map_err(ctx)?;
+        let roles = self.strings("roles", r.roles).map_err(ctx)?;
+        let keys = self.strings("keys", r.keys).map_err(ctx)?;
+        let kinds = self.list("kinds", r.kinds).map_err(ctx)?;
+        let chain_ids: Option<BTreeSet<u64>> = self
+            .list("chain_ids", r.chain_ids)
+            .map_err(ctx)?
+            .map(|v| v.into_iter().collect());
+        let chains = chain_ids.as_ref();
+        let native = |field: &str, v: &Amount| -> Result<Option<U256>, PolicyError> {
+            v.as_ref()
+                .map(|l| self.amount(field, l, Unit::Native(chains)).map(|x| x.0))
+                .transpose()
+                .map_err(ctx)
+        };
+        let value_max = native("value_max", &r.value_max)?;
+        let value_min = native("value_min", &r.value_min)?;
+        let max_fee_max = native("max_fee_per_gas_max", &r.max_fee_per_gas_max)?;
+        let erc20_amount = self
+            .token_bound(
+                r.erc20_amount_min.as_ref(),
+                r.erc20_amount_max.as_ref(),
+                chains,
+            )
+            .map_err(ctx)?;
+        let hours = r.hours.map(|h| self.hours(h)).transpose().map_err(ctx)?;
+        let m = Matchers {
+            kinds: kinds.as_deref().map_or(KindSet::DEFAULT, KindSet::of),
+            kinds_written: kinds.is_some(),
+            keys: keys.clone(),
+            clients: clients.clone(),
+            groups: self.group_set(r.groups).map_err(ctx)?,
+            roles: roles.clone(),
+            native_format: self.native_format(chains),
+            chain_ids,
+            to: self.addrs("to", r.to).map_err(ctx)?,
+            not_to: self.addrs("not_to", r.not_to).map_err(ctx)?,
+            contracts: self.addrs("contracts", r.contracts).map_err(ctx)?,
+            selectors: self.selectors(r.selectors).map_err(ctx)?,
+            counterparty: self
+                .addrs("erc20_counterparty", r.erc20_counterparty)
+                .map_err(ctx)?,
+            erc20_amount,
+            value_min,
+            value_max,
+            gas_limit_max: r.gas_limit_max,
+            max_fee_max,
+            primary_types: self
+                .strings("primary_types", r.primary_types)
+                .map_err(ctx)?,
+            domain_names: self.strings("domain_names", r.domain_names).map_err(ctx)?,
+            verifying_contracts: self
+                .addrs("verifying_contracts", r.verifying_contracts)
+                .map_err(ctx)?,
+            domain_chain_ids: self
+                .list("domain_chain_ids", r.domain_chain_ids)
+                .map_err(ctx)?
+                .map(|v| v.into_iter().collect()),
+            permit_spenders: self
+                .addrs("permit_spenders", r.permit_spenders)
+                .map_err(ctx)?,
+            hours,
+        };
+        let approval = match r.effect {
+            Effect::RequireApproval => {
+                let Some(list) = self.list("approvals", r.approvals).map_err(ctx)? else {
+                    return Err(cx.invalid(
+                        r.id.span(),
+                        format!("rule `{id}`: `require_approval` needs `approvals = [{{ group = \"...\", min = N }}]`"),
+                    ));
+                };
+                let Some(ttl) = r.ttl else {
+                    return Err(cx.invalid(
+                        r.id.span(),
+                        format!("rule `{id}`: `require_approval` needs `ttl` (how long approvals stay valid, e.g. \"1h\")"),
+                    ));
+                };
+                let mut groups: Vec<(String, u32)> = Vec::with_capacity(list.len());
+                for a in list {
+                    let span = a.span();
+                    let a = a.into_inner();
+                    let name = a.group.get_ref();
+                    let Some(members) = self.groups.get(name) else {
+                        return Err(cx.invalid(
+                            a.group.span(),
+                            format!("rule `{id}`: group `{name}` is not defined in [groups]"),
+                        ));
+                    };
+                    if a.min == 0 || usize::try_from(a.min).map_or(true, |m| m > members.len()) {
+                        return Err(cx.invalid(
+                            span,
+                            format!(
+                                "rule `{id}`: `min` must be 1 to {} (the size of group `{name}`)",
+                                members.len()
+                            ),
+                        ));
+                    }
+                    if groups.iter().any(|(g, _)| g == name) {
+                        return Err(cx.invalid(
+                            a.group.span(),
+                            format!("rule `{id}`: group `{name}` is listed twice in `approvals`"),
+                        ));
+                    }
+                    groups.push((name.clone(), a.min));
+                }
+                Some(ApprovalSpec {
+                    groups,
+                    ttl: *ttl.get_ref(),
+                    veto: r.veto.is_none_or(|v| *v.get_ref()),
+                })
+            }
+            Effect::Allow | Effect::Deny => {
+                let stray = r
+                    .approvals
+                    .map(|s| ("approvals", s.span()))
+                    .or(r.ttl.map(|s| ("ttl", s.span())))
+                    .or(r.veto.map(|s| ("veto", s.span())));
+                if let Some((field, span)) = stray {
+                    return Err(cx.invalid(
+                        span,
+                        format!("rule `{id}`: `{field}` is only for rules with effect = \"require_approval\""),
+                    ));
+                }
+                None
+            }
+        };
+        Ok(Rule {
+            line: cx.line(&r.id.span()),
+            id,
+            description: r.description,
+            effect: r.effect,
+            clients: clients.map(|c| c.into_iter().collect()),
+            roles: roles.map(|c| c.into_iter().collect()),
+            keys: keys.map(|c| c.into_iter().collect()),
+            kinds,
+            m,
+            approval,
+        })
+    }
+
+    fn token_bound(
+        &self,
+        min: Option<&Spanned<AmountLit>>,
+        max: Option<&Spanned<AmountLit>>,
+        chains: Option<&BTreeSet<u64>>,
+    ) -> Result<Option<TokenBound>, PolicyError> {
+        if min.is_none() && max.is_none() {
+            return Ok(None);
+        }
+        let min = min
+            .map(|l| {
+                self.amount("erc20_amount_min", l, Unit::Token(chains))
+                    .map(|r| (r, l.span()))
+            })
+            .transpose()?;
+        let max = max
+            .map(|l| {
+                self.amount("erc20_amount_max", l, Unit::Token(chains))
+                    .map(|r| (r, l.span()))
+            })
+            .transpose()?;
+        let token_of = |x: &Option<(Resolved, Range<usize>)>| {
+            x.as_ref()
+                .and_then(|((_, t, f), s)| t.map(|t| (t, f.clone(), s.clone())))
+        };
+        let (tmin, tmax) = (token_of(&min), token_of(&max));
+        if let (Some((a, _, _)), Some((b, _, span))) = (&tmin, &tmax)
+            && a != b
+        {
+            return Err(self.cx.invalid(
+                span.clone(),
+                format!(
+                    "`erc20_amount_min` is in {a} but `erc20_amount_max` in {b}; use one token"
+                ),
+            ));
+        }
+        let pinned = tmax.or(tmin);
+        Ok(Some(TokenBound {
+            token: pinned.as_ref().map(|p| p.0),
+            format: pinned.map_or_else(AmountFormat::base_units, |p| p.1),
+            min: min.map(|((v, _, _), _)| v),
+            max: max.map(|((v, _, _), _)| v),
+        }))
+    }
+
+    fn hours(&self, h: Spanned<RawHours>) -> Result<Hours, PolicyError> {
+        let span = h.span();
+        let h = h.into_inner();
+        if h.from == h.to {
+            return Err(self.cx.invalid(
+                span,
+                "`hours`: `from` equals `to`; a window must not be empty (omit `hours` to allow all day)".into(),
+            ));
+        }
+        if h.from.0 == 1440 {
+            return Err(self
+                .cx
+                .invalid(span, "`hours`: `from` cannot be 24:00".into()));
+        }
+        let days = match self.list("days", h.days)? {
+            None => 0x7f,
+            Some(days) => {
+                let mut mask = 0u8;
+                for d in days {
+                    if mask & (1 << d.0) != 0 {
+                        let name = DAYS.get(usize::from(d.0)).copied().unwrap_or("?");
+                        return Err(self
+                            .cx
+                            .invalid(span, format!("`hours`: day `{name}` is listed twice")));
+                    }
+                    mask |= 1 << d.0;
+                }
+                mask
+            }
+        };
+        Ok(Hours {
+            from: h.from,
+            to: h.to,
+            offset: h.utc_offset,
+            days,
+        })
+    }
+
+    fn limit(&self, l: RawLimit) -> Result<Limit, PolicyError> {
+        let cx = self.cx;
+        let id = l.id.get_ref().clone();
+        let ctx = |e: PolicyError| prefix(e, &format!("limit `{id}`: "));
+        let chain_ids: Option<BTreeSet<u64>> = self
+            .list("chain_ids", l.chain_ids)
+            .map_err(ctx)?
+            .map(|v| v.into_iter().collect());
+        let asset = match &l.asset {
+            None => None,
+            Some(a) => Some(self.asset_ref(a, chain_ids.as_ref()).map_err(ctx)?),
+        };
+        let amount = |field: &str, v: &Amount| -> Result<Option<U256>, PolicyError> {
+            let Some(lit) = v else { return Ok(None) };
+            let Some(asset) = asset else {
+                return Err(cx.invalid(
+                    lit.span(),
+                    format!("limit `{id}`: `{field}` needs `asset` (amounts of different assets cannot be added)"),
+                ));
+            };
+            self.amount(field, lit, Unit::Of(asset))
+                .map(|x| Some(x.0))
+                .map_err(ctx)
+        };
+        let per_tx_max = amount("per_tx_max", &l.per_tx_max)?;
+        let max_amount = amount("max_amount", &l.max_amount)?;
+        let max_count = match &l.max_count {
+            Some(c) if *c.get_ref() == 0 => {
+                return Err(cx.invalid(
+                    c.span(),
+                    format!("limit `{id}`: `max_count` must be at least 1 (to forbid, write a deny rule)"),
+                ));
+            }
+            c => c.as_ref().map(|c| *c.get_ref()),
+        };
+        let windowed = max_amount.is_some() || max_count.is_some();
+        match (&l.window, windowed) {
+            (None, true) => {
+                return Err(cx.invalid(
+                    l.id.span(),
+                    format!(
+                        "limit `{id}`: `max_amount` and `max_count` need a `window` (e.g. \"24h\")"
+                    ),
+                ));
+            }
+            (Some(w), false) => {
+                return Err(cx.invalid(
+                    w.span(),
+                    format!("limit `{id}`: `window` needs `max_amount` or `max_count`"),
+                ));
+            }
+            _ => {}
+        }
+        if per_tx_max.is_none() && !windowed {
+            return Err(cx.invalid(
+                l.id.span(),
+                format!("limit `{id}`: set `per_tx_max`, or a `window` with `max_amount` and/or `max_count`"),
+            ));
+        }
+        let key_by = match self.list("key_by", l.key_by).map_err(ctx)? {
+            None => KeyBy {
+                key: true,
+                asset: asset.is_some(),
+                ..KeyBy::default()
+            },
+            Some(parts) => {
+                let mut k = KeyBy::default();
+                for p in &parts {
+                    let slot = match p {
+                        RawKeyBy::Key => &mut k.key,
+                        RawKeyBy::Asset => &mut k.asset,
+                        RawKeyBy::Client => &mut k.client,
+                        RawKeyBy::Destination => &mut k.destination,
+                    };
+                    if *slot {
+                        return Err(cx.invalid(
+                            l.id.span(),
+                            format!("limit `{id}`: `key_by` lists a part twice"),
+                        ));
+                    }
+                    *slot = true;
+                }
+                if k.asset && asset.is_none() {
+                    return Err(cx.invalid(
+                        l.id.span(),
+                        format!(
+                            "limit `{id}`: `key_by` has \"asset\" but the limit has no `asset`"
+                        ),
+                    ));
+                }
+                k
+            }
+        };
+        let kinds = self.list("kinds", l.kinds).map_err(ctx)?;
+        let scope = Scope {
+            kinds: kinds.as_deref().map_or(KindSet::ALL, KindSet::of),
+            keys: self.strings("keys", l.keys).map_err(ctx)?,
+            clients: self.strings("clients", l.clients).map_err(ctx)?,
+            groups: self.group_set(l.groups).map_err(ctx)?,
+            roles: self.strings("roles", l.roles).map_err(ctx)?,
+            chain_ids,
+            to: self.addrs("to", l.to).map_err(ctx)?,
+        };
+        Ok(Limit {
+            line: cx.line(&l.id.span()),
+            format: asset.map_or_else(AmountFormat::base_units, |a| format_of(self.assets, a)),
+            id,
+            description: l.description,
+            scope,
+            asset,
+            per_tx_max,
+            window: l.window.map(Spanned::into_inner),
+            max_amount,
+            max_count,
+            key_by,
+        })
+    }
+
+    fn asset_ref(
+        &self,
+        a: &Spanned<RawAssetRef>,
+        chains: Option<&BTreeSet<u64>>,
+    ) -> Result<AssetId, PolicyError> {
+        let err = |m: String| self.cx.invalid(a.span(), format!("`asset`: {m}"));
+        match a.get_ref() {
+            RawAssetRef::Id(r) => Ok(match r.contract {
+                ContractLit::Native => AssetId::native(r.chain_id),
+                ContractLit::Token(c) => AssetId::token(r.chain_id, c),
+            }),
+            RawAssetRef::Name(n) if n == "native" || amount::native_unit(n) == Some(18) => {
+                match chains
+                    .map(|c| c.iter().copied().collect::<Vec<_>>())
+                    .as_deref()
+                {
+                    Some([one]) => Ok(AssetId::native(*one)),
+                    _ => Err(err(format!(
+                        "`{n}` needs exactly one chain in `chain_ids`, or write {{ chain_id = 1, contract = \"native\" }}"
+                    ))),
+                }
+            }
+            RawAssetRef::Name(n) => {
+                let found: Vec<&Asset> = self
+                    .assets
+                    .iter()
+                    .filter(|x| x.symbol == *n && chains.is_none_or(|c| c.contains(&x.id.chain_id)))
+                    .collect();
+                match found.as_slice() {
+                    [one] => Ok(one.id),
+                    [] => Err(err(format!(
+                        "unknown asset symbol `{n}` on {}",
+                        chain_list(chains)
+                    ))),
+                    many => {
+                        let c: Vec<String> = many.iter().map(|x| x.id.to_string()).collect();
+                        Err(err(format!(
+                            "symbol `{n}` is ambiguous ({}); narrow `chain_ids` or write {{ chain_id, contract }}",
+                            c.join(", ")
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    fn rate_limit(&self, r: RawRateLimit) -> Result<RateLimit, PolicyError> {
+        let id = r.id.get_ref().clone();
+        let ctx = |e: PolicyError| prefix(e, &format!("rate limit `{id}`: "));
+        if *r.max_requests.get_ref() == 0 {
+            return Err(self.cx.invalid(
+                r.max_requests.span(),
+                format!("rate limit `{id}`: `max_requests` must be at least 1"),
+            ));
+        }
+        Ok(RateLimit {
+            line: self.cx.line(&r.id.span()),
+            clients: self.strings("clients", r.clients).map_err(ctx)?,
+            groups: self.group_set(r.groups).map_err(ctx)?,
+            id,
+            description: r.description,
+            window: r.window.into_inner(),
+            max_requests: r.max_requests.into_inner(),
+        })
+    }
+}
+
+/// Prefixes the message of a located error with the item it is about.
+fn prefix(e: PolicyError, p: &str) -> PolicyError {
+    match e {
+        PolicyError::Invalid {
+            file,
+            line,
+            column,
+            message,
+        } if !message.starts_with(p) => PolicyError::Invalid {
+            file,
+            line,
+            column,
+            message: format!("{p}{message}"),
+        },
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests;

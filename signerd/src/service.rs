@@ -17,7 +17,7 @@ use alloy_primitives::B256;
 use prost::Message;
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use signerd_policy::{Action, Decision, Identity, Kind, Policy};
+use signerd_policy::{Action, BucketKey, Decision, Identity, Kind, Policy, Request, Usage, Used};
 use signerd_proto::v1;
 
 use crate::audit::{AuditLog, Receipt, Record};
@@ -550,8 +550,15 @@ impl Signer {
             return replay(stored, &fingerprint);
         }
 
-        let policy = self.policy();
-        let decision = policy.evaluate(&prepared.action, &caller.identity);
+        let decided = self.decide(&caller, &prepared, true, false)?;
+        // Until the result record is durable, a reservation belongs to a request that may end
+        // unsigned: the guard releases it on every early return.
+        let mut reservation = Reservation {
+            state: self.state.as_ref(),
+            client: &caller.identity.id,
+            request_id: &prepared.request_id,
+            armed: decided.reserved,
+        };
         let req_rec = request_record(
             &caller,
             method,
@@ -559,11 +566,17 @@ impl Signer {
             Some(&prepared.key.id),
             Some(&fingerprint),
         );
-        let dec_rec = decision_record(&prepared, &decision, &policy);
+        let dec_rec = decision_record(&prepared, &decided);
         self.audit.append(req_rec).map_err(unavailable)?;
         self.audit.append(dec_rec).map_err(unavailable)?;
+        let decision = decided.decision;
 
-        if let Decision::Deny { rule, reason } = decision {
+        // Only an explicit Allow goes on to signing; anything else is a denial.
+        if !decision.is_allow() {
+            let (rule, reason) = match decision {
+                Decision::Deny { rule, reason } => (rule, reason),
+                other => (None, format!("not allowed: {}", other.as_str())),
+            };
             let result = Record::new("sign.result")
                 .field("req_id", prepared.request_id.as_str())
                 .field("status", "denied")
@@ -612,6 +625,8 @@ impl Signer {
             .await
             .map_err(unavailable)?;
         response.set_receipt(receipt_proto(receipt));
+        // Signed and on record: the spend counts from now on.
+        reservation.armed = false;
         let outcome = StoredOutcome::Signed {
             response: hex::encode(response.encode_to_vec()),
         };
@@ -621,21 +636,97 @@ impl Signer {
         Ok(response)
     }
 
+    /// Evaluates the policy with the usage the state store has now. With `reserve`, an allowed
+    /// request's charges are reserved atomically (denying it when a limit would be exceeded).
+    /// The decision is always Allow or Deny: this release does not collect approvals, so a
+    /// request that needs them is denied.
+    fn decide(
+        &self,
+        caller: &Caller,
+        p: &Prepared,
+        reserve: bool,
+        explain: bool,
+    ) -> Result<Decided, ServiceError> {
+        let policy = self.policy();
+        let now = unix_now();
+        let usage = StoreUsage(self.state.as_ref());
+        let request = Request {
+            action: &p.action,
+            identity: &caller.identity,
+            now_unix: now,
+            usage: &usage,
+        };
+        let eval = if explain {
+            policy.explain_request(&request)
+        } else {
+            policy.evaluate_request(&request)
+        };
+        let mut explanation = eval.explanation;
+        let mut decision = match eval.decision {
+            Decision::NeedsApproval { rules, .. } => {
+                let reason = format!(
+                    "requires approval (rules: {}); this release does not collect approvals, \
+                     so the request is denied",
+                    rules.join(", ")
+                );
+                explanation.push(reason.clone());
+                Decision::Deny {
+                    rule: rules.first().cloned(),
+                    reason,
+                }
+            }
+            d => d,
+        };
+        let mut reserved = false;
+        if reserve && decision.is_allow() && !eval.charges.is_empty() {
+            let verdict = self
+                .state
+                .reserve(&caller.identity.id, &p.request_id, now, &eval.charges)
+                .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+            match verdict {
+                Ok(()) => reserved = true,
+                Err(exceeded) => {
+                    explanation.push(exceeded.detail.clone());
+                    decision = Decision::Deny {
+                        rule: Some(exceeded.limit_id),
+                        reason: exceeded.detail,
+                    };
+                }
+            }
+        }
+        let charges = if decision.is_allow() {
+            eval.charges
+        } else {
+            Vec::new()
+        };
+        Ok(Decided {
+            decision,
+            charges,
+            explanation,
+            policy,
+            reserved,
+        })
+    }
+
     /// Evaluates and explains without signing, reserving or storing anything.
     fn dry_run<R: SignResponse>(&self, caller: &Caller, p: &Prepared) -> Result<R, ServiceError> {
-        let policy = self.policy();
-        let decision = policy.evaluate(&p.action, &caller.identity);
+        let Decided {
+            decision,
+            explanation,
+            policy,
+            ..
+        } = self.decide(caller, p, false, true)?;
         let (effect, rules, reason) = match &decision {
             Decision::Allow { rules } => ("allow", rules.clone(), "allowed".to_owned()),
             Decision::Deny { rule, reason } => {
                 ("deny", rule.iter().cloned().collect(), reason.clone())
             }
+            Decision::NeedsApproval { rules, .. } => (
+                "require_approval",
+                rules.clone(),
+                "requires approval".to_owned(),
+            ),
         };
-        let explanation = vec![format!(
-            "{effect}: {reason}; rules: [{}]; policy serial {}",
-            rules.join(", "),
-            policy.serial()
-        )];
         let rec = Record::new("sign.dry_run")
             .field("req_id", p.request_id.as_str())
             .field("method", p.method)
@@ -824,26 +915,87 @@ fn request_record(
         .field("fingerprint", fingerprint)
 }
 
-fn decision_record(p: &Prepared, d: &Decision, policy: &Policy) -> Record {
-    let (effect, rules, reason) = match d {
+fn decision_record(p: &Prepared, d: &Decided) -> Record {
+    let (effect, rules, reason) = match &d.decision {
         Decision::Allow { rules } => ("allow", rules.clone(), None),
         Decision::Deny { rule, reason } => (
             "deny",
             rule.iter().cloned().collect(),
             Some(reason.as_str()),
         ),
+        Decision::NeedsApproval { rules, .. } => ("require_approval", rules.clone(), None),
     };
+    let charges: Vec<serde_json::Value> = d
+        .charges
+        .iter()
+        .map(|c| {
+            json!({
+                "limit": c.limit_id,
+                "bucket": c.bucket.as_str(),
+                "window_secs": c.window_secs,
+                "amount": c.amount.to_string(),
+            })
+        })
+        .collect();
     Record::new("sign.decision")
         .field("req_id", p.request_id.as_str())
         .field("decision", effect)
         .field("rules", rules)
         .field("reason", reason)
-        .field("policy_serial", policy.serial())
-        .field("policy_hash", policy.hash_hex())
+        .field("policy_serial", d.policy.serial())
+        .field("policy_hash", d.policy.hash_hex())
         .field(
             "action",
             serde_json::to_value(&p.action).unwrap_or_default(),
         )
+        .field("charges", charges)
+}
+
+/// The outcome of [`Signer::decide`].
+struct Decided {
+    decision: Decision,
+    /// What an allowed request reserved (empty otherwise).
+    charges: Vec<signerd_policy::Charge>,
+    explanation: Vec<String>,
+    policy: Arc<Policy>,
+    reserved: bool,
+}
+
+/// Releases a request's reservations unless disarmed (once its result is on record).
+struct Reservation<'a> {
+    state: &'a dyn StateStore,
+    client: &'a str,
+    request_id: &'a str,
+    armed: bool,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.armed
+            && let Err(e) = self.state.release(self.client, self.request_id)
+        {
+            tracing::error!(error = %e, "cannot release the reservation of an unsigned request");
+        }
+    }
+}
+
+/// Policy usage read from the state store; a store that cannot answer makes every windowed
+/// limit deny.
+struct StoreUsage<'a>(&'a dyn StateStore);
+
+impl Usage for StoreUsage<'_> {
+    fn used(&self, bucket: &BucketKey, window_secs: u64, now_unix: i64) -> Used {
+        self.0
+            .used(bucket.as_str(), window_secs, now_unix)
+            .unwrap_or(Used::SATURATED)
+    }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it, which no window matches).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 fn receipt_proto(r: Receipt) -> v1::AuditReceipt {

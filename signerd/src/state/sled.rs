@@ -401,14 +401,11 @@ mod tests {
     }
 
     fn limit(amount: u64, max: u64) -> Charge {
-        Charge {
-            limit_id: "daily".into(),
-            bucket: "limit=daily|key=hot".into(),
-            window_secs: 86_400,
-            amount: alloy_primitives::U256::from(amount),
-            max_amount: Some(alloy_primitives::U256::from(max)),
-            max_count: None,
-        }
+        crate::state::spend::tests::charge("daily", amount, max, 86_400)
+    }
+
+    fn bucket() -> String {
+        limit(1, 1).bucket.as_str().to_owned()
     }
 
     #[test]
@@ -435,7 +432,7 @@ mod tests {
             store.put_request("app", "r1", &signed("00")).unwrap();
         }
         let store = open_sled_for_test(&dir.0);
-        let used = store.used("limit=daily|key=hot", 86_400, 2000).unwrap();
+        let used = store.used(&bucket(), 86_400, 2000).unwrap();
         assert_eq!(used.amount, alloy_primitives::U256::from(70));
         assert_eq!(used.count, 1);
         assert!(
@@ -476,7 +473,7 @@ mod tests {
             total, 994,
             "142 reservations of 7 fit under 1000, and no more"
         );
-        let used = store.used("limit=daily|key=hot", 86_400, 5).unwrap();
+        let used = store.used(&bucket(), 86_400, 5).unwrap();
         assert_eq!(used.amount, alloy_primitives::U256::from(total));
     }
 }

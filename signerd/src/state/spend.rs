@@ -10,35 +10,10 @@ use std::collections::HashMap;
 
 use alloy_primitives::U256;
 use serde::{Deserialize, Serialize};
+pub use signerd_policy::{Charge, Used};
 
 /// Longest window any limit may have; older entries are dropped.
 pub const MAX_WINDOW_SECS: u64 = 90 * 24 * 3600;
-
-/// One charge a request must reserve: an amount and one count against one limit bucket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Charge {
-    /// The policy limit this charge is checked against.
-    pub limit_id: String,
-    /// The bucket the limit is keyed by (limit, key, asset, destination, client).
-    pub bucket: String,
-    /// Sliding window length; 0 means a per-request check only (nothing is recorded).
-    pub window_secs: u64,
-    /// Amount in base units.
-    pub amount: U256,
-    /// Most amount in the window.
-    pub max_amount: Option<U256>,
-    /// Most requests in the window.
-    pub max_count: Option<u64>,
-}
-
-/// What a bucket has used inside a window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Used {
-    /// Sum of amounts.
-    pub amount: U256,
-    /// Number of entries.
-    pub count: u64,
-}
 
 /// A limit that a reservation would exceed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,34 +37,6 @@ pub struct Entry {
     pub amount: U256,
 }
 
-/// Whether `charge` fits on top of `used`. The one definition of "within the limit".
-pub fn fits(charge: &Charge, used: Used) -> Result<(), Exceeded> {
-    if let Some(max) = charge.max_amount {
-        let total = used.amount.checked_add(charge.amount);
-        if total.is_none_or(|t| t > max) {
-            return Err(Exceeded {
-                limit_id: charge.limit_id.clone(),
-                detail: format!(
-                    "limit `{}`: {} used + {} requested > {} in {}s",
-                    charge.limit_id, used.amount, charge.amount, max, charge.window_secs
-                ),
-            });
-        }
-    }
-    if let Some(max) = charge.max_count
-        && used.count.saturating_add(1) > max
-    {
-        return Err(Exceeded {
-            limit_id: charge.limit_id.clone(),
-            detail: format!(
-                "limit `{}`: {} requests already in {}s, at most {max}",
-                charge.limit_id, used.count, charge.window_secs
-            ),
-        });
-    }
-    Ok(())
-}
-
 /// Reservations by bucket, in memory.
 #[derive(Debug, Default)]
 pub struct Ledger {
@@ -100,7 +47,7 @@ impl Ledger {
     /// What `bucket` used in the `window_secs` before `now`.
     pub fn used(&self, bucket: &str, window_secs: u64, now: i64) -> Used {
         let since = now.saturating_sub(i64::try_from(window_secs).unwrap_or(i64::MAX));
-        let mut used = Used::default();
+        let mut used = Used::ZERO;
         for e in self.buckets.get(bucket).into_iter().flatten() {
             if e.ts > since {
                 used.amount = used.amount.saturating_add(e.amount);
@@ -119,19 +66,25 @@ impl Ledger {
         charges: &[Charge],
     ) -> Result<Vec<Entry>, Exceeded> {
         // Bucket keys include the limit id, so the charges of one request are independent.
+        // `Charge::exceeded` is the policy's own definition of "within the limit".
         for c in charges {
-            fits(c, self.used(&c.bucket, c.window_secs, now))?;
+            if let Some(detail) = c.exceeded(self.used(c.bucket.as_str(), c.window_secs, now)) {
+                return Err(Exceeded {
+                    limit_id: c.limit_id.clone(),
+                    detail,
+                });
+            }
         }
         let mut recorded = Vec::new();
         for c in charges.iter().filter(|c| c.window_secs > 0) {
             let entry = Entry {
                 owner: owner.to_owned(),
-                bucket: c.bucket.clone(),
+                bucket: c.bucket.as_str().to_owned(),
                 ts: now,
                 amount: c.amount,
             };
             self.buckets
-                .entry(c.bucket.clone())
+                .entry(entry.bucket.clone())
                 .or_default()
                 .push(entry.clone());
             recorded.push(entry);
@@ -176,72 +129,73 @@ impl Ledger {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use signerd_policy::{Action, Identity, Kind, NoUsage, Policy, Request};
 
-    fn charge(bucket: &str, amount: u64, max: u64, window: u64) -> Charge {
-        Charge {
-            limit_id: format!("limit-{bucket}"),
-            bucket: bucket.into(),
-            window_secs: window,
-            amount: U256::from(amount),
-            max_amount: Some(U256::from(max)),
-            max_count: None,
-        }
+    /// The charges a real policy asks for: a `max` wei limit over `window` seconds on the key
+    /// `hot`, for a native transfer of `amount` wei.
+    pub(crate) fn charge(limit: &str, amount: u64, max: u64, window: u64) -> Charge {
+        let src = format!(
+            "version = 1\nserial = 1\n[[rule]]\nid = \"r\"\neffect = \"allow\"\n\
+             [[limit]]\nid = \"{limit}\"\nasset = \"native\"\nchain_ids = [1]\nwindow = \"{window}s\"\n\
+             max_amount = \"{}\"\n",
+            u64::MAX
+        );
+        let policy = Policy::parse("t.toml", &src).unwrap_or_else(|e| panic!("{e}"));
+        let mut action = Action::new("hot", Kind::NativeTransfer);
+        action.chain_id = Some(1);
+        action.to = Some(alloy_primitives::Address::repeat_byte(0x35));
+        // Ask for a charge that fits, then set the figures under test.
+        action.value = U256::from(1);
+        let who = Identity {
+            id: "app".into(),
+            roles: vec![],
+        };
+        let eval = policy.evaluate_request(&Request {
+            action: &action,
+            identity: &who,
+            now_unix: 0,
+            usage: &NoUsage,
+        });
+        let shown = format!("{eval:?}");
+        let mut c = eval
+            .charges
+            .into_iter()
+            .next()
+            .unwrap_or_else(|| panic!("no charge: {shown}"));
+        c.amount = U256::from(amount);
+        c.max_amount = Some(U256::from(max));
+        c
     }
 
     #[test]
     fn window_sums_and_refuses_overshoot() {
         let mut l = Ledger::default();
+        let bucket = charge("b", 1, 100, 3600).bucket.as_str().to_owned();
         assert!(l.reserve("r1", 100, &[charge("b", 60, 100, 3600)]).is_ok());
         let e = l.reserve("r2", 200, &[charge("b", 41, 100, 3600)]);
-        assert_eq!(e.err().map(|e| e.limit_id), Some("limit-b".into()));
+        assert_eq!(e.err().map(|e| e.limit_id), Some("b".into()));
         assert!(l.reserve("r3", 200, &[charge("b", 40, 100, 3600)]).is_ok());
         // r1 leaves the window at 100 + 3600.
-        assert_eq!(l.used("b", 3600, 3700).amount, U256::from(40));
+        assert_eq!(l.used(&bucket, 3600, 3700).amount, U256::from(40));
         assert!(l.reserve("r4", 3700, &[charge("b", 60, 100, 3600)]).is_ok());
     }
 
     #[test]
     fn all_or_nothing_and_release() {
         let mut l = Ledger::default();
+        let a_bucket = charge("a", 1, 100, 60).bucket.as_str().to_owned();
         let charges = [charge("a", 10, 100, 60), charge("b", 10, 5, 60)];
         assert!(l.reserve("r1", 0, &charges).is_err());
         assert_eq!(
-            l.used("a", 60, 0),
-            Used::default(),
+            l.used(&a_bucket, 60, 0),
+            Used::ZERO,
             "nothing recorded on refusal"
         );
         assert!(l.reserve("r2", 0, &[charge("a", 90, 100, 60)]).is_ok());
         assert!(l.reserve("r3", 0, &[charge("a", 20, 100, 60)]).is_err());
         assert_eq!(l.release("r2").len(), 1);
         assert!(l.reserve("r3", 0, &[charge("a", 20, 100, 60)]).is_ok());
-    }
-
-    #[test]
-    fn counts() {
-        let mut l = Ledger::default();
-        let count = Charge {
-            max_amount: None,
-            max_count: Some(2),
-            ..charge("c", 0, 0, 60)
-        };
-        assert!(l.reserve("r1", 0, std::slice::from_ref(&count)).is_ok());
-        assert!(l.reserve("r2", 0, std::slice::from_ref(&count)).is_ok());
-        assert!(l.reserve("r3", 0, std::slice::from_ref(&count)).is_err());
-        assert_eq!(l.used("c", 60, 30).count, 2);
-    }
-
-    #[test]
-    fn overflow_never_fits() {
-        let c = Charge {
-            amount: U256::MAX,
-            ..charge("o", 0, 10, 60)
-        };
-        let used = Used {
-            amount: U256::from(1),
-            count: 0,
-        };
-        assert!(fits(&c, used).is_err());
     }
 }

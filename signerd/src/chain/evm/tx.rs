@@ -397,7 +397,14 @@ pub fn prepare_transaction(req: &SignEvmTransactionRequest) -> Result<PreparedTx
         Tx::Eip2930(t) => t.signature_hash(),
         Tx::Eip1559(t) => t.signature_hash(),
     };
-    let action = tx_action(&req.key_id, req.chain_id, to, value, &req.data);
+    let mut action = tx_action(&req.key_id, req.chain_id, to, value, &req.data);
+    action.gas_limit = Some(req.gas_limit);
+    // The most the sender may pay per gas: gas_price, or max_fee_per_gas for EIP-1559.
+    action.max_fee_per_gas = Some(U256::from(match &tx {
+        Tx::Legacy(t) => t.gas_price,
+        Tx::Eip2930(t) => t.gas_price,
+        Tx::Eip1559(t) => t.max_fee_per_gas,
+    }));
     Ok(PreparedTx {
         tx,
         signing_hash,

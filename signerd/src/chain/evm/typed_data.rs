@@ -139,11 +139,30 @@ pub fn prepare_typed_data(key_id: &str, json: &str) -> Result<(B256, Action), Ev
         .map_err(|e| invalid(e.to_string()))?;
 
     let mut action = Action::new(key_id, Kind::Eip712TypedData);
+    // ERC-2612 `Permit` grants a spender an allowance: the policy needs who and how much.
+    // A member that is absent or does not parse stays `None`, which the policy treats as
+    // indeterminate (deny).
+    let (spender, permit_value) = if typed.primary_type == "Permit" {
+        let member = |name: &str| typed.message.get(name);
+        let spender = member("spender")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse::<alloy_primitives::Address>().ok());
+        let value = member("value").and_then(|v| match v {
+            Value::String(s) => s.parse::<alloy_primitives::U256>().ok(),
+            Value::Number(n) => n.to_string().parse::<alloy_primitives::U256>().ok(),
+            _ => None,
+        });
+        (spender, value)
+    } else {
+        (None, None)
+    };
     action.typed_data = Some(TypedDataFacts {
         primary_type: typed.primary_type.clone(),
         domain_name: typed.domain.name.as_ref().map(|n| n.to_string()),
         domain_chain_id: typed.domain.chain_id,
         verifying_contract: typed.domain.verifying_contract,
+        spender,
+        permit_value,
     });
     Ok((hash, action))
 }

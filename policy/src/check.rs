@@ -1,0 +1,517 @@
+//! `signerctl policy check`: warnings about a policy that parses but probably does not say
+//! what its author meant — rules that can never match, allow rules that a deny rule always
+//! overrides, unused names, risky breadth.
+//!
+//! The checks are conservative and syntactic: a warning is always worth reading, but the
+//! absence of one proves nothing. This module must never change what a policy means.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use alloy_primitives::Address;
+
+use crate::Policy;
+use crate::limit::Scope;
+use crate::rule::{AddrSet, Effect, Field, KindSet, Matchers};
+
+/// One finding of [`check`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// What it is about, e.g. ``rule `payouts` `` or ``group `ops` ``.
+    pub subject: String,
+    /// 1-based line in the policy file, when known.
+    pub line: Option<usize>,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(l) => write!(f, "line {l}: {}: {}", self.subject, self.message),
+            None => write!(f, "{}: {}", self.subject, self.message),
+        }
+    }
+}
+
+/// Lints `policy`; warnings come in file order, rules first.
+pub fn check(policy: &Policy) -> Vec<Warning> {
+    let mut out = Vec::new();
+    let mut used_books: BTreeSet<&str> = BTreeSet::new();
+    let mut used_groups: BTreeSet<&str> = BTreeSet::new();
+
+    for rule in &policy.rules {
+        let warn = |out: &mut Vec<Warning>, message: String| {
+            out.push(Warning {
+                subject: format!("rule `{}`", rule.id),
+                line: Some(rule.line),
+                message,
+            });
+        };
+        let m = &rule.m;
+        for set in addr_sets(m) {
+            used_books.extend(set.written.iter().filter_map(|w| w.strip_prefix("book:")));
+        }
+        if let Some(g) = &m.groups {
+            used_groups.extend(g.names.iter().map(String::as_str));
+        }
+        if let Some(a) = &rule.approval {
+            used_groups.extend(a.groups.iter().map(|(g, _)| g.as_str()));
+            for (g, min) in &a.groups {
+                let size = policy.groups.get(g).map_or(0, BTreeSet::len);
+                if usize::try_from(*min).is_ok_and(|m| m == size) {
+                    warn(
+                        &mut out,
+                        format!(
+                            "needs all {size} members of `{g}`; a member who requests can never reach it (the requester never counts)"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(why) = never_matches(m) {
+            warn(&mut out, format!("can never match: {why}"));
+            continue;
+        }
+        if let Some(b) = &m.erc20_amount
+            && b.token.is_none()
+            && m.contracts.is_none()
+        {
+            warn(
+                &mut out,
+                "`erc20_amount_min/max` in base units without `contracts` compares raw amounts of tokens with different decimals; write the amount with a symbol (\"100 USDC\") or add `contracts`".into(),
+            );
+        }
+        if rule.effect == Effect::Allow {
+            if m.effective_kinds().contains(crate::Kind::RawDigest) && m.keys.is_none() {
+                warn(
+                    &mut out,
+                    "allows blind signing (raw_digest) with every key; name the keys".into(),
+                );
+            }
+            if m.clients.is_none() && m.groups.is_none() && m.roles.is_none() {
+                warn(
+                    &mut out,
+                    "allows every authenticated client; add `clients`, `groups` or `roles`".into(),
+                );
+            }
+        }
+        if rule.effect != Effect::Deny {
+            let by = |e: Effect| {
+                policy
+                    .rules
+                    .iter()
+                    .find(|o| o.id != rule.id && o.effect == e && covers(&o.m, m))
+            };
+            if let Some(d) = by(Effect::Deny) {
+                warn(
+                    &mut out,
+                    format!(
+                        "is shadowed by deny rule `{}`: every request it matches is denied",
+                        d.id
+                    ),
+                );
+            } else if rule.effect == Effect::Allow
+                && let Some(r) = by(Effect::RequireApproval)
+            {
+                warn(
+                    &mut out,
+                    format!(
+                        "never allows on its own: rule `{}` requires approval for every request it matches",
+                        r.id
+                    ),
+                );
+            }
+        }
+    }
+
+    for l in &policy.limits {
+        let warn = |out: &mut Vec<Warning>, message: String| {
+            out.push(Warning {
+                subject: format!("limit `{}`", l.id),
+                line: Some(l.line),
+                message,
+            });
+        };
+        if let Some(to) = &l.scope.to {
+            used_books.extend(to.written.iter().filter_map(|w| w.strip_prefix("book:")));
+        }
+        if let Some(g) = &l.scope.groups {
+            used_groups.extend(g.names.iter().map(String::as_str));
+        }
+        if let Some(asset) = l.asset {
+            let moving = if asset.contract.is_none() {
+                KindSet::TX
+            } else {
+                KindSet(KindSet::CALL.0 | KindSet::TYPED.0)
+            };
+            if l.scope.kinds.and(moving).is_empty() {
+                warn(
+                    &mut out,
+                    format!(
+                        "can never apply: its `kinds` {} never move {}",
+                        l.scope.kinds, l.format.symbol
+                    ),
+                );
+            }
+        }
+        if let (Some(p), Some(m)) = (l.per_tx_max, l.max_amount)
+            && p > m
+        {
+            warn(
+                &mut out,
+                "`per_tx_max` is larger than `max_amount`, so it never decides".into(),
+            );
+        }
+    }
+    for r in &policy.rate_limits {
+        if let Some(g) = &r.groups {
+            used_groups.extend(g.names.iter().map(String::as_str));
+        }
+    }
+    for name in policy.books.keys() {
+        if !used_books.contains(name.as_str()) {
+            out.push(Warning {
+                subject: format!("address book `{name}`"),
+                line: None,
+                message: "is never used".into(),
+            });
+        }
+    }
+    for name in policy.groups.keys() {
+        if !used_groups.contains(name.as_str()) {
+            out.push(Warning {
+                subject: format!("group `{name}`"),
+                line: None,
+                message: "is never used".into(),
+            });
+        }
+    }
+    out
+}
+
+fn addr_sets(m: &Matchers) -> impl Iterator<Item = &AddrSet> {
+    [
+        &m.to,
+        &m.not_to,
+        &m.contracts,
+        &m.counterparty,
+        &m.verifying_contracts,
+        &m.permit_spenders,
+    ]
+    .into_iter()
+    .flatten()
+}
+
+/// Why a rule's matchers can never all hold, if they obviously cannot.
+fn never_matches(m: &Matchers) -> Option<String> {
+    if m.effective_kinds().is_empty() {
+        let parts: Vec<String> = m
+            .present()
+            .filter(|f| f.applies_to() != KindSet::ALL)
+            .map(|f| format!("`{}` applies to {}", f.name(), f.applies_to()))
+            .collect();
+        return Some(format!(
+            "`kinds` is {} but {}; no kind satisfies all",
+            m.kinds,
+            parts.join(", ")
+        ));
+    }
+    let to_constraint = to_constraint(m);
+    if let (Some(to), Some(not_to)) = (&to_constraint, &m.not_to)
+        && to.is_subset(&not_to.set)
+    {
+        return Some("every address in `to`/`contracts` is also in `not_to`".into());
+    }
+    if let Some(to) = &to_constraint
+        && to.is_empty()
+    {
+        return Some("`to` and `contracts` have no address in common".into());
+    }
+    if let (Some(c), Some(g)) = (&m.clients, &m.groups)
+        && c.is_disjoint(&g.members)
+    {
+        return Some("no client in `clients` is a member of `groups`".into());
+    }
+    if let (Some(lo), Some(hi)) = (m.value_min, m.value_max)
+        && lo > hi
+    {
+        return Some("`value_min` is larger than `value_max`".into());
+    }
+    if let Some(b) = &m.erc20_amount {
+        if let (Some(lo), Some(hi)) = (b.min, b.max)
+            && lo > hi
+        {
+            return Some("`erc20_amount_min` is larger than `erc20_amount_max`".into());
+        }
+        if let (Some(tok), Some(c)) = (b.token, to_constraint.as_ref())
+            && tok.contract.is_some_and(|t| !c.contains(&t))
+        {
+            return Some(format!(
+                "the ERC-20 amount is written in {} but `to`/`contracts` do not include its contract",
+                b.format.symbol
+            ));
+        }
+    }
+    if let (Some(pt), Some(_)) = (&m.primary_types, &m.permit_spenders)
+        && !pt.contains("Permit")
+    {
+        return Some(
+            "`permit_spenders` needs primaryType `Permit`, which `primary_types` excludes".into(),
+        );
+    }
+    None
+}
+
+/// Addresses the destination must be in, from `to` and `contracts` together.
+fn to_constraint(m: &Matchers) -> Option<BTreeSet<Address>> {
+    match (&m.to, &m.contracts) {
+        (Some(a), Some(b)) => Some(a.set.intersection(&b.set).copied().collect()),
+        (Some(a), None) | (None, Some(a)) => Some(a.set.clone()),
+        (None, None) => None,
+    }
+}
+
+/// Client ids a request's client must be one of, from `clients` and `groups` together.
+fn client_constraint(
+    clients: Option<&BTreeSet<String>>,
+    groups: Option<&BTreeSet<String>>,
+) -> Option<BTreeSet<String>> {
+    match (clients, groups) {
+        (Some(a), Some(b)) => Some(a.intersection(b).cloned().collect()),
+        (Some(a), None) | (None, Some(a)) => Some(a.clone()),
+        (None, None) => None,
+    }
+}
+
+fn subset<T: Ord>(s: Option<&BTreeSet<T>>, g: Option<&BTreeSet<T>>) -> bool {
+    match (g, s) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(g), Some(s)) => s.is_subset(g),
+    }
+}
+
+fn le<T: Ord>(s: Option<T>, g: Option<T>) -> bool {
+    match (g, s) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(g), Some(s)) => s <= g,
+    }
+}
+
+fn ge<T: Ord>(s: Option<T>, g: Option<T>) -> bool {
+    match (g, s) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(g), Some(s)) => s >= g,
+    }
+}
+
+/// Whether every request that `s` matches (yes) is also matched by `g`. Conservative: may
+/// say `false` when it is true, never `true` when it is false.
+pub(crate) fn covers(g: &Matchers, s: &Matchers) -> bool {
+    if !s.effective_kinds().is_subset(g.effective_kinds()) {
+        return false;
+    }
+    let s_clients = client_constraint(s.clients.as_ref(), s.groups.as_ref().map(|x| &x.members));
+    let s_to = to_constraint(s);
+    fn set(x: &Option<AddrSet>) -> Option<&BTreeSet<Address>> {
+        x.as_ref().map(|a| &a.set)
+    }
+    for f in g.present() {
+        let ok = match f {
+            Field::Kinds => true,
+            Field::Keys => subset(s.keys.as_ref(), g.keys.as_ref()),
+            Field::Clients => subset(s_clients.as_ref(), g.clients.as_ref()),
+            Field::Groups => subset(s_clients.as_ref(), g.groups.as_ref().map(|x| &x.members)),
+            Field::Roles => subset(s.roles.as_ref(), g.roles.as_ref()),
+            Field::ChainIds => subset(s.chain_ids.as_ref(), g.chain_ids.as_ref()),
+            Field::To => subset(s_to.as_ref(), set(&g.to)),
+            Field::Contracts => subset(s_to.as_ref(), set(&g.contracts)),
+            Field::NotTo => match (&g.not_to, &s.not_to, &s_to) {
+                (Some(gn), Some(sn), _) if gn.set.is_subset(&sn.set) => true,
+                (Some(gn), _, Some(t)) => t.is_disjoint(&gn.set),
+                _ => false,
+            },
+            Field::Selectors => subset(s.selectors.as_ref(), g.selectors.as_ref()),
+            Field::Counterparty => subset(set(&s.counterparty), set(&g.counterparty)),
+            Field::Erc20Amount => match (&g.erc20_amount, &s.erc20_amount) {
+                (Some(gb), Some(sb)) => {
+                    (gb.token.is_none() || gb.token == sb.token)
+                        && le(sb.max, gb.max)
+                        && ge(sb.min, gb.min)
+                }
+                _ => false,
+            },
+            Field::ValueMin => ge(s.value_min, g.value_min),
+            Field::ValueMax => le(s.value_max, g.value_max),
+            Field::GasLimitMax => le(s.gas_limit_max, g.gas_limit_max),
+            Field::MaxFeeMax => le(s.max_fee_max, g.max_fee_max),
+            Field::PrimaryTypes => subset(s.primary_types.as_ref(), g.primary_types.as_ref()),
+            Field::DomainNames => subset(s.domain_names.as_ref(), g.domain_names.as_ref()),
+            Field::VerifyingContracts => {
+                subset(set(&s.verifying_contracts), set(&g.verifying_contracts))
+            }
+            Field::DomainChainIds => {
+                subset(s.domain_chain_ids.as_ref(), g.domain_chain_ids.as_ref())
+            }
+            Field::PermitSpenders => subset(set(&s.permit_spenders), set(&g.permit_spenders)),
+            Field::Hours => g.hours == s.hours,
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+/// Whether every request in limit scope `s` is also in scope `g`.
+pub(crate) fn scope_covers(g: &Scope, s: &Scope) -> bool {
+    let s_clients = client_constraint(s.clients.as_ref(), s.groups.as_ref().map(|x| &x.members));
+    s.kinds.is_subset(g.kinds)
+        && subset(s.keys.as_ref(), g.keys.as_ref())
+        && subset(s_clients.as_ref(), g.clients.as_ref())
+        && subset(s_clients.as_ref(), g.groups.as_ref().map(|x| &x.members))
+        && subset(s.roles.as_ref(), g.roles.as_ref())
+        && subset(s.chain_ids.as_ref(), g.chain_ids.as_ref())
+        && subset(s.to.as_ref().map(|a| &a.set), g.to.as_ref().map(|a| &a.set))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn warnings(body: &str) -> Vec<String> {
+        let src = format!("version = 1\nserial = 1\n{body}");
+        let p = Policy::parse("p.toml", &src).unwrap_or_else(|e| panic!("{e}"));
+        check(&p).iter().map(ToString::to_string).collect()
+    }
+
+    fn one(body: &str, needle: &str) {
+        let w = warnings(body);
+        assert!(
+            w.iter().any(|x| x.contains(needle)),
+            "no `{needle}` in {w:#?}"
+        );
+    }
+
+    const A: &str = "0x00000000000000000000000000000000000000aa";
+    const B: &str = "0x00000000000000000000000000000000000000bb";
+
+    #[test]
+    fn rules_that_can_never_match() {
+        one(
+            "[[rule]]\nid = \"r\"\neffect = \"allow\"\nclients = [\"c\"]\nkinds = [\"eip191_message\"]\nvalue_max = \"1 ether\"\n",
+            "line 4: rule `r`: can never match: `kinds` is [eip191_message] but `value_max` applies to [native_transfer",
+        );
+        one(
+            "[[rule]]\nid = \"r\"\neffect = \"allow\"\nclients = [\"c\"]\nerc20_counterparty = [\"0x00000000000000000000000000000000000000aa\"]\nprimary_types = [\"Permit\"]\n",
+            "can never match",
+        );
+        one(
+            &format!(
+                "[[rule]]\nid = \"r\"\neffect = \"deny\"\nto = [\"{A}\"]\nnot_to = [\"{A}\", \"{B}\"]\n"
+            ),
+            "every address in `to`/`contracts` is also in `not_to`",
+        );
+        one(
+            &format!(
+                "[[rule]]\nid = \"r\"\neffect = \"deny\"\nto = [\"{A}\"]\ncontracts = [\"{B}\"]\n"
+            ),
+            "`to` and `contracts` have no address in common",
+        );
+        one(
+            "[[rule]]\nid = \"r\"\neffect = \"deny\"\nvalue_min = \"2 ether\"\nvalue_max = \"1 ether\"\n",
+            "`value_min` is larger than `value_max`",
+        );
+        one(
+            "[groups]\ng = [\"a\"]\n[[rule]]\nid = \"r\"\neffect = \"deny\"\nclients = [\"b\"]\ngroups = [\"g\"]\n",
+            "no client in `clients` is a member of `groups`",
+        );
+        one(
+            &format!(
+                "[[rule]]\nid = \"r\"\neffect = \"deny\"\nprimary_types = [\"Order\"]\npermit_spenders = [\"{A}\"]\n"
+            ),
+            "which `primary_types` excludes",
+        );
+        one(
+            &format!(
+                "[[asset]]\nchain_id = 1\ncontract = \"{A}\"\nsymbol = \"TOK\"\ndecimals = 6\n[[rule]]\nid = \"r\"\neffect = \"deny\"\ncontracts = [\"{B}\"]\nerc20_amount_max = \"5 TOK\"\n"
+            ),
+            "written in TOK but `to`/`contracts` do not include its contract",
+        );
+    }
+
+    #[test]
+    fn shadowed_allow_rules() {
+        let body = format!(
+            r#"
+[address_books.b]
+addresses = ["{A}", "{B}"]
+[[rule]]
+id = "narrow"
+effect = "allow"
+clients = ["c"]
+keys = ["hot"]
+kinds = ["native_transfer"]
+to = ["{A}"]
+value_max = "1 ether"
+[[rule]]
+id = "broad-deny"
+effect = "deny"
+keys = ["hot", "cold"]
+to = ["book:b"]
+value_max = "5 ether"
+"#
+        );
+        one(
+            &body,
+            "rule `narrow`: is shadowed by deny rule `broad-deny`",
+        );
+        // A deny rule that is narrower in any matcher does not shadow.
+        let w = warnings(&body.replace("value_max = \"5 ether\"", "value_max = \"0.5 ether\""));
+        assert!(!w.iter().any(|x| x.contains("shadowed")), "{w:#?}");
+        let w = warnings(&body.replace("keys = [\"hot\", \"cold\"]", "keys = [\"cold\"]"));
+        assert!(!w.iter().any(|x| x.contains("shadowed")), "{w:#?}");
+        // Approval rules covering an allow rule make it never allow on its own.
+        one(
+            "[groups]\ng = [\"a\", \"b\"]\n[[rule]]\nid = \"x\"\neffect = \"allow\"\nclients = [\"c\"]\nkinds = [\"eip191_message\"]\n[[rule]]\nid = \"y\"\neffect = \"require_approval\"\napprovals = [{ group = \"g\", min = 1 }]\nttl = \"1h\"\n",
+            "rule `x`: never allows on its own: rule `y` requires approval",
+        );
+    }
+
+    #[test]
+    fn risky_or_unused_things() {
+        one(
+            "[[rule]]\nid = \"r\"\neffect = \"allow\"\nclients = [\"c\"]\nkinds = [\"raw_digest\"]\n",
+            "allows blind signing (raw_digest) with every key",
+        );
+        one(
+            "[[rule]]\nid = \"r\"\neffect = \"allow\"\nkeys = [\"k\"]\n",
+            "allows every authenticated client",
+        );
+        one(
+            "[[rule]]\nid = \"r\"\neffect = \"allow\"\nclients = [\"c\"]\nerc20_amount_max = 5\n",
+            "compares raw amounts",
+        );
+        one(
+            &format!("[address_books.unused]\naddresses = [\"{A}\"]\n"),
+            "address book `unused`: is never used",
+        );
+        one("[groups]\ng = [\"a\"]\n", "group `g`: is never used");
+        one(
+            "[groups]\ng = [\"a\", \"b\"]\n[[rule]]\nid = \"r\"\neffect = \"require_approval\"\napprovals = [{ group = \"g\", min = 2 }]\nttl = \"1h\"\n",
+            "needs all 2 members of `g`",
+        );
+        one(
+            "[[limit]]\nid = \"l\"\nchain_ids = [1]\nkinds = [\"eip191_message\"]\nasset = \"native\"\nper_tx_max = 5\n",
+            "limit `l`: can never apply",
+        );
+        one(
+            "[[limit]]\nid = \"l\"\nchain_ids = [1]\nasset = \"native\"\nper_tx_max = 5\nwindow = \"1h\"\nmax_amount = 4\n",
+            "never decides",
+        );
+    }
+}

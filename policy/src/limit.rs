@@ -1,0 +1,469 @@
+//! Spending limits (per transaction and per sliding window) and request-rate limits: which
+//! requests they apply to, how much of which asset a request moves, and the bucket its usage
+//! is counted in.
+//!
+//! Limits are per asset: a native-coin limit counts native value, a token limit counts
+//! ERC-20 transfers, transferFroms, approvals and EIP-2612 permits of that token. When a
+//! request could move a limited asset in a way this module cannot measure (an undecoded call
+//! to the token contract, typed data for the token other than `Permit`), the limit is
+//! indeterminate and the request is denied: a limit must never be bypassable by encoding.
+
+use std::collections::BTreeSet;
+use std::fmt::{self, Write as _};
+
+use alloy_primitives::{Address, U256};
+
+use crate::amount::{AmountFormat, AssetId};
+use crate::rule::{AddrSet, Groups, KindSet};
+use crate::time::Duration;
+use crate::{Action, Identity, Kind};
+
+/// Which requests a limit applies to. Absent matchers match anything; absent `kinds` means
+/// every kind (limits err on the side of counting).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Scope {
+    pub(crate) kinds: KindSet,
+    pub(crate) keys: Option<BTreeSet<String>>,
+    pub(crate) clients: Option<BTreeSet<String>>,
+    pub(crate) groups: Option<Groups>,
+    pub(crate) roles: Option<BTreeSet<String>>,
+    pub(crate) chain_ids: Option<BTreeSet<u64>>,
+    /// Matched against the limit's destination (see [`destination`]), not the contract called.
+    pub(crate) to: Option<AddrSet>,
+}
+
+impl Scope {
+    /// Whether the identity-and-key part of the scope holds (no request fields needed).
+    pub(crate) fn holds_for(&self, a: &Action, who: &Identity) -> bool {
+        self.kinds.contains(a.kind)
+            && self.keys.as_ref().is_none_or(|k| k.contains(&a.key))
+            && self.clients.as_ref().is_none_or(|c| c.contains(&who.id))
+            && self
+                .groups
+                .as_ref()
+                .is_none_or(|g| g.members.contains(&who.id))
+            && self
+                .roles
+                .as_ref()
+                .is_none_or(|r| who.roles.iter().any(|x| r.contains(x)))
+    }
+}
+
+/// Which parts of a request select its usage bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct KeyBy {
+    pub(crate) key: bool,
+    pub(crate) asset: bool,
+    pub(crate) client: bool,
+    pub(crate) destination: bool,
+}
+
+impl KeyBy {
+    /// Whether every component of `self` is also in `o` (so `o`'s buckets are finer).
+    pub(crate) fn is_subset(self, o: KeyBy) -> bool {
+        (!self.key || o.key)
+            && (!self.asset || o.asset)
+            && (!self.client || o.client)
+            && (!self.destination || o.destination)
+    }
+}
+
+impl fmt::Display for KeyBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<&str> = [
+            (self.key, "key"),
+            (self.asset, "asset"),
+            (self.client, "client"),
+            (self.destination, "destination"),
+        ]
+        .into_iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, n)| n)
+        .collect();
+        write!(f, "[{}]", parts.join(", "))
+    }
+}
+
+/// A compiled `[[limit]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Limit {
+    pub(crate) id: String,
+    pub(crate) description: String,
+    pub(crate) scope: Scope,
+    pub(crate) asset: Option<AssetId>,
+    pub(crate) format: AmountFormat,
+    pub(crate) per_tx_max: Option<U256>,
+    pub(crate) window: Option<Duration>,
+    pub(crate) max_amount: Option<U256>,
+    pub(crate) max_count: Option<u64>,
+    pub(crate) key_by: KeyBy,
+    pub(crate) line: usize,
+}
+
+/// A compiled `[[rate_limit]]`: at most `max_requests` per client per window.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RateLimit {
+    pub(crate) id: String,
+    pub(crate) description: String,
+    pub(crate) clients: Option<BTreeSet<String>>,
+    pub(crate) groups: Option<Groups>,
+    pub(crate) window: Duration,
+    pub(crate) max_requests: u64,
+    pub(crate) line: usize,
+}
+
+impl RateLimit {
+    pub(crate) fn applies(&self, who: &Identity) -> bool {
+        self.clients.as_ref().is_none_or(|c| c.contains(&who.id))
+            && self
+                .groups
+                .as_ref()
+                .is_none_or(|g| g.members.contains(&who.id))
+    }
+}
+
+/// How much of an asset a request moves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Moves {
+    /// It does not move this asset.
+    Nothing,
+    /// It moves (or authorizes moving) this many base units, more than zero.
+    Amount(U256),
+    /// It might move this asset in a way that cannot be measured.
+    Unknown(&'static str),
+}
+
+/// Reads a chain id from typed data's `domain.chainId` (a uint256).
+fn domain_chain(a: &Action) -> Option<u64> {
+    a.typed_data
+        .as_ref()
+        .and_then(|t| t.domain_chain_id)
+        .and_then(|c| u64::try_from(c).ok())
+}
+
+/// How much of `asset` the request moves.
+pub(crate) fn moves(asset: AssetId, a: &Action) -> Moves {
+    let positive = |v: U256| {
+        if v.is_zero() {
+            Moves::Nothing
+        } else {
+            Moves::Amount(v)
+        }
+    };
+    let Some(token) = asset.contract else {
+        // Native coin: the value of any transaction on that chain.
+        if !KindSet::TX.contains(a.kind) {
+            return Moves::Nothing;
+        }
+        return match a.chain_id {
+            None => Moves::Unknown("the transaction's chain id is missing"),
+            Some(c) if c == asset.chain_id => positive(a.value),
+            Some(_) => Moves::Nothing,
+        };
+    };
+    match a.kind {
+        Kind::Erc20Transfer | Kind::Erc20TransferFrom | Kind::Erc20Approve | Kind::ContractCall => {
+            match a.chain_id {
+                None => return Moves::Unknown("the transaction's chain id is missing"),
+                Some(c) if c != asset.chain_id => return Moves::Nothing,
+                Some(_) => {}
+            }
+            match (&a.erc20, a.to) {
+                (Some(e), _) if a.kind != Kind::ContractCall => {
+                    if e.token == token {
+                        positive(e.amount)
+                    } else {
+                        Moves::Nothing
+                    }
+                }
+                (_, Some(to)) if to != token => Moves::Nothing,
+                (_, Some(_)) => Moves::Unknown(
+                    "a call to the token contract that is not a decoded transfer, transferFrom or approve",
+                ),
+                (_, None) => Moves::Unknown("the transaction's destination is missing"),
+            }
+        }
+        Kind::Eip712TypedData => {
+            let Some(td) = &a.typed_data else {
+                return Moves::Unknown("the typed data was not decoded");
+            };
+            let chain_ok = match td.domain_chain_id {
+                None => true,
+                Some(_) => domain_chain(a) == Some(asset.chain_id),
+            };
+            match td.verifying_contract {
+                Some(v) if v == token && chain_ok => {
+                    if td.primary_type != "Permit" {
+                        return Moves::Unknown(
+                            "typed data for the token contract other than an EIP-2612 Permit (e.g. an EIP-3009 authorization)",
+                        );
+                    }
+                    if td.domain_chain_id.is_none() {
+                        return Moves::Unknown("the Permit's domain has no chainId");
+                    }
+                    match td.permit_value {
+                        Some(v) => positive(v),
+                        None => Moves::Unknown("the Permit's value was not decoded"),
+                    }
+                }
+                None if td.primary_type == "Permit" => {
+                    Moves::Unknown("the Permit's domain has no verifyingContract")
+                }
+                _ => Moves::Nothing,
+            }
+        }
+        Kind::NativeTransfer | Kind::ContractCreation | Kind::Eip191Message | Kind::RawDigest => {
+            Moves::Nothing
+        }
+    }
+}
+
+/// Where the limited asset goes: the native value's recipient (`to`), the ERC-20
+/// recipient or spender, or the Permit spender. `Err` when it should exist but was not decoded.
+pub(crate) fn destination(
+    asset: Option<AssetId>,
+    a: &Action,
+) -> Result<Option<Address>, &'static str> {
+    let native = asset.is_some_and(|x| x.contract.is_none());
+    if native {
+        return Ok(a.to);
+    }
+    if KindSet::ERC20.contains(a.kind) {
+        return a
+            .erc20
+            .as_ref()
+            .map(|e| Some(e.counterparty))
+            .ok_or("the ERC-20 arguments were not decoded");
+    }
+    if a.kind == Kind::Eip712TypedData {
+        let Some(td) = &a.typed_data else {
+            return Err("the typed data was not decoded");
+        };
+        if td.primary_type == "Permit" {
+            return td
+                .spender
+                .map(Some)
+                .ok_or("the Permit spender was not decoded");
+        }
+        return Ok(None);
+    }
+    Ok(a.to)
+}
+
+/// Effective chain of a request for limit scopes: the transaction's chain or the EIP-712
+/// domain's chainId, so a `chain_ids` scope also catches permits.
+pub(crate) fn effective_chain(a: &Action) -> Option<u64> {
+    a.chain_id.or_else(|| domain_chain(a))
+}
+
+/// The canonical name of one usage bucket, such as
+/// `limit=daily-eth|key=hot|asset=1:native`.
+///
+/// Components appear in a fixed order (`limit`/`rate_limit`, `key`, `asset`, `client`,
+/// `destination`) and only those the limit is keyed by. Key and client ids are
+/// percent-escaped (`%`, `|`, `=`), so distinct requests never share a name by accident.
+/// Usage stores key their counters by this string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BucketKey(String);
+
+impl BucketKey {
+    /// The canonical string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id of the limit or rate limit this bucket belongs to.
+    pub fn limit_id(&self) -> &str {
+        let first = self.0.split('|').next().unwrap_or("");
+        first.split_once('=').map_or("", |(_, v)| v)
+    }
+
+    pub(crate) fn for_limit(
+        l: &Limit,
+        a: &Action,
+        who: &Identity,
+        dest: Option<Address>,
+    ) -> BucketKey {
+        let mut s = String::with_capacity(96);
+        s.push_str("limit=");
+        s.push_str(&l.id);
+        if l.key_by.key {
+            s.push_str("|key=");
+            escape(&mut s, &a.key);
+        }
+        if l.key_by.asset
+            && let Some(asset) = l.asset
+        {
+            let _ = write!(s, "|asset={asset}");
+        }
+        if l.key_by.client {
+            s.push_str("|client=");
+            escape(&mut s, &who.id);
+        }
+        if l.key_by.destination {
+            match dest {
+                Some(d) => {
+                    let _ = write!(s, "|destination={d:#x}");
+                }
+                None => s.push_str("|destination=none"),
+            }
+        }
+        BucketKey(s)
+    }
+
+    pub(crate) fn for_rate(r: &RateLimit, who: &Identity) -> BucketKey {
+        let mut s = String::with_capacity(48);
+        s.push_str("rate_limit=");
+        s.push_str(&r.id);
+        s.push_str("|client=");
+        escape(&mut s, &who.id);
+        BucketKey(s)
+    }
+}
+
+impl fmt::Display for BucketKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn escape(out: &mut String, v: &str) {
+    for c in v.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '|' => out.push_str("%7C"),
+            '=' => out.push_str("%3D"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::{Erc20Call, TypedDataFacts};
+
+    const TOKEN: Address = Address::repeat_byte(0x70);
+    const OTHER: Address = Address::repeat_byte(0x71);
+    const BOB: Address = Address::repeat_byte(0xb0);
+
+    fn tx(kind: Kind) -> Action {
+        let mut a = Action::new("hot", kind);
+        a.chain_id = Some(1);
+        a
+    }
+
+    #[test]
+    fn native_value_counts_on_its_chain_for_every_transaction_kind() {
+        let eth = AssetId::native(1);
+        let mut a = tx(Kind::ContractCall);
+        a.to = Some(OTHER);
+        a.value = U256::from(5);
+        assert_eq!(moves(eth, &a), Moves::Amount(U256::from(5)));
+        assert_eq!(moves(AssetId::native(10), &a), Moves::Nothing);
+        a.value = U256::ZERO;
+        assert_eq!(moves(eth, &a), Moves::Nothing);
+        a.chain_id = None;
+        a.value = U256::from(1);
+        assert!(matches!(moves(eth, &a), Moves::Unknown(_)));
+        assert_eq!(
+            moves(eth, &Action::new("k", Kind::Eip191Message)),
+            Moves::Nothing
+        );
+    }
+
+    #[test]
+    fn token_limits_count_transfers_approvals_and_permits_and_fail_closed() {
+        let usdc = AssetId::token(1, TOKEN);
+        for kind in [
+            Kind::Erc20Transfer,
+            Kind::Erc20TransferFrom,
+            Kind::Erc20Approve,
+        ] {
+            let mut a = tx(kind);
+            a.to = Some(TOKEN);
+            a.erc20 = Some(Erc20Call {
+                token: TOKEN,
+                from: None,
+                counterparty: BOB,
+                amount: U256::from(7),
+            });
+            assert_eq!(moves(usdc, &a), Moves::Amount(U256::from(7)), "{kind}");
+            assert_eq!(destination(Some(usdc), &a), Ok(Some(BOB)));
+            a.erc20 = None;
+            assert!(matches!(moves(usdc, &a), Moves::Unknown(_)), "{kind}");
+            assert!(destination(Some(usdc), &a).is_err());
+        }
+        let mut call = tx(Kind::ContractCall);
+        call.to = Some(TOKEN);
+        call.selector = Some([0x39, 0x50, 0x93, 0x51]); // increaseAllowance
+        assert!(matches!(moves(usdc, &call), Moves::Unknown(_)));
+        call.to = Some(OTHER);
+        assert_eq!(moves(usdc, &call), Moves::Nothing);
+
+        let mut permit = Action::new("hot", Kind::Eip712TypedData);
+        permit.typed_data = Some(TypedDataFacts {
+            primary_type: "Permit".into(),
+            domain_chain_id: Some(U256::from(1)),
+            verifying_contract: Some(TOKEN),
+            spender: Some(BOB),
+            permit_value: Some(U256::from(9)),
+            ..TypedDataFacts::default()
+        });
+        assert_eq!(moves(usdc, &permit), Moves::Amount(U256::from(9)));
+        assert_eq!(moves(AssetId::token(10, TOKEN), &permit), Moves::Nothing);
+        assert_eq!(effective_chain(&permit), Some(1));
+        let mut td = permit.typed_data.clone().unwrap();
+        td.permit_value = None;
+        permit.typed_data = Some(td.clone());
+        assert!(matches!(moves(usdc, &permit), Moves::Unknown(_)));
+        td.primary_type = "TransferWithAuthorization".into();
+        permit.typed_data = Some(td.clone());
+        assert!(matches!(moves(usdc, &permit), Moves::Unknown(_)));
+        td.primary_type = "Permit".into();
+        td.verifying_contract = None;
+        permit.typed_data = Some(td);
+        assert!(matches!(moves(usdc, &permit), Moves::Unknown(_)));
+    }
+
+    #[test]
+    fn bucket_keys_are_canonical_and_escaped() {
+        let l = Limit {
+            id: "daily".into(),
+            description: String::new(),
+            scope: Scope {
+                kinds: KindSet::ALL,
+                keys: None,
+                clients: None,
+                groups: None,
+                roles: None,
+                chain_ids: None,
+                to: None,
+            },
+            asset: Some(AssetId::native(1)),
+            format: AmountFormat::ether(),
+            per_tx_max: None,
+            window: Some(Duration(86_400)),
+            max_amount: Some(U256::from(1)),
+            max_count: None,
+            key_by: KeyBy {
+                key: true,
+                asset: true,
+                client: true,
+                destination: true,
+            },
+            line: 1,
+        };
+        let who = Identity {
+            id: "a|b=c%".into(),
+            roles: vec![],
+        };
+        let b = BucketKey::for_limit(&l, &tx(Kind::NativeTransfer), &who, Some(BOB));
+        assert_eq!(
+            b.as_str(),
+            "limit=daily|key=hot|asset=1:native|client=a%7Cb%3Dc%25|destination=0xb0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0"
+        );
+        assert_eq!(b.limit_id(), "daily");
+    }
+}

@@ -1,0 +1,699 @@
+//! Compiled rules and their matchers, with three-valued matching (yes, no, indeterminate).
+//!
+//! A matcher that reads a field the request's kind does not have (a `value_max` on a signed
+//! message) does not match: each field matcher implies the kinds it applies to. A matcher that
+//! reads a field the kind should have but the daemon could not decode (an ERC-20 transfer
+//! whose arguments are missing) is *indeterminate*; the caller decides what that means for
+//! the rule's effect, and it must always be the safe side. This module must never treat an
+//! indeterminate matcher as a match for a rule that grants anything.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use alloy_primitives::{Address, U256};
+
+use crate::amount::{AmountFormat, AssetId, format_units};
+use crate::time::{Duration, Hours};
+use crate::{Action, Identity, Kind};
+
+/// A set of request kinds, as a bit mask over [`Kind::ALL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KindSet(pub(crate) u16);
+
+impl KindSet {
+    /// Every kind.
+    pub(crate) const ALL: KindSet = KindSet((1 << Kind::ALL.len()) - 1);
+    /// What a rule without `kinds` covers: everything but blind signing.
+    pub(crate) const DEFAULT: KindSet = KindSet(Self::ALL.0 & !(1 << Kind::RawDigest as u16));
+    /// Transactions.
+    pub(crate) const TX: KindSet = KindSet(
+        1 << Kind::NativeTransfer as u16
+            | 1 << Kind::Erc20Transfer as u16
+            | 1 << Kind::Erc20TransferFrom as u16
+            | 1 << Kind::Erc20Approve as u16
+            | 1 << Kind::ContractCall as u16
+            | 1 << Kind::ContractCreation as u16,
+    );
+    /// Transactions with a destination.
+    pub(crate) const DEST: KindSet = KindSet(Self::TX.0 & !(1 << Kind::ContractCreation as u16));
+    /// Transactions with calldata for a contract.
+    pub(crate) const CALL: KindSet = KindSet(Self::DEST.0 & !(1 << Kind::NativeTransfer as u16));
+    /// Decoded ERC-20 calls.
+    pub(crate) const ERC20: KindSet = KindSet(Self::CALL.0 & !(1 << Kind::ContractCall as u16));
+    /// EIP-712 typed data.
+    pub(crate) const TYPED: KindSet = KindSet(1 << Kind::Eip712TypedData as u16);
+
+    pub(crate) fn of(kinds: &[Kind]) -> KindSet {
+        KindSet(kinds.iter().fold(0, |m, k| m | k.bit()))
+    }
+
+    pub(crate) fn contains(self, k: Kind) -> bool {
+        self.0 & k.bit() != 0
+    }
+
+    pub(crate) fn and(self, o: KindSet) -> KindSet {
+        KindSet(self.0 & o.0)
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub(crate) fn is_subset(self, o: KindSet) -> bool {
+        self.0 & !o.0 == 0
+    }
+
+    pub(crate) fn kinds(self) -> impl Iterator<Item = Kind> {
+        Kind::ALL.into_iter().filter(move |k| self.contains(*k))
+    }
+}
+
+impl fmt::Display for KindSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.kinds().map(Kind::as_str).collect();
+        write!(f, "[{}]", names.join(", "))
+    }
+}
+
+/// A set of addresses with the entries as written (for explanations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AddrSet {
+    pub(crate) set: BTreeSet<Address>,
+    pub(crate) written: Vec<String>,
+}
+
+impl AddrSet {
+    pub(crate) fn contains(&self, a: &Address) -> bool {
+        self.set.contains(a)
+    }
+}
+
+impl fmt::Display for AddrSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 4;
+        write!(f, "[")?;
+        for (i, w) in self.written.iter().take(SHOWN).enumerate() {
+            if i > 0 {
+                write!(f, ", ")?;
+            }
+            write!(f, "{w}")?;
+        }
+        if self.written.len() > SHOWN {
+            write!(f, ", … {} more", self.written.len() - SHOWN)?;
+        }
+        write!(f, "]")
+    }
+}
+
+/// Bounds on a decoded ERC-20 amount, optionally pinned to one token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TokenBound {
+    /// When the bound was written with a symbol (`"1000 USDC"`): the token it is about.
+    pub(crate) token: Option<AssetId>,
+    pub(crate) min: Option<U256>,
+    pub(crate) max: Option<U256>,
+    pub(crate) format: AmountFormat,
+}
+
+/// `groups` as written and the client ids they resolve to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Groups {
+    pub(crate) names: Vec<String>,
+    pub(crate) members: BTreeSet<String>,
+}
+
+/// Every matcher a rule may carry. `None` means absent (matches anything).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Matchers {
+    /// Kinds named in `kinds`, or [`KindSet::DEFAULT`].
+    pub(crate) kinds: KindSet,
+    pub(crate) kinds_written: bool,
+    pub(crate) keys: Option<BTreeSet<String>>,
+    pub(crate) clients: Option<BTreeSet<String>>,
+    pub(crate) groups: Option<Groups>,
+    pub(crate) roles: Option<BTreeSet<String>>,
+    pub(crate) chain_ids: Option<BTreeSet<u64>>,
+    pub(crate) to: Option<AddrSet>,
+    pub(crate) not_to: Option<AddrSet>,
+    pub(crate) contracts: Option<AddrSet>,
+    pub(crate) selectors: Option<BTreeSet<[u8; 4]>>,
+    pub(crate) counterparty: Option<AddrSet>,
+    pub(crate) erc20_amount: Option<TokenBound>,
+    pub(crate) value_min: Option<U256>,
+    pub(crate) value_max: Option<U256>,
+    pub(crate) native_format: AmountFormat,
+    pub(crate) gas_limit_max: Option<u64>,
+    pub(crate) max_fee_max: Option<U256>,
+    pub(crate) primary_types: Option<BTreeSet<String>>,
+    pub(crate) domain_names: Option<BTreeSet<String>>,
+    pub(crate) verifying_contracts: Option<AddrSet>,
+    pub(crate) domain_chain_ids: Option<BTreeSet<u64>>,
+    pub(crate) permit_spenders: Option<AddrSet>,
+    pub(crate) hours: Option<Hours>,
+}
+
+/// The matchers, by the names policy files use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Field {
+    Kinds,
+    Keys,
+    Clients,
+    Groups,
+    Roles,
+    ChainIds,
+    To,
+    NotTo,
+    Contracts,
+    Selectors,
+    Counterparty,
+    Erc20Amount,
+    ValueMin,
+    ValueMax,
+    GasLimitMax,
+    MaxFeeMax,
+    PrimaryTypes,
+    DomainNames,
+    VerifyingContracts,
+    DomainChainIds,
+    PermitSpenders,
+    Hours,
+}
+
+impl Field {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Field::Kinds => "kinds",
+            Field::Keys => "keys",
+            Field::Clients => "clients",
+            Field::Groups => "groups",
+            Field::Roles => "roles",
+            Field::ChainIds => "chain_ids",
+            Field::To => "to",
+            Field::NotTo => "not_to",
+            Field::Contracts => "contracts",
+            Field::Selectors => "selectors",
+            Field::Counterparty => "erc20_counterparty",
+            Field::Erc20Amount => "erc20_amount_min/max",
+            Field::ValueMin => "value_min",
+            Field::ValueMax => "value_max",
+            Field::GasLimitMax => "gas_limit_max",
+            Field::MaxFeeMax => "max_fee_per_gas_max",
+            Field::PrimaryTypes => "primary_types",
+            Field::DomainNames => "domain_names",
+            Field::VerifyingContracts => "verifying_contracts",
+            Field::DomainChainIds => "domain_chain_ids",
+            Field::PermitSpenders => "permit_spenders",
+            Field::Hours => "hours",
+        }
+    }
+
+    /// The kinds a matcher on this field can match at all.
+    pub(crate) fn applies_to(self) -> KindSet {
+        match self {
+            Field::ChainIds
+            | Field::ValueMin
+            | Field::ValueMax
+            | Field::GasLimitMax
+            | Field::MaxFeeMax => KindSet::TX,
+            Field::To => KindSet::DEST,
+            Field::NotTo => KindSet::TX,
+            Field::Contracts | Field::Selectors => KindSet::CALL,
+            Field::Counterparty | Field::Erc20Amount => KindSet::ERC20,
+            Field::PrimaryTypes
+            | Field::DomainNames
+            | Field::VerifyingContracts
+            | Field::DomainChainIds
+            | Field::PermitSpenders => KindSet::TYPED,
+            Field::Kinds
+            | Field::Keys
+            | Field::Clients
+            | Field::Groups
+            | Field::Roles
+            | Field::Hours => KindSet::ALL,
+        }
+    }
+}
+
+/// The result of testing matchers against a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// Every matcher holds.
+    Yes,
+    /// This matcher does not hold.
+    No(Field),
+    /// No matcher fails, but this one needs a field the request lacks.
+    Unknown(Field),
+}
+
+/// Whether a rule matches a request, as reported by [`Rule::matches`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Match {
+    /// Every matcher holds.
+    Yes,
+    /// Some matcher does not hold.
+    No,
+    /// No matcher fails but one needs a field the request lacks or that could not be
+    /// decoded: a deny rule then matches and an allow rule does not (fail closed).
+    Indeterminate,
+}
+
+/// Three-valued result of one matcher.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum T {
+    Y,
+    N,
+    U,
+}
+
+fn t(b: bool) -> T {
+    if b { T::Y } else { T::N }
+}
+
+fn in_set<X: Ord>(set: &BTreeSet<X>, x: &X) -> T {
+    t(set.contains(x))
+}
+
+/// A field's value for kinds where it is expected: present → test it; missing → indeterminate.
+fn expected<X>(v: Option<X>, test: impl FnOnce(X) -> bool) -> T {
+    match v {
+        Some(x) => t(test(x)),
+        None => T::U,
+    }
+}
+
+impl Matchers {
+    /// Kinds this rule can match at all: its `kinds` narrowed by each field matcher.
+    pub(crate) fn effective_kinds(&self) -> KindSet {
+        self.present()
+            .fold(self.kinds, |k, f| k.and(f.applies_to()))
+    }
+
+    /// The matchers that are present, in evaluation order.
+    pub(crate) fn present(&self) -> impl Iterator<Item = Field> + '_ {
+        let all = [
+            (Field::Keys, self.keys.is_some()),
+            (Field::Clients, self.clients.is_some()),
+            (Field::Groups, self.groups.is_some()),
+            (Field::Roles, self.roles.is_some()),
+            (Field::ChainIds, self.chain_ids.is_some()),
+            (Field::To, self.to.is_some()),
+            (Field::NotTo, self.not_to.is_some()),
+            (Field::Contracts, self.contracts.is_some()),
+            (Field::Selectors, self.selectors.is_some()),
+            (Field::Counterparty, self.counterparty.is_some()),
+            (Field::Erc20Amount, self.erc20_amount.is_some()),
+            (Field::ValueMin, self.value_min.is_some()),
+            (Field::ValueMax, self.value_max.is_some()),
+            (Field::GasLimitMax, self.gas_limit_max.is_some()),
+            (Field::MaxFeeMax, self.max_fee_max.is_some()),
+            (Field::PrimaryTypes, self.primary_types.is_some()),
+            (Field::DomainNames, self.domain_names.is_some()),
+            (
+                Field::VerifyingContracts,
+                self.verifying_contracts.is_some(),
+            ),
+            (Field::DomainChainIds, self.domain_chain_ids.is_some()),
+            (Field::PermitSpenders, self.permit_spenders.is_some()),
+            (Field::Hours, self.hours.is_some()),
+        ];
+        all.into_iter().filter(|(_, p)| *p).map(|(f, _)| f)
+    }
+
+    /// Tests every present matcher (Kleene conjunction: any no → no; else any unknown →
+    /// unknown). Cheap matchers first; allocation-free.
+    pub(crate) fn test(&self, a: &Action, who: &Identity, now_unix: i64) -> Outcome {
+        if !self.kinds.contains(a.kind) {
+            return Outcome::No(Field::Kinds);
+        }
+        let mut unknown = None;
+        for f in self.present() {
+            match self.test_one(f, a, who, now_unix) {
+                T::Y => {}
+                T::N => return Outcome::No(f),
+                T::U => {
+                    unknown.get_or_insert(f);
+                }
+            }
+        }
+        match unknown {
+            Some(f) => Outcome::Unknown(f),
+            None => Outcome::Yes,
+        }
+    }
+
+    fn test_one(&self, f: Field, a: &Action, who: &Identity, now_unix: i64) -> T {
+        if !f.applies_to().contains(a.kind) {
+            return T::N;
+        }
+        match f {
+            Field::Kinds => t(self.kinds.contains(a.kind)),
+            Field::Keys => self.keys.as_ref().map_or(T::Y, |s| in_set(s, &a.key)),
+            Field::Clients => self.clients.as_ref().map_or(T::Y, |s| in_set(s, &who.id)),
+            Field::Groups => self
+                .groups
+                .as_ref()
+                .map_or(T::Y, |g| in_set(&g.members, &who.id)),
+            Field::Roles => self
+                .roles
+                .as_ref()
+                .map_or(T::Y, |r| t(who.roles.iter().any(|x| r.contains(x)))),
+            Field::ChainIds => self
+                .chain_ids
+                .as_ref()
+                .map_or(T::Y, |s| expected(a.chain_id, |c| s.contains(&c))),
+            Field::To => self
+                .to
+                .as_ref()
+                .map_or(T::Y, |s| expected(a.to, |to| s.contains(&to))),
+            Field::NotTo => self.not_to.as_ref().map_or(T::Y, |s| {
+                if a.kind == Kind::ContractCreation {
+                    // A creation has no destination, so it is not sent to any listed one.
+                    T::Y
+                } else {
+                    expected(a.to, |to| !s.contains(&to))
+                }
+            }),
+            Field::Contracts => self
+                .contracts
+                .as_ref()
+                .map_or(T::Y, |s| expected(a.to, |to| s.contains(&to))),
+            Field::Selectors => self
+                .selectors
+                .as_ref()
+                .map_or(T::Y, |s| expected(a.selector, |sel| s.contains(&sel))),
+            Field::Counterparty => self.counterparty.as_ref().map_or(T::Y, |s| {
+                expected(a.erc20.as_ref(), |e| s.contains(&e.counterparty))
+            }),
+            Field::Erc20Amount => self.erc20_amount.as_ref().map_or(T::Y, |b| {
+                let Some(e) = a.erc20.as_ref() else {
+                    return T::U;
+                };
+                if let Some(token) = b.token {
+                    match a.chain_id {
+                        None => return T::U,
+                        Some(c) if c != token.chain_id || Some(e.token) != token.contract => {
+                            return T::N;
+                        }
+                        Some(_) => {}
+                    }
+                }
+                t(b.min.is_none_or(|m| e.amount >= m) && b.max.is_none_or(|m| e.amount <= m))
+            }),
+            Field::ValueMin => t(self.value_min.is_none_or(|m| a.value >= m)),
+            Field::ValueMax => t(self.value_max.is_none_or(|m| a.value <= m)),
+            Field::GasLimitMax => self
+                .gas_limit_max
+                .map_or(T::Y, |m| expected(a.gas_limit, |g| g <= m)),
+            Field::MaxFeeMax => self
+                .max_fee_max
+                .map_or(T::Y, |m| expected(a.max_fee_per_gas, |g| g <= m)),
+            Field::PrimaryTypes => self.primary_types.as_ref().map_or(T::Y, |s| {
+                expected(a.typed_data.as_ref(), |td| s.contains(&td.primary_type))
+            }),
+            Field::DomainNames => self.domain_names.as_ref().map_or(T::Y, |s| {
+                // A domain without a name is a decoded fact, not a decoding failure.
+                expected(a.typed_data.as_ref(), |td| {
+                    td.domain_name.as_ref().is_some_and(|n| s.contains(n))
+                })
+            }),
+            Field::VerifyingContracts => self.verifying_contracts.as_ref().map_or(T::Y, |s| {
+                expected(a.typed_data.as_ref(), |td| {
+                    td.verifying_contract.is_some_and(|v| s.contains(&v))
+                })
+            }),
+            Field::DomainChainIds => self.domain_chain_ids.as_ref().map_or(T::Y, |s| {
+                expected(a.typed_data.as_ref(), |td| {
+                    td.domain_chain_id
+                        .and_then(|c| u64::try_from(c).ok())
+                        .is_some_and(|c| s.contains(&c))
+                })
+            }),
+            Field::PermitSpenders => self.permit_spenders.as_ref().map_or(T::Y, |s| {
+                let Some(td) = a.typed_data.as_ref() else {
+                    return T::U;
+                };
+                if td.primary_type != "Permit" {
+                    return T::N;
+                }
+                expected(td.spender, |sp| s.contains(&sp))
+            }),
+            Field::Hours => self
+                .hours
+                .as_ref()
+                .map_or(T::Y, |h| t(h.contains(now_unix))),
+        }
+    }
+
+    /// Why `f` did not hold (or was indeterminate) for this request, for people.
+    pub(crate) fn describe(&self, f: Field, a: &Action, who: &Identity, now_unix: i64) -> String {
+        let name = f.name();
+        if f == Field::Kinds {
+            return if !self.kinds_written && a.kind == Kind::RawDigest {
+                "raw_digest (blind signing) is matched only by a rule whose `kinds` names it".into()
+            } else {
+                format!("kind {} is not in `kinds` {}", a.kind, self.kinds)
+            };
+        }
+        if !f.applies_to().contains(a.kind) {
+            return format!(
+                "`{name}` applies only to {}; this is {}",
+                f.applies_to(),
+                a.kind
+            );
+        }
+        let missing = |what: &str| {
+            format!("`{name}` needs {what}, which this request lacks or could not be decoded")
+        };
+        let opt_addr = |x: Option<Address>| x.map_or_else(|| "none".to_owned(), |a| a.to_string());
+        match f {
+            Field::Kinds => String::new(),
+            Field::Keys => format!("key `{}` is not in `keys`", a.key),
+            Field::Clients => format!("client `{}` is not in `clients`", who.id),
+            Field::Groups => format!(
+                "client `{}` is in none of `groups` [{}]",
+                who.id,
+                self.groups
+                    .as_ref()
+                    .map(|g| g.names.join(", "))
+                    .unwrap_or_default()
+            ),
+            Field::Roles => format!("client `{}` has none of `roles`", who.id),
+            Field::ChainIds => match a.chain_id {
+                None => missing("a chain id"),
+                Some(c) => format!("chain {c} is not in `chain_ids`"),
+            },
+            Field::To | Field::Contracts => {
+                let set = if f == Field::To {
+                    &self.to
+                } else {
+                    &self.contracts
+                };
+                match (a.to, set) {
+                    (None, _) => missing("a destination"),
+                    (Some(to), Some(s)) => format!("destination {to} is not in `{name}` {s}"),
+                    (Some(to), None) => format!("destination {to} is not in `{name}`"),
+                }
+            }
+            Field::NotTo => match a.to {
+                None => missing("a destination"),
+                Some(to) => format!("destination {to} is in `not_to`"),
+            },
+            Field::Selectors => match a.selector {
+                None => missing("a 4-byte function selector"),
+                Some(s) => format!("selector 0x{} is not in `selectors`", hex::encode(s)),
+            },
+            Field::Counterparty => match (&a.erc20, &self.counterparty) {
+                (Some(e), Some(s)) => {
+                    format!(
+                        "ERC-20 counterparty {} is not in `erc20_counterparty` {s}",
+                        e.counterparty
+                    )
+                }
+                _ => missing("decoded ERC-20 arguments"),
+            },
+            Field::Erc20Amount => {
+                let (Some(e), Some(b)) = (&a.erc20, &self.erc20_amount) else {
+                    return missing("decoded ERC-20 arguments");
+                };
+                if let Some(tok) = b.token
+                    && (a.chain_id != Some(tok.chain_id) || Some(e.token) != tok.contract)
+                {
+                    if a.chain_id.is_none() {
+                        return missing("a chain id");
+                    }
+                    return format!(
+                        "token {} on chain {} is not {} ({tok}), the token `erc20_amount_min/max` are written in",
+                        e.token,
+                        a.chain_id.unwrap_or_default(),
+                        b.format.symbol
+                    );
+                }
+                let amount = b.format.format(e.amount);
+                match (b.min, b.max) {
+                    (Some(m), _) if e.amount < m => {
+                        format!(
+                            "ERC-20 amount {amount} < `erc20_amount_min` {}",
+                            b.format.format(m)
+                        )
+                    }
+                    (_, Some(m)) => {
+                        format!(
+                            "ERC-20 amount {amount} > `erc20_amount_max` {}",
+                            b.format.format(m)
+                        )
+                    }
+                    _ => format!("ERC-20 amount {amount} is out of bounds"),
+                }
+            }
+            Field::ValueMin => format!(
+                "value {} < `value_min` {}",
+                self.native_format.format(a.value),
+                self.native_format
+                    .format(self.value_min.unwrap_or_default())
+            ),
+            Field::ValueMax => format!(
+                "value {} > `value_max` {}",
+                self.native_format.format(a.value),
+                self.native_format
+                    .format(self.value_max.unwrap_or_default())
+            ),
+            Field::GasLimitMax => match a.gas_limit {
+                None => missing("the gas limit"),
+                Some(g) => format!(
+                    "gas limit {g} > `gas_limit_max` {}",
+                    self.gas_limit_max.unwrap_or_default()
+                ),
+            },
+            Field::MaxFeeMax => match a.max_fee_per_gas {
+                None => missing("the max fee per gas"),
+                Some(g) => format!(
+                    "max fee per gas {} gwei > `max_fee_per_gas_max` {} gwei",
+                    format_units(g, 9),
+                    format_units(self.max_fee_max.unwrap_or_default(), 9)
+                ),
+            },
+            Field::PrimaryTypes
+            | Field::DomainNames
+            | Field::VerifyingContracts
+            | Field::DomainChainIds
+            | Field::PermitSpenders => {
+                let Some(td) = &a.typed_data else {
+                    return missing("decoded typed data");
+                };
+                match f {
+                    Field::PrimaryTypes => format!(
+                        "primaryType `{}` is not in `primary_types`",
+                        td.primary_type
+                    ),
+                    Field::DomainNames => match &td.domain_name {
+                        None => "the EIP-712 domain has no name".into(),
+                        Some(n) => format!("domain name `{n}` is not in `domain_names`"),
+                    },
+                    Field::VerifyingContracts => format!(
+                        "verifying contract {} is not in `verifying_contracts`",
+                        opt_addr(td.verifying_contract)
+                    ),
+                    Field::DomainChainIds => match td.domain_chain_id {
+                        None => "the EIP-712 domain has no chainId".into(),
+                        Some(c) => format!("domain chainId {c} is not in `domain_chain_ids`"),
+                    },
+                    _ => {
+                        if td.primary_type != "Permit" {
+                            format!("primaryType `{}` is not `Permit`", td.primary_type)
+                        } else if let Some(sp) = td.spender {
+                            format!("Permit spender {sp} is not in `permit_spenders`")
+                        } else {
+                            missing("the Permit spender")
+                        }
+                    }
+                }
+            }
+            Field::Hours => match &self.hours {
+                Some(h) => format!("{} is outside `hours` {h}", h.local(now_unix)),
+                None => String::new(),
+            },
+        }
+    }
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Effect {
+    /// Allows the request unless a deny rule also matches or a limit is exceeded.
+    Allow,
+    /// Denies the request, whatever else matches.
+    Deny,
+    /// Requires approval by quorums of people before signing.
+    RequireApproval,
+}
+
+impl Effect {
+    /// The name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+            Effect::RequireApproval => "require_approval",
+        }
+    }
+}
+
+impl fmt::Display for Effect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a `require_approval` rule asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ApprovalSpec {
+    /// (group, minimum approvals), in file order.
+    pub(crate) groups: Vec<(String, u32)>,
+    pub(crate) ttl: Duration,
+    pub(crate) veto: bool,
+}
+
+/// One rule, validated and compiled. Every matcher that is present must hold; an absent
+/// matcher matches anything.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Unique id, reported in decisions and audit records.
+    pub id: String,
+    /// Free text for humans.
+    pub description: String,
+    /// Allow, deny or require approval.
+    pub effect: Effect,
+    /// Client ids this rule applies to (sorted, without duplicates).
+    pub clients: Option<Vec<String>>,
+    /// Client roles this rule applies to, any one sufficing (sorted, without duplicates).
+    pub roles: Option<Vec<String>>,
+    /// Key ids this rule applies to (sorted, without duplicates).
+    pub keys: Option<Vec<String>>,
+    /// Request kinds as written; when absent, every kind except `raw_digest`.
+    pub kinds: Option<Vec<Kind>>,
+    pub(crate) m: Matchers,
+    pub(crate) approval: Option<ApprovalSpec>,
+    /// 1-based line of the rule's `id`, for warnings.
+    pub(crate) line: usize,
+}
+
+impl Rule {
+    /// Whether every matcher of this rule holds for `action` requested by `who` at
+    /// `now_unix` (seconds since the Unix epoch).
+    pub fn matches(&self, action: &Action, who: &Identity, now_unix: i64) -> Match {
+        match self.m.test(action, who, now_unix) {
+            Outcome::Yes => Match::Yes,
+            Outcome::No(_) => Match::No,
+            Outcome::Unknown(_) => Match::Indeterminate,
+        }
+    }
+
+    /// Approvals a `require_approval` rule asks for: (group, minimum), in file order.
+    pub fn approval_groups(&self) -> Vec<(String, u32)> {
+        self.approval
+            .as_ref()
+            .map(|a| a.groups.clone())
+            .unwrap_or_default()
+    }
+}

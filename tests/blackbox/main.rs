@@ -14,5 +14,6 @@ mod failclosed;
 mod idempotency;
 mod mtls;
 mod policy_ops;
+mod policy_tools;
 mod signing;
 mod util;

@@ -4,6 +4,8 @@
 //! commands (`keys generate`, `keys import`) work on the local keystore named by a
 //! configuration file and never send key material anywhere.
 
+mod policy;
+
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -62,6 +64,9 @@ enum Command {
     /// Ask signerd to sign.
     #[command(subcommand)]
     Sign(SignCmd),
+    /// Check, test, explain and compare policy files (offline).
+    #[command(subcommand)]
+    Policy(policy::PolicyCmd),
 }
 
 #[derive(Subcommand)]
@@ -454,6 +459,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Sign(cmd) => sign(&cli.conn, json_out, cmd).await,
+        Command::Policy(cmd) => policy::run(cmd, json_out),
     }
 }
 

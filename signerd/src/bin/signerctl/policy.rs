@@ -1,0 +1,134 @@
+//! `signerctl policy`: tools for the people who own the policy. They read files only and
+//! never talk to a daemon, so they run the same engine the daemon runs, anywhere.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use signerd_policy::{MAX_POLICY_BYTES, Policy};
+
+#[derive(Subcommand)]
+pub(crate) enum PolicyCmd {
+    /// Validate a policy file (errors with file:line:column) and warn about rules that can
+    /// never match or are shadowed by a deny.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Run a test-case file against a policy; exits non-zero on any mismatch.
+    Test {
+        /// The policy file.
+        file: PathBuf,
+        /// The cases (`[[case]]` entries, see docs/policy.md).
+        cases: PathBuf,
+    },
+    /// Explain how the policy decides each request of a case file: which rules matched, which
+    /// did not and why, which limit decided.
+    Explain {
+        /// The policy file.
+        file: PathBuf,
+        /// The requests, in the test-case format.
+        request: PathBuf,
+    },
+    /// List what changed between two policies and say whether anything was loosened; exits 1
+    /// when the new policy loosens the old one.
+    Diff {
+        /// The running policy.
+        old: PathBuf,
+        /// The proposed policy.
+        new: PathBuf,
+    },
+}
+
+fn read_bounded(path: &Path) -> anyhow::Result<String> {
+    let meta = std::fs::metadata(path).with_context(|| path.display().to_string())?;
+    if meta.len() > MAX_POLICY_BYTES as u64 {
+        bail!(
+            "{}: {} bytes, more than the {MAX_POLICY_BYTES} allowed",
+            path.display(),
+            meta.len()
+        );
+    }
+    std::fs::read_to_string(path).with_context(|| path.display().to_string())
+}
+
+fn load(path: &Path) -> anyhow::Result<Policy> {
+    Ok(Policy::parse(
+        &path.display().to_string(),
+        &read_bounded(path)?,
+    )?)
+}
+
+pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
+    match cmd {
+        PolicyCmd::Check { file } => {
+            let policy = load(&file)?;
+            let warnings = signerd_policy::check(&policy);
+            if json_out {
+                let list: Vec<String> = warnings.iter().map(ToString::to_string).collect();
+                let out = serde_json::json!({
+                    "file": file.display().to_string(),
+                    "serial": policy.serial(),
+                    "hash": policy.hash_hex(),
+                    "rules": policy.rules().len(),
+                    "warnings": list,
+                });
+                println!("{out:#}");
+            } else {
+                for w in &warnings {
+                    println!("warning: {w}");
+                }
+                println!(
+                    "{}: OK (serial {}, {} rules, {} warnings, sha256 {})",
+                    file.display(),
+                    policy.serial(),
+                    policy.rules().len(),
+                    warnings.len(),
+                    policy.hash_hex()
+                );
+            }
+            Ok(())
+        }
+        PolicyCmd::Test { file, cases } => {
+            let policy = load(&file)?;
+            let src = read_bounded(&cases)?;
+            let report =
+                signerd_policy::run_test_file(&policy, &cases.display().to_string(), &src)?;
+            print!("{report}");
+            println!("{} passed, {} failed", report.passed(), report.failed());
+            if !report.is_success() {
+                bail!(
+                    "{} of {} cases failed",
+                    report.failed(),
+                    report.results.len()
+                );
+            }
+            Ok(())
+        }
+        PolicyCmd::Explain { file, request } => {
+            let policy = load(&file)?;
+            let src = read_bounded(&request)?;
+            let report =
+                signerd_policy::run_test_file(&policy, &request.display().to_string(), &src)?;
+            for r in &report.results {
+                println!("{}: {}", r.name, r.decision.as_str());
+                for line in &r.explanation {
+                    println!("  {line}");
+                }
+                if !r.passed {
+                    println!("  (the file expected {})", r.expected);
+                }
+            }
+            Ok(())
+        }
+        PolicyCmd::Diff { old, new } => {
+            let report = signerd_policy::diff(&load(&old)?, &load(&new)?);
+            println!("{report}");
+            if report.loosens() {
+                bail!("{} loosens {}", new.display(), old.display());
+            }
+            println!("nothing is loosened");
+            Ok(())
+        }
+    }
+}

@@ -12,6 +12,7 @@ mod badinput;
 mod dev;
 mod failclosed;
 mod idempotency;
+mod limits;
 mod mtls;
 mod policy_ops;
 mod policy_tools;

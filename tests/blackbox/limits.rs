@@ -1,0 +1,127 @@
+//! Limits under concurrency and crashes: no interleaving of concurrent requests exceeds a
+//! limit, denied requests reserve nothing, and spend that was signed is still counted after
+//! `kill -9` and a restart.
+
+use std::process::Command;
+
+use tonic::Code;
+
+use crate::util::*;
+
+/// Requesters may sign with `hot`, at most 10,000 wei of ETH per 24 h on chain 1.
+const LIMITED: &str = r#"version = 1
+serial = 1
+
+[[rule]]
+id = "requesters-hot"
+effect = "allow"
+roles = ["requester"]
+keys = ["hot"]
+
+[[limit]]
+id = "daily-eth"
+asset = "native"
+chain_ids = [1]
+window = "24h"
+max_amount = "10000 wei"
+"#;
+
+fn limited_env(name: &str) -> TestEnv {
+    TestEnv::with(
+        name,
+        Opts {
+            policy: LIMITED.into(),
+            ..Opts::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn concurrent_requests_never_exceed_a_limit() {
+    let env = limited_env("limit-race");
+    let d = env.start();
+    // 40 concurrent transfers of 1,000 wei against a 10,000 wei window: exactly 10 fit.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let mut c = env.client(&d, "app").await;
+        tasks.push(tokio::spawn(async move {
+            c.sign_evm_transaction(eip1559(&format!("race-{i}"))).await
+        }));
+    }
+    let (mut signed, mut denied) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(r) => {
+                assert!(!r.into_inner().raw_transaction.is_empty());
+                signed += 1;
+            }
+            Err(st) => {
+                assert_status("over the limit", &st, Code::PermissionDenied, "daily-eth");
+                denied += 1;
+            }
+        }
+    }
+    assert_eq!((signed, denied), (10, 30));
+    let audit = env.wait_audit(|a| a.of_type("sign.result").len() == 40);
+    let signed_results = audit
+        .of_type("sign.result")
+        .into_iter()
+        .filter(|r| r["status"] == "signed")
+        .count();
+    assert_eq!(signed_results, 10);
+    // Every allowed decision names the charge it reserved.
+    for dec in audit.of_type("sign.decision") {
+        if dec["decision"] == "allow" {
+            assert_eq!(dec["charges"][0]["limit"], "daily-eth", "{dec}");
+            assert_eq!(dec["charges"][0]["amount"], "1000", "{dec}");
+        } else {
+            assert_eq!(dec["rules"][0], "daily-eth", "{dec}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn signed_spend_survives_kill_9() {
+    let env = limited_env("limit-kill");
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    for i in 0..9 {
+        c.sign_evm_transaction(eip1559(&format!("k-{i}")))
+            .await
+            .unwrap();
+    }
+    let pid = d.pid();
+    let status = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    drop(d);
+
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    // 9,000 wei were signed before the crash: one more 1,000 wei fits, the next does not.
+    c.sign_evm_transaction(eip1559("after-1")).await.unwrap();
+    let st = refused(
+        "over the limit after restart",
+        c.sign_evm_transaction(eip1559("after-2")).await,
+    );
+    assert_status(
+        "over the limit after restart",
+        &st,
+        Code::PermissionDenied,
+        "daily-eth",
+    );
+    // The window is full: a dry run names the limit that would deny the next request.
+    let mut dry = eip1559("after-3");
+    dry.dry_run = true;
+    let e = c
+        .sign_evm_transaction(dry)
+        .await
+        .unwrap()
+        .into_inner()
+        .evaluation
+        .unwrap();
+    assert_eq!(e.decision, "deny");
+    assert_eq!(e.rules, vec!["daily-eth".to_owned()]);
+}

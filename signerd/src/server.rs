@@ -198,7 +198,12 @@ impl Daemon {
         let api = SignerServer::new(SignerApi::new(self.signer.clone()))
             .max_decoding_message_size(server.max_message_bytes)
             .max_encoding_message_size(server.max_message_bytes);
-        let result = tonic::transport::Server::builder()
+        // Graceful shutdown waits for clients to finish; an idle client that keeps its
+        // connection open must not hold the daemon up. In-flight requests get one request
+        // deadline, then the remaining connections are dropped.
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let grace = server.request_timeout();
+        let serve = tonic::transport::Server::builder()
             .timeout(server.request_timeout())
             .max_concurrent_streams(server.max_concurrent_streams)
             .http2_max_header_list_size(16 * 1024)
@@ -206,8 +211,23 @@ impl Daemon {
             .add_service(admin)
             .add_service(health_service)
             .add_service(reflection)
-            .serve_with_incoming_shutdown(ReceiverStream::new(conns), shutdown)
-            .await;
+            .serve_with_incoming_shutdown(ReceiverStream::new(conns), async move {
+                shutdown.await;
+                let _ = stopping_tx.send(());
+            });
+        let result = tokio::select! {
+            r = serve => r,
+            () = async {
+                if stopping_rx.await.is_ok() {
+                    tokio::time::sleep(grace).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            } => {
+                tracing::warn!(?grace, "connections still open after the grace period; closing them");
+                Ok(())
+            }
+        };
         tracing::info!("listener closed; closing the audit log");
         // Closing the log ends its health too; that is not a failure to report.
         watcher.abort();

@@ -1127,3 +1127,55 @@ fn odd_inputs_never_panic() {
         let _ = prepare_typed_data("k", j);
     }
 }
+
+const PERMIT: &str = r#"{
+  "types": {
+    "EIP712Domain": [
+      {"name": "name", "type": "string"},
+      {"name": "version", "type": "string"},
+      {"name": "chainId", "type": "uint256"},
+      {"name": "verifyingContract", "type": "address"}
+    ],
+    "Permit": [
+      {"name": "owner", "type": "address"},
+      {"name": "spender", "type": "address"},
+      {"name": "value", "type": "uint256"},
+      {"name": "nonce", "type": "uint256"},
+      {"name": "deadline", "type": "uint256"}
+    ]
+  },
+  "primaryType": "Permit",
+  "domain": {"name": "USD Coin", "version": "2", "chainId": 1,
+             "verifyingContract": "0xA0b86991c6218b36c1d19D4a2e9Eb0cE3606eB48"},
+  "message": {"owner": "0x1111111111111111111111111111111111111111",
+              "spender": "0x2222222222222222222222222222222222222222",
+              "value": "2500000000", "nonce": 0, "deadline": 1893456000}
+}"#;
+
+#[test]
+fn permit_facts_name_spender_and_value() {
+    let (_, action) = prepare_typed_data("k", PERMIT).unwrap();
+    let facts = action.typed_data.unwrap();
+    assert_eq!(facts.primary_type, "Permit");
+    assert_eq!(facts.spender, Some(Address::repeat_byte(0x22)));
+    assert_eq!(facts.permit_value, Some(U256::from(2_500_000_000u64)));
+    // Other primary types carry no permit facts.
+    let (_, mail) = prepare_typed_data("k", MAIL).unwrap();
+    let mail = mail.typed_data.unwrap();
+    assert_eq!((mail.spender, mail.permit_value), (None, None));
+}
+
+#[test]
+fn transactions_carry_gas_facts_for_the_policy() {
+    let req = base(EvmTransactionType::Eip1559);
+    let tx = prepare_transaction(&req).unwrap();
+    assert_eq!(tx.action().gas_limit, Some(req.gas_limit));
+    let max_fee: U256 = req.max_fee_per_gas.parse().unwrap();
+    assert_eq!(tx.action().max_fee_per_gas, Some(max_fee));
+    let mut legacy = base(EvmTransactionType::Legacy);
+    legacy.max_fee_per_gas.clear();
+    legacy.max_priority_fee_per_gas.clear();
+    legacy.gas_price = "7".into();
+    let tx = prepare_transaction(&legacy).unwrap();
+    assert_eq!(tx.action().max_fee_per_gas, Some(U256::from(7)));
+}

@@ -95,6 +95,15 @@ impl Daemon {
             },
         )
         .map_err(start("audit"))?;
+        // The audit log is the source of truth for spend: count exactly what was signed.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let spend = crate::state::reconcile::signed_spend(&config.audit.dir, now)
+            .map_err(start("reconciling spend from the audit log"))?;
+        let reconciled = spend.len();
+        state.reconcile(spend).map_err(start("state"))?;
+        tracing::info!(entries = reconciled, "spend ledger reconciled from the audit log");
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(start(&format!("listen {}", config.server.listen)))?;

@@ -530,6 +530,7 @@ impl Signer {
                 let _ = self.audit.append(
                     Record::new("sign.result")
                         .field("req_id", req_id)
+                        .field("client", caller.identity.id.as_str())
                         .field("status", status)
                         .field("message", e.to_string()),
                 );
@@ -566,7 +567,7 @@ impl Signer {
             Some(&prepared.key.id),
             Some(&fingerprint),
         );
-        let dec_rec = decision_record(&prepared, &decided);
+        let dec_rec = decision_record(&caller, &prepared, &decided);
         self.audit.append(req_rec).map_err(unavailable)?;
         self.audit.append(dec_rec).map_err(unavailable)?;
         let decision = decided.decision;
@@ -579,6 +580,7 @@ impl Signer {
             };
             let result = Record::new("sign.result")
                 .field("req_id", prepared.request_id.as_str())
+                .field("client", caller.identity.id.as_str())
                 .field("status", "denied")
                 .field("rule", rule.as_deref())
                 .field("message", reason.as_str());
@@ -605,6 +607,7 @@ impl Signer {
                     .append_durable(
                         Record::new("sign.result")
                             .field("req_id", prepared.request_id.as_str())
+                            .field("client", caller.identity.id.as_str())
                             .field("status", "backend_error")
                             .field("message", msg.as_str()),
                     )
@@ -618,7 +621,7 @@ impl Signer {
             }
         };
 
-        let (mut response, result_rec) = build_response::<R>(&prepared, &signature)?;
+        let (mut response, result_rec) = build_response::<R>(&caller, &prepared, &signature)?;
         let receipt = self
             .audit
             .append_durable(result_rec)
@@ -915,7 +918,7 @@ fn request_record(
         .field("fingerprint", fingerprint)
 }
 
-fn decision_record(p: &Prepared, d: &Decided) -> Record {
+fn decision_record(caller: &Caller, p: &Prepared, d: &Decided) -> Record {
     let (effect, rules, reason) = match &d.decision {
         Decision::Allow { rules } => ("allow", rules.clone(), None),
         Decision::Deny { rule, reason } => (
@@ -939,6 +942,7 @@ fn decision_record(p: &Prepared, d: &Decided) -> Record {
         .collect();
     Record::new("sign.decision")
         .field("req_id", p.request_id.as_str())
+        .field("client", caller.identity.id.as_str())
         .field("decision", effect)
         .field("rules", rules)
         .field("reason", reason)
@@ -1007,11 +1011,13 @@ fn receipt_proto(r: Receipt) -> v1::AuditReceipt {
 
 /// Builds the response (without receipt) and its `sign.result` record.
 fn build_response<R: SignResponse>(
+    caller: &Caller,
     p: &Prepared,
     sig: &RawSignature,
 ) -> Result<(R, Record), ServiceError> {
     let mut rec = Record::new("sign.result")
         .field("req_id", p.request_id.as_str())
+        .field("client", caller.identity.id.as_str())
         .field("status", "signed")
         .field("signing_hash", format!("0x{}", hex::encode(p.commitment)));
     let mut out = v1::Signature::default();

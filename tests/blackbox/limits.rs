@@ -125,3 +125,33 @@ async fn signed_spend_survives_kill_9() {
     assert_eq!(e.decision, "deny");
     assert_eq!(e.rules, vec!["daily-eth".to_owned()]);
 }
+
+#[tokio::test]
+async fn lost_state_is_reconciled_from_the_audit_log() {
+    let env = limited_env("limit-lost-state");
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    for i in 0..9 {
+        c.sign_evm_transaction(eip1559(&format!("s-{i}")))
+            .await
+            .unwrap();
+    }
+    assert!(d.stop().success());
+    // The state store is gone (a lost disk, a botched restore): the audit log still knows.
+    std::fs::remove_dir_all(env.dir.join("state")).unwrap();
+
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    c.sign_evm_transaction(eip1559("t-1")).await.unwrap();
+    let st = refused(
+        "over the limit with a new state store",
+        c.sign_evm_transaction(eip1559("t-2")).await,
+    );
+    assert_status("reconciled", &st, Code::PermissionDenied, "daily-eth");
+    assert!(
+        d.stderr()
+            .contains("spend ledger reconciled from the audit log"),
+        "{}",
+        d.stderr()
+    );
+}

@@ -6,6 +6,7 @@
 //! in values, keys or errors. The audit log, not this store, is the source of truth after a
 //! crash.
 
+pub mod reconcile;
 mod sled;
 pub mod spend;
 
@@ -87,6 +88,10 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Releases every reservation of a request that ended unsigned.
     fn release(&self, client: &str, request_id: &str) -> Result<(), StateError>;
+
+    /// Replaces every reservation with `entries` (the signed spend reconciled from the audit
+    /// log at start-up); durable when this returns.
+    fn reconcile(&self, entries: Vec<spend::Entry>) -> Result<(), StateError>;
 
     /// What `bucket` used in the `window_secs` before `now`.
     fn used(&self, bucket: &str, window_secs: u64, now: i64) -> Result<Used, StateError>;

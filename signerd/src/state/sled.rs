@@ -248,6 +248,31 @@ impl StateStore for SledStore {
             .map_err(|e| StateError::Unavailable(format!("write {SPEND_TREE}: {e}")))
     }
 
+    fn reconcile(&self, entries: Vec<Entry>) -> Result<(), StateError> {
+        let mut ledger = self.ledger();
+        let mut batch = sled::Batch::default();
+        for item in self.spend.iter().keys() {
+            let key =
+                item.map_err(|e| StateError::Unavailable(format!("read {SPEND_TREE}: {e}")))?;
+            batch.remove(key);
+        }
+        let mut fresh = Ledger::default();
+        for e in entries {
+            let value = serde_json::to_vec(&e)
+                .map_err(|err| StateError::Unavailable(format!("encode {SPEND_TREE}: {err}")))?;
+            batch.insert(spend_key(&e), value);
+            fresh.restore(e);
+        }
+        self.spend
+            .apply_batch(batch)
+            .map_err(|e| StateError::Unavailable(format!("write {SPEND_TREE}: {e}")))?;
+        self.db
+            .flush()
+            .map_err(|e| StateError::Unavailable(format!("flush {SPEND_TREE}: {e}")))?;
+        *ledger = fresh;
+        Ok(())
+    }
+
     fn used(&self, bucket: &str, window_secs: u64, now: i64) -> Result<Used, StateError> {
         Ok(self.ledger().used(bucket, window_secs, now))
     }

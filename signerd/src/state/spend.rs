@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub use signerd_policy::{Charge, Used};
 
 /// Longest window any limit may have; older entries are dropped.
-pub const MAX_WINDOW_SECS: u64 = 90 * 24 * 3600;
+pub const MAX_WINDOW_SECS: u64 = 366 * 24 * 3600;
 
 /// A limit that a reservation would exceed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,108 @@
+//! Start-up reconciliation of the spend ledger from the audit log, the source of truth.
+//!
+//! After a crash the state store may hold reservations of requests that never got a result
+//! (they died with the process and must not count), and, if it lost writes, may lack spend that
+//! was signed. Before serving, the ledger is rebuilt to exactly the charges of requests whose
+//! `sign.result` says `signed`, taken from their `sign.decision` records inside the longest
+//! window a limit may have.
+
+use std::collections::{HashMap, HashSet};
+use std::io::BufRead;
+use std::path::Path;
+
+use alloy_primitives::U256;
+
+use super::spend::{Entry, MAX_WINDOW_SECS};
+
+/// The charges of signed requests recorded in the audit log in `dir` since
+/// `now - MAX_WINDOW_SECS`, as ledger entries. A request is its (`client`, `req_id`).
+pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
+    let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
+    let mut segments: Vec<_> = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("segment-") && n.ends_with(".jsonl"))
+        })
+        .collect();
+    // Fixed-width numbers: name order is segment order.
+    segments.sort();
+    let mut client_of: HashMap<String, String> = HashMap::new();
+    let mut charged: HashMap<String, Vec<Entry>> = HashMap::new();
+    let mut signed: HashSet<String> = HashSet::new();
+    for path in segments {
+        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        for (no, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| format!("{}:{}: {e}", path.display(), no + 1))?;
+            let at = || format!("{}:{}", path.display(), no + 1);
+            // Recovery has already refused or cut anything that is not a record.
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            let (Some(kind), Some(req_id)) = (v["type"].as_str(), v["req_id"].as_str()) else {
+                continue;
+            };
+            if kind == "sign.request" {
+                if let Some(client) = v["client"].as_str() {
+                    client_of.insert(req_id.to_owned(), client.to_owned());
+                }
+                continue;
+            }
+            // Decision and result records name their client; pairing through the request
+            // record is the fallback for records that do not.
+            let Some(client) = v["client"]
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| client_of.get(req_id).cloned())
+            else {
+                continue;
+            };
+            let owner = format!("{client}\0{req_id}");
+            match kind {
+                "sign.decision" if v["decision"] == "allow" => {
+                    let ts = v["ts"]
+                        .as_str()
+                        .and_then(|t| humantime::parse_rfc3339(t).ok())
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                        .ok_or_else(|| format!("{}: `ts` is not an RFC 3339 time", at()))?;
+                    if ts <= since {
+                        continue;
+                    }
+                    let mut entries = Vec::new();
+                    for c in v["charges"].as_array().into_iter().flatten() {
+                        let (Some(bucket), Some(amount)) =
+                            (c["bucket"].as_str(), c["amount"].as_str())
+                        else {
+                            return Err(format!("{}: a charge without bucket or amount", at()));
+                        };
+                        let amount: U256 = amount
+                            .parse()
+                            .map_err(|e| format!("{}: charge amount: {e}", at()))?;
+                        entries.push(Entry {
+                            owner: owner.clone(),
+                            bucket: bucket.to_owned(),
+                            ts,
+                            amount,
+                        });
+                    }
+                    if !entries.is_empty() {
+                        charged.insert(owner, entries);
+                    }
+                }
+                "sign.result" if v["status"] == "signed" => {
+                    signed.insert(owner);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(charged
+        .into_iter()
+        .filter(|(owner, _)| signed.contains(owner))
+        .flat_map(|(_, e)| e)
+        .collect())
+}

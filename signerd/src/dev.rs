@@ -3,10 +3,11 @@
 //!
 //! The directory holds a development CA and certificates (server for localhost; clients `app`,
 //! `alice`, `bob`, `carol`, `admin`), an encrypted software keystore with one secp256k1 and one
-//! Ed25519 key, a sample policy, the configuration, and (once the daemon runs) the state store
-//! and the audit log. It is built in a temporary sibling directory and renamed into place, so
-//! an interrupted first run never leaves a half-made directory behind. Nothing here is fit for
-//! production: the CA key and the keystore passphrase sit next to what they protect.
+//! Ed25519 key, the audit log's own checkpoint key (`audit-key/`), a sample policy, the
+//! configuration, and (once the daemon runs) the state store and the audit log. It is built in
+//! a temporary sibling directory and renamed into place, so an interrupted first run never
+//! leaves a half-made directory behind. Nothing here is fit for production: the CA key and the
+//! keystore passphrase sit next to what they protect.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -153,6 +154,9 @@ fn build(dir: &Path, listen: String) -> Result<(), DevError> {
     ] {
         soft::generate(&keys, id, alg, &passphrase).map_err(|e| DevError(e.to_string()))?;
     }
+    // The audit log's checkpoint key lives in its own keystore, never with client keys.
+    crate::audit::key::generate(&dir.join("audit-key"), &passphrase)
+        .map_err(|e| DevError(e.to_string()))?;
 
     write_new(
         &dir.join("signerd.toml"),
@@ -197,6 +201,8 @@ dir = "state"
 
 [audit]
 dir = "audit"
+signing_key_dir = "audit-key"
+origin = "signerd-dev/audit"
 "#
     )
 }

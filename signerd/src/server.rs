@@ -87,12 +87,18 @@ impl Daemon {
         let keys = open_keys(&config)?;
         let state = crate::state::open_sled(&config.state.dir).map_err(start("state"))?;
         let tls = tls::server_config(&config.tls).map_err(start("tls"))?;
+        let (audit_key, generated) =
+            crate::audit::key::open_for_daemon(&config).map_err(start("audit"))?;
+        if generated {
+            tracing::warn!(
+                dir = %config.audit.signing_key_dir.display(),
+                verifier_key = %audit_key.verifier_key().map_err(start("audit"))?,
+                "generated the audit checkpoint signing key; give its verifier key to auditors"
+            );
+        }
         let audit = AuditLog::open(
             &config.audit.dir,
-            AuditOptions {
-                fsync: true,
-                max_batch: config.audit.max_batch,
-            },
+            AuditOptions::from_config(&config.audit, Arc::new(audit_key)),
         )
         .map_err(start("audit"))?;
         // The audit log is the source of truth for spend: count exactly what was signed.

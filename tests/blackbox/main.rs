@@ -8,6 +8,12 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod audit_crash;
+mod audit_example;
+mod audit_key;
+mod audit_recovery;
+mod audit_support;
+mod audit_tamper;
 mod badinput;
 mod dev;
 mod failclosed;

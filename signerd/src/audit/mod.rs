@@ -1,26 +1,44 @@
-//! The tamper-evident audit log: durable, hash-chained JSON Lines with group commit.
+//! The tamper-evident audit log: durable, hash-chained JSON Lines in rotating segments, an
+//! RFC 6962 Merkle tree over every record, and signed C2SP checkpoints.
 //!
 //! Every record is one line of JSON written once; the bytes on disk are exactly the bytes
 //! hashed. Each line carries the envelope `{"v":1,"seq":N,"ts":"...","type":"...", <body>,
 //! "prev":"<hex>"}` where `prev` is the RFC 6962 leaf hash (SHA-256(0x00 || line)) of the
-//! previous line, so a verifier detects any edit, deletion or reordering. One writer thread
-//! does group commit; [`AuditLog::append_durable`] returns only after its record, and every
-//! record queued before it, is fsynced. See `docs/audit-log.md` for the format.
+//! previous line. The leaves form an RFC 6962 tree whose head the writer signs every N records
+//! or T seconds, at each segment seal and at shutdown, as an `audit.checkpoint` record and in
+//! the file `checkpoint`. One writer thread does group commit; [`AuditLog::append_durable`]
+//! returns only after its record, and every record queued before it, is fsynced. Start-up
+//! recovers from a crash ([`recover`]) and refuses a log it cannot validate. See
+//! `docs/audit-log.md` for the exact format and the verification procedure.
 //!
 //! This module must never re-serialize a written record, write after a failed write or sync
 //! (it fails closed: every later request gets [`AuditError::Unavailable`] until an operator
-//! restarts signerd), or accept a log on disk whose chain it cannot validate.
+//! restarts signerd), write when the audit filesystem is nearly full, or accept a log on disk
+//! whose chain, tree or checkpoints it cannot validate.
 
+mod check;
+mod envelope;
+pub mod key;
+pub mod merkle;
+pub mod note;
+pub mod prove;
+pub mod query;
 mod record;
+mod recover;
+mod segments;
+pub mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
+pub use check::{Failure, Stats};
+pub use note::{Checkpoint, CheckpointSigner, VerifierKey};
 pub use record::{MAX_LINE_BYTES, Record};
-use writer::{Msg, Shared, Writer};
+use writer::{Msg, Settings, Shared, Writer};
 
 /// How many records may wait for the writer. When the queue is full the disk is far behind;
 /// appends then fail with [`AuditError::Unavailable`] instead of blocking an async worker
@@ -53,12 +71,103 @@ pub enum AuditError {
 }
 
 /// Options for [`AuditLog::open`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AuditOptions {
-    /// fdatasync after every group of records. Only benchmarks turn this off.
+    /// fdatasync after every group of records. Only benchmarks turn this off; records that
+    /// open, seal or checkpoint the log are synced regardless.
     pub fsync: bool,
     /// Most records written in one group commit (at least 1).
     pub max_batch: usize,
+    /// Signs checkpoints. Its name is the checkpoints' origin.
+    pub signer: Arc<dyn CheckpointSigner>,
+    /// A checkpoint after this many records (at least 1).
+    pub checkpoint_every_records: u64,
+    /// A checkpoint after this long, if records were written since the last one.
+    pub checkpoint_every: Duration,
+    /// The active segment is sealed once it holds this many bytes.
+    pub max_segment_bytes: u64,
+    /// The active segment is sealed once its first record is this old.
+    pub max_segment_age: Duration,
+    /// Nothing is written (and signing stops) when the audit filesystem has less free space
+    /// (`Some(0)` disables the check). `None`: [`DEFAULT_MIN_FREE_BYTES`], or a quarter of the
+    /// filesystem's size if that is smaller.
+    pub min_free_bytes: Option<u64>,
+}
+
+/// The free-space floor when none is configured (capped at a quarter of the filesystem).
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+
+impl std::fmt::Debug for AuditOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditOptions")
+            .field("fsync", &self.fsync)
+            .field("max_batch", &self.max_batch)
+            .field("signer", &self.signer.name())
+            .field("checkpoint_every_records", &self.checkpoint_every_records)
+            .field("checkpoint_every", &self.checkpoint_every)
+            .field("max_segment_bytes", &self.max_segment_bytes)
+            .field("max_segment_age", &self.max_segment_age)
+            .field("min_free_bytes", &self.min_free_bytes)
+            .finish()
+    }
+}
+
+impl AuditOptions {
+    /// The documented defaults (fsync on, batches of 1024, a checkpoint every 1000 records or
+    /// 60 s, 64 MiB or one-day segments, the default free space floor).
+    pub fn new(signer: Arc<dyn CheckpointSigner>) -> AuditOptions {
+        AuditOptions {
+            fsync: true,
+            max_batch: 1024,
+            signer,
+            checkpoint_every_records: 1000,
+            checkpoint_every: Duration::from_secs(60),
+            max_segment_bytes: 64 << 20,
+            max_segment_age: Duration::from_secs(86_400),
+            min_free_bytes: None,
+        }
+    }
+
+    /// Options from the `[audit]` configuration.
+    pub fn from_config(
+        config: &crate::config::AuditConfig,
+        signer: Arc<dyn CheckpointSigner>,
+    ) -> AuditOptions {
+        AuditOptions {
+            fsync: true,
+            max_batch: config.max_batch,
+            signer,
+            checkpoint_every_records: config.checkpoint_every_records,
+            checkpoint_every: Duration::from_secs(config.checkpoint_every_seconds),
+            max_segment_bytes: config.max_segment_bytes,
+            max_segment_age: Duration::from_secs(config.max_segment_age_seconds),
+            min_free_bytes: config.min_free_bytes,
+        }
+    }
+
+    fn settings(&self, dir: &Path) -> Result<Settings, AuditError> {
+        let min_free_bytes = match self.min_free_bytes {
+            Some(v) => v,
+            None => {
+                let total = writer::fs_size(dir).map_err(|e| {
+                    AuditError::Open(format!(
+                        "cannot read the size of the filesystem holding {}: {e}",
+                        dir.display()
+                    ))
+                })?;
+                DEFAULT_MIN_FREE_BYTES.min(total / 4)
+            }
+        };
+        Ok(Settings {
+            fsync: self.fsync,
+            max_batch: self.max_batch.max(1),
+            checkpoint_every_records: self.checkpoint_every_records.max(1),
+            checkpoint_every: self.checkpoint_every.max(Duration::from_millis(1)),
+            max_segment_bytes: self.max_segment_bytes,
+            max_segment_age: self.max_segment_age.max(Duration::from_millis(1)),
+            min_free_bytes,
+        })
+    }
 }
 
 /// The single writer of the audit log. Cheap to clone: every clone feeds the same writer.
@@ -71,53 +180,76 @@ struct Inner {
     tx: SyncSender<Msg>,
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
-    path: PathBuf,
+    dir: PathBuf,
+    verifier: VerifierKey,
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
-            .field("segment", &self.inner.path)
+            .field("dir", &self.inner.dir)
             .field("healthy", &self.is_healthy())
             .finish()
     }
 }
 
 impl AuditLog {
-    /// Opens (or creates) the log in `dir`, continues its sequence and chain, writes `audit.start`.
+    /// Opens (or creates) the log in `dir`, recovers from a crash, continues its sequence,
+    /// chain and tree, and writes `audit.start`.
     ///
-    /// `dir` is created with mode 0700 if missing. Opening refuses (with [`AuditError::Open`]) a
-    /// path that is not a directory, a segment that is not a regular file, a directory another
-    /// writer holds, segments other than the first (rotation is not implemented yet), and any
-    /// segment whose chain does not validate or that ends in a torn (unterminated) line.
-    /// `audit.start` is fsynced before this returns, whatever `opts.fsync` says.
+    /// `dir` is created with mode 0700 if missing. Opening refuses (with [`AuditError::Open`])
+    /// a path that is not a directory, a segment that is not a regular file, a directory
+    /// another writer holds, a gap in the segment numbers, any record that does not validate
+    /// (chain, segment chaining, checkpoint roots, checkpoint signatures by `opts.signer`'s
+    /// key), corruption followed by more data, a log shorter than `DIR/checkpoint`, and a
+    /// filesystem below `opts.min_free_bytes`. A torn tail is cut and recorded
+    /// (`audit.recover`), an interrupted rotation is finished, and allowed requests without a
+    /// result get `sign.result` `unknown_crash`, all before `audit.start`. These records are
+    /// fsynced before this returns, whatever `opts.fsync` says.
     pub fn open(dir: &Path, opts: AuditOptions) -> Result<AuditLog, AuditError> {
-        let opened = writer::open_segment(dir)?;
+        let lock = recover::prepare_dir(dir)?;
+        let verifier = VerifierKey::new(opts.signer.name(), &opts.signer.public_key())
+            .map_err(|e| AuditError::Open(format!("the audit signing key: {e}")))?;
+        let settings = opts.settings(dir)?;
+        if settings.min_free_bytes > 0 {
+            let free = free_bytes(dir).map_err(|e| {
+                AuditError::Open(format!(
+                    "cannot read the free space of the filesystem holding {}: {e}",
+                    dir.display()
+                ))
+            })?;
+            if free < settings.min_free_bytes {
+                return Err(AuditError::Open(format!(
+                    "the filesystem holding {} has {free} bytes free, less than audit.min_free_bytes = {}; free some space first",
+                    dir.display(),
+                    settings.min_free_bytes
+                )));
+            }
+        }
+        let scan = recover::scan(dir, &verifier)?;
         let shared = Arc::new(Shared::new());
-        let mut writer = Writer::new(
-            opened.file,
-            opened.path.clone(),
-            opened.tail,
-            Some(opened.lock),
-            opts.fsync,
-            opts.max_batch,
-            Arc::clone(&shared),
-        )?;
+        let mut recovery =
+            recover::apply(dir, scan, lock, opts.signer, settings, Arc::clone(&shared))?;
         // Written on this thread, before the writer thread exists: `open` is synchronous and
         // may run inside an async runtime, where blocking on a reply would be wrong.
         let start = Record::new("audit.start")
             .field("pid", std::process::id())
-            .field("version", env!("CARGO_PKG_VERSION"));
-        let msg = Msg {
-            kind: start.kind(),
-            body: start.encode()?,
-            reply: None,
-            stop: false,
-        };
-        writer
-            .commit(std::slice::from_ref(&msg), true)
-            .map_err(|e| AuditError::Open(format!("cannot write audit.start: {e}")))?;
-        Self::spawn(writer, opened.path, shared)
+            .field("version", env!("CARGO_PKG_VERSION"))
+            .field("checkpoint_key", verifier.to_string());
+        let mut records = std::mem::take(&mut recovery.records);
+        records.push(Msg::internal(&start).map_err(AuditError::Open)?);
+        let mut writer = recovery.writer;
+        let written =
+            |e: String| AuditError::Open(format!("cannot write the start-up records: {e}"));
+        if recovery.checkpoint {
+            // A finished rotation looks like any other: audit.segment_open, then a checkpoint.
+            let rest = records.split_off(1);
+            writer.commit(&records, true).map_err(written)?;
+            writer.write_checkpoint().map_err(written)?;
+            records = rest;
+        }
+        writer.commit(&records, true).map_err(written)?;
+        Self::spawn(writer, dir.to_owned(), shared, verifier)
     }
 
     /// A log whose writer appends to an arbitrary open `file` checked against `path`, starting
@@ -129,23 +261,44 @@ impl AuditLog {
         opts: AuditOptions,
     ) -> Result<AuditLog, AuditError> {
         let shared = Arc::new(Shared::new());
+        let verifier = VerifierKey::new(opts.signer.name(), &opts.signer.public_key())
+            .map_err(|e| AuditError::Open(e.to_string()))?;
+        let seg = writer::Segment {
+            no: 1,
+            path: path.to_owned(),
+            file,
+            bytes: 0,
+            sha: <sha2::Sha256 as sha2::Digest>::new(),
+            first_seq: None,
+            records: 0,
+            started: None,
+            content: false,
+        };
         let tail = writer::Tail {
             next_seq: 0,
-            prev: writer::GENESIS_PREV,
+            prev: [0; 32],
+            tree: merkle::Frontier::new(),
         };
+        let settings = opts.settings(Path::new("/"))?;
         let writer = Writer::new(
-            file,
-            path.to_owned(),
+            None,
+            seg,
             tail,
             None,
-            opts.fsync,
-            opts.max_batch,
+            opts.signer,
+            settings,
+            None,
             Arc::clone(&shared),
         )?;
-        Self::spawn(writer, path.to_owned(), shared)
+        Self::spawn(writer, path.to_owned(), shared, verifier)
     }
 
-    fn spawn(writer: Writer, path: PathBuf, shared: Arc<Shared>) -> Result<AuditLog, AuditError> {
+    fn spawn(
+        writer: Writer,
+        dir: PathBuf,
+        shared: Arc<Shared>,
+        verifier: VerifierKey,
+    ) -> Result<AuditLog, AuditError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_CAPACITY);
         let thread = std::thread::Builder::new()
             .name("audit-writer".to_owned())
@@ -156,7 +309,8 @@ impl AuditLog {
                 tx,
                 shared,
                 thread: Mutex::new(Some(thread)),
-                path,
+                dir,
+                verifier,
             }),
         })
     }
@@ -195,8 +349,8 @@ impl AuditLog {
         }
     }
 
-    /// False once a write or sync has failed, the segment was deleted or replaced, or the log
-    /// was shut down.
+    /// False once a write or sync has failed, the segment was deleted or replaced, the free
+    /// space fell below the floor, or the log was shut down.
     pub fn is_healthy(&self) -> bool {
         self.inner.shared.is_healthy()
     }
@@ -206,14 +360,19 @@ impl AuditLog {
         self.inner.shared.subscribe()
     }
 
-    /// The active segment file.
-    pub fn segment_path(&self) -> &Path {
-        &self.inner.path
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
     }
 
-    /// Writes `audit.stop`, syncs and stops the writer. Later appends fail with
-    /// [`AuditError::Unavailable`]; a record appended concurrently with the shutdown may be
-    /// refused. Calling it again does nothing. Fails if the log had already failed.
+    /// The key that verifies this log's checkpoints, in C2SP vkey form when displayed.
+    pub fn verifier_key(&self) -> &VerifierKey {
+        &self.inner.verifier
+    }
+
+    /// Writes `audit.stop` and a final checkpoint, syncs and stops the writer. Later appends
+    /// fail with [`AuditError::Unavailable`]; a record appended concurrently with the shutdown
+    /// may be refused. Calling it again does nothing. Fails if the log had already failed.
     pub async fn shutdown(&self) -> Result<(), AuditError> {
         let thread = {
             let mut guard = self.inner.thread.lock().unwrap_or_else(|p| p.into_inner());
@@ -265,478 +424,14 @@ impl AuditLog {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    /// A unique directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(name: &str) -> TempDir {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            let dir = std::env::temp_dir().join(format!(
-                "signerd-audit-{name}-{}-{nanos}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ));
-            TempDir(dir)
-        }
-        fn path(&self) -> &Path {
-            &self.0
-        }
-        fn segment(&self) -> PathBuf {
-            self.0.join("segment-00000001.jsonl")
-        }
+/// Free bytes on the filesystem holding `dir` (tests may pretend a disk is fuller).
+fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    #[cfg(test)]
+    if let Some(v) = tests::fake_free(dir) {
+        return Ok(v);
     }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn opts() -> AuditOptions {
-        AuditOptions {
-            fsync: true,
-            max_batch: 256,
-        }
-    }
-
-    /// Independent of the implementation: ring's SHA-256 over 0x00 || line.
-    fn ring_leaf(line: &[u8]) -> [u8; 32] {
-        let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
-        ctx.update(&[0u8]);
-        ctx.update(line);
-        ctx.finish().as_ref().try_into().unwrap()
-    }
-
-    fn lines(path: &Path) -> Vec<Vec<u8>> {
-        let bytes = std::fs::read(path).unwrap();
-        assert_eq!(bytes.last(), Some(&b'\n'));
-        bytes[..bytes.len() - 1]
-            .split(|b| *b == b'\n')
-            .map(<[u8]>::to_vec)
-            .collect()
-    }
-
-    fn json(line: &[u8]) -> serde_json::Value {
-        serde_json::from_slice(line).unwrap()
-    }
-
-    /// Checks envelope order, seq and chain of a whole segment; returns the leaf hashes.
-    fn check_chain(path: &Path) -> Vec<[u8; 32]> {
-        let mut prev = [0u8; 32];
-        let mut leaves = Vec::new();
-        for (i, line) in lines(path).iter().enumerate() {
-            let text = std::str::from_utf8(line).unwrap();
-            let prefix = format!("{{\"v\":1,\"seq\":{i},\"ts\":\"");
-            assert!(text.starts_with(&prefix), "line {i}: {text}");
-            let ts = &text[prefix.len()..prefix.len() + 27];
-            assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "ts {ts}");
-            humantime::parse_rfc3339(ts).unwrap();
-            assert!(
-                text[prefix.len() + 27..].starts_with("\",\"type\":\""),
-                "{text}"
-            );
-            let suffix = format!(",\"prev\":\"{}\"}}", hex::encode(prev));
-            assert!(text.ends_with(&suffix), "line {i}: {text}");
-            prev = ring_leaf(line);
-            leaves.push(prev);
-        }
-        leaves
-    }
-
-    #[tokio::test]
-    async fn writes_exact_envelope_and_chain() {
-        let dir = TempDir::new("envelope");
-        let log = AuditLog::open(dir.path(), opts()).unwrap();
-        log.append(
-            Record::new("sign.request")
-                .field("req_id", "r1")
-                .field("amount", 5),
-        )
-        .unwrap();
-        let receipt = log
-            .append_durable(
-                Record::new("sign.result")
-                    .field("zulu", "last-alphabetically-first")
-                    .field("alpha", serde_json::json!({"b": 2, "a": 1}))
-                    .field("rule", Option::<&str>::None),
-            )
-            .await
-            .unwrap();
-        assert_eq!(receipt.seq, 2);
-        log.shutdown().await.unwrap();
-
-        let leaves = check_chain(&dir.segment());
-        let lines = lines(&dir.segment());
-        assert_eq!(lines.len(), 4);
-        assert_eq!(receipt.leaf_hash, leaves[2]);
-        let start = json(&lines[0]);
-        assert_eq!(start["type"], "audit.start");
-        assert_eq!(start["pid"], std::process::id());
-        assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
-        let text = std::str::from_utf8(&lines[0]).unwrap();
-        assert!(text.contains("\"type\":\"audit.start\",\"pid\":"), "{text}");
-        assert!(text.ends_with(&format!(",\"prev\":\"{}\"}}", "0".repeat(64))));
-        let text = std::str::from_utf8(&lines[1]).unwrap();
-        assert!(
-            text.contains(r#""type":"sign.request","req_id":"r1","amount":5,"prev":"#),
-            "{text}"
-        );
-        let text = std::str::from_utf8(&lines[2]).unwrap();
-        assert!(
-            text.contains(r#""type":"sign.result","zulu":"last-alphabetically-first","alpha":{"a":1,"b":2},"rule":null,"prev":"#),
-            "{text}"
-        );
-        assert_eq!(json(&lines[3])["type"], "audit.stop");
-
-        // The directory is private.
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o700);
-    }
-
-    #[tokio::test]
-    async fn reopen_continues_seq_and_prev() {
-        let dir = TempDir::new("reopen");
-        let log = AuditLog::open(dir.path(), opts()).unwrap();
-        log.append_durable(Record::new("x.one")).await.unwrap();
-        log.shutdown().await.unwrap();
-        let before = lines(&dir.segment());
-        assert_eq!(before.len(), 3);
-
-        let log = AuditLog::open(dir.path(), opts()).unwrap();
-        let receipt = log.append_durable(Record::new("x.two")).await.unwrap();
-        assert_eq!(receipt.seq, 4);
-        log.shutdown().await.unwrap();
-
-        let leaves = check_chain(&dir.segment());
-        let after = lines(&dir.segment());
-        assert_eq!(&after[..3], &before[..]);
-        assert_eq!(json(&after[3])["type"], "audit.start");
-        assert_eq!(json(&after[3])["prev"], hex::encode(ring_leaf(&before[2])));
-        assert_eq!(receipt.leaf_hash, leaves[4]);
-        assert_eq!(after.len(), 6);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn group_commit_many_concurrent_durable_appends() {
-        let dir = TempDir::new("group");
-        let log = AuditLog::open(dir.path(), opts()).unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..1000u32 {
-            let log = log.clone();
-            tasks.push(tokio::spawn(async move {
-                let r = log
-                    .append_durable(Record::new("t.n").field("i", i))
-                    .await
-                    .unwrap();
-                (i, r)
-            }));
-        }
-        let mut results = Vec::new();
-        for t in tasks {
-            results.push(t.await.unwrap());
-        }
-        log.shutdown().await.unwrap();
-
-        let mut seqs: Vec<u64> = results.iter().map(|(_, r)| r.seq).collect();
-        seqs.sort_unstable();
-        assert_eq!(seqs, (1..=1000).collect::<Vec<u64>>());
-        let leaves = check_chain(&dir.segment());
-        let lines = lines(&dir.segment());
-        assert_eq!(lines.len(), 1002);
-        assert_eq!(json(&lines[0])["type"], "audit.start");
-        assert_eq!(json(&lines[1001])["type"], "audit.stop");
-        for (i, r) in &results {
-            let line = json(&lines[r.seq as usize]);
-            assert_eq!(line["i"], *i);
-            assert_eq!(r.leaf_hash, leaves[r.seq as usize]);
-        }
-    }
-
-    #[tokio::test]
-    async fn deleted_segment_fails_closed() {
-        let dir = TempDir::new("deleted");
-        let log = AuditLog::open(dir.path(), opts()).unwrap();
-        log.append_durable(Record::new("x.one")).await.unwrap();
-        let mut health = log.health();
-        assert!(*health.borrow());
-        // A handle on the same inode, to see what the writer does after the unlink.
-        let original = std::fs::File::open(dir.segment()).unwrap();
-        let before = std::fs::read(dir.segment()).unwrap();
-        std::fs::remove_file(dir.segment()).unwrap();
-
-        let err = log.append_durable(Record::new("x.two")).await.unwrap_err();
-        assert!(matches!(err, AuditError::Unavailable(_)));
-        let msg = err.to_string();
-        assert!(msg.contains("was deleted while open"), "{msg}");
-        assert!(
-            msg.contains("signing is stopped until an operator restarts signerd"),
-            "{msg}"
-        );
-        health.changed().await.unwrap();
-        assert!(!*health.borrow());
-        assert!(!log.is_healthy());
-
-        let err = log.append(Record::new("x.three")).unwrap_err();
-        assert!(err.to_string().contains("was deleted while open"), "{err}");
-        let err = log.append_durable(Record::new("x.four")).await.unwrap_err();
-        assert!(matches!(err, AuditError::Unavailable(_)));
-        assert!(log.shutdown().await.is_err());
-
-        let mut after = Vec::new();
-        std::io::Read::read_to_end(&mut &original, &mut after).unwrap();
-        assert_eq!(after, before, "nothing may be written after the failure");
-        assert!(
-            !dir.segment().exists(),
-            "the writer must not recreate the segment"
-        );
-    }
-
-    #[tokio::test]
-    async fn replaced_segment_fails_closed() {
-        let dir = TempDir::new("replaced");
-        let log = AuditLog::open(dir.path(), opts()).unwrap();
-        log.append_durable(Record::new("x.one")).await.unwrap();
-        let original = std::fs::File::open(dir.segment()).unwrap();
-        let before = std::fs::read(dir.segment()).unwrap();
-        let other = dir.path().join("other");
-        std::fs::write(&other, b"not the log\n").unwrap();
-        std::fs::rename(&other, dir.segment()).unwrap();
-
-        let err = log.append_durable(Record::new("x.two")).await.unwrap_err();
-        let msg = err.to_string();
-        assert!(msg.contains("was replaced while open"), "{msg}");
-        assert!(!log.is_healthy());
-        assert!(!*log.health().borrow());
-        assert!(log.append(Record::new("x.three")).is_err());
-
-        assert_eq!(std::fs::read(dir.segment()).unwrap(), b"not the log\n");
-        let mut after = Vec::new();
-        std::io::Read::read_to_end(&mut &original, &mut after).unwrap();
-        assert_eq!(after, before);
-    }
-
-    #[tokio::test]
-    async fn write_error_fails_closed() {
-        let full = std::fs::OpenOptions::new()
-            .append(true)
-            .open("/dev/full")
-            .unwrap();
-        let log = AuditLog::with_file(full, Path::new("/dev/full"), opts()).unwrap();
-        let mut health = log.health();
-        let err = log.append_durable(Record::new("x.one")).await.unwrap_err();
-        let msg = err.to_string();
-        assert!(
-            msg.starts_with("audit log unavailable: write to /dev/full failed: "),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("No space left on device (os error 28)"),
-            "{msg}"
-        );
-        assert!(
-            msg.ends_with("; signing is stopped until an operator restarts signerd"),
-            "{msg}"
-        );
-        health.changed().await.unwrap();
-        assert!(!*health.borrow());
-        let err = log.append(Record::new("x.two")).unwrap_err();
-        assert!(err.to_string().contains("No space left on device"), "{err}");
-        let err = log
-            .append_durable(Record::new("x.three"))
-            .await
-            .unwrap_err();
-        assert!(err.to_string().contains("No space left on device"), "{err}");
-    }
-
-    #[tokio::test]
-    async fn shutdown_stops_appends() {
-        let dir = TempDir::new("shutdown");
-        let log = AuditLog::open(dir.path(), opts()).unwrap();
-        log.shutdown().await.unwrap();
-        log.shutdown().await.unwrap();
-        assert!(!log.is_healthy());
-        let err = log.append(Record::new("x.one")).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "audit log unavailable: the audit log is shut down"
-        );
-        let err = log.append_durable(Record::new("x.one")).await.unwrap_err();
-        assert!(matches!(err, AuditError::Unavailable(_)));
-        assert_eq!(lines(&dir.segment()).len(), 2);
-    }
-
-    #[tokio::test]
-    async fn invalid_record_is_refused_and_log_stays_healthy() {
-        let dir = TempDir::new("invalid");
-        let log = AuditLog::open(dir.path(), opts()).unwrap();
-        let err = log
-            .append(Record::new("x.one").field("seq", 7))
-            .unwrap_err();
-        assert!(matches!(err, AuditError::InvalidRecord(_)), "{err}");
-        assert!(log.is_healthy());
-        assert_eq!(
-            log.append_durable(Record::new("x.two")).await.unwrap().seq,
-            1
-        );
-        log.shutdown().await.unwrap();
-    }
-
-    fn open_err(dir: &Path) -> String {
-        match AuditLog::open(dir, opts()) {
-            Ok(_) => panic!("opened"),
-            Err(e) => {
-                assert!(matches!(e, AuditError::Open(_)), "{e}");
-                e.to_string()
-            }
-        }
-    }
-
-    /// A valid three-record segment (start, one record, stop) and its lines.
-    async fn valid_log(dir: &TempDir) -> Vec<Vec<u8>> {
-        let log = AuditLog::open(dir.path(), opts()).unwrap();
-        log.append_durable(Record::new("x.one").field("note", "hello"))
-            .await
-            .unwrap();
-        log.shutdown().await.unwrap();
-        lines(&dir.segment())
-    }
-
-    fn join(lines: &[Vec<u8>]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for l in lines {
-            out.extend_from_slice(l);
-            out.push(b'\n');
-        }
-        out
-    }
-
-    #[tokio::test]
-    async fn refuses_torn_tail() {
-        let dir = TempDir::new("torn");
-        let lines = valid_log(&dir).await;
-        let mut bytes = join(&lines);
-        let offset = bytes.len();
-        bytes.extend_from_slice(b"{\"v\":1,\"seq\":3,\"ts\"");
-        std::fs::write(dir.segment(), &bytes).unwrap();
-        let msg = open_err(dir.path());
-        assert!(
-            msg.contains(&format!(
-                "torn tail found at byte offset {offset} (line 4, 19 bytes"
-            )),
-            "{msg}"
-        );
-        assert!(msg.contains("recovery is not implemented yet"), "{msg}");
-        // Nothing was appended.
-        assert_eq!(std::fs::read(dir.segment()).unwrap(), bytes);
-    }
-
-    #[tokio::test]
-    async fn refuses_broken_chain() {
-        let dir = TempDir::new("chain");
-        let mut lines = valid_log(&dir).await;
-        // Edit one byte of line 2's body: it still parses, but line 3's prev no longer matches.
-        let pos = lines[1].windows(5).position(|w| w == b"hello").unwrap();
-        lines[1][pos] = b'j';
-        std::fs::write(dir.segment(), join(&lines)).unwrap();
-        let msg = open_err(dir.path());
-        assert!(
-            msg.contains("segment-00000001.jsonl line 3: prev is"),
-            "{msg}"
-        );
-        assert!(
-            msg.contains("(the leaf hash of the previous line): the hash chain is broken"),
-            "{msg}"
-        );
-    }
-
-    #[tokio::test]
-    async fn refuses_seq_gap() {
-        let dir = TempDir::new("gap");
-        let lines = valid_log(&dir).await;
-        std::fs::write(dir.segment(), join(&[lines[0].clone(), lines[2].clone()])).unwrap();
-        let msg = open_err(dir.path());
-        assert!(
-            msg.contains("line 2: seq is 2, expected 1: the sequence has a gap or is out of order"),
-            "{msg}"
-        );
-    }
-
-    #[tokio::test]
-    async fn refuses_bad_first_prev_and_garbage() {
-        let dir = TempDir::new("garbage");
-        std::fs::create_dir_all(dir.path()).unwrap();
-        std::fs::write(
-            dir.segment(),
-            b"{\"v\":1,\"seq\":0,\"ts\":\"t\",\"type\":\"x\",\"prev\":\"ab\"}\n",
-        )
-        .unwrap();
-        let msg = open_err(dir.path());
-        assert!(
-            msg.contains("line 1: prev is \"ab\", expected 000"),
-            "{msg}"
-        );
-        assert!(msg.contains("64 zeros for the first record"), "{msg}");
-        std::fs::write(dir.segment(), b"[1,0,\"t\",\"x\",\"ab\"]\n").unwrap();
-        assert!(open_err(dir.path()).contains("line 1: not a JSON object"));
-        std::fs::write(dir.segment(), b"{\"v\":1,\n").unwrap();
-        assert!(open_err(dir.path()).contains("line 1: not a valid record"));
-    }
-
-    #[tokio::test]
-    async fn refuses_overlong_line() {
-        let dir = TempDir::new("long");
-        std::fs::create_dir_all(dir.path()).unwrap();
-        std::fs::write(dir.segment(), vec![b'x'; MAX_LINE_BYTES + 10]).unwrap();
-        let msg = open_err(dir.path());
-        assert!(
-            msg.contains("line 1 (byte offset 0) is longer than 1048576 bytes"),
-            "{msg}"
-        );
-    }
-
-    #[tokio::test]
-    async fn refuses_wrong_file_types_and_second_writer() {
-        let dir = TempDir::new("types");
-        std::fs::create_dir_all(dir.path()).unwrap();
-        let not_dir = dir.path().join("file");
-        std::fs::write(&not_dir, b"").unwrap();
-        assert!(open_err(&not_dir).ends_with("file exists but is not a directory"));
-
-        std::fs::create_dir(dir.segment()).unwrap();
-        let msg = open_err(dir.path());
-        assert!(
-            msg.ends_with("segment-00000001.jsonl exists but is a directory, not a regular file"),
-            "{msg}"
-        );
-        std::fs::remove_dir(dir.segment()).unwrap();
-
-        std::os::unix::fs::symlink("/dev/null", dir.segment()).unwrap();
-        assert!(open_err(dir.path()).ends_with("is a symbolic link, not a regular file"));
-        std::fs::remove_file(dir.segment()).unwrap();
-
-        let log = AuditLog::open(dir.path(), opts()).unwrap();
-        let msg = open_err(dir.path());
-        assert!(msg.contains("is locked: another signerd"), "{msg}");
-        log.shutdown().await.unwrap();
-
-        std::fs::write(dir.path().join("segment-00000002.jsonl"), b"").unwrap();
-        let msg = open_err(dir.path());
-        assert!(msg.contains("found segment-00000002.jsonl"), "{msg}");
-        assert!(
-            msg.contains("segment rotation is not implemented yet"),
-            "{msg}"
-        );
-    }
+    writer::free_bytes(dir)
 }
+
+#[cfg(test)]
+mod tests;

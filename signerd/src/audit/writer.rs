@@ -1,54 +1,40 @@
-//! The audit writer: opening and validating a segment, and the single writer thread that
-//! appends records with group commit.
+//! The audit writer thread: group commit, signed checkpoints, segment rotation and the
+//! free-space guard.
 //!
-//! One OS thread owns the segment file. It takes one queued record, drains up to `max_batch`
-//! more, gives them consecutive `seq`s, chains each to the previous leaf hash, writes the whole
-//! batch with one `write_all`, makes it durable with one `fdatasync`, and only then answers the
-//! waiters. It must never retry a failed write or sync (after a failed fsync the page cache
-//! state is unknown), never write after a failure (a torn batch must stay the last bytes of the
-//! file), and never write to a segment that was deleted or replaced under it.
+//! One OS thread owns the active segment. It takes one queued record, drains up to
+//! `max_batch` more, gives them consecutive `seq`s, chains each to the previous leaf hash,
+//! adds each leaf to the Merkle tree, writes the whole batch with one `write_all`, makes it
+//! durable with one `fdatasync`, and only then answers the waiters. Between batches it signs a
+//! checkpoint when enough records or time have passed, and rotates the segment when it is too
+//! big or too old.
+//!
+//! It must never retry a failed write or sync (after a failed fsync the page cache state is
+//! unknown), never write after a failure (a torn batch must stay the last bytes of the file),
+//! never write to a segment that was deleted or replaced under it, and never write a batch when
+//! the audit filesystem is below its free-space floor.
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::Receiver;
-use std::sync::{Arc, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use super::record::MAX_LINE_BYTES;
+use super::merkle::{self, Frontier, Hash};
+use super::note::{Checkpoint, CheckpointSigner};
+use super::record::Record;
+use super::segments::segment_name;
 use super::{AuditError, Receipt};
 
 /// Suffix of every message that stops signing, so operators know what to do.
-const STOPPED: &str = "signing is stopped until an operator restarts signerd";
+pub(super) const STOPPED: &str = "signing is stopped until an operator restarts signerd";
 
-/// `prev` of the first record.
-pub(super) const GENESIS_PREV: [u8; 32] = [0; 32];
-
-/// The file name of segment `n` (1-based).
-pub(super) fn segment_name(n: u64) -> String {
-    format!("segment-{n:08}.jsonl")
-}
-
-/// The segment number in a file name shaped like [`segment_name`], if it is one.
-fn parse_segment_name(name: &str) -> Option<u64> {
-    let digits = name.strip_prefix("segment-")?.strip_suffix(".jsonl")?;
-    if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
-}
-
-/// RFC 6962 leaf hash: SHA-256(0x00 || line), the line without its newline.
-pub(super) fn leaf_hash(line: &[u8]) -> [u8; 32] {
-    Sha256::new()
-        .chain_update([0u8])
-        .chain_update(line)
-        .finalize()
-        .into()
-}
+/// Name of the file holding the latest checkpoint, in the log directory.
+pub(super) const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// A reply channel for one record.
 pub(super) type Reply = tokio::sync::oneshot::Sender<Result<Receipt, AuditError>>;
@@ -56,11 +42,23 @@ pub(super) type Reply = tokio::sync::oneshot::Sender<Result<Receipt, AuditError>
 /// One queued record.
 pub(super) struct Msg {
     pub(super) kind: &'static str,
-    /// `,"name":value...`, from [`Record::encode`](super::Record).
+    /// `,"name":value...`, from [`Record::encode`].
     pub(super) body: Vec<u8>,
     pub(super) reply: Option<Reply>,
-    /// The last record: sync it, answer, and end the thread.
+    /// The last record: sync it, checkpoint, answer, and end the thread.
     pub(super) stop: bool,
+}
+
+impl Msg {
+    /// A record the writer adds by itself; nobody waits for it.
+    pub(super) fn internal(record: &Record) -> Result<Msg, String> {
+        Ok(Msg {
+            kind: record.kind(),
+            body: record.encode().map_err(|e| e.to_string())?,
+            reply: None,
+            stop: false,
+        })
+    }
 }
 
 /// State shared by every handle and the writer thread.
@@ -112,287 +110,164 @@ impl Shared {
 }
 
 /// Where the chain continues.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Tail {
     pub(super) next_seq: u64,
-    pub(super) prev: [u8; 32],
+    pub(super) prev: Hash,
+    pub(super) tree: Frontier,
 }
 
-/// An open, validated segment ready for appending.
-pub(super) struct Opened {
-    pub(super) file: File,
+/// The segment being appended to.
+pub(super) struct Segment {
+    pub(super) no: u64,
     pub(super) path: PathBuf,
-    pub(super) tail: Tail,
-    pub(super) lock: File,
+    pub(super) file: File,
+    /// Bytes in the file.
+    pub(super) bytes: u64,
+    /// SHA-256 of those bytes, named by the next segment's `audit.segment_open`.
+    pub(super) sha: Sha256,
+    pub(super) first_seq: Option<u64>,
+    pub(super) records: u64,
+    /// When its first record was written.
+    pub(super) started: Option<SystemTime>,
+    /// Holds records other than bookkeeping.
+    pub(super) content: bool,
 }
 
-/// Opens (creating if needed) the audit directory and its active segment, validates the chain
-/// and returns where it continues.
-pub(super) fn open_segment(dir: &Path) -> Result<Opened, AuditError> {
-    let open_err = |what: String| AuditError::Open(what);
-    match fs::metadata(dir) {
-        Ok(m) if m.is_dir() => {
-            if m.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(
-                    dir = %dir.display(),
-                    mode = format_args!("{:o}", m.permissions().mode() & 0o777),
-                    "audit directory is accessible to other users; 0700 is recommended"
-                );
-            }
-        }
-        Ok(_) => {
-            return Err(open_err(format!(
-                "{} exists but is not a directory",
-                dir.display()
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|e| open_err(format!("cannot create directory {}: {e}", dir.display())))?;
-        }
-        Err(e) => return Err(open_err(format!("cannot inspect {}: {e}", dir.display()))),
-    }
+/// The writer's limits and schedule.
+#[derive(Debug, Clone)]
+pub(super) struct Settings {
+    pub(super) fsync: bool,
+    pub(super) max_batch: usize,
+    pub(super) checkpoint_every_records: u64,
+    pub(super) checkpoint_every: Duration,
+    pub(super) max_segment_bytes: u64,
+    pub(super) max_segment_age: Duration,
+    pub(super) min_free_bytes: u64,
+}
 
-    // Two writers on one directory would fork the chain; an advisory lock refuses the second
-    // one, in another process or in this one.
-    let lock_path = dir.join("lock");
-    let lock = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&lock_path)
-        .map_err(|e| {
-            open_err(format!(
-                "cannot open lock file {}: {e}",
-                lock_path.display()
-            ))
-        })?;
-    match lock.try_lock() {
+/// Free bytes for unprivileged users on the filesystem holding `dir`.
+pub(super) fn free_bytes(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
+/// Total size in bytes of the filesystem holding `dir`.
+pub(super) fn fs_size(dir: &Path) -> std::io::Result<u64> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok(st.f_blocks.saturating_mul(st.f_frsize))
+}
+
+/// Writes `note` to `DIR/checkpoint` atomically: a temporary file, fsync, rename, fsync of
+/// the directory. Readers see the old or the new checkpoint, never a mix.
+pub(super) fn publish_checkpoint(dir: &Path, note: &str) -> Result<(), String> {
+    let path = dir.join(CHECKPOINT_FILE);
+    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
+    let shown = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+    match fs::remove_file(&tmp) {
         Ok(()) => {}
-        Err(std::fs::TryLockError::WouldBlock) => {
-            return Err(open_err(format!(
-                "{} is locked: another signerd (or another audit writer in this process) has this audit log open",
-                lock_path.display()
-            )));
-        }
-        Err(std::fs::TryLockError::Error(e)) => {
-            return Err(open_err(format!(
-                "cannot lock {}: {e}",
-                lock_path.display()
-            )));
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(shown(e)),
     }
-
-    // Rotation is not implemented yet: any segment other than the first means a newer version
-    // wrote here, and continuing segment 1 would fork the chain.
-    let entries =
-        fs::read_dir(dir).map_err(|e| open_err(format!("cannot list {}: {e}", dir.display())))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| open_err(format!("cannot list {}: {e}", dir.display())))?;
-        if let Some(n) = entry.file_name().to_str().and_then(parse_segment_name)
-            && n != 1
-        {
-            return Err(open_err(format!(
-                "found {} in {}: this version writes only {} (segment rotation is not implemented yet); refusing to open",
-                segment_name(n),
-                dir.display(),
-                segment_name(1)
-            )));
-        }
-    }
-
-    let path = dir.join(segment_name(1));
-    let existed = match fs::symlink_metadata(&path) {
-        Ok(m) if m.file_type().is_file() => true,
-        Ok(m) => {
-            let kind = if m.file_type().is_symlink() {
-                "a symbolic link"
-            } else if m.is_dir() {
-                "a directory"
-            } else {
-                "a special file"
-            };
-            return Err(open_err(format!(
-                "{} exists but is {kind}, not a regular file",
-                path.display()
-            )));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(open_err(format!("cannot inspect {}: {e}", path.display()))),
-    };
-    let file = OpenOptions::new()
-        .read(true)
-        .append(true)
-        .create(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| open_err(format!("cannot open {}: {e}", path.display())))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| open_err(format!("cannot inspect {}: {e}", path.display())))?;
-    if !meta.is_file() {
-        return Err(open_err(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    if !existed {
-        // The new directory entry must survive a crash along with the records in the file.
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| open_err(format!("cannot sync directory {}: {e}", dir.display())))?;
-    }
-    let tail = read_tail(&file, &path)?;
-    Ok(Opened {
-        file,
-        path,
-        tail,
-        lock,
-    })
-}
-
-/// Fields of the envelope the opener checks. Other fields are skipped without being built.
-#[derive(serde::Deserialize)]
-struct Envelope {
-    v: u64,
-    seq: u64,
-    prev: String,
-    #[serde(rename = "type")]
-    _kind: String,
-    #[serde(rename = "ts")]
-    _ts: String,
-}
-
-/// Reads the whole segment, checks every line and its link to the previous one, and returns
-/// where the chain continues.
-fn read_tail(file: &File, path: &Path) -> Result<Tail, AuditError> {
-    let name = path.display();
-    let mut reader = BufReader::with_capacity(256 * 1024, file);
-    let mut line = Vec::with_capacity(4096);
-    let mut offset: u64 = 0;
-    let mut lineno: u64 = 0;
-    let mut tail = Tail {
-        next_seq: 0,
-        prev: GENESIS_PREV,
-    };
-    loop {
-        line.clear();
-        let n = (&mut reader)
-            .take(MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| {
-                AuditError::Open(format!("cannot read {name} at byte offset {offset}: {e}"))
-            })?;
-        if n == 0 {
-            return Ok(tail);
-        }
-        lineno += 1;
-        let Some(content) = line.strip_suffix(b"\n") else {
-            if n > MAX_LINE_BYTES {
-                return Err(AuditError::Open(format!(
-                    "{name} line {lineno} (byte offset {offset}) is longer than {MAX_LINE_BYTES} bytes; refusing to open"
-                )));
-            }
-            return Err(AuditError::Open(format!(
-                "{name}: torn tail found at byte offset {offset} (line {lineno}, {n} bytes without a final newline); \
-                 recovery is not implemented yet, refusing to open (fail closed)"
-            )));
-        };
-        check_line(content, &tail).map_err(|why| {
-            AuditError::Open(format!("{name} line {lineno}: {why}; refusing to open"))
-        })?;
-        tail.prev = leaf_hash(content);
-        tail.next_seq = tail
-            .next_seq
-            .checked_add(1)
-            .ok_or_else(|| AuditError::Open(format!("{name} line {lineno}: seq overflows")))?;
-        offset += n as u64;
-    }
-}
-
-/// Checks one line (without its newline) against the chain so far.
-fn check_line(content: &[u8], tail: &Tail) -> Result<(), String> {
-    // serde would also accept a JSON array for a struct; records are objects.
-    if content.first() != Some(&b'{') {
-        return Err("not a JSON object".to_owned());
-    }
-    let env: Envelope =
-        serde_json::from_slice(content).map_err(|e| format!("not a valid record: {e}"))?;
-    if env.v != 1 {
-        return Err(format!("unsupported record version v={}", env.v));
-    }
-    if env.seq != tail.next_seq {
-        return Err(format!(
-            "seq is {}, expected {}: the sequence has a gap or is out of order",
-            env.seq, tail.next_seq
-        ));
-    }
-    let expected = hex::encode(tail.prev);
-    if env.prev != expected {
-        let of = if tail.next_seq == 0 {
-            "64 zeros for the first record".to_owned()
-        } else {
-            "the leaf hash of the previous line".to_owned()
-        };
-        return Err(format!(
-            "prev is {:?}, expected {expected} ({of}): the hash chain is broken",
-            env.prev
-        ));
-    }
-    Ok(())
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .map_err(shown)?;
+    f.write_all(note.as_bytes()).map_err(shown)?;
+    f.sync_all().map_err(shown)?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(shown)?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(shown)
 }
 
 /// The writer thread's state.
 pub(super) struct Writer {
-    file: File,
-    path: PathBuf,
-    /// (device, inode) of the open file, to notice deletion or replacement.
+    /// The log directory; `None` only for tests writing to a bare file (no checkpoint file,
+    /// no rotation, no free-space check).
+    dir: Option<PathBuf>,
+    seg: Segment,
+    /// (device, inode) of the open segment, to notice deletion or replacement.
     identity: (u64, u64),
     tail: Tail,
-    fsync: bool,
-    max_batch: usize,
+    signer: Arc<dyn CheckpointSigner>,
+    settings: Settings,
+    /// `seq` of the last `audit.checkpoint` record.
+    last_checkpoint_seq: Option<u64>,
+    last_checkpoint_at: Instant,
     shared: Arc<Shared>,
     /// Reused across batches so the hot path does not allocate.
     buf: Vec<u8>,
     ts: Vec<u8>,
-    receipts: Vec<Receipt>,
+    pub(super) receipts: Vec<Receipt>,
     /// Held (and so locked) as long as the writer lives.
     _lock: Option<File>,
+    /// The free-space probe (statvfs; tests replace it).
+    pub(super) free: fn(&Path) -> std::io::Result<u64>,
 }
 
 impl Writer {
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
-        file: File,
-        path: PathBuf,
+        dir: Option<PathBuf>,
+        seg: Segment,
         tail: Tail,
+        last_checkpoint_seq: Option<u64>,
+        signer: Arc<dyn CheckpointSigner>,
+        settings: Settings,
         lock: Option<File>,
-        fsync: bool,
-        max_batch: usize,
         shared: Arc<Shared>,
     ) -> Result<Writer, AuditError> {
-        let meta = file
-            .metadata()
-            .map_err(|e| AuditError::Open(format!("cannot inspect {}: {e}", path.display())))?;
+        let identity = identity_of(&seg.file, &seg.path).map_err(AuditError::Open)?;
         Ok(Writer {
-            file,
-            path,
-            identity: (meta.dev(), meta.ino()),
+            dir,
+            seg,
+            identity,
             tail,
-            fsync,
-            max_batch: max_batch.max(1),
+            signer,
+            settings,
+            last_checkpoint_seq,
+            last_checkpoint_at: Instant::now(),
             shared,
             buf: Vec::with_capacity(64 * 1024),
             ts: Vec::with_capacity(32),
             receipts: Vec::new(),
             _lock: lock,
+            free: super::free_bytes,
         })
     }
 
-    /// Writes `batch` as one group: envelope, chain, one write, one sync (if enabled or
+    /// Records after the last checkpoint record.
+    fn unattested(&self) -> u64 {
+        self.tail.next_seq - self.last_checkpoint_seq.map_or(0, |s| s + 1)
+    }
+
+    /// Refuses to write when the audit filesystem is below `min_free_bytes`.
+    pub(super) fn check_space(&self) -> Result<(), String> {
+        let Some(dir) = &self.dir else {
+            return Ok(());
+        };
+        if self.settings.min_free_bytes == 0 {
+            return Ok(());
+        }
+        let free = (self.free)(dir).map_err(|e| {
+            format!(
+                "cannot read the free space of the audit filesystem at {}: {e}; {STOPPED}",
+                dir.display()
+            )
+        })?;
+        if free < self.settings.min_free_bytes {
+            return Err(format!(
+                "the audit filesystem at {} has {free} bytes free, less than audit.min_free_bytes = {}; {STOPPED}",
+                dir.display(),
+                self.settings.min_free_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes `batch` as one group: envelope, chain, tree, one write, one sync (if enabled or
     /// `force_sync`). On success `self.receipts[i]` is the receipt of `batch[i]`. On error the
     /// message says what failed; the caller must stop the log.
     pub(super) fn commit(&mut self, batch: &[Msg], force_sync: bool) -> Result<(), String> {
@@ -408,10 +283,12 @@ impl Writer {
         write!(self.ts, "{}", humantime::format_rfc3339_micros(now))
             .map_err(|e| format!("timestamp: {e}"))?;
         let mut prev_hex = [0u8; 64];
+        let mut tail = self.tail.clone();
+        let mut content = false;
         for msg in batch {
             let start = self.buf.len();
             self.buf.extend_from_slice(b"{\"v\":1,\"seq\":");
-            write!(self.buf, "{}", self.tail.next_seq).map_err(|e| format!("seq: {e}"))?;
+            write!(self.buf, "{}", tail.next_seq).map_err(|e| format!("seq: {e}"))?;
             self.buf.extend_from_slice(b",\"ts\":\"");
             self.buf.extend_from_slice(&self.ts);
             // `kind` was checked to need no escaping by Record::encode.
@@ -420,42 +297,199 @@ impl Writer {
             self.buf.push(b'"');
             self.buf.extend_from_slice(&msg.body);
             self.buf.extend_from_slice(b",\"prev\":\"");
-            hex::encode_to_slice(self.tail.prev, &mut prev_hex)
-                .map_err(|e| format!("prev: {e}"))?;
+            hex::encode_to_slice(tail.prev, &mut prev_hex).map_err(|e| format!("prev: {e}"))?;
             self.buf.extend_from_slice(&prev_hex);
             self.buf.extend_from_slice(b"\"}");
-            let leaf = leaf_hash(&self.buf[start..]);
+            let leaf = merkle::leaf_hash(&self.buf[start..]);
             self.buf.push(b'\n');
             self.receipts.push(Receipt {
-                seq: self.tail.next_seq,
+                seq: tail.next_seq,
                 leaf_hash: leaf,
             });
-            self.tail.prev = leaf;
-            self.tail.next_seq = self
-                .tail
+            tail.tree.push(leaf);
+            tail.prev = leaf;
+            tail.next_seq = tail
                 .next_seq
                 .checked_add(1)
                 .ok_or_else(|| format!("seq overflows; {STOPPED}"))?;
+            content |= !super::check::is_bookkeeping(msg.kind);
         }
-        self.file
-            .write_all(&self.buf)
-            .map_err(|e| format!("write to {} failed: {e}; {STOPPED}", self.path.display()))?;
-        if self.fsync || force_sync {
-            self.file
-                .sync_data()
-                .map_err(|e| format!("sync of {} failed: {e}; {STOPPED}", self.path.display()))?;
+        self.seg.file.write_all(&self.buf).map_err(|e| {
+            format!(
+                "write to {} failed: {e}; {STOPPED}",
+                self.seg.path.display()
+            )
+        })?;
+        if self.settings.fsync || force_sync {
+            self.seg.file.sync_data().map_err(|e| {
+                format!("sync of {} failed: {e}; {STOPPED}", self.seg.path.display())
+            })?;
+        }
+        if self.seg.first_seq.is_none() {
+            self.seg.first_seq = Some(self.tail.next_seq);
+            self.seg.started = Some(now);
+        }
+        self.seg.records += batch.len() as u64;
+        self.seg.bytes += self.buf.len() as u64;
+        self.seg.sha.update(&self.buf);
+        self.seg.content |= content;
+        self.tail = tail;
+        Ok(())
+    }
+
+    /// Signs a checkpoint of every record so far, appends it as `audit.checkpoint` (synced)
+    /// and publishes it to `DIR/checkpoint`.
+    pub(super) fn write_checkpoint(&mut self) -> Result<(), String> {
+        let checkpoint = Checkpoint {
+            origin: self.signer.name().to_owned(),
+            size: self.tail.next_seq,
+            root: self.tail.tree.root(),
+        };
+        let note = checkpoint
+            .sign(self.signer.as_ref())
+            .map_err(|e| format!("{e}; {STOPPED}"))?;
+        let record = Record::new("audit.checkpoint")
+            .field("size", checkpoint.size)
+            .field("root", hex::encode(checkpoint.root))
+            .field("note", note.as_str());
+        let msg = Msg::internal(&record)?;
+        let seq = self.tail.next_seq;
+        self.commit(std::slice::from_ref(&msg), true)?;
+        self.last_checkpoint_seq = Some(seq);
+        self.last_checkpoint_at = Instant::now();
+        if let Some(dir) = &self.dir {
+            publish_checkpoint(dir, &note).map_err(|e| format!("{e}; {STOPPED}"))?;
         }
         Ok(())
+    }
+
+    /// Seals the active segment, starts the next one and checkpoints.
+    fn rotate(&mut self) -> Result<(), String> {
+        let name = segment_name(self.seg.no);
+        let seal = Record::new("audit.segment_seal")
+            .field("segment", name.as_str())
+            .field(
+                "first_seq",
+                self.seg.first_seq.unwrap_or(self.tail.next_seq),
+            )
+            .field("records", self.seg.records + 1);
+        self.commit(&[Msg::internal(&seal)?], true)?;
+        let open = self.open_next_segment()?;
+        self.commit(&[open], true)?;
+        self.write_checkpoint()
+    }
+
+    /// After the active segment was sealed: makes it read-only, creates the next segment and
+    /// switches to it. Returns its `audit.segment_open` record, to be written first.
+    pub(super) fn open_next_segment(&mut self) -> Result<Msg, String> {
+        let Some(dir) = self.dir.clone() else {
+            return Err("cannot rotate a log without a directory".to_owned());
+        };
+        let old_name = segment_name(self.seg.no);
+        fs::set_permissions(&self.seg.path, fs::Permissions::from_mode(0o400)).map_err(|e| {
+            format!(
+                "cannot make the sealed segment {} read-only: {e}; {STOPPED}",
+                self.seg.path.display()
+            )
+        })?;
+        self.seg
+            .file
+            .sync_all()
+            .map_err(|e| format!("sync of {} failed: {e}; {STOPPED}", self.seg.path.display()))?;
+        let old_sha: Hash = self.seg.sha.clone().finalize().into();
+        let old_bytes = self.seg.bytes;
+        let no = self.seg.no + 1;
+        let path = dir.join(segment_name(no));
+        let file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| format!("cannot create {}: {e}; {STOPPED}", path.display()))?;
+        // The new directory entry must survive a crash along with the records in the file.
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| format!("cannot sync directory {}: {e}; {STOPPED}", dir.display()))?;
+        self.identity = identity_of(&file, &path)?;
+        self.seg = Segment {
+            no,
+            path,
+            file,
+            bytes: 0,
+            sha: Sha256::new(),
+            first_seq: None,
+            records: 0,
+            started: None,
+            content: false,
+        };
+        let open = Record::new("audit.segment_open")
+            .field("segment", segment_name(no))
+            .field("previous", old_name)
+            .field("previous_sha256", hex::encode(old_sha))
+            .field("previous_bytes", old_bytes);
+        Msg::internal(&open)
+    }
+
+    /// Checkpoints and rotates when due.
+    fn maintain(&mut self) -> Result<(), String> {
+        if self.dir.is_none() {
+            return Ok(());
+        }
+        let age = self
+            .seg
+            .started
+            .and_then(|s| SystemTime::now().duration_since(s).ok())
+            .unwrap_or_default();
+        if self.seg.content
+            && (self.seg.bytes >= self.settings.max_segment_bytes
+                || age >= self.settings.max_segment_age)
+        {
+            return self.rotate();
+        }
+        let unattested = self.unattested();
+        if unattested >= self.settings.checkpoint_every_records
+            || (unattested > 0
+                && self.last_checkpoint_at.elapsed() >= self.settings.checkpoint_every)
+        {
+            return self.write_checkpoint();
+        }
+        Ok(())
+    }
+
+    /// How long the thread may sleep before [`Writer::maintain`] has work; `None` if it has
+    /// none until records arrive.
+    fn next_deadline(&self) -> Option<Duration> {
+        self.dir.as_ref()?;
+        let mut next: Option<Duration> = None;
+        if self.unattested() > 0 {
+            next = Some(
+                self.settings
+                    .checkpoint_every
+                    .saturating_sub(self.last_checkpoint_at.elapsed()),
+            );
+        }
+        if self.seg.content {
+            let age = self
+                .seg
+                .started
+                .and_then(|s| SystemTime::now().duration_since(s).ok())
+                .unwrap_or_default();
+            let left = self.settings.max_segment_age.saturating_sub(age);
+            next = Some(next.map_or(left, |n| n.min(left)));
+        }
+        next
     }
 
     /// Fails if the segment path no longer names the open file: whatever deleted or replaced
     /// it would make our records invisible to anyone reading the directory.
     fn check_identity(&self) -> Result<(), String> {
-        match fs::metadata(&self.path) {
+        let path = &self.seg.path;
+        match fs::metadata(path) {
             Ok(m) if (m.dev(), m.ino()) == self.identity => Ok(()),
             Ok(m) => Err(format!(
                 "segment file {} was replaced while open (device:inode {}:{} is now {}:{}); {STOPPED}",
-                self.path.display(),
+                path.display(),
                 self.identity.0,
                 self.identity.1,
                 m.dev(),
@@ -463,57 +497,91 @@ impl Writer {
             )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(format!(
                 "segment file {} was deleted while open; {STOPPED}",
-                self.path.display()
+                path.display()
             )),
             Err(e) => Err(format!(
                 "cannot inspect segment file {}: {e}; {STOPPED}",
-                self.path.display()
+                path.display()
             )),
         }
     }
 
-    /// The thread body: group commit until a stop record, a failure, or every sender is gone.
-    pub(super) fn run(mut self, rx: Receiver<Msg>) {
-        let mut batch: Vec<Msg> = Vec::with_capacity(self.max_batch.min(4096));
-        while let Ok(first) = rx.recv() {
-            let mut stop = first.stop;
-            batch.push(first);
-            while !stop && batch.len() < self.max_batch {
-                match rx.try_recv() {
-                    Ok(msg) => {
-                        stop = msg.stop;
-                        batch.push(msg);
-                    }
-                    Err(_) => break,
-                }
+    fn fail(&self, reason: &str, batch: &mut Vec<Msg>) {
+        tracing::error!(error = %reason, "audit log failed");
+        self.shared.stop(reason.to_owned());
+        for msg in batch.drain(..) {
+            if let Some(reply) = msg.reply {
+                let _ = reply.send(Err(AuditError::Unavailable(reason.to_owned())));
             }
-            match self.commit(&batch, stop) {
-                Ok(()) => {
-                    for (msg, receipt) in batch.drain(..).zip(self.receipts.iter()) {
-                        if let Some(reply) = msg.reply {
-                            // The waiter may have gone away; the record is written regardless.
-                            let _ = reply.send(Ok(*receipt));
+        }
+    }
+
+    /// The thread body: group commit and maintenance until a stop record, a failure, or every
+    /// sender is gone.
+    pub(super) fn run(mut self, rx: Receiver<Msg>) {
+        let mut batch: Vec<Msg> = Vec::with_capacity(self.settings.max_batch.min(4096));
+        loop {
+            let first = match self.next_deadline() {
+                None => match rx.recv() {
+                    Ok(m) => Some(m),
+                    Err(_) => return,
+                },
+                Some(wait) => match rx.recv_timeout(wait) {
+                    Ok(m) => Some(m),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                },
+            };
+            if let Some(first) = first {
+                let mut stop = first.stop;
+                batch.push(first);
+                while !stop && batch.len() < self.settings.max_batch {
+                    match rx.try_recv() {
+                        Ok(msg) => {
+                            stop = msg.stop;
+                            batch.push(msg);
                         }
+                        Err(_) => break,
                     }
                 }
-                Err(reason) => {
-                    tracing::error!(error = %reason, "audit log failed");
-                    self.shared.stop(reason.clone());
-                    for msg in batch.drain(..) {
-                        if let Some(reply) = msg.reply {
-                            let _ = reply.send(Err(AuditError::Unavailable(reason.clone())));
-                        }
-                    }
+                let mut written = self.check_space().and_then(|()| self.commit(&batch, stop));
+                let receipts = std::mem::take(&mut self.receipts);
+                // At shutdown the last checkpoint covers audit.stop; the stop waiter hears
+                // about it only once the checkpoint is durable too.
+                if stop && written.is_ok() {
+                    written = self.write_checkpoint();
+                }
+                if let Err(reason) = written {
+                    self.fail(&reason, &mut batch);
                     // Queued requests are dropped with the receiver: their waiters get
                     // Unavailable. Nothing is ever written again.
                     return;
                 }
+                for (msg, receipt) in batch.drain(..).zip(receipts.iter()) {
+                    if let Some(reply) = msg.reply {
+                        // The waiter may have gone away; the record is written regardless.
+                        let _ = reply.send(Ok(*receipt));
+                    }
+                }
+                // Hand the buffer back so the next batch does not allocate.
+                self.receipts = receipts;
+                if stop {
+                    return;
+                }
             }
-            if stop {
+            if let Err(reason) = self.maintain() {
+                self.fail(&reason, &mut batch);
                 return;
             }
         }
     }
+}
+
+fn identity_of(file: &File, path: &Path) -> Result<(u64, u64), String> {
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot inspect {}: {e}", path.display()))?;
+    Ok((meta.dev(), meta.ino()))
 }
 
 impl Drop for Writer {
@@ -522,21 +590,5 @@ impl Drop for Writer {
         // unhealthy from now on; a reason set earlier is kept.
         self.shared
             .stop(format!("the audit writer stopped; {STOPPED}"));
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used)]
-
-    use super::*;
-
-    #[test]
-    fn segment_names() {
-        assert_eq!(segment_name(1), "segment-00000001.jsonl");
-        assert_eq!(parse_segment_name("segment-00000002.jsonl"), Some(2));
-        assert_eq!(parse_segment_name("segment-2.jsonl"), None);
-        assert_eq!(parse_segment_name("segment-0000000x.jsonl"), None);
-        assert_eq!(parse_segment_name("segment-00000001.json"), None);
     }
 }

@@ -202,10 +202,59 @@ pub struct AuditConfig {
     /// Most records per group commit.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Directory of the audit log's own checkpoint signing key: a soft keystore holding only
+    /// the Ed25519 key `audit-checkpoint`, never usable by clients. Must not be the
+    /// `[keys.soft]` directory or inside the audit directory.
+    #[serde(default = "default_signing_key_dir")]
+    pub signing_key_dir: PathBuf,
+    /// File holding the passphrase of the audit signing key (first line). Without it and
+    /// without `signing_key_passphrase_env`, the `[keys.soft]` passphrase is used.
+    pub signing_key_passphrase_file: Option<PathBuf>,
+    /// Environment variable holding the passphrase of the audit signing key.
+    pub signing_key_passphrase_env: Option<String>,
+    /// The checkpoints' origin line, which is also the signing key's name: printable ASCII
+    /// without spaces or `+`, unique to this log (for example `audit.example.com/signerd`).
+    #[serde(default = "default_origin")]
+    pub origin: String,
+    /// A signed checkpoint after this many records.
+    #[serde(default = "default_checkpoint_every_records")]
+    pub checkpoint_every_records: u64,
+    /// A signed checkpoint after this many seconds, if records were written since the last.
+    #[serde(default = "default_checkpoint_every_seconds")]
+    pub checkpoint_every_seconds: u64,
+    /// The active segment is sealed and a new one started at this size, in bytes.
+    #[serde(default = "default_max_segment_bytes")]
+    pub max_segment_bytes: u64,
+    /// The active segment is sealed and a new one started at this age, in seconds.
+    #[serde(default = "default_max_segment_age_seconds")]
+    pub max_segment_age_seconds: u64,
+    /// Signing stops (fail closed) when the audit filesystem has less free space, in bytes
+    /// (0 disables the check). Unset: 64 MiB, or a quarter of the filesystem's size if that is
+    /// smaller, so that a small dedicated audit filesystem stays usable.
+    #[serde(default)]
+    pub min_free_bytes: Option<u64>,
 }
 
 fn default_max_batch() -> usize {
     1024
+}
+fn default_signing_key_dir() -> PathBuf {
+    PathBuf::from("audit-key")
+}
+fn default_origin() -> String {
+    "signerd/audit".to_owned()
+}
+fn default_checkpoint_every_records() -> u64 {
+    1000
+}
+fn default_checkpoint_every_seconds() -> u64 {
+    60
+}
+fn default_max_segment_bytes() -> u64 {
+    64 << 20
+}
+fn default_max_segment_age_seconds() -> u64 {
+    86_400
 }
 
 impl Config {
@@ -270,6 +319,10 @@ impl Config {
         }
         abs(&mut self.state.dir);
         abs(&mut self.audit.dir);
+        abs(&mut self.audit.signing_key_dir);
+        if let Some(f) = &mut self.audit.signing_key_passphrase_file {
+            abs(f);
+        }
     }
 
     fn validate(&self) -> Result<(), String> {
@@ -305,6 +358,7 @@ impl Config {
             10_000,
         )?;
         bounded("audit.max_batch", self.audit.max_batch as u64, 1, 65_536)?;
+        self.validate_audit()?;
 
         let mut ids = std::collections::HashSet::new();
         let mut matchers = std::collections::HashSet::new();
@@ -366,6 +420,70 @@ impl Config {
                     "keys.backend: unknown backend `{other}` (this build supports `soft`)"
                 ));
             }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_audit(&self) -> Result<(), String> {
+        let a = &self.audit;
+        bounded(
+            "audit.checkpoint_every_records",
+            a.checkpoint_every_records,
+            1,
+            1_000_000,
+        )?;
+        bounded(
+            "audit.checkpoint_every_seconds",
+            a.checkpoint_every_seconds,
+            1,
+            86_400,
+        )?;
+        bounded(
+            "audit.max_segment_bytes",
+            a.max_segment_bytes,
+            16 << 10,
+            64 << 30,
+        )?;
+        bounded(
+            "audit.max_segment_age_seconds",
+            a.max_segment_age_seconds,
+            1,
+            31_536_000,
+        )?;
+        if let Some(min) = a.min_free_bytes {
+            bounded("audit.min_free_bytes", min, 0, 1 << 40)?;
+        }
+        crate::audit::note::validate_name(&a.origin).map_err(|e| format!("audit.origin: {e}"))?;
+        if a.signing_key_passphrase_file.is_some() && a.signing_key_passphrase_env.is_some() {
+            return Err(
+                "audit: set at most one of `signing_key_passphrase_file` and `signing_key_passphrase_env`"
+                    .into(),
+            );
+        }
+        if a.signing_key_passphrase_file.is_none()
+            && a.signing_key_passphrase_env.is_none()
+            && self.keys.soft.is_none()
+        {
+            return Err("audit: set `signing_key_passphrase_file` or `signing_key_passphrase_env` (there is no [keys.soft] passphrase to reuse)".into());
+        }
+        let key_dir = &a.signing_key_dir;
+        if key_dir.starts_with(&a.dir) || a.dir.starts_with(key_dir) {
+            return Err(format!(
+                "audit.signing_key_dir {} must be outside audit.dir {} (the log is shipped to auditors; its key is not)",
+                key_dir.display(),
+                a.dir.display()
+            ));
+        }
+        if let Some(soft) = &self.keys.soft
+            && (key_dir.starts_with(&soft.dir) || soft.dir.starts_with(key_dir))
+        {
+            return Err(format!(
+                "audit.signing_key_dir {} must be separate from keys.soft.dir {}: the audit key is never a client signing key",
+                key_dir.display(),
+                soft.dir.display()
+            ));
         }
         Ok(())
     }
@@ -513,6 +631,84 @@ dir = "audit"
                 format!("{GOOD}\n[[identity]]\nid = \"app2\"\nsubject_cn = \"app\"\n"),
                 "already matches",
             ),
+        ];
+        for (src, want) in cases {
+            let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn audit_defaults_and_bounds() {
+        let c = match parse(GOOD) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let a = &c.audit;
+        assert_eq!(a.signing_key_dir, PathBuf::from("/etc/signerd/audit-key"));
+        assert_eq!(a.origin, "signerd/audit");
+        assert_eq!(a.checkpoint_every_records, 1000);
+        assert_eq!(a.checkpoint_every_seconds, 60);
+        assert_eq!(a.max_segment_bytes, 64 << 20);
+        assert_eq!(a.max_segment_age_seconds, 86_400);
+        assert_eq!(a.min_free_bytes, None);
+        assert!(a.signing_key_passphrase_file.is_none());
+
+        let custom = GOOD.replace(
+            "[audit]\ndir = \"audit\"\n",
+            "[audit]\ndir = \"audit\"\nsigning_key_dir = \"/secure/audit-key\"\n\
+             signing_key_passphrase_file = \"audit.pass\"\norigin = \"audit.example.com/prod\"\n\
+             checkpoint_every_records = 5\ncheckpoint_every_seconds = 2\n\
+             max_segment_bytes = 16384\nmax_segment_age_seconds = 1\nmin_free_bytes = 0\n",
+        );
+        let c = match parse(&custom) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(c.audit.signing_key_dir, PathBuf::from("/secure/audit-key"));
+        assert_eq!(
+            c.audit.signing_key_passphrase_file,
+            Some(PathBuf::from("/etc/signerd/audit.pass"))
+        );
+        assert_eq!(c.audit.origin, "audit.example.com/prod");
+        assert_eq!(c.audit.checkpoint_every_records, 5);
+        assert_eq!(c.audit.max_segment_bytes, 16384);
+        assert_eq!(c.audit.min_free_bytes, Some(0));
+
+        let with = |extra: &str| GOOD.replace("[audit]\n", &format!("[audit]\n{extra}\n"));
+        let cases = [
+            (
+                with("checkpoint_every_records = 0"),
+                "audit.checkpoint_every_records = 0 is outside",
+            ),
+            (
+                with("checkpoint_every_seconds = 0"),
+                "audit.checkpoint_every_seconds = 0 is outside",
+            ),
+            (
+                with("max_segment_bytes = 1000"),
+                "audit.max_segment_bytes = 1000 is outside",
+            ),
+            (
+                with("max_segment_age_seconds = 0"),
+                "audit.max_segment_age_seconds = 0 is outside",
+            ),
+            (
+                with("min_free_bytes = 2000000000000"),
+                "audit.min_free_bytes = 2000000000000 is outside",
+            ),
+            (with("origin = \"has space\""), "audit.origin:"),
+            (with("origin = \"a+b\""), "audit.origin:"),
+            (
+                with("signing_key_passphrase_file = \"a\"\nsigning_key_passphrase_env = \"B\""),
+                "at most one of",
+            ),
+            (
+                with("signing_key_dir = \"keys\""),
+                "separate from keys.soft.dir",
+            ),
+            (with("signing_key_dir = \"audit/key\""), "outside audit.dir"),
+            (with("signing_key_dir = \".\""), "outside audit.dir"),
         ];
         for (src, want) in cases {
             let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();

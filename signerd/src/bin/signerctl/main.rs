@@ -4,6 +4,7 @@
 //! commands (`keys generate`, `keys import`) work on the local keystore named by a
 //! configuration file and never send key material anywhere.
 
+mod audit;
 mod policy;
 
 use std::path::{Path, PathBuf};
@@ -67,6 +68,9 @@ enum Command {
     /// Check, test, explain and compare policy files (offline).
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
+    /// The audit log: verify, prove, query, tail; the checkpoint signing key.
+    #[command(subcommand)]
+    Audit(audit::AuditCmd),
 }
 
 #[derive(Subcommand)]
@@ -460,6 +464,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sign(cmd) => sign(&cli.conn, json_out, cmd).await,
         Command::Policy(cmd) => policy::run(cmd, json_out),
+        Command::Audit(cmd) => audit::run(cmd, json_out).await,
     }
 }
 

@@ -1,0 +1,705 @@
+//! The record-by-record checks shared by start-up recovery and `signerctl audit verify`:
+//! envelope, sequence, hash chain, segment chaining, Merkle tree heads against every
+//! checkpoint (and against checkpoints kept outside the log), checkpoint signatures, and the
+//! pairing of requests with their decisions and results.
+//!
+//! The checker is fed one line at a time and keeps O(log n) tree state plus the requests still
+//! open, so a million records take seconds and little memory. It must never accept a record
+//! it has not checked against everything before it, and never report a position other than
+//! the first bad record.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::Deserialize;
+
+use super::envelope::{self, Field, LineError};
+use super::merkle::{self, Frontier, Hash};
+use super::note::{self, Checkpoint, VerifierKey};
+
+/// Where a record is: segment file name, 1-based line number and byte offset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub(crate) segment: String,
+    pub(crate) lineno: u64,
+    pub(crate) offset: u64,
+}
+
+/// The first problem found, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `segment-00000002.jsonl:17`, when the problem is at a record.
+    pub location: Option<String>,
+    /// The record's `seq` when known (the expected one if the line could not be parsed).
+    pub seq: Option<u64>,
+    /// What is wrong and what it means.
+    pub message: String,
+    /// The line is not a syntactically valid record (a torn or overwritten write).
+    pub syntax: bool,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.location, self.seq) {
+            (Some(l), Some(s)) => write!(f, "{l} (seq {s}): {}", self.message),
+            (Some(l), None) => write!(f, "{l}: {}", self.message),
+            (None, Some(s)) => write!(f, "seq {s}: {}", self.message),
+            (None, None) => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+impl Failure {
+    /// A failure that is not at one record.
+    pub(crate) fn general(message: impl Into<String>) -> Failure {
+        Failure {
+            location: None,
+            seq: None,
+            message: message.into(),
+            syntax: false,
+        }
+    }
+
+    pub(crate) fn at(pos: &Position, seq: Option<u64>, message: impl Into<String>) -> Failure {
+        Failure {
+            location: Some(format!("{}:{}", pos.segment, pos.lineno)),
+            seq,
+            message: message.into(),
+            syntax: false,
+        }
+    }
+}
+
+/// A checkpoint kept outside the log (the `checkpoint` file, an off-host copy) that the log
+/// must be consistent with.
+#[derive(Debug, Clone)]
+pub(crate) struct Expected {
+    /// How to name it in messages.
+    pub(crate) label: String,
+    /// Its content.
+    pub(crate) checkpoint: Checkpoint,
+}
+
+/// What the checker enforces.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Options {
+    /// Check every checkpoint's signature with this key.
+    pub(crate) key: Option<VerifierKey>,
+    /// Semantic problems (a result without a request, an allowed request left without result
+    /// across a restart) are failures; otherwise they are only tracked.
+    pub(crate) strict_semantics: bool,
+    /// Checkpoints kept outside the log.
+    pub(crate) expected: Vec<Expected>,
+}
+
+/// A signing request that has no result yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OpenRequest {
+    /// `seq` of its `sign.request`.
+    pub(crate) seq: u64,
+    /// Its `req_id` (`None` for `null`).
+    pub(crate) req_id: Option<String>,
+    /// The requesting client.
+    pub(crate) client: Option<String>,
+    /// The requested key.
+    pub(crate) key: Option<String>,
+    /// The final decision, if recorded: (allowed, seq of the `sign.decision`).
+    pub(crate) decision: Option<(bool, u64)>,
+    /// A non-final decision was recorded (e.g. waiting for approvals); a later
+    /// `sign.decision` decides.
+    pub(crate) pending: bool,
+}
+
+/// Joins `sign.decision` and `sign.result` records to their `sign.request`.
+///
+/// Decisions and results carry only `req_id`, which is unique per client, not globally, so
+/// requests with the same `req_id` are matched in order (first open request first). The counts
+/// this gives are exact; which of two concurrent same-`req_id` requests a record belongs to is
+/// not recorded.
+#[derive(Debug, Default)]
+pub(crate) struct Pairing {
+    open: HashMap<Option<String>, VecDeque<OpenRequest>>,
+}
+
+fn req_key(field: &Field<'_>) -> Result<Option<String>, String> {
+    match field {
+        Field::Str(s) => Ok(Some(s.to_string())),
+        Field::Null | Field::Absent => Ok(None),
+        Field::Other => Err("`req_id` must be a string or null".to_owned()),
+    }
+}
+
+fn opt_string(field: &Field<'_>) -> Option<String> {
+    field.as_str().map(str::to_owned)
+}
+
+fn show(req_id: &Option<String>) -> String {
+    match req_id {
+        Some(r) => format!("`{r}`"),
+        None => "null".to_owned(),
+    }
+}
+
+impl Pairing {
+    /// A `sign.request`.
+    pub(crate) fn request(&mut self, seq: u64, env: &envelope::Envelope<'_>) -> Result<(), String> {
+        let req_id = req_key(&env.req_id)?;
+        self.open
+            .entry(req_id.clone())
+            .or_default()
+            .push_back(OpenRequest {
+                seq,
+                req_id,
+                client: opt_string(&env.client),
+                key: opt_string(&env.key),
+                decision: None,
+                pending: false,
+            });
+        Ok(())
+    }
+
+    /// A `sign.decision`: returns its request.
+    pub(crate) fn decision(
+        &mut self,
+        seq: u64,
+        env: &envelope::Envelope<'_>,
+    ) -> Result<OpenRequest, String> {
+        let req_id = req_key(&env.req_id)?;
+        let allow = match env.decision.as_str() {
+            Some("allow") => Some(true),
+            Some("deny") => Some(false),
+            // Not final (waiting for approvals, for example): a later decision decides.
+            Some(_) => None,
+            None => return Err("`decision` must be a string".to_owned()),
+        };
+        let open = self
+            .open
+            .get_mut(&req_id)
+            .and_then(|q| q.iter_mut().find(|r| r.decision.is_none()))
+            .ok_or_else(|| {
+                format!(
+                    "sign.decision for req_id {} has no open sign.request before it",
+                    show(&req_id)
+                )
+            })?;
+        match allow {
+            Some(allow) => open.decision = Some((allow, seq)),
+            None => open.pending = true,
+        }
+        Ok(open.clone())
+    }
+
+    /// A `sign.result`: closes and returns its request.
+    pub(crate) fn result(&mut self, env: &envelope::Envelope<'_>) -> Result<OpenRequest, String> {
+        let req_id = req_key(&env.req_id)?;
+        let found = match self.open.get_mut(&req_id) {
+            Some(q) => {
+                let r = q.pop_front();
+                if q.is_empty() {
+                    self.open.remove(&req_id);
+                }
+                r
+            }
+            None => None,
+        };
+        found.ok_or_else(|| {
+            format!(
+                "sign.result for req_id {} has no open sign.request before it (a result without a request, or a second result)",
+                show(&req_id)
+            )
+        })
+    }
+
+    /// The context of a record about `req_id` that does not open or close a request.
+    pub(crate) fn peek(&self, env: &envelope::Envelope<'_>) -> Option<&OpenRequest> {
+        let req_id = req_key(&env.req_id).ok()?;
+        self.open.get(&req_id).and_then(|q| q.front())
+    }
+
+    /// Allowed requests without a result, in decision order.
+    pub(crate) fn open_allows(&self) -> Vec<OpenRequest> {
+        let mut out: Vec<OpenRequest> = self
+            .open
+            .values()
+            .flatten()
+            .filter(|r| matches!(r.decision, Some((true, _))))
+            .cloned()
+            .collect();
+        out.sort_by_key(|r| r.decision.map(|(_, s)| s));
+        out
+    }
+
+    /// Requests without a result, allowed or not.
+    pub(crate) fn open_count(&self) -> usize {
+        self.open.values().map(VecDeque::len).sum()
+    }
+
+    /// A restart (`audit.start`): requests of the previous run that were never decided or
+    /// were denied cannot get a result any more; forget them so that they are not matched with
+    /// later requests reusing their `req_id`. Allowed ones stay until a result closes them,
+    /// and ones waiting for a final decision stay until it comes.
+    pub(crate) fn restart(&mut self) -> usize {
+        let before = self.open_count();
+        for q in self.open.values_mut() {
+            q.retain(|r| {
+                matches!(r.decision, Some((true, _))) || (r.pending && r.decision.is_none())
+            });
+        }
+        self.open.retain(|_, q| !q.is_empty());
+        before - self.open_count()
+    }
+}
+
+/// Counts for the verification report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Stats {
+    /// Records checked.
+    pub records: u64,
+    /// Segments checked.
+    pub segments: u64,
+    /// `audit.checkpoint` records.
+    pub checkpoints: u64,
+    /// `audit.start` records.
+    pub starts: u64,
+    /// `audit.recover` records.
+    pub recoveries: u64,
+    /// `sign.request` records.
+    pub requests: u64,
+    /// `sign.decision` records with `allow`.
+    pub allowed: u64,
+    /// `sign.decision` records with `deny`.
+    pub denied: u64,
+    /// `sign.result` records, by status.
+    pub results: BTreeMap<String, u64>,
+    /// `auth.failure` records.
+    pub auth_failures: u64,
+    /// Requests without a result that were forgotten at a restart (refused before a decision).
+    pub abandoned: u64,
+}
+
+/// The last `audit.checkpoint` record seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LastCheckpoint {
+    /// Its `seq` (which is also the tree size it covers).
+    pub(crate) seq: u64,
+    /// Its root.
+    pub(crate) root: Hash,
+    /// The note text.
+    pub(crate) note: String,
+}
+
+/// The segment being checked.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentState {
+    pub(crate) no: u64,
+    pub(crate) name: String,
+    pub(crate) first_seq: Option<u64>,
+    pub(crate) records: u64,
+    pub(crate) first_ts: Option<String>,
+    pub(crate) sealed: bool,
+    /// Holds records other than the log's own bookkeeping ([`is_bookkeeping`]).
+    pub(crate) content: bool,
+}
+
+/// A sealed segment: what the next `audit.segment_open` must name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SealedSegment {
+    pub(crate) name: String,
+    pub(crate) sha256: Hash,
+    pub(crate) bytes: u64,
+}
+
+#[derive(Deserialize)]
+struct CheckpointBody {
+    size: u64,
+    root: String,
+    note: String,
+}
+
+#[derive(Deserialize)]
+struct SealBody {
+    segment: String,
+    first_seq: u64,
+    records: u64,
+}
+
+#[derive(Deserialize)]
+struct OpenBody {
+    segment: String,
+    previous: String,
+    previous_sha256: String,
+    previous_bytes: u64,
+}
+
+#[derive(Deserialize)]
+struct RecoverBody {
+    segment: String,
+    offset: u64,
+    bytes: u64,
+    sha256: String,
+    saved_as: String,
+}
+
+/// Records the writer adds by itself when rotating and checkpointing. A segment holding only
+/// these is not rotated for age, so an idle log does not grow.
+pub(crate) fn is_bookkeeping(kind: &str) -> bool {
+    matches!(
+        kind,
+        "audit.segment_open" | "audit.segment_seal" | "audit.checkpoint"
+    )
+}
+
+fn body<'a, T: Deserialize<'a>>(line: &'a [u8], kind: &str) -> Result<T, String> {
+    serde_json::from_slice(line).map_err(|e| format!("malformed {kind} record: {e}"))
+}
+
+fn is_hex32(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Checks a log one record at a time.
+#[derive(Debug)]
+pub(crate) struct Checker {
+    opts: Options,
+    pub(crate) next_seq: u64,
+    pub(crate) prev: Hash,
+    pub(crate) tree: Frontier,
+    pub(crate) segment: Option<SegmentState>,
+    pub(crate) sealed: Option<SealedSegment>,
+    pub(crate) origin: Option<String>,
+    pub(crate) last_checkpoint: Option<LastCheckpoint>,
+    pub(crate) pairing: Pairing,
+    pub(crate) stats: Stats,
+    expected_next: usize,
+    /// Kind of the last record.
+    pub(crate) last_kind: Option<String>,
+    /// `audit.recover` records: (saved_as, sha256, bytes).
+    pub(crate) recovered: Vec<(String, String, u64)>,
+}
+
+impl Checker {
+    /// A checker for a log that starts at `seq` 0.
+    pub(crate) fn new(mut opts: Options) -> Checker {
+        opts.expected.sort_by_key(|e| e.checkpoint.size);
+        Checker {
+            opts,
+            next_seq: 0,
+            prev: [0; 32],
+            tree: Frontier::new(),
+            segment: None,
+            sealed: None,
+            origin: None,
+            last_checkpoint: None,
+            pairing: Pairing::default(),
+            stats: Stats::default(),
+            expected_next: 0,
+            last_kind: None,
+            recovered: Vec::new(),
+        }
+    }
+
+    /// Starts segment `no` named `name`. The previous one, if any, must have been sealed
+    /// and ended with [`Checker::end_segment`].
+    pub(crate) fn begin_segment(&mut self, no: u64, name: &str) -> Result<(), Failure> {
+        if let Some(seg) = &self.segment {
+            return Err(Failure::general(format!(
+                "{} does not end with audit.segment_seal, but {name} follows it: a sealed segment was cut short or a segment was inserted",
+                seg.name
+            )));
+        }
+        self.segment = Some(SegmentState {
+            no,
+            name: name.to_owned(),
+            first_seq: None,
+            records: 0,
+            first_ts: None,
+            sealed: false,
+            content: false,
+        });
+        self.stats.segments += 1;
+        Ok(())
+    }
+
+    /// Ends the current segment, which must be sealed unless it is the last one.
+    pub(crate) fn end_segment(&mut self, sha256: Hash, bytes: u64) {
+        if let Some(seg) = &self.segment
+            && seg.sealed
+        {
+            self.sealed = Some(SealedSegment {
+                name: seg.name.clone(),
+                sha256,
+                bytes,
+            });
+            self.segment = None;
+        }
+    }
+
+    /// Checks the external checkpoints whose size is the current tree size.
+    fn check_expected(&mut self) -> Result<(), String> {
+        while let Some(e) = self.opts.expected.get(self.expected_next) {
+            if e.checkpoint.size != self.tree.size() {
+                break;
+            }
+            let root = self.tree.root();
+            if e.checkpoint.root != root {
+                return Err(format!(
+                    "{} covers {} records with root {}, but the first {} records of the log hash to {}: the log was rewritten or replaced",
+                    e.label,
+                    e.checkpoint.size,
+                    hex::encode(e.checkpoint.root),
+                    e.checkpoint.size,
+                    hex::encode(root)
+                ));
+            }
+            self.expected_next += 1;
+        }
+        Ok(())
+    }
+
+    /// Checks one line (without its newline) at `pos`.
+    pub(crate) fn record(&mut self, pos: &Position, line: &[u8]) -> Result<Hash, Failure> {
+        let expected_seq = self.next_seq;
+        let env = envelope::parse(line).map_err(|e| {
+            let syntax = matches!(e, LineError::Syntax(_));
+            let mut f = Failure::at(pos, Some(expected_seq), format!("not a valid record: {e}"));
+            f.syntax = syntax;
+            f
+        })?;
+        let seq = env.seq;
+        let fail = |m: String| Failure::at(pos, Some(seq), m);
+        if seq != expected_seq {
+            return Err(fail(format!(
+                "seq is {seq}, expected {expected_seq}: the sequence has a gap or is out of order (a record was removed, inserted or moved)"
+            )));
+        }
+        if env.prev != self.prev {
+            let of = if seq == 0 {
+                "64 zeros for the first record"
+            } else {
+                "the leaf hash of the previous record"
+            };
+            return Err(fail(format!(
+                "prev is {}, expected {} ({of}): the hash chain is broken (the previous record was changed, or records were removed, inserted or reordered)",
+                hex::encode(env.prev),
+                hex::encode(self.prev)
+            )));
+        }
+        self.check_expected().map_err(&fail)?;
+        let Some(seg) = self.segment.as_mut() else {
+            return Err(fail("record outside a segment".to_owned()));
+        };
+        if seg.sealed {
+            return Err(fail(format!(
+                "record after the audit.segment_seal of {}: a sealed segment must end with its seal",
+                seg.name
+            )));
+        }
+        let header = seg.records == 0 && seg.no > 1;
+        if header && env.kind != "audit.segment_open" {
+            return Err(fail(format!(
+                "the first record of {} is {}, expected audit.segment_open",
+                seg.name, env.kind
+            )));
+        }
+        match env.kind {
+            "audit.segment_open" => {
+                if !header {
+                    return Err(fail(
+                        "audit.segment_open must be the first record of a segment other than the first"
+                            .to_owned(),
+                    ));
+                }
+                let b: OpenBody = body(line, env.kind).map_err(&fail)?;
+                let Some(prev) = &self.sealed else {
+                    return Err(fail(
+                        "audit.segment_open without a sealed previous segment".to_owned(),
+                    ));
+                };
+                if b.segment != seg.name {
+                    return Err(fail(format!(
+                        "audit.segment_open names segment {:?}, but it is in {}: segment files were renamed",
+                        b.segment, seg.name
+                    )));
+                }
+                if b.previous != prev.name
+                    || b.previous_sha256 != hex::encode(prev.sha256)
+                    || b.previous_bytes != prev.bytes
+                {
+                    return Err(fail(format!(
+                        "audit.segment_open names the previous segment as {:?} with SHA-256 {} and {} bytes, but {} has SHA-256 {} and {} bytes: the sealed segment was changed",
+                        b.previous,
+                        b.previous_sha256,
+                        b.previous_bytes,
+                        prev.name,
+                        hex::encode(prev.sha256),
+                        prev.bytes
+                    )));
+                }
+            }
+            "audit.segment_seal" => {
+                let b: SealBody = body(line, env.kind).map_err(&fail)?;
+                let first = seg.first_seq.unwrap_or(seq);
+                if b.segment != seg.name || b.first_seq != first || b.records != seg.records + 1 {
+                    return Err(fail(format!(
+                        "audit.segment_seal says segment {:?}, first seq {}, {} records; the segment is {}, first seq {first}, {} records",
+                        b.segment,
+                        b.first_seq,
+                        b.records,
+                        seg.name,
+                        seg.records + 1
+                    )));
+                }
+                seg.sealed = true;
+            }
+            "audit.checkpoint" => self.checkpoint(line, seq).map_err(&fail)?,
+            "audit.recover" => {
+                let b: RecoverBody = body(line, env.kind).map_err(&fail)?;
+                if !is_hex32(&b.sha256)
+                    || b.bytes == 0
+                    || super::segments::parse_segment_name(&b.segment).is_none()
+                    || !b.saved_as.starts_with("recovered/torn-")
+                {
+                    return Err(fail(format!(
+                        "malformed audit.recover record (segment {:?}, offset {}, {} bytes, sha256 {:?}, saved as {:?})",
+                        b.segment, b.offset, b.bytes, b.sha256, b.saved_as
+                    )));
+                }
+                self.stats.recoveries += 1;
+                self.recovered.push((b.saved_as, b.sha256, b.bytes));
+            }
+            "audit.start" => {
+                self.stats.starts += 1;
+                if self.stats.starts > 1
+                    && self.opts.strict_semantics
+                    && let Some(r) = self.pairing.open_allows().first()
+                {
+                    return Err(fail(format!(
+                        "request {} was allowed (sign.decision at seq {}) but has no sign.result before signerd restarted here; recovery should have recorded `unknown_crash`",
+                        show(&r.req_id),
+                        r.decision.map_or(0, |(_, s)| s)
+                    )));
+                }
+                self.stats.abandoned += self.pairing.restart() as u64;
+            }
+            "sign.request" => {
+                self.stats.requests += 1;
+                self.semantic(pos, seq, |p| p.request(seq, &env))?;
+            }
+            "sign.decision" => {
+                match env.decision.as_str() {
+                    Some("allow") => self.stats.allowed += 1,
+                    Some("deny") => self.stats.denied += 1,
+                    _ => {}
+                }
+                self.semantic(pos, seq, |p| p.decision(seq, &env).map(|_| ()))?;
+            }
+            "sign.result" => {
+                let status = env.status.as_str().unwrap_or("(none)").to_owned();
+                *self.stats.results.entry(status).or_default() += 1;
+                self.semantic(pos, seq, |p| p.result(&env).map(|_| ()))?;
+            }
+            "auth.failure" => self.stats.auth_failures += 1,
+            _ => {}
+        }
+        let Some(seg) = self.segment.as_mut() else {
+            return Err(fail("record outside a segment".to_owned()));
+        };
+        if seg.first_seq.is_none() {
+            seg.first_seq = Some(seq);
+            seg.first_ts = Some(env.ts.to_owned());
+        }
+        if !is_bookkeeping(env.kind) {
+            seg.content = true;
+        }
+        seg.records += 1;
+        let leaf = merkle::leaf_hash(line);
+        self.tree.push(leaf);
+        self.prev = leaf;
+        self.next_seq = seq
+            .checked_add(1)
+            .ok_or_else(|| fail("seq overflows".to_owned()))?;
+        self.stats.records += 1;
+        self.last_kind = Some(env.kind.to_owned());
+        Ok(leaf)
+    }
+
+    fn semantic(
+        &mut self,
+        pos: &Position,
+        seq: u64,
+        f: impl FnOnce(&mut Pairing) -> Result<(), String>,
+    ) -> Result<(), Failure> {
+        match f(&mut self.pairing) {
+            Ok(()) => Ok(()),
+            Err(e) if self.opts.strict_semantics => Err(Failure::at(pos, Some(seq), e)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn checkpoint(&mut self, line: &[u8], seq: u64) -> Result<(), String> {
+        let b: CheckpointBody = body(line, "audit.checkpoint")?;
+        if b.size != seq {
+            return Err(format!(
+                "audit.checkpoint covers {} records, but a checkpoint covers exactly the {seq} records before it",
+                b.size
+            ));
+        }
+        let root = self.tree.root();
+        if b.root != hex::encode(root) {
+            return Err(format!(
+                "audit.checkpoint has root {}, but the {seq} records before it hash to {}: records before this checkpoint were changed",
+                b.root,
+                hex::encode(root)
+            ));
+        }
+        let (cp, _) =
+            note::parse_note(&b.note).map_err(|e| format!("audit.checkpoint note: {e}"))?;
+        if cp.size != seq || cp.root != root {
+            return Err(format!(
+                "the note of audit.checkpoint says {} records with root {}, not the record's {seq} and {}",
+                cp.size,
+                hex::encode(cp.root),
+                hex::encode(root)
+            ));
+        }
+        match &self.origin {
+            Some(o) if *o != cp.origin => {
+                return Err(format!(
+                    "checkpoint origin changed from {o:?} to {:?}: a log keeps one origin",
+                    cp.origin
+                ));
+            }
+            Some(_) => {}
+            None => self.origin = Some(cp.origin.clone()),
+        }
+        if let Some(key) = &self.opts.key {
+            note::verify_note(&b.note, key).map_err(|e| {
+                format!("checkpoint signature: {e} (a forged or replaced checkpoint, or the wrong verifier key)")
+            })?;
+        }
+        self.stats.checkpoints += 1;
+        self.last_checkpoint = Some(LastCheckpoint {
+            seq,
+            root,
+            note: b.note,
+        });
+        Ok(())
+    }
+
+    /// After the last record: checks the external checkpoints not reached yet.
+    pub(crate) fn finish(&mut self) -> Result<(), Failure> {
+        self.check_expected().map_err(Failure::general)?;
+        if let Some(e) = self.opts.expected.get(self.expected_next) {
+            return Err(Failure::general(format!(
+                "the log has {} records, but {} covers {}: records at the end were removed (the log was truncated or replaced)",
+                self.tree.size(),
+                e.label,
+                e.checkpoint.size
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,377 @@
+//! Reading one audit line: the exact envelope layout and the few body fields that the
+//! start-up scan, the verifier and the query tool need.
+//!
+//! A line is checked twice, cheaply: first its byte layout (`{"v":1,"seq":N,"ts":"...",
+//! "type":"...", <body> ,"prev":"<64 hex>"}` with the envelope fields in this order), then a
+//! full JSON parse that borrows strings instead of building a tree. This module must never
+//! accept a line that is not UTF-8, not one JSON object, has duplicate envelope fields, or
+//! whose envelope fields are out of order, and never allocate per line when it can borrow.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::merkle::Hash;
+use super::record::MAX_LINE_BYTES;
+
+/// Length of a `ts` value: `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
+pub(crate) const TS_LEN: usize = 27;
+
+/// Why a line is not a valid record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LineError {
+    /// Not UTF-8, not JSON, or not the envelope layout: what a torn or overwritten write
+    /// leaves behind.
+    Syntax(String),
+    /// Well-formed, but a field has a wrong value (`v`, a bad timestamp).
+    Invalid(String),
+}
+
+impl fmt::Display for LineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LineError::Syntax(s) | LineError::Invalid(s) => f.write_str(s),
+        }
+    }
+}
+
+/// A body field the readers look at, as found in the line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) enum Field<'a> {
+    /// Not in the record.
+    #[default]
+    Absent,
+    /// `null`.
+    Null,
+    /// A string.
+    Str(Cow<'a, str>),
+    /// Any other JSON value.
+    Other,
+}
+
+impl Field<'_> {
+    /// The string value, if it is one.
+    pub(crate) fn as_str(&self) -> Option<&str> {
+        match self {
+            Field::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Field<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Field<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(v)))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Field::Null)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(Field::Other)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Field::Other)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Field::Other)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Field::Other)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// The fields serde extracts; everything else is skipped without being built.
+#[derive(Deserialize)]
+struct Fields<'a> {
+    v: u64,
+    seq: u64,
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    prev: Cow<'a, str>,
+    #[serde(default, borrow)]
+    req_id: Field<'a>,
+    #[serde(default, borrow)]
+    decision: Field<'a>,
+    #[serde(default, borrow)]
+    status: Field<'a>,
+    #[serde(default, borrow)]
+    client: Field<'a>,
+    #[serde(default, borrow)]
+    key: Field<'a>,
+}
+
+/// One parsed line.
+#[derive(Debug, Clone)]
+pub(crate) struct Envelope<'a> {
+    /// `seq`.
+    pub(crate) seq: u64,
+    /// `ts`, exactly as written.
+    pub(crate) ts: &'a str,
+    /// `type`.
+    pub(crate) kind: &'a str,
+    /// `prev`, decoded.
+    pub(crate) prev: Hash,
+    /// `req_id`.
+    pub(crate) req_id: Field<'a>,
+    /// `decision` (`sign.decision`).
+    pub(crate) decision: Field<'a>,
+    /// `status` (`sign.result`).
+    pub(crate) status: Field<'a>,
+    /// `client` (`sign.request`).
+    pub(crate) client: Field<'a>,
+    /// `key` (`sign.request`).
+    pub(crate) key: Field<'a>,
+}
+
+fn syntax(why: impl Into<String>) -> LineError {
+    LineError::Syntax(why.into())
+}
+
+/// True if `ts` has the exact shape `YYYY-MM-DDTHH:MM:SS.ffffffZ` with plausible field ranges.
+pub(crate) fn valid_ts(ts: &str) -> bool {
+    let b = ts.as_bytes();
+    if b.len() != TS_LEN {
+        return false;
+    }
+    let digits = [
+        0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22, 23, 24, 25,
+    ];
+    if !digits.iter().all(|&i| b[i].is_ascii_digit())
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'.'
+        || b[26] != b'Z'
+    {
+        return false;
+    }
+    let num = |i: usize| u32::from(b[i] - b'0') * 10 + u32::from(b[i + 1] - b'0');
+    (1..=12).contains(&num(5))
+        && (1..=31).contains(&num(8))
+        && num(11) < 24
+        && num(14) < 60
+        && num(17) < 61
+}
+
+/// Parses and checks one line (without its newline).
+///
+/// [`LineError::Syntax`] means the line is not UTF-8 JSON at all, which is what a write that
+/// stopped part-way leaves; a line that is valid JSON but not a valid record is
+/// [`LineError::Invalid`] (someone wrote it).
+pub(crate) fn parse(line: &[u8]) -> Result<Envelope<'_>, LineError> {
+    parse_checked(line).map_err(|e| match e {
+        LineError::Syntax(why) if serde_json::from_slice::<IgnoredAny>(line).is_ok() => {
+            LineError::Invalid(why)
+        }
+        other => other,
+    })
+}
+
+fn parse_checked(line: &[u8]) -> Result<Envelope<'_>, LineError> {
+    if line.len() > MAX_LINE_BYTES {
+        return Err(syntax(format!("longer than {MAX_LINE_BYTES} bytes")));
+    }
+    let text = std::str::from_utf8(line).map_err(|e| syntax(format!("not UTF-8: {e}")))?;
+    let rest = text
+        .strip_prefix("{\"v\":")
+        .ok_or_else(|| syntax("not a record: a record starts with {\"v\":1,\"seq\":"))?;
+    let rest = rest.strip_prefix("1,\"seq\":").ok_or_else(|| {
+        if rest.starts_with('1') {
+            syntax("envelope fields out of order: `seq` must follow `v`")
+        } else {
+            LineError::Invalid("unsupported record version (`v` must be 1)".to_owned())
+        }
+    })?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let seq_text = &rest[..digits];
+    if digits == 0 || digits > 20 || (digits > 1 && seq_text.starts_with('0')) {
+        return Err(syntax("`seq` is not a canonical decimal number"));
+    }
+    let rest = rest[digits..]
+        .strip_prefix(",\"ts\":\"")
+        .ok_or_else(|| syntax("envelope fields out of order: `ts` must follow `seq`"))?;
+    let ts = rest
+        .get(..TS_LEN)
+        .filter(|_| rest.as_bytes().get(TS_LEN) == Some(&b'"'))
+        .ok_or_else(|| syntax("`ts` is not a timestamp of the form YYYY-MM-DDTHH:MM:SS.ffffffZ"))?;
+    let rest = rest[TS_LEN + 1..]
+        .strip_prefix(",\"type\":\"")
+        .ok_or_else(|| syntax("envelope fields out of order: `type` must follow `ts`"))?;
+    let kind_len = rest
+        .bytes()
+        .take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'.' || *b == b'_')
+        .count();
+    if kind_len == 0 || kind_len > 64 || rest.as_bytes().get(kind_len) != Some(&b'"') {
+        return Err(syntax("`type` must be 1 to 64 characters of a-z 0-9 . _"));
+    }
+    let kind = &rest[..kind_len];
+    let rest = &rest[kind_len + 1..];
+    // `,"prev":"` + 64 hex + `"}` closes every record.
+    const SUFFIX: usize = 9 + 64 + 2;
+    if rest.len() < SUFFIX || !rest.ends_with("\"}") {
+        return Err(syntax(
+            "the record does not end with ,\"prev\":\"<64 hex>\"}",
+        ));
+    }
+    let (body, suffix) = rest.split_at(rest.len() - SUFFIX);
+    let prev_hex = suffix
+        .strip_prefix(",\"prev\":\"")
+        .map(|s| &s[..64])
+        .ok_or_else(|| syntax("`prev` must be the last field"))?;
+    if !body.is_empty() && !body.starts_with(',') {
+        return Err(syntax("malformed body after `type`"));
+    }
+    let mut prev = [0u8; 32];
+    if !prev_hex
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        || hex::decode_to_slice(prev_hex, &mut prev).is_err()
+    {
+        return Err(syntax("`prev` is not 64 lowercase hex digits"));
+    }
+    // The full parse validates the JSON of the body and refuses a second copy of any envelope
+    // field hidden in it (serde reports duplicate fields).
+    let fields: Fields<'_> =
+        serde_json::from_str(text).map_err(|e| syntax(format!("not valid JSON: {e}")))?;
+    if fields.v != 1
+        || seq_text.parse::<u64>().ok() != Some(fields.seq)
+        || fields.ts != ts
+        || fields.kind != kind
+        || fields.prev != prev_hex
+    {
+        return Err(syntax(
+            "the envelope fields are not the ones the layout shows",
+        ));
+    }
+    if !valid_ts(ts) {
+        return Err(LineError::Invalid(format!(
+            "`ts` {ts:?} is not a valid timestamp"
+        )));
+    }
+    Ok(Envelope {
+        seq: fields.seq,
+        ts,
+        kind,
+        prev,
+        req_id: fields.req_id,
+        decision: fields.decision,
+        status: fields.status,
+        client: fields.client,
+        key: fields.key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    const PREV: &str = "00000000000000000000000000000000000000000000000000000000000000ff";
+
+    fn line(body: &str) -> String {
+        format!(
+            "{{\"v\":1,\"seq\":7,\"ts\":\"2025-01-02T03:04:05.123456Z\",\"type\":\"sign.result\"{body},\"prev\":\"{PREV}\"}}"
+        )
+    }
+
+    #[test]
+    fn parses_envelope_and_fields() {
+        let l = line(
+            r#","req_id":"r\u0031","status":"signed","signature":{"r":"0x1","v":27},"rules":[1,[2]]"#,
+        );
+        let e = parse(l.as_bytes()).unwrap();
+        assert_eq!(e.seq, 7);
+        assert_eq!(e.ts, "2025-01-02T03:04:05.123456Z");
+        assert_eq!(e.kind, "sign.result");
+        assert_eq!(e.prev[31], 0xff);
+        assert_eq!(e.req_id.as_str(), Some("r1"));
+        assert_eq!(e.status.as_str(), Some("signed"));
+        assert_eq!(e.decision, Field::Absent);
+        let l2 = line(r#","req_id":null,"key":5"#);
+        let e = parse(l2.as_bytes()).unwrap();
+        assert_eq!(e.req_id, Field::Null);
+        assert_eq!(e.key, Field::Other);
+        assert!(parse(line("").as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn refuses_bad_layouts() {
+        let good = line(r#","req_id":"a""#);
+        let cases: Vec<(String, &str)> = vec![
+            (good[..good.len() - 1].to_owned(), "does not end"),
+            (
+                good.replace("{\"v\":1,\"seq\":7,", "{\"seq\":7,\"v\":1,"),
+                "starts with",
+            ),
+            (good.replace("\"v\":1,", "\"v\":2,"), "unsupported"),
+            (good.replace("\"seq\":7", "\"seq\":07"), "canonical"),
+            (good.replace("\"seq\":7", "\"seq\":-7"), "canonical"),
+            (good.replace(".123456Z", ".123Z"), "timestamp"),
+            (good.replace("T03", "T25"), "not a valid timestamp"),
+            (good.replace("sign.result", "Sign"), "type"),
+            (
+                good.replace(",\"req_id\":\"a\"", "\"req_id\":\"a\""),
+                "malformed body",
+            ),
+            (
+                good.replace(",\"req_id\":\"a\"", ",\"req_id\":\"a\",\"seq\":8"),
+                "duplicate field",
+            ),
+            (
+                good.replace(",\"req_id\":\"a\"", ",\"req_id\":\"a\",\"prev\":\"x\""),
+                "duplicate field",
+            ),
+            (
+                good.replace(",\"req_id\":\"a\"", ",\"req_id\":a"),
+                "not valid JSON",
+            ),
+            (good.replace("00ff", "00FF"), "lowercase hex"),
+            (good.replace(",\"prev\"", ",\"prex\""), "last field"),
+            (format!("{good} "), "does not end"),
+            ("\u{0}\u{0}\u{0}".to_owned(), "not a record"),
+        ];
+        for (l, want) in cases {
+            let e = parse(l.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(want), "{l}: {e}");
+        }
+        assert!(matches!(
+            parse(&[b'{', 0xff, b'}']),
+            Err(LineError::Syntax(m)) if m.contains("UTF-8")
+        ));
+    }
+}

@@ -1,0 +1,270 @@
+//! The audit log's own checkpoint signing key: an Ed25519 key in a soft keystore of its own
+//! (`[audit] signing_key_dir`), holding nothing else.
+//!
+//! The key file uses the soft keystore format (see [`crate::keys::soft`]) under the fixed id
+//! [`AUDIT_KEY_ID`]; its passphrase comes from `[audit] signing_key_passphrase_file` or
+//! `signing_key_passphrase_env`, or else from the `[keys.soft]` passphrase source. The key is
+//! opened in its own backend instance that the signing service never sees, so no client
+//! request can reach it. This module must never load the audit key from, or write it to, the
+//! client keystore, accept a key directory that holds other keys, or print key material.
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use secrecy::SecretString;
+
+use super::note::{CheckpointSigner, VerifierKey};
+use crate::config::Config;
+use crate::keys::soft::{self, SoftBackend};
+use crate::keys::{Algorithm, KeyBackend, KeyInfo, Payload, RawSignature};
+
+/// The key id of the audit signing key inside its keystore directory.
+pub const AUDIT_KEY_ID: &str = "audit-checkpoint";
+
+/// Why the audit signing key cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditKeyError {
+    /// The key is missing and may not be created here.
+    #[error("{0}")]
+    Missing(String),
+    /// The keystore cannot be read, decrypted or written, or holds the wrong keys.
+    #[error("{0}")]
+    Keystore(String),
+}
+
+/// Runs a future to completion on the current (non-async) thread. The soft backend's
+/// signing future completes on its first poll; any other backend that needs a wake-up gets
+/// one through the thread's unpark.
+fn block_on<F: Future>(fut: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(v) => return v,
+            Poll::Pending => std::thread::park(),
+        }
+    }
+}
+
+/// The audit signing key, opened from its keystore directory.
+pub struct SoftCheckpointKey {
+    name: String,
+    backend: SoftBackend,
+    public_key: [u8; 32],
+}
+
+impl std::fmt::Debug for SoftCheckpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftCheckpointKey")
+            .field("name", &self.name)
+            .field("public_key", &hex::encode(self.public_key))
+            .finish()
+    }
+}
+
+/// True if `dir` holds the audit key file.
+pub fn exists(dir: &Path) -> bool {
+    dir.join(format!("{AUDIT_KEY_ID}.key.json")).exists()
+}
+
+/// Generates the audit signing key in `dir` (created with mode 0700 if missing). Refuses to
+/// overwrite an existing key.
+pub fn generate(dir: &Path, passphrase: &SecretString) -> Result<KeyInfo, AuditKeyError> {
+    soft::generate(dir, AUDIT_KEY_ID, Algorithm::Ed25519, passphrase).map_err(|e| {
+        AuditKeyError::Keystore(format!("audit signing key in {}: {e}", dir.display()))
+    })
+}
+
+impl SoftCheckpointKey {
+    /// Opens the key in `dir`; `name` is the checkpoint origin. Runs the password KDF, so call
+    /// it at start-up.
+    pub fn open(
+        dir: &Path,
+        name: &str,
+        passphrase: &SecretString,
+    ) -> Result<SoftCheckpointKey, AuditKeyError> {
+        let shown = dir.display();
+        if !exists(dir) {
+            return Err(AuditKeyError::Missing(format!(
+                "no audit signing key in {shown} (create one with `signerctl audit keygen --config FILE`)"
+            )));
+        }
+        let backend = SoftBackend::open(dir, passphrase)
+            .map_err(|e| AuditKeyError::Keystore(format!("audit signing key in {shown}: {e}")))?;
+        let ids = backend.ids();
+        if ids != [AUDIT_KEY_ID] {
+            return Err(AuditKeyError::Keystore(format!(
+                "{shown} must hold only the audit signing key `{AUDIT_KEY_ID}`, but holds {ids:?}; keep the audit key apart from every other key"
+            )));
+        }
+        let info = backend.key(AUDIT_KEY_ID).ok_or_else(|| {
+            AuditKeyError::Keystore(format!("{shown}: `{AUDIT_KEY_ID}` disappeared"))
+        })?;
+        if info.algorithm != Algorithm::Ed25519 {
+            return Err(AuditKeyError::Keystore(format!(
+                "{shown}: `{AUDIT_KEY_ID}` is {}, but checkpoints are signed with ed25519",
+                info.algorithm
+            )));
+        }
+        let public_key: [u8; 32] = info.public_key.as_slice().try_into().map_err(|_| {
+            AuditKeyError::Keystore(format!(
+                "{shown}: `{AUDIT_KEY_ID}` has a malformed public key"
+            ))
+        })?;
+        // Fails early on a bad name rather than at the first checkpoint.
+        VerifierKey::new(name, &public_key)
+            .map_err(|e| AuditKeyError::Keystore(format!("audit.origin: {e}")))?;
+        Ok(SoftCheckpointKey {
+            name: name.to_owned(),
+            backend,
+            public_key,
+        })
+    }
+
+    /// The key that verifies its checkpoints.
+    pub fn verifier_key(&self) -> Result<VerifierKey, AuditKeyError> {
+        VerifierKey::new(&self.name, &self.public_key)
+            .map_err(|e| AuditKeyError::Keystore(e.to_string()))
+    }
+}
+
+impl CheckpointSigner for SoftCheckpointKey {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn public_key(&self) -> [u8; 32] {
+        self.public_key
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], String> {
+        match block_on(self.backend.sign(AUDIT_KEY_ID, Payload::Message(message))) {
+            Ok(RawSignature::Ed25519(sig)) => Ok(sig),
+            Ok(_) => Err("the audit key returned a signature of the wrong kind".to_owned()),
+            Err(e) => Err(format!("the audit key cannot sign: {e}")),
+        }
+    }
+}
+
+/// The passphrase of the audit signing key: `[audit] signing_key_passphrase_file` or
+/// `_env`, else the `[keys.soft]` passphrase.
+pub fn passphrase(config: &Config) -> Result<SecretString, String> {
+    let a = &config.audit;
+    let raw =
+        if let Some(file) = &a.signing_key_passphrase_file {
+            crate::tls::check_secret_file(file)?;
+            zeroize::Zeroizing::new(std::fs::read_to_string(file).map_err(|e| {
+                format!("audit.signing_key_passphrase_file {}: {e}", file.display())
+            })?)
+        } else if let Some(var) = &a.signing_key_passphrase_env {
+            zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
+                format!("audit.signing_key_passphrase_env: ${var} is not set or not UTF-8")
+            })?)
+        } else if let Some(soft) = &config.keys.soft {
+            return soft.passphrase();
+        } else {
+            return Err("audit: no passphrase source for the audit signing key".to_owned());
+        };
+    let line = raw.lines().next().unwrap_or("").to_owned();
+    if line.is_empty() {
+        return Err("audit: the audit signing key passphrase is empty".to_owned());
+    }
+    Ok(SecretString::from(line))
+}
+
+/// Opens the configured audit signing key for the daemon. A missing key is generated only
+/// when the audit log is new (no segment exists yet), so a lost key is never silently
+/// replaced under an existing log. Returns the key and whether it was just generated.
+pub fn open_for_daemon(config: &Config) -> Result<(SoftCheckpointKey, bool), AuditKeyError> {
+    let a = &config.audit;
+    let pass = passphrase(config).map_err(AuditKeyError::Keystore)?;
+    let mut generated = false;
+    if !exists(&a.signing_key_dir) {
+        let new_log = std::fs::read_dir(&a.dir).map_or(true, |entries| {
+            !entries.flatten().any(|e| {
+                e.file_name()
+                    .to_str()
+                    .and_then(super::segments::parse_segment_name)
+                    .is_some()
+            })
+        });
+        if !new_log {
+            return Err(AuditKeyError::Missing(format!(
+                "no audit signing key in {}, but the audit log in {} already exists; restore the key, or create a new one with `signerctl audit keygen --config {}` and start a new audit directory (checkpoints of one log are signed by one key)",
+                a.signing_key_dir.display(),
+                a.dir.display(),
+                config.source.display()
+            )));
+        }
+        generate(&a.signing_key_dir, &pass)?;
+        generated = true;
+    }
+    let key = SoftCheckpointKey::open(&a.signing_key_dir, &a.origin, &pass)?;
+    Ok((key, generated))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::audit::note::{Checkpoint, verify_note};
+
+    #[test]
+    fn generate_open_sign_and_refuse_mixed_dirs() {
+        let dir = std::env::temp_dir().join(format!(
+            "signerd-audit-key-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let pass = SecretString::from("audit-key-test-pass".to_owned());
+        assert!(!exists(&dir));
+        let err = SoftCheckpointKey::open(&dir, "o", &pass).unwrap_err();
+        assert!(matches!(err, AuditKeyError::Missing(_)), "{err}");
+        let info = generate(&dir, &pass).unwrap();
+        assert_eq!(info.algorithm, Algorithm::Ed25519);
+        assert!(
+            generate(&dir, &pass).is_err(),
+            "a second key must be refused"
+        );
+        let key = SoftCheckpointKey::open(&dir, "audit.test/log", &pass).unwrap();
+        assert_eq!(key.public_key().to_vec(), info.public_key);
+        let debug = format!("{key:?}");
+        assert!(debug.contains("audit.test/log"), "{debug}");
+
+        let cp = Checkpoint {
+            origin: "audit.test/log".to_owned(),
+            size: 3,
+            root: [1; 32],
+        };
+        let note = cp.sign(&key).unwrap();
+        assert_eq!(
+            verify_note(&note, &key.verifier_key().unwrap()).unwrap(),
+            cp
+        );
+
+        let wrong = SecretString::from("wrong".to_owned());
+        assert!(SoftCheckpointKey::open(&dir, "audit.test/log", &wrong).is_err());
+        assert!(SoftCheckpointKey::open(&dir, "bad name", &pass).is_err());
+        soft::generate(&dir, "client-key", Algorithm::Secp256k1, &pass).unwrap();
+        let err = SoftCheckpointKey::open(&dir, "audit.test/log", &pass).unwrap_err();
+        assert!(err.to_string().contains("must hold only"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

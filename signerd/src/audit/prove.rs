@@ -1,0 +1,142 @@
+//! Inclusion proofs: that the record with a given `seq` (a client's receipt) is in the tree
+//! that a signed checkpoint commits to (RFC 6962 §2.1.1), and checking such a proof.
+//!
+//! The proof is built against the latest `audit.checkpoint` in the log and checked before it
+//! is printed. It must never be built from leaves that are not the log's lines in `seq`
+//! order, or against a tree head that no checkpoint signs.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::envelope;
+use super::merkle::{self, Hash};
+use super::note::{self, Checkpoint, VerifierKey};
+use super::segments::{self, LineReader, Next};
+
+/// An inclusion proof in the JSON form `signerctl audit prove` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionProof {
+    /// The record's `seq` (its leaf index).
+    pub seq: u64,
+    /// Its leaf hash, hex.
+    pub leaf_hash: String,
+    /// The tree size the proof is for.
+    pub tree_size: u64,
+    /// That tree's root, hex.
+    pub root: String,
+    /// The proof's hashes, hex, nearest sibling first.
+    pub proof: Vec<String>,
+    /// The signed checkpoint note for `tree_size` and `root`.
+    pub checkpoint: String,
+}
+
+fn decode_hash(what: &str, s: &str) -> Result<Hash, String> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).map_err(|_| format!("{what} is not 32 bytes of hex"))?;
+    Ok(out)
+}
+
+/// Builds the inclusion proof of record `seq` against the latest checkpoint in `dir`.
+pub fn prove(dir: &Path, seq: u64) -> Result<InclusionProof, String> {
+    let mut leaves: Vec<Hash> = Vec::new();
+    let mut latest: Option<(u64, String)> = None;
+    for seg in segments::list(dir)? {
+        let mut reader = LineReader::open(&seg.path)?;
+        loop {
+            let next = reader
+                .next_line()
+                .map_err(|e| format!("cannot read {}: {e}", seg.path.display()))?;
+            match next {
+                Next::Eof => break,
+                Next::TooLong { lineno, .. } => {
+                    return Err(format!("{}:{lineno} is not a record (too long)", seg.name));
+                }
+                Next::Line {
+                    bytes, terminated, ..
+                } if !terminated => {
+                    let _ = bytes;
+                    break;
+                }
+                Next::Line { bytes, lineno, .. } => {
+                    let env = envelope::parse(bytes).map_err(|e| {
+                        format!(
+                            "{}:{lineno} is not a valid record ({e}); run `signerctl audit verify`",
+                            seg.name
+                        )
+                    })?;
+                    if env.seq != leaves.len() as u64 {
+                        return Err(format!(
+                            "{}:{lineno} has seq {}, expected {}; run `signerctl audit verify`",
+                            seg.name,
+                            env.seq,
+                            leaves.len()
+                        ));
+                    }
+                    if env.kind == "audit.checkpoint" {
+                        #[derive(Deserialize)]
+                        struct Body {
+                            note: String,
+                        }
+                        let b: Body = serde_json::from_slice(bytes)
+                            .map_err(|e| format!("{}:{lineno}: {e}", seg.name))?;
+                        latest = Some((env.seq, b.note));
+                    }
+                    leaves.push(merkle::leaf_hash(bytes));
+                }
+            }
+        }
+    }
+    let Some((size, note_text)) = latest else {
+        return Err("the log has no checkpoint yet".to_owned());
+    };
+    if seq >= size {
+        return Err(format!(
+            "record {seq} is not covered by a checkpoint yet: the latest one covers {size} records (seq 0 to {}); a new checkpoint comes after at most checkpoint_every_records records or checkpoint_every_seconds seconds",
+            size.saturating_sub(1)
+        ));
+    }
+    let tree = &leaves[..size as usize];
+    let path = merkle::inclusion_proof(tree, seq).map_err(|e| e.to_string())?;
+    let root = merkle::root(tree);
+    let proof = InclusionProof {
+        seq,
+        leaf_hash: hex::encode(leaves[seq as usize]),
+        tree_size: size,
+        root: hex::encode(root),
+        proof: path.iter().map(hex::encode).collect(),
+        checkpoint: note_text,
+    };
+    check(&proof, None)?;
+    Ok(proof)
+}
+
+/// Checks a proof: the checkpoint parses (and is signed by `key`, if given) and names the
+/// proof's size and root, and the proof leads from the leaf hash to that root.
+pub fn check(proof: &InclusionProof, key: Option<&VerifierKey>) -> Result<Checkpoint, String> {
+    let checkpoint = match key {
+        Some(k) => note::verify_note(&proof.checkpoint, k),
+        None => note::parse_note(&proof.checkpoint).map(|(c, _)| c),
+    }
+    .map_err(|e| format!("checkpoint: {e}"))?;
+    let root = decode_hash("root", &proof.root)?;
+    if checkpoint.size != proof.tree_size || checkpoint.root != root {
+        return Err(format!(
+            "the checkpoint is for {} records with root {}, not the proof's {} and {}",
+            checkpoint.size,
+            hex::encode(checkpoint.root),
+            proof.tree_size,
+            proof.root
+        ));
+    }
+    let leaf = decode_hash("leaf_hash", &proof.leaf_hash)?;
+    let path = proof
+        .proof
+        .iter()
+        .map(|h| decode_hash("a proof hash", h))
+        .collect::<Result<Vec<_>, _>>()?;
+    merkle::verify_inclusion(&leaf, proof.seq, proof.tree_size, &path, &root)
+        .map_err(|e| format!("inclusion proof: {e}"))?;
+    Ok(checkpoint)
+}

@@ -1,0 +1,290 @@
+//! Reading the log for people: `signerctl audit query` (filter records by key, client,
+//! request id, type and time) and `signerctl audit tail` (the last records, and new ones as
+//! they are written, across segment rotation).
+//!
+//! Decisions and results carry only `req_id`; the query joins them to their request to know
+//! the client and key (see [`super::check`] for how). This module only reads; it must never
+//! print a line other than as its exact bytes in JSON output, and never print a partial line.
+
+use std::path::{Path, PathBuf};
+
+use super::check::Pairing;
+use super::envelope;
+use super::segments::{self, LineReader, Next};
+
+/// Which records to print. Every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// The key of the request the record belongs to.
+    pub key: Option<String>,
+    /// The client of the request the record belongs to.
+    pub client: Option<String>,
+    /// The record's `req_id`.
+    pub req_id: Option<String>,
+    /// The record type, exactly, or a prefix ending in `*` (`sign.*`).
+    pub kind: Option<String>,
+    /// Records written at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// Records written before this time (RFC 3339).
+    pub until: Option<String>,
+}
+
+/// A time filter normalized to the log's own `ts` format, so that comparing strings compares
+/// times.
+fn normalize_time(what: &str, s: &str) -> Result<String, String> {
+    let t = humantime::parse_rfc3339_weak(s)
+        .map_err(|e| format!("{what} {s:?} is not an RFC 3339 time: {e}"))?;
+    Ok(humantime::format_rfc3339_micros(t).to_string())
+}
+
+/// One matching record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    /// `seq`.
+    pub seq: u64,
+    /// `ts`.
+    pub ts: String,
+    /// `type`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `req_id`, if any.
+    pub req_id: Option<String>,
+    /// The client of its request, if known.
+    pub client: Option<String>,
+    /// The key of its request, if known.
+    pub key: Option<String>,
+    /// The line, exactly as on disk.
+    pub line: String,
+}
+
+/// Reads every record of `dir` in order and calls `out` with the ones matching `filter`.
+/// Returns how many matched.
+pub fn query(
+    dir: &Path,
+    filter: &Filter,
+    mut out: impl FnMut(&Row) -> Result<(), String>,
+) -> Result<u64, String> {
+    let since = filter
+        .since
+        .as_deref()
+        .map(|s| normalize_time("--since", s))
+        .transpose()?;
+    let until = filter
+        .until
+        .as_deref()
+        .map(|s| normalize_time("--until", s))
+        .transpose()?;
+    let kind_prefix = filter
+        .kind
+        .as_deref()
+        .and_then(|k| k.strip_suffix('*'))
+        .map(str::to_owned);
+    let mut pairing = Pairing::default();
+    let mut matched = 0u64;
+    for seg in segments::list(dir)? {
+        let mut reader = LineReader::open(&seg.path)?;
+        loop {
+            let next = reader
+                .next_line()
+                .map_err(|e| format!("cannot read {}: {e}", seg.path.display()))?;
+            let (bytes, lineno) = match next {
+                Next::Eof => break,
+                Next::TooLong { lineno, .. } => {
+                    return Err(format!("{}:{lineno} is not a record (too long)", seg.name));
+                }
+                Next::Line { terminated, .. } if !terminated => break,
+                Next::Line { bytes, lineno, .. } => (bytes, lineno),
+            };
+            let env = envelope::parse(bytes).map_err(|e| {
+                format!(
+                    "{}:{lineno} is not a valid record ({e}); run `signerctl audit verify`",
+                    seg.name
+                )
+            })?;
+            // Pairing errors are verification failures, not query failures: keep going.
+            let context = match env.kind {
+                "sign.request" => {
+                    let _ = pairing.request(env.seq, &env);
+                    None
+                }
+                "sign.decision" => pairing.decision(env.seq, &env).ok(),
+                "sign.result" => pairing.result(&env).ok(),
+                "audit.start" => {
+                    pairing.restart();
+                    None
+                }
+                _ => pairing.peek(&env).cloned(),
+            };
+            let client = env
+                .client
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| context.as_ref().and_then(|c| c.client.clone()));
+            let key = env
+                .key
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| context.as_ref().and_then(|c| c.key.clone()));
+            let req_id = env.req_id.as_str().map(str::to_owned);
+            let keep = filter.key.as_ref().is_none_or(|k| key.as_ref() == Some(k))
+                && filter
+                    .client
+                    .as_ref()
+                    .is_none_or(|c| client.as_ref() == Some(c))
+                && filter
+                    .req_id
+                    .as_ref()
+                    .is_none_or(|r| req_id.as_ref() == Some(r))
+                && match (&kind_prefix, &filter.kind) {
+                    (Some(p), _) => env.kind.starts_with(p.as_str()),
+                    (None, Some(k)) => env.kind == k,
+                    (None, None) => true,
+                }
+                && since.as_ref().is_none_or(|s| env.ts >= s.as_str())
+                && until.as_ref().is_none_or(|u| env.ts < u.as_str());
+            if keep {
+                matched += 1;
+                out(&Row {
+                    seq: env.seq,
+                    ts: env.ts.to_owned(),
+                    kind: env.kind.to_owned(),
+                    req_id,
+                    client,
+                    key,
+                    line: String::from_utf8_lossy(bytes).into_owned(),
+                })?;
+            }
+        }
+    }
+    Ok(matched)
+}
+
+/// A short description of a record for table output: the decision, status or reason.
+pub fn summary(line: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+        return String::new();
+    };
+    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
+    match v.get("type").and_then(|t| t.as_str()).unwrap_or("") {
+        "sign.request" => s("method"),
+        "sign.decision" => {
+            let rules = v
+                .get("rules")
+                .and_then(|r| r.as_array())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .unwrap_or_default();
+            format!("{} [{rules}]", s("decision"))
+        }
+        "sign.result" => s("status"),
+        "auth.failure" => s("reason"),
+        "audit.checkpoint" => format!(
+            "size {}",
+            v.get("size").and_then(|x| x.as_u64()).unwrap_or(0)
+        ),
+        "audit.recover" => format!(
+            "cut {} bytes, saved as {}",
+            v.get("bytes").and_then(|x| x.as_u64()).unwrap_or(0),
+            s("saved_as")
+        ),
+        "audit.segment_open" => format!("after {}", s("previous")),
+        _ => String::new(),
+    }
+}
+
+/// Follows a log: the last complete lines, then new ones as they are written, moving to the
+/// next segment when one appears.
+#[derive(Debug)]
+pub struct Follower {
+    dir: PathBuf,
+    segment: u64,
+    offset: u64,
+}
+
+impl Follower {
+    /// The last `n` complete lines of the log in `dir`, and a follower positioned after them.
+    pub fn start(dir: &Path, n: usize) -> Result<(Vec<String>, Follower), String> {
+        let segs = segments::list(dir)?;
+        let mut last: std::collections::VecDeque<String> =
+            std::collections::VecDeque::with_capacity(n.min(4096) + 1);
+        let mut follower = Follower {
+            dir: dir.to_owned(),
+            segment: 1,
+            offset: 0,
+        };
+        for seg in &segs {
+            let mut reader = LineReader::open(&seg.path)?;
+            let mut complete = 0u64;
+            loop {
+                let next = reader
+                    .next_line()
+                    .map_err(|e| format!("cannot read {}: {e}", seg.path.display()))?;
+                match next {
+                    Next::Line {
+                        bytes,
+                        terminated: true,
+                        offset,
+                        ..
+                    } => {
+                        complete = offset + bytes.len() as u64 + 1;
+                        if n > 0 {
+                            if last.len() == n {
+                                last.pop_front();
+                            }
+                            last.push_back(String::from_utf8_lossy(bytes).into_owned());
+                        }
+                    }
+                    Next::TooLong { lineno, .. } => {
+                        return Err(format!("{}:{lineno} is not a record (too long)", seg.name));
+                    }
+                    _ => break,
+                }
+            }
+            follower.segment = seg.no;
+            follower.offset = complete;
+        }
+        Ok((last.into_iter().collect(), follower))
+    }
+
+    /// Complete lines written since the last call.
+    pub fn poll(&mut self) -> Result<Vec<String>, String> {
+        use std::io::{Read, Seek};
+        let mut out = Vec::new();
+        loop {
+            let path = self.dir.join(segments::segment_name(self.segment));
+            // Checked before reading: the seal is written before the next segment exists, so
+            // if the next one exists now, this read sees the sealed segment's last bytes.
+            let has_next = self
+                .dir
+                .join(segments::segment_name(self.segment + 1))
+                .exists();
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            };
+            let mut new = Vec::new();
+            file.seek(std::io::SeekFrom::Start(self.offset))
+                .and_then(|_| file.read_to_end(&mut new))
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let complete = new.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+            for line in new[..complete]
+                .split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+            {
+                out.push(String::from_utf8_lossy(line).into_owned());
+            }
+            self.offset += complete as u64;
+            if has_next && complete == new.len() {
+                self.segment += 1;
+                self.offset = 0;
+                continue;
+            }
+            return Ok(out);
+        }
+    }
+}

@@ -1,0 +1,1450 @@
+//! Tests of the audit log against real files: envelope and chain, group commit, fail-closed
+//! cases, checkpoints, rotation, crash recovery (every byte offset of a torn tail), and the
+//! verifier catching each kind of tampering.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::note::{MemorySigner, verify_note};
+use super::verify::{VerifyOptions, verify_dir};
+use super::*;
+
+/// Pretended free space per directory (see [`super::free_bytes`]).
+static FAKE_FREE: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
+
+pub(super) fn fake_free(dir: &Path) -> Option<u64> {
+    let fake = FAKE_FREE.lock().unwrap_or_else(|p| p.into_inner());
+    fake.iter().find(|(d, _)| d == dir).map(|(_, v)| *v)
+}
+
+fn set_fake_free(dir: &Path, free: u64) {
+    let mut fake = FAKE_FREE.lock().unwrap();
+    fake.retain(|(d, _)| d != dir);
+    fake.push((dir.to_owned(), free));
+}
+
+/// A unique directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "signerd-audit-{name}-{}-{nanos}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        TempDir(dir)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+    fn segment(&self) -> PathBuf {
+        self.seg(1)
+    }
+    fn seg(&self, n: u64) -> PathBuf {
+        self.0.join(segments::segment_name(n))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Sealed segments are read-only; the directory is ours, so removal still works.
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const ORIGIN: &str = "test.example/audit";
+
+fn signer() -> Arc<MemorySigner> {
+    Arc::new(MemorySigner::from_seed(ORIGIN, [42; 32]))
+}
+
+fn vkey() -> VerifierKey {
+    let s = signer();
+    VerifierKey::new(ORIGIN, &s.public_key()).unwrap()
+}
+
+fn opts() -> AuditOptions {
+    AuditOptions {
+        min_free_bytes: Some(0),
+        ..AuditOptions::new(signer())
+    }
+}
+
+/// Independent of the implementation: ring's SHA-256 over 0x00 || line.
+fn ring_leaf(line: &[u8]) -> [u8; 32] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(&[0u8]);
+    ctx.update(line);
+    ctx.finish().as_ref().try_into().unwrap()
+}
+
+fn ring_sha(data: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+fn lines(path: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(path).unwrap();
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    assert_eq!(bytes.last(), Some(&b'\n'));
+    bytes[..bytes.len() - 1]
+        .split(|b| *b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
+/// Every line of every segment, in order.
+fn all_lines(dir: &Path) -> Vec<Vec<u8>> {
+    segments::list(dir)
+        .unwrap()
+        .iter()
+        .flat_map(|s| lines(&s.path))
+        .collect()
+}
+
+fn json(line: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(line).unwrap()
+}
+
+fn types(dir: &Path) -> Vec<String> {
+    all_lines(dir)
+        .iter()
+        .map(|l| json(l)["type"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn verify(dir: &Path) -> verify::Report {
+    verify_dir(
+        dir,
+        &VerifyOptions {
+            key: Some(vkey()),
+            checkpoints: Vec::new(),
+        },
+    )
+    .unwrap_or_else(|f| panic!("verify {}: {f}", dir.display()))
+}
+
+fn verify_err(dir: &Path) -> String {
+    match verify_dir(
+        dir,
+        &VerifyOptions {
+            key: Some(vkey()),
+            checkpoints: Vec::new(),
+        },
+    ) {
+        Ok(r) => panic!("verify passed: {r:?}"),
+        Err(f) => f.to_string(),
+    }
+}
+
+/// Checks envelope order, seq and chain of all segments; returns the leaf hashes.
+fn check_chain(dir: &Path) -> Vec<[u8; 32]> {
+    let mut prev = [0u8; 32];
+    let mut leaves = Vec::new();
+    for (i, line) in all_lines(dir).iter().enumerate() {
+        let text = std::str::from_utf8(line).unwrap();
+        let prefix = format!("{{\"v\":1,\"seq\":{i},\"ts\":\"");
+        assert!(text.starts_with(&prefix), "line {i}: {text}");
+        let ts = &text[prefix.len()..prefix.len() + 27];
+        assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "ts {ts}");
+        humantime::parse_rfc3339(ts).unwrap();
+        assert!(
+            text[prefix.len() + 27..].starts_with("\",\"type\":\""),
+            "{text}"
+        );
+        let suffix = format!(",\"prev\":\"{}\"}}", hex::encode(prev));
+        assert!(text.ends_with(&suffix), "line {i}: {text}");
+        prev = ring_leaf(line);
+        leaves.push(prev);
+    }
+    leaves
+}
+
+fn join(lines: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for l in lines {
+        out.extend_from_slice(l);
+        out.push(b'\n');
+    }
+    out
+}
+
+fn open_err_with(dir: &Path, o: AuditOptions) -> String {
+    match AuditLog::open(dir, o) {
+        Ok(_) => panic!("opened"),
+        Err(e) => {
+            assert!(matches!(e, AuditError::Open(_)), "{e}");
+            e.to_string()
+        }
+    }
+}
+
+fn open_err(dir: &Path) -> String {
+    open_err_with(dir, opts())
+}
+
+/// Opens after a simulated crash: the dropped writer thread releases the lock shortly.
+fn reopen(dir: &Path, o: AuditOptions) -> AuditLog {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match AuditLog::open(dir, o.clone()) {
+            Ok(log) => return log,
+            Err(e)
+                if e.to_string().contains("is locked") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("reopen {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// Drops the log without shutdown (a crash as far as the files are concerned) and waits
+/// until its writer has released the directory.
+fn crash(log: AuditLog) {
+    drop(log);
+}
+
+#[tokio::test]
+async fn writes_exact_envelope_chain_and_final_checkpoint() {
+    let dir = TempDir::new("envelope");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    assert_eq!(log.verifier_key(), &vkey());
+    log.append(
+        Record::new("sign.request")
+            .field("req_id", "r1")
+            .field("amount", 5),
+    )
+    .unwrap();
+    let receipt = log
+        .append_durable(
+            Record::new("x.result")
+                .field("zulu", "last-alphabetically-first")
+                .field("alpha", serde_json::json!({"b": 2, "a": 1}))
+                .field("rule", Option::<&str>::None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(receipt.seq, 2);
+    log.shutdown().await.unwrap();
+
+    let leaves = check_chain(dir.path());
+    let lines = lines(&dir.segment());
+    assert_eq!(lines.len(), 5);
+    assert_eq!(receipt.leaf_hash, leaves[2]);
+    let start = json(&lines[0]);
+    assert_eq!(start["type"], "audit.start");
+    assert_eq!(start["pid"], std::process::id());
+    assert_eq!(start["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(start["checkpoint_key"], vkey().to_string());
+    let text = std::str::from_utf8(&lines[0]).unwrap();
+    assert!(text.contains("\"type\":\"audit.start\",\"pid\":"), "{text}");
+    assert!(text.ends_with(&format!(",\"prev\":\"{}\"}}", "0".repeat(64))));
+    let text = std::str::from_utf8(&lines[1]).unwrap();
+    assert!(
+        text.contains(r#""type":"sign.request","req_id":"r1","amount":5,"prev":"#),
+        "{text}"
+    );
+    let text = std::str::from_utf8(&lines[2]).unwrap();
+    assert!(
+        text.contains(r#""type":"x.result","zulu":"last-alphabetically-first","alpha":{"a":1,"b":2},"rule":null,"prev":"#),
+        "{text}"
+    );
+    assert_eq!(json(&lines[3])["type"], "audit.stop");
+
+    // The final checkpoint covers every record before it, audit.stop included.
+    let cp = json(&lines[4]);
+    assert_eq!(cp["type"], "audit.checkpoint");
+    assert_eq!(cp["size"], 4);
+    let root = merkle::root(&leaves[..4]);
+    assert_eq!(cp["root"], hex::encode(root));
+    let note = cp["note"].as_str().unwrap();
+    let checked = verify_note(note, &vkey()).unwrap();
+    assert_eq!(checked.size, 4);
+    assert_eq!(checked.root, root);
+    assert_eq!(checked.origin, ORIGIN);
+    let file = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
+    assert_eq!(file, note);
+
+    // The directory is private.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    let r = verify(dir.path());
+    assert_eq!(r.stats.records, 5);
+    assert_eq!(r.unattested, 0);
+    assert!(r.checkpoint_file);
+}
+
+#[tokio::test]
+async fn reopen_continues_seq_prev_and_tree() {
+    let dir = TempDir::new("reopen");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.append_durable(Record::new("x.one")).await.unwrap();
+    log.shutdown().await.unwrap();
+    let before = lines(&dir.segment());
+    assert_eq!(before.len(), 4);
+
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    let receipt = log.append_durable(Record::new("x.two")).await.unwrap();
+    assert_eq!(receipt.seq, 5);
+    log.shutdown().await.unwrap();
+
+    let leaves = check_chain(dir.path());
+    let after = lines(&dir.segment());
+    assert_eq!(&after[..4], &before[..]);
+    assert_eq!(json(&after[4])["type"], "audit.start");
+    assert_eq!(json(&after[4])["prev"], hex::encode(ring_leaf(&before[3])));
+    assert_eq!(receipt.leaf_hash, leaves[5]);
+    assert_eq!(after.len(), 8);
+    let r = verify(dir.path());
+    assert_eq!(r.stats.checkpoints, 2);
+    assert_eq!(r.stats.starts, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_many_concurrent_durable_appends() {
+    let dir = TempDir::new("group");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..1000u32 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let r = log
+                .append_durable(Record::new("t.n").field("i", i))
+                .await
+                .unwrap();
+            (i, r)
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    log.shutdown().await.unwrap();
+
+    let leaves = check_chain(dir.path());
+    let lines = lines(&dir.segment());
+    let mut seen = std::collections::HashSet::new();
+    for (i, r) in &results {
+        assert!(seen.insert(r.seq), "seq {} given twice", r.seq);
+        let line = json(&lines[r.seq as usize]);
+        assert_eq!(line["type"], "t.n");
+        assert_eq!(line["i"], *i);
+        assert_eq!(r.leaf_hash, leaves[r.seq as usize]);
+    }
+    assert_eq!(json(&lines[0])["type"], "audit.start");
+    let t = types(dir.path());
+    assert_eq!(t.iter().filter(|t| *t == "t.n").count(), 1000);
+    assert_eq!(t[t.len() - 2], "audit.stop");
+    assert_eq!(t[t.len() - 1], "audit.checkpoint");
+    verify(dir.path());
+}
+
+#[tokio::test]
+async fn deleted_segment_fails_closed() {
+    let dir = TempDir::new("deleted");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.append_durable(Record::new("x.one")).await.unwrap();
+    let mut health = log.health();
+    assert!(*health.borrow());
+    // A handle on the same inode, to see what the writer does after the unlink.
+    let original = std::fs::File::open(dir.segment()).unwrap();
+    let before = std::fs::read(dir.segment()).unwrap();
+    std::fs::remove_file(dir.segment()).unwrap();
+
+    let err = log.append_durable(Record::new("x.two")).await.unwrap_err();
+    assert!(matches!(err, AuditError::Unavailable(_)));
+    let msg = err.to_string();
+    assert!(msg.contains("was deleted while open"), "{msg}");
+    assert!(
+        msg.contains("signing is stopped until an operator restarts signerd"),
+        "{msg}"
+    );
+    health.changed().await.unwrap();
+    assert!(!*health.borrow());
+    assert!(!log.is_healthy());
+
+    let err = log.append(Record::new("x.three")).unwrap_err();
+    assert!(err.to_string().contains("was deleted while open"), "{err}");
+    let err = log.append_durable(Record::new("x.four")).await.unwrap_err();
+    assert!(matches!(err, AuditError::Unavailable(_)));
+    assert!(log.shutdown().await.is_err());
+
+    let mut after = Vec::new();
+    std::io::Read::read_to_end(&mut &original, &mut after).unwrap();
+    assert_eq!(after, before, "nothing may be written after the failure");
+    assert!(
+        !dir.segment().exists(),
+        "the writer must not recreate the segment"
+    );
+}
+
+#[tokio::test]
+async fn replaced_segment_fails_closed() {
+    let dir = TempDir::new("replaced");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.append_durable(Record::new("x.one")).await.unwrap();
+    let original = std::fs::File::open(dir.segment()).unwrap();
+    let before = std::fs::read(dir.segment()).unwrap();
+    let other = dir.path().join("other");
+    std::fs::write(&other, b"not the log\n").unwrap();
+    std::fs::rename(&other, dir.segment()).unwrap();
+
+    let err = log.append_durable(Record::new("x.two")).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("was replaced while open"), "{msg}");
+    assert!(!log.is_healthy());
+    assert!(!*log.health().borrow());
+    assert!(log.append(Record::new("x.three")).is_err());
+
+    assert_eq!(std::fs::read(dir.segment()).unwrap(), b"not the log\n");
+    let mut after = Vec::new();
+    std::io::Read::read_to_end(&mut &original, &mut after).unwrap();
+    assert_eq!(after, before);
+}
+
+#[tokio::test]
+async fn write_error_fails_closed() {
+    let full = std::fs::OpenOptions::new()
+        .append(true)
+        .open("/dev/full")
+        .unwrap();
+    let log = AuditLog::with_file(full, Path::new("/dev/full"), opts()).unwrap();
+    let mut health = log.health();
+    let err = log.append_durable(Record::new("x.one")).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with("audit log unavailable: write to /dev/full failed: "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("No space left on device (os error 28)"),
+        "{msg}"
+    );
+    assert!(
+        msg.ends_with("; signing is stopped until an operator restarts signerd"),
+        "{msg}"
+    );
+    health.changed().await.unwrap();
+    assert!(!*health.borrow());
+    let err = log.append(Record::new("x.two")).unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+    let err = log
+        .append_durable(Record::new("x.three"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("No space left on device"), "{err}");
+}
+
+#[tokio::test]
+async fn free_space_floor_refuses_open_and_stops_signing() {
+    let dir = TempDir::new("freespace");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let floor = AuditOptions {
+        min_free_bytes: Some(1 << 20),
+        ..opts()
+    };
+    set_fake_free(dir.path(), 1000);
+    let msg = open_err_with(dir.path(), floor.clone());
+    assert!(
+        msg.contains("has 1000 bytes free, less than audit.min_free_bytes = 1048576"),
+        "{msg}"
+    );
+    assert!(segments::list(dir.path()).unwrap().is_empty());
+
+    set_fake_free(dir.path(), 10 << 20);
+    let log = AuditLog::open(dir.path(), floor).unwrap();
+    log.append_durable(Record::new("x.one")).await.unwrap();
+    let before = std::fs::read(dir.segment()).unwrap();
+    set_fake_free(dir.path(), (1 << 20) - 1);
+    let mut health = log.health();
+    let err = log.append_durable(Record::new("x.two")).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("has 1048575 bytes free, less than audit.min_free_bytes = 1048576"),
+        "{msg}"
+    );
+    assert!(msg.contains("signing is stopped"), "{msg}");
+    health.changed().await.unwrap();
+    assert!(!*health.borrow());
+    assert!(log.append(Record::new("x.three")).is_err());
+    assert_eq!(std::fs::read(dir.segment()).unwrap(), before);
+    set_fake_free(dir.path(), u64::MAX);
+}
+
+#[tokio::test]
+async fn shutdown_stops_appends() {
+    let dir = TempDir::new("shutdown");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.shutdown().await.unwrap();
+    log.shutdown().await.unwrap();
+    assert!(!log.is_healthy());
+    let err = log.append(Record::new("x.one")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "audit log unavailable: the audit log is shut down"
+    );
+    let err = log.append_durable(Record::new("x.one")).await.unwrap_err();
+    assert!(matches!(err, AuditError::Unavailable(_)));
+    assert_eq!(
+        types(dir.path()),
+        ["audit.start", "audit.stop", "audit.checkpoint"]
+    );
+}
+
+#[tokio::test]
+async fn invalid_record_is_refused_and_log_stays_healthy() {
+    let dir = TempDir::new("invalid");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    let err = log
+        .append(Record::new("x.one").field("seq", 7))
+        .unwrap_err();
+    assert!(matches!(err, AuditError::InvalidRecord(_)), "{err}");
+    assert!(log.is_healthy());
+    assert_eq!(
+        log.append_durable(Record::new("x.two")).await.unwrap().seq,
+        1
+    );
+    log.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn checkpoints_every_n_records() {
+    let dir = TempDir::new("cp-records");
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            checkpoint_every_records: 5,
+            ..opts()
+        },
+    )
+    .unwrap();
+    for i in 0..23u32 {
+        log.append_durable(Record::new("x.n").field("i", i))
+            .await
+            .unwrap();
+    }
+    log.shutdown().await.unwrap();
+    let leaves = check_chain(dir.path());
+    let lines = all_lines(dir.path());
+    let mut last = None;
+    let mut count = 0;
+    for (seq, l) in lines.iter().enumerate() {
+        let v = json(l);
+        if v["type"] == "audit.checkpoint" {
+            count += 1;
+            assert_eq!(v["size"], seq as u64);
+            assert_eq!(v["root"], hex::encode(merkle::root(&leaves[..seq])));
+            let cp = verify_note(v["note"].as_str().unwrap(), &vkey()).unwrap();
+            assert_eq!(cp.size, seq as u64);
+            // Never more than 5 records between checkpoints (one batch may overshoot when
+            // several records are queued at once; here every append waits).
+            if let Some(prev) = last {
+                assert!(seq - prev - 1 <= 5, "checkpoints at {prev} and {seq}");
+            }
+            last = Some(seq);
+        }
+    }
+    assert!(count >= 5, "{count} checkpoints");
+    let r = verify(dir.path());
+    assert_eq!(r.stats.checkpoints, count);
+    assert_eq!(r.unattested, 0);
+}
+
+#[tokio::test]
+async fn checkpoint_after_t_seconds_and_not_when_idle() {
+    let dir = TempDir::new("cp-time");
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            checkpoint_every: Duration::from_millis(200),
+            ..opts()
+        },
+    )
+    .unwrap();
+    log.append_durable(Record::new("x.one")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let t = types(dir.path());
+    assert_eq!(t, ["audit.start", "x.one", "audit.checkpoint"]);
+    let first = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
+    // Idle: no new records, so no new checkpoint.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(types(dir.path()).len(), 3);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("checkpoint")).unwrap(),
+        first
+    );
+    log.shutdown().await.unwrap();
+    verify(dir.path());
+}
+
+fn sha_of(path: &Path) -> String {
+    ring_sha(&std::fs::read(path).unwrap())
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// Checks the chaining of every segment in `dir` independently of the verifier.
+fn check_segments(dir: &Path) -> usize {
+    let segs = segments::list(dir).unwrap();
+    for (i, s) in segs.iter().enumerate() {
+        let l = lines(&s.path);
+        if i + 1 < segs.len() {
+            let seal = json(l.last().unwrap());
+            assert_eq!(seal["type"], "audit.segment_seal", "{}", s.name);
+            assert_eq!(seal["segment"], s.name);
+            assert_eq!(seal["records"], l.len() as u64);
+            assert_eq!(seal["first_seq"], json(&l[0])["seq"]);
+            assert_eq!(mode(&s.path), 0o400, "{} must be read-only", s.name);
+        } else {
+            assert_eq!(mode(&s.path), 0o600);
+        }
+        if i > 0 {
+            let open = json(&l[0]);
+            assert_eq!(open["type"], "audit.segment_open");
+            assert_eq!(open["segment"], s.name);
+            assert_eq!(open["previous"], segs[i - 1].name);
+            assert_eq!(open["previous_sha256"], sha_of(&segs[i - 1].path));
+            assert_eq!(
+                open["previous_bytes"],
+                std::fs::metadata(&segs[i - 1].path).unwrap().len()
+            );
+            assert_eq!(json(&l[1])["type"], "audit.checkpoint");
+        }
+    }
+    segs.len()
+}
+
+#[tokio::test]
+async fn rotation_by_size_keeps_seq_chain_and_tree() {
+    let dir = TempDir::new("rotate-size");
+    let small = AuditOptions {
+        max_segment_bytes: 4000,
+        ..opts()
+    };
+    let log = AuditLog::open(dir.path(), small.clone()).unwrap();
+    let pad = "p".repeat(100);
+    let mut receipts = Vec::new();
+    for i in 0..100u32 {
+        receipts.push(
+            log.append_durable(Record::new("x.n").field("i", i).field("pad", pad.as_str()))
+                .await
+                .unwrap(),
+        );
+    }
+    log.shutdown().await.unwrap();
+    let n = check_segments(dir.path());
+    assert!(n >= 4, "{n} segments");
+    let leaves = check_chain(dir.path());
+    for r in &receipts {
+        assert_eq!(r.leaf_hash, leaves[r.seq as usize]);
+    }
+    let r = verify(dir.path());
+    assert_eq!(r.segments.len(), n);
+
+    // Reopen: continues in the last segment, and rotation goes on from there.
+    let log = AuditLog::open(dir.path(), small).unwrap();
+    for i in 0..40u32 {
+        log.append_durable(Record::new("x.m").field("i", i).field("pad", pad.as_str()))
+            .await
+            .unwrap();
+    }
+    log.shutdown().await.unwrap();
+    assert!(check_segments(dir.path()) > n);
+    check_chain(dir.path());
+    verify(dir.path());
+}
+
+#[tokio::test]
+async fn rotation_by_age() {
+    let dir = TempDir::new("rotate-age");
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            max_segment_age: Duration::from_millis(300),
+            ..opts()
+        },
+    )
+    .unwrap();
+    log.append_durable(Record::new("x.one")).await.unwrap();
+    // The writer wakes up by itself when the segment is old enough.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !dir.seg(2).exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(dir.seg(2).exists(), "no rotation after the segment aged");
+    // A segment holding only its own header does not rotate again.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!dir.seg(3).exists());
+    log.append_durable(Record::new("x.two")).await.unwrap();
+    log.shutdown().await.unwrap();
+    check_segments(dir.path());
+    verify(dir.path());
+}
+
+/// A log with a start, a request that was allowed and signed, and whatever `extra` adds.
+async fn log_with_requests(dir: &TempDir, o: AuditOptions) -> AuditLog {
+    let log = AuditLog::open(dir.path(), o).unwrap();
+    for (req, decision) in [("ok", "allow"), ("no", "deny")] {
+        log.append(
+            Record::new("sign.request")
+                .field("req_id", req)
+                .field("client", "app")
+                .field("key", "hot"),
+        )
+        .unwrap();
+        log.append(
+            Record::new("sign.decision")
+                .field("req_id", req)
+                .field("decision", decision),
+        )
+        .unwrap();
+        log.append_durable(Record::new("sign.result").field("req_id", req).field(
+            "status",
+            if decision == "allow" {
+                "signed"
+            } else {
+                "denied"
+            },
+        ))
+        .await
+        .unwrap();
+    }
+    log
+}
+
+#[tokio::test]
+async fn crash_with_allowed_request_records_unknown_crash() {
+    let dir = TempDir::new("unknown-crash");
+    let log = log_with_requests(&dir, opts()).await;
+    // Allowed, no result (the daemon dies while signing).
+    for (req, decision) in [
+        ("lost", Some("allow")),
+        ("refused", Some("deny")),
+        ("early", None),
+    ] {
+        log.append(
+            Record::new("sign.request")
+                .field("req_id", req)
+                .field("client", "app"),
+        )
+        .unwrap();
+        if let Some(d) = decision {
+            log.append(
+                Record::new("sign.decision")
+                    .field("req_id", req)
+                    .field("decision", d),
+            )
+            .unwrap();
+        }
+    }
+    log.append_durable(Record::new("x.sync")).await.unwrap();
+    let before = all_lines(dir.path()).len();
+    crash(log);
+    // A live verifier sees the allowed request as pending, not as a failure.
+    let r = verify(dir.path());
+    assert_eq!(r.pending.len(), 1);
+    assert_eq!(r.pending[0].req_id.as_deref(), Some("lost"));
+
+    let log = reopen(dir.path(), opts());
+    log.shutdown().await.unwrap();
+    let lines = all_lines(dir.path());
+    let new: Vec<serde_json::Value> = lines[before..].iter().map(|l| json(l)).collect();
+    assert_eq!(new[0]["type"], "sign.result");
+    assert_eq!(new[0]["req_id"], "lost");
+    assert_eq!(new[0]["status"], "unknown_crash");
+    let decision_seq = lines
+        .iter()
+        .map(|l| json(l))
+        .find(|v| v["type"] == "sign.decision" && v["req_id"] == "lost")
+        .unwrap()["seq"]
+        .clone();
+    assert_eq!(new[0]["decision_seq"], decision_seq);
+    assert_eq!(new[1]["type"], "audit.start");
+    assert_eq!(new.len(), 4, "{new:?}");
+    let r = verify(dir.path());
+    assert!(r.pending.is_empty());
+    assert_eq!(r.stats.results.get("unknown_crash"), Some(&1));
+    assert_eq!(r.stats.abandoned, 2);
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_saved_and_recorded() {
+    let dir = TempDir::new("torn");
+    let log = log_with_requests(&dir, opts()).await;
+    log.shutdown().await.unwrap();
+    let records = all_lines(dir.path()).len();
+    let mut bytes = std::fs::read(dir.segment()).unwrap();
+    let offset = bytes.len();
+    let torn = b"{\"v\":1,\"seq\":10,\"ts\"";
+    bytes.extend_from_slice(torn);
+    std::fs::write(dir.segment(), &bytes).unwrap();
+
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.shutdown().await.unwrap();
+    let lines = all_lines(dir.path());
+    let rec = json(&lines[records]);
+    assert_eq!(rec["type"], "audit.recover");
+    assert_eq!(rec["seq"], records as u64);
+    assert_eq!(rec["segment"], "segment-00000001.jsonl");
+    assert_eq!(rec["offset"], offset as u64);
+    assert_eq!(rec["bytes"], torn.len() as u64);
+    assert_eq!(rec["sha256"], ring_sha(torn));
+    let saved = rec["saved_as"].as_str().unwrap();
+    assert!(
+        saved.starts_with(&format!("recovered/torn-{records}-")) && saved.ends_with("Z.bin"),
+        "{saved}"
+    );
+    assert_eq!(std::fs::read(dir.path().join(saved)).unwrap(), torn);
+    assert_eq!(json(&lines[records + 1])["type"], "audit.start");
+    let r = verify(dir.path());
+    assert_eq!(r.stats.recoveries, 1);
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+}
+
+#[tokio::test]
+async fn terminated_garbage_final_line_is_cut() {
+    let dir = TempDir::new("torn-zeros");
+    let log = log_with_requests(&dir, opts()).await;
+    log.shutdown().await.unwrap();
+    let mut bytes = std::fs::read(dir.segment()).unwrap();
+    bytes.extend_from_slice(&[0, 0, 0, 0, b'\n']);
+    std::fs::write(dir.segment(), &bytes).unwrap();
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.shutdown().await.unwrap();
+    let recover = all_lines(dir.path())
+        .iter()
+        .map(|l| json(l))
+        .find(|v| v["type"] == "audit.recover")
+        .unwrap();
+    assert_eq!(recover["bytes"], 5);
+    verify(dir.path());
+}
+
+#[tokio::test]
+async fn refuses_corruption_followed_by_records() {
+    let dir = TempDir::new("corrupt");
+    let log = log_with_requests(&dir, opts()).await;
+    log.shutdown().await.unwrap();
+    let mut l = lines(&dir.segment());
+    l[3] = vec![0; 40];
+    std::fs::write(dir.segment(), join(&l)).unwrap();
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains("segment-00000001.jsonl:4 (seq 3): not a valid record"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("so this is corruption, not a torn write"),
+        "{msg}"
+    );
+    assert!(!dir.path().join("recovered").exists());
+}
+
+#[tokio::test]
+async fn refuses_valid_json_final_line_that_is_not_a_record() {
+    let dir = TempDir::new("json-tail");
+    let log = log_with_requests(&dir, opts()).await;
+    log.shutdown().await.unwrap();
+    let mut bytes = std::fs::read(dir.segment()).unwrap();
+    bytes.extend_from_slice(b"{\"v\":1,\"seq\":99}\n");
+    std::fs::write(dir.segment(), &bytes).unwrap();
+    let msg = open_err(dir.path());
+    assert!(msg.contains("not a valid record"), "{msg}");
+    assert!(msg.contains("refusing to start"), "{msg}");
+}
+
+#[tokio::test]
+async fn refuses_broken_chain() {
+    let dir = TempDir::new("chain");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.append_durable(Record::new("x.one").field("note", "hello"))
+        .await
+        .unwrap();
+    log.shutdown().await.unwrap();
+    let mut lines = lines(&dir.segment());
+    // Edit one byte of line 2's body: it still parses, but line 3's prev no longer matches.
+    let pos = lines[1].windows(5).position(|w| w == b"hello").unwrap();
+    lines[1][pos] = b'j';
+    std::fs::write(dir.segment(), join(&lines)).unwrap();
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains("segment-00000001.jsonl:3 (seq 2): prev is"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("(the leaf hash of the previous record): the hash chain is broken"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_seq_gap() {
+    let dir = TempDir::new("gap");
+    let log = log_with_requests(&dir, opts()).await;
+    log.shutdown().await.unwrap();
+    let mut l = lines(&dir.segment());
+    l.remove(2);
+    std::fs::write(dir.segment(), join(&l)).unwrap();
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains(":3 (seq 3): seq is 3, expected 2: the sequence has a gap or is out of order"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_log_shorter_than_checkpoint_file() {
+    let dir = TempDir::new("short");
+    let log = log_with_requests(&dir, opts()).await;
+    log.shutdown().await.unwrap();
+    let l = lines(&dir.segment());
+    // Whole lines removed: the chain of what is left is intact.
+    std::fs::write(dir.segment(), join(&l[..l.len() - 3])).unwrap();
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains("the log has 6 records, but the checkpoint in"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("covers 8: records at the end were removed"),
+        "{msg}"
+    );
+    let v = verify_err(dir.path());
+    assert!(v.contains("covers 8"), "{v}");
+}
+
+#[tokio::test]
+async fn refuses_checkpoints_of_another_key_or_origin() {
+    let dir = TempDir::new("otherkey");
+    let log = log_with_requests(&dir, opts()).await;
+    log.shutdown().await.unwrap();
+    let other = AuditOptions {
+        signer: Arc::new(MemorySigner::from_seed(ORIGIN, [7; 32])),
+        ..opts()
+    };
+    let msg = open_err_with(dir.path(), other);
+    assert!(msg.contains("checkpoint"), "{msg}");
+    assert!(
+        msg.contains("the audit key or audit.origin changed"),
+        "{msg}"
+    );
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let renamed = AuditOptions {
+        signer: Arc::new(MemorySigner::from_seed("other.origin", [42; 32])),
+        ..opts()
+    };
+    let msg = open_err_with(dir.path(), renamed);
+    assert!(msg.contains("checkpoint signature"), "{msg}");
+}
+
+#[tokio::test]
+async fn refuses_wrong_file_types_gaps_and_second_writer() {
+    let dir = TempDir::new("types");
+    std::fs::create_dir_all(dir.path()).unwrap();
+    let not_dir = dir.path().join("file");
+    std::fs::write(&not_dir, b"").unwrap();
+    assert!(open_err(&not_dir).ends_with("file exists but is not a directory"));
+
+    std::fs::create_dir(dir.segment()).unwrap();
+    let msg = open_err(dir.path());
+    assert!(
+        msg.ends_with("segment-00000001.jsonl exists but is a directory, not a regular file"),
+        "{msg}"
+    );
+    std::fs::remove_dir(dir.segment()).unwrap();
+
+    std::os::unix::fs::symlink("/dev/null", dir.segment()).unwrap();
+    assert!(open_err(dir.path()).ends_with("is a symbolic link, not a regular file"));
+    std::fs::remove_file(dir.segment()).unwrap();
+
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    let msg = open_err(dir.path());
+    assert!(msg.contains("is locked: another signerd"), "{msg}");
+    log.shutdown().await.unwrap();
+
+    std::fs::write(dir.seg(3), b"").unwrap();
+    let msg = open_err(dir.path());
+    assert!(msg.contains("segment-00000002.jsonl is missing"), "{msg}");
+    std::fs::rename(dir.seg(3), dir.seg(2)).unwrap();
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains("segment-00000001.jsonl does not end with audit.segment_seal, but segment-00000002.jsonl follows it"),
+        "{msg}"
+    );
+}
+
+/// A log that has rotated once: segment 1 ends with its seal, segment 2 starts with
+/// `audit.segment_open` and a checkpoint.
+async fn rotated_log(dir: &TempDir) {
+    let o = AuditOptions {
+        max_segment_bytes: 1500,
+        ..opts()
+    };
+    let log = AuditLog::open(dir.path(), o).unwrap();
+    let mut i = 0u32;
+    while !dir.seg(2).exists() {
+        log.append_durable(
+            Record::new("x.n")
+                .field("i", i)
+                .field("pad", "p".repeat(200)),
+        )
+        .await
+        .unwrap();
+        i += 1;
+    }
+    log.shutdown().await.unwrap();
+    assert!(!dir.seg(3).exists());
+}
+
+#[tokio::test]
+async fn interrupted_rotation_is_finished_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+    // Crash after the seal, before the next segment exists (and before the chmod).
+    let dir = TempDir::new("rot-crash-a");
+    rotated_log(&dir).await;
+    std::fs::remove_file(dir.seg(2)).unwrap();
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    std::fs::set_permissions(dir.seg(1), std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(
+        json(lines(&dir.seg(1)).last().unwrap())["type"],
+        "audit.segment_seal"
+    );
+    let r = verify(dir.path());
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.contains("rotation was interrupted")),
+        "{:?}",
+        r.warnings
+    );
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.shutdown().await.unwrap();
+    assert_eq!(check_segments(dir.path()), 2);
+    let t: Vec<String> = lines(&dir.seg(2))
+        .iter()
+        .map(|l| json(l)["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        t,
+        [
+            "audit.segment_open",
+            "audit.checkpoint",
+            "audit.start",
+            "audit.stop",
+            "audit.checkpoint"
+        ]
+    );
+    verify(dir.path());
+
+    // Crash after creating the next segment, before its first record.
+    let dir = TempDir::new("rot-crash-b");
+    rotated_log(&dir).await;
+    std::fs::write(dir.seg(2), b"").unwrap();
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.shutdown().await.unwrap();
+    assert_eq!(check_segments(dir.path()), 2);
+    verify(dir.path());
+
+    // Crash in the middle of writing audit.segment_open.
+    let dir = TempDir::new("rot-crash-c");
+    rotated_log(&dir).await;
+    let first = lines(&dir.seg(2))[0].clone();
+    std::fs::write(dir.seg(2), &first[..first.len() / 2]).unwrap();
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.shutdown().await.unwrap();
+    assert_eq!(check_segments(dir.path()), 2);
+    let t: Vec<String> = lines(&dir.seg(2))
+        .iter()
+        .map(|l| json(l)["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        &t[..4],
+        [
+            "audit.segment_open",
+            "audit.checkpoint",
+            "audit.recover",
+            "audit.start"
+        ]
+    );
+    let r = verify(dir.path());
+    assert_eq!(r.stats.recoveries, 1);
+}
+
+#[tokio::test]
+async fn truncation_at_every_byte_offset_of_the_last_records() {
+    let dir = TempDir::new("trunc-src");
+    let log = log_with_requests(&dir, opts()).await;
+    log.append_durable(Record::new("x.last").field("note", "é and \"quotes\""))
+        .await
+        .unwrap();
+    log.shutdown().await.unwrap();
+    let full = std::fs::read(dir.segment()).unwrap();
+    let l = lines(&dir.segment());
+    // Line start offsets, and where the last four records begin.
+    let mut starts = vec![0usize];
+    for line in &l {
+        starts.push(starts.last().unwrap() + line.len() + 1);
+    }
+    let from = starts[l.len() - 4];
+    let key = vkey();
+    let work = TempDir::new("trunc-work");
+    let mut opened = 0;
+    for cut in from..=full.len() {
+        let _ = std::fs::remove_dir_all(work.path());
+        std::fs::create_dir_all(work.path()).unwrap();
+        std::fs::write(work.segment(), &full[..cut]).unwrap();
+        // What recovery decides (read-only).
+        let scan = recover::scan(work.path(), &key).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        let complete = starts.iter().filter(|s| **s <= cut).count() - 1;
+        assert_eq!(scan.checker.next_seq, complete as u64, "cut {cut}");
+        let line_start = starts[complete];
+        match &scan.torn {
+            None => assert_eq!(cut, line_start, "cut {cut}: no torn tail found"),
+            Some(t) => {
+                assert_eq!(t.offset, line_start as u64, "cut {cut}");
+                assert_eq!(t.bytes, &full[line_start..cut], "cut {cut}");
+            }
+        }
+        assert_eq!(scan.active_bytes, line_start as u64);
+        // A real start at some offsets: every line boundary and its neighbours, and a sample.
+        let near = starts.iter().any(|s| cut.abs_diff(*s) <= 1);
+        if near || cut % 23 == 0 {
+            opened += 1;
+            let log =
+                AuditLog::open(work.path(), opts()).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+            log.shutdown().await.unwrap();
+            let now = all_lines(work.path());
+            assert_eq!(&now[..complete], &l[..complete], "cut {cut}");
+            let next = json(&now[complete]);
+            if cut == line_start {
+                assert_ne!(next["type"], "audit.recover", "cut {cut}");
+            } else {
+                assert_eq!(next["type"], "audit.recover", "cut {cut}");
+                assert_eq!(next["offset"], line_start as u64);
+                assert_eq!(next["bytes"], (cut - line_start) as u64);
+                assert_eq!(next["sha256"], ring_sha(&full[line_start..cut]));
+                let saved = work.path().join(next["saved_as"].as_str().unwrap());
+                assert_eq!(std::fs::read(saved).unwrap(), &full[line_start..cut]);
+            }
+            verify(work.path());
+        }
+    }
+    assert!(opened > 20, "{opened} real starts");
+}
+
+#[tokio::test]
+async fn verifier_detects_tampering() {
+    let dir = TempDir::new("tamper");
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            checkpoint_every_records: 4,
+            ..opts()
+        },
+    )
+    .unwrap();
+    for i in 0..10u32 {
+        log.append_durable(Record::new("x.n").field("i", i))
+            .await
+            .unwrap();
+    }
+    log.shutdown().await.unwrap();
+    verify(dir.path());
+    let original = std::fs::read(dir.segment()).unwrap();
+    let l = lines(&dir.segment());
+    let write = |lines: &[Vec<u8>]| std::fs::write(dir.segment(), join(lines)).unwrap();
+
+    // A changed byte.
+    let mut t = l.clone();
+    let pos = t[3].windows(4).position(|w| w == b"\"i\":").unwrap() + 4;
+    t[3][pos] = b'7';
+    write(&t);
+    let e = verify_err(dir.path());
+    assert!(e.contains(":5 (seq 4): prev is"), "{e}");
+    // Deleted, reordered, inserted.
+    let mut t = l.clone();
+    t.remove(5);
+    write(&t);
+    assert!(verify_err(dir.path()).contains("seq is 6, expected 5"));
+    let mut t = l.clone();
+    t.swap(5, 6);
+    write(&t);
+    assert!(verify_err(dir.path()).contains("seq is 6, expected 5"));
+    let mut t = l.clone();
+    t.insert(5, l[5].clone());
+    write(&t);
+    assert!(verify_err(dir.path()).contains("seq is 5, expected 6"));
+    // Rewritten with a consistent chain: only the signed checkpoints catch it.
+    let mut t = l.clone();
+    let pos = t[2].windows(4).position(|w| w == b"\"i\":").unwrap() + 4;
+    t[2][pos] = b'8';
+    let mut prev = ring_leaf(&t[2]);
+    for line in t.iter_mut().skip(3) {
+        let s = String::from_utf8(line.clone()).unwrap();
+        let cut = s.rfind(",\"prev\":\"").unwrap();
+        let fixed = format!("{},\"prev\":\"{}\"}}", &s[..cut], hex::encode(prev));
+        *line = fixed.into_bytes();
+        prev = ring_leaf(line);
+    }
+    write(&t);
+    let e = verify_err(dir.path());
+    assert!(
+        e.contains("records before this checkpoint were changed"),
+        "{e}"
+    );
+    // A checkpoint replaced by one signed with another key.
+    let cp_line = l
+        .iter()
+        .position(|x| json(x)["type"] == "audit.checkpoint")
+        .unwrap();
+    let v = json(&l[cp_line]);
+    let cp = note::parse_note(v["note"].as_str().unwrap()).unwrap().0;
+    let forged = cp.sign(&MemorySigner::from_seed(ORIGIN, [9; 32])).unwrap();
+    let mut t = l.clone();
+    let text = String::from_utf8(t[cp_line].clone()).unwrap();
+    let old_note = serde_json::to_string(v["note"].as_str().unwrap()).unwrap();
+    let new_note = serde_json::to_string(&forged).unwrap();
+    t[cp_line] = text.replace(&old_note, &new_note).into_bytes();
+    write(&t);
+    let e = verify_err(dir.path());
+    assert!(
+        e.contains(&format!(":{} (seq {cp_line}): ", cp_line + 1)),
+        "{e}"
+    );
+    // Without the key the forged checkpoint still breaks the chain at the next record.
+    assert!(
+        e.contains("checkpoint signature") || e.contains("prev is"),
+        "{e}"
+    );
+    // Truncated (whole lines): the checkpoint file still covers more.
+    write(&l[..l.len() - 2]);
+    assert!(verify_err(dir.path()).contains("records at the end were removed"));
+    // An older or forged checkpoint file.
+    std::fs::write(dir.segment(), &original).unwrap();
+    let cp_file = dir.path().join("checkpoint");
+    let saved = std::fs::read(&cp_file).unwrap();
+    std::fs::write(&cp_file, &forged).unwrap();
+    let e = verify_err(dir.path());
+    assert!(
+        e.contains("/checkpoint: the note has no signature by"),
+        "{e}"
+    );
+    std::fs::write(&cp_file, &saved).unwrap();
+    verify(dir.path());
+}
+
+#[tokio::test]
+async fn prove_and_check_inclusion() {
+    let dir = TempDir::new("prove");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    let mut receipts = Vec::new();
+    for i in 0..13u32 {
+        receipts.push(
+            log.append_durable(Record::new("x.n").field("i", i))
+                .await
+                .unwrap(),
+        );
+    }
+    let err = prove::prove(dir.path(), 3).unwrap_err();
+    assert!(err.contains("no checkpoint yet"), "{err}");
+    log.shutdown().await.unwrap();
+    for r in &receipts {
+        let p = prove::prove(dir.path(), r.seq).unwrap();
+        assert_eq!(p.leaf_hash, hex::encode(r.leaf_hash));
+        assert_eq!(p.tree_size, 15);
+        let cp = prove::check(&p, Some(&vkey())).unwrap();
+        assert_eq!(cp.size, 15);
+        let mut bad = p.clone();
+        bad.leaf_hash = hex::encode([1u8; 32]);
+        assert!(prove::check(&bad, Some(&vkey())).is_err());
+        let mut bad = p.clone();
+        bad.seq ^= 1;
+        assert!(prove::check(&bad, Some(&vkey())).is_err());
+    }
+    let err = prove::prove(dir.path(), 15).unwrap_err();
+    assert!(err.contains("not covered by a checkpoint yet"), "{err}");
+}
+
+#[tokio::test]
+async fn query_and_tail() {
+    let dir = TempDir::new("query");
+    let log = log_with_requests(&dir, opts()).await;
+    log.shutdown().await.unwrap();
+    let run = |f: query::Filter| {
+        let mut rows = Vec::new();
+        query::query(dir.path(), &f, |r| {
+            rows.push(r.clone());
+            Ok(())
+        })
+        .unwrap();
+        rows
+    };
+    let rows = run(query::Filter {
+        key: Some("hot".into()),
+        ..Default::default()
+    });
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert!(rows.iter().all(|r| r.client.as_deref() == Some("app")));
+    let rows = run(query::Filter {
+        req_id: Some("no".into()),
+        kind: Some("sign.d*".into()),
+        ..Default::default()
+    });
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].kind, "sign.decision");
+    assert_eq!(query::summary(&rows[0].line), "deny []");
+    assert_eq!(
+        all_lines(dir.path())[rows[0].seq as usize],
+        rows[0].line.as_bytes()
+    );
+    let rows = run(query::Filter {
+        until: Some("2000-01-01T00:00:00Z".into()),
+        ..Default::default()
+    });
+    assert!(rows.is_empty());
+    let rows = run(query::Filter {
+        since: Some("2000-01-01T00:00:00Z".into()),
+        kind: Some("audit.start".into()),
+        ..Default::default()
+    });
+    assert_eq!(rows.len(), 1);
+
+    let (last, mut follower) = query::Follower::start(dir.path(), 2).unwrap();
+    assert_eq!(last.len(), 2);
+    assert!(last[1].contains("audit.checkpoint"));
+    assert!(follower.poll().unwrap().is_empty());
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            max_segment_bytes: 100,
+            ..opts()
+        },
+    )
+    .unwrap();
+    log.append_durable(Record::new("x.after")).await.unwrap();
+    log.shutdown().await.unwrap();
+    let new: Vec<String> = follower
+        .poll()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(new[0], "audit.start");
+    assert!(new.contains(&"audit.segment_open".to_owned()), "{new:?}");
+    assert_eq!(new.last().unwrap(), "audit.checkpoint");
+    assert_eq!(new.len(), types(dir.path()).len() - 9, "{new:?}");
+}
+
+/// Throughput of the start-up scan and of the verifier over a generated log of 1M records.
+/// Run by hand: `cargo test --release -p signerd --lib audit::tests::bench -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore = "benchmark; run by hand"]
+async fn bench_scan_and_verify_1m() {
+    let dir = TempDir::new("bench");
+    // SIGNERD_BENCH_KEEP=DIR keeps the generated log in DIR, for timing the CLI on it.
+    let keep = std::env::var_os("SIGNERD_BENCH_KEEP").map(PathBuf::from);
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            fsync: false,
+            ..opts()
+        },
+    )
+    .unwrap();
+    let n = 1_000_000u32;
+    for i in 0..n / 3 {
+        let req = format!("req-{i}");
+        log.append(
+            Record::new("sign.request")
+                .field("req_id", req.as_str())
+                .field("method", "SignEvmTransaction")
+                .field("client", "app")
+                .field(
+                    "cert_sha256",
+                    "96b829699da6d2e81516c4eaf73922cd4ea19f727bd042ac284f4828d75afd4c",
+                )
+                .field("key", "hot")
+                .field(
+                    "fingerprint",
+                    "5e2a0c4bb2fa7e3d3bd1d32e6ae6fe3f7d7da08f0f39a8a0a8e9a47b6b9e0d12",
+                ),
+        )
+        .unwrap();
+        log.append(Record::new("sign.decision").field("req_id", req.as_str()).field("decision", "allow").field("rules", vec!["requesters-hot"]).field("reason", Option::<&str>::None).field("policy_serial", 1).field("policy_hash", "cabecf7fc467ee1d303aa59722f5ffd116e29f76c3e4bdbcf266a5498a9b498b").field("action", serde_json::json!({"chain_id":1,"key":"hot","kind":"native_transfer","to":"0x3535353535353535353535353535353535353535","value":"0x3e8"}))).unwrap();
+        let r = Record::new("sign.result")
+            .field("req_id", req.as_str())
+            .field("status", "signed")
+            .field(
+                "signing_hash",
+                "0x4c29a2a7e013bc5a41071db6d88ad442b2af3ad845a0daaf2b8ee7b8948b6527",
+            )
+            .field(
+                "tx_hash",
+                "0xbef255e1f318c787f0bdb207b4a6f07d33e3d7c4b6f0d4e0f7a5f2d5a2d0e1c3",
+            )
+            .field(
+                "signature",
+                serde_json::json!({"r":"0x1d3c","s":"0x2a4b","v":1,"bytes":"0x"}),
+            );
+        if i % 1000 == 999 {
+            log.append_durable(r).await.unwrap();
+        } else {
+            log.append(r).unwrap();
+        }
+    }
+    log.shutdown().await.unwrap();
+    let bytes: u64 = segments::list(dir.path())
+        .unwrap()
+        .iter()
+        .map(|s| std::fs::metadata(&s.path).unwrap().len())
+        .sum();
+    let t = std::time::Instant::now();
+    let scan = recover::scan(dir.path(), &vkey()).unwrap();
+    let records = scan.checker.next_seq;
+    let scan_time = t.elapsed();
+    let t = std::time::Instant::now();
+    let r = verify(dir.path());
+    let verify_time = t.elapsed();
+    assert_eq!(r.stats.records, records);
+    println!(
+        "{records} records, {} MiB in {} segments: start-up scan {scan_time:?} ({:.0} records/s), verify {verify_time:?} ({:.0} records/s)",
+        bytes >> 20,
+        r.segments.len(),
+        records as f64 / scan_time.as_secs_f64(),
+        records as f64 / verify_time.as_secs_f64()
+    );
+    let t = std::time::Instant::now();
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    println!("AuditLog::open of the whole log: {:?}", t.elapsed());
+    log.shutdown().await.unwrap();
+    if let Some(keep) = keep {
+        std::fs::rename(dir.path(), &keep).unwrap();
+        println!(
+            "kept the log in {}; verifier key {}",
+            keep.display(),
+            vkey()
+        );
+    }
+}

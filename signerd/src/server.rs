@@ -109,7 +109,10 @@ impl Daemon {
             .map_err(start("reconciling spend from the audit log"))?;
         let reconciled = spend.len();
         state.reconcile(spend).map_err(start("state"))?;
-        tracing::info!(entries = reconciled, "spend ledger reconciled from the audit log");
+        tracing::info!(
+            entries = reconciled,
+            "spend ledger reconciled from the audit log"
+        );
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(start(&format!("listen {}", config.server.listen)))?;
@@ -252,21 +255,28 @@ impl Daemon {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+/// A future that resolves on SIGTERM or SIGINT. The handlers are installed when this is
+/// called, so a signal that arrives before the future is first polled is not lost (call it
+/// before announcing that the daemon is listening).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        let wait = |s: std::io::Result<tokio::signal::unix::Signal>, name: &'static str| async move {
+            match s {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for {name}");
+                    std::future::pending::<()>().await;
+                }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+        };
+        tokio::select! {
+            () = wait(term, "SIGTERM") => tracing::info!("SIGTERM: shutting down"),
+            () = wait(int, "SIGINT") => tracing::info!("SIGINT: shutting down"),
         }
-    };
-    tokio::select! {
-        () = term => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
     }
 }

@@ -621,7 +621,23 @@ impl Signer {
             }
         };
 
-        let (mut response, result_rec) = build_response::<R>(&caller, &prepared, &signature)?;
+        let (mut response, result_rec) = match build_response::<R>(&caller, &prepared, &signature) {
+            Ok(built) => built,
+            Err(e) => {
+                // Nothing leaves the process; the record says why.
+                let _ = self
+                    .audit
+                    .append_durable(
+                        Record::new("sign.result")
+                            .field("req_id", prepared.request_id.as_str())
+                            .field("client", caller.identity.id.as_str())
+                            .field("status", "backend_error")
+                            .field("message", e.to_string()),
+                    )
+                    .await;
+                return Err(e);
+            }
+        };
         let receipt = self
             .audit
             .append_durable(result_rec)

@@ -92,16 +92,6 @@ fn printed_example(stdout: &[String]) -> Vec<String> {
     words.split_off(args_from)
 }
 
-/// The last record of the dev audit log.
-fn last_record(dir: &Path) -> Value {
-    let audit = Audit::read(&dir.join("audit"));
-    audit
-        .lines
-        .last()
-        .map(|l| l.v.clone())
-        .unwrap_or(Value::Null)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_serves_signerctl_and_stops_cleanly() {
     let base = unique_dir("dev");
@@ -206,14 +196,19 @@ async fn dev_mode_serves_signerctl_and_stops_cleanly() {
         out.stdout
     );
 
-    // SIGTERM: clean exit, and the log ends with audit.stop.
+    // SIGTERM: clean exit; the log ends with audit.stop and the checkpoint that attests it.
     let status = d.stop();
     assert!(
         status.success(),
         "signerd dev exited with {status} on SIGTERM"
     );
-    let last = last_record(&dir);
-    assert_eq!(last["type"], "audit.stop", "last record: {last}");
+    let audit = Audit::read(&dir.join("audit"));
+    let n = audit.lines.len();
+    assert!(n >= 2, "audit log too short");
+    let (stop, last) = (&audit.lines[n - 2].v, &audit.lines[n - 1].v);
+    assert_eq!(stop["type"], "audit.stop", "second to last record: {stop}");
+    assert_eq!(last["type"], "audit.checkpoint", "last record: {last}");
+    assert_eq!(last["size"], stop["seq"].as_u64().unwrap() + 1, "{last}");
     let _ = std::fs::remove_dir_all(&base);
 }
 

@@ -95,8 +95,9 @@ fn main() -> anyhow::Result<()> {
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let daemon = Daemon::open(config).await?;
+    let shutdown = shutdown_signal();
     println!("signerd listening on {}", daemon.local_addr()?);
-    daemon.serve(shutdown_signal()).await?;
+    daemon.serve(shutdown).await?;
     println!("signerd stopped");
     Ok(())
 }
@@ -106,6 +107,7 @@ async fn dev(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     let config = Config::load(&config_path)?;
     let daemon = Daemon::open(config.clone()).await?;
     let addr = daemon.local_addr()?;
+    let shutdown = shutdown_signal();
     let shown = dir.display();
     println!("signerd listening on {addr}");
     println!();
@@ -136,7 +138,7 @@ async fn dev(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     );
     println!();
     println!("Stop with Ctrl-C.");
-    daemon.serve(shutdown_signal()).await?;
+    daemon.serve(shutdown).await?;
     println!("signerd stopped");
     Ok(())
 }

@@ -96,6 +96,12 @@ impl Daemon {
                 "generated the audit checkpoint signing key; give its verifier key to auditors"
             );
         }
+        if config.audit.bench_unsafe_no_fsync {
+            tracing::error!(
+                "audit.bench_unsafe_no_fsync is set: signatures are returned before their audit \
+                 records are on disk; this setting is for benchmarks only"
+            );
+        }
         let audit = AuditLog::open(
             &config.audit.dir,
             AuditOptions::from_config(&config.audit, Arc::new(audit_key)),

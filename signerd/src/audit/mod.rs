@@ -134,7 +134,7 @@ impl AuditOptions {
         signer: Arc<dyn CheckpointSigner>,
     ) -> AuditOptions {
         AuditOptions {
-            fsync: true,
+            fsync: !config.bench_unsafe_no_fsync,
             max_batch: config.max_batch,
             signer,
             checkpoint_every_records: config.checkpoint_every_records,

@@ -233,6 +233,11 @@ pub struct AuditConfig {
     /// smaller, so that a small dedicated audit filesystem stays usable.
     #[serde(default)]
     pub min_free_bytes: Option<u64>,
+    /// Benchmarks only: skip the fsync of each group commit, so a signature can be returned
+    /// before its record is on disk. Never set this in production; signerd logs an error at
+    /// every start while it is set.
+    #[serde(default)]
+    pub bench_unsafe_no_fsync: bool,
 }
 
 fn default_max_batch() -> usize {

@@ -5,6 +5,7 @@
 //! configuration file and never send key material anywhere.
 
 mod audit;
+mod bench;
 mod policy;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +66,8 @@ enum Command {
     /// Ask signerd to sign.
     #[command(subcommand)]
     Sign(SignCmd),
+    /// Load a running daemon with concurrent signing requests and report throughput and latency.
+    Bench(bench::BenchArgs),
     /// Check, test, explain and compare policy files (offline).
     #[command(subcommand)]
     Policy(policy::PolicyCmd),
@@ -464,6 +467,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sign(cmd) => sign(&cli.conn, json_out, cmd).await,
         Command::Policy(cmd) => policy::run(cmd, json_out),
+        Command::Bench(args) => bench::run(settings(&cli.conn)?, args, json_out).await,
         Command::Audit(cmd) => audit::run(cmd, json_out).await,
     }
 }

@@ -279,6 +279,25 @@ fn sig_json(s: &Option<v1::Signature>) -> serde_json::Value {
     }
 }
 
+/// Prints the answer to a signature over a computed hash (EIP-191, EIP-712), or its dry run.
+fn emit_hashed(
+    json_out: bool,
+    request_id: &str,
+    evaluation: &Option<v1::PolicyEvaluation>,
+    signing_hash: &[u8],
+    signature: &Option<v1::Signature>,
+    receipt: &Option<v1::AuditReceipt>,
+) {
+    match evaluation {
+        Some(e) => emit(json_out, evaluation_json(e)),
+        None => emit(
+            json_out,
+            json!({"request_id": request_id, "signing_hash": hex0x(signing_hash),
+                   "signature": sig_json(signature), "audit_receipt": receipt_json(receipt)}),
+        ),
+    }
+}
+
 fn evaluation_json(e: &v1::PolicyEvaluation) -> serde_json::Value {
     json!({
         "dry_run": "nothing was signed",
@@ -551,14 +570,13 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if let Some(e) = &resp.evaluation {
-                emit(json_out, evaluation_json(e));
-                return Ok(());
-            }
-            emit(
+            emit_hashed(
                 json_out,
-                json!({"request_id": request_id, "signing_hash": hex0x(&resp.signing_hash),
-                       "signature": sig_json(&resp.signature), "audit_receipt": receipt_json(&resp.receipt)}),
+                &request_id,
+                &resp.evaluation,
+                &resp.signing_hash,
+                &resp.signature,
+                &resp.receipt,
             );
         }
         SignCmd::TypedData { common, file } => {
@@ -578,14 +596,13 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            if let Some(e) = &resp.evaluation {
-                emit(json_out, evaluation_json(e));
-                return Ok(());
-            }
-            emit(
+            emit_hashed(
                 json_out,
-                json!({"request_id": request_id, "signing_hash": hex0x(&resp.signing_hash),
-                       "signature": sig_json(&resp.signature), "audit_receipt": receipt_json(&resp.receipt)}),
+                &request_id,
+                &resp.evaluation,
+                &resp.signing_hash,
+                &resp.signature,
+                &resp.receipt,
             );
         }
         SignCmd::Digest { common, digest } => {

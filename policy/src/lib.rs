@@ -136,7 +136,7 @@ pub use check::{Warning, check};
 pub use diff::{Change, DiffReport, diff};
 pub use eval::{Charge, Evaluation, NoUsage, Request, Usage, Used, fits};
 pub use limit::BucketKey;
-pub use parse::{MAX_POLICY_BYTES, Policy, PolicyError};
+pub use parse::{MAX_POLICY_BYTES, Policy, PolicyError, line_col};
 pub use rule::{Effect, Match, Rule};
 
 /// Who is asking: the identity the daemon mapped from the client certificate.

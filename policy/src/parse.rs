@@ -222,8 +222,9 @@ pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(
     })
 }
 
-/// 1-based line and column (in characters) of byte offset `at` in `src`.
-pub(crate) fn line_col(src: &str, at: usize) -> (usize, usize) {
+/// 1-based line and column (in characters) of byte offset `at` in `src`, as every error of
+/// a TOML file signerd reads reports them.
+pub fn line_col(src: &str, at: usize) -> (usize, usize) {
     let mut at = at.min(src.len());
     while !src.is_char_boundary(at) {
         at -= 1;

@@ -288,7 +288,9 @@ impl Config {
     /// Parses `src` (named `shown` in errors), resolving relative paths against `base`.
     pub fn parse(shown: &str, src: &str, base: &Path) -> Result<Config, ConfigError> {
         let mut cfg: Config = toml::from_str(src).map_err(|e| {
-            let (line, column) = e.span().map_or((1, 1), |s| line_col(src, s.start));
+            let (line, column) = e
+                .span()
+                .map_or((1, 1), |s| signerd_policy::line_col(src, s.start));
             ConfigError::Syntax {
                 path: shown.to_owned(),
                 line,
@@ -533,13 +535,6 @@ pub fn normalize_fingerprint(s: &str) -> Option<String> {
         .collect::<String>()
         .to_ascii_lowercase();
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
-}
-
-fn line_col(src: &str, at: usize) -> (usize, usize) {
-    let before = src.get(..at.min(src.len())).unwrap_or(src);
-    let line = before.matches('\n').count() + 1;
-    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-    (line, column)
 }
 
 #[cfg(test)]

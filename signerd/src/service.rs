@@ -602,16 +602,7 @@ impl Signer {
             Ok(sig) => sig,
             Err(e) => {
                 let msg = e.to_string();
-                let _ = self
-                    .audit
-                    .append_durable(
-                        Record::new("sign.result")
-                            .field("req_id", prepared.request_id.as_str())
-                            .field("client", caller.identity.id.as_str())
-                            .field("status", "backend_error")
-                            .field("message", msg.as_str()),
-                    )
-                    .await;
+                self.record_unsigned(&caller, &prepared, &msg).await;
                 tracing::warn!(error = %msg, "backend failed");
                 return Err(match e {
                     KeyError::NotFound(m) => ServiceError::NotFound(format!("key `{m}` not found")),
@@ -625,15 +616,7 @@ impl Signer {
             Ok(built) => built,
             Err(e) => {
                 // Nothing leaves the process; the record says why.
-                let _ = self
-                    .audit
-                    .append_durable(
-                        Record::new("sign.result")
-                            .field("req_id", prepared.request_id.as_str())
-                            .field("client", caller.identity.id.as_str())
-                            .field("status", "backend_error")
-                            .field("message", e.to_string()),
-                    )
+                self.record_unsigned(&caller, &prepared, &e.to_string())
                     .await;
                 return Err(e);
             }
@@ -653,6 +636,20 @@ impl Signer {
             .await?;
         tracing::info!(audit_seq = receipt.seq, "signed");
         Ok(response)
+    }
+
+    /// Records that an allowed request ended without a signature leaving the process. Best
+    /// effort: if the audit log cannot take it, recovery records `unknown_crash` at the next
+    /// start, and nothing was returned either way.
+    async fn record_unsigned(&self, caller: &Caller, p: &Prepared, message: &str) {
+        let rec = Record::new("sign.result")
+            .field("req_id", p.request_id.as_str())
+            .field("client", caller.identity.id.as_str())
+            .field("status", "backend_error")
+            .field("message", message);
+        if let Err(e) = self.audit.append_durable(rec).await {
+            tracing::error!(error = %e, "cannot record the failed request");
+        }
     }
 
     /// Evaluates the policy with the usage the state store has now. With `reserve`, an allowed

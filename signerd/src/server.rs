@@ -52,16 +52,23 @@ pub fn load_policy(path: &std::path::Path) -> Result<Policy, ServerError> {
     Policy::parse(&shown, &src).map_err(|e| ServerError::Start(e.to_string()))
 }
 
-/// Opens the configured key backend.
+/// Opens the configured key backend (`[keys] backend`).
 pub fn open_keys(config: &Config) -> Result<Arc<dyn KeyBackend>, ServerError> {
-    let soft = config
-        .keys
-        .soft
-        .as_ref()
-        .ok_or_else(|| ServerError::Start("keys: [keys.soft] is missing".into()))?;
-    let passphrase = soft.passphrase().map_err(ServerError::Start)?;
-    let backend = SoftBackend::open(&soft.dir, &passphrase).map_err(start("keys.soft"))?;
-    Ok(Arc::new(backend))
+    match config.keys.backend.as_str() {
+        "soft" => {
+            let soft = config
+                .keys
+                .soft
+                .as_ref()
+                .ok_or_else(|| ServerError::Start("keys: [keys.soft] is missing".into()))?;
+            let passphrase = soft.passphrase().map_err(ServerError::Start)?;
+            let backend = SoftBackend::open(&soft.dir, &passphrase).map_err(start("keys.soft"))?;
+            Ok(Arc::new(backend))
+        }
+        other => Err(ServerError::Start(format!(
+            "keys.backend: unknown backend `{other}`"
+        ))),
+    }
 }
 
 /// A daemon that has opened everything and bound its listener, ready to serve.

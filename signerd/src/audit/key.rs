@@ -159,30 +159,17 @@ impl CheckpointSigner for SoftCheckpointKey {
     }
 }
 
-/// The passphrase of the audit signing key: `[audit] signing_key_passphrase_file` or
-/// `_env`, else the `[keys.soft]` passphrase.
+/// The passphrase of the audit signing key: its own `[audit] signing_key_passphrase_*` source,
+/// else the `[keys.soft]` passphrase.
 pub fn passphrase(config: &Config) -> Result<SecretString, String> {
-    let a = &config.audit;
-    let raw =
-        if let Some(file) = &a.signing_key_passphrase_file {
-            crate::tls::check_secret_file(file)?;
-            zeroize::Zeroizing::new(std::fs::read_to_string(file).map_err(|e| {
-                format!("audit.signing_key_passphrase_file {}: {e}", file.display())
-            })?)
-        } else if let Some(var) = &a.signing_key_passphrase_env {
-            zeroize::Zeroizing::new(std::env::var(var).map_err(|_| {
-                format!("audit.signing_key_passphrase_env: ${var} is not set or not UTF-8")
-            })?)
-        } else if let Some(soft) = &config.keys.soft {
-            return soft.passphrase();
-        } else {
-            return Err("audit: no passphrase source for the audit signing key".to_owned());
-        };
-    let line = raw.lines().next().unwrap_or("").to_owned();
-    if line.is_empty() {
-        return Err("audit: the audit signing key passphrase is empty".to_owned());
+    let source = config.audit.signing_key_passphrase_source();
+    if source != crate::config::SecretSource::default() {
+        source.read("audit.signing_key_passphrase")
+    } else if let Some(soft) = &config.keys.soft {
+        soft.passphrase()
+    } else {
+        Err("audit: no passphrase source for the audit signing key".to_owned())
     }
-    Ok(SecretString::from(line))
 }
 
 /// Opens the configured audit signing key for the daemon. A missing key is generated only

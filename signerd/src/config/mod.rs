@@ -12,6 +12,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+mod secret;
+pub use secret::SecretSource;
+
 /// Largest configuration file accepted.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -183,6 +186,8 @@ pub struct SoftKeysConfig {
     pub passphrase_file: Option<PathBuf>,
     /// Environment variable holding the keystore passphrase.
     pub passphrase_env: Option<String>,
+    /// systemd credential holding the keystore passphrase.
+    pub passphrase_credential: Option<String>,
 }
 
 /// `[state]`.
@@ -212,6 +217,8 @@ pub struct AuditConfig {
     pub signing_key_passphrase_file: Option<PathBuf>,
     /// Environment variable holding the passphrase of the audit signing key.
     pub signing_key_passphrase_env: Option<String>,
+    /// systemd credential holding the audit signing key's passphrase.
+    pub signing_key_passphrase_credential: Option<String>,
     /// The checkpoints' origin line, which is also the signing key's name: printable ASCII
     /// without spaces or `+`, unique to this log (for example `audit.example.com/signerd`).
     #[serde(default = "default_origin")]
@@ -415,12 +422,7 @@ impl Config {
                     .soft
                     .as_ref()
                     .ok_or("keys.backend = \"soft\" needs a [keys.soft] table")?;
-                if soft.passphrase_file.is_some() == soft.passphrase_env.is_some() {
-                    return Err(
-                        "keys.soft: set exactly one of `passphrase_file` and `passphrase_env`"
-                            .into(),
-                    );
-                }
+                soft.passphrase_source().validate("keys.soft.passphrase")?;
             }
             other => {
                 return Err(format!(
@@ -463,17 +465,11 @@ impl Config {
             bounded("audit.min_free_bytes", min, 0, 1 << 40)?;
         }
         crate::audit::note::validate_name(&a.origin).map_err(|e| format!("audit.origin: {e}"))?;
-        if a.signing_key_passphrase_file.is_some() && a.signing_key_passphrase_env.is_some() {
-            return Err(
-                "audit: set at most one of `signing_key_passphrase_file` and `signing_key_passphrase_env`"
-                    .into(),
-            );
-        }
-        if a.signing_key_passphrase_file.is_none()
-            && a.signing_key_passphrase_env.is_none()
-            && self.keys.soft.is_none()
-        {
-            return Err("audit: set `signing_key_passphrase_file` or `signing_key_passphrase_env` (there is no [keys.soft] passphrase to reuse)".into());
+        let source = a.signing_key_passphrase_source();
+        if source != SecretSource::default() {
+            source.validate("audit.signing_key_passphrase")?;
+        } else if self.keys.soft.is_none() {
+            return Err("audit: set `signing_key_passphrase_file`, `signing_key_passphrase_env` or `signing_key_passphrase_credential` (there is no [keys.soft] passphrase to reuse)".into());
         }
         let key_dir = &a.signing_key_dir;
         if key_dir.starts_with(&a.dir) || a.dir.starts_with(key_dir) {
@@ -496,26 +492,30 @@ impl Config {
     }
 }
 
-impl SoftKeysConfig {
-    /// Reads the keystore passphrase from the configured file or environment variable.
-    pub fn passphrase(&self) -> Result<SecretString, String> {
-        let raw = if let Some(file) = &self.passphrase_file {
-            crate::tls::check_secret_file(file)?;
-            std::fs::read_to_string(file)
-                .map_err(|e| format!("keys.soft.passphrase_file {}: {e}", file.display()))?
-        } else if let Some(var) = &self.passphrase_env {
-            std::env::var(var)
-                .map_err(|_| format!("keys.soft.passphrase_env: ${var} is not set or not UTF-8"))?
-        } else {
-            return Err("keys.soft: no passphrase source".into());
-        };
-        let mut raw = zeroize::Zeroizing::new(raw);
-        let line = raw.lines().next().unwrap_or("").to_owned();
-        raw.clear();
-        if line.is_empty() {
-            return Err("keys.soft: the keystore passphrase is empty".into());
+impl AuditConfig {
+    /// Where the audit signing key's own passphrase comes from (all unset: reuse `[keys.soft]`).
+    pub fn signing_key_passphrase_source(&self) -> SecretSource {
+        SecretSource {
+            file: self.signing_key_passphrase_file.clone(),
+            env: self.signing_key_passphrase_env.clone(),
+            credential: self.signing_key_passphrase_credential.clone(),
         }
-        Ok(SecretString::from(line))
+    }
+}
+
+impl SoftKeysConfig {
+    /// Where the keystore passphrase comes from.
+    pub fn passphrase_source(&self) -> SecretSource {
+        SecretSource {
+            file: self.passphrase_file.clone(),
+            env: self.passphrase_env.clone(),
+            credential: self.passphrase_credential.clone(),
+        }
+    }
+
+    /// Reads the keystore passphrase from its configured source.
+    pub fn passphrase(&self) -> Result<SecretString, String> {
+        self.passphrase_source().read("keys.soft.passphrase")
     }
 }
 
@@ -613,7 +613,7 @@ dir = "audit"
             ),
             (
                 GOOD.replace("passphrase_file = \"keystore.pass\"", ""),
-                "exactly one of `passphrase_file`",
+                "exactly one of `passphrase_file`, `passphrase_env` and `passphrase_credential`",
             ),
             (
                 GOOD.replace("[server]\n", "[server]\nmax_message_bytes = 10\n"),
@@ -701,7 +701,7 @@ dir = "audit"
             (with("origin = \"a+b\""), "audit.origin:"),
             (
                 with("signing_key_passphrase_file = \"a\"\nsigning_key_passphrase_env = \"B\""),
-                "at most one of",
+                "set exactly one of `signing_key_passphrase_file`",
             ),
             (
                 with("signing_key_dir = \"keys\""),

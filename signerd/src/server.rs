@@ -7,6 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use signerd_policy::{MAX_POLICY_BYTES, Policy};
 use signerd_proto::v1::admin_server::AdminServer;
@@ -70,6 +71,9 @@ pub fn open_keys(config: &Config) -> Result<Arc<dyn KeyBackend>, ServerError> {
         ))),
     }
 }
+
+/// How often health looks at the key backend.
+const HEALTH_POLL: Duration = Duration::from_millis(500);
 
 /// A daemon that has opened everything and bound its listener, ready to serve.
 pub struct Daemon {
@@ -187,15 +191,43 @@ impl Daemon {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<SignerServer<SignerApi>>().await;
         let mut audit_health = self.signer.audit().health();
+        let keys = self.signer.keys_arc();
         let watcher = tokio::spawn(async move {
-            while audit_health.changed().await.is_ok() {
-                if !*audit_health.borrow() {
-                    tracing::error!("audit log failed: reporting NOT_SERVING");
-                    health.set_not_serving::<SignerServer<SignerApi>>().await;
-                    health
-                        .set_service_status("", tonic_health::ServingStatus::NotServing)
-                        .await;
+            // The audit log's failure is final until a restart; a key backend's comes and goes,
+            // so it is polled and health follows it both ways.
+            let mut serving = true;
+            let mut tick = tokio::time::interval(HEALTH_POLL);
+            loop {
+                tokio::select! {
+                    changed = audit_health.changed() => if changed.is_err() { break },
+                    _ = tick.tick() => {}
                 }
+                let audit_ok = *audit_health.borrow();
+                let keys_ok = keys.healthy();
+                let now = audit_ok && keys_ok;
+                if now == serving {
+                    continue;
+                }
+                serving = now;
+                let status = if now {
+                    tracing::info!(
+                        backend = keys.name(),
+                        "key backend recovered: reporting SERVING"
+                    );
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    if audit_ok {
+                        tracing::error!(
+                            backend = keys.name(),
+                            "key backend unavailable: reporting NOT_SERVING"
+                        );
+                    } else {
+                        tracing::error!("audit log failed: reporting NOT_SERVING");
+                    }
+                    tonic_health::ServingStatus::NotServing
+                };
+                health.set_service_status("signer.v1.Signer", status).await;
+                health.set_service_status("", status).await;
             }
         });
         let reflection = tonic_reflection::server::Builder::configure()

@@ -206,6 +206,11 @@ impl Signer {
         self.keys.as_ref()
     }
 
+    /// The key backend, shared (for health watching).
+    pub fn keys_arc(&self) -> Arc<dyn KeyBackend> {
+        self.keys.clone()
+    }
+
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
@@ -607,6 +612,10 @@ impl Signer {
                 return Err(match e {
                     KeyError::NotFound(m) => ServiceError::NotFound(format!("key `{m}` not found")),
                     KeyError::WrongAlgorithm { .. } => ServiceError::InvalidArgument(msg),
+                    KeyError::Denied(_) => ServiceError::PermissionDenied {
+                        rule: None,
+                        reason: msg,
+                    },
                     _ => ServiceError::Unavailable(msg),
                 });
             }

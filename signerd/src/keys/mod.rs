@@ -110,6 +110,10 @@ pub enum KeyError {
     /// The backend cannot serve right now (HSM, Vault, keystore).
     #[error("key backend unavailable: {0}")]
     Unavailable(String),
+    /// The backend refused this caller's credentials for the operation (for example a Vault
+    /// token without permission); retrying will not help until an operator acts.
+    #[error("key backend denied the operation: {0}")]
+    Denied(String),
     /// A key store or key file is invalid or cannot be used.
     #[error("keystore: {0}")]
     Keystore(String),
@@ -126,4 +130,10 @@ pub trait KeyBackend: Send + Sync + 'static {
     fn key(&self, id: &str) -> Option<KeyInfo>;
     /// Signs `payload` with key `id`. ECDSA results are low-s normalized with their recovery id.
     async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError>;
+    /// Whether the backend can sign right now. Backends that depend on a device or a server
+    /// report its failure here (health turns NOT_SERVING) and recover by themselves; the
+    /// value must be cheap to read, as it is polled.
+    fn healthy(&self) -> bool {
+        true
+    }
 }

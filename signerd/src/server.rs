@@ -19,6 +19,7 @@ use crate::api::{AdminApi, SignerApi};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Config;
 use crate::keys::KeyBackend;
+use crate::keys::pkcs11::Pkcs11Backend;
 use crate::keys::soft::SoftBackend;
 use crate::service::Signer;
 use crate::tls::{self, AcceptOptions, IdentityMap};
@@ -64,6 +65,19 @@ pub fn open_keys(config: &Config) -> Result<Arc<dyn KeyBackend>, ServerError> {
                 .ok_or_else(|| ServerError::Start("keys: [keys.soft] is missing".into()))?;
             let passphrase = soft.passphrase().map_err(ServerError::Start)?;
             let backend = SoftBackend::open(&soft.dir, &passphrase).map_err(start("keys.soft"))?;
+            Ok(Arc::new(backend))
+        }
+        "pkcs11" => {
+            let cfg = config
+                .keys
+                .pkcs11
+                .as_ref()
+                .ok_or_else(|| ServerError::Start("keys: [keys.pkcs11] is missing".into()))?;
+            let pin = cfg
+                .pin_source()
+                .read("keys.pkcs11.pin")
+                .map_err(ServerError::Start)?;
+            let backend = Pkcs11Backend::open(cfg, pin).map_err(start("keys.pkcs11"))?;
             Ok(Arc::new(backend))
         }
         other => Err(ServerError::Start(format!(

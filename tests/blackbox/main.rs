@@ -20,6 +20,7 @@ mod failclosed;
 mod idempotency;
 mod limits;
 mod mtls;
+mod pkcs11;
 mod policy_ops;
 mod policy_tools;
 mod signing;

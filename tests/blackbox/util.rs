@@ -111,6 +111,9 @@ pub(crate) struct Opts {
     pub(crate) crl: bool,
     /// The policy file's text.
     pub(crate) policy: String,
+    /// Replaces the `[keys]` tables (the soft keystore) when set; the audit key then uses
+    /// `keystore.pass` as its own passphrase.
+    pub(crate) keys: Option<String>,
 }
 
 impl Default for Opts {
@@ -120,6 +123,7 @@ impl Default for Opts {
             handshake_timeout_ms: None,
             crl: false,
             policy: DEFAULT_POLICY.to_owned(),
+            keys: None,
         }
     }
 }
@@ -296,6 +300,14 @@ impl TestEnv {
         } else {
             ""
         };
+        let keys = self.opts.keys.as_deref().unwrap_or(
+            "[keys]\nbackend = \"soft\"\n\n[keys.soft]\ndir = \"keys\"\npassphrase_file = \"keystore.pass\"\n",
+        );
+        let audit_pass = if self.opts.keys.is_some() {
+            "signing_key_passphrase_file = \"keystore.pass\"\n"
+        } else {
+            ""
+        };
         let text = format!(
             r#"[server]
 {server}
@@ -327,19 +339,13 @@ san_uri = "{SPIFFE_ID}"
 [policy]
 file = "policy.toml"
 
-[keys]
-backend = "soft"
-
-[keys.soft]
-dir = "keys"
-passphrase_file = "keystore.pass"
-
+{keys}
 [state]
 dir = "state"
 
 [audit]
 dir = "audit"
-"#
+{audit_pass}"#
         );
         write_file(&self.config_path(), text.as_bytes(), 0o600);
         write_file(

@@ -170,10 +170,12 @@ pub struct PolicyConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
-    /// `soft` (the only backend in this build).
+    /// `soft` or `pkcs11`.
     pub backend: String,
     /// `[keys.soft]`, required when `backend = "soft"`.
     pub soft: Option<SoftKeysConfig>,
+    /// `[keys.pkcs11]`, required when `backend = "pkcs11"`.
+    pub pkcs11: Option<crate::keys::pkcs11::Pkcs11Config>,
 }
 
 /// `[keys.soft]`: the encrypted software keystore.
@@ -331,6 +333,9 @@ impl Config {
                 abs(f);
             }
         }
+        if let Some(p) = &mut self.keys.pkcs11 {
+            p.resolve(base);
+        }
         abs(&mut self.state.dir);
         abs(&mut self.audit.dir);
         abs(&mut self.audit.signing_key_dir);
@@ -424,9 +429,16 @@ impl Config {
                     .ok_or("keys.backend = \"soft\" needs a [keys.soft] table")?;
                 soft.passphrase_source().validate("keys.soft.passphrase")?;
             }
+            "pkcs11" => {
+                self.keys
+                    .pkcs11
+                    .as_ref()
+                    .ok_or("keys.backend = \"pkcs11\" needs a [keys.pkcs11] table")?
+                    .validate()?;
+            }
             other => {
                 return Err(format!(
-                    "keys.backend: unknown backend `{other}` (this build supports `soft`)"
+                    "keys.backend: unknown backend `{other}` (expected `soft` or `pkcs11`)"
                 ));
             }
         }

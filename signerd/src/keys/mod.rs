@@ -5,6 +5,7 @@
 //! exposes private key material, and its errors never contain any.
 
 pub mod hazmat;
+pub mod pkcs11;
 pub mod soft;
 
 use async_trait::async_trait;

@@ -80,15 +80,20 @@ enum Command {
 enum KeysCmd {
     /// List the daemon's keys.
     List,
-    /// Generate a key in the local software keystore of a configuration.
+    /// Generate a key in the key backend of a configuration: the local software keystore
+    /// (`soft`) or inside the PKCS#11 token (`pkcs11`, non-extractable).
     Generate {
-        /// signerd configuration whose `[keys.soft]` keystore receives the key.
+        /// signerd configuration naming the backend.
         #[arg(long)]
         config: PathBuf,
+        /// The backend to create the key in: soft or pkcs11 (default: the configuration's
+        /// `[keys] backend`).
+        #[arg(long)]
+        backend: Option<String>,
         /// The new key's id.
         #[arg(long)]
         id: String,
-        /// secp256k1 or ed25519.
+        /// secp256k1, ed25519 or p256 (p256: pkcs11 only).
         #[arg(long)]
         algorithm: Algorithm,
     },
@@ -406,11 +411,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Keys(KeysCmd::Generate {
             config,
+            backend,
             id,
             algorithm,
         }) => {
-            let (dir, passphrase) = local_keystore(&config)?;
-            let k = signerd::keys::soft::generate(&dir, &id, algorithm, &passphrase)?;
+            let cfg = signerd::config::Config::load(&config)?;
+            let backend = backend.unwrap_or_else(|| cfg.keys.backend.clone());
+            let k = match backend.as_str() {
+                "soft" => {
+                    let (dir, passphrase) = local_keystore(&config)?;
+                    signerd::keys::soft::generate(&dir, &id, algorithm, &passphrase)?
+                }
+                "pkcs11" => {
+                    let p = cfg
+                        .keys
+                        .pkcs11
+                        .context("the configuration has no [keys.pkcs11] table")?;
+                    let pin = p
+                        .pin_source()
+                        .read("keys.pkcs11.pin")
+                        .map_err(anyhow::Error::msg)?;
+                    signerd::keys::pkcs11::Pkcs11Backend::generate(&p, &pin, &id, algorithm)?
+                }
+                other => bail!("--backend: unknown backend `{other}` (expected soft or pkcs11)"),
+            };
             print_local_key(json_out, &k);
             if !json_out {
                 println!("restart signerd to serve the new key");

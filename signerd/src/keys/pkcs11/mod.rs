@@ -1,0 +1,312 @@
+//! The PKCS#11 key backend: keys generated and kept inside an HSM (SoftHSM2 in tests), used
+//! through [`cryptoki`] (PKCS#11 v2.40 / v3.0).
+//!
+//! - Private keys never leave the token: they are created with `CKA_SENSITIVE` true and
+//!   `CKA_EXTRACTABLE` false, and signerd only ever asks the token to sign.
+//! - The daemon computes every digest (keccak256 for EVM) and the token signs it with
+//!   `CKM_ECDSA`; the result is normalized to low s and its recovery id found by trial
+//!   recovery against the key's public point, so a signature that does not verify is never
+//!   returned ([`ec`]). Ed25519 keys sign the message with `CKM_EDDSA`, checked the same way.
+//! - Calls run on blocking threads with a per-call timeout, over a pool of `sessions`
+//!   sessions. When the token fails (removed, `CKR_DEVICE_ERROR`, closed sessions, a call that
+//!   hangs) requests fail with UNAVAILABLE, [`KeyBackend::healthy`] turns false, and a monitor
+//!   task drops the connection and connects and logs in again until the token is back.
+//!
+//! The set of keys is read once at start; a key generated while the daemon runs is used after
+//! a restart.
+
+mod config;
+mod ec;
+mod token;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+pub use config::{AdoptConfig, Pkcs11Config};
+use token::{Conn, TokenKey};
+
+use super::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
+
+/// The backend's name in configuration, `KeyInfo` and audit records.
+pub const BACKEND_NAME: &str = "pkcs11";
+
+/// How often the monitor looks at the token (and retries a lost one).
+const MONITOR_PERIOD: Duration = Duration::from_secs(1);
+
+/// Keys held in a PKCS#11 token.
+pub struct Pkcs11Backend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    cfg: Pkcs11Config,
+    pin: SecretString,
+    keys: BTreeMap<String, TokenKey>,
+    /// The live connection; `None` while the token is lost.
+    conn: Mutex<Option<Arc<Conn>>>,
+    /// Why the token is unavailable, for statuses and logs.
+    last_error: Mutex<String>,
+    healthy: AtomicBool,
+    permits: tokio::sync::Semaphore,
+    /// Wakes the monitor at once after a failure.
+    wake: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Pkcs11Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Backend")
+            .field("module", &self.inner.cfg.module)
+            .field("keys", &self.inner.keys.keys().collect::<Vec<_>>())
+            .field("healthy", &self.inner.healthy.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Pkcs11Backend {
+    /// Loads the module, logs in, and reads the token's keys. Blocks; call it at start-up.
+    /// When called inside a tokio runtime, starts the monitor that detects a lost token and
+    /// reconnects.
+    pub fn open(cfg: &Pkcs11Config, pin: SecretString) -> Result<Pkcs11Backend, KeyError> {
+        cfg.validate().map_err(KeyError::Keystore)?;
+        let mut conn = Conn::open(cfg, &pin).map_err(|e| KeyError::Unavailable(e.to_string()))?;
+        let keys = conn.scan(cfg).map_err(KeyError::Keystore)?;
+        tracing::info!(
+            module = %cfg.module.display(),
+            keys = keys.len(),
+            sessions = cfg.sessions,
+            "PKCS#11 token opened"
+        );
+        let inner = Arc::new(Inner {
+            cfg: cfg.clone(),
+            pin,
+            keys,
+            conn: Mutex::new(Some(Arc::new(conn))),
+            last_error: Mutex::new(String::new()),
+            healthy: AtomicBool::new(true),
+            permits: tokio::sync::Semaphore::new(cfg.sessions),
+            wake: tokio::sync::Notify::new(),
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(monitor(Arc::downgrade(&inner)));
+        }
+        Ok(Pkcs11Backend { inner })
+    }
+
+    /// Generates a key pair inside the token (see [`Pkcs11Backend`] for its attributes).
+    pub fn generate(
+        cfg: &Pkcs11Config,
+        pin: &SecretString,
+        id: &str,
+        algorithm: Algorithm,
+    ) -> Result<KeyInfo, KeyError> {
+        super::soft::validate_key_id(id)?;
+        cfg.validate().map_err(KeyError::Keystore)?;
+        let conn = Conn::open(cfg, pin).map_err(KeyError::Unavailable)?;
+        let key = token::generate(&conn, id, algorithm).map_err(KeyError::Keystore)?;
+        Ok(key.info)
+    }
+}
+
+impl Inner {
+    fn lock_conn(&self) -> std::sync::MutexGuard<'_, Option<Arc<Conn>>> {
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn unavailable(&self) -> KeyError {
+        let why = self
+            .last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        KeyError::Unavailable(format!("PKCS#11 token unavailable: {why}"))
+    }
+
+    /// Drops `failed` (if it is still the live connection) and marks the token unavailable.
+    fn fail(&self, failed: &Arc<Conn>, why: String) {
+        let mut conn = self.lock_conn();
+        if conn.as_ref().is_some_and(|c| Arc::ptr_eq(c, failed)) {
+            let old = conn.take();
+            *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = why.clone();
+            self.healthy.store(false, Ordering::SeqCst);
+            tracing::error!(error = %why, "PKCS#11 token failed: signing is unavailable until it is back");
+            // Closing sessions talks to the token, which may hang: never on this thread.
+            if let Some(old) = old {
+                std::thread::spawn(move || drop(old));
+            }
+            self.wake.notify_one();
+        }
+    }
+}
+
+/// Watches the token: probes the live connection, and after a failure connects and logs in
+/// again until it succeeds. Ends when the backend is dropped.
+async fn monitor(inner: Weak<Inner>) {
+    let mut logged = String::new();
+    loop {
+        let wake = match inner.upgrade() {
+            Some(i) => {
+                let i2 = i.clone();
+                let notified = async move { i2.wake.notified().await };
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(MONITOR_PERIOD) => {}
+                }
+                i
+            }
+            None => return,
+        };
+        let current = wake.lock_conn().clone();
+        match current {
+            Some(conn) => {
+                // Probe only when a session is free: a busy pool finds failures by itself.
+                let Ok(_permit) = wake.permits.try_acquire() else {
+                    continue;
+                };
+                let c = conn.clone();
+                match run_blocking(wake.cfg.call_timeout(), move || c.probe()).await {
+                    Ok(()) => {}
+                    Err(e) => wake.fail(&conn, e),
+                }
+            }
+            None => {
+                let i = wake.clone();
+                let attempt = run_blocking(wake.cfg.call_timeout() * 4, move || {
+                    let mut conn = Conn::open(&i.cfg, &i.pin)?;
+                    conn.resolve(&i.keys)?;
+                    Ok(conn)
+                })
+                .await;
+                match attempt {
+                    Ok(conn) => {
+                        *wake.lock_conn() = Some(Arc::new(conn));
+                        wake.healthy.store(true, Ordering::SeqCst);
+                        logged.clear();
+                        tracing::info!("PKCS#11 token is back: signing resumes");
+                    }
+                    Err(e) => {
+                        if e != logged {
+                            tracing::warn!(error = %e, "PKCS#11 token still unavailable");
+                            logged = e.clone();
+                        }
+                        *wake.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Runs blocking PKCS#11 work on a blocking thread, giving up after `limit`.
+async fn run_blocking<T: Send + 'static>(
+    limit: Duration,
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => Err("a PKCS#11 call panicked".to_owned()),
+        Err(_) => Err(format!(
+            "a PKCS#11 call did not return within {} ms",
+            limit.as_millis()
+        )),
+    }
+}
+
+#[async_trait]
+impl KeyBackend for Pkcs11Backend {
+    fn name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn keys(&self) -> Vec<KeyInfo> {
+        self.inner.keys.values().map(|k| k.info.clone()).collect()
+    }
+
+    fn key(&self, id: &str) -> Option<KeyInfo> {
+        self.inner.keys.get(id).map(|k| k.info.clone())
+    }
+
+    async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
+        let inner = &self.inner;
+        let key = inner
+            .keys
+            .get(id)
+            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+        let algorithm = key.info.algorithm;
+        let data: Vec<u8> = match (algorithm, payload) {
+            (Algorithm::Secp256k1 | Algorithm::P256, Payload::Prehash(d)) => d.to_vec(),
+            (Algorithm::Ed25519, Payload::Message(m)) => m.to_vec(),
+            (_, Payload::Prehash(_)) => {
+                return Err(KeyError::WrongAlgorithm {
+                    id: id.to_owned(),
+                    algorithm,
+                    what: "it signs messages, not digests".into(),
+                });
+            }
+            (_, Payload::Message(_)) => {
+                return Err(KeyError::WrongAlgorithm {
+                    id: id.to_owned(),
+                    algorithm,
+                    what: "it signs digests, not messages".into(),
+                });
+            }
+        };
+        let limit = inner.cfg.call_timeout();
+        let _permit = tokio::time::timeout(limit, inner.permits.acquire())
+            .await
+            .map_err(|_| {
+                KeyError::Unavailable(format!(
+                    "all {} PKCS#11 sessions stayed busy for {} ms",
+                    inner.cfg.sessions,
+                    limit.as_millis()
+                ))
+            })?
+            .map_err(|_| KeyError::Unavailable("the PKCS#11 backend is closing".into()))?;
+        let Some(conn) = inner.lock_conn().clone() else {
+            return Err(inner.unavailable());
+        };
+        let handle = conn
+            .handle(id)
+            .ok_or_else(|| KeyError::Unavailable(format!("key `{id}` has no token handle")))?;
+        let c = conn.clone();
+        let signed = run_blocking(limit, move || {
+            let session = c.session()?;
+            match token::sign(&session, algorithm, handle, &data) {
+                Ok(sig) => {
+                    c.put_back(session);
+                    Ok(sig)
+                }
+                // A session that failed is not reused; the error decides the connection's fate.
+                Err(e) => Err(token::describe(&e)),
+            }
+        })
+        .await;
+        let raw = match signed {
+            Ok(raw) => raw,
+            Err(e) => {
+                // Any failed call may mean a lost token or stale handles; the monitor finds
+                // out by reconnecting, which is cheap next to signing with a broken one.
+                inner.fail(&conn, e.clone());
+                return Err(KeyError::Unavailable(format!(
+                    "PKCS#11 signing failed: {e}"
+                )));
+            }
+        };
+        let checked = match payload {
+            Payload::Prehash(d) => ec::normalize_ecdsa(algorithm, &key.info.public_key, d, &raw),
+            Payload::Message(m) => ec::check_ed25519(&key.info.public_key, m, &raw),
+        };
+        checked.map_err(|e| {
+            tracing::error!(key = %id, error = %e, "PKCS#11 token returned a bad signature");
+            KeyError::Unavailable(format!("{e}; nothing was signed"))
+        })
+    }
+
+    fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::SeqCst)
+    }
+}

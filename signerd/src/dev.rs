@@ -8,6 +8,11 @@
 //! a temporary sibling directory and renamed into place, so an interrupted first run never
 //! leaves a half-made directory behind. Nothing here is fit for production: the CA key and the
 //! keystore passphrase sit next to what they protect.
+//!
+//! With [`DevBackend::Pkcs11`], the two keys are generated inside a SoftHSM2 token created in
+//! `hsm/` (configuration, token store and a random PIN), and the configuration uses the PKCS#11
+//! backend. SoftHSM2 finds its configuration through `SOFTHSM2_CONF`, which the caller sets
+//! to [`softhsm_conf`] before anything loads the module.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -56,12 +61,64 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), DevError> {
     f.sync_all().map_err(err(path.display()))
 }
 
+/// Where the development keys live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DevBackend {
+    /// The encrypted software keystore in `keys/`.
+    Soft,
+    /// A SoftHSM2 token in `hsm/`.
+    Pkcs11,
+}
+
+impl DevBackend {
+    fn name(self) -> &'static str {
+        match self {
+            DevBackend::Soft => "soft",
+            DevBackend::Pkcs11 => crate::keys::pkcs11::BACKEND_NAME,
+        }
+    }
+}
+
+/// The token label of the development SoftHSM2 token.
+pub const DEV_TOKEN: &str = "signerd-dev";
+
+/// Where Debian, Ubuntu, Fedora and Homebrew install SoftHSM2's PKCS#11 module.
+pub const SOFTHSM_MODULE_PATHS: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib64/pkcs11/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+    "/opt/homebrew/lib/softhsm/libsofthsm2.so",
+];
+
+/// The SoftHSM2 configuration file of a development directory (absolute when `dir` is).
+pub fn softhsm_conf(dir: &Path) -> PathBuf {
+    dir.join("hsm").join("softhsm2.conf")
+}
+
+const SOFTHSM_TEMPLATE: &str = include_str!("../../hsm-config/softhsm2.conf.template");
+
 /// Makes sure `dir` holds a development installation; returns its configuration file.
 ///
-/// With `listen`, the configuration is (re)written to listen there.
-pub fn prepare(dir: &Path, listen: Option<SocketAddr>) -> Result<PathBuf, DevError> {
+/// With `listen`, the configuration is (re)written to listen there. An existing directory
+/// made for another backend is refused.
+pub fn prepare(
+    dir: &Path,
+    listen: Option<SocketAddr>,
+    backend: DevBackend,
+) -> Result<PathBuf, DevError> {
     let config = dir.join("signerd.toml");
     if config.exists() {
+        let made = crate::config::Config::load(&config).map_err(|e| DevError(e.to_string()))?;
+        if made.keys.backend != backend.name() {
+            return Err(DevError(format!(
+                "{} was made for the {} backend, not {}; choose another --dir",
+                dir.display(),
+                made.keys.backend,
+                backend.name()
+            )));
+        }
         if let Some(addr) = listen {
             set_listen(&config, addr)?;
         }
@@ -86,14 +143,82 @@ pub fn prepare(dir: &Path, listen: Option<SocketAddr>) -> Result<PathBuf, DevErr
     let _ = std::fs::remove_dir_all(&tmp);
     let built = build(
         &tmp,
+        dir,
         listen.map_or_else(|| DEV_LISTEN.to_owned(), |a| a.to_string()),
+        backend,
     );
-    if let Err(e) = built {
-        let _ = std::fs::remove_dir_all(&tmp);
-        return Err(e);
-    }
+    let pending = match built {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
     std::fs::rename(&tmp, dir).map_err(err(dir.display()))?;
+    if let Some(text) = pending {
+        // Until signerd.toml is written the directory is refused as half-made; on failure it
+        // is removed, as nothing in it has been used.
+        if let Err(e) = finish_pkcs11(dir, &text) {
+            let _ = std::fs::remove_dir_all(dir);
+            return Err(e);
+        }
+    }
     Ok(config)
+}
+
+/// Initializes the SoftHSM2 token in its final place, generates the development keys in it,
+/// and writes the configuration.
+fn finish_pkcs11(dir: &Path, config_text: &str) -> Result<(), DevError> {
+    let conf = softhsm_conf(dir);
+    if std::env::var_os("SOFTHSM2_CONF").as_deref() != Some(conf.as_os_str()) {
+        return Err(DevError(format!(
+            "SOFTHSM2_CONF must be {} to create the development token",
+            conf.display()
+        )));
+    }
+    let hsm = dir.join("hsm");
+    let read = |name: &str| {
+        crate::config::SecretSource {
+            file: Some(hsm.join(name)),
+            ..Default::default()
+        }
+        .read(name)
+        .map_err(DevError)
+    };
+    let (pin, so_pin) = (read("pin")?, read("so-pin")?);
+    use secrecy::ExposeSecret;
+    // softhsm2-util takes PINs only as arguments; they are random, local, and development-only.
+    let out = std::process::Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", DEV_TOKEN, "--pin"])
+        .arg(pin.expose_secret())
+        .arg("--so-pin")
+        .arg(so_pin.expose_secret())
+        .output()
+        .map_err(|e| {
+            DevError(format!(
+                "running softhsm2-util: {e} (install SoftHSM2: apt-get install softhsm2)"
+            ))
+        })?;
+    if !out.status.success() {
+        return Err(DevError(format!(
+            "softhsm2-util --init-token failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let config = crate::config::Config::parse("signerd.toml", config_text, dir)
+        .map_err(|e| DevError(e.to_string()))?;
+    let cfg = config
+        .keys
+        .pkcs11
+        .ok_or_else(|| DevError("the development configuration has no [keys.pkcs11]".into()))?;
+    for (id, alg) in [
+        (DEV_SECP256K1, Algorithm::Secp256k1),
+        (DEV_ED25519, Algorithm::Ed25519),
+    ] {
+        crate::keys::pkcs11::Pkcs11Backend::generate(&cfg, &pin, id, alg)
+            .map_err(|e| DevError(format!("generating `{id}` in SoftHSM2: {e}")))?;
+    }
+    write_new(&dir.join("signerd.toml"), config_text.as_bytes(), 0o600)
 }
 
 fn mkdir(path: &Path) -> Result<(), DevError> {
@@ -104,7 +229,15 @@ fn mkdir(path: &Path) -> Result<(), DevError> {
         .map_err(err(path.display()))
 }
 
-fn build(dir: &Path, listen: String) -> Result<(), DevError> {
+/// Builds the installation in `dir` (renamed to `target` afterwards). For the PKCS#11 backend the
+/// token cannot be made before it is in its final place (SoftHSM2's configuration names its
+/// store by path), so the configuration text is returned for [`finish_pkcs11`] to write last.
+fn build(
+    dir: &Path,
+    target: &Path,
+    listen: String,
+    backend: DevBackend,
+) -> Result<Option<String>, DevError> {
     mkdir(dir)?;
     let pki = dir.join("pki");
     mkdir(&pki)?;
@@ -146,28 +279,80 @@ fn build(dir: &Path, listen: String) -> Result<(), DevError> {
         0o600,
     )?;
     let passphrase = SecretString::from(passphrase.as_str().to_owned());
-    let keys = dir.join("keys");
-    mkdir(&keys)?;
-    for (id, alg) in [
+    let dev_keys = [
         (DEV_SECP256K1, Algorithm::Secp256k1),
         (DEV_ED25519, Algorithm::Ed25519),
-    ] {
-        soft::generate(&keys, id, alg, &passphrase).map_err(|e| DevError(e.to_string()))?;
-    }
+    ];
+    let keys_toml = match backend {
+        DevBackend::Soft => {
+            let keys = dir.join("keys");
+            mkdir(&keys)?;
+            for (id, alg) in dev_keys {
+                soft::generate(&keys, id, alg, &passphrase).map_err(|e| DevError(e.to_string()))?;
+            }
+            SOFT_KEYS.to_owned()
+        }
+        DevBackend::Pkcs11 => {
+            let module = softhsm_files(dir, target)?;
+            format!(
+                "[keys]\nbackend = \"pkcs11\"\n\n[keys.pkcs11]\nmodule = \"{}\"\ntoken_label = \"{DEV_TOKEN}\"\npin_file = \"hsm/pin\"\n",
+                module.display()
+            )
+        }
+    };
     // The audit log's checkpoint key lives in its own keystore, never with client keys.
     crate::audit::key::generate(&dir.join("audit-key"), &passphrase)
         .map_err(|e| DevError(e.to_string()))?;
 
-    write_new(
-        &dir.join("signerd.toml"),
-        config_text(&listen).as_bytes(),
-        0o600,
-    )?;
     write_new(&dir.join("policy.toml"), POLICY.as_bytes(), 0o644)?;
-    Ok(())
+    let config = config_text(&listen, &keys_toml, backend);
+    if backend == DevBackend::Soft {
+        write_new(&dir.join("signerd.toml"), config.as_bytes(), 0o600)?;
+        return Ok(None);
+    }
+    Ok(Some(config))
 }
 
-fn config_text(listen: &str) -> String {
+const SOFT_KEYS: &str = "[keys]\nbackend = \"soft\"\n\n[keys.soft]\ndir = \"keys\"\npassphrase_file = \"keystore.pass\"\n";
+
+/// Writes the SoftHSM2 files in `dir/hsm` (built in `dir`, used from `target`): the
+/// configuration from the template, naming the token store at its final place, and a random
+/// PIN and SO PIN. Returns the module's path.
+fn softhsm_files(dir: &Path, target: &Path) -> Result<PathBuf, DevError> {
+    let module = SOFTHSM_MODULE_PATHS
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| {
+            DevError(format!(
+                "SoftHSM2 is not installed (no libsofthsm2.so in {SOFTHSM_MODULE_PATHS:?}); \
+                 install it (Debian/Ubuntu: apt-get install softhsm2)"
+            ))
+        })?;
+    let hsm = dir.join("hsm");
+    mkdir(&hsm.join("tokens"))?;
+    let conf = SOFTHSM_TEMPLATE.replace(
+        "@TOKENDIR@",
+        &target.join("hsm").join("tokens").display().to_string(),
+    );
+    write_new(&hsm.join("softhsm2.conf"), conf.as_bytes(), 0o600)?;
+    for name in ["pin", "so-pin"] {
+        let mut raw = zeroize::Zeroizing::new([0u8; 12]);
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, raw.as_mut());
+        let pin = zeroize::Zeroizing::new(hex::encode(raw.as_ref()));
+        write_new(
+            &hsm.join(name),
+            format!("{}\n", pin.as_str()).as_bytes(),
+            0o600,
+        )?;
+    }
+    Ok(PathBuf::from(module))
+}
+
+fn config_text(listen: &str, keys: &str, backend: DevBackend) -> String {
+    let audit_pass = match backend {
+        DevBackend::Soft => "",
+        DevBackend::Pkcs11 => "signing_key_passphrase_file = \"keystore.pass\"\n",
+    };
     let mut identities = String::new();
     for (client, role) in DEV_CLIENTS {
         identities.push_str(&format!(
@@ -189,13 +374,7 @@ client_ca = "pki/ca.pem"
 {identities}[policy]
 file = "policy.toml"
 
-[keys]
-backend = "soft"
-
-[keys.soft]
-dir = "keys"
-passphrase_file = "keystore.pass"
-
+{keys}
 [state]
 dir = "state"
 
@@ -203,7 +382,7 @@ dir = "state"
 dir = "audit"
 signing_key_dir = "audit-key"
 origin = "signerd-dev/audit"
-"#
+{audit_pass}"#
     )
 }
 

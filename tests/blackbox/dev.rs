@@ -256,3 +256,53 @@ async fn dev_mode_reuses_its_directory() {
     assert_eq!(audit.of_type("audit.stop").len(), 2);
     let _ = std::fs::remove_dir_all(&base);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_with_softhsm_signs_with_token_keys() {
+    let base = unique_dir("dev-p11");
+    let dir = base.join("dev");
+    let mut cmd = dev_command(&dir);
+    cmd.args(["--backend", "pkcs11"]);
+    let d = Daemon::spawn(cmd).unwrap_or_else(|e| panic!("signerd dev --backend pkcs11: {e}"));
+    assert!(dir.join("hsm/softhsm2.conf").is_file());
+    assert_eq!(mode_of(&dir.join("hsm/pin")), 0o600);
+    assert!(
+        !dir.join("keys").exists(),
+        "a software keystore was made for the pkcs11 backend"
+    );
+    let out = signerctl(&dir, &d, &["--json", "keys", "list"]);
+    let keys: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    let backends: Vec<&str> = keys
+        .as_array()
+        .unwrap_or_else(|| panic!("{keys}"))
+        .iter()
+        .map(|k| k["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(backends, ["pkcs11", "pkcs11"], "{keys}");
+    let out = signerctl(&dir, &d, SIGN_TX);
+    let v: Value = serde_json::from_str(&out.stdout).unwrap();
+    hex_field(&v, "raw_transaction");
+    assert!(d.stop().success());
+
+    // The directory is kept for the same backend and refused for another.
+    let mut again = Command::new(SIGNERD);
+    again
+        .arg("dev")
+        .arg("--dir")
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0"]);
+    let out = run_to_exit(again, Duration::from_secs(60));
+    assert!(!out.status.success());
+    assert!(
+        out.stderr
+            .contains("was made for the pkcs11 backend, not soft"),
+        "{}",
+        out.stderr
+    );
+    let mut cmd = dev_command(&dir);
+    cmd.args(["--backend", "pkcs11"]);
+    let d = Daemon::spawn(cmd).unwrap_or_else(|e| panic!("restart: {e}"));
+    signerctl(&dir, &d, SIGN_TX);
+    let _ = std::fs::remove_dir_all(&base);
+}

@@ -29,6 +29,12 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum DevBackendArg {
+    Soft,
+    Pkcs11,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -38,9 +44,14 @@ enum LogFormat {
 enum Command {
     /// Run with development defaults, creating DIR on first run (CA, certificates, keys, policy).
     Dev {
-        /// The development directory.
-        #[arg(long, default_value = ".signerd-dev")]
-        dir: PathBuf,
+        /// The development directory (default `.signerd-dev`, or `.signerd-dev-pkcs11` with
+        /// `--backend pkcs11`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Where the development keys live: the software keystore, or a SoftHSM2 token
+        /// (needs SoftHSM2 installed).
+        #[arg(long, value_enum, default_value_t = DevBackendArg::Soft)]
+        backend: DevBackendArg,
         /// Listen address (default 127.0.0.1:50051, or what DIR's configuration says).
         #[arg(long)]
         listen: Option<SocketAddr>,
@@ -78,6 +89,14 @@ fn init_logging(format: LogFormat, level: &str) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Command::Dev {
+        dir,
+        backend: DevBackendArg::Pkcs11,
+        ..
+    } = &cli.command
+    {
+        softhsm_env(dir.as_deref().unwrap_or(".signerd-dev-pkcs11".as_ref()))?;
+    }
     init_logging(cli.log_format, &cli.log_level);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -85,7 +104,11 @@ fn main() -> anyhow::Result<()> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Dev { dir, listen } => dev(dir, listen).await,
+            Command::Dev {
+                dir,
+                backend,
+                listen,
+            } => dev(dir, backend, listen).await,
             Command::Run { config } => run(config).await,
             Command::CheckConfig { config } => check(config),
         }
@@ -102,8 +125,40 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn dev(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
-    let config_path = signerd::dev::prepare(&dir, listen)?;
+/// SoftHSM2 reads `SOFTHSM2_CONF` when the module initializes; a process cannot safely change
+/// its own environment, so `signerd dev --backend pkcs11` runs itself again with the
+/// development token's configuration in it.
+fn softhsm_env(dir: &std::path::Path) -> anyhow::Result<()> {
+    let dir = std::path::absolute(dir).with_context(|| dir.display().to_string())?;
+    let conf = signerd::dev::softhsm_conf(&dir);
+    if std::env::var_os("SOFTHSM2_CONF").as_deref() == Some(conf.as_os_str()) {
+        return Ok(());
+    }
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().context("finding the signerd executable")?;
+    let err = std::process::Command::new(exe)
+        .args(std::env::args_os().skip(1))
+        .env("SOFTHSM2_CONF", &conf)
+        .exec();
+    Err(anyhow::anyhow!(
+        "re-running signerd with SOFTHSM2_CONF set: {err}"
+    ))
+}
+
+async fn dev(
+    dir: Option<PathBuf>,
+    backend: DevBackendArg,
+    listen: Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let backend = match backend {
+        DevBackendArg::Soft => signerd::dev::DevBackend::Soft,
+        DevBackendArg::Pkcs11 => signerd::dev::DevBackend::Pkcs11,
+    };
+    let dir = dir.unwrap_or_else(|| match backend {
+        signerd::dev::DevBackend::Soft => PathBuf::from(".signerd-dev"),
+        signerd::dev::DevBackend::Pkcs11 => PathBuf::from(".signerd-dev-pkcs11"),
+    });
+    let config_path = signerd::dev::prepare(&dir, listen, backend)?;
     let config = Config::load(&config_path)?;
     let daemon = Daemon::open(config.clone()).await?;
     let addr = daemon.local_addr()?;

@@ -1,11 +1,16 @@
 //! `signerctl bench`: a load generator against a running daemon, in the manner of `ghz`:
 //! N concurrent mTLS clients (one connection each) send signing requests for a fixed time and
 //! the tool reports throughput, latency percentiles and errors.
+//!
+//! With `--baseline`, the same run first measures the raw limit of the key backend at the same
+//! concurrency and for the same time (in-process signing for `soft`, `C_Sign` straight through
+//! cryptoki for `pkcs11`), then signerd end to end, and prints the ratio.
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::bail;
-use clap::Args;
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
 use serde_json::json;
 use signerd::client::{ClientSettings, connect};
 use signerd_proto::v1;
@@ -21,6 +26,76 @@ pub(crate) struct BenchArgs {
     /// How long to send requests, in seconds.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Also measure the backend's raw limit in the same run and print the ratio.
+    #[arg(long, value_enum)]
+    baseline: Option<Baseline>,
+    /// signerd configuration naming the token (for `--baseline pkcs11`; the PIN is read from
+    /// its source and `SOFTHSM2_CONF` or the module's own settings apply).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// What `--baseline` measures.
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum Baseline {
+    /// In-process k256 / ed25519-dalek signing with a fresh key of the same algorithm.
+    Soft,
+    /// `C_Sign` on the same key in the same token, one session per client.
+    Pkcs11,
+}
+
+/// One measured run.
+struct Measured {
+    latencies: Vec<Duration>,
+    errors: std::collections::BTreeMap<String, u64>,
+    elapsed: f64,
+}
+
+impl Measured {
+    fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed
+    }
+
+    fn pct(&self, p: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return 0.0;
+        }
+        let idx = ((p / 100.0) * (self.latencies.len() - 1) as f64).round() as usize;
+        self.latencies[idx.min(self.latencies.len() - 1)].as_secs_f64() * 1000.0
+    }
+
+    fn json(&self, concurrency: usize) -> serde_json::Value {
+        json!({
+            "concurrency": concurrency,
+            "duration_s": self.elapsed,
+            "ok": self.latencies.len(),
+            "errors": self.errors,
+            "throughput_per_s": self.throughput(),
+            "latency_ms": {
+                "p50": self.pct(50.0), "p90": self.pct(90.0), "p99": self.pct(99.0),
+                "p99.9": self.pct(99.9), "max": self.pct(100.0),
+            },
+        })
+    }
+
+    fn print(&self, what: &str, concurrency: usize) {
+        println!(
+            "{what}: {} signed in {:.1} s with {concurrency} clients: {:.0}/s",
+            self.latencies.len(),
+            self.elapsed,
+            self.throughput()
+        );
+        println!(
+            "  latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
+            self.pct(50.0),
+            self.pct(90.0),
+            self.pct(99.0),
+            self.pct(99.9),
+            self.pct(100.0)
+        );
+        let total: u64 = self.errors.values().sum();
+        println!("  errors: {total} {:?}", self.errors);
+    }
 }
 
 struct Worker {
@@ -36,14 +111,167 @@ pub(crate) async fn run(
     if !(1..=4096).contains(&args.concurrency) || !(1..=3600).contains(&args.duration) {
         bail!("--concurrency must be 1..=4096 and --duration 1..=3600");
     }
+    let duration = Duration::from_secs(args.duration);
+    let mut probe = connect(&settings).await?;
+    let key = probe
+        .get_key(v1::GetKeyRequest {
+            key_id: args.key_id.clone(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("GetKey {}: {}", args.key_id, s.message()))?
+        .into_inner();
+    let algorithm = v1::Algorithm::try_from(key.algorithm).unwrap_or(v1::Algorithm::Unspecified);
+    let baseline = match args.baseline {
+        None => None,
+        Some(b) => {
+            let (name, m) = run_baseline(b, &args, algorithm, duration).await?;
+            Some((name, m))
+        }
+    };
+    let signerd = run_signerd(&settings, &args, algorithm, duration).await?;
+    if json_out {
+        let mut report = signerd.json(args.concurrency);
+        if let Some((name, b)) = &baseline {
+            report["baseline"] = b.json(args.concurrency);
+            report["baseline"]["kind"] = json!(name);
+            report["ratio"] = json!(signerd.throughput() / b.throughput());
+        }
+        println!("{report:#}");
+    } else {
+        if let Some((name, b)) = &baseline {
+            b.print(&format!("baseline ({name})"), args.concurrency);
+        }
+        signerd.print("signerd", args.concurrency);
+        if let Some((_, b)) = &baseline {
+            println!(
+                "ratio signerd / baseline: {:.1}%",
+                100.0 * signerd.throughput() / b.throughput()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn run_baseline(
+    kind: Baseline,
+    args: &BenchArgs,
+    algorithm: v1::Algorithm,
+    duration: Duration,
+) -> anyhow::Result<(&'static str, Measured)> {
+    match kind {
+        Baseline::Soft => {
+            let threads = args.concurrency;
+            let m = tokio::task::spawn_blocking(move || soft_baseline(algorithm, threads, duration))
+                .await??;
+            Ok(("soft: in-process signing", m))
+        }
+        Baseline::Pkcs11 => {
+            let path = args
+                .config
+                .as_ref()
+                .context("--baseline pkcs11 needs --config (the daemon's configuration)")?;
+            let cfg = signerd::config::Config::load(path)?;
+            let p = cfg
+                .keys
+                .pkcs11
+                .context("the configuration has no [keys.pkcs11] table")?;
+            let pin = p
+                .pin_source()
+                .read("keys.pkcs11.pin")
+                .map_err(anyhow::Error::msg)?;
+            let (id, threads) = (args.key_id.clone(), args.concurrency);
+            let raw = tokio::task::spawn_blocking(move || {
+                signerd::keys::pkcs11::bench_raw(&p, &pin, &id, threads, duration)
+            })
+            .await??;
+            let mut errors = std::collections::BTreeMap::new();
+            if raw.errors > 0 {
+                errors.insert("C_Sign".to_owned(), raw.errors);
+            }
+            let mut latencies = raw.latencies;
+            latencies.sort();
+            Ok((
+                "pkcs11: C_Sign through cryptoki",
+                Measured {
+                    latencies,
+                    errors,
+                    elapsed: raw.elapsed.as_secs_f64(),
+                },
+            ))
+        }
+    }
+}
+
+/// Signs a fixed digest with a fresh in-memory key on `threads` threads.
+fn soft_baseline(
+    algorithm: v1::Algorithm,
+    threads: usize,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
+    use k256::ecdsa::signature::hazmat::PrehashSigner;
+    let digest = [0x5au8; 32];
+    let k1 = k256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let ed = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let p256 = p256::ecdsa::SigningKey::random(&mut rand_core::OsRng);
+    let started = Instant::now();
+    let deadline = started + duration;
+    let lists: Vec<Vec<Duration>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let (k1, ed, p256) = (&k1, &ed, &p256);
+                scope.spawn(move || {
+                    let mut lat = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        match algorithm {
+                            v1::Algorithm::Ed25519 => {
+                                std::hint::black_box(ed25519_dalek::Signer::sign(ed, &digest));
+                            }
+                            v1::Algorithm::P256 => {
+                                let s: Result<p256::ecdsa::Signature, _> =
+                                    p256.sign_prehash(&digest);
+                                std::hint::black_box(s.ok());
+                            }
+                            _ => {
+                                std::hint::black_box(k1.sign_prehash_recoverable(&digest).ok());
+                            }
+                        }
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    let mut latencies: Vec<Duration> = lists.into_iter().flatten().collect();
+    latencies.sort();
+    Ok(Measured {
+        latencies,
+        errors: Default::default(),
+        elapsed: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// signerd end to end: EIP-191 messages for secp256k1 keys, raw digests (a rule must name
+/// `raw_digest`) for the others.
+async fn run_signerd(
+    settings: &ClientSettings,
+    args: &BenchArgs,
+    algorithm: v1::Algorithm,
+    duration: Duration,
+) -> anyhow::Result<Measured> {
     let mut nonce = [0u8; 6];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let run_id = hex::encode(nonce);
     let mut clients = Vec::with_capacity(args.concurrency);
     for _ in 0..args.concurrency {
-        clients.push(connect(&settings).await?);
+        clients.push(connect(settings).await?);
     }
-    let deadline = Instant::now() + Duration::from_secs(args.duration);
+    let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for (w, mut client) in clients.into_iter().enumerate() {
@@ -56,15 +284,29 @@ pub(crate) async fn run(
             };
             let mut i = 0u64;
             while Instant::now() < deadline {
-                let req = v1::SignEvmMessageRequest {
-                    request_id: format!("bench-{run_id}-{w}-{i}"),
-                    key_id: key_id.clone(),
-                    message: format!("signerctl bench {run_id} {w} {i}").into_bytes(),
-                    dry_run: false,
-                };
+                let request_id = format!("bench-{run_id}-{w}-{i}");
+                let text = format!("signerctl bench {run_id} {w} {i}");
                 let t = Instant::now();
-                match client.sign_evm_message(req).await {
-                    Ok(_) => out.latencies.push(t.elapsed()),
+                let result = if algorithm == v1::Algorithm::Secp256k1 {
+                    let req = v1::SignEvmMessageRequest {
+                        request_id,
+                        key_id: key_id.clone(),
+                        message: text.into_bytes(),
+                        dry_run: false,
+                    };
+                    client.sign_evm_message(req).await.map(|_| ())
+                } else {
+                    use sha2::Digest;
+                    let req = v1::SignDigestRequest {
+                        request_id,
+                        key_id: key_id.clone(),
+                        digest: sha2::Sha256::digest(text.as_bytes()).to_vec(),
+                        dry_run: false,
+                    };
+                    client.sign_digest(req).await.map(|_| ())
+                };
+                match result {
+                    Ok(()) => out.latencies.push(t.elapsed()),
                     Err(s) => out.errors.push(format!("{:?}", s.code())),
                 }
                 i += 1;
@@ -83,43 +325,9 @@ pub(crate) async fn run(
     }
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return 0.0;
-        }
-        let idx = ((p / 100.0) * (latencies.len() - 1) as f64).round() as usize;
-        latencies[idx.min(latencies.len() - 1)].as_secs_f64() * 1000.0
-    };
-    let ok = latencies.len();
-    let report = json!({
-        "concurrency": args.concurrency,
-        "duration_s": elapsed,
-        "ok": ok,
-        "errors": errors,
-        "throughput_per_s": ok as f64 / elapsed,
-        "latency_ms": {
-            "p50": pct(50.0), "p90": pct(90.0), "p99": pct(99.0), "p99.9": pct(99.9),
-            "max": latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0),
-        },
-    });
-    if json_out {
-        println!("{report:#}");
-    } else {
-        println!(
-            "{ok} signed in {elapsed:.1} s with {} clients: {:.0}/s",
-            args.concurrency,
-            ok as f64 / elapsed
-        );
-        println!(
-            "latency ms: p50 {:.2}  p90 {:.2}  p99 {:.2}  p99.9 {:.2}  max {:.2}",
-            pct(50.0),
-            pct(90.0),
-            pct(99.0),
-            pct(99.9),
-            latencies.last().map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-        );
-        let total_errors: u64 = errors.values().sum();
-        println!("errors: {total_errors} {errors:?}");
-    }
-    Ok(())
+    Ok(Measured {
+        latencies,
+        errors,
+        elapsed,
+    })
 }

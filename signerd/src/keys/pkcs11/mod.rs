@@ -112,6 +112,81 @@ impl Pkcs11Backend {
     }
 }
 
+/// What [`bench_raw`] measured.
+#[derive(Debug, Clone)]
+pub struct RawBench {
+    /// Latency of each successful `C_Sign`.
+    pub latencies: Vec<Duration>,
+    /// Failed calls.
+    pub errors: u64,
+    /// Wall time of the run.
+    pub elapsed: Duration,
+}
+
+/// The benchmark baseline: `threads` threads, each with its own session, call `C_Sign` with
+/// `CKM_ECDSA` (or `CKM_EDDSA`) on key `id` over one fixed 32-byte value for `duration`,
+/// with nothing around the call (no policy, audit, normalization or transport). The
+/// signatures are discarded. Needs the PIN, like key generation.
+pub fn bench_raw(
+    cfg: &Pkcs11Config,
+    pin: &SecretString,
+    id: &str,
+    threads: usize,
+    duration: Duration,
+) -> Result<RawBench, KeyError> {
+    cfg.validate().map_err(KeyError::Keystore)?;
+    let mut conn = Conn::open(cfg, pin).map_err(KeyError::Unavailable)?;
+    let keys = conn.scan(cfg).map_err(KeyError::Keystore)?;
+    let key = keys.get(id).ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+    let algorithm = key.info.algorithm;
+    let handle = conn
+        .handle(id)
+        .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+    let sessions = (0..threads)
+        .map(|_| conn.session())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(KeyError::Unavailable)?;
+    use sha2::Digest as _;
+    // A fixed value that is neither a transaction nor a message hash of signerd's.
+    let data = sha2::Sha256::digest(b"signerd pkcs11 raw baseline; not a transaction");
+    let started = std::time::Instant::now();
+    let deadline = started + duration;
+    let results: Vec<(Vec<Duration>, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sessions
+            .into_iter()
+            .map(|session| {
+                scope.spawn(move || {
+                    let mut lat = Vec::new();
+                    let mut errors = 0u64;
+                    while std::time::Instant::now() < deadline {
+                        let t = std::time::Instant::now();
+                        match token::sign(&session, algorithm, handle, &data) {
+                            Ok(_) => lat.push(t.elapsed()),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (lat, errors)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    let elapsed = started.elapsed();
+    let mut out = RawBench {
+        latencies: Vec::new(),
+        errors: 0,
+        elapsed,
+    };
+    for (lat, errors) in results {
+        out.latencies.extend(lat);
+        out.errors += errors;
+    }
+    Ok(out)
+}
+
 impl Inner {
     fn lock_conn(&self) -> std::sync::MutexGuard<'_, Option<Arc<Conn>>> {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())

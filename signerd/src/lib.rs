@@ -15,6 +15,7 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod hardening;
 pub mod keys;
 pub mod server;
 pub mod service;

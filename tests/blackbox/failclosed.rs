@@ -211,3 +211,25 @@ async fn deleted_audit_segment_stops_signing() {
     assert_not_serving(channel).await;
     assert!(d.is_running(), "signerd exited instead of refusing to sign");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_cannot_dump_core() {
+    let env = TestEnv::new("hardening");
+    let d = env.start();
+    // RLIMIT_CORE is 0, soft and hard, so no core file can ever hold a key.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", d.pid())).unwrap();
+    let core = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    let fields: Vec<&str> = core.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{core}");
+    // Non-dumpable: read back with prctl by the daemon itself and logged.
+    assert!(
+        d.stderr().contains("process hardened")
+            && d.stderr().contains("core_limit=0")
+            && d.stderr().contains("dumpable=false"),
+        "{}",
+        d.stderr()
+    );
+}

@@ -115,8 +115,22 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// Hardens the process before any secret is read, and says what holds.
+fn harden(lock_memory: bool) -> anyhow::Result<()> {
+    let done = signerd::hardening::apply(lock_memory)?;
+    let (core, dumpable) = signerd::hardening::current()?;
+    tracing::info!(
+        core_limit = core.unwrap_or(u64::MAX),
+        dumpable,
+        memory_locked = done.memory_locked,
+        "process hardened"
+    );
+    Ok(())
+}
+
 async fn run(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    harden(config.server.lock_memory)?;
     let daemon = Daemon::open(config).await?;
     let shutdown = shutdown_signal();
     println!("signerd listening on {}", daemon.local_addr()?);
@@ -158,6 +172,7 @@ async fn dev(
         signerd::dev::DevBackend::Soft => PathBuf::from(".signerd-dev"),
         signerd::dev::DevBackend::Pkcs11 => PathBuf::from(".signerd-dev-pkcs11"),
     });
+    harden(false)?;
     let config_path = signerd::dev::prepare(&dir, listen, backend)?;
     let config = Config::load(&config_path)?;
     let daemon = Daemon::open(config.clone()).await?;
@@ -200,6 +215,7 @@ async fn dev(
 
 fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
+    harden(false)?;
     let policy = signerd::server::load_policy(&config.policy.file)?;
     signerd::tls::server_config(&config.tls)?;
     let keys = signerd::server::open_keys(&config)?;

@@ -97,6 +97,9 @@ pub struct ServerConfig {
     /// Most requests in flight on one connection.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
+    /// Lock all of the daemon's memory (`mlockall`) so keys never reach swap.
+    #[serde(default)]
+    pub lock_memory: bool,
 }
 
 fn default_max_message_bytes() -> usize {

@@ -161,8 +161,9 @@ async fn run_baseline(
     match kind {
         Baseline::Soft => {
             let threads = args.concurrency;
-            let m = tokio::task::spawn_blocking(move || soft_baseline(algorithm, threads, duration))
-                .await??;
+            let m =
+                tokio::task::spawn_blocking(move || soft_baseline(algorithm, threads, duration))
+                    .await??;
             Ok(("soft: in-process signing", m))
         }
         Baseline::Pkcs11 => {

@@ -137,7 +137,9 @@ pub fn bench_raw(
     cfg.validate().map_err(KeyError::Keystore)?;
     let mut conn = Conn::open(cfg, pin).map_err(KeyError::Unavailable)?;
     let keys = conn.scan(cfg).map_err(KeyError::Keystore)?;
-    let key = keys.get(id).ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+    let key = keys
+        .get(id)
+        .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
     let algorithm = key.info.algorithm;
     let handle = conn
         .handle(id)

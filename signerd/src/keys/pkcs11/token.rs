@@ -73,7 +73,7 @@ impl std::fmt::Debug for Conn {
 /// Describes a cryptoki error for logs and statuses (return codes only, never data).
 pub(super) fn describe(e: &CkError) -> String {
     match e {
-        CkError::Pkcs11(rv, func) => format!("{func:?} returned {}", rv_name(*rv)),
+        CkError::Pkcs11(rv, func) => format!("C_{func:?} returned {}", rv_name(*rv)),
         CkError::LibraryLoading(e) => format!("cannot load the PKCS#11 module: {e}"),
         other => other.to_string(),
     }

@@ -23,5 +23,6 @@ mod mtls;
 mod pkcs11;
 mod policy_ops;
 mod policy_tools;
+mod secrets;
 mod signing;
 mod util;

@@ -17,6 +17,7 @@ pub mod config;
 pub mod dev;
 pub mod hardening;
 pub mod keys;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod state;

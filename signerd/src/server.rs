@@ -94,6 +94,7 @@ pub struct Daemon {
     config: Config,
     signer: Arc<Signer>,
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
 }
 
@@ -108,6 +109,10 @@ impl std::fmt::Debug for Daemon {
 impl Daemon {
     /// Opens every component and binds the listener.
     pub async fn open(config: Config) -> Result<Daemon, ServerError> {
+        // First, so that what opening records (the audit log's first checkpoint) is counted.
+        if config.metrics.is_some() {
+            crate::metrics::install().map_err(start("metrics"))?;
+        }
         let policy = load_policy(&config.policy.file)?;
         let keys = open_keys(&config)?;
         let state = crate::state::open_sled(&config.state.dir).map_err(start("state"))?;
@@ -147,6 +152,19 @@ impl Daemon {
         let listener = TcpListener::bind(config.server.listen)
             .await
             .map_err(start(&format!("listen {}", config.server.listen)))?;
+        let metrics = match &config.metrics {
+            Some(m) => {
+                crate::metrics::policy(policy.serial(), &policy.hash_hex());
+                crate::metrics::backend(keys.name(), keys.healthy(), keys.sessions());
+                crate::metrics::audit_healthy(true);
+                Some(
+                    crate::metrics::bind(m.listen)
+                        .await
+                        .map_err(start("metrics"))?,
+                )
+            }
+            None => None,
+        };
         tracing::info!(
             policy_serial = policy.serial(),
             policy_hash = %policy.hash_hex(),
@@ -166,8 +184,14 @@ impl Daemon {
             config,
             signer,
             listener,
+            metrics,
             tls,
         })
+    }
+
+    /// The address of the metrics listener, if there is one.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The address the listener is bound to.
@@ -206,6 +230,7 @@ impl Daemon {
         health.set_serving::<SignerServer<SignerApi>>().await;
         let mut audit_health = self.signer.audit().health();
         let keys = self.signer.keys_arc();
+        let watched = self.signer.clone();
         let watcher = tokio::spawn(async move {
             // The audit log's failure is final until a restart; a key backend's comes and goes,
             // so it is polled and health follows it both ways.
@@ -218,6 +243,11 @@ impl Daemon {
                 }
                 let audit_ok = *audit_health.borrow();
                 let keys_ok = keys.healthy();
+                // Gauges follow the same poll (cheap when no recorder is installed).
+                crate::metrics::audit_healthy(audit_ok);
+                crate::metrics::backend(keys.name(), keys_ok, keys.sessions());
+                let (serial, hash) = watched.policy_version();
+                crate::metrics::policy(serial, &hash);
                 let now = audit_ok && keys_ok;
                 if now == serving {
                     continue;
@@ -280,6 +310,19 @@ impl Daemon {
         // deadline, then the remaining connections are dropped.
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = server.request_timeout();
+        let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
+        if let Some(listener) = self.metrics {
+            let handle =
+                crate::metrics::install().map_err(|e| ServerError::Serve(e.to_string()))?;
+            tokio::spawn(async move {
+                let stop = async move {
+                    let _ = metrics_stop_rx.await;
+                };
+                if let Err(e) = crate::metrics::serve(listener, handle, stop).await {
+                    tracing::error!(error = %e, "metrics listener failed");
+                }
+            });
+        }
         let serve = tonic::transport::Server::builder()
             .timeout(server.request_timeout())
             .max_concurrent_streams(server.max_concurrent_streams)
@@ -308,6 +351,7 @@ impl Daemon {
         tracing::info!("listener closed; closing the audit log");
         // Closing the log ends its health too; that is not a failure to report.
         watcher.abort();
+        let _ = metrics_stop_tx.send(());
         let closed = self.signer.audit().shutdown().await;
         result.map_err(|e| ServerError::Serve(e.to_string()))?;
         closed.map_err(|e| ServerError::Serve(e.to_string()))

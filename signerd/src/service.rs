@@ -60,6 +60,22 @@ pub enum ServiceError {
     Unavailable(String),
 }
 
+impl ServiceError {
+    /// (decision, gRPC status name) for metrics: `deny` for a policy or backend denial,
+    /// `none` for a request refused before the policy or failed after it.
+    pub fn metric_labels(&self) -> (&'static str, &'static str) {
+        match self {
+            ServiceError::InvalidArgument(_) => ("none", "INVALID_ARGUMENT"),
+            ServiceError::NotFound(_) => ("none", "NOT_FOUND"),
+            ServiceError::PermissionDenied { .. } => ("deny", "PERMISSION_DENIED"),
+            ServiceError::Aborted(_) => ("none", "ABORTED"),
+            ServiceError::FailedPrecondition(_) => ("none", "FAILED_PRECONDITION"),
+            ServiceError::Unauthenticated(_) => ("none", "UNAUTHENTICATED"),
+            ServiceError::Unavailable(_) => ("none", "UNAVAILABLE"),
+        }
+    }
+}
+
 /// The authenticated caller of one request.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -214,6 +230,12 @@ impl Signer {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The policy in force: (serial, SHA-256 hex).
+    pub fn policy_version(&self) -> (u64, String) {
+        let p = self.policy();
+        (p.serial(), p.hash_hex())
     }
 
     fn policy(&self) -> Arc<Policy> {
@@ -479,6 +501,7 @@ impl Signer {
         prepare: impl FnOnce() -> Result<Prepared, ServiceError> + Send + 'static,
     ) -> Result<R, ServiceError> {
         let this = self.clone();
+        let started = std::time::Instant::now();
         let span = tracing::info_span!("request", req_id = %request_id, client = %caller.identity.id, method);
         let task = tokio::spawn(tracing::Instrument::instrument(
             async move {
@@ -487,7 +510,7 @@ impl Signer {
             },
             span,
         ));
-        match task.await {
+        let result = match task.await {
             Ok(result) => result,
             Err(e) => {
                 tracing::error!(error = %e, "signing task failed");
@@ -495,7 +518,13 @@ impl Signer {
                     "internal error; nothing was signed".into(),
                 ))
             }
-        }
+        };
+        let (decision, status) = match &result {
+            Ok(_) => ("allow", "OK"),
+            Err(e) => e.metric_labels(),
+        };
+        crate::metrics::request(method, decision, status, started.elapsed());
+        result
     }
 
     async fn process<R: SignResponse>(
@@ -556,7 +585,9 @@ impl Signer {
             return replay(stored, &fingerprint);
         }
 
+        let t = std::time::Instant::now();
         let decided = self.decide(&caller, &prepared, true, false)?;
+        crate::metrics::stage("policy", t.elapsed());
         // Until the result record is durable, a reservation belongs to a request that may end
         // unsigned: the guard releases it on every early return.
         let mut reservation = Reservation {
@@ -603,7 +634,10 @@ impl Signer {
             return Err(ServiceError::PermissionDenied { rule, reason });
         }
 
-        let signature = match self.sign(&prepared).await {
+        let t = std::time::Instant::now();
+        let signed = self.sign(&prepared).await;
+        crate::metrics::stage("backend", t.elapsed());
+        let signature = match signed {
             Ok(sig) => sig,
             Err(e) => {
                 let msg = e.to_string();
@@ -630,11 +664,13 @@ impl Signer {
                 return Err(e);
             }
         };
+        let t = std::time::Instant::now();
         let receipt = self
             .audit
             .append_durable(result_rec)
             .await
             .map_err(unavailable)?;
+        crate::metrics::stage("audit_commit", t.elapsed());
         response.set_receipt(receipt_proto(receipt));
         // Signed and on record: the spend counts from now on.
         reservation.armed = false;

@@ -19,6 +19,7 @@ mod dev;
 mod failclosed;
 mod idempotency;
 mod limits;
+mod metrics;
 mod mtls;
 mod pkcs11;
 mod policy_ops;

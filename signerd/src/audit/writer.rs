@@ -324,11 +324,15 @@ impl Writer {
         // waits on (records appended without waiting) is synced by the next batch that someone
         // does wait on; syncing it on its own would only add a flush to the hot path.
         let waited_on = batch.iter().any(|m| m.reply.is_some());
+        let mut synced = None;
         if (self.settings.fsync && waited_on) || force_sync {
+            let t = Instant::now();
             self.seg.file.sync_data().map_err(|e| {
                 format!("sync of {} failed: {e}; {STOPPED}", self.seg.path.display())
             })?;
+            synced = Some(t.elapsed());
         }
+        crate::metrics::audit_batch(batch.len() as u64, self.buf.len() as u64, synced);
         if self.seg.first_seq.is_none() {
             self.seg.first_seq = Some(self.tail.next_seq);
             self.seg.started = Some(now);
@@ -361,6 +365,7 @@ impl Writer {
         self.commit(std::slice::from_ref(&msg), true)?;
         self.last_checkpoint_seq = Some(seq);
         self.last_checkpoint_at = Instant::now();
+        crate::metrics::checkpoint_written();
         if let Some(dir) = &self.dir {
             publish_checkpoint(dir, &note).map_err(|e| format!("{e}; {STOPPED}"))?;
         }

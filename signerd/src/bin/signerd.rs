@@ -134,6 +134,9 @@ async fn run(path: PathBuf) -> anyhow::Result<()> {
     let daemon = Daemon::open(config).await?;
     let shutdown = shutdown_signal();
     println!("signerd listening on {}", daemon.local_addr()?);
+    if let Some(a) = daemon.metrics_addr() {
+        println!("signerd metrics on http://{a}/metrics");
+    }
     daemon.serve(shutdown).await?;
     println!("signerd stopped");
     Ok(())
@@ -180,6 +183,9 @@ async fn dev(
     let shutdown = shutdown_signal();
     let shown = dir.display();
     println!("signerd listening on {addr}");
+    if let Some(a) = daemon.metrics_addr() {
+        println!("signerd metrics on http://{a}/metrics");
+    }
     println!();
     println!("Development mode: mTLS (TLS 1.3) with the development CA in {shown}/pki.");
     println!(

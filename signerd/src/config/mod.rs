@@ -71,9 +71,24 @@ pub struct Config {
     pub state: StateConfig,
     /// The audit log.
     pub audit: AuditConfig,
+    /// The Prometheus endpoint; absent: no metrics listener.
+    pub metrics: Option<MetricsConfig>,
     /// The file this configuration was read from.
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the plain-HTTP metrics listener (`GET /metrics`).
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9464))
 }
 
 /// `[server]`.

@@ -137,4 +137,8 @@ pub trait KeyBackend: Send + Sync + 'static {
     fn healthy(&self) -> bool {
         true
     }
+    /// (sessions in use, sessions configured) for backends with a session pool.
+    fn sessions(&self) -> Option<(usize, usize)> {
+        None
+    }
 }

@@ -386,4 +386,12 @@ impl KeyBackend for Pkcs11Backend {
     fn healthy(&self) -> bool {
         self.inner.healthy.load(Ordering::SeqCst)
     }
+
+    fn sessions(&self) -> Option<(usize, usize)> {
+        let total = self.inner.cfg.sessions;
+        Some((
+            total.saturating_sub(self.inner.permits.available_permits()),
+            total,
+        ))
+    }
 }

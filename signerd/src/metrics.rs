@@ -1,0 +1,221 @@
+//! Prometheus metrics: what signerd is doing, for operators' dashboards and alerts.
+//!
+//! Values are recorded through the [`metrics`] facade from wherever they happen and rendered in
+//! the Prometheus text format by `metrics-exporter-prometheus`, served at `GET /metrics` on a
+//! listener of its own (`[metrics] listen`, loopback by default), apart from the mTLS API.
+//! Labels carry only bounded, non-secret values: method names, decisions, status names, stage
+//! names, backend names. Never a key id, client id, request id or amount: those belong in the
+//! audit log, and unbounded labels would let clients grow the registry.
+//!
+//! | metric | type | labels |
+//! | --- | --- | --- |
+//! | `signerd_requests_total` | counter | `method`, `decision` (`allow`, `deny`, `none`), `status` (gRPC code name) |
+//! | `signerd_request_duration_seconds` | histogram | `method` |
+//! | `signerd_stage_duration_seconds` | histogram | `stage` (`policy`, `backend`, `audit_commit`) |
+//! | `signerd_backend_healthy` | gauge (0/1) | `backend` |
+//! | `signerd_backend_sessions_in_use` | gauge | `backend` |
+//! | `signerd_backend_sessions` | gauge | `backend` |
+//! | `signerd_audit_healthy` | gauge (0/1) | |
+//! | `signerd_audit_records_total` | counter | |
+//! | `signerd_audit_bytes_total` | counter | |
+//! | `signerd_audit_fsync_duration_seconds` | histogram | |
+//! | `signerd_audit_last_checkpoint_timestamp_seconds` | gauge | |
+//! | `signerd_policy_serial` | gauge | |
+//! | `signerd_policy_info` | gauge (1) | `hash` |
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Histogram buckets for latencies, in seconds: 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Why metrics could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("metrics: {0}")]
+pub struct MetricsError(String);
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(LATENCY_BUCKETS)
+        .map_err(|e| MetricsError(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    match metrics::set_global_recorder(recorder) {
+        Ok(()) => {
+            describe();
+            let _ = HANDLE.set(handle.clone());
+            Ok(handle)
+        }
+        // Another recorder won a race: use the installed one if it is ours.
+        Err(_) => HANDLE
+            .get()
+            .cloned()
+            .ok_or_else(|| MetricsError("another metrics recorder is installed".into())),
+    }
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "signerd_requests_total",
+        "Signing requests by method, policy decision and gRPC status"
+    );
+    describe_histogram!(
+        "signerd_request_duration_seconds",
+        Unit::Seconds,
+        "End-to-end time of signing requests inside signerd"
+    );
+    describe_histogram!(
+        "signerd_stage_duration_seconds",
+        Unit::Seconds,
+        "Time per stage of a signing request: policy, backend, audit_commit"
+    );
+    describe_gauge!(
+        "signerd_backend_healthy",
+        "1 while the key backend can sign, 0 while it cannot"
+    );
+    describe_gauge!(
+        "signerd_backend_sessions_in_use",
+        "Key backend sessions (PKCS#11) in use"
+    );
+    describe_gauge!(
+        "signerd_backend_sessions",
+        "Key backend sessions configured"
+    );
+    describe_gauge!(
+        "signerd_audit_healthy",
+        "1 while the audit log accepts records, 0 once it has failed"
+    );
+    describe_counter!("signerd_audit_records_total", "Audit records written");
+    describe_counter!(
+        "signerd_audit_bytes_total",
+        Unit::Bytes,
+        "Audit bytes written"
+    );
+    describe_histogram!(
+        "signerd_audit_fsync_duration_seconds",
+        Unit::Seconds,
+        "Time of each audit fdatasync"
+    );
+    describe_gauge!(
+        "signerd_audit_last_checkpoint_timestamp_seconds",
+        Unit::Seconds,
+        "Unix time of the last signed checkpoint (alert on time() minus this)"
+    );
+    describe_gauge!("signerd_policy_serial", "Serial of the policy in force");
+    describe_gauge!(
+        "signerd_policy_info",
+        "Always 1; the label `hash` is the SHA-256 of the policy in force"
+    );
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    handle: PrometheusHandle,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), MetricsError> {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/metrics",
+        get(move || {
+            let h = handle.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    h.render(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| MetricsError(e.to_string()))
+}
+
+/// Binds the metrics listener.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, MetricsError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| MetricsError(format!("binding {addr}: {e}")))
+}
+
+/// One finished signing request.
+pub fn request(method: &'static str, decision: &'static str, status: &'static str, took: Duration) {
+    metrics::counter!("signerd_requests_total", "method" => method, "decision" => decision, "status" => status)
+        .increment(1);
+    metrics::histogram!("signerd_request_duration_seconds", "method" => method)
+        .record(took.as_secs_f64());
+}
+
+/// One stage of a signing request.
+pub fn stage(stage: &'static str, took: Duration) {
+    metrics::histogram!("signerd_stage_duration_seconds", "stage" => stage)
+        .record(took.as_secs_f64());
+}
+
+/// A batch the audit writer wrote, and its fsync time if it synced.
+pub fn audit_batch(records: u64, bytes: u64, fsync: Option<Duration>) {
+    metrics::counter!("signerd_audit_records_total").increment(records);
+    metrics::counter!("signerd_audit_bytes_total").increment(bytes);
+    if let Some(t) = fsync {
+        metrics::histogram!("signerd_audit_fsync_duration_seconds").record(t.as_secs_f64());
+    }
+}
+
+/// A checkpoint was signed and written now.
+pub fn checkpoint_written() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    metrics::gauge!("signerd_audit_last_checkpoint_timestamp_seconds").set(now);
+}
+
+/// The audit log's health.
+pub fn audit_healthy(ok: bool) {
+    metrics::gauge!("signerd_audit_healthy").set(if ok { 1.0 } else { 0.0 });
+}
+
+/// The key backend's health and session use.
+pub fn backend(name: &'static str, healthy: bool, sessions: Option<(usize, usize)>) {
+    metrics::gauge!("signerd_backend_healthy", "backend" => name).set(if healthy {
+        1.0
+    } else {
+        0.0
+    });
+    if let Some((in_use, total)) = sessions {
+        metrics::gauge!("signerd_backend_sessions_in_use", "backend" => name).set(in_use as f64);
+        metrics::gauge!("signerd_backend_sessions", "backend" => name).set(total as f64);
+    }
+}
+
+/// The policy in force.
+pub fn policy(serial: u64, hash_hex: &str) {
+    metrics::gauge!("signerd_policy_serial").set(serial as f64);
+    // One series per hash ever loaded would grow with reloads; keep only the current one.
+    static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(old) = last.take()
+        && old != hash_hex
+    {
+        metrics::gauge!("signerd_policy_info", "hash" => old).set(0.0);
+    }
+    metrics::gauge!("signerd_policy_info", "hash" => hash_hex.to_owned()).set(1.0);
+    *last = Some(hash_hex.to_owned());
+}

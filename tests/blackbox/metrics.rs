@@ -1,0 +1,163 @@
+//! The Prometheus endpoint: it serves on its own plain-HTTP listener, and its counters,
+//! histograms and gauges move with what the daemon does.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use signerd_proto::v1;
+
+use crate::util::*;
+
+/// `GET /metrics` over a plain TCP connection; the body.
+fn scrape(addr: &str) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: text/plain"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of the sample whose name and labels start with `series` (labels in the order the
+/// exporter prints them), or 0 if absent.
+fn value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', ',', '}']))
+        .and_then(|l| l.rsplit(' ').next())
+        .map_or(0.0, |v| {
+            v.parse().unwrap_or_else(|_| panic!("{l:?}", l = v))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_serve_and_move_with_requests() {
+    let env = TestEnv::new("metrics");
+    let mut text = std::fs::read_to_string(env.config_path()).unwrap();
+    text.push_str("checkpoint_every_records = 1\n\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    write_file(&env.config_path(), text.as_bytes(), 0o600);
+    let d = env.start();
+    assert!(
+        d.wait_stdout(
+            |l| l.starts_with("signerd metrics on http://"),
+            Duration::from_secs(10)
+        ),
+        "{:?}",
+        d.stdout()
+    );
+    let line = d
+        .stdout()
+        .into_iter()
+        .find(|l| l.starts_with("signerd metrics on http://"))
+        .unwrap();
+    let addr = line
+        .trim_start_matches("signerd metrics on http://")
+        .trim_end_matches("/metrics")
+        .to_owned();
+
+    let before = scrape(&addr);
+    assert_eq!(value(&before, "signerd_policy_serial"), 1.0, "{before}");
+    assert_eq!(
+        value(&before, "signerd_backend_healthy{backend=\"soft\"}"),
+        1.0,
+        "{before}"
+    );
+    assert_eq!(value(&before, "signerd_audit_healthy"), 1.0, "{before}");
+    assert!(
+        value(&before, "signerd_audit_records_total") >= 1.0,
+        "{before}"
+    );
+    let ok =
+        "signerd_requests_total{method=\"SignEvmTransaction\",decision=\"allow\",status=\"OK\"}";
+    assert_eq!(value(&before, ok), 0.0);
+
+    let mut c = env.client(&d, "app").await;
+    for i in 0..3 {
+        c.sign_evm_transaction(eip1559(&format!("m-{i}")))
+            .await
+            .unwrap();
+    }
+    let denied = c
+        .sign_evm_transaction(v1::SignEvmTransactionRequest {
+            to: String::new(),
+            data: INIT_CODE.to_vec(),
+            ..eip1559("m-denied")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    c.sign_evm_transaction(v1::SignEvmTransactionRequest {
+        to: "0xbad".into(),
+        ..eip1559("m-bad")
+    })
+    .await
+    .unwrap_err();
+
+    let after = scrape(&addr);
+    assert_eq!(value(&after, ok), 3.0, "{after}");
+    assert_eq!(
+        value(
+            &after,
+            "signerd_requests_total{method=\"SignEvmTransaction\",decision=\"deny\",status=\"PERMISSION_DENIED\"}"
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "signerd_requests_total{method=\"SignEvmTransaction\",decision=\"none\",status=\"INVALID_ARGUMENT\"}"
+        ),
+        1.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "signerd_request_duration_seconds_count{method=\"SignEvmTransaction\"}"
+        ),
+        5.0,
+        "{after}"
+    );
+    for stage in ["policy", "backend", "audit_commit"] {
+        let n = value(
+            &after,
+            &format!("signerd_stage_duration_seconds_count{{stage=\"{stage}\"}}"),
+        );
+        assert!(n >= 3.0, "stage {stage}: {n}\n{after}");
+    }
+    assert!(
+        value(&after, "signerd_audit_records_total")
+            > value(&before, "signerd_audit_records_total")
+    );
+    assert!(
+        value(&after, "signerd_audit_fsync_duration_seconds_count") >= 3.0,
+        "{after}"
+    );
+    let checkpoint_at = value(&after, "signerd_audit_last_checkpoint_timestamp_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (now - 60.0..=now + 1.0).contains(&checkpoint_at),
+        "{checkpoint_at}\n{after}"
+    );
+    // Labels never carry identifiers: no key id, client id or request id in the text.
+    for id in ["m-0", "m-denied", "\"app\"", "\"hot\""] {
+        assert!(!after.contains(id), "{id} in metrics");
+    }
+}

@@ -151,7 +151,7 @@ struct Prepared {
 
 enum PayloadKind {
     Tx(Box<PreparedTx>),
-    /// secp256k1 over a 32-byte hash (EIP-191, EIP-712, raw digest); `v` is 27 + parity.
+    /// ECDSA (secp256k1, or P-256 for raw digests) over a 32-byte hash; `v` is 27 + parity.
     EcdsaHash,
     /// Ed25519 over the 32 bytes of a raw digest.
     Ed25519Digest,
@@ -417,34 +417,34 @@ impl Signer {
     ) -> Result<v1::SignDigestResponse, ServiceError> {
         let method = "SignDigest";
         let this = self.clone();
-        self.run(caller, method, req.request_id.clone(), req.key_id.clone(), move || {
-            let digest: [u8; 32] = req.digest.as_slice().try_into().map_err(|_| {
-                ServiceError::InvalidArgument(format!(
-                    "digest: must be exactly 32 bytes, got {}",
-                    req.digest.len()
-                ))
-            })?;
-            let key = this.key_by_id(&req.key_id)?;
-            let payload = match key.algorithm {
-                Algorithm::Secp256k1 => PayloadKind::EcdsaHash,
-                Algorithm::Ed25519 => PayloadKind::Ed25519Digest,
-                other => {
-                    return Err(ServiceError::InvalidArgument(format!(
-                        "key `{}` is {other}; raw digests are signed with secp256k1 or ed25519 keys",
-                        key.id
-                    )));
-                }
-            };
-            Ok(Prepared {
-                method,
-                dry_run: req.dry_run,
-                request_id: req.request_id,
-                action: Action::new(&key.id, Kind::RawDigest),
-                key,
-                commitment: digest,
-                payload,
-            })
-        })
+        self.run(
+            caller,
+            method,
+            req.request_id.clone(),
+            req.key_id.clone(),
+            move || {
+                let digest: [u8; 32] = req.digest.as_slice().try_into().map_err(|_| {
+                    ServiceError::InvalidArgument(format!(
+                        "digest: must be exactly 32 bytes, got {}",
+                        req.digest.len()
+                    ))
+                })?;
+                let key = this.key_by_id(&req.key_id)?;
+                let payload = match key.algorithm {
+                    Algorithm::Secp256k1 | Algorithm::P256 => PayloadKind::EcdsaHash,
+                    Algorithm::Ed25519 => PayloadKind::Ed25519Digest,
+                };
+                Ok(Prepared {
+                    method,
+                    dry_run: req.dry_run,
+                    request_id: req.request_id,
+                    action: Action::new(&key.id, Kind::RawDigest),
+                    key,
+                    commitment: digest,
+                    payload,
+                })
+            },
+        )
         .await
     }
 
@@ -1068,6 +1068,10 @@ fn build_response<R: SignResponse>(
         "signature",
         json!({"r": hex0x(&out.r), "s": hex0x(&out.s), "v": out.v, "bytes": hex0x(&out.bytes)}),
     );
+    if let Some(version) = p.key.version {
+        // Versioned keys (Vault transit): which version signed, so rotation is auditable.
+        rec = rec.field("key_version", version);
+    }
 
     let mut response = R::default();
     response.fill(out, p.commitment, tx_fields);

@@ -147,7 +147,15 @@ fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let policy = signerd::server::load_policy(&config.policy.file)?;
     signerd::tls::server_config(&config.tls)?;
-    let keys = signerd::server::open_keys(&config)?;
+    let keys = if config.keys.backend == "vault" {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(signerd::server::open_vault_keys(&config))?
+    } else {
+        signerd::server::open_keys(&config)?
+    };
     println!(
         "{}: OK ({} identities, policy serial {} sha256 {}, {} keys in the {} backend)",
         path.display(),

@@ -174,6 +174,8 @@ pub struct KeysConfig {
     pub backend: String,
     /// `[keys.soft]`, required when `backend = "soft"`.
     pub soft: Option<SoftKeysConfig>,
+    /// `[keys.vault]`, required when `backend = "vault"`.
+    pub vault: Option<crate::keys::vault::config::VaultKeysConfig>,
 }
 
 /// `[keys.soft]`: the encrypted software keystore.
@@ -331,6 +333,9 @@ impl Config {
                 abs(f);
             }
         }
+        if let Some(vault) = &mut self.keys.vault {
+            vault.resolve(base);
+        }
         abs(&mut self.state.dir);
         abs(&mut self.audit.dir);
         abs(&mut self.audit.signing_key_dir);
@@ -424,9 +429,16 @@ impl Config {
                     .ok_or("keys.backend = \"soft\" needs a [keys.soft] table")?;
                 soft.passphrase_source().validate("keys.soft.passphrase")?;
             }
+            "vault" => {
+                self.keys
+                    .vault
+                    .as_ref()
+                    .ok_or("keys.backend = \"vault\" needs a [keys.vault] table")?
+                    .validate()?;
+            }
             other => {
                 return Err(format!(
-                    "keys.backend: unknown backend `{other}` (this build supports `soft`)"
+                    "keys.backend: unknown backend `{other}` (this build supports `soft` and `vault`)"
                 ));
             }
         }

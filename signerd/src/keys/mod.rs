@@ -6,6 +6,7 @@
 
 pub mod hazmat;
 pub mod soft;
+pub mod vault;
 
 use async_trait::async_trait;
 
@@ -63,6 +64,9 @@ pub struct KeyInfo {
     pub backend: &'static str,
     /// Public key: 33-byte compressed SEC1 for ECDSA, 32 bytes for Ed25519.
     pub public_key: Vec<u8>,
+    /// The key version that signs, for backends with versioned keys (Vault transit: the
+    /// latest version, which rotation increments); `None` elsewhere.
+    pub version: Option<u32>,
 }
 
 /// What to sign.

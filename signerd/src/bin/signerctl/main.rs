@@ -80,17 +80,23 @@ enum Command {
 enum KeysCmd {
     /// List the daemon's keys.
     List,
-    /// Generate a key in the local software keystore of a configuration.
+    /// Generate a key in the local software keystore of a configuration, or (`--backend
+    /// vault`) in the configuration's Vault / OpenBao.
     Generate {
-        /// signerd configuration whose `[keys.soft]` keystore receives the key.
+        /// signerd configuration whose `[keys.soft]` keystore (or `[keys.vault]`) receives the key.
         #[arg(long)]
         config: PathBuf,
         /// The new key's id.
         #[arg(long)]
         id: String,
-        /// secp256k1 or ed25519.
+        /// secp256k1 or ed25519 (soft); ed25519, p256 or secp256k1 (vault: secp256k1 keys
+        /// are transit-wrapped).
         #[arg(long)]
         algorithm: Algorithm,
+        /// Where the key is created: `soft` (the local keystore) or `vault` (a transit key, or
+        /// a transit-wrapped key file for secp256k1).
+        #[arg(long, default_value = "soft", value_parser = ["soft", "vault"])]
+        backend: String,
     },
     /// Import a key into the local software keystore: an Ethereum keystore v3 file, or a raw
     /// 32-byte secret. Secrets are read from files or environment variables, never from flags.
@@ -267,6 +273,7 @@ fn key_json(k: &v1::Key) -> serde_json::Value {
         "backend": k.backend,
         "public_key": hex0x(&k.public_key),
         "evm_address": k.evm_address,
+        "version": k.version,
     })
 }
 
@@ -394,11 +401,12 @@ fn print_local_key(json_out: bool, k: &KeyInfo) {
             .unwrap_or_default(),
         _ => String::new(),
     };
-    emit(
-        json_out,
-        json!({"id": k.id, "algorithm": k.algorithm.as_str(), "backend": k.backend,
-               "public_key": hex0x(&k.public_key), "evm_address": address}),
-    );
+    let mut v = json!({"id": k.id, "algorithm": k.algorithm.as_str(), "backend": k.backend,
+               "public_key": hex0x(&k.public_key), "evm_address": address});
+    if let Some(version) = k.version {
+        v["version"] = json!(version);
+    }
+    emit(json_out, v);
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -408,7 +416,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             id,
             algorithm,
+            backend,
         }) => {
+            if backend == "vault" {
+                let cfg = signerd::config::Config::load(&config)?;
+                let vault = cfg
+                    .keys
+                    .vault
+                    .as_ref()
+                    .with_context(|| format!("{}: no [keys.vault] table", config.display()))?;
+                let k = signerd::keys::vault::generate(vault, &id, algorithm).await?;
+                print_local_key(json_out, &k);
+                if !json_out {
+                    println!("restart signerd to serve the new key");
+                }
+                return Ok(());
+            }
             let (dir, passphrase) = local_keystore(&config)?;
             let k = signerd::keys::soft::generate(&dir, &id, algorithm, &passphrase)?;
             print_local_key(json_out, &k);

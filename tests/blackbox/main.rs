@@ -24,3 +24,4 @@ mod policy_ops;
 mod policy_tools;
 mod signing;
 mod util;
+mod vault;

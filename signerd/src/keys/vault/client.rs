@@ -45,6 +45,10 @@ struct TokenState {
     client: Arc<TokenClient>,
     /// `None`: the token does not expire (or cannot be renewed); no renewal scheduled.
     renew_at: Option<Instant>,
+    /// The TTL the token had when it was obtained, in seconds.
+    ttl: u64,
+    /// The token has reached its maximum TTL: at `renew_at`, log in again instead of renewing.
+    capped: bool,
 }
 
 /// A shared connection to one Vault server.
@@ -162,6 +166,8 @@ impl Connection {
                 token: placeholder,
                 client,
                 renew_at: None,
+                ttl: 0,
+                capped: false,
             }),
             healthy: AtomicBool::new(false),
         });
@@ -275,6 +281,8 @@ impl Connection {
             token,
             client,
             renew_at: renew_deadline(ttl),
+            ttl,
+            capped: false,
         };
         Ok(())
     }
@@ -318,22 +326,34 @@ impl Connection {
         }
     }
 
-    /// Renews the token; AppRole logs in again when renewal is refused or no longer extends it.
+    /// Renews the token. AppRole logs in again when renewal is refused, or ahead of expiry once
+    /// a renewal came back shorter than the token's TTL (its maximum TTL is near).
     async fn renew(&self) -> Result<(), KeyError> {
+        let approle = matches!(self.auth, AuthMethod::AppRole { .. });
+        let (ttl, capped) = {
+            let st = self.state.read().await;
+            (st.ttl, st.capped)
+        };
+        if capped && approle {
+            tracing::info!("vault token is near its maximum TTL; logging in again");
+            return self.authenticate().await;
+        }
         let renewed = self
             .call("token renewal", |c| async move {
                 vaultrs::token::renew_self(c.inner(), None).await
             })
             .await;
         match renewed {
-            Ok(info) if info.lease_duration > 1 => {
+            Ok(info) if info.lease_duration > 0 => {
                 tracing::info!(ttl_seconds = info.lease_duration, "vault token renewed");
-                self.state.write().await.renew_at = renew_deadline(info.lease_duration);
+                let mut st = self.state.write().await;
+                st.renew_at = renew_deadline(info.lease_duration);
+                st.capped = info.lease_duration < ttl;
                 Ok(())
             }
             other => {
-                if matches!(self.auth, AuthMethod::AppRole { .. }) {
-                    tracing::info!("vault token cannot be renewed further; logging in again");
+                if approle {
+                    tracing::info!("vault token cannot be renewed; logging in again");
                     self.authenticate().await
                 } else {
                     // Nothing more to do for a fixed token; keep probing so health tells.

@@ -21,6 +21,14 @@ pub(crate) struct BenchArgs {
     /// How long to send requests, in seconds.
     #[arg(long, default_value_t = 10)]
     duration: u64,
+    /// Send SignDigest requests (random 32-byte digests) instead of EIP-191 messages: for
+    /// ed25519 and p256 keys.
+    #[arg(long)]
+    digest: bool,
+    /// First measure calling Vault transit directly for the same key (a native transit key of
+    /// this signerd configuration) at the same concurrency, then signerd, and report the ratio.
+    #[arg(long, value_name = "SIGNERD_CONFIG")]
+    baseline_vault: Option<std::path::PathBuf>,
 }
 
 struct Worker {
@@ -36,6 +44,12 @@ pub(crate) async fn run(
     if !(1..=4096).contains(&args.concurrency) || !(1..=3600).contains(&args.duration) {
         bail!("--concurrency must be 1..=4096 and --duration 1..=3600");
     }
+    let baseline = match &args.baseline_vault {
+        Some(cfg) => Some(
+            crate::bench_vault::direct(cfg, &args.key_id, args.concurrency, args.duration).await?,
+        ),
+        None => None,
+    };
     let mut nonce = [0u8; 6];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let run_id = hex::encode(nonce);
@@ -49,6 +63,7 @@ pub(crate) async fn run(
     for (w, mut client) in clients.into_iter().enumerate() {
         let key_id = args.key_id.clone();
         let run_id = run_id.clone();
+        let digest = args.digest;
         tasks.push(tokio::spawn(async move {
             let mut out = Worker {
                 latencies: Vec::new(),
@@ -56,14 +71,35 @@ pub(crate) async fn run(
             };
             let mut i = 0u64;
             while Instant::now() < deadline {
-                let req = v1::SignEvmMessageRequest {
-                    request_id: format!("bench-{run_id}-{w}-{i}"),
-                    key_id: key_id.clone(),
-                    message: format!("signerctl bench {run_id} {w} {i}").into_bytes(),
-                    dry_run: false,
-                };
+                let request_id = format!("bench-{run_id}-{w}-{i}");
+                let message = format!("signerctl bench {run_id} {w} {i}").into_bytes();
                 let t = Instant::now();
-                match client.sign_evm_message(req).await {
+                let sent = if digest {
+                    let digest = sha2::Digest::finalize(sha2::Digest::chain_update(
+                        <sha2::Sha256 as sha2::Digest>::new(),
+                        &message,
+                    ));
+                    client
+                        .sign_digest(v1::SignDigestRequest {
+                            request_id,
+                            key_id: key_id.clone(),
+                            digest: digest.to_vec(),
+                            dry_run: false,
+                        })
+                        .await
+                        .map(|_| ())
+                } else {
+                    client
+                        .sign_evm_message(v1::SignEvmMessageRequest {
+                            request_id,
+                            key_id: key_id.clone(),
+                            message,
+                            dry_run: false,
+                        })
+                        .await
+                        .map(|_| ())
+                };
+                match sent {
                     Ok(_) => out.latencies.push(t.elapsed()),
                     Err(s) => out.errors.push(format!("{:?}", s.code())),
                 }
@@ -91,7 +127,14 @@ pub(crate) async fn run(
         latencies[idx.min(latencies.len() - 1)].as_secs_f64() * 1000.0
     };
     let ok = latencies.len();
+    let rate = ok as f64 / elapsed;
+    let baseline_json = baseline.as_ref().map(|b| {
+        json!({"what": "vault transit sign, called directly", "ok": b.ok, "errors": b.errors,
+               "throughput_per_s": b.rate, "latency_ms": {"p50": b.p50_ms, "p99": b.p99_ms},
+               "signerd_over_direct": if b.rate > 0.0 { rate / b.rate } else { 0.0 }})
+    });
     let report = json!({
+        "baseline": baseline_json,
         "concurrency": args.concurrency,
         "duration_s": elapsed,
         "ok": ok,
@@ -120,6 +163,20 @@ pub(crate) async fn run(
         );
         let total_errors: u64 = errors.values().sum();
         println!("errors: {total_errors} {errors:?}");
+        if let Some(b) = &baseline {
+            println!(
+                "baseline (vault transit directly): {} signed, {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+                b.ok, b.rate, b.p50_ms, b.p99_ms, b.errors
+            );
+            println!(
+                "signerd / direct transit: {:.1}%",
+                if b.rate > 0.0 {
+                    100.0 * rate / b.rate
+                } else {
+                    0.0
+                }
+            );
+        }
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 
 mod audit;
 mod bench;
+mod bench_vault;
 mod policy;
 
 use std::path::{Path, PathBuf};

@@ -783,12 +783,12 @@ impl Signer {
         match p.payload {
             PayloadKind::Ed25519Digest => {
                 self.keys
-                    .sign(&p.key.id, Payload::Message(&p.commitment))
+                    .sign_key(&p.key, Payload::Message(&p.commitment))
                     .await
             }
             _ => {
                 self.keys
-                    .sign(&p.key.id, Payload::Prehash(&p.commitment))
+                    .sign_key(&p.key, Payload::Prehash(&p.commitment))
                     .await
             }
         }

@@ -258,6 +258,40 @@ impl KeyBackend for VaultBackend {
         let entry = self
             .entry(id)
             .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+        self.sign_entry(entry, payload).await
+    }
+
+    async fn sign_key(
+        &self,
+        key: &KeyInfo,
+        payload: Payload<'_>,
+    ) -> Result<RawSignature, KeyError> {
+        let entry = self
+            .entry(&key.id)
+            .ok_or_else(|| KeyError::NotFound(key.id.clone()))?;
+        if entry.info != *key {
+            return Err(KeyError::Unavailable(format!(
+                "key `{}` was rotated (now version {:?}) while the request was prepared for \
+                 version {:?}; nothing was signed, retry",
+                key.id, entry.info.version, key.version
+            )));
+        }
+        self.sign_entry(entry, payload).await
+    }
+
+    fn healthy(&self) -> bool {
+        self.conn.healthy()
+    }
+}
+
+impl VaultBackend {
+    /// Signs with one key as this backend holds it now.
+    async fn sign_entry(
+        &self,
+        entry: Entry,
+        payload: Payload<'_>,
+    ) -> Result<RawSignature, KeyError> {
+        let id = entry.info.id.as_str();
         let info = &entry.info;
         let wrong = |what: &str| KeyError::WrongAlgorithm {
             id: id.to_owned(),
@@ -306,10 +340,6 @@ impl KeyBackend for VaultBackend {
                     })
             }
         }
-    }
-
-    fn healthy(&self) -> bool {
-        self.conn.healthy()
     }
 }
 

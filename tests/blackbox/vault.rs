@@ -50,10 +50,17 @@ struct Bao {
     addr: String,
     unseal_key: String,
     log: std::path::PathBuf,
+    /// The dev server's generated CA, when it serves TLS.
+    ca: Option<std::path::PathBuf>,
 }
 
 impl Bao {
     fn start(dir: &std::path::Path) -> Bao {
+        Bao::start_with(dir, false)
+    }
+
+    /// `tls`: `-dev-tls`, with the generated CA written into `dir/bao-tls`.
+    fn start_with(dir: &std::path::Path, tls: bool) -> Bao {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -61,13 +68,20 @@ impl Bao {
             .port();
         let log = dir.join("bao.log");
         let out = std::fs::File::create(&log).unwrap();
+        let tls_dir = dir.join("bao-tls");
+        let mut args = vec![
+            "server".to_owned(),
+            "-dev".to_owned(),
+            format!("-dev-root-token-id={ROOT_TOKEN}"),
+            format!("-dev-listen-address=127.0.0.1:{port}"),
+        ];
+        if tls {
+            std::fs::create_dir_all(&tls_dir).unwrap();
+            args.push("-dev-tls".to_owned());
+            args.push(format!("-dev-tls-cert-dir={}", tls_dir.display()));
+        }
         let child = Command::new("bao")
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                &format!("-dev-listen-address=127.0.0.1:{port}"),
-            ])
+            .args(&args)
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .stdin(Stdio::null())
@@ -78,11 +92,13 @@ impl Bao {
                      the vault tests need it on PATH: {e}"
                 )
             });
+        let scheme = if tls { "https" } else { "http" };
         let mut bao = Bao {
             child,
-            addr: format!("http://127.0.0.1:{port}"),
+            addr: format!("{scheme}://127.0.0.1:{port}"),
             unseal_key: String::new(),
             log,
+            ca: tls.then(|| tls_dir.join("vault-ca.pem")),
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -105,7 +121,11 @@ impl Bao {
 
     fn try_cli(&self, args: &[&str]) -> Result<String, String> {
         let token = ROOT_TOKEN;
-        let out = Command::new("bao")
+        let mut cmd = Command::new("bao");
+        if let Some(ca) = &self.ca {
+            cmd.env("BAO_CACERT", ca);
+        }
+        let out = cmd
             .args(args)
             .env("BAO_ADDR", &self.addr)
             .env("BAO_TOKEN", token)
@@ -558,4 +578,52 @@ fn use_vault_approle(env: &TestEnv, role_id: &str) {
         ),
     );
     write_file(&path, text.as_bytes(), 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_https_trusts_only_the_configured_ca() {
+    let env = TestEnv::new("vault-tls");
+    let bao = Bao::start_with(&env.dir, true);
+    let ca = bao.ca.clone().unwrap();
+    write_token(&env, ROOT_TOKEN);
+    use_vault(
+        &env,
+        &bao,
+        &format!(
+            "token_file = \"vault.token\"\nca_file = \"{}\"",
+            ca.display()
+        ),
+    );
+    let ked = generate(&env, VED, "ed25519");
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    let key = get_key(&mut c, VED).await;
+    assert_eq!(
+        hex::encode(&key.public_key),
+        ked["public_key"].as_str().unwrap().trim_start_matches("0x")
+    );
+    sign_and_verify(&mut c, "tls-ed", &key, b"over https").await;
+    d.stop();
+
+    // Another CA (the installation's own client CA) does not vouch for the server: refused.
+    let path = env.config_path();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&ca.display().to_string(), "pki/ca.pem");
+    write_file(&path, text.as_bytes(), 0o600);
+    let out = Command::new(SIGNERD)
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "check-config trusted a server its CA does not vouch for"
+    );
+    assert!(
+        err.contains("keys.vault") && err.contains("UnknownIssuer"),
+        "{err}"
+    );
+    assert!(!err.contains(ROOT_TOKEN));
 }

@@ -60,8 +60,16 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // The Vault client libraries log every failed call at ERROR, with request details; the
+    // vault backend reports each failure itself, classified, so theirs stay off whatever the
+    // filter says (a later directive for the same target replaces the user's).
+    for quiet in ["vaultrs=off", "rustify=off"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -87,7 +95,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Dev { dir, listen } => dev(dir, listen).await,
             Command::Run { config } => run(config).await,
-            Command::CheckConfig { config } => check(config),
+            Command::CheckConfig { config } => check(config).await,
         }
     })
 }
@@ -143,16 +151,12 @@ async fn dev(dir: PathBuf, listen: Option<SocketAddr>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+async fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     let policy = signerd::server::load_policy(&config.policy.file)?;
     signerd::tls::server_config(&config.tls)?;
     let keys = if config.keys.backend == "vault" {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("starting the async runtime")?
-            .block_on(signerd::server::open_vault_keys(&config))?
+        signerd::server::open_vault_keys(&config).await?
     } else {
         signerd::server::open_keys(&config)?
     };

@@ -117,7 +117,7 @@ pub(crate) fn classify(what: &str, e: &ClientError) -> KeyError {
                     KeyError::Unavailable(format!("vault {what}: Vault is sealed"))
                 }
                 500.. => KeyError::Unavailable(format!("vault {what}: HTTP {code}: {detail}")),
-                404 => KeyError::Keystore(format!("vault {what}: not found (HTTP 404)")),
+                404 => KeyError::Keystore(format!("vault {what}: not found (HTTP 404): {detail}")),
                 _ => KeyError::Keystore(format!("vault {what}: HTTP {code}: {detail}")),
             }
         }
@@ -405,4 +405,36 @@ fn build_client(
             proxy: None,
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn api(code: u16, errors: &[&str]) -> ClientError {
+        ClientError::APIError {
+            code,
+            errors: errors.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn vault_errors_map_to_the_right_kind() {
+        let e = classify("sign", &api(403, &["permission denied"]));
+        assert!(matches!(&e, KeyError::Denied(m) if m.contains("vault sign: permission denied")));
+        let e = classify("sign", &api(503, &["Vault is sealed"]));
+        assert!(
+            matches!(&e, KeyError::Unavailable(m) if m.contains("sealed")),
+            "{e}"
+        );
+        let e = classify("sign", &api(500, &["internal error"]));
+        assert!(matches!(e, KeyError::Unavailable(_)));
+        let e = classify("list", &api(404, &["no handler for route \"x\""]));
+        assert!(
+            matches!(&e, KeyError::Keystore(m) if m.contains("HTTP 404") && m.contains("no handler"))
+        );
+        let e = classify("sign", &api(400, &["invalid key version"]));
+        assert!(matches!(&e, KeyError::Keystore(m) if m.contains("invalid key version")));
+    }
 }

@@ -165,6 +165,12 @@ pub(crate) async fn list(conn: &Connection, mount: &str) -> Result<Vec<String>, 
         .await;
     match listed {
         Ok(r) => Ok(r.keys),
+        Err(KeyError::Keystore(m)) if m.contains("HTTP 404") && m.contains("no handler") => {
+            Err(KeyError::Keystore(format!(
+                "transit mount `{mount}` not found (enable the transit secrets engine there, \
+                 or set keys.vault.mount)"
+            )))
+        }
         // Vault answers 404 for a LIST with no entries.
         Err(KeyError::Keystore(m)) if m.contains("HTTP 404") => Ok(Vec::new()),
         Err(e) => Err(e),

@@ -225,3 +225,99 @@ pub(crate) async fn sign(
     // SigningKey zeroizes its scalar on drop.
     crate::keys::soft::sign_prehash(&key.id, &signing, digest)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fn sample(id: &str) -> WrappedKey {
+        let key = k256::ecdsa::SigningKey::from_slice(&[7u8; 32]).unwrap();
+        WrappedKey {
+            version: 1,
+            id: id.to_owned(),
+            algorithm: Algorithm::Secp256k1,
+            public_key: hex::encode(key.verifying_key().to_encoded_point(true).as_bytes()),
+            wrapping_key: "signerd-wrap".to_owned(),
+            ciphertext: "vault:v1:AAAA".to_owned(),
+        }
+    }
+
+    fn write(dir: &Path, name: &str, body: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(dir.join(name))
+            .unwrap();
+        f.write_all(body.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn valid_files_load_and_others_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        write(
+            dir.path(),
+            "evm.wrapped.json",
+            &serde_json::to_string(&sample("evm")).unwrap(),
+        );
+        write(dir.path(), "notes.txt", "ignored");
+        write(dir.path(), ".evm.wrapped.json.tmp-1", "ignored");
+        let keys = load_all(dir.path(), "signerd-wrap").unwrap();
+        assert_eq!(keys, vec![sample("evm")]);
+        assert_eq!(
+            keys[0].context(),
+            format!(
+                "signerd-vault-wrapped\n1\nevm\nsecp256k1\n{}",
+                keys[0].public_key
+            )
+            .into_bytes()
+        );
+        assert!(
+            load_all(&dir.path().join("missing"), "w")
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn inconsistent_files_are_refused() {
+        let good = serde_json::to_value(sample("evm")).unwrap();
+        for (edit, want) in [
+            (
+                ("id", serde_json::json!("other")),
+                "does not match the file name",
+            ),
+            (("version", serde_json::json!(2)), "unsupported version 2"),
+            (
+                ("algorithm", serde_json::json!("ed25519")),
+                "only secp256k1",
+            ),
+            (
+                ("wrapping_key", serde_json::json!("w2")),
+                "wrapped under `w2`",
+            ),
+            (
+                ("public_key", serde_json::json!("02ff")),
+                "not a compressed secp256k1 point",
+            ),
+            (
+                ("ciphertext", serde_json::json!("plain")),
+                "ciphertext does not start",
+            ),
+            (("extra", serde_json::json!(1)), "unknown field"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut v = good.clone();
+            v[edit.0] = edit.1;
+            write(dir.path(), "evm.wrapped.json", &v.to_string());
+            let e = load_all(dir.path(), "signerd-wrap")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(want), "{}: {e}", edit.0);
+        }
+    }
+}

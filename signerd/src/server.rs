@@ -80,10 +80,26 @@ pub fn open_keys(config: &Config) -> Result<Arc<dyn KeyBackend>, ServerError> {
             let backend = Pkcs11Backend::open(cfg, pin).map_err(start("keys.pkcs11"))?;
             Ok(Arc::new(backend))
         }
+        "vault" => Err(ServerError::Start(
+            "keys.backend = \"vault\" opens asynchronously: use open_vault_keys".into(),
+        )),
         other => Err(ServerError::Start(format!(
             "keys.backend: unknown backend `{other}`"
         ))),
     }
+}
+
+/// Opens the Vault / OpenBao backend (`keys.backend = "vault"`): logs in and discovers keys.
+pub async fn open_vault_keys(config: &Config) -> Result<Arc<dyn KeyBackend>, ServerError> {
+    let vault = config
+        .keys
+        .vault
+        .as_ref()
+        .ok_or_else(|| ServerError::Start("keys: [keys.vault] is missing".into()))?;
+    let backend = crate::keys::vault::VaultBackend::open(vault)
+        .await
+        .map_err(start("keys.vault"))?;
+    Ok(Arc::new(backend))
 }
 
 /// How often health looks at the key backend.
@@ -114,7 +130,11 @@ impl Daemon {
             crate::metrics::install().map_err(start("metrics"))?;
         }
         let policy = load_policy(&config.policy.file)?;
-        let keys = open_keys(&config)?;
+        let keys = match config.keys.backend.as_str() {
+            // Vault is reached over async HTTP, so it opens here rather than in `open_keys`.
+            "vault" => open_vault_keys(&config).await?,
+            _ => open_keys(&config)?,
+        };
         let state = crate::state::open_sled(&config.state.dir).map_err(start("state"))?;
         let tls = tls::server_config(&config.tls).map_err(start("tls"))?;
         let (audit_key, generated) =

@@ -167,7 +167,7 @@ struct Prepared {
 
 enum PayloadKind {
     Tx(Box<PreparedTx>),
-    /// secp256k1 over a 32-byte hash (EIP-191, EIP-712, raw digest); `v` is 27 + parity.
+    /// ECDSA (secp256k1, or P-256 for raw digests) over a 32-byte hash; `v` is 27 + parity.
     EcdsaHash,
     /// Ed25519 over the 32 bytes of a raw digest.
     Ed25519Digest,
@@ -819,12 +819,12 @@ impl Signer {
         match p.payload {
             PayloadKind::Ed25519Digest => {
                 self.keys
-                    .sign(&p.key.id, Payload::Message(&p.commitment))
+                    .sign_key(&p.key, Payload::Message(&p.commitment))
                     .await
             }
             _ => {
                 self.keys
-                    .sign(&p.key.id, Payload::Prehash(&p.commitment))
+                    .sign_key(&p.key, Payload::Prehash(&p.commitment))
                     .await
             }
         }
@@ -1104,6 +1104,10 @@ fn build_response<R: SignResponse>(
         "signature",
         json!({"r": hex0x(&out.r), "s": hex0x(&out.s), "v": out.v, "bytes": hex0x(&out.bytes)}),
     );
+    if let Some(version) = p.key.version {
+        // Versioned keys (Vault transit): which version signed, so rotation is auditable.
+        rec = rec.field("key_version", version);
+    }
 
     let mut response = R::default();
     response.fill(out, p.commitment, tx_fields);

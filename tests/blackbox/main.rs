@@ -27,3 +27,4 @@ mod policy_tools;
 mod secrets;
 mod signing;
 mod util;
+mod vault;

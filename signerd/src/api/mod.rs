@@ -85,6 +85,7 @@ fn key_proto(k: KeyInfo) -> v1::Key {
         backend: k.backend.to_owned(),
         public_key: k.public_key,
         evm_address,
+        version: k.version.unwrap_or(0),
     }
 }
 

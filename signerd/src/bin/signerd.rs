@@ -71,8 +71,16 @@ enum Command {
 }
 
 fn init_logging(format: LogFormat, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    // The Vault client libraries log every failed call at ERROR, with request details; the
+    // vault backend reports each failure itself, classified, so theirs stay off whatever the
+    // filter says (a later directive for the same target replaces the user's).
+    for quiet in ["vaultrs=off", "rustify=off"] {
+        if let Ok(d) = quiet.parse() {
+            filter = filter.add_directive(d);
+        }
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -110,7 +118,7 @@ fn main() -> anyhow::Result<()> {
                 listen,
             } => dev(dir, backend, listen).await,
             Command::Run { config } => run(config).await,
-            Command::CheckConfig { config } => check(config),
+            Command::CheckConfig { config } => check(config).await,
         }
     })
 }
@@ -219,12 +227,16 @@ async fn dev(
     Ok(())
 }
 
-fn check(path: PathBuf) -> anyhow::Result<()> {
+async fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     harden(false)?;
     let policy = signerd::server::load_policy(&config.policy.file)?;
     signerd::tls::server_config(&config.tls)?;
-    let keys = signerd::server::open_keys(&config)?;
+    let keys = if config.keys.backend == "vault" {
+        signerd::server::open_vault_keys(&config).await?
+    } else {
+        signerd::server::open_keys(&config)?
+    };
     println!(
         "{}: OK ({} identities, policy serial {} sha256 {}, {} keys in the {} backend)",
         path.display(),

@@ -194,6 +194,8 @@ pub struct KeysConfig {
     pub soft: Option<SoftKeysConfig>,
     /// `[keys.pkcs11]`, required when `backend = "pkcs11"`.
     pub pkcs11: Option<crate::keys::pkcs11::Pkcs11Config>,
+    /// `[keys.vault]`, required when `backend = "vault"`.
+    pub vault: Option<crate::keys::vault::config::VaultKeysConfig>,
 }
 
 /// `[keys.soft]`: the encrypted software keystore.
@@ -354,6 +356,9 @@ impl Config {
         if let Some(p) = &mut self.keys.pkcs11 {
             p.resolve(base);
         }
+        if let Some(vault) = &mut self.keys.vault {
+            vault.resolve(base);
+        }
         abs(&mut self.state.dir);
         abs(&mut self.audit.dir);
         abs(&mut self.audit.signing_key_dir);
@@ -454,9 +459,16 @@ impl Config {
                     .ok_or("keys.backend = \"pkcs11\" needs a [keys.pkcs11] table")?
                     .validate()?;
             }
+            "vault" => {
+                self.keys
+                    .vault
+                    .as_ref()
+                    .ok_or("keys.backend = \"vault\" needs a [keys.vault] table")?
+                    .validate()?;
+            }
             other => {
                 return Err(format!(
-                    "keys.backend: unknown backend `{other}` (expected `soft` or `pkcs11`)"
+                    "keys.backend: unknown backend `{other}` (expected `soft`, `pkcs11` or `vault`)"
                 ));
             }
         }

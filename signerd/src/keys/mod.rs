@@ -7,6 +7,7 @@
 pub mod hazmat;
 pub mod pkcs11;
 pub mod soft;
+pub mod vault;
 
 use async_trait::async_trait;
 
@@ -64,6 +65,9 @@ pub struct KeyInfo {
     pub backend: &'static str,
     /// Public key: 33-byte compressed SEC1 for ECDSA, 32 bytes for Ed25519.
     pub public_key: Vec<u8>,
+    /// The key version that signs, for backends with versioned keys (Vault transit: the
+    /// latest version, which rotation increments); `None` elsewhere.
+    pub version: Option<u32>,
 }
 
 /// What to sign.
@@ -131,6 +135,17 @@ pub trait KeyBackend: Send + Sync + 'static {
     fn key(&self, id: &str) -> Option<KeyInfo>;
     /// Signs `payload` with key `id`. ECDSA results are low-s normalized with their recovery id.
     async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError>;
+    /// Signs with exactly the key `key` describes (as [`KeyBackend::key`] returned it when the
+    /// request was prepared). Backends whose keys change under the same id (Vault transit
+    /// rotation) refuse with [`KeyError::Unavailable`] when the key no longer has that version
+    /// or public key, so the audit record names the version that signed.
+    async fn sign_key(
+        &self,
+        key: &KeyInfo,
+        payload: Payload<'_>,
+    ) -> Result<RawSignature, KeyError> {
+        self.sign(&key.id, payload).await
+    }
     /// Whether the backend can sign right now. Backends that depend on a device or a server
     /// report its failure here (health turns NOT_SERVING) and recover by themselves; the
     /// value must be cheap to read, as it is polled.

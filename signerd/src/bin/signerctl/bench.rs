@@ -29,8 +29,9 @@ pub(crate) struct BenchArgs {
     /// Also measure the backend's raw limit in the same run and print the ratio.
     #[arg(long, value_enum)]
     baseline: Option<Baseline>,
-    /// signerd configuration naming the token (for `--baseline pkcs11`; the PIN is read from
-    /// its source and `SOFTHSM2_CONF` or the module's own settings apply).
+    /// signerd configuration naming the token or the Vault (for `--baseline pkcs11` and
+    /// `--baseline vault`; secrets are read from their configured sources, and for SoftHSM2
+    /// `SOFTHSM2_CONF` applies).
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -42,6 +43,8 @@ pub(crate) enum Baseline {
     Soft,
     /// `C_Sign` on the same key in the same token, one session per client.
     Pkcs11,
+    /// Transit sign for the same key, called directly on the configured Vault / OpenBao.
+    Vault,
 }
 
 /// One measured run.
@@ -165,6 +168,26 @@ async fn run_baseline(
                 tokio::task::spawn_blocking(move || soft_baseline(algorithm, threads, duration))
                     .await??;
             Ok(("soft: in-process signing", m))
+        }
+        Baseline::Vault => {
+            let path = args
+                .config
+                .as_ref()
+                .context("--baseline vault needs --config (the daemon's configuration)")?;
+            let (latencies, errors, elapsed) =
+                crate::bench_vault::direct(path, &args.key_id, args.concurrency, duration).await?;
+            let mut errs = std::collections::BTreeMap::new();
+            if errors > 0 {
+                errs.insert("transit sign".to_owned(), errors as u64);
+            }
+            Ok((
+                "vault: transit sign called directly",
+                Measured {
+                    latencies,
+                    errors: errs,
+                    elapsed,
+                },
+            ))
         }
         Baseline::Pkcs11 => {
             let path = args

@@ -6,6 +6,7 @@
 
 mod audit;
 mod bench;
+mod bench_vault;
 mod policy;
 
 use std::path::{Path, PathBuf};
@@ -81,19 +82,21 @@ enum KeysCmd {
     /// List the daemon's keys.
     List,
     /// Generate a key in the key backend of a configuration: the local software keystore
-    /// (`soft`) or inside the PKCS#11 token (`pkcs11`, non-extractable).
+    /// (`soft`), inside the PKCS#11 token (`pkcs11`, non-extractable), or in Vault / OpenBao
+    /// (`vault`: a transit key, or a transit-wrapped key file for secp256k1).
     Generate {
         /// signerd configuration naming the backend.
         #[arg(long)]
         config: PathBuf,
-        /// The backend to create the key in: soft or pkcs11 (default: the configuration's
-        /// `[keys] backend`).
+        /// The backend to create the key in: soft, pkcs11 or vault (default: the
+        /// configuration's `[keys] backend`).
         #[arg(long)]
         backend: Option<String>,
         /// The new key's id.
         #[arg(long)]
         id: String,
-        /// secp256k1, ed25519 or p256 (p256: pkcs11 only).
+        /// secp256k1 or ed25519 (soft); secp256k1, p256 or ed25519 (pkcs11, vault; vault
+        /// secp256k1 keys are transit-wrapped).
         #[arg(long)]
         algorithm: Algorithm,
     },
@@ -272,6 +275,7 @@ fn key_json(k: &v1::Key) -> serde_json::Value {
         "backend": k.backend,
         "public_key": hex0x(&k.public_key),
         "evm_address": k.evm_address,
+        "version": k.version,
     })
 }
 
@@ -399,11 +403,12 @@ fn print_local_key(json_out: bool, k: &KeyInfo) {
             .unwrap_or_default(),
         _ => String::new(),
     };
-    emit(
-        json_out,
-        json!({"id": k.id, "algorithm": k.algorithm.as_str(), "backend": k.backend,
-               "public_key": hex0x(&k.public_key), "evm_address": address}),
-    );
+    let mut v = json!({"id": k.id, "algorithm": k.algorithm.as_str(), "backend": k.backend,
+               "public_key": hex0x(&k.public_key), "evm_address": address});
+    if let Some(version) = k.version {
+        v["version"] = json!(version);
+    }
+    emit(json_out, v);
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -433,7 +438,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .map_err(anyhow::Error::msg)?;
                     signerd::keys::pkcs11::Pkcs11Backend::generate(&p, &pin, &id, algorithm)?
                 }
-                other => bail!("--backend: unknown backend `{other}` (expected soft or pkcs11)"),
+                "vault" => {
+                    let vault =
+                        cfg.keys.vault.as_ref().with_context(|| {
+                            format!("{}: no [keys.vault] table", config.display())
+                        })?;
+                    signerd::keys::vault::generate(vault, &id, algorithm).await?
+                }
+                other => {
+                    bail!("--backend: unknown backend `{other}` (expected soft, pkcs11 or vault)")
+                }
             };
             print_local_key(json_out, &k);
             if !json_out {

@@ -251,6 +251,7 @@ impl SoftBackend {
                 algorithm: opened.algorithm,
                 backend: BACKEND_NAME,
                 public_key: opened.public_key,
+                version: None,
             };
             keys.insert(id, Entry { info, secret });
         }
@@ -330,11 +331,12 @@ pub(crate) fn store_new_key(
         algorithm,
         backend: BACKEND_NAME,
         public_key,
+        version: None,
     })
 }
 
 /// Signs a 32-byte digest with ECDSA, returning a low-s signature and its recovery id.
-fn sign_prehash(
+pub(crate) fn sign_prehash(
     id: &str,
     key: &k256::ecdsa::SigningKey,
     digest: &[u8; 32],

@@ -1,0 +1,440 @@
+//! The connection to Vault or OpenBao: one pooled HTTP client, per-call deadlines and a bound
+//! on calls in flight, authentication (token or AppRole) with renewal, and the mapping of
+//! every failure to [`KeyError`].
+//!
+//! The token lives in a [`SecretString`]; the copy the `vaultrs` client needs for its request
+//! header is zeroized when that client is replaced or dropped. Nothing here may log, format
+//! or return the token or the AppRole secret id; errors name the operation and Vault's status.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::{RwLock, Semaphore};
+use vaultrs::api::EndpointMiddleware;
+use vaultrs::client::{VaultClient, VaultClientSettings};
+use vaultrs::error::ClientError;
+use zeroize::Zeroize;
+
+use super::config::{AuthMethod, VaultKeysConfig};
+use crate::keys::KeyError;
+
+/// Renew the token when less than this fraction of its last TTL remains.
+const RENEW_FRACTION: f64 = 0.5;
+
+/// A `vaultrs` client carrying one token; the token's plain copies are zeroized on drop.
+pub(crate) struct TokenClient(VaultClient);
+
+impl TokenClient {
+    pub(crate) fn inner(&self) -> &VaultClient {
+        &self.0
+    }
+}
+
+impl Drop for TokenClient {
+    fn drop(&mut self) {
+        self.0.middle.token.zeroize();
+        self.0.settings.token.zeroize();
+    }
+}
+
+/// Token state: the secret, the client built from it, and when to renew it.
+struct TokenState {
+    token: SecretString,
+    client: Arc<TokenClient>,
+    /// `None`: the token does not expire (or cannot be renewed); no renewal scheduled.
+    renew_at: Option<Instant>,
+    /// The TTL the token had when it was obtained, in seconds.
+    ttl: u64,
+    /// The token has reached its maximum TTL: at `renew_at`, log in again instead of renewing.
+    capped: bool,
+}
+
+/// A shared connection to one Vault server.
+pub(crate) struct Connection {
+    address: String,
+    http: reqwest::Client,
+    auth: AuthMethod,
+    timeout: Duration,
+    permits: Semaphore,
+    state: RwLock<TokenState>,
+    healthy: AtomicBool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the HTTP client: rustls with the ring provider, the configured CA only, pooled
+/// connections, and the per-call deadline.
+fn http_client(cfg: &VaultKeysConfig) -> Result<reqwest::Client, KeyError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &cfg.ca_file {
+        let certs = crate::tls::load_certs(ca)
+            .map_err(|e| KeyError::Keystore(format!("keys.vault.ca_file: {e}")))?;
+        for c in certs {
+            roots.add(c).map_err(|e| {
+                KeyError::Keystore(format!("keys.vault.ca_file {}: {e}", ca.display()))
+            })?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| KeyError::Keystore(format!("keys.vault: TLS set-up: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(cfg.timeout())
+        .connect_timeout(cfg.timeout())
+        .pool_max_idle_per_host(cfg.max_connections)
+        // Never follow a redirect with the token to somewhere else.
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| KeyError::Keystore(format!("keys.vault: HTTP client set-up: {e}")))
+}
+
+/// Maps a `vaultrs` error to a [`KeyError`]; `what` names the operation.
+pub(crate) fn classify(what: &str, e: &ClientError) -> KeyError {
+    match e {
+        ClientError::APIError { code, errors } => {
+            // Vault's error strings describe the request, never the token.
+            let detail = errors.join("; ");
+            let detail: String = detail.chars().take(300).collect();
+            match code {
+                401 | 403 => KeyError::Denied(format!(
+                    "vault {what}: permission denied (HTTP {code}): {detail}"
+                )),
+                503 if detail.contains("sealed") => {
+                    KeyError::Unavailable(format!("vault {what}: Vault is sealed"))
+                }
+                500.. => KeyError::Unavailable(format!("vault {what}: HTTP {code}: {detail}")),
+                404 => KeyError::Keystore(format!("vault {what}: not found (HTTP 404): {detail}")),
+                _ => KeyError::Keystore(format!("vault {what}: HTTP {code}: {detail}")),
+            }
+        }
+        ClientError::RestClientError { source } => {
+            let mut msg = source.to_string();
+            let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(source);
+            while let Some(c) = cause {
+                msg.push_str(": ");
+                msg.push_str(&c.to_string());
+                cause = c.source();
+            }
+            // A 4xx/5xx that rustify reports as a server error carries the status code.
+            if let rustify::errors::ClientError::ServerResponseError { code, content } = source {
+                let content = content.as_deref().unwrap_or("");
+                if matches!(code, 401 | 403) {
+                    return KeyError::Denied(format!(
+                        "vault {what}: permission denied (HTTP {code})"
+                    ));
+                }
+                if content.contains("sealed") {
+                    return KeyError::Unavailable(format!("vault {what}: Vault is sealed"));
+                }
+            }
+            let msg: String = msg.chars().take(300).collect();
+            KeyError::Unavailable(format!("vault {what}: {msg}"))
+        }
+        other => KeyError::Unavailable(format!("vault {what}: {other}")),
+    }
+}
+
+impl Connection {
+    /// Builds the client and logs in (AppRole) or checks the token, within the call deadline.
+    pub(crate) async fn open(cfg: &VaultKeysConfig) -> Result<Arc<Connection>, KeyError> {
+        let http = http_client(cfg)?;
+        let auth = cfg.auth();
+        let address = cfg.address.trim_end_matches('/').to_owned();
+        let placeholder = SecretString::from(String::new());
+        let client = Arc::new(build_client(&address, &http, cfg.timeout(), &placeholder)?);
+        let conn = Arc::new(Connection {
+            address,
+            http,
+            auth,
+            timeout: cfg.timeout(),
+            permits: Semaphore::new(cfg.max_connections),
+            state: RwLock::new(TokenState {
+                token: placeholder,
+                client,
+                renew_at: None,
+                ttl: 0,
+                capped: false,
+            }),
+            healthy: AtomicBool::new(false),
+        });
+        conn.authenticate().await?;
+        conn.healthy.store(true, Ordering::Relaxed);
+        Ok(conn)
+    }
+
+    /// Whether the last probe or call reached Vault and was allowed.
+    pub(crate) fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Runs one authenticated call with a permit and the deadline; records health from its
+    /// outcome.
+    pub(crate) async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, KeyError>
+    where
+        F: FnOnce(Arc<TokenClient>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let out = tokio::time::timeout(self.timeout, async {
+            let _permit = self.permits.acquire().await.map_err(|_| {
+                KeyError::Unavailable(format!("vault {what}: connection is closing"))
+            })?;
+            let client = self.state.read().await.client.clone();
+            f(client).await.map_err(|e| classify(what, &e))
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(KeyError::Unavailable(format!(
+                "vault {what}: no answer within {} ms",
+                self.timeout.as_millis()
+            )))
+        });
+        match &out {
+            Ok(_) => self.healthy.store(true, Ordering::Relaxed),
+            Err(KeyError::Unavailable(_) | KeyError::Denied(_)) => {
+                self.healthy.store(false, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+        out
+    }
+
+    /// Gets a token (reads it, or logs in with AppRole), checks it with a self-lookup and
+    /// schedules its renewal.
+    async fn authenticate(&self) -> Result<(), KeyError> {
+        let (token, lease) = match &self.auth {
+            AuthMethod::Token(source) => {
+                let token = source
+                    .read("keys.vault.token")
+                    .map_err(KeyError::Keystore)?;
+                if self.state.read().await.token.expose_secret() == token.expose_secret() {
+                    tracing::info!("vault token source unchanged; checking the same token again");
+                }
+                (token, None)
+            }
+            AuthMethod::AppRole {
+                role_id,
+                mount,
+                secret_id,
+            } => {
+                let secret = secret_id
+                    .read("keys.vault.approle.secret_id")
+                    .map_err(KeyError::Keystore)?;
+                let anon = build_client(
+                    &self.address,
+                    &self.http,
+                    self.timeout,
+                    &SecretString::from(String::new()),
+                )?;
+                let mut info = tokio::time::timeout(
+                    self.timeout,
+                    vaultrs::auth::approle::login(
+                        anon.inner(),
+                        mount,
+                        role_id,
+                        secret.expose_secret(),
+                    ),
+                )
+                .await
+                .map_err(|_| KeyError::Unavailable("vault AppRole login: timed out".into()))?
+                .map_err(|e| classify("AppRole login", &e))?;
+                let token = SecretString::from(std::mem::take(&mut info.client_token));
+                (token, Some(info.lease_duration))
+            }
+        };
+        let client = Arc::new(build_client(
+            &self.address,
+            &self.http,
+            self.timeout,
+            &token,
+        )?);
+        let ttl = match lease {
+            Some(l) => l,
+            None => {
+                let looked =
+                    tokio::time::timeout(self.timeout, vaultrs::token::lookup_self(client.inner()))
+                        .await
+                        .map_err(|_| KeyError::Unavailable("vault token lookup: timed out".into()))?
+                        .map_err(|e| classify("token lookup", &e))?;
+                if looked.renewable == Some(false) {
+                    0
+                } else {
+                    looked.ttl
+                }
+            }
+        };
+        let mut state = self.state.write().await;
+        *state = TokenState {
+            token,
+            client,
+            renew_at: renew_deadline(ttl),
+            ttl,
+            capped: false,
+        };
+        Ok(())
+    }
+
+    /// One maintenance round: renews or replaces the token when due, then probes Vault with
+    /// a token self-lookup (which fails when Vault is down or sealed, or the token is revoked)
+    /// and records the result as health.
+    pub(crate) async fn maintain(&self) {
+        let due = self
+            .state
+            .read()
+            .await
+            .renew_at
+            .is_some_and(|at| Instant::now() >= at);
+        if due && let Err(e) = self.renew().await {
+            tracing::warn!(error = %e, "vault token renewal failed");
+        }
+        let probe = self
+            .call("health probe", |c| async move {
+                vaultrs::token::lookup_self(c.inner()).await
+            })
+            .await;
+        match probe {
+            Ok(_) => {}
+            Err(KeyError::Denied(e)) => {
+                // A revoked or expired token: get a new one (AppRole) or re-read the source
+                // (a token file an agent rotates). Health stays down until that works.
+                tracing::warn!(error = %e, "vault token is no longer accepted; re-authenticating");
+                match self.authenticate().await {
+                    Ok(()) => {
+                        tracing::info!("vault re-authentication succeeded");
+                        self.healthy.store(true, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "vault re-authentication failed");
+                        self.healthy.store(false, Ordering::Relaxed);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "vault is unavailable"),
+        }
+    }
+
+    /// Renews the token. AppRole logs in again when renewal is refused, or ahead of expiry once
+    /// a renewal came back shorter than the token's TTL (its maximum TTL is near).
+    async fn renew(&self) -> Result<(), KeyError> {
+        let approle = matches!(self.auth, AuthMethod::AppRole { .. });
+        let (ttl, capped) = {
+            let st = self.state.read().await;
+            (st.ttl, st.capped)
+        };
+        if capped && approle {
+            tracing::info!("vault token is near its maximum TTL; logging in again");
+            return self.authenticate().await;
+        }
+        let renewed = self
+            .call("token renewal", |c| async move {
+                vaultrs::token::renew_self(c.inner(), None).await
+            })
+            .await;
+        match renewed {
+            Ok(info) if info.lease_duration > 0 => {
+                tracing::info!(ttl_seconds = info.lease_duration, "vault token renewed");
+                let mut st = self.state.write().await;
+                st.renew_at = renew_deadline(info.lease_duration);
+                st.capped = info.lease_duration < ttl;
+                Ok(())
+            }
+            other => {
+                if approle {
+                    tracing::info!("vault token cannot be renewed; logging in again");
+                    self.authenticate().await
+                } else {
+                    // Nothing more to do for a fixed token; keep probing so health tells.
+                    self.state.write().await.renew_at = None;
+                    other.map(|_| ())
+                }
+            }
+        }
+    }
+}
+
+fn renew_deadline(ttl_seconds: u64) -> Option<Instant> {
+    (ttl_seconds > 0).then(|| {
+        let secs = (ttl_seconds as f64 * RENEW_FRACTION).max(1.0);
+        Instant::now() + Duration::from_secs_f64(secs)
+    })
+}
+
+/// A `vaultrs` client over the shared pooled HTTP client, with `token` in its header.
+///
+/// Every setting is explicit so that `VAULT_*` environment variables never change where
+/// signerd connects or whether it checks certificates.
+fn build_client(
+    address: &str,
+    http: &reqwest::Client,
+    timeout: Duration,
+    token: &SecretString,
+) -> Result<TokenClient, KeyError> {
+    let url = url::Url::parse(address)
+        .map_err(|e| KeyError::Keystore(format!("keys.vault.address: {e}")))?;
+    Ok(TokenClient(VaultClient {
+        http: rustify::clients::reqwest::Client::new(address, http.clone()),
+        middle: EndpointMiddleware {
+            token: token.expose_secret().to_owned(),
+            version: "v1".to_owned(),
+            wrap: None,
+            namespace: None,
+        },
+        settings: VaultClientSettings {
+            address: url,
+            ca_certs: Vec::new(),
+            identity: None,
+            timeout: Some(timeout),
+            token: String::new(),
+            verify: true,
+            version: 1,
+            wrapping: false,
+            namespace: None,
+            proxy: None,
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn api(code: u16, errors: &[&str]) -> ClientError {
+        ClientError::APIError {
+            code,
+            errors: errors.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn vault_errors_map_to_the_right_kind() {
+        let e = classify("sign", &api(403, &["permission denied"]));
+        assert!(matches!(&e, KeyError::Denied(m) if m.contains("vault sign: permission denied")));
+        let e = classify("sign", &api(503, &["Vault is sealed"]));
+        assert!(
+            matches!(&e, KeyError::Unavailable(m) if m.contains("sealed")),
+            "{e}"
+        );
+        let e = classify("sign", &api(500, &["internal error"]));
+        assert!(matches!(e, KeyError::Unavailable(_)));
+        let e = classify("list", &api(404, &["no handler for route \"x\""]));
+        assert!(
+            matches!(&e, KeyError::Keystore(m) if m.contains("HTTP 404") && m.contains("no handler"))
+        );
+        let e = classify("sign", &api(400, &["invalid key version"]));
+        assert!(matches!(&e, KeyError::Keystore(m) if m.contains("invalid key version")));
+    }
+}

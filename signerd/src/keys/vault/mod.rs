@@ -1,0 +1,409 @@
+//! Vault / OpenBao transit backend.
+//!
+//! Ed25519 and ECDSA P-256 keys are transit keys named `<key_prefix><key id>`: they sign inside
+//! Vault and never leave it. secp256k1 keys, which transit does not have, are transit-wrapped
+//! (see [`wrapped`]). Every call has a deadline; a sealed, unreachable or refusing Vault makes
+//! signing fail with [`KeyError::Unavailable`] or [`KeyError::Denied`] and health go down, and
+//! a background task renews the token, probes Vault once a second and follows key rotation,
+//! so signing resumes by itself when Vault is back.
+//!
+//! This backend must never log, format or return the Vault token, the AppRole secret id or a
+//! decrypted key, and never return a signature that does not verify under the key's public key.
+
+pub(crate) mod client;
+pub mod config;
+pub(crate) mod transit;
+pub(crate) mod wrapped;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use self::client::Connection;
+use self::config::VaultKeysConfig;
+use self::wrapped::WrappedKey;
+use super::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
+
+/// The backend name reported in [`KeyInfo::backend`] and audit records.
+pub const BACKEND_NAME: &str = "vault";
+
+/// How often the background task renews/probes.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// Native keys are re-read (to follow rotation) every this many probes.
+const REFRESH_EVERY_PROBES: u32 = 5;
+
+/// Where one key's private half is.
+#[derive(Debug, Clone)]
+enum Holder {
+    /// A transit signing key with this name.
+    Transit(String),
+    /// A transit-wrapped secp256k1 key.
+    Wrapped(Box<WrappedKey>),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    info: KeyInfo,
+    holder: Holder,
+}
+
+type Keys = Arc<RwLock<BTreeMap<String, Entry>>>;
+
+/// Keys held by a Vault or OpenBao server.
+pub struct VaultBackend {
+    conn: Arc<Connection>,
+    mount: String,
+    keys: Keys,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for VaultBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultBackend")
+            .field("conn", &self.conn)
+            .field("mount", &self.mount)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for VaultBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Reads the native keys under the prefix: id -> entry.
+async fn discover_native(
+    conn: &Connection,
+    cfg: &VaultKeysConfig,
+) -> Result<BTreeMap<String, Entry>, KeyError> {
+    let mut out = BTreeMap::new();
+    for name in transit::list(conn, &cfg.mount).await? {
+        let Some(id) = name.strip_prefix(&cfg.key_prefix) else {
+            continue;
+        };
+        if let Err(e) = super::soft::validate_key_id(id) {
+            tracing::warn!(transit_key = %name, error = %e, "ignoring transit key: not a valid key id");
+            continue;
+        }
+        if cfg.wrapping_key.as_deref() == Some(name.as_str()) {
+            continue;
+        }
+        match transit::read(conn, &cfg.mount, &name).await {
+            Ok(Some(k)) => {
+                out.insert(
+                    id.to_owned(),
+                    Entry {
+                        info: KeyInfo {
+                            id: id.to_owned(),
+                            algorithm: k.algorithm,
+                            backend: BACKEND_NAME,
+                            public_key: k.public_key,
+                            version: Some(k.version),
+                        },
+                        holder: Holder::Transit(name.clone()),
+                    },
+                );
+            }
+            Ok(None) => {
+                tracing::warn!(transit_key = %name, "ignoring transit key: not an ed25519 or ecdsa-p256 key");
+            }
+            Err(KeyError::Keystore(e)) => {
+                tracing::warn!(transit_key = %name, error = %e, "ignoring transit key");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}
+
+impl VaultBackend {
+    /// Connects and authenticates, discovers the keys (transit keys under the prefix, wrapped
+    /// key files) and starts the renewal/probe task. Must run inside a tokio runtime.
+    pub async fn open(cfg: &VaultKeysConfig) -> Result<VaultBackend, KeyError> {
+        let conn = Connection::open(cfg).await?;
+        let mut keys = discover_native(&conn, cfg).await?;
+        if let (Some(wk), Some(dir)) = (&cfg.wrapping_key, &cfg.wrapped_dir) {
+            for w in wrapped::load_all(dir, wk)? {
+                if keys.contains_key(&w.id) {
+                    return Err(KeyError::Keystore(format!(
+                        "key `{}` is both a transit key and a wrapped key file",
+                        w.id
+                    )));
+                }
+                keys.insert(
+                    w.id.clone(),
+                    Entry {
+                        info: KeyInfo {
+                            id: w.id.clone(),
+                            algorithm: Algorithm::Secp256k1,
+                            backend: BACKEND_NAME,
+                            public_key: w.public_key_bytes()?,
+                            version: None,
+                        },
+                        holder: Holder::Wrapped(Box::new(w)),
+                    },
+                );
+            }
+        }
+        tracing::info!(keys = keys.len(), address = %cfg.address, "vault key backend opened");
+        let keys: Keys = Arc::new(RwLock::new(keys));
+        let task = tokio::spawn(maintain(conn.clone(), cfg.clone(), keys.clone()));
+        Ok(VaultBackend {
+            conn,
+            mount: cfg.mount.clone(),
+            keys,
+            task,
+        })
+    }
+
+    fn entry(&self, id: &str) -> Option<Entry> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .cloned()
+    }
+
+    /// Benchmark baseline: one transit sign call for key `id` over `signed`, with nothing
+    /// signerd adds (no parsing, verification or normalization).
+    pub async fn transit_sign_only(&self, id: &str, signed: &[u8]) -> Result<(), KeyError> {
+        let e = self
+            .entry(id)
+            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+        let (Holder::Transit(name), Some(version)) = (&e.holder, e.info.version) else {
+            return Err(KeyError::Keystore(format!(
+                "key `{id}` is not a native transit key"
+            )));
+        };
+        transit::sign(
+            &self.conn,
+            &self.mount,
+            name,
+            e.info.algorithm,
+            version,
+            signed,
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// The background task: token renewal, health probe, and rotation follow-up.
+async fn maintain(conn: Arc<Connection>, cfg: VaultKeysConfig, keys: Keys) {
+    let mut round = 0u32;
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        conn.maintain().await;
+        round = round.wrapping_add(1);
+        if round.is_multiple_of(REFRESH_EVERY_PROBES) && conn.healthy() {
+            refresh(&conn, &cfg, &keys).await;
+        }
+    }
+}
+
+/// Re-reads native keys so that a rotation shows in `GetKey` and signs with the new version.
+async fn refresh(conn: &Connection, cfg: &VaultKeysConfig, keys: &Keys) {
+    let names: Vec<(String, String, KeyInfo)> = {
+        let map = keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.values()
+            .filter_map(|e| match &e.holder {
+                Holder::Transit(n) => Some((e.info.id.clone(), n.clone(), e.info.clone())),
+                Holder::Wrapped(_) => None,
+            })
+            .collect()
+    };
+    for (id, name, old) in names {
+        match transit::read(conn, &cfg.mount, &name).await {
+            Ok(Some(k)) if k.algorithm == old.algorithm && Some(k.version) != old.version => {
+                tracing::info!(key = %id, from = ?old.version, to = k.version, "transit key rotated");
+                let mut map = keys
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(e) = map.get_mut(&id) {
+                    e.info.version = Some(k.version);
+                    e.info.public_key = k.public_key;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(key = %id, error = %e, "cannot re-read transit key"),
+        }
+    }
+}
+
+#[async_trait]
+impl KeyBackend for VaultBackend {
+    fn name(&self) -> &'static str {
+        BACKEND_NAME
+    }
+
+    fn keys(&self) -> Vec<KeyInfo> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .map(|e| e.info.clone())
+            .collect()
+    }
+
+    fn key(&self, id: &str) -> Option<KeyInfo> {
+        self.entry(id).map(|e| e.info)
+    }
+
+    async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
+        let entry = self
+            .entry(id)
+            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+        self.sign_entry(entry, payload).await
+    }
+
+    async fn sign_key(
+        &self,
+        key: &KeyInfo,
+        payload: Payload<'_>,
+    ) -> Result<RawSignature, KeyError> {
+        let entry = self
+            .entry(&key.id)
+            .ok_or_else(|| KeyError::NotFound(key.id.clone()))?;
+        if entry.info != *key {
+            return Err(KeyError::Unavailable(format!(
+                "key `{}` was rotated (now version {:?}) while the request was prepared for \
+                 version {:?}; nothing was signed, retry",
+                key.id, entry.info.version, key.version
+            )));
+        }
+        self.sign_entry(entry, payload).await
+    }
+
+    fn healthy(&self) -> bool {
+        self.conn.healthy()
+    }
+}
+
+impl VaultBackend {
+    /// Signs with one key as this backend holds it now.
+    async fn sign_entry(
+        &self,
+        entry: Entry,
+        payload: Payload<'_>,
+    ) -> Result<RawSignature, KeyError> {
+        let id = entry.info.id.as_str();
+        let info = &entry.info;
+        let wrong = |what: &str| KeyError::WrongAlgorithm {
+            id: id.to_owned(),
+            algorithm: info.algorithm,
+            what: what.to_owned(),
+        };
+        let signed: &[u8] = match (info.algorithm, payload) {
+            (Algorithm::Ed25519, Payload::Message(m)) => m,
+            (Algorithm::P256 | Algorithm::Secp256k1, Payload::Prehash(d)) => d,
+            (Algorithm::Ed25519, Payload::Prehash(_)) => {
+                return Err(wrong(
+                    "cannot sign a 32-byte digest with Ed25519; it signs the message itself",
+                ));
+            }
+            (_, Payload::Message(_)) => {
+                return Err(wrong(
+                    "cannot sign a raw message with ECDSA; it signs a digest",
+                ));
+            }
+        };
+        match &entry.holder {
+            Holder::Wrapped(w) => {
+                let Payload::Prehash(digest) = payload else {
+                    return Err(wrong("wrapped keys sign digests"));
+                };
+                wrapped::sign(&self.conn, &self.mount, w, digest).await
+            }
+            Holder::Transit(name) => {
+                let version = info
+                    .version
+                    .ok_or_else(|| KeyError::Keystore(format!("key `{id}` has no version")))?;
+                let answer = transit::sign(
+                    &self.conn,
+                    &self.mount,
+                    name,
+                    info.algorithm,
+                    version,
+                    signed,
+                )
+                .await?;
+                transit::parse_signature(info.algorithm, &info.public_key, version, signed, &answer)
+                    .map_err(|e| {
+                        // Never sign wrongly: a bad answer is refused, and health is unaffected
+                        // because Vault itself answered.
+                        KeyError::Keystore(format!("key `{id}`: transit signature {e}"))
+                    })
+            }
+        }
+    }
+}
+
+/// Creates key `id` for `algorithm`: a transit key for Ed25519 and P-256, a transit-wrapped
+/// key file for secp256k1. Returns its public facts.
+pub async fn generate(
+    cfg: &VaultKeysConfig,
+    id: &str,
+    algorithm: Algorithm,
+) -> Result<KeyInfo, KeyError> {
+    super::soft::validate_key_id(id)?;
+    let conn = Connection::open(cfg).await?;
+    match algorithm {
+        Algorithm::Secp256k1 => {
+            let (Some(wk), Some(dir)) = (&cfg.wrapping_key, &cfg.wrapped_dir) else {
+                return Err(KeyError::Keystore(
+                    "secp256k1 keys on the vault backend are transit-wrapped: set \
+                     keys.vault.wrapping_key and keys.vault.wrapped_dir"
+                        .into(),
+                ));
+            };
+            let name = format!("{}{id}", cfg.key_prefix);
+            if transit::list(&conn, &cfg.mount).await?.contains(&name) {
+                return Err(KeyError::Keystore(format!(
+                    "key `{id}` already exists as transit key `{name}`"
+                )));
+            }
+            let w = wrapped::generate(&conn, &cfg.mount, wk, dir, id).await?;
+            Ok(KeyInfo {
+                id: id.to_owned(),
+                algorithm,
+                backend: BACKEND_NAME,
+                public_key: w.public_key_bytes()?,
+                version: None,
+            })
+        }
+        Algorithm::Ed25519 | Algorithm::P256 => {
+            if let Some(dir) = &cfg.wrapped_dir
+                && dir.join(format!("{id}{}", wrapped::SUFFIX)).exists()
+            {
+                return Err(KeyError::Keystore(format!(
+                    "key `{id}` already exists as a wrapped key in {}",
+                    dir.display()
+                )));
+            }
+            let name = format!("{}{id}", cfg.key_prefix);
+            if transit::list(&conn, &cfg.mount).await?.contains(&name) {
+                return Err(KeyError::Keystore(format!(
+                    "transit key `{name}` already exists; refusing to reuse it"
+                )));
+            }
+            transit::create_signing_key(&conn, &cfg.mount, &name, algorithm).await?;
+            let k = transit::read(&conn, &cfg.mount, &name)
+                .await?
+                .ok_or_else(|| {
+                    KeyError::Keystore(format!("transit key `{name}` is not a signing key"))
+                })?;
+            Ok(KeyInfo {
+                id: id.to_owned(),
+                algorithm: k.algorithm,
+                backend: BACKEND_NAME,
+                public_key: k.public_key,
+                version: Some(k.version),
+            })
+        }
+    }
+}

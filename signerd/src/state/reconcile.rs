@@ -3,8 +3,9 @@
 //! After a crash the state store may hold reservations of requests that never got a result
 //! (they died with the process and must not count), and, if it lost writes, may lack spend that
 //! was signed. Before serving, the ledger is rebuilt to exactly the charges of requests whose
-//! `sign.result` says `signed`, taken from their `sign.decision` records inside the longest
-//! window a limit may have.
+//! `sign.result` says `signed`, taken from their last `sign.decision` records inside the longest
+//! window a limit may have, plus the charges of requests still waiting for approval (a
+//! `require_approval` decision and no result yet): they hold their spend across restarts.
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
@@ -14,7 +15,8 @@ use alloy_primitives::U256;
 
 use super::spend::{Entry, MAX_WINDOW_SECS};
 
-/// The charges of signed requests recorded in the audit log in `dir` since
+/// The charges of signed requests (and of requests still waiting for approval) recorded in the
+/// audit log in `dir` since
 /// `now - MAX_WINDOW_SECS`, as ledger entries. A request is its (`client`, `req_id`).
 pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
     let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
@@ -33,6 +35,8 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
     let mut client_of: HashMap<String, String> = HashMap::new();
     let mut charged: HashMap<String, Vec<Entry>> = HashMap::new();
     let mut signed: HashSet<String> = HashSet::new();
+    // Requests whose last decision was `require_approval`, until a result ends them.
+    let mut waiting: HashSet<String> = HashSet::new();
     for path in segments {
         let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         for (no, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -62,7 +66,14 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
             };
             let owner = format!("{client}\0{req_id}");
             match kind {
-                "sign.decision" if v["decision"] == "allow" => {
+                "sign.decision"
+                    if v["decision"] == "allow" || v["decision"] == "require_approval" =>
+                {
+                    if v["decision"] == "require_approval" {
+                        waiting.insert(owner.clone());
+                    } else {
+                        waiting.remove(&owner);
+                    }
                     let ts = v["ts"]
                         .as_str()
                         .and_then(|t| humantime::parse_rfc3339(t).ok())
@@ -89,12 +100,18 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
                             amount,
                         });
                     }
-                    if !entries.is_empty() {
-                        charged.insert(owner, entries);
-                    }
+                    // The decision at quorum replaces the one that sent the request to wait.
+                    charged.insert(owner, entries);
                 }
-                "sign.result" if v["status"] == "signed" => {
-                    signed.insert(owner);
+                "sign.decision" => {
+                    waiting.remove(&owner);
+                    charged.remove(&owner);
+                }
+                "sign.result" => {
+                    waiting.remove(&owner);
+                    if v["status"] == "signed" {
+                        signed.insert(owner);
+                    }
                 }
                 _ => {}
             }
@@ -102,7 +119,7 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
     }
     Ok(charged
         .into_iter()
-        .filter(|(owner, _)| signed.contains(owner))
+        .filter(|(owner, _)| signed.contains(owner) || waiting.contains(owner))
         .flat_map(|(_, e)| e)
         .collect())
 }

@@ -39,6 +39,11 @@ fn public(who: &str) -> String {
 
 /// Requesters sign with `hot`; 1,000 wei or more needs 2 of treasury; at most `max` wei a day.
 fn policy(serial: u32, ttl: &str, max: u64) -> String {
+    policy_with(serial, ttl, max, &public("bob"))
+}
+
+/// [`policy`] with `bob_key` registered for `bob`.
+fn policy_with(serial: u32, ttl: &str, max: u64, bob_key: &str) -> String {
     format!(
         r#"version = 1
 serial = {serial}
@@ -73,7 +78,7 @@ chain_ids = [1]
 window = "24h"
 max_amount = "{max} wei"
 "#,
-        public("bob"),
+        bob_key,
         public("carol"),
         public("dave"),
         public("erin"),
@@ -197,14 +202,19 @@ async fn state(
 
 /// Every `approval.grant` verifies with the key it names, over the documented message, and
 /// that key is the one registered for the approver.
-fn check_grants(audit: &Audit, want: usize) {
+fn check_grants(audit: &Audit, want: usize, bob_key: &str) {
     let grants = audit.of_type("approval.grant");
     assert_eq!(grants.len(), want, "{grants:?}");
     for g in grants {
         let who = g["approver"].as_str().unwrap();
+        let registered = if who == "bob" {
+            bob_key.to_owned()
+        } else {
+            public(who)
+        };
         assert_eq!(
             format!("ed25519:{}", g["public_key"].as_str().unwrap()),
-            public(who)
+            registered
         );
         let msg = format!(
             "signerd approval v1\nclient: {}\nrequest_id: {}\nfingerprint: {}\ndecision: approve\nexpires: {}\n",
@@ -269,7 +279,10 @@ async fn quorum_signs_and_bad_votes_never_count() {
         ("app", "big-1")
     );
     assert!(shown.action_json.contains("native_transfer"), "{shown:?}");
-    assert!(shown.action_json.contains("\"value\":\"0x1770\""), "{shown:?}");
+    assert!(
+        shown.action_json.contains("\"value\":\"0x1770\""),
+        "{shown:?}"
+    );
     assert!(!shown.explanation.is_empty());
     let mut app_as_approver = approver(&env, &d, "app").await;
     let st = refused(
@@ -435,7 +448,7 @@ async fn quorum_signs_and_bad_votes_never_count() {
 
     let audit = env.wait_audit(|a| a.results("big-1") == vec!["signed".to_owned()]);
     assert_eq!(audit.count("approval.request", "big-1"), 1);
-    check_grants(&audit, 2);
+    check_grants(&audit, 2, &public("bob"));
     assert!(audit.results("big-2").is_empty());
     let vk = vkey(&env);
     assert!(d.stop().success());
@@ -571,7 +584,7 @@ async fn pending_requests_and_their_reservations_survive_kill_9() {
     let s = final_state(&mut app, "hold-1").await;
     assert_eq!(s.status(), SignStatus::Signed, "{s:?}");
     let audit = env.wait_audit(|a| a.results("hold-1") == vec!["signed".to_owned()]);
-    check_grants(&audit, 2);
+    check_grants(&audit, 2, &public("bob"));
     let vk = vkey(&env);
     assert!(d.stop().success());
     assert_verifies(&env.audit_dir(), &vk);
@@ -612,4 +625,119 @@ async fn limits_are_checked_again_at_signing() {
     let audit = env.wait_audit(|a| !a.results("big").is_empty());
     assert_eq!(audit.results("big"), vec!["denied".to_owned()]);
     audit.assert_not_signed("big");
+}
+
+/// `signerctl` with mTLS settings for `who`.
+fn ctl_as(env: &TestEnv, d: &Daemon, who: &str, args: &[&str]) -> Exited {
+    let pki = env.dir.join("pki");
+    let mut cmd = Command::new(SIGNERCTL);
+    cmd.arg("--endpoint")
+        .arg(d.endpoint())
+        .arg("--ca")
+        .arg(pki.join("ca.pem"))
+        .arg("--cert")
+        .arg(pki.join(format!("{who}.pem")))
+        .arg("--key")
+        .arg(pki.join(format!("{who}-key.pem")))
+        .args(args);
+    run_to_exit(cmd, Duration::from_secs(60))
+}
+
+#[tokio::test]
+async fn signerctl_keygen_review_approve_and_wait() {
+    let keys = unique_dir("approvals-cli-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    let key_file = keys.join("bob.key");
+    let mut cmd = Command::new(SIGNERCTL);
+    cmd.args(["approver", "keygen", "--out", key_file.to_str().unwrap()]);
+    let out = run_to_exit(cmd, Duration::from_secs(30));
+    assert!(out.status.success(), "{out:?}");
+    let bob_key = out.stdout.trim().to_owned();
+    assert!(
+        bob_key.starts_with("ed25519:") && bob_key.len() == 8 + 64,
+        "{bob_key}"
+    );
+    assert_eq!(mode_of(&key_file) & 0o777, 0o600);
+    let secret = std::fs::read_to_string(&key_file).unwrap();
+    assert!(!out.stdout.contains(secret.trim()) && !out.stderr.contains(secret.trim()));
+    // It refuses to overwrite a key.
+    let mut again = Command::new(SIGNERCTL);
+    again.args(["approver", "keygen", "--out", key_file.to_str().unwrap()]);
+    assert!(!run_to_exit(again, Duration::from_secs(30)).status.success());
+
+    let env = TestEnv::with(
+        "approvals-cli",
+        Opts {
+            policy: policy_with(1, "1h", 10_000, &bob_key),
+            ..Opts::default()
+        },
+    );
+    let d = env.start();
+    let mut app = env.client(&d, "app").await;
+    let p = pending(&mut app, "cli-1", 5000).await;
+
+    let list = ctl_as(&env, &d, "bob", &["approvals", "list"]);
+    assert!(list.status.success(), "{list:?}");
+    assert!(
+        list.stdout.contains("app/cli-1") && list.stdout.contains("0/2 of treasury"),
+        "{}",
+        list.stdout
+    );
+    let show = ctl_as(
+        &env,
+        &d,
+        "bob",
+        &["--json", "approvals", "show", "app/cli-1"],
+    );
+    assert!(show.status.success(), "{show:?}");
+    let shown: serde_json::Value = serde_json::from_str(&show.stdout).unwrap();
+    assert_eq!(shown["pending"]["fingerprint"], p.fingerprint.as_str());
+    assert_eq!(shown["action"]["kind"], "native_transfer");
+
+    let kf = key_file.to_str().unwrap();
+    let wrong = ctl_as(
+        &env,
+        &d,
+        "bob",
+        &[
+            "approvals",
+            "approve",
+            "app/cli-1",
+            "--fingerprint",
+            &"00".repeat(32),
+            "--key-file",
+            kf,
+        ],
+    );
+    assert!(!wrong.status.success());
+    assert!(wrong.stderr.contains("you reviewed"), "{wrong:?}");
+    let ok = ctl_as(
+        &env,
+        &d,
+        "bob",
+        &[
+            "approvals",
+            "approve",
+            "app/cli-1",
+            "--fingerprint",
+            &p.fingerprint,
+            "--key-file",
+            kf,
+        ],
+    );
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(ok.stdout.contains("1/2 of treasury [bob]"), "{}", ok.stdout);
+
+    let mut carol = approver(&env, &d, "carol").await;
+    carol.approve(approval("carol", "app", &p)).await.unwrap();
+    let waited = ctl_as(&env, &d, "app", &["request", "status", "cli-1", "--wait"]);
+    assert!(waited.status.success(), "{waited:?}");
+    assert!(
+        waited.stdout.contains("SIGN_STATUS_SIGNED"),
+        "{}",
+        waited.stdout
+    );
+    let audit = env.wait_audit(|a| a.results("cli-1") == vec!["signed".to_owned()]);
+    check_grants(&audit, 2, &bob_key);
+    let _ = std::fs::remove_dir_all(&keys);
 }

@@ -414,7 +414,6 @@ pub(crate) fn print_state(json_out: bool, s: &v1::SignRequestState) {
         Some(Response::Transaction(t)) => json!({
             "raw_transaction": format!("0x{}", hex::encode(&t.raw_transaction)),
             "transaction_hash": format!("0x{}", hex::encode(&t.transaction_hash)),
-            "signature": t.signature.as_ref().map(|x| format!("0x{}", hex::encode(&x.bytes))),
         }),
         Some(Response::Message(m)) => {
             json!({"signature": m.signature.as_ref().map(|x| format!("0x{}", hex::encode(&x.bytes)))})

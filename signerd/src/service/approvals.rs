@@ -23,6 +23,9 @@ use crate::approvals::{self as quorum, PendingRecord, Requirement, Status, Store
 use crate::audit::Record;
 use crate::state::{StateStore, StoredOutcome, StoredRequest};
 
+/// Most requests one `ListPending` answer holds (the oldest first).
+const MAX_LISTED: usize = 500;
+
 /// Longest a `WatchSignRequest` stream lasts.
 pub(super) const MAX_WATCH_SECS: u64 = 3600;
 
@@ -268,13 +271,17 @@ impl Signer {
                 "client: required (the requester's client id)".into(),
             ));
         }
-        if v.reason
-            .as_ref()
-            .is_some_and(|r| r.chars().count() > quorum::MAX_REASON_CHARS)
-        {
-            return Err(ServiceError::InvalidArgument(
-                quorum::ApprovalError::ReasonTooLong.to_string(),
-            ));
+        if let Some(r) = &v.reason {
+            if r.chars().count() > quorum::MAX_REASON_CHARS {
+                return Err(ServiceError::InvalidArgument(
+                    quorum::ApprovalError::ReasonTooLong.to_string(),
+                ));
+            }
+            if r.chars().any(char::is_control) {
+                return Err(ServiceError::InvalidArgument(
+                    "reason: control characters are not allowed".into(),
+                ));
+            }
         }
         let _guard = self.lock_request(&v.client, &v.request_id).await;
         let (c, r) = (v.client.clone(), v.request_id.clone());
@@ -501,6 +508,9 @@ impl Signer {
         let open = blocking(&self.state, |s| s.open_pending()).await?;
         for mut rec in open {
             if rec.status == Status::Signing {
+                // Whatever it held is released: it will not be signed.
+                let (c, r) = (rec.client.clone(), rec.request_id.clone());
+                blocking(&self.state, move |s| s.release(&c, &r)).await?;
                 rec.status = Status::Failed;
                 rec.reason = Some(
                     "signerd stopped while signing this request; nothing was returned, make a new request"
@@ -808,6 +818,7 @@ impl Signer {
         open.sort_by(|a, b| {
             (a.created, &a.client, &a.request_id).cmp(&(b.created, &b.client, &b.request_id))
         });
+        open.truncate(MAX_LISTED);
         let requests = open
             .iter()
             .map(|rec| v1::PendingRequest {

@@ -123,3 +123,55 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
         .flat_map(|(_, e)| e)
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn decision(req: &str, decision: &str, amount: u64) -> String {
+        format!(
+            r#"{{"v":1,"seq":0,"ts":"2026-01-01T00:00:00.000000Z","type":"sign.decision","req_id":"{req}","client":"app","decision":"{decision}","charges":[{{"limit":"l","bucket":"limit=l","window_secs":86400,"amount":"{amount}"}}],"prev":""}}"#
+        )
+    }
+
+    fn result(req: &str, status: &str) -> String {
+        format!(
+            r#"{{"v":1,"seq":0,"ts":"2026-01-01T00:00:01.000000Z","type":"sign.result","req_id":"{req}","client":"app","status":"{status}","prev":""}}"#
+        )
+    }
+
+    #[test]
+    fn waiting_requests_keep_their_charges_until_a_result_ends_them() {
+        let dir = std::env::temp_dir().join(format!(
+            "signerd-reconcile-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lines = [
+            decision("signed", "allow", 1),
+            result("signed", "signed"),
+            decision("waiting", "require_approval", 10),
+            decision("approved", "require_approval", 100),
+            decision("approved", "allow", 200),
+            result("approved", "signed"),
+            decision("vetoed", "require_approval", 1000),
+            result("vetoed", "rejected"),
+            decision("denied-at-quorum", "require_approval", 10000),
+            decision("denied-at-quorum", "deny", 0),
+            decision("allowed-then-crashed", "allow", 100000),
+        ];
+        std::fs::write(dir.join("segment-00000001.jsonl"), lines.join("\n") + "\n").unwrap();
+        let now = 1_767_225_600 + 10; // 2026-01-01T00:00:10Z
+        let mut amounts: Vec<u64> = signed_spend(&dir, now)
+            .unwrap()
+            .iter()
+            .map(|e| e.amount.to::<u64>())
+            .collect();
+        amounts.sort_unstable();
+        // Signed (1), still waiting (10), approved at its final charge (200).
+        assert_eq!(amounts, vec![1, 10, 200]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

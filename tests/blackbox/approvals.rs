@@ -436,6 +436,36 @@ async fn quorum_signs_and_bad_votes_never_count() {
     h.update(&signed_tx.signing_hash);
     h.update(Sha256::digest(env.opts.policy.as_bytes()));
     assert_eq!(hex::encode(h.finalize()), p.fingerprint);
+    // GetSignRequest also answers for requests that never waited, and only for one's own.
+    let direct = app
+        .sign_evm_transaction(tx("small-1", 500))
+        .await
+        .unwrap()
+        .into_inner();
+    let got = state(&mut app, "small-1").await;
+    assert_eq!(got.status(), SignStatus::Signed);
+    assert_eq!(
+        got.response,
+        Some(v1::sign_request_state::Response::Transaction(direct))
+    );
+    let st = refused(
+        "unknown id",
+        app.get_sign_request(v1::GetSignRequestRequest {
+            request_id: "never-made".into(),
+        })
+        .await,
+    );
+    assert_eq!(st.code(), Code::NotFound, "{st:?}");
+    let mut bob_requester = env.client(&d, "bob").await;
+    let st = refused(
+        "someone else's request",
+        bob_requester
+            .get_sign_request(v1::GetSignRequestRequest {
+                request_id: "big-1".into(),
+            })
+            .await,
+    );
+    assert_eq!(st.code(), Code::NotFound, "{st:?}");
     // Votes on a finished request are refused.
     let mut late = approver(&env, &d, "dave").await;
     let st = refused("late", late.approve(approval("dave", "app", &p)).await);
@@ -457,7 +487,8 @@ async fn quorum_signs_and_bad_votes_never_count() {
 
 #[tokio::test]
 async fn veto_and_expiry_never_sign_and_release_spend() {
-    let env = approvals_env("approvals-veto", "3s");
+    // The deadline is longer than the server's request timeout (10 s): a watch outlives it.
+    let env = approvals_env("approvals-veto", "12s");
     let d = env.start();
     let mut app = env.client(&d, "app").await;
     let mut bob = approver(&env, &d, "bob").await;

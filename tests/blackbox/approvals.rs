@@ -628,6 +628,19 @@ async fn limits_are_checked_again_at_signing() {
     let mut app = env.client(&d, "app").await;
     let p = pending(&mut app, "big", 6000).await;
     let mut bob = approver(&env, &d, "bob").await;
+    // An approval that expired no longer counts, and may be renewed.
+    let soon = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 2;
+    let mut short = approval("bob", "app", &p);
+    short.expires_unix = soon;
+    short.signature = signed("bob", "app", "big", &p.fingerprint, "approve", soon);
+    bob.approve(short).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let s = state(&mut app, "big").await;
+    assert!(s.pending.unwrap().requirements[0].approved_by.is_empty());
     bob.approve(approval("bob", "app", &p)).await.unwrap();
 
     // Meanwhile the daily limit is lowered below what the request needs.

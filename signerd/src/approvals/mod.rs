@@ -71,7 +71,7 @@ pub enum ApprovalError {
         /// The request's deadline.
         deadline: i64,
     },
-    /// The approver has voted on this request already.
+    /// The approver has a vote on this request that has not expired.
     #[error("`{0}` has already voted on this request; each person counts once")]
     AlreadyVoted(String),
     /// The reason is too long.

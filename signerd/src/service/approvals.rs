@@ -341,7 +341,12 @@ impl Signer {
                 .to_string(),
             ));
         }
-        if rec.votes.iter().any(|x| x.approver == me) {
+        // One live vote per person; an approval that expired may be renewed.
+        if rec
+            .votes
+            .iter()
+            .any(|x| x.approver == me && x.expires > now)
+        {
             return Err(ServiceError::FailedPrecondition(
                 quorum::ApprovalError::AlreadyVoted(me).to_string(),
             ));

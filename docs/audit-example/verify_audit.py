@@ -75,6 +75,17 @@ def parse_note(note, vkey):
             raise ValueError("not signed by the verifier key")
     return origin, size, root
 
+def check_vote(kind, rec):
+    """An approver's Ed25519 signature over the approval message (docs/approvals.md)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    want = {"approval.grant": "approve", "approval.reject": "reject"}[kind]
+    if rec["decision"] != want:
+        raise ValueError(f"decision {rec['decision']!r}")
+    msg = (f"signerd approval v1\nclient: {rec['client']}\nrequest_id: {rec['req_id']}\n"
+           f"fingerprint: {rec['fingerprint']}\ndecision: {want}\nexpires: {rec['expires']}\n")
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(rec["public_key"]))
+    key.verify(bytes.fromhex(rec["signature"]), msg.encode())
+
 ENVELOPE = re.compile(
     rb'\{"v":1,"seq":(0|[1-9][0-9]*),"ts":"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z)",'
     rb'"type":"([a-z0-9._]{1,64})"(,.*)?,"prev":"([0-9a-f]{64})"\}')
@@ -139,6 +150,11 @@ def main():
                 if size != seq or r != root or (origin is not None and o != origin):
                     fail(where, "checkpoint note disagrees with the record or the origin changed")
                 origin, last_cp = o, seq
+            if kind in ("approval.grant", "approval.reject"):
+                try:
+                    check_vote(kind, rec)
+                except Exception as e:
+                    fail(where, f"{kind}: the signature does not verify ({e!r})")
             roots[tree.size] = tree.root()
             h = leaf_hash(line)
             tree.push(h)

@@ -30,7 +30,7 @@ fn policy_src() -> String {
         "[[asset]]\nchain_id = 1\ncontract = \"native\"\nsymbol = \"ETH\"\ndecimals = 18\n\
          [[asset]]\nchain_id = 1\ncontract = \"{USDC}\"\nsymbol = \"USDC\"\ndecimals = 6\n"
     );
-    s.push_str("[groups]\nops = [\"o1\", \"o2\", \"o3\"]\n");
+    s.push_str("[groups]\nops = [\"o1\", \"o2\", \"o3\"]\n[approvers]\no1 = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\no2 = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\no3 = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\n");
     for b in 0..20 {
         let addrs: Vec<String> = (0..25)
             .map(|i| format!("\"{}\"", addr(b * 25 + i)))

@@ -221,6 +221,7 @@ pub fn run_test_file(policy: &Policy, file: &str, src: &str) -> Result<TestRepor
         assets: &policy.assets,
         books: &policy.books,
         groups: &policy.groups,
+        approvers: &policy.approvers,
     };
     if raw.cases.get_ref().is_empty() {
         return Err(env.cx.invalid(raw.cases.span(), "no `[[case]]`".into()));

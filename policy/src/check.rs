@@ -178,6 +178,25 @@ pub fn check(policy: &Policy) -> Vec<Warning> {
             });
         }
     }
+    let approving: BTreeSet<&str> = policy
+        .rules
+        .iter()
+        .filter_map(|r| r.approval.as_ref())
+        .flat_map(|a| a.groups.iter())
+        .filter_map(|(g, _)| policy.groups.get(g))
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    for id in policy.approvers.keys() {
+        if !approving.contains(id.as_str()) {
+            out.push(Warning {
+                subject: format!("approver `{id}`"),
+                line: None,
+                message: "is in no group that any `approvals` names; the key approves nothing"
+                    .into(),
+            });
+        }
+    }
     for name in policy.groups.keys() {
         if !used_groups.contains(name.as_str()) {
             out.push(Warning {
@@ -477,7 +496,7 @@ value_max = "5 ether"
         assert!(!w.iter().any(|x| x.contains("shadowed")), "{w:#?}");
         // Approval rules covering an allow rule make it never allow on its own.
         one(
-            "[groups]\ng = [\"a\", \"b\"]\n[[rule]]\nid = \"x\"\neffect = \"allow\"\nclients = [\"c\"]\nkinds = [\"eip191_message\"]\n[[rule]]\nid = \"y\"\neffect = \"require_approval\"\napprovals = [{ group = \"g\", min = 1 }]\nttl = \"1h\"\n",
+            "[groups]\ng = [\"a\", \"b\"]\n[approvers]\na = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\nb = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\n[[rule]]\nid = \"x\"\neffect = \"allow\"\nclients = [\"c\"]\nkinds = [\"eip191_message\"]\n[[rule]]\nid = \"y\"\neffect = \"require_approval\"\napprovals = [{ group = \"g\", min = 1 }]\nttl = \"1h\"\n",
             "rule `x`: never allows on its own: rule `y` requires approval",
         );
     }
@@ -502,7 +521,11 @@ value_max = "5 ether"
         );
         one("[groups]\ng = [\"a\"]\n", "group `g`: is never used");
         one(
-            "[groups]\ng = [\"a\", \"b\"]\n[[rule]]\nid = \"r\"\neffect = \"require_approval\"\napprovals = [{ group = \"g\", min = 2 }]\nttl = \"1h\"\n",
+            "[approvers]\nz = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\n",
+            "approver `z`: is in no group",
+        );
+        one(
+            "[groups]\ng = [\"a\", \"b\"]\n[approvers]\na = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\nb = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\n[[rule]]\nid = \"r\"\neffect = \"require_approval\"\napprovals = [{ group = \"g\", min = 2 }]\nttl = \"1h\"\n",
             "needs all 2 members of `g`",
         );
         one(

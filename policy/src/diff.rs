@@ -172,6 +172,21 @@ pub fn diff(old: &Policy, new: &Policy) -> DiffReport {
             push(format!("group `{name}`"), "removed".into(), false);
         }
     }
+    // Approver keys: whoever holds a new or replaced key can approve in that person's name,
+    // so both loosen; a key that is gone can no longer approve.
+    for (id, key) in &new.approvers {
+        let subject = format!("approver `{id}`");
+        match old.approvers.get(id) {
+            None => push(subject, "key added".into(), true),
+            Some(before) if before != key => push(subject, "key replaced".into(), true),
+            Some(_) => {}
+        }
+    }
+    for id in old.approvers.keys() {
+        if !new.approvers.contains_key(id) {
+            push(format!("approver `{id}`"), "key removed".into(), false);
+        }
+    }
     // Books and assets are judged through the rules and limits that use them; list them so
     // a reviewer sees why a rule changed.
     for (name, addrs) in &new.books {
@@ -453,6 +468,11 @@ mod tests {
 serial = 1
 [groups]
 treasury = ["t1", "t2", "t3"]
+[approvers]
+t1 = "ed25519:5866666666666666666666666666666666666666666666666666666666666666"
+t2 = "ed25519:5866666666666666666666666666666666666666666666666666666666666666"
+t3 = "ed25519:5866666666666666666666666666666666666666666666666666666666666666"
+t4 = "ed25519:5866666666666666666666666666666666666666666666666666666666666666"
 [address_books.payees]
 addresses = ["{A}"]
 [[rule]]
@@ -616,6 +636,14 @@ max_requests = 10
             "treasury = [\"t1\", \"t2\", \"t3\", \"t4\"]",
             "LOOSENS group `treasury`: members added [t4]",
         );
+        let k = "ed25519:5866666666666666666666666666666666666666666666666666666666666666";
+        let other = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a";
+        loosens(
+            &format!("t1 = \"{k}\""),
+            &format!("t1 = \"{other}\""),
+            "LOOSENS approver `t1`: key replaced",
+        );
+        tightens(&format!("t4 = \"{k}\"\n"), "", "approver `t4`: key removed");
     }
 
     #[test]

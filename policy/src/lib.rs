@@ -47,6 +47,9 @@
 //! [groups]
 //! treasury = ["alice", "bob", "carol"]
 //!
+//! [approvers]                      # every member of a group named in `approvals`
+//! alice = "ed25519:<64 hex digits>" # as `signerctl approver keygen` prints it
+//!
 //! [[rule]]
 //! id = "payouts"
 //! effect = "allow"                 # allow | deny | require_approval
@@ -136,7 +139,7 @@ pub use check::{Warning, check};
 pub use diff::{Change, DiffReport, diff};
 pub use eval::{Charge, Evaluation, NoUsage, Request, Usage, Used, fits};
 pub use limit::BucketKey;
-pub use parse::{MAX_POLICY_BYTES, Policy, PolicyError, line_col};
+pub use parse::{MAX_POLICY_BYTES, Policy, PolicyError, line_col, parse_approver_key};
 pub use rule::{Effect, Match, Rule};
 
 /// Who is asking: the identity the daemon mapped from the client certificate.

@@ -78,6 +78,8 @@ pub struct Policy {
     pub(crate) assets: Vec<Asset>,
     pub(crate) books: BTreeMap<String, BTreeSet<Address>>,
     pub(crate) groups: BTreeMap<String, BTreeSet<String>>,
+    /// Approvers' Ed25519 public keys, by client id.
+    pub(crate) approvers: BTreeMap<String, [u8; 32]>,
     pub(crate) index: RuleIndex,
     hash: [u8; 32],
 }
@@ -106,11 +108,13 @@ impl Policy {
         let assets = cx.assets(raw.assets)?;
         let books = cx.books(raw.address_books)?;
         let groups = cx.groups(raw.groups)?;
+        let approvers = cx.approvers(raw.approvers)?;
         let env = Env {
             cx,
             assets: &assets,
             books: &books,
             groups: &groups,
+            approvers: &approvers,
         };
         let mut ids: HashSet<String> = HashSet::new();
         let mut unique = |id: &Spanned<String>| -> Result<(), PolicyError> {
@@ -150,6 +154,7 @@ impl Policy {
             assets,
             books,
             groups,
+            approvers,
             index,
             hash: Sha256::digest(src.as_bytes()).into(),
         })
@@ -173,6 +178,11 @@ impl Policy {
     /// Members of the group `name`, if it exists (for approval quorums).
     pub fn group_members(&self, name: &str) -> Option<&BTreeSet<String>> {
         self.groups.get(name)
+    }
+
+    /// The Ed25519 public key registered in `[approvers]` for the client `id`, if any.
+    pub fn approver_key(&self, id: &str) -> Option<[u8; 32]> {
+        self.approvers.get(id).copied()
     }
 
     /// Ids of the `[[limit]]` and `[[rate_limit]]` entries, in file order.
@@ -249,6 +259,8 @@ struct RawFile {
     assets: Vec<RawAsset>,
     #[serde(default)]
     groups: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    approvers: BTreeMap<String, Spanned<String>>,
     #[serde(default, rename = "rule")]
     rules: Vec<RawRule>,
     #[serde(default, rename = "limit")]
@@ -541,6 +553,43 @@ impl Cx<'_> {
         }
         Ok(out)
     }
+
+    /// `[approvers]`: client id = `"ed25519:<64 hex digits>"`, a valid Ed25519 public key.
+    fn approvers(
+        &self,
+        raw: BTreeMap<String, Spanned<String>>,
+    ) -> Result<BTreeMap<String, [u8; 32]>, PolicyError> {
+        let mut out = BTreeMap::new();
+        for (id, key) in raw {
+            if id.is_empty() || id.chars().any(char::is_control) {
+                return Err(self.invalid(
+                    key.span(),
+                    "approver: an empty or unprintable client id".into(),
+                ));
+            }
+            out.insert(
+                id.clone(),
+                parse_approver_key(key.get_ref())
+                    .map_err(|e| self.invalid(key.span(), format!("approver `{id}`: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// Parses `ed25519:<64 hex digits>` into a public key that is a valid Ed25519 point.
+pub fn parse_approver_key(text: &str) -> Result<[u8; 32], String> {
+    let Some(hex_part) = text.strip_prefix("ed25519:") else {
+        return Err(format!(
+            "key {text:?} must be written `ed25519:<64 hex digits>` (as `signerctl approver keygen` prints it)"
+        ));
+    };
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut key)
+        .map_err(|_| "key must have exactly 64 hex digits after `ed25519:`".to_owned())?;
+    ed25519_dalek::VerifyingKey::from_bytes(&key)
+        .map_err(|_| "key is not a valid Ed25519 public key".to_owned())?;
+    Ok(key)
 }
 
 /// Everything name resolution needs.
@@ -549,6 +598,7 @@ pub(crate) struct Env<'a> {
     pub(crate) assets: &'a [Asset],
     pub(crate) books: &'a BTreeMap<String, BTreeSet<Address>>,
     pub(crate) groups: &'a BTreeMap<String, BTreeSet<String>>,
+    pub(crate) approvers: &'a BTreeMap<String, [u8; 32]>,
 }
 
 /// A resolved amount: base units, the token its symbol names, how to print it.
@@ -892,6 +942,12 @@ impl Env<'_> {
                                 "rule `{id}`: `min` must be 1 to {} (the size of group `{name}`)",
                                 members.len()
                             ),
+                        ));
+                    }
+                    if let Some(m) = members.iter().find(|m| !self.approvers.contains_key(*m)) {
+                        return Err(cx.invalid(
+                            a.group.span(),
+                            format!("rule `{id}`: member `{m}` of approver group `{name}` has no key in [approvers]"),
                         ));
                     }
                     if groups.iter().any(|(g, _)| g == name) {

@@ -160,7 +160,7 @@ proptest! {
     ) {
         let keys = ["k0", "k1", "k2"];
         let effects = ["allow", "deny", "allow", "require_approval"];
-        let mut src = String::from("version = 1\nserial = 1\n[groups]\ng = [\"c0\", \"c1\"]\n");
+        let mut src = String::from("version = 1\nserial = 1\n[groups]\ng = [\"c0\", \"c1\"]\n[approvers]\nc0 = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\nc1 = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\n");
         for (i, (effect, key, kinds, value_max, client)) in rules.iter().enumerate() {
             src.push_str(&format!("[[rule]]\nid = \"r{i}\"\neffect = \"{}\"\n", effects[*effect]));
             if *effect == 3 {

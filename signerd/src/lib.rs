@@ -10,6 +10,7 @@
 //! that ties them together.
 
 pub mod api;
+pub mod approvals;
 pub mod audit;
 pub mod chain;
 pub mod client;

@@ -20,6 +20,7 @@
 //! | `signerd_audit_bytes_total` | counter | |
 //! | `signerd_audit_fsync_duration_seconds` | histogram | |
 //! | `signerd_audit_last_checkpoint_timestamp_seconds` | gauge | |
+//! | `signerd_pending_approvals` | gauge | |
 //! | `signerd_policy_serial` | gauge | |
 //! | `signerd_policy_info` | gauge (1) | `hash` |
 
@@ -114,6 +115,10 @@ fn describe() {
         Unit::Seconds,
         "Unix time of the last signed checkpoint (alert on time() minus this)"
     );
+    describe_gauge!(
+        "signerd_pending_approvals",
+        "Signing requests waiting for approval"
+    );
     describe_gauge!("signerd_policy_serial", "Serial of the policy in force");
     describe_gauge!(
         "signerd_policy_info",
@@ -203,6 +208,11 @@ pub fn backend(name: &'static str, healthy: bool, sessions: Option<(usize, usize
         metrics::gauge!("signerd_backend_sessions_in_use", "backend" => name).set(in_use as f64);
         metrics::gauge!("signerd_backend_sessions", "backend" => name).set(total as f64);
     }
+}
+
+/// Requests waiting for approval now.
+pub fn pending_approvals(n: usize) {
+    metrics::gauge!("signerd_pending_approvals").set(n as f64);
 }
 
 /// The policy in force.

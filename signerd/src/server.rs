@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use signerd_policy::{MAX_POLICY_BYTES, Policy};
 use signerd_proto::v1::admin_server::AdminServer;
+use signerd_proto::v1::approvals_server::ApprovalsServer;
 use signerd_proto::v1::signer_server::SignerServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::api::{AdminApi, SignerApi};
+use crate::api::{AdminApi, ApprovalsApi, SignerApi};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Config;
 use crate::keys::KeyBackend;
@@ -246,6 +247,12 @@ impl Daemon {
             }
         });
 
+        // Approvals: requests interrupted while signing are marked failed; deadlines are kept.
+        self.signer
+            .start_approvals()
+            .await
+            .map_err(|e| ServerError::Serve(format!("approvals: {e}")))?;
+
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<SignerServer<SignerApi>>().await;
         let mut audit_health = self.signer.audit().health();
@@ -322,6 +329,8 @@ impl Daemon {
         });
         let admin = AdminServer::new(AdminApi::new(self.signer.clone()))
             .max_decoding_message_size(server.max_message_bytes);
+        let approvals = ApprovalsServer::new(ApprovalsApi::new(self.signer.clone()))
+            .max_decoding_message_size(server.max_message_bytes);
         let api = SignerServer::new(SignerApi::new(self.signer.clone()))
             .max_decoding_message_size(server.max_message_bytes)
             .max_encoding_message_size(server.max_message_bytes);
@@ -349,6 +358,7 @@ impl Daemon {
             .http2_max_header_list_size(16 * 1024)
             .add_service(api)
             .add_service(admin)
+            .add_service(approvals)
             .add_service(health_service)
             .add_service(reflection)
             .serve_with_incoming_shutdown(ReceiverStream::new(conns), async move {

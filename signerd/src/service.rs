@@ -25,6 +25,16 @@ use crate::chain::evm::{self, PreparedTx};
 use crate::keys::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
 use crate::state::{StateStore, StoredOutcome, StoredRequest};
 
+mod approvals;
+pub use approvals::VoteRequest;
+use approvals::Waiting;
+
+/// The gRPC methods that sign, as recorded in the audit log.
+const METHOD_TX: &str = "SignEvmTransaction";
+const METHOD_MESSAGE: &str = "SignEvmMessage";
+const METHOD_TYPED_DATA: &str = "SignTypedData";
+const METHOD_DIGEST: &str = "SignDigest";
+
 /// Longest accepted `request_id`.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -95,6 +105,8 @@ pub trait SignResponse: Message + Default + Send + 'static {
     fn set_receipt(&mut self, receipt: v1::AuditReceipt);
     /// Sets the evaluation of a dry run.
     fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation);
+    /// Sets the status, and what a pending request waits for.
+    fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>);
 }
 
 impl SignResponse for v1::SignEvmTransactionResponse {
@@ -112,6 +124,10 @@ impl SignResponse for v1::SignEvmTransactionResponse {
     fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
         self.evaluation = Some(evaluation);
     }
+    fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>) {
+        self.status = status.into();
+        self.pending = pending;
+    }
 }
 
 impl SignResponse for v1::SignEvmMessageResponse {
@@ -124,6 +140,10 @@ impl SignResponse for v1::SignEvmMessageResponse {
     }
     fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
         self.evaluation = Some(evaluation);
+    }
+    fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>) {
+        self.status = status.into();
+        self.pending = pending;
     }
 }
 
@@ -138,6 +158,10 @@ impl SignResponse for v1::SignTypedDataResponse {
     fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
         self.evaluation = Some(evaluation);
     }
+    fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>) {
+        self.status = status.into();
+        self.pending = pending;
+    }
 }
 
 impl SignResponse for v1::SignDigestResponse {
@@ -150,11 +174,17 @@ impl SignResponse for v1::SignDigestResponse {
     fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
         self.evaluation = Some(evaluation);
     }
+    fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>) {
+        self.status = status.into();
+        self.pending = pending;
+    }
 }
 
 /// A decoded request, ready for policy and signing.
 struct Prepared {
     method: &'static str,
+    /// The encoded gRPC request (kept with a request that waits for approval).
+    request: Vec<u8>,
     /// Evaluate and explain only.
     dry_run: bool,
     request_id: String,
@@ -163,6 +193,27 @@ struct Prepared {
     /// What the fingerprint commits to: the signing hash, or the raw digest.
     commitment: [u8; 32],
     payload: PayloadKind,
+}
+
+/// A secp256k1 request over a 32-byte hash (EIP-191, EIP-712).
+fn hash_prepared(
+    method: &'static str,
+    request: Vec<u8>,
+    (request_id, dry_run): (String, bool),
+    key: KeyInfo,
+    hash: B256,
+    action: Action,
+) -> Prepared {
+    Prepared {
+        method,
+        request,
+        dry_run,
+        request_id,
+        key,
+        action,
+        commitment: hash.0,
+        payload: PayloadKind::EcdsaHash,
+    }
 }
 
 enum PayloadKind {
@@ -187,6 +238,8 @@ pub struct Signer {
     state: Arc<dyn StateStore>,
     audit: AuditLog,
     inflight: InFlight,
+    /// Bumped whenever a request waiting for approval changes, to wake watchers.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -214,6 +267,7 @@ impl Signer {
             state,
             audit,
             inflight: Mutex::new(HashMap::new()),
+            changes: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -342,29 +396,9 @@ impl Signer {
         caller: Caller,
         req: v1::SignEvmTransactionRequest,
     ) -> Result<v1::SignEvmTransactionResponse, ServiceError> {
-        let method = "SignEvmTransaction";
-        let this = self.clone();
-        self.run(
-            caller,
-            method,
-            req.request_id.clone(),
-            req.key_id.clone(),
-            move || {
-                let key = this.key_for(&req.key_id, Algorithm::Secp256k1, "EVM transactions")?;
-                let tx = evm::prepare_transaction(&req)
-                    .map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
-                Ok(Prepared {
-                    method,
-                    dry_run: req.dry_run,
-                    request_id: req.request_id,
-                    key,
-                    action: tx.action().clone(),
-                    commitment: tx.signing_hash().0,
-                    payload: PayloadKind::Tx(Box::new(tx)),
-                })
-            },
-        )
-        .await
+        let ids = (req.request_id.clone(), req.key_id.clone());
+        self.sign_request(caller, METHOD_TX, ids, req.encode_to_vec())
+            .await
     }
 
     /// Signs an EIP-191 message.
@@ -373,16 +407,9 @@ impl Signer {
         caller: Caller,
         req: v1::SignEvmMessageRequest,
     ) -> Result<v1::SignEvmMessageResponse, ServiceError> {
-        let ids = (req.request_id, req.key_id, req.dry_run);
-        let message = req.message;
-        self.sign_hash(
-            caller,
-            "SignEvmMessage",
-            "EIP-191 messages",
-            ids,
-            move |key| evm::prepare_message(key, &message),
-        )
-        .await
+        let ids = (req.request_id.clone(), req.key_id.clone());
+        self.sign_request(caller, METHOD_MESSAGE, ids, req.encode_to_vec())
+            .await
     }
 
     /// Signs EIP-712 typed data.
@@ -391,44 +418,9 @@ impl Signer {
         caller: Caller,
         req: v1::SignTypedDataRequest,
     ) -> Result<v1::SignTypedDataResponse, ServiceError> {
-        let ids = (req.request_id, req.key_id, req.dry_run);
-        let json = req.typed_data_json;
-        self.sign_hash(
-            caller,
-            "SignTypedData",
-            "EIP-712 typed data",
-            ids,
-            move |key| evm::prepare_typed_data(key, &json),
-        )
-        .await
-    }
-
-    /// The pipeline of secp256k1 signatures over a 32-byte hash that `prepare` computes.
-    async fn sign_hash<R: SignResponse>(
-        self: &Arc<Self>,
-        caller: Caller,
-        method: &'static str,
-        what: &'static str,
-        (request_id, key_id, dry_run): (String, String, bool),
-        prepare: impl FnOnce(&str) -> Result<(B256, Action), evm::EvmError> + Send + 'static,
-    ) -> Result<R, ServiceError> {
-        let this = self.clone();
-        let (rid, kid) = (request_id.clone(), key_id.clone());
-        self.run(caller, method, request_id, key_id, move || {
-            let key = this.key_for(&kid, Algorithm::Secp256k1, what)?;
-            let (hash, action) =
-                prepare(&kid).map_err(|e| ServiceError::InvalidArgument(e.to_string()))?;
-            Ok(Prepared {
-                method,
-                dry_run,
-                request_id: rid,
-                key,
-                action,
-                commitment: hash.0,
-                payload: PayloadKind::EcdsaHash,
-            })
-        })
-        .await
+        let ids = (req.request_id.clone(), req.key_id.clone());
+        self.sign_request(caller, METHOD_TYPED_DATA, ids, req.encode_to_vec())
+            .await
     }
 
     /// Signs a raw 32-byte digest (blind signing).
@@ -437,27 +429,92 @@ impl Signer {
         caller: Caller,
         req: v1::SignDigestRequest,
     ) -> Result<v1::SignDigestResponse, ServiceError> {
-        let method = "SignDigest";
+        let ids = (req.request_id.clone(), req.key_id.clone());
+        self.sign_request(caller, METHOD_DIGEST, ids, req.encode_to_vec())
+            .await
+    }
+
+    async fn sign_request<R: SignResponse>(
+        self: &Arc<Self>,
+        caller: Caller,
+        method: &'static str,
+        (request_id, key_id): (String, String),
+        request: Vec<u8>,
+    ) -> Result<R, ServiceError> {
         let this = self.clone();
-        self.run(
-            caller,
-            method,
-            req.request_id.clone(),
-            req.key_id.clone(),
-            move || {
+        self.run(caller, method, request_id, key_id, move || {
+            this.prepare(method, request)
+        })
+        .await
+    }
+
+    /// Decodes and validates an encoded request of `method` into what to sign. A request that
+    /// waited for approval is prepared again from its stored bytes the same way.
+    fn prepare(&self, method: &str, request: Vec<u8>) -> Result<Prepared, ServiceError> {
+        let bad = |e: prost::DecodeError| {
+            ServiceError::InvalidArgument(format!("{method}: cannot decode the request: {e}"))
+        };
+        let invalid = |e: evm::EvmError| ServiceError::InvalidArgument(e.to_string());
+        match method {
+            METHOD_TX => {
+                let req = v1::SignEvmTransactionRequest::decode(request.as_slice()).map_err(bad)?;
+                let key = self.key_for(&req.key_id, Algorithm::Secp256k1, "EVM transactions")?;
+                let tx = evm::prepare_transaction(&req).map_err(invalid)?;
+                Ok(Prepared {
+                    method: METHOD_TX,
+                    request,
+                    dry_run: req.dry_run,
+                    request_id: req.request_id,
+                    key,
+                    action: tx.action().clone(),
+                    commitment: tx.signing_hash().0,
+                    payload: PayloadKind::Tx(Box::new(tx)),
+                })
+            }
+            METHOD_MESSAGE => {
+                let req = v1::SignEvmMessageRequest::decode(request.as_slice()).map_err(bad)?;
+                let key = self.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-191 messages")?;
+                let (hash, action) =
+                    evm::prepare_message(&req.key_id, &req.message).map_err(invalid)?;
+                Ok(hash_prepared(
+                    METHOD_MESSAGE,
+                    request,
+                    (req.request_id, req.dry_run),
+                    key,
+                    hash,
+                    action,
+                ))
+            }
+            METHOD_TYPED_DATA => {
+                let req = v1::SignTypedDataRequest::decode(request.as_slice()).map_err(bad)?;
+                let key = self.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-712 typed data")?;
+                let (hash, action) =
+                    evm::prepare_typed_data(&req.key_id, &req.typed_data_json).map_err(invalid)?;
+                Ok(hash_prepared(
+                    METHOD_TYPED_DATA,
+                    request,
+                    (req.request_id, req.dry_run),
+                    key,
+                    hash,
+                    action,
+                ))
+            }
+            METHOD_DIGEST => {
+                let req = v1::SignDigestRequest::decode(request.as_slice()).map_err(bad)?;
                 let digest: [u8; 32] = req.digest.as_slice().try_into().map_err(|_| {
                     ServiceError::InvalidArgument(format!(
                         "digest: must be exactly 32 bytes, got {}",
                         req.digest.len()
                     ))
                 })?;
-                let key = this.key_by_id(&req.key_id)?;
+                let key = self.key_by_id(&req.key_id)?;
                 let payload = match key.algorithm {
                     Algorithm::Secp256k1 | Algorithm::P256 => PayloadKind::EcdsaHash,
                     Algorithm::Ed25519 => PayloadKind::Ed25519Digest,
                 };
                 Ok(Prepared {
-                    method,
+                    method: METHOD_DIGEST,
+                    request,
                     dry_run: req.dry_run,
                     request_id: req.request_id,
                     action: Action::new(&key.id, Kind::RawDigest),
@@ -465,9 +522,11 @@ impl Signer {
                     commitment: digest,
                     payload,
                 })
-            },
-        )
-        .await
+            }
+            other => Err(ServiceError::InvalidArgument(format!(
+                "unknown signing method `{other}`"
+            ))),
+        }
     }
 
     fn key_by_id(&self, id: &str) -> Result<KeyInfo, ServiceError> {
@@ -582,6 +641,11 @@ impl Signer {
             .lock_request(&caller.identity.id, &prepared.request_id)
             .await;
         if let Some(stored) = self.stored(&caller, &prepared.request_id).await? {
+            if stored.fingerprint == fingerprint && stored.outcome == StoredOutcome::Pending {
+                return self
+                    .pending_reply(&caller.identity.id, &prepared.request_id)
+                    .await;
+            }
             return replay(stored, &fingerprint);
         }
 
@@ -606,42 +670,90 @@ impl Signer {
         let dec_rec = decision_record(&caller, &prepared, &decided);
         self.audit.append(req_rec).map_err(unavailable)?;
         self.audit.append(dec_rec).map_err(unavailable)?;
-        let decision = decided.decision;
+        let Decided {
+            decision,
+            explanation,
+            policy,
+            ..
+        } = decided;
 
-        // Only an explicit Allow goes on to signing; anything else is a denial.
-        if !decision.is_allow() {
-            let (rule, reason) = match decision {
-                Decision::Deny { rule, reason } => (rule, reason),
-                other => (None, format!("not allowed: {}", other.as_str())),
-            };
-            let result = Record::new("sign.result")
-                .field("req_id", prepared.request_id.as_str())
-                .field("client", caller.identity.id.as_str())
-                .field("status", "denied")
-                .field("rule", rule.as_deref())
-                .field("message", reason.as_str());
-            self.audit
-                .append_durable(result)
-                .await
-                .map_err(unavailable)?;
-            let outcome = StoredOutcome::Denied {
-                rule: rule.clone(),
-                reason: reason.clone(),
-            };
-            self.store(&caller, &prepared, &fingerprint, outcome)
-                .await?;
-            tracing::info!(rule = rule.as_deref().unwrap_or("-"), "denied");
-            return Err(ServiceError::PermissionDenied { rule, reason });
+        // Only an explicit Allow goes on to signing now; a request that needs approval waits
+        // (keeping its reservation); anything else is a denial.
+        match decision {
+            Decision::Allow { .. } => {}
+            Decision::NeedsApproval {
+                rules,
+                requirements,
+            } => {
+                let waiting = Waiting {
+                    fingerprint: &fingerprint,
+                    rules,
+                    requirements: &requirements,
+                    policy: &policy,
+                    explanation,
+                };
+                let response = self
+                    .begin_approval::<R>(&caller, &prepared, waiting)
+                    .await?;
+                reservation.armed = false;
+                return Ok(response);
+            }
+            Decision::Deny { rule, reason } => {
+                return Err(self
+                    .deny(&caller, &prepared, &fingerprint, rule, reason)
+                    .await);
+            }
         }
+        self.sign_allowed(&caller, &prepared, &fingerprint, &mut reservation)
+            .await
+    }
 
+    /// Records and stores a denial; returns the error to answer with.
+    async fn deny(
+        &self,
+        caller: &Caller,
+        prepared: &Prepared,
+        fingerprint: &str,
+        rule: Option<String>,
+        reason: String,
+    ) -> ServiceError {
+        let result = Record::new("sign.result")
+            .field("req_id", prepared.request_id.as_str())
+            .field("client", caller.identity.id.as_str())
+            .field("status", "denied")
+            .field("rule", rule.as_deref())
+            .field("message", reason.as_str());
+        if let Err(e) = self.audit.append_durable(result).await {
+            return unavailable(e);
+        }
+        let outcome = StoredOutcome::Denied {
+            rule: rule.clone(),
+            reason: reason.clone(),
+        };
+        if let Err(e) = self.store(caller, prepared, fingerprint, outcome).await {
+            return e;
+        }
+        tracing::info!(rule = rule.as_deref().unwrap_or("-"), "denied");
+        ServiceError::PermissionDenied { rule, reason }
+    }
+
+    /// Signs an allowed request, records the durable result, stores the answer for retries,
+    /// and disarms the reservation once the spend is on record.
+    async fn sign_allowed<R: SignResponse>(
+        &self,
+        caller: &Caller,
+        prepared: &Prepared,
+        fingerprint: &str,
+        reservation: &mut Reservation<'_>,
+    ) -> Result<R, ServiceError> {
         let t = std::time::Instant::now();
-        let signed = self.sign(&prepared).await;
+        let signed = self.sign(prepared).await;
         crate::metrics::stage("backend", t.elapsed());
         let signature = match signed {
             Ok(sig) => sig,
             Err(e) => {
                 let msg = e.to_string();
-                self.record_unsigned(&caller, &prepared, &msg).await;
+                self.record_unsigned(caller, prepared, &msg).await;
                 tracing::warn!(error = %msg, "backend failed");
                 return Err(match e {
                     KeyError::NotFound(m) => ServiceError::NotFound(format!("key `{m}` not found")),
@@ -655,12 +767,11 @@ impl Signer {
             }
         };
 
-        let (mut response, result_rec) = match build_response::<R>(&caller, &prepared, &signature) {
+        let (mut response, result_rec) = match build_response::<R>(caller, prepared, &signature) {
             Ok(built) => built,
             Err(e) => {
                 // Nothing leaves the process; the record says why.
-                self.record_unsigned(&caller, &prepared, &e.to_string())
-                    .await;
+                self.record_unsigned(caller, prepared, &e.to_string()).await;
                 return Err(e);
             }
         };
@@ -672,13 +783,13 @@ impl Signer {
             .map_err(unavailable)?;
         crate::metrics::stage("audit_commit", t.elapsed());
         response.set_receipt(receipt_proto(receipt));
+        response.set_status(v1::SignStatus::Signed, None);
         // Signed and on record: the spend counts from now on.
         reservation.armed = false;
         let outcome = StoredOutcome::Signed {
             response: hex::encode(response.encode_to_vec()),
         };
-        self.store(&caller, &prepared, &fingerprint, outcome)
-            .await?;
+        self.store(caller, prepared, fingerprint, outcome).await?;
         tracing::info!(audit_seq = receipt.seq, "signed");
         Ok(response)
     }
@@ -699,8 +810,7 @@ impl Signer {
 
     /// Evaluates the policy with the usage the state store has now. With `reserve`, an allowed
     /// request's charges are reserved atomically (denying it when a limit would be exceeded).
-    /// The decision is always Allow or Deny: this release does not collect approvals, so a
-    /// request that needs them is denied.
+    /// A request that needs approval reserves its charges like an allowed one.
     fn decide(
         &self,
         caller: &Caller,
@@ -723,23 +833,13 @@ impl Signer {
             policy.evaluate_request(&request)
         };
         let mut explanation = eval.explanation;
-        let mut decision = match eval.decision {
-            Decision::NeedsApproval { rules, .. } => {
-                let reason = format!(
-                    "requires approval (rules: {}); this release does not collect approvals, \
-                     so the request is denied",
-                    rules.join(", ")
-                );
-                explanation.push(reason.clone());
-                Decision::Deny {
-                    rule: rules.first().cloned(),
-                    reason,
-                }
-            }
-            d => d,
-        };
+        let mut decision = eval.decision;
         let mut reserved = false;
-        if reserve && decision.is_allow() && !eval.charges.is_empty() {
+        // A request waiting for approval holds its spend too, so approvals cannot be collected
+        // for more than the limits leave.
+        let holds =
+            |d: &Decision| matches!(d, Decision::Allow { .. } | Decision::NeedsApproval { .. });
+        if reserve && holds(&decision) && !eval.charges.is_empty() {
             let verdict = self
                 .state
                 .reserve(&caller.identity.id, &p.request_id, now, &eval.charges)
@@ -755,7 +855,7 @@ impl Signer {
                 }
             }
         }
-        let charges = if decision.is_allow() {
+        let charges = if holds(&decision) {
             eval.charges
         } else {
             Vec::new()
@@ -957,6 +1057,10 @@ fn replay<R: SignResponse>(stored: StoredRequest, fingerprint: &str) -> Result<R
         StoredOutcome::Denied { rule, reason } => {
             Err(ServiceError::PermissionDenied { rule, reason })
         }
+        // Answered from the pending record by the caller.
+        StoredOutcome::Pending => Err(ServiceError::Unavailable(
+            "the request's approval state cannot be read".into(),
+        )),
     }
 }
 

@@ -147,6 +147,19 @@ async fn metrics_serve_and_move_with_requests() {
         value(&after, "signerd_audit_fsync_duration_seconds_count") >= 3.0,
         "{after}"
     );
+    // The approval sweeper publishes the number of waiting requests every second.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let body = scrape(&addr);
+        if body.contains("\nsignerd_pending_approvals 0\n") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pending gauge:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let checkpoint_at = value(&after, "signerd_audit_last_checkpoint_timestamp_seconds");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

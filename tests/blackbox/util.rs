@@ -79,7 +79,8 @@ kinds = ["contract_creation"]
 "#;
 
 /// Client certificates every installation issues: (file name, subject CN, options).
-/// `app`, `bob`, `admin` and `payments` are mapped; the others are refused for one reason each.
+/// `app`, `bob`, `admin`, `payments`, `carol`, `dave` and `erin` are mapped; the others are
+/// refused for one reason each.
 const CLIENTS: &[(&str, &str, Cert)] = &[
     ("app", "app", Cert::Good),
     ("bob", "bob", Cert::Good),
@@ -89,6 +90,10 @@ const CLIENTS: &[(&str, &str, Cert)] = &[
     ("app-expired", "app", Cert::Expired),
     ("app-revoked", "app", Cert::Revoked),
     ("app-rogue", "app", Cert::OtherCa),
+    // Approvers (see approvals.rs): `carol` and `erin` approve, `dave` requests and approves.
+    ("carol", "carol", Cert::Good),
+    ("dave", "dave", Cert::Good),
+    ("erin", "erin", Cert::Good),
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -335,6 +340,21 @@ subject_cn = "admin"
 id = "payments"
 roles = ["requester"]
 san_uri = "{SPIFFE_ID}"
+
+[[identity]]
+id = "carol"
+roles = ["approver"]
+subject_cn = "carol"
+
+[[identity]]
+id = "dave"
+roles = ["requester", "approver"]
+subject_cn = "dave"
+
+[[identity]]
+id = "erin"
+roles = ["approver"]
+subject_cn = "erin"
 
 [policy]
 file = "policy.toml"

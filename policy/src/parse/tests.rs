@@ -228,7 +228,7 @@ fn groups_and_approvals_are_validated() {
         "[[rule]]\nid = \"a\"\neffect = \"require_approval\"\n",
     ));
     assert!(e.contains("needs `approvals"), "{e}");
-    let g = "[groups]\nops = [\"a\", \"b\"]\n";
+    let g = "[groups]\nops = [\"a\", \"b\"]\n[approvers]\na = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\nb = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\n";
     let e = err(&with(&format!(
         "{g}[[rule]]\nid = \"a\"\neffect = \"require_approval\"\napprovals = [{{ group = \"ops\", min = 3 }}]\nttl = \"1h\"\n"
     )));
@@ -241,6 +241,27 @@ fn groups_and_approvals_are_validated() {
         "{g}[[rule]]\nid = \"a\"\neffect = \"require_approval\"\napprovals = [{{ group = \"ops\", min = 1 }}]\nttl = \"0h\"\n"
     )));
     assert!(e.contains("zero"), "{e}");
+    let e = err(&with(
+        "[groups]\nops = [\"a\", \"c\"]\n[approvers]\na = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\n[[rule]]\nid = \"a\"\neffect = \"require_approval\"\napprovals = [{ group = \"ops\", min = 1 }]\nttl = \"1h\"\n",
+    ));
+    assert!(
+        e.contains("member `c` of approver group `ops` has no key in [approvers]"),
+        "{e}"
+    );
+    let e = err(&with(
+        "[approvers]\na = \"5866666666666666666666666666666666666666666666666666666666666666\"\n",
+    ));
+    assert!(
+        e.contains(":4:5:") && e.contains("must be written `ed25519:"),
+        "{e}"
+    );
+    let e = err(&with("[approvers]\na = \"ed25519:58\"\n"));
+    assert!(e.contains("exactly 64 hex digits"), "{e}");
+    let e = err(&with(&format!(
+        "[approvers]\na = \"ed25519:02{}\"\n",
+        "00".repeat(31)
+    )));
+    assert!(e.contains("not a valid Ed25519 public key"), "{e}");
     let e = err(&with("[groups]\nops = []\n"));
     assert!(e.contains("group `ops` is empty"), "{e}");
 }

@@ -1,4 +1,5 @@
-//! The gRPC surface: `signer.v1.Signer` served with tonic.
+//! The gRPC surface: `signer.v1.Signer`, `signer.v1.Admin` and `signer.v1.Approvals` served
+//! with tonic.
 //!
 //! This is the only place where errors become `tonic::Status`, so every status code has one
 //! meaning: INVALID_ARGUMENT for bad input, NOT_FOUND for an unknown key, PERMISSION_DENIED
@@ -8,11 +9,12 @@
 
 use std::sync::Arc;
 
-use signerd_proto::v1::{self, admin_server, signer_server};
+use signerd_proto::v1::{self, admin_server, approvals_server, signer_server};
 use tonic::{Request, Response, Status};
 
+use crate::approvals::Vote;
 use crate::keys::KeyInfo;
-use crate::service::{Caller, ServiceError, Signer};
+use crate::service::{Caller, ServiceError, Signer, VoteRequest};
 use crate::tls::ConnInfo;
 
 /// The tonic implementation of `signer.v1.Signer`.
@@ -161,6 +163,118 @@ impl signer_server::Signer for SignerApi {
         let caller = self.caller(&req)?;
         self.signer
             .sign_digest(caller, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn get_sign_request(
+        &self,
+        req: Request<v1::GetSignRequestRequest>,
+    ) -> Result<Response<v1::SignRequestState>, Status> {
+        let caller = self.caller(&req)?;
+        self.signer
+            .sign_request_state(&caller, &req.get_ref().request_id)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    type WatchSignRequestStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<v1::SignRequestState, Status>> + Send>,
+    >;
+
+    async fn watch_sign_request(
+        &self,
+        req: Request<v1::WatchSignRequestRequest>,
+    ) -> Result<Response<Self::WatchSignRequestStream>, Status> {
+        let caller = self.caller(&req)?;
+        let req = req.into_inner();
+        let rx = self
+            .signer
+            .watch_sign_request(caller, req.request_id, u64::from(req.max_wait_secs))
+            .await
+            .map_err(status)?;
+        let stream =
+            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |item| {
+                item.map_err(status)
+            });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The tonic implementation of `signer.v1.Approvals`: clients with the `approver` role whose
+/// key the policy registers.
+#[derive(Debug, Clone)]
+pub struct ApprovalsApi {
+    inner: SignerApi,
+}
+
+impl ApprovalsApi {
+    /// Wraps the signing service.
+    pub fn new(signer: Arc<Signer>) -> ApprovalsApi {
+        ApprovalsApi {
+            inner: SignerApi::new(signer),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl approvals_server::Approvals for ApprovalsApi {
+    async fn list_pending(
+        &self,
+        req: Request<v1::ListPendingRequest>,
+    ) -> Result<Response<v1::ListPendingResponse>, Status> {
+        let caller = self.inner.caller(&req)?;
+        self.inner
+            .signer
+            .list_pending(&caller)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn approve(
+        &self,
+        req: Request<v1::ApproveRequest>,
+    ) -> Result<Response<v1::ApprovalResponse>, Status> {
+        let caller = self.inner.caller(&req)?;
+        let r = req.into_inner();
+        let vote = VoteRequest {
+            client: r.client,
+            request_id: r.request_id,
+            fingerprint: r.fingerprint,
+            expires_unix: r.expires_unix,
+            signature: r.signature,
+            vote: Vote::Approve,
+            reason: None,
+        };
+        self.inner
+            .signer
+            .vote(caller, vote)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
+
+    async fn reject(
+        &self,
+        req: Request<v1::RejectRequest>,
+    ) -> Result<Response<v1::ApprovalResponse>, Status> {
+        let caller = self.inner.caller(&req)?;
+        let r = req.into_inner();
+        let vote = VoteRequest {
+            client: r.client,
+            request_id: r.request_id,
+            fingerprint: r.fingerprint,
+            expires_unix: r.expires_unix,
+            signature: r.signature,
+            vote: Vote::Reject,
+            reason: (!r.reason.is_empty()).then_some(r.reason),
+        };
+        self.inner
+            .signer
+            .vote(caller, vote)
             .await
             .map(Response::new)
             .map_err(status)

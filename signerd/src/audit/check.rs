@@ -350,6 +350,54 @@ pub(crate) fn is_bookkeeping(kind: &str) -> bool {
     )
 }
 
+/// The members of `approval.grant` and `approval.reject` that the approver's signature covers.
+#[derive(Deserialize)]
+struct VoteBody {
+    req_id: String,
+    client: String,
+    approver: String,
+    fingerprint: String,
+    decision: String,
+    expires: i64,
+    public_key: String,
+    signature: String,
+}
+
+impl VoteBody {
+    /// Verifies the approver's Ed25519 signature over the approval message the record
+    /// describes, with the public key it names (docs/approvals.md).
+    fn verify(&self, kind: &str) -> Result<(), String> {
+        use crate::approvals::{Vote, message, verify};
+        let vote = match (kind, self.decision.as_str()) {
+            ("approval.grant", "approve") => Vote::Approve,
+            ("approval.reject", "reject") => Vote::Reject,
+            (_, other) => return Err(format!("{kind} with decision {other:?}")),
+        };
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(&self.public_key, &mut key).map_err(|_| {
+            format!(
+                "{kind} by {:?}: public_key is not 32 bytes of hex",
+                self.approver
+            )
+        })?;
+        let signature = hex::decode(&self.signature)
+            .map_err(|_| format!("{kind} by {:?}: signature is not hex", self.approver))?;
+        let msg = message(
+            &self.client,
+            &self.req_id,
+            &self.fingerprint,
+            vote,
+            self.expires,
+        );
+        verify(&self.approver, &key, &msg, &signature).map_err(|e| {
+            format!(
+                "{kind} for req_id {:?} of {:?}: {e}",
+                self.req_id, self.client
+            )
+        })
+    }
+}
+
 fn body<'a, T: Deserialize<'a>>(line: &'a [u8], kind: &str) -> Result<T, String> {
     serde_json::from_slice(line).map_err(|e| format!("malformed {kind} record: {e}"))
 }
@@ -600,6 +648,10 @@ impl Checker {
                 let status = env.status.as_str().unwrap_or("(none)").to_owned();
                 *self.stats.results.entry(status).or_default() += 1;
                 self.semantic(pos, seq, |p| p.result(&env).map(|_| ()))?;
+            }
+            "approval.grant" | "approval.reject" => {
+                let b: Result<VoteBody, String> = body(line, env.kind);
+                self.semantic(pos, seq, |_| b.and_then(|b| b.verify(env.kind)))?;
             }
             "auth.failure" => self.stats.auth_failures += 1,
             _ => {}

@@ -1448,3 +1448,49 @@ async fn bench_scan_and_verify_1m() {
         );
     }
 }
+
+/// Writes one `approval.grant` whose signature is made over `signed_expires` while the record
+/// says `expires = 100`.
+async fn grant_log(name: &str, signed_expires: i64) -> TempDir {
+    use crate::approvals::{Vote, message, sign};
+    let dir = TempDir::new(name);
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+    let fp = "ab".repeat(32);
+    let sig = sign(
+        &key,
+        &message("app", "r1", &fp, Vote::Approve, signed_expires),
+    );
+    log.append_durable(
+        Record::new("approval.grant")
+            .field("req_id", "r1")
+            .field("client", "app")
+            .field("approver", "bob")
+            .field("cert_sha256", "cd".repeat(32))
+            .field("fingerprint", fp)
+            .field("decision", "approve")
+            .field("expires", 100)
+            .field("public_key", hex::encode(key.verifying_key().to_bytes()))
+            .field("signature", hex::encode(sig))
+            .field("reason", Option::<&str>::None)
+            .field("policy_hash", "ef".repeat(32)),
+    )
+    .await
+    .unwrap();
+    log.shutdown().await.unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn verifier_checks_every_approval_signature() {
+    let good = grant_log("grant-good", 100).await;
+    verify(good.path());
+    // A record whose signed expiry was changed (or a forged grant) fails verification even
+    // though its chain and checkpoints are intact.
+    let bad = grant_log("grant-bad", 101).await;
+    let e = verify_err(bad.path());
+    assert!(
+        e.contains("approval.grant for req_id \"r1\"") && e.contains("does not verify"),
+        "{e}"
+    );
+}

@@ -1,4 +1,5 @@
-//! Durable daemon state: idempotency records and the spend ledger of policy limits.
+//! Durable daemon state: idempotency records, the spend ledger of policy limits, and requests
+//! waiting for approval with their votes.
 //!
 //! The [`StateStore`] trait is the seam; [`SledStore`] is the embedded default. A store call
 //! is blocking and must run on a blocking thread. Every write is durable when it returns; a
@@ -14,6 +15,7 @@ use std::path::Path;
 
 pub use self::sled::SledStore;
 pub use self::spend::{Charge, Exceeded, Used};
+pub use crate::approvals::PendingRecord;
 
 /// What the daemon remembers about one `request_id` of one client.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -35,6 +37,9 @@ pub enum StoredOutcome {
         /// Hex of the encoded response message.
         response: String,
     },
+    /// Waiting for approvals (or ended after waiting): the pending record says where it
+    /// stands.
+    Pending,
     /// Denied by policy.
     Denied {
         /// The deciding rule, if any.
@@ -95,6 +100,40 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// What `bucket` used in the `window_secs` before `now`.
     fn used(&self, bucket: &str, window_secs: u64, now: i64) -> Result<Used, StateError>;
+
+    /// What `bucket` used, not counting the reservations of (`client`, `request_id`): the
+    /// usage a request that waited for approval is evaluated against again.
+    fn used_by_others(
+        &self,
+        bucket: &str,
+        window_secs: u64,
+        now: i64,
+        client: &str,
+        request_id: &str,
+    ) -> Result<Used, StateError>;
+
+    /// Atomically replaces the reservations of (`client`, `request_id`) with `charges` when
+    /// they fit without them; on refusal the old reservations stay.
+    fn rereserve(
+        &self,
+        client: &str,
+        request_id: &str,
+        now: i64,
+        charges: &[Charge],
+    ) -> Result<Result<(), Exceeded>, StateError>;
+
+    /// The record of a request that needed approval.
+    fn get_pending(
+        &self,
+        client: &str,
+        request_id: &str,
+    ) -> Result<Option<PendingRecord>, StateError>;
+
+    /// Stores the record of a request that needed approval; durable when this returns.
+    fn put_pending(&self, rec: &PendingRecord) -> Result<(), StateError>;
+
+    /// Every record whose status is not final (pending, or signing).
+    fn open_pending(&self) -> Result<Vec<PendingRecord>, StateError>;
 }
 
 /// Opens the default store in `dir` (created with mode 0700 if missing).

@@ -3,8 +3,9 @@
 //! After a crash the state store may hold reservations of requests that never got a result
 //! (they died with the process and must not count), and, if it lost writes, may lack spend that
 //! was signed. Before serving, the ledger is rebuilt to exactly the charges of requests whose
-//! `sign.result` says `signed`, taken from their `sign.decision` records inside the longest
-//! window a limit may have.
+//! `sign.result` says `signed`, taken from their last `sign.decision` records inside the longest
+//! window a limit may have, plus the charges of requests still waiting for approval (a
+//! `require_approval` decision and no result yet): they hold their spend across restarts.
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
@@ -14,7 +15,8 @@ use alloy_primitives::U256;
 
 use super::spend::{Entry, MAX_WINDOW_SECS};
 
-/// The charges of signed requests recorded in the audit log in `dir` since
+/// The charges of signed requests (and of requests still waiting for approval) recorded in the
+/// audit log in `dir` since
 /// `now - MAX_WINDOW_SECS`, as ledger entries. A request is its (`client`, `req_id`).
 pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
     let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
@@ -33,6 +35,8 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
     let mut client_of: HashMap<String, String> = HashMap::new();
     let mut charged: HashMap<String, Vec<Entry>> = HashMap::new();
     let mut signed: HashSet<String> = HashSet::new();
+    // Requests whose last decision was `require_approval`, until a result ends them.
+    let mut waiting: HashSet<String> = HashSet::new();
     for path in segments {
         let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         for (no, line) in std::io::BufReader::new(file).lines().enumerate() {
@@ -62,7 +66,14 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
             };
             let owner = format!("{client}\0{req_id}");
             match kind {
-                "sign.decision" if v["decision"] == "allow" => {
+                "sign.decision"
+                    if v["decision"] == "allow" || v["decision"] == "require_approval" =>
+                {
+                    if v["decision"] == "require_approval" {
+                        waiting.insert(owner.clone());
+                    } else {
+                        waiting.remove(&owner);
+                    }
                     let ts = v["ts"]
                         .as_str()
                         .and_then(|t| humantime::parse_rfc3339(t).ok())
@@ -89,12 +100,18 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
                             amount,
                         });
                     }
-                    if !entries.is_empty() {
-                        charged.insert(owner, entries);
-                    }
+                    // The decision at quorum replaces the one that sent the request to wait.
+                    charged.insert(owner, entries);
                 }
-                "sign.result" if v["status"] == "signed" => {
-                    signed.insert(owner);
+                "sign.decision" => {
+                    waiting.remove(&owner);
+                    charged.remove(&owner);
+                }
+                "sign.result" => {
+                    waiting.remove(&owner);
+                    if v["status"] == "signed" {
+                        signed.insert(owner);
+                    }
                 }
                 _ => {}
             }
@@ -102,7 +119,59 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
     }
     Ok(charged
         .into_iter()
-        .filter(|(owner, _)| signed.contains(owner))
+        .filter(|(owner, _)| signed.contains(owner) || waiting.contains(owner))
         .flat_map(|(_, e)| e)
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    fn decision(req: &str, decision: &str, amount: u64) -> String {
+        format!(
+            r#"{{"v":1,"seq":0,"ts":"2026-01-01T00:00:00.000000Z","type":"sign.decision","req_id":"{req}","client":"app","decision":"{decision}","charges":[{{"limit":"l","bucket":"limit=l","window_secs":86400,"amount":"{amount}"}}],"prev":""}}"#
+        )
+    }
+
+    fn result(req: &str, status: &str) -> String {
+        format!(
+            r#"{{"v":1,"seq":0,"ts":"2026-01-01T00:00:01.000000Z","type":"sign.result","req_id":"{req}","client":"app","status":"{status}","prev":""}}"#
+        )
+    }
+
+    #[test]
+    fn waiting_requests_keep_their_charges_until_a_result_ends_them() {
+        let dir = std::env::temp_dir().join(format!(
+            "signerd-reconcile-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let lines = [
+            decision("signed", "allow", 1),
+            result("signed", "signed"),
+            decision("waiting", "require_approval", 10),
+            decision("approved", "require_approval", 100),
+            decision("approved", "allow", 200),
+            result("approved", "signed"),
+            decision("vetoed", "require_approval", 1000),
+            result("vetoed", "rejected"),
+            decision("denied-at-quorum", "require_approval", 10000),
+            decision("denied-at-quorum", "deny", 0),
+            decision("allowed-then-crashed", "allow", 100000),
+        ];
+        std::fs::write(dir.join("segment-00000001.jsonl"), lines.join("\n") + "\n").unwrap();
+        let now = 1_767_225_600 + 10; // 2026-01-01T00:00:10Z
+        let mut amounts: Vec<u64> = signed_spend(&dir, now)
+            .unwrap()
+            .iter()
+            .map(|e| e.amount.to::<u64>())
+            .collect();
+        amounts.sort_unstable();
+        // Signed (1), still waiting (10), approved at its final charge (200).
+        assert_eq!(amounts, vec![1, 10, 200]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use super::spend::{Charge, Entry, Exceeded, Ledger, Used};
-use super::{StateError, StateStore, StoredRequest};
+use super::{PendingRecord, StateError, StateStore, StoredRequest};
 
 /// Longest client id or request id, in bytes. Both are validated upstream far below this.
 const MAX_KEY_PART_BYTES: usize = 1024;
@@ -24,10 +24,14 @@ const REQUESTS_TREE: &str = "requests";
 /// Name of the tree holding limit reservations, keyed `owner || 0x00 || bucket`.
 const SPEND_TREE: &str = "spend";
 
+/// Name of the tree holding requests that needed approval, keyed like `requests`.
+const PENDING_TREE: &str = "pending";
+
 /// [`StateStore`] on a sled database.
 pub struct SledStore {
     db: sled::Db,
     requests: sled::Tree,
+    pending: sled::Tree,
     spend: sled::Tree,
     /// The in-memory view of `spend`; its lock makes check-and-reserve atomic.
     ledger: Mutex<Ledger>,
@@ -93,6 +97,12 @@ impl SledStore {
                 dir.display()
             ))
         })?;
+        let pending = db.open_tree(PENDING_TREE).map_err(|e| {
+            StateError::Unavailable(format!(
+                "cannot open tree `{PENDING_TREE}` in {}: {e}",
+                dir.display()
+            ))
+        })?;
         let mut ledger = Ledger::default();
         for item in spend.iter() {
             let (key, value) = item.map_err(|e| {
@@ -109,6 +119,7 @@ impl SledStore {
         Ok(SledStore {
             db,
             requests,
+            pending,
             spend,
             ledger: Mutex::new(ledger),
             dir: dir.to_owned(),
@@ -275,6 +286,114 @@ impl StateStore for SledStore {
 
     fn used(&self, bucket: &str, window_secs: u64, now: i64) -> Result<Used, StateError> {
         Ok(self.ledger().used(bucket, window_secs, now))
+    }
+
+    fn used_by_others(
+        &self,
+        bucket: &str,
+        window_secs: u64,
+        now: i64,
+        client: &str,
+        request_id: &str,
+    ) -> Result<Used, StateError> {
+        let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
+        Ok(self
+            .ledger()
+            .used_excluding(bucket, window_secs, now, &owner))
+    }
+
+    fn rereserve(
+        &self,
+        client: &str,
+        request_id: &str,
+        now: i64,
+        charges: &[Charge],
+    ) -> Result<Result<(), Exceeded>, StateError> {
+        let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
+        let mut ledger = self.ledger();
+        let (old, new) = match ledger.rereserve(&owner, now, charges) {
+            Ok(changed) => changed,
+            Err(exceeded) => return Ok(Err(exceeded)),
+        };
+        let mut batch = sled::Batch::default();
+        for e in &old {
+            batch.remove(spend_key(e));
+        }
+        for e in &new {
+            let value = serde_json::to_vec(e)
+                .map_err(|err| StateError::Unavailable(format!("encode {SPEND_TREE}: {err}")))?;
+            batch.insert(spend_key(e), value);
+        }
+        if let Err(err) = self.spend.apply_batch(batch) {
+            ledger.release(&owner);
+            for e in old {
+                ledger.restore(e);
+            }
+            return Err(StateError::Unavailable(format!(
+                "write {SPEND_TREE}: {err}"
+            )));
+        }
+        Ok(Ok(()))
+    }
+
+    fn get_pending(
+        &self,
+        client: &str,
+        request_id: &str,
+    ) -> Result<Option<PendingRecord>, StateError> {
+        let key = request_key(client, request_id)?;
+        let value = self.pending.get(&key).map_err(|e| {
+            StateError::Unavailable(format!(
+                "read {PENDING_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        match value {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                StateError::Corrupt(format!(
+                    "{PENDING_TREE}[client={client:?}, request_id={request_id:?}]: cannot decode the stored value: {e}"
+                ))
+            }),
+        }
+    }
+
+    fn put_pending(&self, rec: &PendingRecord) -> Result<(), StateError> {
+        let (client, request_id) = (&rec.client, &rec.request_id);
+        let key = request_key(client, request_id)?;
+        let value = serde_json::to_vec(rec).map_err(|e| {
+            StateError::Unavailable(format!(
+                "encode {PENDING_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        self.pending.insert(key, value).map_err(|e| {
+            StateError::Unavailable(format!(
+                "write {PENDING_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        self.db.flush().map_err(|e| {
+            StateError::Unavailable(format!(
+                "flush after writing {PENDING_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        Ok(())
+    }
+
+    fn open_pending(&self) -> Result<Vec<PendingRecord>, StateError> {
+        let mut out = Vec::new();
+        for item in self.pending.iter() {
+            let (key, value) =
+                item.map_err(|e| StateError::Unavailable(format!("read {PENDING_TREE}: {e}")))?;
+            let rec: PendingRecord = serde_json::from_slice(&value).map_err(|e| {
+                StateError::Corrupt(format!(
+                    "{PENDING_TREE}[{}]: cannot decode the stored value: {e}",
+                    String::from_utf8_lossy(&key)
+                ))
+            })?;
+            if !rec.status.is_final() {
+                out.push(rec);
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -57,6 +57,40 @@ impl Ledger {
         used
     }
 
+    /// What `bucket` used in the `window_secs` before `now`, not counting `owner`'s entries.
+    pub fn used_excluding(&self, bucket: &str, window_secs: u64, now: i64, owner: &str) -> Used {
+        let since = now.saturating_sub(i64::try_from(window_secs).unwrap_or(i64::MAX));
+        let mut used = Used::ZERO;
+        for e in self.buckets.get(bucket).into_iter().flatten() {
+            if e.ts > since && e.owner != owner {
+                used.amount = used.amount.saturating_add(e.amount);
+                used.count += 1;
+            }
+        }
+        used
+    }
+
+    /// Replaces `owner`'s entries with `charges` if they all fit without them (a request that
+    /// waited for approval, checked again at signing). On refusal the old entries stay.
+    /// Returns (removed, recorded) entries to persist, or the first limit exceeded.
+    pub fn rereserve(
+        &mut self,
+        owner: &str,
+        now: i64,
+        charges: &[Charge],
+    ) -> Result<(Vec<Entry>, Vec<Entry>), Exceeded> {
+        let old = self.release(owner);
+        match self.reserve(owner, now, charges) {
+            Ok(new) => Ok((old, new)),
+            Err(e) => {
+                for entry in old {
+                    self.restore(entry);
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Checks every charge and, only if all fit, records them for `owner`. Returns the new
     /// entries (to persist) or the first limit exceeded.
     pub fn reserve(
@@ -197,5 +231,29 @@ pub(crate) mod tests {
         assert!(l.reserve("r3", 0, &[charge("a", 20, 100, 60)]).is_err());
         assert_eq!(l.release("r2").len(), 1);
         assert!(l.reserve("r3", 0, &[charge("a", 20, 100, 60)]).is_ok());
+    }
+
+    #[test]
+    fn rereserve_checks_without_the_owner_and_keeps_it_on_refusal() {
+        let mut l = Ledger::default();
+        let bucket = charge("a", 1, 100, 60).bucket.as_str().to_owned();
+        assert!(l.reserve("pending", 0, &[charge("a", 60, 100, 60)]).is_ok());
+        assert!(l.reserve("other", 0, &[charge("a", 30, 100, 60)]).is_ok());
+        assert_eq!(
+            l.used_excluding(&bucket, 60, 1, "pending").amount,
+            U256::from(30)
+        );
+        // Checked again under a lower maximum: 30 + 60 > 80, and the old entry stays.
+        assert!(
+            l.rereserve("pending", 1, &[charge("a", 60, 80, 60)])
+                .is_err()
+        );
+        assert_eq!(l.used(&bucket, 60, 1).amount, U256::from(90));
+        // Under the old maximum it fits, and replaces rather than adds.
+        assert!(
+            l.rereserve("pending", 1, &[charge("a", 60, 100, 60)])
+                .is_ok()
+        );
+        assert_eq!(l.used(&bucket, 60, 1).amount, U256::from(90));
     }
 }

@@ -1,9 +1,11 @@
 //! `signerctl`: the command-line client of signerd for services, operators and auditors.
 //!
-//! Remote commands (`keys list`, `sign ...`) talk to a running daemon over mTLS. Keystore
+//! Remote commands (`keys list`, `sign ...`, `approvals ...`, `request ...`) talk to a running
+//! daemon over mTLS; `approver keygen` keeps the approver key local. Keystore
 //! commands (`keys generate`, `keys import`) work on the local keystore named by a
 //! configuration file and never send key material anywhere.
 
+mod approvals;
 mod audit;
 mod bench;
 mod bench_vault;
@@ -75,6 +77,15 @@ enum Command {
     /// The audit log: verify, prove, query, tail; the checkpoint signing key.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// An approver's own Ed25519 key: generate it, print its public key.
+    #[command(subcommand)]
+    Approver(approvals::ApproverCmd),
+    /// Requests waiting for approval: list, show, approve, reject (approver role).
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCmd),
+    /// Where one of your signing requests stands (pending approval, signed, rejected, ...).
+    #[command(subcommand)]
+    Request(approvals::RequestCmd),
 }
 
 #[derive(Subcommand)]
@@ -326,6 +337,33 @@ fn receipt_json(r: &Option<v1::AuditReceipt>) -> serde_json::Value {
     }
 }
 
+/// Prints a request that waits for approval; false when the response is not one.
+fn emit_pending(
+    json_out: bool,
+    request_id: &str,
+    status: v1::SignStatus,
+    pending: &Option<v1::PendingApproval>,
+) -> bool {
+    if status != v1::SignStatus::PendingApproval {
+        return false;
+    }
+    approvals::print_state(
+        json_out,
+        &v1::SignRequestState {
+            request_id: request_id.to_owned(),
+            status: status.into(),
+            pending: pending.clone(),
+            ..Default::default()
+        },
+    );
+    if !json_out {
+        eprintln!(
+            "nothing is signed yet: follow it with `signerctl request status {request_id} --wait`"
+        );
+    }
+    true
+}
+
 /// Prints a flat JSON object as aligned `key: value` lines, or as JSON.
 fn emit(json_out: bool, v: serde_json::Value) {
     if json_out {
@@ -526,6 +564,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Policy(cmd) => policy::run(cmd, json_out),
         Command::Bench(args) => bench::run(settings(&cli.conn)?, args, json_out).await,
         Command::Audit(cmd) => audit::run(cmd, json_out).await,
+        Command::Approver(cmd) => approvals::run_approver(cmd, json_out),
+        Command::Approvals(cmd) => {
+            approvals::run_approvals(settings(&cli.conn)?, cmd, json_out).await
+        }
+        Command::Request(cmd) => approvals::run_request(settings(&cli.conn)?, cmd, json_out).await,
     }
 }
 
@@ -579,6 +622,9 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                 emit(json_out, evaluation_json(e));
                 return Ok(());
             }
+            if emit_pending(json_out, &request_id, resp.status(), &resp.pending) {
+                return Ok(());
+            }
             emit(
                 json_out,
                 json!({
@@ -608,6 +654,9 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if emit_pending(json_out, &request_id, resp.status(), &resp.pending) {
+                return Ok(());
+            }
             emit_hashed(
                 json_out,
                 &request_id,
@@ -634,6 +683,9 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if emit_pending(json_out, &request_id, resp.status(), &resp.pending) {
+                return Ok(());
+            }
             emit_hashed(
                 json_out,
                 &request_id,
@@ -657,6 +709,9 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
                 .into_inner();
             if let Some(e) = &resp.evaluation {
                 emit(json_out, evaluation_json(e));
+                return Ok(());
+            }
+            if emit_pending(json_out, &request_id, resp.status(), &resp.pending) {
                 return Ok(());
             }
             emit(

@@ -1,0 +1,912 @@
+//! The approval workflow inside the signing service: a request that needs approval is recorded
+//! and kept (with its reservation) until every quorum is reached, a member vetoes it, or its
+//! deadline passes; at quorum the policy is evaluated again and the request is signed in the
+//! background through the same tail as any allowed request.
+//!
+//! Every step is recorded in the audit log before the state store changes, and a vote counts
+//! only after its signature verified against the approver's key in the running policy. This
+//! module must never sign a request that is not `Pending` with every quorum met, whose deadline
+//! has passed, or that the policy denies at signing time.
+
+use std::sync::Arc;
+
+use prost::Message;
+use signerd_policy::{ApprovalRequirement, Decision, Identity, Policy, Request, Usage, Used};
+use signerd_proto::v1;
+
+use super::{
+    Caller, Decided, METHOD_DIGEST, METHOD_MESSAGE, METHOD_TX, METHOD_TYPED_DATA, Prepared,
+    Reservation, ServiceError, SignResponse, Signer, decision_record, unavailable, unix_now,
+    validate_request_id,
+};
+use crate::approvals::{self as quorum, PendingRecord, Requirement, Status, StoredVote, Vote};
+use crate::audit::Record;
+use crate::state::{StateStore, StoredOutcome, StoredRequest};
+
+/// Most requests one `ListPending` answer holds (the oldest first).
+const MAX_LISTED: usize = 500;
+
+/// Longest a `WatchSignRequest` stream lasts.
+pub(super) const MAX_WATCH_SECS: u64 = 3600;
+
+/// How often due deadlines are enforced, and how often a watcher looks again without news.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The role that may vote.
+const APPROVER_ROLE: &str = "approver";
+
+/// What a request that needs approval waits for, as decided.
+pub(super) struct Waiting<'a> {
+    pub(super) fingerprint: &'a str,
+    pub(super) rules: Vec<String>,
+    pub(super) requirements: &'a [ApprovalRequirement],
+    pub(super) policy: &'a Policy,
+    pub(super) explanation: Vec<String>,
+}
+
+/// A vote as the API received it.
+#[derive(Debug)]
+pub struct VoteRequest {
+    /// The requester's client id.
+    pub client: String,
+    /// The request id.
+    pub request_id: String,
+    /// The approval fingerprint the approver signed, hex.
+    pub fingerprint: String,
+    /// When the vote stops counting, Unix seconds.
+    pub expires_unix: i64,
+    /// The Ed25519 signature.
+    pub signature: Vec<u8>,
+    /// Approve or reject.
+    pub vote: Vote,
+    /// Why (rejections).
+    pub reason: Option<String>,
+}
+
+fn state_err(e: crate::state::StateError) -> ServiceError {
+    ServiceError::Unavailable(e.to_string())
+}
+
+/// Runs a blocking state-store call off the async runtime.
+async fn blocking<T: Send + 'static>(
+    state: &Arc<dyn StateStore>,
+    f: impl FnOnce(&dyn StateStore) -> Result<T, crate::state::StateError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || f(state.as_ref()))
+        .await
+        .map_err(|e| ServiceError::Unavailable(format!("state store: {e}")))?
+        .map_err(state_err)
+}
+
+fn status_proto(s: Status) -> v1::SignStatus {
+    match s {
+        Status::Pending | Status::Signing => v1::SignStatus::PendingApproval,
+        Status::Signed => v1::SignStatus::Signed,
+        Status::Rejected => v1::SignStatus::Rejected,
+        Status::Expired => v1::SignStatus::Expired,
+        Status::Denied => v1::SignStatus::Denied,
+        Status::Failed => v1::SignStatus::Failed,
+    }
+}
+
+/// What a pending request waits for, with who has approved so far.
+fn pending_proto(rec: &PendingRecord, now: i64) -> v1::PendingApproval {
+    let t = quorum::tally(&rec.requirements, &rec.votes, &rec.client, now);
+    v1::PendingApproval {
+        request_id: rec.request_id.clone(),
+        fingerprint: rec.fingerprint.clone(),
+        requirements: rec
+            .requirements
+            .iter()
+            .zip(t.approved_by)
+            .map(|(r, approved_by)| v1::ApprovalRequirement {
+                group: r.group.clone(),
+                min: r.min,
+                members: r.members.clone(),
+                approved_by,
+                veto: r.veto,
+            })
+            .collect(),
+        deadline_unix: rec.deadline,
+        rules: rec.rules.clone(),
+        policy_serial: rec.policy_serial,
+        policy_hash: rec.policy_hash.clone(),
+    }
+}
+
+fn requirements_json(reqs: &[Requirement]) -> serde_json::Value {
+    serde_json::to_value(reqs).unwrap_or_default()
+}
+
+/// Policy usage without the reservations of one request: what a request that waited is
+/// evaluated against again. A store that cannot answer makes every windowed limit deny.
+struct OthersUsage<'a> {
+    state: &'a dyn StateStore,
+    client: &'a str,
+    request_id: &'a str,
+}
+
+impl Usage for OthersUsage<'_> {
+    fn used(&self, bucket: &signerd_policy::BucketKey, window_secs: u64, now_unix: i64) -> Used {
+        self.state
+            .used_by_others(
+                bucket.as_str(),
+                window_secs,
+                now_unix,
+                self.client,
+                self.request_id,
+            )
+            .unwrap_or(Used::SATURATED)
+    }
+}
+
+impl Signer {
+    /// Wakes every watcher.
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Records a request that needs approval and keeps it: `approval.request` (durable), the
+    /// pending record, and the idempotency record pointing to it. Answers PENDING_APPROVAL.
+    pub(super) async fn begin_approval<R: SignResponse>(
+        &self,
+        caller: &Caller,
+        p: &Prepared,
+        w: Waiting<'_>,
+    ) -> Result<R, ServiceError> {
+        let now = unix_now();
+        let ttl = w.requirements.iter().map(|r| r.ttl_secs).min().unwrap_or(0);
+        let deadline = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
+        let fingerprint = hex::encode(quorum::fingerprint(
+            p.method,
+            &p.key.id,
+            p.action.chain_id,
+            &p.commitment,
+            &w.policy.hash(),
+        ));
+        let requirements: Vec<Requirement> = w.requirements.iter().map(Into::into).collect();
+        let rec = PendingRecord {
+            client: caller.identity.id.clone(),
+            roles: caller.identity.roles.clone(),
+            cert_sha256: caller.cert_sha256.clone(),
+            request_id: p.request_id.clone(),
+            method: p.method.to_owned(),
+            key_id: p.key.id.clone(),
+            request: hex::encode(&p.request),
+            request_fingerprint: w.fingerprint.to_owned(),
+            fingerprint,
+            created: now,
+            deadline,
+            rules: w.rules,
+            requirements,
+            policy_serial: w.policy.serial(),
+            policy_hash: w.policy.hash_hex(),
+            action: serde_json::to_value(&p.action).unwrap_or_default(),
+            explanation: w.explanation,
+            votes: Vec::new(),
+            status: Status::Pending,
+            reason: None,
+        };
+        let audit = Record::new("approval.request")
+            .field("req_id", rec.request_id.as_str())
+            .field("client", rec.client.as_str())
+            .field("method", rec.method.as_str())
+            .field("key", rec.key_id.as_str())
+            .field("fingerprint", rec.fingerprint.as_str())
+            .field("rules", rec.rules.clone())
+            .field("requirements", requirements_json(&rec.requirements))
+            .field("deadline", rec.deadline)
+            .field("policy_serial", rec.policy_serial)
+            .field("policy_hash", rec.policy_hash.as_str());
+        self.audit
+            .append_durable(audit)
+            .await
+            .map_err(unavailable)?;
+        let pending = pending_proto(&rec, now);
+        let stored = StoredRequest {
+            fingerprint: w.fingerprint.to_owned(),
+            method: p.method.to_owned(),
+            outcome: StoredOutcome::Pending,
+        };
+        let (client, id) = (rec.client.clone(), rec.request_id.clone());
+        blocking(&self.state, move |s| {
+            s.put_pending(&rec)?;
+            s.put_request(&client, &id, &stored)
+        })
+        .await?;
+        self.changed();
+        tracing::info!(deadline, "waiting for approval");
+        let mut response = R::default();
+        response.set_status(v1::SignStatus::PendingApproval, Some(pending));
+        Ok(response)
+    }
+
+    /// The answer to a retried request that is (or was) waiting for approval.
+    pub(super) async fn pending_reply<R: SignResponse>(
+        &self,
+        client: &str,
+        request_id: &str,
+    ) -> Result<R, ServiceError> {
+        let (c, r) = (client.to_owned(), request_id.to_owned());
+        let rec = blocking(&self.state, move |s| s.get_pending(&c, &r))
+            .await?
+            .ok_or_else(|| {
+                ServiceError::Unavailable("the request's approval state is missing".into())
+            })?;
+        match rec.status {
+            Status::Pending | Status::Signing => {
+                let mut response = R::default();
+                response.set_status(
+                    v1::SignStatus::PendingApproval,
+                    Some(pending_proto(&rec, unix_now())),
+                );
+                Ok(response)
+            }
+            Status::Failed => Err(ServiceError::Unavailable(format!(
+                "quorum was reached but signing failed: {}; nothing was signed",
+                rec.reason.unwrap_or_default()
+            ))),
+            // Signed and denied requests have their final outcome stored; these never sign.
+            _ => Err(ServiceError::PermissionDenied {
+                rule: None,
+                reason: rec.reason.unwrap_or_else(|| "not signed".into()),
+            }),
+        }
+    }
+
+    /// Approves or rejects a pending request for the approver `caller`.
+    pub async fn vote(
+        self: &Arc<Self>,
+        caller: Caller,
+        v: VoteRequest,
+    ) -> Result<v1::ApprovalResponse, ServiceError> {
+        let me = caller.identity.id.clone();
+        if !caller.identity.roles.iter().any(|r| r == APPROVER_ROLE) {
+            return Err(denied(quorum::ApprovalError::NotApprover(me)));
+        }
+        validate_request_id(&v.request_id)?;
+        if v.client.is_empty() || v.client.chars().any(char::is_control) {
+            return Err(ServiceError::InvalidArgument(
+                "client: required (the requester's client id)".into(),
+            ));
+        }
+        if let Some(r) = &v.reason {
+            if r.chars().count() > quorum::MAX_REASON_CHARS {
+                return Err(ServiceError::InvalidArgument(
+                    quorum::ApprovalError::ReasonTooLong.to_string(),
+                ));
+            }
+            if r.chars().any(char::is_control) {
+                return Err(ServiceError::InvalidArgument(
+                    "reason: control characters are not allowed".into(),
+                ));
+            }
+        }
+        let _guard = self.lock_request(&v.client, &v.request_id).await;
+        let (c, r) = (v.client.clone(), v.request_id.clone());
+        let Some(mut rec) = blocking(&self.state, move |s| s.get_pending(&c, &r)).await? else {
+            return Err(ServiceError::NotFound(format!(
+                "no request `{}` of `{}` waits for approval",
+                v.request_id, v.client
+            )));
+        };
+        let now = unix_now();
+        if rec.status == Status::Pending && rec.deadline <= now {
+            self.expire_locked(&mut rec).await?;
+        }
+        if rec.status != Status::Pending {
+            return Err(ServiceError::FailedPrecondition(format!(
+                "request `{}` of `{}` is {}; it no longer takes votes",
+                rec.request_id,
+                rec.client,
+                status_word(rec.status)
+            )));
+        }
+        if me == rec.client {
+            return Err(denied(quorum::ApprovalError::Requester(me)));
+        }
+        if !rec.requirements.iter().any(|r| r.members.contains(&me)) {
+            let groups = rec
+                .requirements
+                .iter()
+                .map(|r| r.group.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(denied(quorum::ApprovalError::NotMember {
+                approver: me,
+                groups,
+            }));
+        }
+        let policy = self.policy();
+        let Some(public_key) = policy.approver_key(&me) else {
+            return Err(denied(quorum::ApprovalError::NoKey(me)));
+        };
+        if !v.fingerprint.eq_ignore_ascii_case(&rec.fingerprint) {
+            return Err(ServiceError::FailedPrecondition(
+                quorum::ApprovalError::WrongFingerprint {
+                    given: v.fingerprint.clone(),
+                    actual: rec.fingerprint.clone(),
+                }
+                .to_string(),
+            ));
+        }
+        if v.expires_unix <= now || v.expires_unix > rec.deadline {
+            return Err(ServiceError::InvalidArgument(
+                quorum::ApprovalError::BadExpiry {
+                    expires: v.expires_unix,
+                    now,
+                    deadline: rec.deadline,
+                }
+                .to_string(),
+            ));
+        }
+        // One live vote per person; an approval that expired may be renewed.
+        if rec
+            .votes
+            .iter()
+            .any(|x| x.approver == me && x.expires > now)
+        {
+            return Err(ServiceError::FailedPrecondition(
+                quorum::ApprovalError::AlreadyVoted(me).to_string(),
+            ));
+        }
+        let message = quorum::message(
+            &rec.client,
+            &rec.request_id,
+            &rec.fingerprint,
+            v.vote,
+            v.expires_unix,
+        );
+        quorum::verify(&me, &public_key, &message, &v.signature).map_err(denied)?;
+
+        let vote = StoredVote {
+            approver: me.clone(),
+            vote: v.vote,
+            expires: v.expires_unix,
+            signature: hex::encode(&v.signature),
+            public_key: hex::encode(public_key),
+            cert_sha256: caller.cert_sha256.clone(),
+            reason: v.reason.clone(),
+            ts: now,
+        };
+        let kind = match v.vote {
+            Vote::Approve => "approval.grant",
+            Vote::Reject => "approval.reject",
+        };
+        let audit = Record::new(kind)
+            .field("req_id", rec.request_id.as_str())
+            .field("client", rec.client.as_str())
+            .field("approver", me.as_str())
+            .field("cert_sha256", caller.cert_sha256.as_str())
+            .field("fingerprint", rec.fingerprint.as_str())
+            .field("decision", v.vote.as_str())
+            .field("expires", v.expires_unix)
+            .field("public_key", vote.public_key.as_str())
+            .field("signature", vote.signature.as_str())
+            .field("reason", v.reason.as_deref())
+            .field("policy_hash", policy.hash_hex());
+        let receipt = self
+            .audit
+            .append_durable(audit)
+            .await
+            .map_err(unavailable)?;
+        rec.votes.push(vote);
+
+        let t = quorum::tally(&rec.requirements, &rec.votes, &rec.client, now);
+        let mut quorum_reached = false;
+        if let Some((by, reason)) = t.vetoed_by {
+            let why = if reason.is_empty() {
+                format!("rejected by `{by}`")
+            } else {
+                format!("rejected by `{by}`: {reason}")
+            };
+            self.end_unsigned(&mut rec, Status::Rejected, "rejected", why)
+                .await?;
+        } else if t.met {
+            rec.status = Status::Signing;
+            quorum_reached = true;
+        }
+        let stored = rec.clone();
+        blocking(&self.state, move |s| s.put_pending(&stored)).await?;
+        self.changed();
+        if quorum_reached {
+            let this = self.clone();
+            let (client, id) = (rec.client.clone(), rec.request_id.clone());
+            let span = tracing::info_span!("approved", req_id = %id, client = %client);
+            tokio::spawn(tracing::Instrument::instrument(
+                async move { this.complete(client, id).await },
+                span,
+            ));
+        }
+        tracing::info!(
+            approver = %me,
+            req_id = %rec.request_id,
+            decision = v.vote.as_str(),
+            quorum_reached,
+            "vote recorded"
+        );
+        Ok(v1::ApprovalResponse {
+            status: status_proto(rec.status).into(),
+            pending: Some(pending_proto(&rec, now)),
+            audit_seq: receipt.seq,
+            quorum_reached,
+        })
+    }
+
+    /// Ends a request unsigned: `sign.result` (durable), reservation released, status set.
+    /// The caller holds the request's lock and stores the record.
+    async fn end_unsigned(
+        &self,
+        rec: &mut PendingRecord,
+        status: Status,
+        word: &str,
+        reason: String,
+    ) -> Result<(), ServiceError> {
+        let result = Record::new("sign.result")
+            .field("req_id", rec.request_id.as_str())
+            .field("client", rec.client.as_str())
+            .field("status", word)
+            .field("message", reason.as_str());
+        self.audit
+            .append_durable(result)
+            .await
+            .map_err(unavailable)?;
+        let (c, r) = (rec.client.clone(), rec.request_id.clone());
+        if let Err(e) = blocking(&self.state, move |s| s.release(&c, &r)).await {
+            tracing::error!(error = %e, "cannot release the reservation of an unsigned request");
+        }
+        rec.status = status;
+        rec.reason = Some(reason);
+        Ok(())
+    }
+
+    /// Expires a pending request whose deadline has passed (the caller holds its lock).
+    async fn expire_locked(&self, rec: &mut PendingRecord) -> Result<(), ServiceError> {
+        let now = unix_now();
+        let t = quorum::tally(&rec.requirements, &rec.votes, &rec.client, now);
+        let approved: Vec<String> = t.approved_by.into_iter().flatten().collect();
+        let audit = Record::new("approval.expire")
+            .field("req_id", rec.request_id.as_str())
+            .field("client", rec.client.as_str())
+            .field("fingerprint", rec.fingerprint.as_str())
+            .field("deadline", rec.deadline)
+            .field("approved_by", approved);
+        self.audit.append(audit).map_err(unavailable)?;
+        let reason = format!(
+            "approvals expired: the deadline {} passed before every quorum was reached",
+            rec.deadline
+        );
+        self.end_unsigned(rec, Status::Expired, "expired", reason)
+            .await?;
+        let stored = rec.clone();
+        blocking(&self.state, move |s| s.put_pending(&stored)).await?;
+        self.changed();
+        tracing::info!(req_id = %rec.request_id, client = %rec.client, "approval expired");
+        Ok(())
+    }
+
+    /// Expires every pending request whose deadline has passed.
+    async fn expire_due(&self) -> Result<(), ServiceError> {
+        let now = unix_now();
+        let open = blocking(&self.state, |s| s.open_pending()).await?;
+        let waiting = open
+            .iter()
+            .filter(|r| r.status == Status::Pending && r.deadline > now)
+            .count();
+        crate::metrics::pending_approvals(waiting);
+        for rec in open {
+            if rec.status != Status::Pending || rec.deadline > now {
+                continue;
+            }
+            let _guard = self.lock_request(&rec.client, &rec.request_id).await;
+            let (c, r) = (rec.client.clone(), rec.request_id.clone());
+            if let Some(mut fresh) = blocking(&self.state, move |s| s.get_pending(&c, &r)).await?
+                && fresh.status == Status::Pending
+                && fresh.deadline <= now
+            {
+                self.expire_locked(&mut fresh).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts the approval housekeeping: requests that were signing when signerd stopped are
+    /// marked failed (never signed again without a new request), requests that reached quorum
+    /// are signed, and a task expires requests whose deadline passes.
+    pub async fn start_approvals(self: &Arc<Self>) -> Result<(), ServiceError> {
+        let open = blocking(&self.state, |s| s.open_pending()).await?;
+        for mut rec in open {
+            if rec.status == Status::Signing {
+                // Whatever it held is released: it will not be signed.
+                let (c, r) = (rec.client.clone(), rec.request_id.clone());
+                blocking(&self.state, move |s| s.release(&c, &r)).await?;
+                rec.status = Status::Failed;
+                rec.reason = Some(
+                    "signerd stopped while signing this request; nothing was returned, make a new request"
+                        .into(),
+                );
+                tracing::warn!(req_id = %rec.request_id, client = %rec.client, "approved request was interrupted while signing");
+                blocking(&self.state, move |s| s.put_pending(&rec)).await?;
+            }
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = this.expire_due().await {
+                    tracing::error!(error = %e, "cannot expire requests waiting for approval");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Signs a request whose quorum was reached: evaluates the policy again (deny rules and
+    /// limits, with live usage that leaves out the request's own reservation), then records
+    /// and signs exactly as an allowed request.
+    async fn complete(self: Arc<Self>, client: String, request_id: String) {
+        let _guard = self.lock_request(&client, &request_id).await;
+        let (c, r) = (client.clone(), request_id.clone());
+        let mut rec = match blocking(&self.state, move |s| s.get_pending(&c, &r)).await {
+            Ok(Some(rec)) if rec.status == Status::Signing => rec,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the approved request");
+                return;
+            }
+        };
+        let (status, reason) = match self.complete_locked(&rec).await {
+            Ok(()) => (Status::Signed, None),
+            Err(ServiceError::PermissionDenied { rule, reason }) => (
+                Status::Denied,
+                Some(match rule {
+                    Some(rule) => format!("{reason} (rule: {rule})"),
+                    None => reason,
+                }),
+            ),
+            Err(e) => (Status::Failed, Some(e.to_string())),
+        };
+        rec.status = status;
+        rec.reason = reason;
+        if let Err(e) = blocking(&self.state, move |s| s.put_pending(&rec)).await {
+            tracing::error!(error = %e, "cannot store the approved request's outcome");
+        }
+        self.changed();
+    }
+
+    async fn complete_locked(&self, rec: &PendingRecord) -> Result<(), ServiceError> {
+        let request = hex::decode(&rec.request)
+            .map_err(|_| ServiceError::Unavailable("stored request cannot be decoded".into()))?;
+        let p = self.prepare(&rec.method, request)?;
+        let caller = Caller {
+            identity: Identity {
+                id: rec.client.clone(),
+                roles: rec.roles.clone(),
+            },
+            cert_sha256: rec.cert_sha256.clone(),
+            peer: None,
+        };
+        let decided = self.decide_again(rec, &caller, &p)?;
+        let mut reservation = Reservation {
+            state: self.state.as_ref(),
+            client: &rec.client,
+            request_id: &rec.request_id,
+            // Held since the request was made: released unless it ends signed.
+            armed: true,
+        };
+        let approvers: Vec<String> =
+            quorum::tally(&rec.requirements, &rec.votes, &rec.client, unix_now())
+                .approved_by
+                .into_iter()
+                .flatten()
+                .collect();
+        let dec_rec = decision_record(&caller, &p, &decided).field("approved_by", approvers);
+        self.audit.append(dec_rec).map_err(unavailable)?;
+        let fp = rec.request_fingerprint.as_str();
+        match decided.decision {
+            Decision::Allow { .. } => {}
+            Decision::Deny { rule, reason } => {
+                return Err(self.deny(&caller, &p, fp, rule, reason).await);
+            }
+            Decision::NeedsApproval { .. } => {
+                return Err(self.deny(&caller, &p, fp, None, "not allowed".into()).await);
+            }
+        }
+        match rec.method.as_str() {
+            METHOD_TX => self
+                .sign_allowed::<v1::SignEvmTransactionResponse>(&caller, &p, fp, &mut reservation)
+                .await
+                .map(drop),
+            METHOD_MESSAGE => self
+                .sign_allowed::<v1::SignEvmMessageResponse>(&caller, &p, fp, &mut reservation)
+                .await
+                .map(drop),
+            METHOD_TYPED_DATA => self
+                .sign_allowed::<v1::SignTypedDataResponse>(&caller, &p, fp, &mut reservation)
+                .await
+                .map(drop),
+            METHOD_DIGEST => self
+                .sign_allowed::<v1::SignDigestResponse>(&caller, &p, fp, &mut reservation)
+                .await
+                .map(drop),
+            other => Err(ServiceError::Unavailable(format!(
+                "unknown signing method `{other}`"
+            ))),
+        }
+    }
+
+    /// The decision at quorum. Deny rules and limits apply as for any request; when the policy
+    /// changed since the request and still requires approval, the votes collected must meet
+    /// its requirements too. The charges replace the request's reservation atomically.
+    fn decide_again(
+        &self,
+        rec: &PendingRecord,
+        caller: &Caller,
+        p: &Prepared,
+    ) -> Result<Decided, ServiceError> {
+        let policy = self.policy();
+        let now = unix_now();
+        let usage = OthersUsage {
+            state: self.state.as_ref(),
+            client: &rec.client,
+            request_id: &rec.request_id,
+        };
+        let eval = policy.evaluate_request(&Request {
+            action: &p.action,
+            identity: &caller.identity,
+            now_unix: now,
+            usage: &usage,
+        });
+        let mut explanation = eval.explanation;
+        let mut decision = match eval.decision {
+            Decision::NeedsApproval {
+                rules,
+                requirements,
+            } => {
+                let now_required: Vec<Requirement> = requirements.iter().map(Into::into).collect();
+                let unchanged = policy.hash_hex() == rec.policy_hash;
+                if unchanged || quorum::tally(&now_required, &rec.votes, &rec.client, now).met {
+                    Decision::Allow { rules }
+                } else {
+                    let reason = format!(
+                        "the policy changed (serial {} → {}) while the request waited, and the approvals collected do not meet its requirements",
+                        rec.policy_serial,
+                        policy.serial()
+                    );
+                    explanation.push(reason.clone());
+                    Decision::Deny {
+                        rule: rules.first().cloned(),
+                        reason,
+                    }
+                }
+            }
+            d => d,
+        };
+        if decision.is_allow() {
+            let verdict = self
+                .state
+                .rereserve(&rec.client, &rec.request_id, now, &eval.charges)
+                .map_err(state_err)?;
+            if let Err(exceeded) = verdict {
+                explanation.push(exceeded.detail.clone());
+                decision = Decision::Deny {
+                    rule: Some(exceeded.limit_id),
+                    reason: exceeded.detail,
+                };
+            }
+        }
+        let charges = if decision.is_allow() {
+            eval.charges
+        } else {
+            Vec::new()
+        };
+        Ok(Decided {
+            decision,
+            charges,
+            explanation,
+            policy,
+            reserved: true,
+        })
+    }
+
+    /// The state of one of `caller`'s requests.
+    pub async fn sign_request_state(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+    ) -> Result<v1::SignRequestState, ServiceError> {
+        validate_request_id(request_id)?;
+        let (c, r) = (caller.identity.id.clone(), request_id.to_owned());
+        let (pending, stored) = blocking(&self.state, move |s| {
+            Ok((s.get_pending(&c, &r)?, s.get_request(&c, &r)?))
+        })
+        .await?;
+        let mut out = v1::SignRequestState {
+            request_id: request_id.to_owned(),
+            ..Default::default()
+        };
+        if let Some(rec) = &pending {
+            out.status = status_proto(rec.status).into();
+            out.pending = Some(pending_proto(rec, unix_now()));
+            out.reason = rec.reason.clone().unwrap_or_default();
+        }
+        match stored {
+            Some(StoredRequest {
+                outcome: StoredOutcome::Signed { response },
+                method,
+                ..
+            }) => {
+                out.status = v1::SignStatus::Signed.into();
+                out.reason.clear();
+                out.response = Some(decode_response(&method, &response)?);
+            }
+            Some(StoredRequest {
+                outcome: StoredOutcome::Denied { rule, reason },
+                ..
+            }) if pending.is_none() => {
+                out.status = v1::SignStatus::Denied.into();
+                out.reason = match rule {
+                    Some(rule) => format!("{reason} (rule: {rule})"),
+                    None => reason,
+                };
+            }
+            Some(_) => {}
+            None if pending.is_none() => {
+                return Err(ServiceError::NotFound(format!(
+                    "no request `{request_id}` of `{}`",
+                    caller.identity.id
+                )));
+            }
+            None => {}
+        }
+        Ok(out)
+    }
+
+    /// A receiver of the state of one of `caller`'s requests: now, then at every change, until
+    /// a final state or `max_wait_secs`.
+    pub async fn watch_sign_request(
+        self: &Arc<Self>,
+        caller: Caller,
+        request_id: String,
+        max_wait_secs: u64,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<v1::SignRequestState, ServiceError>>, ServiceError>
+    {
+        let first = self.sign_request_state(&caller, &request_id).await?;
+        let wait = match max_wait_secs {
+            0 => MAX_WATCH_SECS,
+            n => n.min(MAX_WATCH_SECS),
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let this = self.clone();
+        let mut changes = self.changes.subscribe();
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
+            let mut last = first;
+            if tx.send(Ok(last.clone())).await.is_err() {
+                return;
+            }
+            while !is_final(&last) && tokio::time::Instant::now() < until {
+                let _ = tokio::time::timeout_at(
+                    until.min(tokio::time::Instant::now() + SWEEP_EVERY),
+                    changes.changed(),
+                )
+                .await;
+                let now = match this.sign_request_state(&caller, &request_id).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
+                };
+                if now != last {
+                    last = now;
+                    if tx.send(Ok(last.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
+    /// Requests waiting for approval, for approvers.
+    pub async fn list_pending(
+        &self,
+        caller: &Caller,
+    ) -> Result<v1::ListPendingResponse, ServiceError> {
+        if !caller.identity.roles.iter().any(|r| r == APPROVER_ROLE) {
+            return Err(denied(quorum::ApprovalError::NotApprover(
+                caller.identity.id.clone(),
+            )));
+        }
+        let now = unix_now();
+        let mut open = blocking(&self.state, |s| s.open_pending()).await?;
+        open.retain(|r| r.status == Status::Pending && r.deadline > now);
+        open.sort_by(|a, b| {
+            (a.created, &a.client, &a.request_id).cmp(&(b.created, &b.client, &b.request_id))
+        });
+        open.truncate(MAX_LISTED);
+        let requests = open
+            .iter()
+            .map(|rec| v1::PendingRequest {
+                client: rec.client.clone(),
+                request_id: rec.request_id.clone(),
+                method: rec.method.clone(),
+                key_id: rec.key_id.clone(),
+                action_json: rec.action.to_string(),
+                explanation: rec.explanation.clone(),
+                pending: Some(pending_proto(rec, now)),
+                votes: rec
+                    .votes
+                    .iter()
+                    .map(|v| v1::ApprovalVote {
+                        approver: v.approver.clone(),
+                        decision: v.vote.as_str().to_owned(),
+                        expires_unix: v.expires,
+                        reason: v.reason.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+                created_unix: rec.created,
+            })
+            .collect();
+        Ok(v1::ListPendingResponse { requests })
+    }
+}
+
+fn is_final(s: &v1::SignRequestState) -> bool {
+    !matches!(
+        s.status(),
+        v1::SignStatus::PendingApproval | v1::SignStatus::Unspecified
+    )
+}
+
+fn status_word(s: Status) -> &'static str {
+    match s {
+        Status::Pending => "pending",
+        Status::Signing => "being signed",
+        Status::Signed => "signed",
+        Status::Rejected => "rejected",
+        Status::Expired => "expired",
+        Status::Denied => "denied",
+        Status::Failed => "failed",
+    }
+}
+
+fn denied(e: quorum::ApprovalError) -> ServiceError {
+    ServiceError::PermissionDenied {
+        rule: None,
+        reason: e.to_string(),
+    }
+}
+
+fn decode_response(
+    method: &str,
+    hex_bytes: &str,
+) -> Result<v1::sign_request_state::Response, ServiceError> {
+    use v1::sign_request_state::Response;
+    let bytes = hex::decode(hex_bytes)
+        .map_err(|_| ServiceError::Unavailable("stored response cannot be decoded".into()))?;
+    let bad = |_| ServiceError::Unavailable("stored response cannot be decoded".into());
+    Ok(match method {
+        METHOD_TX => Response::Transaction(
+            v1::SignEvmTransactionResponse::decode(bytes.as_slice()).map_err(bad)?,
+        ),
+        METHOD_MESSAGE => {
+            Response::Message(v1::SignEvmMessageResponse::decode(bytes.as_slice()).map_err(bad)?)
+        }
+        METHOD_TYPED_DATA => {
+            Response::TypedData(v1::SignTypedDataResponse::decode(bytes.as_slice()).map_err(bad)?)
+        }
+        METHOD_DIGEST => {
+            Response::Digest(v1::SignDigestResponse::decode(bytes.as_slice()).map_err(bad)?)
+        }
+        other => {
+            return Err(ServiceError::Unavailable(format!(
+                "stored response of unknown method `{other}`"
+            )));
+        }
+    })
+}

@@ -45,6 +45,9 @@ pub(crate) enum Baseline {
     Pkcs11,
     /// Transit sign for the same key, called directly on the configured Vault / OpenBao.
     Vault,
+    /// The transport floor: an in-process tonic + rustls mTLS server whose handler only
+    /// hashes and signs with an in-memory secp256k1 key (secp256k1 keys only).
+    Floor,
 }
 
 /// One measured run.
@@ -162,6 +165,15 @@ async fn run_baseline(
     duration: Duration,
 ) -> anyhow::Result<(&'static str, Measured)> {
     match kind {
+        Baseline::Floor => {
+            if algorithm != v1::Algorithm::Secp256k1 {
+                bail!("--baseline floor compares EIP-191 signing: give a secp256k1 --key");
+            }
+            let floor = crate::bench_floor::start().await?;
+            let m = run_signerd(&floor.settings, args, algorithm, duration).await?;
+            drop(floor);
+            Ok(("floor: bare tonic + rustls mTLS server that only signs", m))
+        }
         Baseline::Soft => {
             let threads = args.concurrency;
             let m =

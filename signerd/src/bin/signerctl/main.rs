@@ -8,6 +8,7 @@
 mod approvals;
 mod audit;
 mod bench;
+mod bench_floor;
 mod bench_vault;
 mod policy;
 

@@ -1,0 +1,211 @@
+//! `signerctl bench --baseline floor`: the transport floor. An in-process gRPC server on the
+//! same stack as signerd (tonic over rustls, TLS 1.3, client certificate required, the same
+//! accept loop) whose handler only hashes the EIP-191 message and signs it with an in-memory
+//! secp256k1 key: no policy, no idempotency record, no audit log. What signerd achieves
+//! against it is the cost of everything signerd adds to a signature.
+//!
+//! The server's certificates come from a throw-away CA made for the run, in a private
+//! temporary directory removed afterwards; the key is random and dropped with the server.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use signerd::client::ClientSettings;
+use signerd::tls::pki::{ClientOptions, DevCa};
+use signerd_proto::v1::{self, signer_server};
+use tonic::{Request, Response, Status};
+
+/// A running floor server; dropping it stops the server and removes its files.
+pub(crate) struct Floor {
+    /// Client settings that reach it as a mapped client.
+    pub(crate) settings: ClientSettings,
+    dir: PathBuf,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for Floor {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct FloorSigner {
+    key: k256::ecdsa::SigningKey,
+}
+
+fn sign(key: &k256::ecdsa::SigningKey, hash: &[u8; 32]) -> Result<v1::Signature, Status> {
+    let (sig, recid) = key
+        .sign_prehash_recoverable(hash)
+        .map_err(|_| Status::internal("signing failed"))?;
+    let bytes = sig.to_bytes();
+    let y_parity = u32::from(recid.is_y_odd());
+    let mut all = bytes.to_vec();
+    all.push(27 + recid.to_byte());
+    Ok(v1::Signature {
+        r: bytes[..32].to_vec(),
+        s: bytes[32..].to_vec(),
+        y_parity,
+        v: 27 + u64::from(y_parity),
+        bytes: all,
+    })
+}
+
+fn unimplemented<T>() -> Result<Response<T>, Status> {
+    Err(Status::unimplemented("the floor server only signs"))
+}
+
+#[tonic::async_trait]
+impl signer_server::Signer for FloorSigner {
+    async fn list_keys(
+        &self,
+        _: Request<v1::ListKeysRequest>,
+    ) -> Result<Response<v1::ListKeysResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn get_key(&self, _: Request<v1::GetKeyRequest>) -> Result<Response<v1::Key>, Status> {
+        unimplemented()
+    }
+
+    async fn sign_evm_transaction(
+        &self,
+        _: Request<v1::SignEvmTransactionRequest>,
+    ) -> Result<Response<v1::SignEvmTransactionResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn sign_evm_message(
+        &self,
+        req: Request<v1::SignEvmMessageRequest>,
+    ) -> Result<Response<v1::SignEvmMessageResponse>, Status> {
+        let req = req.into_inner();
+        let (hash, _) = signerd::chain::evm::prepare_message(&req.key_id, &req.message)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let signature = sign(&self.key, &hash.0)?;
+        Ok(Response::new(v1::SignEvmMessageResponse {
+            signature: Some(signature),
+            signing_hash: hash.to_vec(),
+            ..Default::default()
+        }))
+    }
+
+    async fn sign_typed_data(
+        &self,
+        _: Request<v1::SignTypedDataRequest>,
+    ) -> Result<Response<v1::SignTypedDataResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn sign_digest(
+        &self,
+        _: Request<v1::SignDigestRequest>,
+    ) -> Result<Response<v1::SignDigestResponse>, Status> {
+        unimplemented()
+    }
+
+    async fn get_sign_request(
+        &self,
+        _: Request<v1::GetSignRequestRequest>,
+    ) -> Result<Response<v1::SignRequestState>, Status> {
+        unimplemented()
+    }
+
+    type WatchSignRequestStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<v1::SignRequestState, Status>> + Send>,
+    >;
+
+    async fn watch_sign_request(
+        &self,
+        _: Request<v1::WatchSignRequestRequest>,
+    ) -> Result<Response<Self::WatchSignRequestStream>, Status> {
+        unimplemented()
+    }
+}
+
+fn write(path: &std::path::Path, body: &str, mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| path.display().to_string())?;
+    f.write_all(body.as_bytes())?;
+    Ok(())
+}
+
+/// Starts the floor server on a free loopback port.
+pub(crate) async fn start() -> anyhow::Result<Floor> {
+    let mut nonce = [0u8; 8];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let dir = std::env::temp_dir().join(format!("signerctl-floor-{}", hex::encode(nonce)));
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .with_context(|| dir.display().to_string())?;
+    }
+    let mut floor = Floor {
+        settings: ClientSettings {
+            endpoint: String::new(),
+            ca: dir.join("ca.pem"),
+            identity: Some((dir.join("client.pem"), dir.join("client-key.pem"))),
+            server_name: None,
+        },
+        dir: dir.clone(),
+        stop: None,
+    };
+    let ca = DevCa::generate("signerctl floor CA")?;
+    let server = ca.issue_server(&["127.0.0.1", "localhost"])?;
+    let client = ca.issue_client("bench", &ClientOptions::default())?;
+    write(&dir.join("ca.pem"), &ca.cert_pem(), 0o644)?;
+    write(&dir.join("server.pem"), &server.cert_pem, 0o644)?;
+    write(&dir.join("server-key.pem"), &server.key_pem, 0o600)?;
+    write(&dir.join("client.pem"), &client.cert_pem, 0o644)?;
+    write(&dir.join("client-key.pem"), &client.key_pem, 0o600)?;
+    let tls = signerd::tls::server_config(&signerd::config::TlsConfig {
+        cert: dir.join("server.pem"),
+        key: dir.join("server-key.pem"),
+        client_ca: dir.join("ca.pem"),
+        crls: Vec::new(),
+    })?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    floor.settings.endpoint = format!("https://{}", listener.local_addr()?);
+    let (fail_tx, _fail_rx) = tokio::sync::mpsc::unbounded_channel();
+    let conns = signerd::tls::accept_loop(
+        listener,
+        tls,
+        Arc::new(signerd::tls::IdentityMap::new(&[])),
+        signerd::tls::AcceptOptions {
+            handshake_timeout: std::time::Duration::from_secs(5),
+            max_connections: 4096,
+        },
+        fail_tx,
+    );
+    let service = signer_server::SignerServer::new(FloorSigner {
+        key: k256::ecdsa::SigningKey::random(&mut rand_core::OsRng),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    floor.stop = Some(stop_tx);
+    tokio::spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::ReceiverStream::new(conns),
+                async move {
+                    let _ = stop_rx.await;
+                },
+            )
+            .await;
+        if let Err(e) = served {
+            eprintln!("floor server: {e}");
+        }
+    });
+    Ok(floor)
+}

@@ -16,14 +16,8 @@ use tonic::Code;
 use crate::audit_support::hex0x;
 use crate::util::*;
 
-/// Where Debian, Ubuntu, Fedora and Homebrew put SoftHSM2's module.
-const MODULE_PATHS: &[&str] = &[
-    "/usr/lib/softhsm/libsofthsm2.so",
-    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
-    "/usr/lib64/pkcs11/libsofthsm2.so",
-    "/usr/local/lib/softhsm/libsofthsm2.so",
-];
+/// Where SoftHSM2's module may be (the list `signerd dev --backend pkcs11` searches).
+const MODULE_PATHS: &[&str] = signerd::dev::SOFTHSM_MODULE_PATHS;
 
 const TOKEN: &str = "signerd-test";
 

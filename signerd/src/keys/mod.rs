@@ -8,6 +8,7 @@ pub mod hazmat;
 pub mod pkcs11;
 pub mod soft;
 pub mod vault;
+pub(crate) mod verify;
 
 use async_trait::async_trait;
 

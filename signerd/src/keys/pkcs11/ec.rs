@@ -12,7 +12,7 @@
 //!
 //! Nothing here touches private keys; all inputs are public values read from the token.
 
-use crate::keys::{Algorithm, RawSignature};
+use crate::keys::Algorithm;
 
 /// DER of OID 1.3.132.0.10 (secp256k1).
 pub(super) const OID_SECP256K1: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x0a];
@@ -97,85 +97,6 @@ fn unwrap_octet_string(der: &[u8]) -> Option<&[u8]> {
     (body.len() == len).then_some(body)
 }
 
-/// Turns a token's `r || s` for `digest` into a low-s signature with its recovery id, checked
-/// against `public_key` (33-byte compressed SEC1).
-pub(super) fn normalize_ecdsa(
-    algorithm: Algorithm,
-    public_key: &[u8],
-    digest: &[u8; 32],
-    rs: &[u8],
-) -> Result<RawSignature, String> {
-    if rs.len() != 64 {
-        return Err(format!(
-            "the token returned a {}-byte ECDSA signature; expected 64 (r || s)",
-            rs.len()
-        ));
-    }
-    match algorithm {
-        Algorithm::Secp256k1 => recover_k256(public_key, digest, rs),
-        Algorithm::P256 => recover_p256(public_key, digest, rs),
-        Algorithm::Ed25519 => Err("an Ed25519 key cannot make ECDSA signatures".to_owned()),
-    }
-}
-
-fn recover_k256(public_key: &[u8], digest: &[u8; 32], rs: &[u8]) -> Result<RawSignature, String> {
-    use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
-    let sig =
-        Signature::from_slice(rs).map_err(|_| "the token's signature has r or s out of range")?;
-    let sig = sig.normalize_s().unwrap_or(sig);
-    let want = VerifyingKey::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
-    for y_odd in [false, true] {
-        let id = RecoveryId::new(y_odd, false);
-        if VerifyingKey::recover_from_prehash(digest, &sig, id).is_ok_and(|k| k == want) {
-            return Ok(split(&sig.to_bytes(), y_odd));
-        }
-    }
-    Err("the token's signature does not verify against the key's public point".to_owned())
-}
-
-fn recover_p256(public_key: &[u8], digest: &[u8; 32], rs: &[u8]) -> Result<RawSignature, String> {
-    use k256::ecdsa::RecoveryId; // the same `ecdsa` crate type for both curves
-    use p256::ecdsa::{Signature, VerifyingKey};
-    let sig =
-        Signature::from_slice(rs).map_err(|_| "the token's signature has r or s out of range")?;
-    let sig = sig.normalize_s().unwrap_or(sig);
-    let want = VerifyingKey::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
-    for y_odd in [false, true] {
-        let id = RecoveryId::new(y_odd, false);
-        if VerifyingKey::recover_from_prehash(digest, &sig, id).is_ok_and(|k| k == want) {
-            return Ok(split(&sig.to_bytes(), y_odd));
-        }
-    }
-    Err("the token's signature does not verify against the key's public point".to_owned())
-}
-
-fn split(bytes: &[u8], y_parity: bool) -> RawSignature {
-    let mut r = [0u8; 32];
-    let mut s = [0u8; 32];
-    r.copy_from_slice(&bytes[..32]);
-    s.copy_from_slice(&bytes[32..64]);
-    RawSignature::Ecdsa { r, s, y_parity }
-}
-
-/// Checks a token's Ed25519 signature against the key before it is returned.
-pub(super) fn check_ed25519(
-    public_key: &[u8],
-    message: &[u8],
-    sig: &[u8],
-) -> Result<RawSignature, String> {
-    let bytes: [u8; 64] = sig.try_into().map_err(|_| {
-        format!(
-            "the token returned a {}-byte Ed25519 signature; expected 64",
-            sig.len()
-        )
-    })?;
-    let key_bytes: [u8; 32] = public_key.try_into().map_err(|_| "bad public key")?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&key_bytes).map_err(|_| "bad public key")?;
-    key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&bytes))
-        .map_err(|_| "the token's Ed25519 signature does not verify against the key")?;
-    Ok(RawSignature::Ed25519(bytes))
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -227,84 +148,5 @@ mod tests {
         assert_eq!(public_key_from_point(Algorithm::Ed25519, &ed).unwrap(), ed);
         assert!(public_key_from_point(Algorithm::P256, &wrapped).is_err());
         assert!(public_key_from_point(Algorithm::Ed25519, &[0x04, 3, 1, 2, 3]).is_err());
-    }
-
-    #[test]
-    fn high_s_is_flipped_and_the_recovery_id_found() {
-        use k256::ecdsa::Signature;
-        let sk = k256::ecdsa::SigningKey::from_slice(&[3u8; 32]).unwrap();
-        let pk = sk
-            .verifying_key()
-            .to_encoded_point(true)
-            .as_bytes()
-            .to_vec();
-        let mut seen_high = false;
-        for i in 0u8..64 {
-            let digest = [i; 32];
-            let (sig, recid): (Signature, _) = sk.sign_prehash_recoverable(&digest).unwrap();
-            // Make the high-s twin, as a token may return it.
-            let high = Signature::from_scalars(sig.r(), -*sig.s()).unwrap();
-            for (input, _) in [(sig, recid), (high, recid)] {
-                let out =
-                    normalize_ecdsa(Algorithm::Secp256k1, &pk, &digest, &input.to_bytes()).unwrap();
-                let RawSignature::Ecdsa { r, s, y_parity } = out else {
-                    panic!()
-                };
-                let mut rs = [0u8; 64];
-                rs[..32].copy_from_slice(&r);
-                rs[32..].copy_from_slice(&s);
-                let got = Signature::from_slice(&rs).unwrap();
-                assert!(got.normalize_s().is_none(), "s must be low");
-                assert_eq!(got, sig);
-                assert_eq!(y_parity, recid.is_y_odd());
-                // Checked against an independent implementation.
-                let msg = secp256k1::Message::from_digest(digest);
-                let rec = secp256k1::ecdsa::RecoverableSignature::from_compact(
-                    &rs,
-                    secp256k1::ecdsa::RecoveryId::try_from(i32::from(y_parity)).unwrap(),
-                )
-                .unwrap();
-                let key = secp256k1::Secp256k1::new()
-                    .recover_ecdsa(&msg, &rec)
-                    .unwrap();
-                assert_eq!(key.serialize().to_vec(), pk);
-            }
-            seen_high |= (-*sig.s()).to_bytes() != sig.s().to_bytes();
-        }
-        assert!(seen_high);
-    }
-
-    #[test]
-    fn a_signature_for_another_key_or_digest_is_refused() {
-        use k256::ecdsa::{Signature, signature::hazmat::PrehashSigner};
-        let sk = k256::ecdsa::SigningKey::from_slice(&[3u8; 32]).unwrap();
-        let other = k256::ecdsa::SigningKey::from_slice(&[4u8; 32]).unwrap();
-        let pk = other
-            .verifying_key()
-            .to_encoded_point(true)
-            .as_bytes()
-            .to_vec();
-        let sig: Signature = sk.sign_prehash(&[1u8; 32]).unwrap();
-        let e =
-            normalize_ecdsa(Algorithm::Secp256k1, &pk, &[1u8; 32], &sig.to_bytes()).unwrap_err();
-        assert!(e.contains("does not verify"), "{e}");
-        assert!(normalize_ecdsa(Algorithm::Secp256k1, &pk, &[1u8; 32], &[0u8; 63]).is_err());
-    }
-
-    #[test]
-    fn p256_recovers() {
-        use p256::ecdsa::{Signature, signature::hazmat::PrehashSigner};
-        let sk = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
-        let pk = sk
-            .verifying_key()
-            .to_encoded_point(true)
-            .as_bytes()
-            .to_vec();
-        let digest = [8u8; 32];
-        let sig: Signature = sk.sign_prehash(&digest).unwrap();
-        let high = Signature::from_scalars(sig.r(), -*sig.s()).unwrap();
-        for s in [sig, high] {
-            assert!(normalize_ecdsa(Algorithm::P256, &pk, &digest, &s.to_bytes()).is_ok());
-        }
     }
 }

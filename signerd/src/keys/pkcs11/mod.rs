@@ -374,8 +374,10 @@ impl KeyBackend for Pkcs11Backend {
             }
         };
         let checked = match payload {
-            Payload::Prehash(d) => ec::normalize_ecdsa(algorithm, &key.info.public_key, d, &raw),
-            Payload::Message(m) => ec::check_ed25519(&key.info.public_key, m, &raw),
+            Payload::Prehash(d) => {
+                super::verify::normalize_ecdsa(algorithm, &key.info.public_key, d, &raw)
+            }
+            Payload::Message(m) => super::verify::check_ed25519(&key.info.public_key, m, &raw),
         };
         checked.map_err(|e| {
             tracing::error!(key = %id, error = %e, "PKCS#11 token returned a bad signature");

@@ -74,47 +74,19 @@ pub(crate) fn parse_signature(
         .decode(payload)
         .map_err(|e| format!("payload is not base64: {e}"))?;
     match algorithm {
-        Algorithm::Ed25519 => {
-            let sig: [u8; 64] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| format!("Ed25519 signature is {} bytes, not 64", bytes.len()))?;
-            let pk: [u8; 32] = public_key
-                .try_into()
-                .map_err(|_| "Ed25519 public key is not 32 bytes".to_owned())?;
-            let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk)
-                .map_err(|_| "Ed25519 public key is invalid".to_owned())?;
-            vk.verify_strict(signed, &ed25519_dalek::Signature::from_bytes(&sig))
-                .map_err(|_| "Ed25519 signature does not verify under the key".to_owned())?;
-            Ok(RawSignature::Ed25519(sig))
-        }
+        Algorithm::Ed25519 => crate::keys::verify::check_ed25519(public_key, signed, &bytes),
         Algorithm::P256 => {
-            use k256::ecdsa::RecoveryId;
-            use p256::ecdsa::{Signature, VerifyingKey};
             let digest: &[u8; 32] = signed
                 .try_into()
                 .map_err(|_| "P-256 signs a 32-byte digest".to_owned())?;
-            let sig = Signature::from_der(&bytes)
+            let sig = p256::ecdsa::Signature::from_der(&bytes)
                 .map_err(|_| "P-256 signature is not valid DER".to_owned())?;
-            let sig = sig.normalize_s().unwrap_or(sig);
-            let vk = VerifyingKey::from_sec1_bytes(public_key)
-                .map_err(|_| "P-256 public key is invalid".to_owned())?;
-            // Trial recovery also verifies the signature under the key.
-            let recid = RecoveryId::trial_recovery_from_prehash(&vk, digest, &sig)
-                .map_err(|_| "P-256 signature does not verify under the key".to_owned())?;
-            if recid.is_x_reduced() {
-                return Err("P-256 signature has an x-reduced recovery id".to_owned());
-            }
-            let b = sig.to_bytes();
-            let mut r = [0u8; 32];
-            let mut s = [0u8; 32];
-            r.copy_from_slice(&b[..32]);
-            s.copy_from_slice(&b[32..]);
-            Ok(RawSignature::Ecdsa {
-                r,
-                s,
-                y_parity: recid.is_y_odd(),
-            })
+            crate::keys::verify::normalize_ecdsa(
+                Algorithm::P256,
+                public_key,
+                digest,
+                &sig.to_bytes(),
+            )
         }
         Algorithm::Secp256k1 => Err("transit has no secp256k1 keys".to_owned()),
     }
@@ -384,7 +356,7 @@ mod tests {
         let e = parse_signature(Algorithm::Ed25519, &pk, 2, b"other", &answer).unwrap_err();
         assert!(e.contains("does not verify"), "{e}");
         let e = parse_signature(Algorithm::Ed25519, &pk, 2, b"hello", "vault:v2:AAAA").unwrap_err();
-        assert!(e.contains("not 64"), "{e}");
+        assert!(e.contains("expected 64"), "{e}");
     }
 
     #[test]

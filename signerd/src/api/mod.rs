@@ -217,6 +217,20 @@ impl ApprovalsApi {
             inner: SignerApi::new(signer),
         }
     }
+
+    /// Casts an approve or reject vote: the one path both RPCs take.
+    async fn vote(
+        &self,
+        caller: Caller,
+        vote: VoteRequest,
+    ) -> Result<Response<v1::ApprovalResponse>, Status> {
+        self.inner
+            .signer
+            .vote(caller, vote)
+            .await
+            .map(Response::new)
+            .map_err(status)
+    }
 }
 
 #[tonic::async_trait]
@@ -249,12 +263,7 @@ impl approvals_server::Approvals for ApprovalsApi {
             vote: Vote::Approve,
             reason: None,
         };
-        self.inner
-            .signer
-            .vote(caller, vote)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.vote(caller, vote).await
     }
 
     async fn reject(
@@ -272,12 +281,7 @@ impl approvals_server::Approvals for ApprovalsApi {
             vote: Vote::Reject,
             reason: (!r.reason.is_empty()).then_some(r.reason),
         };
-        self.inner
-            .signer
-            .vote(caller, vote)
-            .await
-            .map(Response::new)
-            .map_err(status)
+        self.vote(caller, vote).await
     }
 }
 

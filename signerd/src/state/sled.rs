@@ -47,6 +47,59 @@ impl std::fmt::Debug for SledStore {
 }
 
 impl SledStore {
+    /// The JSON record of (client, request_id) in `tree`, if any.
+    fn read_record<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        name: &str,
+        client: &str,
+        request_id: &str,
+    ) -> Result<Option<T>, StateError> {
+        let key = request_key(client, request_id)?;
+        let value = tree.get(&key).map_err(|e| {
+            StateError::Unavailable(format!(
+                "read {name}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        match value {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                StateError::Corrupt(format!(
+                    "{name}[client={client:?}, request_id={request_id:?}]: cannot decode the stored value: {e}"
+                ))
+            }),
+        }
+    }
+
+    /// Writes the JSON record of (client, request_id) in `tree`, durable before returning
+    /// (concurrent callers' flushes share sled's log writes).
+    fn write_record<T: serde::Serialize>(
+        &self,
+        tree: &sled::Tree,
+        name: &str,
+        client: &str,
+        request_id: &str,
+        rec: &T,
+    ) -> Result<(), StateError> {
+        let key = request_key(client, request_id)?;
+        let value = serde_json::to_vec(rec).map_err(|e| {
+            StateError::Unavailable(format!(
+                "encode {name}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        tree.insert(key, value).map_err(|e| {
+            StateError::Unavailable(format!(
+                "write {name}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        self.db.flush().map_err(|e| {
+            StateError::Unavailable(format!(
+                "flush after writing {name}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        Ok(())
+    }
+
     /// Opens (or creates, mode 0700) the database in `dir`.
     pub fn open(dir: &Path) -> Result<SledStore, StateError> {
         match std::fs::metadata(dir) {
@@ -171,20 +224,7 @@ impl StateStore for SledStore {
         client: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, StateError> {
-        let key = request_key(client, request_id)?;
-        let value = self.requests.get(&key).map_err(|e| {
-            StateError::Unavailable(format!(
-                "read {REQUESTS_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
-            ))
-        })?;
-        match value {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                StateError::Corrupt(format!(
-                    "{REQUESTS_TREE}[client={client:?}, request_id={request_id:?}]: cannot decode the stored value: {e}"
-                ))
-            }),
-        }
+        self.read_record(&self.requests, REQUESTS_TREE, client, request_id)
     }
 
     fn put_request(
@@ -193,24 +233,7 @@ impl StateStore for SledStore {
         request_id: &str,
         rec: &StoredRequest,
     ) -> Result<(), StateError> {
-        let key = request_key(client, request_id)?;
-        let value = serde_json::to_vec(rec).map_err(|e| {
-            StateError::Unavailable(format!(
-                "encode {REQUESTS_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
-            ))
-        })?;
-        self.requests.insert(key, value).map_err(|e| {
-            StateError::Unavailable(format!(
-                "write {REQUESTS_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
-            ))
-        })?;
-        // Durable before returning: concurrent callers' flushes share sled's log writes.
-        self.db.flush().map_err(|e| {
-            StateError::Unavailable(format!(
-                "flush after writing {REQUESTS_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
-            ))
-        })?;
-        Ok(())
+        self.write_record(&self.requests, REQUESTS_TREE, client, request_id, rec)
     }
 
     fn reserve(
@@ -341,41 +364,17 @@ impl StateStore for SledStore {
         client: &str,
         request_id: &str,
     ) -> Result<Option<PendingRecord>, StateError> {
-        let key = request_key(client, request_id)?;
-        let value = self.pending.get(&key).map_err(|e| {
-            StateError::Unavailable(format!(
-                "read {PENDING_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
-            ))
-        })?;
-        match value {
-            None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                StateError::Corrupt(format!(
-                    "{PENDING_TREE}[client={client:?}, request_id={request_id:?}]: cannot decode the stored value: {e}"
-                ))
-            }),
-        }
+        self.read_record(&self.pending, PENDING_TREE, client, request_id)
     }
 
     fn put_pending(&self, rec: &PendingRecord) -> Result<(), StateError> {
-        let (client, request_id) = (&rec.client, &rec.request_id);
-        let key = request_key(client, request_id)?;
-        let value = serde_json::to_vec(rec).map_err(|e| {
-            StateError::Unavailable(format!(
-                "encode {PENDING_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
-            ))
-        })?;
-        self.pending.insert(key, value).map_err(|e| {
-            StateError::Unavailable(format!(
-                "write {PENDING_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
-            ))
-        })?;
-        self.db.flush().map_err(|e| {
-            StateError::Unavailable(format!(
-                "flush after writing {PENDING_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
-            ))
-        })?;
-        Ok(())
+        self.write_record(
+            &self.pending,
+            PENDING_TREE,
+            &rec.client,
+            &rec.request_id,
+            rec,
+        )
     }
 
     fn open_pending(&self) -> Result<Vec<PendingRecord>, StateError> {

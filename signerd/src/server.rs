@@ -162,13 +162,31 @@ impl Daemon {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        let spend = crate::state::reconcile::signed_spend(&config.audit.dir, now)
-            .map_err(start("reconciling spend from the audit log"))?;
+        // It is the durable copy of every answer too: answers the state store lost in a crash
+        // (they are not flushed one by one) are restored before serving.
+        let mut restored = 0u64;
+        let spend = crate::state::reconcile::scan(&config.audit.dir, now, &mut |answer| {
+            let stored = state
+                .get_request(answer.client, answer.req_id)
+                .map_err(|e| e.to_string())?;
+            if stored.is_some_and(|s| s.outcome != crate::state::StoredOutcome::Pending) {
+                return Ok(());
+            }
+            let rec = crate::service::answer_from_log(&answer)?;
+            state
+                .restore_request(answer.client, answer.req_id, &rec)
+                .map_err(|e| e.to_string())?;
+            restored += 1;
+            Ok(())
+        })
+        .map_err(start("reconciling from the audit log"))?;
         let reconciled = spend.len();
         state.reconcile(spend).map_err(start("state"))?;
+        state.flush().map_err(start("state"))?;
         tracing::info!(
             entries = reconciled,
-            "spend ledger reconciled from the audit log"
+            answers_restored = restored,
+            "spend ledger and answers reconciled from the audit log"
         );
         let listener = TcpListener::bind(config.server.listen)
             .await

@@ -952,9 +952,9 @@ impl Signer {
     ) -> Result<Option<StoredRequest>, ServiceError> {
         let state = self.state.clone();
         let (client, id) = (caller.identity.id.clone(), request_id.to_owned());
-        tokio::task::spawn_blocking(move || state.get_request(&client, &id))
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("state store: {e}")))?
+        // Inline: a read of sled's cache, no disk wait on the hot path.
+        state
+            .get_request(&client, &id)
             .map_err(|e| ServiceError::Unavailable(e.to_string()))
     }
 
@@ -972,14 +972,12 @@ impl Signer {
             method: p.method.to_owned(),
             outcome,
         };
-        tokio::task::spawn_blocking(move || state.put_request(&client, &id, &rec))
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("state store: {e}")))?
-            .map_err(|e| {
-                // The signature is durable in the audit log but will not be returned.
-                tracing::error!(error = %e, "cannot store request outcome");
-                ServiceError::Unavailable(e.to_string())
-            })
+        // Inline: an unflushed write (the answer's durable copy is its `sign.result` record).
+        state.put_request(&client, &id, &rec).map_err(|e| {
+            // The signature is durable in the audit log but will not be returned.
+            tracing::error!(error = %e, "cannot store request outcome");
+            ServiceError::Unavailable(e.to_string())
+        })
     }
 }
 
@@ -1189,7 +1187,9 @@ fn build_response<R: SignResponse>(
             let signed = tx.encode_signed(*r, *s, *y_parity);
             out = ecdsa_proto(r, s, *y_parity, signed.v);
             out.bytes.clear();
-            rec = rec.field("tx_hash", format!("{:#x}", signed.hash));
+            rec = rec
+                .field("tx_hash", format!("{:#x}", signed.hash))
+                .field("raw_tx", hex0x(&signed.raw));
             tx_fields = Some(signed);
         }
         (PayloadKind::EcdsaHash, RawSignature::Ecdsa { r, s, y_parity }) => {
@@ -1216,6 +1216,104 @@ fn build_response<R: SignResponse>(
     let mut response = R::default();
     response.fill(out, p.commitment, tx_fields);
     Ok((response, rec))
+}
+
+/// The answer to store for a request whose final `sign.result` record the audit log holds:
+/// what start-up restores when the state store lost it. A signed answer is rebuilt from the
+/// record exactly as [`build_response`] built it, with the receipt of that record's line.
+pub fn answer_from_log(
+    a: &crate::state::reconcile::LoggedAnswer<'_>,
+) -> Result<StoredRequest, String> {
+    let outcome = match a.result["status"].as_str() {
+        Some("denied") => StoredOutcome::Denied {
+            rule: a.result["rule"].as_str().map(str::to_owned),
+            reason: a.result["message"].as_str().unwrap_or_default().to_owned(),
+        },
+        Some("signed") => {
+            let response = match a.method {
+                METHOD_TX => rebuild::<v1::SignEvmTransactionResponse>(a)?,
+                METHOD_MESSAGE => rebuild::<v1::SignEvmMessageResponse>(a)?,
+                METHOD_TYPED_DATA => rebuild::<v1::SignTypedDataResponse>(a)?,
+                METHOD_DIGEST => rebuild::<v1::SignDigestResponse>(a)?,
+                other => return Err(format!("unknown method `{other}`")),
+            };
+            StoredOutcome::Signed {
+                response: hex::encode(response),
+            }
+        }
+        _ => return Err("not a final answer".into()),
+    };
+    let method = [METHOD_TX, METHOD_MESSAGE, METHOD_TYPED_DATA, METHOD_DIGEST]
+        .into_iter()
+        .find(|m| *m == a.method)
+        .ok_or_else(|| format!("unknown method `{}`", a.method))?;
+    Ok(StoredRequest {
+        fingerprint: a.fingerprint.to_owned(),
+        method: method.to_owned(),
+        outcome,
+    })
+}
+
+/// The encoded response of a `signed` result record (see [`answer_from_log`]).
+fn rebuild<R: SignResponse>(
+    a: &crate::state::reconcile::LoggedAnswer<'_>,
+) -> Result<Vec<u8>, String> {
+    fn bytes(v: &serde_json::Value, name: &str) -> Result<Vec<u8>, String> {
+        v.as_str()
+            .and_then(|s| s.strip_prefix("0x"))
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| format!("`{name}` is not 0x-prefixed hex"))
+    }
+    fn hash32(v: &serde_json::Value, name: &str) -> Result<[u8; 32], String> {
+        bytes(v, name)?
+            .try_into()
+            .map_err(|_| format!("`{name}` is not 32 bytes"))
+    }
+    let rec = a.result;
+    let sig = &rec["signature"];
+    let (r, s, all) = (
+        bytes(&sig["r"], "signature.r")?,
+        bytes(&sig["s"], "signature.s")?,
+        bytes(&sig["bytes"], "signature.bytes")?,
+    );
+    let v = sig["v"].as_u64().ok_or("`signature.v` is not a number")?;
+    // The parity is what `v` or the 65-byte form encodes: 27/28 for messages, 0/1 for typed
+    // transactions, chain_id * 2 + 35/36 for EIP-155 legacy ones; Ed25519 has none.
+    let y_parity = match (all.len(), v) {
+        (65, _) => u32::from(all[64].wrapping_sub(27)),
+        (_, 0 | 1) => v as u32,
+        (_, 27 | 28) => (v - 27) as u32,
+        (_, v) if v >= 35 => ((v - 35) % 2) as u32,
+        _ if r.is_empty() => 0,
+        _ => return Err(format!("`signature.v` {v} encodes no parity")),
+    };
+    let tx = match rec.get("raw_tx") {
+        Some(raw) => Some(evm::SignedTx {
+            raw: bytes(raw, "raw_tx")?,
+            hash: B256::from(hash32(&rec["tx_hash"], "tx_hash")?),
+            v,
+        }),
+        None => None,
+    };
+    let seq = rec["seq"].as_u64().ok_or("`seq` is not a number")?;
+    let mut response = R::default();
+    response.fill(
+        v1::Signature {
+            r,
+            s,
+            y_parity,
+            v,
+            bytes: all,
+        },
+        hash32(&rec["signing_hash"], "signing_hash")?,
+        tx,
+    );
+    response.set_receipt(receipt_proto(Receipt {
+        seq,
+        leaf_hash: crate::audit::merkle::leaf_hash(a.line.as_bytes()),
+    }));
+    response.set_status(v1::SignStatus::Signed, None);
+    Ok(response.encode_to_vec())
 }
 
 fn hex0x(b: &[u8]) -> String {

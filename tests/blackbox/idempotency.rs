@@ -177,3 +177,127 @@ async fn clients_have_separate_request_ids() {
     clients.sort();
     assert_eq!(clients, ["app", "payments"]);
 }
+
+/// Every answer is rebuilt from the audit log when the state store has lost it: the audit log
+/// is the durable copy of each answer, and the state store is not flushed per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_restored_from_the_audit_log_when_the_state_store_is_lost() {
+    let env = TestEnv::new("idem-restore");
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    let message = v1::SignEvmMessageRequest {
+        dry_run: false,
+        request_id: "r-message".into(),
+        key_id: HOT.into(),
+        message: b"restore me".to_vec(),
+    };
+    let typed = v1::SignTypedDataRequest {
+        dry_run: false,
+        request_id: "r-typed".into(),
+        key_id: HOT.into(),
+        typed_data_json: crate::signing::MAIL_TYPED_DATA.into(),
+    };
+    let digest = v1::SignDigestRequest {
+        dry_run: false,
+        request_id: "r-digest".into(),
+        key_id: ED.into(),
+        digest: vec![7; 32],
+    };
+    let deploy = v1::SignEvmTransactionRequest {
+        to: String::new(),
+        value: String::new(),
+        data: INIT_CODE.to_vec(),
+        gas_limit: 100_000,
+        ..eip1559("r-denied")
+    };
+    let answers = [
+        c.sign_evm_transaction(eip1559("r-1559"))
+            .await
+            .unwrap()
+            .into_inner()
+            .encode_to_vec(),
+        c.sign_evm_transaction(legacy("r-legacy"))
+            .await
+            .unwrap()
+            .into_inner()
+            .encode_to_vec(),
+        c.sign_evm_message(message.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .encode_to_vec(),
+        c.sign_typed_data(typed.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .encode_to_vec(),
+        c.sign_digest(digest.clone())
+            .await
+            .unwrap()
+            .into_inner()
+            .encode_to_vec(),
+    ];
+    let denied = refused("deploy", c.sign_evm_transaction(deploy.clone()).await);
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    drop(c);
+    // Killed, and its whole state directory gone: only the audit log remains.
+    crate::audit_support::kill_9(d);
+    std::fs::remove_dir_all(env.dir.join("state")).unwrap();
+
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    let again = [
+        c.sign_evm_transaction(eip1559("r-1559"))
+            .await
+            .unwrap()
+            .into_inner()
+            .encode_to_vec(),
+        c.sign_evm_transaction(legacy("r-legacy"))
+            .await
+            .unwrap()
+            .into_inner()
+            .encode_to_vec(),
+        c.sign_evm_message(message)
+            .await
+            .unwrap()
+            .into_inner()
+            .encode_to_vec(),
+        c.sign_typed_data(typed)
+            .await
+            .unwrap()
+            .into_inner()
+            .encode_to_vec(),
+        c.sign_digest(digest)
+            .await
+            .unwrap()
+            .into_inner()
+            .encode_to_vec(),
+    ];
+    for (i, (a, b)) in answers.iter().zip(&again).enumerate() {
+        assert_eq!(
+            a, b,
+            "answer {i} differs after restoring it from the audit log"
+        );
+    }
+    let again_denied = refused("deploy again", c.sign_evm_transaction(deploy).await);
+    assert_eq!(again_denied.code(), Code::PermissionDenied);
+    assert_eq!(again_denied.message(), denied.message());
+    // A different request under a restored id is still refused.
+    let other = v1::SignEvmTransactionRequest {
+        nonce: 9,
+        ..eip1559("r-1559")
+    };
+    let st = refused("different body", c.sign_evm_transaction(other).await);
+    assert_eq!(st.code(), Code::Aborted, "{st:?}");
+
+    let audit = env.audit();
+    for id in ["r-1559", "r-legacy", "r-message", "r-typed", "r-digest"] {
+        assert_eq!(audit.results(id), ["signed"], "{id} was signed again");
+    }
+    assert_eq!(audit.results("r-denied"), ["denied"]);
+    assert!(
+        d.stderr().contains("answers_restored=6"),
+        "start-up did not report the restored answers: {}",
+        d.stderr()
+    );
+}

@@ -150,7 +150,7 @@ async fn lost_state_is_reconciled_from_the_audit_log() {
     assert_status("reconciled", &st, Code::PermissionDenied, "daily-eth");
     assert!(
         d.stderr()
-            .contains("spend ledger reconciled from the audit log"),
+            .contains("spend ledger and answers reconciled from the audit log"),
         "{}",
         d.stderr()
     );

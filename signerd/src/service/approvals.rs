@@ -211,8 +211,9 @@ impl Signer {
         };
         let (client, id) = (rec.client.clone(), rec.request_id.clone());
         blocking(&self.state, move |s| {
-            s.put_pending(&rec)?;
-            s.put_request(&client, &id, &stored)
+            // The flush of put_pending makes the request's answer durable too.
+            s.put_request(&client, &id, &stored)?;
+            s.put_pending(&rec)
         })
         .await?;
         self.changed();
@@ -518,6 +519,27 @@ impl Signer {
         let open = blocking(&self.state, |s| s.open_pending()).await?;
         for mut rec in open {
             if rec.status == Status::Signing {
+                // Its result may have reached the audit log (and been restored as the
+                // request's answer at start-up) before signerd stopped.
+                let (c, r) = (rec.client.clone(), rec.request_id.clone());
+                let answer = blocking(&self.state, move |s| s.get_request(&c, &r)).await?;
+                let ended = match answer.map(|a| a.outcome) {
+                    Some(StoredOutcome::Signed { .. }) => Some((Status::Signed, None)),
+                    Some(StoredOutcome::Denied { rule, reason }) => Some((
+                        Status::Denied,
+                        Some(match rule {
+                            Some(rule) => format!("{reason} (rule: {rule})"),
+                            None => reason,
+                        }),
+                    )),
+                    _ => None,
+                };
+                if let Some((status, reason)) = ended {
+                    rec.status = status;
+                    rec.reason = reason;
+                    blocking(&self.state, move |s| s.put_pending(&rec)).await?;
+                    continue;
+                }
                 // Whatever it held is released: it will not be signed.
                 let (c, r) = (rec.client.clone(), rec.request_id.clone());
                 blocking(&self.state, move |s| s.release(&c, &r)).await?;

@@ -73,13 +73,28 @@ pub trait StateStore: Send + Sync + 'static {
         client: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, StateError>;
-    /// Stores the request; durable when this returns.
+    /// Stores the request's answer. Not durable on return: the store makes it durable within
+    /// a bounded time (or with the next durable write), and callers store only answers whose
+    /// `sign.result` audit record is already durable, from which start-up restores what a
+    /// crash lost ([`StateStore::restore_request`]).
     fn put_request(
         &self,
         client: &str,
         request_id: &str,
         rec: &StoredRequest,
     ) -> Result<(), StateError>;
+
+    /// Stores an answer restored from the audit log at start-up (before serving), replacing
+    /// a missing or pending one; durable at the next [`StateStore::flush`].
+    fn restore_request(
+        &self,
+        client: &str,
+        request_id: &str,
+        rec: &StoredRequest,
+    ) -> Result<(), StateError>;
+
+    /// Makes every earlier write durable.
+    fn flush(&self) -> Result<(), StateError>;
 
     /// Atomically checks every charge against its limit and, when all fit, reserves them for
     /// `owner` (`client`, `request_id`). Nothing is reserved when any charge does not fit.
@@ -129,7 +144,8 @@ pub trait StateStore: Send + Sync + 'static {
         request_id: &str,
     ) -> Result<Option<PendingRecord>, StateError>;
 
-    /// Stores the record of a request that needed approval; durable when this returns.
+    /// Stores the record of a request that needed approval; durable when this returns, with
+    /// every earlier write.
     fn put_pending(&self, rec: &PendingRecord) -> Result<(), StateError>;
 
     /// Every record whose status is not final (pending, or signing).

@@ -15,10 +15,39 @@ use alloy_primitives::U256;
 
 use super::spend::{Entry, MAX_WINDOW_SECS};
 
+/// A request's final answer as the audit log holds it: the `sign.result` record that ended it
+/// `signed` or `denied`, with its last `sign.request` record's method and fingerprint.
+#[derive(Debug)]
+pub struct LoggedAnswer<'a> {
+    /// The requesting client.
+    pub client: &'a str,
+    /// The client's request id.
+    pub req_id: &'a str,
+    /// The gRPC method of the request.
+    pub method: &'a str,
+    /// The request's fingerprint.
+    pub fingerprint: &'a str,
+    /// The `sign.result` record.
+    pub result: &'a serde_json::Value,
+    /// The exact line of the `sign.result` record (without its newline): its leaf hash is
+    /// part of the answer.
+    pub line: &'a str,
+}
+
 /// The charges of signed requests (and of requests still waiting for approval) recorded in the
 /// audit log in `dir` since
 /// `now - MAX_WINDOW_SECS`, as ledger entries. A request is its (`client`, `req_id`).
 pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
+    scan(dir, now, &mut |_| Ok(()))
+}
+
+/// [`signed_spend`], also handing every final answer in the log to `on_answer`, in log order
+/// (a later answer for the same request comes later).
+pub fn scan(
+    dir: &Path,
+    now: i64,
+    on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
+) -> Result<Vec<Entry>, String> {
     let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
     let mut segments: Vec<_> = std::fs::read_dir(dir)
         .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
@@ -33,6 +62,8 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
     // Fixed-width numbers: name order is segment order.
     segments.sort();
     let mut client_of: HashMap<String, String> = HashMap::new();
+    // (method, fingerprint) of the last `sign.request` of each request without a result yet.
+    let mut requested: HashMap<String, (String, String)> = HashMap::new();
     let mut charged: HashMap<String, Vec<Entry>> = HashMap::new();
     let mut signed: HashSet<String> = HashSet::new();
     // Requests whose last decision was `require_approval`, until a result ends them.
@@ -52,6 +83,14 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
             if kind == "sign.request" {
                 if let Some(client) = v["client"].as_str() {
                     client_of.insert(req_id.to_owned(), client.to_owned());
+                    if let (Some(method), Some(fingerprint)) =
+                        (v["method"].as_str(), v["fingerprint"].as_str())
+                    {
+                        requested.insert(
+                            format!("{client}\0{req_id}"),
+                            (method.to_owned(), fingerprint.to_owned()),
+                        );
+                    }
                 }
                 continue;
             }
@@ -109,6 +148,20 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
                 }
                 "sign.result" => {
                     waiting.remove(&owner);
+                    let request = requested.remove(&owner);
+                    if (v["status"] == "signed" || v["status"] == "denied")
+                        && let Some((method, fingerprint)) = &request
+                    {
+                        on_answer(LoggedAnswer {
+                            client: &client,
+                            req_id,
+                            method,
+                            fingerprint,
+                            result: &v,
+                            line: &line,
+                        })
+                        .map_err(|e| format!("{}: {e}", at()))?;
+                    }
                     if v["status"] == "signed" {
                         signed.insert(owner);
                     }

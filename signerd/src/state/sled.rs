@@ -1,9 +1,12 @@
 //! The embedded [`StateStore`] on [sled](https://docs.rs/sled/0.34) 0.34.
 //!
 //! Idempotency records live in the tree `requests` under the key `client || 0x00 ||
-//! request_id`, as JSON. Writes are flushed (fsync) before they return, so a retried request
-//! after a crash never gets signed twice for lack of a record. This module must never return
-//! from a write before the flush, nor build a key that two different (client, request_id)
+//! request_id`, as JSON. They are written after the request's `sign.result` record is durable
+//! in the audit log and are not flushed one by one: sled flushes every 500 ms, and at start-up
+//! every answer the audit log holds but this tree lacks is restored
+//! ([`StateStore::restore_request`]) before serving, so a retried request after a crash never
+//! gets signed twice for lack of a record. Pending-approval records are flushed before their
+//! writes return. This module must never build a key that two different (client, request_id)
 //! pairs could share.
 
 use std::fs::DirBuilder;
@@ -71,8 +74,8 @@ impl SledStore {
         }
     }
 
-    /// Writes the JSON record of (client, request_id) in `tree`, durable before returning
-    /// (concurrent callers' flushes share sled's log writes).
+    /// Writes the JSON record of (client, request_id) in `tree`; with `durable`, flushed
+    /// before returning (concurrent callers' flushes share sled's log writes).
     fn write_record<T: serde::Serialize>(
         &self,
         tree: &sled::Tree,
@@ -80,6 +83,7 @@ impl SledStore {
         client: &str,
         request_id: &str,
         rec: &T,
+        durable: bool,
     ) -> Result<(), StateError> {
         let key = request_key(client, request_id)?;
         let value = serde_json::to_vec(rec).map_err(|e| {
@@ -92,11 +96,13 @@ impl SledStore {
                 "write {name}[client={client:?}, request_id={request_id:?}]: {e}"
             ))
         })?;
-        self.db.flush().map_err(|e| {
-            StateError::Unavailable(format!(
-                "flush after writing {name}[client={client:?}, request_id={request_id:?}]: {e}"
-            ))
-        })?;
+        if durable {
+            self.db.flush().map_err(|e| {
+                StateError::Unavailable(format!(
+                    "flush after writing {name}[client={client:?}, request_id={request_id:?}]: {e}"
+                ))
+            })?;
+        }
         Ok(())
     }
 
@@ -233,7 +239,37 @@ impl StateStore for SledStore {
         request_id: &str,
         rec: &StoredRequest,
     ) -> Result<(), StateError> {
-        self.write_record(&self.requests, REQUESTS_TREE, client, request_id, rec)
+        self.write_record(
+            &self.requests,
+            REQUESTS_TREE,
+            client,
+            request_id,
+            rec,
+            false,
+        )
+    }
+
+    fn restore_request(
+        &self,
+        client: &str,
+        request_id: &str,
+        rec: &StoredRequest,
+    ) -> Result<(), StateError> {
+        self.write_record(
+            &self.requests,
+            REQUESTS_TREE,
+            client,
+            request_id,
+            rec,
+            false,
+        )
+    }
+
+    fn flush(&self) -> Result<(), StateError> {
+        self.db
+            .flush()
+            .map(drop)
+            .map_err(|e| StateError::Unavailable(format!("flush: {e}")))
     }
 
     fn reserve(
@@ -374,6 +410,7 @@ impl StateStore for SledStore {
             &rec.client,
             &rec.request_id,
             rec,
+            true,
         )
     }
 

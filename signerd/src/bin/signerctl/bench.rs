@@ -169,7 +169,7 @@ async fn run_baseline(
             if algorithm != v1::Algorithm::Secp256k1 {
                 bail!("--baseline floor compares EIP-191 signing: give a secp256k1 --key");
             }
-            let floor = crate::bench_floor::start().await?;
+            let floor = crate::bench_floor::start()?;
             let m = run_signerd(&floor.settings, args, algorithm, duration).await?;
             drop(floor);
             Ok(("floor: bare tonic + rustls mTLS server that only signs", m))

@@ -1,6 +1,6 @@
-//! `signerctl bench --baseline floor`: the transport floor. An in-process gRPC server on the
-//! same stack as signerd (tonic over rustls, TLS 1.3, client certificate required, the same
-//! accept loop) whose handler only hashes the EIP-191 message and signs it with an in-memory
+//! `signerctl bench --baseline floor`: the transport floor. A gRPC server in its own process,
+//! as signerd is, on the same stack as signerd (tonic over rustls, TLS 1.3, client certificate
+//! required, the same accept loop) whose handler only hashes the EIP-191 message and signs it with an in-memory
 //! secp256k1 key: no policy, no idempotency record, no audit log. What signerd achieves
 //! against it is the cost of everything signerd adds to a signature.
 //!
@@ -16,18 +16,22 @@ use signerd::tls::pki::{ClientOptions, DevCa};
 use signerd_proto::v1::{self, signer_server};
 use tonic::{Request, Response, Status};
 
-/// A running floor server; dropping it stops the server and removes its files.
+/// A running floor server (a child process); dropping it stops the server and removes its
+/// files.
 pub(crate) struct Floor {
     /// Client settings that reach it as a mapped client.
     pub(crate) settings: ClientSettings,
     dir: PathBuf,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    child: Option<std::process::Child>,
 }
 
 impl Drop for Floor {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        if let Some(mut child) = self.child.take() {
+            // Closing its stdin stops it; killing it covers a server that does not listen.
+            drop(child.stdin.take());
+            let _ = child.kill();
+            let _ = child.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -139,8 +143,8 @@ fn write(path: &std::path::Path, body: &str, mode: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Starts the floor server on a free loopback port.
-pub(crate) async fn start() -> anyhow::Result<Floor> {
+/// Starts the floor server, in its own process like signerd, on a free loopback port.
+pub(crate) fn start() -> anyhow::Result<Floor> {
     let mut nonce = [0u8; 8];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let dir = std::env::temp_dir().join(format!("signerctl-floor-{}", hex::encode(nonce)));
@@ -159,7 +163,7 @@ pub(crate) async fn start() -> anyhow::Result<Floor> {
             server_name: None,
         },
         dir: dir.clone(),
-        stop: None,
+        child: None,
     };
     let ca = DevCa::generate("signerctl floor CA")?;
     let server = ca.issue_server(&["127.0.0.1", "localhost"])?;
@@ -169,6 +173,33 @@ pub(crate) async fn start() -> anyhow::Result<Floor> {
     write(&dir.join("server-key.pem"), &server.key_pem, 0o600)?;
     write(&dir.join("client.pem"), &client.cert_pem, 0o644)?;
     write(&dir.join("client-key.pem"), &client.key_pem, 0o600)?;
+    let exe = std::env::current_exe().context("cannot find signerctl's own executable")?;
+    let mut child = std::process::Command::new(exe)
+        .arg("bench-floor-server")
+        .arg(&dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start the floor server process")?;
+    let stdout = child.stdout.take();
+    floor.child = Some(child);
+    let mut line = String::new();
+    if let Some(stdout) = stdout {
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .context("reading the floor server's address")?;
+    }
+    let addr = line
+        .trim()
+        .strip_prefix("listening ")
+        .context("the floor server did not start")?;
+    floor.settings.endpoint = format!("https://{addr}");
+    Ok(floor)
+}
+
+/// The floor server process (`signerctl bench-floor-server DIR`): serves with the certificates
+/// in `DIR` on a free loopback port, prints `listening ADDR`, and stops when its standard
+/// input closes.
+pub(crate) async fn serve(dir: PathBuf) -> anyhow::Result<()> {
     let tls = signerd::tls::server_config(&signerd::config::TlsConfig {
         cert: dir.join("server.pem"),
         key: dir.join("server-key.pem"),
@@ -176,7 +207,7 @@ pub(crate) async fn start() -> anyhow::Result<Floor> {
         crls: Vec::new(),
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    floor.settings.endpoint = format!("https://{}", listener.local_addr()?);
+    println!("listening {}", listener.local_addr()?);
     let (fail_tx, _fail_rx) = tokio::sync::mpsc::unbounded_channel();
     let conns = signerd::tls::accept_loop(
         listener,
@@ -191,21 +222,18 @@ pub(crate) async fn start() -> anyhow::Result<Floor> {
     let service = signer_server::SignerServer::new(FloorSigner {
         key: k256::ecdsa::SigningKey::random(&mut rand_core::OsRng),
     });
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    floor.stop = Some(stop_tx);
-    tokio::spawn(async move {
-        let served = tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::ReceiverStream::new(conns),
-                async move {
-                    let _ = stop_rx.await;
-                },
-            )
-            .await;
-        if let Err(e) = served {
-            eprintln!("floor server: {e}");
-        }
-    });
-    Ok(floor)
+    let stdin_closed = async {
+        let _ = tokio::task::spawn_blocking(|| {
+            std::io::copy(&mut std::io::stdin(), &mut std::io::sink())
+        })
+        .await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::ReceiverStream::new(conns),
+            stdin_closed,
+        )
+        .await?;
+    Ok(())
 }

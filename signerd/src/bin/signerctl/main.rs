@@ -87,6 +87,12 @@ enum Command {
     /// Where one of your signing requests stands (pending approval, signed, rejected, ...).
     #[command(subcommand)]
     Request(approvals::RequestCmd),
+    /// The transport floor server that `bench --baseline floor` starts as its own process.
+    #[command(hide = true)]
+    BenchFloorServer {
+        /// Directory holding the server's certificate and key and the client CA.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -564,6 +570,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sign(cmd) => sign(&cli.conn, json_out, cmd).await,
         Command::Policy(cmd) => policy::run(cmd, json_out),
         Command::Bench(args) => bench::run(settings(&cli.conn)?, args, json_out).await,
+        Command::BenchFloorServer { dir } => bench_floor::serve(dir).await,
         Command::Audit(cmd) => audit::run(cmd, json_out).await,
         Command::Approver(cmd) => approvals::run_approver(cmd, json_out),
         Command::Approvals(cmd) => {

@@ -790,7 +790,7 @@ impl Signer {
             response: hex::encode(response.encode_to_vec()),
         };
         self.store(caller, prepared, fingerprint, outcome).await?;
-        tracing::info!(audit_seq = receipt.seq, "signed");
+        tracing::debug!(audit_seq = receipt.seq, "signed");
         Ok(response)
     }
 
@@ -911,7 +911,7 @@ impl Signer {
             policy_serial: policy.serial(),
             policy_hash: policy.hash_hex(),
         });
-        tracing::info!(decision = effect, "dry run");
+        tracing::debug!(decision = effect, "dry run");
         Ok(response)
     }
 
@@ -1046,7 +1046,7 @@ fn replay<R: SignResponse>(stored: StoredRequest, fingerprint: &str) -> Result<R
             stored.method
         )));
     }
-    tracing::info!("replaying stored outcome");
+    tracing::debug!("replaying stored outcome");
     match stored.outcome {
         StoredOutcome::Signed { response } => hex::decode(&response)
             .ok()

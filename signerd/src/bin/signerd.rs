@@ -3,6 +3,9 @@
 //! `signerd dev` runs on embedded development defaults; `signerd run --config FILE` runs a
 //! production configuration; `signerd check-config --config FILE` validates one.
 
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 

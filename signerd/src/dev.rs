@@ -169,7 +169,9 @@ pub fn prepare(
 /// Initializes the SoftHSM2 token in its final place, generates the development keys in it,
 /// and writes the configuration.
 fn finish_pkcs11(dir: &Path, config_text: &str) -> Result<(), DevError> {
-    let conf = softhsm_conf(dir);
+    // `signerd dev` sets SOFTHSM2_CONF from the absolute directory (so it holds wherever the
+    // process runs); the directory given may be relative.
+    let conf = softhsm_conf(&std::path::absolute(dir).map_err(err(dir.display()))?);
     if std::env::var_os("SOFTHSM2_CONF").as_deref() != Some(conf.as_os_str()) {
         return Err(DevError(format!(
             "SOFTHSM2_CONF must be {} to create the development token",
@@ -330,6 +332,8 @@ fn softhsm_files(dir: &Path, target: &Path) -> Result<PathBuf, DevError> {
         })?;
     let hsm = dir.join("hsm");
     mkdir(&hsm.join("tokens"))?;
+    // Absolute, so the token is found from whatever directory signerd or signerctl runs in.
+    let target = std::path::absolute(target).map_err(err(target.display()))?;
     let conf = SOFTHSM_TEMPLATE.replace(
         "@TOKENDIR@",
         &target.join("hsm").join("tokens").display().to_string(),

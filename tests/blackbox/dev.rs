@@ -260,9 +260,11 @@ async fn dev_mode_reuses_its_directory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_with_softhsm_signs_with_token_keys() {
     let base = unique_dir("dev-p11");
-    let dir = base.join("dev");
-    let mut cmd = dev_command(&dir);
-    cmd.args(["--backend", "pkcs11"]);
+    // The README's command: the default directory, relative to where it runs.
+    let dir = base.join(".signerd-dev-pkcs11");
+    let mut cmd = Command::new(SIGNERD);
+    cmd.current_dir(&base)
+        .args(["dev", "--backend", "pkcs11", "--listen", "127.0.0.1:0"]);
     let d = Daemon::spawn(cmd).unwrap_or_else(|e| panic!("signerd dev --backend pkcs11: {e}"));
     assert!(dir.join("hsm/softhsm2.conf").is_file());
     assert_eq!(mode_of(&dir.join("hsm/pin")), 0o600);

@@ -1,7 +1,7 @@
 //! Checks of signatures made outside signerd's process (an HSM through PKCS#11, Vault
 //! transit) before they are returned: ECDSA results are normalized to low s and given the
-//! recovery id that Ethereum needs, found by trial recovery against the key's known public
-//! point; Ed25519 results are verified strictly. A signature that does not verify under the key
+//! recovery id that Ethereum needs, found from the key's known public point (one computation of R = z/s * G + r/s * Q both verifies the signature and gives the
+//! parity of R's y); Ed25519 results are verified strictly. A signature that does not verify under the key
 //! is an error: it is never returned, whatever the signer said.
 
 use super::{Algorithm, RawSignature};
@@ -28,34 +28,72 @@ pub(crate) fn normalize_ecdsa(
 }
 
 fn recover_k256(public_key: &[u8], digest: &[u8; 32], rs: &[u8]) -> Result<RawSignature, String> {
-    use k256::ecdsa::{RecoveryId, Signature, VerifyingKey};
-    let sig =
-        Signature::from_slice(rs).map_err(|_| "the signer's signature has r or s out of range")?;
+    use k256::elliptic_curve::ops::{LinearCombinationExt, Reduce};
+    use k256::elliptic_curve::point::AffineCoordinates;
+    use k256::{ProjectivePoint, Scalar, U256};
+    let sig = k256::ecdsa::Signature::from_slice(rs)
+        .map_err(|_| "the signer's signature has r or s out of range")?;
     let sig = sig.normalize_s().unwrap_or(sig);
-    let want = VerifyingKey::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
-    for y_odd in [false, true] {
-        let id = RecoveryId::new(y_odd, false);
-        if VerifyingKey::recover_from_prehash(digest, &sig, id).is_ok_and(|k| k == want) {
-            return Ok(split(&sig.to_bytes(), y_odd));
-        }
-    }
-    Err("the signer's signature does not verify against the key's public point".to_owned())
+    let want =
+        k256::ecdsa::VerifyingKey::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
+    let (r, s) = sig.split_scalars();
+    let z = <Scalar as Reduce<U256>>::reduce_bytes(&(*digest).into());
+    let s_inv = Option::<Scalar>::from(s.invert()).ok_or("the signature has s = 0")?;
+    let point = ProjectivePoint::lincomb_ext(&[
+        (ProjectivePoint::GENERATOR, z * s_inv),
+        (ProjectivePoint::from(*want.as_affine()), *r * s_inv),
+    ])
+    .to_affine();
+    let x = point.x();
+    let r_bytes = r.to_bytes();
+    check_r(
+        x.as_slice(),
+        &r_bytes,
+        <Scalar as Reduce<U256>>::reduce_bytes(&x) == *r,
+    )?;
+    Ok(split(&sig.to_bytes(), point.y_is_odd().into()))
 }
 
 fn recover_p256(public_key: &[u8], digest: &[u8; 32], rs: &[u8]) -> Result<RawSignature, String> {
-    use k256::ecdsa::RecoveryId; // the same `ecdsa` crate type for both curves
-    use p256::ecdsa::{Signature, VerifyingKey};
-    let sig =
-        Signature::from_slice(rs).map_err(|_| "the signer's signature has r or s out of range")?;
+    use p256::elliptic_curve::ops::{LinearCombination, Reduce};
+    use p256::elliptic_curve::point::AffineCoordinates;
+    use p256::{ProjectivePoint, Scalar, U256};
+    let sig = p256::ecdsa::Signature::from_slice(rs)
+        .map_err(|_| "the signer's signature has r or s out of range")?;
     let sig = sig.normalize_s().unwrap_or(sig);
-    let want = VerifyingKey::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
-    for y_odd in [false, true] {
-        let id = RecoveryId::new(y_odd, false);
-        if VerifyingKey::recover_from_prehash(digest, &sig, id).is_ok_and(|k| k == want) {
-            return Ok(split(&sig.to_bytes(), y_odd));
-        }
+    let want =
+        p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
+    let (r, s) = sig.split_scalars();
+    let z = <Scalar as Reduce<U256>>::reduce_bytes(&(*digest).into());
+    let s_inv = Option::<Scalar>::from(s.invert()).ok_or("the signature has s = 0")?;
+    let point = ProjectivePoint::lincomb(
+        &ProjectivePoint::GENERATOR,
+        &(z * s_inv),
+        &ProjectivePoint::from(*want.as_affine()),
+        &(*r * s_inv),
+    )
+    .to_affine();
+    let x = point.x();
+    let r_bytes = r.to_bytes();
+    check_r(
+        x.as_slice(),
+        &r_bytes,
+        <Scalar as Reduce<U256>>::reduce_bytes(&x) == *r,
+    )?;
+    Ok(split(&sig.to_bytes(), point.y_is_odd().into()))
+}
+
+/// The ECDSA check on R = z/s * G + r/s * Q, computed once: it verifies the signature
+/// (x(R) mod n = r) and its y gives the recovery id. An x(R) that had to be reduced mod n
+/// (probability about 2^-128) has a recovery id Ethereum cannot encode and is refused too.
+fn check_r(x: &[u8], r: &[u8], x_mod_n_is_r: bool) -> Result<(), String> {
+    if x == r {
+        Ok(())
+    } else if x_mod_n_is_r {
+        Err("the signature's R has an x coordinate above the group order; its recovery id cannot be encoded".to_owned())
+    } else {
+        Err("the signer's signature does not verify against the key's public point".to_owned())
     }
-    Err("the signer's signature does not verify against the key's public point".to_owned())
 }
 
 fn split(bytes: &[u8], y_parity: bool) -> RawSignature {
@@ -161,11 +199,26 @@ mod tests {
             .to_encoded_point(true)
             .as_bytes()
             .to_vec();
-        let digest = [8u8; 32];
-        let sig: Signature = sk.sign_prehash(&digest).unwrap();
-        let high = Signature::from_scalars(sig.r(), -*sig.s()).unwrap();
-        for s in [sig, high] {
-            assert!(normalize_ecdsa(Algorithm::P256, &pk, &digest, &s.to_bytes()).is_ok());
+        for i in 0u8..32 {
+            let digest = [i; 32];
+            let sig: Signature = sk.sign_prehash(&digest).unwrap();
+            let high = Signature::from_scalars(sig.r(), -*sig.s()).unwrap();
+            for s in [sig, high] {
+                let out = normalize_ecdsa(Algorithm::P256, &pk, &digest, &s.to_bytes()).unwrap();
+                let RawSignature::Ecdsa { r, s, y_parity } = out else {
+                    panic!()
+                };
+                let mut rs = [0u8; 64];
+                rs[..32].copy_from_slice(&r);
+                rs[32..].copy_from_slice(&s);
+                let low = Signature::from_slice(&rs).unwrap();
+                assert!(low.normalize_s().is_none(), "s must be low");
+                // The parity is the one the library's own recovery agrees with.
+                let id = k256::ecdsa::RecoveryId::new(y_parity, false);
+                let key =
+                    p256::ecdsa::VerifyingKey::recover_from_prehash(&digest, &low, id).unwrap();
+                assert_eq!(key.to_encoded_point(true).as_bytes(), pk.as_slice());
+            }
         }
     }
 }

@@ -27,8 +27,13 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     duration: u64,
     /// Also measure the backend's raw limit in the same run and print the ratio.
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, conflicts_with = "rate")]
     baseline: Option<Baseline>,
+    /// Send at this total rate (requests per second, spread evenly over the clients) instead
+    /// of as fast as answers come back. Latency then counts from when each request was due,
+    /// so a daemon that falls behind shows it (no coordinated omission).
+    #[arg(long)]
+    rate: Option<f64>,
     /// signerd configuration naming the token or the Vault (for `--baseline pkcs11` and
     /// `--baseline vault`; secrets are read from their configured sources, and for SoftHSM2
     /// `SOFTHSM2_CONF` applies).
@@ -45,13 +50,15 @@ pub(crate) enum Baseline {
     Pkcs11,
     /// Transit sign for the same key, called directly on the configured Vault / OpenBao.
     Vault,
-    /// The transport floor: an in-process tonic + rustls mTLS server whose handler only
-    /// hashes and signs with an in-memory secp256k1 key (secp256k1 keys only).
+    /// The transport floor: a tonic + rustls mTLS server in its own process whose handler
+    /// only hashes and signs with an in-memory secp256k1 key (secp256k1 keys only).
     Floor,
 }
 
 /// One measured run.
 struct Measured {
+    /// The offered rate (`--rate`), if paced.
+    offered: Option<f64>,
     latencies: Vec<Duration>,
     errors: std::collections::BTreeMap<String, u64>,
     elapsed: f64,
@@ -73,6 +80,7 @@ impl Measured {
     fn json(&self, concurrency: usize) -> serde_json::Value {
         json!({
             "concurrency": concurrency,
+            "offered_per_s": self.offered,
             "duration_s": self.elapsed,
             "ok": self.latencies.len(),
             "errors": self.errors,
@@ -85,6 +93,9 @@ impl Measured {
     }
 
     fn print(&self, what: &str, concurrency: usize) {
+        if let Some(rate) = self.offered {
+            println!("{what}: offered {rate:.0}/s");
+        }
         println!(
             "{what}: {} signed in {:.1} s with {concurrency} clients: {:.0}/s",
             self.latencies.len(),
@@ -116,6 +127,11 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     if !(1..=4096).contains(&args.concurrency) || !(1..=3600).contains(&args.duration) {
         bail!("--concurrency must be 1..=4096 and --duration 1..=3600");
+    }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && (1.0..=1_000_000.0).contains(&rate))
+    {
+        bail!("--rate must be 1..=1000000 requests per second");
     }
     let duration = Duration::from_secs(args.duration);
     let mut probe = connect(&settings).await?;
@@ -195,6 +211,7 @@ async fn run_baseline(
             Ok((
                 "vault: transit sign called directly",
                 Measured {
+                    offered: None,
                     latencies,
                     errors: errs,
                     elapsed,
@@ -229,6 +246,7 @@ async fn run_baseline(
             Ok((
                 "pkcs11: C_Sign through cryptoki",
                 Measured {
+                    offered: None,
                     latencies,
                     errors,
                     elapsed: raw.elapsed.as_secs_f64(),
@@ -286,6 +304,7 @@ fn soft_baseline(
     let mut latencies: Vec<Duration> = lists.into_iter().flatten().collect();
     latencies.sort();
     Ok(Measured {
+        offered: None,
         latencies,
         errors: Default::default(),
         elapsed: started.elapsed().as_secs_f64(),
@@ -309,10 +328,16 @@ async fn run_signerd(
     }
     let deadline = Instant::now() + duration;
     let started = Instant::now();
+    // With --rate, client w sends its i-th request at started + (w / n + i) * interval, where
+    // interval = n / rate.
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate));
     let mut tasks = Vec::new();
     for (w, mut client) in clients.into_iter().enumerate() {
         let key_id = args.key_id.clone();
         let run_id = run_id.clone();
+        let first_due = interval.map(|iv| started + iv.mul_f64(w as f64 / args.concurrency as f64));
         tasks.push(tokio::spawn(async move {
             let mut out = Worker {
                 latencies: Vec::new(),
@@ -322,7 +347,17 @@ async fn run_signerd(
             while Instant::now() < deadline {
                 let request_id = format!("bench-{run_id}-{w}-{i}");
                 let text = format!("signerctl bench {run_id} {w} {i}");
-                let t = Instant::now();
+                let t = match (first_due, interval) {
+                    (Some(first), Some(iv)) => {
+                        let due = first + iv.mul_f64(i as f64);
+                        if due >= deadline {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    _ => Instant::now(),
+                };
                 let result = if algorithm == v1::Algorithm::Secp256k1 {
                     let req = v1::SignEvmMessageRequest {
                         request_id,
@@ -362,6 +397,7 @@ async fn run_signerd(
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
     Ok(Measured {
+        offered: args.rate,
         latencies,
         errors,
         elapsed,

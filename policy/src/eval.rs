@@ -226,7 +226,7 @@ impl Policy {
                 visit(pos, &mut lines);
             }
         } else {
-            for pos in self.index.candidates(&a.key, a.kind) {
+            for pos in self.index.candidates(&a.key, a.kind, &who.id) {
                 visit(pos, &mut lines);
             }
         }

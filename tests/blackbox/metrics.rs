@@ -9,7 +9,7 @@ use signerd_proto::v1;
 use crate::util::*;
 
 /// `GET /metrics` over a plain TCP connection; the body.
-fn scrape(addr: &str) -> String {
+pub(crate) fn scrape(addr: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
@@ -43,6 +43,26 @@ fn value(body: &str, series: &str) -> f64 {
         })
 }
 
+/// The metrics listener's address, from the line signerd prints.
+pub(crate) fn metrics_addr(d: &Daemon) -> String {
+    assert!(
+        d.wait_stdout(
+            |l| l.starts_with("signerd metrics on http://"),
+            Duration::from_secs(10)
+        ),
+        "{:?}",
+        d.stdout()
+    );
+    let line = d
+        .stdout()
+        .into_iter()
+        .find(|l| l.starts_with("signerd metrics on http://"))
+        .unwrap_or_default();
+    line.trim_start_matches("signerd metrics on http://")
+        .trim_end_matches("/metrics")
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_serve_and_move_with_requests() {
     let env = TestEnv::new("metrics");
@@ -58,15 +78,7 @@ async fn metrics_serve_and_move_with_requests() {
         "{:?}",
         d.stdout()
     );
-    let line = d
-        .stdout()
-        .into_iter()
-        .find(|l| l.starts_with("signerd metrics on http://"))
-        .unwrap();
-    let addr = line
-        .trim_start_matches("signerd metrics on http://")
-        .trim_end_matches("/metrics")
-        .to_owned();
+    let addr = metrics_addr(&d);
 
     let before = scrape(&addr);
     assert_eq!(value(&before, "signerd_policy_serial"), 1.0, "{before}");

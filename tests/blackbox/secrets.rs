@@ -1,8 +1,9 @@
 //! No secret leaves the daemon: after a run that signs, is denied, fails, reloads, refuses
 //! strangers and loses its HSM token, with the most verbose logging, the secrets of the
 //! installation (keystore passphrase, a private key of known value, the TLS server key, the HSM
-//! PIN and SO PIN) appear nowhere in the logs, the audit log, the state store or any error
-//! message a client received, in any of the encodings a leak would take.
+//! PIN and SO PIN) appear nowhere in the logs, the metrics, the audit log, the state store or any
+//! error message a client received, in any of the encodings a leak would take. The Vault tests
+//! scan for the Vault token and the AppRole secret id the same way ([`assert_no_secret_left`]).
 
 use std::path::Path;
 use std::process::Command;
@@ -54,7 +55,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Panics naming the place and the secret if any encoding of any secret is in `hay`.
-fn scan(place: &str, hay: &[u8], secrets: &[(&str, Vec<u8>)]) {
+pub(crate) fn scan(place: &str, hay: &[u8], secrets: &[(&str, Vec<u8>)]) {
     for (name, secret) in secrets {
         for enc in encodings(secret) {
             assert!(
@@ -62,6 +63,25 @@ fn scan(place: &str, hay: &[u8], secrets: &[(&str, Vec<u8>)]) {
                 "{name} appears in {place} (as {:?})",
                 String::from_utf8_lossy(&enc)
             );
+        }
+    }
+}
+
+/// Panics if any encoding of any secret is in the daemon's output or in any file of the
+/// installation's audit log or state store.
+pub(crate) fn assert_no_secret_left(env: &TestEnv, d: &Daemon, secrets: &[(&str, Vec<u8>)]) {
+    scan("signerd's standard error", d.stderr().as_bytes(), secrets);
+    scan(
+        "signerd's standard output",
+        d.stdout().join("\n").as_bytes(),
+        secrets,
+    );
+    for dir in [env.dir.join("audit"), env.dir.join("state")] {
+        let found = files(&dir);
+        assert!(!found.is_empty(), "nothing to scan in {}", dir.display());
+        for f in found {
+            let bytes = std::fs::read(&f).unwrap_or_default();
+            scan(&f.display().to_string(), &bytes, secrets);
         }
     }
 }
@@ -134,7 +154,11 @@ async fn no_secret_in_logs_audit_state_or_errors() {
         out.stdout + &out.stderr,
     )];
 
+    let mut text = std::fs::read_to_string(env.config_path()).unwrap();
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    write_file(&env.config_path(), text.as_bytes(), 0o600);
     let d = debug_daemon(env.run_command());
+    let metrics = crate::metrics::metrics_addr(&d);
     let mut errors = Vec::new();
     let mut c = env.client(&d, "app").await;
     for (i, key) in ["imported", HOT].iter().enumerate() {
@@ -188,10 +212,12 @@ async fn no_secret_in_logs_audit_state_or_errors() {
     std::thread::sleep(Duration::from_millis(300));
     let stderr_before_stop = d.stderr();
     let stdout = d.stdout().join("\n");
+    let scraped = crate::metrics::scrape(&metrics);
     assert!(d.stop().success());
     outputs.push(("signerd stderr".into(), stderr_before_stop));
     outputs.push(("signerd stdout".into(), stdout));
     outputs.push(("errors returned to clients".into(), errors.join("\n")));
+    outputs.push(("the metrics endpoint".into(), scraped));
     assert!(
         outputs[1].1.contains("DEBUG"),
         "debug logging was not on: {}",

@@ -178,13 +178,11 @@ async fn clients_have_separate_request_ids() {
     assert_eq!(clients, ["app", "payments"]);
 }
 
-/// Every answer is rebuilt from the audit log when the state store has lost it: the audit log
-/// is the durable copy of each answer, and the state store is not flushed per request.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn answers_are_restored_from_the_audit_log_when_the_state_store_is_lost() {
-    let env = TestEnv::new("idem-restore");
-    let d = env.start();
-    let mut c = env.client(&d, "app").await;
+/// Signs one request of each kind (EIP-1559, legacy, EIP-191, EIP-712, Ed25519 digest) with
+/// fixed request ids; the encoded answers.
+async fn sign_every_kind(
+    c: &mut signerd_proto::v1::signer_client::SignerClient<tonic::transport::Channel>,
+) -> [Vec<u8>; 5] {
     let message = v1::SignEvmMessageRequest {
         dry_run: false,
         request_id: "r-message".into(),
@@ -203,6 +201,43 @@ async fn answers_are_restored_from_the_audit_log_when_the_state_store_is_lost() 
         key_id: ED.into(),
         digest: vec![7; 32],
     };
+    let bytes = |r: Result<Vec<u8>, tonic::Status>| r.unwrap_or_else(|e| panic!("{e:?}"));
+    [
+        bytes(
+            c.sign_evm_transaction(eip1559("r-1559"))
+                .await
+                .map(|r| r.into_inner().encode_to_vec()),
+        ),
+        bytes(
+            c.sign_evm_transaction(legacy("r-legacy"))
+                .await
+                .map(|r| r.into_inner().encode_to_vec()),
+        ),
+        bytes(
+            c.sign_evm_message(message)
+                .await
+                .map(|r| r.into_inner().encode_to_vec()),
+        ),
+        bytes(
+            c.sign_typed_data(typed)
+                .await
+                .map(|r| r.into_inner().encode_to_vec()),
+        ),
+        bytes(
+            c.sign_digest(digest)
+                .await
+                .map(|r| r.into_inner().encode_to_vec()),
+        ),
+    ]
+}
+
+/// Every answer is rebuilt from the audit log when the state store has lost it: the audit log
+/// is the durable copy of each answer, and the state store is not flushed per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_restored_from_the_audit_log_when_the_state_store_is_lost() {
+    let env = TestEnv::new("idem-restore");
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
     let deploy = v1::SignEvmTransactionRequest {
         to: String::new(),
         value: String::new(),
@@ -210,33 +245,7 @@ async fn answers_are_restored_from_the_audit_log_when_the_state_store_is_lost() 
         gas_limit: 100_000,
         ..eip1559("r-denied")
     };
-    let answers = [
-        c.sign_evm_transaction(eip1559("r-1559"))
-            .await
-            .unwrap()
-            .into_inner()
-            .encode_to_vec(),
-        c.sign_evm_transaction(legacy("r-legacy"))
-            .await
-            .unwrap()
-            .into_inner()
-            .encode_to_vec(),
-        c.sign_evm_message(message.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .encode_to_vec(),
-        c.sign_typed_data(typed.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .encode_to_vec(),
-        c.sign_digest(digest.clone())
-            .await
-            .unwrap()
-            .into_inner()
-            .encode_to_vec(),
-    ];
+    let answers = sign_every_kind(&mut c).await;
     let denied = refused("deploy", c.sign_evm_transaction(deploy.clone()).await);
     assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
     drop(c);
@@ -246,33 +255,7 @@ async fn answers_are_restored_from_the_audit_log_when_the_state_store_is_lost() 
 
     let d = env.start();
     let mut c = env.client(&d, "app").await;
-    let again = [
-        c.sign_evm_transaction(eip1559("r-1559"))
-            .await
-            .unwrap()
-            .into_inner()
-            .encode_to_vec(),
-        c.sign_evm_transaction(legacy("r-legacy"))
-            .await
-            .unwrap()
-            .into_inner()
-            .encode_to_vec(),
-        c.sign_evm_message(message)
-            .await
-            .unwrap()
-            .into_inner()
-            .encode_to_vec(),
-        c.sign_typed_data(typed)
-            .await
-            .unwrap()
-            .into_inner()
-            .encode_to_vec(),
-        c.sign_digest(digest)
-            .await
-            .unwrap()
-            .into_inner()
-            .encode_to_vec(),
-    ];
+    let again = sign_every_kind(&mut c).await;
     for (i, (a, b)) in answers.iter().zip(&again).enumerate() {
         assert_eq!(
             a, b,

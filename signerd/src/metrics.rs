@@ -197,6 +197,11 @@ pub fn audit_healthy(ok: bool) {
     metrics::gauge!("signerd_audit_healthy").set(if ok { 1.0 } else { 0.0 });
 }
 
+/// Whether the state store could write at its last probe.
+pub fn state_healthy(ok: bool) {
+    metrics::gauge!("signerd_state_healthy").set(if ok { 1.0 } else { 0.0 });
+}
+
 /// The key backend's health and session use.
 pub fn backend(name: &'static str, healthy: bool, sessions: Option<(usize, usize)>) {
     metrics::gauge!("signerd_backend_healthy", "backend" => name).set(if healthy {

@@ -277,8 +277,8 @@ impl Daemon {
         let keys = self.signer.keys_arc();
         let watched = self.signer.clone();
         let watcher = tokio::spawn(async move {
-            // The audit log's failure is final until a restart; a key backend's comes and goes,
-            // so it is polled and health follows it both ways.
+            // The audit log's and the state store's failures are final until a restart; a key
+            // backend's comes and goes, so it is polled and health follows it both ways.
             let mut serving = true;
             let mut tick = tokio::time::interval(HEALTH_POLL);
             loop {
@@ -288,12 +288,14 @@ impl Daemon {
                 }
                 let audit_ok = *audit_health.borrow();
                 let keys_ok = keys.healthy();
+                let state_ok = watched.probe_state().await;
                 // Gauges follow the same poll (cheap when no recorder is installed).
                 crate::metrics::audit_healthy(audit_ok);
+                crate::metrics::state_healthy(state_ok);
                 crate::metrics::backend(keys.name(), keys_ok, keys.sessions());
                 let (serial, hash) = watched.policy_version();
                 crate::metrics::policy(serial, &hash);
-                let now = audit_ok && keys_ok;
+                let now = audit_ok && keys_ok && state_ok;
                 if now == serving {
                     continue;
                 }
@@ -305,13 +307,15 @@ impl Daemon {
                     );
                     tonic_health::ServingStatus::Serving
                 } else {
-                    if audit_ok {
+                    if !audit_ok {
+                        tracing::error!("audit log failed: reporting NOT_SERVING");
+                    } else if !state_ok {
+                        tracing::error!("state store unavailable: reporting NOT_SERVING");
+                    } else {
                         tracing::error!(
                             backend = keys.name(),
                             "key backend unavailable: reporting NOT_SERVING"
                         );
-                    } else {
-                        tracing::error!("audit log failed: reporting NOT_SERVING");
                     }
                     tonic_health::ServingStatus::NotServing
                 };

@@ -238,6 +238,9 @@ pub struct Signer {
     state: Arc<dyn StateStore>,
     audit: AuditLog,
     inflight: InFlight,
+    /// False from a failed state store write (or probe) until a restart: signing is refused,
+    /// before anything is signed.
+    state_ok: std::sync::atomic::AtomicBool,
     /// Bumped whenever a request waiting for approval changes, to wake watchers.
     changes: tokio::sync::watch::Sender<u64>,
 }
@@ -267,8 +270,29 @@ impl Signer {
             state,
             audit,
             inflight: Mutex::new(HashMap::new()),
+            state_ok: std::sync::atomic::AtomicBool::new(true),
             changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Probes the state store (a small durable write, on a blocking thread); false once a probe
+    /// or an answer's write has failed. A failure is final until a restart: a store that failed
+    /// a write may still accept a small one, and sled keeps no promise after an I/O error.
+    /// Polled by the health watcher.
+    pub async fn probe_state(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        if !self.state_ok.load(Ordering::Relaxed) {
+            return false;
+        }
+        let state = self.state.clone();
+        let failure = match tokio::task::spawn_blocking(move || state.probe()).await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => e.to_string(),
+            Err(e) => format!("the probe did not run: {e}"),
+        };
+        tracing::error!(error = %failure, "state store probe failed; signing stops until a restart");
+        self.state_ok.store(false, Ordering::Relaxed);
+        false
     }
 
     /// The key backend.
@@ -600,6 +624,12 @@ impl Signer {
                     .into(),
             ));
         }
+        if !self.state_ok.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(ServiceError::Unavailable(
+                "state store unavailable; nothing was signed; signing is stopped until an operator restarts signerd"
+                    .into(),
+            ));
+        }
         let prepared = validate_request_id(&request_id).and_then(|()| prepare());
         let prepared = match prepared {
             Ok(p) => p,
@@ -843,7 +873,7 @@ impl Signer {
             let verdict = self
                 .state
                 .reserve(&caller.identity.id, &p.request_id, now, &eval.charges)
-                .map_err(|e| ServiceError::Unavailable(e.to_string()))?;
+                .map_err(|e| self.state_failed(&e))?;
             match verdict {
                 Ok(()) => reserved = true,
                 Err(exceeded) => {
@@ -945,6 +975,18 @@ impl Signer {
         }
     }
 
+    /// Records that the state store failed (final until a restart: nothing more is signed)
+    /// and returns the error for the caller.
+    fn state_failed(&self, e: &crate::state::StateError) -> ServiceError {
+        if self
+            .state_ok
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::error!(error = %e, "the state store failed; signing stops until a restart");
+        }
+        ServiceError::Unavailable(e.to_string())
+    }
+
     async fn stored(
         &self,
         caller: &Caller,
@@ -955,7 +997,7 @@ impl Signer {
         // Inline: a read of sled's cache, no disk wait on the hot path.
         state
             .get_request(&client, &id)
-            .map_err(|e| ServiceError::Unavailable(e.to_string()))
+            .map_err(|e| self.state_failed(&e))
     }
 
     async fn store(
@@ -974,9 +1016,14 @@ impl Signer {
         };
         // Inline: an unflushed write (the answer's durable copy is its `sign.result` record).
         state.put_request(&client, &id, &rec).map_err(|e| {
-            // The signature is durable in the audit log but will not be returned.
-            tracing::error!(error = %e, "cannot store request outcome");
-            ServiceError::Unavailable(e.to_string())
+            // The outcome is durable in the audit log (the next start restores it) but is not
+            // returned; no further request is signed until the store can write.
+            self.state_ok
+                .store(false, std::sync::atomic::Ordering::Relaxed);
+            tracing::error!(error = %e, "cannot store request outcome; signing stops until a restart");
+            ServiceError::Unavailable(format!(
+                "{e}; the outcome is in the audit log, and a retry after a restart returns it"
+            ))
         })
     }
 }

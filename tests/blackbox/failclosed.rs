@@ -1,11 +1,14 @@
 //! Fail closed on the audit log: if it cannot be opened the daemon does not start; if it
 //! cannot be written (full disk, deleted segment) signing stops with UNAVAILABLE, health says
-//! NOT_SERVING, and every signature that was returned has its record in the log.
+//! NOT_SERVING, and every signature that was returned has its record in the log. The same for
+//! the state store: when it cannot write, signing stops before anything more is signed, and the
+//! answers it could not keep come back from the audit log after a restart.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use signerd_proto::v1;
 use signerd_proto::v1::signer_client::SignerClient;
 use tonic::Code;
@@ -181,6 +184,106 @@ async fn full_audit_disk_stops_signing() {
     ] {
         audit.assert_not_signed(id);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_state_disk_stops_signing_and_keeps_every_answer() {
+    let env = TestEnv::new("state-full");
+    let state_dir = env.dir.join("state");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    // A 1 MiB tmpfs over the state directory, in a private mount namespace.
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+        .arg(r#"mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@""#)
+        .arg(&state_dir)
+        .arg(SIGNERD)
+        .arg("run")
+        .arg("--config")
+        .arg(env.config_path());
+    let d = Daemon::spawn(cmd).unwrap_or_else(|e| {
+        panic!(
+            "cannot run signerd over a 1 MiB tmpfs in a private mount namespace (needs \
+             `unshare --user --map-root-user --mount`; CI runs as root where this works): {e}"
+        )
+    });
+    let mut c = env.client(&d, "app").await;
+    let mut answers = Vec::new();
+    let mut failed = None;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for i in 0..20_000 {
+        assert!(
+            Instant::now() < deadline,
+            "the 1 MiB state store never filled up"
+        );
+        let id = format!("fill-{i}");
+        match c.sign_evm_transaction(eip1559(&id)).await {
+            Ok(resp) => answers.push((id, resp.into_inner())),
+            Err(st) => {
+                failed = Some((id, st));
+                break;
+            }
+        }
+    }
+    let (failed_id, st) = failed.expect("signing never failed although the state disk is full");
+    // Only the state store fails here: the audit log is on the real disk.
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    assert!(st.message().contains("state store"), "{st:?}");
+    assert!(
+        answers.len() > 10,
+        "only {} answers before the disk filled",
+        answers.len()
+    );
+
+    // From now on nothing is signed: refused before signing, with nothing in the audit log.
+    let st = refused(
+        "after the state store failed",
+        c.sign_evm_transaction(eip1559("after-full")).await,
+    );
+    assert_status(
+        "after the state store failed",
+        &st,
+        Code::Unavailable,
+        "state store unavailable; nothing was signed",
+    );
+    let channel = signerd::client::channel(&env.settings(&d, "app"))
+        .await
+        .unwrap();
+    assert_not_serving(channel).await;
+    let audit = env.audit();
+    audit.assert_not_signed("after-full");
+    // The request that met the failure was either refused before signing (its read failed) or
+    // signed and recorded (its answer's write failed): never anything in between.
+    let first = audit.results(&failed_id);
+    assert!(
+        first.is_empty() || first == ["signed"],
+        "{failed_id}: {first:?}"
+    );
+    drop(c);
+    let _ = d.stop();
+
+    // Restarted on a working (empty) state store: the audit log gives every answer back.
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    let again = c
+        .sign_evm_transaction(eip1559(&failed_id))
+        .await
+        .unwrap_or_else(|e| panic!("retry of {failed_id}: {e:?}"))
+        .into_inner();
+    for (id, first) in answers.iter().take(3) {
+        let replay = c
+            .sign_evm_transaction(eip1559(id))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(replay.encode_to_vec(), first.encode_to_vec(), "{id}");
+    }
+    let audit = env.audit();
+    assert_eq!(
+        audit.results(&failed_id),
+        ["signed"],
+        "{failed_id} must be signed exactly once (a recorded signature is answered from the log)"
+    );
+    check_receipt(&audit, again.receipt.as_ref(), &failed_id);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// Makes every earlier write durable.
     fn flush(&self) -> Result<(), StateError>;
 
+    /// Writes a small record and makes it durable: whether the store can write now.
+    fn probe(&self) -> Result<(), StateError>;
+
     /// Atomically checks every charge against its limit and, when all fit, reserves them for
     /// `owner` (`client`, `request_id`). Nothing is reserved when any charge does not fit.
     fn reserve(

@@ -27,6 +27,9 @@ const REQUESTS_TREE: &str = "requests";
 /// Name of the tree holding limit reservations, keyed `owner || 0x00 || bucket`.
 const SPEND_TREE: &str = "spend";
 
+/// Key of the record [`StateStore::probe`] rewrites, in the default tree.
+const PROBE_KEY: &[u8] = b"signerd.probe";
+
 /// Name of the tree holding requests that needed approval, keyed like `requests`.
 const PENDING_TREE: &str = "pending";
 
@@ -263,6 +266,16 @@ impl StateStore for SledStore {
             rec,
             false,
         )
+    }
+
+    fn probe(&self) -> Result<(), StateError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        self.db
+            .insert(PROBE_KEY, &now.to_be_bytes())
+            .map_err(|e| StateError::Unavailable(format!("write probe: {e}")))?;
+        self.flush()
     }
 
     fn flush(&self) -> Result<(), StateError> {

@@ -624,12 +624,7 @@ impl Signer {
                     .into(),
             ));
         }
-        if !self.state_ok.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(ServiceError::Unavailable(
-                "state store unavailable; nothing was signed; signing is stopped until an operator restarts signerd"
-                    .into(),
-            ));
-        }
+        self.check_state()?;
         let prepared = validate_request_id(&request_id).and_then(|()| prepare());
         let prepared = match prepared {
             Ok(p) => p,
@@ -973,6 +968,17 @@ impl Signer {
             lock,
             _guard: guard,
         }
+    }
+
+    /// Refuses to go on once the state store has failed (before anything is signed).
+    fn check_state(&self) -> Result<(), ServiceError> {
+        if self.state_ok.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(());
+        }
+        Err(ServiceError::Unavailable(
+            "state store unavailable; nothing was signed; signing is stopped until an operator restarts signerd"
+                .into(),
+        ))
     }
 
     /// Records that the state store failed (final until a restart: nothing more is signed)

@@ -600,6 +600,7 @@ impl Signer {
     }
 
     async fn complete_locked(&self, rec: &PendingRecord) -> Result<(), ServiceError> {
+        self.check_state()?;
         let request = hex::decode(&rec.request)
             .map_err(|_| ServiceError::Unavailable("stored request cannot be decoded".into()))?;
         let p = self.prepare(&rec.method, request)?;

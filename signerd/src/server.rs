@@ -174,7 +174,7 @@ impl Daemon {
             }
             let rec = crate::service::answer_from_log(&answer)?;
             state
-                .restore_request(answer.client, answer.req_id, &rec)
+                .put_request(answer.client, answer.req_id, &rec)
                 .map_err(|e| e.to_string())?;
             restored += 1;
             Ok(())

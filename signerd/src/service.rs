@@ -1277,18 +1277,21 @@ fn build_response<R: SignResponse>(
 pub fn answer_from_log(
     a: &crate::state::reconcile::LoggedAnswer<'_>,
 ) -> Result<StoredRequest, String> {
+    let method = [METHOD_TX, METHOD_MESSAGE, METHOD_TYPED_DATA, METHOD_DIGEST]
+        .into_iter()
+        .find(|m| *m == a.method)
+        .ok_or_else(|| format!("unknown method `{}`", a.method))?;
     let outcome = match a.result["status"].as_str() {
         Some("denied") => StoredOutcome::Denied {
             rule: a.result["rule"].as_str().map(str::to_owned),
             reason: a.result["message"].as_str().unwrap_or_default().to_owned(),
         },
         Some("signed") => {
-            let response = match a.method {
+            let response = match method {
                 METHOD_TX => rebuild::<v1::SignEvmTransactionResponse>(a)?,
                 METHOD_MESSAGE => rebuild::<v1::SignEvmMessageResponse>(a)?,
                 METHOD_TYPED_DATA => rebuild::<v1::SignTypedDataResponse>(a)?,
-                METHOD_DIGEST => rebuild::<v1::SignDigestResponse>(a)?,
-                other => return Err(format!("unknown method `{other}`")),
+                _ => rebuild::<v1::SignDigestResponse>(a)?,
             };
             StoredOutcome::Signed {
                 response: hex::encode(response),
@@ -1296,10 +1299,6 @@ pub fn answer_from_log(
         }
         _ => return Err("not a final answer".into()),
     };
-    let method = [METHOD_TX, METHOD_MESSAGE, METHOD_TYPED_DATA, METHOD_DIGEST]
-        .into_iter()
-        .find(|m| *m == a.method)
-        .ok_or_else(|| format!("unknown method `{}`", a.method))?;
     Ok(StoredRequest {
         fingerprint: a.fingerprint.to_owned(),
         method: method.to_owned(),

@@ -672,7 +672,7 @@ async fn limits_are_checked_again_at_signing() {
 }
 
 /// `signerctl` with mTLS settings for `who`.
-fn ctl_as(env: &TestEnv, d: &Daemon, who: &str, args: &[&str]) -> Exited {
+pub(crate) fn ctl_as(env: &TestEnv, d: &Daemon, who: &str, args: &[&str]) -> Exited {
     let pki = env.dir.join("pki");
     let mut cmd = Command::new(SIGNERCTL);
     cmd.arg("--endpoint")

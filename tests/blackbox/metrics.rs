@@ -186,3 +186,48 @@ async fn metrics_serve_and_move_with_requests() {
         assert!(!after.contains(id), "{id} in metrics");
     }
 }
+
+/// `signerctl bench --rate` paces requests (one due every n / rate seconds per client) and
+/// refuses rates it cannot mean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_paces_at_the_given_rate_and_refuses_bad_rates() {
+    let env = TestEnv::new("bench-rate");
+    let d = env.start();
+    let base = [
+        "bench",
+        "--key",
+        HOT,
+        "--concurrency",
+        "2",
+        "--duration",
+        "2",
+    ];
+    for bad in ["0", "-5", "NaN", "inf", "2000000"] {
+        let rate = format!("--rate={bad}");
+        let mut args = base.to_vec();
+        args.push(&rate);
+        let out = crate::approvals::ctl_as(&env, &d, "app", &args);
+        assert!(!out.status.success(), "--rate {bad} was accepted: {out:?}");
+        assert!(
+            out.stderr
+                .contains("--rate must be 1..=1000000 requests per second"),
+            "--rate {bad}: {}",
+            out.stderr
+        );
+    }
+    let mut args = vec!["--json"];
+    args.extend(base);
+    args.extend(["--rate", "40"]);
+    let out = crate::approvals::ctl_as(&env, &d, "app", &args);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    assert_eq!(report["offered_per_s"], 40.0, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    // 40/s for 2 s: 80 requests are due; a paced run sends no more than that.
+    let ok = report["ok"].as_u64().unwrap_or(0);
+    assert!(
+        (70..=80).contains(&ok),
+        "{ok} requests at 40/s for 2 s: {report}"
+    );
+}

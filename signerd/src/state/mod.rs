@@ -76,17 +76,8 @@ pub trait StateStore: Send + Sync + 'static {
     /// Stores the request's answer. Not durable on return: the store makes it durable within
     /// a bounded time (or with the next durable write), and callers store only answers whose
     /// `sign.result` audit record is already durable, from which start-up restores what a
-    /// crash lost ([`StateStore::restore_request`]).
+    /// crash lost.
     fn put_request(
-        &self,
-        client: &str,
-        request_id: &str,
-        rec: &StoredRequest,
-    ) -> Result<(), StateError>;
-
-    /// Stores an answer restored from the audit log at start-up (before serving), replacing
-    /// a missing or pending one; durable at the next [`StateStore::flush`].
-    fn restore_request(
         &self,
         client: &str,
         request_id: &str,

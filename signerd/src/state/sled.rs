@@ -4,7 +4,7 @@
 //! request_id`, as JSON. They are written after the request's `sign.result` record is durable
 //! in the audit log and are not flushed one by one: sled flushes every 500 ms, and at start-up
 //! every answer the audit log holds but this tree lacks is restored
-//! ([`StateStore::restore_request`]) before serving, so a retried request after a crash never
+//! before serving, so a retried request after a crash never
 //! gets signed twice for lack of a record. Pending-approval records are flushed before their
 //! writes return. This module must never build a key that two different (client, request_id)
 //! pairs could share.
@@ -237,22 +237,6 @@ impl StateStore for SledStore {
     }
 
     fn put_request(
-        &self,
-        client: &str,
-        request_id: &str,
-        rec: &StoredRequest,
-    ) -> Result<(), StateError> {
-        self.write_record(
-            &self.requests,
-            REQUESTS_TREE,
-            client,
-            request_id,
-            rec,
-            false,
-        )
-    }
-
-    fn restore_request(
         &self,
         client: &str,
         request_id: &str,

@@ -20,6 +20,7 @@
 //! | `signerd_audit_bytes_total` | counter | |
 //! | `signerd_audit_fsync_duration_seconds` | histogram | |
 //! | `signerd_audit_last_checkpoint_timestamp_seconds` | gauge | |
+//! | `signerd_audit_checkpoint_failures_total` | counter | |
 //! | `signerd_pending_approvals` | gauge | |
 //! | `signerd_policy_serial` | gauge | |
 //! | `signerd_policy_info` | gauge (1) | `hash` |
@@ -97,7 +98,7 @@ fn describe() {
     );
     describe_gauge!(
         "signerd_audit_healthy",
-        "1 while the audit log accepts records, 0 once it has failed"
+        "1 while the audit log accepts records; 0 once it has failed, or while it waits for a checkpoint it cannot sign"
     );
     describe_counter!("signerd_audit_records_total", "Audit records written");
     describe_counter!(
@@ -114,6 +115,10 @@ fn describe() {
         "signerd_audit_last_checkpoint_timestamp_seconds",
         Unit::Seconds,
         "Unix time of the last signed checkpoint (alert on time() minus this)"
+    );
+    describe_counter!(
+        "signerd_audit_checkpoint_failures_total",
+        "Checkpoints the audit signing key could not sign (retried every second)"
     );
     describe_gauge!(
         "signerd_pending_approvals",
@@ -190,6 +195,11 @@ pub fn checkpoint_written() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     metrics::gauge!("signerd_audit_last_checkpoint_timestamp_seconds").set(now);
+}
+
+/// The audit signing key could not sign a checkpoint.
+pub fn checkpoint_failed() {
+    metrics::counter!("signerd_audit_checkpoint_failures_total").increment(1);
 }
 
 /// The audit log's health.

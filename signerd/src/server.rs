@@ -19,9 +19,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::api::{AdminApi, ApprovalsApi, SignerApi};
 use crate::audit::{AuditLog, AuditOptions};
 use crate::config::Config;
-use crate::keys::KeyBackend;
 use crate::keys::pkcs11::Pkcs11Backend;
 use crate::keys::soft::SoftBackend;
+use crate::keys::{AuditKeySpec, KeyBackend};
 use crate::service::Signer;
 use crate::tls::{self, AcceptOptions, IdentityMap};
 
@@ -55,8 +55,12 @@ pub fn load_policy(path: &std::path::Path) -> Result<Policy, ServerError> {
     Policy::parse(&shown, &src).map_err(|e| ServerError::Start(e.to_string()))
 }
 
-/// Opens the configured key backend (`[keys] backend`).
-pub fn open_keys(config: &Config) -> Result<Arc<dyn KeyBackend>, ServerError> {
+/// Opens the configured key backend (`[keys] backend`); with `audit`, it holds the audit
+/// checkpoint key too, apart from client keys.
+pub fn open_keys(
+    config: &Config,
+    audit: Option<&AuditKeySpec>,
+) -> Result<Arc<dyn KeyBackend>, ServerError> {
     match config.keys.backend.as_str() {
         "soft" => {
             let soft = config
@@ -78,7 +82,7 @@ pub fn open_keys(config: &Config) -> Result<Arc<dyn KeyBackend>, ServerError> {
                 .pin_source()
                 .read("keys.pkcs11.pin")
                 .map_err(ServerError::Start)?;
-            let backend = Pkcs11Backend::open(cfg, pin).map_err(start("keys.pkcs11"))?;
+            let backend = Pkcs11Backend::open(cfg, pin, audit).map_err(start("keys.pkcs11"))?;
             Ok(Arc::new(backend))
         }
         "vault" => Err(ServerError::Start(
@@ -90,14 +94,18 @@ pub fn open_keys(config: &Config) -> Result<Arc<dyn KeyBackend>, ServerError> {
     }
 }
 
-/// Opens the Vault / OpenBao backend (`keys.backend = "vault"`): logs in and discovers keys.
-pub async fn open_vault_keys(config: &Config) -> Result<Arc<dyn KeyBackend>, ServerError> {
+/// Opens the Vault / OpenBao backend (`keys.backend = "vault"`): logs in and discovers keys
+/// (and, with `audit`, the audit checkpoint key).
+pub async fn open_vault_keys(
+    config: &Config,
+    audit: Option<&AuditKeySpec>,
+) -> Result<Arc<dyn KeyBackend>, ServerError> {
     let vault = config
         .keys
         .vault
         .as_ref()
         .ok_or_else(|| ServerError::Start("keys: [keys.vault] is missing".into()))?;
-    let backend = crate::keys::vault::VaultBackend::open(vault)
+    let backend = crate::keys::vault::VaultBackend::open(vault, audit)
         .await
         .map_err(start("keys.vault"))?;
     Ok(Arc::new(backend))
@@ -131,20 +139,25 @@ impl Daemon {
             crate::metrics::install().map_err(start("metrics"))?;
         }
         let policy = load_policy(&config.policy.file)?;
+        // An audit key held by the key backend is created only for a new log.
+        let audit_spec = crate::audit::key::backend_spec(
+            &config,
+            crate::audit::key::log_is_new(&config.audit.dir),
+        );
         let keys = match config.keys.backend.as_str() {
             // Vault is reached over async HTTP, so it opens here rather than in `open_keys`.
-            "vault" => open_vault_keys(&config).await?,
-            _ => open_keys(&config)?,
+            "vault" => open_vault_keys(&config, audit_spec.as_ref()).await?,
+            _ => open_keys(&config, audit_spec.as_ref())?,
         };
         let state = crate::state::open_sled(&config.state.dir).map_err(start("state"))?;
         let tls = tls::server_config(&config.tls).map_err(start("tls"))?;
-        let (audit_key, generated) =
-            crate::audit::key::open_for_daemon(&config).map_err(start("audit"))?;
-        if generated {
+        let audit_key =
+            crate::audit::key::open_for_daemon(&config, &keys).map_err(start("audit"))?;
+        if audit_key.generated {
             tracing::warn!(
-                dir = %config.audit.signing_key_dir.display(),
-                verifier_key = %audit_key.verifier_key().map_err(start("audit"))?,
-                "generated the audit checkpoint signing key; give its verifier key to auditors"
+                backend = %config.audit.signing_key_backend,
+                verifier_key = %audit_key.verifier,
+                "a new audit log: give the verifier key of its checkpoint signing key to auditors"
             );
         }
         if config.audit.bench_unsafe_no_fsync {
@@ -155,7 +168,7 @@ impl Daemon {
         }
         let audit = AuditLog::open(
             &config.audit.dir,
-            AuditOptions::from_config(&config.audit, Arc::new(audit_key)),
+            AuditOptions::from_config(&config.audit, audit_key.signer),
         )
         .map_err(start("audit"))?;
         // The audit log is the source of truth for spend: count exactly what was signed.

@@ -619,10 +619,16 @@ impl Signer {
         prepare: impl FnOnce() -> Result<Prepared, ServiceError>,
     ) -> Result<R, ServiceError> {
         if !self.audit.is_healthy() {
-            return Err(ServiceError::Unavailable(
+            // The backend's error is in the daemon's log, not in answers to clients.
+            return Err(ServiceError::Unavailable(if self.audit.is_paused() {
+                "audit checkpoints cannot be signed and audit.max_unattested_records records \
+                 wait for one; nothing was signed; signing resumes by itself once the audit \
+                 signing key signs again"
+                    .into()
+            } else {
                 "audit log unavailable; signing is stopped until an operator restarts signerd"
-                    .into(),
-            ));
+                    .into()
+            }));
         }
         self.check_state()?;
         let prepared = validate_request_id(&request_id).and_then(|()| prepare());

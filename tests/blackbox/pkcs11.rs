@@ -594,3 +594,148 @@ async fn pkcs11_token_lost_then_back() {
     let pin = std::fs::read_to_string(hsm.dir.join("pin")).unwrap();
     assert!(!d.stderr().contains(pin.trim()));
 }
+
+/// Makes the installation keep its audit checkpoint key in the token of `[keys]`.
+fn audit_key_in_token(env: &TestEnv, extra: &str) {
+    let path = env.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let soft_pass = "[audit]\ndir = \"audit\"\nsigning_key_passphrase_file = \"keystore.pass\"\n";
+    assert!(text.ends_with(soft_pass), "the test config changed shape");
+    let text = text.replace(
+        soft_pass,
+        &format!("[audit]\ndir = \"audit\"\nsigning_key_backend = \"pkcs11\"\n{extra}"),
+    );
+    write_file(&path, text.as_bytes(), 0o600);
+}
+
+/// `signerctl audit ...` with this token.
+fn audit_ctl(hsm: &SoftHsm, args: &[&str]) -> Exited {
+    let mut cmd = Command::new(SIGNERCTL);
+    cmd.env("SOFTHSM2_CONF", hsm.conf()).args(args);
+    run_to_exit(cmd, Duration::from_secs(60))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pkcs11_audit_key_lives_in_the_token_signs_checkpoints_and_is_never_a_client_key() {
+    let (env, hsm) = installation("p11-audit-key", "");
+    audit_key_in_token(&env, "checkpoint_every_records = 5\n");
+    hsm.generate(&env, "hsm-ed", "ed25519");
+    let config = env.config_path();
+    let config = config.to_str().unwrap();
+
+    // Before the first start the key is not there yet, and `check` says what will happen.
+    let mut check = Command::new(SIGNERD);
+    check
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .args(["check-config", "--config", config]);
+    let out = run_to_exit(check, Duration::from_secs(60));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("audit checkpoint key `audit-checkpoint`: not in the pkcs11 backend yet"),
+        "{}",
+        out.stdout
+    );
+
+    // The first start of a new log generates it inside the token.
+    let d = hsm.start(&env);
+    let mut c = env.client(&d, "app").await;
+    let ids: Vec<String> = c
+        .list_keys(v1::ListKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(ids, ["hsm-ed"], "the audit key is listed to clients");
+    let st = refused(
+        "GetKey audit key",
+        c.get_key(v1::GetKeyRequest {
+            key_id: "audit-checkpoint".into(),
+        })
+        .await,
+    );
+    assert_eq!(st.code(), Code::NotFound, "{st:?}");
+    // The policy lets `app` sign anything with any key: the audit key is still out of reach.
+    let st = refused(
+        "sign with the audit key",
+        c.sign_digest(digest_request(
+            "p11-audit-steal",
+            "audit-checkpoint",
+            &[7; 32],
+        ))
+        .await,
+    );
+    assert_ne!(st.code(), Code::Ok);
+    for i in 0..12 {
+        c.sign_digest(digest_request(&format!("p11-ed-{i}"), "hsm-ed", &[i; 32]))
+            .await
+            .unwrap();
+    }
+    assert!(d.stop().success());
+
+    // It is a token object: sensitive, never extractable, labelled as configured.
+    let listed = hsm.tool(&["--list-objects", "--type", "privkey"]);
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(
+        listed.stdout.contains("label:      audit-checkpoint"),
+        "{}",
+        listed.stdout
+    );
+    // No soft audit keystore was made.
+    assert!(!env.dir.join("audit-key").exists());
+
+    // `audit pubkey` reads it from the token; the log names it and verifies under it.
+    let out = audit_ctl(&hsm, &["audit", "pubkey", "--config", config]);
+    assert!(out.status.success(), "{out:?}");
+    let vkey = out.stdout.trim().to_owned();
+    assert!(vkey.starts_with("signerd/audit+"), "{vkey}");
+    let audit = env.audit();
+    let start = audit.of_type("audit.start")[0];
+    assert_eq!(start["checkpoint_key"], vkey.as_str());
+    assert!(audit.of_type("audit.checkpoint").len() >= 3);
+    audit.assert_not_signed("p11-audit-steal");
+    crate::audit_support::assert_verifies(&env.audit_dir(), &vkey);
+
+    // A restart uses the same key (never a new one); keygen refuses to make a second.
+    let d = hsm.start(&env);
+    let mut c = env.client(&d, "app").await;
+    c.sign_digest(digest_request("p11-after-restart", "hsm-ed", &[9; 32]))
+        .await
+        .unwrap();
+    assert!(d.stop().success());
+    crate::audit_support::assert_verifies(&env.audit_dir(), &vkey);
+    let out = audit_ctl(&hsm, &["audit", "keygen", "--config", config]);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("already has an object labelled `audit-checkpoint`"),
+        "{}",
+        out.stderr
+    );
+
+    // The key is gone from the token while the log exists: refuse to start.
+    let del = hsm.tool(&[
+        "--delete-object",
+        "--type",
+        "privkey",
+        "--label",
+        "audit-checkpoint",
+    ]);
+    assert!(del.status.success(), "{del:?}");
+    let mut run = env.run_command();
+    run.env("SOFTHSM2_CONF", hsm.conf());
+    let out = run_to_exit(run, Duration::from_secs(60));
+    assert!(
+        !out.status.success(),
+        "started without its audit key: {out:?}"
+    );
+    assert!(
+        out.stderr.contains("holds no audit checkpoint key")
+            && out.stderr.contains("already exists"),
+        "{}",
+        out.stderr
+    );
+}

@@ -634,3 +634,141 @@ async fn vault_https_trusts_only_the_configured_ca() {
     );
     assert!(!err.contains(ROOT_TOKEN));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_audit_key_is_a_transit_key_and_its_outage_pauses_signing_until_it_signs_again() {
+    let env = TestEnv::new("vault-audit-key");
+    let bao = Bao::start(&env.dir);
+    write_token(&env, ROOT_TOKEN);
+    use_vault(&env, &bao, "token_file = \"vault.token\"");
+    let path = env.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let soft_key = "[audit]\ndir = \"audit\"\nsigning_key_passphrase_file = \"keystore.pass\"\n";
+    assert!(text.contains(soft_key), "the test config changed shape");
+    let text = text.replace(
+        soft_key,
+        "[audit]\ndir = \"audit\"\nsigning_key_backend = \"vault\"\n\
+         checkpoint_every_records = 5\nmax_unattested_records = 10\n",
+    );
+    write_file(&path, text.as_bytes(), 0o600);
+    generate(&env, VED, "ed25519");
+
+    // The first start of a new log creates the audit key: an ed25519 transit key outside the
+    // client prefix, never exportable, and never shown to or usable by clients.
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    let channel = signerd::client::channel(&env.settings(&d, "app"))
+        .await
+        .unwrap();
+    let read = bao.cli(&["read", "-format=json", "transit/keys/audit-checkpoint"]);
+    let read: serde_json::Value = serde_json::from_str(&read).unwrap();
+    assert_eq!(read["data"]["type"], "ed25519", "{read}");
+    assert_eq!(read["data"]["exportable"], false, "{read}");
+    let ids: Vec<String> = c
+        .list_keys(v1::ListKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(ids, [VED]);
+    let st = refused(
+        "GetKey audit key",
+        c.get_key(v1::GetKeyRequest {
+            key_id: "audit-checkpoint".into(),
+        })
+        .await,
+    );
+    assert_eq!(st.code(), Code::NotFound, "{st:?}");
+    let ked = get_key(&mut c, VED).await;
+    for i in 0..3 {
+        sign_and_verify(&mut c, &format!("before-{i}"), &ked, b"before").await;
+    }
+
+    // The audit key stops signing (its only version falls below min_encryption_version)
+    // while the client key still signs: records stay durable until 10 wait for a checkpoint,
+    // then signing stops with a message that says why.
+    bao.cli(&["write", "-f", "transit/keys/audit-checkpoint/rotate"]);
+    bao.cli(&[
+        "write",
+        "transit/keys/audit-checkpoint/config",
+        "min_encryption_version=2",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut answered = 0;
+    let paused = loop {
+        let id = format!("outage-{answered}");
+        let msg = format!("outage {answered}");
+        let digest: [u8; 32] = Sha256::digest(msg.as_bytes()).into();
+        match c.sign_digest(digest_req(&id, VED, &digest)).await {
+            Ok(resp) => {
+                let sig = resp.into_inner().signature.unwrap();
+                verify_ed25519(&ked.public_key, &digest, &sig.bytes);
+                answered += 1;
+            }
+            Err(st) => break (id, st),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "signing never paused ({answered} answered)"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (refused_id, st) = paused;
+    assert_eq!(st.code(), Code::Unavailable, "{st:?}");
+    assert!(
+        st.message().contains("audit checkpoints cannot be signed")
+            && st.message().contains("signing resumes by itself"),
+        "{st:?}"
+    );
+    assert!(answered >= 1, "nothing was signed before the pause");
+    wait_health(&channel, NOT_SERVING, "audit key failing").await;
+
+    // The audit key signs again: a checkpoint covers everything, and signing resumes
+    // without a restart.
+    bao.cli(&[
+        "write",
+        "transit/keys/audit-checkpoint/config",
+        "min_encryption_version=1",
+    ]);
+    wait_health(&channel, SERVING, "audit key back").await;
+    sign_and_verify(&mut c, "after", &ked, b"after").await;
+    crate::secrets::assert_no_secret_left(
+        &env,
+        &d,
+        &[("the Vault token", ROOT_TOKEN.as_bytes().to_vec())],
+    );
+    assert!(d.stop().success());
+
+    // Every checkpoint is signed by the version-1 key that `audit pubkey` prints.
+    let out = crate::audit_support::ctl(&[
+        "audit",
+        "pubkey",
+        "--config",
+        env.config_path().to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let vkey = out.stdout.trim().to_owned();
+    let audit = env.audit();
+    assert_eq!(
+        audit.of_type("audit.start")[0]["checkpoint_key"],
+        vkey.as_str()
+    );
+    audit.assert_not_signed(&refused_id);
+    assert_eq!(audit.results("after"), ["signed"]);
+    crate::audit_support::assert_verifies(&env.audit_dir(), &vkey);
+
+    // The transit key now has version 2, but the log keeps its key: a restart signs its
+    // checkpoints with version 1 again (audit.signing_key_version).
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    sign_and_verify(&mut c, "restarted", &ked, b"restarted").await;
+    assert!(d.stop().success());
+    let audit = env.audit();
+    for start in audit.of_type("audit.start") {
+        assert_eq!(start["checkpoint_key"], vkey.as_str());
+    }
+    crate::audit_support::assert_verifies(&env.audit_dir(), &vkey);
+}

@@ -1,5 +1,7 @@
 //! The audit log's own checkpoint signing key: an Ed25519 key in a soft keystore of its own
-//! (`[audit] signing_key_dir`), holding nothing else.
+//! (`[audit] signing_key_dir`), holding nothing else; or, with `[audit] signing_key_backend =
+//! "pkcs11"` or `"vault"`, an Ed25519 key in the token or Vault server of `[keys]`, which the
+//! backend keeps apart from client keys ([`crate::keys::AuditKeySpec`], [`HeldCheckpointKey`]).
 //!
 //! The key file uses the soft keystore format (see [`crate::keys::soft`]) under the fixed id
 //! [`AUDIT_KEY_ID`]; its passphrase comes from `[audit] signing_key_passphrase_file` or
@@ -18,7 +20,7 @@ use secrecy::SecretString;
 use super::note::{CheckpointSigner, VerifierKey};
 use crate::config::Config;
 use crate::keys::soft::{self, SoftBackend};
-use crate::keys::{Algorithm, KeyBackend, KeyInfo, Payload, RawSignature};
+use crate::keys::{Algorithm, AuditKeySpec, KeyBackend, KeyInfo, Payload, RawSignature};
 
 /// The key id of the audit signing key inside its keystore directory.
 pub const AUDIT_KEY_ID: &str = "audit-checkpoint";
@@ -172,23 +174,80 @@ pub fn passphrase(config: &Config) -> Result<SecretString, String> {
     }
 }
 
+/// True if `dir` holds no audit segment yet (a missing directory is a new log).
+pub fn log_is_new(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map_or(true, |entries| {
+        !entries.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(super::segments::parse_segment_name)
+                .is_some()
+        })
+    })
+}
+
+/// What to ask of the key backend when the audit key lives there (`signing_key_backend` is
+/// `pkcs11` or `vault`): its name, and whether it may be created. `None` for a soft audit key.
+pub fn backend_spec(config: &Config, create: bool) -> Option<AuditKeySpec> {
+    match config.audit.signing_key_backend.as_str() {
+        "pkcs11" | "vault" => Some(AuditKeySpec {
+            name: config.audit.signing_key_name.clone(),
+            create,
+            version: config.audit.signing_key_version.unwrap_or(1),
+        }),
+        _ => None,
+    }
+}
+
+/// The daemon's audit signing key: whether it was just created, and the key that verifies
+/// its checkpoints.
+pub struct DaemonKey {
+    /// Signs checkpoints.
+    pub signer: Arc<dyn CheckpointSigner>,
+    /// Verifies them.
+    pub verifier: VerifierKey,
+    /// The key was generated now, for a new log: its verifier key goes to auditors.
+    pub generated: bool,
+}
+
+impl std::fmt::Debug for DaemonKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DaemonKey")
+            .field("verifier", &self.verifier.to_string())
+            .field("generated", &self.generated)
+            .finish()
+    }
+}
+
 /// Opens the configured audit signing key for the daemon. A missing key is generated only
 /// when the audit log is new (no segment exists yet), so a lost key is never silently
-/// replaced under an existing log. Returns the key and whether it was just generated.
-pub fn open_for_daemon(config: &Config) -> Result<(SoftCheckpointKey, bool), AuditKeyError> {
+/// replaced under an existing log. `keys` is the serving key backend: a `pkcs11` or `vault`
+/// audit key is the one it was opened with ([`backend_spec`], `create` = [`log_is_new`]).
+pub fn open_for_daemon(
+    config: &Config,
+    keys: &Arc<dyn KeyBackend>,
+) -> Result<DaemonKey, AuditKeyError> {
     let a = &config.audit;
+    if backend_spec(config, false).is_some() {
+        let key = HeldCheckpointKey::new(keys.clone(), &a.origin).map_err(|e| match e {
+            AuditKeyError::Missing(m) if !log_is_new(&a.dir) => AuditKeyError::Missing(format!(
+                "{m}, but the audit log in {} already exists; restore the key, or create a new one with `signerctl audit keygen --config {}` and start a new audit directory (checkpoints of one log are signed by one key)",
+                a.dir.display(),
+                config.source.display()
+            )),
+            other => other,
+        })?;
+        let verifier = key.verifier_key()?;
+        return Ok(DaemonKey {
+            signer: Arc::new(key),
+            verifier,
+            generated: log_is_new(&a.dir),
+        });
+    }
     let pass = passphrase(config).map_err(AuditKeyError::Keystore)?;
     let mut generated = false;
     if !exists(&a.signing_key_dir) {
-        let new_log = std::fs::read_dir(&a.dir).map_or(true, |entries| {
-            !entries.flatten().any(|e| {
-                e.file_name()
-                    .to_str()
-                    .and_then(super::segments::parse_segment_name)
-                    .is_some()
-            })
-        });
-        if !new_log {
+        if !log_is_new(&a.dir) {
             return Err(AuditKeyError::Missing(format!(
                 "no audit signing key in {}, but the audit log in {} already exists; restore the key, or create a new one with `signerctl audit keygen --config {}` and start a new audit directory (checkpoints of one log are signed by one key)",
                 a.signing_key_dir.display(),
@@ -200,7 +259,115 @@ pub fn open_for_daemon(config: &Config) -> Result<(SoftCheckpointKey, bool), Aud
         generated = true;
     }
     let key = SoftCheckpointKey::open(&a.signing_key_dir, &a.origin, &pass)?;
-    Ok((key, generated))
+    let verifier = key.verifier_key()?;
+    Ok(DaemonKey {
+        signer: Arc::new(key),
+        verifier,
+        generated,
+    })
+}
+
+/// Longest wait for one checkpoint signature from a token or Vault (each backend call has its
+/// own, shorter deadline too). The writer thread waits this long at most, then retries later.
+const HELD_SIGN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The audit signing key held by the serving key backend (PKCS#11 token or Vault transit).
+/// Signs from the audit writer thread by blocking on the backend's async call in the
+/// daemon's runtime.
+pub struct HeldCheckpointKey {
+    name: String,
+    public_key: [u8; 32],
+    backend: Arc<dyn KeyBackend>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for HeldCheckpointKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeldCheckpointKey")
+            .field("name", &self.name)
+            .field("backend", &self.backend.name())
+            .field("public_key", &hex::encode(self.public_key))
+            .finish()
+    }
+}
+
+impl HeldCheckpointKey {
+    /// The audit key `backend` was opened with; `name` is the checkpoint origin. Must be
+    /// called inside a tokio runtime, which then runs every signing call.
+    pub fn new(backend: Arc<dyn KeyBackend>, name: &str) -> Result<Self, AuditKeyError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            AuditKeyError::Keystore("the audit key needs the daemon's async runtime".to_owned())
+        })?;
+        let info = backend.audit_key().ok_or_else(|| {
+            AuditKeyError::Missing(format!(
+                "the {} backend holds no audit checkpoint key (create one with `signerctl audit keygen --config FILE`)",
+                backend.name()
+            ))
+        })?;
+        if info.algorithm != Algorithm::Ed25519 {
+            return Err(AuditKeyError::Keystore(format!(
+                "the audit checkpoint key `{}` is {}, but checkpoints are signed with ed25519",
+                info.id, info.algorithm
+            )));
+        }
+        let public_key: [u8; 32] = info.public_key.as_slice().try_into().map_err(|_| {
+            AuditKeyError::Keystore(format!(
+                "the audit checkpoint key `{}` has a malformed public key",
+                info.id
+            ))
+        })?;
+        VerifierKey::new(name, &public_key)
+            .map_err(|e| AuditKeyError::Keystore(format!("audit.origin: {e}")))?;
+        Ok(HeldCheckpointKey {
+            name: name.to_owned(),
+            public_key,
+            backend,
+            runtime,
+        })
+    }
+
+    /// The key that verifies its checkpoints.
+    pub fn verifier_key(&self) -> Result<VerifierKey, AuditKeyError> {
+        VerifierKey::new(&self.name, &self.public_key)
+            .map_err(|e| AuditKeyError::Keystore(e.to_string()))
+    }
+}
+
+impl CheckpointSigner for HeldCheckpointKey {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn public_key(&self) -> [u8; 32] {
+        self.public_key
+    }
+
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], String> {
+        // A thread of its own never runs inside the runtime, so blocking on it there is
+        // allowed whoever calls (the writer thread, or start-up on an async thread).
+        let backend = &self.backend;
+        let runtime = &self.runtime;
+        let signed = std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("audit-key".to_owned())
+                .spawn_scoped(scope, || {
+                    runtime.block_on(async {
+                        tokio::time::timeout(HELD_SIGN_TIMEOUT, backend.sign_audit(message)).await
+                    })
+                })
+                .map_err(|e| format!("cannot start a thread to sign the checkpoint: {e}"))?
+                .join()
+                .map_err(|_| "signing the checkpoint panicked".to_owned())
+        })?;
+        signed
+            .map_err(|_| {
+                format!(
+                    "the audit key did not sign within {} s",
+                    HELD_SIGN_TIMEOUT.as_secs()
+                )
+            })?
+            .map_err(|e| format!("the audit key cannot sign: {e}"))
+    }
 }
 
 #[cfg(test)]

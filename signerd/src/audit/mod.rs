@@ -92,6 +92,9 @@ pub struct AuditOptions {
     /// (`Some(0)` disables the check). `None`: [`DEFAULT_MIN_FREE_BYTES`], or a quarter of the
     /// filesystem's size if that is smaller.
     pub min_free_bytes: Option<u64>,
+    /// While checkpoints cannot be signed, new records are refused once this many wait for a
+    /// checkpoint, until one is signed. `None`: ten times `checkpoint_every_records`.
+    pub max_unattested_records: Option<u64>,
 }
 
 /// The free-space floor when none is configured (capped at a quarter of the filesystem).
@@ -108,6 +111,7 @@ impl std::fmt::Debug for AuditOptions {
             .field("max_segment_bytes", &self.max_segment_bytes)
             .field("max_segment_age", &self.max_segment_age)
             .field("min_free_bytes", &self.min_free_bytes)
+            .field("max_unattested_records", &self.max_unattested_records)
             .finish()
     }
 }
@@ -125,6 +129,7 @@ impl AuditOptions {
             max_segment_bytes: 64 << 20,
             max_segment_age: Duration::from_secs(86_400),
             min_free_bytes: None,
+            max_unattested_records: None,
         }
     }
 
@@ -142,6 +147,7 @@ impl AuditOptions {
             max_segment_bytes: config.max_segment_bytes,
             max_segment_age: Duration::from_secs(config.max_segment_age_seconds),
             min_free_bytes: config.min_free_bytes,
+            max_unattested_records: config.max_unattested_records,
         }
     }
 
@@ -158,14 +164,19 @@ impl AuditOptions {
                 DEFAULT_MIN_FREE_BYTES.min(total / 4)
             }
         };
+        let checkpoint_every_records = self.checkpoint_every_records.max(1);
         Ok(Settings {
             fsync: self.fsync,
             max_batch: self.max_batch.max(1),
-            checkpoint_every_records: self.checkpoint_every_records.max(1),
+            checkpoint_every_records,
             checkpoint_every: self.checkpoint_every.max(Duration::from_millis(1)),
             max_segment_bytes: self.max_segment_bytes,
             max_segment_age: self.max_segment_age.max(Duration::from_millis(1)),
             min_free_bytes,
+            max_unattested_records: self
+                .max_unattested_records
+                .unwrap_or(checkpoint_every_records.saturating_mul(10))
+                .max(1),
         })
     }
 }
@@ -350,12 +361,21 @@ impl AuditLog {
     }
 
     /// False once a write or sync has failed, the segment was deleted or replaced, the free
-    /// space fell below the floor, or the log was shut down.
+    /// space fell below the floor, or the log was shut down; and, for a while, when it
+    /// [`is_paused`](AuditLog::is_paused).
     pub fn is_healthy(&self) -> bool {
         self.inner.shared.is_healthy()
     }
 
-    /// A receiver that flips to `false` when the log fails (or shuts down).
+    /// True while `max_unattested_records` wait for a checkpoint its key cannot sign: the
+    /// service then admits no new request (the log still writes the records of requests
+    /// already admitted). Cleared by the next signed checkpoint.
+    pub fn is_paused(&self) -> bool {
+        self.inner.shared.is_paused()
+    }
+
+    /// A receiver that flips to `false` when the log fails (or shuts down), and to `false`
+    /// then back to `true` around a pause.
     pub fn health(&self) -> tokio::sync::watch::Receiver<bool> {
         self.inner.shared.subscribe()
     }

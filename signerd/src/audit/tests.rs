@@ -589,6 +589,94 @@ async fn checkpoint_after_t_seconds_and_not_when_idle() {
     verify(dir.path());
 }
 
+/// A checkpoint key that can be made to fail, like a token or Vault server that goes away.
+struct FlakySigner {
+    inner: MemorySigner,
+    fail: std::sync::atomic::AtomicBool,
+}
+
+impl CheckpointSigner for FlakySigner {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn public_key(&self) -> [u8; 32] {
+        self.inner.public_key()
+    }
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], String> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err("key backend unavailable: the token is away".to_owned());
+        }
+        self.inner.sign(message)
+    }
+}
+
+async fn wait_health(log: &AuditLog, want: bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.is_healthy() != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit health never became {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn checkpoint_key_outage_pauses_at_the_unattested_limit_then_resumes() {
+    let dir = TempDir::new("cp-outage");
+    let flaky = Arc::new(FlakySigner {
+        inner: MemorySigner::from_seed(ORIGIN, [42; 32]),
+        fail: std::sync::atomic::AtomicBool::new(false),
+    });
+    let log = AuditLog::open(
+        dir.path(),
+        AuditOptions {
+            checkpoint_every_records: 5,
+            max_unattested_records: Some(12),
+            ..AuditOptions {
+                min_free_bytes: Some(0),
+                ..AuditOptions::new(flaky.clone())
+            }
+        },
+    )
+    .unwrap();
+    let mut health = log.health();
+    flaky.fail.store(true, Ordering::SeqCst);
+    // Records stay durable while checkpoints fail, up to the limit.
+    for i in 0..20u32 {
+        log.append_durable(Record::new("x.n").field("i", i))
+            .await
+            .unwrap();
+    }
+    // The writer retries within a second; at 12 or more unattested records it pauses: the
+    // log reports itself unhealthy, so the service admits no new request.
+    wait_health(&log, false).await;
+    assert!(log.is_paused());
+    assert!(!*health.borrow_and_update());
+    // Records of requests admitted before the pause are still written.
+    log.append_durable(Record::new("x.in_flight"))
+        .await
+        .unwrap();
+    // The key is back: the next attempt checkpoints everything and the pause ends.
+    flaky.fail.store(false, Ordering::SeqCst);
+    wait_health(&log, true).await;
+    assert!(!log.is_paused());
+    assert!(*health.borrow_and_update());
+    log.append_durable(Record::new("x.after")).await.unwrap();
+    log.shutdown().await.unwrap();
+
+    let t = types(dir.path());
+    assert_eq!(t.iter().filter(|t| *t == "x.n").count(), 20);
+    let in_flight = t.iter().position(|t| t == "x.in_flight").unwrap();
+    let after = t.iter().position(|t| t == "x.after").unwrap();
+    let resumed = t.iter().position(|t| t == "audit.checkpoint").unwrap();
+    // Nothing was signed while the key failed: the first checkpoint covers every record
+    // written during the outage, and comes before the first record after it.
+    assert!(in_flight < resumed && resumed < after, "{t:?}");
+    let r = verify(dir.path());
+    assert_eq!(r.unattested, 0);
+}
+
 fn sha_of(path: &Path) -> String {
     ring_sha(&std::fs::read(path).unwrap())
 }

@@ -19,6 +19,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -65,6 +66,10 @@ impl Msg {
 pub(super) struct Shared {
     /// Why the log takes no more records; set once (a failure or a shutdown), never cleared.
     stopped: OnceLock<String>,
+    /// Set while the log's checkpoints cannot be signed and `max_unattested_records` wait
+    /// for one: the service admits no new requests (records of requests already admitted are
+    /// still written). Cleared by the next signed checkpoint.
+    paused: AtomicBool,
     health: tokio::sync::watch::Sender<bool>,
 }
 
@@ -72,6 +77,7 @@ impl Shared {
     pub(super) fn new() -> Shared {
         Shared {
             stopped: OnceLock::new(),
+            paused: AtomicBool::new(false),
             health: tokio::sync::watch::Sender::new(true),
         }
     }
@@ -82,7 +88,19 @@ impl Shared {
         self.health.send_replace(false);
     }
 
-    /// `Ok` while the log takes records.
+    /// Reports the log unhealthy until [`Shared::resume`].
+    pub(super) fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+        self.health.send_replace(false);
+    }
+
+    /// Ends a pause (the log stays unhealthy if it has stopped meanwhile).
+    pub(super) fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.health.send_replace(self.stopped.get().is_none());
+    }
+
+    /// `Ok` while the log takes records (a paused log does).
     pub(super) fn check(&self) -> Result<(), AuditError> {
         match self.stopped.get() {
             None => Ok(()),
@@ -100,8 +118,12 @@ impl Shared {
         )
     }
 
+    pub(super) fn is_paused(&self) -> bool {
+        self.stopped.get().is_none() && self.paused.load(Ordering::SeqCst)
+    }
+
     pub(super) fn is_healthy(&self) -> bool {
-        self.stopped.get().is_none()
+        self.stopped.get().is_none() && !self.paused.load(Ordering::SeqCst)
     }
 
     pub(super) fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
@@ -144,6 +166,22 @@ pub(super) struct Settings {
     pub(super) max_segment_bytes: u64,
     pub(super) max_segment_age: Duration,
     pub(super) min_free_bytes: u64,
+    /// New records are refused while a checkpoint cannot be signed and this many records are
+    /// unattested; they are taken again after the next signed checkpoint.
+    pub(super) max_unattested_records: u64,
+}
+
+/// How long the writer waits before trying again to sign a checkpoint that failed.
+const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
+
+/// Checkpoints that could not be signed, since the last one that was.
+struct CheckpointFailure {
+    /// The error of the latest attempt.
+    error: String,
+    /// Failed attempts so far.
+    attempts: u64,
+    /// No new attempt before this.
+    retry_at: Instant,
 }
 
 /// Free bytes for unprivileged users on the filesystem holding `dir`.
@@ -196,6 +234,8 @@ pub(super) struct Writer {
     /// `seq` of the last `audit.checkpoint` record.
     last_checkpoint_seq: Option<u64>,
     last_checkpoint_at: Instant,
+    /// Set while checkpoints cannot be signed.
+    checkpoint_failure: Option<CheckpointFailure>,
     shared: Arc<Shared>,
     /// Reused across batches so the hot path does not allocate.
     buf: Vec<u8>,
@@ -229,6 +269,7 @@ impl Writer {
             settings,
             last_checkpoint_seq,
             last_checkpoint_at: Instant::now(),
+            checkpoint_failure: None,
             shared,
             buf: Vec::with_capacity(64 * 1024),
             ts: Vec::with_capacity(32),
@@ -346,8 +387,16 @@ impl Writer {
     }
 
     /// Signs a checkpoint of every record so far, appends it as `audit.checkpoint` (synced)
-    /// and publishes it to `DIR/checkpoint`.
+    /// and publishes it to `DIR/checkpoint`. Any failure, signing included, is final: this is
+    /// for start-up, where signerd refuses to start without a checkpoint key that signs.
     pub(super) fn write_checkpoint(&mut self) -> Result<(), String> {
+        let (checkpoint, note) = self
+            .sign_checkpoint()
+            .map_err(|e| format!("{e}; {STOPPED}"))?;
+        self.append_checkpoint(&checkpoint, &note)
+    }
+
+    fn sign_checkpoint(&self) -> Result<(Checkpoint, String), String> {
         let checkpoint = Checkpoint {
             origin: self.signer.name().to_owned(),
             size: self.tail.next_seq,
@@ -355,11 +404,15 @@ impl Writer {
         };
         let note = checkpoint
             .sign(self.signer.as_ref())
-            .map_err(|e| format!("{e}; {STOPPED}"))?;
+            .map_err(|e| e.to_string())?;
+        Ok((checkpoint, note))
+    }
+
+    fn append_checkpoint(&mut self, checkpoint: &Checkpoint, note: &str) -> Result<(), String> {
         let record = Record::new("audit.checkpoint")
             .field("size", checkpoint.size)
             .field("root", hex::encode(checkpoint.root))
-            .field("note", note.as_str());
+            .field("note", note);
         let msg = Msg::internal(&record)?;
         let seq = self.tail.next_seq;
         self.commit(std::slice::from_ref(&msg), true)?;
@@ -367,9 +420,73 @@ impl Writer {
         self.last_checkpoint_at = Instant::now();
         crate::metrics::checkpoint_written();
         if let Some(dir) = &self.dir {
-            publish_checkpoint(dir, &note).map_err(|e| format!("{e}; {STOPPED}"))?;
+            publish_checkpoint(dir, note).map_err(|e| format!("{e}; {STOPPED}"))?;
         }
         Ok(())
+    }
+
+    /// Checkpoints while serving. A key that cannot sign (an HSM or Vault that is away) is
+    /// not final, unlike a failed write: the records stay durable and chained, the attempt is
+    /// repeated every [`CHECKPOINT_RETRY`], and new records are refused once
+    /// `max_unattested_records` wait for a checkpoint, until one is signed. Errors returned
+    /// are write failures, which stop the log.
+    fn checkpoint(&mut self) -> Result<(), String> {
+        let (checkpoint, note) = match self.sign_checkpoint() {
+            Ok(signed) => signed,
+            Err(e) => {
+                self.checkpoint_failed(e);
+                return Ok(());
+            }
+        };
+        self.append_checkpoint(&checkpoint, &note)?;
+        if let Some(failure) = self.checkpoint_failure.take() {
+            tracing::info!(
+                failed_attempts = failure.attempts,
+                size = checkpoint.size,
+                "audit checkpoints are signed again"
+            );
+            self.shared.resume();
+        }
+        Ok(())
+    }
+
+    fn checkpoint_failed(&mut self, error: String) {
+        crate::metrics::checkpoint_failed();
+        let unattested = self.unattested();
+        let retry_at = Instant::now() + CHECKPOINT_RETRY;
+        match &mut self.checkpoint_failure {
+            Some(f) => {
+                f.attempts += 1;
+                f.retry_at = retry_at;
+                if f.error != error {
+                    tracing::error!(error = %error, unattested, "the audit checkpoint still cannot be signed");
+                    f.error = error.clone();
+                }
+            }
+            None => {
+                tracing::error!(
+                    error = %error,
+                    unattested,
+                    limit = self.settings.max_unattested_records,
+                    "the audit checkpoint cannot be signed; records stay durable, and signing \
+                     stops if the unattested records reach audit.max_unattested_records"
+                );
+                self.checkpoint_failure = Some(CheckpointFailure {
+                    error: error.clone(),
+                    attempts: 1,
+                    retry_at,
+                });
+            }
+        }
+        if unattested >= self.settings.max_unattested_records && !self.shared.is_paused() {
+            tracing::error!(
+                unattested,
+                limit = self.settings.max_unattested_records,
+                "signing is paused: too many audit records wait for a checkpoint; it resumes by \
+                 itself once the audit signing key signs again"
+            );
+            self.shared.pause();
+        }
     }
 
     /// Seals the active segment, starts the next one and checkpoints.
@@ -385,7 +502,7 @@ impl Writer {
         self.commit(&[Msg::internal(&seal)?], true)?;
         let open = self.open_next_segment()?;
         self.commit(&[open], true)?;
-        self.write_checkpoint()
+        self.checkpoint()
     }
 
     /// After the active segment was sealed: makes it read-only, creates the next segment and
@@ -457,11 +574,15 @@ impl Writer {
             return self.rotate();
         }
         let unattested = self.unattested();
-        if unattested >= self.settings.checkpoint_every_records
+        let due = unattested >= self.settings.checkpoint_every_records
             || (unattested > 0
-                && self.last_checkpoint_at.elapsed() >= self.settings.checkpoint_every)
-        {
-            return self.write_checkpoint();
+                && self.last_checkpoint_at.elapsed() >= self.settings.checkpoint_every);
+        let may_try = self
+            .checkpoint_failure
+            .as_ref()
+            .is_none_or(|f| Instant::now() >= f.retry_at);
+        if due && may_try {
+            return self.checkpoint();
         }
         Ok(())
     }
@@ -471,7 +592,9 @@ impl Writer {
     fn next_deadline(&self) -> Option<Duration> {
         self.dir.as_ref()?;
         let mut next: Option<Duration> = None;
-        if self.unattested() > 0 {
+        if let Some(f) = &self.checkpoint_failure {
+            next = Some(f.retry_at.saturating_duration_since(Instant::now()));
+        } else if self.unattested() > 0 {
             next = Some(
                 self.settings
                     .checkpoint_every
@@ -558,7 +681,16 @@ impl Writer {
                 // At shutdown the last checkpoint covers audit.stop; the stop waiter hears
                 // about it only once the checkpoint is durable too.
                 if stop && written.is_ok() {
-                    written = self.write_checkpoint();
+                    written = self.checkpoint();
+                    if let Some(f) = &self.checkpoint_failure {
+                        tracing::error!(
+                            error = %f.error,
+                            unattested = self.unattested(),
+                            "shut down without a final checkpoint: the records after the last \
+                             checkpoint are durable and chained, and the first checkpoint after \
+                             the next start covers them"
+                        );
+                    }
                 }
                 if let Err(reason) = written {
                     self.fail(&reason, &mut batch);

@@ -235,10 +235,12 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     harden(false)?;
     let policy = signerd::server::load_policy(&config.policy.file)?;
     signerd::tls::server_config(&config.tls)?;
+    // The audit key is looked for, never created, here.
+    let audit_spec = signerd::audit::key::backend_spec(&config, false);
     let keys = if config.keys.backend == "vault" {
-        signerd::server::open_vault_keys(&config).await?
+        signerd::server::open_vault_keys(&config, audit_spec.as_ref()).await?
     } else {
-        signerd::server::open_keys(&config)?
+        signerd::server::open_keys(&config, audit_spec.as_ref())?
     };
     println!(
         "{}: OK ({} identities, policy serial {} sha256 {}, {} keys in the {} backend)",
@@ -249,5 +251,25 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
         keys.keys().len(),
         keys.name()
     );
+    if let Some(spec) = audit_spec {
+        match keys.audit_key() {
+            Some(_) => println!(
+                "audit checkpoint key `{}`: held by the {} backend",
+                spec.name,
+                keys.name()
+            ),
+            None if signerd::audit::key::log_is_new(&config.audit.dir) => println!(
+                "audit checkpoint key `{}`: not in the {} backend yet; the first start creates it",
+                spec.name,
+                keys.name()
+            ),
+            None => anyhow::bail!(
+                "audit checkpoint key `{}` is not in the {} backend, but the audit log in {} exists",
+                spec.name,
+                keys.name(),
+                config.audit.dir.display()
+            ),
+        }
+    }
     Ok(())
 }

@@ -229,6 +229,19 @@ pub struct AuditConfig {
     /// Most records per group commit.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Where the audit log's checkpoint signing key lives: `soft` (a keystore of its own in
+    /// `signing_key_dir`), or `pkcs11` / `vault` (the token or Vault server of `[keys]`, which
+    /// must then use that backend; the key is kept apart from client keys).
+    #[serde(default = "default_signing_key_backend")]
+    pub signing_key_backend: String,
+    /// The audit key's name in a `pkcs11` or `vault` backend: its `CKA_LABEL`, or its transit
+    /// key name (outside `keys.vault.key_prefix`). Unused for `soft`.
+    #[serde(default = "default_signing_key_name")]
+    pub signing_key_name: String,
+    /// The version of a `vault` audit key that signs (default 1, the version signerd
+    /// creates): rotating the transit key does not change the key of a log.
+    #[serde(default)]
+    pub signing_key_version: Option<u32>,
     /// Directory of the audit log's own checkpoint signing key: a soft keystore holding only
     /// the Ed25519 key `audit-checkpoint`, never usable by clients. Must not be the
     /// `[keys.soft]` directory or inside the audit directory.
@@ -262,6 +275,11 @@ pub struct AuditConfig {
     /// smaller, so that a small dedicated audit filesystem stays usable.
     #[serde(default)]
     pub min_free_bytes: Option<u64>,
+    /// While the audit signing key cannot sign checkpoints (its HSM or Vault is away), records
+    /// are still written; once this many wait for a checkpoint, signing stops until one is
+    /// signed. Unset: ten times `checkpoint_every_records`.
+    #[serde(default)]
+    pub max_unattested_records: Option<u64>,
     /// Benchmarks only: skip the fsync of each group commit, so a signature can be returned
     /// before its record is on disk. Never set this in production; signerd logs an error at
     /// every start while it is set.
@@ -271,6 +289,12 @@ pub struct AuditConfig {
 
 fn default_max_batch() -> usize {
     1024
+}
+fn default_signing_key_backend() -> String {
+    "soft".to_owned()
+}
+fn default_signing_key_name() -> String {
+    "audit-checkpoint".to_owned()
 }
 fn default_signing_key_dir() -> PathBuf {
     PathBuf::from("audit-key")
@@ -507,7 +531,71 @@ impl Config {
             bounded("audit.min_free_bytes", min, 0, 1 << 40)?;
         }
         crate::audit::note::validate_name(&a.origin).map_err(|e| format!("audit.origin: {e}"))?;
+        if let Some(max) = a.max_unattested_records {
+            bounded(
+                "audit.max_unattested_records",
+                max,
+                a.checkpoint_every_records,
+                1 << 40,
+            )?;
+        }
         let source = a.signing_key_passphrase_source();
+        match a.signing_key_backend.as_str() {
+            "soft" => {
+                if a.signing_key_version.is_some() {
+                    return Err("audit.signing_key_version is for a vault audit key (transit keys have versions)".into());
+                }
+            }
+            held @ ("pkcs11" | "vault") => {
+                if self.keys.backend != held {
+                    return Err(format!(
+                        "audit.signing_key_backend = \"{held}\" needs keys.backend = \"{held}\": \
+                         the audit key lives in the same token or Vault server as the client keys \
+                         (one connection per process), apart from them"
+                    ));
+                }
+                if source != SecretSource::default() {
+                    return Err(format!(
+                        "audit.signing_key_passphrase_* is for a soft audit key; the {held} audit key needs none"
+                    ));
+                }
+                crate::keys::soft::validate_key_id(&a.signing_key_name)
+                    .map_err(|e| format!("audit.signing_key_name: {e}"))?;
+                if held != "vault" && a.signing_key_version.is_some() {
+                    return Err(
+                        "audit.signing_key_version is for a vault audit key (transit keys have versions)".into(),
+                    );
+                }
+                if a.signing_key_version == Some(0) {
+                    return Err("audit.signing_key_version: versions start at 1".into());
+                }
+                if let Some(p) = &self.keys.pkcs11
+                    && let Some(adopt) = p.adopt.iter().find(|ad| ad.id == a.signing_key_name)
+                {
+                    return Err(format!(
+                        "keys.pkcs11.adopt `{}` takes the audit key's name audit.signing_key_name; \
+                         the audit key is never a client key",
+                        adopt.id
+                    ));
+                }
+                if let Some(v) = &self.keys.vault
+                    && (a.signing_key_name.starts_with(&v.key_prefix)
+                        || v.wrapping_key.as_deref() == Some(a.signing_key_name.as_str()))
+                {
+                    return Err(format!(
+                        "audit.signing_key_name `{}` must not start with keys.vault.key_prefix `{}` \
+                         (or be the wrapping key): transit keys under the prefix are client keys",
+                        a.signing_key_name, v.key_prefix
+                    ));
+                }
+                return Ok(());
+            }
+            other => {
+                return Err(format!(
+                    "audit.signing_key_backend: unknown backend `{other}` (expected soft, pkcs11 or vault)"
+                ));
+            }
+        }
         if source != SecretSource::default() {
             source.validate("audit.signing_key_passphrase")?;
         } else if self.keys.soft.is_none() {
@@ -751,6 +839,79 @@ dir = "audit"
             ),
             (with("signing_key_dir = \"audit/key\""), "outside audit.dir"),
             (with("signing_key_dir = \".\""), "outside audit.dir"),
+            (
+                with("max_unattested_records = 999"),
+                "audit.max_unattested_records = 999 is outside 1000..=",
+            ),
+            (
+                with("signing_key_backend = \"hsm\""),
+                "unknown backend `hsm` (expected soft, pkcs11 or vault)",
+            ),
+            (
+                with("signing_key_backend = \"vault\""),
+                "needs keys.backend = \"vault\"",
+            ),
+            (
+                with("signing_key_version = 2"),
+                "signing_key_version is for a vault audit key",
+            ),
+        ];
+        for (src, want) in cases {
+            let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn audit_key_held_by_vault_is_kept_apart_from_client_keys() {
+        let vault = GOOD.replace(
+            "[keys]\nbackend = \"soft\"\n[keys.soft]\ndir = \"keys\"\npassphrase_file = \"keystore.pass\"\n",
+            "[keys]\nbackend = \"vault\"\n\n[keys.vault]\naddress = \"https://vault.internal:8200\"\nca_file = \"vault-ca.pem\"\n\
+             token_file = \"vault.token\"\nwrapping_key = \"signerd-wrap\"\nwrapped_dir = \"wrapped\"\n",
+        );
+        assert_ne!(vault, GOOD, "the test configuration changed shape");
+        let with = |extra: &str| {
+            vault.replace(
+                "[audit]\n",
+                &format!("[audit]\nsigning_key_backend = \"vault\"\n{extra}\n"),
+            )
+        };
+        let c = match parse(&with("")) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(c.audit.signing_key_backend, "vault");
+        assert_eq!(c.audit.signing_key_name, "audit-checkpoint");
+        assert_eq!(c.audit.signing_key_version, None);
+        let c = match parse(&with(
+            "signing_key_name = \"ops-audit\"\nsigning_key_version = 3",
+        )) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(c.audit.signing_key_version, Some(3));
+        let cases = [
+            (
+                with("signing_key_name = \"signerd-audit\""),
+                "must not start with keys.vault.key_prefix `signerd-`",
+            ),
+            (
+                with("signing_key_name = \"signerd-wrap\""),
+                "must not start with keys.vault.key_prefix",
+            ),
+            (
+                with("signing_key_name = \"a/b\""),
+                "audit.signing_key_name:",
+            ),
+            (
+                with("signing_key_passphrase_file = \"audit.pass\""),
+                "is for a soft audit key",
+            ),
+            (with("signing_key_version = 0"), "versions start at 1"),
+            (
+                vault.replace("[audit]\n", "[audit]\nsigning_key_backend = \"pkcs11\"\n"),
+                "needs keys.backend = \"pkcs11\"",
+            ),
         ];
         for (src, want) in cases {
             let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();

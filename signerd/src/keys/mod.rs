@@ -125,6 +125,21 @@ pub enum KeyError {
     Keystore(String),
 }
 
+/// The audit log's checkpoint signing key, held by a backend that also holds client keys
+/// (`[audit] signing_key_backend = "pkcs11"` or `"vault"`). The backend keeps it apart: it is
+/// never listed by [`KeyBackend::keys`], never found by [`KeyBackend::key`] and never signs
+/// through [`KeyBackend::sign`]; only [`KeyBackend::sign_audit`] uses it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditKeySpec {
+    /// Its name in the backend: the PKCS#11 `CKA_LABEL`, or the Vault transit key name.
+    pub name: String,
+    /// Generate it (Ed25519) when the backend does not hold it yet.
+    pub create: bool,
+    /// For keys with versions (Vault transit): the version that signs, whatever rotation
+    /// adds, so that every checkpoint of a log is signed by one key.
+    pub version: u32,
+}
+
 /// A place where private keys live.
 #[async_trait]
 pub trait KeyBackend: Send + Sync + 'static {
@@ -152,6 +167,19 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// value must be cheap to read, as it is polled.
     fn healthy(&self) -> bool {
         true
+    }
+    /// The audit checkpoint key this backend was opened with (see [`AuditKeySpec`]), if it
+    /// holds one.
+    fn audit_key(&self) -> Option<KeyInfo> {
+        None
+    }
+    /// Signs a checkpoint note with the audit checkpoint key (Ed25519); the signature is
+    /// checked against the key's public key before it is returned.
+    async fn sign_audit(&self, message: &[u8]) -> Result<[u8; 64], KeyError> {
+        let _ = message;
+        Err(KeyError::NotFound(
+            "this backend holds no audit checkpoint key".to_owned(),
+        ))
     }
     /// (sessions in use, sessions configured) for backends with a session pool.
     fn sessions(&self) -> Option<(usize, usize)> {

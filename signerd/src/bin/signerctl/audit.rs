@@ -20,7 +20,8 @@ use signerd::audit::verify::{self, VerifyOptions};
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCmd {
-    /// Generate the audit log's checkpoint signing key in `[audit] signing_key_dir`.
+    /// Generate the audit log's checkpoint signing key: in `[audit] signing_key_dir`, or in
+    /// the PKCS#11 token or Vault server of `[keys]` (`[audit] signing_key_backend`).
     Keygen {
         /// signerd configuration.
         #[arg(long)]
@@ -155,34 +156,122 @@ fn read_input(file: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(file).with_context(|| file.display().to_string())
 }
 
+/// Generates the audit checkpoint key in the `pkcs11` token or `vault` server of `[keys]`.
+async fn generate_held(
+    cfg: &signerd::config::Config,
+    backend: &str,
+    name: &str,
+) -> anyhow::Result<signerd::keys::KeyInfo> {
+    match backend {
+        "pkcs11" => {
+            let p = cfg
+                .keys
+                .pkcs11
+                .as_ref()
+                .context("keys: [keys.pkcs11] is missing")?;
+            let pin = p
+                .pin_source()
+                .read("keys.pkcs11.pin")
+                .map_err(anyhow::Error::msg)?;
+            let (p, name) = (p.clone(), name.to_owned());
+            Ok(tokio::task::spawn_blocking(move || {
+                signerd::keys::pkcs11::Pkcs11Backend::generate(
+                    &p,
+                    &pin,
+                    &name,
+                    signerd::keys::Algorithm::Ed25519,
+                )
+            })
+            .await??)
+        }
+        "vault" => {
+            let v = cfg
+                .keys
+                .vault
+                .as_ref()
+                .context("keys: [keys.vault] is missing")?;
+            Ok(signerd::keys::vault::generate_audit_key(v, name).await?)
+        }
+        other => bail!("audit.signing_key_backend: unknown backend `{other}`"),
+    }
+}
+
+/// The verifier key of a backend-held audit key under the configured origin.
+fn held_verifier(
+    cfg: &signerd::config::Config,
+    info: &signerd::keys::KeyInfo,
+) -> anyhow::Result<VerifierKey> {
+    let public: [u8; 32] = info
+        .public_key
+        .as_slice()
+        .try_into()
+        .context("the audit checkpoint key is not an Ed25519 key")?;
+    Ok(VerifierKey::new(&cfg.audit.origin, &public)?)
+}
+
 /// Runs one `signerctl audit` command.
 pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
     match cmd {
         AuditCmd::Keygen { config } => {
             let cfg = load_config(&config)?;
-            let pass = key::passphrase(&cfg).map_err(anyhow::Error::msg)?;
-            key::generate(&cfg.audit.signing_key_dir, &pass)?;
-            let k = SoftCheckpointKey::open(&cfg.audit.signing_key_dir, &cfg.audit.origin, &pass)?;
-            let vkey = k.verifier_key()?;
+            let (vkey, place) = match cfg.audit.signing_key_backend.as_str() {
+                "soft" => {
+                    let pass = key::passphrase(&cfg).map_err(anyhow::Error::msg)?;
+                    key::generate(&cfg.audit.signing_key_dir, &pass)?;
+                    let k = SoftCheckpointKey::open(
+                        &cfg.audit.signing_key_dir,
+                        &cfg.audit.origin,
+                        &pass,
+                    )?;
+                    (
+                        k.verifier_key()?,
+                        cfg.audit.signing_key_dir.display().to_string(),
+                    )
+                }
+                held => {
+                    let name = &cfg.audit.signing_key_name;
+                    let info = generate_held(&cfg, held, name).await?;
+                    (
+                        held_verifier(&cfg, &info)?,
+                        format!("the {held} backend, named `{name}`"),
+                    )
+                }
+            };
             if json_out {
-                println!(
-                    "{}",
-                    json!({"dir": cfg.audit.signing_key_dir, "vkey": vkey.to_string()})
-                );
+                println!("{}", json!({"location": place, "vkey": vkey.to_string()}));
             } else {
                 println!("{vkey}");
                 eprintln!(
-                    "generated the audit signing key in {}; give the verifier key above to auditors",
-                    cfg.audit.signing_key_dir.display()
+                    "generated the audit signing key in {place}; give the verifier key above to auditors"
                 );
             }
             Ok(())
         }
         AuditCmd::Pubkey { config } => {
             let cfg = load_config(&config)?;
-            let pass = key::passphrase(&cfg).map_err(anyhow::Error::msg)?;
-            let k = SoftCheckpointKey::open(&cfg.audit.signing_key_dir, &cfg.audit.origin, &pass)?;
-            let vkey = k.verifier_key()?;
+            let vkey = match key::backend_spec(&cfg, false) {
+                None => {
+                    let pass = key::passphrase(&cfg).map_err(anyhow::Error::msg)?;
+                    SoftCheckpointKey::open(&cfg.audit.signing_key_dir, &cfg.audit.origin, &pass)?
+                        .verifier_key()?
+                }
+                Some(spec) => {
+                    let backend = if cfg.keys.backend == "vault" {
+                        signerd::server::open_vault_keys(&cfg, Some(&spec)).await?
+                    } else {
+                        signerd::server::open_keys(&cfg, Some(&spec))?
+                    };
+                    let info = backend.audit_key().with_context(|| {
+                        format!(
+                            "the {} backend holds no audit checkpoint key `{}` (create it with `signerctl audit keygen --config {}`)",
+                            backend.name(),
+                            spec.name,
+                            config.display()
+                        )
+                    })?;
+                    held_verifier(&cfg, &info)?
+                }
+            };
             if json_out {
                 println!("{}", json!({"vkey": vkey.to_string()}));
             } else {

@@ -30,7 +30,7 @@ use secrecy::SecretString;
 pub use config::{AdoptConfig, Pkcs11Config};
 use token::{Conn, TokenKey};
 
-use super::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
+use super::{Algorithm, AuditKeySpec, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
 
 /// The backend's name in configuration, `KeyInfo` and audit records.
 pub const BACKEND_NAME: &str = "pkcs11";
@@ -47,6 +47,8 @@ struct Inner {
     cfg: Pkcs11Config,
     pin: SecretString,
     keys: BTreeMap<String, TokenKey>,
+    /// The audit checkpoint key, apart from `keys` (see [`crate::keys::AuditKeySpec`]).
+    audit: Option<TokenKey>,
     /// The live connection; `None` while the token is lost.
     conn: Mutex<Option<Arc<Conn>>>,
     /// Why the token is unavailable, for statuses and logs.
@@ -71,13 +73,35 @@ impl Pkcs11Backend {
     /// Loads the module, logs in, and reads the token's keys. Blocks; call it at start-up.
     /// When called inside a tokio runtime, starts the monitor that detects a lost token and
     /// reconnects.
-    pub fn open(cfg: &Pkcs11Config, pin: SecretString) -> Result<Pkcs11Backend, KeyError> {
+    ///
+    /// With `audit`, the private key labelled `audit.name` is the audit checkpoint key, kept
+    /// apart from client keys; it is generated (Ed25519, like any key of signerd's) when
+    /// missing and `audit.create` is set. A token without it, when it may not be created,
+    /// opens without an audit key.
+    pub fn open(
+        cfg: &Pkcs11Config,
+        pin: SecretString,
+        audit: Option<&AuditKeySpec>,
+    ) -> Result<Pkcs11Backend, KeyError> {
         cfg.validate().map_err(KeyError::Keystore)?;
         let mut conn = Conn::open(cfg, &pin).map_err(|e| KeyError::Unavailable(e.to_string()))?;
-        let keys = conn.scan(cfg).map_err(KeyError::Keystore)?;
+        let label = audit.map(|a| a.name.as_str());
+        let (keys, mut audit_key) = conn.scan(cfg, label).map_err(KeyError::Keystore)?;
+        if let Some(spec) = audit
+            && spec.create
+            && audit_key.is_none()
+        {
+            let key = token::generate(&conn, &spec.name, Algorithm::Ed25519)
+                .map_err(KeyError::Keystore)?;
+            conn.resolve([(token::AUDIT_SLOT, &key)])
+                .map_err(KeyError::Keystore)?;
+            tracing::info!(label = %spec.name, "generated the audit checkpoint key in the PKCS#11 token");
+            audit_key = Some(key);
+        }
         tracing::info!(
             module = %cfg.module.display(),
             keys = keys.len(),
+            audit_key = audit_key.is_some(),
             sessions = cfg.sessions,
             "PKCS#11 token opened"
         );
@@ -85,6 +109,7 @@ impl Pkcs11Backend {
             cfg: cfg.clone(),
             pin,
             keys,
+            audit: audit_key,
             conn: Mutex::new(Some(Arc::new(conn))),
             last_error: Mutex::new(String::new()),
             healthy: AtomicBool::new(true),
@@ -112,6 +137,90 @@ impl Pkcs11Backend {
     }
 }
 
+impl Pkcs11Backend {
+    /// Signs with `key`, whose handle is in the connection's slot `slot` (its key id, or
+    /// [`token::AUDIT_SLOT`]).
+    async fn sign_with(
+        &self,
+        slot: &str,
+        key: &TokenKey,
+        payload: Payload<'_>,
+    ) -> Result<RawSignature, KeyError> {
+        let inner = &self.inner;
+        let id = key.info.id.as_str();
+        let algorithm = key.info.algorithm;
+        let data: Vec<u8> = match (algorithm, payload) {
+            (Algorithm::Secp256k1 | Algorithm::P256, Payload::Prehash(d)) => d.to_vec(),
+            (Algorithm::Ed25519, Payload::Message(m)) => m.to_vec(),
+            (_, Payload::Prehash(_)) => {
+                return Err(KeyError::WrongAlgorithm {
+                    id: id.to_owned(),
+                    algorithm,
+                    what: "it signs messages, not digests".into(),
+                });
+            }
+            (_, Payload::Message(_)) => {
+                return Err(KeyError::WrongAlgorithm {
+                    id: id.to_owned(),
+                    algorithm,
+                    what: "it signs digests, not messages".into(),
+                });
+            }
+        };
+        let limit = inner.cfg.call_timeout();
+        let _permit = tokio::time::timeout(limit, inner.permits.acquire())
+            .await
+            .map_err(|_| {
+                KeyError::Unavailable(format!(
+                    "all {} PKCS#11 sessions stayed busy for {} ms",
+                    inner.cfg.sessions,
+                    limit.as_millis()
+                ))
+            })?
+            .map_err(|_| KeyError::Unavailable("the PKCS#11 backend is closing".into()))?;
+        let Some(conn) = inner.lock_conn().clone() else {
+            return Err(inner.unavailable());
+        };
+        let handle = conn
+            .handle(slot)
+            .ok_or_else(|| KeyError::Unavailable(format!("key `{id}` has no token handle")))?;
+        let c = conn.clone();
+        let signed = run_blocking(limit, move || {
+            let session = c.session()?;
+            match token::sign(&session, algorithm, handle, &data) {
+                Ok(sig) => {
+                    c.put_back(session);
+                    Ok(sig)
+                }
+                // A session that failed is not reused; the error decides the connection's fate.
+                Err(e) => Err(token::describe(&e)),
+            }
+        })
+        .await;
+        let raw = match signed {
+            Ok(raw) => raw,
+            Err(e) => {
+                // Any failed call may mean a lost token or stale handles; the monitor finds
+                // out by reconnecting, which is cheap next to signing with a broken one.
+                inner.fail(&conn, e.clone());
+                return Err(KeyError::Unavailable(format!(
+                    "PKCS#11 signing failed: {e}"
+                )));
+            }
+        };
+        let checked = match payload {
+            Payload::Prehash(d) => {
+                super::verify::normalize_ecdsa(algorithm, &key.info.public_key, d, &raw)
+            }
+            Payload::Message(m) => super::verify::check_ed25519(&key.info.public_key, m, &raw),
+        };
+        checked.map_err(|e| {
+            tracing::error!(key = %id, error = %e, "PKCS#11 token returned a bad signature");
+            KeyError::Unavailable(format!("{e}; nothing was signed"))
+        })
+    }
+}
+
 /// What [`bench_raw`] measured.
 #[derive(Debug, Clone)]
 pub struct RawBench {
@@ -136,7 +245,7 @@ pub fn bench_raw(
 ) -> Result<RawBench, KeyError> {
     cfg.validate().map_err(KeyError::Keystore)?;
     let mut conn = Conn::open(cfg, pin).map_err(KeyError::Unavailable)?;
-    let keys = conn.scan(cfg).map_err(KeyError::Keystore)?;
+    let (keys, _) = conn.scan(cfg, None).map_err(KeyError::Keystore)?;
     let key = keys
         .get(id)
         .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
@@ -254,7 +363,12 @@ async fn monitor(inner: Weak<Inner>) {
                 let i = wake.clone();
                 let attempt = run_blocking(wake.cfg.call_timeout() * 4, move || {
                     let mut conn = Conn::open(&i.cfg, &i.pin)?;
-                    conn.resolve(&i.keys)?;
+                    conn.resolve(
+                        i.keys
+                            .iter()
+                            .map(|(id, k)| (id.as_str(), k))
+                            .chain(i.audit.iter().map(|k| (token::AUDIT_SLOT, k))),
+                    )?;
                     Ok(conn)
                 })
                 .await;
@@ -308,81 +422,31 @@ impl KeyBackend for Pkcs11Backend {
     }
 
     async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
-        let inner = &self.inner;
-        let key = inner
+        let key = self
+            .inner
             .keys
             .get(id)
             .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
-        let algorithm = key.info.algorithm;
-        let data: Vec<u8> = match (algorithm, payload) {
-            (Algorithm::Secp256k1 | Algorithm::P256, Payload::Prehash(d)) => d.to_vec(),
-            (Algorithm::Ed25519, Payload::Message(m)) => m.to_vec(),
-            (_, Payload::Prehash(_)) => {
-                return Err(KeyError::WrongAlgorithm {
-                    id: id.to_owned(),
-                    algorithm,
-                    what: "it signs messages, not digests".into(),
-                });
-            }
-            (_, Payload::Message(_)) => {
-                return Err(KeyError::WrongAlgorithm {
-                    id: id.to_owned(),
-                    algorithm,
-                    what: "it signs digests, not messages".into(),
-                });
-            }
-        };
-        let limit = inner.cfg.call_timeout();
-        let _permit = tokio::time::timeout(limit, inner.permits.acquire())
-            .await
-            .map_err(|_| {
-                KeyError::Unavailable(format!(
-                    "all {} PKCS#11 sessions stayed busy for {} ms",
-                    inner.cfg.sessions,
-                    limit.as_millis()
-                ))
-            })?
-            .map_err(|_| KeyError::Unavailable("the PKCS#11 backend is closing".into()))?;
-        let Some(conn) = inner.lock_conn().clone() else {
-            return Err(inner.unavailable());
-        };
-        let handle = conn
-            .handle(id)
-            .ok_or_else(|| KeyError::Unavailable(format!("key `{id}` has no token handle")))?;
-        let c = conn.clone();
-        let signed = run_blocking(limit, move || {
-            let session = c.session()?;
-            match token::sign(&session, algorithm, handle, &data) {
-                Ok(sig) => {
-                    c.put_back(session);
-                    Ok(sig)
-                }
-                // A session that failed is not reused; the error decides the connection's fate.
-                Err(e) => Err(token::describe(&e)),
-            }
-        })
-        .await;
-        let raw = match signed {
-            Ok(raw) => raw,
-            Err(e) => {
-                // Any failed call may mean a lost token or stale handles; the monitor finds
-                // out by reconnecting, which is cheap next to signing with a broken one.
-                inner.fail(&conn, e.clone());
-                return Err(KeyError::Unavailable(format!(
-                    "PKCS#11 signing failed: {e}"
-                )));
-            }
-        };
-        let checked = match payload {
-            Payload::Prehash(d) => {
-                super::verify::normalize_ecdsa(algorithm, &key.info.public_key, d, &raw)
-            }
-            Payload::Message(m) => super::verify::check_ed25519(&key.info.public_key, m, &raw),
-        };
-        checked.map_err(|e| {
-            tracing::error!(key = %id, error = %e, "PKCS#11 token returned a bad signature");
-            KeyError::Unavailable(format!("{e}; nothing was signed"))
-        })
+        self.sign_with(id, key, payload).await
+    }
+
+    fn audit_key(&self) -> Option<KeyInfo> {
+        self.inner.audit.as_ref().map(|k| k.info.clone())
+    }
+
+    async fn sign_audit(&self, message: &[u8]) -> Result<[u8; 64], KeyError> {
+        let key = self.inner.audit.as_ref().ok_or_else(|| {
+            KeyError::NotFound("the PKCS#11 backend holds no audit checkpoint key".to_owned())
+        })?;
+        match self
+            .sign_with(token::AUDIT_SLOT, key, Payload::Message(message))
+            .await?
+        {
+            RawSignature::Ed25519(sig) => Ok(sig),
+            RawSignature::Ecdsa { .. } => Err(KeyError::Keystore(
+                "the audit checkpoint key gave an ECDSA signature".to_owned(),
+            )),
+        }
     }
 
     fn healthy(&self) -> bool {

@@ -22,6 +22,10 @@ use super::config::Pkcs11Config;
 use super::ec;
 use crate::keys::{Algorithm, KeyInfo};
 
+/// The handle slot of the audit checkpoint key: a name no key id can take (key ids have no
+/// spaces), so no client request can reach its handle.
+pub(super) const AUDIT_SLOT: &str = "audit checkpoint key";
+
 /// A key pair in the token, as signerd knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct TokenKey {
@@ -133,12 +137,16 @@ impl Conn {
     /// Finds every key pair in the token that signerd can use, named by adoption entries or
     /// else by label. Objects signerd cannot use are skipped with a warning; two objects
     /// claiming one id, or an adoption entry that matches nothing, are errors.
+    ///
+    /// The private key labelled `audit_label` is the audit checkpoint key: it is returned
+    /// apart and never as a client key, and an adoption entry that matches it is an error.
     pub(super) fn scan(
         &mut self,
         cfg: &Pkcs11Config,
-    ) -> Result<BTreeMap<String, TokenKey>, String> {
+        audit_label: Option<&str>,
+    ) -> Result<(BTreeMap<String, TokenKey>, Option<TokenKey>), String> {
         let session = self.session()?;
-        let result = self.scan_with(&session, cfg);
+        let result = self.scan_with(&session, cfg, audit_label);
         self.put_back(session);
         result
     }
@@ -147,8 +155,10 @@ impl Conn {
         &mut self,
         session: &Session,
         cfg: &Pkcs11Config,
-    ) -> Result<BTreeMap<String, TokenKey>, String> {
+        audit_label: Option<&str>,
+    ) -> Result<(BTreeMap<String, TokenKey>, Option<TokenKey>), String> {
         let mut found = BTreeMap::new();
+        let mut audit: Option<TokenKey> = None;
         let mut adopted = vec![false; cfg.adopt.len()];
         for key_type in [KeyType::EC, KeyType::EC_EDWARDS] {
             let objects = session
@@ -167,6 +177,44 @@ impl Conn {
                             .as_deref()
                             == Some(&ckid[..])
                 });
+                if let Some(audit_label) = audit_label
+                    && audit_label.as_bytes() == &label[..]
+                {
+                    if let Some(i) = adopt {
+                        return Err(format!(
+                            "keys.pkcs11.adopt `{}` matches the audit checkpoint key `{audit_label}`, \
+                             which is never a client key",
+                            cfg.adopt[i].id
+                        ));
+                    }
+                    if audit.is_some() {
+                        return Err(format!(
+                            "two private keys in the token are labelled `{audit_label}`, the \
+                             audit checkpoint key's label; keep exactly one"
+                        ));
+                    }
+                    if params.as_deref().and_then(ec::algorithm_of) != Some(Algorithm::Ed25519) {
+                        return Err(format!(
+                            "the audit checkpoint key `{audit_label}` in the token is not an \
+                             Ed25519 key; checkpoints are signed with Ed25519"
+                        ));
+                    }
+                    let public_key = read_public(session, &label, &ckid, Algorithm::Ed25519)
+                        .map_err(|e| format!("the audit checkpoint key `{audit_label}`: {e}"))?;
+                    audit = Some(TokenKey {
+                        info: KeyInfo {
+                            id: audit_label.to_owned(),
+                            algorithm: Algorithm::Ed25519,
+                            backend: super::BACKEND_NAME,
+                            public_key,
+                            version: None,
+                        },
+                        ckid,
+                        label,
+                    });
+                    self.handles.insert(AUDIT_SLOT.to_owned(), obj);
+                    continue;
+                }
                 let id = match adopt {
                     Some(i) => {
                         adopted[i] = true;
@@ -217,12 +265,16 @@ impl Conn {
                 cfg.adopt[i].id
             ));
         }
-        Ok(found)
+        Ok((found, audit))
     }
 
-    /// Resolves the handles of keys known from an earlier connection, checking that each
-    /// object still has the same public key (a different key under the same label is refused).
-    pub(super) fn resolve(&mut self, keys: &BTreeMap<String, TokenKey>) -> Result<(), String> {
+    /// Resolves the handles of keys known from an earlier connection (`(slot, key)`: the
+    /// key id, or [`AUDIT_SLOT`]), checking that each object still has the same public key (a
+    /// different key under the same label is refused).
+    pub(super) fn resolve<'a>(
+        &mut self,
+        keys: impl IntoIterator<Item = (&'a str, &'a TokenKey)>,
+    ) -> Result<(), String> {
         let session = self.session()?;
         let result = (|| {
             for (id, key) in keys {
@@ -245,7 +297,7 @@ impl Conn {
                         "key `{id}`: the token now holds a different key under its label"
                     ));
                 }
-                self.handles.insert(id.clone(), obj);
+                self.handles.insert(id.to_owned(), obj);
             }
             Ok(())
         })();
@@ -272,7 +324,7 @@ impl Conn {
             .push(session);
     }
 
-    /// The handle of key `id`.
+    /// The handle of key `id` (or of [`AUDIT_SLOT`]).
     pub(super) fn handle(&self, id: &str) -> Option<ObjectHandle> {
         self.handles.get(id).copied()
     }

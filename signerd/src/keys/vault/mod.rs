@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use self::client::Connection;
 use self::config::VaultKeysConfig;
 use self::wrapped::WrappedKey;
-use super::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
+use super::{Algorithm, AuditKeySpec, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
 
 /// The backend name reported in [`KeyInfo::backend`] and audit records.
 pub const BACKEND_NAME: &str = "vault";
@@ -56,6 +56,10 @@ pub struct VaultBackend {
     conn: Arc<Connection>,
     mount: String,
     keys: Keys,
+    /// The audit checkpoint key (see [`crate::keys::AuditKeySpec`]): a transit key outside the
+    /// client key prefix, pinned to `[audit] signing_key_version` so that every checkpoint of
+    /// a log is signed by the key `signerctl audit pubkey` prints, whatever rotation adds.
+    audit: Option<KeyInfo>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -122,9 +126,21 @@ async fn discover_native(
 impl VaultBackend {
     /// Connects and authenticates, discovers the keys (transit keys under the prefix, wrapped
     /// key files) and starts the renewal/probe task. Must run inside a tokio runtime.
-    pub async fn open(cfg: &VaultKeysConfig) -> Result<VaultBackend, KeyError> {
+    ///
+    /// With `audit`, transit key `audit.name` (outside `key_prefix`, so never a client key) is
+    /// the audit checkpoint key; it is created (Ed25519, not exportable) when missing and
+    /// `audit.create` is set. Without it, when it may not be created, the backend opens
+    /// without an audit key.
+    pub async fn open(
+        cfg: &VaultKeysConfig,
+        audit: Option<&AuditKeySpec>,
+    ) -> Result<VaultBackend, KeyError> {
         let conn = Connection::open(cfg).await?;
         let mut keys = discover_native(&conn, cfg).await?;
+        let audit = match audit {
+            Some(spec) => open_audit_key(&conn, cfg, spec).await?,
+            None => None,
+        };
         if let (Some(wk), Some(dir)) = (&cfg.wrapping_key, &cfg.wrapped_dir) {
             for w in wrapped::load_all(dir, wk)? {
                 if keys.contains_key(&w.id) {
@@ -155,6 +171,7 @@ impl VaultBackend {
             conn,
             mount: cfg.mount.clone(),
             keys,
+            audit,
             task,
         })
     }
@@ -188,6 +205,48 @@ impl VaultBackend {
         )
         .await
         .map(|_| ())
+    }
+}
+
+/// Reads (or creates) the audit checkpoint key: an Ed25519 transit key outside the prefix.
+async fn open_audit_key(
+    conn: &Connection,
+    cfg: &VaultKeysConfig,
+    spec: &AuditKeySpec,
+) -> Result<Option<KeyInfo>, KeyError> {
+    let name = spec.name.as_str();
+    // An empty prefix makes every transit key a client key.
+    if name.starts_with(&cfg.key_prefix) || cfg.wrapping_key.as_deref() == Some(name) {
+        return Err(KeyError::Keystore(format!(
+            "the audit checkpoint key `{name}` must be a transit key outside keys.vault.key_prefix \
+             `{}` and other than the wrapping key, so that it is never a client key",
+            cfg.key_prefix
+        )));
+    }
+    let mut exists = transit::list(conn, &cfg.mount)
+        .await?
+        .iter()
+        .any(|n| n == name);
+    if !exists && spec.create {
+        transit::create_signing_key(conn, &cfg.mount, name, Algorithm::Ed25519).await?;
+        tracing::info!(transit_key = %name, "created the audit checkpoint key in Vault transit");
+        exists = true;
+    }
+    if !exists {
+        return Ok(None);
+    }
+    let k = transit::read_version(conn, &cfg.mount, name, Some(spec.version)).await?;
+    match k {
+        Some(k) if k.algorithm == Algorithm::Ed25519 => Ok(Some(KeyInfo {
+            id: name.to_owned(),
+            algorithm: Algorithm::Ed25519,
+            backend: BACKEND_NAME,
+            public_key: k.public_key,
+            version: Some(k.version),
+        })),
+        _ => Err(KeyError::Keystore(format!(
+            "transit key `{name}` is the audit checkpoint key but is not an ed25519 key"
+        ))),
     }
 }
 
@@ -282,6 +341,42 @@ impl KeyBackend for VaultBackend {
     fn healthy(&self) -> bool {
         self.conn.healthy()
     }
+
+    fn audit_key(&self) -> Option<KeyInfo> {
+        self.audit.clone()
+    }
+
+    async fn sign_audit(&self, message: &[u8]) -> Result<[u8; 64], KeyError> {
+        let info = self.audit.as_ref().ok_or_else(|| {
+            KeyError::NotFound("the vault backend holds no audit checkpoint key".to_owned())
+        })?;
+        let version = info.version.unwrap_or(1);
+        let answer = transit::sign(
+            &self.conn,
+            &self.mount,
+            &info.id,
+            Algorithm::Ed25519,
+            version,
+            message,
+        )
+        .await?;
+        match transit::parse_signature(
+            Algorithm::Ed25519,
+            &info.public_key,
+            version,
+            message,
+            &answer,
+        ) {
+            Ok(RawSignature::Ed25519(sig)) => Ok(sig),
+            Ok(RawSignature::Ecdsa { .. }) => Err(KeyError::Keystore(
+                "the audit checkpoint key gave an ECDSA signature".to_owned(),
+            )),
+            Err(e) => Err(KeyError::Keystore(format!(
+                "audit checkpoint key `{}`: transit signature {e}",
+                info.id
+            ))),
+        }
+    }
 }
 
 impl VaultBackend {
@@ -341,6 +436,30 @@ impl VaultBackend {
             }
         }
     }
+}
+
+/// Creates the audit checkpoint key: Ed25519 transit key `name`, outside the client key
+/// prefix. Refuses an existing key.
+pub async fn generate_audit_key(cfg: &VaultKeysConfig, name: &str) -> Result<KeyInfo, KeyError> {
+    super::soft::validate_key_id(name)?;
+    let conn = Connection::open(cfg).await?;
+    if transit::list(&conn, &cfg.mount)
+        .await?
+        .iter()
+        .any(|n| n == name)
+    {
+        return Err(KeyError::Keystore(format!(
+            "transit key `{name}` already exists; refusing to reuse it"
+        )));
+    }
+    let spec = AuditKeySpec {
+        name: name.to_owned(),
+        create: true,
+        version: 1,
+    };
+    open_audit_key(&conn, cfg, &spec)
+        .await?
+        .ok_or_else(|| KeyError::Keystore(format!("transit key `{name}` was not created")))
 }
 
 /// Creates key `id` for `algorithm`: a transit key for Ed25519 and P-256, a transit-wrapped

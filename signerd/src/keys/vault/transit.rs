@@ -149,11 +149,22 @@ pub(crate) async fn list(conn: &Connection, mount: &str) -> Result<Vec<String>, 
     }
 }
 
-/// Reads transit key `name`: `Ok(None)` if it is not an Ed25519 or P-256 signing key.
+/// Reads transit key `name` at its latest version: `Ok(None)` if it is not an Ed25519 or
+/// P-256 signing key.
 pub(crate) async fn read(
     conn: &Connection,
     mount: &str,
     name: &str,
+) -> Result<Option<TransitKey>, KeyError> {
+    read_version(conn, mount, name, None).await
+}
+
+/// Reads transit key `name` at `version` (`None`: the latest).
+pub(crate) async fn read_version(
+    conn: &Connection,
+    mount: &str,
+    name: &str,
+    version: Option<u32>,
 ) -> Result<Option<TransitKey>, KeyError> {
     let r = conn
         .call(&format!("read transit key `{name}`"), |c| async move {
@@ -170,11 +181,17 @@ pub(crate) async fn read(
             "transit key `{name}` has no public keys"
         )));
     };
-    let (version, entry) = versions
+    let numbered = versions
         .iter()
-        .filter_map(|(v, e)| v.parse::<u32>().ok().map(|v| (v, e)))
-        .max_by_key(|(v, _)| *v)
-        .ok_or_else(|| KeyError::Keystore(format!("transit key `{name}` has no versions")))?;
+        .filter_map(|(v, e)| v.parse::<u32>().ok().map(|v| (v, e)));
+    let (version, entry) = match version {
+        None => numbered.max_by_key(|(v, _)| *v),
+        Some(want) => numbered.into_iter().find(|(v, _)| *v == want),
+    }
+    .ok_or_else(|| match version {
+        None => KeyError::Keystore(format!("transit key `{name}` has no versions")),
+        Some(v) => KeyError::Keystore(format!("transit key `{name}` has no version {v}")),
+    })?;
     let public_key = parse_public_key(algorithm, &entry.public_key)
         .map_err(|e| KeyError::Keystore(format!("transit key `{name}` v{version}: {e}")))?;
     Ok(Some(TransitKey {

@@ -291,7 +291,8 @@ impl Daemon {
         let watched = self.signer.clone();
         let watcher = tokio::spawn(async move {
             // The audit log's and the state store's failures are final until a restart; a key
-            // backend's comes and goes, so it is polled and health follows it both ways.
+            // backend's comes and goes, and so does an audit log paused for a checkpoint, so
+            // health follows them both ways.
             let mut serving = true;
             let mut tick = tokio::time::interval(HEALTH_POLL);
             loop {
@@ -316,11 +317,15 @@ impl Daemon {
                 let status = if now {
                     tracing::info!(
                         backend = keys.name(),
-                        "key backend recovered: reporting SERVING"
+                        "key backend and audit log ready again: reporting SERVING"
                     );
                     tonic_health::ServingStatus::Serving
                 } else {
-                    if !audit_ok {
+                    if !audit_ok && watched.audit().is_paused() {
+                        tracing::error!(
+                            "audit checkpoints cannot be signed: reporting NOT_SERVING until one is"
+                        );
+                    } else if !audit_ok {
                         tracing::error!("audit log failed: reporting NOT_SERVING");
                     } else if !state_ok {
                         tracing::error!("state store unavailable: reporting NOT_SERVING");

@@ -1036,3 +1036,43 @@ pub(crate) const NOT_SERVING: i32 =
     tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
 /// The health service name of the signer.
 pub(crate) const SIGNER_SERVICE: &str = "signer.v1.Signer";
+
+/// Checks that a key held apart for the audit log (`name`) is invisible to clients: `ListKeys`
+/// gives exactly `client_keys`, `GetKey` answers NOT_FOUND, and a signing request for it is
+/// refused (`req_id`; the caller checks the audit log shows nothing signed for it).
+pub(crate) async fn assert_audit_key_hidden(
+    c: &mut SignerClient<Channel>,
+    name: &str,
+    client_keys: &[&str],
+    req_id: &str,
+) {
+    let ids: Vec<String> = c
+        .list_keys(v1::ListKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys
+        .into_iter()
+        .map(|k| k.id)
+        .collect();
+    assert_eq!(ids, client_keys, "ListKeys shows the audit key to clients");
+    let st = refused(
+        "GetKey of the audit key",
+        c.get_key(v1::GetKeyRequest {
+            key_id: name.to_owned(),
+        })
+        .await,
+    );
+    assert_eq!(st.code(), tonic::Code::NotFound, "{st:?}");
+    let st = refused(
+        "signing with the audit key",
+        c.sign_digest(v1::SignDigestRequest {
+            dry_run: false,
+            request_id: req_id.to_owned(),
+            key_id: name.to_owned(),
+            digest: vec![7; 32],
+        })
+        .await,
+    );
+    assert_ne!(st.code(), tonic::Code::Ok);
+}

@@ -61,6 +61,36 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
+/// The Ed25519 public key of an audit key (`what` names it in errors), checked against the
+/// checkpoint origin `name` so that a bad origin fails at start rather than at the first
+/// checkpoint.
+fn checkpoint_public_key(
+    info: &KeyInfo,
+    name: &str,
+    what: &str,
+) -> Result<[u8; 32], AuditKeyError> {
+    if info.algorithm != Algorithm::Ed25519 {
+        return Err(AuditKeyError::Keystore(format!(
+            "{what} is {}, but checkpoints are signed with ed25519",
+            info.algorithm
+        )));
+    }
+    let public_key: [u8; 32] = info
+        .public_key
+        .as_slice()
+        .try_into()
+        .map_err(|_| AuditKeyError::Keystore(format!("{what} has a malformed public key")))?;
+    VerifierKey::new(name, &public_key)
+        .map_err(|e| AuditKeyError::Keystore(format!("audit.origin: {e}")))?;
+    Ok(public_key)
+}
+
+/// The key that verifies the checkpoints of `signer`.
+pub fn verifier_of(signer: &dyn CheckpointSigner) -> Result<VerifierKey, AuditKeyError> {
+    VerifierKey::new(signer.name(), &signer.public_key())
+        .map_err(|e| AuditKeyError::Keystore(e.to_string()))
+}
+
 /// The audit signing key, opened from its keystore directory.
 pub struct SoftCheckpointKey {
     name: String,
@@ -115,20 +145,7 @@ impl SoftCheckpointKey {
         let info = backend.key(AUDIT_KEY_ID).ok_or_else(|| {
             AuditKeyError::Keystore(format!("{shown}: `{AUDIT_KEY_ID}` disappeared"))
         })?;
-        if info.algorithm != Algorithm::Ed25519 {
-            return Err(AuditKeyError::Keystore(format!(
-                "{shown}: `{AUDIT_KEY_ID}` is {}, but checkpoints are signed with ed25519",
-                info.algorithm
-            )));
-        }
-        let public_key: [u8; 32] = info.public_key.as_slice().try_into().map_err(|_| {
-            AuditKeyError::Keystore(format!(
-                "{shown}: `{AUDIT_KEY_ID}` has a malformed public key"
-            ))
-        })?;
-        // Fails early on a bad name rather than at the first checkpoint.
-        VerifierKey::new(name, &public_key)
-            .map_err(|e| AuditKeyError::Keystore(format!("audit.origin: {e}")))?;
+        let public_key = checkpoint_public_key(&info, name, &format!("{shown}: `{AUDIT_KEY_ID}`"))?;
         Ok(SoftCheckpointKey {
             name: name.to_owned(),
             backend,
@@ -138,8 +155,7 @@ impl SoftCheckpointKey {
 
     /// The key that verifies its checkpoints.
     pub fn verifier_key(&self) -> Result<VerifierKey, AuditKeyError> {
-        VerifierKey::new(&self.name, &self.public_key)
-            .map_err(|e| AuditKeyError::Keystore(e.to_string()))
+        verifier_of(self)
     }
 }
 
@@ -304,20 +320,11 @@ impl HeldCheckpointKey {
                 backend.name()
             ))
         })?;
-        if info.algorithm != Algorithm::Ed25519 {
-            return Err(AuditKeyError::Keystore(format!(
-                "the audit checkpoint key `{}` is {}, but checkpoints are signed with ed25519",
-                info.id, info.algorithm
-            )));
-        }
-        let public_key: [u8; 32] = info.public_key.as_slice().try_into().map_err(|_| {
-            AuditKeyError::Keystore(format!(
-                "the audit checkpoint key `{}` has a malformed public key",
-                info.id
-            ))
-        })?;
-        VerifierKey::new(name, &public_key)
-            .map_err(|e| AuditKeyError::Keystore(format!("audit.origin: {e}")))?;
+        let public_key = checkpoint_public_key(
+            &info,
+            name,
+            &format!("the audit checkpoint key `{}`", info.id),
+        )?;
         Ok(HeldCheckpointKey {
             name: name.to_owned(),
             public_key,
@@ -328,8 +335,7 @@ impl HeldCheckpointKey {
 
     /// The key that verifies its checkpoints.
     pub fn verifier_key(&self) -> Result<VerifierKey, AuditKeyError> {
-        VerifierKey::new(&self.name, &self.public_key)
-            .map_err(|e| AuditKeyError::Keystore(e.to_string()))
+        verifier_of(self)
     }
 }
 

@@ -202,6 +202,17 @@ async fn bench_paces_at_the_given_rate_and_refuses_bad_rates() {
         "--duration",
         "2",
     ];
+    // Several keys must share one algorithm (one request shape per run).
+    let mut mixed = base.to_vec();
+    mixed.extend(["--key", ED]);
+    let out = crate::approvals::ctl_as(&env, &d, "app", &mixed);
+    assert!(!out.status.success(), "mixed algorithms accepted: {out:?}");
+    assert!(
+        out.stderr
+            .contains("every --key must have the same algorithm"),
+        "{}",
+        out.stderr
+    );
     for bad in ["0", "-5", "NaN", "inf", "2000000"] {
         let rate = format!("--rate={bad}");
         let mut args = base.to_vec();
@@ -223,6 +234,7 @@ async fn bench_paces_at_the_given_rate_and_refuses_bad_rates() {
     let report: serde_json::Value = serde_json::from_str(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
     assert_eq!(report["offered_per_s"], 40.0, "{report}");
+    assert_eq!(report["keys"], 1, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
     // 40/s for 2 s: 80 requests are due; a paced run sends no more than that.
     let ok = report["ok"].as_u64().unwrap_or(0);

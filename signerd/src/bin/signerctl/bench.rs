@@ -17,9 +17,10 @@ use signerd_proto::v1;
 
 #[derive(Args)]
 pub(crate) struct BenchArgs {
-    /// Key to sign with (secp256k1: EIP-191 messages).
-    #[arg(long = "key")]
-    key_id: String,
+    /// Key to sign with (secp256k1: EIP-191 messages). Repeat it to spread requests
+    /// round-robin over several keys of one algorithm; `--baseline` uses the first.
+    #[arg(long = "key", required = true)]
+    keys: Vec<String>,
     /// Concurrent clients, each with its own mTLS connection.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
@@ -134,15 +135,23 @@ pub(crate) async fn run(
         bail!("--rate must be 1..=1000000 requests per second");
     }
     let duration = Duration::from_secs(args.duration);
+    if args.keys.len() > 10_000 {
+        bail!("--key may be given at most 10000 times");
+    }
     let mut probe = connect(&settings).await?;
-    let key = probe
-        .get_key(v1::GetKeyRequest {
-            key_id: args.key_id.clone(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("GetKey {}: {}", args.key_id, s.message()))?
-        .into_inner();
-    let algorithm = v1::Algorithm::try_from(key.algorithm).unwrap_or(v1::Algorithm::Unspecified);
+    let mut algorithms = std::collections::BTreeSet::new();
+    for id in &args.keys {
+        let key = probe
+            .get_key(v1::GetKeyRequest { key_id: id.clone() })
+            .await
+            .map_err(|s| anyhow::anyhow!("GetKey {id}: {}", s.message()))?
+            .into_inner();
+        algorithms.insert(key.algorithm);
+    }
+    let [algorithm] = algorithms.into_iter().collect::<Vec<_>>()[..] else {
+        bail!("every --key must have the same algorithm");
+    };
+    let algorithm = v1::Algorithm::try_from(algorithm).unwrap_or(v1::Algorithm::Unspecified);
     let baseline = match args.baseline {
         None => None,
         Some(b) => {
@@ -153,6 +162,7 @@ pub(crate) async fn run(
     let signerd = run_signerd(&settings, &args, algorithm, duration).await?;
     if json_out {
         let mut report = signerd.json(args.concurrency);
+        report["keys"] = json!(args.keys.len());
         if let Some((name, b)) = &baseline {
             report["baseline"] = b.json(args.concurrency);
             report["baseline"]["kind"] = json!(name);
@@ -164,6 +174,9 @@ pub(crate) async fn run(
             b.print(&format!("baseline ({name})"), args.concurrency);
         }
         signerd.print("signerd", args.concurrency);
+        if args.keys.len() > 1 {
+            println!("keys: {} (round-robin)", args.keys.len());
+        }
         if let Some((_, b)) = &baseline {
             println!(
                 "ratio signerd / baseline: {:.1}%",
@@ -203,7 +216,7 @@ async fn run_baseline(
                 .as_ref()
                 .context("--baseline vault needs --config (the daemon's configuration)")?;
             let (latencies, errors, elapsed) =
-                crate::bench_vault::direct(path, &args.key_id, args.concurrency, duration).await?;
+                crate::bench_vault::direct(path, &args.keys[0], args.concurrency, duration).await?;
             let mut errs = std::collections::BTreeMap::new();
             if errors > 0 {
                 errs.insert("transit sign".to_owned(), errors as u64);
@@ -232,7 +245,7 @@ async fn run_baseline(
                 .pin_source()
                 .read("keys.pkcs11.pin")
                 .map_err(anyhow::Error::msg)?;
-            let (id, threads) = (args.key_id.clone(), args.concurrency);
+            let (id, threads) = (args.keys[0].clone(), args.concurrency);
             let raw = tokio::task::spawn_blocking(move || {
                 signerd::keys::pkcs11::bench_raw(&p, &pin, &id, threads, duration)
             })
@@ -335,7 +348,7 @@ async fn run_signerd(
         .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate));
     let mut tasks = Vec::new();
     for (w, mut client) in clients.into_iter().enumerate() {
-        let key_id = args.key_id.clone();
+        let keys = args.keys.clone();
         let run_id = run_id.clone();
         let first_due = interval.map(|iv| started + iv.mul_f64(w as f64 / args.concurrency as f64));
         tasks.push(tokio::spawn(async move {
@@ -346,6 +359,8 @@ async fn run_signerd(
             let mut i = 0u64;
             while Instant::now() < deadline {
                 let request_id = format!("bench-{run_id}-{w}-{i}");
+                // Round-robin over the keys, offset per client so that every key is in use.
+                let key_id = keys[(w + i as usize) % keys.len()].clone();
                 let text = format!("signerctl bench {run_id} {w} {i}");
                 let t = match (first_due, interval) {
                     (Some(first), Some(iv)) => {
@@ -361,7 +376,7 @@ async fn run_signerd(
                 let result = if algorithm == v1::Algorithm::Secp256k1 {
                     let req = v1::SignEvmMessageRequest {
                         request_id,
-                        key_id: key_id.clone(),
+                        key_id,
                         message: text.into_bytes(),
                         dry_run: false,
                     };
@@ -370,7 +385,7 @@ async fn run_signerd(
                     use sha2::Digest;
                     let req = v1::SignDigestRequest {
                         request_id,
-                        key_id: key_id.clone(),
+                        key_id,
                         digest: sha2::Sha256::digest(text.as_bytes()).to_vec(),
                         dry_run: false,
                     };

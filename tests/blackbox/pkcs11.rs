@@ -608,7 +608,7 @@ fn audit_key_in_token(env: &TestEnv, extra: &str) {
     write_file(&path, text.as_bytes(), 0o600);
 }
 
-/// `signerctl audit ...` with this token.
+/// `signerctl ...` with this token.
 fn audit_ctl(hsm: &SoftHsm, args: &[&str]) -> Exited {
     let mut cmd = Command::new(SIGNERCTL);
     cmd.env("SOFTHSM2_CONF", hsm.conf()).args(args);
@@ -622,6 +622,28 @@ async fn pkcs11_audit_key_lives_in_the_token_signs_checkpoints_and_is_never_a_cl
     hsm.generate(&env, "hsm-ed", "ed25519");
     let config = env.config_path();
     let config = config.to_str().unwrap();
+    // A client key cannot take the audit key's label.
+    let out = audit_ctl(
+        &hsm,
+        &[
+            "keys",
+            "generate",
+            "--backend",
+            "pkcs11",
+            "--config",
+            config,
+            "--id",
+            "audit-checkpoint",
+            "--algorithm",
+            "ed25519",
+        ],
+    );
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("is the audit checkpoint key's label"),
+        "{}",
+        out.stderr
+    );
 
     // Before the first start the key is not there yet, and `check` says what will happen.
     let mut check = Command::new(SIGNERD);

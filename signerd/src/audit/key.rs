@@ -61,14 +61,14 @@ fn block_on<F: Future>(fut: F) -> F::Output {
     }
 }
 
-/// The Ed25519 public key of an audit key (`what` names it in errors), checked against the
-/// checkpoint origin `name` so that a bad origin fails at start rather than at the first
+/// The verifier key of an audit key (`what` names it in errors) under the checkpoint origin
+/// `name`: the key must be Ed25519, and a bad origin fails at start rather than at the first
 /// checkpoint.
-fn checkpoint_public_key(
+fn checkpoint_verifier(
     info: &KeyInfo,
     name: &str,
     what: &str,
-) -> Result<[u8; 32], AuditKeyError> {
+) -> Result<VerifierKey, AuditKeyError> {
     if info.algorithm != Algorithm::Ed25519 {
         return Err(AuditKeyError::Keystore(format!(
             "{what} is {}, but checkpoints are signed with ed25519",
@@ -81,8 +81,17 @@ fn checkpoint_public_key(
         .try_into()
         .map_err(|_| AuditKeyError::Keystore(format!("{what} has a malformed public key")))?;
     VerifierKey::new(name, &public_key)
-        .map_err(|e| AuditKeyError::Keystore(format!("audit.origin: {e}")))?;
-    Ok(public_key)
+        .map_err(|e| AuditKeyError::Keystore(format!("audit.origin: {e}")))
+}
+
+/// The verifier key of a backend-held audit key (as [`KeyBackend::audit_key`] or key
+/// generation describes it) under the checkpoint origin `origin`.
+pub fn held_verifier_key(info: &KeyInfo, origin: &str) -> Result<VerifierKey, AuditKeyError> {
+    checkpoint_verifier(
+        info,
+        origin,
+        &format!("the audit checkpoint key `{}`", info.id),
+    )
 }
 
 /// The key that verifies the checkpoints of `signer`.
@@ -145,7 +154,8 @@ impl SoftCheckpointKey {
         let info = backend.key(AUDIT_KEY_ID).ok_or_else(|| {
             AuditKeyError::Keystore(format!("{shown}: `{AUDIT_KEY_ID}` disappeared"))
         })?;
-        let public_key = checkpoint_public_key(&info, name, &format!("{shown}: `{AUDIT_KEY_ID}`"))?;
+        let public_key =
+            checkpoint_verifier(&info, name, &format!("{shown}: `{AUDIT_KEY_ID}`"))?.public_key();
         Ok(SoftCheckpointKey {
             name: name.to_owned(),
             backend,
@@ -320,11 +330,7 @@ impl HeldCheckpointKey {
                 backend.name()
             ))
         })?;
-        let public_key = checkpoint_public_key(
-            &info,
-            name,
-            &format!("the audit checkpoint key `{}`", info.id),
-        )?;
+        let public_key = held_verifier_key(&info, name)?.public_key();
         Ok(HeldCheckpointKey {
             name: name.to_owned(),
             public_key,

@@ -92,8 +92,9 @@ pub struct AuditOptions {
     /// (`Some(0)` disables the check). `None`: [`DEFAULT_MIN_FREE_BYTES`], or a quarter of the
     /// filesystem's size if that is smaller.
     pub min_free_bytes: Option<u64>,
-    /// While checkpoints cannot be signed, new records are refused once this many wait for a
-    /// checkpoint, until one is signed. `None`: ten times `checkpoint_every_records`.
+    /// While checkpoints cannot be signed, the log pauses (no new request is admitted; records
+    /// are still written) once this many wait for a checkpoint, until one is signed. `None`:
+    /// ten times `checkpoint_every_records`.
     pub max_unattested_records: Option<u64>,
 }
 

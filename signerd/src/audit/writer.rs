@@ -166,8 +166,8 @@ pub(super) struct Settings {
     pub(super) max_segment_bytes: u64,
     pub(super) max_segment_age: Duration,
     pub(super) min_free_bytes: u64,
-    /// New records are refused while a checkpoint cannot be signed and this many records are
-    /// unattested; they are taken again after the next signed checkpoint.
+    /// The log pauses (see [`Shared`]) while a checkpoint cannot be signed and this many
+    /// records are unattested, until the next signed checkpoint.
     pub(super) max_unattested_records: u64,
 }
 
@@ -427,9 +427,9 @@ impl Writer {
 
     /// Checkpoints while serving. A key that cannot sign (an HSM or Vault that is away) is
     /// not final, unlike a failed write: the records stay durable and chained, the attempt is
-    /// repeated every [`CHECKPOINT_RETRY`], and new records are refused once
-    /// `max_unattested_records` wait for a checkpoint, until one is signed. Errors returned
-    /// are write failures, which stop the log.
+    /// repeated every [`CHECKPOINT_RETRY`], and the log pauses (no new request is admitted)
+    /// once `max_unattested_records` wait for a checkpoint, until one is signed. Errors
+    /// returned are write failures, which stop the log.
     fn checkpoint(&mut self) -> Result<(), String> {
         let (checkpoint, note) = match self.sign_checkpoint() {
             Ok(signed) => signed,

@@ -196,19 +196,6 @@ async fn generate_held(
     }
 }
 
-/// The verifier key of a backend-held audit key under the configured origin.
-fn held_verifier(
-    cfg: &signerd::config::Config,
-    info: &signerd::keys::KeyInfo,
-) -> anyhow::Result<VerifierKey> {
-    let public: [u8; 32] = info
-        .public_key
-        .as_slice()
-        .try_into()
-        .context("the audit checkpoint key is not an Ed25519 key")?;
-    Ok(VerifierKey::new(&cfg.audit.origin, &public)?)
-}
-
 /// Runs one `signerctl audit` command.
 pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
     match cmd {
@@ -232,7 +219,7 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
                     let name = &cfg.audit.signing_key_name;
                     let info = generate_held(&cfg, held, name).await?;
                     (
-                        held_verifier(&cfg, &info)?,
+                        key::held_verifier_key(&info, &cfg.audit.origin)?,
                         format!("the {held} backend, named `{name}`"),
                     )
                 }
@@ -269,7 +256,7 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
                             config.display()
                         )
                     })?;
-                    held_verifier(&cfg, &info)?
+                    key::held_verifier_key(&info, &cfg.audit.origin)?
                 }
             };
             if json_out {

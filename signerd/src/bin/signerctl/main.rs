@@ -473,6 +473,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     signerd::keys::soft::generate(&dir, &id, algorithm, &passphrase)?
                 }
                 "pkcs11" => {
+                    if cfg.audit.signing_key_backend == "pkcs11" && id == cfg.audit.signing_key_name
+                    {
+                        bail!(
+                            "`{id}` is the audit checkpoint key's label (audit.signing_key_name); \
+                             a client key cannot take it"
+                        );
+                    }
                     let p = cfg
                         .keys
                         .pkcs11

@@ -631,6 +631,10 @@ impl Signer {
             }));
         }
         self.check_state()?;
+        // This request may soon want a durable result: the audit writer may hold its current
+        // batch briefly so that one fdatasync covers this result too. Dropped before any wait
+        // on the log other than the signing path's own result.
+        let expected = self.audit.expect();
         let prepared = validate_request_id(&request_id).and_then(|()| prepare());
         let prepared = match prepared {
             Ok(p) => p,
@@ -672,6 +676,7 @@ impl Signer {
             .lock_request(&caller.identity.id, &prepared.request_id)
             .await;
         if let Some(stored) = self.stored(&caller, &prepared.request_id).await? {
+            drop(expected);
             if stored.fingerprint == fingerprint && stored.outcome == StoredOutcome::Pending {
                 return self
                     .pending_reply(&caller.identity.id, &prepared.request_id)
@@ -716,6 +721,7 @@ impl Signer {
                 rules,
                 requirements,
             } => {
+                drop(expected);
                 let waiting = Waiting {
                     fingerprint: &fingerprint,
                     rules,
@@ -730,12 +736,13 @@ impl Signer {
                 return Ok(response);
             }
             Decision::Deny { rule, reason } => {
+                drop(expected);
                 return Err(self
                     .deny(&caller, &prepared, &fingerprint, rule, reason)
                     .await);
             }
         }
-        self.sign_allowed(&caller, &prepared, &fingerprint, &mut reservation)
+        self.sign_allowed(&caller, &prepared, &fingerprint, &mut reservation, expected)
             .await
     }
 
@@ -776,6 +783,7 @@ impl Signer {
         prepared: &Prepared,
         fingerprint: &str,
         reservation: &mut Reservation<'_>,
+        expected: crate::audit::Expected,
     ) -> Result<R, ServiceError> {
         let t = std::time::Instant::now();
         let signed = self.sign(prepared).await;
@@ -783,6 +791,7 @@ impl Signer {
         let signature = match signed {
             Ok(sig) => sig,
             Err(e) => {
+                drop(expected);
                 let msg = e.to_string();
                 self.record_unsigned(caller, prepared, &msg).await;
                 tracing::warn!(error = %msg, "backend failed");
@@ -801,15 +810,18 @@ impl Signer {
         let (mut response, result_rec) = match build_response::<R>(caller, prepared, &signature) {
             Ok(built) => built,
             Err(e) => {
+                drop(expected);
                 // Nothing leaves the process; the record says why.
                 self.record_unsigned(caller, prepared, &e.to_string()).await;
                 return Err(e);
             }
         };
         let t = std::time::Instant::now();
-        let receipt = self
-            .audit
-            .append_durable(result_rec)
+        let durable = self.audit.submit_durable(result_rec);
+        drop(expected);
+        let receipt = durable
+            .map_err(unavailable)?
+            .wait()
             .await
             .map_err(unavailable)?;
         crate::metrics::stage("audit_commit", t.elapsed());

@@ -78,6 +78,9 @@ pub struct AuditOptions {
     pub fsync: bool,
     /// Most records written in one group commit (at least 1).
     pub max_batch: usize,
+    /// Longest time the writer holds a batch that someone waits for, before syncing it, while
+    /// records announced with [`AuditLog::expect`] are still to come (zero: never).
+    pub group_commit_wait: Duration,
     /// Signs checkpoints. Its name is the checkpoints' origin.
     pub signer: Arc<dyn CheckpointSigner>,
     /// A checkpoint after this many records (at least 1).
@@ -98,6 +101,9 @@ pub struct AuditOptions {
     pub max_unattested_records: Option<u64>,
 }
 
+/// The longest wait of a batch for announced records when none is configured.
+pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_micros(1000);
+
 /// The free-space floor when none is configured (capped at a quarter of the filesystem).
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
 
@@ -106,6 +112,7 @@ impl std::fmt::Debug for AuditOptions {
         f.debug_struct("AuditOptions")
             .field("fsync", &self.fsync)
             .field("max_batch", &self.max_batch)
+            .field("group_commit_wait", &self.group_commit_wait)
             .field("signer", &self.signer.name())
             .field("checkpoint_every_records", &self.checkpoint_every_records)
             .field("checkpoint_every", &self.checkpoint_every)
@@ -124,6 +131,7 @@ impl AuditOptions {
         AuditOptions {
             fsync: true,
             max_batch: 1024,
+            group_commit_wait: DEFAULT_GROUP_COMMIT_WAIT,
             signer,
             checkpoint_every_records: 1000,
             checkpoint_every: Duration::from_secs(60),
@@ -142,6 +150,7 @@ impl AuditOptions {
         AuditOptions {
             fsync: !config.bench_unsafe_no_fsync,
             max_batch: config.max_batch,
+            group_commit_wait: Duration::from_micros(config.group_commit_wait_micros),
             signer,
             checkpoint_every_records: config.checkpoint_every_records,
             checkpoint_every: Duration::from_secs(config.checkpoint_every_seconds),
@@ -169,6 +178,7 @@ impl AuditOptions {
         Ok(Settings {
             fsync: self.fsync,
             max_batch: self.max_batch.max(1),
+            group_commit_wait: self.group_commit_wait,
             checkpoint_every_records,
             checkpoint_every: self.checkpoint_every.max(Duration::from_millis(1)),
             max_segment_bytes: self.max_segment_bytes,
@@ -179,6 +189,36 @@ impl AuditOptions {
                 .unwrap_or(checkpoint_every_records.saturating_mul(10))
                 .max(1),
         })
+    }
+}
+
+/// A record queued by [`AuditLog::submit_durable`], not yet known to be durable.
+#[must_use = "the record's receipt comes from `wait`"]
+pub struct Durable {
+    rx: tokio::sync::oneshot::Receiver<Result<Receipt, AuditError>>,
+    shared: Arc<Shared>,
+}
+
+impl Durable {
+    /// Waits until the record, and every record queued before it, is fsynced.
+    pub async fn wait(self) -> Result<Receipt, AuditError> {
+        match self.rx.await {
+            Ok(answer) => answer,
+            // The writer stopped with this record still queued.
+            Err(_) => Err(self.shared.unavailable()),
+        }
+    }
+}
+
+/// A durable record announced by [`AuditLog::expect`]; dropping it ends the announcement.
+#[must_use = "dropping it at once announces nothing"]
+pub struct Expected {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.shared.expected_done();
     }
 }
 
@@ -352,12 +392,30 @@ impl AuditLog {
 
     /// Queues a record and waits until it, and every record queued before it, is fsynced.
     pub async fn append_durable(&self, record: Record) -> Result<Receipt, AuditError> {
+        self.submit_durable(record)?.wait().await
+    }
+
+    /// Queues a record whose caller will wait for it to be durable: [`append_durable`] in
+    /// two steps, so that the caller can drop an [`Expected`] between them.
+    ///
+    /// [`append_durable`]: AuditLog::append_durable
+    pub fn submit_durable(&self, record: Record) -> Result<Durable, AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.enqueue(&record, Some(tx))?;
-        match rx.await {
-            Ok(answer) => answer,
-            // The writer stopped with this record still queued.
-            Err(_) => Err(self.inner.shared.unavailable()),
+        Ok(Durable {
+            rx,
+            shared: Arc::clone(&self.inner.shared),
+        })
+    }
+
+    /// Announces a durable record that will follow shortly (the result of a signature being
+    /// made). Until the returned guard is dropped, the writer may hold a batch someone waits
+    /// for (at most `group_commit_wait`) so that one fdatasync covers both. Drop the guard
+    /// once the record is submitted, or when it will not be.
+    pub fn expect(&self) -> Expected {
+        self.inner.shared.expect();
+        Expected {
+            shared: Arc::clone(&self.inner.shared),
         }
     }
 

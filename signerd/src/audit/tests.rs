@@ -351,6 +351,91 @@ async fn group_commit_many_concurrent_durable_appends() {
     verify(dir.path());
 }
 
+/// The `ts` of record `seq`: one per group commit.
+fn ts_of(dir: &Path, seq: u64) -> String {
+    json(&all_lines(dir)[seq as usize])["ts"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_holds_a_batch_for_announced_records_up_to_its_bound() {
+    const PROMPT: Duration = Duration::from_secs(10);
+    let dir = TempDir::new("expect");
+    let long = AuditOptions {
+        group_commit_wait: Duration::from_secs(60),
+        ..opts()
+    };
+    let log = AuditLog::open(dir.path(), long).unwrap();
+
+    // Nothing announced: a durable append is synced at once, whatever the bound.
+    let alone = tokio::time::timeout(PROMPT, log.append_durable(Record::new("t.alone")))
+        .await
+        .expect("a durable append waited though nothing was announced")
+        .unwrap();
+
+    // Announced: the batch holding `first` waits for the announced record, and both share
+    // one group commit (one `ts`).
+    let expected = log.expect();
+    let first = tokio::spawn({
+        let log = log.clone();
+        async move { log.append_durable(Record::new("t.first")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !first.is_finished(),
+        "the batch was synced while an announced record was still to come"
+    );
+    let second = log.submit_durable(Record::new("t.second")).unwrap();
+    drop(expected);
+    let first = tokio::time::timeout(PROMPT, first)
+        .await
+        .expect("the batch was still held after the announced record came")
+        .unwrap()
+        .unwrap();
+    let second = tokio::time::timeout(PROMPT, second.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.seq, first.seq + 1);
+    assert_eq!(ts_of(dir.path(), first.seq), ts_of(dir.path(), second.seq));
+    assert_ne!(ts_of(dir.path(), alone.seq), ts_of(dir.path(), first.seq));
+
+    // An announcement withdrawn without a record (an early return) releases the batch too.
+    let expected = log.expect();
+    let third = tokio::spawn({
+        let log = log.clone();
+        async move { log.append_durable(Record::new("t.third")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(expected);
+    tokio::time::timeout(PROMPT, third)
+        .await
+        .expect("a withdrawn announcement kept the batch held")
+        .unwrap()
+        .unwrap();
+    log.shutdown().await.unwrap();
+
+    // The bound: an announcement that never ends delays a batch by at most the bound.
+    let bound = Duration::from_millis(200);
+    let short = AuditOptions {
+        group_commit_wait: bound,
+        ..opts()
+    };
+    let log = AuditLog::open(dir.path(), short).unwrap();
+    let _never = log.expect();
+    let t = std::time::Instant::now();
+    tokio::time::timeout(PROMPT, log.append_durable(Record::new("t.bounded")))
+        .await
+        .expect("the batch was held past its bound")
+        .unwrap();
+    assert!(t.elapsed() >= bound, "held {:?}", t.elapsed());
+    drop(_never);
+    log.shutdown().await.unwrap();
+    verify(dir.path());
+}
+
 #[tokio::test]
 async fn deleted_segment_fails_closed() {
     let dir = TempDir::new("deleted");

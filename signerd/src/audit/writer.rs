@@ -4,7 +4,9 @@
 //! One OS thread owns the active segment. It takes one queued record, drains up to
 //! `max_batch` more, gives them consecutive `seq`s, chains each to the previous leaf hash,
 //! adds each leaf to the Merkle tree, writes the whole batch with one `write_all`, makes it
-//! durable with one `fdatasync`, and only then answers the waiters. Between batches it signs a
+//! durable with one `fdatasync`, and only then answers the waiters. Before syncing a batch it
+//! may wait, at most `group_commit_wait`, for the results of signatures being made right now
+//! ([`Shared::expect`]), so that one sync serves them too. Between batches it signs a
 //! checkpoint when enough records or time have passed, and rotates the segment when it is too
 //! big or too old.
 //!
@@ -19,7 +21,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -71,6 +73,12 @@ pub(super) struct Shared {
     /// still written). Cleared by the next signed checkpoint.
     paused: AtomicBool,
     health: tokio::sync::watch::Sender<bool>,
+    /// Durable records announced by [`Shared::expect`] and not yet queued.
+    expected: AtomicUsize,
+    /// Set while the writer waits for `expected` to reach zero.
+    writer_waiting: AtomicBool,
+    /// The writer thread, to wake it when `expected` reaches zero while it waits.
+    writer_thread: OnceLock<std::thread::Thread>,
 }
 
 impl Shared {
@@ -79,7 +87,43 @@ impl Shared {
             stopped: OnceLock::new(),
             paused: AtomicBool::new(false),
             health: tokio::sync::watch::Sender::new(true),
+            expected: AtomicUsize::new(0),
+            writer_waiting: AtomicBool::new(false),
+            writer_thread: OnceLock::new(),
         }
+    }
+
+    /// Announces a durable record that will be queued soon (a signature being made).
+    pub(super) fn expect(&self) {
+        self.expected.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The announced record was queued, or will not be. Wakes a writer waiting for the last
+    /// one.
+    pub(super) fn expected_done(&self) {
+        if self.expected.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.writer_waiting.load(Ordering::SeqCst)
+            && let Some(thread) = self.writer_thread.get()
+        {
+            thread.unpark();
+        }
+    }
+
+    /// Waits until no announced record is outstanding, or until `deadline`. Called by the
+    /// writer thread only.
+    fn wait_for_expected(&self, deadline: Instant) {
+        let _ = self.writer_thread.set(std::thread::current());
+        // Set before reading `expected`: a count that reaches zero afterwards sees the flag
+        // and unparks (an unpark before the park makes the park return at once).
+        self.writer_waiting.store(true, Ordering::SeqCst);
+        while self.expected.load(Ordering::SeqCst) > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+        self.writer_waiting.store(false, Ordering::SeqCst);
     }
 
     /// Stops the log for good. The first reason wins.
@@ -161,6 +205,8 @@ pub(super) struct Segment {
 pub(super) struct Settings {
     pub(super) fsync: bool,
     pub(super) max_batch: usize,
+    /// Longest wait, before syncing a batch, for announced records (zero: never wait).
+    pub(super) group_commit_wait: Duration,
     pub(super) checkpoint_every_records: u64,
     pub(super) checkpoint_every: Duration,
     pub(super) max_segment_bytes: u64,
@@ -648,6 +694,17 @@ impl Writer {
         }
     }
 
+    /// Whether to wait for announced records before committing `batch`: only when the batch
+    /// will be synced for a waiter, has room, and some announced record is still to come.
+    fn should_wait(&self, batch: &[Msg], stop: bool) -> bool {
+        !stop
+            && self.settings.fsync
+            && !self.settings.group_commit_wait.is_zero()
+            && batch.len() < self.settings.max_batch
+            && self.shared.expected.load(Ordering::SeqCst) > 0
+            && batch.iter().any(|m| m.reply.is_some())
+    }
+
     /// The thread body: group commit and maintenance until a stop record, a failure, or every
     /// sender is gone.
     pub(super) fn run(mut self, rx: Receiver<Msg>) {
@@ -667,14 +724,13 @@ impl Writer {
             if let Some(first) = first {
                 let mut stop = first.stop;
                 batch.push(first);
-                while !stop && batch.len() < self.settings.max_batch {
-                    match rx.try_recv() {
-                        Ok(msg) => {
-                            stop = msg.stop;
-                            batch.push(msg);
-                        }
-                        Err(_) => break,
-                    }
+                stop = drain(&rx, &mut batch, stop, self.settings.max_batch);
+                if self.should_wait(&batch, stop) {
+                    // Results of signatures being made now join this batch's sync instead
+                    // of each paying for one of their own.
+                    self.shared
+                        .wait_for_expected(Instant::now() + self.settings.group_commit_wait);
+                    stop = drain(&rx, &mut batch, stop, self.settings.max_batch);
                 }
                 let mut written = self.check_space().and_then(|()| self.commit(&batch, stop));
                 let receipts = std::mem::take(&mut self.receipts);
@@ -716,6 +772,21 @@ impl Writer {
             }
         }
     }
+}
+
+/// Moves queued records into `batch` without blocking, up to `max_batch` or a stop record;
+/// returns whether the batch now ends with a stop record.
+fn drain(rx: &Receiver<Msg>, batch: &mut Vec<Msg>, mut stop: bool, max_batch: usize) -> bool {
+    while !stop && batch.len() < max_batch {
+        match rx.try_recv() {
+            Ok(msg) => {
+                stop = msg.stop;
+                batch.push(msg);
+            }
+            Err(_) => break,
+        }
+    }
+    stop
 }
 
 fn identity_of(file: &File, path: &Path) -> Result<(u64, u64), String> {

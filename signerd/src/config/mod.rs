@@ -229,6 +229,10 @@ pub struct AuditConfig {
     /// Most records per group commit.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
+    /// Longest wait, in microseconds, of a group commit for the results of signatures being
+    /// made, so that one fdatasync covers them too (0: sync at once).
+    #[serde(default = "default_group_commit_wait_micros")]
+    pub group_commit_wait_micros: u64,
     /// Where the audit log's checkpoint signing key lives: `soft` (a keystore of its own in
     /// `signing_key_dir`), or `pkcs11` / `vault` (the token or Vault server of `[keys]`, which
     /// must then use that backend; the key is kept apart from client keys).
@@ -289,6 +293,9 @@ pub struct AuditConfig {
 
 fn default_max_batch() -> usize {
     1024
+}
+fn default_group_commit_wait_micros() -> u64 {
+    crate::audit::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64
 }
 fn default_signing_key_backend() -> String {
     "soft".to_owned()
@@ -424,6 +431,12 @@ impl Config {
             10_000,
         )?;
         bounded("audit.max_batch", self.audit.max_batch as u64, 1, 65_536)?;
+        bounded(
+            "audit.group_commit_wait_micros",
+            self.audit.group_commit_wait_micros,
+            0,
+            100_000,
+        )?;
         self.validate_audit()?;
 
         let mut ids = std::collections::HashSet::new();
@@ -839,6 +852,10 @@ dir = "audit"
             ),
             (with("signing_key_dir = \"audit/key\""), "outside audit.dir"),
             (with("signing_key_dir = \".\""), "outside audit.dir"),
+            (
+                with("group_commit_wait_micros = 100001"),
+                "audit.group_commit_wait_micros = 100001 is outside 0..=100000",
+            ),
             (
                 with("max_unattested_records = 999"),
                 "audit.max_unattested_records = 999 is outside 1000..=",

@@ -638,21 +638,40 @@ impl Signer {
                 return Err(self.deny(&caller, &p, fp, None, "not allowed".into()).await);
             }
         }
+        let expected = self.audit.expect();
         match rec.method.as_str() {
             METHOD_TX => self
-                .sign_allowed::<v1::SignEvmTransactionResponse>(&caller, &p, fp, &mut reservation)
+                .sign_allowed::<v1::SignEvmTransactionResponse>(
+                    &caller,
+                    &p,
+                    fp,
+                    &mut reservation,
+                    expected,
+                )
                 .await
                 .map(drop),
             METHOD_MESSAGE => self
-                .sign_allowed::<v1::SignEvmMessageResponse>(&caller, &p, fp, &mut reservation)
+                .sign_allowed::<v1::SignEvmMessageResponse>(
+                    &caller,
+                    &p,
+                    fp,
+                    &mut reservation,
+                    expected,
+                )
                 .await
                 .map(drop),
             METHOD_TYPED_DATA => self
-                .sign_allowed::<v1::SignTypedDataResponse>(&caller, &p, fp, &mut reservation)
+                .sign_allowed::<v1::SignTypedDataResponse>(
+                    &caller,
+                    &p,
+                    fp,
+                    &mut reservation,
+                    expected,
+                )
                 .await
                 .map(drop),
             METHOD_DIGEST => self
-                .sign_allowed::<v1::SignDigestResponse>(&caller, &p, fp, &mut reservation)
+                .sign_allowed::<v1::SignDigestResponse>(&caller, &p, fp, &mut reservation, expected)
                 .await
                 .map(drop),
             other => Err(ServiceError::Unavailable(format!(

@@ -242,4 +242,52 @@ async fn bench_paces_at_the_given_rate_and_refuses_bad_rates() {
         (70..=80).contains(&ok),
         "{ok} requests at 40/s for 2 s: {report}"
     );
+
+    // Paced runs compare latencies with the transport floor only.
+    let mut args = base.to_vec();
+    args.extend(["--rate", "40", "--baseline", "soft"]);
+    let out = crate::approvals::ctl_as(&env, &d, "app", &args);
+    assert!(
+        !out.status.success(),
+        "--rate with --baseline soft: {out:?}"
+    );
+    assert!(
+        out.stderr
+            .contains("--rate applies to signerd and to --baseline floor only"),
+        "{}",
+        out.stderr
+    );
+    // The floor server runs at the same offered rate; no throughput ratio is claimed.
+    let mut args = vec!["--json"];
+    args.extend(base);
+    args.extend(["--rate", "40", "--baseline", "floor"]);
+    let out = crate::approvals::ctl_as(&env, &d, "app", &args);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    let floor = &report["baseline"];
+    assert_eq!(floor["offered_per_s"], 40.0, "{report}");
+    assert_eq!(floor["errors"], serde_json::json!({}), "{report}");
+    for run in [floor, &report] {
+        let ok = run["ok"].as_u64().unwrap_or(0);
+        assert!((70..=80).contains(&ok), "{ok} at 40/s for 2 s: {report}");
+    }
+    assert!(report.get("ratio").is_none(), "{report}");
+    // Unpaced, the floor's throughput is the baseline of the ratio.
+    let mut args = vec!["--json"];
+    args.extend(base);
+    args.extend(["--baseline", "floor"]);
+    let out = crate::approvals::ctl_as(&env, &d, "app", &args);
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    let (ours, floor) = (
+        report["throughput_per_s"].as_f64().unwrap_or(0.0),
+        report["baseline"]["throughput_per_s"]
+            .as_f64()
+            .unwrap_or(0.0),
+    );
+    assert!(ours > 0.0 && floor > 0.0, "{report}");
+    let ratio = report["ratio"].as_f64().unwrap_or(0.0);
+    assert!((ratio - ours / floor).abs() < 1e-9, "{report}");
 }

@@ -28,11 +28,12 @@ pub(crate) struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     duration: u64,
     /// Also measure the backend's raw limit in the same run and print the ratio.
-    #[arg(long, value_enum, conflicts_with = "rate")]
+    #[arg(long, value_enum)]
     baseline: Option<Baseline>,
     /// Send at this total rate (requests per second, spread evenly over the clients) instead
     /// of as fast as answers come back. Latency then counts from when each request was due,
-    /// so a daemon that falls behind shows it (no coordinated omission).
+    /// so a daemon that falls behind shows it (no coordinated omission). With `--baseline
+    /// floor`, the floor server is loaded at the same rate, to compare latencies.
     #[arg(long)]
     rate: Option<f64>,
     /// signerd configuration naming the token or the Vault (for `--baseline pkcs11` and
@@ -134,6 +135,9 @@ pub(crate) async fn run(
     {
         bail!("--rate must be 1..=1000000 requests per second");
     }
+    if args.rate.is_some() && !matches!(args.baseline, None | Some(Baseline::Floor)) {
+        bail!("--rate applies to signerd and to --baseline floor only");
+    }
     let duration = Duration::from_secs(args.duration);
     if args.keys.len() > 10_000 {
         bail!("--key may be given at most 10000 times");
@@ -166,7 +170,9 @@ pub(crate) async fn run(
         if let Some((name, b)) = &baseline {
             report["baseline"] = b.json(args.concurrency);
             report["baseline"]["kind"] = json!(name);
-            report["ratio"] = json!(signerd.throughput() / b.throughput());
+            if args.rate.is_none() {
+                report["ratio"] = json!(signerd.throughput() / b.throughput());
+            }
         }
         println!("{report:#}");
     } else {
@@ -177,7 +183,9 @@ pub(crate) async fn run(
         if args.keys.len() > 1 {
             println!("keys: {} (round-robin)", args.keys.len());
         }
-        if let Some((_, b)) = &baseline {
+        if let Some((_, b)) = &baseline
+            && args.rate.is_none()
+        {
             println!(
                 "ratio signerd / baseline: {:.1}%",
                 100.0 * signerd.throughput() / b.throughput()
@@ -324,6 +332,31 @@ fn soft_baseline(
     })
 }
 
+/// Paced load: the k-th request of the run is due at `started + k / rate` and goes to client
+/// `k mod n`, until `deadline`. A thread sleeping to each due time wakes within tens of
+/// microseconds of it, where tokio's timers fire on a 1 ms tick and would add up to a
+/// millisecond to every latency counted from the due time. A client still busy when its next
+/// request is due finds it queued, and that request's latency counts from its due time.
+fn pace(
+    started: Instant,
+    deadline: Instant,
+    rate: f64,
+    clients: &[tokio::sync::mpsc::UnboundedSender<Instant>],
+) {
+    for k in 0u64.. {
+        let due = started + Duration::from_secs_f64(k as f64 / rate);
+        if due >= deadline {
+            break;
+        }
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        // A client that stopped (its connection failed) takes no more requests.
+        let _ = clients[(k % clients.len() as u64) as usize].send(due);
+    }
+}
+
 /// signerd end to end: EIP-191 messages for secp256k1 keys, raw digests (a rule must name
 /// `raw_digest`) for the others.
 async fn run_signerd(
@@ -341,38 +374,50 @@ async fn run_signerd(
     }
     let deadline = Instant::now() + duration;
     let started = Instant::now();
-    // With --rate, client w sends its i-th request at started + (w / n + i) * interval, where
-    // interval = n / rate.
-    let interval = args
-        .rate
-        .map(|rate| Duration::from_secs_f64(args.concurrency as f64 / rate));
+    // With --rate, a pacer thread hands each client its due times.
+    let mut due_rxs = Vec::with_capacity(args.concurrency);
+    let pacer = match args.rate {
+        None => None,
+        Some(rate) => {
+            let mut txs = Vec::with_capacity(args.concurrency);
+            for _ in 0..args.concurrency {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                txs.push(tx);
+                due_rxs.push(rx);
+            }
+            Some(
+                std::thread::Builder::new()
+                    .name("bench-pacer".to_owned())
+                    .spawn(move || pace(started, deadline, rate, &txs))?,
+            )
+        }
+    };
+    let mut due_rxs = due_rxs.into_iter();
     let mut tasks = Vec::new();
     for (w, mut client) in clients.into_iter().enumerate() {
         let keys = args.keys.clone();
         let run_id = run_id.clone();
-        let first_due = interval.map(|iv| started + iv.mul_f64(w as f64 / args.concurrency as f64));
+        let mut due_rx = due_rxs.next();
         tasks.push(tokio::spawn(async move {
             let mut out = Worker {
                 latencies: Vec::new(),
                 errors: Vec::new(),
             };
             let mut i = 0u64;
-            while Instant::now() < deadline {
+            loop {
+                let t = match &mut due_rx {
+                    // Paced: the next due time, until the pacer stops at the deadline.
+                    Some(rx) => match rx.recv().await {
+                        Some(due) => due,
+                        None => break,
+                    },
+                    None if Instant::now() < deadline => Instant::now(),
+                    None => break,
+                };
                 let request_id = format!("bench-{run_id}-{w}-{i}");
                 // Round-robin over the keys, offset per client so that every key is in use.
                 let key_id = keys[(w + i as usize) % keys.len()].clone();
                 let text = format!("signerctl bench {run_id} {w} {i}");
-                let t = match (first_due, interval) {
-                    (Some(first), Some(iv)) => {
-                        let due = first + iv.mul_f64(i as f64);
-                        if due >= deadline {
-                            break;
-                        }
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
-                    _ => Instant::now(),
-                };
                 let result = if algorithm == v1::Algorithm::Secp256k1 {
                     let req = v1::SignEvmMessageRequest {
                         request_id,
@@ -410,6 +455,11 @@ async fn run_signerd(
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    if let Some(pacer) = pacer {
+        pacer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the pacer thread panicked"))?;
+    }
     latencies.sort();
     Ok(Measured {
         offered: args.rate,

@@ -138,6 +138,20 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), MetricsError> {
     use axum::routing::get;
+    // Histogram samples wait in the recorder until drained into their buckets; a scrape
+    // drains them, and so does this, so that memory stays bounded when nobody scrapes.
+    let upkeep = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            let mut every = tokio::time::interval(UPKEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        }
+    });
+    let _stop_upkeep = AbortOnDrop(upkeep);
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
@@ -157,6 +171,18 @@ pub async fn serve(
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| MetricsError(e.to_string()))
+}
+
+/// How often histogram samples are drained into their buckets between scrapes.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Binds the metrics listener.

@@ -4,6 +4,8 @@
 //! parity of R's y); Ed25519 results are verified strictly. A signature that does not verify under the key
 //! is an error: it is never returned, whatever the signer said.
 
+use k256::elliptic_curve;
+
 use super::{Algorithm, RawSignature};
 
 /// Turns a signer's `r || s` for `digest` into a low-s signature with its recovery id, checked
@@ -21,64 +23,48 @@ pub(crate) fn normalize_ecdsa(
         ));
     }
     match algorithm {
-        Algorithm::Secp256k1 => recover_k256(public_key, digest, rs),
-        Algorithm::P256 => recover_p256(public_key, digest, rs),
+        Algorithm::Secp256k1 => recover::<k256::Secp256k1>(public_key, digest, rs),
+        Algorithm::P256 => recover::<p256::NistP256>(public_key, digest, rs),
         Algorithm::Ed25519 => Err("an Ed25519 key cannot make ECDSA signatures".to_owned()),
     }
 }
 
-fn recover_k256(public_key: &[u8], digest: &[u8; 32], rs: &[u8]) -> Result<RawSignature, String> {
-    use k256::elliptic_curve::ops::{LinearCombinationExt, Reduce};
-    use k256::elliptic_curve::point::AffineCoordinates;
-    use k256::{ProjectivePoint, Scalar, U256};
-    let sig = k256::ecdsa::Signature::from_slice(rs)
+/// [`normalize_ecdsa`] on curve `C`.
+fn recover<C>(public_key: &[u8], digest: &[u8; 32], rs: &[u8]) -> Result<RawSignature, String>
+where
+    C: elliptic_curve::PrimeCurve + elliptic_curve::CurveArithmetic,
+    C: elliptic_curve::Curve<FieldBytesSize = elliptic_curve::consts::U32>,
+    C::ProjectivePoint: elliptic_curve::ops::LinearCombination,
+    ecdsa::SignatureSize<C>: elliptic_curve::generic_array::ArrayLength<u8>,
+    elliptic_curve::AffinePoint<C>:
+        elliptic_curve::sec1::FromEncodedPoint<C> + elliptic_curve::sec1::ToEncodedPoint<C>,
+    elliptic_curve::FieldBytesSize<C>: elliptic_curve::sec1::ModulusSize,
+{
+    use elliptic_curve::group::{Curve as _, Group as _};
+    use elliptic_curve::ops::{Invert, LinearCombination, Reduce};
+    use elliptic_curve::point::AffineCoordinates;
+    let sig = ecdsa::Signature::<C>::from_slice(rs)
         .map_err(|_| "the signer's signature has r or s out of range")?;
     let sig = sig.normalize_s().unwrap_or(sig);
     let want =
-        k256::ecdsa::VerifyingKey::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
+        ecdsa::VerifyingKey::<C>::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
     let (r, s) = sig.split_scalars();
-    let z = <Scalar as Reduce<U256>>::reduce_bytes(&(*digest).into());
-    let s_inv = Option::<Scalar>::from(s.invert()).ok_or("the signature has s = 0")?;
-    let point = ProjectivePoint::lincomb_ext(&[
-        (ProjectivePoint::GENERATOR, z * s_inv),
-        (ProjectivePoint::from(*want.as_affine()), *r * s_inv),
-    ])
-    .to_affine();
-    let x = point.x();
-    let r_bytes = r.to_bytes();
-    check_r(
-        x.as_slice(),
-        &r_bytes,
-        <Scalar as Reduce<U256>>::reduce_bytes(&x) == *r,
-    )?;
-    Ok(split(&sig.to_bytes(), point.y_is_odd().into()))
-}
-
-fn recover_p256(public_key: &[u8], digest: &[u8; 32], rs: &[u8]) -> Result<RawSignature, String> {
-    use p256::elliptic_curve::ops::{LinearCombination, Reduce};
-    use p256::elliptic_curve::point::AffineCoordinates;
-    use p256::{ProjectivePoint, Scalar, U256};
-    let sig = p256::ecdsa::Signature::from_slice(rs)
-        .map_err(|_| "the signer's signature has r or s out of range")?;
-    let sig = sig.normalize_s().unwrap_or(sig);
-    let want =
-        p256::ecdsa::VerifyingKey::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
-    let (r, s) = sig.split_scalars();
-    let z = <Scalar as Reduce<U256>>::reduce_bytes(&(*digest).into());
-    let s_inv = Option::<Scalar>::from(s.invert()).ok_or("the signature has s = 0")?;
-    let point = ProjectivePoint::lincomb(
-        &ProjectivePoint::GENERATOR,
+    let z = <C::Scalar as Reduce<C::Uint>>::reduce_bytes(&(*digest).into());
+    // `s` is non-zero (a signature with s = 0 does not parse), so it has an inverse.
+    let s_inv: C::Scalar = *Invert::invert(&s);
+    let point = C::ProjectivePoint::lincomb(
+        &C::ProjectivePoint::generator(),
         &(z * s_inv),
-        &ProjectivePoint::from(*want.as_affine()),
+        &C::ProjectivePoint::from(*want.as_affine()),
         &(*r * s_inv),
     )
     .to_affine();
     let x = point.x();
-    let r_bytes = r.to_bytes();
+    let r_bytes: elliptic_curve::FieldBytes<C> = r.into();
     check_r(
         x.as_slice(),
         &r_bytes,
-        <Scalar as Reduce<U256>>::reduce_bytes(&x) == *r,
+        <C::Scalar as Reduce<C::Uint>>::reduce_bytes(&x) == *r,
     )?;
     Ok(split(&sig.to_bytes(), point.y_is_odd().into()))
 }

@@ -55,8 +55,9 @@ struct Inner {
     last_error: Mutex<String>,
     healthy: AtomicBool,
     permits: tokio::sync::Semaphore,
-    /// Wakes the monitor at once after a failure.
-    wake: tokio::sync::Notify,
+    /// Wakes the monitor at once after a failure. Shared so that the sleeping monitor holds
+    /// only this, not the backend.
+    wake: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Pkcs11Backend {
@@ -114,7 +115,7 @@ impl Pkcs11Backend {
             last_error: Mutex::new(String::new()),
             healthy: AtomicBool::new(true),
             permits: tokio::sync::Semaphore::new(cfg.sessions),
-            wake: tokio::sync::Notify::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(monitor(Arc::downgrade(&inner)));
@@ -334,17 +335,17 @@ impl Inner {
 async fn monitor(inner: Weak<Inner>) {
     let mut logged = String::new();
     loop {
-        let wake = match inner.upgrade() {
-            Some(i) => {
-                let i2 = i.clone();
-                let notified = async move { i2.wake.notified().await };
-                tokio::select! {
-                    _ = notified => {}
-                    _ = tokio::time::sleep(MONITOR_PERIOD) => {}
-                }
-                i
-            }
-            None => return,
+        // Sleeps holding only the notifier: a backend dropped meanwhile is released at once,
+        // and the monitor ends at its next wake.
+        let Some(notify) = inner.upgrade().map(|i| Arc::clone(&i.wake)) else {
+            return;
+        };
+        tokio::select! {
+            () = notify.notified() => {}
+            () = tokio::time::sleep(MONITOR_PERIOD) => {}
+        }
+        let Some(wake) = inner.upgrade() else {
+            return;
         };
         let current = wake.lock_conn().clone();
         match current {

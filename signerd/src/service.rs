@@ -109,6 +109,23 @@ pub trait SignResponse: Message + Default + Send + 'static {
     fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>);
 }
 
+/// The [`SignResponse`] methods every response implements alike: each has the fields
+/// `receipt`, `evaluation`, `status` and `pending`.
+macro_rules! response_fields {
+    () => {
+        fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
+            self.receipt = Some(receipt);
+        }
+        fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
+            self.evaluation = Some(evaluation);
+        }
+        fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>) {
+            self.status = status.into();
+            self.pending = pending;
+        }
+    };
+}
+
 impl SignResponse for v1::SignEvmTransactionResponse {
     fn fill(&mut self, sig: v1::Signature, signing_hash: [u8; 32], tx: Option<evm::SignedTx>) {
         if let Some(tx) = tx {
@@ -118,16 +135,7 @@ impl SignResponse for v1::SignEvmTransactionResponse {
         self.signature = Some(sig);
         self.signing_hash = signing_hash.to_vec();
     }
-    fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
-        self.receipt = Some(receipt);
-    }
-    fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
-        self.evaluation = Some(evaluation);
-    }
-    fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>) {
-        self.status = status.into();
-        self.pending = pending;
-    }
+    response_fields!();
 }
 
 impl SignResponse for v1::SignEvmMessageResponse {
@@ -135,16 +143,7 @@ impl SignResponse for v1::SignEvmMessageResponse {
         self.signature = Some(sig);
         self.signing_hash = signing_hash.to_vec();
     }
-    fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
-        self.receipt = Some(receipt);
-    }
-    fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
-        self.evaluation = Some(evaluation);
-    }
-    fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>) {
-        self.status = status.into();
-        self.pending = pending;
-    }
+    response_fields!();
 }
 
 impl SignResponse for v1::SignTypedDataResponse {
@@ -152,32 +151,14 @@ impl SignResponse for v1::SignTypedDataResponse {
         self.signature = Some(sig);
         self.signing_hash = signing_hash.to_vec();
     }
-    fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
-        self.receipt = Some(receipt);
-    }
-    fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
-        self.evaluation = Some(evaluation);
-    }
-    fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>) {
-        self.status = status.into();
-        self.pending = pending;
-    }
+    response_fields!();
 }
 
 impl SignResponse for v1::SignDigestResponse {
     fn fill(&mut self, sig: v1::Signature, _: [u8; 32], _: Option<evm::SignedTx>) {
         self.signature = Some(sig);
     }
-    fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
-        self.receipt = Some(receipt);
-    }
-    fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
-        self.evaluation = Some(evaluation);
-    }
-    fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>) {
-        self.status = status.into();
-        self.pending = pending;
-    }
+    response_fields!();
 }
 
 /// A decoded request, ready for policy and signing.

@@ -408,8 +408,8 @@ impl AuditLog {
         })
     }
 
-    /// Announces a durable record that will follow shortly (the result of a signature being
-    /// made). Until the returned guard is dropped, the writer may hold a batch someone waits
+    /// Announces a durable record that may follow shortly (the result of a request in
+    /// progress). Until the returned guard is dropped, the writer may hold a batch someone waits
     /// for (at most `group_commit_wait`) so that one fdatasync covers both. Drop the guard
     /// once the record is submitted, or when it will not be.
     pub fn expect(&self) -> Expected {

@@ -5,8 +5,8 @@
 //! `max_batch` more, gives them consecutive `seq`s, chains each to the previous leaf hash,
 //! adds each leaf to the Merkle tree, writes the whole batch with one `write_all`, makes it
 //! durable with one `fdatasync`, and only then answers the waiters. Before syncing a batch it
-//! may wait, at most `group_commit_wait`, for the results of signatures being made right now
-//! ([`Shared::expect`]), so that one sync serves them too. Between batches it signs a
+//! may wait, at most `group_commit_wait`, for the durable records that requests in progress
+//! have announced ([`Shared::expect`]), so that one sync serves them too. Between batches it signs a
 //! checkpoint when enough records or time have passed, and rotates the segment when it is too
 //! big or too old.
 //!
@@ -93,7 +93,7 @@ impl Shared {
         }
     }
 
-    /// Announces a durable record that will be queued soon (a signature being made).
+    /// Announces a durable record that may be queued soon (a request in progress).
     pub(super) fn expect(&self) {
         self.expected.fetch_add(1, Ordering::SeqCst);
     }
@@ -726,8 +726,8 @@ impl Writer {
                 batch.push(first);
                 stop = drain(&rx, &mut batch, stop, self.settings.max_batch);
                 if self.should_wait(&batch, stop) {
-                    // Results of signatures being made now join this batch's sync instead
-                    // of each paying for one of their own.
+                    // Results of requests in progress join this batch's sync instead of each
+                    // paying for one of their own.
                     self.shared
                         .wait_for_expected(Instant::now() + self.settings.group_commit_wait);
                     stop = drain(&rx, &mut batch, stop, self.settings.max_batch);

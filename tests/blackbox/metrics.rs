@@ -226,13 +226,17 @@ async fn bench_paces_at_the_given_rate_and_refuses_bad_rates() {
             out.stderr
         );
     }
-    let mut args = vec!["--json"];
-    args.extend(base);
-    args.extend(["--rate", "40"]);
-    let out = crate::approvals::ctl_as(&env, &d, "app", &args);
-    assert!(out.status.success(), "{out:?}");
-    let report: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    // A successful `bench --json` run with `extra` after the base arguments.
+    let report_of = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec!["--json"];
+        args.extend(base);
+        args.extend(extra);
+        let out = crate::approvals::ctl_as(&env, &d, "app", &args);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout))
+    };
+    let report = report_of(&["--rate", "40"]);
     assert_eq!(report["offered_per_s"], 40.0, "{report}");
     assert_eq!(report["keys"], 1, "{report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
@@ -258,13 +262,7 @@ async fn bench_paces_at_the_given_rate_and_refuses_bad_rates() {
         out.stderr
     );
     // The floor server runs at the same offered rate; no throughput ratio is claimed.
-    let mut args = vec!["--json"];
-    args.extend(base);
-    args.extend(["--rate", "40", "--baseline", "floor"]);
-    let out = crate::approvals::ctl_as(&env, &d, "app", &args);
-    assert!(out.status.success(), "{out:?}");
-    let report: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    let report = report_of(&["--rate", "40", "--baseline", "floor"]);
     let floor = &report["baseline"];
     assert_eq!(floor["offered_per_s"], 40.0, "{report}");
     assert_eq!(floor["errors"], serde_json::json!({}), "{report}");
@@ -274,13 +272,7 @@ async fn bench_paces_at_the_given_rate_and_refuses_bad_rates() {
     }
     assert!(report.get("ratio").is_none(), "{report}");
     // Unpaced, the floor's throughput is the baseline of the ratio.
-    let mut args = vec!["--json"];
-    args.extend(base);
-    args.extend(["--baseline", "floor"]);
-    let out = crate::approvals::ctl_as(&env, &d, "app", &args);
-    assert!(out.status.success(), "{out:?}");
-    let report: serde_json::Value = serde_json::from_str(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", out.stdout));
+    let report = report_of(&["--baseline", "floor"]);
     let (ours, floor) = (
         report["throughput_per_s"].as_f64().unwrap_or(0.0),
         report["baseline"]["throughput_per_s"]

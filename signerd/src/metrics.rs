@@ -151,7 +151,6 @@ pub async fn serve(
             }
         }
     });
-    let _stop_upkeep = AbortOnDrop(upkeep);
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
@@ -167,23 +166,15 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| MetricsError(e.to_string()))
+        .await;
+    upkeep.abort();
+    served.map_err(|e| MetricsError(e.to_string()))
 }
 
 /// How often histogram samples are drained into their buckets between scrapes.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Binds the metrics listener.
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, MetricsError> {

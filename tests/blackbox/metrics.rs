@@ -202,28 +202,20 @@ async fn bench_paces_at_the_given_rate_and_refuses_bad_rates() {
         "--duration",
         "2",
     ];
-    // Several keys must share one algorithm (one request shape per run).
-    let mut mixed = base.to_vec();
-    mixed.extend(["--key", ED]);
-    let out = crate::approvals::ctl_as(&env, &d, "app", &mixed);
-    assert!(!out.status.success(), "mixed algorithms accepted: {out:?}");
-    assert!(
-        out.stderr
-            .contains("every --key must have the same algorithm"),
-        "{}",
-        out.stderr
-    );
-    for bad in ["0", "-5", "NaN", "inf", "2000000"] {
-        let rate = format!("--rate={bad}");
+    // A `bench` run with `extra` after the base arguments must fail, saying `why`.
+    let refused = |extra: &[&str], why: &str| {
         let mut args = base.to_vec();
-        args.push(&rate);
+        args.extend(extra);
         let out = crate::approvals::ctl_as(&env, &d, "app", &args);
-        assert!(!out.status.success(), "--rate {bad} was accepted: {out:?}");
-        assert!(
-            out.stderr
-                .contains("--rate must be 1..=1000000 requests per second"),
-            "--rate {bad}: {}",
-            out.stderr
+        assert!(!out.status.success(), "{extra:?} was accepted: {out:?}");
+        assert!(out.stderr.contains(why), "{extra:?}: {}", out.stderr);
+    };
+    // Several keys must share one algorithm (one request shape per run).
+    refused(&["--key", ED], "every --key must have the same algorithm");
+    for bad in ["0", "-5", "NaN", "inf", "2000000"] {
+        refused(
+            &[&format!("--rate={bad}")],
+            "--rate must be 1..=1000000 requests per second",
         );
     }
     // A successful `bench --json` run with `extra` after the base arguments.
@@ -248,18 +240,9 @@ async fn bench_paces_at_the_given_rate_and_refuses_bad_rates() {
     );
 
     // Paced runs compare latencies with the transport floor only.
-    let mut args = base.to_vec();
-    args.extend(["--rate", "40", "--baseline", "soft"]);
-    let out = crate::approvals::ctl_as(&env, &d, "app", &args);
-    assert!(
-        !out.status.success(),
-        "--rate with --baseline soft: {out:?}"
-    );
-    assert!(
-        out.stderr
-            .contains("--rate applies to signerd and to --baseline floor only"),
-        "{}",
-        out.stderr
+    refused(
+        &["--rate", "40", "--baseline", "soft"],
+        "--rate applies to signerd and to --baseline floor only",
     );
     // The floor server runs at the same offered rate; no throughput ratio is claimed.
     let report = report_of(&["--rate", "40", "--baseline", "floor"]);

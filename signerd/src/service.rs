@@ -567,11 +567,13 @@ impl Signer {
         let this = self.clone();
         let started = std::time::Instant::now();
         let span = tracing::info_span!("request", req_id = %request_id, client = %caller.identity.id, method);
+        // Boxed: the request's future is large (about 3.5 KiB), and spawning moves a task's
+        // future several times; a box moves as a pointer.
         let task = tokio::spawn(tracing::Instrument::instrument(
-            async move {
+            Box::pin(async move {
                 this.process(caller, method, request_id, key_id, prepare)
                     .await
-            },
+            }),
             span,
         ));
         let result = match task.await {

@@ -79,7 +79,8 @@ pub struct AuditOptions {
     /// Most records written in one group commit (at least 1).
     pub max_batch: usize,
     /// Longest time the writer holds a batch that someone waits for, before syncing it, while
-    /// records announced with [`AuditLog::expect`] are still to come (zero: never).
+    /// records announced with [`AuditLog::expect`] are still to come; and a batch nobody waits
+    /// for, before writing it, while no record someone waits for has joined it (zero: never).
     pub group_commit_wait: Duration,
     /// Signs checkpoints. Its name is the checkpoints' origin.
     pub signer: Arc<dyn CheckpointSigner>,
@@ -375,8 +376,14 @@ impl AuditLog {
             reply,
             stop: false,
         };
+        let durable = msg.reply.is_some();
         match self.inner.tx.try_send(msg) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if durable {
+                    self.inner.shared.durable_queued();
+                }
+                Ok(())
+            }
             Err(TrySendError::Full(_)) => Err(AuditError::Unavailable(format!(
                 "the audit queue is full ({QUEUE_CAPACITY} records are waiting for the disk); try again later"
             ))),
@@ -385,7 +392,8 @@ impl AuditLog {
     }
 
     /// Queues a record without waiting for it to be durable. Records are written in the order
-    /// they are queued, so a later durable append makes this one durable too.
+    /// they are queued, so a later durable append makes this one durable too. The writer may
+    /// hold it (at most `group_commit_wait`) to write it with the next durable one.
     pub fn append(&self, record: Record) -> Result<(), AuditError> {
         self.enqueue(&record, None)
     }
@@ -476,8 +484,14 @@ impl AuditLog {
                     .shared
                     .stop("the audit log is shut down".to_owned());
                 let tx = self.inner.tx.clone();
+                let shared = Arc::clone(&self.inner.shared);
                 // A blocking send (the queue may be full) belongs on a blocking thread.
-                match tokio::task::spawn_blocking(move || tx.send(msg)).await {
+                let send = move || {
+                    let sent = tx.send(msg);
+                    shared.durable_queued();
+                    sent
+                };
+                match tokio::task::spawn_blocking(send).await {
                     Ok(Ok(())) => match reply_rx.await {
                         Ok(answer) => answer.map(|_| ()),
                         Err(_) => Err(AuditError::Unavailable(

@@ -360,7 +360,7 @@ fn ts_of(dir: &Path, seq: u64) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn group_commit_holds_a_batch_for_announced_records_up_to_its_bound() {
+async fn group_commit_holds_a_batch_for_announced_and_durable_records_up_to_its_bound() {
     const PROMPT: Duration = Duration::from_secs(10);
     let dir = TempDir::new("expect");
     let long = AuditOptions {
@@ -402,6 +402,23 @@ async fn group_commit_holds_a_batch_for_announced_records_up_to_its_bound() {
     assert_eq!(ts_of(dir.path(), first.seq), ts_of(dir.path(), second.seq));
     assert_ne!(ts_of(dir.path(), alone.seq), ts_of(dir.path(), first.seq));
 
+    // A record nobody waits for is held (no write of its own) until one someone waits for
+    // joins it: both are written and synced as one group.
+    log.append(Record::new("t.held")).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let joined = tokio::time::timeout(PROMPT, log.append_durable(Record::new("t.joined")))
+        .await
+        .expect("a held batch kept a durable record waiting")
+        .unwrap();
+    assert_eq!(
+        json(&all_lines(dir.path())[joined.seq as usize - 1])["type"],
+        "t.held"
+    );
+    assert_eq!(
+        ts_of(dir.path(), joined.seq - 1),
+        ts_of(dir.path(), joined.seq)
+    );
+
     // An announcement withdrawn without a record (an early return) releases the batch too.
     let expected = log.expect();
     let third = tokio::spawn({
@@ -432,6 +449,24 @@ async fn group_commit_holds_a_batch_for_announced_records_up_to_its_bound() {
         .unwrap();
     assert!(t.elapsed() >= bound, "held {:?}", t.elapsed());
     drop(_never);
+    // A record nobody waits for, and nothing after it, is written once the bound has passed.
+    let before = all_lines(dir.path()).len();
+    // Complete lines only: the poll may read the segment while a batch is being written.
+    let complete = || -> usize {
+        segments::list(dir.path())
+            .unwrap()
+            .iter()
+            .map(|s| std::fs::read(&s.path).unwrap())
+            .map(|b| b.iter().filter(|c| **c == b'\n').count())
+            .sum()
+    };
+    log.append(Record::new("t.unwaited")).unwrap();
+    let t = std::time::Instant::now();
+    while complete() == before {
+        assert!(t.elapsed() < PROMPT, "a held record was never written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(json(&all_lines(dir.path())[before])["type"], "t.unwaited");
     log.shutdown().await.unwrap();
     verify(dir.path());
 }

@@ -6,9 +6,10 @@
 //! adds each leaf to the Merkle tree, writes the whole batch with one `write_all`, makes it
 //! durable with one `fdatasync`, and only then answers the waiters. Before syncing a batch it
 //! may wait, at most `group_commit_wait`, for the durable records that requests in progress
-//! have announced ([`Shared::expect`]), so that one sync serves them too. Between batches it signs a
-//! checkpoint when enough records or time have passed, and rotates the segment when it is too
-//! big or too old.
+//! have announced ([`Shared::expect`]), so that one sync serves them too. A batch nobody waits
+//! for is held, for at most the same bound, until a record someone waits for joins it. Between
+//! batches it signs a checkpoint when enough records or time have passed, and rotates the
+//! segment when it is too big or too old.
 //!
 //! It must never retry a failed write or sync (after a failed fsync the page cache state is
 //! unknown), never write after a failure (a torn batch must stay the last bytes of the file),
@@ -77,6 +78,9 @@ pub(super) struct Shared {
     expected: AtomicUsize,
     /// Set while the writer waits for `expected` to reach zero.
     writer_waiting: AtomicBool,
+    /// Set while the writer holds records nobody waits for, until a record someone waits for
+    /// joins them.
+    writer_holding: AtomicBool,
     /// The writer thread, to wake it when `expected` reaches zero while it waits.
     writer_thread: OnceLock<std::thread::Thread>,
 }
@@ -89,6 +93,7 @@ impl Shared {
             health: tokio::sync::watch::Sender::new(true),
             expected: AtomicUsize::new(0),
             writer_waiting: AtomicBool::new(false),
+            writer_holding: AtomicBool::new(false),
             writer_thread: OnceLock::new(),
         }
     }
@@ -103,6 +108,19 @@ impl Shared {
     pub(super) fn expected_done(&self) {
         if self.expected.fetch_sub(1, Ordering::SeqCst) == 1
             && self.writer_waiting.load(Ordering::SeqCst)
+            && let Some(thread) = self.writer_thread.get()
+        {
+            thread.unpark();
+        }
+    }
+
+    /// A record someone waits for (or the stop record) was queued: wakes a writer holding
+    /// records nobody waits for.
+    pub(super) fn durable_queued(&self) {
+        // Pairs with the fence in `hold`: either this load sees the flag, or the writer's
+        // drain after its fence sees the record.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.writer_holding.load(Ordering::SeqCst)
             && let Some(thread) = self.writer_thread.get()
         {
             thread.unpark();
@@ -696,6 +714,44 @@ impl Writer {
 
     /// Whether to wait for announced records before committing `batch`: only when the batch
     /// will be synced for a waiter, has room, and some announced record is still to come.
+    /// Whether to hold a batch that nobody waits for. Written on its own it would cost a
+    /// write now and leave the next group its sync anyway; held, it joins that group's write.
+    fn should_hold(&self, batch: &[Msg], stop: bool) -> bool {
+        !stop
+            && self.settings.fsync
+            && !self.settings.group_commit_wait.is_zero()
+            && batch.len() < self.settings.max_batch
+            && batch.iter().all(|m| m.reply.is_none())
+    }
+
+    /// Holds a batch that nobody waits for until a record someone waits for (or the stop
+    /// record) is queued, the batch is full, or `group_commit_wait` has passed. Senders of
+    /// records nobody waits for do not wake the writer meanwhile. Returns whether the batch
+    /// now ends with a stop record.
+    fn hold(&self, rx: &Receiver<Msg>, batch: &mut Vec<Msg>, mut stop: bool) -> bool {
+        let shared = &self.shared;
+        let _ = shared.writer_thread.set(std::thread::current());
+        let deadline = Instant::now() + self.settings.group_commit_wait;
+        shared.writer_holding.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        loop {
+            stop = drain(rx, batch, stop, self.settings.max_batch);
+            if stop
+                || batch.len() >= self.settings.max_batch
+                || batch.iter().any(|m| m.reply.is_some())
+            {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+        shared.writer_holding.store(false, Ordering::SeqCst);
+        stop
+    }
+
     fn should_wait(&self, batch: &[Msg], stop: bool) -> bool {
         !stop
             && self.settings.fsync
@@ -725,6 +781,9 @@ impl Writer {
                 let mut stop = first.stop;
                 batch.push(first);
                 stop = drain(&rx, &mut batch, stop, self.settings.max_batch);
+                if self.should_hold(&batch, stop) {
+                    stop = self.hold(&rx, &mut batch, stop);
+                }
                 if self.should_wait(&batch, stop) {
                     // Results of requests in progress join this batch's sync instead of each
                     // paying for one of their own.

@@ -230,7 +230,8 @@ pub struct AuditConfig {
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait, in microseconds, of a group commit for the results of signatures being
-    /// made, so that one fdatasync covers them too (0: sync at once).
+    /// made, so that one fdatasync covers them too, and of records nobody waits for, so that
+    /// they are written with the next record someone waits for (0: write and sync at once).
     #[serde(default = "default_group_commit_wait_micros")]
     pub group_commit_wait_micros: u64,
     /// Where the audit log's checkpoint signing key lives: `soft` (a keystore of its own in

@@ -639,41 +639,19 @@ impl Signer {
             }
         }
         let expected = self.audit.expect();
+        // The response type only shapes the stored answer; the signing path is the same.
+        macro_rules! sign_as {
+            ($response:ty) => {
+                self.sign_allowed::<$response>(&caller, &p, fp, &mut reservation, expected)
+                    .await
+                    .map(drop)
+            };
+        }
         match rec.method.as_str() {
-            METHOD_TX => self
-                .sign_allowed::<v1::SignEvmTransactionResponse>(
-                    &caller,
-                    &p,
-                    fp,
-                    &mut reservation,
-                    expected,
-                )
-                .await
-                .map(drop),
-            METHOD_MESSAGE => self
-                .sign_allowed::<v1::SignEvmMessageResponse>(
-                    &caller,
-                    &p,
-                    fp,
-                    &mut reservation,
-                    expected,
-                )
-                .await
-                .map(drop),
-            METHOD_TYPED_DATA => self
-                .sign_allowed::<v1::SignTypedDataResponse>(
-                    &caller,
-                    &p,
-                    fp,
-                    &mut reservation,
-                    expected,
-                )
-                .await
-                .map(drop),
-            METHOD_DIGEST => self
-                .sign_allowed::<v1::SignDigestResponse>(&caller, &p, fp, &mut reservation, expected)
-                .await
-                .map(drop),
+            METHOD_TX => sign_as!(v1::SignEvmTransactionResponse),
+            METHOD_MESSAGE => sign_as!(v1::SignEvmMessageResponse),
+            METHOD_TYPED_DATA => sign_as!(v1::SignTypedDataResponse),
+            METHOD_DIGEST => sign_as!(v1::SignDigestResponse),
             other => Err(ServiceError::Unavailable(format!(
                 "unknown signing method `{other}`"
             ))),

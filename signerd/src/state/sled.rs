@@ -212,6 +212,20 @@ fn request_key(client: &str, request_id: &str) -> Result<Vec<u8>, StateError> {
     Ok(key)
 }
 
+/// One write to the spend tree: removes the entries of `removed`, then writes `written`.
+fn spend_batch(removed: &[Entry], written: &[Entry]) -> Result<sled::Batch, StateError> {
+    let mut batch = sled::Batch::default();
+    for e in removed {
+        batch.remove(spend_key(e));
+    }
+    for e in written {
+        let value = serde_json::to_vec(e)
+            .map_err(|err| StateError::Unavailable(format!("encode {SPEND_TREE}: {err}")))?;
+        batch.insert(spend_key(e), value);
+    }
+    Ok(batch)
+}
+
 fn spend_key(e: &Entry) -> Vec<u8> {
     let mut key = Vec::with_capacity(e.owner.len() + 1 + e.bucket.len());
     key.extend_from_slice(e.owner.as_bytes());
@@ -283,15 +297,7 @@ impl StateStore for SledStore {
             Ok(entries) => entries,
             Err(exceeded) => return Ok(Err(exceeded)),
         };
-        let mut batch = sled::Batch::default();
-        for e in &pruned {
-            batch.remove(spend_key(e));
-        }
-        for e in &entries {
-            let value = serde_json::to_vec(e)
-                .map_err(|err| StateError::Unavailable(format!("encode {SPEND_TREE}: {err}")))?;
-            batch.insert(spend_key(e), value);
-        }
+        let batch = spend_batch(&pruned, &entries)?;
         // Not flushed here: the request's outcome record is flushed before any answer, and the
         // audit log restores signed spend after a crash.
         if let Err(err) = self.spend.apply_batch(batch) {
@@ -371,15 +377,7 @@ impl StateStore for SledStore {
             Ok(changed) => changed,
             Err(exceeded) => return Ok(Err(exceeded)),
         };
-        let mut batch = sled::Batch::default();
-        for e in &old {
-            batch.remove(spend_key(e));
-        }
-        for e in &new {
-            let value = serde_json::to_vec(e)
-                .map_err(|err| StateError::Unavailable(format!("encode {SPEND_TREE}: {err}")))?;
-            batch.insert(spend_key(e), value);
-        }
+        let batch = spend_batch(&old, &new)?;
         if let Err(err) = self.spend.apply_batch(batch) {
             ledger.release(&owner);
             for e in old {

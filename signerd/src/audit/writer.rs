@@ -81,7 +81,8 @@ pub(super) struct Shared {
     /// Set while the writer holds records nobody waits for, until a record someone waits for
     /// joins them.
     writer_holding: AtomicBool,
-    /// The writer thread, to wake it when `expected` reaches zero while it waits.
+    /// The writer thread, to wake it when `expected` reaches zero while it waits, or when a
+    /// record someone waits for joins records it holds.
     writer_thread: OnceLock<std::thread::Thread>,
 }
 
@@ -712,8 +713,6 @@ impl Writer {
         }
     }
 
-    /// Whether to wait for announced records before committing `batch`: only when the batch
-    /// will be synced for a waiter, has room, and some announced record is still to come.
     /// Whether to hold a batch that nobody waits for. Written on its own it would cost a
     /// write now and leave the next group its sync anyway; held, it joins that group's write.
     fn should_hold(&self, batch: &[Msg], stop: bool) -> bool {
@@ -752,6 +751,8 @@ impl Writer {
         stop
     }
 
+    /// Whether to wait for announced records before committing `batch`: only when the batch
+    /// will be synced for a waiter, has room, and some announced record is still to come.
     fn should_wait(&self, batch: &[Msg], stop: bool) -> bool {
         !stop
             && self.settings.fsync

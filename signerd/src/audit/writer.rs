@@ -118,8 +118,8 @@ impl Shared {
     /// A record someone waits for (or the stop record) was queued: wakes a writer holding
     /// records nobody waits for.
     pub(super) fn durable_queued(&self) {
-        // Pairs with the fence in `hold`: either this load sees the flag, or the writer's
-        // drain after its fence sees the record.
+        // Pairs with the fence in `park_while`: either this load sees the flag, or the
+        // writer's drain after its fence sees the record.
         std::sync::atomic::fence(Ordering::SeqCst);
         if self.writer_holding.load(Ordering::SeqCst)
             && let Some(thread) = self.writer_thread.get()
@@ -128,21 +128,28 @@ impl Shared {
         }
     }
 
-    /// Waits until no announced record is outstanding, or until `deadline`. Called by the
-    /// writer thread only.
-    fn wait_for_expected(&self, deadline: Instant) {
-        let _ = self.writer_thread.set(std::thread::current());
-        // Set before reading `expected`: a count that reaches zero afterwards sees the flag
-        // and unparks (an unpark before the park makes the park return at once).
-        self.writer_waiting.store(true, Ordering::SeqCst);
-        while self.expected.load(Ordering::SeqCst) > 0 {
+    /// Parks the writer thread while `waiting()` holds, until `deadline` at the latest.
+    /// `flag` is set meanwhile, so that whoever ends the wait unparks the writer. It is set
+    /// before `waiting` is first checked: a change made afterwards sees the flag and unparks
+    /// (an unpark before the park makes the park return at once). Writer thread only.
+    fn park_while(&self, flag: &AtomicBool, deadline: Instant, mut waiting: impl FnMut() -> bool) {
+        flag.store(true, Ordering::SeqCst);
+        std::sync::atomic::fence(Ordering::SeqCst);
+        while waiting() {
             let now = Instant::now();
             if now >= deadline {
                 break;
             }
             std::thread::park_timeout(deadline - now);
         }
-        self.writer_waiting.store(false, Ordering::SeqCst);
+        flag.store(false, Ordering::SeqCst);
+    }
+
+    /// Waits until no announced record is outstanding, or until `deadline`.
+    fn wait_for_expected(&self, deadline: Instant) {
+        self.park_while(&self.writer_waiting, deadline, || {
+            self.expected.load(Ordering::SeqCst) > 0
+        });
     }
 
     /// Stops the log for good. The first reason wins.
@@ -713,14 +720,19 @@ impl Writer {
         }
     }
 
-    /// Whether to hold a batch that nobody waits for. Written on its own it would cost a
-    /// write now and leave the next group its sync anyway; held, it joins that group's write.
-    fn should_hold(&self, batch: &[Msg], stop: bool) -> bool {
+    /// Whether the writer may hold `batch` at all: not at a stop, not without syncs or with
+    /// the hold turned off, and not when the batch is full.
+    fn may_hold(&self, batch: &[Msg], stop: bool) -> bool {
         !stop
             && self.settings.fsync
             && !self.settings.group_commit_wait.is_zero()
             && batch.len() < self.settings.max_batch
-            && batch.iter().all(|m| m.reply.is_none())
+    }
+
+    /// Whether to hold a batch that nobody waits for. Written on its own it would cost a
+    /// write now and leave the next group its sync anyway; held, it joins that group's write.
+    fn should_hold(&self, batch: &[Msg], stop: bool) -> bool {
+        self.may_hold(batch, stop) && batch.iter().all(|m| m.reply.is_none())
     }
 
     /// Holds a batch that nobody waits for until a record someone waits for (or the stop
@@ -728,36 +740,22 @@ impl Writer {
     /// records nobody waits for do not wake the writer meanwhile. Returns whether the batch
     /// now ends with a stop record.
     fn hold(&self, rx: &Receiver<Msg>, batch: &mut Vec<Msg>, mut stop: bool) -> bool {
-        let shared = &self.shared;
-        let _ = shared.writer_thread.set(std::thread::current());
+        let max_batch = self.settings.max_batch;
         let deadline = Instant::now() + self.settings.group_commit_wait;
-        shared.writer_holding.store(true, Ordering::SeqCst);
-        std::sync::atomic::fence(Ordering::SeqCst);
-        loop {
-            stop = drain(rx, batch, stop, self.settings.max_batch);
-            if stop
-                || batch.len() >= self.settings.max_batch
-                || batch.iter().any(|m| m.reply.is_some())
-            {
-                break;
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            std::thread::park_timeout(deadline - now);
-        }
-        shared.writer_holding.store(false, Ordering::SeqCst);
+        // The fence in `park_while` pairs with the one in `durable_queued`: either the sender
+        // sees the flag, or this drain sees the record.
+        self.shared
+            .park_while(&self.shared.writer_holding, deadline, || {
+                stop = drain(rx, batch, stop, max_batch);
+                !stop && batch.len() < max_batch && batch.iter().all(|m| m.reply.is_none())
+            });
         stop
     }
 
     /// Whether to wait for announced records before committing `batch`: only when the batch
     /// will be synced for a waiter, has room, and some announced record is still to come.
     fn should_wait(&self, batch: &[Msg], stop: bool) -> bool {
-        !stop
-            && self.settings.fsync
-            && !self.settings.group_commit_wait.is_zero()
-            && batch.len() < self.settings.max_batch
+        self.may_hold(batch, stop)
             && self.shared.expected.load(Ordering::SeqCst) > 0
             && batch.iter().any(|m| m.reply.is_some())
     }
@@ -765,6 +763,8 @@ impl Writer {
     /// The thread body: group commit and maintenance until a stop record, a failure, or every
     /// sender is gone.
     pub(super) fn run(mut self, rx: Receiver<Msg>) {
+        // Lets senders wake this thread from a hold or a wait for announced records.
+        let _ = self.shared.writer_thread.set(std::thread::current());
         let mut batch: Vec<Msg> = Vec::with_capacity(self.settings.max_batch.min(4096));
         loop {
             let first = match self.next_deadline() {

@@ -538,6 +538,15 @@ impl Signer {
         if id.is_empty() {
             return Err(ServiceError::InvalidArgument("key_id: required".into()));
         }
+        // Every backend's key ids follow these rules, so an id that breaks them names no key.
+        // Checked before the lookup so that neither the answer nor the audit record of the
+        // refusal repeats arbitrary client text.
+        if crate::keys::soft::validate_key_id(id).is_err() {
+            return Err(ServiceError::InvalidArgument(format!(
+                "key_id: 1 to {} characters from A-Z a-z 0-9 . _ -",
+                crate::keys::soft::MAX_KEY_ID_LEN
+            )));
+        }
         self.keys
             .key(id)
             .ok_or_else(|| ServiceError::NotFound(format!("key `{id}` not found")))
@@ -566,7 +575,17 @@ impl Signer {
     ) -> Result<R, ServiceError> {
         let this = self.clone();
         let started = std::time::Instant::now();
-        let span = tracing::info_span!("request", req_id = %request_id, client = %caller.identity.id, method);
+        let span = tracing::info_span!(
+            "request",
+            req_id = tracing::field::Empty,
+            client = %caller.identity.id,
+            method
+        );
+        // Only a well-formed request id reaches the daemon's log (it is checked again, with
+        // an answer for the client, in `process`).
+        if validate_request_id(&request_id).is_ok() {
+            span.record("req_id", request_id.as_str());
+        }
         // Boxed: the request's future is large (about 3.5 KiB), and spawning moves a task's
         // future several times; a box moves as a pointer.
         let task = tokio::spawn(tracing::Instrument::instrument(

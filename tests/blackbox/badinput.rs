@@ -184,6 +184,37 @@ async fn bad_inputs_are_refused_precisely() {
             "invalid_argument",
         ),
         (
+            "key_id that forges a log line",
+            Call::Message(v1::SignEvmMessageRequest {
+                dry_run: false,
+                request_id: "bad-key-text".into(),
+                key_id: format!("{HOT}\nFORGED-KEY-TEXT level=INFO signed"),
+                message: b"hi".to_vec(),
+            }),
+            Code::InvalidArgument,
+            "key_id: 1 to 64 characters",
+            "invalid_argument",
+        ),
+        (
+            "key_id of 100,000 characters",
+            Call::Digest(v1::SignDigestRequest {
+                dry_run: false,
+                request_id: "bad-key-long".into(),
+                key_id: "FORGED-KEY-TEXT".repeat(100_000 / 15),
+                digest: vec![7; 32],
+            }),
+            Code::InvalidArgument,
+            "key_id: 1 to 64 characters",
+            "invalid_argument",
+        ),
+        (
+            "request_id that forges a log line",
+            tx("bad\nFORGED-REQUEST-TEXT level=INFO signed", |_| {}),
+            Code::InvalidArgument,
+            "request_id",
+            "invalid_argument",
+        ),
+        (
             "message with an unknown key",
             Call::Message(v1::SignEvmMessageRequest {
                 dry_run: false,
@@ -242,6 +273,20 @@ async fn bad_inputs_are_refused_precisely() {
         .unwrap()
         .into_inner();
     check_receipt(&env.audit(), resp.receipt.as_ref(), "good-after-bad");
+
+    // Malformed client-chosen identifiers reach neither the audit log nor the daemon's log,
+    // where they could forge lines or fill the disk.
+    let audit = env.audit();
+    for marker in ["FORGED-KEY-TEXT", "FORGED-REQUEST-TEXT"] {
+        assert!(
+            audit.lines.iter().all(|l| !l.raw.contains(marker)),
+            "{marker} reached the audit log"
+        );
+        assert!(
+            !d.stderr().contains(marker),
+            "{marker} reached the daemon's log"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

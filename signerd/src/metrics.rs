@@ -22,6 +22,7 @@
 //! | `signerd_audit_last_checkpoint_timestamp_seconds` | gauge | |
 //! | `signerd_audit_checkpoint_failures_total` | counter | |
 //! | `signerd_pending_approvals` | gauge | |
+//! | `signerd_sign_request_watches` | gauge | |
 //! | `signerd_policy_serial` | gauge | |
 //! | `signerd_policy_info` | gauge (1) | `hash` |
 
@@ -123,6 +124,10 @@ fn describe() {
     describe_gauge!(
         "signerd_pending_approvals",
         "Signing requests waiting for approval"
+    );
+    describe_gauge!(
+        "signerd_sign_request_watches",
+        "WatchSignRequest streams open"
     );
     describe_gauge!("signerd_policy_serial", "Serial of the policy in force");
     describe_gauge!(
@@ -260,4 +265,21 @@ pub fn policy(serial: u64, hash_hex: &str) {
     }
     metrics::gauge!("signerd_policy_info", "hash" => hash_hex.to_owned()).set(1.0);
     *last = Some(hash_hex.to_owned());
+}
+
+/// Counts one open `WatchSignRequest` stream in `signerd_sign_request_watches` while it lives.
+pub struct WatchOpen(());
+
+impl WatchOpen {
+    /// Counts a stream that has just opened.
+    pub fn open() -> WatchOpen {
+        metrics::gauge!("signerd_sign_request_watches").increment(1.0);
+        WatchOpen(())
+    }
+}
+
+impl Drop for WatchOpen {
+    fn drop(&mut self) {
+        metrics::gauge!("signerd_sign_request_watches").decrement(1.0);
+    }
 }

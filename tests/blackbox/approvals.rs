@@ -785,3 +785,138 @@ async fn signerctl_keygen_review_approve_and_wait() {
     check_grants(&audit, 2, &bob_key);
     let _ = std::fs::remove_dir_all(&keys);
 }
+
+/// A reject of `p` (made by `app`) by carol.
+fn carol_rejects(p: &v1::PendingApproval) -> v1::RejectRequest {
+    v1::RejectRequest {
+        client: "app".into(),
+        request_id: p.request_id.clone(),
+        fingerprint: p.fingerprint.clone(),
+        expires_unix: p.deadline_unix,
+        signature: signed(
+            "carol",
+            "app",
+            &p.request_id,
+            &p.fingerprint,
+            "reject",
+            p.deadline_unix,
+        ),
+        reason: "cut short".into(),
+    }
+}
+
+/// A vote whose call ends early (its deadline passes while signerd records it) still counts
+/// once the audit log has it: a veto in the log always ends the request, so later approvals
+/// can never sign it.
+#[tokio::test]
+async fn a_vote_cut_short_by_its_deadline_still_counts() {
+    let env = approvals_env("approvals-cut", "60s");
+    let d = env.start();
+    let mut app = env.client(&d, "app").await;
+    let mut carol = approver(&env, &d, "carol").await;
+    let (mut cut, mut cut_after_logging) = (0, 0);
+    for i in 0..24u64 {
+        let rid = format!("cut-{i}");
+        let p = pending(&mut app, &rid, 5000).await;
+        let mut req = tonic::Request::new(carol_rejects(&p));
+        // From 0.1 ms to 2.4 ms: some calls end before the vote is read, some while its
+        // audit record is being made durable, some after.
+        req.set_timeout(Duration::from_micros(100 * (i + 1)));
+        let answer = carol.reject(req).await;
+        let logged = |a: &Audit| {
+            a.lines
+                .iter()
+                .any(|l| l.v["type"] == "approval.reject" && l.v["req_id"] == rid.as_str())
+        };
+        if answer.is_err() {
+            cut += 1;
+            // A vote that was let go on could still be finishing; give it time to reach the log.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if !logged(&env.audit()) {
+            assert!(answer.is_err(), "{rid}: an accepted veto is not in the log");
+            continue;
+        }
+        if answer.is_err() {
+            cut_after_logging += 1;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let s = state(&mut app, &rid).await;
+            if s.status() == SignStatus::Rejected {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{rid}: the log has carol's veto but the request is {s:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Without calls cut after their vote was logged, this test would prove nothing.
+    assert!(
+        cut_after_logging > 0,
+        "no vote was cut short after reaching the log ({cut} cut in all); shorten the deadlines"
+    );
+    let audit = env.audit();
+    for i in 0..24 {
+        audit.assert_not_signed(&format!("cut-{i}"));
+    }
+}
+
+/// A `WatchSignRequest` stream whose client goes away ends at once, not at its
+/// `max_wait_secs`: abandoned watches cannot pile up.
+#[tokio::test]
+async fn abandoned_watches_end_at_once() {
+    let env = approvals_env("approvals-watch", "60s");
+    let mut text = std::fs::read_to_string(env.config_path()).unwrap();
+    text.push_str("\n[metrics]\nlisten = \"127.0.0.1:0\"\n");
+    write_file(&env.config_path(), text.as_bytes(), 0o600);
+    let d = env.start();
+    let addr = crate::metrics::metrics_addr(&d);
+    let mut app = env.client(&d, "app").await;
+    pending(&mut app, "watched-1", 5000).await;
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let mut s = app
+            .watch_sign_request(v1::WatchSignRequestRequest {
+                request_id: "watched-1".into(),
+                // The longest wait there is (an hour).
+                max_wait_secs: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = s.message().await.unwrap().unwrap();
+        assert_eq!(first.status(), SignStatus::PendingApproval, "{first:?}");
+        streams.push(s);
+    }
+    wait_for_watches(&addr, 8.0, Duration::from_secs(10)).await;
+    // The client cancels its streams and stays connected.
+    drop(streams);
+    // Each watch would otherwise run for its hour.
+    wait_for_watches(&addr, 0.0, Duration::from_secs(5)).await;
+}
+
+/// Waits until `signerd_sign_request_watches` is `want`; panics after `within`.
+async fn wait_for_watches(addr: &str, want: f64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let addr = addr.to_owned();
+        let body = tokio::task::spawn_blocking(move || crate::metrics::scrape(&addr))
+            .await
+            .unwrap();
+        let now = body
+            .lines()
+            .find_map(|l| l.strip_prefix("signerd_sign_request_watches "))
+            .map(|v| v.trim().parse::<f64>().unwrap());
+        if now == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "signerd_sign_request_watches is {now:?}, not {want}, after {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -256,8 +256,28 @@ impl Signer {
         }
     }
 
-    /// Approves or rejects a pending request for the approver `caller`.
+    /// Approves or rejects a pending request for the approver `caller`. Runs on a task of its
+    /// own, so that a caller who goes away (a cancelled call, a dropped connection, the
+    /// server's deadline) cannot cut it between the vote's audit record and the stored
+    /// request: a vote the log records always counts, a veto included.
     pub async fn vote(
+        self: &Arc<Self>,
+        caller: Caller,
+        v: VoteRequest,
+    ) -> Result<v1::ApprovalResponse, ServiceError> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.cast_vote(caller, v).await }).await {
+            Ok(result) => result,
+            Err(e) => {
+                tracing::error!(error = %e, "vote task failed");
+                Err(ServiceError::Unavailable(
+                    "internal error; the vote may not have been recorded: check the request's state".into(),
+                ))
+            }
+        }
+    }
+
+    async fn cast_vote(
         self: &Arc<Self>,
         caller: Caller,
         v: VoteRequest,
@@ -267,9 +287,9 @@ impl Signer {
             return Err(denied(quorum::ApprovalError::NotApprover(me)));
         }
         validate_request_id(&v.request_id)?;
-        if v.client.is_empty() || v.client.chars().any(char::is_control) {
+        if v.client.is_empty() || v.client.len() > 128 || v.client.chars().any(char::is_control) {
             return Err(ServiceError::InvalidArgument(
-                "client: required (the requester's client id)".into(),
+                "client: required, the requester's client id (1 to 128 characters)".into(),
             ));
         }
         if let Some(r) = &v.reason {
@@ -808,12 +828,16 @@ impl Signer {
             if tx.send(Ok(last.clone())).await.is_err() {
                 return;
             }
+            let _open = crate::metrics::WatchOpen::open();
             while !is_final(&last) && tokio::time::Instant::now() < until {
-                let _ = tokio::time::timeout_at(
-                    until.min(tokio::time::Instant::now() + SWEEP_EVERY),
-                    changes.changed(),
-                )
-                .await;
+                tokio::select! {
+                    // The client went away: stop polling at once, not at `until`.
+                    () = tx.closed() => return,
+                    _ = tokio::time::timeout_at(
+                        until.min(tokio::time::Instant::now() + SWEEP_EVERY),
+                        changes.changed(),
+                    ) => {}
+                }
                 let now = match this.sign_request_state(&caller, &request_id).await {
                     Ok(s) => s,
                     Err(e) => {

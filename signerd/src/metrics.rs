@@ -99,7 +99,7 @@ fn describe() {
     );
     describe_gauge!(
         "signerd_audit_healthy",
-        "1 while the audit log accepts records; 0 once it has failed, or while it waits for a checkpoint it cannot sign"
+        "1 while the audit log accepts records; 0 once it has failed, while it waits for a checkpoint it cannot sign, or while a write or sync has hung for over 5 s"
     );
     describe_counter!("signerd_audit_records_total", "Audit records written");
     describe_counter!(

@@ -300,7 +300,9 @@ impl Daemon {
                     changed = audit_health.changed() => if changed.is_err() { break },
                     _ = tick.tick() => {}
                 }
-                let audit_ok = *audit_health.borrow();
+                // A write or sync that does not return is not a failure yet, but nothing can
+                // be made durable meanwhile.
+                let audit_ok = *audit_health.borrow() && watched.audit().stalled().is_none();
                 let keys_ok = keys.healthy();
                 let state_ok = watched.probe_state().await;
                 // Gauges follow the same poll (cheap when no recorder is installed).
@@ -324,6 +326,11 @@ impl Daemon {
                     if !audit_ok && watched.audit().is_paused() {
                         tracing::error!(
                             "audit checkpoints cannot be signed: reporting NOT_SERVING until one is"
+                        );
+                    } else if let Some(took) = watched.audit().stalled() {
+                        tracing::error!(
+                            seconds = took.as_secs(),
+                            "an audit write or sync has not returned: reporting NOT_SERVING until it does"
                         );
                     } else if !audit_ok {
                         tracing::error!("audit log failed: reporting NOT_SERVING");

@@ -627,6 +627,12 @@ impl Signer {
                  wait for one; nothing was signed; signing resumes by itself once the audit \
                  signing key signs again"
                     .into()
+            } else if let Some(took) = self.audit.stalled() {
+                format!(
+                    "the audit log's disk has not finished a write for {} s; nothing was \
+                     signed; signing resumes by itself once it does",
+                    took.as_secs()
+                )
             } else {
                 "audit log unavailable; signing is stopped until an operator restarts signerd"
                     .into()

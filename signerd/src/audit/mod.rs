@@ -100,6 +100,9 @@ pub struct AuditOptions {
     /// are still written) once this many wait for a checkpoint, until one is signed. `None`:
     /// ten times `checkpoint_every_records`.
     pub max_unattested_records: Option<u64>,
+    /// A write or sync of the log that has not returned after this long makes the log
+    /// unhealthy (no new request is admitted, health reports NOT_SERVING) until it returns.
+    pub stall_after: Duration,
 }
 
 /// The longest wait of a batch for announced records when none is configured.
@@ -107,6 +110,9 @@ pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_micros(1000);
 
 /// The free-space floor when none is configured (capped at a quarter of the filesystem).
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;
+
+/// Default [`AuditOptions::stall_after`]: far beyond any healthy disk's sync (milliseconds).
+pub const DEFAULT_STALL_AFTER: Duration = Duration::from_secs(5);
 
 impl std::fmt::Debug for AuditOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -140,6 +146,7 @@ impl AuditOptions {
             max_segment_age: Duration::from_secs(86_400),
             min_free_bytes: None,
             max_unattested_records: None,
+            stall_after: DEFAULT_STALL_AFTER,
         }
     }
 
@@ -159,6 +166,7 @@ impl AuditOptions {
             max_segment_age: Duration::from_secs(config.max_segment_age_seconds),
             min_free_bytes: config.min_free_bytes,
             max_unattested_records: config.max_unattested_records,
+            stall_after: DEFAULT_STALL_AFTER,
         }
     }
 
@@ -280,7 +288,7 @@ impl AuditLog {
             }
         }
         let scan = recover::scan(dir, &verifier)?;
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(opts.stall_after));
         let mut recovery =
             recover::apply(dir, scan, lock, opts.signer, settings, Arc::clone(&shared))?;
         // Written on this thread, before the writer thread exists: `open` is synchronous and
@@ -313,7 +321,7 @@ impl AuditLog {
         path: &Path,
         opts: AuditOptions,
     ) -> Result<AuditLog, AuditError> {
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(opts.stall_after));
         let verifier = VerifierKey::new(opts.signer.name(), &opts.signer.public_key())
             .map_err(|e| AuditError::Open(e.to_string()))?;
         let seg = writer::Segment {
@@ -429,9 +437,16 @@ impl AuditLog {
 
     /// False once a write or sync has failed, the segment was deleted or replaced, the free
     /// space fell below the floor, or the log was shut down; and, for a while, when it
-    /// [`is_paused`](AuditLog::is_paused).
+    /// [`is_paused`](AuditLog::is_paused) or is [`stalled`](AuditLog::stalled).
     pub fn is_healthy(&self) -> bool {
         self.inner.shared.is_healthy()
+    }
+
+    /// How long the write or sync in progress has taken, once that is longer than
+    /// [`AuditOptions::stall_after`]: the log is unhealthy meanwhile, and healthy again as soon
+    /// as the call returns (a failed call stops the log for good).
+    pub fn stalled(&self) -> Option<Duration> {
+        self.inner.shared.stalled()
     }
 
     /// True while `max_unattested_records` wait for a checkpoint its key cannot sign: the

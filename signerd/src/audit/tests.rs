@@ -20,6 +20,20 @@ pub(super) fn fake_free(dir: &Path) -> Option<u64> {
     fake.iter().find(|(d, _)| d == dir).map(|(_, v)| *v)
 }
 
+/// Pretended extra time per sync, per directory (see `Writer::commit`).
+static FAKE_SYNC_DELAY: Mutex<Vec<(PathBuf, Duration)>> = Mutex::new(Vec::new());
+
+pub(super) fn fake_sync_delay(dir: &Path) -> Option<Duration> {
+    let fake = FAKE_SYNC_DELAY.lock().unwrap_or_else(|p| p.into_inner());
+    fake.iter().find(|(d, _)| d == dir).map(|(_, v)| *v)
+}
+
+fn set_fake_sync_delay(dir: &Path, delay: Duration) {
+    let mut fake = FAKE_SYNC_DELAY.lock().unwrap();
+    fake.retain(|(d, _)| d != dir);
+    fake.push((dir.to_owned(), delay));
+}
+
 fn set_fake_free(dir: &Path, free: u64) {
     let mut fake = FAKE_FREE.lock().unwrap();
     fake.retain(|(d, _)| d != dir);
@@ -565,6 +579,53 @@ async fn write_error_fails_closed() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("No space left on device"), "{err}");
+}
+
+/// A sync that does not return within `stall_after` makes the log unhealthy while it lasts:
+/// nothing is answered before it returns, and the log is healthy again once it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_sync_makes_the_log_unhealthy_until_it_returns() {
+    let dir = TempDir::new("stall");
+    let quick = AuditOptions {
+        stall_after: Duration::from_millis(300),
+        ..opts()
+    };
+    let log = AuditLog::open(dir.path(), quick).unwrap();
+    log.append_durable(Record::new("t.before")).await.unwrap();
+    assert!(log.is_healthy() && log.stalled().is_none());
+
+    set_fake_sync_delay(dir.path(), Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let slow = tokio::spawn({
+        let log = log.clone();
+        async move { log.append_durable(Record::new("t.slow")).await }
+    });
+    let mut health = log.health();
+    // Unhealthy once the sync has taken longer than 300 ms, and while it still runs.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while log.is_healthy() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a 2 s sync never made the log unhealthy"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = log.stalled().expect("unhealthy without a stall");
+    assert!(took > Duration::from_millis(300), "{took:?}");
+    assert!(
+        !slow.is_finished(),
+        "the record was answered before its sync returned"
+    );
+    // A stall is not a failure: the health channel (final failures, pauses) does not move.
+    assert!(!health.has_changed().unwrap());
+
+    set_fake_sync_delay(dir.path(), Duration::ZERO);
+    let receipt = slow.await.unwrap().unwrap();
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    assert!(log.is_healthy() && log.stalled().is_none());
+    let next = log.append_durable(Record::new("t.after")).await.unwrap();
+    assert_eq!(next.seq, receipt.seq + 1);
+    assert!(*health.borrow_and_update());
 }
 
 #[tokio::test]

@@ -22,7 +22,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -84,11 +84,21 @@ pub(super) struct Shared {
     /// The writer thread, to wake it when `expected` reaches zero while it waits, or when a
     /// record someone waits for joins records it holds.
     writer_thread: OnceLock<std::thread::Thread>,
+    /// Origin of `io_since`.
+    epoch: Instant,
+    /// When the write or sync in progress began, in microseconds after `epoch` plus one;
+    /// zero when none is in progress.
+    io_since: AtomicU64,
+    /// See [`super::AuditOptions::stall_after`].
+    stall_after: Duration,
 }
 
 impl Shared {
-    pub(super) fn new() -> Shared {
+    pub(super) fn new(stall_after: Duration) -> Shared {
         Shared {
+            epoch: Instant::now(),
+            io_since: AtomicU64::new(0),
+            stall_after,
             stopped: OnceLock::new(),
             paused: AtomicBool::new(false),
             health: tokio::sync::watch::Sender::new(true),
@@ -193,7 +203,29 @@ impl Shared {
     }
 
     pub(super) fn is_healthy(&self) -> bool {
-        self.stopped.get().is_none() && !self.paused.load(Ordering::SeqCst)
+        self.stopped.get().is_none()
+            && !self.paused.load(Ordering::SeqCst)
+            && self.stalled().is_none()
+    }
+
+    /// The writer begins a write or sync; the returned guard marks its end.
+    fn io(&self) -> InIo<'_> {
+        let since = u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX - 1);
+        self.io_since.store(since + 1, Ordering::Relaxed);
+        InIo(self)
+    }
+
+    /// How long the write or sync in progress has taken, if longer than `stall_after`.
+    pub(super) fn stalled(&self) -> Option<Duration> {
+        let since = self.io_since.load(Ordering::Relaxed);
+        if since == 0 {
+            return None;
+        }
+        let took = self
+            .epoch
+            .elapsed()
+            .saturating_sub(Duration::from_micros(since - 1));
+        (took > self.stall_after).then_some(took)
     }
 
     pub(super) fn subscribe(&self) -> tokio::sync::watch::Receiver<bool> {
@@ -224,6 +256,15 @@ pub(super) struct Segment {
     pub(super) started: Option<SystemTime>,
     /// Holds records other than bookkeeping.
     pub(super) content: bool,
+}
+
+/// A write or sync of the log in progress (see [`Shared::stalled`]); ends when dropped.
+struct InIo<'a>(&'a Shared);
+
+impl Drop for InIo<'_> {
+    fn drop(&mut self) {
+        self.0.io_since.store(0, Ordering::Relaxed);
+    }
 }
 
 /// The writer's limits and schedule.
@@ -427,6 +468,8 @@ impl Writer {
                 .ok_or_else(|| format!("seq overflows; {STOPPED}"))?;
             content |= !super::check::is_bookkeeping(msg.kind);
         }
+        let shared = Arc::clone(&self.shared);
+        let _io = shared.io();
         self.seg.file.write_all(&self.buf).map_err(|e| {
             format!(
                 "write to {} failed: {e}; {STOPPED}",
@@ -440,6 +483,10 @@ impl Writer {
         let mut synced = None;
         if (self.settings.fsync && waited_on) || force_sync {
             let t = Instant::now();
+            #[cfg(test)]
+            if let Some(delay) = self.dir.as_deref().and_then(super::tests::fake_sync_delay) {
+                std::thread::sleep(delay);
+            }
             self.seg.file.sync_data().map_err(|e| {
                 format!("sync of {} failed: {e}; {STOPPED}", self.seg.path.display())
             })?;

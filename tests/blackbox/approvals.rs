@@ -495,22 +495,11 @@ async fn veto_and_expiry_never_sign_and_release_spend() {
     let mut carol = approver(&env, &d, "carol").await;
 
     let p = pending(&mut app, "veto-1", 5000).await;
-    let reject = v1::RejectRequest {
-        client: "app".into(),
-        request_id: "veto-1".into(),
-        fingerprint: p.fingerprint.clone(),
-        expires_unix: p.deadline_unix,
-        signature: signed(
-            "carol",
-            "app",
-            "veto-1",
-            &p.fingerprint,
-            "reject",
-            p.deadline_unix,
-        ),
-        reason: "not a known payee".into(),
-    };
-    let r = carol.reject(reject).await.unwrap().into_inner();
+    let r = carol
+        .reject(carol_rejects(&p, "not a known payee"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(r.status(), SignStatus::Rejected);
     let s = state(&mut app, "veto-1").await;
     assert_eq!(s.status(), SignStatus::Rejected);
@@ -786,8 +775,8 @@ async fn signerctl_keygen_review_approve_and_wait() {
     let _ = std::fs::remove_dir_all(&keys);
 }
 
-/// A reject of `p` (made by `app`) by carol.
-fn carol_rejects(p: &v1::PendingApproval) -> v1::RejectRequest {
+/// A reject of `p` (made by `app`) by carol, for `reason`.
+fn carol_rejects(p: &v1::PendingApproval, reason: &str) -> v1::RejectRequest {
     v1::RejectRequest {
         client: "app".into(),
         request_id: p.request_id.clone(),
@@ -801,7 +790,7 @@ fn carol_rejects(p: &v1::PendingApproval) -> v1::RejectRequest {
             "reject",
             p.deadline_unix,
         ),
-        reason: "cut short".into(),
+        reason: reason.to_owned(),
     }
 }
 
@@ -818,7 +807,7 @@ async fn a_vote_cut_short_by_its_deadline_still_counts() {
     for i in 0..24u64 {
         let rid = format!("cut-{i}");
         let p = pending(&mut app, &rid, 5000).await;
-        let mut req = tonic::Request::new(carol_rejects(&p));
+        let mut req = tonic::Request::new(carol_rejects(&p, "cut short"));
         // From 0.1 ms to 2.4 ms: some calls end before the vote is read, some while its
         // audit record is being made durable, some after.
         req.set_timeout(Duration::from_micros(100 * (i + 1)));

@@ -242,7 +242,9 @@ fn parse_checked(line: &[u8]) -> Result<Envelope<'_>, LineError> {
     let rest = &rest[kind_len + 1..];
     // `,"prev":"` + 64 hex + `"}` closes every record.
     const SUFFIX: usize = 9 + 64 + 2;
-    if rest.len() < SUFFIX || !rest.ends_with("\"}") {
+    // The split must fall between characters: a multi-byte character across it is no `prev`.
+    if rest.len() < SUFFIX || !rest.ends_with("\"}") || !rest.is_char_boundary(rest.len() - SUFFIX)
+    {
         return Err(syntax(
             "the record does not end with ,\"prev\":\"<64 hex>\"}",
         ));
@@ -250,7 +252,7 @@ fn parse_checked(line: &[u8]) -> Result<Envelope<'_>, LineError> {
     let (body, suffix) = rest.split_at(rest.len() - SUFFIX);
     let prev_hex = suffix
         .strip_prefix(",\"prev\":\"")
-        .map(|s| &s[..64])
+        .and_then(|s| s.get(..64))
         .ok_or_else(|| syntax("`prev` must be the last field"))?;
     if !body.is_empty() && !body.starts_with(',') {
         return Err(syntax("malformed body after `type`"));
@@ -327,6 +329,24 @@ mod tests {
         assert_eq!(e.req_id, Field::Null);
         assert_eq!(e.key, Field::Other);
         assert!(parse(line("").as_bytes()).is_ok());
+    }
+
+    /// A multi-byte character where the `prev` suffix would start, or inside it, is a syntax
+    /// error, not a panic (the split must fall between characters).
+    #[test]
+    fn multibyte_characters_at_the_suffix_are_refused() {
+        for tail in [
+            format!("\"m\":\"\u{e9}{}\"}}", "a".repeat(72)),
+            format!("\"m\":\"\u{e9}{}\"}}", "a".repeat(73)),
+            format!(",\"prev\":\"\u{e9}{}\"}}", "a".repeat(62)),
+            format!(",\"prev\":\"{}\u{e9}\"}}", "a".repeat(63)),
+        ] {
+            let l = format!(
+                "{{\"v\":1,\"seq\":0,\"ts\":\"2025-01-02T03:04:05.123456Z\",\"type\":\"x\",{tail}"
+            );
+            let err = parse(l.as_bytes()).err();
+            assert!(err.is_some(), "{l:?} parsed");
+        }
     }
 
     #[test]

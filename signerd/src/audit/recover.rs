@@ -33,7 +33,7 @@ pub(crate) const RECOVERED_DIR: &str = "recovered";
 
 /// Largest torn tail recovery will cut (a batch of maximal records); anything bigger is not
 /// a torn write.
-const MAX_TORN_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_TORN_BYTES: u64 = 64 << 20;
 
 fn open_err(what: String) -> AuditError {
     AuditError::Open(what)
@@ -100,7 +100,7 @@ pub(crate) fn read_checkpoint_file(
     key: Option<&VerifierKey>,
 ) -> Result<Option<(String, note::Checkpoint)>, String> {
     let path = dir.join(CHECKPOINT_FILE);
-    let file = match File::open(&path) {
+    let file = match segments::open_regular(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(format!("cannot read {}: {e}", path.display())),

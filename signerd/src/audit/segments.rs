@@ -108,6 +108,24 @@ pub(crate) struct LineReader<R> {
     lineno: u64,
 }
 
+/// Opens `path` for reading only if it is a regular file: not a symbolic link (which could
+/// point anywhere, `/dev/zero` included) and not a FIFO or device (which could block a reader
+/// for ever). `NotFound` stays `NotFound`.
+pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    // NONBLOCK: opening a FIFO must not wait for a writer; it has no effect on regular files.
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let file = File::from(fd);
+    if !file.metadata()?.file_type().is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
 impl LineReader<File> {
     /// Opens `path` for reading, refusing a symbolic link.
     pub(crate) fn open(path: &Path) -> Result<LineReader<File>, String> {

@@ -1085,6 +1085,67 @@ async fn torn_tail_is_cut_saved_and_recorded() {
     assert!(r.warnings.is_empty(), "{:?}", r.warnings);
 }
 
+/// Files the log's readers open by name are read only if they are regular files: a saved
+/// torn tail replaced by a symbolic link (to `/dev/zero`, say) or a FIFO fails verification
+/// instead of reading without bound or blocking, and so does a `checkpoint` FIFO, at start-up
+/// too.
+#[tokio::test]
+async fn links_and_fifos_in_place_of_log_files_are_refused() {
+    let dir = TempDir::new("torn-link");
+    let log = log_with_requests(&dir, opts()).await;
+    log.shutdown().await.unwrap();
+    let mut bytes = std::fs::read(dir.segment()).unwrap();
+    bytes.extend_from_slice(b"{\"v\":1,\"seq\":10");
+    std::fs::write(dir.segment(), &bytes).unwrap();
+    AuditLog::open(dir.path(), opts())
+        .unwrap()
+        .shutdown()
+        .await
+        .unwrap();
+    let saved = all_lines(dir.path())
+        .iter()
+        .map(|l| json(l))
+        .find(|v| v["type"] == "audit.recover")
+        .unwrap()["saved_as"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let saved = dir.path().join(saved);
+    std::fs::remove_file(&saved).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &saved).unwrap();
+    let err = verify_err(dir.path());
+    assert!(err.contains("cannot read recovered/torn-"), "{err}");
+    std::fs::remove_file(&saved).unwrap();
+    let fifo = |path: &Path| {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+    };
+    fifo(&saved);
+    let err = verify_err(dir.path());
+    assert!(err.contains("not a regular file"), "{err}");
+    std::fs::remove_file(&saved).unwrap();
+
+    let checkpoint = dir.path().join("checkpoint");
+    std::fs::remove_file(&checkpoint).unwrap();
+    fifo(&checkpoint);
+    let path = dir.path().to_owned();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(AuditLog::open(&path, opts()).err().map(|e| e.to_string()));
+    });
+    let err = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("start-up blocked on a FIFO checkpoint file")
+        .expect("start-up accepted a FIFO checkpoint file");
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
 #[tokio::test]
 async fn terminated_garbage_final_line_is_cut() {
     let dir = TempDir::new("torn-zeros");

@@ -7,7 +7,6 @@
 //! with decisions and results. It must never report success after skipping a record, and never
 //! say signatures were checked when no key was given.
 
-use std::fs;
 use std::io::Read;
 use std::path::Path;
 
@@ -173,7 +172,24 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         );
     }
     for (saved_as, sha256, bytes) in &checker.recovered {
-        match fs::File::open(dir.join(saved_as)) {
+        // Recovery saves cut bytes as `recovered/torn-<seq>-<time>.bin`, never more than it may
+        // cut: anything else is not its record, and must not make this tool read outside the
+        // directory or without bound.
+        let name = saved_as.strip_prefix("recovered/torn-").unwrap_or("");
+        if name.is_empty()
+            || !name.ends_with(".bin")
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+            || name.contains("..")
+            || *bytes > super::recover::MAX_TORN_BYTES
+        {
+            return Err(Failure::general(format!(
+                "an audit.recover record names {saved_as:?} and {bytes} bytes; recovery saves at most {} bytes as recovered/torn-<seq>-<time>.bin",
+                super::recover::MAX_TORN_BYTES
+            )));
+        }
+        match super::segments::open_regular(&dir.join(saved_as)) {
             Ok(f) => {
                 let mut data = Vec::new();
                 f.take(*bytes + 1)
@@ -185,9 +201,12 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
                     )));
                 }
             }
-            Err(_) => warnings.push(format!(
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => warnings.push(format!(
                 "{saved_as} (cut by recovery) is not in the directory; its length and SHA-256 are in the audit.recover record"
             )),
+            Err(e) => {
+                return Err(Failure::general(format!("cannot read {saved_as}: {e}")));
+            }
         }
     }
     let last_checkpoint = checker.last_checkpoint.as_ref().map(|c| CheckpointInfo {

@@ -87,9 +87,18 @@ impl SecretSource {
         } else {
             return Err(format!("{what}: no source configured"));
         };
-        let line = raw.lines().next().unwrap_or("");
+        // The first line; `lines` keeps a `\r` that ends the file without a `\n`.
+        let line = raw.lines().next().unwrap_or("").trim_end_matches('\r');
         if line.is_empty() {
             return Err(format!("{what}: the secret is empty"));
+        }
+        // A control character cannot be part of a PIN, a passphrase or a token (a token goes
+        // into an HTTP header); it would only fail later, and less clearly.
+        if let Some(pos) = line.chars().position(char::is_control) {
+            return Err(format!(
+                "{what}: the secret has a control character at position {}",
+                pos + 1
+            ));
         }
         Ok(SecretString::from(line.to_owned()))
     }
@@ -135,6 +144,19 @@ mod tests {
         let s = file_source(dir.path(), "1234\nignored\n", 0o600);
         s.validate("keys.pkcs11.pin").unwrap();
         assert_eq!(s.read("keys.pkcs11.pin").unwrap().expose_secret(), "1234");
+    }
+
+    #[test]
+    fn a_final_carriage_return_is_dropped_and_other_control_characters_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = file_source(dir.path(), "hvs.token\r", 0o600);
+        assert_eq!(s.read("token").unwrap().expose_secret(), "hvs.token");
+        let s = file_source(dir.path(), "hvs.token\r\n", 0o600);
+        assert_eq!(s.read("token").unwrap().expose_secret(), "hvs.token");
+        let s = file_source(dir.path(), "hvs.to\tken\n", 0o600);
+        let e = s.read("token").unwrap_err();
+        assert!(e.contains("control character at position 7"), "{e}");
+        assert!(!e.contains("hvs"), "the error shows the secret: {e}");
     }
 
     #[test]

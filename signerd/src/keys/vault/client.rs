@@ -251,6 +251,12 @@ impl Connection {
                 .await
                 .map_err(|_| KeyError::Unavailable("vault AppRole login: timed out".into()))?
                 .map_err(|e| classify("AppRole login", &e))?;
+                if info.client_token.is_empty() || info.client_token.chars().any(char::is_control) {
+                    return Err(KeyError::Unavailable(
+                        "vault AppRole login: the token in the answer is empty or has a control character"
+                            .into(),
+                    ));
+                }
                 let token = SecretString::from(std::mem::take(&mut info.client_token));
                 (token, Some(info.lease_duration))
             }
@@ -365,10 +371,16 @@ impl Connection {
     }
 }
 
+/// When to renew a token or lease of `ttl_seconds`; none for 0 (no expiry). A TTL beyond any
+/// real one (Vault's are at most years) is renewed after a year rather than overflow.
 fn renew_deadline(ttl_seconds: u64) -> Option<Instant> {
+    const MAX_WAIT_SECS: f64 = 365.0 * 86_400.0;
     (ttl_seconds > 0).then(|| {
-        let secs = (ttl_seconds as f64 * RENEW_FRACTION).max(1.0);
-        Instant::now() + Duration::from_secs_f64(secs)
+        let secs = (ttl_seconds as f64 * RENEW_FRACTION).clamp(1.0, MAX_WAIT_SECS);
+        let wait = Duration::from_secs_f64(secs);
+        Instant::now()
+            .checked_add(wait)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
     })
 }
 
@@ -417,6 +429,17 @@ mod tests {
             code,
             errors: errors.iter().map(|e| (*e).to_owned()).collect(),
         }
+    }
+
+    #[test]
+    fn renew_deadlines_are_bounded() {
+        assert_eq!(renew_deadline(0), None);
+        let now = Instant::now();
+        let soon = renew_deadline(10).unwrap();
+        assert!(soon >= now + Duration::from_secs(1) && soon <= now + Duration::from_secs(10));
+        // A TTL no real Vault sends must not overflow the clock.
+        let far = renew_deadline(u64::MAX).unwrap();
+        assert!(far <= Instant::now() + Duration::from_secs(366 * 86_400));
     }
 
     #[test]

@@ -300,9 +300,9 @@ impl Daemon {
                     changed = audit_health.changed() => if changed.is_err() { break },
                     _ = tick.tick() => {}
                 }
-                // A write or sync that does not return is not a failure yet, but nothing can
-                // be made durable meanwhile.
-                let audit_ok = *audit_health.borrow() && watched.audit().stalled().is_none();
+                // The channel only wakes this loop early; health covers failures, pauses, and
+                // writes or syncs that have not returned (nothing can be made durable then).
+                let audit_ok = watched.audit().is_healthy();
                 let keys_ok = keys.healthy();
                 let state_ok = watched.probe_state().await;
                 // Gauges follow the same poll (cheap when no recorder is installed).

@@ -588,22 +588,17 @@ impl Signer {
         }
         // Boxed: the request's future is large (about 3.5 KiB), and spawning moves a task's
         // future several times; a box moves as a pointer.
-        let task = tokio::spawn(tracing::Instrument::instrument(
-            Box::pin(async move {
-                this.process(caller, method, request_id, key_id, prepare)
-                    .await
-            }),
-            span,
-        ));
-        let result = match task.await {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %e, "signing task failed");
-                Err(ServiceError::Unavailable(
-                    "internal error; nothing was signed".into(),
-                ))
-            }
-        };
+        let result = to_completion(
+            tracing::Instrument::instrument(
+                Box::pin(async move {
+                    this.process(caller, method, request_id, key_id, prepare)
+                        .await
+                }),
+                span,
+            ),
+            "internal error; nothing was signed",
+        )
+        .await;
         let (decision, status) = match &result {
             Ok(_) => ("allow", "OK"),
             Err(e) => e.metric_labels(),
@@ -1058,6 +1053,19 @@ impl Signer {
             ))
         })
     }
+}
+
+/// Runs `work` to completion on a task of its own, so that a caller who goes away (a cancelled
+/// call, a dropped connection, the server's deadline) cannot cut it between an audit record
+/// and the state that goes with it. `failed` is the answer if the task itself fails.
+async fn to_completion<T: Send + 'static>(
+    work: impl std::future::Future<Output = Result<T, ServiceError>> + Send + 'static,
+    failed: &'static str,
+) -> Result<T, ServiceError> {
+    tokio::spawn(work).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "a request's task failed: {failed}");
+        Err(ServiceError::Unavailable(failed.into()))
+    })
 }
 
 /// Holds the per-(client, request_id) lock; removes the map entry when nobody else waits.

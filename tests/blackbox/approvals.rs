@@ -466,6 +466,17 @@ async fn quorum_signs_and_bad_votes_never_count() {
             .await,
     );
     assert_eq!(st.code(), Code::NotFound, "{st:?}");
+    // A `client` longer than any identity id is refused before anything is looked up.
+    let mut carol = approver(&env, &d, "carol").await;
+    let mut long = approval("carol", "app", &p);
+    long.client = "a".repeat(129);
+    let st = refused("long client", carol.approve(long).await);
+    assert_status(
+        "long client",
+        &st,
+        Code::InvalidArgument,
+        "1 to 128 characters",
+    );
     // Votes on a finished request are refused.
     let mut late = approver(&env, &d, "dave").await;
     let st = refused("late", late.approve(approval("dave", "app", &p)).await);

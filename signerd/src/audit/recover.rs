@@ -289,14 +289,15 @@ pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
 }
 
 fn tail_bytes(path: &Path, offset: u64) -> Result<Vec<u8>, AuditError> {
-    let mut f =
-        File::open(path).map_err(|e| open_err(format!("cannot open {}: {e}", path.display())))?;
-    f.seek(std::io::SeekFrom::Start(offset))
-        .map_err(|e| open_err(format!("cannot read {}: {e}", path.display())))?;
+    read_tail(path, offset).map_err(|e| open_err(format!("cannot read {}: {e}", path.display())))
+}
+
+/// The bytes of `path` from `offset` on, at most one more than a torn tail may have.
+pub(crate) fn read_tail(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    f.seek(std::io::SeekFrom::Start(offset))?;
     let mut out = Vec::new();
-    f.take(MAX_TORN_BYTES + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| open_err(format!("cannot read {}: {e}", path.display())))?;
+    f.take(MAX_TORN_BYTES + 1).read_to_end(&mut out)?;
     Ok(out)
 }
 

@@ -126,10 +126,15 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
                 Next::TooLong { lineno, offset } => {
                     // Like a short one, a long unterminated tail of the last segment is a torn
                     // write that start-up recovery cuts (up to its cap), not a bad record.
-                    if last && let Some(len) = unterminated_tail(&seg.path, offset) {
+                    if last
+                        && let Ok(rest) = super::recover::read_tail(&seg.path, offset)
+                        && rest.len() as u64 <= super::recover::MAX_TORN_BYTES
+                        && !rest.contains(&b'\n')
+                    {
                         warnings.push(format!(
-                            "{}:{lineno}: the last {len} bytes (from byte offset {offset}) are an incomplete line and were not verified: a torn write that signerd cuts and records (audit.recover) at its next start",
-                            seg.name
+                            "{}:{lineno}: the last {} bytes (from byte offset {offset}) are an incomplete line and were not verified: a torn write that signerd cuts and records (audit.recover) at its next start",
+                            seg.name,
+                            rest.len()
                         ));
                         break;
                     }
@@ -185,12 +190,11 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         // cut: anything else is not its record, and must not make this tool read outside the
         // directory or without bound.
         let name = saved_as.strip_prefix("recovered/torn-").unwrap_or("");
-        if name.is_empty()
-            || !name.ends_with(".bin")
+        // No `/` is allowed, so the name cannot leave `recovered/`.
+        if !name.ends_with(".bin")
             || !name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-            || name.contains("..")
             || *bytes > super::recover::MAX_TORN_BYTES
         {
             return Err(Failure::general(format!(
@@ -246,29 +250,4 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         warnings,
         stats: checker.stats,
     })
-}
-
-/// The length of `path` from `offset` to its end if those bytes hold no line break and are no
-/// more than start-up recovery cuts; `None` otherwise (or when the file cannot be read).
-fn unterminated_tail(path: &Path, offset: u64) -> Option<u64> {
-    use std::io::{Seek, SeekFrom};
-    let mut f = super::segments::open_regular(path).ok()?;
-    let len = f.metadata().ok()?.len().checked_sub(offset)?;
-    if len > super::recover::MAX_TORN_BYTES {
-        return None;
-    }
-    f.seek(SeekFrom::Start(offset)).ok()?;
-    let mut buf = vec![0u8; 1 << 16];
-    let mut left = len;
-    while left > 0 {
-        let n = f.read(&mut buf).ok()?;
-        if n == 0 {
-            break;
-        }
-        if buf[..n].contains(&b'\n') {
-            return None;
-        }
-        left = left.saturating_sub(n as u64);
-    }
-    Some(len)
 }

@@ -468,8 +468,7 @@ impl Writer {
                 .ok_or_else(|| format!("seq overflows; {STOPPED}"))?;
             content |= !super::check::is_bookkeeping(msg.kind);
         }
-        let shared = Arc::clone(&self.shared);
-        let _io = shared.io();
+        let _io = self.shared.io();
         self.seg.file.write_all(&self.buf).map_err(|e| {
             format!(
                 "write to {} failed: {e}; {STOPPED}",

@@ -15,6 +15,8 @@ use serde::Deserialize;
 mod secret;
 pub use secret::SecretSource;
 
+/// Longest identity id, in bytes.
+pub const MAX_IDENTITY_ID_LEN: usize = 128;
 /// Largest configuration file accepted.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -443,8 +445,10 @@ impl Config {
         let mut ids = std::collections::HashSet::new();
         let mut matchers = std::collections::HashSet::new();
         for ident in &self.identities {
-            if ident.id.is_empty() || ident.id.len() > 128 {
-                return Err("identity: `id` must be 1 to 128 characters".into());
+            if ident.id.is_empty() || ident.id.len() > MAX_IDENTITY_ID_LEN {
+                return Err(format!(
+                    "identity: `id` must be 1 to {MAX_IDENTITY_ID_LEN} characters"
+                ));
             }
             if !ids.insert(ident.id.as_str()) {
                 return Err(format!("identity `{}` is defined twice", ident.id));

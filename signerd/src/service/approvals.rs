@@ -266,15 +266,11 @@ impl Signer {
         v: VoteRequest,
     ) -> Result<v1::ApprovalResponse, ServiceError> {
         let this = self.clone();
-        match tokio::spawn(async move { this.cast_vote(caller, v).await }).await {
-            Ok(result) => result,
-            Err(e) => {
-                tracing::error!(error = %e, "vote task failed");
-                Err(ServiceError::Unavailable(
-                    "internal error; the vote may not have been recorded: check the request's state".into(),
-                ))
-            }
-        }
+        super::to_completion(
+            async move { this.cast_vote(caller, v).await },
+            "internal error; the vote may not have been recorded: check the request's state",
+        )
+        .await
     }
 
     async fn cast_vote(
@@ -287,10 +283,14 @@ impl Signer {
             return Err(denied(quorum::ApprovalError::NotApprover(me)));
         }
         validate_request_id(&v.request_id)?;
-        if v.client.is_empty() || v.client.len() > 128 || v.client.chars().any(char::is_control) {
-            return Err(ServiceError::InvalidArgument(
-                "client: required, the requester's client id (1 to 128 characters)".into(),
-            ));
+        if v.client.is_empty()
+            || v.client.len() > crate::config::MAX_IDENTITY_ID_LEN
+            || v.client.chars().any(char::is_control)
+        {
+            return Err(ServiceError::InvalidArgument(format!(
+                "client: required, the requester's client id (1 to {} characters)",
+                crate::config::MAX_IDENTITY_ID_LEN
+            )));
         }
         if let Some(r) = &v.reason {
             if r.chars().count() > quorum::MAX_REASON_CHARS {

@@ -377,10 +377,7 @@ fn renew_deadline(ttl_seconds: u64) -> Option<Instant> {
     const MAX_WAIT_SECS: f64 = 365.0 * 86_400.0;
     (ttl_seconds > 0).then(|| {
         let secs = (ttl_seconds as f64 * RENEW_FRACTION).clamp(1.0, MAX_WAIT_SECS);
-        let wait = Duration::from_secs_f64(secs);
-        Instant::now()
-            .checked_add(wait)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+        Instant::now() + Duration::from_secs_f64(secs)
     })
 }
 

@@ -1,0 +1,82 @@
+//! What the state store costs a signing request: the idempotency lookup of a new request id,
+//! then the write of its answer, against a store that already holds many answers.
+//!
+//! Baseline, in the same run: a plain sled `get` and `insert` of the same keys and the same
+//! encoded values on a tree holding as many, which is the least any store on sled can cost.
+//! The lookup and the write are timed together: sled does part of its tree upkeep in whichever
+//! call touches a node after a write, so timing either alone shows where the work landed, not
+//! what it cost. Run with `cargo bench -p signerd --bench state`; `STORED=n` sets how many
+//! answers each store holds first (default 200,000).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::hint::black_box;
+
+use criterion::Criterion;
+use signerd::state::{StoredOutcome, StoredRequest};
+
+fn stored_answer() -> StoredRequest {
+    // As large as a stored EIP-191 answer: an encoded response of about 350 bytes, in hex.
+    StoredRequest {
+        fingerprint: "ab".repeat(32),
+        method: "SignEvmMessage".to_owned(),
+        outcome: StoredOutcome::Signed {
+            response: "5a".repeat(350),
+        },
+    }
+}
+
+fn main() {
+    let stored: usize = std::env::var("STORED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let answer = stored_answer();
+    let value = serde_json::to_vec(&answer).unwrap();
+
+    let store = signerd::state::open_sled(&dir.path().join("store")).unwrap();
+    let raw = sled::open(dir.path().join("raw")).unwrap();
+    let tree = raw.open_tree("requests").unwrap();
+    for i in 0..stored {
+        let id = format!("bench-{i:08}");
+        store.put_request("app", &id, &answer).unwrap();
+        tree.insert(format!("app\0{id}").as_bytes(), value.clone())
+            .unwrap();
+    }
+    eprintln!("each store holds {stored} answers of {} bytes", value.len());
+
+    let mut c = Criterion::default().configure_from_args();
+    let mut g = c.benchmark_group(format!("new request: lookup + write ({stored} stored)"));
+    let mut n = 0u64;
+    g.bench_function("baseline: sled get + insert", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = format!("app\0new-{n}");
+            black_box(tree.get(key.as_bytes()).unwrap());
+            tree.insert(key.as_bytes(), value.clone()).unwrap();
+        })
+    });
+    g.bench_function("StateStore get_request + put_request", |b| {
+        b.iter(|| {
+            n += 1;
+            let id = format!("new-{n}");
+            black_box(store.get_request("app", &id).unwrap());
+            store.put_request("app", &id, &answer).unwrap();
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group(format!(
+        "retry: lookup of a stored answer ({stored} stored)"
+    ));
+    let mut i = 0usize;
+    g.bench_function("StateStore get_request", |b| {
+        b.iter(|| {
+            i = (i + 7919) % stored;
+            let id = format!("bench-{i:08}");
+            black_box(store.get_request("app", &id).unwrap())
+        })
+    });
+    g.finish();
+    c.final_summary();
+}

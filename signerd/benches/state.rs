@@ -15,12 +15,13 @@ use criterion::Criterion;
 use signerd::state::{StoredOutcome, StoredRequest};
 
 fn stored_answer() -> StoredRequest {
-    // As large as a stored EIP-191 answer: an encoded response of about 350 bytes, in hex.
+    // As large as a stored EIP-191 answer: an encoded response of 218 bytes (signature,
+    // signing hash, receipt), in hex.
     StoredRequest {
         fingerprint: "ab".repeat(32),
         method: "SignEvmMessage".to_owned(),
         outcome: StoredOutcome::Signed {
-            response: "5a".repeat(350),
+            response: "5a".repeat(218),
         },
     }
 }

@@ -6,7 +6,7 @@
 //! The lookup and the write are timed together: sled does part of its tree upkeep in whichever
 //! call touches a node after a write, so timing either alone shows where the work landed, not
 //! what it cost. Run with `cargo bench -p signerd --bench state`; `STORED=n` sets how many
-//! answers each store holds first (default 200,000).
+//! answers each store holds first (1 to 10,000,000; default 200,000).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
@@ -27,10 +27,16 @@ fn stored_answer() -> StoredRequest {
 }
 
 fn main() {
-    let stored: usize = std::env::var("STORED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200_000);
+    let stored: usize = match std::env::var("STORED") {
+        Err(_) => 200_000,
+        Ok(v) => match v.parse() {
+            Ok(n) if (1..=10_000_000).contains(&n) => n,
+            _ => {
+                eprintln!("STORED must be a whole number from 1 to 10000000, got {v:?}");
+                std::process::exit(2);
+            }
+        },
+    };
     let dir = tempfile::tempdir().unwrap();
     let answer = stored_answer();
     let value = serde_json::to_vec(&answer).unwrap();

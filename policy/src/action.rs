@@ -7,6 +7,10 @@ use alloy_primitives::{Address, U256};
 use serde::{Deserialize, Serialize};
 
 /// What kind of signature a request asks for, as policy rules name it.
+///
+/// Kinds that could be a hash or an authorization the daemon cannot read (`raw_digest`,
+/// `eip191_binary`, opaque `eip712_typed_data`) are covered only by rules whose `kinds` name
+/// them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Kind {
@@ -22,17 +26,28 @@ pub enum Kind {
     ContractCall,
     /// A transaction without a destination.
     ContractCreation,
-    /// An EIP-191 `personal_sign` message.
+    /// An EIP-191 `personal_sign` message that is UTF-8 text and not exactly 32 bytes long.
     Eip191Message,
-    /// EIP-712 typed data.
+    /// EIP-712 typed data that is none of the recognized standards below (opaque).
     Eip712TypedData,
     /// A raw 32-byte digest (blind signing).
     RawDigest,
+    /// An EIP-191 `personal_sign` message of exactly 32 bytes, or one that is not UTF-8: it
+    /// may be the hash of something else (an EIP-712 hash, a Safe transaction hash), so it is
+    /// as blind as a raw digest.
+    Eip191Binary,
+    /// EIP-712 token permits: EIP-2612 `Permit`, DAI's `Permit`, and Permit2's
+    /// `PermitSingle`, `PermitBatch`, `PermitTransferFrom` and `PermitBatchTransferFrom`.
+    Eip712Permit,
+    /// EIP-3009 `TransferWithAuthorization` and `ReceiveWithAuthorization`.
+    Eip712TransferAuthorization,
+    /// A Safe (Gnosis Safe) `SafeTx`: an owner's approval of a transaction from the Safe.
+    Eip712SafeTx,
 }
 
 impl Kind {
     /// Every kind, in declaration order.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 13] = [
         Kind::NativeTransfer,
         Kind::Erc20Transfer,
         Kind::Erc20TransferFrom,
@@ -42,6 +57,10 @@ impl Kind {
         Kind::Eip191Message,
         Kind::Eip712TypedData,
         Kind::RawDigest,
+        Kind::Eip191Binary,
+        Kind::Eip712Permit,
+        Kind::Eip712TransferAuthorization,
+        Kind::Eip712SafeTx,
     ];
 
     /// This kind's bit in a [`crate::rule::KindSet`].
@@ -66,6 +85,10 @@ impl Kind {
             Kind::Eip191Message => "eip191_message",
             Kind::Eip712TypedData => "eip712_typed_data",
             Kind::RawDigest => "raw_digest",
+            Kind::Eip191Binary => "eip191_binary",
+            Kind::Eip712Permit => "eip712_permit",
+            Kind::Eip712TransferAuthorization => "eip712_transfer_authorization",
+            Kind::Eip712SafeTx => "eip712_safe_tx",
         }
     }
 }
@@ -90,6 +113,103 @@ pub struct Erc20Call {
     pub amount: U256,
 }
 
+/// The EIP-712 standard that typed data was recognized as, from its full type structure and
+/// its domain (never from the primary type's name alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TypedStandard {
+    /// EIP-2612 `Permit(owner, spender, value, nonce, deadline)` of the `verifyingContract` token.
+    Eip2612Permit,
+    /// DAI's `Permit(holder, spender, nonce, expiry, allowed)`: `allowed = true` grants an
+    /// unlimited allowance.
+    DaiPermit,
+    /// Permit2 `PermitSingle`: an allowance of one token for a spender, through Permit2.
+    Permit2Single,
+    /// Permit2 `PermitBatch`: allowances of several tokens for one spender.
+    Permit2Batch,
+    /// Permit2 `PermitTransferFrom`: a one-time transfer of one token by the spender.
+    Permit2TransferFrom,
+    /// Permit2 `PermitBatchTransferFrom`: a one-time transfer of several tokens.
+    Permit2BatchTransferFrom,
+    /// EIP-3009 `TransferWithAuthorization` of the `verifyingContract` token.
+    Eip3009Transfer,
+    /// EIP-3009 `ReceiveWithAuthorization` of the `verifyingContract` token.
+    Eip3009Receive,
+    /// A Safe `SafeTx`.
+    SafeTx,
+}
+
+impl TypedStandard {
+    /// The name used in audit records and explanations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TypedStandard::Eip2612Permit => "eip2612_permit",
+            TypedStandard::DaiPermit => "dai_permit",
+            TypedStandard::Permit2Single => "permit2_single",
+            TypedStandard::Permit2Batch => "permit2_batch",
+            TypedStandard::Permit2TransferFrom => "permit2_transfer_from",
+            TypedStandard::Permit2BatchTransferFrom => "permit2_batch_transfer_from",
+            TypedStandard::Eip3009Transfer => "eip3009_transfer",
+            TypedStandard::Eip3009Receive => "eip3009_receive",
+            TypedStandard::SafeTx => "safe_tx",
+        }
+    }
+
+    /// The request kind typed data of this standard has.
+    pub fn kind(self) -> Kind {
+        match self {
+            TypedStandard::Eip2612Permit
+            | TypedStandard::DaiPermit
+            | TypedStandard::Permit2Single
+            | TypedStandard::Permit2Batch
+            | TypedStandard::Permit2TransferFrom
+            | TypedStandard::Permit2BatchTransferFrom => Kind::Eip712Permit,
+            TypedStandard::Eip3009Transfer | TypedStandard::Eip3009Receive => {
+                Kind::Eip712TransferAuthorization
+            }
+            TypedStandard::SafeTx => Kind::Eip712SafeTx,
+        }
+    }
+}
+
+impl std::fmt::Display for TypedStandard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One token movement that typed data authorizes: an allowance (permits) or a transfer
+/// (Permit2 transfers, EIP-3009).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenGrant {
+    /// The token contract.
+    pub token: Address,
+    /// Who may move the tokens (a permit's spender) or who receives them (EIP-3009 `to`).
+    pub counterparty: Address,
+    /// Most that may move, in the token's base units (`U256::MAX` for an unlimited DAI permit).
+    pub amount: U256,
+}
+
+/// The parameters of a Safe `SafeTx` other than its call, which fills the action's `to`,
+/// `value`, `selector` and `erc20` as a transaction's would.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SafeTxFacts {
+    /// `0` for a call, `1` for a delegatecall (which runs the target's code as the Safe).
+    pub operation: u8,
+    /// Gas given to the call.
+    pub safe_tx_gas: U256,
+    /// Gas paid for outside the call.
+    pub base_gas: U256,
+    /// Refund price per gas paid to `refund_receiver` in `gas_token` (0: no refund).
+    pub gas_price: U256,
+    /// The refund's token (the zero address: the native coin).
+    pub gas_token: Address,
+    /// Who receives the refund (the zero address: the executor).
+    pub refund_receiver: Address,
+    /// The Safe's nonce.
+    pub nonce: U256,
+}
+
 /// Facts decoded from EIP-712 typed data.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct TypedDataFacts {
@@ -104,13 +224,34 @@ pub struct TypedDataFacts {
     /// `domain.verifyingContract`, when present.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub verifying_contract: Option<Address>,
-    /// `message.spender` when `primaryType` is `Permit` (EIP-2612) and it decoded as an address.
+    /// The standard recognized; `None` for opaque typed data.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub spender: Option<Address>,
-    /// `message.value` when `primaryType` is `Permit` (EIP-2612) and it decoded as a uint256:
-    /// the allowance granted, in the token's base units.
+    pub standard: Option<TypedStandard>,
+    /// The token movements a permit or an EIP-3009 authorization grants, in message order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub grants: Vec<TokenGrant>,
+    /// When the authorization stops being valid (seconds since the Unix epoch), for the
+    /// standards that have one (permits: `deadline`, `expiry` or `sigDeadline`; EIP-3009:
+    /// `validBefore`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub permit_value: Option<U256>,
+    pub deadline: Option<U256>,
+    /// A `SafeTx`'s parameters other than its call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safe_tx: Option<SafeTxFacts>,
+}
+
+/// Most bytes of a text message kept in [`MessageFacts::text_head`].
+pub const MESSAGE_HEAD_BYTES: usize = 512;
+
+/// Facts about an EIP-191 message.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MessageFacts {
+    /// The message's length in bytes.
+    pub len: u64,
+    /// For an `eip191_message` (UTF-8 text): its first [`MESSAGE_HEAD_BYTES`] bytes at most,
+    /// cut at a character boundary. `None` for `eip191_binary`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text_head: Option<String>,
 }
 
 /// Everything the policy may look at about one request.
@@ -120,23 +261,30 @@ pub struct Action {
     pub key: String,
     /// What is being signed.
     pub kind: Kind,
-    /// Chain id of a transaction (always present for transactions).
+    /// Chain id of a transaction (always present for transactions), or of a `SafeTx`
+    /// (its domain's `chainId`, when present and within 64 bits).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub chain_id: Option<u64>,
-    /// Transaction destination; `None` for contract creation and non-transactions.
+    /// Destination of a transaction or of a `SafeTx`'s call; `None` for contract creation
+    /// and other kinds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<Address>,
-    /// Native value in wei (zero for non-transactions).
+    /// Native value in wei of a transaction or of a `SafeTx`'s call (zero for other kinds).
     pub value: U256,
-    /// First four bytes of calldata, when there are at least four.
+    /// First four bytes of calldata (a transaction's or a `SafeTx`'s), when there are at
+    /// least four.
     #[serde(skip_serializing_if = "Option::is_none", with = "opt_hex4")]
     pub selector: Option<[u8; 4]>,
-    /// Decoded ERC-20 arguments for the ERC-20 kinds.
+    /// Decoded ERC-20 arguments for the ERC-20 kinds, and for a `SafeTx` whose call is a
+    /// canonical ERC-20 `transfer`, `transferFrom` or `approve`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub erc20: Option<Erc20Call>,
-    /// Decoded typed-data facts for [`Kind::Eip712TypedData`].
+    /// Decoded typed-data facts for the EIP-712 kinds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub typed_data: Option<TypedDataFacts>,
+    /// Facts about an EIP-191 message, for the two EIP-191 kinds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<MessageFacts>,
     /// Transaction gas limit; `None` for non-transactions or when not decoded.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gas_limit: Option<u64>,
@@ -158,6 +306,7 @@ impl Action {
             selector: None,
             erc20: None,
             typed_data: None,
+            message: None,
             gas_limit: None,
             max_fee_per_gas: None,
         }

@@ -132,7 +132,10 @@ mod proptests;
 mod rule;
 mod time;
 
-pub use action::{Action, Erc20Call, Kind, TypedDataFacts};
+pub use action::{
+    Action, Erc20Call, Kind, MESSAGE_HEAD_BYTES, MessageFacts, SafeTxFacts, TokenGrant,
+    TypedDataFacts, TypedStandard,
+};
 pub use amount::{AmountFormat, Asset, AssetId};
 pub use cases::{CaseResult, TestReport, run_test_file, run_tests};
 pub use check::{Warning, check};

@@ -224,7 +224,18 @@ pub struct Signer {
     state_ok: std::sync::atomic::AtomicBool,
     /// Bumped whenever a request waiting for approval changes, to wake watchers.
     changes: tokio::sync::watch::Sender<u64>,
+    /// Heavy preparations (typed data, large requests) running at once: at most one per
+    /// core, on blocking threads, so that they can neither starve the runtime's workers nor
+    /// grow the blocking pool without bound.
+    heavy: Arc<tokio::sync::Semaphore>,
 }
+
+/// A request whose encoding is larger than this, and every typed-data request, is prepared
+/// (decoded, validated, hashed) on a blocking thread instead of a runtime worker.
+const HEAVY_REQUEST_BYTES: usize = 16 * 1024;
+/// Most a heavy request waits for its turn and its preparation together. Every preparation
+/// is bounded in size by its decoder; this bounds the wait when many arrive at once.
+const HEAVY_PREPARE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -253,6 +264,9 @@ impl Signer {
             inflight: Mutex::new(HashMap::new()),
             state_ok: std::sync::atomic::AtomicBool::new(true),
             changes: tokio::sync::watch::Sender::new(0),
+            heavy: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )),
         }
     }
 
@@ -447,7 +461,8 @@ impl Signer {
         request: Vec<u8>,
     ) -> Result<R, ServiceError> {
         let this = self.clone();
-        self.run(caller, method, request_id, key_id, move || {
+        let heavy = method == METHOD_TYPED_DATA || request.len() > HEAVY_REQUEST_BYTES;
+        self.run(caller, method, request_id, key_id, heavy, move || {
             this.prepare(method, request)
         })
         .await
@@ -534,6 +549,41 @@ impl Signer {
         }
     }
 
+    /// Runs a heavy preparation on a blocking thread, one per core at a time, refusing the
+    /// request when its turn and its work together take longer than
+    /// [`HEAVY_PREPARE_TIMEOUT`] (a preparation already running finishes, bounded by its
+    /// decoder's limits, and its result is dropped).
+    async fn prepare_heavy(
+        &self,
+        prepare: impl FnOnce() -> Result<Prepared, ServiceError> + Send + 'static,
+    ) -> Result<Prepared, ServiceError> {
+        let work = async {
+            let permit = self.heavy.clone().acquire_owned().await.map_err(|_| {
+                ServiceError::Unavailable("signerd is shutting down; nothing was signed".into())
+            })?;
+            // The permit goes with the work: a preparation that outlives the timeout still
+            // holds its core's turn until it ends.
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                prepare()
+            })
+            .await
+            .map_err(|_| {
+                ServiceError::Unavailable(
+                    "internal error while decoding the request; nothing was signed".into(),
+                )
+            })?
+        };
+        match tokio::time::timeout(HEAVY_PREPARE_TIMEOUT, work).await {
+            Ok(result) => result,
+            Err(_) => Err(ServiceError::Unavailable(format!(
+                "decoding the request took longer than {} ms (too many large requests at once); \
+                 nothing was signed; retry later",
+                HEAVY_PREPARE_TIMEOUT.as_millis()
+            ))),
+        }
+    }
+
     fn key_by_id(&self, id: &str) -> Result<KeyInfo, ServiceError> {
         if id.is_empty() {
             return Err(ServiceError::InvalidArgument("key_id: required".into()));
@@ -571,6 +621,7 @@ impl Signer {
         method: &'static str,
         request_id: String,
         key_id: String,
+        heavy: bool,
         prepare: impl FnOnce() -> Result<Prepared, ServiceError> + Send + 'static,
     ) -> Result<R, ServiceError> {
         let this = self.clone();
@@ -591,7 +642,7 @@ impl Signer {
         let result = to_completion(
             tracing::Instrument::instrument(
                 Box::pin(async move {
-                    this.process(caller, method, request_id, key_id, prepare)
+                    this.process(caller, method, request_id, key_id, heavy, prepare)
                         .await
                 }),
                 span,
@@ -613,7 +664,8 @@ impl Signer {
         method: &'static str,
         request_id: String,
         key_id: String,
-        prepare: impl FnOnce() -> Result<Prepared, ServiceError>,
+        heavy: bool,
+        prepare: impl FnOnce() -> Result<Prepared, ServiceError> + Send + 'static,
     ) -> Result<R, ServiceError> {
         if !self.audit.is_healthy() {
             // The backend's error is in the daemon's log, not in answers to clients.
@@ -638,13 +690,18 @@ impl Signer {
         // batch briefly so that one fdatasync covers this result too. Dropped before any wait
         // on the log other than the signing path's own result.
         let expected = self.audit.expect();
-        let prepared = validate_request_id(&request_id).and_then(|()| prepare());
+        let prepared = match validate_request_id(&request_id) {
+            Err(e) => Err(e),
+            Ok(()) if heavy => self.prepare_heavy(prepare).await,
+            Ok(()) => prepare(),
+        };
         let prepared = match prepared {
             Ok(p) => p,
             Err(e) => {
                 // Malformed requests are recorded too; nothing was signed, so no need to wait.
                 let status = match &e {
                     ServiceError::NotFound(_) => "not_found",
+                    ServiceError::Unavailable(_) => "unavailable",
                     _ => "invalid_argument",
                 };
                 // Client-chosen identifiers reach the log only once they are known to be

@@ -435,8 +435,20 @@ fn tx_action(key_id: &str, chain_id: u64, to: Option<Address>, value: U256, data
         action.kind = Kind::NativeTransfer;
         return action;
     }
-    action.selector = data.get(..4).and_then(|s| <[u8; 4]>::try_from(s).ok());
-    let decoded = match action.selector {
+    let (selector, decoded) = decode_call(token, data);
+    action.selector = selector;
+    if let Some((kind, erc)) = decoded {
+        action.kind = kind;
+        action.erc20 = Some(erc);
+    }
+    action
+}
+
+/// The selector of calldata `data` sent to `token`, and its decoded ERC-20 call when `data`
+/// is exactly the canonical encoding of `transfer`, `transferFrom` or `approve`.
+pub(super) fn decode_call(token: Address, data: &[u8]) -> (Option<[u8; 4]>, Option<(Kind, Erc20Call)>) {
+    let selector = data.get(..4).and_then(|s| <[u8; 4]>::try_from(s).ok());
+    let decoded = match selector {
         Some(erc20::transferCall::SELECTOR) => decode_exact::<erc20::transferCall>(data).map(|c| {
             let erc = Erc20Call {
                 token,
@@ -467,9 +479,5 @@ fn tx_action(key_id: &str, chain_id: u64, to: Option<Address>, value: U256, data
         }),
         _ => None,
     };
-    if let Some((kind, erc)) = decoded {
-        action.kind = kind;
-        action.erc20 = Some(erc);
-    }
-    action
+    (selector, decoded)
 }

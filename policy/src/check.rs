@@ -139,9 +139,9 @@ pub fn check(policy: &Policy) -> Vec<Warning> {
         if let Some(g) = &l.scope.groups {
             used_groups.extend(g.names.iter().map(String::as_str));
         }
-        if let Some(asset) = l.asset {
-            let moving = if asset.contract.is_none() {
-                KindSet::TX
+        if let Some(asset) = &l.asset {
+            let moving = if asset.is_native() {
+                KindSet(KindSet::TX.0 | KindSet::SAFE.0)
             } else {
                 KindSet(KindSet::CALL.0 | KindSet::TYPED.0)
             };

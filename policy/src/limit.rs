@@ -90,7 +90,7 @@ pub(crate) struct Limit {
     pub(crate) id: String,
     pub(crate) description: String,
     pub(crate) scope: Scope,
-    pub(crate) asset: Option<AssetId>,
+    pub(crate) asset: Option<LimitAsset>,
     pub(crate) format: AmountFormat,
     pub(crate) per_tx_max: Option<U256>,
     pub(crate) window: Option<Duration>,
@@ -127,10 +127,124 @@ impl RateLimit {
 pub(crate) enum Moves {
     /// It does not move this asset.
     Nothing,
-    /// It moves (or authorizes moving) this many base units, more than zero.
-    Amount(U256),
+    /// It moves (or authorizes moving) `total` base units, more than zero. For a native
+    /// limit on a transaction, `fee` is the part of `total` that is the worst-case fee
+    /// (`gas_limit × max_fee_per_gas`); the rest is the value.
+    Amount {
+        /// Everything counted: value (or token amount) plus fee.
+        total: U256,
+        /// The worst-case fee included in `total`, for native limits on transactions.
+        fee: Option<U256>,
+    },
     /// It might move this asset in a way that cannot be measured.
     Unknown(&'static str),
+}
+
+impl Moves {
+    fn amount(v: U256) -> Moves {
+        if v.is_zero() {
+            Moves::Nothing
+        } else {
+            Moves::Amount {
+                total: v,
+                fee: None,
+            }
+        }
+    }
+
+    /// Adds what a request moves of two assets that one limit counts together.
+    pub(crate) fn plus(self, o: Moves) -> Moves {
+        match (self, o) {
+            (Moves::Unknown(w), _) | (_, Moves::Unknown(w)) => Moves::Unknown(w),
+            (Moves::Nothing, x) | (x, Moves::Nothing) => x,
+            (Moves::Amount { total: a, fee: fa }, Moves::Amount { total: b, fee: fb }) => {
+                let fee = match (fa, fb) {
+                    (None, None) => Some(None),
+                    (x, y) => x
+                        .unwrap_or_default()
+                        .checked_add(y.unwrap_or_default())
+                        .map(Some),
+                };
+                match (a.checked_add(b), fee) {
+                    (Some(total), Some(fee)) => Moves::Amount { total, fee },
+                    _ => Moves::Unknown("the amounts overflow 256 bits"),
+                }
+            }
+        }
+    }
+}
+
+/// The asset a limit counts: one asset, or the native coin (or one token symbol's
+/// registered contracts) on several chains, counted together in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LimitAsset {
+    /// Sorted by chain id, one per chain, never empty; all native or all tokens.
+    ids: Vec<AssetId>,
+}
+
+impl LimitAsset {
+    /// `ids` sorted by chain id; `None` when empty or two share a chain.
+    pub(crate) fn new(mut ids: Vec<AssetId>) -> Option<LimitAsset> {
+        ids.sort_by_key(|i| i.chain_id);
+        let distinct = ids.windows(2).all(|w| w[0].chain_id != w[1].chain_id);
+        let same = ids
+            .iter()
+            .all(|i| i.contract.is_none() == ids[0].contract.is_none());
+        (!ids.is_empty() && distinct && same).then_some(LimitAsset { ids })
+    }
+
+    pub(crate) fn one(id: AssetId) -> LimitAsset {
+        LimitAsset { ids: vec![id] }
+    }
+
+    /// The asset on the lowest chain id (amount literals are resolved against it).
+    pub(crate) fn first(&self) -> AssetId {
+        self.ids[0]
+    }
+
+    pub(crate) fn ids(&self) -> &[AssetId] {
+        &self.ids
+    }
+
+    pub(crate) fn is_native(&self) -> bool {
+        self.ids[0].contract.is_none()
+    }
+
+    /// Whether this limit counts the asset on `chain`.
+    pub(crate) fn on_chain(&self, chain: u64) -> Option<AssetId> {
+        self.ids.iter().copied().find(|i| i.chain_id == chain)
+    }
+
+    /// The chains counted, as `chain 1` or `chains 1, 10`.
+    pub(crate) fn chains_text(&self) -> String {
+        let v: Vec<String> = self.ids.iter().map(|i| i.chain_id.to_string()).collect();
+        if v.len() == 1 {
+            format!("chain {}", v.join(""))
+        } else {
+            format!("chains {}", v.join(", "))
+        }
+    }
+
+    /// How much of this asset, on any of its chains, the request moves.
+    pub(crate) fn moves(&self, a: &Action) -> Moves {
+        self.ids
+            .iter()
+            .fold(Moves::Nothing, |m, id| m.plus(moves(*id, a)))
+    }
+}
+
+impl fmt::Display for LimitAsset {
+    /// The bucket component: `1:native`, or for several chains the assets in ascending
+    /// chain-id order joined by `+` (`1:native+10:native`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, id) in self.ids.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            write!(f, "{id}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads a chain id from typed data's `domain.chainId` (a uint256).
@@ -142,23 +256,45 @@ fn domain_chain(a: &Action) -> Option<u64> {
 }
 
 /// How much of `asset` the request moves.
+///
+/// A transaction moves its value plus its worst-case fee (`gas_limit × max_fee_per_gas`) of
+/// the native coin of its chain. A Safe transaction moves its call's value, and denies every
+/// limit on its chain when it is a delegatecall (it runs arbitrary code as the Safe) or pays
+/// a refund in the limited asset (the refund is bounded by gas figures the Safe executor
+/// chooses). Permits and transfer authorizations move the sum of their grants of the token
+/// on the domain's chain; opaque typed data for the token cannot be measured.
 pub(crate) fn moves(asset: AssetId, a: &Action) -> Moves {
-    let positive = |v: U256| {
-        if v.is_zero() {
-            Moves::Nothing
-        } else {
-            Moves::Amount(v)
-        }
-    };
+    if a.kind == Kind::Eip712SafeTx {
+        return safe_tx_moves(asset, a);
+    }
     let Some(token) = asset.contract else {
-        // Native coin: the value of any transaction on that chain.
+        // Native coin: value and fee of any transaction on that chain.
         if !KindSet::TX.contains(a.kind) {
             return Moves::Nothing;
         }
-        return match a.chain_id {
-            None => Moves::Unknown("the transaction's chain id is missing"),
-            Some(c) if c == asset.chain_id => positive(a.value),
-            Some(_) => Moves::Nothing,
+        match a.chain_id {
+            None => return Moves::Unknown("the transaction's chain id is missing"),
+            Some(c) if c != asset.chain_id => return Moves::Nothing,
+            Some(_) => {}
+        }
+        let Some(gas) = a.gas_limit else {
+            return Moves::Unknown("the transaction's gas limit is missing, so its fee is unknown");
+        };
+        let Some(price) = a.max_fee_per_gas else {
+            return Moves::Unknown(
+                "the transaction's max fee per gas is missing, so its fee is unknown",
+            );
+        };
+        let Some(fee) = U256::from(gas).checked_mul(price) else {
+            return Moves::Unknown("the transaction's fee overflows 256 bits");
+        };
+        return match a.value.checked_add(fee) {
+            None => Moves::Unknown("the transaction's value plus fee overflows 256 bits"),
+            Some(total) if total.is_zero() => Moves::Nothing,
+            Some(total) => Moves::Amount {
+                total,
+                fee: Some(fee),
+            },
         };
     };
     match a.kind {
@@ -171,7 +307,7 @@ pub(crate) fn moves(asset: AssetId, a: &Action) -> Moves {
             match (&a.erc20, a.to) {
                 (Some(e), _) if a.kind != Kind::ContractCall => {
                     if e.token == token {
-                        positive(e.amount)
+                        Moves::amount(e.amount)
                     } else {
                         Moves::Nothing
                     }
@@ -183,6 +319,27 @@ pub(crate) fn moves(asset: AssetId, a: &Action) -> Moves {
                 (_, None) => Moves::Unknown("the transaction's destination is missing"),
             }
         }
+        Kind::Eip712Permit | Kind::Eip712TransferAuthorization => {
+            let Some(td) = &a.typed_data else {
+                return Moves::Unknown("the typed data was not decoded");
+            };
+            match td.domain_chain_id {
+                None => return Moves::Unknown("the typed data's domain has no chainId"),
+                Some(_) if domain_chain(a) != Some(asset.chain_id) => return Moves::Nothing,
+                Some(_) => {}
+            }
+            if td.grants.is_empty() {
+                return Moves::Unknown("the authorization's token grants were not decoded");
+            }
+            let mut sum = U256::ZERO;
+            for g in td.grants.iter().filter(|g| g.token == token) {
+                let Some(s) = sum.checked_add(g.amount) else {
+                    return Moves::Unknown("the grants' amounts overflow 256 bits");
+                };
+                sum = s;
+            }
+            Moves::amount(sum)
+        }
         Kind::Eip712TypedData => {
             let Some(td) = &a.typed_data else {
                 return Moves::Unknown("the typed data was not decoded");
@@ -192,42 +349,78 @@ pub(crate) fn moves(asset: AssetId, a: &Action) -> Moves {
                 Some(_) => domain_chain(a) == Some(asset.chain_id),
             };
             match td.verifying_contract {
-                Some(v) if v == token && chain_ok => {
-                    if td.primary_type != "Permit" {
-                        return Moves::Unknown(
-                            "typed data for the token contract other than an EIP-2612 Permit (e.g. an EIP-3009 authorization)",
-                        );
-                    }
-                    if td.domain_chain_id.is_none() {
-                        return Moves::Unknown("the Permit's domain has no chainId");
-                    }
-                    match td.permit_value {
-                        Some(v) => positive(v),
-                        None => Moves::Unknown("the Permit's value was not decoded"),
-                    }
-                }
-                None if td.primary_type == "Permit" => {
-                    Moves::Unknown("the Permit's domain has no verifyingContract")
+                Some(v) if v == token && chain_ok => Moves::Unknown(
+                    "typed data for the token contract that is not a recognized permit or transfer authorization",
+                ),
+                None if td.primary_type.starts_with("Permit") => {
+                    Moves::Unknown("typed data named like a permit without a verifyingContract")
                 }
                 _ => Moves::Nothing,
             }
         }
-        Kind::NativeTransfer | Kind::ContractCreation | Kind::Eip191Message | Kind::RawDigest => {
-            Moves::Nothing
+        Kind::NativeTransfer
+        | Kind::ContractCreation
+        | Kind::Eip191Message
+        | Kind::Eip191Binary
+        | Kind::RawDigest
+        | Kind::Eip712SafeTx => Moves::Nothing,
+    }
+}
+
+/// [`moves`] for a Safe `SafeTx`: its call, its operation and its refund.
+fn safe_tx_moves(asset: AssetId, a: &Action) -> Moves {
+    match a.chain_id {
+        None => return Moves::Unknown("the Safe transaction's domain has no usable chainId"),
+        Some(c) if c != asset.chain_id => return Moves::Nothing,
+        Some(_) => {}
+    }
+    let Some(safe) = a.typed_data.as_ref().and_then(|t| t.safe_tx.as_ref()) else {
+        return Moves::Unknown("the Safe transaction's parameters were not decoded");
+    };
+    if safe.operation != 0 {
+        return Moves::Unknown(
+            "the Safe transaction is a delegatecall, which can move any asset of the Safe",
+        );
+    }
+    let refund_in = |x: Address| !safe.gas_price.is_zero() && safe.gas_token == x;
+    let Some(token) = asset.contract else {
+        if refund_in(Address::ZERO) {
+            return Moves::Unknown(
+                "the Safe transaction pays a refund in the native coin, which its executor bounds",
+            );
         }
+        return Moves::amount(a.value);
+    };
+    if refund_in(token) {
+        return Moves::Unknown(
+            "the Safe transaction pays a refund in this token, which its executor bounds",
+        );
+    }
+    match (&a.erc20, a.to) {
+        (Some(e), Some(to)) if to == token && e.token == token => Moves::amount(e.amount),
+        (_, Some(to)) if to != token => Moves::Nothing,
+        (_, Some(_)) => Moves::Unknown(
+            "a Safe call to the token contract that is not a decoded transfer, transferFrom or approve",
+        ),
+        (_, None) => Moves::Unknown("the Safe transaction's destination is missing"),
     }
 }
 
 /// Where the limited asset goes: the native value's recipient (`to`), the ERC-20
-/// recipient or spender, or the Permit spender. `Err` when it should exist but was not decoded.
+/// recipient or spender, or the counterparty of a permit's or authorization's grants of the
+/// token. `Err` when it should exist but was not decoded, or is not one address.
+///
+/// `asset` is the limit's asset (`None` for a limit that counts requests).
 pub(crate) fn destination(
-    asset: Option<AssetId>,
+    asset: Option<&LimitAsset>,
     a: &Action,
 ) -> Result<Option<Address>, &'static str> {
-    let native = asset.is_some_and(|x| x.contract.is_none());
-    if native {
+    if asset.is_some_and(LimitAsset::is_native) {
         return Ok(a.to);
     }
+    let token = asset
+        .and_then(|l| effective_chain(a).and_then(|c| l.on_chain(c)))
+        .and_then(|i| i.contract);
     if KindSet::ERC20.contains(a.kind) {
         return a
             .erc20
@@ -235,19 +428,30 @@ pub(crate) fn destination(
             .map(|e| Some(e.counterparty))
             .ok_or("the ERC-20 arguments were not decoded");
     }
-    if a.kind == Kind::Eip712TypedData {
-        let Some(td) = &a.typed_data else {
-            return Err("the typed data was not decoded");
-        };
-        if td.primary_type == "Permit" {
-            return td
-                .spender
-                .map(Some)
-                .ok_or("the Permit spender was not decoded");
+    match a.kind {
+        Kind::Eip712SafeTx => Ok(a.erc20.as_ref().map(|e| e.counterparty).or(a.to)),
+        Kind::Eip712Permit | Kind::Eip712TransferAuthorization => {
+            let Some(td) = &a.typed_data else {
+                return Err("the typed data was not decoded");
+            };
+            let mut out = None;
+            for g in td
+                .grants
+                .iter()
+                .filter(|g| token.is_none_or(|t| g.token == t))
+            {
+                match out {
+                    Some(c) if c != g.counterparty => {
+                        return Err("the grants of the token go to several counterparties");
+                    }
+                    _ => out = Some(g.counterparty),
+                }
+            }
+            Ok(out)
         }
-        return Ok(None);
+        Kind::Eip712TypedData => Ok(None),
+        _ => Ok(a.to),
     }
-    Ok(a.to)
 }
 
 /// Effective chain of a request for limit scopes: the transaction's chain or the EIP-712
@@ -292,7 +496,7 @@ impl BucketKey {
             escape(&mut s, &a.key);
         }
         if l.key_by.asset
-            && let Some(asset) = l.asset
+            && let Some(asset) = &l.asset
         {
             let _ = write!(s, "|asset={asset}");
         }

@@ -23,8 +23,16 @@ pub(crate) struct KindSet(pub(crate) u16);
 impl KindSet {
     /// Every kind.
     pub(crate) const ALL: KindSet = KindSet((1 << Kind::ALL.len()) - 1);
-    /// What a rule without `kinds` covers: everything but blind signing.
-    pub(crate) const DEFAULT: KindSet = KindSet(Self::ALL.0 & !(1 << Kind::RawDigest as u16));
+    /// What a rule without `kinds` covers: everything but the blind kinds (`raw_digest`,
+    /// `eip191_binary` and opaque `eip712_typed_data`), which only a rule naming them covers.
+    pub(crate) const DEFAULT: KindSet = KindSet(Self::ALL.0 & !Self::BLIND.0);
+    /// Kinds whose content the daemon cannot read: a digest, a message that may be a hash,
+    /// typed data of no recognized standard.
+    pub(crate) const BLIND: KindSet = KindSet(
+        1 << Kind::RawDigest as u16
+            | 1 << Kind::Eip191Binary as u16
+            | 1 << Kind::Eip712TypedData as u16,
+    );
     /// Transactions.
     pub(crate) const TX: KindSet = KindSet(
         1 << Kind::NativeTransfer as u16
@@ -40,8 +48,21 @@ impl KindSet {
     pub(crate) const CALL: KindSet = KindSet(Self::DEST.0 & !(1 << Kind::NativeTransfer as u16));
     /// Decoded ERC-20 calls.
     pub(crate) const ERC20: KindSet = KindSet(Self::CALL.0 & !(1 << Kind::ContractCall as u16));
-    /// EIP-712 typed data.
-    pub(crate) const TYPED: KindSet = KindSet(1 << Kind::Eip712TypedData as u16);
+    /// EIP-712 typed data: opaque, permits, transfer authorizations and Safe transactions.
+    pub(crate) const TYPED: KindSet = KindSet(
+        1 << Kind::Eip712TypedData as u16
+            | 1 << Kind::Eip712Permit as u16
+            | 1 << Kind::Eip712TransferAuthorization as u16
+            | 1 << Kind::Eip712SafeTx as u16,
+    );
+    /// Typed data that grants tokens: permits and transfer authorizations.
+    pub(crate) const GRANTS: KindSet =
+        KindSet(1 << Kind::Eip712Permit as u16 | 1 << Kind::Eip712TransferAuthorization as u16);
+    /// A Safe transaction, whose call is read like a transaction's.
+    pub(crate) const SAFE: KindSet = KindSet(1 << Kind::Eip712SafeTx as u16);
+    /// EIP-191 messages.
+    pub(crate) const MESSAGES: KindSet =
+        KindSet(1 << Kind::Eip191Message as u16 | 1 << Kind::Eip191Binary as u16);
 
     pub(crate) fn of(kinds: &[Kind]) -> KindSet {
         KindSet(kinds.iter().fold(0, |m, k| m | k.bit()))
@@ -432,10 +453,10 @@ impl Matchers {
                 let Some(td) = a.typed_data.as_ref() else {
                     return T::U;
                 };
-                if td.primary_type != "Permit" {
-                    return T::N;
+                if td.grants.is_empty() {
+                    return T::U;
                 }
-                expected(td.spender, |sp| s.contains(&sp))
+                t(td.grants.iter().all(|g| s.contains(&g.counterparty)))
             }),
             Field::Hours => self
                 .hours
@@ -598,12 +619,16 @@ impl Matchers {
                         Some(c) => format!("domain chainId {c} is not in `domain_chain_ids`"),
                     },
                     _ => {
-                        if td.primary_type != "Permit" {
-                            format!("primaryType `{}` is not `Permit`", td.primary_type)
-                        } else if let Some(sp) = td.spender {
-                            format!("Permit spender {sp} is not in `permit_spenders`")
-                        } else {
-                            missing("the Permit spender")
+                        match td.grants.iter().find(|g| {
+                            self.permit_spenders
+                                .as_ref()
+                                .is_some_and(|s| !s.contains(&g.counterparty))
+                        }) {
+                            Some(g) => format!(
+                                "permit spender {} is not in `permit_spenders`",
+                                g.counterparty
+                            ),
+                            None => missing("the permit's grants"),
                         }
                     }
                 }

@@ -536,12 +536,12 @@ impl Policy {
 /// ` (value X + fee up to Y)` for an amount that includes a transaction's fee.
 fn breakdown(format: &AmountFormat, amount: U256, fee: Option<U256>) -> String {
     match fee {
-        Some(fee) => format!(
+        Some(fee) if !fee.is_zero() => format!(
             " (value {} + fee up to {})",
             format.format(amount.saturating_sub(fee)),
             format.format(fee)
         ),
-        None => String::new(),
+        _ => String::new(),
     }
 }
 

@@ -202,12 +202,12 @@ impl LimitAsset {
         self.ids[0]
     }
 
-    pub(crate) fn ids(&self) -> &[AssetId] {
-        &self.ids
-    }
-
     pub(crate) fn is_native(&self) -> bool {
         self.ids[0].contract.is_none()
+    }
+
+    pub(crate) fn ids(&self) -> &[AssetId] {
+        &self.ids
     }
 
     /// Whether this limit counts the asset on `chain`.
@@ -546,7 +546,7 @@ fn escape(out: &mut String, v: &str) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::{Erc20Call, TypedDataFacts};
+    use crate::{Erc20Call, SafeTxFacts, TypedDataFacts};
 
     const TOKEN: Address = Address::repeat_byte(0x70);
     const OTHER: Address = Address::repeat_byte(0x71);
@@ -558,28 +558,166 @@ mod tests {
         a
     }
 
-    #[test]
-    fn native_value_counts_on_its_chain_for_every_transaction_kind() {
-        let eth = AssetId::native(1);
-        let mut a = tx(Kind::ContractCall);
-        a.to = Some(OTHER);
-        a.value = U256::from(5);
-        assert_eq!(moves(eth, &a), Moves::Amount(U256::from(5)));
-        assert_eq!(moves(AssetId::native(10), &a), Moves::Nothing);
-        a.value = U256::ZERO;
-        assert_eq!(moves(eth, &a), Moves::Nothing);
-        a.chain_id = None;
-        a.value = U256::from(1);
-        assert!(matches!(moves(eth, &a), Moves::Unknown(_)));
-        assert_eq!(
-            moves(eth, &Action::new("k", Kind::Eip191Message)),
-            Moves::Nothing
-        );
+    fn amount(total: u64, fee: Option<u64>) -> Moves {
+        Moves::Amount {
+            total: U256::from(total),
+            fee: fee.map(U256::from),
+        }
+    }
+
+    fn unknown(m: Moves) -> bool {
+        matches!(m, Moves::Unknown(_))
     }
 
     #[test]
-    fn token_limits_count_transfers_approvals_and_permits_and_fail_closed() {
+    fn native_value_and_worst_case_fee_count_on_its_chain_for_every_transaction_kind() {
+        let eth = AssetId::native(1);
+        for kind in Kind::ALL.into_iter().filter(|k| KindSet::TX.contains(*k)) {
+            let mut a = tx(kind);
+            a.to = Some(OTHER);
+            a.value = U256::from(5);
+            a.gas_limit = Some(21_000);
+            a.max_fee_per_gas = Some(U256::from(3));
+            assert_eq!(moves(eth, &a), amount(5 + 63_000, Some(63_000)), "{kind}");
+            assert_eq!(moves(AssetId::native(10), &a), Moves::Nothing);
+            // A zero-value transaction still moves its fee.
+            a.value = U256::ZERO;
+            assert_eq!(moves(eth, &a), amount(63_000, Some(63_000)), "{kind}");
+            a.max_fee_per_gas = Some(U256::ZERO);
+            assert_eq!(moves(eth, &a), Moves::Nothing);
+            // Missing gas figures, an overflowing fee, a missing chain: fail closed.
+            a.max_fee_per_gas = None;
+            assert!(unknown(moves(eth, &a)), "{kind}");
+            a.max_fee_per_gas = Some(U256::MAX);
+            assert!(unknown(moves(eth, &a)), "{kind}");
+            a.max_fee_per_gas = Some(U256::from(1));
+            a.gas_limit = None;
+            assert!(unknown(moves(eth, &a)), "{kind}");
+            a.gas_limit = Some(1);
+            a.value = U256::MAX;
+            assert!(unknown(moves(eth, &a)), "{kind}");
+            a.value = U256::from(1);
+            a.chain_id = None;
+            assert!(unknown(moves(eth, &a)), "{kind}");
+        }
+        for kind in [
+            Kind::Eip191Message,
+            Kind::Eip191Binary,
+            Kind::RawDigest,
+            Kind::Eip712TypedData,
+            Kind::Eip712Permit,
+            Kind::Eip712TransferAuthorization,
+        ] {
+            assert_eq!(
+                moves(eth, &Action::new("k", kind)),
+                Moves::Nothing,
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_limit_on_several_chains_adds_them_in_one_bucket_named_in_chain_order() {
+        let both = LimitAsset::new(vec![AssetId::native(10), AssetId::native(1)]).unwrap();
+        assert_eq!(both.to_string(), "1:native+10:native");
+        assert_eq!(both.chains_text(), "chains 1, 10");
+        assert_eq!(LimitAsset::one(AssetId::native(1)).to_string(), "1:native");
+        assert!(LimitAsset::new(vec![AssetId::native(1), AssetId::native(1)]).is_none());
+        assert!(LimitAsset::new(vec![AssetId::native(1), AssetId::token(10, TOKEN)]).is_none());
+        let mut a = tx(Kind::NativeTransfer);
+        a.value = U256::from(2);
+        a.gas_limit = Some(1);
+        a.max_fee_per_gas = Some(U256::from(1));
+        for chain in [1, 10] {
+            a.chain_id = Some(chain);
+            assert_eq!(both.moves(&a), amount(3, Some(1)));
+        }
+        a.chain_id = Some(137);
+        assert_eq!(both.moves(&a), Moves::Nothing);
+    }
+
+    fn safe_tx(operation: u8) -> Action {
+        let mut a = Action::new("hot", Kind::Eip712SafeTx);
+        a.chain_id = Some(1);
+        a.to = Some(OTHER);
+        a.value = U256::from(4);
+        a.typed_data = Some(TypedDataFacts {
+            primary_type: "SafeTx".into(),
+            domain_chain_id: Some(U256::from(1)),
+            verifying_contract: Some(Address::repeat_byte(0x5a)),
+            standard: Some(crate::TypedStandard::SafeTx),
+            safe_tx: Some(SafeTxFacts {
+                operation,
+                safe_tx_gas: U256::ZERO,
+                base_gas: U256::ZERO,
+                gas_price: U256::ZERO,
+                gas_token: Address::ZERO,
+                refund_receiver: Address::ZERO,
+                nonce: U256::ZERO,
+            }),
+            ..TypedDataFacts::default()
+        });
+        a
+    }
+
+    fn set_refund(a: &mut Action, token: Address) {
+        if let Some(s) = a.typed_data.as_mut().and_then(|t| t.safe_tx.as_mut()) {
+            s.gas_price = U256::from(1);
+            s.gas_token = token;
+        }
+    }
+
+    #[test]
+    fn safe_transactions_count_their_call_and_deny_delegatecalls_and_refunds() {
+        let (eth, usdc) = (AssetId::native(1), AssetId::token(1, TOKEN));
+        let a = safe_tx(0);
+        assert_eq!(moves(eth, &a), amount(4, None));
+        assert_eq!(moves(AssetId::native(10), &a), Moves::Nothing);
+        assert_eq!(moves(usdc, &a), Moves::Nothing);
+        // A delegatecall can move anything on its chain.
+        let d = safe_tx(1);
+        assert!(unknown(moves(eth, &d)) && unknown(moves(usdc, &d)));
+        assert_eq!(moves(AssetId::token(10, TOKEN), &d), Moves::Nothing);
+        // A refund in the native coin or in the limited token is unbounded.
+        let mut r = safe_tx(0);
+        set_refund(&mut r, Address::ZERO);
+        assert!(unknown(moves(eth, &r)));
+        assert_eq!(moves(usdc, &r), Moves::Nothing);
+        set_refund(&mut r, TOKEN);
+        assert!(unknown(moves(usdc, &r)));
+        assert_eq!(moves(eth, &r), amount(4, None));
+        // A decoded ERC-20 call of the token counts; another call to it cannot be measured.
+        let mut t = safe_tx(0);
+        t.to = Some(TOKEN);
+        t.value = U256::ZERO;
+        assert!(unknown(moves(usdc, &t)));
+        t.erc20 = Some(Erc20Call {
+            token: TOKEN,
+            from: None,
+            counterparty: BOB,
+            amount: U256::from(7),
+        });
+        assert_eq!(moves(usdc, &t), amount(7, None));
+        assert_eq!(moves(eth, &t), Moves::Nothing);
+        let l = LimitAsset::one(usdc);
+        assert_eq!(destination(Some(&l), &t), Ok(Some(BOB)));
+        // Without a usable chain the Safe transaction cannot be placed.
+        t.chain_id = None;
+        assert!(unknown(moves(usdc, &t)) && unknown(moves(eth, &t)));
+    }
+
+    fn grant(token: Address, to: Address, amount: u64) -> crate::TokenGrant {
+        crate::TokenGrant {
+            token,
+            counterparty: to,
+            amount: U256::from(amount),
+        }
+    }
+
+    #[test]
+    fn token_limits_count_transfers_approvals_and_grants_and_fail_closed() {
         let usdc = AssetId::token(1, TOKEN);
+        let l = LimitAsset::one(usdc);
         for kind in [
             Kind::Erc20Transfer,
             Kind::Erc20TransferFrom,
@@ -593,42 +731,76 @@ mod tests {
                 counterparty: BOB,
                 amount: U256::from(7),
             });
-            assert_eq!(moves(usdc, &a), Moves::Amount(U256::from(7)), "{kind}");
-            assert_eq!(destination(Some(usdc), &a), Ok(Some(BOB)));
+            assert_eq!(moves(usdc, &a), amount(7, None), "{kind}");
+            assert_eq!(destination(Some(&l), &a), Ok(Some(BOB)));
             a.erc20 = None;
-            assert!(matches!(moves(usdc, &a), Moves::Unknown(_)), "{kind}");
-            assert!(destination(Some(usdc), &a).is_err());
+            assert!(unknown(moves(usdc, &a)), "{kind}");
+            assert!(destination(Some(&l), &a).is_err());
         }
         let mut call = tx(Kind::ContractCall);
         call.to = Some(TOKEN);
         call.selector = Some([0x39, 0x50, 0x93, 0x51]); // increaseAllowance
-        assert!(matches!(moves(usdc, &call), Moves::Unknown(_)));
+        assert!(unknown(moves(usdc, &call)));
         call.to = Some(OTHER);
         assert_eq!(moves(usdc, &call), Moves::Nothing);
 
-        let mut permit = Action::new("hot", Kind::Eip712TypedData);
-        permit.typed_data = Some(TypedDataFacts {
+        for kind in [Kind::Eip712Permit, Kind::Eip712TransferAuthorization] {
+            // Permit2-style: the verifying contract is not the token; the grants say which.
+            let mut p = Action::new("hot", kind);
+            p.typed_data = Some(TypedDataFacts {
+                primary_type: "PermitBatch".into(),
+                domain_chain_id: Some(U256::from(1)),
+                verifying_contract: Some(OTHER),
+                grants: vec![
+                    grant(TOKEN, BOB, 9),
+                    grant(OTHER, BOB, 5),
+                    grant(TOKEN, BOB, 1),
+                ],
+                ..TypedDataFacts::default()
+            });
+            assert_eq!(moves(usdc, &p), amount(10, None), "{kind}");
+            assert_eq!(moves(AssetId::token(10, TOKEN), &p), Moves::Nothing);
+            assert_eq!(destination(Some(&l), &p), Ok(Some(BOB)));
+            assert_eq!(effective_chain(&p), Some(1));
+            let mut td = p.typed_data.clone().unwrap();
+            td.grants.push(grant(TOKEN, OTHER, 1));
+            p.typed_data = Some(td.clone());
+            assert!(destination(Some(&l), &p).is_err());
+            td.grants.push(grant(TOKEN, BOB, u64::MAX));
+            td.grants.push(crate::TokenGrant {
+                amount: U256::MAX,
+                ..grant(TOKEN, BOB, 0)
+            });
+            p.typed_data = Some(td.clone());
+            assert!(unknown(moves(usdc, &p)), "{kind}: overflow");
+            td.grants.clear();
+            p.typed_data = Some(td.clone());
+            assert!(unknown(moves(usdc, &p)), "{kind}: no grants");
+            td.grants.push(grant(TOKEN, BOB, 1));
+            td.domain_chain_id = None;
+            p.typed_data = Some(td);
+            assert!(unknown(moves(usdc, &p)), "{kind}: no chain");
+            p.typed_data = None;
+            assert!(unknown(moves(usdc, &p)), "{kind}: not decoded");
+        }
+
+        // Opaque typed data for the token cannot be measured.
+        let mut o = Action::new("hot", Kind::Eip712TypedData);
+        o.typed_data = Some(TypedDataFacts {
             primary_type: "Permit".into(),
             domain_chain_id: Some(U256::from(1)),
             verifying_contract: Some(TOKEN),
-            spender: Some(BOB),
-            permit_value: Some(U256::from(9)),
             ..TypedDataFacts::default()
         });
-        assert_eq!(moves(usdc, &permit), Moves::Amount(U256::from(9)));
-        assert_eq!(moves(AssetId::token(10, TOKEN), &permit), Moves::Nothing);
-        assert_eq!(effective_chain(&permit), Some(1));
-        let mut td = permit.typed_data.clone().unwrap();
-        td.permit_value = None;
-        permit.typed_data = Some(td.clone());
-        assert!(matches!(moves(usdc, &permit), Moves::Unknown(_)));
-        td.primary_type = "TransferWithAuthorization".into();
-        permit.typed_data = Some(td.clone());
-        assert!(matches!(moves(usdc, &permit), Moves::Unknown(_)));
-        td.primary_type = "Permit".into();
+        assert!(unknown(moves(usdc, &o)));
+        assert_eq!(moves(AssetId::token(10, TOKEN), &o), Moves::Nothing);
+        let mut td = o.typed_data.clone().unwrap();
         td.verifying_contract = None;
-        permit.typed_data = Some(td);
-        assert!(matches!(moves(usdc, &permit), Moves::Unknown(_)));
+        o.typed_data = Some(td.clone());
+        assert!(unknown(moves(usdc, &o)));
+        td.primary_type = "Mail".into();
+        o.typed_data = Some(td);
+        assert_eq!(moves(usdc, &o), Moves::Nothing);
     }
 
     #[test]
@@ -645,7 +817,7 @@ mod tests {
                 chain_ids: None,
                 to: None,
             },
-            asset: Some(AssetId::native(1)),
+            asset: Some(LimitAsset::one(AssetId::native(1))),
             format: AmountFormat::ether(),
             per_tx_max: None,
             window: Some(Duration(86_400)),

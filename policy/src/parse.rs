@@ -7,19 +7,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 
 use alloy_primitives::{Address, U256};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use crate::Kind;
 use crate::amount::{self, AmountFormat, AmountLit, Asset, AssetId, MAX_DECIMALS};
 use crate::index::RuleIndex;
 use crate::limit::{KeyBy, Limit, LimitAsset, RateLimit, Scope};
 use crate::literal::{AddrRef, ContractLit, Selector, check_name, parse_address};
 use crate::rule::{AddrSet, ApprovalSpec, Effect, Groups, KindSet, Matchers, Rule, TokenBound};
 use crate::time::{DAYS, Duration, Hours, TimeOfDay, UtcOffset, Weekday};
+use crate::{Kind, MESSAGE_HEAD_BYTES};
 
 /// Largest policy file accepted, in bytes.
 pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
@@ -130,10 +131,19 @@ impl Policy {
             }
             Ok(())
         };
+        // Allow and require_approval rules check permits' and authorizations' tokens against
+        // the registry; one shared copy serves every rule.
+        let tokens: Arc<BTreeSet<AssetId>> = Arc::new(
+            assets
+                .iter()
+                .map(|a| a.id)
+                .filter(|id| id.contract.is_some())
+                .collect(),
+        );
         let mut rules = Vec::with_capacity(raw.rules.len());
         for r in raw.rules {
             unique(&r.id)?;
-            rules.push(env.rule(r)?);
+            rules.push(env.rule(r, &tokens)?);
         }
         let mut limits = Vec::with_capacity(raw.limits.len());
         for l in raw.limits {
@@ -320,6 +330,8 @@ struct RawRule {
     verifying_contracts: Addrs,
     domain_chain_ids: List<u64>,
     permit_spenders: Addrs,
+    message_max_bytes: Option<u64>,
+    message_prefixes: List<Spanned<String>>,
     hours: Option<Spanned<RawHours>>,
     approvals: List<Spanned<RawApproval>>,
     ttl: Option<Spanned<Duration>>,
@@ -670,6 +682,28 @@ impl Env<'_> {
         Ok(Some(out))
     }
 
+    /// `message_prefixes`: non-empty strings of at most [`MESSAGE_HEAD_BYTES`] bytes (the
+    /// daemon keeps no more of a message's text).
+    fn prefixes(&self, v: List<Spanned<String>>) -> Result<Option<BTreeSet<String>>, PolicyError> {
+        let Some(list) = self.list("message_prefixes", v)? else {
+            return Ok(None);
+        };
+        let mut out = BTreeSet::new();
+        for p in list {
+            let len = p.get_ref().len();
+            if len == 0 || len > MESSAGE_HEAD_BYTES {
+                return Err(self.cx.invalid(
+                    p.span(),
+                    format!(
+                        "`message_prefixes`: a prefix must be 1 to {MESSAGE_HEAD_BYTES} bytes long (this one is {len})"
+                    ),
+                ));
+            }
+            out.insert(p.into_inner());
+        }
+        Ok(Some(out))
+    }
+
     fn group_set(&self, v: List<Spanned<String>>) -> Result<Option<Groups>, PolicyError> {
         let Some(names) = self.list("groups", v)? else {
             return Ok(None);
@@ -843,7 +877,7 @@ impl Env<'_> {
         }
     }
 
-    fn rule(&self, r: RawRule) -> Result<Rule, PolicyError> {
+    fn rule(&self, r: RawRule, tokens: &Arc<BTreeSet<AssetId>>) -> Result<Rule, PolicyError> {
         let cx = self.cx;
         let id = r.id.get_ref().clone();
         let ctx = |e: PolicyError| prefix(e, &format!("rule `{id}`: "));
@@ -908,7 +942,10 @@ impl Env<'_> {
             permit_spenders: self
                 .addrs("permit_spenders", r.permit_spenders)
                 .map_err(ctx)?,
+            message_max_bytes: r.message_max_bytes,
+            message_prefixes: self.prefixes(r.message_prefixes).map_err(ctx)?,
             hours,
+            registered: (r.effect != Effect::Deny).then(|| Arc::clone(tokens)),
         };
         let approval = match r.effect {
             Effect::RequireApproval => {

@@ -40,6 +40,9 @@ fn native(key: &str, to: &str, value: U256) -> Action {
     a.chain_id = Some(1);
     a.to = Some(addr(to));
     a.value = value;
+    // Fee-free unless a test says otherwise, so amounts below are values only.
+    a.gas_limit = Some(21_000);
+    a.max_fee_per_gas = Some(U256::ZERO);
     a
 }
 
@@ -47,6 +50,8 @@ fn erc20(kind: Kind, token: &str, counterparty: &str, amount: U256) -> Action {
     let mut a = Action::new("hot", kind);
     a.chain_id = Some(1);
     a.to = Some(addr(token));
+    a.gas_limit = Some(60_000);
+    a.max_fee_per_gas = Some(U256::ZERO);
     a.selector = Some(match kind {
         Kind::Erc20Approve => [0x09, 0x5e, 0xa7, 0xb3],
         Kind::Erc20TransferFrom => [0x23, 0xb8, 0x72, 0xdd],
@@ -61,15 +66,25 @@ fn erc20(kind: Kind, token: &str, counterparty: &str, amount: U256) -> Action {
     a
 }
 
+/// An EIP-2612 permit of `token` on chain 1; without a spender or value, its grant was not
+/// decoded.
 fn permit(token: &str, spender: Option<&str>, value: Option<U256>) -> Action {
-    let mut a = Action::new("hot", Kind::Eip712TypedData);
+    let mut a = Action::new("hot", Kind::Eip712Permit);
     a.typed_data = Some(TypedDataFacts {
         primary_type: "Permit".into(),
         domain_name: Some("USD Coin".into()),
         domain_chain_id: Some(U256::from(1)),
         verifying_contract: Some(addr(token)),
-        spender: spender.map(addr),
-        permit_value: value,
+        standard: Some(TypedStandard::Eip2612Permit),
+        grants: match (spender, value) {
+            (Some(s), Some(v)) => vec![TokenGrant {
+                token: addr(token),
+                counterparty: addr(s),
+                amount: v,
+            }],
+            _ => vec![],
+        },
+        ..TypedDataFacts::default()
     });
     a
 }
@@ -368,10 +383,16 @@ effect = "allow"
 kinds = ["erc20_transfer"]
 erc20_amount_max = 1000
 
+[[asset]]
+chain_id = 1
+contract = "{USDC}"
+symbol = "USDC"
+decimals = 6
+
 [[rule]]
 id = "permits-to-router"
 effect = "allow"
-kinds = ["eip712_typed_data"]
+kinds = ["eip712_permit"]
 permit_spenders = ["{BOB}"]
 "#
     );
@@ -470,6 +491,8 @@ max_fee_per_gas_max = "50 gwei"
 "#,
     );
     let mut a = native("hot", BOB, eth(1));
+    a.gas_limit = None;
+    a.max_fee_per_gas = None;
     assert!(!eval(&p, &a).decision.is_allow());
     a.gas_limit = Some(21_000);
     a.max_fee_per_gas = Some(U256::from(30_000_000_000u64));
@@ -727,7 +750,7 @@ decimals = 6
 [[rule]]
 id = "everything"
 effect = "allow"
-kinds = ["native_transfer", "erc20_transfer", "erc20_transfer_from", "erc20_approve", "contract_call", "eip712_typed_data"]
+kinds = ["native_transfer", "erc20_transfer", "erc20_transfer_from", "erc20_approve", "contract_call", "eip712_typed_data", "eip712_permit", "eip712_transfer_authorization"]
 
 [[limit]]
 id = "eth"
@@ -807,15 +830,15 @@ fn a_token_limit_cannot_be_bypassed_by_encoding() {
     call.selector = Some([0x39, 0x50, 0x93, 0x51]);
     let e = eval(&p, &call);
     assert_eq!(denied_by(&e), Some("usdc"));
-    // Typed data for the token other than Permit (EIP-3009 TransferWithAuthorization).
-    let mut auth = permit(USDC, Some(BOB), None);
-    auth.typed_data.as_mut().unwrap().primary_type = "TransferWithAuthorization".into();
-    assert_eq!(denied_by(&eval(&p, &auth)), Some("usdc"));
-    // A Permit whose value was not decoded.
-    assert_eq!(
-        denied_by(&eval(&p, &permit(USDC, Some(BOB), None))),
-        Some("usdc")
-    );
+    // Typed data for the token of no recognized standard (opaque).
+    let mut opaque = permit(USDC, Some(BOB), None);
+    opaque.kind = Kind::Eip712TypedData;
+    opaque.typed_data.as_mut().unwrap().primary_type = "TransferWithAuthorization".into();
+    opaque.typed_data.as_mut().unwrap().standard = None;
+    assert_eq!(denied_by(&eval(&p, &opaque)), Some("usdc"));
+    // A permit whose grant was not decoded: the allow rule cannot tell it is a
+    // registered token, and the limit cannot count it.
+    assert!(!eval(&p, &permit(USDC, Some(BOB), None)).decision.is_allow());
     // An ERC-20 kind whose arguments were not decoded.
     let mut t = erc20(Kind::Erc20Transfer, USDC, BOB, U256::from(1));
     t.erc20 = None;
@@ -1057,6 +1080,7 @@ fn fits_is_the_one_definition_of_within_a_limit() {
         ),
         window_secs: 60,
         amount: U256::from(5),
+        fee: None,
         max_amount: Some(U256::from(10)),
         max_count: Some(2),
         format: AmountFormat::base_units(),

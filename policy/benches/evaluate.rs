@@ -95,13 +95,13 @@ fn policy_src() -> String {
             8 => {
                 let _ = write!(
                     s,
-                    "effect = \"deny\"\nkeys = [\"key-{key}\"]\nkinds = [\"erc20_approve\", \"eip712_typed_data\"]\n"
+                    "effect = \"deny\"\nkeys = [\"key-{key}\"]\nkinds = [\"erc20_approve\", \"eip712_typed_data\", \"eip712_permit\"]\n"
                 );
             }
             _ => {
                 let _ = write!(
                     s,
-                    "effect = \"allow\"\nclients = [\"svc-{key}\"]\nkeys = [\"key-{key}\"]\nkinds = [\"eip712_typed_data\"]\n\
+                    "effect = \"allow\"\nclients = [\"svc-{key}\"]\nkeys = [\"key-{key}\"]\nkinds = [\"eip712_permit\"]\n\
                      primary_types = [\"Permit\"]\npermit_spenders = [\"book:book{}\"]\n",
                     r % 20
                 );

@@ -16,13 +16,16 @@
 //! Action fields: `key`, `kind`, `chain_id`, `to`, `value`, `selector` (defaults to the
 //! standard selector for the ERC-20 kinds), `gas_limit`, `max_fee_per_gas`, `erc20 = { token
 //! (default: to), from, counterparty, amount }`, `typed_data = { primary_type, domain_name,
-//! domain_chain_id, verifying_contract, spender, permit_value }`. Amounts take the same
-//! literals as the policy. This module evaluates only; it never reads files or the clock.
+//! domain_chain_id, verifying_contract, standard, grants = [{ token (default:
+//! verifying_contract), counterparty, amount }], deadline, safe_tx = { operation, gas_price,
+//! gas_token, refund_receiver, nonce } }`, `message = { len, text }` (`len` defaults to the
+//! length of `text`; `text` only for `eip191_message`). Amounts take the same literals as the
+//! policy. This module evaluates only; it never reads files or the clock.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 
-use alloy_primitives::U256;
+use alloy_primitives::{Address, U256};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -32,8 +35,9 @@ use crate::literal::{AddrLit, Selector};
 use crate::parse::{Cx, Env, Unit, from_toml};
 use crate::time::parse_rfc3339;
 use crate::{
-    Action, Decision, Erc20Call, Identity, Kind, MAX_POLICY_BYTES, Policy, PolicyError, Request,
-    TypedDataFacts, Usage, Used,
+    Action, Decision, Erc20Call, Identity, Kind, MAX_POLICY_BYTES, MESSAGE_HEAD_BYTES,
+    MessageFacts, Policy, PolicyError, Request, SafeTxFacts, TokenGrant, TypedDataFacts,
+    TypedStandard, Usage, Used,
 };
 
 /// The time a case runs at when it does not say: Thursday 2026-01-01T12:00:00Z.
@@ -94,6 +98,34 @@ struct RawAction {
     max_fee_per_gas: Amount,
     erc20: Option<RawErc20>,
     typed_data: Option<RawTyped>,
+    message: Option<Spanned<RawMessage>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMessage {
+    len: Option<u64>,
+    text: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGrant {
+    token: Option<AddrLit>,
+    counterparty: AddrLit,
+    amount: Spanned<AmountLit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSafeTx {
+    #[serde(default)]
+    operation: u8,
+    gas_price: Amount,
+    gas_token: Option<AddrLit>,
+    refund_receiver: Option<AddrLit>,
+    #[serde(default)]
+    nonce: u64,
 }
 
 #[derive(Deserialize)]
@@ -112,8 +144,11 @@ struct RawTyped {
     domain_name: Option<String>,
     domain_chain_id: Option<u64>,
     verifying_contract: Option<AddrLit>,
-    spender: Option<AddrLit>,
-    permit_value: Amount,
+    standard: Option<TypedStandard>,
+    #[serde(default)]
+    grants: Vec<RawGrant>,
+    deadline: Option<u64>,
+    safe_tx: Option<RawSafeTx>,
 }
 
 #[derive(Deserialize)]
@@ -276,7 +311,7 @@ fn run_case(policy: &Policy, env: &Env<'_>, c: RawCase) -> Result<CaseResult, Po
     for u in c.usage {
         let id = u.limit.get_ref();
         let asset = match policy.limits.iter().find(|l| l.id == *id) {
-            Some(l) => l.asset,
+            Some(l) => l.asset.clone(),
             None if policy.rate_limits.iter().any(|r| r.id == *id) => None,
             None => {
                 return Err(env.cx.invalid(
@@ -287,7 +322,11 @@ fn run_case(policy: &Policy, env: &Env<'_>, c: RawCase) -> Result<CaseResult, Po
         };
         let amount = match (&u.amount, asset) {
             (None, _) => U256::ZERO,
-            (Some(lit), Some(asset)) => env.amount("amount", lit, Unit::Of(asset)).map_err(ctx)?.0,
+            (Some(lit), Some(asset)) => {
+                env.amount("amount", lit, Unit::Of(asset.first()))
+                    .map_err(ctx)?
+                    .0
+            }
             (Some(lit), None) => {
                 return Err(env.cx.invalid(
                     lit.span(),
@@ -382,26 +421,77 @@ fn build_action(env: &Env<'_>, r: RawAction) -> Result<Action, PolicyError> {
     }
     if let Some(t) = r.typed_data {
         let verifying = t.verifying_contract.map(|x| x.0);
-        let permit_value = match &t.permit_value {
+        let mut grants = Vec::with_capacity(t.grants.len());
+        for g in t.grants {
+            let Some(token) = g.token.map(|x| x.0).or(verifying) else {
+                return Err(env.cx.invalid(
+                    g.amount.span(),
+                    "a grant needs `token` or the typed data's `verifying_contract`".into(),
+                ));
+            };
+            let unit = match t.domain_chain_id {
+                Some(c) => Unit::Of(AssetId::token(c, token)),
+                None => Unit::Token(None),
+            };
+            grants.push(TokenGrant {
+                token,
+                counterparty: g.counterparty.0,
+                amount: env.amount("amount", &g.amount, unit)?.0,
+            });
+        }
+        let safe_tx = match t.safe_tx {
             None => None,
-            Some(lit) => {
-                let unit = match (t.domain_chain_id, verifying) {
-                    (Some(c), Some(v)) => Unit::Of(AssetId::token(c, v)),
-                    _ => Unit::Token(None),
-                };
-                Some(env.amount("permit_value", lit, unit)?.0)
-            }
+            Some(x) => Some(SafeTxFacts {
+                operation: x.operation,
+                safe_tx_gas: U256::ZERO,
+                base_gas: U256::ZERO,
+                gas_price: native(&x.gas_price, "gas_price")?.unwrap_or_default(),
+                gas_token: x.gas_token.map_or(Address::ZERO, |a| a.0),
+                refund_receiver: x.refund_receiver.map_or(Address::ZERO, |a| a.0),
+                nonce: U256::from(x.nonce),
+            }),
         };
         a.typed_data = Some(TypedDataFacts {
             primary_type: t.primary_type,
             domain_name: t.domain_name,
             domain_chain_id: t.domain_chain_id.map(U256::from),
             verifying_contract: verifying,
-            spender: t.spender.map(|x| x.0),
-            permit_value,
+            standard: t.standard,
+            grants,
+            deadline: t.deadline.map(U256::from),
+            safe_tx,
+        });
+    }
+    if let Some(m) = r.message {
+        let span = m.span();
+        let m = m.into_inner();
+        if m.text.is_some() && r.kind != Kind::Eip191Message {
+            return Err(env.cx.invalid(
+                span,
+                "`message.text` is only for kind `eip191_message`".into(),
+            ));
+        }
+        let Some(len) = m.len.or(m.text.as_ref().map(|t| t.len() as u64)) else {
+            return Err(env
+                .cx
+                .invalid(span, "`message` needs `len` or `text`".into()));
+        };
+        a.message = Some(MessageFacts {
+            len,
+            text_head: m.text.map(|t| head(&t).to_owned()),
         });
     }
     Ok(a)
+}
+
+/// The first [`MESSAGE_HEAD_BYTES`] bytes of `t` at most, cut at a character boundary, as
+/// the daemon keeps them.
+fn head(t: &str) -> &str {
+    let mut end = t.len().min(MESSAGE_HEAD_BYTES);
+    while !t.is_char_boundary(end) {
+        end -= 1;
+    }
+    &t[..end]
 }
 
 #[cfg(test)]

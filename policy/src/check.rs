@@ -10,9 +10,9 @@ use std::fmt;
 
 use alloy_primitives::Address;
 
-use crate::Policy;
-use crate::limit::Scope;
+use crate::limit::{Limit, Scope};
 use crate::rule::{AddrSet, Effect, Field, KindSet, Matchers};
+use crate::{Kind, Policy};
 
 /// One finding of [`check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +82,11 @@ pub fn check(policy: &Policy) -> Vec<Warning> {
                 "`erc20_amount_min/max` in base units without `contracts` compares raw amounts of tokens with different decimals; write the amount with a symbol (\"100 USDC\") or add `contracts`".into(),
             );
         }
+        if rule.effect != Effect::Deny {
+            for message in grant_warnings(policy, m) {
+                warn(&mut out, message);
+            }
+        }
         if rule.effect == Effect::Allow {
             if m.effective_kinds().contains(crate::Kind::RawDigest) && m.keys.is_none() {
                 warn(
@@ -139,9 +144,9 @@ pub fn check(policy: &Policy) -> Vec<Warning> {
         if let Some(g) = &l.scope.groups {
             used_groups.extend(g.names.iter().map(String::as_str));
         }
-        if let Some(asset) = l.asset {
-            let moving = if asset.contract.is_none() {
-                KindSet::TX
+        if let Some(asset) = &l.asset {
+            let moving = if asset.is_native() {
+                KindSet(KindSet::TX.0 | KindSet::SAFE.0)
             } else {
                 KindSet(KindSet::CALL.0 | KindSet::TYPED.0)
             };
@@ -209,6 +214,211 @@ pub fn check(policy: &Policy) -> Vec<Warning> {
     out
 }
 
+/// Warnings about what an allow or require_approval rule lets through that no limit counts
+/// (fees, chains) or that is broad or blind (messages).
+fn grant_warnings(policy: &Policy, m: &Matchers) -> Vec<String> {
+    let mut out = Vec::new();
+    let kinds = m.effective_kinds();
+    let or = |a: KindSet, b: KindSet| KindSet(a.0 | b.0);
+
+    // Fees: a transaction may pay up to gas_limit × max_fee_per_gas.
+    let tx = kinds.and(KindSet::TX);
+    if !tx.is_empty() && (m.gas_limit_max.is_none() || m.max_fee_max.is_none()) {
+        let uncovered: Option<Vec<u64>> = rule_chains(m, tx).map(|chains| {
+            chains
+                .into_iter()
+                .filter(|c| !fee_covered(policy, m, tx, *c))
+                .collect()
+        });
+        let chains = match &uncovered {
+            None => Some("any chain".to_owned()),
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(chain_words(v)),
+        };
+        if let Some(chains) = chains {
+            out.push(format!(
+                "can sign transactions without a fee cap (`gas_limit_max` and `max_fee_per_gas_max`) that no native limit with at least the rule's scope counts ({chains}): a transaction's fee can spend up to gas_limit × max_fee_per_gas of the native coin; set both caps, or cover the rule with a native `per_tx_max` or `max_amount` limit on each of its chains"
+            ));
+        }
+    }
+
+    // Chains: every chain the rule can move an asset on should be counted by the limits
+    // of that asset, when the policy limits it at all.
+    let native_kinds = kinds.and(or(KindSet::TX, KindSet::SAFE));
+    let native_limits: Vec<&Limit> = policy
+        .limits
+        .iter()
+        .filter(|l| l.asset.as_ref().is_some_and(|a| a.is_native()) && counts_amounts(l))
+        .collect();
+    if !native_kinds.is_empty() && !native_limits.is_empty() {
+        let counted = counted_chains(&native_limits);
+        if let Some(missing) = missing_chains(rule_chains(m, native_kinds), &counted) {
+            out.push(format!(
+                "allows transactions on chains no native limit counts ({missing}): add `chain_ids` to the rule, or the chains to a limit"
+            ));
+        }
+    }
+    let token_kinds = kinds.and(or(or(KindSet::CALL, KindSet::GRANTS), KindSet::SAFE));
+    if !token_kinds.is_empty() {
+        let mut symbols: Vec<&str> = policy
+            .limits
+            .iter()
+            .filter(|l| l.asset.as_ref().is_some_and(|a| !a.is_native()) && counts_amounts(l))
+            .map(|l| l.format.symbol.as_str())
+            .collect();
+        symbols.sort_unstable();
+        symbols.dedup();
+        for sym in symbols {
+            let limits: Vec<&Limit> = policy
+                .limits
+                .iter()
+                .filter(|l| {
+                    l.format.symbol == sym
+                        && l.asset.as_ref().is_some_and(|a| !a.is_native())
+                        && counts_amounts(l)
+                })
+                .collect();
+            let counted = counted_chains(&limits);
+            let registered: BTreeSet<u64> = policy
+                .assets
+                .iter()
+                .filter(|a| a.symbol == sym && a.id.contract.is_some())
+                .map(|a| a.id.chain_id)
+                .collect();
+            let mut can = rule_chains(m, token_kinds);
+            if let Some(pin) = m.erc20_amount.as_ref().and_then(|b| b.token) {
+                // Only the pinned token moves through ERC-20 calls and grants; a contract
+                // call could still move any token.
+                if !token_kinds.contains(Kind::ContractCall) {
+                    let same = policy.assets.iter().any(|a| a.id == pin && a.symbol == sym);
+                    can = Some(if same {
+                        BTreeSet::from([pin.chain_id])
+                    } else {
+                        BTreeSet::new()
+                    });
+                }
+            }
+            let at_risk: BTreeSet<u64> = match can {
+                None => registered,
+                Some(c) => registered.intersection(&c).copied().collect(),
+            };
+            let missing: Vec<u64> = at_risk.difference(&counted).copied().collect();
+            if !missing.is_empty() {
+                out.push(format!(
+                    "can move {sym} on chains no {sym} limit counts ({}): add `chain_ids` or `domain_chain_ids` to the rule, or the chains to a limit",
+                    chain_words(&missing)
+                ));
+            }
+        }
+    }
+
+    // Messages.
+    if kinds.contains(Kind::Eip191Message)
+        && m.message_prefixes.is_none()
+        && m.message_max_bytes.is_none()
+    {
+        out.push(
+            "broad message allow rule: any text message can be signed, including a sign-in to any site (EIP-4361) and off-chain orders or votes; add `message_prefixes` or `message_max_bytes`".into(),
+        );
+    }
+    if m.kinds_written && m.kinds.contains(Kind::Eip191Binary) {
+        out.push(
+            "names `eip191_binary`: a 32-byte message can be the hash of a transaction or typed data; this is blind signing".into(),
+        );
+    }
+    out
+}
+
+/// Whether a limit caps an amount (a count-only limit counts no coin).
+fn counts_amounts(l: &Limit) -> bool {
+    l.per_tx_max.is_some() || l.max_amount.is_some()
+}
+
+/// Chains whose asset some of `limits` count.
+fn counted_chains(limits: &[&Limit]) -> BTreeSet<u64> {
+    limits
+        .iter()
+        .flat_map(|l| {
+            l.asset
+                .iter()
+                .flat_map(|a| a.ids().iter().map(|i| i.chain_id))
+                .filter(|c| l.scope.chain_ids.as_ref().is_none_or(|s| s.contains(c)))
+        })
+        .collect()
+}
+
+/// The chains of `can` (`None`: any) that `counted` lacks, in words, or `None` if none.
+fn missing_chains(can: Option<BTreeSet<u64>>, counted: &BTreeSet<u64>) -> Option<String> {
+    match can {
+        None if counted.is_empty() => Some("any chain".into()),
+        None => {
+            let v: Vec<u64> = counted.iter().copied().collect();
+            Some(format!(
+                "any chain but {}",
+                v.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")
+            ))
+        }
+        Some(c) => {
+            let v: Vec<u64> = c.difference(counted).copied().collect();
+            (!v.is_empty()).then(|| chain_words(&v))
+        }
+    }
+}
+
+fn chain_words(v: &[u64]) -> String {
+    let list: Vec<String> = v.iter().map(u64::to_string).collect();
+    if list.len() == 1 {
+        format!("chain {}", list.join(""))
+    } else {
+        format!("chains {}", list.join(", "))
+    }
+}
+
+/// Chains a rule can match requests of `kinds` on (`None`: any chain): its `chain_ids` for
+/// transactions, `domain_chain_ids` for typed data, both for Safe transactions.
+pub(crate) fn rule_chains(m: &Matchers, kinds: KindSet) -> Option<BTreeSet<u64>> {
+    let mut out = BTreeSet::new();
+    for k in kinds.kinds() {
+        let c = if KindSet::TX.contains(k) {
+            m.chain_ids.clone()
+        } else if k == Kind::Eip712SafeTx {
+            match (&m.chain_ids, &m.domain_chain_ids) {
+                (Some(a), Some(b)) => Some(a.intersection(b).copied().collect()),
+                (Some(a), None) | (None, Some(a)) => Some(a.clone()),
+                (None, None) => None,
+            }
+        } else if KindSet::TYPED.contains(k) {
+            m.domain_chain_ids.clone()
+        } else {
+            continue;
+        };
+        out.extend(c?);
+    }
+    Some(out)
+}
+
+/// Whether a native limit counts every transaction of `kinds` on `chain` that the rule
+/// matches: it counts amounts of the native coin of `chain`, and its scope is no narrower
+/// than the rule's. Conservative: `false` when unsure.
+fn fee_covered(policy: &Policy, m: &Matchers, kinds: KindSet, chain: u64) -> bool {
+    let rule_scope = Scope {
+        kinds,
+        keys: m.keys.clone(),
+        clients: m.clients.clone(),
+        groups: m.groups.clone(),
+        roles: m.roles.clone(),
+        chain_ids: Some(BTreeSet::from([chain])),
+        to: None,
+    };
+    policy.limits.iter().any(|l| {
+        counts_amounts(l)
+            && l.asset
+                .as_ref()
+                .is_some_and(|a| a.is_native() && a.on_chain(chain).is_some())
+            && scope_covers(&l.scope, &rule_scope)
+    })
+}
+
 fn addr_sets(m: &Matchers) -> impl Iterator<Item = &AddrSet> {
     [
         &m.to,
@@ -273,10 +483,28 @@ fn never_matches(m: &Matchers) -> Option<String> {
         }
     }
     if let (Some(pt), Some(_)) = (&m.primary_types, &m.permit_spenders)
-        && !pt.contains("Permit")
+        && !pt.iter().any(|t| {
+            [
+                "Permit",
+                "PermitSingle",
+                "PermitBatch",
+                "PermitTransferFrom",
+                "PermitBatchTransferFrom",
+            ]
+            .contains(&t.as_str())
+        })
     {
         return Some(
-            "`permit_spenders` needs primaryType `Permit`, which `primary_types` excludes".into(),
+            "`permit_spenders` needs a permit, and `primary_types` names no permit type (`Permit`, `PermitSingle`, `PermitBatch`, `PermitTransferFrom`, `PermitBatchTransferFrom`)".into(),
+        );
+    }
+    if let (Some(pre), Some(max)) = (&m.message_prefixes, m.message_max_bytes)
+        && pre
+            .iter()
+            .all(|p| u64::try_from(p.len()).is_ok_and(|l| l > max))
+    {
+        return Some(
+            "every prefix in `message_prefixes` is longer than `message_max_bytes`".into(),
         );
     }
     None
@@ -376,6 +604,21 @@ pub(crate) fn covers(g: &Matchers, s: &Matchers) -> bool {
                 subset(s.domain_chain_ids.as_ref(), g.domain_chain_ids.as_ref())
             }
             Field::PermitSpenders => subset(set(&s.permit_spenders), set(&g.permit_spenders)),
+            Field::MessageMaxBytes => le(s.message_max_bytes, g.message_max_bytes),
+            Field::MessagePrefixes => match (&g.message_prefixes, &s.message_prefixes) {
+                (Some(gp), Some(sp)) => sp
+                    .iter()
+                    .all(|x| gp.iter().any(|p| x.starts_with(p.as_str()))),
+                _ => false,
+            },
+            Field::Registered => match (&g.registered, &s.registered) {
+                (Some(gr), Some(sr)) => {
+                    sr.is_subset(gr)
+                        && subset(s.domain_chain_ids.as_ref(), g.domain_chain_ids.as_ref())
+                        && (s.domain_chain_ids.is_none() || g.domain_chain_ids.is_some())
+                }
+                _ => false,
+            },
             Field::Hours => g.hours == s.hours,
         };
         if !ok {
@@ -426,7 +669,7 @@ mod tests {
             "line 4: rule `r`: can never match: `kinds` is [eip191_message] but `value_max` applies to [native_transfer",
         );
         one(
-            "[[rule]]\nid = \"r\"\neffect = \"allow\"\nclients = [\"c\"]\nerc20_counterparty = [\"0x00000000000000000000000000000000000000aa\"]\nprimary_types = [\"Permit\"]\n",
+            "[[rule]]\nid = \"r\"\neffect = \"allow\"\nclients = [\"c\"]\nerc20_counterparty = [\"0x00000000000000000000000000000000000000aa\"]\nmessage_max_bytes = 100\n",
             "can never match",
         );
         one(
@@ -453,13 +696,145 @@ mod tests {
             &format!(
                 "[[rule]]\nid = \"r\"\neffect = \"deny\"\nprimary_types = [\"Order\"]\npermit_spenders = [\"{A}\"]\n"
             ),
-            "which `primary_types` excludes",
+            "`primary_types` names no permit type",
         );
         one(
             &format!(
                 "[[asset]]\nchain_id = 1\ncontract = \"{A}\"\nsymbol = \"TOK\"\ndecimals = 6\n[[rule]]\nid = \"r\"\neffect = \"deny\"\ncontracts = [\"{B}\"]\nerc20_amount_max = \"5 TOK\"\n"
             ),
             "written in TOK but `to`/`contracts` do not include its contract",
+        );
+    }
+
+    fn none(body: &str, needle: &str) {
+        let w = warnings(body);
+        assert!(
+            !w.iter().any(|x| x.contains(needle)),
+            "`{needle}` in {w:#?}"
+        );
+    }
+
+    const ETH_DAILY: &str = "[[limit]]\nid = \"eth\"\nchain_ids = [1]\nasset = \"native\"\nwindow = \"24h\"\nmax_amount = \"1 ether\"\n";
+
+    #[test]
+    fn transactions_without_a_fee_cap_need_a_native_limit_of_no_narrower_scope() {
+        let rule = "[[rule]]\nid = \"pay\"\neffect = \"allow\"\nclients = [\"c\"]\nchain_ids = [1]\nkinds = [\"erc20_transfer\"]\n";
+        one(
+            rule,
+            "line 4: rule `pay`: can sign transactions without a fee cap",
+        );
+        none(&format!("{rule}{ETH_DAILY}"), "fee cap");
+        // Both caps bound the fee.
+        none(
+            &format!("{rule}gas_limit_max = 100000\nmax_fee_per_gas_max = \"100 gwei\"\n"),
+            "fee cap",
+        );
+        one(
+            &format!("{rule}gas_limit_max = 100000\n"),
+            "without a fee cap",
+        );
+        // A limit narrower than the rule (one key, other kinds, a count only) does not cover it.
+        one(&format!("{rule}{ETH_DAILY}keys = [\"k\"]\n"), "fee cap");
+        one(
+            &format!("{rule}{ETH_DAILY}kinds = [\"native_transfer\"]\n"),
+            "fee cap",
+        );
+        one(
+            &format!("{rule}[[limit]]\nid = \"n\"\nwindow = \"1h\"\nmax_count = 5\n"),
+            "fee cap",
+        );
+        // A rule on any chain cannot be covered by chain-bound limits.
+        one(
+            &format!("{}{ETH_DAILY}", rule.replace("chain_ids = [1]\n", "")),
+            "(any chain)",
+        );
+        none(
+            "[[rule]]\nid = \"m\"\neffect = \"allow\"\nclients = [\"c\"]\nkinds = [\"eip712_permit\"]\n",
+            "fee cap",
+        );
+    }
+
+    #[test]
+    fn rules_on_chains_no_limit_of_their_asset_counts() {
+        let caps = "gas_limit_max = 100000\nmax_fee_per_gas_max = \"100 gwei\"\n";
+        let rule = format!(
+            "[[rule]]\nid = \"eth-out\"\neffect = \"allow\"\nclients = [\"c\"]\nkinds = [\"native_transfer\"]\n{caps}"
+        );
+        one(
+            &format!("{rule}{ETH_DAILY}"),
+            "rule `eth-out`: allows transactions on chains no native limit counts (any chain but 1): add `chain_ids` to the rule, or the chains to a limit",
+        );
+        one(
+            &format!("{rule}chain_ids = [1, 10]\n{ETH_DAILY}"),
+            "no native limit counts (chain 10)",
+        );
+        none(
+            &format!("{rule}chain_ids = [1]\n{ETH_DAILY}"),
+            "no native limit",
+        );
+        none(&rule, "no native limit");
+        // A limit on several chains counts each.
+        none(
+            &format!(
+                "{rule}chain_ids = [1, 10]\n{}",
+                ETH_DAILY.replace("chain_ids = [1]", "chain_ids = [1, 10]")
+            ),
+            "no native limit",
+        );
+        // Tokens: a registered symbol on a chain no limit of it counts.
+        let assets = format!(
+            "[[asset]]\nchain_id = 1\ncontract = \"{A}\"\nsymbol = \"USDC\"\ndecimals = 6\n[[asset]]\nchain_id = 137\ncontract = \"{B}\"\nsymbol = \"USDC\"\ndecimals = 6\n"
+        );
+        let limit =
+            "[[limit]]\nid = \"u\"\nchain_ids = [1]\nasset = \"USDC\"\nper_tx_max = \"5 USDC\"\n";
+        let permits = "[[rule]]\nid = \"p\"\neffect = \"allow\"\nclients = [\"c\"]\nkinds = [\"eip712_permit\"]\n";
+        one(
+            &format!("{assets}{permits}{limit}"),
+            "rule `p`: can move USDC on chains no USDC limit counts (chain 137)",
+        );
+        none(
+            &format!("{assets}{permits}domain_chain_ids = [1]\n{limit}"),
+            "no USDC limit",
+        );
+        none(
+            &format!(
+                "{assets}{permits}{}",
+                limit.replace("chain_ids = [1]", "chain_ids = [1, 137]")
+            ),
+            "no USDC limit",
+        );
+    }
+
+    #[test]
+    fn broad_and_blind_message_rules() {
+        let rule = "[[rule]]\nid = \"m\"\neffect = \"allow\"\nclients = [\"c\"]\nkinds = [\"eip191_message\"]\n";
+        one(
+            rule,
+            "rule `m`: broad message allow rule: any text message can be signed",
+        );
+        none(
+            &format!(
+                "{rule}message_prefixes = [\"example.com wants you to sign in with your Ethereum account:\"]\n"
+            ),
+            "broad message",
+        );
+        none(&format!("{rule}message_max_bytes = 64\n"), "broad message");
+        // A rule without `kinds` covers text messages too.
+        one(
+            "[[rule]]\nid = \"any\"\neffect = \"require_approval\"\nkeys = [\"k\"]\napprovals = [{ group = \"g\", min = 1 }]\nttl = \"1h\"\n[groups]\ng = [\"a\", \"b\"]\n[approvers]\na = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\nb = \"ed25519:5866666666666666666666666666666666666666666666666666666666666666\"\n",
+            "broad message allow rule",
+        );
+        one(
+            "[[rule]]\nid = \"b\"\neffect = \"allow\"\nclients = [\"c\"]\nkinds = [\"eip191_binary\"]\n",
+            "a 32-byte message can be the hash of a transaction or typed data; this is blind signing",
+        );
+        one(
+            &format!("{rule}message_prefixes = [\"abcdef\"]\nmessage_max_bytes = 3\n"),
+            "can never match: every prefix in `message_prefixes` is longer than `message_max_bytes`",
+        );
+        one(
+            "[[rule]]\nid = \"r\"\neffect = \"deny\"\nkinds = [\"eip191_binary\"]\nmessage_prefixes = [\"x\"]\n",
+            "can never match",
         );
     }
 

@@ -270,6 +270,9 @@ fn changed_fields(o: &Matchers, n: &Matchers) -> Vec<&'static str> {
                 o.permit_spenders.as_ref().map(|a| &a.set)
                     != n.permit_spenders.as_ref().map(|a| &a.set)
             }
+            Field::MessageMaxBytes => o.message_max_bytes != n.message_max_bytes,
+            Field::MessagePrefixes => o.message_prefixes != n.message_prefixes,
+            Field::Registered => o.registered.as_deref() != n.registered.as_deref(),
             Field::Hours => o.hours != n.hours,
         };
         if differs && !names.contains(&f.name()) {

@@ -10,7 +10,7 @@
 use alloy_primitives::U256;
 
 use crate::amount::AmountFormat;
-use crate::limit::{BucketKey, Limit, Moves, destination, effective_chain, moves};
+use crate::limit::{BucketKey, Limit, Moves, destination, effective_chain};
 use crate::rule::{Effect, KindSet, Outcome};
 use crate::{Action, ApprovalRequirement, Decision, Identity, Policy};
 
@@ -80,8 +80,13 @@ pub struct Charge {
     pub bucket: BucketKey,
     /// The sliding window, in seconds.
     pub window_secs: u64,
-    /// The amount to add, in the limit asset's base units (zero for count-only limits).
+    /// The amount to add, in the limit asset's base units (zero for count-only limits). For
+    /// a native-coin limit on a transaction it is the value plus the worst-case fee.
     pub amount: U256,
+    /// The part of `amount` that is the transaction's worst-case fee (`gas_limit ×
+    /// max_fee_per_gas`), for native-coin limits on transactions; shown apart in
+    /// explanations.
+    pub fee: Option<U256>,
     /// Most the window may hold, when the limit caps amounts.
     pub max_amount: Option<U256>,
     /// Most requests the window may hold, when the limit caps counts.
@@ -109,10 +114,11 @@ impl Charge {
             let over = used.amount.checked_add(self.amount).is_none_or(|t| t > max);
             if over {
                 return Some(format!(
-                    "{what} `{}`: {} used + {} requested > {} in {window}",
+                    "{what} `{}`: {} used + {} requested{} > {} in {window}",
                     self.limit_id,
                     self.format.format(used.amount),
                     self.format.format(self.amount),
+                    self.breakdown(),
                     self.format.format(max)
                 ));
             }
@@ -128,14 +134,20 @@ impl Charge {
         None
     }
 
+    /// ` (value X + fee up to Y)` when the amount includes a fee, else nothing.
+    fn breakdown(&self) -> String {
+        breakdown(&self.format, self.amount, self.fee)
+    }
+
     fn within(&self, used: Used) -> String {
         let window = crate::time::Duration(self.window_secs);
         let mut parts = Vec::new();
         if let Some(max) = self.max_amount {
             parts.push(format!(
-                "{} used + {} requested <= {}",
+                "{} used + {} requested{} <= {}",
                 self.format.format(used.amount),
                 self.format.format(self.amount),
+                self.breakdown(),
                 self.format.format(max)
             ));
         }
@@ -309,6 +321,7 @@ impl Policy {
                 bucket: BucketKey::for_rate(r, who),
                 window_secs: r.window.0,
                 amount: U256::ZERO,
+                fee: None,
                 max_amount: None,
                 max_count: Some(r.max_requests),
                 format: AmountFormat::base_units(),
@@ -417,24 +430,47 @@ impl Policy {
                         l.id
                     ));
                 }
+                // Without a chain, only the asset can tell whether the request moves it.
+                None if l.asset.is_some() => {}
                 None => return skip(lines, "no chain"),
             }
         }
-        let amount = match l.asset {
-            None => U256::ZERO,
-            Some(asset) => match moves(asset, a) {
-                Moves::Nothing => return skip(lines, "the request does not move its asset"),
-                Moves::Amount(x) => x,
+        let (amount, fee) = match &l.asset {
+            None => (U256::ZERO, None),
+            Some(asset) => match asset.moves(a) {
+                Moves::Nothing => {
+                    return skip(
+                        lines,
+                        &format!(
+                            "the request does not move {} on {}",
+                            l.format.symbol,
+                            asset.chains_text()
+                        ),
+                    );
+                }
+                Moves::Amount { total, fee } => {
+                    if explain {
+                        lines.push(format!(
+                            "limit `{}` counts {} on {}",
+                            l.id,
+                            l.format.symbol,
+                            asset.chains_text()
+                        ));
+                    }
+                    (total, fee)
+                }
                 Moves::Unknown(why) => {
                     return Err(format!(
-                        "limit `{}` on {} cannot be checked: {why}; denied (fail closed)",
-                        l.id, l.format.symbol
+                        "limit `{}` on {} ({}) cannot be checked: {why}; denied (fail closed)",
+                        l.id,
+                        l.format.symbol,
+                        asset.chains_text()
                     ));
                 }
             },
         };
         let dest = if l.scope.to.is_some() || l.key_by.destination {
-            match destination(l.asset, a) {
+            match destination(l.asset.as_ref(), a) {
                 Ok(d) => d,
                 Err(why) => {
                     return Err(format!(
@@ -454,17 +490,19 @@ impl Policy {
         if let Some(max) = l.per_tx_max {
             if amount > max {
                 return Err(format!(
-                    "limit `{}`: {} requested > {} per transaction",
+                    "limit `{}`: {} requested{} > {} per transaction",
                     l.id,
                     l.format.format(amount),
+                    breakdown(&l.format, amount, fee),
                     l.format.format(max)
                 ));
             }
             if explain {
                 lines.push(format!(
-                    "limit `{}`: {} requested <= {} per transaction",
+                    "limit `{}`: {} requested{} <= {} per transaction",
                     l.id,
                     l.format.format(amount),
+                    breakdown(&l.format, amount, fee),
                     l.format.format(max)
                 ));
             }
@@ -477,6 +515,7 @@ impl Policy {
             bucket: BucketKey::for_limit(l, a, who, dest),
             window_secs: window.0,
             amount,
+            fee,
             max_amount: l.max_amount,
             max_count: l.max_count,
             format: l.format.clone(),
@@ -491,6 +530,18 @@ impl Policy {
             lines.push(format!("limit `{}`: {}", l.id, charge.within(used)));
         }
         Ok(Some(charge))
+    }
+}
+
+/// ` (value X + fee up to Y)` for an amount that includes a transaction's fee.
+fn breakdown(format: &AmountFormat, amount: U256, fee: Option<U256>) -> String {
+    match fee {
+        Some(fee) if !fee.is_zero() => format!(
+            " (value {} + fee up to {})",
+            format.format(amount.saturating_sub(fee)),
+            format.format(fee)
+        ),
+        _ => String::new(),
     }
 }
 

@@ -25,7 +25,7 @@
 //!   `require_approval` rule denies, and an `allow` rule does not match. A limit that cannot
 //!   tell how much of its asset a request moves denies.
 //! - **Blind signing must be named.** A rule without `kinds` covers every kind except
-//!   `raw_digest`.
+//!   `raw_digest`, `eip191_binary` and opaque `eip712_typed_data`.
 //! - **Field matchers imply kinds.** A matcher on a field a kind does not have does not match
 //!   (`value_max` never matches a signed message; `erc20_counterparty` only ERC-20 calls).
 //!
@@ -95,7 +95,8 @@
 //! (written with a token symbol they also pin the token), `value_min`/`value_max` (native),
 //! `gas_limit_max`, `max_fee_per_gas_max` (`gas_price` for legacy transactions),
 //! `primary_types`, `domain_names`, `verifying_contracts`, `domain_chain_ids`,
-//! `permit_spenders` (primaryType `Permit` with `message.spender` in the list), and `hours`.
+//! `permit_spenders` (every grant of an `eip712_permit` to a listed spender),
+//! `message_max_bytes`, `message_prefixes` (EIP-191 text), and `hours`.
 //!
 //! Amount literals are base units (`1000000` or `"1000000"`) or a decimal with a unit:
 //! `wei`, `gwei`, `ether`/`ETH` for the native coin, or an `[[asset]]` symbol resolved among
@@ -107,10 +108,13 @@
 //! time-zone database in this version, so a window does not follow daylight-saving changes.
 //! A window with `from` later than `to` crosses midnight and belongs to the day it opens on.
 //!
-//! Limits are per asset. A native-coin limit counts the value of every transaction on its
-//! chain; a token limit counts ERC-20 `transfer`, `transferFrom` and `approve` amounts and
-//! EIP-2612 `Permit` values of that token, and denies calls to the token contract and typed
-//! data for it that cannot be measured. Absent `kinds` in a limit means every kind. In a
+//! Limits are per asset (the native coin, or one token symbol, on one or several chains). A
+//! native-coin limit counts the value plus the worst-case fee (`gas_limit × max_fee_per_gas`)
+//! of every transaction on its chains and a Safe transaction's value; a token limit counts
+//! ERC-20 `transfer`, `transferFrom` and `approve` amounts (also as a Safe transaction's call)
+//! and the grants of permits and transfer authorizations of that token, and denies calls to
+//! the token contract, opaque typed data for it, delegatecalls and refunds that cannot be
+//! measured. Absent `kinds` in a limit means every kind. In a
 //! limit, `to` and the `destination` bucket part mean where the asset goes (the native
 //! recipient, the ERC-20 recipient or spender, the Permit spender). A limit without `asset`
 //! counts requests (`max_count`). A request the daemon refuses does not use up rate budget.

@@ -90,7 +90,7 @@ pub(crate) struct Limit {
     pub(crate) id: String,
     pub(crate) description: String,
     pub(crate) scope: Scope,
-    pub(crate) asset: Option<AssetId>,
+    pub(crate) asset: Option<LimitAsset>,
     pub(crate) format: AmountFormat,
     pub(crate) per_tx_max: Option<U256>,
     pub(crate) window: Option<Duration>,
@@ -127,10 +127,124 @@ impl RateLimit {
 pub(crate) enum Moves {
     /// It does not move this asset.
     Nothing,
-    /// It moves (or authorizes moving) this many base units, more than zero.
-    Amount(U256),
+    /// It moves (or authorizes moving) `total` base units, more than zero. For a native
+    /// limit on a transaction, `fee` is the part of `total` that is the worst-case fee
+    /// (`gas_limit × max_fee_per_gas`); the rest is the value.
+    Amount {
+        /// Everything counted: value (or token amount) plus fee.
+        total: U256,
+        /// The worst-case fee included in `total`, for native limits on transactions.
+        fee: Option<U256>,
+    },
     /// It might move this asset in a way that cannot be measured.
     Unknown(&'static str),
+}
+
+impl Moves {
+    fn amount(v: U256) -> Moves {
+        if v.is_zero() {
+            Moves::Nothing
+        } else {
+            Moves::Amount {
+                total: v,
+                fee: None,
+            }
+        }
+    }
+
+    /// Adds what a request moves of two assets that one limit counts together.
+    pub(crate) fn plus(self, o: Moves) -> Moves {
+        match (self, o) {
+            (Moves::Unknown(w), _) | (_, Moves::Unknown(w)) => Moves::Unknown(w),
+            (Moves::Nothing, x) | (x, Moves::Nothing) => x,
+            (Moves::Amount { total: a, fee: fa }, Moves::Amount { total: b, fee: fb }) => {
+                let fee = match (fa, fb) {
+                    (None, None) => Some(None),
+                    (x, y) => x
+                        .unwrap_or_default()
+                        .checked_add(y.unwrap_or_default())
+                        .map(Some),
+                };
+                match (a.checked_add(b), fee) {
+                    (Some(total), Some(fee)) => Moves::Amount { total, fee },
+                    _ => Moves::Unknown("the amounts overflow 256 bits"),
+                }
+            }
+        }
+    }
+}
+
+/// The asset a limit counts: one asset, or the native coin (or one token symbol's
+/// registered contracts) on several chains, counted together in one bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LimitAsset {
+    /// Sorted by chain id, one per chain, never empty; all native or all tokens.
+    ids: Vec<AssetId>,
+}
+
+impl LimitAsset {
+    /// `ids` sorted by chain id; `None` when empty or two share a chain.
+    pub(crate) fn new(mut ids: Vec<AssetId>) -> Option<LimitAsset> {
+        ids.sort_by_key(|i| i.chain_id);
+        let distinct = ids.windows(2).all(|w| w[0].chain_id != w[1].chain_id);
+        let same = ids
+            .iter()
+            .all(|i| i.contract.is_none() == ids[0].contract.is_none());
+        (!ids.is_empty() && distinct && same).then_some(LimitAsset { ids })
+    }
+
+    pub(crate) fn one(id: AssetId) -> LimitAsset {
+        LimitAsset { ids: vec![id] }
+    }
+
+    /// The asset on the lowest chain id (amount literals are resolved against it).
+    pub(crate) fn first(&self) -> AssetId {
+        self.ids[0]
+    }
+
+    pub(crate) fn is_native(&self) -> bool {
+        self.ids[0].contract.is_none()
+    }
+
+    pub(crate) fn ids(&self) -> &[AssetId] {
+        &self.ids
+    }
+
+    /// Whether this limit counts the asset on `chain`.
+    pub(crate) fn on_chain(&self, chain: u64) -> Option<AssetId> {
+        self.ids.iter().copied().find(|i| i.chain_id == chain)
+    }
+
+    /// The chains counted, as `chain 1` or `chains 1, 10`.
+    pub(crate) fn chains_text(&self) -> String {
+        let v: Vec<String> = self.ids.iter().map(|i| i.chain_id.to_string()).collect();
+        if v.len() == 1 {
+            format!("chain {}", v.join(""))
+        } else {
+            format!("chains {}", v.join(", "))
+        }
+    }
+
+    /// How much of this asset, on any of its chains, the request moves.
+    pub(crate) fn moves(&self, a: &Action) -> Moves {
+        self.ids
+            .iter()
+            .fold(Moves::Nothing, |m, id| m.plus(moves(*id, a)))
+    }
+}
+
+impl fmt::Display for LimitAsset {
+    /// The bucket component: `1:native`, or for several chains the assets in ascending
+    /// chain-id order joined by `+` (`1:native+10:native`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, id) in self.ids.iter().enumerate() {
+            if i > 0 {
+                f.write_str("+")?;
+            }
+            write!(f, "{id}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Reads a chain id from typed data's `domain.chainId` (a uint256).
@@ -142,23 +256,45 @@ fn domain_chain(a: &Action) -> Option<u64> {
 }
 
 /// How much of `asset` the request moves.
+///
+/// A transaction moves its value plus its worst-case fee (`gas_limit × max_fee_per_gas`) of
+/// the native coin of its chain. A Safe transaction moves its call's value, and denies every
+/// limit on its chain when it is a delegatecall (it runs arbitrary code as the Safe) or pays
+/// a refund in the limited asset (the refund is bounded by gas figures the Safe executor
+/// chooses). Permits and transfer authorizations move the sum of their grants of the token
+/// on the domain's chain; opaque typed data for the token cannot be measured.
 pub(crate) fn moves(asset: AssetId, a: &Action) -> Moves {
-    let positive = |v: U256| {
-        if v.is_zero() {
-            Moves::Nothing
-        } else {
-            Moves::Amount(v)
-        }
-    };
+    if a.kind == Kind::Eip712SafeTx {
+        return safe_tx_moves(asset, a);
+    }
     let Some(token) = asset.contract else {
-        // Native coin: the value of any transaction on that chain.
+        // Native coin: value and fee of any transaction on that chain.
         if !KindSet::TX.contains(a.kind) {
             return Moves::Nothing;
         }
-        return match a.chain_id {
-            None => Moves::Unknown("the transaction's chain id is missing"),
-            Some(c) if c == asset.chain_id => positive(a.value),
-            Some(_) => Moves::Nothing,
+        match a.chain_id {
+            None => return Moves::Unknown("the transaction's chain id is missing"),
+            Some(c) if c != asset.chain_id => return Moves::Nothing,
+            Some(_) => {}
+        }
+        let Some(gas) = a.gas_limit else {
+            return Moves::Unknown("the transaction's gas limit is missing, so its fee is unknown");
+        };
+        let Some(price) = a.max_fee_per_gas else {
+            return Moves::Unknown(
+                "the transaction's max fee per gas is missing, so its fee is unknown",
+            );
+        };
+        let Some(fee) = U256::from(gas).checked_mul(price) else {
+            return Moves::Unknown("the transaction's fee overflows 256 bits");
+        };
+        return match a.value.checked_add(fee) {
+            None => Moves::Unknown("the transaction's value plus fee overflows 256 bits"),
+            Some(total) if total.is_zero() => Moves::Nothing,
+            Some(total) => Moves::Amount {
+                total,
+                fee: Some(fee),
+            },
         };
     };
     match a.kind {
@@ -171,7 +307,7 @@ pub(crate) fn moves(asset: AssetId, a: &Action) -> Moves {
             match (&a.erc20, a.to) {
                 (Some(e), _) if a.kind != Kind::ContractCall => {
                     if e.token == token {
-                        positive(e.amount)
+                        Moves::amount(e.amount)
                     } else {
                         Moves::Nothing
                     }
@@ -183,6 +319,27 @@ pub(crate) fn moves(asset: AssetId, a: &Action) -> Moves {
                 (_, None) => Moves::Unknown("the transaction's destination is missing"),
             }
         }
+        Kind::Eip712Permit | Kind::Eip712TransferAuthorization => {
+            let Some(td) = &a.typed_data else {
+                return Moves::Unknown("the typed data was not decoded");
+            };
+            match td.domain_chain_id {
+                None => return Moves::Unknown("the typed data's domain has no chainId"),
+                Some(_) if domain_chain(a) != Some(asset.chain_id) => return Moves::Nothing,
+                Some(_) => {}
+            }
+            if td.grants.is_empty() {
+                return Moves::Unknown("the authorization's token grants were not decoded");
+            }
+            let mut sum = U256::ZERO;
+            for g in td.grants.iter().filter(|g| g.token == token) {
+                let Some(s) = sum.checked_add(g.amount) else {
+                    return Moves::Unknown("the grants' amounts overflow 256 bits");
+                };
+                sum = s;
+            }
+            Moves::amount(sum)
+        }
         Kind::Eip712TypedData => {
             let Some(td) = &a.typed_data else {
                 return Moves::Unknown("the typed data was not decoded");
@@ -192,42 +349,78 @@ pub(crate) fn moves(asset: AssetId, a: &Action) -> Moves {
                 Some(_) => domain_chain(a) == Some(asset.chain_id),
             };
             match td.verifying_contract {
-                Some(v) if v == token && chain_ok => {
-                    if td.primary_type != "Permit" {
-                        return Moves::Unknown(
-                            "typed data for the token contract other than an EIP-2612 Permit (e.g. an EIP-3009 authorization)",
-                        );
-                    }
-                    if td.domain_chain_id.is_none() {
-                        return Moves::Unknown("the Permit's domain has no chainId");
-                    }
-                    match td.permit_value {
-                        Some(v) => positive(v),
-                        None => Moves::Unknown("the Permit's value was not decoded"),
-                    }
-                }
-                None if td.primary_type == "Permit" => {
-                    Moves::Unknown("the Permit's domain has no verifyingContract")
+                Some(v) if v == token && chain_ok => Moves::Unknown(
+                    "typed data for the token contract that is not a recognized permit or transfer authorization",
+                ),
+                None if td.primary_type.starts_with("Permit") => {
+                    Moves::Unknown("typed data named like a permit without a verifyingContract")
                 }
                 _ => Moves::Nothing,
             }
         }
-        Kind::NativeTransfer | Kind::ContractCreation | Kind::Eip191Message | Kind::RawDigest => {
-            Moves::Nothing
+        Kind::NativeTransfer
+        | Kind::ContractCreation
+        | Kind::Eip191Message
+        | Kind::Eip191Binary
+        | Kind::RawDigest
+        | Kind::Eip712SafeTx => Moves::Nothing,
+    }
+}
+
+/// [`moves`] for a Safe `SafeTx`: its call, its operation and its refund.
+fn safe_tx_moves(asset: AssetId, a: &Action) -> Moves {
+    match a.chain_id {
+        None => return Moves::Unknown("the Safe transaction's domain has no usable chainId"),
+        Some(c) if c != asset.chain_id => return Moves::Nothing,
+        Some(_) => {}
+    }
+    let Some(safe) = a.typed_data.as_ref().and_then(|t| t.safe_tx.as_ref()) else {
+        return Moves::Unknown("the Safe transaction's parameters were not decoded");
+    };
+    if safe.operation != 0 {
+        return Moves::Unknown(
+            "the Safe transaction is a delegatecall, which can move any asset of the Safe",
+        );
+    }
+    let refund_in = |x: Address| !safe.gas_price.is_zero() && safe.gas_token == x;
+    let Some(token) = asset.contract else {
+        if refund_in(Address::ZERO) {
+            return Moves::Unknown(
+                "the Safe transaction pays a refund in the native coin, which its executor bounds",
+            );
         }
+        return Moves::amount(a.value);
+    };
+    if refund_in(token) {
+        return Moves::Unknown(
+            "the Safe transaction pays a refund in this token, which its executor bounds",
+        );
+    }
+    match (&a.erc20, a.to) {
+        (Some(e), Some(to)) if to == token && e.token == token => Moves::amount(e.amount),
+        (_, Some(to)) if to != token => Moves::Nothing,
+        (_, Some(_)) => Moves::Unknown(
+            "a Safe call to the token contract that is not a decoded transfer, transferFrom or approve",
+        ),
+        (_, None) => Moves::Unknown("the Safe transaction's destination is missing"),
     }
 }
 
 /// Where the limited asset goes: the native value's recipient (`to`), the ERC-20
-/// recipient or spender, or the Permit spender. `Err` when it should exist but was not decoded.
+/// recipient or spender, or the counterparty of a permit's or authorization's grants of the
+/// token. `Err` when it should exist but was not decoded, or is not one address.
+///
+/// `asset` is the limit's asset (`None` for a limit that counts requests).
 pub(crate) fn destination(
-    asset: Option<AssetId>,
+    asset: Option<&LimitAsset>,
     a: &Action,
 ) -> Result<Option<Address>, &'static str> {
-    let native = asset.is_some_and(|x| x.contract.is_none());
-    if native {
+    if asset.is_some_and(LimitAsset::is_native) {
         return Ok(a.to);
     }
+    let token = asset
+        .and_then(|l| effective_chain(a).and_then(|c| l.on_chain(c)))
+        .and_then(|i| i.contract);
     if KindSet::ERC20.contains(a.kind) {
         return a
             .erc20
@@ -235,19 +428,30 @@ pub(crate) fn destination(
             .map(|e| Some(e.counterparty))
             .ok_or("the ERC-20 arguments were not decoded");
     }
-    if a.kind == Kind::Eip712TypedData {
-        let Some(td) = &a.typed_data else {
-            return Err("the typed data was not decoded");
-        };
-        if td.primary_type == "Permit" {
-            return td
-                .spender
-                .map(Some)
-                .ok_or("the Permit spender was not decoded");
+    match a.kind {
+        Kind::Eip712SafeTx => Ok(a.erc20.as_ref().map(|e| e.counterparty).or(a.to)),
+        Kind::Eip712Permit | Kind::Eip712TransferAuthorization => {
+            let Some(td) = &a.typed_data else {
+                return Err("the typed data was not decoded");
+            };
+            let mut out = None;
+            for g in td
+                .grants
+                .iter()
+                .filter(|g| token.is_none_or(|t| g.token == t))
+            {
+                match out {
+                    Some(c) if c != g.counterparty => {
+                        return Err("the grants of the token go to several counterparties");
+                    }
+                    _ => out = Some(g.counterparty),
+                }
+            }
+            Ok(out)
         }
-        return Ok(None);
+        Kind::Eip712TypedData => Ok(None),
+        _ => Ok(a.to),
     }
-    Ok(a.to)
 }
 
 /// Effective chain of a request for limit scopes: the transaction's chain or the EIP-712
@@ -292,7 +496,7 @@ impl BucketKey {
             escape(&mut s, &a.key);
         }
         if l.key_by.asset
-            && let Some(asset) = l.asset
+            && let Some(asset) = &l.asset
         {
             let _ = write!(s, "|asset={asset}");
         }
@@ -342,7 +546,7 @@ fn escape(out: &mut String, v: &str) {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::{Erc20Call, TypedDataFacts};
+    use crate::{Erc20Call, SafeTxFacts, TypedDataFacts};
 
     const TOKEN: Address = Address::repeat_byte(0x70);
     const OTHER: Address = Address::repeat_byte(0x71);
@@ -354,28 +558,166 @@ mod tests {
         a
     }
 
-    #[test]
-    fn native_value_counts_on_its_chain_for_every_transaction_kind() {
-        let eth = AssetId::native(1);
-        let mut a = tx(Kind::ContractCall);
-        a.to = Some(OTHER);
-        a.value = U256::from(5);
-        assert_eq!(moves(eth, &a), Moves::Amount(U256::from(5)));
-        assert_eq!(moves(AssetId::native(10), &a), Moves::Nothing);
-        a.value = U256::ZERO;
-        assert_eq!(moves(eth, &a), Moves::Nothing);
-        a.chain_id = None;
-        a.value = U256::from(1);
-        assert!(matches!(moves(eth, &a), Moves::Unknown(_)));
-        assert_eq!(
-            moves(eth, &Action::new("k", Kind::Eip191Message)),
-            Moves::Nothing
-        );
+    fn amount(total: u64, fee: Option<u64>) -> Moves {
+        Moves::Amount {
+            total: U256::from(total),
+            fee: fee.map(U256::from),
+        }
+    }
+
+    fn unknown(m: Moves) -> bool {
+        matches!(m, Moves::Unknown(_))
     }
 
     #[test]
-    fn token_limits_count_transfers_approvals_and_permits_and_fail_closed() {
+    fn native_value_and_worst_case_fee_count_on_its_chain_for_every_transaction_kind() {
+        let eth = AssetId::native(1);
+        for kind in Kind::ALL.into_iter().filter(|k| KindSet::TX.contains(*k)) {
+            let mut a = tx(kind);
+            a.to = Some(OTHER);
+            a.value = U256::from(5);
+            a.gas_limit = Some(21_000);
+            a.max_fee_per_gas = Some(U256::from(3));
+            assert_eq!(moves(eth, &a), amount(5 + 63_000, Some(63_000)), "{kind}");
+            assert_eq!(moves(AssetId::native(10), &a), Moves::Nothing);
+            // A zero-value transaction still moves its fee.
+            a.value = U256::ZERO;
+            assert_eq!(moves(eth, &a), amount(63_000, Some(63_000)), "{kind}");
+            a.max_fee_per_gas = Some(U256::ZERO);
+            assert_eq!(moves(eth, &a), Moves::Nothing);
+            // Missing gas figures, an overflowing fee, a missing chain: fail closed.
+            a.max_fee_per_gas = None;
+            assert!(unknown(moves(eth, &a)), "{kind}");
+            a.max_fee_per_gas = Some(U256::MAX);
+            assert!(unknown(moves(eth, &a)), "{kind}");
+            a.max_fee_per_gas = Some(U256::from(1));
+            a.gas_limit = None;
+            assert!(unknown(moves(eth, &a)), "{kind}");
+            a.gas_limit = Some(1);
+            a.value = U256::MAX;
+            assert!(unknown(moves(eth, &a)), "{kind}");
+            a.value = U256::from(1);
+            a.chain_id = None;
+            assert!(unknown(moves(eth, &a)), "{kind}");
+        }
+        for kind in [
+            Kind::Eip191Message,
+            Kind::Eip191Binary,
+            Kind::RawDigest,
+            Kind::Eip712TypedData,
+            Kind::Eip712Permit,
+            Kind::Eip712TransferAuthorization,
+        ] {
+            assert_eq!(
+                moves(eth, &Action::new("k", kind)),
+                Moves::Nothing,
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_limit_on_several_chains_adds_them_in_one_bucket_named_in_chain_order() {
+        let both = LimitAsset::new(vec![AssetId::native(10), AssetId::native(1)]).unwrap();
+        assert_eq!(both.to_string(), "1:native+10:native");
+        assert_eq!(both.chains_text(), "chains 1, 10");
+        assert_eq!(LimitAsset::one(AssetId::native(1)).to_string(), "1:native");
+        assert!(LimitAsset::new(vec![AssetId::native(1), AssetId::native(1)]).is_none());
+        assert!(LimitAsset::new(vec![AssetId::native(1), AssetId::token(10, TOKEN)]).is_none());
+        let mut a = tx(Kind::NativeTransfer);
+        a.value = U256::from(2);
+        a.gas_limit = Some(1);
+        a.max_fee_per_gas = Some(U256::from(1));
+        for chain in [1, 10] {
+            a.chain_id = Some(chain);
+            assert_eq!(both.moves(&a), amount(3, Some(1)));
+        }
+        a.chain_id = Some(137);
+        assert_eq!(both.moves(&a), Moves::Nothing);
+    }
+
+    fn safe_tx(operation: u8) -> Action {
+        let mut a = Action::new("hot", Kind::Eip712SafeTx);
+        a.chain_id = Some(1);
+        a.to = Some(OTHER);
+        a.value = U256::from(4);
+        a.typed_data = Some(TypedDataFacts {
+            primary_type: "SafeTx".into(),
+            domain_chain_id: Some(U256::from(1)),
+            verifying_contract: Some(Address::repeat_byte(0x5a)),
+            standard: Some(crate::TypedStandard::SafeTx),
+            safe_tx: Some(SafeTxFacts {
+                operation,
+                safe_tx_gas: U256::ZERO,
+                base_gas: U256::ZERO,
+                gas_price: U256::ZERO,
+                gas_token: Address::ZERO,
+                refund_receiver: Address::ZERO,
+                nonce: U256::ZERO,
+            }),
+            ..TypedDataFacts::default()
+        });
+        a
+    }
+
+    fn set_refund(a: &mut Action, token: Address) {
+        if let Some(s) = a.typed_data.as_mut().and_then(|t| t.safe_tx.as_mut()) {
+            s.gas_price = U256::from(1);
+            s.gas_token = token;
+        }
+    }
+
+    #[test]
+    fn safe_transactions_count_their_call_and_deny_delegatecalls_and_refunds() {
+        let (eth, usdc) = (AssetId::native(1), AssetId::token(1, TOKEN));
+        let a = safe_tx(0);
+        assert_eq!(moves(eth, &a), amount(4, None));
+        assert_eq!(moves(AssetId::native(10), &a), Moves::Nothing);
+        assert_eq!(moves(usdc, &a), Moves::Nothing);
+        // A delegatecall can move anything on its chain.
+        let d = safe_tx(1);
+        assert!(unknown(moves(eth, &d)) && unknown(moves(usdc, &d)));
+        assert_eq!(moves(AssetId::token(10, TOKEN), &d), Moves::Nothing);
+        // A refund in the native coin or in the limited token is unbounded.
+        let mut r = safe_tx(0);
+        set_refund(&mut r, Address::ZERO);
+        assert!(unknown(moves(eth, &r)));
+        assert_eq!(moves(usdc, &r), Moves::Nothing);
+        set_refund(&mut r, TOKEN);
+        assert!(unknown(moves(usdc, &r)));
+        assert_eq!(moves(eth, &r), amount(4, None));
+        // A decoded ERC-20 call of the token counts; another call to it cannot be measured.
+        let mut t = safe_tx(0);
+        t.to = Some(TOKEN);
+        t.value = U256::ZERO;
+        assert!(unknown(moves(usdc, &t)));
+        t.erc20 = Some(Erc20Call {
+            token: TOKEN,
+            from: None,
+            counterparty: BOB,
+            amount: U256::from(7),
+        });
+        assert_eq!(moves(usdc, &t), amount(7, None));
+        assert_eq!(moves(eth, &t), Moves::Nothing);
+        let l = LimitAsset::one(usdc);
+        assert_eq!(destination(Some(&l), &t), Ok(Some(BOB)));
+        // Without a usable chain the Safe transaction cannot be placed.
+        t.chain_id = None;
+        assert!(unknown(moves(usdc, &t)) && unknown(moves(eth, &t)));
+    }
+
+    fn grant(token: Address, to: Address, amount: u64) -> crate::TokenGrant {
+        crate::TokenGrant {
+            token,
+            counterparty: to,
+            amount: U256::from(amount),
+        }
+    }
+
+    #[test]
+    fn token_limits_count_transfers_approvals_and_grants_and_fail_closed() {
         let usdc = AssetId::token(1, TOKEN);
+        let l = LimitAsset::one(usdc);
         for kind in [
             Kind::Erc20Transfer,
             Kind::Erc20TransferFrom,
@@ -389,42 +731,76 @@ mod tests {
                 counterparty: BOB,
                 amount: U256::from(7),
             });
-            assert_eq!(moves(usdc, &a), Moves::Amount(U256::from(7)), "{kind}");
-            assert_eq!(destination(Some(usdc), &a), Ok(Some(BOB)));
+            assert_eq!(moves(usdc, &a), amount(7, None), "{kind}");
+            assert_eq!(destination(Some(&l), &a), Ok(Some(BOB)));
             a.erc20 = None;
-            assert!(matches!(moves(usdc, &a), Moves::Unknown(_)), "{kind}");
-            assert!(destination(Some(usdc), &a).is_err());
+            assert!(unknown(moves(usdc, &a)), "{kind}");
+            assert!(destination(Some(&l), &a).is_err());
         }
         let mut call = tx(Kind::ContractCall);
         call.to = Some(TOKEN);
         call.selector = Some([0x39, 0x50, 0x93, 0x51]); // increaseAllowance
-        assert!(matches!(moves(usdc, &call), Moves::Unknown(_)));
+        assert!(unknown(moves(usdc, &call)));
         call.to = Some(OTHER);
         assert_eq!(moves(usdc, &call), Moves::Nothing);
 
-        let mut permit = Action::new("hot", Kind::Eip712TypedData);
-        permit.typed_data = Some(TypedDataFacts {
+        for kind in [Kind::Eip712Permit, Kind::Eip712TransferAuthorization] {
+            // Permit2-style: the verifying contract is not the token; the grants say which.
+            let mut p = Action::new("hot", kind);
+            p.typed_data = Some(TypedDataFacts {
+                primary_type: "PermitBatch".into(),
+                domain_chain_id: Some(U256::from(1)),
+                verifying_contract: Some(OTHER),
+                grants: vec![
+                    grant(TOKEN, BOB, 9),
+                    grant(OTHER, BOB, 5),
+                    grant(TOKEN, BOB, 1),
+                ],
+                ..TypedDataFacts::default()
+            });
+            assert_eq!(moves(usdc, &p), amount(10, None), "{kind}");
+            assert_eq!(moves(AssetId::token(10, TOKEN), &p), Moves::Nothing);
+            assert_eq!(destination(Some(&l), &p), Ok(Some(BOB)));
+            assert_eq!(effective_chain(&p), Some(1));
+            let mut td = p.typed_data.clone().unwrap();
+            td.grants.push(grant(TOKEN, OTHER, 1));
+            p.typed_data = Some(td.clone());
+            assert!(destination(Some(&l), &p).is_err());
+            td.grants.push(grant(TOKEN, BOB, u64::MAX));
+            td.grants.push(crate::TokenGrant {
+                amount: U256::MAX,
+                ..grant(TOKEN, BOB, 0)
+            });
+            p.typed_data = Some(td.clone());
+            assert!(unknown(moves(usdc, &p)), "{kind}: overflow");
+            td.grants.clear();
+            p.typed_data = Some(td.clone());
+            assert!(unknown(moves(usdc, &p)), "{kind}: no grants");
+            td.grants.push(grant(TOKEN, BOB, 1));
+            td.domain_chain_id = None;
+            p.typed_data = Some(td);
+            assert!(unknown(moves(usdc, &p)), "{kind}: no chain");
+            p.typed_data = None;
+            assert!(unknown(moves(usdc, &p)), "{kind}: not decoded");
+        }
+
+        // Opaque typed data for the token cannot be measured.
+        let mut o = Action::new("hot", Kind::Eip712TypedData);
+        o.typed_data = Some(TypedDataFacts {
             primary_type: "Permit".into(),
             domain_chain_id: Some(U256::from(1)),
             verifying_contract: Some(TOKEN),
-            spender: Some(BOB),
-            permit_value: Some(U256::from(9)),
             ..TypedDataFacts::default()
         });
-        assert_eq!(moves(usdc, &permit), Moves::Amount(U256::from(9)));
-        assert_eq!(moves(AssetId::token(10, TOKEN), &permit), Moves::Nothing);
-        assert_eq!(effective_chain(&permit), Some(1));
-        let mut td = permit.typed_data.clone().unwrap();
-        td.permit_value = None;
-        permit.typed_data = Some(td.clone());
-        assert!(matches!(moves(usdc, &permit), Moves::Unknown(_)));
-        td.primary_type = "TransferWithAuthorization".into();
-        permit.typed_data = Some(td.clone());
-        assert!(matches!(moves(usdc, &permit), Moves::Unknown(_)));
-        td.primary_type = "Permit".into();
+        assert!(unknown(moves(usdc, &o)));
+        assert_eq!(moves(AssetId::token(10, TOKEN), &o), Moves::Nothing);
+        let mut td = o.typed_data.clone().unwrap();
         td.verifying_contract = None;
-        permit.typed_data = Some(td);
-        assert!(matches!(moves(usdc, &permit), Moves::Unknown(_)));
+        o.typed_data = Some(td.clone());
+        assert!(unknown(moves(usdc, &o)));
+        td.primary_type = "Mail".into();
+        o.typed_data = Some(td);
+        assert_eq!(moves(usdc, &o), Moves::Nothing);
     }
 
     #[test]
@@ -441,7 +817,7 @@ mod tests {
                 chain_ids: None,
                 to: None,
             },
-            asset: Some(AssetId::native(1)),
+            asset: Some(LimitAsset::one(AssetId::native(1))),
             format: AmountFormat::ether(),
             per_tx_max: None,
             window: Some(Duration(86_400)),

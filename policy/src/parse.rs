@@ -7,19 +7,20 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Range;
+use std::sync::Arc;
 
 use alloy_primitives::{Address, U256};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use crate::Kind;
 use crate::amount::{self, AmountFormat, AmountLit, Asset, AssetId, MAX_DECIMALS};
 use crate::index::RuleIndex;
-use crate::limit::{KeyBy, Limit, RateLimit, Scope};
+use crate::limit::{KeyBy, Limit, LimitAsset, RateLimit, Scope};
 use crate::literal::{AddrRef, ContractLit, Selector, check_name, parse_address};
 use crate::rule::{AddrSet, ApprovalSpec, Effect, Groups, KindSet, Matchers, Rule, TokenBound};
 use crate::time::{DAYS, Duration, Hours, TimeOfDay, UtcOffset, Weekday};
+use crate::{Kind, MESSAGE_HEAD_BYTES};
 
 /// Largest policy file accepted, in bytes.
 pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
@@ -130,10 +131,19 @@ impl Policy {
             }
             Ok(())
         };
+        // Allow and require_approval rules check permits' and authorizations' tokens against
+        // the registry; one shared copy serves every rule.
+        let tokens: Arc<BTreeSet<AssetId>> = Arc::new(
+            assets
+                .iter()
+                .map(|a| a.id)
+                .filter(|id| id.contract.is_some())
+                .collect(),
+        );
         let mut rules = Vec::with_capacity(raw.rules.len());
         for r in raw.rules {
             unique(&r.id)?;
-            rules.push(env.rule(r)?);
+            rules.push(env.rule(r, &tokens)?);
         }
         let mut limits = Vec::with_capacity(raw.limits.len());
         for l in raw.limits {
@@ -320,6 +330,8 @@ struct RawRule {
     verifying_contracts: Addrs,
     domain_chain_ids: List<u64>,
     permit_spenders: Addrs,
+    message_max_bytes: Option<u64>,
+    message_prefixes: List<Spanned<String>>,
     hours: Option<Spanned<RawHours>>,
     approvals: List<Spanned<RawApproval>>,
     ttl: Option<Spanned<Duration>>,
@@ -670,6 +682,28 @@ impl Env<'_> {
         Ok(Some(out))
     }
 
+    /// `message_prefixes`: non-empty strings of at most [`MESSAGE_HEAD_BYTES`] bytes (the
+    /// daemon keeps no more of a message's text).
+    fn prefixes(&self, v: List<Spanned<String>>) -> Result<Option<BTreeSet<String>>, PolicyError> {
+        let Some(list) = self.list("message_prefixes", v)? else {
+            return Ok(None);
+        };
+        let mut out = BTreeSet::new();
+        for p in list {
+            let len = p.get_ref().len();
+            if len == 0 || len > MESSAGE_HEAD_BYTES {
+                return Err(self.cx.invalid(
+                    p.span(),
+                    format!(
+                        "`message_prefixes`: a prefix must be 1 to {MESSAGE_HEAD_BYTES} bytes long (this one is {len})"
+                    ),
+                ));
+            }
+            out.insert(p.into_inner());
+        }
+        Ok(Some(out))
+    }
+
     fn group_set(&self, v: List<Spanned<String>>) -> Result<Option<Groups>, PolicyError> {
         let Some(names) = self.list("groups", v)? else {
             return Ok(None);
@@ -843,7 +877,7 @@ impl Env<'_> {
         }
     }
 
-    fn rule(&self, r: RawRule) -> Result<Rule, PolicyError> {
+    fn rule(&self, r: RawRule, tokens: &Arc<BTreeSet<AssetId>>) -> Result<Rule, PolicyError> {
         let cx = self.cx;
         let id = r.id.get_ref().clone();
         let ctx = |e: PolicyError| prefix(e, &format!("rule `{id}`: "));
@@ -908,7 +942,10 @@ impl Env<'_> {
             permit_spenders: self
                 .addrs("permit_spenders", r.permit_spenders)
                 .map_err(ctx)?,
+            message_max_bytes: r.message_max_bytes,
+            message_prefixes: self.prefixes(r.message_prefixes).map_err(ctx)?,
             hours,
+            registered: (r.effect != Effect::Deny).then(|| Arc::clone(tokens)),
         };
         let approval = match r.effect {
             Effect::RequireApproval => {
@@ -1090,7 +1127,7 @@ impl Env<'_> {
         };
         let amount = |field: &str, v: &Amount| -> Result<Option<U256>, PolicyError> {
             let Some(lit) = v else { return Ok(None) };
-            let Some(asset) = asset else {
+            let Some(asset) = asset.as_ref().map(LimitAsset::first) else {
                 return Err(cx.invalid(
                     lit.span(),
                     format!("limit `{id}`: `{field}` needs `asset` (amounts of different assets cannot be added)"),
@@ -1181,7 +1218,9 @@ impl Env<'_> {
         };
         Ok(Limit {
             line: cx.line(&l.id.span()),
-            format: asset.map_or_else(AmountFormat::base_units, |a| format_of(self.assets, a)),
+            format: asset.as_ref().map_or_else(AmountFormat::base_units, |a| {
+                format_of(self.assets, a.first())
+            }),
             id,
             description: l.description,
             scope,
@@ -1194,27 +1233,74 @@ impl Env<'_> {
         })
     }
 
+    /// Resolves a limit's `asset`. `"native"` (or `ether`/`ETH`) counts the native coin of
+    /// every chain in `chain_ids`; a symbol with several `chain_ids` counts its registered
+    /// token on each of them, which must all exist and have the same decimals.
     fn asset_ref(
         &self,
         a: &Spanned<RawAssetRef>,
         chains: Option<&BTreeSet<u64>>,
-    ) -> Result<AssetId, PolicyError> {
+    ) -> Result<LimitAsset, PolicyError> {
         let err = |m: String| self.cx.invalid(a.span(), format!("`asset`: {m}"));
+        let several = |ids: Vec<AssetId>| {
+            LimitAsset::new(ids).ok_or_else(|| err("no chain to count it on".into()))
+        };
         match a.get_ref() {
-            RawAssetRef::Id(r) => Ok(match r.contract {
+            RawAssetRef::Id(r) => Ok(LimitAsset::one(match r.contract {
                 ContractLit::Native => AssetId::native(r.chain_id),
                 ContractLit::Token(c) => AssetId::token(r.chain_id, c),
-            }),
+            })),
             RawAssetRef::Name(n) if n == "native" || amount::native_unit(n) == Some(18) => {
-                match chains
-                    .map(|c| c.iter().copied().collect::<Vec<_>>())
-                    .as_deref()
-                {
-                    Some([one]) => Ok(AssetId::native(*one)),
-                    _ => Err(err(format!(
-                        "`{n}` needs exactly one chain in `chain_ids`, or write {{ chain_id = 1, contract = \"native\" }}"
-                    ))),
+                let Some(chains) = chains else {
+                    return Err(err(format!(
+                        "`{n}` needs `chain_ids` (the chains whose native coin it counts), or write {{ chain_id = 1, contract = \"native\" }}"
+                    )));
+                };
+                let ids: Vec<AssetId> = chains.iter().map(|c| AssetId::native(*c)).collect();
+                let decimals = |id: AssetId| {
+                    self.assets
+                        .iter()
+                        .find(|x| x.id == id)
+                        .map_or(18, |x| x.decimals)
+                };
+                if let Some(odd) = ids.iter().find(|id| decimals(**id) != decimals(ids[0])) {
+                    return Err(err(format!(
+                        "the native coin of chain {} has {} decimals, but that of chain {} has {}; one limit cannot add them",
+                        odd.chain_id,
+                        decimals(*odd),
+                        ids[0].chain_id,
+                        decimals(ids[0])
+                    )));
                 }
+                several(ids)
+            }
+            RawAssetRef::Name(n) if chains.is_some_and(|c| c.len() > 1) => {
+                let chains = chains.map(|c| c.iter().copied()).into_iter().flatten();
+                let mut ids: Vec<AssetId> = Vec::new();
+                let mut decimals: Option<(u8, u64)> = None;
+                for c in chains {
+                    let Some(x) = self
+                        .assets
+                        .iter()
+                        .find(|x| x.symbol == *n && x.id.chain_id == c)
+                    else {
+                        return Err(err(format!(
+                            "asset symbol `{n}` is not registered on chain {c}; a limit with several `chain_ids` needs it on each"
+                        )));
+                    };
+                    match decimals {
+                        Some((d, first)) if d != x.decimals => {
+                            return Err(err(format!(
+                                "`{n}` has {} decimals on chain {c} but {d} on chain {first}; one limit cannot add them",
+                                x.decimals
+                            )));
+                        }
+                        Some(_) => {}
+                        None => decimals = Some((x.decimals, c)),
+                    }
+                    ids.push(x.id);
+                }
+                several(ids)
             }
             RawAssetRef::Name(n) => {
                 let found: Vec<&Asset> = self
@@ -1223,7 +1309,7 @@ impl Env<'_> {
                     .filter(|x| x.symbol == *n && chains.is_none_or(|c| c.contains(&x.id.chain_id)))
                     .collect();
                 match found.as_slice() {
-                    [one] => Ok(one.id),
+                    [one] => Ok(LimitAsset::one(one.id)),
                     [] => Err(err(format!(
                         "unknown asset symbol `{n}` on {}",
                         chain_list(chains)

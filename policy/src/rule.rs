@@ -9,12 +9,13 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 
 use alloy_primitives::{Address, U256};
 
 use crate::amount::{AmountFormat, AssetId, format_units};
 use crate::time::{Duration, Hours};
-use crate::{Action, Identity, Kind};
+use crate::{Action, Identity, Kind, TokenGrant};
 
 /// A set of request kinds, as a bit mask over [`Kind::ALL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,8 +24,16 @@ pub(crate) struct KindSet(pub(crate) u16);
 impl KindSet {
     /// Every kind.
     pub(crate) const ALL: KindSet = KindSet((1 << Kind::ALL.len()) - 1);
-    /// What a rule without `kinds` covers: everything but blind signing.
-    pub(crate) const DEFAULT: KindSet = KindSet(Self::ALL.0 & !(1 << Kind::RawDigest as u16));
+    /// What a rule without `kinds` covers: everything but the blind kinds (`raw_digest`,
+    /// `eip191_binary` and opaque `eip712_typed_data`), which only a rule naming them covers.
+    pub(crate) const DEFAULT: KindSet = KindSet(Self::ALL.0 & !Self::BLIND.0);
+    /// Kinds whose content the daemon cannot read: a digest, a message that may be a hash,
+    /// typed data of no recognized standard.
+    pub(crate) const BLIND: KindSet = KindSet(
+        1 << Kind::RawDigest as u16
+            | 1 << Kind::Eip191Binary as u16
+            | 1 << Kind::Eip712TypedData as u16,
+    );
     /// Transactions.
     pub(crate) const TX: KindSet = KindSet(
         1 << Kind::NativeTransfer as u16
@@ -40,8 +49,21 @@ impl KindSet {
     pub(crate) const CALL: KindSet = KindSet(Self::DEST.0 & !(1 << Kind::NativeTransfer as u16));
     /// Decoded ERC-20 calls.
     pub(crate) const ERC20: KindSet = KindSet(Self::CALL.0 & !(1 << Kind::ContractCall as u16));
-    /// EIP-712 typed data.
-    pub(crate) const TYPED: KindSet = KindSet(1 << Kind::Eip712TypedData as u16);
+    /// EIP-712 typed data: opaque, permits, transfer authorizations and Safe transactions.
+    pub(crate) const TYPED: KindSet = KindSet(
+        1 << Kind::Eip712TypedData as u16
+            | 1 << Kind::Eip712Permit as u16
+            | 1 << Kind::Eip712TransferAuthorization as u16
+            | 1 << Kind::Eip712SafeTx as u16,
+    );
+    /// Typed data that grants tokens: permits and transfer authorizations.
+    pub(crate) const GRANTS: KindSet =
+        KindSet(1 << Kind::Eip712Permit as u16 | 1 << Kind::Eip712TransferAuthorization as u16);
+    /// A Safe transaction, whose call is read like a transaction's.
+    pub(crate) const SAFE: KindSet = KindSet(1 << Kind::Eip712SafeTx as u16);
+    /// EIP-191 messages.
+    pub(crate) const MESSAGES: KindSet =
+        KindSet(1 << Kind::Eip191Message as u16 | 1 << Kind::Eip191Binary as u16);
 
     pub(crate) fn of(kinds: &[Kind]) -> KindSet {
         KindSet(kinds.iter().fold(0, |m, k| m | k.bit()))
@@ -115,6 +137,42 @@ pub(crate) struct TokenBound {
     pub(crate) format: AmountFormat,
 }
 
+impl TokenBound {
+    /// Whether `amount` of `token` on `chain` is within the bounds; a bound written with a
+    /// symbol holds only for that token on its chain (unknown chain: indeterminate).
+    fn test(&self, chain: Option<u64>, token: Address, amount: U256) -> T {
+        if let Some(pin) = self.token {
+            match chain {
+                None => return T::U,
+                Some(c) if c != pin.chain_id || Some(token) != pin.contract => return T::N,
+                Some(_) => {}
+            }
+        }
+        t(self.min.is_none_or(|m| amount >= m) && self.max.is_none_or(|m| amount <= m))
+    }
+}
+
+/// Tests every grant of a permit or transfer authorization with its domain chain (Kleene
+/// conjunction); typed data without grants is indeterminate.
+fn grants(a: &Action, each: impl Fn(Option<u64>, &TokenGrant) -> T) -> T {
+    let Some(td) = a.typed_data.as_ref() else {
+        return T::U;
+    };
+    if td.grants.is_empty() {
+        return T::U;
+    }
+    let chain = td.domain_chain_id.and_then(|c| u64::try_from(c).ok());
+    let mut out = T::Y;
+    for g in &td.grants {
+        match each(chain, g) {
+            T::N => return T::N,
+            T::U => out = T::U,
+            T::Y => {}
+        }
+    }
+    out
+}
+
 /// `groups` as written and the client ids they resolve to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Groups {
@@ -149,7 +207,14 @@ pub(crate) struct Matchers {
     pub(crate) verifying_contracts: Option<AddrSet>,
     pub(crate) domain_chain_ids: Option<BTreeSet<u64>>,
     pub(crate) permit_spenders: Option<AddrSet>,
+    pub(crate) message_max_bytes: Option<u64>,
+    pub(crate) message_prefixes: Option<BTreeSet<String>>,
     pub(crate) hours: Option<Hours>,
+    /// For allow and require_approval rules: the registered tokens (`[[asset]]` with a
+    /// contract). A permit or transfer authorization of any other (chain, token) is
+    /// indeterminate unless `domain_chain_ids` names its chain, so a grant no limit can
+    /// count is never allowed by accident.
+    pub(crate) registered: Option<Arc<BTreeSet<AssetId>>>,
 }
 
 /// The matchers, by the names policy files use.
@@ -176,7 +241,11 @@ pub(crate) enum Field {
     VerifyingContracts,
     DomainChainIds,
     PermitSpenders,
+    MessageMaxBytes,
+    MessagePrefixes,
     Hours,
+    /// Not written: the asset registry an allow or require_approval rule checks grants against.
+    Registered,
 }
 
 impl Field {
@@ -203,33 +272,42 @@ impl Field {
             Field::VerifyingContracts => "verifying_contracts",
             Field::DomainChainIds => "domain_chain_ids",
             Field::PermitSpenders => "permit_spenders",
+            Field::MessageMaxBytes => "message_max_bytes",
+            Field::MessagePrefixes => "message_prefixes",
             Field::Hours => "hours",
+            Field::Registered => "[[asset]] registry",
         }
     }
 
     /// The kinds a matcher on this field can match at all.
     pub(crate) fn applies_to(self) -> KindSet {
+        let or = |a: KindSet, b: KindSet| KindSet(a.0 | b.0);
         match self {
-            Field::ChainIds
-            | Field::ValueMin
-            | Field::ValueMax
-            | Field::GasLimitMax
-            | Field::MaxFeeMax => KindSet::TX,
-            Field::To => KindSet::DEST,
-            Field::NotTo => KindSet::TX,
-            Field::Contracts | Field::Selectors => KindSet::CALL,
-            Field::Counterparty | Field::Erc20Amount => KindSet::ERC20,
+            // A Safe transaction's call is read like a transaction's; its chain is the
+            // domain's chainId.
+            Field::ChainIds | Field::ValueMin | Field::ValueMax | Field::NotTo => {
+                or(KindSet::TX, KindSet::SAFE)
+            }
+            Field::GasLimitMax | Field::MaxFeeMax => KindSet::TX,
+            Field::To => or(KindSet::DEST, KindSet::SAFE),
+            Field::Contracts | Field::Selectors => or(KindSet::CALL, KindSet::SAFE),
+            Field::Counterparty | Field::Erc20Amount => {
+                or(or(KindSet::ERC20, KindSet::GRANTS), KindSet::SAFE)
+            }
             Field::PrimaryTypes
             | Field::DomainNames
             | Field::VerifyingContracts
-            | Field::DomainChainIds
-            | Field::PermitSpenders => KindSet::TYPED,
+            | Field::DomainChainIds => KindSet::TYPED,
+            Field::PermitSpenders => KindSet::of(&[Kind::Eip712Permit]),
+            Field::MessageMaxBytes => KindSet::MESSAGES,
+            Field::MessagePrefixes => KindSet::of(&[Kind::Eip191Message]),
             Field::Kinds
             | Field::Keys
             | Field::Clients
             | Field::Groups
             | Field::Roles
-            | Field::Hours => KindSet::ALL,
+            | Field::Hours
+            | Field::Registered => KindSet::ALL,
         }
     }
 }
@@ -314,7 +392,10 @@ impl Matchers {
             ),
             (Field::DomainChainIds, self.domain_chain_ids.is_some()),
             (Field::PermitSpenders, self.permit_spenders.is_some()),
+            (Field::MessageMaxBytes, self.message_max_bytes.is_some()),
+            (Field::MessagePrefixes, self.message_prefixes.is_some()),
             (Field::Hours, self.hours.is_some()),
+            (Field::Registered, self.registered.is_some()),
         ];
         all.into_iter().filter(|(_, p)| *p).map(|(f, _)| f)
     }
@@ -382,22 +463,26 @@ impl Matchers {
                 .as_ref()
                 .map_or(T::Y, |s| expected(a.selector, |sel| s.contains(&sel))),
             Field::Counterparty => self.counterparty.as_ref().map_or(T::Y, |s| {
-                expected(a.erc20.as_ref(), |e| s.contains(&e.counterparty))
+                if KindSet::GRANTS.contains(a.kind) {
+                    return grants(a, |_, g| t(s.contains(&g.counterparty)));
+                }
+                match a.erc20.as_ref() {
+                    Some(e) => t(s.contains(&e.counterparty)),
+                    // A Safe call that is not an ERC-20 call has no counterparty, as a
+                    // contract call has none; an ERC-20 kind without arguments is undecoded.
+                    None if a.kind == Kind::Eip712SafeTx => T::N,
+                    None => T::U,
+                }
             }),
             Field::Erc20Amount => self.erc20_amount.as_ref().map_or(T::Y, |b| {
-                let Some(e) = a.erc20.as_ref() else {
-                    return T::U;
-                };
-                if let Some(token) = b.token {
-                    match a.chain_id {
-                        None => return T::U,
-                        Some(c) if c != token.chain_id || Some(e.token) != token.contract => {
-                            return T::N;
-                        }
-                        Some(_) => {}
-                    }
+                if KindSet::GRANTS.contains(a.kind) {
+                    return grants(a, |chain, g| b.test(chain, g.token, g.amount));
                 }
-                t(b.min.is_none_or(|m| e.amount >= m) && b.max.is_none_or(|m| e.amount <= m))
+                match a.erc20.as_ref() {
+                    Some(e) => b.test(a.chain_id, e.token, e.amount),
+                    None if a.kind == Kind::Eip712SafeTx => T::N,
+                    None => T::U,
+                }
             }),
             Field::ValueMin => t(self.value_min.is_none_or(|m| a.value >= m)),
             Field::ValueMax => t(self.value_max.is_none_or(|m| a.value <= m)),
@@ -428,19 +513,41 @@ impl Matchers {
                         .is_some_and(|c| s.contains(&c))
                 })
             }),
-            Field::PermitSpenders => self.permit_spenders.as_ref().map_or(T::Y, |s| {
-                let Some(td) = a.typed_data.as_ref() else {
-                    return T::U;
-                };
-                if td.primary_type != "Permit" {
-                    return T::N;
-                }
-                expected(td.spender, |sp| s.contains(&sp))
+            Field::PermitSpenders => self
+                .permit_spenders
+                .as_ref()
+                .map_or(T::Y, |s| grants(a, |_, g| t(s.contains(&g.counterparty)))),
+            Field::MessageMaxBytes => self
+                .message_max_bytes
+                .map_or(T::Y, |m| expected(a.message.as_ref(), |x| x.len <= m)),
+            Field::MessagePrefixes => self.message_prefixes.as_ref().map_or(T::Y, |s| {
+                expected(
+                    a.message.as_ref().and_then(|x| x.text_head.as_deref()),
+                    |text| s.iter().any(|p| text.starts_with(p.as_str())),
+                )
             }),
             Field::Hours => self
                 .hours
                 .as_ref()
                 .map_or(T::Y, |h| t(h.contains(now_unix))),
+            Field::Registered => self.registered.as_ref().map_or(T::Y, |reg| {
+                if !KindSet::GRANTS.contains(a.kind) {
+                    return T::Y;
+                }
+                grants(a, |chain, g| match chain {
+                    None => T::U,
+                    Some(c)
+                        if self
+                            .domain_chain_ids
+                            .as_ref()
+                            .is_some_and(|d| d.contains(&c)) =>
+                    {
+                        T::Y
+                    }
+                    Some(c) if reg.contains(&AssetId::token(c, g.token)) => T::Y,
+                    Some(_) => T::U,
+                })
+            }),
         }
     }
 
@@ -448,8 +555,15 @@ impl Matchers {
     pub(crate) fn describe(&self, f: Field, a: &Action, who: &Identity, now_unix: i64) -> String {
         let name = f.name();
         if f == Field::Kinds {
-            return if !self.kinds_written && a.kind == Kind::RawDigest {
-                "raw_digest (blind signing) is matched only by a rule whose `kinds` names it".into()
+            return if !self.kinds_written && KindSet::BLIND.contains(a.kind) {
+                let what = match a.kind {
+                    Kind::RawDigest => "raw_digest (blind signing)",
+                    Kind::Eip191Binary => {
+                        "eip191_binary (a 32-byte or non-text message, which may be a hash: blind signing)"
+                    }
+                    _ => "eip712_typed_data (typed data of no recognized standard: blind signing)",
+                };
+                format!("{what} is matched only by a rule whose `kinds` names it")
             } else {
                 format!("kind {} is not in `kinds` {}", a.kind, self.kinds)
             };
@@ -502,6 +616,9 @@ impl Matchers {
                 None => missing("a 4-byte function selector"),
                 Some(s) => format!("selector 0x{} is not in `selectors`", hex::encode(s)),
             },
+            Field::Counterparty | Field::Erc20Amount if KindSet::GRANTS.contains(a.kind) => {
+                self.describe_grants(f, a)
+            }
             Field::Counterparty => match (&a.erc20, &self.counterparty) {
                 (Some(e), Some(s)) => {
                     format!(
@@ -509,41 +626,20 @@ impl Matchers {
                         e.counterparty
                     )
                 }
+                _ if a.kind == Kind::Eip712SafeTx => {
+                    "the Safe transaction's call is not an ERC-20 transfer, transferFrom or approve"
+                        .into()
+                }
                 _ => missing("decoded ERC-20 arguments"),
             },
             Field::Erc20Amount => {
                 let (Some(e), Some(b)) = (&a.erc20, &self.erc20_amount) else {
+                    if a.kind == Kind::Eip712SafeTx {
+                        return "the Safe transaction's call is not an ERC-20 transfer, transferFrom or approve".into();
+                    }
                     return missing("decoded ERC-20 arguments");
                 };
-                if let Some(tok) = b.token
-                    && (a.chain_id != Some(tok.chain_id) || Some(e.token) != tok.contract)
-                {
-                    if a.chain_id.is_none() {
-                        return missing("a chain id");
-                    }
-                    return format!(
-                        "token {} on chain {} is not {} ({tok}), the token `erc20_amount_min/max` are written in",
-                        e.token,
-                        a.chain_id.unwrap_or_default(),
-                        b.format.symbol
-                    );
-                }
-                let amount = b.format.format(e.amount);
-                match (b.min, b.max) {
-                    (Some(m), _) if e.amount < m => {
-                        format!(
-                            "ERC-20 amount {amount} < `erc20_amount_min` {}",
-                            b.format.format(m)
-                        )
-                    }
-                    (_, Some(m)) => {
-                        format!(
-                            "ERC-20 amount {amount} > `erc20_amount_max` {}",
-                            b.format.format(m)
-                        )
-                    }
-                    _ => format!("ERC-20 amount {amount} is out of bounds"),
-                }
+                b.describe(a.chain_id, e.token, e.amount, "ERC-20 amount")
             }
             Field::ValueMin => format!(
                 "value {} < `value_min` {}",
@@ -575,8 +671,7 @@ impl Matchers {
             Field::PrimaryTypes
             | Field::DomainNames
             | Field::VerifyingContracts
-            | Field::DomainChainIds
-            | Field::PermitSpenders => {
+            | Field::DomainChainIds => {
                 let Some(td) = &a.typed_data else {
                     return missing("decoded typed data");
                 };
@@ -593,25 +688,120 @@ impl Matchers {
                         "verifying contract {} is not in `verifying_contracts`",
                         opt_addr(td.verifying_contract)
                     ),
-                    Field::DomainChainIds => match td.domain_chain_id {
+                    _ => match td.domain_chain_id {
                         None => "the EIP-712 domain has no chainId".into(),
                         Some(c) => format!("domain chainId {c} is not in `domain_chain_ids`"),
                     },
-                    _ => {
-                        if td.primary_type != "Permit" {
-                            format!("primaryType `{}` is not `Permit`", td.primary_type)
-                        } else if let Some(sp) = td.spender {
-                            format!("Permit spender {sp} is not in `permit_spenders`")
-                        } else {
-                            missing("the Permit spender")
-                        }
-                    }
                 }
             }
+            Field::PermitSpenders | Field::Registered => self.describe_grants(f, a),
+            Field::MessageMaxBytes => match &a.message {
+                None => missing("the message's length"),
+                Some(m) => format!(
+                    "message of {} bytes > `message_max_bytes` {}",
+                    m.len,
+                    self.message_max_bytes.unwrap_or_default()
+                ),
+            },
+            Field::MessagePrefixes => match a.message.as_ref().and_then(|m| m.text_head.as_deref())
+            {
+                None => missing("the message's text"),
+                Some(text) => {
+                    let shown: String = text.chars().take(40).collect();
+                    let more = if shown.len() < text.len() { "…" } else { "" };
+                    format!("message {shown:?}{more} starts with none of `message_prefixes`")
+                }
+            },
             Field::Hours => match &self.hours {
                 Some(h) => format!("{} is outside `hours` {h}", h.local(now_unix)),
                 None => String::new(),
             },
+        }
+    }
+
+    /// Why a matcher over a permit's or authorization's grants did not hold.
+    fn describe_grants(&self, f: Field, a: &Action) -> String {
+        let name = f.name();
+        let Some(td) = a.typed_data.as_ref().filter(|td| !td.grants.is_empty()) else {
+            return format!(
+                "`{name}` needs the token grants, which this request lacks or could not be decoded"
+            );
+        };
+        let chain = td.domain_chain_id.and_then(|c| u64::try_from(c).ok());
+        for g in &td.grants {
+            match f {
+                Field::Counterparty | Field::PermitSpenders => {
+                    let set = if f == Field::Counterparty {
+                        &self.counterparty
+                    } else {
+                        &self.permit_spenders
+                    };
+                    if let Some(s) = set
+                        && !s.contains(&g.counterparty)
+                    {
+                        return format!(
+                            "grant of {} to {} is not in `{name}` {s}",
+                            g.token, g.counterparty
+                        );
+                    }
+                }
+                Field::Erc20Amount => {
+                    if let Some(b) = &self.erc20_amount
+                        && b.test(chain, g.token, g.amount) != T::Y
+                    {
+                        return b.describe(chain, g.token, g.amount, "granted amount");
+                    }
+                }
+                _ => match chain {
+                    None => return "the EIP-712 domain has no usable chainId".into(),
+                    Some(c) => {
+                        let known = self
+                            .registered
+                            .as_ref()
+                            .is_some_and(|r| r.contains(&AssetId::token(c, g.token)));
+                        if !known {
+                            return format!(
+                                "token {} on chain {c} is not a registered [[asset]], so no limit counts this grant; allow it by naming chain {c} in `domain_chain_ids`, or register the token",
+                                g.token
+                            );
+                        }
+                    }
+                },
+            }
+        }
+        format!("`{name}` does not hold for the grants")
+    }
+}
+
+impl TokenBound {
+    /// Why `amount` of `token` on `chain` is out of bounds; `what` names the amount.
+    fn describe(&self, chain: Option<u64>, token: Address, amount: U256, what: &str) -> String {
+        if let Some(tok) = self.token
+            && (chain != Some(tok.chain_id) || Some(token) != tok.contract)
+        {
+            let Some(c) = chain else {
+                return "`erc20_amount_min/max` needs a chain id, which this request lacks".into();
+            };
+            return format!(
+                "token {token} on chain {c} is not {} ({tok}), the token `erc20_amount_min/max` are written in",
+                self.format.symbol
+            );
+        }
+        let shown = self.format.format(amount);
+        match (self.min, self.max) {
+            (Some(m), _) if amount < m => {
+                format!(
+                    "{what} {shown} < `erc20_amount_min` {}",
+                    self.format.format(m)
+                )
+            }
+            (_, Some(m)) => {
+                format!(
+                    "{what} {shown} > `erc20_amount_max` {}",
+                    self.format.format(m)
+                )
+            }
+            _ => format!("{what} {shown} is out of bounds"),
         }
     }
 }

@@ -40,6 +40,9 @@ fn native(key: &str, to: &str, value: U256) -> Action {
     a.chain_id = Some(1);
     a.to = Some(addr(to));
     a.value = value;
+    // Fee-free unless a test says otherwise, so amounts below are values only.
+    a.gas_limit = Some(21_000);
+    a.max_fee_per_gas = Some(U256::ZERO);
     a
 }
 
@@ -47,6 +50,8 @@ fn erc20(kind: Kind, token: &str, counterparty: &str, amount: U256) -> Action {
     let mut a = Action::new("hot", kind);
     a.chain_id = Some(1);
     a.to = Some(addr(token));
+    a.gas_limit = Some(60_000);
+    a.max_fee_per_gas = Some(U256::ZERO);
     a.selector = Some(match kind {
         Kind::Erc20Approve => [0x09, 0x5e, 0xa7, 0xb3],
         Kind::Erc20TransferFrom => [0x23, 0xb8, 0x72, 0xdd],
@@ -61,15 +66,25 @@ fn erc20(kind: Kind, token: &str, counterparty: &str, amount: U256) -> Action {
     a
 }
 
+/// An EIP-2612 permit of `token` on chain 1; without a spender or value, its grant was not
+/// decoded.
 fn permit(token: &str, spender: Option<&str>, value: Option<U256>) -> Action {
-    let mut a = Action::new("hot", Kind::Eip712TypedData);
+    let mut a = Action::new("hot", Kind::Eip712Permit);
     a.typed_data = Some(TypedDataFacts {
         primary_type: "Permit".into(),
         domain_name: Some("USD Coin".into()),
         domain_chain_id: Some(U256::from(1)),
         verifying_contract: Some(addr(token)),
-        spender: spender.map(addr),
-        permit_value: value,
+        standard: Some(TypedStandard::Eip2612Permit),
+        grants: match (spender, value) {
+            (Some(s), Some(v)) => vec![TokenGrant {
+                token: addr(token),
+                counterparty: addr(s),
+                amount: v,
+            }],
+            _ => vec![],
+        },
+        ..TypedDataFacts::default()
     });
     a
 }
@@ -368,10 +383,16 @@ effect = "allow"
 kinds = ["erc20_transfer"]
 erc20_amount_max = 1000
 
+[[asset]]
+chain_id = 1
+contract = "{USDC}"
+symbol = "USDC"
+decimals = 6
+
 [[rule]]
 id = "permits-to-router"
 effect = "allow"
-kinds = ["eip712_typed_data"]
+kinds = ["eip712_permit"]
 permit_spenders = ["{BOB}"]
 "#
     );
@@ -470,6 +491,8 @@ max_fee_per_gas_max = "50 gwei"
 "#,
     );
     let mut a = native("hot", BOB, eth(1));
+    a.gas_limit = None;
+    a.max_fee_per_gas = None;
     assert!(!eval(&p, &a).decision.is_allow());
     a.gas_limit = Some(21_000);
     a.max_fee_per_gas = Some(U256::from(30_000_000_000u64));
@@ -727,7 +750,7 @@ decimals = 6
 [[rule]]
 id = "everything"
 effect = "allow"
-kinds = ["native_transfer", "erc20_transfer", "erc20_transfer_from", "erc20_approve", "contract_call", "eip712_typed_data"]
+kinds = ["native_transfer", "erc20_transfer", "erc20_transfer_from", "erc20_approve", "contract_call", "eip712_typed_data", "eip712_permit", "eip712_transfer_authorization"]
 
 [[limit]]
 id = "eth"
@@ -807,15 +830,15 @@ fn a_token_limit_cannot_be_bypassed_by_encoding() {
     call.selector = Some([0x39, 0x50, 0x93, 0x51]);
     let e = eval(&p, &call);
     assert_eq!(denied_by(&e), Some("usdc"));
-    // Typed data for the token other than Permit (EIP-3009 TransferWithAuthorization).
-    let mut auth = permit(USDC, Some(BOB), None);
-    auth.typed_data.as_mut().unwrap().primary_type = "TransferWithAuthorization".into();
-    assert_eq!(denied_by(&eval(&p, &auth)), Some("usdc"));
-    // A Permit whose value was not decoded.
-    assert_eq!(
-        denied_by(&eval(&p, &permit(USDC, Some(BOB), None))),
-        Some("usdc")
-    );
+    // Typed data for the token of no recognized standard (opaque).
+    let mut opaque = permit(USDC, Some(BOB), None);
+    opaque.kind = Kind::Eip712TypedData;
+    opaque.typed_data.as_mut().unwrap().primary_type = "TransferWithAuthorization".into();
+    opaque.typed_data.as_mut().unwrap().standard = None;
+    assert_eq!(denied_by(&eval(&p, &opaque)), Some("usdc"));
+    // A permit whose grant was not decoded: the allow rule cannot tell it is a
+    // registered token, and the limit cannot count it.
+    assert!(!eval(&p, &permit(USDC, Some(BOB), None)).decision.is_allow());
     // An ERC-20 kind whose arguments were not decoded.
     let mut t = erc20(Kind::Erc20Transfer, USDC, BOB, U256::from(1));
     t.erc20 = None;
@@ -1057,6 +1080,7 @@ fn fits_is_the_one_definition_of_within_a_limit() {
         ),
         window_secs: 60,
         amount: U256::from(5),
+        fee: None,
         max_amount: Some(U256::from(10)),
         max_count: Some(2),
         format: AmountFormat::base_units(),
@@ -1138,4 +1162,429 @@ fn rule_matches_reports_three_values() {
     assert_eq!(r.matches(&a, &who("x"), 0), Match::No);
     a.erc20 = None;
     assert_eq!(r.matches(&a, &who("x"), 0), Match::Indeterminate);
+}
+
+#[test]
+fn rules_without_kinds_do_not_cover_the_blind_kinds() {
+    let p = policy(BASE);
+    for kind in [Kind::RawDigest, Kind::Eip191Binary, Kind::Eip712TypedData] {
+        let e = p.explain_request(&Request {
+            action: &Action::new("hot", kind),
+            identity: &who("app"),
+            now_unix: 0,
+            usage: &NoUsage,
+        });
+        assert!(!e.decision.is_allow(), "{kind}");
+        assert!(
+            e.explanation
+                .iter()
+                .any(|l| l.contains("is matched only by a rule whose `kinds` names it")),
+            "{kind}: {:#?}",
+            e.explanation
+        );
+    }
+    let mut m = Action::new("hot", Kind::Eip191Message);
+    m.message = Some(MessageFacts {
+        len: 5,
+        text_head: Some("hello".into()),
+    });
+    assert!(eval(&p, &m).decision.is_allow());
+}
+
+fn message(kind: Kind, text: Option<&str>, len: u64) -> Action {
+    let mut a = Action::new("hot", kind);
+    a.message = Some(MessageFacts {
+        len,
+        text_head: text.map(str::to_owned),
+    });
+    a
+}
+
+#[test]
+fn message_matchers() {
+    let p = policy(
+        r#"
+version = 1
+serial = 1
+[[rule]]
+id = "sign-in"
+effect = "allow"
+kinds = ["eip191_message", "eip191_binary"]
+message_prefixes = ["example.com wants you to sign in with your Ethereum account:"]
+[[rule]]
+id = "short"
+effect = "allow"
+kinds = ["eip191_message"]
+message_max_bytes = 10
+"#,
+    );
+    let siwe = "example.com wants you to sign in with your Ethereum account:\n0xabc";
+    let a = message(Kind::Eip191Message, Some(siwe), 600);
+    assert_eq!(
+        eval(&p, &a).decision,
+        Decision::Allow {
+            rules: vec!["sign-in".into()]
+        }
+    );
+    let other = message(Kind::Eip191Message, Some("evil.example wants you"), 22);
+    assert!(!eval(&p, &other).decision.is_allow());
+    assert!(
+        eval(&p, &message(Kind::Eip191Message, Some("hi"), 2))
+            .decision
+            .is_allow()
+    );
+    // A 32-byte message never holds a prefix, even under a rule that names its kind.
+    assert!(
+        !eval(&p, &message(Kind::Eip191Binary, None, 32))
+            .decision
+            .is_allow()
+    );
+    // Missing message facts are indeterminate: a deny rule matches.
+    let d = policy(
+        "version = 1\nserial = 1\n[[rule]]\nid = \"all\"\neffect = \"allow\"\nkinds = [\"eip191_message\"]\n[[rule]]\nid = \"long\"\neffect = \"deny\"\nkinds = [\"eip191_message\"]\nmessage_max_bytes = 100\n",
+    );
+    assert_eq!(
+        denied_by(&eval(&d, &Action::new("hot", Kind::Eip191Message))),
+        Some("long")
+    );
+    let e = Policy::parse(
+        "p.toml",
+        &format!(
+            "version = 1\nserial = 1\n[[rule]]\nid = \"r\"\neffect = \"allow\"\nmessage_prefixes = [\"{}\"]\n",
+            "x".repeat(513)
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("a prefix must be 1 to 512 bytes long"), "{e}");
+}
+
+const GRANTS: &str = r#"
+version = 1
+serial = 1
+[[asset]]
+chain_id = 1
+contract = "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"
+symbol = "USDC"
+decimals = 6
+[[rule]]
+id = "router-permits"
+effect = "allow"
+kinds = ["eip712_permit", "eip712_transfer_authorization"]
+erc20_counterparty = ["0x0000000000000000000000000000000000000b0b"]
+erc20_amount_max = "100 USDC"
+[[rule]]
+id = "polygon-permits"
+effect = "allow"
+kinds = ["eip712_permit"]
+domain_chain_ids = [137]
+permit_spenders = ["0x0000000000000000000000000000000000000b0b"]
+[[limit]]
+id = "usdc"
+chain_ids = [1]
+asset = "USDC"
+window = "24h"
+max_amount = "150 USDC"
+"#;
+
+#[test]
+fn grant_matchers_hold_for_every_grant() {
+    let p = policy(GRANTS);
+    let ok = permit(USDC, Some(BOB), Some(U256::from(50_000_000u64)));
+    assert!(eval(&p, &ok).decision.is_allow());
+    let mut auth = ok.clone();
+    auth.kind = Kind::Eip712TransferAuthorization;
+    assert!(eval(&p, &auth).decision.is_allow());
+    // One grant to someone else, or over the bound, and the rule does not match.
+    let mut two = ok.clone();
+    let td = two.typed_data.as_mut().unwrap();
+    td.grants.push(TokenGrant {
+        token: addr(USDC),
+        counterparty: addr(MALLORY),
+        amount: U256::from(1),
+    });
+    assert!(!eval(&p, &two).decision.is_allow());
+    let big = permit(USDC, Some(BOB), Some(U256::from(100_000_001u64)));
+    assert!(!eval(&p, &big).decision.is_allow());
+    // The amount bound is written in USDC: a grant of another token does not match it.
+    let dai = permit(DAI, Some(BOB), Some(U256::from(1)));
+    assert!(!eval(&p, &dai).decision.is_allow());
+    // Grants count toward the token's limit.
+    let usage = Fixed(HashMap::from([(
+        "usdc",
+        Used {
+            amount: U256::from(120_000_000u64),
+            count: 1,
+        },
+    )]));
+    let e = eval_at(&p, &ok, &who("app"), 0, &usage);
+    assert_eq!(denied_by(&e), Some("usdc"));
+}
+
+#[test]
+fn permits_of_unregistered_tokens_are_not_allowed_unless_the_chain_is_named() {
+    // The amount bound in base units pins no token, so only the registry stops the grant.
+    let p = policy(&GRANTS.replace(
+        "erc20_amount_max = \"100 USDC\"",
+        "erc20_amount_max = 100000000",
+    ));
+    let polygon_usdc = "0x3c499c542cef5e3811e1192ce70d8cc03d5c3359";
+    // USDC on chain 10: not registered, so no limit can count it.
+    let mut op = permit(polygon_usdc, Some(BOB), Some(U256::from(1)));
+    op.typed_data.as_mut().unwrap().domain_chain_id = Some(U256::from(10));
+    let e = p.explain_request(&Request {
+        action: &op,
+        identity: &who("app"),
+        now_unix: 0,
+        usage: &NoUsage,
+    });
+    assert!(!e.decision.is_allow());
+    assert!(
+        e.explanation
+            .iter()
+            .any(|l| l.contains("is not a registered [[asset]]")),
+        "{:#?}",
+        e.explanation
+    );
+    // A rule that names chain 137 in `domain_chain_ids` takes it there, knowingly.
+    let mut polygon = op.clone();
+    polygon.typed_data.as_mut().unwrap().domain_chain_id = Some(U256::from(137));
+    assert_eq!(
+        eval(&p, &polygon).decision,
+        Decision::Allow {
+            rules: vec!["polygon-permits".into()]
+        }
+    );
+    // Deny rules are not narrowed by the registry.
+    let d = policy(&format!(
+        "{GRANTS}[[rule]]\nid = \"no-bob\"\neffect = \"deny\"\nkinds = [\"eip712_permit\"]\npermit_spenders = [\"{BOB}\"]\n"
+    ));
+    assert_eq!(denied_by(&eval(&d, &op)), Some("no-bob"));
+}
+
+fn safe(to: &str, value: U256, operation: u8) -> Action {
+    let mut a = Action::new("hot", Kind::Eip712SafeTx);
+    a.chain_id = Some(1);
+    a.to = Some(addr(to));
+    a.value = value;
+    a.typed_data = Some(TypedDataFacts {
+        primary_type: "SafeTx".into(),
+        domain_chain_id: Some(U256::from(1)),
+        verifying_contract: Some(addr(ALICE)),
+        standard: Some(TypedStandard::SafeTx),
+        safe_tx: Some(SafeTxFacts {
+            operation,
+            safe_tx_gas: U256::ZERO,
+            base_gas: U256::ZERO,
+            gas_price: U256::ZERO,
+            gas_token: Address::ZERO,
+            refund_receiver: Address::ZERO,
+            nonce: U256::ZERO,
+        }),
+        ..TypedDataFacts::default()
+    });
+    a
+}
+
+#[test]
+fn safe_transactions_are_matched_and_limited_like_their_call() {
+    let p = policy(&format!(
+        r#"
+version = 1
+serial = 1
+[[rule]]
+id = "safe-payouts"
+effect = "allow"
+kinds = ["eip712_safe_tx"]
+chain_ids = [1]
+to = ["{BOB}"]
+value_max = "5 ether"
+[[limit]]
+id = "eth"
+chain_ids = [1]
+asset = "native"
+window = "24h"
+max_amount = "3 ether"
+"#
+    ));
+    assert!(eval(&p, &safe(BOB, eth(1_000), 0)).decision.is_allow());
+    assert!(!eval(&p, &safe(MALLORY, eth(1_000), 0)).decision.is_allow());
+    assert!(!eval(&p, &safe(BOB, eth(6_000), 0)).decision.is_allow());
+    assert_eq!(denied_by(&eval(&p, &safe(BOB, eth(4_000), 0))), Some("eth"));
+    // A delegatecall can move anything: the limit cannot tell how much.
+    assert_eq!(denied_by(&eval(&p, &safe(BOB, eth(1), 1))), Some("eth"));
+    // A native refund is bounded by figures the executor picks.
+    let mut refund = safe(BOB, eth(1), 0);
+    if let Some(s) = refund.typed_data.as_mut().and_then(|t| t.safe_tx.as_mut()) {
+        s.gas_price = U256::from(1);
+    }
+    assert_eq!(denied_by(&eval(&p, &refund)), Some("eth"));
+    // Another chain: the rule's chain_ids do not hold.
+    let mut other = safe(BOB, eth(1), 0);
+    other.chain_id = Some(10);
+    assert!(!eval(&p, &other).decision.is_allow());
+}
+
+#[test]
+fn a_native_limit_counts_the_worst_case_fee_and_explains_it() {
+    let p = policy(
+        r#"
+version = 1
+serial = 1
+[[rule]]
+id = "any"
+effect = "allow"
+chain_ids = [1]
+kinds = ["native_transfer", "contract_call"]
+[[limit]]
+id = "daily-eth"
+chain_ids = [1]
+asset = "native"
+window = "24h"
+max_amount = "10 ether"
+[[limit]]
+id = "per-tx"
+chain_ids = [1]
+asset = "native"
+per_tx_max = "2 ether"
+"#,
+    );
+    let mut a = native("hot", BOB, eth(1_000));
+    a.max_fee_per_gas = Some(U256::from(1_000_000_000u64)); // 1 gwei × 21,000 gas
+    let e = p.explain_request(&Request {
+        action: &a,
+        identity: &who("app"),
+        now_unix: 0,
+        usage: &NoUsage,
+    });
+    assert!(e.decision.is_allow());
+    assert!(
+        e.explanation.iter().any(|l| l
+            == "limit `daily-eth`: 0 ether used + 1.000021 ether requested (value 1 ether + fee up to 0.000021 ether) <= 10 ether in 24h"),
+        "{:#?}",
+        e.explanation
+    );
+    assert!(
+        e.explanation
+            .iter()
+            .any(|l| l == "limit `daily-eth` counts ether on chain 1"),
+        "{:#?}",
+        e.explanation
+    );
+    let daily = e
+        .charges
+        .iter()
+        .find(|c| c.limit_id == "daily-eth")
+        .unwrap();
+    assert_eq!(daily.amount, eth(1_000) + U256::from(21_000_000_000_000u64));
+    assert_eq!(daily.fee, Some(U256::from(21_000_000_000_000u64)));
+    // Value 0 and a fee of 21,000 × 4,760,000 gwei = 99.96 ether.
+    let mut zero = native("hot", BOB, U256::ZERO);
+    zero.max_fee_per_gas = Some(U256::from(4_760_000_000_000_000u64));
+    let e = eval(&p, &zero);
+    let Decision::Deny { rule, reason } = &e.decision else {
+        panic!("{:?}", e.decision)
+    };
+    assert_eq!(rule.as_deref(), Some("daily-eth"));
+    assert_eq!(
+        reason,
+        "limit `daily-eth`: 0 ether used + 99.96 ether requested (value 0 ether + fee up to 99.96 ether) > 10 ether in 24h"
+    );
+    // Per-transaction limits count the fee too.
+    let mut b = native("hot", BOB, eth(1_990));
+    b.max_fee_per_gas = Some(U256::from(1_000_000_000_000u64));
+    let e = eval(&p, &b);
+    let Decision::Deny { rule, reason } = &e.decision else {
+        panic!("{:?}", e.decision)
+    };
+    assert_eq!(rule.as_deref(), Some("per-tx"));
+    assert!(
+        reason.contains("(value 1.99 ether + fee up to 0.021 ether) > 2 ether per transaction"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_limit_may_count_one_asset_on_several_chains() {
+    let src = r#"
+version = 1
+serial = 1
+[[asset]]
+chain_id = 1
+contract = "0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48"
+symbol = "USDC"
+decimals = 6
+[[asset]]
+chain_id = 10
+contract = "0x0b2c639c533813f4aa9d7837caf62653d097ff85"
+symbol = "USDC"
+decimals = 6
+[[rule]]
+id = "any"
+effect = "allow"
+chain_ids = [1, 10]
+kinds = ["native_transfer", "erc20_transfer"]
+[[limit]]
+id = "eth"
+chain_ids = [10, 1]
+asset = "native"
+window = "24h"
+max_amount = "1 ether"
+[[limit]]
+id = "usdc"
+chain_ids = [1, 10]
+asset = "USDC"
+window = "24h"
+max_amount = "100 USDC"
+"#;
+    let p = policy(src);
+    let mut a = native("hot", BOB, eth(500));
+    a.chain_id = Some(10);
+    let e = eval(&p, &a);
+    assert_eq!(
+        e.charges[0].bucket.as_str(),
+        "limit=eth|key=hot|asset=1:native+10:native"
+    );
+    let mut t = erc20(
+        Kind::Erc20Transfer,
+        "0x0b2c639c533813f4aa9d7837caf62653d097ff85",
+        BOB,
+        U256::from(5_000_000u64),
+    );
+    t.chain_id = Some(10);
+    let e = eval(&p, &t);
+    assert!(e.decision.is_allow());
+    let usdc = e.charges.iter().find(|c| c.limit_id == "usdc").unwrap();
+    assert_eq!(
+        usdc.bucket.as_str(),
+        "limit=usdc|key=hot|asset=1:0xa0b86991c6218b36c1d19d4a2e9eb0ce3606eb48+10:0x0b2c639c533813f4aa9d7837caf62653d097ff85"
+    );
+    // A single-chain limit keeps its bucket name.
+    let one = policy(&src.replace("chain_ids = [10, 1]", "chain_ids = [1]"));
+    let e = eval(&one, &native("hot", BOB, eth(1)));
+    assert_eq!(
+        e.charges[0].bucket.as_str(),
+        "limit=eth|key=hot|asset=1:native"
+    );
+    // The symbol must be registered on every chain, with the same decimals.
+    let e = Policy::parse(
+        "p.toml",
+        &src.replace(
+            "chain_ids = [1, 10]\nasset = \"USDC\"",
+            "chain_ids = [1, 10, 137]\nasset = \"USDC\"",
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("`USDC` is not registered on chain 137"), "{e}");
+    let e = Policy::parse(
+        "p.toml",
+        &src.replacen("decimals = 6\n[[rule]]", "decimals = 18\n[[rule]]", 1),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("has 18 decimals on chain 10 but 6 on chain 1"),
+        "{e}"
+    );
 }

@@ -271,7 +271,7 @@ fn limits_are_validated() {
     let base = assets();
     let lim = |body: &str| format!("{HEAD}{base}[[limit]]\nid = \"l\"\n{body}");
     let e = err(&lim("asset = \"native\"\nper_tx_max = \"1 ether\"\n"));
-    assert!(e.contains("needs exactly one chain in `chain_ids`"), "{e}");
+    assert!(e.contains("`native` needs `chain_ids`"), "{e}");
     let e = err(&lim("per_tx_max = \"1 ether\"\n"));
     assert!(e.contains("`per_tx_max` needs `asset`"), "{e}");
     let e = err(&lim(

@@ -395,11 +395,32 @@ version = 1
 serial = 1
 
 [[rule]]
-id = "app-evm"
-description = "app may sign transactions, EIP-191 messages and EIP-712 data with the secp256k1 key"
+id = "app-evm-tx"
+description = "app may sign transactions with the secp256k1 key; the fee is capped at 1,000,000 gas x 500 gwei (0.5 ETH)"
 effect = "allow"
 clients = ["app"]
 keys = ["dev-secp256k1"]
+kinds = ["native_transfer", "erc20_transfer", "erc20_transfer_from", "erc20_approve", "contract_call", "contract_creation"]
+gas_limit_max = 1000000
+max_fee_per_gas_max = "500 gwei"
+
+[[rule]]
+id = "app-evm-messages"
+description = "app may sign EIP-191 text messages of up to 1 KiB (32-byte and binary messages are blind signing: not allowed)"
+effect = "allow"
+clients = ["app"]
+keys = ["dev-secp256k1"]
+kinds = ["eip191_message"]
+message_max_bytes = 1024
+
+[[rule]]
+id = "app-evm-mail"
+description = "opaque EIP-712 data is allowed only by name: app may sign the EIP-712 specification's Mail example"
+effect = "allow"
+clients = ["app"]
+keys = ["dev-secp256k1"]
+kinds = ["eip712_typed_data"]
+primary_types = ["Mail"]
 
 [[rule]]
 id = "app-ed25519-digest"

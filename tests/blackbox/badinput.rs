@@ -156,7 +156,7 @@ async fn bad_inputs_are_refused_precisely() {
                 typed_data_json: bad_typed,
             }),
             Code::InvalidArgument,
-            "typed_data_json: type mismatch",
+            "typed_data_json: message.from.wallet (address): has 4 hex digits",
             "invalid_argument",
         ),
         (

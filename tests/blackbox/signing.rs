@@ -106,7 +106,11 @@ async fn evm_transactions_of_each_type_are_signed() {
     let address = address_of(&mut c, HOT).await;
 
     // EIP-1559.
-    let req = eip1559("tx-1559");
+    let req = v1::SignEvmTransactionRequest {
+        max_fee_per_gas: "30000000000".to_owned(),
+        max_priority_fee_per_gas: "1000000000".to_owned(),
+        ..eip1559("tx-1559")
+    };
     let resp = c
         .sign_evm_transaction(req.clone())
         .await

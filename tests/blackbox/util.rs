@@ -63,6 +63,15 @@ roles = ["requester"]
 keys = ["hot"]
 
 [[rule]]
+id = "requesters-mail"
+description = "opaque typed data is allowed only by name: requesters sign EIP-712 Mail"
+effect = "allow"
+roles = ["requester"]
+keys = ["hot"]
+kinds = ["eip712_typed_data"]
+primary_types = ["Mail"]
+
+[[rule]]
 id = "app-ed-digest"
 description = "blind signing is named: app signs raw digests with the Ed25519 key"
 effect = "allow"
@@ -887,7 +896,9 @@ pub(crate) fn leaf_hash(line: &str) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The standard request: EIP-1559 on chain 1, 1000 wei to [`TO`], signed by [`HOT`].
+/// The standard request: EIP-1559 on chain 1, 1000 wei to [`TO`], signed by [`HOT`], with
+/// no fee (max fee per gas 0), so that a native limit counts exactly its value. Tests of fees
+/// set them.
 pub(crate) fn eip1559(request_id: &str) -> v1::SignEvmTransactionRequest {
     v1::SignEvmTransactionRequest {
         dry_run: false,
@@ -898,8 +909,8 @@ pub(crate) fn eip1559(request_id: &str) -> v1::SignEvmTransactionRequest {
         nonce: 0,
         gas_limit: 21_000,
         gas_price: String::new(),
-        max_fee_per_gas: "30000000000".to_owned(),
-        max_priority_fee_per_gas: "1000000000".to_owned(),
+        max_fee_per_gas: "0".to_owned(),
+        max_priority_fee_per_gas: "0".to_owned(),
         to: TO.to_owned(),
         value: "1000".to_owned(),
         data: Vec::new(),
@@ -907,7 +918,7 @@ pub(crate) fn eip1559(request_id: &str) -> v1::SignEvmTransactionRequest {
     }
 }
 
-/// A legacy (EIP-155) transaction request on chain 1.
+/// A legacy (EIP-155) transaction request on chain 1, at 20 gwei per gas.
 pub(crate) fn legacy(request_id: &str) -> v1::SignEvmTransactionRequest {
     v1::SignEvmTransactionRequest {
         dry_run: false,

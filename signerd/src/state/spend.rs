@@ -182,6 +182,9 @@ pub(crate) mod tests {
         action.to = Some(alloy_primitives::Address::repeat_byte(0x35));
         // Ask for a charge that fits, then set the figures under test.
         action.value = U256::from(1);
+        // Native limits count the worst-case fee too; a free transaction keeps it out.
+        action.gas_limit = Some(21_000);
+        action.max_fee_per_gas = Some(U256::ZERO);
         let who = Identity {
             id: "app".into(),
             roles: vec![],

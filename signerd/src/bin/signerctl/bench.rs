@@ -425,7 +425,9 @@ async fn run_signerd(
                 let request_id = format!("bench-{run_id}-{w}-{i}");
                 // Round-robin over the keys, offset per client so that every key is in use.
                 let key_id = keys[(w + i as usize) % keys.len()].clone();
-                let text = format!("signerctl bench {run_id} {w} {i}");
+                // Longer than 32 bytes: a 32-byte message is `eip191_binary`, which a policy
+                // allows only by name.
+                let text = format!("signerctl bench run {run_id} client {w} request {i}");
                 let result = if algorithm == v1::Algorithm::Secp256k1 {
                     let req = v1::SignEvmMessageRequest {
                         request_id,

@@ -33,7 +33,9 @@ pub fn prepare_message(key_id: &str, message: &[u8]) -> Result<(B256, Action), E
             ),
         });
     }
-    let text = std::str::from_utf8(message).ok().filter(|_| message.len() != 32);
+    let text = std::str::from_utf8(message)
+        .ok()
+        .filter(|_| message.len() != 32);
     let mut action = Action::new(
         key_id,
         if text.is_some() {

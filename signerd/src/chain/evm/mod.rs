@@ -24,8 +24,8 @@ pub use tx::{
     MAX_INIT_CODE_BYTES, PreparedTx, SignedTx, prepare_transaction,
 };
 pub use typed_data::{
-    MAX_ENCODED_TYPES_BYTES, MAX_ENCODED_VALUES, MAX_TYPED_DATA_JSON_BYTES,
-    MAX_TYPED_DATA_MEMBERS, MAX_TYPED_DATA_TYPES, prepare_typed_data,
+    MAX_ENCODED_TYPES_BYTES, MAX_ENCODED_VALUES, MAX_TYPED_DATA_JSON_BYTES, MAX_TYPED_DATA_MEMBERS,
+    MAX_TYPED_DATA_TYPES, prepare_typed_data,
 };
 
 /// A request field that is missing, malformed or not supported. Always the caller's fault.

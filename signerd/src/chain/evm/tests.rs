@@ -928,7 +928,8 @@ fn typed_data_values_must_match_types() {
     );
     let huge_value = abc.replace("\"abc\"", "100000000000000000000000");
     let json_int = prepare_typed_data("k", &huge_value).unwrap().0;
-    let string_int = prepare_typed_data("k", &abc.replace("\"abc\"", "\"100000000000000000000000\""));
+    let string_int =
+        prepare_typed_data("k", &abc.replace("\"abc\"", "\"100000000000000000000000\""));
     assert_eq!(json_int, string_int.unwrap().0);
     // Floats are refused, even when whole.
     assert_typed_err(
@@ -1016,7 +1017,10 @@ fn typed_data_bounds() {
         "types": {"EIP712Domain": [], "T": [{"name": "a", "type": deep_type}]},
         "primaryType": "T", "domain": {}, "message": {"a": []}
     });
-    assert_typed_err(&json.to_string(), "has 9 array dimensions; at most 8 accepted");
+    assert_typed_err(
+        &json.to_string(),
+        "has 9 array dimensions; at most 8 accepted",
+    );
     // Deep JSON nesting is refused by the parser, not by the stack.
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
     assert_typed_err(&deep, "invalid JSON");
@@ -1139,7 +1143,7 @@ fn odd_inputs_never_panic() {
     }
 }
 
-const PERMIT: &str = r#"{
+pub(crate) const PERMIT: &str = r#"{
   "types": {
     "EIP712Domain": [
       {"name": "name", "type": "string"},

@@ -446,7 +446,10 @@ fn tx_action(key_id: &str, chain_id: u64, to: Option<Address>, value: U256, data
 
 /// The selector of calldata `data` sent to `token`, and its decoded ERC-20 call when `data`
 /// is exactly the canonical encoding of `transfer`, `transferFrom` or `approve`.
-pub(super) fn decode_call(token: Address, data: &[u8]) -> (Option<[u8; 4]>, Option<(Kind, Erc20Call)>) {
+pub(super) fn decode_call(
+    token: Address,
+    data: &[u8],
+) -> (Option<[u8; 4]>, Option<(Kind, Erc20Call)>) {
     let selector = data.get(..4).and_then(|s| <[u8; 4]>::try_from(s).ok());
     let decoded = match selector {
         Some(erc20::transferCall::SELECTOR) => decode_exact::<erc20::transferCall>(data).map(|c| {

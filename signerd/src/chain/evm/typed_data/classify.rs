@@ -24,14 +24,18 @@ const EIP2612: &str =
     "Permit(address owner,address spender,uint256 value,uint256 nonce,uint256 deadline)";
 const DAI: &str =
     "Permit(address holder,address spender,uint256 nonce,uint256 expiry,bool allowed)";
-const PERMIT_DETAILS: &str = "PermitDetails(address token,uint160 amount,uint48 expiration,uint48 nonce)";
+const PERMIT_DETAILS: &str =
+    "PermitDetails(address token,uint160 amount,uint48 expiration,uint48 nonce)";
 const TOKEN_PERMISSIONS: &str = "TokenPermissions(address token,uint256 amount)";
-const PERMIT2_SINGLE: &str = "PermitSingle(PermitDetails details,address spender,uint256 sigDeadline)";
-const PERMIT2_BATCH: &str = "PermitBatch(PermitDetails[] details,address spender,uint256 sigDeadline)";
+const PERMIT2_SINGLE: &str =
+    "PermitSingle(PermitDetails details,address spender,uint256 sigDeadline)";
+const PERMIT2_BATCH: &str =
+    "PermitBatch(PermitDetails[] details,address spender,uint256 sigDeadline)";
 const PERMIT2_TRANSFER: &str =
     "PermitTransferFrom(TokenPermissions permitted,address spender,uint256 nonce,uint256 deadline)";
 const PERMIT2_BATCH_TRANSFER: &str = "PermitBatchTransferFrom(TokenPermissions[] permitted,address spender,uint256 nonce,uint256 deadline)";
-const EIP3009_FIELDS: &str = "(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)";
+const EIP3009_FIELDS: &str =
+    "(address from,address to,uint256 value,uint256 validAfter,uint256 validBefore,bytes32 nonce)";
 const SAFE_TX: &str = "SafeTx(address to,uint256 value,bytes data,uint8 operation,uint256 safeTxGas,uint256 baseGas,uint256 gasPrice,address gasToken,address refundReceiver,uint256 nonce)";
 
 /// Which standard `encode_type` (the primary type's EIP-712 `encodeType`) and the domain
@@ -109,7 +113,11 @@ pub(super) fn action(
     let mut grants: Vec<Option<TokenGrant>> = Vec::new();
     match std {
         TypedStandard::Eip2612Permit => {
-            grants.push(grant(token, addr(message, "spender"), uint(message, "value")));
+            grants.push(grant(
+                token,
+                addr(message, "spender"),
+                uint(message, "value"),
+            ));
             facts.deadline = uint(message, "deadline");
         }
         TypedStandard::DaiPermit => {
@@ -162,7 +170,9 @@ pub(super) fn action(
                 Some(J::Str(s)) => s.strip_prefix("0x").and_then(|h| hex::decode(h).ok()),
                 _ => None,
             };
-            if let (Some(to), Some(value), Some(data)) = (addr(message, "to"), uint(message, "value"), data) {
+            if let (Some(to), Some(value), Some(data)) =
+                (addr(message, "to"), uint(message, "value"), data)
+            {
                 action.to = Some(to);
                 action.value = value;
                 let (selector, erc20) = super::super::tx::decode_call(to, &data);

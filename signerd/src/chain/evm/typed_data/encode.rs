@@ -123,12 +123,10 @@ pub(super) fn is_struct_name(name: &str) -> bool {
     if !is_identifier(name) {
         return false;
     }
-    let family = ["uint", "int", "bytes", "fixed", "ufixed"]
-        .iter()
-        .any(|f| {
-            name.strip_prefix(f)
-                .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit() || c == 'x'))
-        });
+    let family = ["uint", "int", "bytes", "fixed", "ufixed"].iter().any(|f| {
+        name.strip_prefix(f)
+            .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit() || c == 'x'))
+    });
     !(family || matches!(name, "bool" | "address" | "string" | "function" | "byte"))
 }
 
@@ -244,7 +242,8 @@ impl Types {
             for d in deps.iter().filter(|d| **d != root) {
                 s.push_str(&self.definition(d));
             }
-            self.type_hashes.insert(root.clone(), keccak256(s.as_bytes()));
+            self.type_hashes
+                .insert(root.clone(), keccak256(s.as_bytes()));
             self.encoded.insert(root, s);
         }
         Ok(())
@@ -302,7 +301,9 @@ impl Types {
     ) -> Result<B256, String> {
         let (Some(members), Some(type_hash)) = (self.structs.get(name), self.type_hashes.get(name))
         else {
-            return Err(format!("{path}: internal error: type {name} was not prepared"));
+            return Err(format!(
+                "{path}: internal error: type {name} was not prepared"
+            ));
         };
         let Some(obj) = v.as_obj() else {
             return Err(format!(
@@ -310,7 +311,10 @@ impl Types {
                 v.describe()
             ));
         };
-        if let Some((k, _)) = obj.iter().find(|(k, _)| !members.iter().any(|m| m.name == *k)) {
+        if let Some((k, _)) = obj
+            .iter()
+            .find(|(k, _)| !members.iter().any(|m| m.name == *k))
+        {
             return Err(format!(
                 "{path}.{k:?} is not a member of type {name}; undeclared members would not be signed"
             ));
@@ -324,7 +328,13 @@ impl Types {
                     m.name
                 ));
             };
-            let word = self.encode_value(&m.ty, m.ty.dims.len(), child, &format!("{path}.{}", m.name), budget)?;
+            let word = self.encode_value(
+                &m.ty,
+                m.ty.dims.len(),
+                child,
+                &format!("{path}.{}", m.name),
+                budget,
+            )?;
             enc.extend_from_slice(word.as_slice());
         }
         Ok(keccak256(&enc))
@@ -374,12 +384,18 @@ fn encode_atomic(base: &Base, v: &J) -> Result<B256, String> {
     match base {
         Base::Bool => match v {
             J::Bool(b) => Ok(B256::with_last_byte(u8::from(*b))),
-            other => Err(format!("a bool must be true or false, not {}", other.describe())),
+            other => Err(format!(
+                "a bool must be true or false, not {}",
+                other.describe()
+            )),
         },
         Base::Address => Ok(parse_address(v)?.into_word()),
         Base::String => match v {
             J::Str(s) => Ok(keccak256(s.as_bytes())),
-            other => Err(format!("a string must be a JSON string, not {}", other.describe())),
+            other => Err(format!(
+                "a string must be a JSON string, not {}",
+                other.describe()
+            )),
         },
         Base::Bytes => Ok(keccak256(parse_hex_bytes(v, None)?)),
         Base::FixedBytes(n) => {
@@ -491,7 +507,8 @@ fn magnitude(digits: &str, radix: u32) -> Result<U256, String> {
     if significant.len() > 78 {
         return Err("does not fit in 256 bits".into());
     }
-    U256::from_str_radix(significant, u64::from(radix)).map_err(|_| "does not fit in 256 bits".into())
+    U256::from_str_radix(significant, u64::from(radix))
+        .map_err(|_| "does not fit in 256 bits".into())
 }
 
 /// A `uintN` value, checked to fit in `bits`.
@@ -518,5 +535,9 @@ fn parse_int(v: &J, bits: usize) -> Result<I256, String> {
         return Err(format!("does not fit in int{bits}"));
     }
     let positive = I256::from_raw(m);
-    Ok(if neg { positive.wrapping_neg() } else { positive })
+    Ok(if neg {
+        positive.wrapping_neg()
+    } else {
+        positive
+    })
 }

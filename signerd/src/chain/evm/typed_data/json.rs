@@ -121,7 +121,8 @@ fn number_texts(text: &str) -> impl Iterator<Item = &str> {
                 }
                 b'-' | b'0'..=b'9' => {
                     let start = i;
-                    while i < b.len() && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
+                    while i < b.len()
+                        && matches!(b[i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')
                     {
                         i += 1;
                     }
@@ -249,7 +250,11 @@ mod tests {
 
     #[test]
     fn duplicates_and_depth_are_refused() {
-        assert!(parse(r#"{"a":1,"a":2}"#).unwrap_err().contains("duplicate key"));
+        assert!(
+            parse(r#"{"a":1,"a":2}"#)
+                .unwrap_err()
+                .contains("duplicate key")
+        );
         let deep = format!("{}{}", "[".repeat(MAX_DEPTH + 1), "]".repeat(MAX_DEPTH + 1));
         assert!(parse(&deep).unwrap_err().contains("nested deeper"));
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));

@@ -95,7 +95,10 @@ pub fn prepare_typed_data(key_id: &str, json: &str) -> Result<(B256, Action), Ev
             "unknown top-level member {k:?}; expected only types, primaryType, domain and message"
         )));
     }
-    let member = |k: &str| root.get(k).ok_or_else(|| invalid(format!("missing top-level member {k:?}")));
+    let member = |k: &str| {
+        root.get(k)
+            .ok_or_else(|| invalid(format!("missing top-level member {k:?}")))
+    };
     let (types_json, primary, domain, message) = (
         member("types")?,
         member("primaryType")?,
@@ -118,8 +121,12 @@ pub fn prepare_typed_data(key_id: &str, json: &str) -> Result<(B256, Action), Ev
     }
     check_domain(&types, domain)?;
     types.prepare(&[DOMAIN, primary]).map_err(invalid)?;
-    let domain_separator = types.hash_struct(DOMAIN, domain, "domain").map_err(invalid)?;
-    let message_hash = types.hash_struct(primary, message, "message").map_err(invalid)?;
+    let domain_separator = types
+        .hash_struct(DOMAIN, domain, "domain")
+        .map_err(invalid)?;
+    let message_hash = types
+        .hash_struct(primary, message, "message")
+        .map_err(invalid)?;
     let mut preimage = [0u8; 66];
     preimage[..2].copy_from_slice(&[0x19, 0x01]);
     preimage[2..34].copy_from_slice(domain_separator.as_slice());
@@ -271,3 +278,6 @@ fn check_domain(types: &encode::Types, domain: &J) -> Result<(), EvmError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

@@ -372,7 +372,7 @@ impl KeyBackend for VaultBackend {
                 "the audit checkpoint key gave an ECDSA signature".to_owned(),
             )),
             Err(e) => Err(KeyError::Keystore(format!(
-                "audit checkpoint key `{}`: transit signature {e}",
+                "audit checkpoint key `{}`: {e}",
                 info.id
             ))),
         }
@@ -431,7 +431,7 @@ impl VaultBackend {
                     .map_err(|e| {
                         // Never sign wrongly: a bad answer is refused, and health is unaffected
                         // because Vault itself answered.
-                        KeyError::Keystore(format!("key `{id}`: transit signature {e}"))
+                        KeyError::Keystore(format!("key `{id}`: {e}"))
                     })
             }
         }

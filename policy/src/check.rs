@@ -34,6 +34,12 @@ impl fmt::Display for Warning {
     }
 }
 
+/// `n` followed by the singular or the plural noun: `1 warning`, `2 warnings`, `0 warnings`.
+pub fn counted(n: impl Into<u64>, singular: &str, plural: &str) -> String {
+    let n = n.into();
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
 /// Lints `policy`; warnings come in file order, rules first.
 pub fn check(policy: &Policy) -> Vec<Warning> {
     let mut out = Vec::new();
@@ -63,7 +69,8 @@ pub fn check(policy: &Policy) -> Vec<Warning> {
                     warn(
                         &mut out,
                         format!(
-                            "needs all {size} members of `{g}`; a member who requests can never reach it (the requester never counts)"
+                            "needs all {} of `{g}`; a member who requests can never reach it (the requester never counts)",
+                            counted(size as u64, "member", "members")
                         ),
                     );
                 }

@@ -195,8 +195,12 @@ pub fn diff(old: &Policy, new: &Policy) -> DiffReport {
             Some(before) if before != addrs => push(
                 format!("address book `{name}`"),
                 format!(
-                    "{} addresses added, {} removed",
-                    addrs.difference(before).count(),
+                    "{} added, {} removed",
+                    crate::counted(
+                        addrs.difference(before).count() as u64,
+                        "address",
+                        "addresses"
+                    ),
                     before.difference(addrs).count()
                 ),
                 false,
@@ -336,7 +340,13 @@ fn rule_changes(o: &Rule, n: &Rule) -> Vec<(String, bool)> {
         }
         for (g, m) in &b.groups {
             if !a.groups.iter().any(|(h, _)| h == g) {
-                out.push((format!("now also needs {m} approvals by `{g}`"), false));
+                out.push((
+                    format!(
+                        "now also needs {} by `{g}`",
+                        crate::counted(u64::from(*m), "approval", "approvals")
+                    ),
+                    false,
+                ));
             }
         }
         if b.ttl != a.ttl {
@@ -607,7 +617,7 @@ max_requests = 10
         loosens(
             &format!("addresses = [\"{A}\"]"),
             &format!("addresses = [\"{B}\"]"),
-            "address book `payees`: 1 addresses added, 1 removed",
+            "address book `payees`: 1 address added, 1 removed",
         );
     }
 

@@ -142,7 +142,7 @@ pub use action::{
 };
 pub use amount::{AmountFormat, Asset, AssetId};
 pub use cases::{CaseResult, TestReport, run_test_file, run_tests};
-pub use check::{Warning, check};
+pub use check::{Warning, check, counted};
 pub use diff::{Change, DiffReport, diff};
 pub use eval::{Charge, Evaluation, NoUsage, Request, Usage, Used, fits};
 pub use limit::BucketKey;

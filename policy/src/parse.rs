@@ -237,9 +237,75 @@ pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(
             file: file.to_owned(),
             line,
             column,
-            message: e.message().trim_end().to_owned(),
+            message: explain_toml_error(src, e.span(), e.message().trim_end()),
         }
     })
+}
+
+/// Makes a schema error from the TOML deserializer say which field it is about: a wrong type or
+/// value is prefixed with the key written before it (``chain_ids`: invalid type: ...``), and an
+/// unknown field or variant gets the closest known one as a suggestion.
+fn explain_toml_error(src: &str, span: Option<Range<usize>>, message: &str) -> String {
+    if let Some(rest) = message
+        .strip_prefix("unknown field `")
+        .or_else(|| message.strip_prefix("unknown variant `"))
+    {
+        let Some((unknown, expected)) = rest.split_once('`') else {
+            return message.to_owned();
+        };
+        let known = expected.split('`').skip(1).step_by(2);
+        return match closest(unknown, known) {
+            Some(field) => format!("{message}; did you mean `{field}`?"),
+            None => message.to_owned(),
+        };
+    }
+    let about_a_value = ["invalid type", "invalid value", "invalid length"]
+        .iter()
+        .any(|p| message.starts_with(p));
+    let key = span.filter(|_| about_a_value).and_then(|s| {
+        let before = src.get(..s.start)?;
+        let line = before.rsplit('\n').next()?;
+        let line = line.trim_end().strip_suffix('=')?.trim_end();
+        let start = line
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .map_or(0, |i| i + 1);
+        Some(&line[start..]).filter(|k| !k.is_empty())
+    });
+    match key {
+        Some(key) => format!("`{key}`: {message}"),
+        None => message.to_owned(),
+    }
+}
+
+/// The known name closest to `unknown` by edit distance, if it is close enough to be a typo
+/// (at most a third of the longer name, and at least one edit allowed), or starts with it.
+fn closest<'a>(unknown: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut best: Option<(usize, &str)> = None;
+    for k in known {
+        let d = edit_distance(unknown, k);
+        let limit = (unknown.chars().count().max(k.chars().count()) / 3).max(1);
+        let close = d <= limit || (unknown.len() >= 3 && k.starts_with(unknown));
+        if close && best.is_none_or(|(b, _)| d < b) {
+            best = Some((d, k));
+        }
+    }
+    best.map(|(_, k)| k)
+}
+
+/// Levenshtein distance in characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// 1-based line and column (in characters) of byte offset `at` in `src`, as every error of

@@ -742,7 +742,7 @@ impl Signer {
                     .pending_reply(&caller.identity.id, &prepared.request_id)
                     .await;
             }
-            return replay(stored, &fingerprint);
+            return replay(stored, &fingerprint, prepared.method);
         }
 
         let t = std::time::Instant::now();
@@ -1171,6 +1171,22 @@ pub fn validate_request_id(id: &str) -> Result<(), ServiceError> {
     Ok(())
 }
 
+/// Why a `request_id` already used by an `earlier` request of another content cannot be used by
+/// this `method` call: names both methods, which may differ.
+fn reused_message(earlier: &str, method: &str) -> String {
+    if earlier == method {
+        format!(
+            "request_id was already used for a different {earlier} request; use a new request_id \
+             for a new request"
+        )
+    } else {
+        format!(
+            "request_id was already used for a {earlier} request; this {method} request needs a \
+             new request_id"
+        )
+    }
+}
+
 /// SHA-256 over the method, the key and what is signed: equal for exactly the same request.
 fn fingerprint(p: &Prepared) -> String {
     let mut h = Sha256::new();
@@ -1183,11 +1199,15 @@ fn fingerprint(p: &Prepared) -> String {
     hex::encode(h.finalize())
 }
 
-fn replay<R: SignResponse>(stored: StoredRequest, fingerprint: &str) -> Result<R, ServiceError> {
+fn replay<R: SignResponse>(
+    stored: StoredRequest,
+    fingerprint: &str,
+    method: &str,
+) -> Result<R, ServiceError> {
     if stored.fingerprint != fingerprint {
-        return Err(ServiceError::Aborted(format!(
-            "request_id was already used for a different {} request",
-            stored.method
+        return Err(ServiceError::Aborted(reused_message(
+            &stored.method,
+            method,
         )));
     }
     tracing::debug!("replaying stored outcome");
@@ -1480,6 +1500,20 @@ fn ecdsa_proto(r: &[u8; 32], s: &[u8; 32], y_parity: bool, v: u64) -> v1::Signat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reused_request_id_names_both_methods() {
+        assert_eq!(
+            reused_message("SignEvmTransaction", "SignEvmMessage"),
+            "request_id was already used for a SignEvmTransaction request; this SignEvmMessage \
+             request needs a new request_id"
+        );
+        assert_eq!(
+            reused_message("SignDigest", "SignDigest"),
+            "request_id was already used for a different SignDigest request; use a new \
+             request_id for a new request"
+        );
+    }
 
     #[test]
     fn request_ids_are_validated() {

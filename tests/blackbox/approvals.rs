@@ -679,9 +679,9 @@ pub(crate) fn ctl_as(env: &TestEnv, d: &Daemon, who: &str, args: &[&str]) -> Exi
         .arg(d.endpoint())
         .arg("--ca")
         .arg(pki.join("ca.pem"))
-        .arg("--cert")
+        .arg("--client-cert")
         .arg(pki.join(format!("{who}.pem")))
-        .arg("--key")
+        .arg("--client-key")
         .arg(pki.join(format!("{who}-key.pem")))
         .args(args);
     run_to_exit(cmd, Duration::from_secs(60))

@@ -64,7 +64,13 @@ async fn reused_id_with_another_request_is_aborted() {
         ..eip1559("reused")
     };
     let st = refused("different body", c.sign_evm_transaction(other).await);
-    assert_status("different body", &st, Code::Aborted, "already used");
+    assert_status(
+        "different body",
+        &st,
+        Code::Aborted,
+        "request_id was already used for a different SignEvmTransaction request; use a new \
+         request_id for a new request",
+    );
     // Another method with the same id is a different request too.
     let st = refused(
         "different method",
@@ -76,7 +82,13 @@ async fn reused_id_with_another_request_is_aborted() {
         })
         .await,
     );
-    assert_eq!(st.code(), Code::Aborted, "{st:?}");
+    assert_status(
+        "different method",
+        &st,
+        Code::Aborted,
+        "request_id was already used for a SignEvmTransaction request; this SignEvmMessage \
+         request needs a new request_id",
+    );
 
     // The original request still replays.
     let again = c

@@ -123,7 +123,14 @@ async fn sighup_reloads_a_newer_policy_and_keeps_the_old_on_error() {
     let audit = env.wait_audit(|a| a.of_type("policy.load").len() == 2);
     let loads = audit.of_type("policy.load");
     assert_eq!(loads[0]["source"], "startup");
+    assert!(
+        loads[0].get("actor").is_none(),
+        "no actor at start-up: {}",
+        loads[0]
+    );
     assert_eq!(loads[1]["source"], "sighup");
+    // A reload by signal has no client actor: the member is there, and null.
+    assert_eq!(loads[1].get("actor"), Some(&serde_json::Value::Null));
     assert_eq!(loads[1]["old_serial"], 1);
     assert_eq!(loads[1]["new_serial"], 2);
     assert_eq!(loads[1]["old_hash"], loads[0]["new_hash"]);
@@ -216,6 +223,7 @@ async fn admin_rpc_reloads_with_serial_rules() {
 
     let audit = env.wait_audit(|a| a.of_type("policy.load").len() == 3);
     let loads = audit.of_type("policy.load");
+    assert_eq!(loads[1]["source"], "rpc");
     assert_eq!(loads[1]["actor"], "admin");
     assert_eq!(loads[1]["forced"], true);
     assert_eq!(loads[2]["forced"], false);

@@ -373,3 +373,39 @@ fn asset_refs_have_clear_errors() {
     ));
     assert!(e.contains("unknown field `symbol`"), "{e}");
 }
+
+#[test]
+fn schema_errors_name_the_field_and_suggest_a_known_one() {
+    let e = err(&with(
+        "[[limit]]\nid = \"l\"\nchain_ids = 1\nasset = \"native\"\nper_tx_max = 5\n",
+    ));
+    assert!(
+        e.starts_with("p.toml:5:13: `chain_ids`: invalid type: integer `1`, expected a sequence"),
+        "{e}"
+    );
+    let e = err(&with(
+        "[[rule]]\nid = \"a\"\neffect = \"allow\"\nchian_ids = [1]\n",
+    ));
+    assert!(
+        e.starts_with("p.toml:6:1: unknown field `chian_ids`"),
+        "{e}"
+    );
+    assert!(e.ends_with("; did you mean `chain_ids`?"), "{e}");
+    let e = err(&with(
+        "[[rule]]\nid = \"a\"\neffect = \"allow\"\nzzzzzz = 1\n",
+    ));
+    assert!(!e.contains("did you mean"), "{e}");
+    assert_eq!(edit_distance("windwo", "window"), 2);
+    assert_eq!(
+        closest("valu", ["id", "value_max"].into_iter()),
+        Some("value_max")
+    );
+}
+
+#[test]
+fn an_unknown_kind_suggests_the_closest() {
+    let e = err(&with(
+        "[[rule]]\nid = \"a\"\neffect = \"allow\"\nkinds = [\"raw_digset\"]\n",
+    ));
+    assert!(e.ends_with("; did you mean `raw_digest`?"), "{e}");
+}

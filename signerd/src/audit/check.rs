@@ -113,13 +113,36 @@ pub(crate) struct OpenRequest {
 
 /// Joins `sign.decision` and `sign.result` records to their `sign.request`.
 ///
-/// Decisions and results carry only `req_id`, which is unique per client, not globally, so
-/// requests with the same `req_id` are matched in order (first open request first). The counts
-/// this gives are exact; which of two concurrent same-`req_id` requests a record belongs to is
-/// not recorded.
+/// Every one of them carries `client` and `req_id`; a `req_id` is unique per client, so a
+/// record belongs to an open request of the same client and `req_id`. Open requests with the
+/// same pair (a retry after a restart) are matched in order, first open request first.
 #[derive(Debug, Default)]
 pub(crate) struct Pairing {
-    open: HashMap<Option<String>, VecDeque<OpenRequest>>,
+    open: HashMap<RequestKey, VecDeque<OpenRequest>>,
+}
+
+/// What joins the records of one request: (`client`, `req_id`), each `None` for `null`.
+type RequestKey = (Option<String>, Option<String>);
+
+fn request_key(env: &envelope::Envelope<'_>) -> Result<RequestKey, String> {
+    Ok((opt_string(&env.client), req_key(&env.req_id)?))
+}
+
+impl Pairing {
+    /// The open requests a decision or result belongs to. A record without `client` (the
+    /// `unknown_crash` results of earlier releases) belongs to the oldest open request with its
+    /// `req_id`, whatever the client.
+    fn key_for(&self, key: RequestKey) -> RequestKey {
+        if key.0.is_some() {
+            return key;
+        }
+        self.open
+            .iter()
+            .filter(|((_, r), q)| *r == key.1 && !q.is_empty())
+            .min_by_key(|(_, q)| q.front().map(|o| o.seq))
+            .map(|(k, _)| k.clone())
+            .unwrap_or(key)
+    }
 }
 
 fn req_key(field: &Field<'_>) -> Result<Option<String>, String> {
@@ -134,24 +157,28 @@ fn opt_string(field: &Field<'_>) -> Option<String> {
     field.as_str().map(str::to_owned)
 }
 
-fn show(req_id: &Option<String>) -> String {
-    match req_id {
+fn show(key: &RequestKey) -> String {
+    let req_id = match &key.1 {
         Some(r) => format!("`{r}`"),
         None => "null".to_owned(),
+    };
+    match &key.0 {
+        Some(c) => format!("{req_id} of client `{c}`"),
+        None => req_id,
     }
 }
 
 impl Pairing {
     /// A `sign.request`.
     pub(crate) fn request(&mut self, seq: u64, env: &envelope::Envelope<'_>) -> Result<(), String> {
-        let req_id = req_key(&env.req_id)?;
+        let key = request_key(env)?;
         self.open
-            .entry(req_id.clone())
+            .entry(key.clone())
             .or_default()
             .push_back(OpenRequest {
                 seq,
-                req_id,
-                client: opt_string(&env.client),
+                req_id: key.1,
+                client: key.0,
                 key: opt_string(&env.key),
                 decision: None,
                 pending: false,
@@ -165,7 +192,7 @@ impl Pairing {
         seq: u64,
         env: &envelope::Envelope<'_>,
     ) -> Result<OpenRequest, String> {
-        let req_id = req_key(&env.req_id)?;
+        let req_id = self.key_for(request_key(env)?);
         let allow = match env.decision.as_str() {
             Some("allow") => Some(true),
             Some("deny") => Some(false),
@@ -192,7 +219,7 @@ impl Pairing {
 
     /// A `sign.result`: closes and returns its request.
     pub(crate) fn result(&mut self, env: &envelope::Envelope<'_>) -> Result<OpenRequest, String> {
-        let req_id = req_key(&env.req_id)?;
+        let req_id = self.key_for(request_key(env)?);
         let found = match self.open.get_mut(&req_id) {
             Some(q) => {
                 let r = q.pop_front();
@@ -213,7 +240,7 @@ impl Pairing {
 
     /// The context of a record about `req_id` that does not open or close a request.
     pub(crate) fn peek(&self, env: &envelope::Envelope<'_>) -> Option<&OpenRequest> {
-        let req_id = req_key(&env.req_id).ok()?;
+        let req_id = self.key_for(request_key(env).ok()?);
         self.open.get(&req_id).and_then(|q| q.front())
     }
 
@@ -626,7 +653,7 @@ impl Checker {
                 {
                     return Err(fail(format!(
                         "request {} was allowed (sign.decision at seq {}) but has no sign.result before signerd restarted here; recovery should have recorded `unknown_crash`",
-                        show(&r.req_id),
+                        show(&(r.client.clone(), r.req_id.clone())),
                         r.decision.map_or(0, |(_, s)| s)
                     )));
                 }

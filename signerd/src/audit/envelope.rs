@@ -149,7 +149,7 @@ pub(crate) struct Envelope<'a> {
     pub(crate) decision: Field<'a>,
     /// `status` (`sign.result`).
     pub(crate) status: Field<'a>,
-    /// `client` (`sign.request`).
+    /// `client` (`sign.*` records and approval records: the requesting client).
     pub(crate) client: Field<'a>,
     /// `key` (`sign.request`).
     pub(crate) key: Field<'a>,

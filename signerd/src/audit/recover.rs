@@ -513,6 +513,7 @@ pub(super) fn apply(
     for open in checker.pairing.open_allows() {
         records.push(msg(&Record::new("sign.result")
             .field("req_id", open.req_id.as_deref())
+            .field("client", open.client.as_deref())
             .field("status", "unknown_crash")
             .field("decision_seq", open.decision.map(|(_, s)| s))
             .field(

@@ -1035,6 +1035,10 @@ async fn crash_with_allowed_request_records_unknown_crash() {
     let new: Vec<serde_json::Value> = lines[before..].iter().map(|l| json(l)).collect();
     assert_eq!(new[0]["type"], "sign.result");
     assert_eq!(new[0]["req_id"], "lost");
+    assert_eq!(
+        new[0]["client"], "app",
+        "a result names its client, as the spec says"
+    );
     assert_eq!(new[0]["status"], "unknown_crash");
     let decision_seq = lines
         .iter()
@@ -1646,6 +1650,59 @@ async fn prove_and_check_inclusion() {
     }
     let err = prove::prove(dir.path(), 15).unwrap_err();
     assert!(err.contains("not covered by a checkpoint yet"), "{err}");
+}
+
+#[tokio::test]
+async fn decisions_and_results_pair_by_client_and_req_id() {
+    let dir = TempDir::new("pair-by-client");
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    // Two clients use the same req_id; the second one's request is decided and finished first.
+    for (client, key) in [("a", "k-a"), ("b", "k-b")] {
+        log.append(
+            Record::new("sign.request")
+                .field("req_id", "r")
+                .field("client", client)
+                .field("key", key),
+        )
+        .unwrap();
+    }
+    for (client, decision, status) in [("b", "deny", "denied"), ("a", "allow", "signed")] {
+        log.append(
+            Record::new("sign.decision")
+                .field("req_id", "r")
+                .field("client", client)
+                .field("decision", decision),
+        )
+        .unwrap();
+        log.append(
+            Record::new("sign.result")
+                .field("req_id", "r")
+                .field("client", client)
+                .field("status", status),
+        )
+        .unwrap();
+    }
+    log.shutdown().await.unwrap();
+    let r = verify(dir.path());
+    assert!(r.pending.is_empty());
+    let mut rows = Vec::new();
+    query::query(
+        dir.path(),
+        &query::Filter {
+            key: Some("k-b".into()),
+            kind: Some("sign.*".into()),
+            ..Default::default()
+        },
+        |r| {
+            rows.push(r.clone());
+            Ok(())
+        },
+    )
+    .unwrap();
+    let summary: Vec<String> = rows.iter().map(|r| query::summary(&r.line)).collect();
+    assert_eq!(rows.len(), 3, "{summary:?}");
+    assert!(rows.iter().all(|r| r.client.as_deref() == Some("b")));
+    assert!(summary[1].starts_with("deny"), "{summary:?}");
 }
 
 #[tokio::test]

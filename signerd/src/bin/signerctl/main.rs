@@ -43,14 +43,14 @@ struct Conn {
     #[arg(long, global = true)]
     endpoint: Option<String>,
     /// CA certificate that issued the server's certificate (PEM).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "FILE")]
     ca: Option<PathBuf>,
-    /// Client certificate (PEM).
-    #[arg(long, global = true)]
-    cert: Option<PathBuf>,
+    /// Client certificate (PEM). (`--key` is the signing key id of `sign` and `bench`.)
+    #[arg(long, global = true, value_name = "FILE")]
+    client_cert: Option<PathBuf>,
     /// Client private key (PEM).
-    #[arg(long, global = true)]
-    key: Option<PathBuf>,
+    #[arg(long, global = true, value_name = "FILE")]
+    client_key: Option<PathBuf>,
     /// A `signerd dev` directory: use its CA, its address and the certificate named by --as.
     #[arg(long, global = true)]
     dev: Option<PathBuf>,
@@ -260,8 +260,8 @@ fn settings(c: &Conn) -> anyhow::Result<ClientSettings> {
         s.server_name = c.server_name.clone();
         return Ok(s);
     }
-    let (Some(ca), Some(cert), Some(key)) = (&c.ca, &c.cert, &c.key) else {
-        bail!("give --ca, --cert and --key (or --dev DIR --as NAME)");
+    let (Some(ca), Some(cert), Some(key)) = (&c.ca, &c.client_cert, &c.client_key) else {
+        bail!("give --ca, --client-cert and --client-key (or --dev DIR --as NAME)");
     };
     Ok(ClientSettings {
         endpoint: c
@@ -737,4 +737,103 @@ async fn sign(conn: &Conn, json_out: bool, cmd: SignCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every flag of `cmd` and its subcommands, with the global flags of its ancestors, must have
+    /// one meaning: a name (long, short or alias) that appears twice in one command's effective
+    /// argument list is reported as `command path: --name (arg a, arg b)`. clap's own debug
+    /// assertions do not see a global flag shadowed by a subcommand's flag of the same name.
+    fn duplicate_flags(
+        cmd: &clap::Command,
+        path: &str,
+        inherited: &[clap::Arg],
+        found: &mut Vec<String>,
+    ) {
+        let mut effective: Vec<clap::Arg> = inherited.to_vec();
+        effective.extend(cmd.get_arguments().cloned());
+        let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for arg in &effective {
+            let id = arg.get_id().to_string();
+            let longs = arg
+                .get_long()
+                .into_iter()
+                .chain(arg.get_all_aliases().unwrap_or_default())
+                .map(|l| format!("--{l}"));
+            let shorts = arg
+                .get_short()
+                .into_iter()
+                .chain(arg.get_all_short_aliases().unwrap_or_default())
+                .map(|s| format!("-{s}"));
+            for name in longs.chain(shorts) {
+                names.entry(name).or_default().push(id.clone());
+            }
+        }
+        for (name, ids) in names {
+            if ids.len() > 1 {
+                found.push(format!("{path}: {name} ({})", ids.join(", ")));
+            }
+        }
+        let globals: Vec<clap::Arg> = effective
+            .iter()
+            .filter(|a| a.is_global_set())
+            .cloned()
+            .collect();
+        for sub in cmd.get_subcommands() {
+            duplicate_flags(sub, &format!("{path} {}", sub.get_name()), &globals, found);
+        }
+    }
+
+    #[test]
+    fn no_flag_has_two_meanings_in_any_subcommand() {
+        let root = Cli::command();
+        root.clone().debug_assert();
+        let mut found = Vec::new();
+        duplicate_flags(&root, "signerctl", &[], &mut found);
+        assert!(found.is_empty(), "flags named twice: {found:#?}");
+    }
+
+    #[test]
+    fn a_signing_key_id_and_a_client_key_file_parse_together() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "signerctl",
+            "sign",
+            "evm-tx",
+            "--client-cert",
+            "c.pem",
+            "--client-key",
+            "c-key.pem",
+            "--ca",
+            "ca.pem",
+            "--key",
+            "dev-secp256k1",
+            "--chain-id",
+            "1",
+            "--nonce",
+            "0",
+        ])
+        .map_err(|e| e.to_string());
+        let cli = match cli {
+            Ok(cli) => cli,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(
+            cli.conn.client_key.as_deref(),
+            Some(std::path::Path::new("c-key.pem"))
+        );
+        match cli.command {
+            super::Command::Sign(super::SignCmd::EvmTx { common, .. }) => {
+                assert_eq!(common.key_id, "dev-secp256k1")
+            }
+            _ => panic!("parsed as another command"),
+        }
+    }
 }

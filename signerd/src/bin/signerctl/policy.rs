@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::Subcommand;
-use signerd_policy::{MAX_POLICY_BYTES, Policy};
+use signerd_policy::{MAX_POLICY_BYTES, Policy, counted};
 
 #[derive(Subcommand)]
 pub(crate) enum PolicyCmd {
@@ -59,6 +59,18 @@ fn load(path: &Path) -> anyhow::Result<Policy> {
     )?)
 }
 
+/// The last line of `policy check`.
+fn check_summary(file: &Path, policy: &Policy, warnings: usize) -> String {
+    format!(
+        "{}: OK (serial {}, {}, {}, sha256 {})",
+        file.display(),
+        policy.serial(),
+        counted(policy.rules().len() as u64, "rule", "rules"),
+        counted(warnings as u64, "warning", "warnings"),
+        policy.hash_hex()
+    )
+}
+
 pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
     match cmd {
         PolicyCmd::Check { file } => {
@@ -78,14 +90,7 @@ pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
                 for w in &warnings {
                     println!("warning: {w}");
                 }
-                println!(
-                    "{}: OK (serial {}, {} rules, {} warnings, sha256 {})",
-                    file.display(),
-                    policy.serial(),
-                    policy.rules().len(),
-                    warnings.len(),
-                    policy.hash_hex()
-                );
+                println!("{}", check_summary(&file, &policy, warnings.len()));
             }
             Ok(())
         }
@@ -98,9 +103,9 @@ pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
             println!("{} passed, {} failed", report.passed(), report.failed());
             if !report.is_success() {
                 bail!(
-                    "{} of {} cases failed",
+                    "{} of {} failed",
                     report.failed(),
-                    report.results.len()
+                    counted(report.results.len() as u64, "case", "cases")
                 );
             }
             Ok(())
@@ -130,5 +135,23 @@ pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
             println!("nothing is loosened");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn counts_are_pluralized() {
+        let src = "version = 1\nserial = 3\n[[rule]]\nid = \"r\"\neffect = \"deny\"\n";
+        let policy = signerd_policy::Policy::parse("p.toml", src).unwrap();
+        let line = super::check_summary(std::path::Path::new("p.toml"), &policy, 1);
+        assert!(
+            line.starts_with("p.toml: OK (serial 3, 1 rule, 1 warning, sha256 "),
+            "{line}"
+        );
+        let line = super::check_summary(std::path::Path::new("p.toml"), &policy, 2);
+        assert!(line.contains(", 1 rule, 2 warnings,"), "{line}");
     }
 }

@@ -102,13 +102,39 @@ fn http_client(cfg: &VaultKeysConfig) -> Result<reqwest::Client, KeyError> {
         .map_err(|e| KeyError::Keystore(format!("keys.vault: HTTP client set-up: {e}")))
 }
 
-/// Maps a `vaultrs` error to a [`KeyError`]; `what` names the operation.
+/// Longest text from Vault that reaches a log line or an error message, in characters.
+pub(crate) const MAX_VAULT_TEXT: usize = 300;
+
+/// Text that came from Vault (or from the HTTP stack talking to it), made safe for one log line:
+/// control characters (newlines included) are escaped as `\n`, `\u{1b}`, ..., and the result
+/// is cut to [`MAX_VAULT_TEXT`] characters, ending with `…` when cut.
+pub(crate) fn vault_text(s: &str) -> String {
+    let mut out = String::new();
+    let mut len = 0;
+    for c in s.chars() {
+        let piece: String = if c.is_control() {
+            c.escape_default().collect()
+        } else {
+            c.to_string()
+        };
+        let n = piece.chars().count();
+        if len + n > MAX_VAULT_TEXT {
+            out.push('…');
+            break;
+        }
+        out.push_str(&piece);
+        len += n;
+    }
+    out
+}
+
+/// Maps a `vaultrs` error to a [`KeyError`]; `what` names the operation. Vault's text is made
+/// single-line and bounded ([`vault_text`]) before it enters the error.
 pub(crate) fn classify(what: &str, e: &ClientError) -> KeyError {
     match e {
         ClientError::APIError { code, errors } => {
             // Vault's error strings describe the request, never the token.
-            let detail = errors.join("; ");
-            let detail: String = detail.chars().take(300).collect();
+            let detail = vault_text(&errors.join("; "));
             match code {
                 401 | 403 => KeyError::Denied(format!(
                     "vault {what}: permission denied (HTTP {code}): {detail}"
@@ -141,10 +167,9 @@ pub(crate) fn classify(what: &str, e: &ClientError) -> KeyError {
                     return KeyError::Unavailable(format!("vault {what}: Vault is sealed"));
                 }
             }
-            let msg: String = msg.chars().take(300).collect();
-            KeyError::Unavailable(format!("vault {what}: {msg}"))
+            KeyError::Unavailable(format!("vault {what}: {}", vault_text(&msg)))
         }
-        other => KeyError::Unavailable(format!("vault {what}: {other}")),
+        other => KeyError::Unavailable(format!("vault {what}: {}", vault_text(&other.to_string()))),
     }
 }
 
@@ -456,5 +481,36 @@ mod tests {
         );
         let e = classify("sign", &api(400, &["invalid key version"]));
         assert!(matches!(&e, KeyError::Keystore(m) if m.contains("invalid key version")));
+    }
+
+    #[test]
+    fn vault_text_is_one_bounded_line() {
+        let e = classify(
+            "sign",
+            &api(
+                400,
+                &["1 error occurred:\n\t* bad input\r\n\u{1b}[31m", "second"],
+            ),
+        );
+        assert_eq!(
+            e.to_string(),
+            KeyError::Keystore(
+                "vault sign: HTTP 400: 1 error occurred:\\n\\t* bad input\\r\\n\\u{1b}[31m; second"
+                    .to_owned()
+            )
+            .to_string()
+        );
+        let long = "x\n".repeat(1000);
+        let KeyError::Unavailable(e) = classify("sign", &api(500, &[&long])) else {
+            panic!("HTTP 500 is unavailable");
+        };
+        assert!(!e.contains('\n') && !e.contains('\r'), "{e}");
+        assert!(e.ends_with('…'), "{e}");
+        assert!(e.chars().count() <= "vault sign: HTTP 500: ".len() + MAX_VAULT_TEXT + 1);
+        assert_eq!(vault_text("ok"), "ok");
+        assert_eq!(
+            vault_text(&"é".repeat(400)).chars().count(),
+            MAX_VAULT_TEXT + 1
+        );
     }
 }

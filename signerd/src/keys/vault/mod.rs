@@ -89,7 +89,7 @@ async fn discover_native(
             continue;
         };
         if let Err(e) = super::soft::validate_key_id(id) {
-            tracing::warn!(transit_key = %name, error = %e, "ignoring transit key: not a valid key id");
+            tracing::warn!(transit_key = %client::vault_text(&name), error = %e, "ignoring transit key: not a valid key id");
             continue;
         }
         if cfg.wrapping_key.as_deref() == Some(name.as_str()) {
@@ -112,10 +112,10 @@ async fn discover_native(
                 );
             }
             Ok(None) => {
-                tracing::warn!(transit_key = %name, "ignoring transit key: not an ed25519 or ecdsa-p256 key");
+                tracing::warn!(transit_key = %client::vault_text(&name), "ignoring transit key: not an ed25519 or ecdsa-p256 key");
             }
             Err(KeyError::Keystore(e)) => {
-                tracing::warn!(transit_key = %name, error = %e, "ignoring transit key");
+                tracing::warn!(transit_key = %client::vault_text(&name), error = %e, "ignoring transit key");
             }
             Err(e) => return Err(e),
         }
@@ -372,7 +372,7 @@ impl KeyBackend for VaultBackend {
                 "the audit checkpoint key gave an ECDSA signature".to_owned(),
             )),
             Err(e) => Err(KeyError::Keystore(format!(
-                "audit checkpoint key `{}`: transit signature {e}",
+                "audit checkpoint key `{}`: {e}",
                 info.id
             ))),
         }
@@ -431,7 +431,7 @@ impl VaultBackend {
                     .map_err(|e| {
                         // Never sign wrongly: a bad answer is refused, and health is unaffected
                         // because Vault itself answered.
-                        KeyError::Keystore(format!("key `{id}`: transit signature {e}"))
+                        KeyError::Keystore(format!("key `{id}`: {e}"))
                     })
             }
         }

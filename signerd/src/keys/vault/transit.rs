@@ -42,7 +42,7 @@ pub(crate) fn split_versioned(s: &str) -> Result<(u32, &str), String> {
     }
     let version: u32 = num
         .parse()
-        .map_err(|_| format!("invalid version `{num}`"))?;
+        .map_err(|_| format!("has an invalid version `{num}`"))?;
     if version == 0 || version > MAX_VERSION {
         return Err(format!(
             "has version {version}, out of range 1..={MAX_VERSION}"
@@ -56,7 +56,8 @@ pub(crate) fn split_versioned(s: &str) -> Result<(u32, &str), String> {
 
 /// Parses a transit signature made by key version `want_version` of a key with public key
 /// `public_key`, over `digest` (ECDSA P-256) or `message` (Ed25519), into a normalized,
-/// verified [`RawSignature`].
+/// verified [`RawSignature`]. An error is a sentence about Vault's answer, to follow
+/// ``key `ID`: ``.
 pub(crate) fn parse_signature(
     algorithm: Algorithm,
     public_key: &[u8],
@@ -64,15 +65,26 @@ pub(crate) fn parse_signature(
     signed: &[u8],
     answer: &str,
 ) -> Result<RawSignature, String> {
-    let (version, payload) = split_versioned(answer)?;
+    parse_checked(algorithm, public_key, want_version, signed, answer)
+        .map_err(|e| format!("Vault's transit signature was refused: {e}"))
+}
+
+fn parse_checked(
+    algorithm: Algorithm,
+    public_key: &[u8],
+    want_version: u32,
+    signed: &[u8],
+    answer: &str,
+) -> Result<RawSignature, String> {
+    let (version, payload) = split_versioned(answer).map_err(|e| format!("it {e}"))?;
     if version != want_version {
         return Err(format!(
-            "was made with key version {version}, but version {want_version} was requested"
+            "it was made with key version {version}, but version {want_version} was requested"
         ));
     }
     let bytes = B64
         .decode(payload)
-        .map_err(|e| format!("payload is not base64: {e}"))?;
+        .map_err(|e| format!("its payload is not base64: {e}"))?;
     match algorithm {
         Algorithm::Ed25519 => crate::keys::verify::check_ed25519(public_key, signed, &bytes),
         Algorithm::P256 => {
@@ -80,7 +92,7 @@ pub(crate) fn parse_signature(
                 .try_into()
                 .map_err(|_| "P-256 signs a 32-byte digest".to_owned())?;
             let sig = p256::ecdsa::Signature::from_der(&bytes)
-                .map_err(|_| "P-256 signature is not valid DER".to_owned())?;
+                .map_err(|_| "its P-256 signature is not valid DER".to_owned())?;
             crate::keys::verify::normalize_ecdsa(
                 Algorithm::P256,
                 public_key,
@@ -371,7 +383,11 @@ mod tests {
         let e = parse_signature(Algorithm::Ed25519, &pk, 3, b"hello", &answer).unwrap_err();
         assert!(e.contains("version 2"), "{e}");
         let e = parse_signature(Algorithm::Ed25519, &pk, 2, b"other", &answer).unwrap_err();
-        assert!(e.contains("does not verify"), "{e}");
+        assert_eq!(
+            e,
+            "Vault's transit signature was refused: the signer's Ed25519 signature does not \
+             verify against the key"
+        );
         let e = parse_signature(Algorithm::Ed25519, &pk, 2, b"hello", "vault:v2:AAAA").unwrap_err();
         assert!(e.contains("expected 64"), "{e}");
     }

@@ -16,6 +16,7 @@ mod audit_recovery;
 mod audit_support;
 mod audit_tamper;
 mod badinput;
+mod bypasses;
 mod dev;
 mod failclosed;
 mod idempotency;

@@ -554,6 +554,20 @@ pub(crate) mod tests {
         }
     }
 
+    /// docs/policy.md lists every example policy in full; a listing that drifted from its file
+    /// would teach a policy that is not the tested one.
+    #[test]
+    fn the_policy_reference_lists_every_example_as_it_is() {
+        let doc = include_str!("../../docs/policy.md");
+        for (name, src, _) in EXAMPLES {
+            let listing = format!("```toml\n{src}```");
+            assert!(
+                doc.contains(&listing),
+                "docs/policy.md does not list policy/examples/{name}.toml as it is"
+            );
+        }
+    }
+
     #[test]
     fn a_failing_case_is_reported_with_its_explanation() {
         let (_, src, _) = EXAMPLES[0];

@@ -61,7 +61,10 @@ pub enum ApprovalError {
     },
     /// The vote's expiry is not in (now, deadline].
     #[error(
-        "expires_unix {expires} must be after now ({now}) and at most the request's deadline ({deadline})"
+        "expires_unix {expires} ({}) must be after now ({}) and at most the request's deadline ({})",
+        rfc3339(*expires),
+        rfc3339(*now),
+        rfc3339(*deadline)
     )]
     BadExpiry {
         /// The vote's expiry.
@@ -392,10 +395,37 @@ fn place<'a>(
     false
 }
 
+/// A point in time for people: RFC 3339 in UTC to the second (`2026-12-04T20:16:22Z`), or the
+/// raw number when it is outside what a clock can show.
+pub fn rfc3339(unix: i64) -> String {
+    u64::try_from(unix)
+        .ok()
+        .and_then(|s| std::time::UNIX_EPOCH.checked_add(std::time::Duration::from_secs(s)))
+        .filter(|t| *t < std::time::UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_800))
+        .map(|t| humantime::format_rfc3339_seconds(t).to_string())
+        .unwrap_or_else(|| format!("{unix} (seconds since 1970)"))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+
+    #[test]
+    fn times_in_messages_are_rfc3339() {
+        assert_eq!(super::rfc3339(1_796_408_445), "2026-12-04T18:20:45Z");
+        assert_eq!(super::rfc3339(-1), "-1 (seconds since 1970)");
+        let e = super::ApprovalError::BadExpiry {
+            expires: 1_796_408_445,
+            now: 1_796_408_446,
+            deadline: 1_796_408_500,
+        };
+        assert_eq!(
+            e.to_string(),
+            "expires_unix 1796408445 (2026-12-04T18:20:45Z) must be after now \
+             (2026-12-04T18:20:46Z) and at most the request's deadline (2026-12-04T18:21:40Z)"
+        );
+    }
 
     fn req(group: &str, min: u32, members: &[&str], veto: bool) -> Requirement {
         Requirement {

@@ -496,7 +496,7 @@ impl Signer {
         self.audit.append(audit).map_err(unavailable)?;
         let reason = format!(
             "approvals expired: the deadline {} passed before every quorum was reached",
-            rec.deadline
+            crate::approvals::rfc3339(rec.deadline)
         );
         self.end_unsigned(rec, Status::Expired, "expired", reason)
             .await?;

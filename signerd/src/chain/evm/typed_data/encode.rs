@@ -96,7 +96,7 @@ pub(super) fn atomic(name: &str) -> Option<Base> {
             return None;
         }
         let n: usize = rest.parse().ok()?;
-        (n >= step && n <= max && n % step == 0).then_some(n)
+        (n >= step && n <= max && n.is_multiple_of(step)).then_some(n)
     };
     match name {
         "bool" => Some(Base::Bool),
@@ -445,7 +445,7 @@ fn parse_hex_bytes(v: &J, len: Option<usize>) -> Result<Vec<u8>, String> {
             i + 2
         ));
     }
-    if hex.len() % 2 != 0 {
+    if !hex.len().is_multiple_of(2) {
         return Err(format!("{what}: odd number of hex digits ({})", hex.len()));
     }
     if let Some(n) = len

@@ -11,7 +11,7 @@ use vaultrs::api::transit::requests::{
     CreateKeyRequestBuilder, DecryptDataRequestBuilder, EncryptDataRequestBuilder,
     SignDataRequestBuilder,
 };
-use vaultrs::api::transit::responses::ReadKeyData;
+use vaultrs::api::transit::responses::{ReadKeyData, ReadKeyResponse};
 use vaultrs::api::transit::{HashAlgorithm, KeyType, MarshalingAlgorithm};
 use zeroize::{Zeroize, Zeroizing};
 
@@ -171,6 +171,16 @@ pub(crate) async fn read_version(
             vaultrs::transit::key::read(c.inner(), mount, name).await
         })
         .await?;
+    key_from_response(name, r, version)
+}
+
+/// Reads the public key of `version` (`None`: the latest) from transit's answer about key
+/// `name`: `Ok(None)` if it is not an Ed25519 or P-256 signing key.
+pub(crate) fn key_from_response(
+    name: &str,
+    r: ReadKeyResponse,
+    version: Option<u32>,
+) -> Result<Option<TransitKey>, KeyError> {
     let algorithm = match r.key_type {
         KeyType::Ed25519 => Algorithm::Ed25519,
         KeyType::EcdsaP256 => Algorithm::P256,
@@ -322,8 +332,17 @@ pub(crate) async fn unwrap(
             },
         )
         .await?;
-    let decoded = Zeroizing::new(B64.decode(r.plaintext.as_bytes()).unwrap_or_default());
-    r.plaintext.zeroize();
+    unwrapped_key(name, &mut r.plaintext)
+}
+
+/// Decodes transit's base64 `plaintext` of a key unwrapped by `name` into zeroizing memory,
+/// and zeroizes `plaintext`.
+pub(crate) fn unwrapped_key(
+    name: &str,
+    plaintext: &mut String,
+) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    let decoded = Zeroizing::new(B64.decode(plaintext.as_bytes()).unwrap_or_default());
+    plaintext.zeroize();
     let mut out = Zeroizing::new([0u8; 32]);
     if decoded.len() != 32 {
         return Err(KeyError::Keystore(format!(

@@ -438,9 +438,10 @@ fn identity_map() -> &'static crate::tls::IdentityMap {
     })
 }
 
-/// Vault and OpenBao response bodies, chosen by the first byte, parsed as the transit calls
-/// parse them and then read as signerd reads them: a key's versions and public keys, a
-/// signature (checked against a key), an unwrapped key, a wrapped ciphertext, a key list.
+/// Vault and OpenBao response bodies (at most `MAX_RESPONSE_BYTES`, as the transport reads
+/// them), chosen by the first byte, parsed as the transit calls parse them and then read as
+/// signerd reads them: a key's versions and public keys, a signature (checked against a key),
+/// an unwrapped key, a wrapped ciphertext, a key list.
 pub fn vault_response(data: &[u8]) {
     use crate::keys::vault::transit;
     use vaultrs::api::EndpointResult;
@@ -454,6 +455,10 @@ pub fn vault_response(data: &[u8]) {
     let Some((&kind, b)) = data.split_first() else {
         return;
     };
+    // The transport refuses larger bodies before anything parses them.
+    if b.len() > crate::keys::vault::http::MAX_RESPONSE_BYTES {
+        return;
+    }
     match kind % 5 {
         0 => {
             if let Some(r) = body::<ReadKeyResponse>(b) {

@@ -8,14 +8,15 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use vaultrs::api::transit::requests::{
-    CreateKeyRequestBuilder, DecryptDataRequestBuilder, EncryptDataRequestBuilder,
-    SignDataRequestBuilder,
+    CreateKeyRequestBuilder, DecryptDataRequestBuilder, EncryptDataRequestBuilder, ListKeysRequest,
+    ReadKeyRequest, SignDataRequestBuilder,
 };
 use vaultrs::api::transit::responses::{ReadKeyData, ReadKeyResponse};
 use vaultrs::api::transit::{HashAlgorithm, KeyType, MarshalingAlgorithm};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::client::Connection;
+use super::http::build_err;
 use crate::keys::{Algorithm, KeyError, RawSignature};
 
 /// Largest transit key version accepted (versions are small integers in practice).
@@ -132,7 +133,11 @@ fn key_type(algorithm: Algorithm) -> Option<KeyType> {
 pub(crate) async fn list(conn: &Connection, mount: &str) -> Result<Vec<String>, KeyError> {
     let listed = conn
         .call("list transit keys", |c| async move {
-            vaultrs::transit::key::list(c.inner(), mount).await
+            let endpoint = ListKeysRequest::builder()
+                .mount(mount)
+                .build()
+                .map_err(build_err)?;
+            c.exec(endpoint).await
         })
         .await;
     match listed {
@@ -168,7 +173,12 @@ pub(crate) async fn read_version(
 ) -> Result<Option<TransitKey>, KeyError> {
     let r = conn
         .call(&format!("read transit key `{name}`"), |c| async move {
-            vaultrs::transit::key::read(c.inner(), mount, name).await
+            let endpoint = ReadKeyRequest::builder()
+                .mount(mount)
+                .name(name)
+                .build()
+                .map_err(build_err)?;
+            c.exec(endpoint).await
         })
         .await?;
     key_from_response(name, r, version)
@@ -224,7 +234,8 @@ pub(crate) async fn create_signing_key(
     conn.call(&format!("create transit key `{name}`"), |c| async move {
         let mut opts = CreateKeyRequestBuilder::default();
         opts.key_type(kt).exportable(false);
-        vaultrs::transit::key::create(c.inner(), mount, name, Some(&mut opts)).await
+        opts.mount(mount).name(name);
+        c.exec_empty(opts.build().map_err(build_err)?).await
     })
     .await
 }
@@ -238,7 +249,12 @@ pub(crate) async fn ensure_wrapping_key(
 ) -> Result<(), KeyError> {
     let existing = conn
         .call(&format!("read transit key `{name}`"), |c| async move {
-            vaultrs::transit::key::read(c.inner(), mount, name).await
+            let endpoint = ReadKeyRequest::builder()
+                .mount(mount)
+                .name(name)
+                .build()
+                .map_err(build_err)?;
+            c.exec(endpoint).await
         })
         .await;
     match existing {
@@ -253,7 +269,8 @@ pub(crate) async fn ensure_wrapping_key(
                 opts.key_type(KeyType::Aes256Gcm96)
                     .derived(true)
                     .exportable(false);
-                vaultrs::transit::key::create(c.inner(), mount, name, Some(&mut opts)).await
+                opts.mount(mount).name(name);
+                c.exec_empty(opts.build().map_err(build_err)?).await
             })
             .await
         }
@@ -281,7 +298,8 @@ pub(crate) async fn sign(
                     .hash_algorithm(HashAlgorithm::Sha2_256)
                     .marshaling_algorithm(MarshalingAlgorithm::Asn1);
             }
-            vaultrs::transit::data::sign(c.inner(), mount, name, &input, Some(&mut opts)).await
+            opts.mount(mount).name(name).input(input.as_str());
+            c.exec(opts.build().map_err(build_err)?).await
         })
         .await?;
     Ok(r.signature)
@@ -303,8 +321,8 @@ pub(crate) async fn wrap(
             |c| async move {
                 let mut opts = EncryptDataRequestBuilder::default();
                 opts.context(context);
-                vaultrs::transit::data::encrypt(c.inner(), mount, name, &plaintext, Some(&mut opts))
-                    .await
+                opts.mount(mount).name(name).plaintext(plaintext.as_str());
+                c.exec(opts.build().map_err(build_err)?).await
             },
         )
         .await?;
@@ -327,8 +345,8 @@ pub(crate) async fn unwrap(
             |c| async move {
                 let mut opts = DecryptDataRequestBuilder::default();
                 opts.context(context);
-                vaultrs::transit::data::decrypt(c.inner(), mount, name, ciphertext, Some(&mut opts))
-                    .await
+                opts.mount(mount).name(name).ciphertext(ciphertext);
+                c.exec(opts.build().map_err(build_err)?).await
             },
         )
         .await?;

@@ -1,8 +1,4 @@
-//! The daemon's configuration parser must refuse, never panic.
+//! The daemon's configuration file: refused with an error, never a panic.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    if let Ok(src) = std::str::from_utf8(data) {
-        let _ = signerd::config::Config::parse("fuzz.toml", src, std::path::Path::new("/"));
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| signerd::fuzzing::config_parse(data));

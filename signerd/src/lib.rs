@@ -16,6 +16,8 @@ pub mod chain;
 pub mod client;
 pub mod config;
 pub mod dev;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hardening;
 pub mod keys;
 pub mod metrics;

@@ -28,12 +28,13 @@ use crate::state::{StateStore, StoredOutcome, StoredRequest};
 mod approvals;
 pub use approvals::VoteRequest;
 use approvals::Waiting;
+pub(crate) use approvals::check_ballot;
 
 /// The gRPC methods that sign, as recorded in the audit log.
-const METHOD_TX: &str = "SignEvmTransaction";
-const METHOD_MESSAGE: &str = "SignEvmMessage";
-const METHOD_TYPED_DATA: &str = "SignTypedData";
-const METHOD_DIGEST: &str = "SignDigest";
+pub(crate) const METHOD_TX: &str = "SignEvmTransaction";
+pub(crate) const METHOD_MESSAGE: &str = "SignEvmMessage";
+pub(crate) const METHOD_TYPED_DATA: &str = "SignTypedData";
+pub(crate) const METHOD_DIGEST: &str = "SignDigest";
 
 /// Longest accepted `request_id`.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -162,18 +163,39 @@ impl SignResponse for v1::SignDigestResponse {
 }
 
 /// A decoded request, ready for policy and signing.
-struct Prepared {
+pub(crate) struct Prepared {
     method: &'static str,
     /// The encoded gRPC request (kept with a request that waits for approval).
     request: Vec<u8>,
     /// Evaluate and explain only.
     dry_run: bool,
-    request_id: String,
+    pub(crate) request_id: String,
     key: KeyInfo,
-    action: Action,
+    pub(crate) action: Action,
     /// What the fingerprint commits to: the signing hash, or the raw digest.
     commitment: [u8; 32],
     payload: PayloadKind,
+}
+
+impl Prepared {
+    /// The approval fingerprint of this request under the policy with SHA-256 `policy_hash`.
+    pub(crate) fn approval_fingerprint(&self, policy_hash: &[u8; 32]) -> [u8; 32] {
+        crate::approvals::fingerprint(
+            self.method,
+            &self.key.id,
+            self.action.chain_id,
+            &self.commitment,
+            policy_hash,
+        )
+    }
+
+    /// The transaction to sign, for transaction requests.
+    pub(crate) fn transaction(&self) -> Option<&PreparedTx> {
+        match &self.payload {
+            PayloadKind::Tx(tx) => Some(tx),
+            _ => None,
+        }
+    }
 }
 
 /// A secp256k1 request over a 32-byte hash (EIP-191, EIP-712).
@@ -471,82 +493,7 @@ impl Signer {
     /// Decodes and validates an encoded request of `method` into what to sign. A request that
     /// waited for approval is prepared again from its stored bytes the same way.
     fn prepare(&self, method: &str, request: Vec<u8>) -> Result<Prepared, ServiceError> {
-        let bad = |e: prost::DecodeError| {
-            ServiceError::InvalidArgument(format!("{method}: cannot decode the request: {e}"))
-        };
-        let invalid = |e: evm::EvmError| ServiceError::InvalidArgument(e.to_string());
-        match method {
-            METHOD_TX => {
-                let req = v1::SignEvmTransactionRequest::decode(request.as_slice()).map_err(bad)?;
-                let key = self.key_for(&req.key_id, Algorithm::Secp256k1, "EVM transactions")?;
-                let tx = evm::prepare_transaction(&req).map_err(invalid)?;
-                Ok(Prepared {
-                    method: METHOD_TX,
-                    request,
-                    dry_run: req.dry_run,
-                    request_id: req.request_id,
-                    key,
-                    action: tx.action().clone(),
-                    commitment: tx.signing_hash().0,
-                    payload: PayloadKind::Tx(Box::new(tx)),
-                })
-            }
-            METHOD_MESSAGE => {
-                let req = v1::SignEvmMessageRequest::decode(request.as_slice()).map_err(bad)?;
-                let key = self.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-191 messages")?;
-                let (hash, action) =
-                    evm::prepare_message(&req.key_id, &req.message).map_err(invalid)?;
-                Ok(hash_prepared(
-                    METHOD_MESSAGE,
-                    request,
-                    (req.request_id, req.dry_run),
-                    key,
-                    hash,
-                    action,
-                ))
-            }
-            METHOD_TYPED_DATA => {
-                let req = v1::SignTypedDataRequest::decode(request.as_slice()).map_err(bad)?;
-                let key = self.key_for(&req.key_id, Algorithm::Secp256k1, "EIP-712 typed data")?;
-                let (hash, action) =
-                    evm::prepare_typed_data(&req.key_id, &req.typed_data_json).map_err(invalid)?;
-                Ok(hash_prepared(
-                    METHOD_TYPED_DATA,
-                    request,
-                    (req.request_id, req.dry_run),
-                    key,
-                    hash,
-                    action,
-                ))
-            }
-            METHOD_DIGEST => {
-                let req = v1::SignDigestRequest::decode(request.as_slice()).map_err(bad)?;
-                let digest: [u8; 32] = req.digest.as_slice().try_into().map_err(|_| {
-                    ServiceError::InvalidArgument(format!(
-                        "digest: must be exactly 32 bytes, got {}",
-                        req.digest.len()
-                    ))
-                })?;
-                let key = self.key_by_id(&req.key_id)?;
-                let payload = match key.algorithm {
-                    Algorithm::Secp256k1 | Algorithm::P256 => PayloadKind::EcdsaHash,
-                    Algorithm::Ed25519 => PayloadKind::Ed25519Digest,
-                };
-                Ok(Prepared {
-                    method: METHOD_DIGEST,
-                    request,
-                    dry_run: req.dry_run,
-                    request_id: req.request_id,
-                    action: Action::new(&key.id, Kind::RawDigest),
-                    key,
-                    commitment: digest,
-                    payload,
-                })
-            }
-            other => Err(ServiceError::InvalidArgument(format!(
-                "unknown signing method `{other}`"
-            ))),
-        }
+        prepare_request(&|id| self.keys.key(id), method, request)
     }
 
     /// Runs a heavy preparation on a blocking thread, one per core at a time, refusing the
@@ -582,35 +529,6 @@ impl Signer {
                 HEAVY_PREPARE_TIMEOUT.as_millis()
             ))),
         }
-    }
-
-    fn key_by_id(&self, id: &str) -> Result<KeyInfo, ServiceError> {
-        if id.is_empty() {
-            return Err(ServiceError::InvalidArgument("key_id: required".into()));
-        }
-        // Every backend's key ids follow these rules, so an id that breaks them names no key.
-        // Checked before the lookup so that neither the answer nor the audit record of the
-        // refusal repeats arbitrary client text.
-        if crate::keys::soft::validate_key_id(id).is_err() {
-            return Err(ServiceError::InvalidArgument(format!(
-                "key_id: 1 to {} characters from A-Z a-z 0-9 . _ -",
-                crate::keys::soft::MAX_KEY_ID_LEN
-            )));
-        }
-        self.keys
-            .key(id)
-            .ok_or_else(|| ServiceError::NotFound(format!("key `{id}` not found")))
-    }
-
-    fn key_for(&self, id: &str, want: Algorithm, what: &str) -> Result<KeyInfo, ServiceError> {
-        let key = self.key_by_id(id)?;
-        if key.algorithm != want {
-            return Err(ServiceError::InvalidArgument(format!(
-                "key `{id}` is {}; {what} need a {want} key",
-                key.algorithm
-            )));
-        }
-        Ok(key)
     }
 
     /// Runs one request to completion on its own task, so a client that disconnects cannot
@@ -1143,6 +1061,129 @@ impl Drop for RequestGuard<'_> {
     }
 }
 
+/// Decodes and validates an encoded request of `method` into what to sign, finding keys with
+/// `keys`. A request that waited for approval is prepared again from its stored bytes the same
+/// way. Pure: no state, no policy, no I/O.
+pub(crate) fn prepare_request(
+    keys: &dyn Fn(&str) -> Option<KeyInfo>,
+    method: &str,
+    request: Vec<u8>,
+) -> Result<Prepared, ServiceError> {
+    let bad = |e: prost::DecodeError| {
+        ServiceError::InvalidArgument(format!("{method}: cannot decode the request: {e}"))
+    };
+    let invalid = |e: evm::EvmError| ServiceError::InvalidArgument(e.to_string());
+    match method {
+        METHOD_TX => {
+            let req = v1::SignEvmTransactionRequest::decode(request.as_slice()).map_err(bad)?;
+            let key = key_for(keys, &req.key_id, Algorithm::Secp256k1, "EVM transactions")?;
+            let tx = evm::prepare_transaction(&req).map_err(invalid)?;
+            Ok(Prepared {
+                method: METHOD_TX,
+                request,
+                dry_run: req.dry_run,
+                request_id: req.request_id,
+                key,
+                action: tx.action().clone(),
+                commitment: tx.signing_hash().0,
+                payload: PayloadKind::Tx(Box::new(tx)),
+            })
+        }
+        METHOD_MESSAGE => {
+            let req = v1::SignEvmMessageRequest::decode(request.as_slice()).map_err(bad)?;
+            let key = key_for(keys, &req.key_id, Algorithm::Secp256k1, "EIP-191 messages")?;
+            let (hash, action) =
+                evm::prepare_message(&req.key_id, &req.message).map_err(invalid)?;
+            Ok(hash_prepared(
+                METHOD_MESSAGE,
+                request,
+                (req.request_id, req.dry_run),
+                key,
+                hash,
+                action,
+            ))
+        }
+        METHOD_TYPED_DATA => {
+            let req = v1::SignTypedDataRequest::decode(request.as_slice()).map_err(bad)?;
+            let key = key_for(
+                keys,
+                &req.key_id,
+                Algorithm::Secp256k1,
+                "EIP-712 typed data",
+            )?;
+            let (hash, action) =
+                evm::prepare_typed_data(&req.key_id, &req.typed_data_json).map_err(invalid)?;
+            Ok(hash_prepared(
+                METHOD_TYPED_DATA,
+                request,
+                (req.request_id, req.dry_run),
+                key,
+                hash,
+                action,
+            ))
+        }
+        METHOD_DIGEST => {
+            let req = v1::SignDigestRequest::decode(request.as_slice()).map_err(bad)?;
+            let digest: [u8; 32] = req.digest.as_slice().try_into().map_err(|_| {
+                ServiceError::InvalidArgument(format!(
+                    "digest: must be exactly 32 bytes, got {}",
+                    req.digest.len()
+                ))
+            })?;
+            let key = key_by_id(keys, &req.key_id)?;
+            let payload = match key.algorithm {
+                Algorithm::Secp256k1 | Algorithm::P256 => PayloadKind::EcdsaHash,
+                Algorithm::Ed25519 => PayloadKind::Ed25519Digest,
+            };
+            Ok(Prepared {
+                method: METHOD_DIGEST,
+                request,
+                dry_run: req.dry_run,
+                request_id: req.request_id,
+                action: Action::new(&key.id, Kind::RawDigest),
+                key,
+                commitment: digest,
+                payload,
+            })
+        }
+        other => Err(ServiceError::InvalidArgument(format!(
+            "unknown signing method `{other}`"
+        ))),
+    }
+}
+
+fn key_by_id(keys: &dyn Fn(&str) -> Option<KeyInfo>, id: &str) -> Result<KeyInfo, ServiceError> {
+    if id.is_empty() {
+        return Err(ServiceError::InvalidArgument("key_id: required".into()));
+    }
+    // Every backend's key ids follow these rules, so an id that breaks them names no key.
+    // Checked before the lookup so that neither the answer nor the audit record of the
+    // refusal repeats arbitrary client text.
+    if crate::keys::soft::validate_key_id(id).is_err() {
+        return Err(ServiceError::InvalidArgument(format!(
+            "key_id: 1 to {} characters from A-Z a-z 0-9 . _ -",
+            crate::keys::soft::MAX_KEY_ID_LEN
+        )));
+    }
+    keys(id).ok_or_else(|| ServiceError::NotFound(format!("key `{id}` not found")))
+}
+
+fn key_for(
+    keys: &dyn Fn(&str) -> Option<KeyInfo>,
+    id: &str,
+    want: Algorithm,
+    what: &str,
+) -> Result<KeyInfo, ServiceError> {
+    let key = key_by_id(keys, id)?;
+    if key.algorithm != want {
+        return Err(ServiceError::InvalidArgument(format!(
+            "key `{id}` is {}; {what} need a {want} key",
+            key.algorithm
+        )));
+    }
+    Ok(key)
+}
+
 fn unavailable(e: crate::audit::AuditError) -> ServiceError {
     ServiceError::Unavailable(e.to_string())
 }
@@ -1188,7 +1229,7 @@ fn reused_message(earlier: &str, method: &str) -> String {
 }
 
 /// SHA-256 over the method, the key and what is signed: equal for exactly the same request.
-fn fingerprint(p: &Prepared) -> String {
+pub(crate) fn fingerprint(p: &Prepared) -> String {
     let mut h = Sha256::new();
     h.update(b"signerd.request.v1\0");
     h.update(p.method.as_bytes());

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use signerd_proto::v1::{self, admin_server, approvals_server, signer_server};
 use tonic::{Request, Response, Status};
 
-use crate::approvals::Vote;
 use crate::keys::KeyInfo;
 use crate::service::{Caller, ServiceError, Signer, VoteRequest};
 use crate::tls::ConnInfo;
@@ -254,15 +253,7 @@ impl approvals_server::Approvals for ApprovalsApi {
     ) -> Result<Response<v1::ApprovalResponse>, Status> {
         let caller = self.inner.caller(&req)?;
         let r = req.into_inner();
-        let vote = VoteRequest {
-            client: r.client,
-            request_id: r.request_id,
-            fingerprint: r.fingerprint,
-            expires_unix: r.expires_unix,
-            signature: r.signature,
-            vote: Vote::Approve,
-            reason: None,
-        };
+        let vote = VoteRequest::approve(r);
         self.vote(caller, vote).await
     }
 
@@ -272,15 +263,7 @@ impl approvals_server::Approvals for ApprovalsApi {
     ) -> Result<Response<v1::ApprovalResponse>, Status> {
         let caller = self.inner.caller(&req)?;
         let r = req.into_inner();
-        let vote = VoteRequest {
-            client: r.client,
-            request_id: r.request_id,
-            fingerprint: r.fingerprint,
-            expires_unix: r.expires_unix,
-            signature: r.signature,
-            vote: Vote::Reject,
-            reason: (!r.reason.is_empty()).then_some(r.reason),
-        };
+        let vote = VoteRequest::reject(r);
         self.vote(caller, vote).await
     }
 }

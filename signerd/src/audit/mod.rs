@@ -24,7 +24,7 @@ pub mod note;
 pub mod prove;
 pub mod query;
 mod record;
-mod recover;
+pub(crate) mod recover;
 mod segments;
 pub mod verify;
 mod writer;

@@ -76,10 +76,7 @@ pub fn import_keystore_v3(
     let err = |message: String| KeyError::Keystore(format!("keystore v3 file {shown}: {message}"));
 
     let bytes = soft::file::read_bounded(v3_json_path)?;
-    let v3: v3::Keystore =
-        serde_json::from_slice(&bytes).map_err(|e| err(format!("invalid JSON: {e}")))?;
-    let canonical = v3.check().map_err(err)?;
-    let expected_address = v3.address_bytes().map_err(err)?;
+    let (canonical, expected_address) = check_keystore_v3(&bytes).map_err(err)?;
 
     // Fail on the cheap checks before the expensive KDF.
     soft::file::ensure_dir(dir)?;
@@ -133,6 +130,16 @@ fn evm_address(key: &k256::ecdsa::VerifyingKey) -> [u8; 20] {
 
 /// The parts of a keystore v3 file this module checks, and the canonical copy it hands to
 /// `eth-keystore`.
+/// Parses and checks the bytes of a keystore v3 file before any KDF runs: the canonical JSON to
+/// decrypt, and the address the key must have, if the file names one.
+pub(crate) fn check_keystore_v3(bytes: &[u8]) -> Result<(Vec<u8>, Option<[u8; 20]>), String> {
+    let v3: v3::Keystore =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))?;
+    let canonical = v3.check()?;
+    let expected_address = v3.address_bytes()?;
+    Ok((canonical, expected_address))
+}
+
 mod v3 {
     use serde::{Deserialize, Serialize};
 

@@ -63,6 +63,113 @@ pub struct VoteRequest {
     pub reason: Option<String>,
 }
 
+impl VoteRequest {
+    /// An approval as the `Approve` RPC received it.
+    pub fn approve(r: v1::ApproveRequest) -> VoteRequest {
+        VoteRequest {
+            client: r.client,
+            request_id: r.request_id,
+            fingerprint: r.fingerprint,
+            expires_unix: r.expires_unix,
+            signature: r.signature,
+            vote: Vote::Approve,
+            reason: None,
+        }
+    }
+
+    /// A rejection as the `Reject` RPC received it (an empty reason is none).
+    pub fn reject(r: v1::RejectRequest) -> VoteRequest {
+        VoteRequest {
+            client: r.client,
+            request_id: r.request_id,
+            fingerprint: r.fingerprint,
+            expires_unix: r.expires_unix,
+            signature: r.signature,
+            vote: Vote::Reject,
+            reason: (!r.reason.is_empty()).then_some(r.reason),
+        }
+    }
+
+    /// Checks the fields that need no state: the request id, the requester's client id and
+    /// the reason.
+    pub(crate) fn check_fields(&self) -> Result<(), ServiceError> {
+        let v = self;
+        validate_request_id(&v.request_id)?;
+        if v.client.is_empty()
+            || v.client.len() > crate::config::MAX_IDENTITY_ID_LEN
+            || v.client.chars().any(char::is_control)
+        {
+            return Err(ServiceError::InvalidArgument(format!(
+                "client: required, the requester's client id (1 to {} characters)",
+                crate::config::MAX_IDENTITY_ID_LEN
+            )));
+        }
+        if let Some(r) = &v.reason {
+            if r.chars().count() > quorum::MAX_REASON_CHARS {
+                return Err(ServiceError::InvalidArgument(
+                    quorum::ApprovalError::ReasonTooLong.to_string(),
+                ));
+            }
+            if r.chars().any(char::is_control) {
+                return Err(ServiceError::InvalidArgument(
+                    "reason: control characters are not allowed".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks a vote by `me`, whose registered key is `public_key`, against the pending request
+/// `rec` at `now`: the fingerprint, the expiry, one live vote per person, and the signature
+/// over the approval message.
+pub(crate) fn check_ballot(
+    rec: &PendingRecord,
+    me: &str,
+    public_key: &[u8; 32],
+    v: &VoteRequest,
+    now: i64,
+) -> Result<(), ServiceError> {
+    if !v.fingerprint.eq_ignore_ascii_case(&rec.fingerprint) {
+        return Err(ServiceError::FailedPrecondition(
+            quorum::ApprovalError::WrongFingerprint {
+                given: v.fingerprint.clone(),
+                actual: rec.fingerprint.clone(),
+            }
+            .to_string(),
+        ));
+    }
+    if v.expires_unix <= now || v.expires_unix > rec.deadline {
+        return Err(ServiceError::InvalidArgument(
+            quorum::ApprovalError::BadExpiry {
+                expires: v.expires_unix,
+                now,
+                deadline: rec.deadline,
+            }
+            .to_string(),
+        ));
+    }
+    // One live vote per person; an approval that expired may be renewed.
+    if rec
+        .votes
+        .iter()
+        .any(|x| x.approver == me && x.expires > now)
+    {
+        return Err(ServiceError::FailedPrecondition(
+            quorum::ApprovalError::AlreadyVoted(me.to_owned()).to_string(),
+        ));
+    }
+    let message = quorum::message(
+        &rec.client,
+        &rec.request_id,
+        &rec.fingerprint,
+        v.vote,
+        v.expires_unix,
+    );
+    quorum::verify(me, public_key, &message, &v.signature).map_err(denied)?;
+    Ok(())
+}
+
 fn state_err(e: crate::state::StateError) -> ServiceError {
     ServiceError::Unavailable(e.to_string())
 }
@@ -158,13 +265,7 @@ impl Signer {
         let now = unix_now();
         let ttl = w.requirements.iter().map(|r| r.ttl_secs).min().unwrap_or(0);
         let deadline = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
-        let fingerprint = hex::encode(quorum::fingerprint(
-            p.method,
-            &p.key.id,
-            p.action.chain_id,
-            &p.commitment,
-            &w.policy.hash(),
-        ));
+        let fingerprint = hex::encode(p.approval_fingerprint(&w.policy.hash()));
         let requirements: Vec<Requirement> = w.requirements.iter().map(Into::into).collect();
         let rec = PendingRecord {
             client: caller.identity.id.clone(),
@@ -282,28 +383,7 @@ impl Signer {
         if !caller.identity.roles.iter().any(|r| r == APPROVER_ROLE) {
             return Err(denied(quorum::ApprovalError::NotApprover(me)));
         }
-        validate_request_id(&v.request_id)?;
-        if v.client.is_empty()
-            || v.client.len() > crate::config::MAX_IDENTITY_ID_LEN
-            || v.client.chars().any(char::is_control)
-        {
-            return Err(ServiceError::InvalidArgument(format!(
-                "client: required, the requester's client id (1 to {} characters)",
-                crate::config::MAX_IDENTITY_ID_LEN
-            )));
-        }
-        if let Some(r) = &v.reason {
-            if r.chars().count() > quorum::MAX_REASON_CHARS {
-                return Err(ServiceError::InvalidArgument(
-                    quorum::ApprovalError::ReasonTooLong.to_string(),
-                ));
-            }
-            if r.chars().any(char::is_control) {
-                return Err(ServiceError::InvalidArgument(
-                    "reason: control characters are not allowed".into(),
-                ));
-            }
-        }
+        v.check_fields()?;
         let _guard = self.lock_request(&v.client, &v.request_id).await;
         let (c, r) = (v.client.clone(), v.request_id.clone());
         let Some(mut rec) = blocking(&self.state, move |s| s.get_pending(&c, &r)).await? else {
@@ -343,43 +423,7 @@ impl Signer {
         let Some(public_key) = policy.approver_key(&me) else {
             return Err(denied(quorum::ApprovalError::NoKey(me)));
         };
-        if !v.fingerprint.eq_ignore_ascii_case(&rec.fingerprint) {
-            return Err(ServiceError::FailedPrecondition(
-                quorum::ApprovalError::WrongFingerprint {
-                    given: v.fingerprint.clone(),
-                    actual: rec.fingerprint.clone(),
-                }
-                .to_string(),
-            ));
-        }
-        if v.expires_unix <= now || v.expires_unix > rec.deadline {
-            return Err(ServiceError::InvalidArgument(
-                quorum::ApprovalError::BadExpiry {
-                    expires: v.expires_unix,
-                    now,
-                    deadline: rec.deadline,
-                }
-                .to_string(),
-            ));
-        }
-        // One live vote per person; an approval that expired may be renewed.
-        if rec
-            .votes
-            .iter()
-            .any(|x| x.approver == me && x.expires > now)
-        {
-            return Err(ServiceError::FailedPrecondition(
-                quorum::ApprovalError::AlreadyVoted(me).to_string(),
-            ));
-        }
-        let message = quorum::message(
-            &rec.client,
-            &rec.request_id,
-            &rec.fingerprint,
-            v.vote,
-            v.expires_unix,
-        );
-        quorum::verify(&me, &public_key, &message, &v.signature).map_err(denied)?;
+        check_ballot(&rec, &me, &public_key, &v, now)?;
 
         let vote = StoredVote {
             approver: me.clone(),

@@ -114,7 +114,7 @@ struct VersionProbe {
 
 /// What a key file holds once decrypted. The caller still has to check that `secret` yields
 /// `public_key`.
-pub(super) struct Opened {
+pub(crate) struct Opened {
     pub(super) algorithm: Algorithm,
     pub(super) public_key: Vec<u8>,
     pub(super) secret: Zeroizing<[u8; SECRET_LEN]>,
@@ -236,7 +236,7 @@ fn decode_hex(id: &str, field: &str, value: &str, len: usize) -> Result<Vec<u8>,
 }
 
 /// Parses and decrypts the bytes of the key file named for `expected_id`.
-pub(super) fn decode(
+pub(crate) fn decode(
     expected_id: &str,
     bytes: &[u8],
     passphrase: &SecretString,
@@ -336,7 +336,7 @@ pub(super) fn decode(
 }
 
 /// The path of key `id` in `dir`.
-pub(super) fn key_path(dir: &Path, id: &str) -> PathBuf {
+pub(crate) fn key_path(dir: &Path, id: &str) -> PathBuf {
     dir.join(format!("{id}{FILE_SUFFIX}"))
 }
 

@@ -10,25 +10,44 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use rustify::endpoint::Endpoint;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::{RwLock, Semaphore};
-use vaultrs::api::EndpointMiddleware;
+use vaultrs::api::auth::approle::requests::LoginWithApproleRequest;
+use vaultrs::api::token::requests::{LookupTokenSelfRequest, RenewTokenSelfRequest};
+use vaultrs::api::{AuthInfo, EndpointMiddleware};
 use vaultrs::client::{VaultClient, VaultClientSettings};
 use vaultrs::error::ClientError;
 use zeroize::Zeroize;
 
 use super::config::{AuthMethod, VaultKeysConfig};
+use super::http::{BoundedHttp, build_err};
 use crate::keys::KeyError;
 
 /// Renew the token when less than this fraction of its last TTL remains.
 const RENEW_FRACTION: f64 = 0.5;
 
-/// A `vaultrs` client carrying one token; the token's plain copies are zeroized on drop.
-pub(crate) struct TokenClient(VaultClient);
+/// A `vaultrs` client carrying one token, and the bounded transport its calls run on; the
+/// token's plain copies are zeroized on drop.
+pub(crate) struct TokenClient(VaultClient, BoundedHttp);
 
 impl TokenClient {
-    pub(crate) fn inner(&self) -> &VaultClient {
-        &self.0
+    /// Runs `endpoint` and returns the `data` of Vault's answer.
+    pub(crate) async fn exec<E: Endpoint>(&self, endpoint: E) -> Result<E::Response, ClientError> {
+        super::http::exec(&self.1, &self.0.middle, endpoint).await
+    }
+
+    /// Runs `endpoint`, whose answer carries nothing signerd reads.
+    pub(crate) async fn exec_empty<E: Endpoint>(&self, endpoint: E) -> Result<(), ClientError> {
+        super::http::exec_empty(&self.1, &self.0.middle, endpoint).await
+    }
+
+    /// Runs an authentication `endpoint` and returns the `auth` of Vault's answer.
+    pub(crate) async fn auth<E: Endpoint<Response = ()>>(
+        &self,
+        endpoint: E,
+    ) -> Result<AuthInfo, ClientError> {
+        super::http::auth(&self.1, &self.0.middle, endpoint).await
     }
 }
 
@@ -264,15 +283,15 @@ impl Connection {
                     self.timeout,
                     &SecretString::from(String::new()),
                 )?;
-                let mut info = tokio::time::timeout(
-                    self.timeout,
-                    vaultrs::auth::approle::login(
-                        anon.inner(),
-                        mount,
-                        role_id,
-                        secret.expose_secret(),
-                    ),
-                )
+                let mut info = tokio::time::timeout(self.timeout, async {
+                    let endpoint = LoginWithApproleRequest::builder()
+                        .mount(mount)
+                        .role_id(role_id)
+                        .secret_id(secret.expose_secret())
+                        .build()
+                        .map_err(build_err)?;
+                    anon.auth(endpoint).await
+                })
                 .await
                 .map_err(|_| KeyError::Unavailable("vault AppRole login: timed out".into()))?
                 .map_err(|e| classify("AppRole login", &e))?;
@@ -296,7 +315,7 @@ impl Connection {
             Some(l) => l,
             None => {
                 let looked =
-                    tokio::time::timeout(self.timeout, vaultrs::token::lookup_self(client.inner()))
+                    tokio::time::timeout(self.timeout, client.exec(LookupTokenSelfRequest {}))
                         .await
                         .map_err(|_| KeyError::Unavailable("vault token lookup: timed out".into()))?
                         .map_err(|e| classify("token lookup", &e))?;
@@ -333,7 +352,7 @@ impl Connection {
         }
         let probe = self
             .call("health probe", |c| async move {
-                vaultrs::token::lookup_self(c.inner()).await
+                c.exec(LookupTokenSelfRequest {}).await
             })
             .await;
         match probe {
@@ -371,7 +390,10 @@ impl Connection {
         }
         let renewed = self
             .call("token renewal", |c| async move {
-                vaultrs::token::renew_self(c.inner(), None).await
+                let endpoint = RenewTokenSelfRequest::builder()
+                    .build()
+                    .map_err(build_err)?;
+                c.auth(endpoint).await
             })
             .await;
         match renewed {
@@ -418,27 +440,30 @@ fn build_client(
 ) -> Result<TokenClient, KeyError> {
     let url = url::Url::parse(address)
         .map_err(|e| KeyError::Keystore(format!("keys.vault.address: {e}")))?;
-    Ok(TokenClient(VaultClient {
-        http: rustify::clients::reqwest::Client::new(address, http.clone()),
-        middle: EndpointMiddleware {
-            token: token.expose_secret().to_owned(),
-            version: "v1".to_owned(),
-            wrap: None,
-            namespace: None,
+    Ok(TokenClient(
+        VaultClient {
+            http: rustify::clients::reqwest::Client::new(address, http.clone()),
+            middle: EndpointMiddleware {
+                token: token.expose_secret().to_owned(),
+                version: "v1".to_owned(),
+                wrap: None,
+                namespace: None,
+            },
+            settings: VaultClientSettings {
+                address: url,
+                ca_certs: Vec::new(),
+                identity: None,
+                timeout: Some(timeout),
+                token: String::new(),
+                verify: true,
+                version: 1,
+                wrapping: false,
+                namespace: None,
+                proxy: None,
+            },
         },
-        settings: VaultClientSettings {
-            address: url,
-            ca_certs: Vec::new(),
-            identity: None,
-            timeout: Some(timeout),
-            token: String::new(),
-            verify: true,
-            version: 1,
-            wrapping: false,
-            namespace: None,
-            proxy: None,
-        },
-    }))
+        BoundedHttp::new(address, http.clone()),
+    ))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 
 pub(crate) mod client;
 pub mod config;
+pub(crate) mod http;
 pub(crate) mod transit;
 pub(crate) mod wrapped;
 

@@ -8,14 +8,15 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use vaultrs::api::transit::requests::{
-    CreateKeyRequestBuilder, DecryptDataRequestBuilder, EncryptDataRequestBuilder,
-    SignDataRequestBuilder,
+    CreateKeyRequestBuilder, DecryptDataRequestBuilder, EncryptDataRequestBuilder, ListKeysRequest,
+    ReadKeyRequest, SignDataRequestBuilder,
 };
-use vaultrs::api::transit::responses::ReadKeyData;
+use vaultrs::api::transit::responses::{ReadKeyData, ReadKeyResponse};
 use vaultrs::api::transit::{HashAlgorithm, KeyType, MarshalingAlgorithm};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::client::Connection;
+use super::http::build_err;
 use crate::keys::{Algorithm, KeyError, RawSignature};
 
 /// Largest transit key version accepted (versions are small integers in practice).
@@ -144,7 +145,11 @@ fn key_type(algorithm: Algorithm) -> Option<KeyType> {
 pub(crate) async fn list(conn: &Connection, mount: &str) -> Result<Vec<String>, KeyError> {
     let listed = conn
         .call("list transit keys", |c| async move {
-            vaultrs::transit::key::list(c.inner(), mount).await
+            let endpoint = ListKeysRequest::builder()
+                .mount(mount)
+                .build()
+                .map_err(build_err)?;
+            c.exec(endpoint).await
         })
         .await;
     match listed {
@@ -180,9 +185,24 @@ pub(crate) async fn read_version(
 ) -> Result<Option<TransitKey>, KeyError> {
     let r = conn
         .call(&format!("read transit key `{name}`"), |c| async move {
-            vaultrs::transit::key::read(c.inner(), mount, name).await
+            let endpoint = ReadKeyRequest::builder()
+                .mount(mount)
+                .name(name)
+                .build()
+                .map_err(build_err)?;
+            c.exec(endpoint).await
         })
         .await?;
+    key_from_response(name, r, version)
+}
+
+/// Reads the public key of `version` (`None`: the latest) from transit's answer about key
+/// `name`: `Ok(None)` if it is not an Ed25519 or P-256 signing key.
+pub(crate) fn key_from_response(
+    name: &str,
+    r: ReadKeyResponse,
+    version: Option<u32>,
+) -> Result<Option<TransitKey>, KeyError> {
     let algorithm = match r.key_type {
         KeyType::Ed25519 => Algorithm::Ed25519,
         KeyType::EcdsaP256 => Algorithm::P256,
@@ -226,7 +246,8 @@ pub(crate) async fn create_signing_key(
     conn.call(&format!("create transit key `{name}`"), |c| async move {
         let mut opts = CreateKeyRequestBuilder::default();
         opts.key_type(kt).exportable(false);
-        vaultrs::transit::key::create(c.inner(), mount, name, Some(&mut opts)).await
+        opts.mount(mount).name(name);
+        c.exec_empty(opts.build().map_err(build_err)?).await
     })
     .await
 }
@@ -240,7 +261,12 @@ pub(crate) async fn ensure_wrapping_key(
 ) -> Result<(), KeyError> {
     let existing = conn
         .call(&format!("read transit key `{name}`"), |c| async move {
-            vaultrs::transit::key::read(c.inner(), mount, name).await
+            let endpoint = ReadKeyRequest::builder()
+                .mount(mount)
+                .name(name)
+                .build()
+                .map_err(build_err)?;
+            c.exec(endpoint).await
         })
         .await;
     match existing {
@@ -255,7 +281,8 @@ pub(crate) async fn ensure_wrapping_key(
                 opts.key_type(KeyType::Aes256Gcm96)
                     .derived(true)
                     .exportable(false);
-                vaultrs::transit::key::create(c.inner(), mount, name, Some(&mut opts)).await
+                opts.mount(mount).name(name);
+                c.exec_empty(opts.build().map_err(build_err)?).await
             })
             .await
         }
@@ -283,7 +310,8 @@ pub(crate) async fn sign(
                     .hash_algorithm(HashAlgorithm::Sha2_256)
                     .marshaling_algorithm(MarshalingAlgorithm::Asn1);
             }
-            vaultrs::transit::data::sign(c.inner(), mount, name, &input, Some(&mut opts)).await
+            opts.mount(mount).name(name).input(input.as_str());
+            c.exec(opts.build().map_err(build_err)?).await
         })
         .await?;
     Ok(r.signature)
@@ -305,8 +333,8 @@ pub(crate) async fn wrap(
             |c| async move {
                 let mut opts = EncryptDataRequestBuilder::default();
                 opts.context(context);
-                vaultrs::transit::data::encrypt(c.inner(), mount, name, &plaintext, Some(&mut opts))
-                    .await
+                opts.mount(mount).name(name).plaintext(plaintext.as_str());
+                c.exec(opts.build().map_err(build_err)?).await
             },
         )
         .await?;
@@ -329,13 +357,22 @@ pub(crate) async fn unwrap(
             |c| async move {
                 let mut opts = DecryptDataRequestBuilder::default();
                 opts.context(context);
-                vaultrs::transit::data::decrypt(c.inner(), mount, name, ciphertext, Some(&mut opts))
-                    .await
+                opts.mount(mount).name(name).ciphertext(ciphertext);
+                c.exec(opts.build().map_err(build_err)?).await
             },
         )
         .await?;
-    let decoded = Zeroizing::new(B64.decode(r.plaintext.as_bytes()).unwrap_or_default());
-    r.plaintext.zeroize();
+    unwrapped_key(name, &mut r.plaintext)
+}
+
+/// Decodes transit's base64 `plaintext` of a key unwrapped by `name` into zeroizing memory,
+/// and zeroizes `plaintext`.
+pub(crate) fn unwrapped_key(
+    name: &str,
+    plaintext: &mut String,
+) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    let decoded = Zeroizing::new(B64.decode(plaintext.as_bytes()).unwrap_or_default());
+    plaintext.zeroize();
     let mut out = Zeroizing::new([0u8; 32]);
     if decoded.len() != 32 {
         return Err(KeyError::Keystore(format!(

@@ -95,36 +95,48 @@ pub(crate) fn load_all(dir: &Path, wrapping_key: &str) -> Result<Vec<WrappedKey>
         crate::keys::soft::validate_key_id(id)?;
         let path = entry.path();
         let bytes = read_bounded(&path)?;
-        let key: WrappedKey = serde_json::from_slice(&bytes)
-            .map_err(|e| KeyError::Keystore(format!("{}: {e}", path.display())))?;
-        let bad = |what: &str| KeyError::Keystore(format!("{}: {what}", path.display()));
-        if key.version != 1 {
-            return Err(bad(&format!("unsupported version {}", key.version)));
-        }
-        if key.id != id {
-            return Err(bad(&format!(
-                "id `{}` does not match the file name",
-                key.id
-            )));
-        }
-        if key.algorithm != Algorithm::Secp256k1 {
-            return Err(bad("only secp256k1 keys are wrapped"));
-        }
-        if key.wrapping_key != wrapping_key {
-            return Err(bad(&format!(
-                "wrapped under `{}`, but keys.vault.wrapping_key is `{wrapping_key}`",
-                key.wrapping_key
-            )));
-        }
-        let pk = key.public_key_bytes()?;
-        if k256::PublicKey::from_sec1_bytes(&pk).is_err() || pk.len() != 33 {
-            return Err(bad("public_key is not a compressed secp256k1 point"));
-        }
-        transit::split_versioned(&key.ciphertext).map_err(|e| bad(&format!("ciphertext {e}")))?;
+        let key = parse(id, &path, &bytes, wrapping_key)?;
         out.push(key);
     }
     out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
+}
+
+/// Parses and checks the bytes of the wrapped key file `path`, named for key `id`, against the
+/// configured wrapping key.
+pub(crate) fn parse(
+    id: &str,
+    path: &Path,
+    bytes: &[u8],
+    wrapping_key: &str,
+) -> Result<WrappedKey, KeyError> {
+    let key: WrappedKey = serde_json::from_slice(bytes)
+        .map_err(|e| KeyError::Keystore(format!("{}: {e}", path.display())))?;
+    let bad = |what: &str| KeyError::Keystore(format!("{}: {what}", path.display()));
+    if key.version != 1 {
+        return Err(bad(&format!("unsupported version {}", key.version)));
+    }
+    if key.id != id {
+        return Err(bad(&format!(
+            "id `{}` does not match the file name",
+            key.id
+        )));
+    }
+    if key.algorithm != Algorithm::Secp256k1 {
+        return Err(bad("only secp256k1 keys are wrapped"));
+    }
+    if key.wrapping_key != wrapping_key {
+        return Err(bad(&format!(
+            "wrapped under `{}`, but keys.vault.wrapping_key is `{wrapping_key}`",
+            key.wrapping_key
+        )));
+    }
+    let pk = key.public_key_bytes()?;
+    if k256::PublicKey::from_sec1_bytes(&pk).is_err() || pk.len() != 33 {
+        return Err(bad("public_key is not a compressed secp256k1 point"));
+    }
+    transit::split_versioned(&key.ciphertext).map_err(|e| bad(&format!("ciphertext {e}")))?;
+    Ok(key)
 }
 
 /// Generates a secp256k1 key, wraps it under `wrapping_key` and writes its file. Returns the

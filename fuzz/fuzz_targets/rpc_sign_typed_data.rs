@@ -1,0 +1,4 @@
+//! SignTypedData requests: protobuf bytes through decoding, validation and preparation.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| signerd::fuzzing::rpc_sign_typed_data(data));

@@ -598,6 +598,9 @@ impl Signer {
                      signed; signing resumes by itself once it does",
                     took.as_secs()
                 )
+            } else if let Some(why) = self.audit.failure() {
+                // Every answer says why, not only the one whose write failed.
+                format!("audit log unavailable: {why}")
             } else {
                 "audit log unavailable; signing is stopped until an operator restarts signerd"
                     .into()

@@ -38,8 +38,14 @@ async fn unusable_audit_dir_stops_startup() {
     );
 }
 
-/// Signing calls of every kind after the log failed: all UNAVAILABLE, nothing signed.
-async fn assert_signing_stopped(c: &mut SignerClient<Channel>, replay_id: &str) {
+/// Signing calls of every kind after the log failed: all UNAVAILABLE, nothing signed, and each
+/// says why, as the first refusal (`first`) did.
+async fn assert_signing_stopped(c: &mut SignerClient<Channel>, replay_id: &str, first: &str) {
+    assert!(
+        first.starts_with("audit log unavailable: ")
+            && first.len() > "audit log unavailable: ".len() + 10,
+        "the first refusal does not say why: {first:?}"
+    );
     let calls = [
         (
             "new transaction",
@@ -77,7 +83,10 @@ async fn assert_signing_stopped(c: &mut SignerClient<Channel>, replay_id: &str) 
     for (what, r) in calls {
         match r {
             Ok(()) => panic!("{what}: signed after the audit log failed"),
-            Err(st) => assert_eq!(st.code(), Code::Unavailable, "{what}: {st:?}"),
+            Err(st) => {
+                assert_eq!(st.code(), Code::Unavailable, "{what}: {st:?}");
+                assert_eq!(st.message(), first, "{what}: every refusal says why");
+            }
         }
     }
 }
@@ -156,7 +165,7 @@ async fn full_audit_disk_stops_signing() {
         "nothing was signed before the disk filled up"
     );
 
-    assert_signing_stopped(&mut c, &signed[0].0).await;
+    assert_signing_stopped(&mut c, &signed[0].0, st.message()).await;
     let channel = signerd::client::channel(&env.settings(&d, "app"))
         .await
         .unwrap();
@@ -307,7 +316,7 @@ async fn deleted_audit_segment_stops_signing() {
         c.sign_evm_transaction(eip1559("after-delete")).await,
     );
     assert_eq!(st.code(), Code::Unavailable, "{st:?}");
-    assert_signing_stopped(&mut c, "before-delete").await;
+    assert_signing_stopped(&mut c, "before-delete", st.message()).await;
     let channel = signerd::client::channel(&env.settings(&d, "app"))
         .await
         .unwrap();

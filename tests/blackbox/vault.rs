@@ -934,3 +934,87 @@ async fn vault_server_killed_and_restarted_is_used_again_without_restarting_sign
     );
     assert!(d.stop().success());
 }
+
+/// The HCL block of docs/configuration.md's "The Vault policy signerd needs".
+fn documented_vault_policy() -> String {
+    let doc = include_str!("../../docs/configuration.md");
+    let section = doc
+        .split("### The Vault policy signerd needs")
+        .nth(1)
+        .expect("docs/configuration.md has the Vault policy section");
+    let start = section.find("```hcl\n").expect("an hcl block") + "```hcl\n".len();
+    let end = section[start..].find("```").expect("the hcl block ends") + start;
+    section[start..end].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_documented_vault_policy_is_enough_and_no_more() {
+    let env = TestEnv::new("vault-policy");
+    let bao = Bao::start(&env.dir);
+    let hcl = env.dir.join("signerd.hcl");
+    write_file(&hcl, documented_vault_policy().as_bytes(), 0o644);
+    bao.cli(&["policy", "write", "signerd", hcl.to_str().unwrap()]);
+    let token = bao
+        .cli(&[
+            "token",
+            "create",
+            "-policy=signerd",
+            "-no-default-policy",
+            "-ttl=1h",
+            "-field=token",
+        ])
+        .trim()
+        .to_owned();
+    write_token(&env, &token);
+    use_vault(&env, &bao, "token_file = \"vault.token\"");
+    // Every kind of key is generated with this token alone.
+    generate(&env, VED, "ed25519");
+    generate(&env, VP256, "p256");
+    let evm = generate(&env, VEVM, "secp256k1");
+
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    let ked = get_key(&mut c, VED).await;
+    let kp = get_key(&mut c, VP256).await;
+    sign_and_verify(&mut c, "policy-ed", &ked, b"m").await;
+    sign_and_verify(&mut c, "policy-p256", &kp, b"m").await;
+    sign_evm(&mut c, "policy-evm", evm["evm_address"].as_str().unwrap()).await;
+    d.stop();
+
+    // No more than that: the same token cannot reconfigure, rotate, export, delete or trim
+    // a key.
+    let as_signerd = |args: &[&str]| {
+        Command::new("bao")
+            .args(args)
+            .env("BAO_ADDR", &bao.addr)
+            .env("BAO_TOKEN", &token)
+            .env_remove("VAULT_ADDR")
+            .env_remove("VAULT_TOKEN")
+            .output()
+            .unwrap()
+    };
+    for args in [
+        &[
+            "write",
+            "transit/keys/signerd-ved/config",
+            "deletion_allowed=true",
+        ][..],
+        &["write", "-f", "transit/keys/signerd-ved/rotate"][..],
+        &["read", "transit/export/signing-key/signerd-ved"][..],
+        &["delete", "transit/keys/signerd-ved"][..],
+        &[
+            "write",
+            "-f",
+            "transit/keys/signerd-ved/trim",
+            "min_available_version=1",
+        ][..],
+    ] {
+        let out = as_signerd(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("permission denied"),
+            "bao {args:?} with signerd's token: {:?} {err}",
+            out.status
+        );
+    }
+}

@@ -302,10 +302,12 @@ impl AuditLog {
         let mut writer = recovery.writer;
         let written =
             |e: String| AuditError::Open(format!("cannot write the start-up records: {e}"));
-        if recovery.checkpoint {
+        if let Some(n) = recovery.checkpoint_after {
             // A finished rotation looks like any other: audit.segment_open, then a checkpoint.
-            let rest = records.split_off(1);
-            writer.commit(&records, true).map_err(written)?;
+            let rest = records.split_off(n.min(records.len()));
+            if !records.is_empty() {
+                writer.commit(&records, true).map_err(written)?;
+            }
             writer.write_checkpoint().map_err(written)?;
             records = rest;
         }
@@ -432,6 +434,15 @@ impl AuditLog {
         self.inner.shared.expect();
         Expected {
             shared: Arc::clone(&self.inner.shared),
+        }
+    }
+
+    /// Why the log takes no more records, once it has failed or been shut down (the same
+    /// text every append then gets); `None` while it works.
+    pub fn failure(&self) -> Option<String> {
+        match self.inner.shared.unavailable() {
+            AuditError::Unavailable(why) if !self.inner.shared.is_running() => Some(why),
+            _ => None,
         }
     }
 

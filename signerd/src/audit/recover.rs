@@ -360,11 +360,13 @@ fn cut_torn_tail(dir: &Path, torn: &Torn, seq: u64) -> Result<String, AuditError
 }
 
 /// What [`apply`] prepared: a writer positioned at the end of the log, the records recovery
-/// must write before `audit.start`, and whether a checkpoint must follow them.
+/// must write before `audit.start`, and whether a checkpoint must be written after the first
+/// `n` of them (`Some(n)`): a rotation's `audit.segment_open` is always followed by a
+/// checkpoint, whether recovery writes it (`n` = 1) or finds it last on disk (`n` = 0).
 pub(super) struct Recovery {
     pub(super) writer: Writer,
     pub(super) records: Vec<Msg>,
-    pub(super) checkpoint: bool,
+    pub(super) checkpoint_after: Option<usize>,
 }
 
 fn msg(record: &Record) -> Result<Msg, AuditError> {
@@ -389,7 +391,7 @@ pub(super) fn apply(
         torn,
     } = scan;
     let mut records = Vec::new();
-    let mut checkpoint = false;
+    let mut checkpoint_after = None;
     let tail = Tail {
         next_seq: checker.next_seq,
         prev: checker.prev,
@@ -437,7 +439,7 @@ pub(super) fn apply(
         return Ok(Recovery {
             writer,
             records,
-            checkpoint,
+            checkpoint_after,
         });
     };
 
@@ -480,7 +482,7 @@ pub(super) fn apply(
         None => {
             // The last segment ends with its seal: a crash interrupted the rotation.
             records.push(writer.open_next_segment().map_err(open_err)?);
-            checkpoint = true;
+            checkpoint_after = Some(1);
         }
         Some(s) if s.records == 0 && s.no > 1 => {
             // The next segment was created (or its first record was torn) but has no
@@ -496,7 +498,11 @@ pub(super) fn apply(
                 .field("previous", prev.name.as_str())
                 .field("previous_sha256", hex::encode(prev.sha256))
                 .field("previous_bytes", prev.bytes))?);
-            checkpoint = true;
+            checkpoint_after = Some(1);
+        }
+        Some(_) if checker.last_kind.as_deref() == Some("audit.segment_open") => {
+            // The rotation wrote audit.segment_open and stopped before its checkpoint.
+            checkpoint_after = Some(0);
         }
         Some(_) => {}
     }
@@ -525,6 +531,6 @@ pub(super) fn apply(
     Ok(Recovery {
         writer,
         records,
-        checkpoint,
+        checkpoint_after,
     })
 }

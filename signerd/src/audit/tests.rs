@@ -1455,6 +1455,26 @@ async fn interrupted_rotation_is_finished_at_start() {
     );
     let r = verify(dir.path());
     assert_eq!(r.stats.recoveries, 1);
+
+    // Crash after audit.segment_open, before its checkpoint: recovery writes the checkpoint
+    // right after it, before anything else.
+    let dir = TempDir::new("rot-crash-d");
+    rotated_log(&dir).await;
+    let first = lines(&dir.seg(2))[0].clone();
+    assert_eq!(json(&first)["type"], "audit.segment_open");
+    std::fs::write(dir.seg(2), [first.as_slice(), b"\n"].concat()).unwrap();
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let log = AuditLog::open(dir.path(), opts()).unwrap();
+    log.shutdown().await.unwrap();
+    let t: Vec<String> = lines(&dir.seg(2))
+        .iter()
+        .map(|l| json(l)["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        &t[..3],
+        ["audit.segment_open", "audit.checkpoint", "audit.start"]
+    );
+    verify(dir.path());
 }
 
 #[tokio::test]

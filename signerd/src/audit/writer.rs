@@ -188,6 +188,11 @@ impl Shared {
         }
     }
 
+    /// Whether the log still takes records (it has neither failed nor been shut down).
+    pub(super) fn is_running(&self) -> bool {
+        self.stopped.get().is_none()
+    }
+
     /// The error for a request the writer can no longer answer.
     pub(super) fn unavailable(&self) -> AuditError {
         AuditError::Unavailable(

@@ -706,4 +706,80 @@ max_requests = 10
             "{r}"
         );
     }
+
+    /// The matchers and scopes this release added: messages, grants on permits and transfer
+    /// authorizations, limits on several chains, the asset registry.
+    #[test]
+    fn new_matchers_and_scopes() {
+        let msg = "[[rule]]\nid = \"m\"\neffect = \"allow\"\nkinds = [\"eip191_message\"]\nmessage_max_bytes = 64\nmessage_prefixes = [\"example.com wants you\"]\n";
+        let with = |extra: &str| format!("{}{extra}", base().replace("serial = 1", "serial = 2"));
+        let pair = |old: &str, new: &str| {
+            let o = Policy::parse("old.toml", old).unwrap_or_else(|e| panic!("{e}"));
+            let n = Policy::parse("new.toml", new).unwrap_or_else(|e| panic!("{e}"));
+            diff(&o, &n)
+        };
+        let old = format!("{}{msg}", base());
+        // Raising the length bound or dropping the prefixes lets more messages through.
+        let r = pair(&old, &with(&msg.replace("= 64", "= 128")));
+        assert!(
+            r.loosens() && r.to_string().contains("message_max_bytes"),
+            "{r}"
+        );
+        let r = pair(
+            &old,
+            &with(&msg.replace("message_prefixes = [\"example.com wants you\"]\n", "")),
+        );
+        assert!(
+            r.loosens() && r.to_string().contains("message_prefixes"),
+            "{r}"
+        );
+        // Narrowing them tightens.
+        let r = pair(&old, &with(&msg.replace("= 64", "= 32")));
+        assert!(
+            !r.loosens() && r.to_string().contains("message_max_bytes"),
+            "{r}"
+        );
+        // Naming a blind kind on an allow rule loosens, unless a matcher rules it out: a
+        // prefix only text can have.
+        let no_prefix = msg.replace("message_prefixes = [\"example.com wants you\"]\n", "");
+        let blind = |m: &str| {
+            m.replace(
+                "[\"eip191_message\"]",
+                "[\"eip191_message\", \"eip191_binary\"]",
+            )
+        };
+        let r = pair(&format!("{}{no_prefix}", base()), &with(&blind(&no_prefix)));
+        assert!(r.loosens() && r.to_string().contains("kinds"), "{r}");
+        let r = pair(&old, &with(&blind(msg)));
+        assert!(!r.loosens(), "{r}");
+
+        // A permit rule: more spenders loosen, fewer tighten.
+        let permit = format!(
+            "[[rule]]\nid = \"p\"\neffect = \"allow\"\nkinds = [\"eip712_permit\"]\npermit_spenders = [\"{A}\"]\n"
+        );
+        let old = format!("{}{permit}", base());
+        let r = pair(
+            &old,
+            &with(&permit.replace(&format!("[\"{A}\"]"), &format!("[\"{A}\", \"{B}\"]"))),
+        );
+        assert!(
+            r.loosens() && r.to_string().contains("permit_spenders"),
+            "{r}"
+        );
+
+        // A limit that counts fewer chains loosens.
+        let two = base().replace("chain_ids = [1]\nasset", "chain_ids = [1, 10]\nasset");
+        let r = pair(&two, &base().replace("serial = 1", "serial = 2"));
+        assert!(
+            r.loosens() && r.to_string().contains("limit `daily`"),
+            "{r}"
+        );
+        // Adding a chain counts more, but it changes the limit's asset and so its bucket:
+        // usage starts again from zero, which loosens.
+        let r = pair(&base(), &two.replace("serial = 1", "serial = 2"));
+        assert!(
+            r.loosens() && r.to_string().contains("limit `daily`: asset changed"),
+            "{r}"
+        );
+    }
 }

@@ -139,6 +139,7 @@ fn transfer() -> (Action, Identity) {
         amount: U256::from(250_000_000u64),
     });
     a.gas_limit = Some(65_000);
+    a.max_fee_per_gas = Some(U256::from(30_000_000_000u64));
     let who = Identity {
         id: "svc-3".into(),
         roles: vec!["payments".into()],
@@ -170,7 +171,9 @@ fn bench(c: &mut Criterion) {
     };
     let e = policy.evaluate_request(&req);
     assert!(e.decision.is_allow(), "{e:#?}");
-    assert_eq!(e.charges.len(), 3, "{:#?}", e.charges);
+    // USDC daily, USDC per payee, the rate limit, and the ETH limit the transfer's fee counts
+    // toward.
+    assert_eq!(e.charges.len(), 4, "{:#?}", e.charges);
 
     c.bench_function("evaluate_request/1000 rules/erc20 transfer", |b| {
         b.iter(|| black_box(policy.evaluate_request(black_box(&req))));

@@ -24,4 +24,5 @@ pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod state;
+pub mod tasks;
 pub mod tls;

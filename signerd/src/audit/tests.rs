@@ -159,7 +159,7 @@ fn check_chain(dir: &Path) -> Vec<[u8; 32]> {
         assert!(text.starts_with(&prefix), "line {i}: {text}");
         let ts = &text[prefix.len()..prefix.len() + 27];
         assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "ts {ts}");
-        humantime::parse_rfc3339(ts).unwrap();
+        crate::rfc3339::parse(ts).unwrap();
         assert!(
             text[prefix.len() + 27..].starts_with("\",\"type\":\""),
             "{text}"

@@ -115,9 +115,7 @@ pub fn scan(
                     }
                     let ts = v["ts"]
                         .as_str()
-                        .and_then(|t| humantime::parse_rfc3339(t).ok())
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                        .and_then(crate::rfc3339::parse_unix)
                         .ok_or_else(|| format!("{}: `ts` is not an RFC 3339 time", at()))?;
                     if ts <= since {
                         continue;

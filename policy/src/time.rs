@@ -247,6 +247,8 @@ fn days_in_month(y: i64, m: u32) -> u32 {
     }
 }
 
+// Not `humantime` like signerd: it refuses UTC offsets (`+01:00`) and the space separator that
+// this parser accepts in policy files; `time`'s parser would need a new feature and differs on both.
 /// Parses an RFC 3339 timestamp (`2026-01-01T10:00:00Z`, `2026-01-01T11:00:00+01:00`,
 /// optional fractional seconds, which are dropped) into Unix seconds.
 pub(crate) fn parse_rfc3339(s: &str) -> Result<i64, String> {

@@ -3,7 +3,8 @@
 //! Start-up opens everything before the listener binds, in an order that fails early: policy,
 //! keys, state store, TLS, audit log. Anything missing or inconsistent stops start-up with a
 //! message that names the file. Shutdown (SIGTERM or SIGINT) stops accepting, lets in-flight
-//! requests finish, then writes `audit.stop` and syncs the log.
+//! requests finish, stops the background tasks and waits for them (at most
+//! [`SHUTDOWN_WAIT`](crate::tasks::SHUTDOWN_WAIT)), then writes `audit.stop` and syncs the log.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::keys::pkcs11::Pkcs11Backend;
 use crate::keys::soft::SoftBackend;
 use crate::keys::{AuditKeySpec, KeyBackend};
 use crate::service::Signer;
+use crate::tasks::{Background, SHUTDOWN_WAIT};
 use crate::tls::{self, AcceptOptions, IdentityMap};
 
 /// Why the daemon could not start or stopped with an error.
@@ -121,6 +123,8 @@ pub struct Daemon {
     listener: TcpListener,
     metrics: Option<TcpListener>,
     tls: Arc<rustls::ServerConfig>,
+    /// Every background task of the daemon; the signer holds a clone to spawn its own.
+    background: Background,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -224,12 +228,14 @@ impl Daemon {
             backend = keys.name(),
             "opened"
         );
+        let background = Background::new();
         let signer = Arc::new(Signer::new(
             keys,
             policy,
             config.policy.file.clone(),
             state,
             audit,
+            background.clone(),
         ));
         signer.record_startup_policy().map_err(start("audit"))?;
         Ok(Daemon {
@@ -238,6 +244,7 @@ impl Daemon {
             listener,
             metrics,
             tls,
+            background,
         })
     }
 
@@ -260,8 +267,10 @@ impl Daemon {
     ) -> Result<(), ServerError> {
         let server = &self.config.server;
         let identities = Arc::new(IdentityMap::new(&self.config.identities));
+        let background = self.background.clone();
         let (fail_tx, mut fail_rx) = tokio::sync::mpsc::unbounded_channel();
         let conns = tls::accept_loop(
+            &background,
             self.listener,
             self.tls,
             identities,
@@ -272,9 +281,18 @@ impl Daemon {
             fail_tx,
         );
         let signer = self.signer.clone();
-        tokio::spawn(async move {
-            while let Some(f) = fail_rx.recv().await {
-                signer.record_auth_failure(Some(f.peer), None, &f.reason);
+        let bg = background.clone();
+        background.spawn("handshake failure recorder", async move {
+            loop {
+                tokio::select! {
+                    // Failures already reported are recorded before stopping.
+                    biased;
+                    f = fail_rx.recv() => match f {
+                        Some(f) => signer.record_auth_failure(Some(f.peer), None, &f.reason),
+                        None => return,
+                    },
+                    () = bg.cancelled() => return,
+                }
             }
         });
 
@@ -289,7 +307,8 @@ impl Daemon {
         let mut audit_health = self.signer.audit().health();
         let keys = self.signer.keys_arc();
         let watched = self.signer.clone();
-        let watcher = tokio::spawn(async move {
+        let bg = background.clone();
+        background.spawn("health watcher", async move {
             // The audit log's and the state store's failures are final until a restart; a key
             // backend's comes and goes, and so does an audit log paused for a checkpoint, so
             // health follows them both ways.
@@ -297,6 +316,8 @@ impl Daemon {
             let mut tick = tokio::time::interval(HEALTH_POLL);
             loop {
                 tokio::select! {
+                    // Closing the log ends its health too; that is not a failure to report.
+                    () = bg.cancelled() => break,
                     changed = audit_health.changed() => if changed.is_err() { break },
                     _ = tick.tick() => {}
                 }
@@ -355,7 +376,8 @@ impl Daemon {
             .map_err(|e| ServerError::Serve(format!("reflection: {e}")))?;
 
         let signer = self.signer.clone();
-        tokio::spawn(async move {
+        let bg = background.clone();
+        background.spawn("SIGHUP reloader", async move {
             let Ok(mut hup) =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             else {
@@ -364,7 +386,11 @@ impl Daemon {
                 );
                 return;
             };
-            while hup.recv().await.is_some() {
+            loop {
+                tokio::select! {
+                    () = bg.cancelled() => return,
+                    got = hup.recv() => if got.is_none() { return },
+                }
                 match signer.reload_policy("sighup", None, false).await {
                     Ok(r) if !r.changed => tracing::info!("SIGHUP: policy unchanged"),
                     Ok(_) => {}
@@ -386,14 +412,11 @@ impl Daemon {
         // deadline, then the remaining connections are dropped.
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = server.request_timeout();
-        let (metrics_stop_tx, metrics_stop_rx) = tokio::sync::oneshot::channel::<()>();
         if let Some(listener) = self.metrics {
             let handle =
                 crate::metrics::install().map_err(|e| ServerError::Serve(e.to_string()))?;
-            tokio::spawn(async move {
-                let stop = async move {
-                    let _ = metrics_stop_rx.await;
-                };
+            let stop = background.cancelled_owned();
+            background.spawn("metrics listener", async move {
                 if let Err(e) = crate::metrics::serve(listener, handle, stop).await {
                     tracing::error!(error = %e, "metrics listener failed");
                 }
@@ -425,10 +448,16 @@ impl Daemon {
                 Ok(())
             }
         };
-        tracing::info!("listener closed; closing the audit log");
-        // Closing the log ends its health too; that is not a failure to report.
-        watcher.abort();
-        let _ = metrics_stop_tx.send(());
+        tracing::info!("listener closed; stopping background tasks");
+        let left = background.shutdown(SHUTDOWN_WAIT).await;
+        if left.is_empty() {
+            tracing::info!("background tasks ended; closing the audit log");
+        } else {
+            tracing::error!(
+                tasks = ?left,
+                "closing the audit log with background tasks still running"
+            );
+        }
         let closed = self.signer.audit().shutdown().await;
         result.map_err(|e| ServerError::Serve(e.to_string()))?;
         closed.map_err(|e| ServerError::Serve(e.to_string()))

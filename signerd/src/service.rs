@@ -250,6 +250,9 @@ pub struct Signer {
     /// core, on blocking threads, so that they can neither starve the runtime's workers nor
     /// grow the blocking pool without bound.
     heavy: Arc<tokio::sync::Semaphore>,
+    /// Where the approval sweep, approved signings and watch streams run: tracked, and
+    /// stopped on shutdown before the audit log closes.
+    background: crate::tasks::Background,
 }
 
 /// A request whose encoding is larger than this, and every typed-data request, is prepared
@@ -275,6 +278,7 @@ impl Signer {
         policy_path: PathBuf,
         state: Arc<dyn StateStore>,
         audit: AuditLog,
+        background: crate::tasks::Background,
     ) -> Signer {
         Signer {
             keys,
@@ -289,6 +293,7 @@ impl Signer {
             heavy: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             )),
+            background,
         }
     }
 

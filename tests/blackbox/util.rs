@@ -650,6 +650,14 @@ impl Daemon {
             Err(e) => panic!("{e}; stderr:\n{}", self.stderr()),
         }
     }
+
+    /// [`Daemon::stop`], also returning everything it printed on stderr.
+    pub(crate) fn stop_logged(self) -> (ExitStatus, String) {
+        let stderr = self.out.stderr.clone();
+        let status = self.stop();
+        let stderr = stderr.lock().unwrap().clone();
+        (status, stderr)
+    }
 }
 
 fn terminate(child: &mut Child) -> Result<ExitStatus, String> {

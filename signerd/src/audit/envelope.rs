@@ -159,32 +159,15 @@ fn syntax(why: impl Into<String>) -> LineError {
     LineError::Syntax(why.into())
 }
 
-/// True if `ts` has the exact shape `YYYY-MM-DDTHH:MM:SS.ffffffZ` with plausible field ranges.
+/// True if `ts` is a valid UTC time with the exact shape `YYYY-MM-DDTHH:MM:SS.ffffffZ`
+/// (microseconds, as the writer makes it).
 pub(crate) fn valid_ts(ts: &str) -> bool {
     let b = ts.as_bytes();
-    if b.len() != TS_LEN {
-        return false;
-    }
-    let digits = [
-        0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18, 20, 21, 22, 23, 24, 25,
-    ];
-    if !digits.iter().all(|&i| b[i].is_ascii_digit())
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || b[10] != b'T'
-        || b[13] != b':'
-        || b[16] != b':'
-        || b[19] != b'.'
-        || b[26] != b'Z'
-    {
-        return false;
-    }
-    let num = |i: usize| u32::from(b[i] - b'0') * 10 + u32::from(b[i + 1] - b'0');
-    (1..=12).contains(&num(5))
-        && (1..=31).contains(&num(8))
-        && num(11) < 24
-        && num(14) < 60
-        && num(17) < 61
+    b.len() == TS_LEN
+        && b.get(19) == Some(&b'.')
+        && b.get(20..26)
+            .is_some_and(|f| f.iter().all(u8::is_ascii_digit))
+        && crate::rfc3339::parse(ts).is_some()
 }
 
 /// Parses and checks one line (without its newline).

@@ -391,14 +391,8 @@ mod tests {
 
     #[test]
     fn generate_open_sign_and_refuse_mixed_dirs() {
-        let dir = std::env::temp_dir().join(format!(
-            "signerd-audit-key-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos()
-        ));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit-key");
         let pass = SecretString::from("audit-key-test-pass".to_owned());
         assert!(!exists(&dir));
         let err = SoftCheckpointKey::open(&dir, "o", &pass).unwrap_err();
@@ -431,6 +425,5 @@ mod tests {
         soft::generate(&dir, "client-key", Algorithm::Secp256k1, &pass).unwrap();
         let err = SoftCheckpointKey::open(&dir, "audit.test/log", &pass).unwrap_err();
         assert!(err.to_string().contains("must hold only"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -32,7 +32,7 @@ pub struct Filter {
 /// A time filter normalized to the log's own `ts` format, so that comparing strings compares
 /// times.
 fn normalize_time(what: &str, s: &str) -> Result<String, String> {
-    let t = humantime::parse_rfc3339_weak(s)
+    let t = crate::rfc3339::parse_lenient(s)
         .map_err(|e| format!("{what} {s:?} is not an RFC 3339 time: {e}"))?;
     Ok(humantime::format_rfc3339_micros(t).to_string())
 }

@@ -465,7 +465,7 @@ pub(super) fn apply(
         started: state
             .as_ref()
             .and_then(|s| s.first_ts.as_deref())
-            .and_then(|ts| humantime::parse_rfc3339(ts).ok()),
+            .and_then(crate::rfc3339::parse),
         content: state.as_ref().is_some_and(|s| s.content),
     };
     let mut writer = Writer::new(

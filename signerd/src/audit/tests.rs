@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::note::{MemorySigner, verify_note};
@@ -40,22 +40,17 @@ fn set_fake_free(dir: &Path, free: u64) {
     fake.push((dir.to_owned(), free));
 }
 
-/// A unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+/// A path for an audit directory, not created yet, inside a fresh temp dir that is removed
+/// (sealed, read-only segments included: the directory is ours) on drop.
+struct TempDir(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TempDir {
     fn new(name: &str) -> TempDir {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!(
-            "signerd-audit-{name}-{}-{nanos}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        TempDir(dir)
+        let root = tempfile::Builder::new()
+            .prefix("signerd-audit-")
+            .tempdir()
+            .unwrap();
+        TempDir(root.path().join(name), root)
     }
     fn path(&self) -> &Path {
         &self.0
@@ -65,13 +60,6 @@ impl TempDir {
     }
     fn seg(&self, n: u64) -> PathBuf {
         self.0.join(segments::segment_name(n))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Sealed segments are read-only; the directory is ours, so removal still works.
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -171,7 +159,7 @@ fn check_chain(dir: &Path) -> Vec<[u8; 32]> {
         assert!(text.starts_with(&prefix), "line {i}: {text}");
         let ts = &text[prefix.len()..prefix.len() + 27];
         assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "ts {ts}");
-        humantime::parse_rfc3339(ts).unwrap();
+        crate::rfc3339::parse(ts).unwrap();
         assert!(
             text[prefix.len() + 27..].starts_with("\",\"type\":\""),
             "{text}"

@@ -106,7 +106,7 @@ pub fn import_keystore_v3(
     let key =
         SecretKey::from_bytes(Algorithm::Secp256k1, &bytes).map_err(|e| err(e.to_string()))?;
     if let (Some(expected), SecretKey::Secp256k1(k)) = (expected_address, &key) {
-        let actual = evm_address(k.verifying_key());
+        let actual = evm_address(k.verifying_key()).0.0;
         if actual != expected {
             return Err(err(format!(
                 "its address 0x{} does not match the decrypted key's address 0x{}",
@@ -118,14 +118,11 @@ pub fn import_keystore_v3(
     soft::store_new_key(dir, id, &key, passphrase)
 }
 
-/// The EVM address of a secp256k1 public key: the last 20 bytes of keccak256 of the
-/// uncompressed point without its 0x04 prefix.
-fn evm_address(key: &k256::ecdsa::VerifyingKey) -> [u8; 20] {
-    let point = key.to_encoded_point(false);
-    let hash = alloy_primitives::keccak256(&point.as_bytes()[1..]);
-    let mut out = [0u8; 20];
-    out.copy_from_slice(&hash[12..]);
-    out
+/// The EVM address of a secp256k1 public key (a valid point by construction). The
+/// uncompressed SEC1 encoding is always 65 bytes, `0x04 || x || y`, so the slice handed to
+/// `from_raw_public_key` is the 64 bytes it requires.
+pub(crate) fn evm_address(key: &k256::ecdsa::VerifyingKey) -> alloy_primitives::Address {
+    alloy_primitives::Address::from_raw_public_key(&key.to_encoded_point(false).as_bytes()[1..])
 }
 
 /// The parts of a keystore v3 file this module checks, and the canonical copy it hands to

@@ -1,7 +1,7 @@
 //! Checks of signatures made outside signerd's process (an HSM through PKCS#11, Vault
 //! transit) before they are returned: ECDSA results are normalized to low s and given the
-//! recovery id that Ethereum needs, found from the key's known public point (one computation of R = z/s * G + r/s * Q both verifies the signature and gives the
-//! parity of R's y); Ed25519 results are verified strictly. A signature that does not verify under the key
+//! recovery id that Ethereum needs, found by recovering the key's known public point with the
+//! `ecdsa` crate; Ed25519 results are verified strictly. A signature that does not verify under the key
 //! is an error: it is never returned, whatever the signer said.
 
 use k256::elliptic_curve;
@@ -29,57 +29,33 @@ pub(crate) fn normalize_ecdsa(
     }
 }
 
-/// [`normalize_ecdsa`] on curve `C`.
+/// [`normalize_ecdsa`] on curve `C`: the signature is verified against the key, then the
+/// recovery id that gives back the key is found. An R whose x had to be reduced mod n
+/// (probability about 2^-128) has a recovery id Ethereum cannot encode and is refused.
 fn recover<C>(public_key: &[u8], digest: &[u8; 32], rs: &[u8]) -> Result<RawSignature, String>
 where
     C: elliptic_curve::PrimeCurve + elliptic_curve::CurveArithmetic,
-    C: elliptic_curve::Curve<FieldBytesSize = elliptic_curve::consts::U32>,
-    C::ProjectivePoint: elliptic_curve::ops::LinearCombination,
-    ecdsa::SignatureSize<C>: elliptic_curve::generic_array::ArrayLength<u8>,
-    elliptic_curve::AffinePoint<C>:
-        elliptic_curve::sec1::FromEncodedPoint<C> + elliptic_curve::sec1::ToEncodedPoint<C>,
+    elliptic_curve::AffinePoint<C>: elliptic_curve::point::DecompressPoint<C>
+        + elliptic_curve::sec1::FromEncodedPoint<C>
+        + elliptic_curve::sec1::ToEncodedPoint<C>
+        + ecdsa::hazmat::VerifyPrimitive<C>,
     elliptic_curve::FieldBytesSize<C>: elliptic_curve::sec1::ModulusSize,
+    ecdsa::SignatureSize<C>: elliptic_curve::generic_array::ArrayLength<u8>,
 {
-    use elliptic_curve::group::{Curve as _, Group as _};
-    use elliptic_curve::ops::{Invert, LinearCombination, Reduce};
-    use elliptic_curve::point::AffineCoordinates;
+    use ecdsa::signature::hazmat::PrehashVerifier;
     let sig = ecdsa::Signature::<C>::from_slice(rs)
         .map_err(|_| "the signer's signature has r or s out of range")?;
     let sig = sig.normalize_s().unwrap_or(sig);
     let want =
         ecdsa::VerifyingKey::<C>::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
-    let (r, s) = sig.split_scalars();
-    let z = <C::Scalar as Reduce<C::Uint>>::reduce_bytes(&(*digest).into());
-    // `s` is non-zero (a signature with s = 0 does not parse), so it has an inverse.
-    let s_inv: C::Scalar = *Invert::invert(&s);
-    let point = C::ProjectivePoint::lincomb(
-        &C::ProjectivePoint::generator(),
-        &(z * s_inv),
-        &C::ProjectivePoint::from(*want.as_affine()),
-        &(*r * s_inv),
-    )
-    .to_affine();
-    let x = point.x();
-    let r_bytes: elliptic_curve::FieldBytes<C> = r.into();
-    check_r(
-        x.as_slice(),
-        &r_bytes,
-        <C::Scalar as Reduce<C::Uint>>::reduce_bytes(&x) == *r,
-    )?;
-    Ok(split(&sig.to_bytes(), point.y_is_odd().into()))
-}
-
-/// The ECDSA check on R = z/s * G + r/s * Q, computed once: it verifies the signature
-/// (x(R) mod n = r) and its y gives the recovery id. An x(R) that had to be reduced mod n
-/// (probability about 2^-128) has a recovery id Ethereum cannot encode and is refused too.
-fn check_r(x: &[u8], r: &[u8], x_mod_n_is_r: bool) -> Result<(), String> {
-    if x == r {
-        Ok(())
-    } else if x_mod_n_is_r {
-        Err("the signature's R has an x coordinate above the group order; its recovery id cannot be encoded".to_owned())
-    } else {
-        Err("the signer's signature does not verify against the key's public point".to_owned())
+    want.verify_prehash(digest, &sig)
+        .map_err(|_| "the signer's signature does not verify against the key's public point")?;
+    let id = ecdsa::RecoveryId::trial_recovery_from_prehash(&want, digest, &sig)
+        .map_err(|_| "the signer's signature verifies but its recovery id cannot be found")?;
+    if id.is_x_reduced() {
+        return Err("the signature's R has an x coordinate above the group order; its recovery id cannot be encoded".to_owned());
     }
+    Ok(split(&sig.to_bytes(), id.is_y_odd()))
 }
 
 fn split(bytes: &[u8], y_parity: bool) -> RawSignature {

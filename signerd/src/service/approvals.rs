@@ -479,10 +479,15 @@ impl Signer {
             let this = self.clone();
             let (client, id) = (rec.client.clone(), rec.request_id.clone());
             let span = tracing::info_span!("approved", req_id = %id, client = %client);
-            tokio::spawn(tracing::Instrument::instrument(
-                async move { this.complete(client, id).await },
-                span,
-            ));
+            // Not cancelled on shutdown: signing is bounded, and shutdown waits for it so
+            // that its answer is recorded before the audit log closes.
+            self.background.spawn(
+                "approved signing",
+                tracing::Instrument::instrument(
+                    async move { this.complete(client, id).await },
+                    span,
+                ),
+            );
         }
         tracing::info!(
             approver = %me,
@@ -617,11 +622,14 @@ impl Signer {
             }
         }
         let this = self.clone();
-        tokio::spawn(async move {
+        self.background.spawn("approval sweep", async move {
             let mut tick = tokio::time::interval(SWEEP_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    () = this.background.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
                 if let Err(e) = this.expire_due().await {
                     tracing::error!(error = %e, "cannot expire requests waiting for approval");
                 }
@@ -866,7 +874,7 @@ impl Signer {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         let mut changes = self.changes.subscribe();
-        tokio::spawn(async move {
+        self.background.spawn("approval watch stream", async move {
             let until = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
             let mut last = first;
             if tx.send(Ok(last.clone())).await.is_err() {
@@ -877,6 +885,7 @@ impl Signer {
                 tokio::select! {
                     // The client went away: stop polling at once, not at `until`.
                     () = tx.closed() => return,
+                    () = this.background.cancelled() => return,
                     _ = tokio::time::timeout_at(
                         until.min(tokio::time::Instant::now() + SWEEP_EVERY),
                         changes.changed(),

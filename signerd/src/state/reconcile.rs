@@ -115,9 +115,7 @@ pub fn scan(
                     }
                     let ts = v["ts"]
                         .as_str()
-                        .and_then(|t| humantime::parse_rfc3339(t).ok())
-                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+                        .and_then(crate::rfc3339::parse_unix)
                         .ok_or_else(|| format!("{}: `ts` is not an RFC 3339 time", at()))?;
                     if ts <= since {
                         continue;
@@ -196,12 +194,8 @@ mod tests {
 
     #[test]
     fn waiting_requests_keep_their_charges_until_a_result_ends_them() {
-        let dir = std::env::temp_dir().join(format!(
-            "signerd-reconcile-{}-{:?}",
-            std::process::id(),
-            std::time::SystemTime::now()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let lines = [
             decision("signed", "allow", 1),
             result("signed", "signed"),
@@ -225,6 +219,5 @@ mod tests {
         amounts.sort_unstable();
         // Signed (1), still waiting (10), approved at its final charge (200).
         assert_eq!(amounts, vec![1, 10, 200]);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

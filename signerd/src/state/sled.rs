@@ -434,28 +434,18 @@ mod tests {
 
     use super::*;
     use crate::state::StoredOutcome;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::AtomicU64;
 
-    struct TempDir(PathBuf);
+    /// A path for a state store, not created yet, inside a fresh temp dir removed on drop.
+    struct TempDir(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
     impl TempDir {
         fn new(name: &str) -> TempDir {
-            static N: AtomicU64 = AtomicU64::new(0);
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            TempDir(std::env::temp_dir().join(format!(
-                "signerd-state-{name}-{}-{nanos}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            )))
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
+            let root = tempfile::Builder::new()
+                .prefix("signerd-state-")
+                .tempdir()
+                .unwrap();
+            TempDir(root.path().join(name), root)
         }
     }
 

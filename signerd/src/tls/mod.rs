@@ -299,8 +299,11 @@ pub struct AcceptOptions {
 }
 
 /// Accepts TCP connections and hands back handshaken [`TlsConn`]s on a channel. Each handshake
-/// runs in its own task under `handshake_timeout`; failures go to `failures`.
+/// runs in its own task under `handshake_timeout`; failures go to `failures`. The loop and
+/// the handshakes are tracked by `background`; the loop ends when it is cancelled or the
+/// receiver is dropped.
 pub fn accept_loop(
+    background: &crate::tasks::Background,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     identities: Arc<IdentityMap>,
@@ -310,7 +313,8 @@ pub fn accept_loop(
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(opts.max_connections));
-    tokio::spawn(async move {
+    let bg = background.clone();
+    background.spawn("TLS accept loop", async move {
         loop {
             // Wait for a free slot before accepting, so excess clients queue in the backlog.
             let Ok(permit) = slots.clone().acquire_owned().await else {
@@ -326,6 +330,7 @@ pub fn accept_loop(
                     }
                 },
                 () = tx.closed() => return,
+                () = bg.cancelled() => return,
             };
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
@@ -333,7 +338,7 @@ pub fn accept_loop(
             let tx = tx.clone();
             let failures = failures.clone();
             let deadline = opts.handshake_timeout;
-            tokio::spawn(async move {
+            bg.spawn("TLS handshake", async move {
                 let reason = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let cert = stream

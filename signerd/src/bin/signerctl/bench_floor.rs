@@ -209,7 +209,9 @@ pub(crate) async fn serve(dir: PathBuf) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     println!("listening {}", listener.local_addr()?);
     let (fail_tx, _fail_rx) = tokio::sync::mpsc::unbounded_channel();
+    let background = signerd::tasks::Background::new();
     let conns = signerd::tls::accept_loop(
+        &background,
         listener,
         tls,
         Arc::new(signerd::tls::IdentityMap::new(&[])),
@@ -235,5 +237,6 @@ pub(crate) async fn serve(dir: PathBuf) -> anyhow::Result<()> {
             stdin_closed,
         )
         .await?;
+    background.shutdown(signerd::tasks::SHUTDOWN_WAIT).await;
     Ok(())
 }

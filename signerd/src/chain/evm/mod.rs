@@ -8,7 +8,7 @@
 //!
 //! [`Action`]: signerd_policy::Action
 
-use alloy_primitives::{Address, keccak256};
+use alloy_primitives::Address;
 
 mod fields;
 mod message;
@@ -57,9 +57,5 @@ pub fn address_of(public_key: &[u8]) -> Result<Address, EvmError> {
             public_key.len()
         ),
     })?;
-    let point = k256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key, false);
-    // An uncompressed SEC1 point is 0x04 || x || y; the address hashes x || y.
-    let xy = point.as_bytes().get(1..).unwrap_or_default();
-    let digest = keccak256(xy);
-    Ok(Address::from_slice(&digest[12..]))
+    Ok(crate::keys::hazmat::evm_address(&key.into()))
 }

@@ -6,7 +6,6 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use secrecy::SecretString;
 use sha2::Digest as _;
@@ -15,30 +14,22 @@ use super::file::{self, KdfParams};
 use super::{SecretKey, SoftBackend, generate, validate_key_id};
 use crate::keys::{Algorithm, KeyBackend, KeyError, Payload, RawSignature};
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub(crate) struct TempDir(PathBuf);
+/// A fresh, empty directory inside a temp dir removed on drop.
+pub(crate) struct TempDir(PathBuf, #[allow(dead_code)] tempfile::TempDir);
 
 impl TempDir {
     pub(crate) fn new(name: &str) -> TempDir {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!(
-            "signerd-keys-test-{}-{n}-{name}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&path);
+        let root = tempfile::Builder::new()
+            .prefix("signerd-keys-test-")
+            .tempdir()
+            .unwrap();
+        let path = root.path().join(name);
         fs::create_dir_all(&path).unwrap();
-        TempDir(path)
+        TempDir(path, root)
     }
 
     pub(crate) fn path(&self) -> &Path {
         &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
     }
 }
 

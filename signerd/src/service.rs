@@ -71,9 +71,30 @@ pub enum ServiceError {
     Unavailable(String),
 }
 
+/// A key backend's failure as the client sees it. A backend that cannot serve, including one
+/// that refuses signerd's own credentials (a revoked Vault token), is UNAVAILABLE: clients
+/// retry it and it is never mistaken for a policy denial, which alone is PERMISSION_DENIED.
+impl From<KeyError> for ServiceError {
+    fn from(e: KeyError) -> ServiceError {
+        match e {
+            KeyError::NotFound(m) => ServiceError::NotFound(format!("key `{m}` not found")),
+            KeyError::WrongAlgorithm { .. } => ServiceError::InvalidArgument(e.to_string()),
+            KeyError::CredentialsRefused(_) => ServiceError::Unavailable(format!(
+                "{e}; nothing was signed; signing resumes by itself once the key backend \
+                 accepts signerd's credentials again"
+            )),
+            KeyError::Unavailable(_) => ServiceError::Unavailable(format!(
+                "{e}; nothing was signed; signing resumes by itself once the key backend \
+                 answers again"
+            )),
+            KeyError::Keystore(_) => ServiceError::Unavailable(format!("{e}; nothing was signed")),
+        }
+    }
+}
+
 impl ServiceError {
-    /// (decision, gRPC status name) for metrics: `deny` for a policy or backend denial,
-    /// `none` for a request refused before the policy or failed after it.
+    /// (decision, gRPC status name) for metrics: `deny` for a policy denial, `none` for a
+    /// request refused before the policy or failed after it (a key backend included).
     pub fn metric_labels(&self) -> (&'static str, &'static str) {
         match self {
             ServiceError::InvalidArgument(_) => ("none", "INVALID_ARGUMENT"),
@@ -772,7 +793,12 @@ impl Signer {
         expected: crate::audit::Expected,
     ) -> Result<R, ServiceError> {
         let t = std::time::Instant::now();
-        let signed = self.sign(prepared).await;
+        let signed = match self.keys.failure() {
+            // Known to be down: refused at once rather than after the backend's timeout. The
+            // backend's own health check finds it back, and then requests reach it again.
+            Some(e) => Err(e),
+            None => self.sign(prepared).await,
+        };
         crate::metrics::stage("backend", t.elapsed());
         let signature = match signed {
             Ok(sig) => sig,
@@ -781,15 +807,7 @@ impl Signer {
                 let msg = e.to_string();
                 self.record_unsigned(caller, prepared, &msg).await;
                 tracing::warn!(error = %msg, "backend failed");
-                return Err(match e {
-                    KeyError::NotFound(m) => ServiceError::NotFound(format!("key `{m}` not found")),
-                    KeyError::WrongAlgorithm { .. } => ServiceError::InvalidArgument(msg),
-                    KeyError::Denied(_) => ServiceError::PermissionDenied {
-                        rule: None,
-                        reason: msg,
-                    },
-                    _ => ServiceError::Unavailable(msg),
-                });
+                return Err(e.into());
             }
         };
 
@@ -1562,6 +1580,56 @@ mod tests {
             "request_id was already used for a different SignDigest request; use a new \
              request_id for a new request"
         );
+    }
+
+    /// A backend that cannot serve, for whatever reason, is UNAVAILABLE and says that nothing
+    /// was signed; PERMISSION_DENIED is left to the policy.
+    #[test]
+    fn key_backend_failures_are_unavailable_never_denied() {
+        let code = |e: KeyError| crate::api::status(ServiceError::from(e));
+        let refused = code(KeyError::CredentialsRefused(
+            "vault sign: Vault refused the token or the operation (HTTP 403): permission denied"
+                .into(),
+        ));
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(
+            refused
+                .message()
+                .starts_with("key backend refused its credentials: vault sign:"),
+            "{refused:?}"
+        );
+        assert!(
+            refused.message().contains(
+                "nothing was signed; signing resumes by itself once the key backend accepts \
+                 signerd's credentials again"
+            ),
+            "{refused:?}"
+        );
+        let down = code(KeyError::Unavailable(
+            "vault sign: no answer within 2000 ms".into(),
+        ));
+        assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+        assert!(
+            down.message().contains(
+                "no answer within 2000 ms; nothing was signed; signing \
+                 resumes by itself once the key backend answers again"
+            ),
+            "{down:?}"
+        );
+        let bad = code(KeyError::Keystore("wrapped key file is corrupt".into()));
+        assert_eq!(bad.code(), tonic::Code::Unavailable, "{bad:?}");
+        let missing = code(KeyError::NotFound("k".into()));
+        assert_eq!(missing.code(), tonic::Code::NotFound);
+        assert_eq!(missing.message(), "key `k` not found");
+        let wrong = code(KeyError::WrongAlgorithm {
+            id: "k".into(),
+            algorithm: Algorithm::Ed25519,
+            what: "cannot sign a digest".into(),
+        });
+        assert_eq!(wrong.code(), tonic::Code::InvalidArgument);
+        // And metrics count them as failures, not as denials.
+        let e = ServiceError::from(KeyError::CredentialsRefused("x".into()));
+        assert_eq!(e.metric_labels(), ("none", "UNAVAILABLE"));
     }
 
     #[test]

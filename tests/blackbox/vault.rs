@@ -585,18 +585,46 @@ async fn vault_sealed_revoked_and_stopped_fail_closed_and_recover() {
     sign_and_verify(&mut c, "unsealed", &ked, b"unsealed").await;
     sign_evm(&mut c, "unsealed-evm", &kevm.evm_address).await;
 
-    // Token revoked: PERMISSION_DENIED, health down; a new token in the file: back by itself.
+    // Token revoked: UNAVAILABLE (the backend cannot serve; not a policy denial), health
+    // down; a new token in the file: back by itself.
     bao.cli(&["token", "revoke", &token]);
     let st = refused(
         "revoked",
         c.sign_digest(digest_req("revoked-ed", VED, &[2; 32])).await,
     );
-    assert_eq!(st.code(), Code::PermissionDenied, "{st:?}");
+    assert_status(
+        "revoked",
+        &st,
+        Code::Unavailable,
+        "key backend refused its credentials",
+    );
+    assert!(
+        st.message().contains(
+            "nothing was signed; signing resumes by itself once the key backend accepts \
+             signerd's credentials again"
+        ),
+        "{st:?}"
+    );
     assert!(
         !st.message().contains(&token),
         "the token leaked into an error"
     );
     wait_health(&channel, NOT_SERVING, "revoked").await;
+    // While it is known down, the answer is the same and comes at once.
+    let started = Instant::now();
+    let st = refused(
+        "revoked again",
+        c.sign_digest(digest_req("revoked-ed-2", VED, &[2; 32]))
+            .await,
+    );
+    assert_status(
+        "revoked again",
+        &st,
+        Code::Unavailable,
+        "key backend refused its credentials",
+    );
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(!st.message().contains(&token));
     write_token(&env, &bao.token("1h"));
     wait_health(&channel, SERVING, "new token").await;
     sign_and_verify(&mut c, "new-token", &ked, b"new token").await;
@@ -614,11 +642,85 @@ async fn vault_sealed_revoked_and_stopped_fail_closed_and_recover() {
 
     // Nothing was signed for any failed request.
     let audit = env.wait_audit(|a| a.results("stopped-ed").len() == 1);
-    for id in ["sealed-ed", "sealed-evm", "revoked-ed", "stopped-ed"] {
+    for id in [
+        "sealed-ed",
+        "sealed-evm",
+        "revoked-ed",
+        "revoked-ed-2",
+        "stopped-ed",
+    ] {
         audit.assert_not_signed(id);
         assert_eq!(audit.results(id), vec!["backend_error".to_owned()], "{id}");
     }
     assert!(!d.stderr().contains(&token));
+    d.stop();
+}
+
+/// Sends `bao` a signal (`STOP` hangs it: connections are accepted, nothing is answered).
+fn signal(bao: &Bao, sig: &str) {
+    let pid = bao.child.id().to_string();
+    let status = Command::new("kill")
+        .args([&format!("-{sig}"), &pid])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_hung_fails_fast_once_known_down_and_recovers() {
+    let env = TestEnv::new("vault-hung");
+    let bao = Bao::start(&env.dir);
+    write_token(&env, ROOT_TOKEN);
+    use_vault(&env, &bao, "token_file = \"vault.token\"");
+    generate(&env, VED, "ed25519");
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    let channel = signerd::client::channel(&env.settings(&d, "app"))
+        .await
+        .unwrap();
+    let ked = get_key(&mut c, VED).await;
+    sign_and_verify(&mut c, "before", &ked, b"before").await;
+    wait_health(&channel, SERVING, "at start").await;
+
+    // Hung: the first call waits out timeout_ms (2000) and is UNAVAILABLE; health goes down.
+    signal(&bao, "STOP");
+    let started = Instant::now();
+    let st = refused(
+        "hung",
+        c.sign_digest(digest_req("hung-1", VED, &[1; 32])).await,
+    );
+    assert_status("hung", &st, Code::Unavailable, "nothing was signed");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    wait_health(&channel, NOT_SERVING, "hung").await;
+
+    // Known down: every further call is refused at once, not after the 2 s timeout.
+    for i in 2..=4 {
+        let id = format!("hung-{i}");
+        let started = Instant::now();
+        let st = refused(&id, c.sign_digest(digest_req(&id, VED, &[1; 32])).await);
+        let took = started.elapsed();
+        assert_status(&id, &st, Code::Unavailable, "key backend unavailable");
+        assert!(
+            st.message()
+                .contains("signing resumes by itself once the key backend answers again"),
+            "{st:?}"
+        );
+        assert!(
+            took < Duration::from_millis(500),
+            "{id}: answered after {took:?} while Vault was known down"
+        );
+    }
+
+    // Answering again: health and signing come back by themselves.
+    signal(&bao, "CONT");
+    wait_health(&channel, SERVING, "resumed").await;
+    sign_and_verify(&mut c, "resumed", &ked, b"resumed").await;
+
+    let audit = env.wait_audit(|a| a.results("hung-4").len() == 1);
+    for id in ["hung-1", "hung-2", "hung-3", "hung-4"] {
+        audit.assert_not_signed(id);
+        assert_eq!(audit.results(id), vec!["backend_error".to_owned()], "{id}");
+    }
     d.stop();
 }
 

@@ -3,9 +3,9 @@
 //!
 //! This is the only place where errors become `tonic::Status`, so every status code has one
 //! meaning: INVALID_ARGUMENT for bad input, NOT_FOUND for an unknown key, PERMISSION_DENIED
-//! (with the rule) for a policy denial, ABORTED for a reused `request_id`, UNAUTHENTICATED
-//! without a mapped identity, UNAVAILABLE when a backend, the state store or the audit log
-//! cannot serve. Handlers hold no logic of their own beyond authentication.
+//! (with the rule) for a policy denial and nothing else, ABORTED for a reused `request_id`,
+//! UNAUTHENTICATED without a mapped identity, UNAVAILABLE when a backend (including one that
+//! refuses signerd's own credentials), the state store or the audit log cannot serve. Handlers hold no logic of their own beyond authentication.
 
 use std::sync::Arc;
 

@@ -97,7 +97,7 @@ pub enum RawSignature {
 }
 
 /// Why a backend could not sign or answer.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
     /// No key with this id.
@@ -116,10 +116,12 @@ pub enum KeyError {
     /// The backend cannot serve right now (HSM, Vault, keystore).
     #[error("key backend unavailable: {0}")]
     Unavailable(String),
-    /// The backend refused this caller's credentials for the operation (for example a Vault
-    /// token without permission); retrying will not help until an operator acts.
-    #[error("key backend denied the operation: {0}")]
-    Denied(String),
+    /// The backend refused signerd's own credentials (for example a revoked or expired Vault
+    /// token, or one whose policy does not allow the operation). This is the backend being
+    /// unavailable, never a policy decision: signing resumes once the credentials work again
+    /// (a new token in the token file, an AppRole login).
+    #[error("key backend refused its credentials: {0}")]
+    CredentialsRefused(String),
     /// A key store or key file is invalid or cannot be used.
     #[error("keystore: {0}")]
     Keystore(String),
@@ -168,6 +170,18 @@ pub trait KeyBackend: Send + Sync + 'static {
     fn healthy(&self) -> bool {
         true
     }
+    /// Why the backend cannot sign right now, while it is not [`healthy`](KeyBackend::healthy):
+    /// the failure that took it down when the backend knows it. Signing is refused with this
+    /// error at once, without waiting for a backend that is known to be down, until the
+    /// backend's own health check finds it back.
+    fn failure(&self) -> Option<KeyError> {
+        (!self.healthy()).then(|| {
+            KeyError::Unavailable(format!(
+                "the {} key backend reports itself unhealthy",
+                self.name()
+            ))
+        })
+    }
     /// The audit checkpoint key this backend was opened with (see [`AuditKeySpec`]), if it
     /// holds one.
     fn audit_key(&self) -> Option<KeyInfo> {
@@ -184,5 +198,49 @@ pub trait KeyBackend: Send + Sync + 'static {
     /// (sessions in use, sessions configured) for backends with a session pool.
     fn sessions(&self) -> Option<(usize, usize)> {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend whose health the test sets.
+    struct Flaky(std::sync::atomic::AtomicBool);
+
+    #[async_trait]
+    impl KeyBackend for Flaky {
+        fn name(&self) -> &'static str {
+            "flaky"
+        }
+        fn keys(&self) -> Vec<KeyInfo> {
+            Vec::new()
+        }
+        fn key(&self, _: &str) -> Option<KeyInfo> {
+            None
+        }
+        async fn sign(&self, id: &str, _: Payload<'_>) -> Result<RawSignature, KeyError> {
+            Err(KeyError::NotFound(id.to_owned()))
+        }
+        fn healthy(&self) -> bool {
+            self.0.load(std::sync::atomic::Ordering::Relaxed)
+        }
+    }
+
+    /// A backend that only reports health still gets a failure to refuse with while it is down,
+    /// and none once it is back.
+    #[test]
+    fn an_unhealthy_backend_reports_a_failure_until_it_is_back() {
+        let b = Flaky(std::sync::atomic::AtomicBool::new(false));
+        let Some(e) = b.failure() else {
+            panic!("a backend that is down reports no failure");
+        };
+        assert!(matches!(&e, KeyError::Unavailable(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "key backend unavailable: the flaky key backend reports itself unhealthy"
+        );
+        b.0.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(b.failure().is_none());
     }
 }

@@ -454,6 +454,10 @@ impl KeyBackend for Pkcs11Backend {
         self.inner.healthy.load(Ordering::SeqCst)
     }
 
+    fn failure(&self) -> Option<KeyError> {
+        (!self.healthy()).then(|| self.inner.unavailable())
+    }
+
     fn sessions(&self) -> Option<(usize, usize)> {
         let total = self.inner.cfg.sessions;
         Some((

@@ -7,7 +7,6 @@
 //! or return the token or the AppRole secret id; errors name the operation and Vault's status.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustify::endpoint::Endpoint;
@@ -78,7 +77,11 @@ pub(crate) struct Connection {
     timeout: Duration,
     permits: Semaphore,
     state: RwLock<TokenState>,
-    healthy: AtomicBool,
+    /// `None` while Vault answers the health probe and accepts the token; otherwise the
+    /// probe's failure, with which signing is refused at once until a probe succeeds. Only
+    /// the probe sets it: a call that fails for one key (an audit key below its minimum
+    /// version) must not stop the others.
+    down: std::sync::Mutex<Option<KeyError>>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -155,8 +158,8 @@ pub(crate) fn classify(what: &str, e: &ClientError) -> KeyError {
             // Vault's error strings describe the request, never the token.
             let detail = vault_text(&errors.join("; "));
             match code {
-                401 | 403 => KeyError::Denied(format!(
-                    "vault {what}: permission denied (HTTP {code}): {detail}"
+                401 | 403 => KeyError::CredentialsRefused(format!(
+                    "vault {what}: Vault refused the token or the operation (HTTP {code}): {detail}"
                 )),
                 503 if detail.contains("sealed") => {
                     KeyError::Unavailable(format!("vault {what}: Vault is sealed"))
@@ -178,8 +181,8 @@ pub(crate) fn classify(what: &str, e: &ClientError) -> KeyError {
             if let rustify::errors::ClientError::ServerResponseError { code, content } = source {
                 let content = content.as_deref().unwrap_or("");
                 if matches!(code, 401 | 403) {
-                    return KeyError::Denied(format!(
-                        "vault {what}: permission denied (HTTP {code})"
+                    return KeyError::CredentialsRefused(format!(
+                        "vault {what}: Vault refused the token or the operation (HTTP {code})"
                     ));
                 }
                 if content.contains("sealed") {
@@ -213,26 +216,40 @@ impl Connection {
                 ttl: 0,
                 capped: false,
             }),
-            healthy: AtomicBool::new(false),
+            down: std::sync::Mutex::new(None),
         });
         conn.authenticate().await?;
-        conn.healthy.store(true, Ordering::Relaxed);
         Ok(conn)
     }
 
-    /// Whether the last probe or call reached Vault and was allowed.
+    /// Whether the last health probe reached Vault and was allowed.
     pub(crate) fn healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.failure().is_none()
     }
 
-    /// Runs one authenticated call with a permit and the deadline; records health from its
-    /// outcome.
+    /// Why Vault cannot sign, when the last health probe failed.
+    pub(crate) fn failure(&self) -> Option<KeyError> {
+        self.down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records health: up, or down for this reason.
+    fn set_down(&self, why: Option<KeyError>) {
+        *self
+            .down
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = why;
+    }
+
+    /// Runs one authenticated call with a permit and the deadline.
     pub(crate) async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T, KeyError>
     where
         F: FnOnce(Arc<TokenClient>) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let out = tokio::time::timeout(self.timeout, async {
+        tokio::time::timeout(self.timeout, async {
             let _permit = self.permits.acquire().await.map_err(|_| {
                 KeyError::Unavailable(format!("vault {what}: connection is closing"))
             })?;
@@ -245,15 +262,7 @@ impl Connection {
                 "vault {what}: no answer within {} ms",
                 self.timeout.as_millis()
             )))
-        });
-        match &out {
-            Ok(_) => self.healthy.store(true, Ordering::Relaxed),
-            Err(KeyError::Unavailable(_) | KeyError::Denied(_)) => {
-                self.healthy.store(false, Ordering::Relaxed);
-            }
-            Err(_) => {}
-        }
-        out
+        })
     }
 
     /// Gets a token (reads it, or logs in with AppRole), checks it with a self-lookup and
@@ -356,23 +365,27 @@ impl Connection {
             })
             .await;
         match probe {
-            Ok(_) => {}
-            Err(KeyError::Denied(e)) => {
+            Ok(_) => self.set_down(None),
+            Err(refused @ KeyError::CredentialsRefused(_)) => {
                 // A revoked or expired token: get a new one (AppRole) or re-read the source
                 // (a token file an agent rotates). Health stays down until that works.
-                tracing::warn!(error = %e, "vault token is no longer accepted; re-authenticating");
+                tracing::warn!(error = %refused, "vault token is no longer accepted; re-authenticating");
+                self.set_down(Some(refused));
                 match self.authenticate().await {
                     Ok(()) => {
                         tracing::info!("vault re-authentication succeeded");
-                        self.healthy.store(true, Ordering::Relaxed);
+                        self.set_down(None);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "vault re-authentication failed");
-                        self.healthy.store(false, Ordering::Relaxed);
+                        self.set_down(Some(e));
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "vault is unavailable"),
+            Err(e) => {
+                tracing::warn!(error = %e, "vault is unavailable");
+                self.set_down(Some(e));
+            }
         }
     }
 
@@ -492,7 +505,15 @@ mod tests {
     #[test]
     fn vault_errors_map_to_the_right_kind() {
         let e = classify("sign", &api(403, &["permission denied"]));
-        assert!(matches!(&e, KeyError::Denied(m) if m.contains("vault sign: permission denied")));
+        assert!(
+            matches!(&e, KeyError::CredentialsRefused(m) if m.contains("vault sign: Vault refused the token or the operation (HTTP 403)")),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with("key backend refused its credentials: "),
+            "{e}"
+        );
         let e = classify("sign", &api(503, &["Vault is sealed"]));
         assert!(
             matches!(&e, KeyError::Unavailable(m) if m.contains("sealed")),

@@ -3,8 +3,9 @@
 //! Ed25519 and ECDSA P-256 keys are transit keys named `<key_prefix><key id>`: they sign inside
 //! Vault and never leave it. secp256k1 keys, which transit does not have, are transit-wrapped
 //! (see [`wrapped`]). Every call has a deadline; a sealed, unreachable or refusing Vault makes
-//! signing fail with [`KeyError::Unavailable`] or [`KeyError::Denied`] and health go down, and
-//! a background task renews the token, probes Vault once a second and follows key rotation,
+//! signing fail with [`KeyError::Unavailable`] or [`KeyError::CredentialsRefused`] and health go
+//! down; while it is down, signing is refused at once ([`KeyBackend::failure`]), and a background
+//! task renews the token, probes Vault once a second and follows key rotation,
 //! so signing resumes by itself when Vault is back.
 //!
 //! This backend must never log, format or return the Vault token, the AppRole secret id or a
@@ -341,6 +342,10 @@ impl KeyBackend for VaultBackend {
 
     fn healthy(&self) -> bool {
         self.conn.healthy()
+    }
+
+    fn failure(&self) -> Option<KeyError> {
+        self.conn.failure()
     }
 
     fn audit_key(&self) -> Option<KeyInfo> {

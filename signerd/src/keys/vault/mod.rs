@@ -333,7 +333,7 @@ impl KeyBackend for VaultBackend {
         if entry.info != *key {
             return Err(KeyError::Unavailable(format!(
                 "key `{}` was rotated (now version {:?}) while the request was prepared for \
-                 version {:?}; nothing was signed, retry",
+                 version {:?}; retry to sign with the new version",
                 key.id, entry.info.version, key.version
             )));
         }

@@ -10,6 +10,7 @@
 //!
 //! Nesting is bounded by [`MAX_DEPTH`].
 
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -209,8 +210,10 @@ impl<'de> Visitor<'de> for Seed {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<J, A::Error> {
         let inner = self.nested()?;
         let mut out: Vec<(String, J)> = Vec::new();
+        // A set, not a scan of `out`: an object of 50,000 keys must not cost 10^9 compares.
+        let mut seen: HashSet<String> = HashSet::new();
         while let Some(key) = map.next_key::<String>()? {
-            if out.iter().any(|(k, _)| *k == key) {
+            if !seen.insert(key.clone()) {
                 let shown: String = key.chars().take(64).collect();
                 return Err(de::Error::custom(format!("duplicate key {shown:?}")));
             }
@@ -260,5 +263,11 @@ mod tests {
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
         parse(&ok).unwrap();
         assert!(parse("{} x").is_err());
+        // A duplicate at the end of a large object is still found.
+        let keys: Vec<String> = (0..50_000).map(|i| format!("\"k{i}\":0")).collect();
+        let big = format!("{{{}}}", keys.join(","));
+        assert!(matches!(parse(&big), Ok(J::Obj(m)) if m.len() == 50_000));
+        let dup = format!("{{{},\"k7\":1}}", keys.join(","));
+        assert!(parse(&dup).unwrap_err().contains("duplicate key \"k7\""));
     }
 }

@@ -440,10 +440,7 @@ impl AuditLog {
     /// Why the log takes no more records, once it has failed or been shut down (the same
     /// text every append then gets); `None` while it works.
     pub fn failure(&self) -> Option<String> {
-        match self.inner.shared.unavailable() {
-            AuditError::Unavailable(why) if !self.inner.shared.is_running() => Some(why),
-            _ => None,
-        }
+        self.inner.shared.stop_reason()
     }
 
     /// False once a write or sync has failed, the segment was deleted or replaced, the free

@@ -188,9 +188,9 @@ impl Shared {
         }
     }
 
-    /// Whether the log still takes records (it has neither failed nor been shut down).
-    pub(super) fn is_running(&self) -> bool {
-        self.stopped.get().is_none()
+    /// Why the log takes no more records (a failure or a shutdown); `None` while it does.
+    pub(super) fn stop_reason(&self) -> Option<String> {
+        self.stopped.get().cloned()
     }
 
     /// The error for a request the writer can no longer answer.

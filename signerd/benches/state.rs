@@ -41,7 +41,7 @@ fn main() {
     let answer = stored_answer();
     let value = serde_json::to_vec(&answer).unwrap();
 
-    let store = signerd::state::open_sled(&dir.path().join("store")).unwrap();
+    let store = signerd::state::SledStore::open(&dir.path().join("store")).unwrap();
     let raw = sled::open(dir.path().join("raw")).unwrap();
     let tree = raw.open_tree("requests").unwrap();
     for i in 0..stored {

@@ -181,25 +181,41 @@ impl Daemon {
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         // It is the durable copy of every answer too: answers the state store lost in a crash
         // (they are not flushed one by one) are restored before serving.
+        // The scan reads the log on a blocking thread and hands each final answer to this task,
+        // which asks the store (a store call may wait on the network) and restores the missing.
+        let (answers, mut to_restore) = tokio::sync::mpsc::channel(256);
+        let audit_dir = config.audit.dir.clone();
+        let scan = tokio::task::spawn_blocking(move || {
+            crate::state::reconcile::scan(&audit_dir, now, &mut |answer| {
+                let rec = crate::service::answer_from_log(&answer)?;
+                let owned = (answer.client.to_owned(), answer.req_id.to_owned(), rec);
+                answers
+                    .blocking_send(owned)
+                    .map_err(|_| "the state store stopped taking answers".to_owned())
+            })
+        });
         let mut restored = 0u64;
-        let spend = crate::state::reconcile::scan(&config.audit.dir, now, &mut |answer| {
+        while let Some((client, req_id, rec)) = to_restore.recv().await {
             let stored = state
-                .get_request(answer.client, answer.req_id)
-                .map_err(|e| e.to_string())?;
+                .get_request(&client, &req_id)
+                .await
+                .map_err(start("state"))?;
             if stored.is_some_and(|s| s.outcome != crate::state::StoredOutcome::Pending) {
-                return Ok(());
+                continue;
             }
-            let rec = crate::service::answer_from_log(&answer)?;
             state
-                .put_request(answer.client, answer.req_id, &rec)
-                .map_err(|e| e.to_string())?;
+                .put_request(&client, &req_id, &rec)
+                .await
+                .map_err(start("state"))?;
             restored += 1;
-            Ok(())
-        })
-        .map_err(start("reconciling from the audit log"))?;
+        }
+        let spend = scan
+            .await
+            .map_err(start("reconciling from the audit log"))?
+            .map_err(start("reconciling from the audit log"))?;
         let reconciled = spend.len();
-        state.reconcile(spend).map_err(start("state"))?;
-        state.flush().map_err(start("state"))?;
+        state.reconcile(spend).await.map_err(start("state"))?;
+        state.flush().await.map_err(start("state"))?;
         tracing::info!(
             entries = reconciled,
             answers_restored = restored,

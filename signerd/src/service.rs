@@ -26,6 +26,8 @@ use crate::keys::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignatur
 use crate::state::{StateStore, StoredOutcome, StoredRequest};
 
 mod approvals;
+#[cfg(test)]
+mod pipeline_tests;
 pub use approvals::VoteRequest;
 use approvals::Waiting;
 pub(crate) use approvals::check_ballot;
@@ -318,7 +320,7 @@ impl Signer {
         }
     }
 
-    /// Probes the state store (a small durable write, on a blocking thread); false once a probe
+    /// Probes the state store (a small durable write); false once a probe
     /// or an answer's write has failed. A failure is final until a restart: a store that failed
     /// a write may still accept a small one, and sled keeps no promise after an I/O error.
     /// Polled by the health watcher.
@@ -327,11 +329,9 @@ impl Signer {
         if !self.state_ok.load(Ordering::Relaxed) {
             return false;
         }
-        let state = self.state.clone();
-        let failure = match tokio::task::spawn_blocking(move || state.probe()).await {
-            Ok(Ok(())) => return true,
-            Ok(Err(e)) => e.to_string(),
-            Err(e) => format!("the probe did not run: {e}"),
+        let failure = match self.state.probe().await {
+            Ok(()) => return true,
+            Err(e) => e.to_string(),
         };
         tracing::error!(error = %failure, "state store probe failed; signing stops until a restart");
         self.state_ok.store(false, Ordering::Relaxed);
@@ -675,7 +675,7 @@ impl Signer {
         };
 
         if prepared.dry_run {
-            return self.dry_run(&caller, &prepared);
+            return self.dry_run(&caller, &prepared).await;
         }
 
         let fingerprint = fingerprint(&prepared);
@@ -693,24 +693,51 @@ impl Signer {
         }
 
         let t = std::time::Instant::now();
-        let decided = self.decide(&caller, &prepared, true, false)?;
+        let decided = self.decide(&caller, &prepared, true, false).await?;
         crate::metrics::stage("policy", t.elapsed());
         // Until the result record is durable, a reservation belongs to a request that may end
-        // unsigned: the guard releases it on every early return.
+        // unsigned: it is released on every path that ends without a signature, before the
+        // request's lock is let go (so a retry cannot see, or lose, a stale reservation).
         let mut reservation = Reservation {
-            state: self.state.as_ref(),
-            client: &caller.identity.id,
-            request_id: &prepared.request_id,
             armed: decided.reserved,
         };
+        let result = self
+            .process_decided(
+                &caller,
+                &prepared,
+                &fingerprint,
+                decided,
+                &mut reservation,
+                expected,
+            )
+            .await;
+        if reservation.armed {
+            self.release(&caller.identity.id, &prepared.request_id)
+                .await;
+        }
+        result
+    }
+
+    /// The rest of [`Signer::process`] once the policy has decided: record, then wait for
+    /// approval, deny, or sign.
+    async fn process_decided<R: SignResponse>(
+        &self,
+        caller: &Caller,
+        prepared: &Prepared,
+        fingerprint: &str,
+        decided: Decided,
+        reservation: &mut Reservation,
+        expected: crate::audit::Expected,
+    ) -> Result<R, ServiceError> {
+        let method = prepared.method;
         let req_rec = request_record(
-            &caller,
+            caller,
             method,
             Some(&prepared.request_id),
             Some(&prepared.key.id),
-            Some(&fingerprint),
+            Some(fingerprint),
         );
-        let dec_rec = decision_record(&caller, &prepared, &decided);
+        let dec_rec = decision_record(caller, prepared, &decided);
         self.audit.append(req_rec).map_err(unavailable)?;
         self.audit.append(dec_rec).map_err(unavailable)?;
         let Decided {
@@ -730,26 +757,22 @@ impl Signer {
             } => {
                 drop(expected);
                 let waiting = Waiting {
-                    fingerprint: &fingerprint,
+                    fingerprint,
                     rules,
                     requirements: &requirements,
                     policy: &policy,
                     explanation,
                 };
-                let response = self
-                    .begin_approval::<R>(&caller, &prepared, waiting)
-                    .await?;
+                let response = self.begin_approval::<R>(caller, prepared, waiting).await?;
                 reservation.armed = false;
                 return Ok(response);
             }
             Decision::Deny { rule, reason } => {
                 drop(expected);
-                return Err(self
-                    .deny(&caller, &prepared, &fingerprint, rule, reason)
-                    .await);
+                return Err(self.deny(caller, prepared, fingerprint, rule, reason).await);
             }
         }
-        self.sign_allowed(&caller, &prepared, &fingerprint, &mut reservation, expected)
+        self.sign_allowed(caller, prepared, fingerprint, reservation, expected)
             .await
     }
 
@@ -789,7 +812,7 @@ impl Signer {
         caller: &Caller,
         prepared: &Prepared,
         fingerprint: &str,
-        reservation: &mut Reservation<'_>,
+        reservation: &mut Reservation,
         expected: crate::audit::Expected,
     ) -> Result<R, ServiceError> {
         let t = std::time::Instant::now();
@@ -858,7 +881,7 @@ impl Signer {
     /// Evaluates the policy with the usage the state store has now. With `reserve`, an allowed
     /// request's charges are reserved atomically (denying it when a limit would be exceeded).
     /// A request that needs approval reserves its charges like an allowed one.
-    fn decide(
+    async fn decide(
         &self,
         caller: &Caller,
         p: &Prepared,
@@ -867,18 +890,9 @@ impl Signer {
     ) -> Result<Decided, ServiceError> {
         let policy = self.policy();
         let now = unix_now();
-        let usage = StoreUsage(self.state.as_ref());
-        let request = Request {
-            action: &p.action,
-            identity: &caller.identity,
-            now_unix: now,
-            usage: &usage,
-        };
-        let eval = if explain {
-            policy.explain_request(&request)
-        } else {
-            policy.evaluate_request(&request)
-        };
+        let eval = self
+            .evaluate(&policy, caller, p, now, explain, None)
+            .await?;
         let mut explanation = eval.explanation;
         let mut decision = eval.decision;
         let mut reserved = false;
@@ -890,6 +904,7 @@ impl Signer {
             let verdict = self
                 .state
                 .reserve(&caller.identity.id, &p.request_id, now, &eval.charges)
+                .await
                 .map_err(|e| self.state_failed(&e))?;
             match verdict {
                 Ok(()) => reserved = true,
@@ -916,14 +931,68 @@ impl Signer {
         })
     }
 
+    /// Evaluates `policy` for `p` with the usage the state store has now (without the
+    /// reservations of `excluding`, a request evaluated again at quorum).
+    ///
+    /// The policy is pure and synchronous, and the store is not: the evaluation first runs
+    /// with nothing used, which asks for every window it could need (usage only ever adds to
+    /// a charge, so a limit that fails with nothing used fails with any usage, and the
+    /// evaluation with real usage asks for no window the first one did not); the store then
+    /// answers all of them in one call, and the evaluation runs again with the answers. A
+    /// policy without windowed limits runs once.
+    async fn evaluate(
+        &self,
+        policy: &Policy,
+        caller: &Caller,
+        p: &Prepared,
+        now: i64,
+        explain: bool,
+        excluding: Option<(&str, &str)>,
+    ) -> Result<signerd_policy::Evaluation, ServiceError> {
+        let run = |usage: &dyn Usage| {
+            let request = Request {
+                action: &p.action,
+                identity: &caller.identity,
+                now_unix: now,
+                usage,
+            };
+            if explain {
+                policy.explain_request(&request)
+            } else {
+                policy.evaluate_request(&request)
+            }
+        };
+        let asked = Prefetched::default();
+        let first = run(&asked);
+        let queries = asked.into_missing();
+        if queries.is_empty() {
+            return Ok(first);
+        }
+        let used = self
+            .state
+            .usage(&queries, now, excluding)
+            .await
+            .map_err(|e| {
+                ServiceError::Unavailable(format!(
+                    "cannot read the usage of the policy's limits: {e}; nothing was signed"
+                ))
+            })?;
+        let known = Prefetched::answered(queries.into_iter().zip(used).collect());
+        Ok(run(&known))
+    }
+
     /// Evaluates and explains without signing, reserving or storing anything.
-    fn dry_run<R: SignResponse>(&self, caller: &Caller, p: &Prepared) -> Result<R, ServiceError> {
+    async fn dry_run<R: SignResponse>(
+        &self,
+        caller: &Caller,
+        p: &Prepared,
+    ) -> Result<R, ServiceError> {
         let Decided {
             decision,
             explanation,
             policy,
             ..
-        } = self.decide(caller, p, false, true)?;
+        } = self.decide(caller, p, false, true).await?;
         let (effect, rules, reason) = match &decision {
             Decision::Allow { rules } => ("allow", rules.clone(), "allowed".to_owned()),
             Decision::Deny { rule, reason } => {
@@ -977,6 +1046,13 @@ impl Signer {
         }
     }
 
+    /// Releases the reservations of a request that ended unsigned (the caller holds its lock).
+    async fn release(&self, client: &str, request_id: &str) {
+        if let Err(e) = self.state.release(client, request_id).await {
+            tracing::error!(error = %e, "cannot release the reservation of an unsigned request");
+        }
+    }
+
     async fn lock_request(&self, client: &str, request_id: &str) -> RequestGuard<'_> {
         let key = (client.to_owned(), request_id.to_owned());
         let lock = {
@@ -1020,11 +1096,9 @@ impl Signer {
         caller: &Caller,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, ServiceError> {
-        let state = self.state.clone();
-        let (client, id) = (caller.identity.id.clone(), request_id.to_owned());
-        // Inline: a read of sled's cache, no disk wait on the hot path.
-        state
-            .get_request(&client, &id)
+        self.state
+            .get_request(&caller.identity.id, request_id)
+            .await
             .map_err(|e| self.state_failed(&e))
     }
 
@@ -1035,15 +1109,17 @@ impl Signer {
         fingerprint: &str,
         outcome: StoredOutcome,
     ) -> Result<(), ServiceError> {
-        let state = self.state.clone();
-        let (client, id) = (caller.identity.id.clone(), p.request_id.clone());
         let rec = StoredRequest {
             fingerprint: fingerprint.to_owned(),
             method: p.method.to_owned(),
             outcome,
         };
-        // Inline: an unflushed write (the answer's durable copy is its `sign.result` record).
-        state.put_request(&client, &id, &rec).map_err(|e| {
+        // Not durable on return: the answer's durable copy is its `sign.result` record.
+        let stored = self
+            .state
+            .put_request(&caller.identity.id, &p.request_id, &rec)
+            .await;
+        stored.map_err(|e| {
             // The outcome is durable in the audit log (the next start restores it) but is not
             // returned; no further request is signed until the store can write.
             self.state_ok
@@ -1356,33 +1432,55 @@ struct Decided {
     reserved: bool,
 }
 
-/// Releases a request's reservations unless disarmed (once its result is on record).
-struct Reservation<'a> {
-    state: &'a dyn StateStore,
-    client: &'a str,
-    request_id: &'a str,
+/// Whether a request holds reservations that must be released if it ends unsigned: disarmed
+/// once its result is on record (or it waits for approval, keeping them).
+struct Reservation {
     armed: bool,
 }
 
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if self.armed
-            && let Err(e) = self.state.release(self.client, self.request_id)
-        {
-            tracing::error!(error = %e, "cannot release the reservation of an unsigned request");
+/// Usage for one policy evaluation, answered from what the store said; a window it was not
+/// asked about is recorded (see [`Signer::evaluate`]) and counts as nothing used in the first
+/// evaluation, and as everything used (fail closed) in the second.
+#[derive(Default)]
+struct Prefetched {
+    known: HashMap<crate::state::UsageQuery, Used>,
+    answered: bool,
+    missing: std::cell::RefCell<Vec<crate::state::UsageQuery>>,
+}
+
+impl Prefetched {
+    fn answered(known: HashMap<crate::state::UsageQuery, Used>) -> Prefetched {
+        Prefetched {
+            known,
+            answered: true,
+            missing: std::cell::RefCell::default(),
         }
+    }
+
+    /// The windows asked for, each once, in the order first asked.
+    fn into_missing(self) -> Vec<crate::state::UsageQuery> {
+        let mut out = self.missing.into_inner();
+        let mut seen = std::collections::HashSet::new();
+        out.retain(|q| seen.insert(q.clone()));
+        out
     }
 }
 
-/// Policy usage read from the state store; a store that cannot answer makes every windowed
-/// limit deny.
-struct StoreUsage<'a>(&'a dyn StateStore);
-
-impl Usage for StoreUsage<'_> {
-    fn used(&self, bucket: &BucketKey, window_secs: u64, now_unix: i64) -> Used {
-        self.0
-            .used(bucket.as_str(), window_secs, now_unix)
-            .unwrap_or(Used::SATURATED)
+impl Usage for Prefetched {
+    fn used(&self, bucket: &BucketKey, window_secs: u64, _now_unix: i64) -> Used {
+        let q = crate::state::UsageQuery {
+            bucket: bucket.as_str().to_owned(),
+            window_secs,
+        };
+        if let Some(used) = self.known.get(&q) {
+            return *used;
+        }
+        self.missing.borrow_mut().push(q);
+        if self.answered {
+            Used::SATURATED
+        } else {
+            Used::ZERO
+        }
     }
 }
 

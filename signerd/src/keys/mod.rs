@@ -4,6 +4,8 @@
 //! for ECDSA, the message for Ed25519) and get a normalized signature back. A backend never
 //! exposes private key material, and its errors never contain any.
 
+#[cfg(test)]
+pub(crate) mod faulty;
 pub mod hazmat;
 pub mod pkcs11;
 pub mod soft;

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use prost::Message;
-use signerd_policy::{ApprovalRequirement, Decision, Identity, Policy, Request, Usage, Used};
+use signerd_policy::{ApprovalRequirement, Decision, Identity, Policy};
 use signerd_proto::v1;
 
 use super::{
@@ -21,7 +21,7 @@ use super::{
 };
 use crate::approvals::{self as quorum, PendingRecord, Requirement, Status, StoredVote, Vote};
 use crate::audit::Record;
-use crate::state::{StateStore, StoredOutcome, StoredRequest};
+use crate::state::{StoredOutcome, StoredRequest};
 
 /// Most requests one `ListPending` answer holds (the oldest first).
 const MAX_LISTED: usize = 500;
@@ -174,16 +174,11 @@ fn state_err(e: crate::state::StateError) -> ServiceError {
     ServiceError::Unavailable(e.to_string())
 }
 
-/// Runs a blocking state-store call off the async runtime.
-async fn blocking<T: Send + 'static>(
-    state: &Arc<dyn StateStore>,
-    f: impl FnOnce(&dyn StateStore) -> Result<T, crate::state::StateError> + Send + 'static,
+/// A state-store call, its failure as the client sees it.
+async fn state_call<T>(
+    call: impl std::future::Future<Output = Result<T, crate::state::StateError>>,
 ) -> Result<T, ServiceError> {
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || f(state.as_ref()))
-        .await
-        .map_err(|e| ServiceError::Unavailable(format!("state store: {e}")))?
-        .map_err(state_err)
+    call.await.map_err(state_err)
 }
 
 fn status_proto(s: Status) -> v1::SignStatus {
@@ -224,28 +219,6 @@ fn pending_proto(rec: &PendingRecord, now: i64) -> v1::PendingApproval {
 
 fn requirements_json(reqs: &[Requirement]) -> serde_json::Value {
     serde_json::to_value(reqs).unwrap_or_default()
-}
-
-/// Policy usage without the reservations of one request: what a request that waited is
-/// evaluated against again. A store that cannot answer makes every windowed limit deny.
-struct OthersUsage<'a> {
-    state: &'a dyn StateStore,
-    client: &'a str,
-    request_id: &'a str,
-}
-
-impl Usage for OthersUsage<'_> {
-    fn used(&self, bucket: &signerd_policy::BucketKey, window_secs: u64, now_unix: i64) -> Used {
-        self.state
-            .used_by_others(
-                bucket.as_str(),
-                window_secs,
-                now_unix,
-                self.client,
-                self.request_id,
-            )
-            .unwrap_or(Used::SATURATED)
-    }
 }
 
 impl Signer {
@@ -310,13 +283,13 @@ impl Signer {
             method: p.method.to_owned(),
             outcome: StoredOutcome::Pending,
         };
-        let (client, id) = (rec.client.clone(), rec.request_id.clone());
-        blocking(&self.state, move |s| {
-            // The flush of put_pending makes the request's answer durable too.
-            s.put_request(&client, &id, &stored)?;
-            s.put_pending(&rec)
-        })
+        // The durable write of put_pending makes the request's answer durable too.
+        state_call(
+            self.state
+                .put_request(&rec.client, &rec.request_id, &stored),
+        )
         .await?;
+        state_call(self.state.put_pending(&rec)).await?;
         self.changed();
         tracing::info!(deadline, "waiting for approval");
         let mut response = R::default();
@@ -331,7 +304,7 @@ impl Signer {
         request_id: &str,
     ) -> Result<R, ServiceError> {
         let (c, r) = (client.to_owned(), request_id.to_owned());
-        let rec = blocking(&self.state, move |s| s.get_pending(&c, &r))
+        let rec = state_call(self.state.get_pending(&c, &r))
             .await?
             .ok_or_else(|| {
                 ServiceError::Unavailable("the request's approval state is missing".into())
@@ -386,7 +359,7 @@ impl Signer {
         v.check_fields()?;
         let _guard = self.lock_request(&v.client, &v.request_id).await;
         let (c, r) = (v.client.clone(), v.request_id.clone());
-        let Some(mut rec) = blocking(&self.state, move |s| s.get_pending(&c, &r)).await? else {
+        let Some(mut rec) = state_call(self.state.get_pending(&c, &r)).await? else {
             return Err(ServiceError::NotFound(format!(
                 "no request `{}` of `{}` waits for approval",
                 v.request_id, v.client
@@ -473,7 +446,7 @@ impl Signer {
             quorum_reached = true;
         }
         let stored = rec.clone();
-        blocking(&self.state, move |s| s.put_pending(&stored)).await?;
+        state_call(self.state.put_pending(&stored)).await?;
         self.changed();
         if quorum_reached {
             let this = self.clone();
@@ -523,7 +496,7 @@ impl Signer {
             .await
             .map_err(unavailable)?;
         let (c, r) = (rec.client.clone(), rec.request_id.clone());
-        if let Err(e) = blocking(&self.state, move |s| s.release(&c, &r)).await {
+        if let Err(e) = state_call(self.state.release(&c, &r)).await {
             tracing::error!(error = %e, "cannot release the reservation of an unsigned request");
         }
         rec.status = status;
@@ -550,7 +523,7 @@ impl Signer {
         self.end_unsigned(rec, Status::Expired, "expired", reason)
             .await?;
         let stored = rec.clone();
-        blocking(&self.state, move |s| s.put_pending(&stored)).await?;
+        state_call(self.state.put_pending(&stored)).await?;
         self.changed();
         tracing::info!(req_id = %rec.request_id, client = %rec.client, "approval expired");
         Ok(())
@@ -559,7 +532,7 @@ impl Signer {
     /// Expires every pending request whose deadline has passed.
     async fn expire_due(&self) -> Result<(), ServiceError> {
         let now = unix_now();
-        let open = blocking(&self.state, |s| s.open_pending()).await?;
+        let open = state_call(self.state.open_pending()).await?;
         let waiting = open
             .iter()
             .filter(|r| r.status == Status::Pending && r.deadline > now)
@@ -571,7 +544,7 @@ impl Signer {
             }
             let _guard = self.lock_request(&rec.client, &rec.request_id).await;
             let (c, r) = (rec.client.clone(), rec.request_id.clone());
-            if let Some(mut fresh) = blocking(&self.state, move |s| s.get_pending(&c, &r)).await?
+            if let Some(mut fresh) = state_call(self.state.get_pending(&c, &r)).await?
                 && fresh.status == Status::Pending
                 && fresh.deadline <= now
             {
@@ -585,13 +558,13 @@ impl Signer {
     /// marked failed (never signed again without a new request), requests that reached quorum
     /// are signed, and a task expires requests whose deadline passes.
     pub async fn start_approvals(self: &Arc<Self>) -> Result<(), ServiceError> {
-        let open = blocking(&self.state, |s| s.open_pending()).await?;
+        let open = state_call(self.state.open_pending()).await?;
         for mut rec in open {
             if rec.status == Status::Signing {
                 // Its result may have reached the audit log (and been restored as the
                 // request's answer at start-up) before signerd stopped.
                 let (c, r) = (rec.client.clone(), rec.request_id.clone());
-                let answer = blocking(&self.state, move |s| s.get_request(&c, &r)).await?;
+                let answer = state_call(self.state.get_request(&c, &r)).await?;
                 let ended = match answer.map(|a| a.outcome) {
                     Some(StoredOutcome::Signed { .. }) => Some((Status::Signed, None)),
                     Some(StoredOutcome::Denied { rule, reason }) => Some((
@@ -606,19 +579,19 @@ impl Signer {
                 if let Some((status, reason)) = ended {
                     rec.status = status;
                     rec.reason = reason;
-                    blocking(&self.state, move |s| s.put_pending(&rec)).await?;
+                    state_call(self.state.put_pending(&rec)).await?;
                     continue;
                 }
                 // Whatever it held is released: it will not be signed.
                 let (c, r) = (rec.client.clone(), rec.request_id.clone());
-                blocking(&self.state, move |s| s.release(&c, &r)).await?;
+                state_call(self.state.release(&c, &r)).await?;
                 rec.status = Status::Failed;
                 rec.reason = Some(
                     "signerd stopped while signing this request; nothing was returned, make a new request"
                         .into(),
                 );
                 tracing::warn!(req_id = %rec.request_id, client = %rec.client, "approved request was interrupted while signing");
-                blocking(&self.state, move |s| s.put_pending(&rec)).await?;
+                state_call(self.state.put_pending(&rec)).await?;
             }
         }
         let this = self.clone();
@@ -644,7 +617,7 @@ impl Signer {
     async fn complete(self: Arc<Self>, client: String, request_id: String) {
         let _guard = self.lock_request(&client, &request_id).await;
         let (c, r) = (client.clone(), request_id.clone());
-        let mut rec = match blocking(&self.state, move |s| s.get_pending(&c, &r)).await {
+        let mut rec = match state_call(self.state.get_pending(&c, &r)).await {
             Ok(Some(rec)) if rec.status == Status::Signing => rec,
             Ok(_) => return,
             Err(e) => {
@@ -652,7 +625,13 @@ impl Signer {
                 return;
             }
         };
-        let (status, reason) = match self.complete_locked(&rec).await {
+        // Held since the request was made: released unless it ends signed.
+        let mut reservation = Reservation { armed: true };
+        let completed = self.complete_locked(&rec, &mut reservation).await;
+        if reservation.armed {
+            self.release(&rec.client, &rec.request_id).await;
+        }
+        let (status, reason) = match completed {
             Ok(()) => (Status::Signed, None),
             Err(ServiceError::PermissionDenied { rule, reason }) => (
                 Status::Denied,
@@ -665,13 +644,17 @@ impl Signer {
         };
         rec.status = status;
         rec.reason = reason;
-        if let Err(e) = blocking(&self.state, move |s| s.put_pending(&rec)).await {
+        if let Err(e) = state_call(self.state.put_pending(&rec)).await {
             tracing::error!(error = %e, "cannot store the approved request's outcome");
         }
         self.changed();
     }
 
-    async fn complete_locked(&self, rec: &PendingRecord) -> Result<(), ServiceError> {
+    async fn complete_locked(
+        &self,
+        rec: &PendingRecord,
+        reservation: &mut Reservation,
+    ) -> Result<(), ServiceError> {
         self.check_state()?;
         let request = hex::decode(&rec.request)
             .map_err(|_| ServiceError::Unavailable("stored request cannot be decoded".into()))?;
@@ -684,14 +667,7 @@ impl Signer {
             cert_sha256: rec.cert_sha256.clone(),
             peer: None,
         };
-        let decided = self.decide_again(rec, &caller, &p)?;
-        let mut reservation = Reservation {
-            state: self.state.as_ref(),
-            client: &rec.client,
-            request_id: &rec.request_id,
-            // Held since the request was made: released unless it ends signed.
-            armed: true,
-        };
+        let decided = self.decide_again(rec, &caller, &p).await?;
         let approvers: Vec<String> =
             quorum::tally(&rec.requirements, &rec.votes, &rec.client, unix_now())
                 .approved_by
@@ -714,7 +690,7 @@ impl Signer {
         // The response type only shapes the stored answer; the signing path is the same.
         macro_rules! sign_as {
             ($response:ty) => {
-                self.sign_allowed::<$response>(&caller, &p, fp, &mut reservation, expected)
+                self.sign_allowed::<$response>(&caller, &p, fp, reservation, expected)
                     .await
                     .map(drop)
             };
@@ -733,7 +709,7 @@ impl Signer {
     /// The decision at quorum. Deny rules and limits apply as for any request; when the policy
     /// changed since the request and still requires approval, the votes collected must meet
     /// its requirements too. The charges replace the request's reservation atomically.
-    fn decide_again(
+    async fn decide_again(
         &self,
         rec: &PendingRecord,
         caller: &Caller,
@@ -741,17 +717,16 @@ impl Signer {
     ) -> Result<Decided, ServiceError> {
         let policy = self.policy();
         let now = unix_now();
-        let usage = OthersUsage {
-            state: self.state.as_ref(),
-            client: &rec.client,
-            request_id: &rec.request_id,
-        };
-        let eval = policy.evaluate_request(&Request {
-            action: &p.action,
-            identity: &caller.identity,
-            now_unix: now,
-            usage: &usage,
-        });
+        let eval = self
+            .evaluate(
+                &policy,
+                caller,
+                p,
+                now,
+                false,
+                Some((&rec.client, &rec.request_id)),
+            )
+            .await?;
         let mut explanation = eval.explanation;
         let mut decision = match eval.decision {
             Decision::NeedsApproval {
@@ -781,6 +756,7 @@ impl Signer {
             let verdict = self
                 .state
                 .rereserve(&rec.client, &rec.request_id, now, &eval.charges)
+                .await
                 .map_err(state_err)?;
             if let Err(exceeded) = verdict {
                 explanation.push(exceeded.detail.clone());
@@ -811,11 +787,9 @@ impl Signer {
         request_id: &str,
     ) -> Result<v1::SignRequestState, ServiceError> {
         validate_request_id(request_id)?;
-        let (c, r) = (caller.identity.id.clone(), request_id.to_owned());
-        let (pending, stored) = blocking(&self.state, move |s| {
-            Ok((s.get_pending(&c, &r)?, s.get_request(&c, &r)?))
-        })
-        .await?;
+        let me = caller.identity.id.as_str();
+        let pending = state_call(self.state.get_pending(me, request_id)).await?;
+        let stored = state_call(self.state.get_request(me, request_id)).await?;
         let mut out = v1::SignRequestState {
             request_id: request_id.to_owned(),
             ..Default::default()
@@ -920,7 +894,7 @@ impl Signer {
             )));
         }
         let now = unix_now();
-        let mut open = blocking(&self.state, |s| s.open_pending()).await?;
+        let mut open = state_call(self.state.open_pending()).await?;
         open.retain(|r| r.status == Status::Pending && r.deadline > now);
         open.sort_by(|a, b| {
             (a.created, &a.client, &a.request_id).cmp(&(b.created, &b.client, &b.request_id))

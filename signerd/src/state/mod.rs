@@ -1,18 +1,18 @@
 //! Durable daemon state: idempotency records, the spend ledger of policy limits, and requests
 //! waiting for approval with their votes.
 //!
-//! The [`StateStore`] trait is the seam; [`SledStore`] is the embedded default. A store call
-//! is blocking and must run on a blocking thread. Every write is durable when it returns; a
-//! store must never report success for a write it has not made durable, and never put secrets
-//! in values, keys or errors. The audit log, not this store, is the source of truth after a
-//! crash.
+//! The [`StateStore`] trait is the seam (its contract is on the trait); [`SledStore`] is the
+//! embedded default and [`MemoryStore`] keeps everything in memory, for tests of the pipeline
+//! in process. The audit log, not this store, is the source of truth after a crash.
 
+mod memory;
 pub mod reconcile;
 mod sled;
 pub mod spend;
 
 use std::path::Path;
 
+pub use self::memory::MemoryStore;
 pub use self::sled::SledStore;
 pub use self::spend::{Charge, Exceeded, Used};
 pub use crate::approvals::PendingRecord;
@@ -65,19 +65,46 @@ pub enum StateError {
     InvalidKey(String),
 }
 
-/// Durable storage for idempotency records and limit reservations.
+/// One windowed usage a policy evaluation needs: what `bucket` used in the `window_secs`
+/// before now.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UsageQuery {
+    /// The limit bucket.
+    pub bucket: String,
+    /// The window, seconds.
+    pub window_secs: u64,
+}
+
+/// Durable storage for idempotency records, limit reservations and requests waiting for
+/// approval.
+///
+/// The contract, for every implementation (the embedded sled store, the in-memory store of
+/// tests, and networked stores):
+/// - Calls are `async` and never block the runtime's workers: a call that waits on a disk
+///   flush or a network round trip awaits it (sled's flushing calls run on a blocking
+///   thread; its other calls touch only memory and sled's page cache).
+/// - A write is durable when it returns, except [`StateStore::put_request`], [`reserve`],
+///   [`rereserve`] and [`release`], whose durable copy is the audit log (start-up restores
+///   them from it); they become durable with the next durable write or within a bounded time.
+/// - [`reserve`] and [`rereserve`] are atomic against every other reservation, across every
+///   process sharing the store: no two callers can both fit into the last of a limit.
+/// - No secret ever appears in a key, a value or an error.
+///
+/// [`reserve`]: StateStore::reserve
+/// [`rereserve`]: StateStore::rereserve
+/// [`release`]: StateStore::release
+#[async_trait::async_trait]
 pub trait StateStore: Send + Sync + 'static {
     /// The stored request, if any.
-    fn get_request(
+    async fn get_request(
         &self,
         client: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, StateError>;
-    /// Stores the request's answer. Not durable on return: the store makes it durable within
-    /// a bounded time (or with the next durable write), and callers store only answers whose
-    /// `sign.result` audit record is already durable, from which start-up restores what a
-    /// crash lost.
-    fn put_request(
+
+    /// Stores the request's answer. Not durable on return (see the trait's contract): callers
+    /// store only answers whose `sign.result` audit record is already durable.
+    async fn put_request(
         &self,
         client: &str,
         request_id: &str,
@@ -85,14 +112,14 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<(), StateError>;
 
     /// Makes every earlier write durable.
-    fn flush(&self) -> Result<(), StateError>;
+    async fn flush(&self) -> Result<(), StateError>;
 
     /// Writes a small record and makes it durable: whether the store can write now.
-    fn probe(&self) -> Result<(), StateError>;
+    async fn probe(&self) -> Result<(), StateError>;
 
     /// Atomically checks every charge against its limit and, when all fit, reserves them for
     /// `owner` (`client`, `request_id`). Nothing is reserved when any charge does not fit.
-    fn reserve(
+    async fn reserve(
         &self,
         client: &str,
         request_id: &str,
@@ -101,29 +128,26 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<Result<(), Exceeded>, StateError>;
 
     /// Releases every reservation of a request that ended unsigned.
-    fn release(&self, client: &str, request_id: &str) -> Result<(), StateError>;
+    async fn release(&self, client: &str, request_id: &str) -> Result<(), StateError>;
 
     /// Replaces every reservation with `entries` (the signed spend reconciled from the audit
     /// log at start-up); durable when this returns.
-    fn reconcile(&self, entries: Vec<spend::Entry>) -> Result<(), StateError>;
+    async fn reconcile(&self, entries: Vec<spend::Entry>) -> Result<(), StateError>;
 
-    /// What `bucket` used in the `window_secs` before `now`.
-    fn used(&self, bucket: &str, window_secs: u64, now: i64) -> Result<Used, StateError>;
-
-    /// What `bucket` used, not counting the reservations of (`client`, `request_id`): the
-    /// usage a request that waited for approval is evaluated against again.
-    fn used_by_others(
+    /// What each query's bucket used in its window before `now`, in the order asked; with
+    /// `excluding` (`client`, `request_id`), not counting that request's own reservations
+    /// (the usage a request that waited for approval is evaluated against again). One call
+    /// for every bucket a policy evaluation needs, so a networked store answers in one trip.
+    async fn usage(
         &self,
-        bucket: &str,
-        window_secs: u64,
+        queries: &[UsageQuery],
         now: i64,
-        client: &str,
-        request_id: &str,
-    ) -> Result<Used, StateError>;
+        excluding: Option<(&str, &str)>,
+    ) -> Result<Vec<Used>, StateError>;
 
     /// Atomically replaces the reservations of (`client`, `request_id`) with `charges` when
     /// they fit without them; on refusal the old reservations stay.
-    fn rereserve(
+    async fn rereserve(
         &self,
         client: &str,
         request_id: &str,
@@ -132,7 +156,7 @@ pub trait StateStore: Send + Sync + 'static {
     ) -> Result<Result<(), Exceeded>, StateError>;
 
     /// The record of a request that needed approval.
-    fn get_pending(
+    async fn get_pending(
         &self,
         client: &str,
         request_id: &str,
@@ -140,10 +164,10 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Stores the record of a request that needed approval; durable when this returns, with
     /// every earlier write.
-    fn put_pending(&self, rec: &PendingRecord) -> Result<(), StateError>;
+    async fn put_pending(&self, rec: &PendingRecord) -> Result<(), StateError>;
 
     /// Every record whose status is not final (pending, or signing).
-    fn open_pending(&self) -> Result<Vec<PendingRecord>, StateError>;
+    async fn open_pending(&self) -> Result<Vec<PendingRecord>, StateError>;
 }
 
 /// Opens the default store in `dir` (created with mode 0700 if missing).

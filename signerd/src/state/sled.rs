@@ -13,10 +13,10 @@ use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::spend::{Charge, Entry, Exceeded, Ledger, Used};
-use super::{PendingRecord, StateError, StateStore, StoredRequest};
+use super::{PendingRecord, StateError, StateStore, StoredRequest, UsageQuery};
 
 /// Longest client id or request id, in bytes. Both are validated upstream far below this.
 const MAX_KEY_PART_BYTES: usize = 1024;
@@ -33,14 +33,18 @@ const PROBE_KEY: &[u8] = b"signerd.probe";
 /// Name of the tree holding requests that needed approval, keyed like `requests`.
 const PENDING_TREE: &str = "pending";
 
-/// [`StateStore`] on a sled database.
+/// [`StateStore`] on a sled database. Its methods of the same names are the blocking core: the
+/// store's [`StateStore`] implementation calls those that only touch memory (sled's page cache
+/// and the ledger) inline, and moves those that flush to a blocking thread. Cloning is cheap
+/// and shares the database.
+#[derive(Clone)]
 pub struct SledStore {
     db: sled::Db,
     requests: sled::Tree,
     pending: sled::Tree,
     spend: sled::Tree,
     /// The in-memory view of `spend`; its lock makes check-and-reserve atomic.
-    ledger: Mutex<Ledger>,
+    ledger: Arc<Mutex<Ledger>>,
     dir: PathBuf,
 }
 
@@ -183,7 +187,7 @@ impl SledStore {
             requests,
             pending,
             spend,
-            ledger: Mutex::new(ledger),
+            ledger: Arc::new(Mutex::new(ledger)),
             dir: dir.to_owned(),
         })
     }
@@ -241,8 +245,9 @@ impl SledStore {
     }
 }
 
-impl StateStore for SledStore {
-    fn get_request(
+impl SledStore {
+    /// The stored request, if any.
+    pub fn get_request(
         &self,
         client: &str,
         request_id: &str,
@@ -250,7 +255,8 @@ impl StateStore for SledStore {
         self.read_record(&self.requests, REQUESTS_TREE, client, request_id)
     }
 
-    fn put_request(
+    /// See [`StateStore::put_request`].
+    pub fn put_request(
         &self,
         client: &str,
         request_id: &str,
@@ -266,7 +272,8 @@ impl StateStore for SledStore {
         )
     }
 
-    fn probe(&self) -> Result<(), StateError> {
+    /// See [`StateStore::probe`].
+    pub fn probe(&self) -> Result<(), StateError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -276,14 +283,16 @@ impl StateStore for SledStore {
         self.flush()
     }
 
-    fn flush(&self) -> Result<(), StateError> {
+    /// See [`StateStore::flush`].
+    pub fn flush(&self) -> Result<(), StateError> {
         self.db
             .flush()
             .map(drop)
             .map_err(|e| StateError::Unavailable(format!("flush: {e}")))
     }
 
-    fn reserve(
+    /// See [`StateStore::reserve`].
+    pub fn reserve(
         &self,
         client: &str,
         request_id: &str,
@@ -309,7 +318,8 @@ impl StateStore for SledStore {
         Ok(Ok(()))
     }
 
-    fn release(&self, client: &str, request_id: &str) -> Result<(), StateError> {
+    /// See [`StateStore::release`].
+    pub fn release(&self, client: &str, request_id: &str) -> Result<(), StateError> {
         let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
         let gone = self.ledger().release(&owner);
         let mut batch = sled::Batch::default();
@@ -321,7 +331,8 @@ impl StateStore for SledStore {
             .map_err(|e| StateError::Unavailable(format!("write {SPEND_TREE}: {e}")))
     }
 
-    fn reconcile(&self, entries: Vec<Entry>) -> Result<(), StateError> {
+    /// See [`StateStore::reconcile`].
+    pub fn reconcile(&self, entries: Vec<Entry>) -> Result<(), StateError> {
         let mut ledger = self.ledger();
         let mut batch = sled::Batch::default();
         for item in self.spend.iter().keys() {
@@ -346,11 +357,13 @@ impl StateStore for SledStore {
         Ok(())
     }
 
-    fn used(&self, bucket: &str, window_secs: u64, now: i64) -> Result<Used, StateError> {
+    /// See [`StateStore::usage`].
+    pub fn used(&self, bucket: &str, window_secs: u64, now: i64) -> Result<Used, StateError> {
         Ok(self.ledger().used(bucket, window_secs, now))
     }
 
-    fn used_by_others(
+    /// See [`StateStore::usage`].
+    pub fn used_by_others(
         &self,
         bucket: &str,
         window_secs: u64,
@@ -364,7 +377,8 @@ impl StateStore for SledStore {
             .used_excluding(bucket, window_secs, now, &owner))
     }
 
-    fn rereserve(
+    /// See [`StateStore::rereserve`].
+    pub fn rereserve(
         &self,
         client: &str,
         request_id: &str,
@@ -390,7 +404,8 @@ impl StateStore for SledStore {
         Ok(Ok(()))
     }
 
-    fn get_pending(
+    /// See [`StateStore::get_pending`].
+    pub fn get_pending(
         &self,
         client: &str,
         request_id: &str,
@@ -398,7 +413,8 @@ impl StateStore for SledStore {
         self.read_record(&self.pending, PENDING_TREE, client, request_id)
     }
 
-    fn put_pending(&self, rec: &PendingRecord) -> Result<(), StateError> {
+    /// See [`StateStore::put_pending`].
+    pub fn put_pending(&self, rec: &PendingRecord) -> Result<(), StateError> {
         self.write_record(
             &self.pending,
             PENDING_TREE,
@@ -409,7 +425,8 @@ impl StateStore for SledStore {
         )
     }
 
-    fn open_pending(&self) -> Result<Vec<PendingRecord>, StateError> {
+    /// See [`StateStore::open_pending`].
+    pub fn open_pending(&self) -> Result<Vec<PendingRecord>, StateError> {
         let mut out = Vec::new();
         for item in self.pending.iter() {
             let (key, value) =
@@ -425,6 +442,107 @@ impl StateStore for SledStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// A blocking call, on a blocking thread.
+async fn off_runtime<T: Send + 'static>(
+    store: &SledStore,
+    f: impl FnOnce(&SledStore) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| StateError::Unavailable(format!("the store's blocking call failed: {e}")))?
+}
+
+#[async_trait::async_trait]
+impl StateStore for SledStore {
+    async fn get_request(
+        &self,
+        client: &str,
+        request_id: &str,
+    ) -> Result<Option<StoredRequest>, StateError> {
+        SledStore::get_request(self, client, request_id)
+    }
+
+    async fn put_request(
+        &self,
+        client: &str,
+        request_id: &str,
+        rec: &StoredRequest,
+    ) -> Result<(), StateError> {
+        SledStore::put_request(self, client, request_id, rec)
+    }
+
+    async fn flush(&self) -> Result<(), StateError> {
+        off_runtime(self, SledStore::flush).await
+    }
+
+    async fn probe(&self) -> Result<(), StateError> {
+        off_runtime(self, SledStore::probe).await
+    }
+
+    async fn reserve(
+        &self,
+        client: &str,
+        request_id: &str,
+        now: i64,
+        charges: &[Charge],
+    ) -> Result<Result<(), Exceeded>, StateError> {
+        SledStore::reserve(self, client, request_id, now, charges)
+    }
+
+    async fn release(&self, client: &str, request_id: &str) -> Result<(), StateError> {
+        SledStore::release(self, client, request_id)
+    }
+
+    async fn reconcile(&self, entries: Vec<Entry>) -> Result<(), StateError> {
+        off_runtime(self, move |s| s.reconcile(entries)).await
+    }
+
+    async fn usage(
+        &self,
+        queries: &[UsageQuery],
+        now: i64,
+        excluding: Option<(&str, &str)>,
+    ) -> Result<Vec<Used>, StateError> {
+        queries
+            .iter()
+            .map(|q| match excluding {
+                None => self.used(&q.bucket, q.window_secs, now),
+                Some((client, request_id)) => {
+                    self.used_by_others(&q.bucket, q.window_secs, now, client, request_id)
+                }
+            })
+            .collect()
+    }
+
+    async fn rereserve(
+        &self,
+        client: &str,
+        request_id: &str,
+        now: i64,
+        charges: &[Charge],
+    ) -> Result<Result<(), Exceeded>, StateError> {
+        SledStore::rereserve(self, client, request_id, now, charges)
+    }
+
+    async fn get_pending(
+        &self,
+        client: &str,
+        request_id: &str,
+    ) -> Result<Option<PendingRecord>, StateError> {
+        SledStore::get_pending(self, client, request_id)
+    }
+
+    async fn put_pending(&self, rec: &PendingRecord) -> Result<(), StateError> {
+        let rec = rec.clone();
+        off_runtime(self, move |s| s.put_pending(&rec)).await
+    }
+
+    async fn open_pending(&self) -> Result<Vec<PendingRecord>, StateError> {
+        off_runtime(self, SledStore::open_pending).await
     }
 }
 
@@ -494,8 +612,8 @@ mod tests {
         assert_eq!(store.get_request("svc-a", "r3").unwrap(), None);
     }
 
-    fn open_sled_for_test(dir: &Path) -> std::sync::Arc<dyn StateStore> {
-        crate::state::open_sled(dir).unwrap()
+    fn open_sled_for_test(dir: &Path) -> SledStore {
+        SledStore::open(dir).unwrap()
     }
 
     #[test]

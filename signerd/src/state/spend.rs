@@ -147,6 +147,11 @@ impl Ledger {
         out
     }
 
+    /// Every entry, in no particular order.
+    pub fn entries(&self) -> Vec<Entry> {
+        self.buckets.values().flatten().cloned().collect()
+    }
+
     /// Drops entries older than [`MAX_WINDOW_SECS`]; returns them.
     pub fn prune(&mut self, now: i64) -> Vec<Entry> {
         let since = now.saturating_sub(MAX_WINDOW_SECS as i64);

@@ -16,6 +16,7 @@ use signerd_proto::v1;
 use crate::approvals::{PendingRecord, Requirement, Status, StoredVote, Vote};
 use crate::audit::note::{self, Checkpoint, Note, VerifierKey};
 use crate::keys::{Algorithm, KeyInfo};
+use crate::request::{Method, SignRequest};
 use crate::service::{self, VoteRequest};
 
 /// A target's entry point.
@@ -119,8 +120,11 @@ fn fuzz_key(id: &str) -> Option<KeyInfo> {
 /// A signing RPC's encoded request through everything the daemon does before the policy:
 /// protobuf decoding, request-id and key-id validation, decoding into an action, the
 /// idempotency and approval fingerprints, and the action as the audit log records it.
-fn sign_rpc(method: &str, data: &[u8]) {
-    let Ok(p) = service::prepare_request(&fuzz_key, method, data.to_vec()) else {
+fn sign_rpc(method: Method, data: &[u8]) {
+    let Ok(request) = SignRequest::decode(method, data) else {
+        return;
+    };
+    let Ok(p) = service::prepare_request(&fuzz_key, request) else {
         return;
     };
     let _ = service::validate_request_id(&p.request_id);
@@ -135,22 +139,22 @@ fn sign_rpc(method: &str, data: &[u8]) {
 
 /// `SignEvmTransaction` requests.
 pub fn evm_transaction(data: &[u8]) {
-    sign_rpc(service::METHOD_TX, data);
+    sign_rpc(Method::Transaction, data);
 }
 
 /// `SignEvmMessage` requests (EIP-191).
 pub fn rpc_sign_message(data: &[u8]) {
-    sign_rpc(service::METHOD_MESSAGE, data);
+    sign_rpc(Method::Message, data);
 }
 
 /// `SignTypedData` requests (EIP-712 JSON inside protobuf).
 pub fn rpc_sign_typed_data(data: &[u8]) {
-    sign_rpc(service::METHOD_TYPED_DATA, data);
+    sign_rpc(Method::TypedData, data);
 }
 
 /// `SignDigest` requests.
 pub fn rpc_sign_digest(data: &[u8]) {
-    sign_rpc(service::METHOD_DIGEST, data);
+    sign_rpc(Method::Digest, data);
 }
 
 /// The pending request `rpc_vote` votes on: `bob` has not voted; `carol` has.
@@ -160,7 +164,7 @@ fn vote_pending() -> PendingRecord {
         roles: vec!["requester".to_owned()],
         cert_sha256: "00".repeat(32),
         request_id: VOTE_REQUEST_ID.to_owned(),
-        method: service::METHOD_TX.to_owned(),
+        method: Method::Transaction.as_str().to_owned(),
         key_id: "evm".to_owned(),
         request: String::new(),
         request_fingerprint: "11".repeat(32),

@@ -21,6 +21,7 @@ pub mod fuzzing;
 pub mod hardening;
 pub mod keys;
 pub mod metrics;
+pub mod request;
 mod rfc3339;
 pub mod server;
 pub mod service;

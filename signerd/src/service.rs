@@ -14,15 +14,16 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use alloy_primitives::B256;
-use prost::Message;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use signerd_policy::{Action, BucketKey, Decision, Identity, Kind, Policy, Request, Usage, Used};
 use signerd_proto::v1;
 
+use crate::api::wire;
 use crate::audit::{AuditLog, Receipt, Record};
 use crate::chain::evm::{self, PreparedTx};
 use crate::keys::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
+use crate::request::{Evaluation, Method, SignOutcome, SignRequest, SignatureParts, Signed};
 use crate::state::{StateStore, StoredOutcome, StoredRequest};
 
 mod approvals;
@@ -31,12 +32,6 @@ mod pipeline_tests;
 pub use approvals::VoteRequest;
 use approvals::Waiting;
 pub(crate) use approvals::check_ballot;
-
-/// The gRPC methods that sign, as recorded in the audit log.
-pub(crate) const METHOD_TX: &str = "SignEvmTransaction";
-pub(crate) const METHOD_MESSAGE: &str = "SignEvmMessage";
-pub(crate) const METHOD_TYPED_DATA: &str = "SignTypedData";
-pub(crate) const METHOD_DIGEST: &str = "SignDigest";
 
 /// Longest accepted `request_id`.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -121,75 +116,11 @@ pub struct Caller {
     pub peer: Option<SocketAddr>,
 }
 
-/// A signing response: filled from the signature, then given its audit receipt.
-pub trait SignResponse: Message + Default + Send + 'static {
-    /// Sets the signature, the signed hash and (for transactions) the encoded transaction.
-    fn fill(&mut self, sig: v1::Signature, signing_hash: [u8; 32], tx: Option<evm::SignedTx>);
-    /// Sets the receipt.
-    fn set_receipt(&mut self, receipt: v1::AuditReceipt);
-    /// Sets the evaluation of a dry run.
-    fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation);
-    /// Sets the status, and what a pending request waits for.
-    fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>);
-}
-
-/// The [`SignResponse`] methods every response implements alike: each has the fields
-/// `receipt`, `evaluation`, `status` and `pending`.
-macro_rules! response_fields {
-    () => {
-        fn set_receipt(&mut self, receipt: v1::AuditReceipt) {
-            self.receipt = Some(receipt);
-        }
-        fn set_evaluation(&mut self, evaluation: v1::PolicyEvaluation) {
-            self.evaluation = Some(evaluation);
-        }
-        fn set_status(&mut self, status: v1::SignStatus, pending: Option<v1::PendingApproval>) {
-            self.status = status.into();
-            self.pending = pending;
-        }
-    };
-}
-
-impl SignResponse for v1::SignEvmTransactionResponse {
-    fn fill(&mut self, sig: v1::Signature, signing_hash: [u8; 32], tx: Option<evm::SignedTx>) {
-        if let Some(tx) = tx {
-            self.raw_transaction = tx.raw;
-            self.transaction_hash = tx.hash.to_vec();
-        }
-        self.signature = Some(sig);
-        self.signing_hash = signing_hash.to_vec();
-    }
-    response_fields!();
-}
-
-impl SignResponse for v1::SignEvmMessageResponse {
-    fn fill(&mut self, sig: v1::Signature, signing_hash: [u8; 32], _: Option<evm::SignedTx>) {
-        self.signature = Some(sig);
-        self.signing_hash = signing_hash.to_vec();
-    }
-    response_fields!();
-}
-
-impl SignResponse for v1::SignTypedDataResponse {
-    fn fill(&mut self, sig: v1::Signature, signing_hash: [u8; 32], _: Option<evm::SignedTx>) {
-        self.signature = Some(sig);
-        self.signing_hash = signing_hash.to_vec();
-    }
-    response_fields!();
-}
-
-impl SignResponse for v1::SignDigestResponse {
-    fn fill(&mut self, sig: v1::Signature, _: [u8; 32], _: Option<evm::SignedTx>) {
-        self.signature = Some(sig);
-    }
-    response_fields!();
-}
-
 /// A decoded request, ready for policy and signing.
 pub(crate) struct Prepared {
-    method: &'static str,
-    /// The encoded gRPC request (kept with a request that waits for approval).
-    request: Vec<u8>,
+    method: Method,
+    /// The request as received (encoded only for a request that waits for approval).
+    request: SignRequest,
     /// Evaluate and explain only.
     dry_run: bool,
     pub(crate) request_id: String,
@@ -204,7 +135,7 @@ impl Prepared {
     /// The approval fingerprint of this request under the policy with SHA-256 `policy_hash`.
     pub(crate) fn approval_fingerprint(&self, policy_hash: &[u8; 32]) -> [u8; 32] {
         crate::approvals::fingerprint(
-            self.method,
+            self.method.as_str(),
             &self.key.id,
             self.action.chain_id,
             &self.commitment,
@@ -223,8 +154,8 @@ impl Prepared {
 
 /// A secp256k1 request over a 32-byte hash (EIP-191, EIP-712).
 fn hash_prepared(
-    method: &'static str,
-    request: Vec<u8>,
+    method: Method,
+    request: SignRequest,
     (request_id, dry_run): (String, bool),
     key: KeyInfo,
     hash: B256,
@@ -457,69 +388,27 @@ impl Signer {
         }
     }
 
-    /// Signs an EVM transaction.
-    pub async fn sign_transaction(
+    /// Signs one request: prepares it, replays a stored answer, evaluates the policy, then
+    /// signs, waits for approval or denies, with every step on record.
+    pub async fn sign(
         self: &Arc<Self>,
         caller: Caller,
-        req: v1::SignEvmTransactionRequest,
-    ) -> Result<v1::SignEvmTransactionResponse, ServiceError> {
-        let ids = (req.request_id.clone(), req.key_id.clone());
-        self.sign_request(caller, METHOD_TX, ids, req.encode_to_vec())
-            .await
-    }
-
-    /// Signs an EIP-191 message.
-    pub async fn sign_message(
-        self: &Arc<Self>,
-        caller: Caller,
-        req: v1::SignEvmMessageRequest,
-    ) -> Result<v1::SignEvmMessageResponse, ServiceError> {
-        let ids = (req.request_id.clone(), req.key_id.clone());
-        self.sign_request(caller, METHOD_MESSAGE, ids, req.encode_to_vec())
-            .await
-    }
-
-    /// Signs EIP-712 typed data.
-    pub async fn sign_typed_data(
-        self: &Arc<Self>,
-        caller: Caller,
-        req: v1::SignTypedDataRequest,
-    ) -> Result<v1::SignTypedDataResponse, ServiceError> {
-        let ids = (req.request_id.clone(), req.key_id.clone());
-        self.sign_request(caller, METHOD_TYPED_DATA, ids, req.encode_to_vec())
-            .await
-    }
-
-    /// Signs a raw 32-byte digest (blind signing).
-    pub async fn sign_digest(
-        self: &Arc<Self>,
-        caller: Caller,
-        req: v1::SignDigestRequest,
-    ) -> Result<v1::SignDigestResponse, ServiceError> {
-        let ids = (req.request_id.clone(), req.key_id.clone());
-        self.sign_request(caller, METHOD_DIGEST, ids, req.encode_to_vec())
-            .await
-    }
-
-    async fn sign_request<R: SignResponse>(
-        self: &Arc<Self>,
-        caller: Caller,
-        method: &'static str,
-        (request_id, key_id): (String, String),
-        request: Vec<u8>,
-    ) -> Result<R, ServiceError> {
+        request: SignRequest,
+    ) -> Result<SignOutcome, ServiceError> {
         let this = self.clone();
-        let heavy = method == METHOD_TYPED_DATA || request.len() > HEAVY_REQUEST_BYTES;
+        let method = request.method();
+        let (request_id, key_id) = (request.request_id().to_owned(), request.key_id().to_owned());
+        let heavy = method == Method::TypedData || request.encoded_len() > HEAVY_REQUEST_BYTES;
         self.run(caller, method, request_id, key_id, heavy, move || {
-            this.prepare(method, request)
+            this.prepare(request)
         })
         .await
     }
 
-    /// Decodes and validates an encoded request of `method` into what to sign. A request that
-    /// waited for approval is prepared again from its stored bytes the same way.
-    fn prepare(&self, method: &str, request: Vec<u8>) -> Result<Prepared, ServiceError> {
-        prepare_request(&|id| self.keys.key(id), method, request)
+    /// Validates a request into what to sign. A request that waited for approval is prepared
+    /// again from its stored bytes the same way.
+    fn prepare(&self, request: SignRequest) -> Result<Prepared, ServiceError> {
+        prepare_request(&|id| self.keys.key(id), request)
     }
 
     /// Runs a heavy preparation on a blocking thread, one per core at a time, refusing the
@@ -559,22 +448,22 @@ impl Signer {
 
     /// Runs one request to completion on its own task, so a client that disconnects cannot
     /// cut the pipeline between signing and auditing.
-    async fn run<R: SignResponse>(
+    async fn run(
         self: &Arc<Self>,
         caller: Caller,
-        method: &'static str,
+        method: Method,
         request_id: String,
         key_id: String,
         heavy: bool,
         prepare: impl FnOnce() -> Result<Prepared, ServiceError> + Send + 'static,
-    ) -> Result<R, ServiceError> {
+    ) -> Result<SignOutcome, ServiceError> {
         let this = self.clone();
         let started = std::time::Instant::now();
         let span = tracing::info_span!(
             "request",
             req_id = tracing::field::Empty,
             client = %caller.identity.id,
-            method
+            method = method.as_str()
         );
         // Only a well-formed request id reaches the daemon's log (it is checked again, with
         // an answer for the client, in `process`).
@@ -598,19 +487,19 @@ impl Signer {
             Ok(_) => ("allow", "OK"),
             Err(e) => e.metric_labels(),
         };
-        crate::metrics::request(method, decision, status, started.elapsed());
+        crate::metrics::request(method.as_str(), decision, status, started.elapsed());
         result
     }
 
-    async fn process<R: SignResponse>(
+    async fn process(
         self: Arc<Self>,
         caller: Caller,
-        method: &'static str,
+        method: Method,
         request_id: String,
         key_id: String,
         heavy: bool,
         prepare: impl FnOnce() -> Result<Prepared, ServiceError> + Send + 'static,
-    ) -> Result<R, ServiceError> {
+    ) -> Result<SignOutcome, ServiceError> {
         if !self.audit.is_healthy() {
             // The backend's error is in the daemon's log, not in answers to clients.
             return Err(ServiceError::Unavailable(if self.audit.is_paused() {
@@ -675,7 +564,10 @@ impl Signer {
         };
 
         if prepared.dry_run {
-            return self.dry_run(&caller, &prepared).await;
+            return self
+                .dry_run(&caller, &prepared)
+                .await
+                .map(SignOutcome::Evaluated);
         }
 
         let fingerprint = fingerprint(&prepared);
@@ -689,7 +581,7 @@ impl Signer {
                     .pending_reply(&caller.identity.id, &prepared.request_id)
                     .await;
             }
-            return replay(stored, &fingerprint, prepared.method);
+            return replay(stored, &fingerprint, prepared.method).map(SignOutcome::Signed);
         }
 
         let t = std::time::Instant::now();
@@ -720,7 +612,7 @@ impl Signer {
 
     /// The rest of [`Signer::process`] once the policy has decided: record, then wait for
     /// approval, deny, or sign.
-    async fn process_decided<R: SignResponse>(
+    async fn process_decided(
         &self,
         caller: &Caller,
         prepared: &Prepared,
@@ -728,7 +620,7 @@ impl Signer {
         decided: Decided,
         reservation: &mut Reservation,
         expected: crate::audit::Expected,
-    ) -> Result<R, ServiceError> {
+    ) -> Result<SignOutcome, ServiceError> {
         let method = prepared.method;
         let req_rec = request_record(
             caller,
@@ -763,7 +655,7 @@ impl Signer {
                     policy: &policy,
                     explanation,
                 };
-                let response = self.begin_approval::<R>(caller, prepared, waiting).await?;
+                let response = self.begin_approval(caller, prepared, waiting).await?;
                 reservation.armed = false;
                 return Ok(response);
             }
@@ -774,6 +666,7 @@ impl Signer {
         }
         self.sign_allowed(caller, prepared, fingerprint, reservation, expected)
             .await
+            .map(SignOutcome::Signed)
     }
 
     /// Records and stores a denial; returns the error to answer with.
@@ -807,20 +700,20 @@ impl Signer {
 
     /// Signs an allowed request, records the durable result, stores the answer for retries,
     /// and disarms the reservation once the spend is on record.
-    async fn sign_allowed<R: SignResponse>(
+    async fn sign_allowed(
         &self,
         caller: &Caller,
         prepared: &Prepared,
         fingerprint: &str,
         reservation: &mut Reservation,
         expected: crate::audit::Expected,
-    ) -> Result<R, ServiceError> {
+    ) -> Result<Signed, ServiceError> {
         let t = std::time::Instant::now();
         let signed = match self.keys.failure() {
             // Known to be down: refused at once rather than after the backend's timeout. The
             // backend's own health check finds it back, and then requests reach it again.
             Some(e) => Err(e),
-            None => self.sign(prepared).await,
+            None => self.sign_prepared(prepared).await,
         };
         crate::metrics::stage("backend", t.elapsed());
         let signature = match signed {
@@ -834,7 +727,7 @@ impl Signer {
             }
         };
 
-        let (mut response, result_rec) = match build_response::<R>(caller, prepared, &signature) {
+        let ((signature, tx), result_rec) = match build_response(caller, prepared, &signature) {
             Ok(built) => built,
             Err(e) => {
                 drop(expected);
@@ -852,16 +745,20 @@ impl Signer {
             .await
             .map_err(unavailable)?;
         crate::metrics::stage("audit_commit", t.elapsed());
-        response.set_receipt(receipt_proto(receipt));
-        response.set_status(v1::SignStatus::Signed, None);
+        let signed = Signed {
+            signature,
+            signing_hash: prepared.commitment,
+            tx,
+            receipt,
+        };
         // Signed and on record: the spend counts from now on.
         reservation.armed = false;
         let outcome = StoredOutcome::Signed {
-            response: hex::encode(response.encode_to_vec()),
+            response: hex::encode(wire::encode_answer(prepared.method, signed.clone())),
         };
         self.store(caller, prepared, fingerprint, outcome).await?;
         tracing::debug!(audit_seq = receipt.seq, "signed");
-        Ok(response)
+        Ok(signed)
     }
 
     /// Records that an allowed request ended without a signature leaving the process. Best
@@ -982,11 +879,7 @@ impl Signer {
     }
 
     /// Evaluates and explains without signing, reserving or storing anything.
-    async fn dry_run<R: SignResponse>(
-        &self,
-        caller: &Caller,
-        p: &Prepared,
-    ) -> Result<R, ServiceError> {
+    async fn dry_run(&self, caller: &Caller, p: &Prepared) -> Result<Evaluation, ServiceError> {
         let Decided {
             decision,
             explanation,
@@ -1006,7 +899,7 @@ impl Signer {
         };
         let rec = Record::new("sign.dry_run")
             .field("req_id", p.request_id.as_str())
-            .field("method", p.method)
+            .field("method", p.method.as_str())
             .field("client", caller.identity.id.as_str())
             .field("key", p.key.id.as_str())
             .field("decision", effect)
@@ -1018,20 +911,18 @@ impl Signer {
                 serde_json::to_value(&p.action).unwrap_or_default(),
             );
         self.audit.append(rec).map_err(unavailable)?;
-        let mut response = R::default();
-        response.set_evaluation(v1::PolicyEvaluation {
-            decision: effect.to_owned(),
+        tracing::debug!(decision = effect, "dry run");
+        Ok(Evaluation {
+            decision: effect,
             rules,
             reason,
             explanation,
             policy_serial: policy.serial(),
             policy_hash: policy.hash_hex(),
-        });
-        tracing::debug!(decision = effect, "dry run");
-        Ok(response)
+        })
     }
 
-    async fn sign(&self, p: &Prepared) -> Result<RawSignature, KeyError> {
+    async fn sign_prepared(&self, p: &Prepared) -> Result<RawSignature, KeyError> {
         match p.payload {
             PayloadKind::Ed25519Digest => {
                 self.keys
@@ -1111,7 +1002,7 @@ impl Signer {
     ) -> Result<(), ServiceError> {
         let rec = StoredRequest {
             fingerprint: fingerprint.to_owned(),
-            method: p.method.to_owned(),
+            method: p.method.as_str().to_owned(),
             outcome,
         };
         // Not durable on return: the answer's durable copy is its `sign.result` record.
@@ -1163,50 +1054,38 @@ impl Drop for RequestGuard<'_> {
     }
 }
 
-/// Decodes and validates an encoded request of `method` into what to sign, finding keys with
-/// `keys`. A request that waited for approval is prepared again from its stored bytes the same
-/// way. Pure: no state, no policy, no I/O.
+/// Validates a request into what to sign, finding keys with `keys`. A request that waited for
+/// approval is prepared again from its stored bytes the same way. Pure: no state, no policy,
+/// no I/O.
 pub(crate) fn prepare_request(
     keys: &dyn Fn(&str) -> Option<KeyInfo>,
-    method: &str,
-    request: Vec<u8>,
+    request: SignRequest,
 ) -> Result<Prepared, ServiceError> {
-    let bad = |e: prost::DecodeError| {
-        ServiceError::InvalidArgument(format!("{method}: cannot decode the request: {e}"))
-    };
     let invalid = |e: evm::EvmError| ServiceError::InvalidArgument(e.to_string());
-    match method {
-        METHOD_TX => {
-            let req = v1::SignEvmTransactionRequest::decode(request.as_slice()).map_err(bad)?;
+    let method = request.method();
+    match &request {
+        SignRequest::Transaction(req) => {
             let key = key_for(keys, &req.key_id, Algorithm::Secp256k1, "EVM transactions")?;
-            let tx = evm::prepare_transaction(&req).map_err(invalid)?;
+            let tx = evm::prepare_transaction(req).map_err(invalid)?;
             Ok(Prepared {
-                method: METHOD_TX,
-                request,
+                method,
                 dry_run: req.dry_run,
-                request_id: req.request_id,
+                request_id: req.request_id.clone(),
                 key,
                 action: tx.action().clone(),
                 commitment: tx.signing_hash().0,
                 payload: PayloadKind::Tx(Box::new(tx)),
+                request,
             })
         }
-        METHOD_MESSAGE => {
-            let req = v1::SignEvmMessageRequest::decode(request.as_slice()).map_err(bad)?;
+        SignRequest::Message(req) => {
             let key = key_for(keys, &req.key_id, Algorithm::Secp256k1, "EIP-191 messages")?;
             let (hash, action) =
                 evm::prepare_message(&req.key_id, &req.message).map_err(invalid)?;
-            Ok(hash_prepared(
-                METHOD_MESSAGE,
-                request,
-                (req.request_id, req.dry_run),
-                key,
-                hash,
-                action,
-            ))
+            let ids = (req.request_id.clone(), req.dry_run);
+            Ok(hash_prepared(method, request, ids, key, hash, action))
         }
-        METHOD_TYPED_DATA => {
-            let req = v1::SignTypedDataRequest::decode(request.as_slice()).map_err(bad)?;
+        SignRequest::TypedData(req) => {
             let key = key_for(
                 keys,
                 &req.key_id,
@@ -1215,17 +1094,10 @@ pub(crate) fn prepare_request(
             )?;
             let (hash, action) =
                 evm::prepare_typed_data(&req.key_id, &req.typed_data_json).map_err(invalid)?;
-            Ok(hash_prepared(
-                METHOD_TYPED_DATA,
-                request,
-                (req.request_id, req.dry_run),
-                key,
-                hash,
-                action,
-            ))
+            let ids = (req.request_id.clone(), req.dry_run);
+            Ok(hash_prepared(method, request, ids, key, hash, action))
         }
-        METHOD_DIGEST => {
-            let req = v1::SignDigestRequest::decode(request.as_slice()).map_err(bad)?;
+        SignRequest::Digest(req) => {
             let digest: [u8; 32] = req.digest.as_slice().try_into().map_err(|_| {
                 ServiceError::InvalidArgument(format!(
                     "digest: must be exactly 32 bytes, got {}",
@@ -1238,19 +1110,16 @@ pub(crate) fn prepare_request(
                 Algorithm::Ed25519 => PayloadKind::Ed25519Digest,
             };
             Ok(Prepared {
-                method: METHOD_DIGEST,
-                request,
+                method,
                 dry_run: req.dry_run,
-                request_id: req.request_id,
+                request_id: req.request_id.clone(),
                 action: Action::new(&key.id, Kind::RawDigest),
                 key,
                 commitment: digest,
                 payload,
+                request,
             })
         }
-        other => Err(ServiceError::InvalidArgument(format!(
-            "unknown signing method `{other}`"
-        ))),
     }
 }
 
@@ -1316,8 +1185,8 @@ pub fn validate_request_id(id: &str) -> Result<(), ServiceError> {
 
 /// Why a `request_id` already used by an `earlier` request of another content cannot be used by
 /// this `method` call: names both methods, which may differ.
-fn reused_message(earlier: &str, method: &str) -> String {
-    if earlier == method {
+fn reused_message(earlier: &str, method: Method) -> String {
+    if earlier == method.as_str() {
         format!(
             "request_id was already used for a different {earlier} request; use a new request_id \
              for a new request"
@@ -1334,7 +1203,7 @@ fn reused_message(earlier: &str, method: &str) -> String {
 pub(crate) fn fingerprint(p: &Prepared) -> String {
     let mut h = Sha256::new();
     h.update(b"signerd.request.v1\0");
-    h.update(p.method.as_bytes());
+    h.update(p.method.as_str().as_bytes());
     h.update([0]);
     h.update(p.key.id.as_bytes());
     h.update([0]);
@@ -1342,11 +1211,11 @@ pub(crate) fn fingerprint(p: &Prepared) -> String {
     hex::encode(h.finalize())
 }
 
-fn replay<R: SignResponse>(
+fn replay(
     stored: StoredRequest,
     fingerprint: &str,
-    method: &str,
-) -> Result<R, ServiceError> {
+    method: Method,
+) -> Result<Signed, ServiceError> {
     if stored.fingerprint != fingerprint {
         return Err(ServiceError::Aborted(reused_message(
             &stored.method,
@@ -1357,7 +1226,7 @@ fn replay<R: SignResponse>(
     match stored.outcome {
         StoredOutcome::Signed { response } => hex::decode(&response)
             .ok()
-            .and_then(|b| R::decode(b.as_slice()).ok())
+            .and_then(|b| wire::decode_answer(method, &b).ok())
             .ok_or_else(|| ServiceError::Unavailable("stored response cannot be decoded".into())),
         StoredOutcome::Denied { rule, reason } => {
             Err(ServiceError::PermissionDenied { rule, reason })
@@ -1371,14 +1240,14 @@ fn replay<R: SignResponse>(
 
 fn request_record(
     caller: &Caller,
-    method: &str,
+    method: Method,
     request_id: Option<&str>,
     key_id: Option<&str>,
     fingerprint: Option<&str>,
 ) -> Record {
     Record::new("sign.request")
         .field("req_id", request_id)
-        .field("method", method)
+        .field("method", method.as_str())
         .field("client", caller.identity.id.as_str())
         .field("cert_sha256", caller.cert_sha256.as_str())
         .field("key", key_id)
@@ -1491,25 +1360,22 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-fn receipt_proto(r: Receipt) -> v1::AuditReceipt {
-    v1::AuditReceipt {
-        seq: r.seq,
-        leaf_hash: r.leaf_hash.to_vec(),
-    }
-}
+/// The signature as answered, the signed transaction (for transactions), and the
+/// `sign.result` record.
+type Built = ((SignatureParts, Option<evm::SignedTx>), Record);
 
-/// Builds the response (without receipt) and its `sign.result` record.
-fn build_response<R: SignResponse>(
+/// Builds the answer (without receipt) and its `sign.result` record.
+fn build_response(
     caller: &Caller,
     p: &Prepared,
     sig: &RawSignature,
-) -> Result<(R, Record), ServiceError> {
+) -> Result<Built, ServiceError> {
     let mut rec = Record::new("sign.result")
         .field("req_id", p.request_id.as_str())
         .field("client", caller.identity.id.as_str())
         .field("status", "signed")
         .field("signing_hash", format!("0x{}", hex::encode(p.commitment)));
-    let mut out = v1::Signature::default();
+    let mut out = SignatureParts::default();
     let mut tx_fields = None;
     match (&p.payload, sig) {
         (PayloadKind::Tx(tx), RawSignature::Ecdsa { r, s, y_parity }) => {
@@ -1541,10 +1407,7 @@ fn build_response<R: SignResponse>(
         // Versioned keys (Vault transit): which version signed, so rotation is auditable.
         rec = rec.field("key_version", version);
     }
-
-    let mut response = R::default();
-    response.fill(out, p.commitment, tx_fields);
-    Ok((response, rec))
+    Ok(((out, tx_fields), rec))
 }
 
 /// The answer to store for a request whose final `sign.result` record the audit log holds:
@@ -1553,39 +1416,27 @@ fn build_response<R: SignResponse>(
 pub fn answer_from_log(
     a: &crate::state::reconcile::LoggedAnswer<'_>,
 ) -> Result<StoredRequest, String> {
-    let method = [METHOD_TX, METHOD_MESSAGE, METHOD_TYPED_DATA, METHOD_DIGEST]
-        .into_iter()
-        .find(|m| *m == a.method)
-        .ok_or_else(|| format!("unknown method `{}`", a.method))?;
+    let method =
+        Method::from_name(a.method).ok_or_else(|| format!("unknown method `{}`", a.method))?;
     let outcome = match a.result["status"].as_str() {
         Some("denied") => StoredOutcome::Denied {
             rule: a.result["rule"].as_str().map(str::to_owned),
             reason: a.result["message"].as_str().unwrap_or_default().to_owned(),
         },
-        Some("signed") => {
-            let response = match method {
-                METHOD_TX => rebuild::<v1::SignEvmTransactionResponse>(a)?,
-                METHOD_MESSAGE => rebuild::<v1::SignEvmMessageResponse>(a)?,
-                METHOD_TYPED_DATA => rebuild::<v1::SignTypedDataResponse>(a)?,
-                _ => rebuild::<v1::SignDigestResponse>(a)?,
-            };
-            StoredOutcome::Signed {
-                response: hex::encode(response),
-            }
-        }
+        Some("signed") => StoredOutcome::Signed {
+            response: hex::encode(wire::encode_answer(method, rebuild(a)?)),
+        },
         _ => return Err("not a final answer".into()),
     };
     Ok(StoredRequest {
         fingerprint: a.fingerprint.to_owned(),
-        method: method.to_owned(),
+        method: method.as_str().to_owned(),
         outcome,
     })
 }
 
-/// The encoded response of a `signed` result record (see [`answer_from_log`]).
-fn rebuild<R: SignResponse>(
-    a: &crate::state::reconcile::LoggedAnswer<'_>,
-) -> Result<Vec<u8>, String> {
+/// The answer of a `signed` result record (see [`answer_from_log`]).
+fn rebuild(a: &crate::state::reconcile::LoggedAnswer<'_>) -> Result<Signed, String> {
     fn bytes(v: &serde_json::Value, name: &str) -> Result<Vec<u8>, String> {
         v.as_str()
             .and_then(|s| s.strip_prefix("0x"))
@@ -1624,36 +1475,33 @@ fn rebuild<R: SignResponse>(
         None => None,
     };
     let seq = rec["seq"].as_u64().ok_or("`seq` is not a number")?;
-    let mut response = R::default();
-    response.fill(
-        v1::Signature {
+    Ok(Signed {
+        signature: SignatureParts {
             r,
             s,
             y_parity,
             v,
             bytes: all,
         },
-        hash32(&rec["signing_hash"], "signing_hash")?,
+        signing_hash: hash32(&rec["signing_hash"], "signing_hash")?,
         tx,
-    );
-    response.set_receipt(receipt_proto(Receipt {
-        seq,
-        leaf_hash: crate::audit::merkle::leaf_hash(a.line.as_bytes()),
-    }));
-    response.set_status(v1::SignStatus::Signed, None);
-    Ok(response.encode_to_vec())
+        receipt: Receipt {
+            seq,
+            leaf_hash: crate::audit::merkle::leaf_hash(a.line.as_bytes()),
+        },
+    })
 }
 
 fn hex0x(b: &[u8]) -> String {
     format!("0x{}", hex::encode(b))
 }
 
-fn ecdsa_proto(r: &[u8; 32], s: &[u8; 32], y_parity: bool, v: u64) -> v1::Signature {
+fn ecdsa_proto(r: &[u8; 32], s: &[u8; 32], y_parity: bool, v: u64) -> SignatureParts {
     let mut bytes = Vec::with_capacity(65);
     bytes.extend_from_slice(r);
     bytes.extend_from_slice(s);
     bytes.push(27 + u8::from(y_parity));
-    v1::Signature {
+    SignatureParts {
         r: r.to_vec(),
         s: s.to_vec(),
         y_parity: u32::from(y_parity),
@@ -1669,12 +1517,12 @@ mod tests {
     #[test]
     fn a_reused_request_id_names_both_methods() {
         assert_eq!(
-            reused_message("SignEvmTransaction", "SignEvmMessage"),
+            reused_message("SignEvmTransaction", Method::Message),
             "request_id was already used for a SignEvmTransaction request; this SignEvmMessage \
              request needs a new request_id"
         );
         assert_eq!(
-            reused_message("SignDigest", "SignDigest"),
+            reused_message("SignDigest", Method::Digest),
             "request_id was already used for a different SignDigest request; use a new \
              request_id for a new request"
         );

@@ -12,9 +12,13 @@ use std::sync::Arc;
 use signerd_proto::v1::{self, admin_server, approvals_server, signer_server};
 use tonic::{Request, Response, Status};
 
+pub mod wire;
+
 use crate::keys::KeyInfo;
+use crate::request::SignRequest;
 use crate::service::{Caller, ServiceError, Signer, VoteRequest};
 use crate::tls::ConnInfo;
+use wire::SignResponse;
 
 /// The tonic implementation of `signer.v1.Signer`.
 #[derive(Debug, Clone)]
@@ -49,6 +53,21 @@ impl SignerApi {
                 Err(Status::unauthenticated(reason.clone()))
             }
         }
+    }
+}
+
+impl SignerApi {
+    /// Signs through the service and answers with the method's response message.
+    async fn sign<R: SignResponse>(
+        &self,
+        caller: Caller,
+        request: SignRequest,
+    ) -> Result<Response<R>, Status> {
+        self.signer
+            .sign(caller, request)
+            .await
+            .map(|outcome| Response::new(R::from_outcome(outcome)))
+            .map_err(status)
     }
 }
 
@@ -124,11 +143,8 @@ impl signer_server::Signer for SignerApi {
         req: Request<v1::SignEvmTransactionRequest>,
     ) -> Result<Response<v1::SignEvmTransactionResponse>, Status> {
         let caller = self.caller(&req)?;
-        self.signer
-            .sign_transaction(caller, req.into_inner())
+        self.sign(caller, SignRequest::Transaction(req.into_inner()))
             .await
-            .map(Response::new)
-            .map_err(status)
     }
 
     async fn sign_evm_message(
@@ -136,11 +152,8 @@ impl signer_server::Signer for SignerApi {
         req: Request<v1::SignEvmMessageRequest>,
     ) -> Result<Response<v1::SignEvmMessageResponse>, Status> {
         let caller = self.caller(&req)?;
-        self.signer
-            .sign_message(caller, req.into_inner())
+        self.sign(caller, SignRequest::Message(req.into_inner()))
             .await
-            .map(Response::new)
-            .map_err(status)
     }
 
     async fn sign_typed_data(
@@ -148,11 +161,8 @@ impl signer_server::Signer for SignerApi {
         req: Request<v1::SignTypedDataRequest>,
     ) -> Result<Response<v1::SignTypedDataResponse>, Status> {
         let caller = self.caller(&req)?;
-        self.signer
-            .sign_typed_data(caller, req.into_inner())
+        self.sign(caller, SignRequest::TypedData(req.into_inner()))
             .await
-            .map(Response::new)
-            .map_err(status)
     }
 
     async fn sign_digest(
@@ -160,11 +170,8 @@ impl signer_server::Signer for SignerApi {
         req: Request<v1::SignDigestRequest>,
     ) -> Result<Response<v1::SignDigestResponse>, Status> {
         let caller = self.caller(&req)?;
-        self.signer
-            .sign_digest(caller, req.into_inner())
+        self.sign(caller, SignRequest::Digest(req.into_inner()))
             .await
-            .map(Response::new)
-            .map_err(status)
     }
 
     async fn get_sign_request(

@@ -10,17 +10,17 @@
 
 use std::sync::Arc;
 
-use prost::Message;
 use signerd_policy::{ApprovalRequirement, Decision, Identity, Policy};
 use signerd_proto::v1;
 
 use super::{
-    Caller, Decided, METHOD_DIGEST, METHOD_MESSAGE, METHOD_TX, METHOD_TYPED_DATA, Prepared,
-    Reservation, ServiceError, SignResponse, Signer, decision_record, unavailable, unix_now,
-    validate_request_id,
+    Caller, Decided, Prepared, Reservation, ServiceError, Signer, decision_record, unavailable,
+    unix_now, validate_request_id,
 };
+use crate::api::wire::{self, pending_proto, status_proto};
 use crate::approvals::{self as quorum, PendingRecord, Requirement, Status, StoredVote, Vote};
 use crate::audit::Record;
+use crate::request::{Method, SignOutcome, SignRequest};
 use crate::state::{StoredOutcome, StoredRequest};
 
 /// Most requests one `ListPending` answer holds (the oldest first).
@@ -181,42 +181,6 @@ async fn state_call<T>(
     call.await.map_err(state_err)
 }
 
-fn status_proto(s: Status) -> v1::SignStatus {
-    match s {
-        Status::Pending | Status::Signing => v1::SignStatus::PendingApproval,
-        Status::Signed => v1::SignStatus::Signed,
-        Status::Rejected => v1::SignStatus::Rejected,
-        Status::Expired => v1::SignStatus::Expired,
-        Status::Denied => v1::SignStatus::Denied,
-        Status::Failed => v1::SignStatus::Failed,
-    }
-}
-
-/// What a pending request waits for, with who has approved so far.
-fn pending_proto(rec: &PendingRecord, now: i64) -> v1::PendingApproval {
-    let t = quorum::tally(&rec.requirements, &rec.votes, &rec.client, now);
-    v1::PendingApproval {
-        request_id: rec.request_id.clone(),
-        fingerprint: rec.fingerprint.clone(),
-        requirements: rec
-            .requirements
-            .iter()
-            .zip(t.approved_by)
-            .map(|(r, approved_by)| v1::ApprovalRequirement {
-                group: r.group.clone(),
-                min: r.min,
-                members: r.members.clone(),
-                approved_by,
-                veto: r.veto,
-            })
-            .collect(),
-        deadline_unix: rec.deadline,
-        rules: rec.rules.clone(),
-        policy_serial: rec.policy_serial,
-        policy_hash: rec.policy_hash.clone(),
-    }
-}
-
 fn requirements_json(reqs: &[Requirement]) -> serde_json::Value {
     serde_json::to_value(reqs).unwrap_or_default()
 }
@@ -229,12 +193,12 @@ impl Signer {
 
     /// Records a request that needs approval and keeps it: `approval.request` (durable), the
     /// pending record, and the idempotency record pointing to it. Answers PENDING_APPROVAL.
-    pub(super) async fn begin_approval<R: SignResponse>(
+    pub(super) async fn begin_approval(
         &self,
         caller: &Caller,
         p: &Prepared,
         w: Waiting<'_>,
-    ) -> Result<R, ServiceError> {
+    ) -> Result<SignOutcome, ServiceError> {
         let now = unix_now();
         let ttl = w.requirements.iter().map(|r| r.ttl_secs).min().unwrap_or(0);
         let deadline = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX));
@@ -245,9 +209,9 @@ impl Signer {
             roles: caller.identity.roles.clone(),
             cert_sha256: caller.cert_sha256.clone(),
             request_id: p.request_id.clone(),
-            method: p.method.to_owned(),
+            method: p.method.as_str().to_owned(),
             key_id: p.key.id.clone(),
-            request: hex::encode(&p.request),
+            request: hex::encode(p.request.encode()),
             request_fingerprint: w.fingerprint.to_owned(),
             fingerprint,
             created: now,
@@ -277,10 +241,9 @@ impl Signer {
             .append_durable(audit)
             .await
             .map_err(unavailable)?;
-        let pending = pending_proto(&rec, now);
         let stored = StoredRequest {
             fingerprint: w.fingerprint.to_owned(),
-            method: p.method.to_owned(),
+            method: p.method.as_str().to_owned(),
             outcome: StoredOutcome::Pending,
         };
         // The durable write of put_pending makes the request's answer durable too.
@@ -292,17 +255,18 @@ impl Signer {
         state_call(self.state.put_pending(&rec)).await?;
         self.changed();
         tracing::info!(deadline, "waiting for approval");
-        let mut response = R::default();
-        response.set_status(v1::SignStatus::PendingApproval, Some(pending));
-        Ok(response)
+        Ok(SignOutcome::Pending {
+            record: Box::new(rec),
+            now,
+        })
     }
 
     /// The answer to a retried request that is (or was) waiting for approval.
-    pub(super) async fn pending_reply<R: SignResponse>(
+    pub(super) async fn pending_reply(
         &self,
         client: &str,
         request_id: &str,
-    ) -> Result<R, ServiceError> {
+    ) -> Result<SignOutcome, ServiceError> {
         let (c, r) = (client.to_owned(), request_id.to_owned());
         let rec = state_call(self.state.get_pending(&c, &r))
             .await?
@@ -310,14 +274,10 @@ impl Signer {
                 ServiceError::Unavailable("the request's approval state is missing".into())
             })?;
         match rec.status {
-            Status::Pending | Status::Signing => {
-                let mut response = R::default();
-                response.set_status(
-                    v1::SignStatus::PendingApproval,
-                    Some(pending_proto(&rec, unix_now())),
-                );
-                Ok(response)
-            }
+            Status::Pending | Status::Signing => Ok(SignOutcome::Pending {
+                record: Box::new(rec),
+                now: unix_now(),
+            }),
             Status::Failed => Err(ServiceError::Unavailable(format!(
                 "quorum was reached but signing failed: {}; nothing was signed",
                 rec.reason.unwrap_or_default()
@@ -658,7 +618,12 @@ impl Signer {
         self.check_state()?;
         let request = hex::decode(&rec.request)
             .map_err(|_| ServiceError::Unavailable("stored request cannot be decoded".into()))?;
-        let p = self.prepare(&rec.method, request)?;
+        let method = Method::from_name(&rec.method).ok_or_else(|| {
+            ServiceError::Unavailable(format!("stored request of unknown method `{}`", rec.method))
+        })?;
+        let request = SignRequest::decode(method, &request)
+            .map_err(|_| ServiceError::Unavailable("stored request cannot be decoded".into()))?;
+        let p = self.prepare(request)?;
         let caller = Caller {
             identity: Identity {
                 id: rec.client.clone(),
@@ -687,23 +652,9 @@ impl Signer {
             }
         }
         let expected = self.audit.expect();
-        // The response type only shapes the stored answer; the signing path is the same.
-        macro_rules! sign_as {
-            ($response:ty) => {
-                self.sign_allowed::<$response>(&caller, &p, fp, reservation, expected)
-                    .await
-                    .map(drop)
-            };
-        }
-        match rec.method.as_str() {
-            METHOD_TX => sign_as!(v1::SignEvmTransactionResponse),
-            METHOD_MESSAGE => sign_as!(v1::SignEvmMessageResponse),
-            METHOD_TYPED_DATA => sign_as!(v1::SignTypedDataResponse),
-            METHOD_DIGEST => sign_as!(v1::SignDigestResponse),
-            other => Err(ServiceError::Unavailable(format!(
-                "unknown signing method `{other}`"
-            ))),
-        }
+        self.sign_allowed(&caller, &p, fp, reservation, expected)
+            .await
+            .map(drop)
     }
 
     /// The decision at quorum. Deny rules and limits apply as for any request; when the policy
@@ -957,27 +908,10 @@ fn decode_response(
     method: &str,
     hex_bytes: &str,
 ) -> Result<v1::sign_request_state::Response, ServiceError> {
-    use v1::sign_request_state::Response;
-    let bytes = hex::decode(hex_bytes)
-        .map_err(|_| ServiceError::Unavailable("stored response cannot be decoded".into()))?;
-    let bad = |_| ServiceError::Unavailable("stored response cannot be decoded".into());
-    Ok(match method {
-        METHOD_TX => Response::Transaction(
-            v1::SignEvmTransactionResponse::decode(bytes.as_slice()).map_err(bad)?,
-        ),
-        METHOD_MESSAGE => {
-            Response::Message(v1::SignEvmMessageResponse::decode(bytes.as_slice()).map_err(bad)?)
-        }
-        METHOD_TYPED_DATA => {
-            Response::TypedData(v1::SignTypedDataResponse::decode(bytes.as_slice()).map_err(bad)?)
-        }
-        METHOD_DIGEST => {
-            Response::Digest(v1::SignDigestResponse::decode(bytes.as_slice()).map_err(bad)?)
-        }
-        other => {
-            return Err(ServiceError::Unavailable(format!(
-                "stored response of unknown method `{other}`"
-            )));
-        }
-    })
+    let bad = || ServiceError::Unavailable("stored response cannot be decoded".into());
+    let method = Method::from_name(method).ok_or_else(|| {
+        ServiceError::Unavailable(format!("stored response of unknown method `{method}`"))
+    })?;
+    let bytes = hex::decode(hex_bytes).map_err(|_| bad())?;
+    wire::stored_response(method, &bytes).map_err(|_| bad())
 }

@@ -17,6 +17,7 @@ use crate::approvals::Vote;
 use crate::audit::{AuditLog, AuditOptions, CheckpointSigner};
 use crate::keys::faulty::{Fault, FaultyBackend};
 use crate::keys::{Algorithm, KeyBackend, KeyError};
+use crate::request::{SignOutcome, SignRequest, Signed};
 use crate::state::{MemoryStore, StateStore};
 
 const TO: &str = "0x3535353535353535353535353535353535353535";
@@ -174,6 +175,21 @@ fn message(request_id: &str) -> v1::SignEvmMessageRequest {
     }
 }
 
+fn signed(o: SignOutcome) -> Signed {
+    match o {
+        SignOutcome::Signed(s) => s,
+        other => panic!("not signed: {other:?}"),
+    }
+}
+
+/// What a request waiting for approval waits for, as the client sees it.
+fn pending_of(o: SignOutcome) -> v1::PendingApproval {
+    match o {
+        SignOutcome::Pending { record, now } => crate::api::wire::pending_proto(&record, now),
+        other => panic!("not pending: {other:?}"),
+    }
+}
+
 fn status_name(e: &ServiceError) -> &'static str {
     e.metric_labels().1
 }
@@ -234,16 +250,15 @@ async fn a_request_id_raced_by_many_signs_once_and_answers_all_alike() {
     let tries: Vec<_> = (0..32)
         .map(|_| {
             let s = p.signer.clone();
-            tokio::spawn(async move { s.sign_message(app(), message("same")).await })
+            tokio::spawn(async move { s.sign(app(), SignRequest::Message(message("same"))).await })
         })
         .collect();
     let mut answers = Vec::new();
     for t in tries {
-        answers.push(t.await.unwrap().unwrap());
+        answers.push(signed(t.await.unwrap().unwrap()));
     }
     assert_eq!(p.keys.signed(), 1, "one request id, one signature");
     assert!(answers.iter().all(|a| *a == answers[0]));
-    assert!(answers[0].receipt.is_some());
 }
 
 /// A limit raced by many requests at once signs exactly what it allows.
@@ -253,7 +268,10 @@ async fn a_limit_raced_in_process_signs_exactly_what_it_allows() {
     let tries: Vec<_> = (0..60)
         .map(|i| {
             let s = p.signer.clone();
-            tokio::spawn(async move { s.sign_transaction(app(), tx(&format!("r{i}"), 900)).await })
+            tokio::spawn(async move {
+                s.sign(app(), SignRequest::Transaction(tx(&format!("r{i}"), 900)))
+                    .await
+            })
         })
         .collect();
     let (mut ok, mut denied) = (0, 0);
@@ -287,7 +305,10 @@ async fn every_unsigned_path_releases_the_reservation() {
         p.keys.set(fault.clone());
         let e = p
             .signer
-            .sign_transaction(app(), tx(&format!("fail-{i}"), 900))
+            .sign(
+                app(),
+                SignRequest::Transaction(tx(&format!("fail-{i}"), 900)),
+            )
             .await
             .unwrap_err();
         assert_eq!(status_name(&e), "UNAVAILABLE", "{fault:?}: {e}");
@@ -298,11 +319,10 @@ async fn every_unsigned_path_releases_the_reservation() {
     // A request that waits for approval holds its spend; a veto gives it back.
     let pending = p
         .signer
-        .sign_transaction(app(), tx("big", 5_000))
+        .sign(app(), SignRequest::Transaction(tx("big", 5_000)))
         .await
-        .unwrap()
-        .pending
         .unwrap();
+    let pending = pending_of(pending);
     assert_eq!(p.reserved(), 5_000);
     p.vote("bob", &pending, Vote::Reject).await.unwrap();
     assert_eq!(p.settled("big").await.status(), v1::SignStatus::Rejected);
@@ -311,11 +331,10 @@ async fn every_unsigned_path_releases_the_reservation() {
     // Approved, but the backend fails at signing time: released too.
     let pending = p
         .signer
-        .sign_transaction(app(), tx("big-2", 5_000))
+        .sign(app(), SignRequest::Transaction(tx("big-2", 5_000)))
         .await
-        .unwrap()
-        .pending
         .unwrap();
+    let pending = pending_of(pending);
     p.keys
         .set(Fault::Fail(KeyError::Unavailable("device gone".into())));
     p.vote("bob", &pending, Vote::Approve).await.unwrap();
@@ -331,7 +350,10 @@ async fn every_unsigned_path_releases_the_reservation() {
     p.keys.set(Fault::None);
     for i in 0..11 {
         p.signer
-            .sign_transaction(app(), tx(&format!("after-{i}"), 900))
+            .sign(
+                app(),
+                SignRequest::Transaction(tx(&format!("after-{i}"), 900)),
+            )
             .await
             .unwrap();
     }
@@ -346,11 +368,10 @@ async fn concurrent_votes_sign_an_approved_request_once() {
     p.keys.set(Fault::Delay(Duration::from_millis(20)));
     let pending = p
         .signer
-        .sign_transaction(app(), tx("vote-race", 2_000))
+        .sign(app(), SignRequest::Transaction(tx("vote-race", 2_000)))
         .await
-        .unwrap()
-        .pending
         .unwrap();
+    let pending = pending_of(pending);
     let p = Arc::new(p);
     let votes: Vec<_> = ["bob", "carol", "dave"]
         .into_iter()
@@ -392,7 +413,7 @@ async fn backend_errors_map_to_the_right_status() {
         p.keys.set(Fault::Fail(err.clone()));
         let e = p
             .signer
-            .sign_message(app(), message(&format!("m{i}")))
+            .sign(app(), SignRequest::Message(message(&format!("m{i}"))))
             .await
             .unwrap_err();
         assert_eq!(e.metric_labels(), ("none", want), "{err}: {e}");
@@ -404,7 +425,11 @@ async fn backend_errors_map_to_the_right_status() {
     p.keys.set(Fault::None);
     let mut req = message("unknown-key");
     req.key_id = "cold".to_owned();
-    let e = p.signer.sign_message(app(), req).await.unwrap_err();
+    let e = p
+        .signer
+        .sign(app(), SignRequest::Message(req))
+        .await
+        .unwrap_err();
     assert_eq!(status_name(&e), "NOT_FOUND", "{e}");
     assert_eq!(p.keys.signed(), 0);
 }
@@ -415,20 +440,20 @@ async fn backend_errors_map_to_the_right_status() {
 async fn a_failing_state_store_stops_signing_before_anything_is_signed() {
     let p = pipeline().await;
     p.signer
-        .sign_transaction(app(), tx("ok", 100))
+        .sign(app(), SignRequest::Transaction(tx("ok", 100)))
         .await
         .unwrap();
     p.store.fail_writes(true);
     let e = p
         .signer
-        .sign_transaction(app(), tx("store-down", 100))
+        .sign(app(), SignRequest::Transaction(tx("store-down", 100)))
         .await
         .unwrap_err();
     assert_eq!(status_name(&e), "UNAVAILABLE", "{e}");
     p.store.fail_writes(false);
     let e = p
         .signer
-        .sign_transaction(app(), tx("store-back", 100))
+        .sign(app(), SignRequest::Transaction(tx("store-back", 100)))
         .await
         .unwrap_err();
     assert_eq!(status_name(&e), "UNAVAILABLE", "{e}");
@@ -444,37 +469,37 @@ async fn retries_replay_the_stored_answer() {
     let p = pipeline().await;
     let first = p
         .signer
-        .sign_transaction(app(), tx("t", 100))
+        .sign(app(), SignRequest::Transaction(tx("t", 100)))
         .await
         .unwrap();
     let again = p
         .signer
-        .sign_transaction(app(), tx("t", 100))
+        .sign(app(), SignRequest::Transaction(tx("t", 100)))
         .await
         .unwrap();
-    assert_eq!(first, again);
+    assert_eq!(signed(first), signed(again));
     assert_eq!(p.keys.signed(), 1);
     let e = p
         .signer
-        .sign_transaction(app(), tx("t", 101))
+        .sign(app(), SignRequest::Transaction(tx("t", 101)))
         .await
         .unwrap_err();
     assert_eq!(status_name(&e), "ABORTED", "{e}");
     let e = p
         .signer
-        .sign_message(app(), message("t"))
+        .sign(app(), SignRequest::Message(message("t")))
         .await
         .unwrap_err();
     assert_eq!(status_name(&e), "ABORTED", "{e}");
 
     let denied = p
         .signer
-        .sign_transaction(app(), tx("too-much", 20_000))
+        .sign(app(), SignRequest::Transaction(tx("too-much", 20_000)))
         .await
         .unwrap_err();
     let again = p
         .signer
-        .sign_transaction(app(), tx("too-much", 20_000))
+        .sign(app(), SignRequest::Transaction(tx("too-much", 20_000)))
         .await
         .unwrap_err();
     assert_eq!(denied.to_string(), again.to_string());

@@ -62,6 +62,7 @@ pub fn load_policy(path: &std::path::Path) -> Result<Policy, ServerError> {
 pub fn open_keys(
     config: &Config,
     audit: Option<&AuditKeySpec>,
+    background: &Background,
 ) -> Result<Arc<dyn KeyBackend>, ServerError> {
     match config.keys.backend.as_str() {
         "soft" => {
@@ -84,7 +85,8 @@ pub fn open_keys(
                 .pin_source()
                 .read("keys.pkcs11.pin")
                 .map_err(ServerError::Start)?;
-            let backend = Pkcs11Backend::open(cfg, pin, audit).map_err(start("keys.pkcs11"))?;
+            let backend =
+                Pkcs11Backend::open(cfg, pin, audit, background).map_err(start("keys.pkcs11"))?;
             Ok(Arc::new(backend))
         }
         "vault" => Err(ServerError::Start(
@@ -101,13 +103,14 @@ pub fn open_keys(
 pub async fn open_vault_keys(
     config: &Config,
     audit: Option<&AuditKeySpec>,
+    background: &Background,
 ) -> Result<Arc<dyn KeyBackend>, ServerError> {
     let vault = config
         .keys
         .vault
         .as_ref()
         .ok_or_else(|| ServerError::Start("keys: [keys.vault] is missing".into()))?;
-    let backend = crate::keys::vault::VaultBackend::open(vault, audit)
+    let backend = crate::keys::vault::VaultBackend::open(vault, audit, background)
         .await
         .map_err(start("keys.vault"))?;
     Ok(Arc::new(backend))
@@ -148,10 +151,12 @@ impl Daemon {
             &config,
             crate::audit::key::log_is_new(&config.audit.dir),
         );
+        // Every background task, the key backend's own included, is tracked from here.
+        let background = Background::new();
         let keys = match config.keys.backend.as_str() {
             // Vault is reached over async HTTP, so it opens here rather than in `open_keys`.
-            "vault" => open_vault_keys(&config, audit_spec.as_ref()).await?,
-            _ => open_keys(&config, audit_spec.as_ref())?,
+            "vault" => open_vault_keys(&config, audit_spec.as_ref(), &background).await?,
+            _ => open_keys(&config, audit_spec.as_ref(), &background)?,
         };
         let state = crate::state::open_sled(&config.state.dir).map_err(start("state"))?;
         let tls = tls::server_config(&config.tls).map_err(start("tls"))?;
@@ -244,7 +249,6 @@ impl Daemon {
             backend = keys.name(),
             "opened"
         );
-        let background = Background::new();
         let signer = Arc::new(Signer::new(
             keys,
             policy,
@@ -464,7 +468,7 @@ impl Daemon {
                 Ok(())
             }
         };
-        tracing::info!("listener closed; stopping background tasks");
+        tracing::info!(tasks = ?background.running(), "listener closed; stopping background tasks");
         let left = background.shutdown(SHUTDOWN_WAIT).await;
         if left.is_empty() {
             tracing::info!("background tasks ended; closing the audit log");

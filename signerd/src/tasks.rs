@@ -86,6 +86,12 @@ impl Background {
         self.cancel.clone().cancelled_owned()
     }
 
+    /// A stop signal of one task's own, which shutdown also sends: for a task owned by an
+    /// object that stops it when dropped (a key backend's monitor).
+    pub fn child(&self) -> CancellationToken {
+        self.cancel.child_token()
+    }
+
     /// Whether shutdown has begun.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()

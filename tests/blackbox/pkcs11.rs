@@ -593,6 +593,17 @@ async fn pkcs11_token_lost_then_back() {
     // The PIN never reaches the logs.
     let pin = std::fs::read_to_string(hsm.dir.join("pin")).unwrap();
     assert!(!d.stderr().contains(pin.trim()));
+
+    // The token's monitor is one of the daemon's tracked tasks, and ends on SIGTERM.
+    let (status, stderr) = d.stop_logged();
+    assert!(status.success(), "{stderr}");
+    let stopping = stderr
+        .lines()
+        .find(|l| l.contains("stopping background tasks"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(stopping.contains("pkcs11 monitor"), "{stopping}");
+    assert!(stderr.contains("background tasks ended"), "{stderr}");
+    assert!(!stderr.contains("did not end"), "{stderr}");
 }
 
 /// Makes the installation keep its audit checkpoint key in the token of `[keys]`.

@@ -548,7 +548,16 @@ async fn vault_signs_with_every_key_type_and_follows_rotation() {
         &d,
         &[("the Vault token", ROOT_TOKEN.as_bytes().to_vec())],
     );
-    d.stop();
+    // The token renewal and probe task is one of the daemon's tracked tasks, and ends on
+    // SIGTERM.
+    let (status, stderr) = d.stop_logged();
+    assert!(status.success(), "{stderr}");
+    let stopping = stderr
+        .lines()
+        .find(|l| l.contains("stopping background tasks"))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(stopping.contains("vault maintenance"), "{stopping}");
+    assert!(!stderr.contains("did not end"), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -237,10 +237,11 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     signerd::tls::server_config(&config.tls)?;
     // The audit key is looked for, never created, here.
     let audit_spec = signerd::audit::key::backend_spec(&config, false);
+    let background = signerd::tasks::Background::new();
     let keys = if config.keys.backend == "vault" {
-        signerd::server::open_vault_keys(&config, audit_spec.as_ref()).await?
+        signerd::server::open_vault_keys(&config, audit_spec.as_ref(), &background).await?
     } else {
-        signerd::server::open_keys(&config, audit_spec.as_ref())?
+        signerd::server::open_keys(&config, audit_spec.as_ref(), &background)?
     };
     println!(
         "{}: OK ({} identities, policy serial {} sha256 {}, {} keys in the {} backend)",

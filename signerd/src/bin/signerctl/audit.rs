@@ -243,10 +243,11 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
                         .verifier_key()?
                 }
                 Some(spec) => {
+                    let background = signerd::tasks::Background::new();
                     let backend = if cfg.keys.backend == "vault" {
-                        signerd::server::open_vault_keys(&cfg, Some(&spec)).await?
+                        signerd::server::open_vault_keys(&cfg, Some(&spec), &background).await?
                     } else {
-                        signerd::server::open_keys(&cfg, Some(&spec))?
+                        signerd::server::open_keys(&cfg, Some(&spec), &background)?
                     };
                     let info = backend.audit_key().with_context(|| {
                         format!(

@@ -21,7 +21,10 @@ pub(crate) async fn direct(
         .vault
         .as_ref()
         .with_context(|| format!("{}: no [keys.vault] table", config.display()))?;
-    let backend = Arc::new(signerd::keys::vault::VaultBackend::open(vault, None).await?);
+    let backend = Arc::new(
+        signerd::keys::vault::VaultBackend::open(vault, None, &signerd::tasks::Background::new())
+            .await?,
+    );
     let deadline = Instant::now() + duration;
     let started = Instant::now();
     let mut tasks = Vec::new();

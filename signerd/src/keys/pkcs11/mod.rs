@@ -41,6 +41,14 @@ const MONITOR_PERIOD: Duration = Duration::from_secs(1);
 /// Keys held in a PKCS#11 token.
 pub struct Pkcs11Backend {
     inner: Arc<Inner>,
+    /// Stops the monitor (it also stops on shutdown).
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Drop for Pkcs11Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 struct Inner {
@@ -83,6 +91,7 @@ impl Pkcs11Backend {
         cfg: &Pkcs11Config,
         pin: SecretString,
         audit: Option<&AuditKeySpec>,
+        background: &crate::tasks::Background,
     ) -> Result<Pkcs11Backend, KeyError> {
         cfg.validate().map_err(KeyError::Keystore)?;
         let mut conn = Conn::open(cfg, &pin).map_err(|e| KeyError::Unavailable(e.to_string()))?;
@@ -117,10 +126,17 @@ impl Pkcs11Backend {
             permits: tokio::sync::Semaphore::new(cfg.sessions),
             wake: Arc::new(tokio::sync::Notify::new()),
         });
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(monitor(Arc::downgrade(&inner)));
+        let stop = background.child();
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let (work, stopped) = (monitor(Arc::downgrade(&inner)), stop.clone());
+            background.spawn("pkcs11 monitor", async move {
+                tokio::select! {
+                    () = stopped.cancelled() => {}
+                    () = work => {}
+                }
+            });
         }
-        Ok(Pkcs11Backend { inner })
+        Ok(Pkcs11Backend { inner, stop })
     }
 
     /// Generates a key pair inside the token (see [`Pkcs11Backend`] for its attributes).

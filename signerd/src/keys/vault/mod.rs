@@ -62,7 +62,8 @@ pub struct VaultBackend {
     /// client key prefix, pinned to `[audit] signing_key_version` so that every checkpoint of
     /// a log is signed by the key `signerctl audit pubkey` prints, whatever rotation adds.
     audit: Option<KeyInfo>,
-    task: tokio::task::JoinHandle<()>,
+    /// Stops the maintenance task (it also stops on shutdown).
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl std::fmt::Debug for VaultBackend {
@@ -76,7 +77,7 @@ impl std::fmt::Debug for VaultBackend {
 
 impl Drop for VaultBackend {
     fn drop(&mut self) {
-        self.task.abort();
+        self.stop.cancel();
     }
 }
 
@@ -136,6 +137,7 @@ impl VaultBackend {
     pub async fn open(
         cfg: &VaultKeysConfig,
         audit: Option<&AuditKeySpec>,
+        background: &crate::tasks::Background,
     ) -> Result<VaultBackend, KeyError> {
         let conn = Connection::open(cfg).await?;
         let mut keys = discover_native(&conn, cfg).await?;
@@ -168,13 +170,21 @@ impl VaultBackend {
         }
         tracing::info!(keys = keys.len(), address = %cfg.address, "vault key backend opened");
         let keys: Keys = Arc::new(RwLock::new(keys));
-        let task = tokio::spawn(maintain(conn.clone(), cfg.clone(), keys.clone()));
+        let stop = background.child();
+        let work = maintain(conn.clone(), cfg.clone(), keys.clone());
+        let stopped = stop.clone();
+        background.spawn("vault maintenance", async move {
+            tokio::select! {
+                () = stopped.cancelled() => {}
+                () = work => {}
+            }
+        });
         Ok(VaultBackend {
             conn,
             mount: cfg.mount.clone(),
             keys,
             audit,
-            task,
+            stop,
         })
     }
 

@@ -23,15 +23,53 @@ pub(crate) fn normalize_ecdsa(
         ));
     }
     match algorithm {
-        Algorithm::Secp256k1 => recover::<k256::Secp256k1>(public_key, digest, rs),
+        Algorithm::Secp256k1 => recover_secp256k1(public_key, digest, rs),
         Algorithm::P256 => recover::<p256::NistP256>(public_key, digest, rs),
         Algorithm::Ed25519 => Err("an Ed25519 key cannot make ECDSA signatures".to_owned()),
     }
 }
 
-/// [`normalize_ecdsa`] on curve `C`: the signature is verified against the key, then the
-/// recovery id that gives back the key is found. An R whose x had to be reduced mod n
-/// (probability about 2^-128) has a recovery id Ethereum cannot encode and is refused.
+/// [`normalize_ecdsa`] for secp256k1, where every HSM and Vault signature of an EVM request
+/// passes: libsecp256k1 (the `secp256k1` crate) recovers the public key for each parity of R
+/// and compares it with the key's. A recovered key verifies the signature by construction
+/// (recovery solves the verification equation for the key), so a match is a verification,
+/// and a signature that matches for neither parity does not verify and is refused.
+///
+/// Not `ecdsa`'s recovery API: its `recover_from_prehash` verifies each recovered key again,
+/// and trial recovery tries up to four ids, which together cost three to five scalar
+/// multiplications per signature, most of signerd's own CPU on the PKCS#11 path. This costs
+/// one or two recoveries, each a fraction of one of those.
+fn recover_secp256k1(
+    public_key: &[u8],
+    digest: &[u8; 32],
+    rs: &[u8],
+) -> Result<RawSignature, String> {
+    use secp256k1::ecdsa::{RecoverableSignature, RecoveryId, Signature};
+    let want = secp256k1::PublicKey::from_slice(public_key).map_err(|_| "bad public key")?;
+    let mut sig = Signature::from_compact(rs)
+        .map_err(|_| "the signer's signature has r or s out of range")?;
+    sig.normalize_s();
+    let compact = sig.serialize_compact();
+    let message = secp256k1::Message::from_digest(*digest);
+    for (id, y_parity) in [(RecoveryId::Zero, false), (RecoveryId::One, true)] {
+        let recoverable = RecoverableSignature::from_compact(&compact, id)
+            .map_err(|_| "the signer's signature has r or s out of range")?;
+        if recoverable
+            .recover(&message)
+            .is_ok_and(|recovered| recovered == want)
+        {
+            return Ok(split(&compact, y_parity));
+        }
+    }
+    // Ids 2 and 3 (an R whose x was reduced mod n, probability about 2^-128) cannot be
+    // encoded for Ethereum; such a signature is refused with every invalid one.
+    Err("the signer's signature does not verify against the key's public point".to_owned())
+}
+
+/// [`normalize_ecdsa`] on curve `C` (P-256): the recovery id that gives back the key is found
+/// with `ecdsa`'s recovery, which verifies the signature under the recovered key. An R whose x
+/// had to be reduced mod n (probability about 2^-128) has a recovery id that cannot be encoded
+/// and is refused.
 fn recover<C>(public_key: &[u8], digest: &[u8; 32], rs: &[u8]) -> Result<RawSignature, String>
 where
     C: elliptic_curve::PrimeCurve + elliptic_curve::CurveArithmetic,
@@ -42,20 +80,20 @@ where
     elliptic_curve::FieldBytesSize<C>: elliptic_curve::sec1::ModulusSize,
     ecdsa::SignatureSize<C>: elliptic_curve::generic_array::ArrayLength<u8>,
 {
-    use ecdsa::signature::hazmat::PrehashVerifier;
     let sig = ecdsa::Signature::<C>::from_slice(rs)
         .map_err(|_| "the signer's signature has r or s out of range")?;
     let sig = sig.normalize_s().unwrap_or(sig);
     let want =
         ecdsa::VerifyingKey::<C>::from_sec1_bytes(public_key).map_err(|_| "bad public key")?;
-    want.verify_prehash(digest, &sig)
-        .map_err(|_| "the signer's signature does not verify against the key's public point")?;
-    let id = ecdsa::RecoveryId::trial_recovery_from_prehash(&want, digest, &sig)
-        .map_err(|_| "the signer's signature verifies but its recovery id cannot be found")?;
-    if id.is_x_reduced() {
-        return Err("the signature's R has an x coordinate above the group order; its recovery id cannot be encoded".to_owned());
+    for y_odd in [false, true] {
+        let id = ecdsa::RecoveryId::new(y_odd, false);
+        if ecdsa::VerifyingKey::<C>::recover_from_prehash(digest, &sig, id)
+            .is_ok_and(|recovered| recovered == want)
+        {
+            return Ok(split(&sig.to_bytes(), y_odd));
+        }
     }
-    Ok(split(&sig.to_bytes(), id.is_y_odd()))
+    Err("the signer's signature does not verify against the key's public point".to_owned())
 }
 
 fn split(bytes: &[u8], y_parity: bool) -> RawSignature {

@@ -244,7 +244,7 @@ pub fn rpc_other(data: &[u8]) {
         }
         1 => {
             if let Ok(r) = v1::GetKeyRequest::decode(encoded) {
-                let _ = crate::keys::soft::validate_key_id(&r.key_id);
+                let _ = crate::keys::key_id(&r.key_id);
             }
         }
         2 => {

@@ -19,6 +19,7 @@ pub mod dev;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hardening;
+pub mod ids;
 pub mod keys;
 pub mod metrics;
 pub mod request;

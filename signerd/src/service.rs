@@ -22,6 +22,7 @@ use signerd_proto::v1;
 use crate::api::wire;
 use crate::audit::{AuditLog, Receipt, Record};
 use crate::chain::evm::{self, PreparedTx};
+use crate::ids::RequestId;
 use crate::keys::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
 use crate::request::{Evaluation, Method, SignOutcome, SignRequest, SignatureParts, Signed};
 use crate::state::{StateStore, StoredOutcome, StoredRequest};
@@ -34,7 +35,7 @@ use approvals::Waiting;
 pub(crate) use approvals::check_ballot;
 
 /// Longest accepted `request_id`.
-pub const MAX_REQUEST_ID_LEN: usize = 128;
+pub const MAX_REQUEST_ID_LEN: usize = crate::ids::MAX_REQUEST_ID_LEN;
 
 /// Why a request was not signed. Each variant maps to one gRPC status code.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +124,7 @@ pub(crate) struct Prepared {
     request: SignRequest,
     /// Evaluate and explain only.
     dry_run: bool,
-    pub(crate) request_id: String,
+    pub(crate) request_id: RequestId,
     key: KeyInfo,
     pub(crate) action: Action,
     /// What the fingerprint commits to: the signing hash, or the raw digest.
@@ -156,7 +157,7 @@ impl Prepared {
 fn hash_prepared(
     method: Method,
     request: SignRequest,
-    (request_id, dry_run): (String, bool),
+    (request_id, dry_run): (RequestId, bool),
     key: KeyInfo,
     hash: B256,
     action: Action,
@@ -526,10 +527,11 @@ impl Signer {
         // batch briefly so that one fdatasync covers this result too. Dropped before any wait
         // on the log other than the signing path's own result.
         let expected = self.audit.expect();
+        // A malformed request id is refused before a heavy request takes a core's turn.
         let prepared = match validate_request_id(&request_id) {
             Err(e) => Err(e),
-            Ok(()) if heavy => self.prepare_heavy(prepare).await,
-            Ok(()) => prepare(),
+            Ok(_) if heavy => self.prepare_heavy(prepare).await,
+            Ok(_) => prepare(),
         };
         let prepared = match prepared {
             Ok(p) => p,
@@ -544,10 +546,8 @@ impl Signer {
                 // well-formed, so a refused request cannot write arbitrary text into it.
                 let req_id = validate_request_id(&request_id)
                     .ok()
-                    .map(|()| request_id.as_str());
-                let key = crate::keys::soft::validate_key_id(&key_id)
-                    .ok()
-                    .map(|()| key_id.as_str());
+                    .map(|_| request_id.as_str());
+                let key = crate::keys::key_id(&key_id).ok().map(|_| key_id.as_str());
                 let _ = self
                     .audit
                     .append(request_record(&caller, method, req_id, key, None));
@@ -922,18 +922,26 @@ impl Signer {
         })
     }
 
+    /// Signs with exactly the key the request was prepared for: a key that changed under its
+    /// id since (Vault transit rotation) is refused, so the audit record names the key that
+    /// signed.
     async fn sign_prepared(&self, p: &Prepared) -> Result<RawSignature, KeyError> {
+        let key = self
+            .keys
+            .handle(&p.key.id)
+            .ok_or_else(|| KeyError::NotFound(p.key.id.clone()))?;
+        if *key.info() != p.key {
+            return Err(KeyError::Unavailable(format!(
+                "key `{}` changed (now version {:?}) while the request was prepared for version \
+                 {:?}; retry to sign with the key as it is now",
+                p.key.id,
+                key.info().version,
+                p.key.version
+            )));
+        }
         match p.payload {
-            PayloadKind::Ed25519Digest => {
-                self.keys
-                    .sign_key(&p.key, Payload::Message(&p.commitment))
-                    .await
-            }
-            _ => {
-                self.keys
-                    .sign_key(&p.key, Payload::Prehash(&p.commitment))
-                    .await
-            }
+            PayloadKind::Ed25519Digest => key.sign(Payload::Message(&p.commitment)).await,
+            _ => key.sign(Payload::Prehash(&p.commitment)).await,
         }
     }
 
@@ -1063,6 +1071,7 @@ pub(crate) fn prepare_request(
 ) -> Result<Prepared, ServiceError> {
     let invalid = |e: evm::EvmError| ServiceError::InvalidArgument(e.to_string());
     let method = request.method();
+    let request_id = validate_request_id(request.request_id())?;
     match &request {
         SignRequest::Transaction(req) => {
             let key = key_for(keys, &req.key_id, Algorithm::Secp256k1, "EVM transactions")?;
@@ -1070,7 +1079,7 @@ pub(crate) fn prepare_request(
             Ok(Prepared {
                 method,
                 dry_run: req.dry_run,
-                request_id: req.request_id.clone(),
+                request_id,
                 key,
                 action: tx.action().clone(),
                 commitment: tx.signing_hash().0,
@@ -1082,7 +1091,7 @@ pub(crate) fn prepare_request(
             let key = key_for(keys, &req.key_id, Algorithm::Secp256k1, "EIP-191 messages")?;
             let (hash, action) =
                 evm::prepare_message(&req.key_id, &req.message).map_err(invalid)?;
-            let ids = (req.request_id.clone(), req.dry_run);
+            let ids = (request_id, req.dry_run);
             Ok(hash_prepared(method, request, ids, key, hash, action))
         }
         SignRequest::TypedData(req) => {
@@ -1094,7 +1103,7 @@ pub(crate) fn prepare_request(
             )?;
             let (hash, action) =
                 evm::prepare_typed_data(&req.key_id, &req.typed_data_json).map_err(invalid)?;
-            let ids = (req.request_id.clone(), req.dry_run);
+            let ids = (request_id, req.dry_run);
             Ok(hash_prepared(method, request, ids, key, hash, action))
         }
         SignRequest::Digest(req) => {
@@ -1112,7 +1121,7 @@ pub(crate) fn prepare_request(
             Ok(Prepared {
                 method,
                 dry_run: req.dry_run,
-                request_id: req.request_id.clone(),
+                request_id,
                 action: Action::new(&key.id, Kind::RawDigest),
                 key,
                 commitment: digest,
@@ -1130,13 +1139,13 @@ fn key_by_id(keys: &dyn Fn(&str) -> Option<KeyInfo>, id: &str) -> Result<KeyInfo
     // Every backend's key ids follow these rules, so an id that breaks them names no key.
     // Checked before the lookup so that neither the answer nor the audit record of the
     // refusal repeats arbitrary client text.
-    if crate::keys::soft::validate_key_id(id).is_err() {
+    let Ok(id) = crate::ids::KeyId::parse(id) else {
         return Err(ServiceError::InvalidArgument(format!(
             "key_id: 1 to {} characters from A-Z a-z 0-9 . _ -",
-            crate::keys::soft::MAX_KEY_ID_LEN
+            crate::ids::MAX_KEY_ID_LEN
         )));
-    }
-    keys(id).ok_or_else(|| ServiceError::NotFound(format!("key `{id}` not found")))
+    };
+    keys(&id).ok_or_else(|| ServiceError::NotFound(format!("key `{id}` not found")))
 }
 
 fn key_for(
@@ -1159,28 +1168,9 @@ fn unavailable(e: crate::audit::AuditError) -> ServiceError {
     ServiceError::Unavailable(e.to_string())
 }
 
-/// Checks the client-chosen idempotency key.
-pub fn validate_request_id(id: &str) -> Result<(), ServiceError> {
-    if id.is_empty() {
-        return Err(ServiceError::InvalidArgument(
-            "request_id: required (a client-chosen idempotency key)".into(),
-        ));
-    }
-    if id.len() > MAX_REQUEST_ID_LEN {
-        return Err(ServiceError::InvalidArgument(format!(
-            "request_id: at most {MAX_REQUEST_ID_LEN} characters, got {}",
-            id.len()
-        )));
-    }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
-    {
-        return Err(ServiceError::InvalidArgument(format!(
-            "request_id: character {c:?} is not allowed (use A-Z a-z 0-9 . _ : -)"
-        )));
-    }
-    Ok(())
+/// Checks the client-chosen idempotency key (see [`RequestId`]).
+pub fn validate_request_id(id: &str) -> Result<RequestId, ServiceError> {
+    RequestId::parse(id).map_err(|e| ServiceError::InvalidArgument(e.to_string()))
 }
 
 /// Why a `request_id` already used by an `earlier` request of another content cannot be used by

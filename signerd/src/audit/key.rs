@@ -10,10 +10,8 @@
 //! request can reach it. This module must never load the audit key from, or write it to, the
 //! client keystore, accept a key directory that holds other keys, or print key material.
 
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 
 use secrecy::SecretString;
 
@@ -35,30 +33,6 @@ pub enum AuditKeyError {
     /// The keystore cannot be read, decrypted or written, or holds the wrong keys.
     #[error("{0}")]
     Keystore(String),
-}
-
-/// Runs a future to completion on the current (non-async) thread. The soft backend's
-/// signing future completes on its first poll; any other backend that needs a wake-up gets
-/// one through the thread's unpark.
-fn block_on<F: Future>(fut: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut fut = std::pin::pin!(fut);
-    loop {
-        match fut.as_mut().poll(&mut cx) {
-            Poll::Ready(v) => return v,
-            Poll::Pending => std::thread::park(),
-        }
-    }
 }
 
 /// The verifier key of an audit key (`what` names it in errors) under the checkpoint origin
@@ -179,7 +153,10 @@ impl CheckpointSigner for SoftCheckpointKey {
     }
 
     fn sign(&self, message: &[u8]) -> Result<[u8; 64], String> {
-        match block_on(self.backend.sign(AUDIT_KEY_ID, Payload::Message(message))) {
+        match self
+            .backend
+            .sign_now(AUDIT_KEY_ID, Payload::Message(message))
+        {
             Ok(RawSignature::Ed25519(sig)) => Ok(sig),
             Ok(_) => Err("the audit key returned a signature of the wrong kind".to_owned()),
             Err(e) => Err(format!("the audit key cannot sign: {e}")),
@@ -297,21 +274,32 @@ pub fn open_for_daemon(
 /// own, shorter deadline too). The writer thread waits this long at most, then retries later.
 const HELD_SIGN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// The audit signing key held by the serving key backend (PKCS#11 token or Vault transit).
-/// Signs from the audit writer thread by blocking on the backend's async call in the
-/// daemon's runtime.
+/// One checkpoint to sign, and where its signature goes.
+type SignJob = (
+    Vec<u8>,
+    std::sync::mpsc::SyncSender<Result<[u8; 64], String>>,
+);
+
+/// The audit signing key held by the serving key backend (PKCS#11 token or Vault transit):
+/// its [`KeyHandle`], driven by one task on the daemon's runtime. The audit writer thread
+/// hands each checkpoint to the task and waits for its signature; no executor runs on the
+/// writer thread, and no thread is started per checkpoint.
+///
+/// The task is owned by this key, not by the daemon's [`crate::tasks::Background`]: the audit
+/// log signs its last checkpoint after every background task has stopped, so the task ends
+/// when the key is dropped with the audit log.
 pub struct HeldCheckpointKey {
     name: String,
     public_key: [u8; 32],
-    backend: Arc<dyn KeyBackend>,
-    runtime: tokio::runtime::Handle,
+    backend: &'static str,
+    jobs: tokio::sync::mpsc::UnboundedSender<SignJob>,
 }
 
 impl std::fmt::Debug for HeldCheckpointKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HeldCheckpointKey")
             .field("name", &self.name)
-            .field("backend", &self.backend.name())
+            .field("backend", &self.backend)
             .field("public_key", &hex::encode(self.public_key))
             .finish()
     }
@@ -324,18 +312,40 @@ impl HeldCheckpointKey {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             AuditKeyError::Keystore("the audit key needs the daemon's async runtime".to_owned())
         })?;
-        let info = backend.audit_key().ok_or_else(|| {
+        let key = backend.audit_handle().ok_or_else(|| {
             AuditKeyError::Missing(format!(
                 "the {} backend holds no audit checkpoint key (create one with `signerctl audit keygen --config FILE`)",
                 backend.name()
             ))
         })?;
-        let public_key = held_verifier_key(&info, name)?.public_key();
+        let public_key = held_verifier_key(key.info(), name)?.public_key();
+        let (jobs, mut queue) = tokio::sync::mpsc::unbounded_channel::<SignJob>();
+        runtime.spawn(async move {
+            // Ends when the key, the only sender, is dropped.
+            while let Some((message, reply)) = queue.recv().await {
+                let signed =
+                    tokio::time::timeout(HELD_SIGN_TIMEOUT, key.sign(Payload::Message(&message)))
+                        .await;
+                let answer = match signed {
+                    Err(_) => Err(format!(
+                        "the audit key did not sign within {} s",
+                        HELD_SIGN_TIMEOUT.as_secs()
+                    )),
+                    Ok(Err(e)) => Err(format!("the audit key cannot sign: {e}")),
+                    Ok(Ok(RawSignature::Ed25519(sig))) => Ok(sig),
+                    Ok(Ok(RawSignature::Ecdsa { .. })) => {
+                        Err("the audit key returned a signature of the wrong kind".to_owned())
+                    }
+                };
+                // The writer may have stopped waiting; its signature is then simply dropped.
+                let _ = reply.send(answer);
+            }
+        });
         Ok(HeldCheckpointKey {
             name: name.to_owned(),
             public_key,
-            backend,
-            runtime,
+            backend: backend.name(),
+            jobs,
         })
     }
 
@@ -355,30 +365,28 @@ impl CheckpointSigner for HeldCheckpointKey {
     }
 
     fn sign(&self, message: &[u8]) -> Result<[u8; 64], String> {
-        // A thread of its own never runs inside the runtime, so blocking on it there is
-        // allowed whoever calls (the writer thread, or start-up on an async thread).
-        let backend = &self.backend;
-        let runtime = &self.runtime;
-        let signed = std::thread::scope(|scope| {
-            std::thread::Builder::new()
-                .name("audit-key".to_owned())
-                .spawn_scoped(scope, || {
-                    runtime.block_on(async {
-                        tokio::time::timeout(HELD_SIGN_TIMEOUT, backend.sign_audit(message)).await
-                    })
-                })
-                .map_err(|e| format!("cannot start a thread to sign the checkpoint: {e}"))?
-                .join()
-                .map_err(|_| "signing the checkpoint panicked".to_owned())
-        })?;
-        signed
-            .map_err(|_| {
-                format!(
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.jobs
+            .send((message.to_vec(), reply))
+            .map_err(|_| "the audit key's signing task has stopped".to_owned())?;
+        // A little longer than the task's own deadline, so that its answer says why.
+        let wait = HELD_SIGN_TIMEOUT + std::time::Duration::from_secs(1);
+        let receive = || {
+            answer.recv_timeout(wait).unwrap_or_else(|_| {
+                Err(format!(
                     "the audit key did not sign within {} s",
-                    HELD_SIGN_TIMEOUT.as_secs()
-                )
-            })?
-            .map_err(|e| format!("the audit key cannot sign: {e}"))
+                    wait.as_secs()
+                ))
+            })
+        };
+        // Usually the writer thread. Start-up may sign on a runtime worker: the worker is
+        // handed back to the runtime while it waits, so the signing task can run.
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(receive)
+            }
+            _ => receive(),
+        }
     }
 }
 

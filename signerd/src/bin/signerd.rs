@@ -253,7 +253,7 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
         keys.name()
     );
     if let Some(spec) = audit_spec {
-        match keys.audit_key() {
+        match keys.audit_handle().map(|h| h.info().clone()) {
             Some(_) => println!(
                 "audit checkpoint key `{}`: held by the {} backend",
                 spec.name,

@@ -16,7 +16,7 @@ mod secret;
 pub use secret::SecretSource;
 
 /// Longest identity id, in bytes.
-pub const MAX_IDENTITY_ID_LEN: usize = 128;
+pub const MAX_IDENTITY_ID_LEN: usize = crate::ids::MAX_CLIENT_ID_LEN;
 /// Largest configuration file accepted.
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
@@ -445,9 +445,9 @@ impl Config {
         let mut ids = std::collections::HashSet::new();
         let mut matchers = std::collections::HashSet::new();
         for ident in &self.identities {
-            if ident.id.is_empty() || ident.id.len() > MAX_IDENTITY_ID_LEN {
+            if crate::ids::ClientId::parse(&ident.id).is_err() {
                 return Err(format!(
-                    "identity: `id` must be 1 to {MAX_IDENTITY_ID_LEN} characters"
+                    "identity: `id` must be 1 to {MAX_IDENTITY_ID_LEN} characters, without control characters"
                 ));
             }
             if !ids.insert(ident.id.as_str()) {
@@ -577,7 +577,7 @@ impl Config {
                         "audit.signing_key_passphrase_* is for a soft audit key; the {held} audit key needs none"
                     ));
                 }
-                crate::keys::soft::validate_key_id(&a.signing_key_name)
+                crate::keys::key_id(&a.signing_key_name)
                     .map_err(|e| format!("audit.signing_key_name: {e}"))?;
                 if held != "vault" && a.signing_key_version.is_some() {
                     return Err(

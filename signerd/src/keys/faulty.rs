@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::{KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
+use super::{KeyBackend, KeyError, KeyHandle, KeyInfo, Payload, RawSignature};
 
 /// What the next signatures do.
 #[derive(Debug, Clone)]
@@ -26,6 +26,10 @@ pub(crate) enum Fault {
 /// [`KeyBackend`] over a real one, failing as told.
 pub(crate) struct FaultyBackend {
     inner: Arc<dyn KeyBackend>,
+    state: Arc<State>,
+}
+
+struct State {
     fault: Mutex<Fault>,
     signed: AtomicUsize,
 }
@@ -34,23 +38,52 @@ impl FaultyBackend {
     pub(crate) fn new(inner: Arc<dyn KeyBackend>) -> FaultyBackend {
         FaultyBackend {
             inner,
-            fault: Mutex::new(Fault::None),
-            signed: AtomicUsize::new(0),
+            state: Arc::new(State {
+                fault: Mutex::new(Fault::None),
+                signed: AtomicUsize::new(0),
+            }),
         }
     }
 
     /// From now on, signatures do `fault`.
     pub(crate) fn set(&self, fault: Fault) {
-        *self.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
+        *self.state.fault.lock().unwrap_or_else(|p| p.into_inner()) = fault;
     }
 
     /// How many signatures the real backend made.
     pub(crate) fn signed(&self) -> usize {
-        self.signed.load(Ordering::SeqCst)
+        self.state.signed.load(Ordering::SeqCst)
+    }
+}
+
+/// A real key's handle behind the backend's faults.
+struct FaultyHandle {
+    inner: Arc<dyn KeyHandle>,
+    state: Arc<State>,
+}
+
+#[async_trait]
+impl KeyHandle for FaultyHandle {
+    fn info(&self) -> &KeyInfo {
+        self.inner.info()
     }
 
-    fn fault(&self) -> Fault {
-        self.fault.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
+        let fault = self
+            .state
+            .fault
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        match fault {
+            Fault::None => {}
+            Fault::Fail(e) => return Err(e),
+            Fault::WrongKind => return Ok(RawSignature::Ed25519([7; 64])),
+            Fault::Delay(d) => tokio::time::sleep(d).await,
+        }
+        let sig = self.inner.sign(payload).await?;
+        self.state.signed.fetch_add(1, Ordering::SeqCst);
+        Ok(sig)
     }
 }
 
@@ -65,15 +98,10 @@ impl KeyBackend for FaultyBackend {
     fn key(&self, id: &str) -> Option<KeyInfo> {
         self.inner.key(id)
     }
-    async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
-        match self.fault() {
-            Fault::None => {}
-            Fault::Fail(e) => return Err(e),
-            Fault::WrongKind => return Ok(RawSignature::Ed25519([7; 64])),
-            Fault::Delay(d) => tokio::time::sleep(d).await,
-        }
-        let sig = self.inner.sign(id, payload).await?;
-        self.signed.fetch_add(1, Ordering::SeqCst);
-        Ok(sig)
+    fn handle(&self, id: &str) -> Option<Arc<dyn KeyHandle>> {
+        Some(Arc::new(FaultyHandle {
+            inner: self.inner.handle(id)?,
+            state: self.state.clone(),
+        }))
     }
 }

@@ -41,7 +41,7 @@ pub fn import_secret(
     secret: Zeroizing<Vec<u8>>,
     passphrase: &SecretString,
 ) -> Result<KeyInfo, KeyError> {
-    soft::validate_key_id(id)?;
+    crate::keys::key_id(id)?;
     if secret.len() != 32 {
         return Err(KeyError::Keystore(format!(
             "cannot import key `{id}`: a raw private key is 32 bytes, this one is {}",
@@ -71,7 +71,7 @@ pub fn import_keystore_v3(
     v3_password: &SecretString,
     passphrase: &SecretString,
 ) -> Result<KeyInfo, KeyError> {
-    soft::validate_key_id(id)?;
+    crate::keys::key_id(id)?;
     let shown = v3_json_path.display().to_string();
     let err = |message: String| KeyError::Keystore(format!("keystore v3 file {shown}: {message}"));
 

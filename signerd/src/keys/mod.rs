@@ -14,6 +14,10 @@ pub(crate) mod verify;
 
 use async_trait::async_trait;
 
+pub use crate::ids::KeyId;
+
+use std::sync::Arc;
+
 /// A signature algorithm a key supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -55,6 +59,12 @@ impl std::str::FromStr for Algorithm {
             )),
         }
     }
+}
+
+/// Checks a key id where it enters a backend (a request, a file name, a token label, a
+/// transit key name): see [`KeyId`] for the rules every backend's ids follow.
+pub fn key_id(id: &str) -> Result<KeyId, KeyError> {
+    KeyId::parse(id).map_err(|e| KeyError::Keystore(e.to_string()))
 }
 
 /// Public facts about one key.
@@ -131,8 +141,8 @@ pub enum KeyError {
 
 /// The audit log's checkpoint signing key, held by a backend that also holds client keys
 /// (`[audit] signing_key_backend = "pkcs11"` or `"vault"`). The backend keeps it apart: it is
-/// never listed by [`KeyBackend::keys`], never found by [`KeyBackend::key`] and never signs
-/// through [`KeyBackend::sign`]; only [`KeyBackend::sign_audit`] uses it.
+/// never listed by [`KeyBackend::keys`], never found by [`KeyBackend::key`] and never handed
+/// out by [`KeyBackend::handle`]; only [`KeyBackend::audit_handle`] gives it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditKeySpec {
     /// Its name in the backend: the PKCS#11 `CKA_LABEL`, or the Vault transit key name.
@@ -144,7 +154,21 @@ pub struct AuditKeySpec {
     pub version: u32,
 }
 
-/// A place where private keys live.
+/// One key that signs, as a backend hands it out (in the spirit of RustCrypto's `signature`
+/// traits, async because a token or a server does the signing): its public facts, and the one
+/// operation. A handle signs with exactly the key its [`KeyHandle::info`] describes; callers
+/// that need the key to be unchanged since a request was prepared compare the info of a fresh
+/// handle (Vault transit rotation changes a key under the same id).
+#[async_trait]
+pub trait KeyHandle: Send + Sync + 'static {
+    /// The key's public facts.
+    fn info(&self) -> &KeyInfo;
+    /// Signs `payload`. ECDSA results are low-s normalized with their recovery id; a result
+    /// that does not verify under the key is an error, never returned.
+    async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError>;
+}
+
+/// A place where private keys live: it lists its keys and hands out a [`KeyHandle`] for each.
 #[async_trait]
 pub trait KeyBackend: Send + Sync + 'static {
     /// `soft`, `pkcs11` or `vault`.
@@ -153,18 +177,14 @@ pub trait KeyBackend: Send + Sync + 'static {
     fn keys(&self) -> Vec<KeyInfo>;
     /// One key by id.
     fn key(&self, id: &str) -> Option<KeyInfo>;
-    /// Signs `payload` with key `id`. ECDSA results are low-s normalized with their recovery id.
-    async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError>;
-    /// Signs with exactly the key `key` describes (as [`KeyBackend::key`] returned it when the
-    /// request was prepared). Backends whose keys change under the same id (Vault transit
-    /// rotation) refuse with [`KeyError::Unavailable`] when the key no longer has that version
-    /// or public key, so the audit record names the version that signed.
-    async fn sign_key(
-        &self,
-        key: &KeyInfo,
-        payload: Payload<'_>,
-    ) -> Result<RawSignature, KeyError> {
-        self.sign(&key.id, payload).await
+    /// The handle that signs with key `id`, as the key is now.
+    fn handle(&self, id: &str) -> Option<Arc<dyn KeyHandle>>;
+    /// Signs `payload` with key `id` (tools and tests; the pipeline signs through a handle).
+    async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
+        let handle = self
+            .handle(id)
+            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
+        handle.sign(payload).await
     }
     /// Whether the backend can sign right now. Backends that depend on a device or a server
     /// report its failure here (health turns NOT_SERVING) and recover by themselves; the
@@ -185,17 +205,10 @@ pub trait KeyBackend: Send + Sync + 'static {
         })
     }
     /// The audit checkpoint key this backend was opened with (see [`AuditKeySpec`]), if it
-    /// holds one.
-    fn audit_key(&self) -> Option<KeyInfo> {
+    /// holds one: an Ed25519 handle that signs checkpoint notes and nothing else. It is never
+    /// listed by [`KeyBackend::keys`] nor handed out by [`KeyBackend::handle`].
+    fn audit_handle(&self) -> Option<Arc<dyn KeyHandle>> {
         None
-    }
-    /// Signs a checkpoint note with the audit checkpoint key (Ed25519); the signature is
-    /// checked against the key's public key before it is returned.
-    async fn sign_audit(&self, message: &[u8]) -> Result<[u8; 64], KeyError> {
-        let _ = message;
-        Err(KeyError::NotFound(
-            "this backend holds no audit checkpoint key".to_owned(),
-        ))
     }
     /// (sessions in use, sessions configured) for backends with a session pool.
     fn sessions(&self) -> Option<(usize, usize)> {
@@ -221,8 +234,8 @@ mod tests {
         fn key(&self, _: &str) -> Option<KeyInfo> {
             None
         }
-        async fn sign(&self, id: &str, _: Payload<'_>) -> Result<RawSignature, KeyError> {
-            Err(KeyError::NotFound(id.to_owned()))
+        fn handle(&self, _: &str) -> Option<Arc<dyn KeyHandle>> {
+            None
         }
         fn healthy(&self) -> bool {
             self.0.load(std::sync::atomic::Ordering::Relaxed)

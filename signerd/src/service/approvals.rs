@@ -95,13 +95,10 @@ impl VoteRequest {
     pub(crate) fn check_fields(&self) -> Result<(), ServiceError> {
         let v = self;
         validate_request_id(&v.request_id)?;
-        if v.client.is_empty()
-            || v.client.len() > crate::config::MAX_IDENTITY_ID_LEN
-            || v.client.chars().any(char::is_control)
-        {
+        if crate::ids::ClientId::parse(&v.client).is_err() {
             return Err(ServiceError::InvalidArgument(format!(
                 "client: required, the requester's client id (1 to {} characters)",
-                crate::config::MAX_IDENTITY_ID_LEN
+                crate::ids::MAX_CLIENT_ID_LEN
             )));
         }
         if let Some(r) = &v.reason {
@@ -208,7 +205,7 @@ impl Signer {
             client: caller.identity.id.clone(),
             roles: caller.identity.roles.clone(),
             cert_sha256: caller.cert_sha256.clone(),
-            request_id: p.request_id.clone(),
+            request_id: p.request_id.as_str().to_owned(),
             method: p.method.as_str().to_owned(),
             key_id: p.key.id.clone(),
             request: hex::encode(p.request.encode()),

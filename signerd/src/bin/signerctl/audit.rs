@@ -249,7 +249,7 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
                     } else {
                         signerd::server::open_keys(&cfg, Some(&spec), &background)?
                     };
-                    let info = backend.audit_key().with_context(|| {
+                    let info = backend.audit_handle().map(|h| h.info().clone()).with_context(|| {
                         format!(
                             "the {} backend holds no audit checkpoint key `{}` (create it with `signerctl audit keygen --config {}`)",
                             backend.name(),

@@ -120,8 +120,7 @@ impl Pkcs11Config {
         }
         let mut ids = std::collections::BTreeSet::new();
         for a in &self.adopt {
-            crate::keys::soft::validate_key_id(&a.id)
-                .map_err(|e| format!("keys.pkcs11.adopt: {e}"))?;
+            crate::keys::key_id(&a.id).map_err(|e| format!("keys.pkcs11.adopt: {e}"))?;
             if !ids.insert(a.id.as_str()) {
                 return Err(format!(
                     "keys.pkcs11.adopt: key id `{}` is listed twice",

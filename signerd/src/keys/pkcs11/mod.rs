@@ -30,7 +30,9 @@ use secrecy::SecretString;
 pub use config::{AdoptConfig, Pkcs11Config};
 use token::{Conn, TokenKey};
 
-use super::{Algorithm, AuditKeySpec, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
+use super::{
+    Algorithm, AuditKeySpec, KeyBackend, KeyError, KeyHandle, KeyInfo, Payload, RawSignature,
+};
 
 /// The backend's name in configuration, `KeyInfo` and audit records.
 pub const BACKEND_NAME: &str = "pkcs11";
@@ -146,7 +148,7 @@ impl Pkcs11Backend {
         id: &str,
         algorithm: Algorithm,
     ) -> Result<KeyInfo, KeyError> {
-        super::soft::validate_key_id(id)?;
+        crate::keys::key_id(id)?;
         cfg.validate().map_err(KeyError::Keystore)?;
         let conn = Conn::open(cfg, pin).map_err(KeyError::Unavailable)?;
         let key = token::generate(&conn, id, algorithm).map_err(KeyError::Keystore)?;
@@ -154,7 +156,7 @@ impl Pkcs11Backend {
     }
 }
 
-impl Pkcs11Backend {
+impl Inner {
     /// Signs with `key`, whose handle is in the connection's slot `slot` (its key id, or
     /// [`token::AUDIT_SLOT`]).
     async fn sign_with(
@@ -163,7 +165,7 @@ impl Pkcs11Backend {
         key: &TokenKey,
         payload: Payload<'_>,
     ) -> Result<RawSignature, KeyError> {
-        let inner = &self.inner;
+        let inner = self;
         let id = key.info.id.as_str();
         let algorithm = key.info.algorithm;
         let data: Vec<u8> = match (algorithm, payload) {
@@ -424,6 +426,24 @@ async fn run_blocking<T: Send + 'static>(
     }
 }
 
+/// A key in the token: signs through the backend's session pool, in the token's slot for it.
+struct TokenHandle {
+    inner: Arc<Inner>,
+    slot: String,
+    key: TokenKey,
+}
+
+#[async_trait]
+impl KeyHandle for TokenHandle {
+    fn info(&self) -> &KeyInfo {
+        &self.key.info
+    }
+
+    async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
+        self.inner.sign_with(&self.slot, &self.key, payload).await
+    }
+}
+
 #[async_trait]
 impl KeyBackend for Pkcs11Backend {
     fn name(&self) -> &'static str {
@@ -438,32 +458,22 @@ impl KeyBackend for Pkcs11Backend {
         self.inner.keys.get(id).map(|k| k.info.clone())
     }
 
-    async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
-        let key = self
-            .inner
-            .keys
-            .get(id)
-            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
-        self.sign_with(id, key, payload).await
+    fn handle(&self, id: &str) -> Option<Arc<dyn KeyHandle>> {
+        let key = self.inner.keys.get(id)?.clone();
+        Some(Arc::new(TokenHandle {
+            inner: self.inner.clone(),
+            slot: id.to_owned(),
+            key,
+        }))
     }
 
-    fn audit_key(&self) -> Option<KeyInfo> {
-        self.inner.audit.as_ref().map(|k| k.info.clone())
-    }
-
-    async fn sign_audit(&self, message: &[u8]) -> Result<[u8; 64], KeyError> {
-        let key = self.inner.audit.as_ref().ok_or_else(|| {
-            KeyError::NotFound("the PKCS#11 backend holds no audit checkpoint key".to_owned())
-        })?;
-        match self
-            .sign_with(token::AUDIT_SLOT, key, Payload::Message(message))
-            .await?
-        {
-            RawSignature::Ed25519(sig) => Ok(sig),
-            RawSignature::Ecdsa { .. } => Err(KeyError::Keystore(
-                "the audit checkpoint key gave an ECDSA signature".to_owned(),
-            )),
-        }
+    fn audit_handle(&self) -> Option<Arc<dyn KeyHandle>> {
+        let key = self.inner.audit.clone()?;
+        Some(Arc::new(TokenHandle {
+            inner: self.inner.clone(),
+            slot: token::AUDIT_SLOT.to_owned(),
+            key,
+        }))
     }
 
     fn healthy(&self) -> bool {

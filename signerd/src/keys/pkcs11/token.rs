@@ -221,7 +221,7 @@ impl Conn {
                         cfg.adopt[i].id.clone()
                     }
                     None => match std::str::from_utf8(&label) {
-                        Ok(l) if crate::keys::soft::validate_key_id(l).is_ok() => l.to_owned(),
+                        Ok(l) if crate::keys::key_id(l).is_ok() => l.to_owned(),
                         _ => {
                             tracing::warn!(
                                 label = %String::from_utf8_lossy(&label),

@@ -17,7 +17,7 @@ use rand_core::{OsRng, RngCore};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::validate_key_id;
+use crate::keys::key_id as validate_key_id;
 use crate::keys::{Algorithm, KeyError};
 
 /// The key file format version this code reads and writes.

@@ -65,23 +65,21 @@ pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use ed25519_dalek::Signer as _;
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
 
-use super::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
+use super::{Algorithm, KeyBackend, KeyError, KeyHandle, KeyInfo, Payload, RawSignature};
 
 /// The backend name reported in [`KeyInfo::backend`] and audit records.
 pub const BACKEND_NAME: &str = "soft";
 
-/// The longest key id, in characters.
-pub const MAX_KEY_ID_LEN: usize = 64;
-
 /// Keys decrypted from an encrypted keystore directory, held in zeroizing memory.
 pub struct SoftBackend {
-    keys: BTreeMap<String, Entry>,
+    keys: BTreeMap<String, Arc<Entry>>,
 }
 
 /// One decrypted key and its public facts.
@@ -172,38 +170,6 @@ fn unsupported(algorithm: Algorithm) -> KeyError {
     ))
 }
 
-/// Checks that `id` can name a key: 1 to 64 characters from `A-Z a-z 0-9 . _ -`, not starting
-/// with `.` (so ids can never be hidden files, `.` or `..`, or contain a path separator).
-pub fn validate_key_id(id: &str) -> Result<(), KeyError> {
-    if id.is_empty() {
-        return Err(KeyError::Keystore("invalid key id: it is empty".to_owned()));
-    }
-    let len = id.chars().count();
-    if len > MAX_KEY_ID_LEN {
-        let prefix: String = id.chars().take(16).collect();
-        return Err(KeyError::Keystore(format!(
-            "invalid key id {prefix:?}…: it is {len} characters long; the maximum is {MAX_KEY_ID_LEN}"
-        )));
-    }
-    if let Some((pos, c)) = id
-        .chars()
-        .enumerate()
-        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
-    {
-        return Err(KeyError::Keystore(format!(
-            "invalid key id {id:?}: character {c:?} at position {} is not allowed \
-             (allowed: A-Z a-z 0-9 . _ -)",
-            pos + 1
-        )));
-    }
-    if id.starts_with('.') {
-        return Err(KeyError::Keystore(format!(
-            "invalid key id {id:?}: it must not start with '.'"
-        )));
-    }
-    Ok(())
-}
-
 /// Refuses an empty passphrase: it would leave every key protected by the KDF alone.
 fn check_passphrase(passphrase: &SecretString) -> Result<(), KeyError> {
     if passphrase.expose_secret().is_empty() {
@@ -253,7 +219,7 @@ impl SoftBackend {
                 public_key: opened.public_key,
                 version: None,
             };
-            keys.insert(id, Entry { info, secret });
+            keys.insert(id, Arc::new(Entry { info, secret }));
         }
         Ok(SoftBackend { keys })
     }
@@ -281,7 +247,7 @@ pub fn generate(
     passphrase: &SecretString,
 ) -> Result<KeyInfo, KeyError> {
     // Check everything cheap before generating, so errors come before any work.
-    validate_key_id(id)?;
+    crate::keys::key_id(id)?;
     if algorithm == Algorithm::P256 {
         return Err(unsupported(algorithm));
     }
@@ -298,7 +264,7 @@ pub(crate) fn store_new_key(
     secret: &SecretKey,
     passphrase: &SecretString,
 ) -> Result<KeyInfo, KeyError> {
-    validate_key_id(id)?;
+    crate::keys::key_id(id)?;
     check_passphrase(passphrase)?;
     file::ensure_dir(dir)?;
     // Fail before the KDF runs; the hard link at the end is what really prevents overwrites.
@@ -371,6 +337,56 @@ fn low_s(sig: k256::ecdsa::Signature, y_odd: bool) -> (k256::ecdsa::Signature, b
     }
 }
 
+impl SoftBackend {
+    /// Signs with key `id` on this thread: soft keys sign in microseconds and never wait, so
+    /// a caller outside the runtime (the audit writer) needs no executor.
+    pub fn sign_now(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
+        self.keys
+            .get(id)
+            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?
+            .sign(payload)
+    }
+}
+
+impl Entry {
+    fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
+        let id = self.info.id.as_str();
+        let wrong = |what: &str| KeyError::WrongAlgorithm {
+            id: id.to_owned(),
+            algorithm: self.info.algorithm,
+            what: what.to_owned(),
+        };
+        match (&self.secret, payload) {
+            (SecretKey::Secp256k1(key), Payload::Prehash(digest)) => sign_prehash(id, key, digest),
+            (SecretKey::Ed25519(key), Payload::Message(message)) => {
+                Ok(RawSignature::Ed25519(key.sign(message).to_bytes()))
+            }
+            (SecretKey::Secp256k1(_), Payload::Message(_)) => Err(wrong(
+                "cannot sign a raw message with ECDSA; it signs a 32-byte digest (Payload::Prehash)",
+            )),
+            (SecretKey::Ed25519(_), Payload::Prehash(_)) => Err(wrong(
+                "cannot sign a 32-byte digest with Ed25519; it signs the message itself \
+                 (Payload::Message)",
+            )),
+        }
+    }
+}
+
+/// A soft key's handle: the decrypted key itself, shared.
+struct SoftHandle(Arc<Entry>);
+
+#[async_trait]
+impl KeyHandle for SoftHandle {
+    fn info(&self) -> &KeyInfo {
+        &self.0.info
+    }
+
+    async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
+        // Signing takes microseconds and never touches the KDF, so it runs inline.
+        self.0.sign(payload)
+    }
+}
+
 #[async_trait]
 impl KeyBackend for SoftBackend {
     fn name(&self) -> &'static str {
@@ -386,29 +402,8 @@ impl KeyBackend for SoftBackend {
         self.keys.get(id).map(|e| e.info.clone())
     }
 
-    async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
-        // Signing takes microseconds and never touches the KDF, so it runs inline.
-        let entry = self
-            .keys
-            .get(id)
-            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
-        let wrong = |what: &str| KeyError::WrongAlgorithm {
-            id: id.to_owned(),
-            algorithm: entry.info.algorithm,
-            what: what.to_owned(),
-        };
-        match (&entry.secret, payload) {
-            (SecretKey::Secp256k1(key), Payload::Prehash(digest)) => sign_prehash(id, key, digest),
-            (SecretKey::Ed25519(key), Payload::Message(message)) => {
-                Ok(RawSignature::Ed25519(key.sign(message).to_bytes()))
-            }
-            (SecretKey::Secp256k1(_), Payload::Message(_)) => Err(wrong(
-                "cannot sign a raw message with ECDSA; it signs a 32-byte digest (Payload::Prehash)",
-            )),
-            (SecretKey::Ed25519(_), Payload::Prehash(_)) => Err(wrong(
-                "cannot sign a 32-byte digest with Ed25519; it signs the message itself \
-                 (Payload::Message)",
-            )),
-        }
+    fn handle(&self, id: &str) -> Option<Arc<dyn KeyHandle>> {
+        let entry = self.keys.get(id)?;
+        Some(Arc::new(SoftHandle(entry.clone())))
     }
 }

@@ -11,7 +11,8 @@ use secrecy::SecretString;
 use sha2::Digest as _;
 
 use super::file::{self, KdfParams};
-use super::{SecretKey, SoftBackend, generate, validate_key_id};
+use super::{SecretKey, SoftBackend, generate};
+use crate::keys::key_id as validate_key_id;
 use crate::keys::{Algorithm, KeyBackend, KeyError, Payload, RawSignature};
 
 /// A fresh, empty directory inside a temp dir removed on drop.

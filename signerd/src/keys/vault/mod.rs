@@ -26,7 +26,9 @@ use async_trait::async_trait;
 use self::client::Connection;
 use self::config::VaultKeysConfig;
 use self::wrapped::WrappedKey;
-use super::{Algorithm, AuditKeySpec, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
+use super::{
+    Algorithm, AuditKeySpec, KeyBackend, KeyError, KeyHandle, KeyInfo, Payload, RawSignature,
+};
 
 /// The backend name reported in [`KeyInfo::backend`] and audit records.
 pub const BACKEND_NAME: &str = "vault";
@@ -91,7 +93,7 @@ async fn discover_native(
         let Some(id) = name.strip_prefix(&cfg.key_prefix) else {
             continue;
         };
-        if let Err(e) = super::soft::validate_key_id(id) {
+        if let Err(e) = crate::keys::key_id(id) {
             tracing::warn!(transit_key = %client::vault_text(&name), error = %e, "ignoring transit key: not a valid key id");
             continue;
         }
@@ -325,29 +327,13 @@ impl KeyBackend for VaultBackend {
         self.entry(id).map(|e| e.info)
     }
 
-    async fn sign(&self, id: &str, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
-        let entry = self
-            .entry(id)
-            .ok_or_else(|| KeyError::NotFound(id.to_owned()))?;
-        self.sign_entry(entry, payload).await
-    }
-
-    async fn sign_key(
-        &self,
-        key: &KeyInfo,
-        payload: Payload<'_>,
-    ) -> Result<RawSignature, KeyError> {
-        let entry = self
-            .entry(&key.id)
-            .ok_or_else(|| KeyError::NotFound(key.id.clone()))?;
-        if entry.info != *key {
-            return Err(KeyError::Unavailable(format!(
-                "key `{}` was rotated (now version {:?}) while the request was prepared for \
-                 version {:?}; retry to sign with the new version",
-                key.id, entry.info.version, key.version
-            )));
-        }
-        self.sign_entry(entry, payload).await
+    fn handle(&self, id: &str) -> Option<Arc<dyn KeyHandle>> {
+        Some(Arc::new(VaultHandle {
+            conn: self.conn.clone(),
+            mount: self.mount.clone(),
+            keys: self.keys.clone(),
+            entry: self.entry(id)?,
+        }))
     }
 
     fn healthy(&self) -> bool {
@@ -358,14 +344,75 @@ impl KeyBackend for VaultBackend {
         self.conn.failure()
     }
 
-    fn audit_key(&self) -> Option<KeyInfo> {
-        self.audit.clone()
+    fn audit_handle(&self) -> Option<Arc<dyn KeyHandle>> {
+        Some(Arc::new(AuditHandle {
+            conn: self.conn.clone(),
+            mount: self.mount.clone(),
+            info: self.audit.clone()?,
+        }))
+    }
+}
+
+/// A client key in Vault: signs with the key as it was when the handle was made, and refuses
+/// once rotation changed it (so that the audit record names the version that signed).
+struct VaultHandle {
+    conn: Arc<Connection>,
+    mount: String,
+    keys: Keys,
+    entry: Entry,
+}
+
+#[async_trait]
+impl KeyHandle for VaultHandle {
+    fn info(&self) -> &KeyInfo {
+        &self.entry.info
     }
 
-    async fn sign_audit(&self, message: &[u8]) -> Result<[u8; 64], KeyError> {
-        let info = self.audit.as_ref().ok_or_else(|| {
-            KeyError::NotFound("the vault backend holds no audit checkpoint key".to_owned())
-        })?;
+    async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
+        let info = &self.entry.info;
+        let now = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&info.id)
+            .map(|e| e.info.clone());
+        match now {
+            None => return Err(KeyError::NotFound(info.id.clone())),
+            Some(now) if now != *info => {
+                return Err(KeyError::Unavailable(format!(
+                    "key `{}` was rotated (now version {:?}) while the request was prepared for \
+                     version {:?}; retry to sign with the new version",
+                    info.id, now.version, info.version
+                )));
+            }
+            Some(_) => {}
+        }
+        sign_entry(&self.conn, &self.mount, &self.entry, payload).await
+    }
+}
+
+/// The audit checkpoint key: an Ed25519 transit key pinned to one version.
+struct AuditHandle {
+    conn: Arc<Connection>,
+    mount: String,
+    info: KeyInfo,
+}
+
+#[async_trait]
+impl KeyHandle for AuditHandle {
+    fn info(&self) -> &KeyInfo {
+        &self.info
+    }
+
+    async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
+        let info = &self.info;
+        let Payload::Message(message) = payload else {
+            return Err(KeyError::WrongAlgorithm {
+                id: info.id.clone(),
+                algorithm: info.algorithm,
+                what: "the audit checkpoint key signs checkpoint notes only".to_owned(),
+            });
+        };
         let version = info.version.unwrap_or(1);
         let answer = transit::sign(
             &self.conn,
@@ -376,80 +423,63 @@ impl KeyBackend for VaultBackend {
             message,
         )
         .await?;
-        match transit::parse_signature(
+        transit::parse_signature(
             Algorithm::Ed25519,
             &info.public_key,
             version,
             message,
             &answer,
-        ) {
-            Ok(RawSignature::Ed25519(sig)) => Ok(sig),
-            Ok(RawSignature::Ecdsa { .. }) => Err(KeyError::Keystore(
-                "the audit checkpoint key gave an ECDSA signature".to_owned(),
-            )),
-            Err(e) => Err(KeyError::Keystore(format!(
-                "audit checkpoint key `{}`: {e}",
-                info.id
-            ))),
-        }
+        )
+        .map_err(|e| KeyError::Keystore(format!("audit checkpoint key `{}`: {e}", info.id)))
     }
 }
 
-impl VaultBackend {
-    /// Signs with one key as this backend holds it now.
-    async fn sign_entry(
-        &self,
-        entry: Entry,
-        payload: Payload<'_>,
-    ) -> Result<RawSignature, KeyError> {
-        let id = entry.info.id.as_str();
-        let info = &entry.info;
-        let wrong = |what: &str| KeyError::WrongAlgorithm {
-            id: id.to_owned(),
-            algorithm: info.algorithm,
-            what: what.to_owned(),
-        };
-        let signed: &[u8] = match (info.algorithm, payload) {
-            (Algorithm::Ed25519, Payload::Message(m)) => m,
-            (Algorithm::P256 | Algorithm::Secp256k1, Payload::Prehash(d)) => d,
-            (Algorithm::Ed25519, Payload::Prehash(_)) => {
-                return Err(wrong(
-                    "cannot sign a 32-byte digest with Ed25519; it signs the message itself",
-                ));
-            }
-            (_, Payload::Message(_)) => {
-                return Err(wrong(
-                    "cannot sign a raw message with ECDSA; it signs a digest",
-                ));
-            }
-        };
-        match &entry.holder {
-            Holder::Wrapped(w) => {
-                let Payload::Prehash(digest) = payload else {
-                    return Err(wrong("wrapped keys sign digests"));
-                };
-                wrapped::sign(&self.conn, &self.mount, w, digest).await
-            }
-            Holder::Transit(name) => {
-                let version = info
-                    .version
-                    .ok_or_else(|| KeyError::Keystore(format!("key `{id}` has no version")))?;
-                let answer = transit::sign(
-                    &self.conn,
-                    &self.mount,
-                    name,
-                    info.algorithm,
-                    version,
-                    signed,
-                )
-                .await?;
-                transit::parse_signature(info.algorithm, &info.public_key, version, signed, &answer)
-                    .map_err(|e| {
-                        // Never sign wrongly: a bad answer is refused, and health is unaffected
-                        // because Vault itself answered.
-                        KeyError::Keystore(format!("key `{id}`: {e}"))
-                    })
-            }
+/// Signs with one key as the backend held it.
+async fn sign_entry(
+    conn: &Connection,
+    mount: &str,
+    entry: &Entry,
+    payload: Payload<'_>,
+) -> Result<RawSignature, KeyError> {
+    let id = entry.info.id.as_str();
+    let info = &entry.info;
+    let wrong = |what: &str| KeyError::WrongAlgorithm {
+        id: id.to_owned(),
+        algorithm: info.algorithm,
+        what: what.to_owned(),
+    };
+    let signed: &[u8] = match (info.algorithm, payload) {
+        (Algorithm::Ed25519, Payload::Message(m)) => m,
+        (Algorithm::P256 | Algorithm::Secp256k1, Payload::Prehash(d)) => d,
+        (Algorithm::Ed25519, Payload::Prehash(_)) => {
+            return Err(wrong(
+                "cannot sign a 32-byte digest with Ed25519; it signs the message itself",
+            ));
+        }
+        (_, Payload::Message(_)) => {
+            return Err(wrong(
+                "cannot sign a raw message with ECDSA; it signs a digest",
+            ));
+        }
+    };
+    match &entry.holder {
+        Holder::Wrapped(w) => {
+            let Payload::Prehash(digest) = payload else {
+                return Err(wrong("wrapped keys sign digests"));
+            };
+            wrapped::sign(conn, mount, w, digest).await
+        }
+        Holder::Transit(name) => {
+            let version = info
+                .version
+                .ok_or_else(|| KeyError::Keystore(format!("key `{id}` has no version")))?;
+            let answer = transit::sign(conn, mount, name, info.algorithm, version, signed).await?;
+            transit::parse_signature(info.algorithm, &info.public_key, version, signed, &answer)
+                .map_err(|e| {
+                    // Never sign wrongly: a bad answer is refused, and health is unaffected
+                    // because Vault itself answered.
+                    KeyError::Keystore(format!("key `{id}`: {e}"))
+                })
         }
     }
 }
@@ -457,7 +487,7 @@ impl VaultBackend {
 /// Creates the audit checkpoint key: Ed25519 transit key `name`, outside the client key
 /// prefix. Refuses an existing key.
 pub async fn generate_audit_key(cfg: &VaultKeysConfig, name: &str) -> Result<KeyInfo, KeyError> {
-    super::soft::validate_key_id(name)?;
+    crate::keys::key_id(name)?;
     let conn = Connection::open(cfg).await?;
     if transit::list(&conn, &cfg.mount)
         .await?
@@ -485,7 +515,7 @@ pub async fn generate(
     id: &str,
     algorithm: Algorithm,
 ) -> Result<KeyInfo, KeyError> {
-    super::soft::validate_key_id(id)?;
+    crate::keys::key_id(id)?;
     let conn = Connection::open(cfg).await?;
     match algorithm {
         Algorithm::Secp256k1 => {

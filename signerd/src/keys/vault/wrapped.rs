@@ -92,7 +92,7 @@ pub(crate) fn load_all(dir: &Path, wrapping_key: &str) -> Result<Vec<WrappedKey>
         if id.starts_with('.') {
             continue;
         }
-        crate::keys::soft::validate_key_id(id)?;
+        crate::keys::key_id(id)?;
         let path = entry.path();
         let bytes = read_bounded(&path)?;
         let key = parse(id, &path, &bytes, wrapping_key)?;
@@ -148,7 +148,7 @@ pub(crate) async fn generate(
     dir: &Path,
     id: &str,
 ) -> Result<WrappedKey, KeyError> {
-    crate::keys::soft::validate_key_id(id)?;
+    crate::keys::key_id(id)?;
     ensure_dir(dir)?;
     let final_path = path_of(dir, id);
     if std::fs::symlink_metadata(&final_path).is_ok() {

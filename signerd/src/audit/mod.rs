@@ -11,22 +11,19 @@
 //! recovers from a crash ([`recover`]) and refuses a log it cannot validate. See
 //! `docs/audit-log.md` for the exact format and the verification procedure.
 //!
+//! The format itself (record bodies, the envelope, segments, the Merkle tree, checkpoints) and
+//! everything that only reads a log (the checks, `verify`, `prove`, `query`) live in the
+//! `signerd-auditor` crate (`signerd/auditor`), which auditors build without signerd. This
+//! module is the writer: the writer thread, crash recovery (which writes) and the audit
+//! signing key ([`key`]).
+//!
 //! This module must never re-serialize a written record, write after a failed write or sync
 //! (it fails closed: every later request gets [`AuditError::Unavailable`] until an operator
 //! restarts signerd), write when the audit filesystem is nearly full, or accept a log on disk
 //! whose chain, tree or checkpoints it cannot validate.
 
-mod check;
-mod envelope;
 pub mod key;
-pub mod merkle;
-pub mod note;
-pub mod prove;
-pub mod query;
-mod record;
 pub(crate) mod recover;
-mod segments;
-pub mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -35,9 +32,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use check::{Failure, Stats};
-pub use note::{Checkpoint, CheckpointSigner, VerifierKey};
-pub use record::{MAX_LINE_BYTES, Record};
+pub use signerd_auditor::check::{Failure, Stats};
+/// RFC 6962 hashing, from the auditor crate.
+pub use signerd_auditor::merkle;
+/// C2SP checkpoints and verifier keys, from the auditor crate.
+pub use signerd_auditor::note;
+pub use signerd_auditor::note::{Checkpoint, CheckpointSigner, VerifierKey};
+use signerd_auditor::record::RecordError;
+pub use signerd_auditor::record::{MAX_LINE_BYTES, Record};
 use writer::{Msg, Settings, Shared, Writer};
 
 /// How many records may wait for the writer. When the queue is full the disk is far behind;
@@ -68,6 +70,15 @@ pub enum AuditError {
     /// A bug in the caller; the log stays healthy.
     #[error("invalid audit record: {0}")]
     InvalidRecord(String),
+}
+
+impl From<RecordError> for AuditError {
+    fn from(e: RecordError) -> AuditError {
+        match e {
+            RecordError::Invalid(why) => AuditError::InvalidRecord(why),
+            other => AuditError::InvalidRecord(other.to_string()),
+        }
+    }
 }
 
 /// Options for [`AuditLog::open`].

@@ -8,9 +8,39 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::note::{MemorySigner, verify_note};
-use super::verify::{VerifyOptions, verify_dir};
+use signerd_auditor::note::verify_note;
+use signerd_auditor::verify::{self, VerifyOptions, verify_dir};
+use signerd_auditor::{prove, query, segments};
+
 use super::*;
+
+/// An Ed25519 checkpoint key held in memory.
+struct MemorySigner {
+    name: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl MemorySigner {
+    fn from_seed(name: &str, seed: [u8; 32]) -> MemorySigner {
+        MemorySigner {
+            name: name.to_owned(),
+            key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        }
+    }
+}
+
+impl CheckpointSigner for MemorySigner {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], String> {
+        use ed25519_dalek::Signer as _;
+        Ok(self.key.sign(message).to_bytes())
+    }
+}
 
 /// Pretended free space per directory (see [`super::free_bytes`]).
 static FAKE_FREE: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
@@ -159,7 +189,7 @@ fn check_chain(dir: &Path) -> Vec<[u8; 32]> {
         assert!(text.starts_with(&prefix), "line {i}: {text}");
         let ts = &text[prefix.len()..prefix.len() + 27];
         assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "ts {ts}");
-        crate::rfc3339::parse(ts).unwrap();
+        signerd_auditor::rfc3339::parse(ts).unwrap();
         assert!(
             text[prefix.len() + 27..].starts_with("\",\"type\":\""),
             "{text}"
@@ -1491,7 +1521,7 @@ async fn truncation_at_every_byte_offset_of_the_last_records() {
         // What recovery decides (read-only).
         let scan = recover::scan(work.path(), &key).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
         let complete = starts.iter().filter(|s| **s <= cut).count() - 1;
-        assert_eq!(scan.checker.next_seq, complete as u64, "cut {cut}");
+        assert_eq!(scan.checker.next_seq(), complete as u64, "cut {cut}");
         let line_start = starts[complete];
         match &scan.torn {
             None => assert_eq!(cut, line_start, "cut {cut}: no torn tail found"),
@@ -1853,7 +1883,7 @@ async fn bench_scan_and_verify_1m() {
         .sum();
     let t = std::time::Instant::now();
     let scan = recover::scan(dir.path(), &vkey()).unwrap();
-    let records = scan.checker.next_seq;
+    let records = scan.checker.next_seq();
     let scan_time = t.elapsed();
     let t = std::time::Instant::now();
     let r = verify(dir.path());

@@ -28,17 +28,16 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use super::merkle::{self, Frontier, Hash};
-use super::note::{Checkpoint, CheckpointSigner};
-use super::record::Record;
-use super::segments::segment_name;
+use signerd_auditor::layout::CHECKPOINT_FILE;
+use signerd_auditor::merkle::{self, Frontier, Hash};
+use signerd_auditor::note::{Checkpoint, CheckpointSigner};
+use signerd_auditor::record::Record;
+use signerd_auditor::segments::segment_name;
+
 use super::{AuditError, Receipt};
 
 /// Suffix of every message that stops signing, so operators know what to do.
 pub(super) const STOPPED: &str = "signing is stopped until an operator restarts signerd";
-
-/// Name of the file holding the latest checkpoint, in the log directory.
-pub(super) const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// A reply channel for one record.
 pub(super) type Reply = tokio::sync::oneshot::Sender<Result<Receipt, AuditError>>;
@@ -471,7 +470,7 @@ impl Writer {
                 .next_seq
                 .checked_add(1)
                 .ok_or_else(|| format!("seq overflows; {STOPPED}"))?;
-            content |= !super::check::is_bookkeeping(msg.kind);
+            content |= !signerd_auditor::check::is_bookkeeping(msg.kind);
         }
         let _io = self.shared.io();
         self.seg.file.write_all(&self.buf).map_err(|e| {

@@ -115,7 +115,7 @@ pub fn scan(
                     }
                     let ts = v["ts"]
                         .as_str()
-                        .and_then(crate::rfc3339::parse_unix)
+                        .and_then(signerd_auditor::rfc3339::parse_unix)
                         .ok_or_else(|| format!("{}: `ts` is not an RFC 3339 time", at()))?;
                     if ts <= since {
                         continue;

@@ -13,10 +13,10 @@ use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 use signerd::audit::key::{self, SoftCheckpointKey};
-use signerd::audit::note::VerifierKey;
-use signerd::audit::prove::{self, InclusionProof};
-use signerd::audit::query::{self, Filter, Follower};
-use signerd::audit::verify::{self, VerifyOptions};
+use signerd_auditor::note::VerifierKey;
+use signerd_auditor::prove::{self, InclusionProof};
+use signerd_auditor::query::{self, Filter, Follower};
+use signerd_auditor::verify::{self, VerifyOptions};
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCmd {

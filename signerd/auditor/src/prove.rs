@@ -9,10 +9,10 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::envelope;
-use super::merkle::{self, Hash};
-use super::note::{self, Checkpoint, VerifierKey};
-use super::segments::{self, LineReader, Next};
+use crate::envelope;
+use crate::merkle::{self, Hash};
+use crate::note::{self, Checkpoint, VerifierKey};
+use crate::segments::{self, LineReader, Next};
 
 /// An inclusion proof in the JSON form `signerctl audit prove` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

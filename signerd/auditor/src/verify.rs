@@ -12,10 +12,10 @@ use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
-use super::check::{self, Checker, Expected, Failure, Position, Stats};
-use super::note::{self, VerifierKey};
-use super::recover;
-use super::segments::{self, LineReader, Next};
+use crate::check::{self, Checker, Expected, Failure, Position, Stats};
+use crate::layout;
+use crate::note::{self, VerifierKey};
+use crate::segments::{self, LineReader, Next};
 
 /// What to verify against.
 #[derive(Debug, Clone, Default)]
@@ -86,7 +86,7 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         )));
     }
     let mut expected = Vec::new();
-    let file = recover::read_checkpoint_file(dir, opts.key.as_ref()).map_err(Failure::general)?;
+    let file = layout::read_checkpoint_file(dir, opts.key.as_ref()).map_err(Failure::general)?;
     let checkpoint_file = file.is_some();
     if let Some((_, checkpoint)) = file {
         expected.push(Expected {
@@ -127,8 +127,8 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
                     // Like a short one, a long unterminated tail of the last segment is a torn
                     // write that start-up recovery cuts (up to its cap), not a bad record.
                     if last
-                        && let Ok(rest) = super::recover::read_tail(&seg.path, offset)
-                        && rest.len() as u64 <= super::recover::MAX_TORN_BYTES
+                        && let Ok(rest) = crate::layout::read_tail(&seg.path, offset)
+                        && rest.len() as u64 <= crate::layout::MAX_TORN_BYTES
                         && !rest.contains(&b'\n')
                     {
                         warnings.push(format!(
@@ -141,7 +141,7 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
                     return Err(Failure::general(format!(
                         "{}:{lineno} (byte offset {offset}) is longer than {} bytes: not a record",
                         seg.name,
-                        super::MAX_LINE_BYTES
+                        crate::MAX_LINE_BYTES
                     )));
                 }
                 Next::Line {
@@ -166,7 +166,7 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
                         }
                         return Err(Failure::at(
                             &pos,
-                            Some(checker.next_seq),
+                            Some(checker.next_seq()),
                             "incomplete line at the end of a segment that is not the last one",
                         ));
                     }
@@ -179,13 +179,18 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         checker.end_segment(sha.finalize().into(), reader.offset());
     }
     checker.finish()?;
-    if checker.segment.is_none() {
+    if checker.segment().is_none() {
         warnings.push(
             "the last segment is sealed but the next one does not exist yet: a rotation was interrupted; signerd finishes it at its next start"
                 .to_owned(),
         );
     }
-    for (saved_as, sha256, bytes) in &checker.recovered {
+    for crate::check::Recovered {
+        saved_as,
+        sha256,
+        bytes,
+    } in checker.recovered()
+    {
         // Recovery saves cut bytes as `recovered/torn-<seq>-<time>.bin`, never more than it may
         // cut: anything else is not its record, and must not make this tool read outside the
         // directory or without bound.
@@ -195,14 +200,14 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
             || !name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
-            || *bytes > super::recover::MAX_TORN_BYTES
+            || *bytes > crate::layout::MAX_TORN_BYTES
         {
             return Err(Failure::general(format!(
                 "an audit.recover record names {saved_as:?} and {bytes} bytes; recovery saves at most {} bytes as recovered/torn-<seq>-<time>.bin",
-                super::recover::MAX_TORN_BYTES
+                crate::layout::MAX_TORN_BYTES
             )));
         }
-        match super::segments::open_regular(&dir.join(saved_as)) {
+        match crate::segments::open_regular(&dir.join(saved_as)) {
             Ok(f) => {
                 let mut data = Vec::new();
                 f.take(*bytes + 1)
@@ -222,14 +227,13 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
             }
         }
     }
-    let last_checkpoint = checker.last_checkpoint.as_ref().map(|c| CheckpointInfo {
+    let last_checkpoint = checker.last_checkpoint().map(|c| CheckpointInfo {
         seq: c.seq,
         root: hex::encode(c.root),
         note: c.note.clone(),
     });
-    let unattested = checker.next_seq - checker.last_checkpoint.as_ref().map_or(0, |c| c.seq + 1);
+    let unattested = checker.next_seq() - checker.last_checkpoint().map_or(0, |c| c.seq + 1);
     let pending = checker
-        .pairing
         .open_allows()
         .into_iter()
         .map(|r| Pending {
@@ -239,8 +243,8 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         .collect();
     Ok(Report {
         segments: segs.into_iter().map(|s| s.name).collect(),
-        last_seq: checker.next_seq.checked_sub(1),
-        origin: checker.origin.clone(),
+        last_seq: checker.next_seq().checked_sub(1),
+        origin: checker.origin().map(str::to_owned),
         last_checkpoint,
         signatures_checked_with: opts.key.as_ref().map(ToString::to_string),
         unattested,
@@ -248,6 +252,6 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         external_checkpoints,
         pending,
         warnings,
-        stats: checker.stats,
+        stats: checker.stats().clone(),
     })
 }

@@ -3,14 +3,14 @@
 //! they are written, across segment rotation).
 //!
 //! Decisions and results carry only `req_id`; the query joins them to their request to know
-//! the client and key (see [`super::check`] for how). This module only reads; it must never
+//! the client and key (see [`crate::check`] for how). This module only reads; it must never
 //! print a line other than as its exact bytes in JSON output, and never print a partial line.
 
 use std::path::{Path, PathBuf};
 
-use super::check::Pairing;
-use super::envelope;
-use super::segments::{self, LineReader, Next};
+use crate::check::Pairing;
+use crate::envelope;
+use crate::segments::{self, LineReader, Next};
 
 /// Which records to print. Every set field must match.
 #[derive(Debug, Clone, Default)]

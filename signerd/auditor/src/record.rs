@@ -6,7 +6,16 @@
 //! with `jq`. This module must never reorder fields, emit a line break inside a record, let a
 //! body field shadow an envelope field, or accept a record that would be too long to read back.
 
-use super::AuditError;
+/// Why a record cannot be written: a bug in the code that built it, never a problem of the
+/// log.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    /// A reserved or duplicate field name, a bad type name, or a record too long to read
+    /// back.
+    #[error("invalid audit record: {0}")]
+    Invalid(String),
+}
 
 /// Longest record line, in bytes without the trailing newline. The reader refuses longer
 /// lines, so the writer must never produce one.
@@ -35,8 +44,8 @@ pub struct Record {
 
 impl Record {
     /// A record of type `kind` (`sign.request`, `sign.decision`, ...). The type must be made
-    /// of `a-z`, `0-9`, `.` and `_`; [`AuditLog::append`](super::AuditLog::append) refuses
-    /// anything else.
+    /// of `a-z`, `0-9`, `.` and `_`; the writer refuses anything
+    /// else ([`Record::encode`]).
     pub fn new(kind: &'static str) -> Record {
         Record {
             kind,
@@ -46,7 +55,7 @@ impl Record {
 
     /// Adds a field after the ones already added. Names must be unique within the record and
     /// must not be one of the envelope names (`v`, `seq`, `ts`, `type`, `prev`);
-    /// [`AuditLog::append`](super::AuditLog::append) refuses records that break this.
+    /// the writer refuses records that break this ([`Record::encode`]).
     pub fn field(mut self, name: &str, value: impl Into<serde_json::Value>) -> Record {
         self.fields.push((name.to_owned(), value.into()));
         self
@@ -65,9 +74,9 @@ impl Record {
     /// The body bytes as they appear in the line: `,"name":value` for each field, in order.
     /// Checks everything the writer thread relies on, so the writer never has to refuse a
     /// record it has already assigned a sequence number to.
-    pub(super) fn encode(&self) -> Result<Vec<u8>, AuditError> {
+    pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
         let invalid = |why: String| {
-            AuditError::InvalidRecord(format!("record `{}`: {why}", self.kind.escape_debug()))
+            RecordError::Invalid(format!("record `{}`: {why}", self.kind.escape_debug()))
         };
         if self.kind.is_empty() || self.kind.len() > MAX_KIND_BYTES {
             return Err(invalid(format!(

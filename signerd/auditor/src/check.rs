@@ -13,6 +13,10 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use serde::Deserialize;
 
 use crate::envelope::{self, Field, LineError};
+use crate::events::{
+    self, ApprovalVote, AuditCheckpoint, AuditRecover, AuditSegmentOpen, AuditSegmentSeal,
+    Decision, Event, Kind,
+};
 use crate::merkle::{self, Frontier, Hash};
 use crate::note::{self, Checkpoint, VerifierKey};
 
@@ -196,12 +200,15 @@ impl Pairing {
         env: &envelope::Envelope<'_>,
     ) -> Result<OpenRequest, String> {
         let req_id = self.key_for(request_key(env)?);
-        let allow = match env.decision.as_str() {
-            Some("allow") => Some(true),
-            Some("deny") => Some(false),
-            // Not final (waiting for approvals, for example): a later decision decides.
-            Some(_) => None,
-            None => return Err("`decision` must be a string".to_owned()),
+        if env.decision.as_str().is_none() {
+            return Err("`decision` must be a string".to_owned());
+        }
+        let allow = match env.decision() {
+            Some(Decision::Allow) => Some(true),
+            Some(Decision::Deny) => Some(false),
+            // Not final (waiting for approvals, or a value of a later version): a later
+            // decision decides.
+            Some(Decision::RequireApproval) | None => None,
         };
         let open = self
             .open
@@ -334,7 +341,7 @@ pub struct SegmentState {
     pub first_ts: Option<String>,
     /// It ends with its `audit.segment_seal`.
     pub sealed: bool,
-    /// Holds records other than the log's own bookkeeping ([`is_bookkeeping`]).
+    /// Holds records other than the log's own bookkeeping ([`Kind::is_bookkeeping`]).
     pub content: bool,
 }
 
@@ -349,103 +356,48 @@ pub struct SealedSegment {
     pub bytes: u64,
 }
 
-#[derive(Deserialize)]
-struct CheckpointBody {
-    size: u64,
-    root: String,
-    note: String,
-}
-
-#[derive(Deserialize)]
-struct SealBody {
-    segment: String,
-    first_seq: u64,
-    records: u64,
-}
-
-#[derive(Deserialize)]
-struct OpenBody {
-    segment: String,
-    previous: String,
-    previous_sha256: String,
-    previous_bytes: u64,
-}
-
-#[derive(Deserialize)]
-struct RecoverBody {
-    segment: String,
-    offset: u64,
-    bytes: u64,
-    sha256: String,
-    saved_as: String,
-}
-
-/// Records the writer adds by itself when rotating and checkpointing. A segment holding only
-/// these is not rotated for age, so an idle log does not grow.
-pub fn is_bookkeeping(kind: &str) -> bool {
-    matches!(
-        kind,
-        "audit.segment_open" | "audit.segment_seal" | "audit.checkpoint"
-    )
-}
-
-/// The members of `approval.grant` and `approval.reject` that the approver's signature covers.
-#[derive(Deserialize)]
-struct VoteBody {
-    req_id: String,
-    client: String,
-    approver: String,
-    fingerprint: String,
-    decision: String,
-    expires: i64,
-    public_key: String,
-    signature: String,
-}
-
-impl VoteBody {
-    /// Verifies the approver's Ed25519 signature over the approval message the record
-    /// describes, with the public key it names (docs/approvals.md).
-    fn verify(&self, kind: &str) -> Result<(), String> {
-        use crate::approval::{SignatureError, Vote, message, verify};
-        let vote = match (kind, self.decision.as_str()) {
-            ("approval.grant", "approve") => Vote::Approve,
-            ("approval.reject", "reject") => Vote::Reject,
-            (_, other) => return Err(format!("{kind} with decision {other:?}")),
-        };
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(&self.public_key, &mut key).map_err(|_| {
-            format!(
-                "{kind} by {:?}: public_key is not 32 bytes of hex",
-                self.approver
-            )
-        })?;
-        let signature = hex::decode(&self.signature)
-            .map_err(|_| format!("{kind} by {:?}: signature is not hex", self.approver))?;
-        let msg = message(
-            &self.client,
-            &self.req_id,
-            &self.fingerprint,
-            vote,
-            self.expires,
-        );
-        verify(&key, &msg, &signature).map_err(|e| {
-            let why = match e {
-                SignatureError::Length(_) => e.to_string(),
-                _ => format!(
-                    "the signature does not verify with the key registered for `{}` over this request's approval message",
-                    self.approver
-                ),
-            };
-            format!(
-                "{kind} for req_id {:?} of {:?}: {why}",
-                self.req_id, self.client
-            )
-        })
+/// Verifies the approver's Ed25519 signature in an `approval.grant` or `approval.reject`
+/// record over the approval message the record describes, with the public key it names
+/// (`docs/approvals.md`). The record's type must agree with its `decision`.
+fn verify_vote(vote: &ApprovalVote, kind: Kind) -> Result<(), String> {
+    use crate::approval::{SignatureError, message, verify};
+    if vote.kind() != kind {
+        return Err(format!("{kind} with decision {:?}", vote.decision.as_str()));
     }
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(&vote.public_key, &mut key).map_err(|_| {
+        format!(
+            "{kind} by {:?}: public_key is not 32 bytes of hex",
+            vote.approver
+        )
+    })?;
+    let signature = hex::decode(&vote.signature)
+        .map_err(|_| format!("{kind} by {:?}: signature is not hex", vote.approver))?;
+    let msg = message(
+        &vote.client,
+        &vote.req_id,
+        &vote.fingerprint,
+        vote.decision,
+        vote.expires,
+    );
+    verify(&key, &msg, &signature).map_err(|e| {
+        let why = match e {
+            SignatureError::Length(_) => e.to_string(),
+            _ => format!(
+                "the signature does not verify with the key registered for `{}` over this request's approval message",
+                vote.approver
+            ),
+        };
+        format!(
+            "{kind} for req_id {:?} of {:?}: {why}",
+            vote.req_id, vote.client
+        )
+    })
 }
 
-fn body<'a, T: Deserialize<'a>>(line: &'a [u8], kind: &str) -> Result<T, String> {
-    serde_json::from_slice(line).map_err(|e| format!("malformed {kind} record: {e}"))
+/// The body of `line`, a record of type `kind`, as its event.
+fn body<'a, T: Deserialize<'a>>(line: &'a [u8], kind: Kind) -> Result<T, String> {
+    events::read(line).map_err(|e| format!("malformed {kind} record: {e}"))
 }
 
 fn is_hex32(s: &str) -> bool {
@@ -659,21 +611,26 @@ impl Checker {
             )));
         }
         let header = seg.records == 0 && seg.no > 1;
-        if header && env.kind != "audit.segment_open" {
+        if header && env.kind != Some(Kind::AuditSegmentOpen) {
             return Err(fail(format!(
                 "the first record of {} is {}, expected audit.segment_open",
-                seg.name, env.kind
+                seg.name, env.type_name
             )));
         }
-        match env.kind {
-            "audit.segment_open" => {
+        // Records of types this version does not know are checked like any other (envelope,
+        // sequence, chain, tree) and otherwise ignored.
+        let Some(kind) = env.kind else {
+            return self.accept(line, &env, pos);
+        };
+        match kind {
+            Kind::AuditSegmentOpen => {
                 if !header {
                     return Err(fail(
                         "audit.segment_open must be the first record of a segment other than the first"
                             .to_owned(),
                     ));
                 }
-                let b: OpenBody = body(line, env.kind).map_err(&fail)?;
+                let b: AuditSegmentOpen = body(line, kind).map_err(&fail)?;
                 let Some(prev) = &self.sealed else {
                     return Err(fail(
                         "audit.segment_open without a sealed previous segment".to_owned(),
@@ -700,8 +657,8 @@ impl Checker {
                     )));
                 }
             }
-            "audit.segment_seal" => {
-                let b: SealBody = body(line, env.kind).map_err(&fail)?;
+            Kind::AuditSegmentSeal => {
+                let b: AuditSegmentSeal = body(line, kind).map_err(&fail)?;
                 let first = seg.first_seq.unwrap_or(seq);
                 if b.segment != seg.name || b.first_seq != first || b.records != seg.records + 1 {
                     return Err(fail(format!(
@@ -715,9 +672,9 @@ impl Checker {
                 }
                 seg.sealed = true;
             }
-            "audit.checkpoint" => self.checkpoint(line, seq).map_err(&fail)?,
-            "audit.recover" => {
-                let b: RecoverBody = body(line, env.kind).map_err(&fail)?;
+            Kind::AuditCheckpoint => self.checkpoint(line, seq).map_err(&fail)?,
+            Kind::AuditRecover => {
+                let b: AuditRecover = body(line, kind).map_err(&fail)?;
                 if !is_hex32(&b.sha256)
                     || b.bytes == 0
                     || crate::segments::parse_segment_name(&b.segment).is_none()
@@ -735,7 +692,7 @@ impl Checker {
                     bytes: b.bytes,
                 });
             }
-            "audit.start" => {
+            Kind::AuditStart => {
                 self.stats.starts += 1;
                 if self.stats.starts > 1
                     && self.opts.strict_semantics
@@ -749,30 +706,46 @@ impl Checker {
                 }
                 self.stats.abandoned += self.pairing.restart() as u64;
             }
-            "sign.request" => {
+            Kind::SignRequest => {
                 self.stats.requests += 1;
                 self.semantic(pos, seq, |p| p.request(seq, &env))?;
             }
-            "sign.decision" => {
-                match env.decision.as_str() {
-                    Some("allow") => self.stats.allowed += 1,
-                    Some("deny") => self.stats.denied += 1,
+            Kind::SignDecision => {
+                match env.decision() {
+                    Some(Decision::Allow) => self.stats.allowed += 1,
+                    Some(Decision::Deny) => self.stats.denied += 1,
                     _ => {}
                 }
                 self.semantic(pos, seq, |p| p.decision(seq, &env).map(|_| ()))?;
             }
-            "sign.result" => {
+            Kind::SignResult => {
                 let status = env.status.as_str().unwrap_or("(none)").to_owned();
                 *self.stats.results.entry(status).or_default() += 1;
                 self.semantic(pos, seq, |p| p.result(&env).map(|_| ()))?;
             }
-            "approval.grant" | "approval.reject" => {
-                let b: Result<VoteBody, String> = body(line, env.kind);
-                self.semantic(pos, seq, |_| b.and_then(|b| b.verify(env.kind)))?;
+            Kind::ApprovalGrant | Kind::ApprovalReject => {
+                let b: Result<ApprovalVote, String> = body(line, kind);
+                self.semantic(pos, seq, |_| b.and_then(|b| verify_vote(&b, kind)))?;
             }
-            "auth.failure" => self.stats.auth_failures += 1,
-            _ => {}
+            Kind::AuthFailure => self.stats.auth_failures += 1,
+            Kind::AuditStop
+            | Kind::PolicyLoad
+            | Kind::SignDryRun
+            | Kind::ApprovalRequest
+            | Kind::ApprovalExpire => {}
         }
+        self.accept(line, &env, pos)
+    }
+
+    /// Adds a checked record to the segment, the chain and the tree.
+    fn accept(
+        &mut self,
+        line: &[u8],
+        env: &envelope::Envelope<'_>,
+        pos: &Position,
+    ) -> Result<Hash, Failure> {
+        let seq = env.seq;
+        let fail = |m: String| Failure::at(pos, Some(seq), m);
         let Some(seg) = self.segment.as_mut() else {
             return Err(fail("record outside a segment".to_owned()));
         };
@@ -780,7 +753,7 @@ impl Checker {
             seg.first_seq = Some(seq);
             seg.first_ts = Some(env.ts.to_owned());
         }
-        if !is_bookkeeping(env.kind) {
+        if !env.kind.is_some_and(Kind::is_bookkeeping) {
             seg.content = true;
         }
         seg.records += 1;
@@ -791,7 +764,7 @@ impl Checker {
             .checked_add(1)
             .ok_or_else(|| fail("seq overflows".to_owned()))?;
         self.stats.records += 1;
-        self.last_kind = Some(env.kind.to_owned());
+        self.last_kind = Some(env.type_name.to_owned());
         Ok(leaf)
     }
 
@@ -809,7 +782,7 @@ impl Checker {
     }
 
     fn checkpoint(&mut self, line: &[u8], seq: u64) -> Result<(), String> {
-        let b: CheckpointBody = body(line, "audit.checkpoint")?;
+        let b: AuditCheckpoint = body(line, Kind::AuditCheckpoint)?;
         if b.size != seq {
             return Err(format!(
                 "audit.checkpoint covers {} records, but a checkpoint covers exactly the {seq} records before it",

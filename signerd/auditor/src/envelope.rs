@@ -13,6 +13,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
+use crate::events::{Decision, Kind, Status};
 use crate::merkle::Hash;
 use crate::record::MAX_LINE_BYTES;
 
@@ -139,8 +140,10 @@ pub struct Envelope<'a> {
     pub seq: u64,
     /// `ts`, exactly as written.
     pub ts: &'a str,
-    /// `type`.
-    pub kind: &'a str,
+    /// `type`, as written.
+    pub type_name: &'a str,
+    /// `type`, if it is one this version knows.
+    pub kind: Option<Kind>,
     /// `prev`, decoded.
     pub prev: Hash,
     /// `req_id`.
@@ -153,6 +156,18 @@ pub struct Envelope<'a> {
     pub client: Field<'a>,
     /// `key` (`sign.request`).
     pub key: Field<'a>,
+}
+
+impl Envelope<'_> {
+    /// `decision` (`sign.decision`), if it is a value this version knows.
+    pub fn decision(&self) -> Option<Decision> {
+        self.decision.as_str().and_then(Decision::parse)
+    }
+
+    /// `status` (`sign.result`), if it is a value this version knows.
+    pub fn status(&self) -> Option<Status> {
+        self.status.as_str().and_then(Status::parse)
+    }
 }
 
 fn syntax(why: impl Into<String>) -> LineError {
@@ -270,7 +285,8 @@ fn parse_checked(line: &[u8]) -> Result<Envelope<'_>, LineError> {
     Ok(Envelope {
         seq: fields.seq,
         ts,
-        kind,
+        type_name: kind,
+        kind: Kind::parse(kind),
         prev,
         req_id: fields.req_id,
         decision: fields.decision,
@@ -302,7 +318,8 @@ mod tests {
         let e = parse(l.as_bytes()).unwrap();
         assert_eq!(e.seq, 7);
         assert_eq!(e.ts, "2025-01-02T03:04:05.123456Z");
-        assert_eq!(e.kind, "sign.result");
+        assert_eq!(e.type_name, "sign.result");
+        assert_eq!(e.kind, Some(Kind::SignResult));
         assert_eq!(e.prev[31], 0xff);
         assert_eq!(e.req_id.as_str(), Some("r1"));
         assert_eq!(e.status.as_str(), Some("signed"));

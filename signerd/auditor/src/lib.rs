@@ -2,8 +2,8 @@
 //!
 //! # Modules
 //!
-//! The format, in the order `docs/audit-log.md` specifies it: [`record`] (a record body and
-//! its exact bytes), [`envelope`] (reading one line), [`segments`] and [`layout`] (the files of
+//! The format, in the order `docs/audit-log.md` specifies it: [`events`] (every record type,
+//! typed), [`record`] (a record body and its exact bytes), [`envelope`] (reading one line), [`segments`] and [`layout`] (the files of
 //! a log directory), [`merkle`] (RFC 6962 hashing and proofs), [`note`] (C2SP signed
 //! checkpoints and verifier keys), [`approval`] (the message approvers sign). Reading it:
 //! [`check`] (the record-by-record checks), [`verify`], [`prove`] and [`query`] (what the
@@ -16,6 +16,7 @@
 pub mod approval;
 pub mod check;
 pub mod envelope;
+pub mod events;
 pub mod layout;
 pub mod merkle;
 pub mod note;
@@ -27,5 +28,6 @@ pub mod segments;
 pub mod verify;
 
 pub use check::{Failure, Stats};
+pub use events::{Event, Kind};
 pub use note::{Checkpoint, CheckpointSigner, VerifierKey};
 pub use record::{MAX_LINE_BYTES, Record, RecordError};

@@ -10,6 +10,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope;
+use crate::events::{self, AuditCheckpoint, Kind};
 use crate::merkle::{self, Hash};
 use crate::note::{self, Checkpoint, VerifierKey};
 use crate::segments::{self, LineReader, Next};
@@ -74,12 +75,8 @@ pub fn prove(dir: &Path, seq: u64) -> Result<InclusionProof, String> {
                             leaves.len()
                         ));
                     }
-                    if env.kind == "audit.checkpoint" {
-                        #[derive(Deserialize)]
-                        struct Body {
-                            note: String,
-                        }
-                        let b: Body = serde_json::from_slice(bytes)
+                    if env.kind == Some(Kind::AuditCheckpoint) {
+                        let b: AuditCheckpoint = events::read(bytes)
                             .map_err(|e| format!("{}:{lineno}: {e}", seg.name))?;
                         latest = Some((env.seq, b.note));
                     }

@@ -10,6 +10,10 @@ use std::path::{Path, PathBuf};
 
 use crate::check::Pairing;
 use crate::envelope;
+use crate::events::{
+    self, AuditCheckpoint, AuditRecover, AuditSegmentOpen, AuthFailure, Kind, SignDecision,
+    SignRequest,
+};
 use crate::segments::{self, LineReader, Next};
 
 /// Which records to print. Every set field must match.
@@ -103,13 +107,13 @@ pub fn query(
             })?;
             // Pairing errors are verification failures, not query failures: keep going.
             let context = match env.kind {
-                "sign.request" => {
+                Some(Kind::SignRequest) => {
                     let _ = pairing.request(env.seq, &env);
                     None
                 }
-                "sign.decision" => pairing.decision(env.seq, &env).ok(),
-                "sign.result" => pairing.result(&env).ok(),
-                "audit.start" => {
+                Some(Kind::SignDecision) => pairing.decision(env.seq, &env).ok(),
+                Some(Kind::SignResult) => pairing.result(&env).ok(),
+                Some(Kind::AuditStart) => {
                     pairing.restart();
                     None
                 }
@@ -136,8 +140,8 @@ pub fn query(
                     .as_ref()
                     .is_none_or(|r| req_id.as_ref() == Some(r))
                 && match (&kind_prefix, &filter.kind) {
-                    (Some(p), _) => env.kind.starts_with(p.as_str()),
-                    (None, Some(k)) => env.kind == k,
+                    (Some(p), _) => env.type_name.starts_with(p.as_str()),
+                    (None, Some(k)) => env.type_name == k,
                     (None, None) => true,
                 }
                 && since.as_ref().is_none_or(|s| env.ts >= s.as_str())
@@ -147,7 +151,7 @@ pub fn query(
                 out(&Row {
                     seq: env.seq,
                     ts: env.ts.to_owned(),
-                    kind: env.kind.to_owned(),
+                    kind: env.type_name.to_owned(),
                     req_id,
                     client,
                     key,
@@ -161,39 +165,33 @@ pub fn query(
 
 /// A short description of a record for table output: the decision, status or reason.
 pub fn summary(line: &str) -> String {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+    let bytes = line.as_bytes();
+    let Ok(env) = envelope::parse(bytes) else {
         return String::new();
     };
-    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
-    match v.get("type").and_then(|t| t.as_str()).unwrap_or("") {
-        "sign.request" => s("method"),
-        "sign.decision" => {
-            let rules = v
-                .get("rules")
-                .and_then(|r| r.as_array())
-                .map(|r| {
-                    r.iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
-            format!("{} [{rules}]", s("decision"))
+    let summary = match env.kind {
+        Some(Kind::SignRequest) => events::read::<SignRequest>(bytes).map(|r| r.method.to_string()),
+        // The decision as written, even one a later version added.
+        Some(Kind::SignDecision) => Ok(format!(
+            "{} [{}]",
+            env.decision.as_str().unwrap_or_default(),
+            events::read::<SignDecision>(bytes)
+                .map(|d| d.rules.join(","))
+                .unwrap_or_default()
+        )),
+        Some(Kind::SignResult) => Ok(env.status.as_str().unwrap_or_default().to_owned()),
+        Some(Kind::AuthFailure) => events::read::<AuthFailure>(bytes).map(|a| a.reason),
+        Some(Kind::AuditCheckpoint) => {
+            events::read::<AuditCheckpoint>(bytes).map(|c| format!("size {}", c.size))
         }
-        "sign.result" => s("status"),
-        "auth.failure" => s("reason"),
-        "audit.checkpoint" => format!(
-            "size {}",
-            v.get("size").and_then(|x| x.as_u64()).unwrap_or(0)
-        ),
-        "audit.recover" => format!(
-            "cut {} bytes, saved as {}",
-            v.get("bytes").and_then(|x| x.as_u64()).unwrap_or(0),
-            s("saved_as")
-        ),
-        "audit.segment_open" => format!("after {}", s("previous")),
-        _ => String::new(),
-    }
+        Some(Kind::AuditRecover) => events::read::<AuditRecover>(bytes)
+            .map(|r| format!("cut {} bytes, saved as {}", r.bytes, r.saved_as)),
+        Some(Kind::AuditSegmentOpen) => {
+            events::read::<AuditSegmentOpen>(bytes).map(|o| format!("after {}", o.previous))
+        }
+        _ => return String::new(),
+    };
+    summary.unwrap_or_default()
 }
 
 /// Follows a log: the last complete lines, then new ones as they are written, moving to the

@@ -22,6 +22,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use signerd_auditor::check::{self, Checker, Expected, Position};
+use signerd_auditor::events::{AuditRecover, AuditSegmentOpen, Event, Kind, Outcome, SignResult};
 use signerd_auditor::layout::{
     CHECKPOINT_FILE, MAX_TORN_BYTES, RECOVERED_DIR, read_checkpoint_file, read_tail,
 };
@@ -328,8 +329,8 @@ pub(super) struct Recovery {
     pub(super) checkpoint_after: Option<usize>,
 }
 
-fn msg(record: &Record) -> Result<Msg, AuditError> {
-    Msg::internal(record).map_err(open_err)
+fn msg(event: &impl Event) -> Result<Msg, AuditError> {
+    Msg::internal(&Record::from_event(event)).map_err(open_err)
 }
 
 /// Acts on a scan: cuts the torn tail, opens (or creates) the segment to append to, and lists
@@ -452,14 +453,15 @@ pub(super) fn apply(
                     last.path.display()
                 )));
             };
-            records.push(msg(&Record::new("audit.segment_open")
-                .field("segment", s.name.as_str())
-                .field("previous", prev.name.as_str())
-                .field("previous_sha256", hex::encode(prev.sha256))
-                .field("previous_bytes", prev.bytes))?);
+            records.push(msg(&AuditSegmentOpen {
+                segment: s.name.clone(),
+                previous: prev.name.clone(),
+                previous_sha256: hex::encode(prev.sha256),
+                previous_bytes: prev.bytes,
+            })?);
             checkpoint_after = Some(1);
         }
-        Some(_) if checker.last_kind() == Some("audit.segment_open") => {
+        Some(_) if checker.last_kind().and_then(Kind::parse) == Some(Kind::AuditSegmentOpen) => {
             // The rotation wrote audit.segment_open and stopped before its checkpoint.
             checkpoint_after = Some(0);
         }
@@ -468,24 +470,29 @@ pub(super) fn apply(
     if let (Some(t), Some(saved_as)) = (&torn, saved_as) {
         let mut sha = Sha256::new();
         sha.update(&t.bytes);
-        records.push(msg(&Record::new("audit.recover")
-            .field("segment", t.segment.name.as_str())
-            .field("offset", t.offset)
-            .field("bytes", t.bytes.len() as u64)
-            .field("sha256", hex::encode(sha.finalize()))
-            .field("saved_as", saved_as))?);
+        records.push(msg(&AuditRecover {
+            segment: t.segment.name.clone(),
+            offset: t.offset,
+            bytes: t.bytes.len() as u64,
+            sha256: hex::encode(sha.finalize()),
+            saved_as,
+        })?);
     }
     for open in checker.open_allows() {
-        records.push(msg(&Record::new("sign.result")
-            .field("req_id", open.req_id.as_deref())
-            .field("client", open.client.as_deref())
-            .field("status", "unknown_crash")
-            .field("decision_seq", open.decision.map(|(_, s)| s))
-            .field(
-                "message",
-                "signerd stopped after this request was allowed and before its result was durable; \
-                 no signature was returned to the client, but one may have been made",
-            ))?);
+        // Every request open_allows returns has its allowing decision.
+        let Some((_, decision_seq)) = open.decision else {
+            continue;
+        };
+        records.push(msg(&SignResult {
+            req_id: open.req_id,
+            client: open.client,
+            outcome: Outcome::UnknownCrash {
+                decision_seq,
+                message: "signerd stopped after this request was allowed and before its result was durable; \
+                          no signature was returned to the client, but one may have been made"
+                    .to_owned(),
+            },
+        })?);
     }
     Ok(Recovery {
         writer,

@@ -6,8 +6,9 @@
 //! typed), [`record`] (a record body and its exact bytes), [`envelope`] (reading one line), [`segments`] and [`layout`] (the files of
 //! a log directory), [`merkle`] (RFC 6962 hashing and proofs), [`note`] (C2SP signed
 //! checkpoints and verifier keys), [`approval`] (the message approvers sign). Reading it:
-//! [`check`] (the record-by-record checks), [`verify`], [`prove`] and [`query`] (what the
-//! `signerd-auditor` binary and `signerctl audit` run).
+//! [`check`] (the record-by-record checks), [`verify`], [`prove`] and [`query`], and
+//! [`commands`] (what the `signerd-auditor` binary and `signerctl audit` run, with their
+//! output).
 //!
 //! This crate only reads logs and verifies signatures. It must never write to a log
 //! directory, hold a signing key, or depend on anything that reaches a key backend, the network
@@ -15,6 +16,7 @@
 
 pub mod approval;
 pub mod check;
+pub mod commands;
 pub mod envelope;
 pub mod events;
 pub mod layout;

@@ -17,7 +17,7 @@ use crate::events::{
 use crate::segments::{self, LineReader, Next};
 
 /// Which records to print. Every set field must match.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     /// The key of the request the record belongs to.
     pub key: Option<String>,

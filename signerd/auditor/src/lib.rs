@@ -27,6 +27,8 @@ pub mod query;
 pub mod record;
 pub mod rfc3339;
 pub mod segments;
+#[cfg(test)]
+mod testlog;
 pub mod verify;
 
 pub use check::{Failure, Stats};

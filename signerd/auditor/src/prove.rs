@@ -137,3 +137,40 @@ pub fn check(proof: &InclusionProof, key: Option<&VerifierKey>) -> Result<Checkp
         .map_err(|e| format!("inclusion proof: {e}"))?;
     Ok(checkpoint)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::Record;
+    use crate::events::AuditStop;
+    use crate::testlog::{TestLog, vkey};
+
+    #[test]
+    fn proves_every_record_against_the_latest_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = TestLog::new(tmp.path());
+        let receipts: Vec<(u64, Hash)> = (0..13u32)
+            .map(|i| log.append(Record::new("x.n").field("i", i)))
+            .collect();
+        let err = prove(tmp.path(), 3).unwrap_err();
+        assert!(err.contains("no checkpoint yet"), "{err}");
+        log.append(AuditStop {});
+        log.checkpoint();
+        for (seq, leaf) in &receipts {
+            let p = prove(tmp.path(), *seq).unwrap();
+            assert_eq!(p.leaf_hash, hex::encode(leaf));
+            assert_eq!(p.tree_size, 15);
+            assert_eq!(check(&p, Some(&vkey())).unwrap().size, 15);
+            let mut bad = p.clone();
+            bad.leaf_hash = hex::encode([1u8; 32]);
+            assert!(check(&bad, Some(&vkey())).is_err());
+            let mut bad = p.clone();
+            bad.seq ^= 1;
+            assert!(check(&bad, Some(&vkey())).is_err());
+        }
+        let err = prove(tmp.path(), 15).unwrap_err();
+        assert!(err.contains("not covered by a checkpoint yet"), "{err}");
+    }
+}

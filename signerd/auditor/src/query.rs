@@ -286,3 +286,181 @@ impl Follower {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::Record;
+    use crate::events::AuditStop;
+    use crate::testlog::TestLog;
+    use crate::verify::{VerifyOptions, verify_dir};
+
+    fn run(dir: &Path, f: Filter) -> Vec<Row> {
+        let mut rows = Vec::new();
+        query(dir, &f, |r| {
+            rows.push(r.clone());
+            Ok(())
+        })
+        .unwrap();
+        rows
+    }
+
+    /// Lines: start, two requests (`ok` signed, `no` denied) with decision and result, stop,
+    /// checkpoint. Decisions and results carry no client or key: the query joins them to their
+    /// request.
+    fn two_requests(dir: &Path) -> TestLog {
+        let mut log = TestLog::new(dir);
+        for (req, decision, status) in [("ok", "allow", "signed"), ("no", "deny", "denied")] {
+            log.append(
+                Record::new("sign.request")
+                    .field("req_id", req)
+                    .field("client", "app")
+                    .field("key", "hot"),
+            );
+            log.append(
+                Record::new("sign.decision")
+                    .field("req_id", req)
+                    .field("decision", decision),
+            );
+            log.append(
+                Record::new("sign.result")
+                    .field("req_id", req)
+                    .field("status", status),
+            );
+        }
+        log.append(AuditStop {});
+        log.checkpoint();
+        log
+    }
+
+    fn all_lines(log: &TestLog, segments: u64) -> Vec<String> {
+        (1..=segments)
+            .flat_map(|n| {
+                let text = std::fs::read_to_string(log.segment(n)).unwrap();
+                text.lines().map(str::to_owned).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn query_filters_and_tail_follows_across_rotation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut log = two_requests(dir);
+        let rows = run(
+            dir,
+            Filter {
+                key: Some("hot".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(rows.len(), 6, "{rows:?}");
+        assert!(rows.iter().all(|r| r.client.as_deref() == Some("app")));
+        let rows = run(
+            dir,
+            Filter {
+                req_id: Some("no".into()),
+                kind: Some("sign.d*".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].kind, "sign.decision");
+        assert_eq!(summary(&rows[0].line), "deny []");
+        assert_eq!(all_lines(&log, 1)[rows[0].seq as usize], rows[0].line);
+        let until = Filter {
+            until: Some("2000-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        assert!(run(dir, until).is_empty());
+        let since = Filter {
+            since: Some("2000-01-01 00:00:00".into()),
+            kind: Some("audit.start".into()),
+            ..Default::default()
+        };
+        assert_eq!(run(dir, since).len(), 1);
+
+        let (last, mut follower) = Follower::start(dir, 2).unwrap();
+        assert_eq!(last.len(), 2);
+        assert!(last[1].contains("audit.checkpoint"));
+        assert!(follower.poll().unwrap().is_empty());
+        // A restart that rotates.
+        log.append(Record::new("audit.start"));
+        log.rotate();
+        log.append(Record::new("x.after"));
+        log.append(AuditStop {});
+        log.checkpoint();
+        let all = all_lines(&log, 2);
+        let new = follower.poll().unwrap();
+        assert_eq!(new, all[9..]);
+        let kinds: Vec<String> = new
+            .iter()
+            .map(|l| {
+                crate::envelope::parse(l.as_bytes())
+                    .unwrap()
+                    .type_name
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(kinds[0], "audit.start");
+        assert!(
+            kinds.contains(&"audit.segment_open".to_owned()),
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.last().unwrap(), "audit.checkpoint");
+        assert!(follower.poll().unwrap().is_empty());
+    }
+
+    #[test]
+    fn decisions_and_results_pair_by_client_and_req_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = TestLog::new(tmp.path());
+        // Two clients use the same req_id; the second one's request is decided and finished
+        // first.
+        for (client, key) in [("a", "k-a"), ("b", "k-b")] {
+            log.append(
+                Record::new("sign.request")
+                    .field("req_id", "r")
+                    .field("client", client)
+                    .field("key", key),
+            );
+        }
+        for (client, decision, status) in [("b", "deny", "denied"), ("a", "allow", "signed")] {
+            log.append(
+                Record::new("sign.decision")
+                    .field("req_id", "r")
+                    .field("client", client)
+                    .field("decision", decision),
+            );
+            log.append(
+                Record::new("sign.result")
+                    .field("req_id", "r")
+                    .field("client", client)
+                    .field("status", status),
+            );
+        }
+        log.checkpoint();
+        let opts = VerifyOptions {
+            key: Some(crate::testlog::vkey()),
+            checkpoints: Vec::new(),
+        };
+        let r = verify_dir(tmp.path(), &opts).unwrap();
+        assert!(r.pending.is_empty());
+        assert_eq!(r.stats.allowed, 1);
+        assert_eq!(r.stats.denied, 1);
+        let rows = run(
+            tmp.path(),
+            Filter {
+                key: Some("k-b".into()),
+                kind: Some("sign.*".into()),
+                ..Default::default()
+            },
+        );
+        let summaries: Vec<String> = rows.iter().map(|r| summary(&r.line)).collect();
+        assert_eq!(rows.len(), 3, "{summaries:?}");
+        assert!(rows.iter().all(|r| r.client.as_deref() == Some("b")));
+        assert!(summaries[1].starts_with("deny"), "{summaries:?}");
+    }
+}

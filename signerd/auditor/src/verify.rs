@@ -255,3 +255,226 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         stats: checker.stats().clone(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::Record;
+    use crate::events::{ApprovalVote, AuditStop, Vote};
+    use crate::merkle::leaf_hash;
+    use crate::note::MemorySigner;
+    use crate::testlog::{ORIGIN, TestLog, vkey};
+
+    fn with_key() -> VerifyOptions {
+        VerifyOptions {
+            key: Some(vkey()),
+            checkpoints: Vec::new(),
+        }
+    }
+
+    fn verify(dir: &Path) -> Report {
+        verify_dir(dir, &with_key()).unwrap_or_else(|f| panic!("verify {}: {f}", dir.display()))
+    }
+
+    fn verify_err(dir: &Path) -> String {
+        match verify_dir(dir, &with_key()) {
+            Ok(r) => panic!("verify passed: {r:?}"),
+            Err(f) => f.to_string(),
+        }
+    }
+
+    fn lines(path: &Path) -> Vec<Vec<u8>> {
+        let bytes = std::fs::read(path).unwrap();
+        bytes
+            .strip_suffix(b"\n")
+            .unwrap()
+            .split(|b| *b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
+    fn join(lines: &[Vec<u8>]) -> Vec<u8> {
+        lines
+            .iter()
+            .flat_map(|l| [&l[..], b"\n"].concat())
+            .collect()
+    }
+
+    /// Lines: 0 start, 1-4 `x.n` 0-3, 5 checkpoint, 6-9 `x.n` 4-7, 10 checkpoint,
+    /// 11-12 `x.n` 8-9, 13 stop, 14 checkpoint (also in the checkpoint file).
+    fn ten_records(dir: &Path) -> TestLog {
+        let mut log = TestLog::new(dir);
+        for i in 0..10u32 {
+            log.append(Record::new("x.n").field("i", i));
+            if i % 4 == 3 {
+                log.checkpoint();
+            }
+        }
+        log.append(AuditStop {});
+        log.checkpoint();
+        log
+    }
+
+    #[test]
+    fn detects_every_kind_of_tampering() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = ten_records(tmp.path());
+        let r = verify(tmp.path());
+        assert_eq!(r.stats.records, 15);
+        assert_eq!(r.stats.checkpoints, 3);
+        assert_eq!(r.unattested, 0);
+        let seg = log.segment(1);
+        let original = std::fs::read(&seg).unwrap();
+        let l = lines(&seg);
+        let write = |lines: &[Vec<u8>]| std::fs::write(&seg, join(lines)).unwrap();
+        let value_at = |line: &[u8]| line.windows(4).position(|w| w == b"\"i\":").unwrap() + 4;
+
+        // A changed byte: the next record's prev catches it.
+        let mut t = l.clone();
+        let pos = value_at(&t[3]);
+        t[3][pos] = b'7';
+        write(&t);
+        let e = verify_err(tmp.path());
+        assert!(e.contains(":5 (seq 4): prev is"), "{e}");
+        // Deleted, reordered, inserted.
+        let mut t = l.clone();
+        t.remove(5);
+        write(&t);
+        assert!(verify_err(tmp.path()).contains("seq is 6, expected 5"));
+        let mut t = l.clone();
+        t.swap(5, 6);
+        write(&t);
+        assert!(verify_err(tmp.path()).contains("seq is 6, expected 5"));
+        let mut t = l.clone();
+        t.insert(5, l[5].clone());
+        write(&t);
+        assert!(verify_err(tmp.path()).contains("seq is 5, expected 6"));
+        // Rewritten with a consistent chain: only the checkpoints catch it.
+        let mut t = l.clone();
+        let pos = value_at(&t[2]);
+        t[2][pos] = b'8';
+        let mut prev = leaf_hash(&t[2]);
+        for line in t.iter_mut().skip(3) {
+            let s = String::from_utf8(line.clone()).unwrap();
+            let cut = s.rfind(",\"prev\":\"").unwrap();
+            *line = format!("{},\"prev\":\"{}\"}}", &s[..cut], hex::encode(prev)).into_bytes();
+            prev = leaf_hash(line);
+        }
+        write(&t);
+        let e = verify_err(tmp.path());
+        assert!(
+            e.contains(":6 (seq 5): audit.checkpoint has root")
+                && e.contains("records before this checkpoint were changed"),
+            "{e}"
+        );
+        // A checkpoint replaced by one signed with another key.
+        let text = String::from_utf8(l[5].clone()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let note = v["note"].as_str().unwrap();
+        let cp = note::parse_note(note).unwrap().0;
+        let forged = cp.sign(&MemorySigner::from_seed(ORIGIN, [9; 32])).unwrap();
+        let mut t = l.clone();
+        t[5] = text
+            .replace(
+                &serde_json::to_string(note).unwrap(),
+                &serde_json::to_string(&forged).unwrap(),
+            )
+            .into_bytes();
+        write(&t);
+        let e = verify_err(tmp.path());
+        assert!(e.contains(":6 (seq 5): checkpoint signature: "), "{e}");
+        // Without the key, the forged checkpoint still breaks the chain at the next record.
+        let e = match verify_dir(tmp.path(), &VerifyOptions::default()) {
+            Ok(r) => panic!("{r:?}"),
+            Err(f) => f.to_string(),
+        };
+        assert!(e.contains(":7 (seq 6): prev is"), "{e}");
+        // Truncated (whole lines): the checkpoint file still covers more.
+        write(&l[..l.len() - 2]);
+        assert!(verify_err(tmp.path()).contains("records at the end were removed"));
+        // An older or forged checkpoint file.
+        std::fs::write(&seg, &original).unwrap();
+        let cp_file = tmp.path().join("checkpoint");
+        let saved = std::fs::read(&cp_file).unwrap();
+        std::fs::write(&cp_file, &forged).unwrap();
+        let e = verify_err(tmp.path());
+        assert!(
+            e.contains("/checkpoint: the note has no signature by"),
+            "{e}"
+        );
+        // A checkpoint kept elsewhere that the log no longer has.
+        std::fs::write(&cp_file, &saved).unwrap();
+        let kept = VerifyOptions {
+            checkpoints: vec![("kept".to_owned(), String::from_utf8(saved).unwrap())],
+            ..with_key()
+        };
+        assert_eq!(
+            verify_dir(tmp.path(), &kept).unwrap().external_checkpoints,
+            1
+        );
+        std::fs::remove_file(&cp_file).unwrap();
+        write(&l[..l.len() - 2]);
+        let e = verify_dir(tmp.path(), &kept).unwrap_err().to_string();
+        assert!(e.contains("but kept covers 14"), "{e}");
+    }
+
+    /// A log with one `approval.grant` whose signature is made over `signed_expires` while
+    /// the record says `expires = 100`.
+    fn grant_log(dir: &Path, signed_expires: i64) {
+        use ed25519_dalek::Signer as _;
+        let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
+        let fp = "ab".repeat(32);
+        let msg = crate::approval::message("app", "r1", &fp, Vote::Approve, signed_expires);
+        let mut log = TestLog::new(dir);
+        log.append(ApprovalVote {
+            req_id: "r1".to_owned(),
+            client: "app".to_owned(),
+            approver: "bob".to_owned(),
+            cert_sha256: "cd".repeat(32),
+            fingerprint: fp,
+            decision: Vote::Approve,
+            expires: 100,
+            public_key: hex::encode(key.verifying_key().to_bytes()),
+            signature: hex::encode(key.sign(&msg).to_bytes()),
+            reason: None,
+            policy_hash: "ef".repeat(32),
+        });
+        log.checkpoint();
+    }
+
+    #[test]
+    fn checks_every_approval_signature() {
+        let good = tempfile::tempdir().unwrap();
+        grant_log(good.path(), 100);
+        verify(good.path());
+        // A record whose signed expiry was changed (or a forged grant) fails verification even
+        // though its chain and checkpoints are intact.
+        let bad = tempfile::tempdir().unwrap();
+        grant_log(bad.path(), 101);
+        let e = verify_err(bad.path());
+        assert!(
+            e.contains("approval.grant for req_id \"r1\"") && e.contains("does not verify"),
+            "{e}"
+        );
+    }
+
+    /// The example log that a real daemon wrote (`docs/audit-example`) verifies with its key.
+    #[test]
+    fn the_example_log_verifies() {
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/audit-example");
+        let vkey = std::fs::read_to_string(example.join("vkey")).unwrap();
+        let opts = VerifyOptions {
+            key: Some(VerifierKey::parse(&vkey).unwrap()),
+            checkpoints: Vec::new(),
+        };
+        let r = verify_dir(&example.join("audit"), &opts).unwrap();
+        assert_eq!(r.stats.records, 83);
+        assert_eq!(r.segments.len(), 3);
+        assert_eq!(r.stats.recoveries, 1);
+        assert!(r.checkpoint_file);
+        assert_eq!(r.unattested, 0);
+        assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    }
+}

@@ -262,7 +262,7 @@ mod tests {
 
     use super::*;
     use crate::Record;
-    use crate::events::{ApprovalVote, AuditStop, Vote};
+    use crate::events::{ApprovalVote, AuditCheckpoint, AuditStop, Vote};
     use crate::merkle::leaf_hash;
     use crate::note::MemorySigner;
     use crate::testlog::{ORIGIN, TestLog, vkey};
@@ -371,8 +371,8 @@ mod tests {
         );
         // A checkpoint replaced by one signed with another key.
         let text = String::from_utf8(l[5].clone()).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let note = v["note"].as_str().unwrap();
+        let record: AuditCheckpoint = crate::events::read(&l[5]).unwrap();
+        let note = record.note.as_str();
         let cp = note::parse_note(note).unwrap().0;
         let forged = cp.sign(&MemorySigner::from_seed(ORIGIN, [9; 32])).unwrap();
         let mut t = l.clone();

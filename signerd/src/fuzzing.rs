@@ -14,10 +14,10 @@ use secrecy::SecretString;
 use signerd_proto::v1;
 
 use crate::approvals::{PendingRecord, Requirement, Status, StoredVote, Vote};
-use crate::audit::note::{self, Checkpoint, Note, VerifierKey};
 use crate::keys::{Algorithm, KeyInfo};
 use crate::request::{Method, SignRequest};
 use crate::service::{self, VoteRequest};
+use signerd_auditor::note::{self, Checkpoint, Note, VerifierKey};
 
 /// A target's entry point.
 pub type EntryPoint = fn(&[u8]);
@@ -310,7 +310,7 @@ fn split<'a>(data: &'a [u8], sep: &[u8]) -> Vec<&'a [u8]> {
 /// checkpoint also given as one kept elsewhere), `signerctl audit prove` and `signerctl audit
 /// query`, over a log directory made from the input (see [`FILE_SEPARATOR`]).
 pub fn audit_verify(data: &[u8]) {
-    use crate::audit::verify::{VerifyOptions, verify_dir};
+    use signerd_auditor::verify::{VerifyOptions, verify_dir};
     let Some((checkpoint, dir)) = write_log(data) else {
         return;
     };
@@ -323,12 +323,14 @@ pub fn audit_verify(data: &[u8]) {
     };
     let _ = verify_dir(dir.path(), &with_key);
     let _ = verify_dir(dir.path(), &VerifyOptions::default());
-    if let Ok(proof) = crate::audit::prove::prove(dir.path(), 1) {
-        let _ = crate::audit::prove::check(&proof, Some(audit_key()));
+    if let Ok(proof) = signerd_auditor::prove::prove(dir.path(), 1) {
+        let _ = signerd_auditor::prove::check(&proof, Some(audit_key()));
     }
-    let _ = crate::audit::query::query(dir.path(), &crate::audit::query::Filter::default(), |_| {
-        Ok(())
-    });
+    let _ = signerd_auditor::query::query(
+        dir.path(),
+        &signerd_auditor::query::Filter::default(),
+        |_| Ok(()),
+    );
 }
 
 /// The start-up scan of crash recovery, which decides what to cut and what to refuse, over a
@@ -360,11 +362,11 @@ pub fn audit_proof(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(proof) = serde_json::from_str::<crate::audit::prove::InclusionProof>(text) else {
+    let Ok(proof) = serde_json::from_str::<signerd_auditor::prove::InclusionProof>(text) else {
         return;
     };
-    let _ = crate::audit::prove::check(&proof, None);
-    let _ = crate::audit::prove::check(&proof, Some(audit_key()));
+    let _ = signerd_auditor::prove::check(&proof, None);
+    let _ = signerd_auditor::prove::check(&proof, Some(audit_key()));
 }
 
 /// Key files: the soft backend's key file (parsed, its KDF parameters checked, decrypted with

@@ -7,7 +7,8 @@
 //!
 //! One folder per concern: [`api`] (the only place errors become `tonic::Status`), [`tls`],
 //! [`keys`], [`chain`], [`state`], [`audit`], [`config`]; [`service`] is the signing pipeline
-//! that ties them together.
+//! that ties them together. The audit log's format, reader and verifier are a crate of their
+//! own, `signerd-auditor` (`signerd/auditor`), that auditors build without the daemon.
 
 pub mod api;
 pub mod approvals;
@@ -23,7 +24,6 @@ pub mod ids;
 pub mod keys;
 pub mod metrics;
 pub mod request;
-mod rfc3339;
 pub mod server;
 pub mod service;
 pub mod state;

@@ -6,22 +6,24 @@
 //! the requester, count one person twice, count a vote whose signature does not verify against
 //! the key the policy registers for that person, or count a vote that has expired. The formats
 //! here are normative: `docs/approvals.md` and `docs/audit-log.md` specify them byte for byte so
-//! that an auditor can verify every grant without trusting signerd.
+//! that an auditor can verify every grant without trusting signerd. The approval message and its
+//! signature check live in [`signerd_auditor::approval`], the crate auditors build alone; they
+//! are re-exported here.
 
 use std::collections::BTreeSet;
 
-use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer as _, SigningKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use signerd_auditor::approval::SignatureError;
+
+pub use signerd_auditor::approval::{Vote, message};
 
 /// Longest accepted rejection reason, in characters.
 pub const MAX_REASON_CHARS: usize = 512;
 
 /// Domain tag of the approval fingerprint.
 const FINGERPRINT_TAG: &[u8] = b"signerd.approval.fingerprint.v1\0";
-
-/// First line of every approval message.
-const MESSAGE_HEADER: &str = "signerd approval v1";
 
 /// Why a vote is refused. Messages name the approver and the request, never key material.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -85,26 +87,6 @@ pub enum ApprovalError {
     SignatureLength(usize),
 }
 
-/// An approver's decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Vote {
-    /// Counts toward the quorum.
-    Approve,
-    /// Records disagreement; ends the request when its group allows veto.
-    Reject,
-}
-
-impl Vote {
-    /// `approve` or `reject`, as in the signed message and the audit log.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Vote::Approve => "approve",
-            Vote::Reject => "reject",
-        }
-    }
-}
-
 /// The approval fingerprint: SHA-256 over the domain tag, the method, the key id, the chain id
 /// (decimal, empty when the request has none), each followed by a NUL byte, then the 32 bytes
 /// signerd signs (the transaction's signing hash, the EIP-191 or EIP-712 hash, or the raw
@@ -132,30 +114,6 @@ pub fn fingerprint(
     h.finalize().into()
 }
 
-/// The exact bytes an approver signs: six lines, each ending in `\n`.
-///
-/// ```text
-/// signerd approval v1
-/// client: <requester client id>
-/// request_id: <request id>
-/// fingerprint: <64 lowercase hex digits>
-/// decision: approve|reject
-/// expires: <Unix seconds, decimal>
-/// ```
-pub fn message(
-    client: &str,
-    request_id: &str,
-    fingerprint_hex: &str,
-    vote: Vote,
-    expires_unix: i64,
-) -> Vec<u8> {
-    format!(
-        "{MESSAGE_HEADER}\nclient: {client}\nrequest_id: {request_id}\nfingerprint: {fingerprint_hex}\ndecision: {}\nexpires: {expires_unix}\n",
-        vote.as_str()
-    )
-    .into_bytes()
-}
-
 /// Signs an approval message with an approver's key (used by `signerctl` and tests).
 pub fn sign(key: &SigningKey, message: &[u8]) -> [u8; 64] {
     key.sign(message).to_bytes()
@@ -169,13 +127,10 @@ pub fn verify(
     message: &[u8],
     signature: &[u8],
 ) -> Result<(), ApprovalError> {
-    let sig: [u8; 64] = signature
-        .try_into()
-        .map_err(|_| ApprovalError::SignatureLength(signature.len()))?;
-    let key = VerifyingKey::from_bytes(public_key)
-        .map_err(|_| ApprovalError::BadSignature(approver.to_owned()))?;
-    key.verify_strict(message, &Signature::from_bytes(&sig))
-        .map_err(|_| ApprovalError::BadSignature(approver.to_owned()))
+    signerd_auditor::approval::verify(public_key, message, signature).map_err(|e| match e {
+        SignatureError::Length(n) => ApprovalError::SignatureLength(n),
+        _ => ApprovalError::BadSignature(approver.to_owned()),
+    })
 }
 
 /// One group's part of the quorum a pending request waits for.

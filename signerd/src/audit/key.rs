@@ -14,8 +14,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use secrecy::SecretString;
+use signerd_auditor::note::{CheckpointSigner, VerifierKey};
 
-use super::note::{CheckpointSigner, VerifierKey};
 use crate::config::Config;
 use crate::keys::soft::{self, SoftBackend};
 use crate::keys::{Algorithm, AuditKeySpec, KeyBackend, KeyInfo, Payload, RawSignature};
@@ -183,7 +183,7 @@ pub fn log_is_new(dir: &Path) -> bool {
         !entries.flatten().any(|e| {
             e.file_name()
                 .to_str()
-                .and_then(super::segments::parse_segment_name)
+                .and_then(signerd_auditor::segments::parse_segment_name)
                 .is_some()
         })
     })

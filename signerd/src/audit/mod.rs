@@ -11,22 +11,19 @@
 //! recovers from a crash ([`recover`]) and refuses a log it cannot validate. See
 //! `docs/audit-log.md` for the exact format and the verification procedure.
 //!
+//! The format itself (record bodies, the envelope, segments, the Merkle tree, checkpoints) and
+//! everything that only reads a log (the checks, `verify`, `prove`, `query`) live in the
+//! `signerd-auditor` crate (`signerd/auditor`), which auditors build without signerd. This
+//! module is the writer: the writer thread, crash recovery (which writes) and the audit
+//! signing key ([`key`]).
+//!
 //! This module must never re-serialize a written record, write after a failed write or sync
 //! (it fails closed: every later request gets [`AuditError::Unavailable`] until an operator
 //! restarts signerd), write when the audit filesystem is nearly full, or accept a log on disk
 //! whose chain, tree or checkpoints it cannot validate.
 
-mod check;
-mod envelope;
 pub mod key;
-pub mod merkle;
-pub mod note;
-pub mod prove;
-pub mod query;
-mod record;
 pub(crate) mod recover;
-mod segments;
-pub mod verify;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -35,9 +32,17 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-pub use check::{Failure, Stats};
-pub use note::{Checkpoint, CheckpointSigner, VerifierKey};
-pub use record::{MAX_LINE_BYTES, Record};
+pub use signerd_auditor::check::{Failure, Stats};
+/// Every record type, typed (`SignResult`, `SignDecision`, ...), from the auditor crate.
+pub use signerd_auditor::events;
+use signerd_auditor::events::{AuditStart, AuditStop};
+/// RFC 6962 hashing, from the auditor crate.
+pub use signerd_auditor::merkle;
+/// C2SP checkpoints and verifier keys, from the auditor crate.
+pub use signerd_auditor::note;
+pub use signerd_auditor::note::{Checkpoint, CheckpointSigner, VerifierKey};
+use signerd_auditor::record::RecordError;
+pub use signerd_auditor::record::{MAX_LINE_BYTES, Record};
 use writer::{Msg, Settings, Shared, Writer};
 
 /// How many records may wait for the writer. When the queue is full the disk is far behind;
@@ -68,6 +73,15 @@ pub enum AuditError {
     /// A bug in the caller; the log stays healthy.
     #[error("invalid audit record: {0}")]
     InvalidRecord(String),
+}
+
+impl From<RecordError> for AuditError {
+    fn from(e: RecordError) -> AuditError {
+        match e {
+            RecordError::Invalid(why) => AuditError::InvalidRecord(why),
+            other => AuditError::InvalidRecord(other.to_string()),
+        }
+    }
 }
 
 /// Options for [`AuditLog::open`].
@@ -293,12 +307,13 @@ impl AuditLog {
             recover::apply(dir, scan, lock, opts.signer, settings, Arc::clone(&shared))?;
         // Written on this thread, before the writer thread exists: `open` is synchronous and
         // may run inside an async runtime, where blocking on a reply would be wrong.
-        let start = Record::new("audit.start")
-            .field("pid", std::process::id())
-            .field("version", env!("CARGO_PKG_VERSION"))
-            .field("checkpoint_key", verifier.to_string());
+        let start = AuditStart {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            checkpoint_key: verifier.to_string(),
+        };
         let mut records = std::mem::take(&mut recovery.records);
-        records.push(Msg::internal(&start).map_err(AuditError::Open)?);
+        records.push(Msg::internal(&Record::from_event(&start)).map_err(AuditError::Open)?);
         let mut writer = recovery.writer;
         let written =
             |e: String| AuditError::Open(format!("cannot write the start-up records: {e}"));
@@ -378,11 +393,11 @@ impl AuditLog {
         })
     }
 
-    fn enqueue(&self, record: &Record, reply: Option<writer::Reply>) -> Result<(), AuditError> {
+    fn enqueue(&self, record: Record, reply: Option<writer::Reply>) -> Result<(), AuditError> {
         self.inner.shared.check()?;
         let msg = Msg {
             kind: record.kind(),
-            body: record.encode()?,
+            body: record.into_body()?,
             reply,
             stop: false,
         };
@@ -404,12 +419,15 @@ impl AuditLog {
     /// Queues a record without waiting for it to be durable. Records are written in the order
     /// they are queued, so a later durable append makes this one durable too. The writer may
     /// hold it (at most `group_commit_wait`) to write it with the next durable one.
-    pub fn append(&self, record: Record) -> Result<(), AuditError> {
-        self.enqueue(&record, None)
+    ///
+    /// `record` is a [`Record`] or a typed event ([`events`]: `SignResult { .. }`, ...).
+    pub fn append(&self, record: impl Into<Record>) -> Result<(), AuditError> {
+        self.enqueue(record.into(), None)
     }
 
-    /// Queues a record and waits until it, and every record queued before it, is fsynced.
-    pub async fn append_durable(&self, record: Record) -> Result<Receipt, AuditError> {
+    /// Queues a record (a [`Record`] or a typed event) and waits until it, and every record
+    /// queued before it, is fsynced.
+    pub async fn append_durable(&self, record: impl Into<Record>) -> Result<Receipt, AuditError> {
         self.submit_durable(record)?.wait().await
     }
 
@@ -417,9 +435,9 @@ impl AuditLog {
     /// two steps, so that the caller can drop an [`Expected`] between them.
     ///
     /// [`append_durable`]: AuditLog::append_durable
-    pub fn submit_durable(&self, record: Record) -> Result<Durable, AuditError> {
+    pub fn submit_durable(&self, record: impl Into<Record>) -> Result<Durable, AuditError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.enqueue(&record, Some(tx))?;
+        self.enqueue(record.into(), Some(tx))?;
         Ok(Durable {
             rx,
             shared: Arc::clone(&self.inner.shared),
@@ -491,11 +509,11 @@ impl AuditLog {
         let Some(thread) = thread else {
             return Ok(());
         };
-        let stop = Record::new("audit.stop");
+        let stop = Record::from_event(&AuditStop {});
         let (reply_tx, reply_rx) = tokio::sync::oneshot::channel();
         let msg = Msg {
             kind: stop.kind(),
-            body: stop.encode()?,
+            body: stop.into_body()?,
             reply: Some(reply_tx),
             stop: true,
         };

@@ -13,7 +13,7 @@
 //! the cut bytes are saved and synced, or write before the whole log has been checked.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
-use std::io::{Read, Seek, Write};
+use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -21,19 +21,17 @@ use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
+use signerd_auditor::check::{self, Checker, Expected, Position};
+use signerd_auditor::events::{AuditRecover, AuditSegmentOpen, Event, Kind, Outcome, SignResult};
+use signerd_auditor::layout::{
+    CHECKPOINT_FILE, MAX_TORN_BYTES, RECOVERED_DIR, read_checkpoint_file, read_tail,
+};
+use signerd_auditor::note::{CheckpointSigner, VerifierKey};
+use signerd_auditor::record::{MAX_LINE_BYTES, Record};
+use signerd_auditor::segments::{self, LineReader, Next, SegmentFile};
+
 use super::AuditError;
-use super::check::{self, Checker, Expected, Position};
-use super::note::{self, CheckpointSigner, VerifierKey};
-use super::record::{MAX_LINE_BYTES, Record};
-use super::segments::{self, LineReader, Next, SegmentFile};
-use super::writer::{CHECKPOINT_FILE, Msg, Segment, Settings, Shared, Tail, Writer};
-
-/// Directory (inside the log directory) where cut bytes are kept.
-pub(crate) const RECOVERED_DIR: &str = "recovered";
-
-/// Largest torn tail recovery will cut (a batch of maximal records); anything bigger is not
-/// a torn write.
-pub(crate) const MAX_TORN_BYTES: u64 = 64 << 20;
+use super::writer::{Msg, Segment, Settings, Shared, Tail, Writer};
 
 fn open_err(what: String) -> AuditError {
     AuditError::Open(what)
@@ -92,35 +90,6 @@ pub(super) fn prepare_dir(dir: &Path) -> Result<File, AuditError> {
             lock_path.display()
         ))),
     }
-}
-
-/// Reads `DIR/checkpoint` if present and checks its signature with `key`.
-pub(crate) fn read_checkpoint_file(
-    dir: &Path,
-    key: Option<&VerifierKey>,
-) -> Result<Option<(String, note::Checkpoint)>, String> {
-    let path = dir.join(CHECKPOINT_FILE);
-    let file = match segments::open_regular(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let mut text = String::new();
-    file.take(note::MAX_NOTE_BYTES as u64 + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let checkpoint = match key {
-        Some(key) => note::verify_note(&text, key).map_err(|e| {
-            format!(
-                "{}: {e}: the file was replaced, or the audit key or audit.origin changed (verifier key {key})",
-                path.display()
-            )
-        })?,
-        None => note::parse_note(&text)
-            .map_err(|e| format!("{}: {e}", path.display()))?
-            .0,
-    };
-    Ok(Some((text, checkpoint)))
 }
 
 /// A torn tail found at start-up.
@@ -292,15 +261,6 @@ fn tail_bytes(path: &Path, offset: u64) -> Result<Vec<u8>, AuditError> {
     read_tail(path, offset).map_err(|e| open_err(format!("cannot read {}: {e}", path.display())))
 }
 
-/// The bytes of `path` from `offset` on, at most one more than a torn tail may have.
-pub(crate) fn read_tail(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {
-    let mut f = File::open(path)?;
-    f.seek(std::io::SeekFrom::Start(offset))?;
-    let mut out = Vec::new();
-    f.take(MAX_TORN_BYTES + 1).read_to_end(&mut out)?;
-    Ok(out)
-}
-
 fn sync_dir(dir: &Path) -> Result<(), AuditError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -369,8 +329,8 @@ pub(super) struct Recovery {
     pub(super) checkpoint_after: Option<usize>,
 }
 
-fn msg(record: &Record) -> Result<Msg, AuditError> {
-    Msg::internal(record).map_err(open_err)
+fn msg(event: &impl Event) -> Result<Msg, AuditError> {
+    Msg::internal(&Record::from_event(event)).map_err(open_err)
 }
 
 /// Acts on a scan: cuts the torn tail, opens (or creates) the segment to append to, and lists
@@ -393,14 +353,14 @@ pub(super) fn apply(
     let mut records = Vec::new();
     let mut checkpoint_after = None;
     let tail = Tail {
-        next_seq: checker.next_seq,
-        prev: checker.prev,
-        tree: checker.tree.clone(),
+        next_seq: checker.next_seq(),
+        prev: checker.prev(),
+        tree: checker.tree().clone(),
     };
-    let last_checkpoint_seq = checker.last_checkpoint.as_ref().map(|c| c.seq);
+    let last_checkpoint_seq = checker.last_checkpoint().map(|c| c.seq);
 
     let saved_as = match &torn {
-        Some(t) => Some(cut_torn_tail(dir, t, checker.next_seq)?),
+        Some(t) => Some(cut_torn_tail(dir, t, checker.next_seq())?),
         None => None,
     };
 
@@ -443,7 +403,7 @@ pub(super) fn apply(
         });
     };
 
-    let state = checker.segment.clone();
+    let state = checker.segment().cloned();
     let file = OpenOptions::new()
         .read(true)
         .append(true)
@@ -465,7 +425,7 @@ pub(super) fn apply(
         started: state
             .as_ref()
             .and_then(|s| s.first_ts.as_deref())
-            .and_then(crate::rfc3339::parse),
+            .and_then(signerd_auditor::rfc3339::parse),
         content: state.as_ref().is_some_and(|s| s.content),
     };
     let mut writer = Writer::new(
@@ -487,20 +447,21 @@ pub(super) fn apply(
         Some(s) if s.records == 0 && s.no > 1 => {
             // The next segment was created (or its first record was torn) but has no
             // audit.segment_open yet.
-            let Some(prev) = &checker.sealed else {
+            let Some(prev) = checker.sealed() else {
                 return Err(open_err(format!(
                     "{} is empty and no sealed segment precedes it",
                     last.path.display()
                 )));
             };
-            records.push(msg(&Record::new("audit.segment_open")
-                .field("segment", s.name.as_str())
-                .field("previous", prev.name.as_str())
-                .field("previous_sha256", hex::encode(prev.sha256))
-                .field("previous_bytes", prev.bytes))?);
+            records.push(msg(&AuditSegmentOpen {
+                segment: s.name.clone(),
+                previous: prev.name.clone(),
+                previous_sha256: hex::encode(prev.sha256),
+                previous_bytes: prev.bytes,
+            })?);
             checkpoint_after = Some(1);
         }
-        Some(_) if checker.last_kind.as_deref() == Some("audit.segment_open") => {
+        Some(_) if checker.last_kind().and_then(Kind::parse) == Some(Kind::AuditSegmentOpen) => {
             // The rotation wrote audit.segment_open and stopped before its checkpoint.
             checkpoint_after = Some(0);
         }
@@ -509,24 +470,29 @@ pub(super) fn apply(
     if let (Some(t), Some(saved_as)) = (&torn, saved_as) {
         let mut sha = Sha256::new();
         sha.update(&t.bytes);
-        records.push(msg(&Record::new("audit.recover")
-            .field("segment", t.segment.name.as_str())
-            .field("offset", t.offset)
-            .field("bytes", t.bytes.len() as u64)
-            .field("sha256", hex::encode(sha.finalize()))
-            .field("saved_as", saved_as))?);
+        records.push(msg(&AuditRecover {
+            segment: t.segment.name.clone(),
+            offset: t.offset,
+            bytes: t.bytes.len() as u64,
+            sha256: hex::encode(sha.finalize()),
+            saved_as,
+        })?);
     }
-    for open in checker.pairing.open_allows() {
-        records.push(msg(&Record::new("sign.result")
-            .field("req_id", open.req_id.as_deref())
-            .field("client", open.client.as_deref())
-            .field("status", "unknown_crash")
-            .field("decision_seq", open.decision.map(|(_, s)| s))
-            .field(
-                "message",
-                "signerd stopped after this request was allowed and before its result was durable; \
-                 no signature was returned to the client, but one may have been made",
-            ))?);
+    for open in checker.open_allows() {
+        // Every request open_allows returns has its allowing decision.
+        let Some((_, decision_seq)) = open.decision else {
+            continue;
+        };
+        records.push(msg(&SignResult {
+            req_id: open.req_id,
+            client: open.client,
+            outcome: Outcome::UnknownCrash {
+                decision_seq,
+                message: "signerd stopped after this request was allowed and before its result was durable; \
+                          no signature was returned to the client, but one may have been made"
+                    .to_owned(),
+            },
+        })?);
     }
     Ok(Recovery {
         writer,

@@ -1,6 +1,7 @@
-//! Tests of the audit log against real files: envelope and chain, group commit, fail-closed
-//! cases, checkpoints, rotation, crash recovery (every byte offset of a torn tail), and the
-//! verifier catching each kind of tampering.
+//! Tests of the audit log writer against real files: envelope and chain, group commit,
+//! fail-closed cases, checkpoints, rotation and crash recovery (every byte offset of a torn
+//! tail), each log checked with the auditor crate's verifier. The verifier, proofs and queries
+//! themselves are tested in that crate (`signerd/auditor`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
@@ -8,9 +9,39 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use super::note::{MemorySigner, verify_note};
-use super::verify::{VerifyOptions, verify_dir};
+use signerd_auditor::note::verify_note;
+use signerd_auditor::segments;
+use signerd_auditor::verify::{self, VerifyOptions, verify_dir};
+
 use super::*;
+
+/// An Ed25519 checkpoint key held in memory.
+struct MemorySigner {
+    name: String,
+    key: ed25519_dalek::SigningKey,
+}
+
+impl MemorySigner {
+    fn from_seed(name: &str, seed: [u8; 32]) -> MemorySigner {
+        MemorySigner {
+            name: name.to_owned(),
+            key: ed25519_dalek::SigningKey::from_bytes(&seed),
+        }
+    }
+}
+
+impl CheckpointSigner for MemorySigner {
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+    fn sign(&self, message: &[u8]) -> Result<[u8; 64], String> {
+        use ed25519_dalek::Signer as _;
+        Ok(self.key.sign(message).to_bytes())
+    }
+}
 
 /// Pretended free space per directory (see [`super::free_bytes`]).
 static FAKE_FREE: Mutex<Vec<(PathBuf, u64)>> = Mutex::new(Vec::new());
@@ -159,7 +190,7 @@ fn check_chain(dir: &Path) -> Vec<[u8; 32]> {
         assert!(text.starts_with(&prefix), "line {i}: {text}");
         let ts = &text[prefix.len()..prefix.len() + 27];
         assert!(ts.ends_with('Z') && ts.as_bytes()[19] == b'.', "ts {ts}");
-        crate::rfc3339::parse(ts).unwrap();
+        signerd_auditor::rfc3339::parse(ts).unwrap();
         assert!(
             text[prefix.len() + 27..].starts_with("\",\"type\":\""),
             "{text}"
@@ -1491,7 +1522,7 @@ async fn truncation_at_every_byte_offset_of_the_last_records() {
         // What recovery decides (read-only).
         let scan = recover::scan(work.path(), &key).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
         let complete = starts.iter().filter(|s| **s <= cut).count() - 1;
-        assert_eq!(scan.checker.next_seq, complete as u64, "cut {cut}");
+        assert_eq!(scan.checker.next_seq(), complete as u64, "cut {cut}");
         let line_start = starts[complete];
         match &scan.torn {
             None => assert_eq!(cut, line_start, "cut {cut}: no torn tail found"),
@@ -1525,267 +1556,6 @@ async fn truncation_at_every_byte_offset_of_the_last_records() {
         }
     }
     assert!(opened > 20, "{opened} real starts");
-}
-
-#[tokio::test]
-async fn verifier_detects_tampering() {
-    let dir = TempDir::new("tamper");
-    let log = AuditLog::open(
-        dir.path(),
-        AuditOptions {
-            checkpoint_every_records: 4,
-            ..opts()
-        },
-    )
-    .unwrap();
-    for i in 0..10u32 {
-        log.append_durable(Record::new("x.n").field("i", i))
-            .await
-            .unwrap();
-    }
-    log.shutdown().await.unwrap();
-    verify(dir.path());
-    let original = std::fs::read(dir.segment()).unwrap();
-    let l = lines(&dir.segment());
-    let write = |lines: &[Vec<u8>]| std::fs::write(dir.segment(), join(lines)).unwrap();
-
-    // A changed byte.
-    let mut t = l.clone();
-    let pos = t[3].windows(4).position(|w| w == b"\"i\":").unwrap() + 4;
-    t[3][pos] = b'7';
-    write(&t);
-    let e = verify_err(dir.path());
-    assert!(e.contains(":5 (seq 4): prev is"), "{e}");
-    // Deleted, reordered, inserted.
-    let mut t = l.clone();
-    t.remove(5);
-    write(&t);
-    assert!(verify_err(dir.path()).contains("seq is 6, expected 5"));
-    let mut t = l.clone();
-    t.swap(5, 6);
-    write(&t);
-    assert!(verify_err(dir.path()).contains("seq is 6, expected 5"));
-    let mut t = l.clone();
-    t.insert(5, l[5].clone());
-    write(&t);
-    assert!(verify_err(dir.path()).contains("seq is 5, expected 6"));
-    // Rewritten with a consistent chain: only the signed checkpoints catch it.
-    let mut t = l.clone();
-    let pos = t[2].windows(4).position(|w| w == b"\"i\":").unwrap() + 4;
-    t[2][pos] = b'8';
-    let mut prev = ring_leaf(&t[2]);
-    for line in t.iter_mut().skip(3) {
-        let s = String::from_utf8(line.clone()).unwrap();
-        let cut = s.rfind(",\"prev\":\"").unwrap();
-        let fixed = format!("{},\"prev\":\"{}\"}}", &s[..cut], hex::encode(prev));
-        *line = fixed.into_bytes();
-        prev = ring_leaf(line);
-    }
-    write(&t);
-    let e = verify_err(dir.path());
-    assert!(
-        e.contains("records before this checkpoint were changed"),
-        "{e}"
-    );
-    // A checkpoint replaced by one signed with another key.
-    let cp_line = l
-        .iter()
-        .position(|x| json(x)["type"] == "audit.checkpoint")
-        .unwrap();
-    let v = json(&l[cp_line]);
-    let cp = note::parse_note(v["note"].as_str().unwrap()).unwrap().0;
-    let forged = cp.sign(&MemorySigner::from_seed(ORIGIN, [9; 32])).unwrap();
-    let mut t = l.clone();
-    let text = String::from_utf8(t[cp_line].clone()).unwrap();
-    let old_note = serde_json::to_string(v["note"].as_str().unwrap()).unwrap();
-    let new_note = serde_json::to_string(&forged).unwrap();
-    t[cp_line] = text.replace(&old_note, &new_note).into_bytes();
-    write(&t);
-    let e = verify_err(dir.path());
-    assert!(
-        e.contains(&format!(":{} (seq {cp_line}): ", cp_line + 1)),
-        "{e}"
-    );
-    // Without the key the forged checkpoint still breaks the chain at the next record.
-    assert!(
-        e.contains("checkpoint signature") || e.contains("prev is"),
-        "{e}"
-    );
-    // Truncated (whole lines): the checkpoint file still covers more.
-    write(&l[..l.len() - 2]);
-    assert!(verify_err(dir.path()).contains("records at the end were removed"));
-    // An older or forged checkpoint file.
-    std::fs::write(dir.segment(), &original).unwrap();
-    let cp_file = dir.path().join("checkpoint");
-    let saved = std::fs::read(&cp_file).unwrap();
-    std::fs::write(&cp_file, &forged).unwrap();
-    let e = verify_err(dir.path());
-    assert!(
-        e.contains("/checkpoint: the note has no signature by"),
-        "{e}"
-    );
-    std::fs::write(&cp_file, &saved).unwrap();
-    verify(dir.path());
-}
-
-#[tokio::test]
-async fn prove_and_check_inclusion() {
-    let dir = TempDir::new("prove");
-    let log = AuditLog::open(dir.path(), opts()).unwrap();
-    let mut receipts = Vec::new();
-    for i in 0..13u32 {
-        receipts.push(
-            log.append_durable(Record::new("x.n").field("i", i))
-                .await
-                .unwrap(),
-        );
-    }
-    let err = prove::prove(dir.path(), 3).unwrap_err();
-    assert!(err.contains("no checkpoint yet"), "{err}");
-    log.shutdown().await.unwrap();
-    for r in &receipts {
-        let p = prove::prove(dir.path(), r.seq).unwrap();
-        assert_eq!(p.leaf_hash, hex::encode(r.leaf_hash));
-        assert_eq!(p.tree_size, 15);
-        let cp = prove::check(&p, Some(&vkey())).unwrap();
-        assert_eq!(cp.size, 15);
-        let mut bad = p.clone();
-        bad.leaf_hash = hex::encode([1u8; 32]);
-        assert!(prove::check(&bad, Some(&vkey())).is_err());
-        let mut bad = p.clone();
-        bad.seq ^= 1;
-        assert!(prove::check(&bad, Some(&vkey())).is_err());
-    }
-    let err = prove::prove(dir.path(), 15).unwrap_err();
-    assert!(err.contains("not covered by a checkpoint yet"), "{err}");
-}
-
-#[tokio::test]
-async fn decisions_and_results_pair_by_client_and_req_id() {
-    let dir = TempDir::new("pair-by-client");
-    let log = AuditLog::open(dir.path(), opts()).unwrap();
-    // Two clients use the same req_id; the second one's request is decided and finished first.
-    for (client, key) in [("a", "k-a"), ("b", "k-b")] {
-        log.append(
-            Record::new("sign.request")
-                .field("req_id", "r")
-                .field("client", client)
-                .field("key", key),
-        )
-        .unwrap();
-    }
-    for (client, decision, status) in [("b", "deny", "denied"), ("a", "allow", "signed")] {
-        log.append(
-            Record::new("sign.decision")
-                .field("req_id", "r")
-                .field("client", client)
-                .field("decision", decision),
-        )
-        .unwrap();
-        log.append(
-            Record::new("sign.result")
-                .field("req_id", "r")
-                .field("client", client)
-                .field("status", status),
-        )
-        .unwrap();
-    }
-    log.shutdown().await.unwrap();
-    let r = verify(dir.path());
-    assert!(r.pending.is_empty());
-    let mut rows = Vec::new();
-    query::query(
-        dir.path(),
-        &query::Filter {
-            key: Some("k-b".into()),
-            kind: Some("sign.*".into()),
-            ..Default::default()
-        },
-        |r| {
-            rows.push(r.clone());
-            Ok(())
-        },
-    )
-    .unwrap();
-    let summary: Vec<String> = rows.iter().map(|r| query::summary(&r.line)).collect();
-    assert_eq!(rows.len(), 3, "{summary:?}");
-    assert!(rows.iter().all(|r| r.client.as_deref() == Some("b")));
-    assert!(summary[1].starts_with("deny"), "{summary:?}");
-}
-
-#[tokio::test]
-async fn query_and_tail() {
-    let dir = TempDir::new("query");
-    let log = log_with_requests(&dir, opts()).await;
-    log.shutdown().await.unwrap();
-    let run = |f: query::Filter| {
-        let mut rows = Vec::new();
-        query::query(dir.path(), &f, |r| {
-            rows.push(r.clone());
-            Ok(())
-        })
-        .unwrap();
-        rows
-    };
-    let rows = run(query::Filter {
-        key: Some("hot".into()),
-        ..Default::default()
-    });
-    assert_eq!(rows.len(), 6, "{rows:?}");
-    assert!(rows.iter().all(|r| r.client.as_deref() == Some("app")));
-    let rows = run(query::Filter {
-        req_id: Some("no".into()),
-        kind: Some("sign.d*".into()),
-        ..Default::default()
-    });
-    assert_eq!(rows.len(), 1);
-    assert_eq!(rows[0].kind, "sign.decision");
-    assert_eq!(query::summary(&rows[0].line), "deny []");
-    assert_eq!(
-        all_lines(dir.path())[rows[0].seq as usize],
-        rows[0].line.as_bytes()
-    );
-    let rows = run(query::Filter {
-        until: Some("2000-01-01T00:00:00Z".into()),
-        ..Default::default()
-    });
-    assert!(rows.is_empty());
-    let rows = run(query::Filter {
-        since: Some("2000-01-01T00:00:00Z".into()),
-        kind: Some("audit.start".into()),
-        ..Default::default()
-    });
-    assert_eq!(rows.len(), 1);
-
-    let (last, mut follower) = query::Follower::start(dir.path(), 2).unwrap();
-    assert_eq!(last.len(), 2);
-    assert!(last[1].contains("audit.checkpoint"));
-    assert!(follower.poll().unwrap().is_empty());
-    let log = AuditLog::open(
-        dir.path(),
-        AuditOptions {
-            max_segment_bytes: 100,
-            ..opts()
-        },
-    )
-    .unwrap();
-    log.append_durable(Record::new("x.after")).await.unwrap();
-    log.shutdown().await.unwrap();
-    let new: Vec<String> = follower
-        .poll()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .collect();
-    assert_eq!(new[0], "audit.start");
-    assert!(new.contains(&"audit.segment_open".to_owned()), "{new:?}");
-    assert_eq!(new.last().unwrap(), "audit.checkpoint");
-    assert_eq!(new.len(), types(dir.path()).len() - 9, "{new:?}");
 }
 
 /// Throughput of the start-up scan and of the verifier over a generated log of 1M records.
@@ -1853,7 +1623,7 @@ async fn bench_scan_and_verify_1m() {
         .sum();
     let t = std::time::Instant::now();
     let scan = recover::scan(dir.path(), &vkey()).unwrap();
-    let records = scan.checker.next_seq;
+    let records = scan.checker.next_seq();
     let scan_time = t.elapsed();
     let t = std::time::Instant::now();
     let r = verify(dir.path());
@@ -1878,50 +1648,4 @@ async fn bench_scan_and_verify_1m() {
             vkey()
         );
     }
-}
-
-/// Writes one `approval.grant` whose signature is made over `signed_expires` while the record
-/// says `expires = 100`.
-async fn grant_log(name: &str, signed_expires: i64) -> TempDir {
-    use crate::approvals::{Vote, message, sign};
-    let dir = TempDir::new(name);
-    let log = AuditLog::open(dir.path(), opts()).unwrap();
-    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]);
-    let fp = "ab".repeat(32);
-    let sig = sign(
-        &key,
-        &message("app", "r1", &fp, Vote::Approve, signed_expires),
-    );
-    log.append_durable(
-        Record::new("approval.grant")
-            .field("req_id", "r1")
-            .field("client", "app")
-            .field("approver", "bob")
-            .field("cert_sha256", "cd".repeat(32))
-            .field("fingerprint", fp)
-            .field("decision", "approve")
-            .field("expires", 100)
-            .field("public_key", hex::encode(key.verifying_key().to_bytes()))
-            .field("signature", hex::encode(sig))
-            .field("reason", Option::<&str>::None)
-            .field("policy_hash", "ef".repeat(32)),
-    )
-    .await
-    .unwrap();
-    log.shutdown().await.unwrap();
-    dir
-}
-
-#[tokio::test]
-async fn verifier_checks_every_approval_signature() {
-    let good = grant_log("grant-good", 100).await;
-    verify(good.path());
-    // A record whose signed expiry was changed (or a forged grant) fails verification even
-    // though its chain and checkpoints are intact.
-    let bad = grant_log("grant-bad", 101).await;
-    let e = verify_err(bad.path());
-    assert!(
-        e.contains("approval.grant for req_id \"r1\"") && e.contains("does not verify"),
-        "{e}"
-    );
 }

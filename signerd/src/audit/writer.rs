@@ -28,17 +28,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 
-use super::merkle::{self, Frontier, Hash};
-use super::note::{Checkpoint, CheckpointSigner};
-use super::record::Record;
-use super::segments::segment_name;
+use signerd_auditor::events::{AuditCheckpoint, AuditSegmentOpen, AuditSegmentSeal, Kind};
+use signerd_auditor::layout::CHECKPOINT_FILE;
+use signerd_auditor::merkle::{self, Frontier, Hash};
+use signerd_auditor::note::{Checkpoint, CheckpointSigner};
+use signerd_auditor::record::Record;
+use signerd_auditor::segments::segment_name;
+
 use super::{AuditError, Receipt};
 
 /// Suffix of every message that stops signing, so operators know what to do.
 pub(super) const STOPPED: &str = "signing is stopped until an operator restarts signerd";
-
-/// Name of the file holding the latest checkpoint, in the log directory.
-pub(super) const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// A reply channel for one record.
 pub(super) type Reply = tokio::sync::oneshot::Sender<Result<Receipt, AuditError>>;
@@ -471,7 +471,7 @@ impl Writer {
                 .next_seq
                 .checked_add(1)
                 .ok_or_else(|| format!("seq overflows; {STOPPED}"))?;
-            content |= !super::check::is_bookkeeping(msg.kind);
+            content |= !Kind::parse(msg.kind).is_some_and(Kind::is_bookkeeping);
         }
         let _io = self.shared.io();
         self.seg.file.write_all(&self.buf).map_err(|e| {
@@ -532,10 +532,11 @@ impl Writer {
     }
 
     fn append_checkpoint(&mut self, checkpoint: &Checkpoint, note: &str) -> Result<(), String> {
-        let record = Record::new("audit.checkpoint")
-            .field("size", checkpoint.size)
-            .field("root", hex::encode(checkpoint.root))
-            .field("note", note);
+        let record = Record::from_event(&AuditCheckpoint {
+            size: checkpoint.size,
+            root: hex::encode(checkpoint.root),
+            note: note.to_owned(),
+        });
         let msg = Msg::internal(&record)?;
         let seq = self.tail.next_seq;
         self.commit(std::slice::from_ref(&msg), true)?;
@@ -615,14 +616,12 @@ impl Writer {
     /// Seals the active segment, starts the next one and checkpoints.
     fn rotate(&mut self) -> Result<(), String> {
         let name = segment_name(self.seg.no);
-        let seal = Record::new("audit.segment_seal")
-            .field("segment", name.as_str())
-            .field(
-                "first_seq",
-                self.seg.first_seq.unwrap_or(self.tail.next_seq),
-            )
-            .field("records", self.seg.records + 1);
-        self.commit(&[Msg::internal(&seal)?], true)?;
+        let seal = AuditSegmentSeal {
+            segment: name,
+            first_seq: self.seg.first_seq.unwrap_or(self.tail.next_seq),
+            records: self.seg.records + 1,
+        };
+        self.commit(&[Msg::internal(&Record::from_event(&seal))?], true)?;
         let open = self.open_next_segment()?;
         self.commit(&[open], true)?;
         self.checkpoint()
@@ -672,12 +671,13 @@ impl Writer {
             started: None,
             content: false,
         };
-        let open = Record::new("audit.segment_open")
-            .field("segment", segment_name(no))
-            .field("previous", old_name)
-            .field("previous_sha256", hex::encode(old_sha))
-            .field("previous_bytes", old_bytes);
-        Msg::internal(&open)
+        let open = AuditSegmentOpen {
+            segment: segment_name(no),
+            previous: old_name,
+            previous_sha256: hex::encode(old_sha),
+            previous_bytes: old_bytes,
+        };
+        Msg::internal(&Record::from_event(&open))
     }
 
     /// Checkpoints and rotates when due.

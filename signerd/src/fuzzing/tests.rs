@@ -312,7 +312,7 @@ fn write_seeds() {
     let checkpoint = std::fs::read(example.join("checkpoint")).unwrap();
     put("audit_note", "checkpoint", &checkpoint);
     put("audit_note", "vkey", AUDIT_VKEY.as_bytes());
-    let proof = crate::audit::prove::prove(&example, 5).unwrap();
+    let proof = signerd_auditor::prove::prove(&example, 5).unwrap();
     put(
         "audit_proof",
         "seq-5",

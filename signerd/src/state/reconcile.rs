@@ -8,10 +8,14 @@
 //! `require_approval` decision and no result yet): they hold their spend across restarts.
 
 use std::collections::{HashMap, HashSet};
-use std::io::BufRead;
 use std::path::Path;
 
 use alloy_primitives::U256;
+use signerd_auditor::envelope;
+use signerd_auditor::events::{
+    self, Decision, Kind, Method, SignDecision, SignRequest, SignResult, Status,
+};
+use signerd_auditor::segments::{self, LineReader, Next};
 
 use super::spend::{Entry, MAX_WINDOW_SECS};
 
@@ -27,8 +31,12 @@ pub struct LoggedAnswer<'a> {
     pub method: &'a str,
     /// The request's fingerprint.
     pub fingerprint: &'a str,
-    /// The `sign.result` record.
+    /// The `sign.result` record, as JSON.
     pub result: &'a serde_json::Value,
+    /// The `sign.result` record, typed.
+    pub record: &'a SignResult,
+    /// The `seq` of the `sign.result` record.
+    pub seq: u64,
     /// The exact line of the `sign.result` record (without its newline): its leaf hash is
     /// part of the answer.
     pub line: &'a str,
@@ -43,60 +51,64 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
 
 /// [`signed_spend`], also handing every final answer in the log to `on_answer`, in log order
 /// (a later answer for the same request comes later).
+///
+/// The log has been checked and recovered before this runs (`AuditLog::open`), so every line
+/// is a record; one that is not is skipped.
 pub fn scan(
     dir: &Path,
     now: i64,
     on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
 ) -> Result<Vec<Entry>, String> {
     let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
-    let mut segments: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("segment-") && n.ends_with(".jsonl"))
-        })
-        .collect();
-    // Fixed-width numbers: name order is segment order.
-    segments.sort();
     let mut client_of: HashMap<String, String> = HashMap::new();
     // (method, fingerprint) of the last `sign.request` of each request without a result yet.
-    let mut requested: HashMap<String, (String, String)> = HashMap::new();
+    let mut requested: HashMap<String, (Method, String)> = HashMap::new();
     let mut charged: HashMap<String, Vec<Entry>> = HashMap::new();
     let mut signed: HashSet<String> = HashSet::new();
     // Requests whose last decision was `require_approval`, until a result ends them.
     let mut waiting: HashSet<String> = HashSet::new();
-    for path in segments {
-        let file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        for (no, line) in std::io::BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|e| format!("{}:{}: {e}", path.display(), no + 1))?;
-            let at = || format!("{}:{}", path.display(), no + 1);
-            // Recovery has already refused or cut anything that is not a record.
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) else {
+    for seg in segments::list(dir)? {
+        let mut reader = LineReader::open(&seg.path)?;
+        loop {
+            let next = reader
+                .next_line()
+                .map_err(|e| format!("cannot read {}: {e}", seg.path.display()))?;
+            let (line, lineno) = match next {
+                Next::Eof => break,
+                Next::TooLong { lineno, .. } => {
+                    return Err(format!(
+                        "{}:{lineno}: longer than a record may be",
+                        seg.path.display()
+                    ));
+                }
+                Next::Line { terminated, .. } if !terminated => break,
+                Next::Line { bytes, lineno, .. } => (bytes, lineno),
+            };
+            let at = || format!("{}:{lineno}", seg.path.display());
+            let Ok(env) = envelope::parse(line) else {
                 continue;
             };
-            let (Some(kind), Some(req_id)) = (v["type"].as_str(), v["req_id"].as_str()) else {
+            let (Some(kind), Some(req_id)) = (env.kind, env.req_id.as_str()) else {
                 continue;
             };
-            if kind == "sign.request" {
-                if let Some(client) = v["client"].as_str() {
+            if kind == Kind::SignRequest {
+                if let Some(client) = env.client.as_str() {
                     client_of.insert(req_id.to_owned(), client.to_owned());
-                    if let (Some(method), Some(fingerprint)) =
-                        (v["method"].as_str(), v["fingerprint"].as_str())
+                    if let Ok(SignRequest {
+                        method,
+                        fingerprint: Some(fingerprint),
+                        ..
+                    }) = events::read(line)
                     {
-                        requested.insert(
-                            format!("{client}\0{req_id}"),
-                            (method.to_owned(), fingerprint.to_owned()),
-                        );
+                        requested.insert(format!("{client}\0{req_id}"), (method, fingerprint));
                     }
                 }
                 continue;
             }
             // Decision and result records name their client; pairing through the request
-            // record is the fallback for records that do not.
-            let Some(client) = v["client"]
+            // record is the fallback for records of earlier releases, which do not.
+            let Some(client) = env
+                .client
                 .as_str()
                 .map(str::to_owned)
                 .or_else(|| client_of.get(req_id).cloned())
@@ -104,35 +116,29 @@ pub fn scan(
                 continue;
             };
             let owner = format!("{client}\0{req_id}");
-            match kind {
-                "sign.decision"
-                    if v["decision"] == "allow" || v["decision"] == "require_approval" =>
-                {
-                    if v["decision"] == "require_approval" {
+            match (kind, env.decision()) {
+                (Kind::SignDecision, Some(d @ (Decision::Allow | Decision::RequireApproval))) => {
+                    if d == Decision::RequireApproval {
                         waiting.insert(owner.clone());
                     } else {
                         waiting.remove(&owner);
                     }
-                    let ts = v["ts"]
-                        .as_str()
-                        .and_then(crate::rfc3339::parse_unix)
+                    let ts = signerd_auditor::rfc3339::parse_unix(env.ts)
                         .ok_or_else(|| format!("{}: `ts` is not an RFC 3339 time", at()))?;
                     if ts <= since {
                         continue;
                     }
-                    let mut entries = Vec::new();
-                    for c in v["charges"].as_array().into_iter().flatten() {
-                        let (Some(bucket), Some(amount)) =
-                            (c["bucket"].as_str(), c["amount"].as_str())
-                        else {
-                            return Err(format!("{}: a charge without bucket or amount", at()));
-                        };
-                        let amount: U256 = amount
+                    let decision: SignDecision = events::read(line)
+                        .map_err(|e| format!("{}: malformed sign.decision: {e}", at()))?;
+                    let mut entries = Vec::with_capacity(decision.charges.len());
+                    for c in decision.charges {
+                        let amount: U256 = c
+                            .amount
                             .parse()
                             .map_err(|e| format!("{}: charge amount: {e}", at()))?;
                         entries.push(Entry {
                             owner: owner.clone(),
-                            bucket: bucket.to_owned(),
+                            bucket: c.bucket,
                             ts,
                             amount,
                         });
@@ -140,27 +146,36 @@ pub fn scan(
                     // The decision at quorum replaces the one that sent the request to wait.
                     charged.insert(owner, entries);
                 }
-                "sign.decision" => {
+                (Kind::SignDecision, _) => {
                     waiting.remove(&owner);
                     charged.remove(&owner);
                 }
-                "sign.result" => {
+                (Kind::SignResult, _) => {
                     waiting.remove(&owner);
                     let request = requested.remove(&owner);
-                    if (v["status"] == "signed" || v["status"] == "denied")
+                    let status = env.status();
+                    if matches!(status, Some(Status::Signed | Status::Denied))
                         && let Some((method, fingerprint)) = &request
                     {
+                        let record: SignResult = events::read(line)
+                            .map_err(|e| format!("{}: malformed sign.result: {e}", at()))?;
+                        let value: serde_json::Value =
+                            serde_json::from_slice(line).map_err(|e| format!("{}: {e}", at()))?;
+                        let text =
+                            std::str::from_utf8(line).map_err(|e| format!("{}: {e}", at()))?;
                         on_answer(LoggedAnswer {
                             client: &client,
                             req_id,
-                            method,
+                            method: method.as_str(),
                             fingerprint,
-                            result: &v,
-                            line: &line,
+                            result: &value,
+                            record: &record,
+                            seq: env.seq,
+                            line: text,
                         })
                         .map_err(|e| format!("{}: {e}", at()))?;
                     }
-                    if v["status"] == "signed" {
+                    if status == Some(Status::Signed) {
                         signed.insert(owner);
                     }
                 }
@@ -178,40 +193,120 @@ pub fn scan(
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use signerd_auditor::Record;
+    use signerd_auditor::events::{Charge, Event, Outcome, Signature};
+
     use super::*;
 
-    fn decision(req: &str, decision: &str, amount: u64) -> String {
+    /// A record line of `event` written at `ts` (`seq` and `prev` do not matter here).
+    fn line(event: &impl Event, ts: &str) -> String {
+        let record = Record::from_event(event);
         format!(
-            r#"{{"v":1,"seq":0,"ts":"2026-01-01T00:00:00.000000Z","type":"sign.decision","req_id":"{req}","client":"app","decision":"{decision}","charges":[{{"limit":"l","bucket":"limit=l","window_secs":86400,"amount":"{amount}"}}],"prev":""}}"#
+            r#"{{"v":1,"seq":0,"ts":"{ts}","type":"{}"{},"prev":"{}"}}"#,
+            record.kind(),
+            String::from_utf8(record.encode().unwrap()).unwrap(),
+            "0".repeat(64)
         )
     }
 
-    fn result(req: &str, status: &str) -> String {
-        format!(
-            r#"{{"v":1,"seq":0,"ts":"2026-01-01T00:00:01.000000Z","type":"sign.result","req_id":"{req}","client":"app","status":"{status}","prev":""}}"#
+    fn decision(req: &str, decision: Decision, amount: u64) -> String {
+        line(
+            &SignDecision {
+                req_id: req.to_owned(),
+                client: Some("app".to_owned()),
+                decision,
+                rules: Vec::new(),
+                reason: None,
+                policy_serial: 1,
+                policy_hash: "ab".repeat(32),
+                action: serde_json::json!({}),
+                charges: vec![Charge {
+                    amount: amount.to_string(),
+                    bucket: "limit=l".to_owned(),
+                    limit: "l".to_owned(),
+                    window_secs: 86_400,
+                }],
+                approved_by: None,
+            },
+            "2026-01-01T00:00:00.000000Z",
         )
+    }
+
+    fn signed() -> Outcome {
+        Outcome::Signed {
+            signing_hash: format!("0x{}", "cd".repeat(32)),
+            tx_hash: None,
+            raw_tx: None,
+            signature: Signature {
+                bytes: "0x".to_owned(),
+                r: "0x01".to_owned(),
+                s: "0x02".to_owned(),
+                v: 27,
+            },
+            key_version: None,
+        }
+    }
+
+    fn rejected() -> Outcome {
+        Outcome::Rejected {
+            message: "rejected by `carol`".to_owned(),
+        }
+    }
+
+    fn result(req: &str, client: Option<&str>, outcome: Outcome) -> String {
+        line(
+            &SignResult {
+                req_id: Some(req.to_owned()),
+                client: client.map(str::to_owned),
+                outcome,
+            },
+            "2026-01-01T00:00:01.000000Z",
+        )
+    }
+
+    fn request(req: &str) -> String {
+        line(
+            &SignRequest {
+                req_id: Some(req.to_owned()),
+                method: Method::SignDigest,
+                client: "app".to_owned(),
+                cert_sha256: "ef".repeat(32),
+                key: Some("hot".to_owned()),
+                fingerprint: Some("12".repeat(32)),
+            },
+            "2026-01-01T00:00:00.000000Z",
+        )
+    }
+
+    const NOW: i64 = 1_767_225_600 + 10; // 2026-01-01T00:00:10Z
+
+    fn write(lines: &[String]) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(
+            tmp.path().join("segment-00000001.jsonl"),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
+        tmp
     }
 
     #[test]
     fn waiting_requests_keep_their_charges_until_a_result_ends_them() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        let lines = [
-            decision("signed", "allow", 1),
-            result("signed", "signed"),
-            decision("waiting", "require_approval", 10),
-            decision("approved", "require_approval", 100),
-            decision("approved", "allow", 200),
-            result("approved", "signed"),
-            decision("vetoed", "require_approval", 1000),
-            result("vetoed", "rejected"),
-            decision("denied-at-quorum", "require_approval", 10000),
-            decision("denied-at-quorum", "deny", 0),
-            decision("allowed-then-crashed", "allow", 100000),
-        ];
-        std::fs::write(dir.join("segment-00000001.jsonl"), lines.join("\n") + "\n").unwrap();
-        let now = 1_767_225_600 + 10; // 2026-01-01T00:00:10Z
-        let mut amounts: Vec<u64> = signed_spend(&dir, now)
+        use Decision::{Allow, Deny, RequireApproval};
+        let tmp = write(&[
+            decision("signed", Allow, 1),
+            result("signed", Some("app"), signed()),
+            decision("waiting", RequireApproval, 10),
+            decision("approved", RequireApproval, 100),
+            decision("approved", Allow, 200),
+            result("approved", Some("app"), signed()),
+            decision("vetoed", RequireApproval, 1000),
+            result("vetoed", Some("app"), rejected()),
+            decision("denied-at-quorum", RequireApproval, 10000),
+            decision("denied-at-quorum", Deny, 0),
+            decision("allowed-then-crashed", Allow, 100000),
+        ]);
+        let mut amounts: Vec<u64> = signed_spend(tmp.path(), NOW)
             .unwrap()
             .iter()
             .map(|e| e.amount.to::<u64>())
@@ -219,5 +314,46 @@ mod tests {
         amounts.sort_unstable();
         // Signed (1), still waiting (10), approved at its final charge (200).
         assert_eq!(amounts, vec![1, 10, 200]);
+    }
+
+    /// Signed and denied results are handed over with their request's method and fingerprint,
+    /// typed and as the exact line; a result of an earlier release (no `client`) pairs through
+    /// its request.
+    #[test]
+    fn final_answers_are_handed_over_with_their_request() {
+        let old = result("old", None, signed());
+        let tmp = write(&[
+            request("new"),
+            decision("new", Decision::Allow, 5),
+            result("new", Some("app"), signed()),
+            request("old"),
+            old.clone(),
+            request("vetoed"),
+            result("vetoed", Some("app"), rejected()),
+        ]);
+        let mut answers = Vec::new();
+        let spend = scan(tmp.path(), NOW, &mut |a| {
+            answers.push((
+                a.client.to_owned(),
+                a.req_id.to_owned(),
+                a.method.to_owned(),
+                a.record.outcome.status(),
+                a.line.to_owned(),
+            ));
+            assert_eq!(a.fingerprint, "12".repeat(32));
+            assert_eq!(a.result["seq"], a.seq);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(spend.len(), 1);
+        assert_eq!(answers.len(), 2, "{answers:?}");
+        assert_eq!(answers[0].1, "new");
+        assert_eq!(answers[0].2, "SignDigest");
+        assert_eq!(answers[0].3, Status::Signed);
+        assert_eq!(
+            (answers[1].0.as_str(), answers[1].1.as_str()),
+            ("app", "old")
+        );
+        assert_eq!(answers[1].4, old);
     }
 }

@@ -3,20 +3,20 @@
 //! `keygen` and `pubkey` work on the audit signing key named by a configuration file;
 //! `verify`, `prove`, `check-proof`, `query` and `tail` only read a log directory (a copy is
 //! fine) and never need the daemon or any secret. A failed verification exits non-zero and
-//! names the first bad record; nothing here ever modifies a log.
+//! names the first bad record; nothing here ever modifies a log. Those five run the commands
+//! of the auditor crate ([`signerd_auditor::commands`]), as its own binary `signerd-auditor`
+//! does, so both print the same.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Subcommand, ValueEnum};
 use serde_json::json;
 use signerd::audit::key::{self, SoftCheckpointKey};
-use signerd::audit::note::VerifierKey;
-use signerd::audit::prove::{self, InclusionProof};
-use signerd::audit::query::{self, Filter, Follower};
-use signerd::audit::verify::{self, VerifyOptions};
+use signerd_auditor::commands::{self, CommandError};
+use signerd_auditor::note::VerifierKey;
+use signerd_auditor::query::Filter;
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCmd {
@@ -125,14 +125,10 @@ pub(crate) struct PubkeyArgs {
 
 impl PubkeyArgs {
     fn key(&self) -> anyhow::Result<Option<VerifierKey>> {
-        let text = match (&self.pubkey, &self.pubkey_file) {
-            (Some(k), _) => k.clone(),
-            (None, Some(f)) => {
-                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
-            }
-            (None, None) => return Ok(None),
-        };
-        Ok(Some(VerifierKey::parse(&text)?))
+        Ok(commands::verifier_key(
+            self.pubkey.as_deref(),
+            self.pubkey_file.as_deref(),
+        )?)
     }
 }
 
@@ -140,20 +136,20 @@ fn load_config(path: &Path) -> anyhow::Result<signerd::config::Config> {
     Ok(signerd::config::Config::load(path)?)
 }
 
-fn read_input(file: &Path) -> anyhow::Result<String> {
-    if file == Path::new("-") {
-        let mut s = String::new();
-        std::io::Read::read_to_string(
-            &mut std::io::Read::take(std::io::stdin(), 16 << 20),
-            &mut s,
-        )?;
-        return Ok(s);
-    }
-    let meta = std::fs::metadata(file).with_context(|| file.display().to_string())?;
-    if meta.len() > 16 << 20 {
-        bail!("{}: larger than 16 MiB", file.display());
-    }
-    std::fs::read_to_string(file).with_context(|| file.display().to_string())
+/// Runs a command of the auditor crate on a blocking thread (they read and hash whole logs),
+/// writing to stdout.
+async fn blocking(
+    run: impl FnOnce(&mut dyn Write) -> Result<(), CommandError> + Send + 'static,
+) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let done = run(&mut out);
+        out.flush()?;
+        Ok(done?)
+    })
+    .await
+    .context("audit task")?
 }
 
 /// Generates the audit checkpoint key in the `pkcs11` token or `vault` server of `[keys]`.
@@ -272,46 +268,12 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
             key,
             checkpoints,
         } => {
-            let mut opts = VerifyOptions {
-                key: key.key()?,
-                checkpoints: Vec::new(),
-            };
-            for f in checkpoints {
-                opts.checkpoints
-                    .push((format!("checkpoint {}", f.display()), read_input(&f)?));
-            }
-            // Reading and hashing a large log is blocking work.
-            let report = tokio::task::spawn_blocking(move || verify::verify_dir(&dir, &opts))
-                .await
-                .context("verification task")?;
-            match report {
-                Ok(r) => {
-                    print_report(&r, json_out)?;
-                    Ok(())
-                }
-                Err(f) => {
-                    if json_out {
-                        println!(
-                            "{}",
-                            json!({"ok": false, "failure": {
-                                "location": f.location, "seq": f.seq, "message": f.message}})
-                        );
-                    }
-                    bail!("audit log verification FAILED: {f}")
-                }
-            }
+            let key = key.key()?;
+            blocking(move |out| commands::verify(&dir, key, &checkpoints, json_out, out)).await
         }
         AuditCmd::Prove { dir, seq, key } => {
             let key = key.key()?;
-            let proof = tokio::task::spawn_blocking(move || prove::prove(&dir, seq))
-                .await
-                .context("proof task")?
-                .map_err(anyhow::Error::msg)?;
-            if let Some(k) = &key {
-                prove::check(&proof, Some(k)).map_err(anyhow::Error::msg)?;
-            }
-            println!("{}", serde_json::to_string_pretty(&proof)?);
-            Ok(())
+            blocking(move |out| commands::prove(&dir, seq, key.as_ref(), out)).await
         }
         AuditCmd::CheckProof {
             file,
@@ -319,32 +281,10 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
             leaf_hash,
         } => {
             let key = key.key()?;
-            let proof: InclusionProof =
-                serde_json::from_str(&read_input(&file)?).context("parsing the proof")?;
-            if let Some(want) = leaf_hash {
-                let want = want.trim_start_matches("0x").to_ascii_lowercase();
-                if want != proof.leaf_hash {
-                    bail!("the proof is for leaf hash {}, not {want}", proof.leaf_hash);
-                }
-            }
-            let cp = prove::check(&proof, key.as_ref()).map_err(anyhow::Error::msg)?;
-            let signed = match &key {
-                Some(k) => format!("signed by {k}"),
-                None => "signature NOT checked (give --pubkey)".to_owned(),
-            };
-            if json_out {
-                println!(
-                    "{}",
-                    json!({"ok": true, "seq": proof.seq, "tree_size": cp.size,
-                           "origin": cp.origin, "signature_checked": key.is_some()})
-                );
-            } else {
-                println!(
-                    "OK: record {} (leaf {}) is in the tree of {} records of {}; checkpoint {signed}",
-                    proof.seq, proof.leaf_hash, cp.size, cp.origin
-                );
-            }
-            Ok(())
+            blocking(move |out| {
+                commands::check_proof(&file, key.as_ref(), leaf_hash.as_deref(), json_out, out)
+            })
+            .await
         }
         AuditCmd::Query {
             dir,
@@ -364,140 +304,14 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
                 since,
                 until,
             };
-            tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                let stdout = std::io::stdout();
-                let mut out = std::io::BufWriter::new(stdout.lock());
-                if let Format::Table = format {
-                    writeln!(
-                        out,
-                        "{:>8}  {:<27}  {:<18}  {:<20}  {:<12}  {:<16}  summary",
-                        "seq", "ts", "type", "req_id", "client", "key"
-                    )?;
-                }
-                query::query(&dir, &filter, |row| {
-                    let written = match format {
-                        Format::Json => writeln!(out, "{}", row.line),
-                        Format::Table => writeln!(
-                            out,
-                            "{:>8}  {:<27}  {:<18}  {:<20}  {:<12}  {:<16}  {}",
-                            row.seq,
-                            row.ts,
-                            row.kind,
-                            row.req_id.as_deref().unwrap_or("-"),
-                            row.client.as_deref().unwrap_or("-"),
-                            row.key.as_deref().unwrap_or("-"),
-                            query::summary(&row.line)
-                        ),
-                    };
-                    written.map_err(|e| e.to_string())
-                })
-                .map_err(anyhow::Error::msg)?;
-                out.flush()?;
-                Ok(())
-            })
-            .await
-            .context("query task")?
+            let format = match format {
+                Format::Json => commands::Format::Json,
+                Format::Table => commands::Format::Table,
+            };
+            blocking(move |out| commands::query(&dir, &filter, format, out)).await
         }
         AuditCmd::Tail { dir, lines, follow } => {
-            let (last, mut follower) = Follower::start(&dir, lines).map_err(anyhow::Error::msg)?;
-            for l in last {
-                println!("{l}");
-            }
-            if follow {
-                loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    for l in follower.poll().map_err(anyhow::Error::msg)? {
-                        println!("{l}");
-                    }
-                    std::io::stdout().flush()?;
-                }
-            }
-            Ok(())
+            blocking(move |out| commands::tail(&dir, lines, follow, out)).await
         }
     }
-}
-
-fn print_report(r: &verify::Report, json_out: bool) -> anyhow::Result<()> {
-    if json_out {
-        let mut v = serde_json::to_value(r)?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("ok".to_owned(), json!(true));
-        }
-        println!("{v}");
-        return Ok(());
-    }
-    let s = &r.stats;
-    println!(
-        "records:      {} (seq 0 to {}) in {} segment(s): {} .. {}",
-        s.records,
-        r.last_seq.map_or("-".to_owned(), |x| x.to_string()),
-        r.segments.len(),
-        r.segments.first().map_or("-", String::as_str),
-        r.segments.last().map_or("-", String::as_str)
-    );
-    println!("hash chain:   OK (envelopes, seq without gaps, prev chain, segment chaining)");
-    match &r.last_checkpoint {
-        Some(c) => println!(
-            "checkpoints:  {} OK, origin {}; the last covers {} records, root {}",
-            s.checkpoints,
-            r.origin.as_deref().unwrap_or("-"),
-            c.seq,
-            c.root
-        ),
-        None => println!("checkpoints:  none in the log"),
-    }
-    match &r.signatures_checked_with {
-        Some(k) => println!("signatures:   every checkpoint signature verified with {k}"),
-        None => println!(
-            "signatures:   NOT checked (give --pubkey with the verifier key from `signerctl audit pubkey`)"
-        ),
-    }
-    println!(
-        "checkpoint file: {}; external checkpoints matched: {}",
-        if r.checkpoint_file {
-            "present and consistent with the log"
-        } else {
-            "absent"
-        },
-        r.external_checkpoints
-    );
-    let results: Vec<String> = s.results.iter().map(|(k, v)| format!("{k} {v}")).collect();
-    println!(
-        "requests:     {} ({} allowed, {} denied); results: {}; auth failures: {}",
-        s.requests,
-        s.allowed,
-        s.denied,
-        if results.is_empty() {
-            "none".to_owned()
-        } else {
-            results.join(", ")
-        },
-        s.auth_failures
-    );
-    println!(
-        "restarts:     {} start(s), {} crash recovery record(s)",
-        s.starts, s.recoveries
-    );
-    if r.unattested == 0 {
-        println!(
-            "unattested:   none (every record is covered by the last checkpoint, except that checkpoint record itself)"
-        );
-    } else {
-        println!(
-            "unattested:   {} record(s) after the last checkpoint record, not yet covered by a signed tree head",
-            r.unattested
-        );
-    }
-    for p in &r.pending {
-        println!(
-            "pending:      request {} allowed at seq {} has no result yet (in flight, or recorded as unknown_crash at the next start)",
-            p.req_id.as_deref().unwrap_or("null"),
-            p.decision_seq
-        );
-    }
-    for w in &r.warnings {
-        println!("warning:      {w}");
-    }
-    println!("OK");
-    Ok(())
 }

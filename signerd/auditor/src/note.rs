@@ -23,7 +23,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 
-use super::merkle::Hash;
+use crate::merkle::Hash;
 
 /// The signature type byte of Ed25519 in C2SP signed notes.
 pub const ED25519_TYPE: u8 = 0x01;

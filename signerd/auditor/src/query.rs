@@ -3,17 +3,21 @@
 //! they are written, across segment rotation).
 //!
 //! Decisions and results carry only `req_id`; the query joins them to their request to know
-//! the client and key (see [`super::check`] for how). This module only reads; it must never
+//! the client and key (see [`crate::check`] for how). This module only reads; it must never
 //! print a line other than as its exact bytes in JSON output, and never print a partial line.
 
 use std::path::{Path, PathBuf};
 
-use super::check::Pairing;
-use super::envelope;
-use super::segments::{self, LineReader, Next};
+use crate::check::Pairing;
+use crate::envelope;
+use crate::events::{
+    self, AuditCheckpoint, AuditRecover, AuditSegmentOpen, AuthFailure, Kind, SignDecision,
+    SignRequest,
+};
+use crate::segments::{self, LineReader, Next};
 
 /// Which records to print. Every set field must match.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     /// The key of the request the record belongs to.
     pub key: Option<String>,
@@ -103,13 +107,13 @@ pub fn query(
             })?;
             // Pairing errors are verification failures, not query failures: keep going.
             let context = match env.kind {
-                "sign.request" => {
+                Some(Kind::SignRequest) => {
                     let _ = pairing.request(env.seq, &env);
                     None
                 }
-                "sign.decision" => pairing.decision(env.seq, &env).ok(),
-                "sign.result" => pairing.result(&env).ok(),
-                "audit.start" => {
+                Some(Kind::SignDecision) => pairing.decision(env.seq, &env).ok(),
+                Some(Kind::SignResult) => pairing.result(&env).ok(),
+                Some(Kind::AuditStart) => {
                     pairing.restart();
                     None
                 }
@@ -136,8 +140,8 @@ pub fn query(
                     .as_ref()
                     .is_none_or(|r| req_id.as_ref() == Some(r))
                 && match (&kind_prefix, &filter.kind) {
-                    (Some(p), _) => env.kind.starts_with(p.as_str()),
-                    (None, Some(k)) => env.kind == k,
+                    (Some(p), _) => env.type_name.starts_with(p.as_str()),
+                    (None, Some(k)) => env.type_name == k,
                     (None, None) => true,
                 }
                 && since.as_ref().is_none_or(|s| env.ts >= s.as_str())
@@ -147,7 +151,7 @@ pub fn query(
                 out(&Row {
                     seq: env.seq,
                     ts: env.ts.to_owned(),
-                    kind: env.kind.to_owned(),
+                    kind: env.type_name.to_owned(),
                     req_id,
                     client,
                     key,
@@ -161,39 +165,33 @@ pub fn query(
 
 /// A short description of a record for table output: the decision, status or reason.
 pub fn summary(line: &str) -> String {
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+    let bytes = line.as_bytes();
+    let Ok(env) = envelope::parse(bytes) else {
         return String::new();
     };
-    let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_owned();
-    match v.get("type").and_then(|t| t.as_str()).unwrap_or("") {
-        "sign.request" => s("method"),
-        "sign.decision" => {
-            let rules = v
-                .get("rules")
-                .and_then(|r| r.as_array())
-                .map(|r| {
-                    r.iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(",")
-                })
-                .unwrap_or_default();
-            format!("{} [{rules}]", s("decision"))
+    let summary = match env.kind {
+        Some(Kind::SignRequest) => events::read::<SignRequest>(bytes).map(|r| r.method.to_string()),
+        // The decision as written, even one a later version added.
+        Some(Kind::SignDecision) => Ok(format!(
+            "{} [{}]",
+            env.decision.as_str().unwrap_or_default(),
+            events::read::<SignDecision>(bytes)
+                .map(|d| d.rules.join(","))
+                .unwrap_or_default()
+        )),
+        Some(Kind::SignResult) => Ok(env.status.as_str().unwrap_or_default().to_owned()),
+        Some(Kind::AuthFailure) => events::read::<AuthFailure>(bytes).map(|a| a.reason),
+        Some(Kind::AuditCheckpoint) => {
+            events::read::<AuditCheckpoint>(bytes).map(|c| format!("size {}", c.size))
         }
-        "sign.result" => s("status"),
-        "auth.failure" => s("reason"),
-        "audit.checkpoint" => format!(
-            "size {}",
-            v.get("size").and_then(|x| x.as_u64()).unwrap_or(0)
-        ),
-        "audit.recover" => format!(
-            "cut {} bytes, saved as {}",
-            v.get("bytes").and_then(|x| x.as_u64()).unwrap_or(0),
-            s("saved_as")
-        ),
-        "audit.segment_open" => format!("after {}", s("previous")),
-        _ => String::new(),
-    }
+        Some(Kind::AuditRecover) => events::read::<AuditRecover>(bytes)
+            .map(|r| format!("cut {} bytes, saved as {}", r.bytes, r.saved_as)),
+        Some(Kind::AuditSegmentOpen) => {
+            events::read::<AuditSegmentOpen>(bytes).map(|o| format!("after {}", o.previous))
+        }
+        _ => return String::new(),
+    };
+    summary.unwrap_or_default()
 }
 
 /// Follows a log: the last complete lines, then new ones as they are written, moving to the
@@ -286,5 +284,183 @@ impl Follower {
             }
             return Ok(out);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::Record;
+    use crate::events::AuditStop;
+    use crate::testlog::TestLog;
+    use crate::verify::{VerifyOptions, verify_dir};
+
+    fn run(dir: &Path, f: Filter) -> Vec<Row> {
+        let mut rows = Vec::new();
+        query(dir, &f, |r| {
+            rows.push(r.clone());
+            Ok(())
+        })
+        .unwrap();
+        rows
+    }
+
+    /// Lines: start, two requests (`ok` signed, `no` denied) with decision and result, stop,
+    /// checkpoint. Decisions and results carry no client or key: the query joins them to their
+    /// request.
+    fn two_requests(dir: &Path) -> TestLog {
+        let mut log = TestLog::new(dir);
+        for (req, decision, status) in [("ok", "allow", "signed"), ("no", "deny", "denied")] {
+            log.append(
+                Record::new("sign.request")
+                    .field("req_id", req)
+                    .field("client", "app")
+                    .field("key", "hot"),
+            );
+            log.append(
+                Record::new("sign.decision")
+                    .field("req_id", req)
+                    .field("decision", decision),
+            );
+            log.append(
+                Record::new("sign.result")
+                    .field("req_id", req)
+                    .field("status", status),
+            );
+        }
+        log.append(AuditStop {});
+        log.checkpoint();
+        log
+    }
+
+    fn all_lines(log: &TestLog, segments: u64) -> Vec<String> {
+        (1..=segments)
+            .flat_map(|n| {
+                let text = std::fs::read_to_string(log.segment(n)).unwrap();
+                text.lines().map(str::to_owned).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn query_filters_and_tail_follows_across_rotation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut log = two_requests(dir);
+        let rows = run(
+            dir,
+            Filter {
+                key: Some("hot".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(rows.len(), 6, "{rows:?}");
+        assert!(rows.iter().all(|r| r.client.as_deref() == Some("app")));
+        let rows = run(
+            dir,
+            Filter {
+                req_id: Some("no".into()),
+                kind: Some("sign.d*".into()),
+                ..Default::default()
+            },
+        );
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].kind, "sign.decision");
+        assert_eq!(summary(&rows[0].line), "deny []");
+        assert_eq!(all_lines(&log, 1)[rows[0].seq as usize], rows[0].line);
+        let until = Filter {
+            until: Some("2000-01-01T00:00:00Z".into()),
+            ..Default::default()
+        };
+        assert!(run(dir, until).is_empty());
+        let since = Filter {
+            since: Some("2000-01-01 00:00:00".into()),
+            kind: Some("audit.start".into()),
+            ..Default::default()
+        };
+        assert_eq!(run(dir, since).len(), 1);
+
+        let (last, mut follower) = Follower::start(dir, 2).unwrap();
+        assert_eq!(last.len(), 2);
+        assert!(last[1].contains("audit.checkpoint"));
+        assert!(follower.poll().unwrap().is_empty());
+        // A restart that rotates.
+        log.append(Record::new("audit.start"));
+        log.rotate();
+        log.append(Record::new("x.after"));
+        log.append(AuditStop {});
+        log.checkpoint();
+        let all = all_lines(&log, 2);
+        let new = follower.poll().unwrap();
+        assert_eq!(new, all[9..]);
+        let kinds: Vec<String> = new
+            .iter()
+            .map(|l| {
+                crate::envelope::parse(l.as_bytes())
+                    .unwrap()
+                    .type_name
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(kinds[0], "audit.start");
+        assert!(
+            kinds.contains(&"audit.segment_open".to_owned()),
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.last().unwrap(), "audit.checkpoint");
+        assert!(follower.poll().unwrap().is_empty());
+    }
+
+    #[test]
+    fn decisions_and_results_pair_by_client_and_req_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = TestLog::new(tmp.path());
+        // Two clients use the same req_id; the second one's request is decided and finished
+        // first.
+        for (client, key) in [("a", "k-a"), ("b", "k-b")] {
+            log.append(
+                Record::new("sign.request")
+                    .field("req_id", "r")
+                    .field("client", client)
+                    .field("key", key),
+            );
+        }
+        for (client, decision, status) in [("b", "deny", "denied"), ("a", "allow", "signed")] {
+            log.append(
+                Record::new("sign.decision")
+                    .field("req_id", "r")
+                    .field("client", client)
+                    .field("decision", decision),
+            );
+            log.append(
+                Record::new("sign.result")
+                    .field("req_id", "r")
+                    .field("client", client)
+                    .field("status", status),
+            );
+        }
+        log.checkpoint();
+        let opts = VerifyOptions {
+            key: Some(crate::testlog::vkey()),
+            checkpoints: Vec::new(),
+        };
+        let r = verify_dir(tmp.path(), &opts).unwrap();
+        assert!(r.pending.is_empty());
+        assert_eq!(r.stats.allowed, 1);
+        assert_eq!(r.stats.denied, 1);
+        let rows = run(
+            tmp.path(),
+            Filter {
+                key: Some("k-b".into()),
+                kind: Some("sign.*".into()),
+                ..Default::default()
+            },
+        );
+        let summaries: Vec<String> = rows.iter().map(|r| summary(&r.line)).collect();
+        assert_eq!(rows.len(), 3, "{summaries:?}");
+        assert!(rows.iter().all(|r| r.client.as_deref() == Some("b")));
+        assert!(summaries[1].starts_with("deny"), "{summaries:?}");
     }
 }

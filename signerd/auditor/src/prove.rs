@@ -9,10 +9,11 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::envelope;
-use super::merkle::{self, Hash};
-use super::note::{self, Checkpoint, VerifierKey};
-use super::segments::{self, LineReader, Next};
+use crate::envelope;
+use crate::events::{self, AuditCheckpoint, Kind};
+use crate::merkle::{self, Hash};
+use crate::note::{self, Checkpoint, VerifierKey};
+use crate::segments::{self, LineReader, Next};
 
 /// An inclusion proof in the JSON form `signerctl audit prove` prints.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,12 +75,8 @@ pub fn prove(dir: &Path, seq: u64) -> Result<InclusionProof, String> {
                             leaves.len()
                         ));
                     }
-                    if env.kind == "audit.checkpoint" {
-                        #[derive(Deserialize)]
-                        struct Body {
-                            note: String,
-                        }
-                        let b: Body = serde_json::from_slice(bytes)
+                    if env.kind == Some(Kind::AuditCheckpoint) {
+                        let b: AuditCheckpoint = events::read(bytes)
                             .map_err(|e| format!("{}:{lineno}: {e}", seg.name))?;
                         latest = Some((env.seq, b.note));
                     }
@@ -139,4 +136,41 @@ pub fn check(proof: &InclusionProof, key: Option<&VerifierKey>) -> Result<Checkp
     merkle::verify_inclusion(&leaf, proof.seq, proof.tree_size, &path, &root)
         .map_err(|e| format!("inclusion proof: {e}"))?;
     Ok(checkpoint)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::Record;
+    use crate::events::AuditStop;
+    use crate::testlog::{TestLog, vkey};
+
+    #[test]
+    fn proves_every_record_against_the_latest_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = TestLog::new(tmp.path());
+        let receipts: Vec<(u64, Hash)> = (0..13u32)
+            .map(|i| log.append(Record::new("x.n").field("i", i)))
+            .collect();
+        let err = prove(tmp.path(), 3).unwrap_err();
+        assert!(err.contains("no checkpoint yet"), "{err}");
+        log.append(AuditStop {});
+        log.checkpoint();
+        for (seq, leaf) in &receipts {
+            let p = prove(tmp.path(), *seq).unwrap();
+            assert_eq!(p.leaf_hash, hex::encode(leaf));
+            assert_eq!(p.tree_size, 15);
+            assert_eq!(check(&p, Some(&vkey())).unwrap().size, 15);
+            let mut bad = p.clone();
+            bad.leaf_hash = hex::encode([1u8; 32]);
+            assert!(check(&bad, Some(&vkey())).is_err());
+            let mut bad = p.clone();
+            bad.seq ^= 1;
+            assert!(check(&bad, Some(&vkey())).is_err());
+        }
+        let err = prove(tmp.path(), 15).unwrap_err();
+        assert!(err.contains("not covered by a checkpoint yet"), "{err}");
+    }
 }

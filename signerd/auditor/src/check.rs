@@ -12,16 +12,23 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::Deserialize;
 
-use super::envelope::{self, Field, LineError};
-use super::merkle::{self, Frontier, Hash};
-use super::note::{self, Checkpoint, VerifierKey};
+use crate::envelope::{self, Field, LineError};
+use crate::events::{
+    self, ApprovalVote, AuditCheckpoint, AuditRecover, AuditSegmentOpen, AuditSegmentSeal,
+    Decision, Event, Kind,
+};
+use crate::merkle::{self, Frontier, Hash};
+use crate::note::{self, Checkpoint, VerifierKey};
 
 /// Where a record is: segment file name, 1-based line number and byte offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Position {
-    pub(crate) segment: String,
-    pub(crate) lineno: u64,
-    pub(crate) offset: u64,
+pub struct Position {
+    /// The segment's file name.
+    pub segment: String,
+    /// The line number, from 1.
+    pub lineno: u64,
+    /// The byte offset of the line's first byte in the segment.
+    pub offset: u64,
 }
 
 /// The first problem found, with where it is.
@@ -74,41 +81,41 @@ impl Failure {
 /// A checkpoint kept outside the log (the `checkpoint` file, an off-host copy) that the log
 /// must be consistent with.
 #[derive(Debug, Clone)]
-pub(crate) struct Expected {
+pub struct Expected {
     /// How to name it in messages.
-    pub(crate) label: String,
+    pub label: String,
     /// Its content.
-    pub(crate) checkpoint: Checkpoint,
+    pub checkpoint: Checkpoint,
 }
 
 /// What the checker enforces.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Options {
+pub struct Options {
     /// Check every checkpoint's signature with this key.
-    pub(crate) key: Option<VerifierKey>,
+    pub key: Option<VerifierKey>,
     /// Semantic problems (a result without a request, an allowed request left without result
     /// across a restart) are failures; otherwise they are only tracked.
-    pub(crate) strict_semantics: bool,
+    pub strict_semantics: bool,
     /// Checkpoints kept outside the log.
-    pub(crate) expected: Vec<Expected>,
+    pub expected: Vec<Expected>,
 }
 
 /// A signing request that has no result yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct OpenRequest {
+pub struct OpenRequest {
     /// `seq` of its `sign.request`.
-    pub(crate) seq: u64,
+    pub seq: u64,
     /// Its `req_id` (`None` for `null`).
-    pub(crate) req_id: Option<String>,
+    pub req_id: Option<String>,
     /// The requesting client.
-    pub(crate) client: Option<String>,
+    pub client: Option<String>,
     /// The requested key.
-    pub(crate) key: Option<String>,
+    pub key: Option<String>,
     /// The final decision, if recorded: (allowed, seq of the `sign.decision`).
-    pub(crate) decision: Option<(bool, u64)>,
+    pub decision: Option<(bool, u64)>,
     /// A non-final decision was recorded (e.g. waiting for approvals); a later
     /// `sign.decision` decides.
-    pub(crate) pending: bool,
+    pub pending: bool,
 }
 
 /// Joins `sign.decision` and `sign.result` records to their `sign.request`.
@@ -193,12 +200,15 @@ impl Pairing {
         env: &envelope::Envelope<'_>,
     ) -> Result<OpenRequest, String> {
         let req_id = self.key_for(request_key(env)?);
-        let allow = match env.decision.as_str() {
-            Some("allow") => Some(true),
-            Some("deny") => Some(false),
-            // Not final (waiting for approvals, for example): a later decision decides.
-            Some(_) => None,
-            None => return Err("`decision` must be a string".to_owned()),
+        if env.decision.as_str().is_none() {
+            return Err("`decision` must be a string".to_owned());
+        }
+        let allow = match env.decision() {
+            Some(Decision::Allow) => Some(true),
+            Some(Decision::Deny) => Some(false),
+            // Not final (waiting for approvals, or a value of a later version): a later
+            // decision decides.
+            Some(Decision::RequireApproval) | None => None,
         };
         let open = self
             .open
@@ -307,126 +317,87 @@ pub struct Stats {
 
 /// The last `audit.checkpoint` record seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct LastCheckpoint {
+pub struct LastCheckpoint {
     /// Its `seq` (which is also the tree size it covers).
-    pub(crate) seq: u64,
+    pub seq: u64,
     /// Its root.
-    pub(crate) root: Hash,
+    pub root: Hash,
     /// The note text.
-    pub(crate) note: String,
+    pub note: String,
 }
 
 /// The segment being checked.
 #[derive(Debug, Clone)]
-pub(crate) struct SegmentState {
-    pub(crate) no: u64,
-    pub(crate) name: String,
-    pub(crate) first_seq: Option<u64>,
-    pub(crate) records: u64,
-    pub(crate) first_ts: Option<String>,
-    pub(crate) sealed: bool,
-    /// Holds records other than the log's own bookkeeping ([`is_bookkeeping`]).
-    pub(crate) content: bool,
+pub struct SegmentState {
+    /// Its number, from 1.
+    pub no: u64,
+    /// Its file name.
+    pub name: String,
+    /// `seq` of its first record, once it has one.
+    pub first_seq: Option<u64>,
+    /// Records checked in it so far.
+    pub records: u64,
+    /// `ts` of its first record, once it has one.
+    pub first_ts: Option<String>,
+    /// It ends with its `audit.segment_seal`.
+    pub sealed: bool,
+    /// Holds records other than the log's own bookkeeping ([`Kind::is_bookkeeping`]).
+    pub content: bool,
 }
 
 /// A sealed segment: what the next `audit.segment_open` must name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SealedSegment {
-    pub(crate) name: String,
-    pub(crate) sha256: Hash,
-    pub(crate) bytes: u64,
+pub struct SealedSegment {
+    /// Its file name.
+    pub name: String,
+    /// SHA-256 of the whole file.
+    pub sha256: Hash,
+    /// Its size in bytes.
+    pub bytes: u64,
 }
 
-#[derive(Deserialize)]
-struct CheckpointBody {
-    size: u64,
-    root: String,
-    note: String,
-}
-
-#[derive(Deserialize)]
-struct SealBody {
-    segment: String,
-    first_seq: u64,
-    records: u64,
-}
-
-#[derive(Deserialize)]
-struct OpenBody {
-    segment: String,
-    previous: String,
-    previous_sha256: String,
-    previous_bytes: u64,
-}
-
-#[derive(Deserialize)]
-struct RecoverBody {
-    segment: String,
-    offset: u64,
-    bytes: u64,
-    sha256: String,
-    saved_as: String,
-}
-
-/// Records the writer adds by itself when rotating and checkpointing. A segment holding only
-/// these is not rotated for age, so an idle log does not grow.
-pub(crate) fn is_bookkeeping(kind: &str) -> bool {
-    matches!(
-        kind,
-        "audit.segment_open" | "audit.segment_seal" | "audit.checkpoint"
-    )
-}
-
-/// The members of `approval.grant` and `approval.reject` that the approver's signature covers.
-#[derive(Deserialize)]
-struct VoteBody {
-    req_id: String,
-    client: String,
-    approver: String,
-    fingerprint: String,
-    decision: String,
-    expires: i64,
-    public_key: String,
-    signature: String,
-}
-
-impl VoteBody {
-    /// Verifies the approver's Ed25519 signature over the approval message the record
-    /// describes, with the public key it names (docs/approvals.md).
-    fn verify(&self, kind: &str) -> Result<(), String> {
-        use crate::approvals::{Vote, message, verify};
-        let vote = match (kind, self.decision.as_str()) {
-            ("approval.grant", "approve") => Vote::Approve,
-            ("approval.reject", "reject") => Vote::Reject,
-            (_, other) => return Err(format!("{kind} with decision {other:?}")),
-        };
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(&self.public_key, &mut key).map_err(|_| {
-            format!(
-                "{kind} by {:?}: public_key is not 32 bytes of hex",
-                self.approver
-            )
-        })?;
-        let signature = hex::decode(&self.signature)
-            .map_err(|_| format!("{kind} by {:?}: signature is not hex", self.approver))?;
-        let msg = message(
-            &self.client,
-            &self.req_id,
-            &self.fingerprint,
-            vote,
-            self.expires,
-        );
-        verify(&self.approver, &key, &msg, &signature).map_err(|e| {
-            format!(
-                "{kind} for req_id {:?} of {:?}: {e}",
-                self.req_id, self.client
-            )
-        })
+/// Verifies the approver's Ed25519 signature in an `approval.grant` or `approval.reject`
+/// record over the approval message the record describes, with the public key it names
+/// (`docs/approvals.md`). The record's type must agree with its `decision`.
+fn verify_vote(vote: &ApprovalVote, kind: Kind) -> Result<(), String> {
+    use crate::approval::{SignatureError, message, verify};
+    if vote.kind() != kind {
+        return Err(format!("{kind} with decision {:?}", vote.decision.as_str()));
     }
+    let mut key = [0u8; 32];
+    hex::decode_to_slice(&vote.public_key, &mut key).map_err(|_| {
+        format!(
+            "{kind} by {:?}: public_key is not 32 bytes of hex",
+            vote.approver
+        )
+    })?;
+    let signature = hex::decode(&vote.signature)
+        .map_err(|_| format!("{kind} by {:?}: signature is not hex", vote.approver))?;
+    let msg = message(
+        &vote.client,
+        &vote.req_id,
+        &vote.fingerprint,
+        vote.decision,
+        vote.expires,
+    );
+    verify(&key, &msg, &signature).map_err(|e| {
+        let why = match e {
+            SignatureError::Length(_) => e.to_string(),
+            _ => format!(
+                "the signature does not verify with the key registered for `{}` over this request's approval message",
+                vote.approver
+            ),
+        };
+        format!(
+            "{kind} for req_id {:?} of {:?}: {why}",
+            vote.req_id, vote.client
+        )
+    })
 }
 
-fn body<'a, T: Deserialize<'a>>(line: &'a [u8], kind: &str) -> Result<T, String> {
-    serde_json::from_slice(line).map_err(|e| format!("malformed {kind} record: {e}"))
+/// The body of `line`, a record of type `kind`, as its event.
+fn body<'a, T: Deserialize<'a>>(line: &'a [u8], kind: Kind) -> Result<T, String> {
+    events::read(line).map_err(|e| format!("malformed {kind} record: {e}"))
 }
 
 fn is_hex32(s: &str) -> bool {
@@ -437,27 +408,38 @@ fn is_hex32(s: &str) -> bool {
 
 /// Checks a log one record at a time.
 #[derive(Debug)]
-pub(crate) struct Checker {
+pub struct Checker {
     opts: Options,
-    pub(crate) next_seq: u64,
-    pub(crate) prev: Hash,
-    pub(crate) tree: Frontier,
-    pub(crate) segment: Option<SegmentState>,
-    pub(crate) sealed: Option<SealedSegment>,
-    pub(crate) origin: Option<String>,
-    pub(crate) last_checkpoint: Option<LastCheckpoint>,
-    pub(crate) pairing: Pairing,
-    pub(crate) stats: Stats,
+    next_seq: u64,
+    prev: Hash,
+    tree: Frontier,
+    segment: Option<SegmentState>,
+    sealed: Option<SealedSegment>,
+    origin: Option<String>,
+    last_checkpoint: Option<LastCheckpoint>,
+    pairing: Pairing,
+    stats: Stats,
     expected_next: usize,
     /// Kind of the last record.
-    pub(crate) last_kind: Option<String>,
-    /// `audit.recover` records: (saved_as, sha256, bytes).
-    pub(crate) recovered: Vec<(String, String, u64)>,
+    last_kind: Option<String>,
+    /// `audit.recover` records.
+    recovered: Vec<Recovered>,
+}
+
+/// What an `audit.recover` record says recovery cut and saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Where the cut bytes were saved, relative to the log directory.
+    pub saved_as: String,
+    /// Their SHA-256, lowercase hex.
+    pub sha256: String,
+    /// How many bytes were cut.
+    pub bytes: u64,
 }
 
 impl Checker {
     /// A checker for a log that starts at `seq` 0.
-    pub(crate) fn new(mut opts: Options) -> Checker {
+    pub fn new(mut opts: Options) -> Checker {
         opts.expected.sort_by_key(|e| e.checkpoint.size);
         Checker {
             opts,
@@ -476,9 +458,65 @@ impl Checker {
         }
     }
 
+    /// The `seq` the next record must have: the number of records checked so far.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The leaf hash of the last record checked (64 zeros before the first): the next
+    /// record's `prev`.
+    pub fn prev(&self) -> Hash {
+        self.prev
+    }
+
+    /// The Merkle tree of the records checked so far.
+    pub fn tree(&self) -> &Frontier {
+        &self.tree
+    }
+
+    /// The segment being checked; `None` before the first and after a sealed one ended.
+    pub fn segment(&self) -> Option<&SegmentState> {
+        self.segment.as_ref()
+    }
+
+    /// The last sealed segment that ended, which the next `audit.segment_open` must name.
+    pub fn sealed(&self) -> Option<&SealedSegment> {
+        self.sealed.as_ref()
+    }
+
+    /// The checkpoints' origin, once a checkpoint was seen.
+    pub fn origin(&self) -> Option<&str> {
+        self.origin.as_deref()
+    }
+
+    /// The last `audit.checkpoint` record checked.
+    pub fn last_checkpoint(&self) -> Option<&LastCheckpoint> {
+        self.last_checkpoint.as_ref()
+    }
+
+    /// The type of the last record checked.
+    pub fn last_kind(&self) -> Option<&str> {
+        self.last_kind.as_deref()
+    }
+
+    /// Every `audit.recover` record checked, in order.
+    pub fn recovered(&self) -> &[Recovered] {
+        &self.recovered
+    }
+
+    /// Counts of what was checked.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Allowed requests that have no result yet, in decision order.
+    pub fn open_allows(&self) -> Vec<OpenRequest> {
+        self.pairing.open_allows()
+    }
+
     /// Starts segment `no` named `name`. The previous one, if any, must have been sealed
     /// and ended with [`Checker::end_segment`].
-    pub(crate) fn begin_segment(&mut self, no: u64, name: &str) -> Result<(), Failure> {
+    pub fn begin_segment(&mut self, no: u64, name: &str) -> Result<(), Failure> {
         if let Some(seg) = &self.segment {
             return Err(Failure::general(format!(
                 "{} does not end with audit.segment_seal, but {name} follows it: a sealed segment was cut short or a segment was inserted",
@@ -499,7 +537,7 @@ impl Checker {
     }
 
     /// Ends the current segment, which must be sealed unless it is the last one.
-    pub(crate) fn end_segment(&mut self, sha256: Hash, bytes: u64) {
+    pub fn end_segment(&mut self, sha256: Hash, bytes: u64) {
         if let Some(seg) = &self.segment
             && seg.sealed
         {
@@ -535,7 +573,7 @@ impl Checker {
     }
 
     /// Checks one line (without its newline) at `pos`.
-    pub(crate) fn record(&mut self, pos: &Position, line: &[u8]) -> Result<Hash, Failure> {
+    pub fn record(&mut self, pos: &Position, line: &[u8]) -> Result<Hash, Failure> {
         let expected_seq = self.next_seq;
         let env = envelope::parse(line).map_err(|e| {
             let syntax = matches!(e, LineError::Syntax(_));
@@ -573,21 +611,26 @@ impl Checker {
             )));
         }
         let header = seg.records == 0 && seg.no > 1;
-        if header && env.kind != "audit.segment_open" {
+        if header && env.kind != Some(Kind::AuditSegmentOpen) {
             return Err(fail(format!(
                 "the first record of {} is {}, expected audit.segment_open",
-                seg.name, env.kind
+                seg.name, env.type_name
             )));
         }
-        match env.kind {
-            "audit.segment_open" => {
+        // Records of types this version does not know are checked like any other (envelope,
+        // sequence, chain, tree) and otherwise ignored.
+        let Some(kind) = env.kind else {
+            return self.accept(line, &env, pos);
+        };
+        match kind {
+            Kind::AuditSegmentOpen => {
                 if !header {
                     return Err(fail(
                         "audit.segment_open must be the first record of a segment other than the first"
                             .to_owned(),
                     ));
                 }
-                let b: OpenBody = body(line, env.kind).map_err(&fail)?;
+                let b: AuditSegmentOpen = body(line, kind).map_err(&fail)?;
                 let Some(prev) = &self.sealed else {
                     return Err(fail(
                         "audit.segment_open without a sealed previous segment".to_owned(),
@@ -614,8 +657,8 @@ impl Checker {
                     )));
                 }
             }
-            "audit.segment_seal" => {
-                let b: SealBody = body(line, env.kind).map_err(&fail)?;
+            Kind::AuditSegmentSeal => {
+                let b: AuditSegmentSeal = body(line, kind).map_err(&fail)?;
                 let first = seg.first_seq.unwrap_or(seq);
                 if b.segment != seg.name || b.first_seq != first || b.records != seg.records + 1 {
                     return Err(fail(format!(
@@ -629,12 +672,12 @@ impl Checker {
                 }
                 seg.sealed = true;
             }
-            "audit.checkpoint" => self.checkpoint(line, seq).map_err(&fail)?,
-            "audit.recover" => {
-                let b: RecoverBody = body(line, env.kind).map_err(&fail)?;
+            Kind::AuditCheckpoint => self.checkpoint(line, seq).map_err(&fail)?,
+            Kind::AuditRecover => {
+                let b: AuditRecover = body(line, kind).map_err(&fail)?;
                 if !is_hex32(&b.sha256)
                     || b.bytes == 0
-                    || super::segments::parse_segment_name(&b.segment).is_none()
+                    || crate::segments::parse_segment_name(&b.segment).is_none()
                     || !b.saved_as.starts_with("recovered/torn-")
                 {
                     return Err(fail(format!(
@@ -643,9 +686,13 @@ impl Checker {
                     )));
                 }
                 self.stats.recoveries += 1;
-                self.recovered.push((b.saved_as, b.sha256, b.bytes));
+                self.recovered.push(Recovered {
+                    saved_as: b.saved_as,
+                    sha256: b.sha256,
+                    bytes: b.bytes,
+                });
             }
-            "audit.start" => {
+            Kind::AuditStart => {
                 self.stats.starts += 1;
                 if self.stats.starts > 1
                     && self.opts.strict_semantics
@@ -659,30 +706,46 @@ impl Checker {
                 }
                 self.stats.abandoned += self.pairing.restart() as u64;
             }
-            "sign.request" => {
+            Kind::SignRequest => {
                 self.stats.requests += 1;
                 self.semantic(pos, seq, |p| p.request(seq, &env))?;
             }
-            "sign.decision" => {
-                match env.decision.as_str() {
-                    Some("allow") => self.stats.allowed += 1,
-                    Some("deny") => self.stats.denied += 1,
+            Kind::SignDecision => {
+                match env.decision() {
+                    Some(Decision::Allow) => self.stats.allowed += 1,
+                    Some(Decision::Deny) => self.stats.denied += 1,
                     _ => {}
                 }
                 self.semantic(pos, seq, |p| p.decision(seq, &env).map(|_| ()))?;
             }
-            "sign.result" => {
+            Kind::SignResult => {
                 let status = env.status.as_str().unwrap_or("(none)").to_owned();
                 *self.stats.results.entry(status).or_default() += 1;
                 self.semantic(pos, seq, |p| p.result(&env).map(|_| ()))?;
             }
-            "approval.grant" | "approval.reject" => {
-                let b: Result<VoteBody, String> = body(line, env.kind);
-                self.semantic(pos, seq, |_| b.and_then(|b| b.verify(env.kind)))?;
+            Kind::ApprovalGrant | Kind::ApprovalReject => {
+                let b: Result<ApprovalVote, String> = body(line, kind);
+                self.semantic(pos, seq, |_| b.and_then(|b| verify_vote(&b, kind)))?;
             }
-            "auth.failure" => self.stats.auth_failures += 1,
-            _ => {}
+            Kind::AuthFailure => self.stats.auth_failures += 1,
+            Kind::AuditStop
+            | Kind::PolicyLoad
+            | Kind::SignDryRun
+            | Kind::ApprovalRequest
+            | Kind::ApprovalExpire => {}
         }
+        self.accept(line, &env, pos)
+    }
+
+    /// Adds a checked record to the segment, the chain and the tree.
+    fn accept(
+        &mut self,
+        line: &[u8],
+        env: &envelope::Envelope<'_>,
+        pos: &Position,
+    ) -> Result<Hash, Failure> {
+        let seq = env.seq;
+        let fail = |m: String| Failure::at(pos, Some(seq), m);
         let Some(seg) = self.segment.as_mut() else {
             return Err(fail("record outside a segment".to_owned()));
         };
@@ -690,7 +753,7 @@ impl Checker {
             seg.first_seq = Some(seq);
             seg.first_ts = Some(env.ts.to_owned());
         }
-        if !is_bookkeeping(env.kind) {
+        if !env.kind.is_some_and(Kind::is_bookkeeping) {
             seg.content = true;
         }
         seg.records += 1;
@@ -701,7 +764,7 @@ impl Checker {
             .checked_add(1)
             .ok_or_else(|| fail("seq overflows".to_owned()))?;
         self.stats.records += 1;
-        self.last_kind = Some(env.kind.to_owned());
+        self.last_kind = Some(env.type_name.to_owned());
         Ok(leaf)
     }
 
@@ -719,7 +782,7 @@ impl Checker {
     }
 
     fn checkpoint(&mut self, line: &[u8], seq: u64) -> Result<(), String> {
-        let b: CheckpointBody = body(line, "audit.checkpoint")?;
+        let b: AuditCheckpoint = body(line, Kind::AuditCheckpoint)?;
         if b.size != seq {
             return Err(format!(
                 "audit.checkpoint covers {} records, but a checkpoint covers exactly the {seq} records before it",
@@ -769,7 +832,7 @@ impl Checker {
     }
 
     /// After the last record: checks the external checkpoints not reached yet.
-    pub(crate) fn finish(&mut self) -> Result<(), Failure> {
+    pub fn finish(&mut self) -> Result<(), Failure> {
         self.check_expected().map_err(Failure::general)?;
         if let Some(e) = self.opts.expected.get(self.expected_next) {
             return Err(Failure::general(format!(

@@ -9,15 +9,15 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use super::record::MAX_LINE_BYTES;
+use crate::record::MAX_LINE_BYTES;
 
 /// The file name of segment `n` (1-based).
-pub(crate) fn segment_name(n: u64) -> String {
+pub fn segment_name(n: u64) -> String {
     format!("segment-{n:08}.jsonl")
 }
 
 /// The segment number in a file name shaped like [`segment_name`], if it is one.
-pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
+pub fn parse_segment_name(name: &str) -> Option<u64> {
     let digits = name.strip_prefix("segment-")?.strip_suffix(".jsonl")?;
     if digits.len() != 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -27,18 +27,18 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 
 /// One segment file in a log directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct SegmentFile {
+pub struct SegmentFile {
     /// Its number (1-based).
-    pub(crate) no: u64,
+    pub no: u64,
     /// Its file name.
-    pub(crate) name: String,
+    pub name: String,
     /// Its path.
-    pub(crate) path: PathBuf,
+    pub path: PathBuf,
 }
 
 /// Lists the segments of `dir` in order. Fails if one is not a regular file (a symbolic link,
 /// a directory) or if the numbers do not run 1, 2, 3, ... without a gap.
-pub(crate) fn list(dir: &Path) -> Result<Vec<SegmentFile>, String> {
+pub fn list(dir: &Path) -> Result<Vec<SegmentFile>, String> {
     let entries = fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     let mut found = Vec::new();
     for entry in entries {
@@ -85,23 +85,31 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<SegmentFile>, String> {
 
 /// One step of a [`LineReader`].
 #[derive(Debug)]
-pub(crate) enum Next<'a> {
-    /// A line (without its newline), 1-based line number, byte offset of its first byte, and
-    /// whether a newline ended it (only the last line of a file can lack one).
+pub enum Next<'a> {
+    /// A line.
     Line {
+        /// The line, without its newline.
         bytes: &'a [u8],
+        /// Its line number, from 1.
         lineno: u64,
+        /// The byte offset of its first byte.
         offset: u64,
+        /// Whether a newline ended it (only the last line of a file can lack one).
         terminated: bool,
     },
-    /// A line longer than the record limit starts at this offset.
-    TooLong { lineno: u64, offset: u64 },
+    /// A line longer than the record limit.
+    TooLong {
+        /// Its line number, from 1.
+        lineno: u64,
+        /// The byte offset of its first byte.
+        offset: u64,
+    },
     /// End of file.
     Eof,
 }
 
 /// Reads a segment line by line, with a bounded line length.
-pub(crate) struct LineReader<R> {
+pub struct LineReader<R> {
     reader: BufReader<R>,
     buf: Vec<u8>,
     offset: u64,
@@ -111,7 +119,7 @@ pub(crate) struct LineReader<R> {
 /// Opens `path` for reading only if it is a regular file: not a symbolic link (which could
 /// point anywhere, `/dev/zero` included) and not a FIFO or device (which could block a reader
 /// for ever). `NotFound` stays `NotFound`.
-pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
+pub fn open_regular(path: &Path) -> std::io::Result<File> {
     use rustix::fs::{Mode, OFlags};
     // NONBLOCK: opening a FIFO must not wait for a writer; it has no effect on regular files.
     let fd = rustix::fs::open(
@@ -128,7 +136,7 @@ pub(crate) fn open_regular(path: &Path) -> std::io::Result<File> {
 
 impl LineReader<File> {
     /// Opens `path` for reading, refusing a symbolic link.
-    pub(crate) fn open(path: &Path) -> Result<LineReader<File>, String> {
+    pub fn open(path: &Path) -> Result<LineReader<File>, String> {
         use rustix::fs::{Mode, OFlags};
         let fd = rustix::fs::open(
             path,
@@ -142,7 +150,7 @@ impl LineReader<File> {
 
 impl<R: Read> LineReader<R> {
     /// Reads from `inner`.
-    pub(crate) fn new(inner: R) -> LineReader<R> {
+    pub fn new(inner: R) -> LineReader<R> {
         LineReader {
             reader: BufReader::with_capacity(1 << 20, inner),
             buf: Vec::with_capacity(4096),
@@ -152,7 +160,7 @@ impl<R: Read> LineReader<R> {
     }
 
     /// The next line.
-    pub(crate) fn next_line(&mut self) -> std::io::Result<Next<'_>> {
+    pub fn next_line(&mut self) -> std::io::Result<Next<'_>> {
         self.buf.clear();
         let n = (&mut self.reader)
             .take(MAX_LINE_BYTES as u64 + 1)
@@ -180,7 +188,7 @@ impl<R: Read> LineReader<R> {
     }
 
     /// Bytes consumed so far.
-    pub(crate) fn offset(&self) -> u64 {
+    pub fn offset(&self) -> u64 {
         self.offset
     }
 }

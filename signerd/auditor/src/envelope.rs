@@ -13,15 +13,16 @@ use std::fmt;
 use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::merkle::Hash;
-use super::record::MAX_LINE_BYTES;
+use crate::events::{Decision, Kind, Status};
+use crate::merkle::Hash;
+use crate::record::MAX_LINE_BYTES;
 
 /// Length of a `ts` value: `YYYY-MM-DDTHH:MM:SS.ffffffZ`.
-pub(crate) const TS_LEN: usize = 27;
+pub const TS_LEN: usize = 27;
 
 /// Why a line is not a valid record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum LineError {
+pub enum LineError {
     /// Not UTF-8, not JSON, or not the envelope layout: what a torn or overwritten write
     /// leaves behind.
     Syntax(String),
@@ -39,7 +40,7 @@ impl fmt::Display for LineError {
 
 /// A body field the readers look at, as found in the line.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub(crate) enum Field<'a> {
+pub enum Field<'a> {
     /// Not in the record.
     #[default]
     Absent,
@@ -53,7 +54,7 @@ pub(crate) enum Field<'a> {
 
 impl Field<'_> {
     /// The string value, if it is one.
-    pub(crate) fn as_str(&self) -> Option<&str> {
+    pub fn as_str(&self) -> Option<&str> {
         match self {
             Field::Str(s) => Some(s),
             _ => None,
@@ -134,25 +135,39 @@ struct Fields<'a> {
 
 /// One parsed line.
 #[derive(Debug, Clone)]
-pub(crate) struct Envelope<'a> {
+pub struct Envelope<'a> {
     /// `seq`.
-    pub(crate) seq: u64,
+    pub seq: u64,
     /// `ts`, exactly as written.
-    pub(crate) ts: &'a str,
-    /// `type`.
-    pub(crate) kind: &'a str,
+    pub ts: &'a str,
+    /// `type`, as written.
+    pub type_name: &'a str,
+    /// `type`, if it is one this version knows.
+    pub kind: Option<Kind>,
     /// `prev`, decoded.
-    pub(crate) prev: Hash,
+    pub prev: Hash,
     /// `req_id`.
-    pub(crate) req_id: Field<'a>,
+    pub req_id: Field<'a>,
     /// `decision` (`sign.decision`).
-    pub(crate) decision: Field<'a>,
+    pub decision: Field<'a>,
     /// `status` (`sign.result`).
-    pub(crate) status: Field<'a>,
+    pub status: Field<'a>,
     /// `client` (`sign.*` records and approval records: the requesting client).
-    pub(crate) client: Field<'a>,
+    pub client: Field<'a>,
     /// `key` (`sign.request`).
-    pub(crate) key: Field<'a>,
+    pub key: Field<'a>,
+}
+
+impl Envelope<'_> {
+    /// `decision` (`sign.decision`), if it is a value this version knows.
+    pub fn decision(&self) -> Option<Decision> {
+        self.decision.as_str().and_then(Decision::parse)
+    }
+
+    /// `status` (`sign.result`), if it is a value this version knows.
+    pub fn status(&self) -> Option<Status> {
+        self.status.as_str().and_then(Status::parse)
+    }
 }
 
 fn syntax(why: impl Into<String>) -> LineError {
@@ -161,7 +176,7 @@ fn syntax(why: impl Into<String>) -> LineError {
 
 /// True if `ts` is a valid UTC time with the exact shape `YYYY-MM-DDTHH:MM:SS.ffffffZ`
 /// (microseconds, as the writer makes it).
-pub(crate) fn valid_ts(ts: &str) -> bool {
+pub fn valid_ts(ts: &str) -> bool {
     let b = ts.as_bytes();
     b.len() == TS_LEN
         && b.get(19) == Some(&b'.')
@@ -175,7 +190,7 @@ pub(crate) fn valid_ts(ts: &str) -> bool {
 /// [`LineError::Syntax`] means the line is not UTF-8 JSON at all, which is what a write that
 /// stopped part-way leaves; a line that is valid JSON but not a valid record is
 /// [`LineError::Invalid`] (someone wrote it).
-pub(crate) fn parse(line: &[u8]) -> Result<Envelope<'_>, LineError> {
+pub fn parse(line: &[u8]) -> Result<Envelope<'_>, LineError> {
     parse_checked(line).map_err(|e| match e {
         LineError::Syntax(why) if serde_json::from_slice::<IgnoredAny>(line).is_ok() => {
             LineError::Invalid(why)
@@ -270,7 +285,8 @@ fn parse_checked(line: &[u8]) -> Result<Envelope<'_>, LineError> {
     Ok(Envelope {
         seq: fields.seq,
         ts,
-        kind,
+        type_name: kind,
+        kind: Kind::parse(kind),
         prev,
         req_id: fields.req_id,
         decision: fields.decision,
@@ -302,7 +318,8 @@ mod tests {
         let e = parse(l.as_bytes()).unwrap();
         assert_eq!(e.seq, 7);
         assert_eq!(e.ts, "2025-01-02T03:04:05.123456Z");
-        assert_eq!(e.kind, "sign.result");
+        assert_eq!(e.type_name, "sign.result");
+        assert_eq!(e.kind, Some(Kind::SignResult));
         assert_eq!(e.prev[31], 0xff);
         assert_eq!(e.req_id.as_str(), Some("r1"));
         assert_eq!(e.status.as_str(), Some("signed"));

@@ -139,22 +139,22 @@ fn sign_rpc(method: Method, data: &[u8]) {
 
 /// `SignEvmTransaction` requests.
 pub fn evm_transaction(data: &[u8]) {
-    sign_rpc(Method::Transaction, data);
+    sign_rpc(Method::SignEvmTransaction, data);
 }
 
 /// `SignEvmMessage` requests (EIP-191).
 pub fn rpc_sign_message(data: &[u8]) {
-    sign_rpc(Method::Message, data);
+    sign_rpc(Method::SignEvmMessage, data);
 }
 
 /// `SignTypedData` requests (EIP-712 JSON inside protobuf).
 pub fn rpc_sign_typed_data(data: &[u8]) {
-    sign_rpc(Method::TypedData, data);
+    sign_rpc(Method::SignTypedData, data);
 }
 
 /// `SignDigest` requests.
 pub fn rpc_sign_digest(data: &[u8]) {
-    sign_rpc(Method::Digest, data);
+    sign_rpc(Method::SignDigest, data);
 }
 
 /// The pending request `rpc_vote` votes on: `bob` has not voted; `carol` has.
@@ -164,7 +164,7 @@ fn vote_pending() -> PendingRecord {
         roles: vec!["requester".to_owned()],
         cert_sha256: "00".repeat(32),
         request_id: VOTE_REQUEST_ID.to_owned(),
-        method: Method::Transaction.as_str().to_owned(),
+        method: Method::SignEvmTransaction.as_str().to_owned(),
         key_id: "evm".to_owned(),
         request: String::new(),
         request_fingerprint: "11".repeat(32),

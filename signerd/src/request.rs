@@ -1,8 +1,6 @@
 //! Signing requests and their outcomes as the service sees them: typed, with no wire encoding.
 //! [`crate::api`] turns them into protobuf responses; the service never builds one.
 
-use std::fmt;
-
 use prost::Message;
 use signerd_proto::v1;
 
@@ -10,50 +8,9 @@ use crate::approvals::PendingRecord;
 use crate::audit::Receipt;
 use crate::chain::evm::SignedTx;
 
-/// A method that signs. Its name is the gRPC method's, as the audit log and the state store
-/// record it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Method {
-    /// `SignEvmTransaction`.
-    Transaction,
-    /// `SignEvmMessage` (EIP-191).
-    Message,
-    /// `SignTypedData` (EIP-712).
-    TypedData,
-    /// `SignDigest` (a raw 32-byte digest).
-    Digest,
-}
-
-impl Method {
-    /// Every method.
-    pub const ALL: [Method; 4] = [
-        Method::Transaction,
-        Method::Message,
-        Method::TypedData,
-        Method::Digest,
-    ];
-
-    /// The gRPC method's name.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Method::Transaction => "SignEvmTransaction",
-            Method::Message => "SignEvmMessage",
-            Method::TypedData => "SignTypedData",
-            Method::Digest => "SignDigest",
-        }
-    }
-
-    /// The method with this gRPC name, as stored records name it.
-    pub fn from_name(name: &str) -> Option<Method> {
-        Method::ALL.into_iter().find(|m| m.as_str() == name)
-    }
-}
-
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// A method that signs: the gRPC method's name, as the audit log and the state store record
+/// it. The audit log's own closed set, so that the two can never disagree.
+pub use signerd_auditor::events::Method;
 
 /// One signing request, as the client sent it.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,10 +29,10 @@ impl SignRequest {
     /// Its method.
     pub fn method(&self) -> Method {
         match self {
-            SignRequest::Transaction(_) => Method::Transaction,
-            SignRequest::Message(_) => Method::Message,
-            SignRequest::TypedData(_) => Method::TypedData,
-            SignRequest::Digest(_) => Method::Digest,
+            SignRequest::Transaction(_) => Method::SignEvmTransaction,
+            SignRequest::Message(_) => Method::SignEvmMessage,
+            SignRequest::TypedData(_) => Method::SignTypedData,
+            SignRequest::Digest(_) => Method::SignDigest,
         }
     }
 
@@ -122,12 +79,16 @@ impl SignRequest {
     /// A request of `method` from its protobuf encoding.
     pub fn decode(method: Method, bytes: &[u8]) -> Result<SignRequest, prost::DecodeError> {
         Ok(match method {
-            Method::Transaction => {
+            Method::SignEvmTransaction => {
                 SignRequest::Transaction(v1::SignEvmTransactionRequest::decode(bytes)?)
             }
-            Method::Message => SignRequest::Message(v1::SignEvmMessageRequest::decode(bytes)?),
-            Method::TypedData => SignRequest::TypedData(v1::SignTypedDataRequest::decode(bytes)?),
-            Method::Digest => SignRequest::Digest(v1::SignDigestRequest::decode(bytes)?),
+            Method::SignEvmMessage => {
+                SignRequest::Message(v1::SignEvmMessageRequest::decode(bytes)?)
+            }
+            Method::SignTypedData => {
+                SignRequest::TypedData(v1::SignTypedDataRequest::decode(bytes)?)
+            }
+            Method::SignDigest => SignRequest::Digest(v1::SignDigestRequest::decode(bytes)?),
         })
     }
 }

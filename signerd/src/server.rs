@@ -411,7 +411,7 @@ impl Daemon {
                     () = bg.cancelled() => return,
                     got = hup.recv() => if got.is_none() { return },
                 }
-                match signer.reload_policy("sighup", None, false).await {
+                match signer.reload_policy(crate::audit::events::PolicySource::Sighup, None, false).await {
                     Ok(r) if !r.changed => tracing::info!("SIGHUP: policy unchanged"),
                     Ok(_) => {}
                     Err(e) => {

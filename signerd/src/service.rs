@@ -14,13 +14,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use alloy_primitives::B256;
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use signerd_policy::{Action, BucketKey, Decision, Identity, Kind, Policy, Request, Usage, Used};
 use signerd_proto::v1;
 
 use crate::api::wire;
-use crate::audit::{AuditLog, Receipt, Record};
+use crate::audit::events::{self, Outcome, PolicySource};
+use crate::audit::{AuditLog, Receipt};
 use crate::chain::evm::{self, PreparedTx};
 use crate::ids::RequestId;
 use crate::keys::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
@@ -301,14 +301,16 @@ impl Signer {
     /// Records the policy the daemon starts with.
     pub fn record_startup_policy(&self) -> Result<(), ServiceError> {
         let p = self.policy();
-        let rec = Record::new("policy.load")
-            .field("source", "startup")
-            .field("file", self.policy_path.display().to_string())
-            .field("old_serial", serde_json::Value::Null)
-            .field("old_hash", serde_json::Value::Null)
-            .field("new_serial", p.serial())
-            .field("new_hash", p.hash_hex())
-            .field("forced", false);
+        let rec = events::PolicyLoad {
+            source: PolicySource::Startup,
+            actor: None,
+            file: self.policy_path.display().to_string(),
+            old_serial: None,
+            old_hash: None,
+            new_serial: p.serial(),
+            new_hash: p.hash_hex(),
+            forced: false,
+        };
         self.audit.append(rec).map_err(unavailable)
     }
 
@@ -316,7 +318,7 @@ impl Signer {
     /// on any error. A serial that does not increase is refused unless `force`.
     pub async fn reload_policy(
         &self,
-        source: &str,
+        source: PolicySource,
         actor: Option<&str>,
         force: bool,
     ) -> Result<v1::ReloadPolicyResponse, ServiceError> {
@@ -347,15 +349,16 @@ impl Signer {
                     old.serial()
                 )));
             }
-            let rec = Record::new("policy.load")
-                .field("source", source)
-                .field("actor", actor)
-                .field("file", self.policy_path.display().to_string())
-                .field("old_serial", old.serial())
-                .field("old_hash", old.hash_hex())
-                .field("new_serial", new.serial())
-                .field("new_hash", new.hash_hex())
-                .field("forced", force && new.serial() <= old.serial());
+            let rec = events::PolicyLoad {
+                source,
+                actor: Some(actor.map(str::to_owned)),
+                file: self.policy_path.display().to_string(),
+                old_serial: Some(old.serial()),
+                old_hash: Some(old.hash_hex()),
+                new_serial: new.serial(),
+                new_hash: new.hash_hex(),
+                forced: force && new.serial() <= old.serial(),
+            };
             let mut slot = self.policy.write().unwrap_or_else(|p| p.into_inner());
             *slot = Arc::new(new);
             (rec, response)
@@ -367,7 +370,7 @@ impl Signer {
             serial = response.serial,
             hash = %response.hash,
             previous_serial = response.previous_serial,
-            source,
+            source = source.as_str(),
             "policy loaded"
         );
         Ok(response)
@@ -380,10 +383,11 @@ impl Signer {
         cert_sha256: Option<&str>,
         reason: &str,
     ) {
-        let rec = Record::new("auth.failure")
-            .field("peer", peer.map(|p| p.to_string()))
-            .field("cert_sha256", cert_sha256)
-            .field("reason", reason);
+        let rec = events::AuthFailure {
+            peer: peer.map(|p| p.to_string()),
+            cert_sha256: cert_sha256.map(str::to_owned),
+            reason: reason.to_owned(),
+        };
         if let Err(e) = self.audit.append(rec) {
             tracing::error!(error = %e, "cannot record auth.failure");
         }
@@ -399,7 +403,7 @@ impl Signer {
         let this = self.clone();
         let method = request.method();
         let (request_id, key_id) = (request.request_id().to_owned(), request.key_id().to_owned());
-        let heavy = method == Method::TypedData || request.encoded_len() > HEAVY_REQUEST_BYTES;
+        let heavy = method == Method::SignTypedData || request.encoded_len() > HEAVY_REQUEST_BYTES;
         self.run(caller, method, request_id, key_id, heavy, move || {
             this.prepare(request)
         })
@@ -537,11 +541,13 @@ impl Signer {
             Ok(p) => p,
             Err(e) => {
                 // Malformed requests are recorded too; nothing was signed, so no need to wait.
-                let status = match &e {
-                    ServiceError::NotFound(_) => "not_found",
-                    ServiceError::Unavailable(_) => "unavailable",
-                    _ => "invalid_argument",
+                let message = e.to_string();
+                let outcome = match &e {
+                    ServiceError::NotFound(_) => Outcome::NotFound { message },
+                    ServiceError::Unavailable(_) => Outcome::Unavailable { message },
+                    _ => Outcome::InvalidArgument { message },
                 };
+                let status = outcome.status();
                 // Client-chosen identifiers reach the log only once they are known to be
                 // well-formed, so a refused request cannot write arbitrary text into it.
                 let req_id = validate_request_id(&request_id)
@@ -551,14 +557,12 @@ impl Signer {
                 let _ = self
                     .audit
                     .append(request_record(&caller, method, req_id, key, None));
-                let _ = self.audit.append(
-                    Record::new("sign.result")
-                        .field("req_id", req_id)
-                        .field("client", caller.identity.id.as_str())
-                        .field("status", status)
-                        .field("message", e.to_string()),
-                );
-                tracing::info!(status, error = %e, "request refused");
+                let _ = self.audit.append(events::SignResult {
+                    req_id: req_id.map(str::to_owned),
+                    client: Some(caller.identity.id.clone()),
+                    outcome,
+                });
+                tracing::info!(status = status.as_str(), error = %e, "request refused");
                 return Err(e);
             }
         };
@@ -678,12 +682,14 @@ impl Signer {
         rule: Option<String>,
         reason: String,
     ) -> ServiceError {
-        let result = Record::new("sign.result")
-            .field("req_id", prepared.request_id.as_str())
-            .field("client", caller.identity.id.as_str())
-            .field("status", "denied")
-            .field("rule", rule.as_deref())
-            .field("message", reason.as_str());
+        let result = events::SignResult {
+            req_id: Some(prepared.request_id.as_str().to_owned()),
+            client: Some(caller.identity.id.clone()),
+            outcome: Outcome::Denied {
+                rule: rule.clone(),
+                message: reason.clone(),
+            },
+        };
         if let Err(e) = self.audit.append_durable(result).await {
             return unavailable(e);
         }
@@ -765,11 +771,13 @@ impl Signer {
     /// effort: if the audit log cannot take it, recovery records `unknown_crash` at the next
     /// start, and nothing was returned either way.
     async fn record_unsigned(&self, caller: &Caller, p: &Prepared, message: &str) {
-        let rec = Record::new("sign.result")
-            .field("req_id", p.request_id.as_str())
-            .field("client", caller.identity.id.as_str())
-            .field("status", "backend_error")
-            .field("message", message);
+        let rec = events::SignResult {
+            req_id: Some(p.request_id.as_str().to_owned()),
+            client: Some(caller.identity.id.clone()),
+            outcome: Outcome::BackendError {
+                message: message.to_owned(),
+            },
+        };
         if let Err(e) = self.audit.append_durable(rec).await {
             tracing::error!(error = %e, "cannot record the failed request");
         }
@@ -887,33 +895,35 @@ impl Signer {
             ..
         } = self.decide(caller, p, false, true).await?;
         let (effect, rules, reason) = match &decision {
-            Decision::Allow { rules } => ("allow", rules.clone(), "allowed".to_owned()),
-            Decision::Deny { rule, reason } => {
-                ("deny", rule.iter().cloned().collect(), reason.clone())
+            Decision::Allow { rules } => {
+                (events::Decision::Allow, rules.clone(), "allowed".to_owned())
             }
+            Decision::Deny { rule, reason } => (
+                events::Decision::Deny,
+                rule.iter().cloned().collect(),
+                reason.clone(),
+            ),
             Decision::NeedsApproval { rules, .. } => (
-                "require_approval",
+                events::Decision::RequireApproval,
                 rules.clone(),
                 "requires approval".to_owned(),
             ),
         };
-        let rec = Record::new("sign.dry_run")
-            .field("req_id", p.request_id.as_str())
-            .field("method", p.method.as_str())
-            .field("client", caller.identity.id.as_str())
-            .field("key", p.key.id.as_str())
-            .field("decision", effect)
-            .field("rules", rules.clone())
-            .field("policy_serial", policy.serial())
-            .field("policy_hash", policy.hash_hex())
-            .field(
-                "action",
-                serde_json::to_value(&p.action).unwrap_or_default(),
-            );
-        self.audit.append(rec).map_err(unavailable)?;
-        tracing::debug!(decision = effect, "dry run");
-        Ok(Evaluation {
+        let rec = events::SignDryRun {
+            req_id: p.request_id.as_str().to_owned(),
+            method: p.method,
+            client: caller.identity.id.clone(),
+            key: p.key.id.clone(),
             decision: effect,
+            rules: rules.clone(),
+            policy_serial: policy.serial(),
+            policy_hash: policy.hash_hex(),
+            action: serde_json::to_value(&p.action).unwrap_or_default(),
+        };
+        self.audit.append(rec).map_err(unavailable)?;
+        tracing::debug!(decision = effect.as_str(), "dry run");
+        Ok(Evaluation {
+            decision: effect.as_str(),
             rules,
             reason,
             explanation,
@@ -1234,51 +1244,51 @@ fn request_record(
     request_id: Option<&str>,
     key_id: Option<&str>,
     fingerprint: Option<&str>,
-) -> Record {
-    Record::new("sign.request")
-        .field("req_id", request_id)
-        .field("method", method.as_str())
-        .field("client", caller.identity.id.as_str())
-        .field("cert_sha256", caller.cert_sha256.as_str())
-        .field("key", key_id)
-        .field("fingerprint", fingerprint)
+) -> events::SignRequest {
+    events::SignRequest {
+        req_id: request_id.map(str::to_owned),
+        method,
+        client: caller.identity.id.clone(),
+        cert_sha256: caller.cert_sha256.clone(),
+        key: key_id.map(str::to_owned),
+        fingerprint: fingerprint.map(str::to_owned),
+    }
 }
 
-fn decision_record(caller: &Caller, p: &Prepared, d: &Decided) -> Record {
+fn decision_record(caller: &Caller, p: &Prepared, d: &Decided) -> events::SignDecision {
     let (effect, rules, reason) = match &d.decision {
-        Decision::Allow { rules } => ("allow", rules.clone(), None),
+        Decision::Allow { rules } => (events::Decision::Allow, rules.clone(), None),
         Decision::Deny { rule, reason } => (
-            "deny",
+            events::Decision::Deny,
             rule.iter().cloned().collect(),
-            Some(reason.as_str()),
+            Some(reason.clone()),
         ),
-        Decision::NeedsApproval { rules, .. } => ("require_approval", rules.clone(), None),
+        Decision::NeedsApproval { rules, .. } => {
+            (events::Decision::RequireApproval, rules.clone(), None)
+        }
     };
-    let charges: Vec<serde_json::Value> = d
+    let charges = d
         .charges
         .iter()
-        .map(|c| {
-            json!({
-                "limit": c.limit_id,
-                "bucket": c.bucket.as_str(),
-                "window_secs": c.window_secs,
-                "amount": c.amount.to_string(),
-            })
+        .map(|c| events::Charge {
+            amount: c.amount.to_string(),
+            bucket: c.bucket.as_str().to_owned(),
+            limit: c.limit_id.clone(),
+            window_secs: c.window_secs,
         })
         .collect();
-    Record::new("sign.decision")
-        .field("req_id", p.request_id.as_str())
-        .field("client", caller.identity.id.as_str())
-        .field("decision", effect)
-        .field("rules", rules)
-        .field("reason", reason)
-        .field("policy_serial", d.policy.serial())
-        .field("policy_hash", d.policy.hash_hex())
-        .field(
-            "action",
-            serde_json::to_value(&p.action).unwrap_or_default(),
-        )
-        .field("charges", charges)
+    events::SignDecision {
+        req_id: p.request_id.as_str().to_owned(),
+        client: Some(caller.identity.id.clone()),
+        decision: effect,
+        rules,
+        reason,
+        policy_serial: d.policy.serial(),
+        policy_hash: d.policy.hash_hex(),
+        action: serde_json::to_value(&p.action).unwrap_or_default(),
+        charges,
+        approved_by: None,
+    }
 }
 
 /// The outcome of [`Signer::decide`].
@@ -1352,7 +1362,7 @@ fn unix_now() -> i64 {
 
 /// The signature as answered, the signed transaction (for transactions), and the
 /// `sign.result` record.
-type Built = ((SignatureParts, Option<evm::SignedTx>), Record);
+type Built = ((SignatureParts, Option<evm::SignedTx>), events::SignResult);
 
 /// Builds the answer (without receipt) and its `sign.result` record.
 fn build_response(
@@ -1360,21 +1370,16 @@ fn build_response(
     p: &Prepared,
     sig: &RawSignature,
 ) -> Result<Built, ServiceError> {
-    let mut rec = Record::new("sign.result")
-        .field("req_id", p.request_id.as_str())
-        .field("client", caller.identity.id.as_str())
-        .field("status", "signed")
-        .field("signing_hash", format!("0x{}", hex::encode(p.commitment)));
     let mut out = SignatureParts::default();
     let mut tx_fields = None;
+    let (mut tx_hash, mut raw_tx) = (None, None);
     match (&p.payload, sig) {
         (PayloadKind::Tx(tx), RawSignature::Ecdsa { r, s, y_parity }) => {
             let signed = tx.encode_signed(*r, *s, *y_parity);
             out = ecdsa_proto(r, s, *y_parity, signed.v);
             out.bytes.clear();
-            rec = rec
-                .field("tx_hash", format!("{:#x}", signed.hash))
-                .field("raw_tx", hex0x(&signed.raw));
+            tx_hash = Some(format!("{:#x}", signed.hash));
+            raw_tx = Some(hex0x(&signed.raw));
             tx_fields = Some(signed);
         }
         (PayloadKind::EcdsaHash, RawSignature::Ecdsa { r, s, y_parity }) => {
@@ -1389,14 +1394,23 @@ fn build_response(
             ));
         }
     }
-    rec = rec.field(
-        "signature",
-        json!({"r": hex0x(&out.r), "s": hex0x(&out.s), "v": out.v, "bytes": hex0x(&out.bytes)}),
-    );
-    if let Some(version) = p.key.version {
-        // Versioned keys (Vault transit): which version signed, so rotation is auditable.
-        rec = rec.field("key_version", version);
-    }
+    let rec = events::SignResult {
+        req_id: Some(p.request_id.as_str().to_owned()),
+        client: Some(caller.identity.id.clone()),
+        outcome: Outcome::Signed {
+            signing_hash: hex0x(&p.commitment),
+            tx_hash,
+            raw_tx,
+            signature: events::Signature {
+                bytes: hex0x(&out.bytes),
+                r: hex0x(&out.r),
+                s: hex0x(&out.s),
+                v: out.v,
+            },
+            // Versioned keys (Vault transit): which version signed, so rotation is auditable.
+            key_version: p.key.version.map(u64::from),
+        },
+    };
     Ok(((out, tx_fields), rec))
 }
 
@@ -1406,16 +1420,30 @@ fn build_response(
 pub fn answer_from_log(
     a: &crate::state::reconcile::LoggedAnswer<'_>,
 ) -> Result<StoredRequest, String> {
-    let method =
-        Method::from_name(a.method).ok_or_else(|| format!("unknown method `{}`", a.method))?;
-    let outcome = match a.result["status"].as_str() {
-        Some("denied") => StoredOutcome::Denied {
-            rule: a.result["rule"].as_str().map(str::to_owned),
-            reason: a.result["message"].as_str().unwrap_or_default().to_owned(),
+    let method = Method::parse(a.method).ok_or_else(|| format!("unknown method `{}`", a.method))?;
+    let outcome = match &a.record.outcome {
+        Outcome::Denied { rule, message } => StoredOutcome::Denied {
+            rule: rule.clone(),
+            reason: message.clone(),
         },
-        Some("signed") => StoredOutcome::Signed {
-            response: hex::encode(wire::encode_answer(method, rebuild(a)?)),
-        },
+        Outcome::Signed {
+            signing_hash,
+            tx_hash,
+            raw_tx,
+            signature,
+            ..
+        } => {
+            let signed = rebuild(
+                a.seq,
+                a.line,
+                signing_hash,
+                tx_hash.as_ref().zip(raw_tx.as_ref()),
+                signature,
+            )?;
+            StoredOutcome::Signed {
+                response: hex::encode(wire::encode_answer(method, signed)),
+            }
+        }
         _ => return Err("not a final answer".into()),
     };
     Ok(StoredRequest {
@@ -1425,27 +1453,31 @@ pub fn answer_from_log(
     })
 }
 
-/// The answer of a `signed` result record (see [`answer_from_log`]).
-fn rebuild(a: &crate::state::reconcile::LoggedAnswer<'_>) -> Result<Signed, String> {
-    fn bytes(v: &serde_json::Value, name: &str) -> Result<Vec<u8>, String> {
-        v.as_str()
-            .and_then(|s| s.strip_prefix("0x"))
+/// The answer of a `signed` result record at `seq`, whose line is `line` (see
+/// [`answer_from_log`]): exactly what [`build_response`] answered, receipt included.
+fn rebuild(
+    seq: u64,
+    line: &str,
+    signing_hash: &str,
+    tx: Option<(&String, &String)>,
+    sig: &events::Signature,
+) -> Result<Signed, String> {
+    fn bytes(v: &str, name: &str) -> Result<Vec<u8>, String> {
+        v.strip_prefix("0x")
             .and_then(|h| hex::decode(h).ok())
             .ok_or_else(|| format!("`{name}` is not 0x-prefixed hex"))
     }
-    fn hash32(v: &serde_json::Value, name: &str) -> Result<[u8; 32], String> {
+    fn hash32(v: &str, name: &str) -> Result<[u8; 32], String> {
         bytes(v, name)?
             .try_into()
             .map_err(|_| format!("`{name}` is not 32 bytes"))
     }
-    let rec = a.result;
-    let sig = &rec["signature"];
     let (r, s, all) = (
-        bytes(&sig["r"], "signature.r")?,
-        bytes(&sig["s"], "signature.s")?,
-        bytes(&sig["bytes"], "signature.bytes")?,
+        bytes(&sig.r, "signature.r")?,
+        bytes(&sig.s, "signature.s")?,
+        bytes(&sig.bytes, "signature.bytes")?,
     );
-    let v = sig["v"].as_u64().ok_or("`signature.v` is not a number")?;
+    let v = sig.v;
     // The parity is what `v` or the 65-byte form encodes: 27/28 for messages, 0/1 for typed
     // transactions, chain_id * 2 + 35/36 for EIP-155 legacy ones; Ed25519 has none.
     let y_parity = match (all.len(), v) {
@@ -1456,15 +1488,14 @@ fn rebuild(a: &crate::state::reconcile::LoggedAnswer<'_>) -> Result<Signed, Stri
         _ if r.is_empty() => 0,
         _ => return Err(format!("`signature.v` {v} encodes no parity")),
     };
-    let tx = match rec.get("raw_tx") {
-        Some(raw) => Some(evm::SignedTx {
+    let tx = match tx {
+        Some((hash, raw)) => Some(evm::SignedTx {
             raw: bytes(raw, "raw_tx")?,
-            hash: B256::from(hash32(&rec["tx_hash"], "tx_hash")?),
+            hash: B256::from(hash32(hash, "tx_hash")?),
             v,
         }),
         None => None,
     };
-    let seq = rec["seq"].as_u64().ok_or("`seq` is not a number")?;
     Ok(Signed {
         signature: SignatureParts {
             r,
@@ -1473,11 +1504,11 @@ fn rebuild(a: &crate::state::reconcile::LoggedAnswer<'_>) -> Result<Signed, Stri
             v,
             bytes: all,
         },
-        signing_hash: hash32(&rec["signing_hash"], "signing_hash")?,
+        signing_hash: hash32(signing_hash, "signing_hash")?,
         tx,
         receipt: Receipt {
             seq,
-            leaf_hash: crate::audit::merkle::leaf_hash(a.line.as_bytes()),
+            leaf_hash: crate::audit::merkle::leaf_hash(line.as_bytes()),
         },
     })
 }
@@ -1507,12 +1538,12 @@ mod tests {
     #[test]
     fn a_reused_request_id_names_both_methods() {
         assert_eq!(
-            reused_message("SignEvmTransaction", Method::Message),
+            reused_message("SignEvmTransaction", Method::SignEvmMessage),
             "request_id was already used for a SignEvmTransaction request; this SignEvmMessage \
              request needs a new request_id"
         );
         assert_eq!(
-            reused_message("SignDigest", Method::Digest),
+            reused_message("SignDigest", Method::SignDigest),
             "request_id was already used for a different SignDigest request; use a new \
              request_id for a new request"
         );

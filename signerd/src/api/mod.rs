@@ -305,7 +305,11 @@ impl admin_server::Admin for AdminApi {
         }
         self.inner
             .signer
-            .reload_policy("rpc", Some(&caller.identity.id), req.get_ref().force)
+            .reload_policy(
+                crate::audit::events::PolicySource::Rpc,
+                Some(&caller.identity.id),
+                req.get_ref().force,
+            )
             .await
             .map(Response::new)
             .map_err(status)

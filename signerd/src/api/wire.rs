@@ -154,12 +154,12 @@ fn evaluation_proto(e: Evaluation) -> v1::PolicyEvaluation {
 pub fn encode_answer(method: Method, signed: Signed) -> Vec<u8> {
     let outcome = SignOutcome::Signed(signed);
     match method {
-        Method::Transaction => {
+        Method::SignEvmTransaction => {
             v1::SignEvmTransactionResponse::from_outcome(outcome).encode_to_vec()
         }
-        Method::Message => v1::SignEvmMessageResponse::from_outcome(outcome).encode_to_vec(),
-        Method::TypedData => v1::SignTypedDataResponse::from_outcome(outcome).encode_to_vec(),
-        Method::Digest => v1::SignDigestResponse::from_outcome(outcome).encode_to_vec(),
+        Method::SignEvmMessage => v1::SignEvmMessageResponse::from_outcome(outcome).encode_to_vec(),
+        Method::SignTypedData => v1::SignTypedDataResponse::from_outcome(outcome).encode_to_vec(),
+        Method::SignDigest => v1::SignDigestResponse::from_outcome(outcome).encode_to_vec(),
     }
 }
 
@@ -200,10 +200,10 @@ pub fn decode_answer(method: Method, bytes: &[u8]) -> Result<Signed, BadAnswer> 
         })
     }
     match method {
-        Method::Transaction => read::<v1::SignEvmTransactionResponse>(bytes),
-        Method::Message => read::<v1::SignEvmMessageResponse>(bytes),
-        Method::TypedData => read::<v1::SignTypedDataResponse>(bytes),
-        Method::Digest => read::<v1::SignDigestResponse>(bytes),
+        Method::SignEvmTransaction => read::<v1::SignEvmTransactionResponse>(bytes),
+        Method::SignEvmMessage => read::<v1::SignEvmMessageResponse>(bytes),
+        Method::SignTypedData => read::<v1::SignTypedDataResponse>(bytes),
+        Method::SignDigest => read::<v1::SignDigestResponse>(bytes),
     }
 }
 
@@ -215,16 +215,16 @@ pub fn stored_response(
     use v1::sign_request_state::Response;
     let bad = |_| BadAnswer;
     Ok(match method {
-        Method::Transaction => {
+        Method::SignEvmTransaction => {
             Response::Transaction(v1::SignEvmTransactionResponse::decode(bytes).map_err(bad)?)
         }
-        Method::Message => {
+        Method::SignEvmMessage => {
             Response::Message(v1::SignEvmMessageResponse::decode(bytes).map_err(bad)?)
         }
-        Method::TypedData => {
+        Method::SignTypedData => {
             Response::TypedData(v1::SignTypedDataResponse::decode(bytes).map_err(bad)?)
         }
-        Method::Digest => Response::Digest(v1::SignDigestResponse::decode(bytes).map_err(bad)?),
+        Method::SignDigest => Response::Digest(v1::SignDigestResponse::decode(bytes).map_err(bad)?),
     })
 }
 
@@ -309,16 +309,19 @@ mod tests {
     /// every method: replays and restored answers are byte for byte the first answer.
     #[test]
     fn stored_answers_read_back_exactly() {
-        for method in Method::ALL {
-            let s = signed(method == Method::Transaction, method == Method::Digest);
+        for &method in Method::ALL {
+            let s = signed(
+                method == Method::SignEvmTransaction,
+                method == Method::SignDigest,
+            );
             let bytes = encode_answer(method, s.clone());
             let back = decode_answer(method, &bytes).unwrap();
             assert_eq!(encode_answer(method, back.clone()), bytes, "{method}");
-            if method != Method::Digest {
+            if method != Method::SignDigest {
                 assert_eq!(back, s, "{method}");
             }
             assert!(stored_response(method, &bytes).is_ok());
         }
-        assert!(decode_answer(Method::Message, b"\xff\xff").is_err());
+        assert!(decode_answer(Method::SignEvmMessage, b"\xff\xff").is_err());
     }
 }

@@ -19,7 +19,7 @@ use super::{
 };
 use crate::api::wire::{self, pending_proto, status_proto};
 use crate::approvals::{self as quorum, PendingRecord, Requirement, Status, StoredVote, Vote};
-use crate::audit::Record;
+use crate::audit::events::{self, Outcome};
 use crate::request::{Method, SignOutcome, SignRequest};
 use crate::state::{StoredOutcome, StoredRequest};
 
@@ -178,8 +178,15 @@ async fn state_call<T>(
     call.await.map_err(state_err)
 }
 
-fn requirements_json(reqs: &[Requirement]) -> serde_json::Value {
-    serde_json::to_value(reqs).unwrap_or_default()
+fn required_groups(reqs: &[Requirement]) -> Vec<events::RequiredGroup> {
+    reqs.iter()
+        .map(|r| events::RequiredGroup {
+            group: r.group.clone(),
+            members: r.members.clone(),
+            min: r.min,
+            veto: r.veto,
+        })
+        .collect()
 }
 
 impl Signer {
@@ -223,17 +230,18 @@ impl Signer {
             status: Status::Pending,
             reason: None,
         };
-        let audit = Record::new("approval.request")
-            .field("req_id", rec.request_id.as_str())
-            .field("client", rec.client.as_str())
-            .field("method", rec.method.as_str())
-            .field("key", rec.key_id.as_str())
-            .field("fingerprint", rec.fingerprint.as_str())
-            .field("rules", rec.rules.clone())
-            .field("requirements", requirements_json(&rec.requirements))
-            .field("deadline", rec.deadline)
-            .field("policy_serial", rec.policy_serial)
-            .field("policy_hash", rec.policy_hash.as_str());
+        let audit = events::ApprovalRequest {
+            req_id: rec.request_id.clone(),
+            client: rec.client.clone(),
+            method: p.method,
+            key: rec.key_id.clone(),
+            fingerprint: rec.fingerprint.clone(),
+            rules: rec.rules.clone(),
+            requirements: required_groups(&rec.requirements),
+            deadline: rec.deadline,
+            policy_serial: rec.policy_serial,
+            policy_hash: rec.policy_hash.clone(),
+        };
         self.audit
             .append_durable(audit)
             .await
@@ -365,22 +373,20 @@ impl Signer {
             reason: v.reason.clone(),
             ts: now,
         };
-        let kind = match v.vote {
-            Vote::Approve => "approval.grant",
-            Vote::Reject => "approval.reject",
+        // `approval.grant` or `approval.reject`, as the vote says.
+        let audit = events::ApprovalVote {
+            req_id: rec.request_id.clone(),
+            client: rec.client.clone(),
+            approver: me.clone(),
+            cert_sha256: caller.cert_sha256.clone(),
+            fingerprint: rec.fingerprint.clone(),
+            decision: v.vote,
+            expires: v.expires_unix,
+            public_key: vote.public_key.clone(),
+            signature: vote.signature.clone(),
+            reason: v.reason.clone(),
+            policy_hash: policy.hash_hex(),
         };
-        let audit = Record::new(kind)
-            .field("req_id", rec.request_id.as_str())
-            .field("client", rec.client.as_str())
-            .field("approver", me.as_str())
-            .field("cert_sha256", caller.cert_sha256.as_str())
-            .field("fingerprint", rec.fingerprint.as_str())
-            .field("decision", v.vote.as_str())
-            .field("expires", v.expires_unix)
-            .field("public_key", vote.public_key.as_str())
-            .field("signature", vote.signature.as_str())
-            .field("reason", v.reason.as_deref())
-            .field("policy_hash", policy.hash_hex());
         let receipt = self
             .audit
             .append_durable(audit)
@@ -396,8 +402,7 @@ impl Signer {
             } else {
                 format!("rejected by `{by}`: {reason}")
             };
-            self.end_unsigned(&mut rec, Status::Rejected, "rejected", why)
-                .await?;
+            self.end_unsigned(&mut rec, Status::Rejected, why).await?;
         } else if t.met {
             rec.status = Status::Signing;
             quorum_reached = true;
@@ -440,14 +445,18 @@ impl Signer {
         &self,
         rec: &mut PendingRecord,
         status: Status,
-        word: &str,
         reason: String,
     ) -> Result<(), ServiceError> {
-        let result = Record::new("sign.result")
-            .field("req_id", rec.request_id.as_str())
-            .field("client", rec.client.as_str())
-            .field("status", word)
-            .field("message", reason.as_str());
+        let message = reason.clone();
+        let outcome = match status {
+            Status::Expired => Outcome::Expired { message },
+            _ => Outcome::Rejected { message },
+        };
+        let result = events::SignResult {
+            req_id: Some(rec.request_id.clone()),
+            client: Some(rec.client.clone()),
+            outcome,
+        };
         self.audit
             .append_durable(result)
             .await
@@ -466,19 +475,19 @@ impl Signer {
         let now = unix_now();
         let t = quorum::tally(&rec.requirements, &rec.votes, &rec.client, now);
         let approved: Vec<String> = t.approved_by.into_iter().flatten().collect();
-        let audit = Record::new("approval.expire")
-            .field("req_id", rec.request_id.as_str())
-            .field("client", rec.client.as_str())
-            .field("fingerprint", rec.fingerprint.as_str())
-            .field("deadline", rec.deadline)
-            .field("approved_by", approved);
+        let audit = events::ApprovalExpire {
+            req_id: rec.request_id.clone(),
+            client: rec.client.clone(),
+            fingerprint: rec.fingerprint.clone(),
+            deadline: rec.deadline,
+            approved_by: approved,
+        };
         self.audit.append(audit).map_err(unavailable)?;
         let reason = format!(
             "approvals expired: the deadline {} passed before every quorum was reached",
             crate::approvals::rfc3339(rec.deadline)
         );
-        self.end_unsigned(rec, Status::Expired, "expired", reason)
-            .await?;
+        self.end_unsigned(rec, Status::Expired, reason).await?;
         let stored = rec.clone();
         state_call(self.state.put_pending(&stored)).await?;
         self.changed();
@@ -615,7 +624,7 @@ impl Signer {
         self.check_state()?;
         let request = hex::decode(&rec.request)
             .map_err(|_| ServiceError::Unavailable("stored request cannot be decoded".into()))?;
-        let method = Method::from_name(&rec.method).ok_or_else(|| {
+        let method = Method::parse(&rec.method).ok_or_else(|| {
             ServiceError::Unavailable(format!("stored request of unknown method `{}`", rec.method))
         })?;
         let request = SignRequest::decode(method, &request)
@@ -636,7 +645,10 @@ impl Signer {
                 .into_iter()
                 .flatten()
                 .collect();
-        let dec_rec = decision_record(&caller, &p, &decided).field("approved_by", approvers);
+        let dec_rec = events::SignDecision {
+            approved_by: Some(approvers),
+            ..decision_record(&caller, &p, &decided)
+        };
         self.audit.append(dec_rec).map_err(unavailable)?;
         let fp = rec.request_fingerprint.as_str();
         match decided.decision {
@@ -906,7 +918,7 @@ fn decode_response(
     hex_bytes: &str,
 ) -> Result<v1::sign_request_state::Response, ServiceError> {
     let bad = || ServiceError::Unavailable("stored response cannot be decoded".into());
-    let method = Method::from_name(method).ok_or_else(|| {
+    let method = Method::parse(method).ok_or_else(|| {
         ServiceError::Unavailable(format!("stored response of unknown method `{method}`"))
     })?;
     let bytes = hex::decode(hex_bytes).map_err(|_| bad())?;

@@ -119,8 +119,8 @@ enum Cert {
 pub(crate) struct Opts {
     /// `server.max_message_bytes`.
     pub(crate) max_message_bytes: Option<usize>,
-    /// `server.handshake_timeout_ms`.
-    pub(crate) handshake_timeout_ms: Option<u64>,
+    /// `server.handshake_timeout`.
+    pub(crate) handshake_timeout: Option<Duration>,
     /// Configure `tls.crls` with the CRL that revokes `app-revoked`.
     pub(crate) crl: bool,
     /// The policy file's text.
@@ -134,7 +134,7 @@ impl Default for Opts {
     fn default() -> Opts {
         Opts {
             max_message_bytes: None,
-            handshake_timeout_ms: None,
+            handshake_timeout: None,
             crl: false,
             policy: DEFAULT_POLICY.to_owned(),
             keys: None,
@@ -306,8 +306,8 @@ impl TestEnv {
         if let Some(n) = self.opts.max_message_bytes {
             server.push_str(&format!("max_message_bytes = {n}\n"));
         }
-        if let Some(n) = self.opts.handshake_timeout_ms {
-            server.push_str(&format!("handshake_timeout_ms = {n}\n"));
+        if let Some(t) = self.opts.handshake_timeout {
+            server.push_str(&format!("handshake_timeout = \"{}ms\"\n", t.as_millis()));
         }
         let crls = if self.opts.crl {
             "crls = [\"pki/crl.pem\"]\n"

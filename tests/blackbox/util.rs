@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -446,14 +445,15 @@ impl Drop for TestEnv {
     }
 }
 
-/// A new, empty, unique directory under the system temporary directory.
+/// A new, empty, unique directory (mode 0700) under the system temporary directory, named
+/// for the test. It is not removed automatically: [`TestEnv`] removes it, or keeps it for
+/// inspection when the test fails.
 pub(crate) fn unique_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("signerd-bb-{name}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    mkdir(&dir);
-    dir
+    tempfile::Builder::new()
+        .prefix(&format!("signerd-bb-{name}-"))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("a temporary directory for {name}: {e}"))
+        .keep()
 }
 
 /// A running daemon (or any process that prints `signerd listening on ADDR`).

@@ -1,5 +1,5 @@
-//! Durations (`"24h"`), times of day (`"09:00"`), fixed UTC offsets (`"+01:00"`), weekdays
-//! and RFC 3339 timestamps, computed by hand on Unix seconds.
+//! Durations (`"24h"`), times of day (`"09:00"`), fixed UTC offsets (`"+01:00"`) and weekdays,
+//! computed on Unix seconds, and RFC 3339 timestamps, read with the `time` crate.
 //!
 //! This module never reads the clock: every function takes the time it is asked about. Time
 //! zones are fixed UTC offsets in this version; there is no time-zone database, so a window
@@ -227,75 +227,21 @@ pub(crate) fn weekday(days: i64) -> u8 {
     u8::try_from((days + 3).rem_euclid(7)).unwrap_or(0)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        _ if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        _ => 28,
-    }
-}
-
-// Not `humantime` like signerd: it refuses UTC offsets (`+01:00`) and the space separator that
-// this parser accepts in policy files; `time`'s parser would need a new feature and differs on both.
 /// Parses an RFC 3339 timestamp (`2026-01-01T10:00:00Z`, `2026-01-01T11:00:00+01:00`,
-/// optional fractional seconds, which are dropped) into Unix seconds.
+/// optional fractional seconds, which are dropped) into Unix seconds, with the `time` crate.
+/// (Not `humantime`, which signerd uses for audit times: it refuses UTC offsets and the space
+/// separator that policy files may use.) A leap second is read as the last second of its
+/// minute, and is accepted only where one can occur: at the end of a month, in UTC.
 pub(crate) fn parse_rfc3339(s: &str) -> Result<i64, String> {
     let bad = || format!("`{s}` is not an RFC 3339 time such as \"2026-01-01T10:00:00Z\"");
-    let b = s.as_bytes();
-    if b.len() < 20 || !s.is_ascii() {
+    // `time` takes any character between date and time; RFC 3339 has `T`, `t`, and (section
+    // 5.6) a space.
+    if !s.as_bytes().get(10).is_some_and(|c| b"Tt ".contains(c)) {
         return Err(bad());
     }
-    let num = |r: std::ops::Range<usize>| -> Result<u32, String> {
-        let part = s.get(r).ok_or_else(bad)?;
-        if !part.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(bad());
-        }
-        part.parse().map_err(|_| bad())
-    };
-    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
-    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
-        return Err(bad());
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let y = i64::from(y);
-    if !(1..=12).contains(&mo)
-        || d == 0
-        || d > days_in_month(y, mo)
-        || h > 23
-        || mi > 59
-        || sec > 60
-    {
-        return Err(bad());
-    }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if n == 0 {
-            return Err(bad());
-        }
-        rest = &frac[n..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ => UtcOffset::parse(rest).map_err(|_| bad())?.0,
-    };
-    // A leap second is read as the last second of its minute.
-    let sec = i64::from(sec.min(59));
-    let days = days_from_civil(y, mo, d);
-    Ok(days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + sec - i64::from(offset))
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map(time::OffsetDateTime::unix_timestamp)
+        .map_err(|_| bad())
 }
 
 #[cfg(test)]
@@ -367,11 +313,28 @@ mod tests {
             "2026-01-01T10:00:00+1:00",
             "2026-01-01T10:00:00.Z",
             "２026-01-01T10:00:00Z",
+            "2026-01-01X10:00:00Z",
+            "2026-01-01T10:00:60Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T10:00:00+24:00",
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");
         }
+        assert_eq!(
+            parse_rfc3339("2026-01-01 11:00:00+01:00").unwrap(),
+            1_767_261_600
+        );
+        assert_eq!(
+            parse_rfc3339("2026-01-01t10:00:00z").unwrap(),
+            1_767_261_600
+        );
+        assert_eq!(
+            parse_rfc3339("2016-12-31T23:59:60Z").unwrap(),
+            parse_rfc3339("2016-12-31T23:59:59Z").unwrap()
+        );
+        assert_eq!(parse_rfc3339("1969-12-31T23:59:59.5Z").unwrap(), -1);
         // 2026-01-01 is a Thursday.
-        assert_eq!(weekday(days_from_civil(2026, 1, 1)), 3);
+        assert_eq!(weekday(1_767_225_600 / 86_400), 3);
     }
 
     #[test]

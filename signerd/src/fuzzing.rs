@@ -73,6 +73,10 @@ pub const KEYSTORE_ID: &str = "k";
 /// The passphrase of `keystore_file`'s key file.
 pub const KEYSTORE_PASSPHRASE: &str = "fuzz passphrase";
 
+/// The derived key (AES key, MAC key) that `keystore_file` decrypts keystore v3 files with: a
+/// file's own KDF runs for up to seconds, too slow for fuzzing.
+pub const KEYSTORE_V3_DERIVED_KEY: [[u8; 16]; 2] = [[0x11; 16], [0x22; 16]];
+
 /// The configured wrapping key of `wrapped_key`, and the id its file is named for.
 pub const WRAPPING_KEY: &str = "signerd-wrap";
 /// The key id `wrapped_key`'s file is named for.
@@ -370,16 +374,18 @@ pub fn audit_proof(data: &[u8]) {
 }
 
 /// Key files: the soft backend's key file (parsed, its KDF parameters checked, decrypted with
-/// [`KEYSTORE_PASSPHRASE`]) and the keystore v3 files that `signerctl keys import-v3` reads
-/// (parsed and checked up to, not including, the KDF). Both readers refuse files over
-/// 64 KiB before parsing.
+/// [`KEYSTORE_PASSPHRASE`]) and the keystore v3 files that `signerctl keys import` reads
+/// (parsed and checked, then the MAC check and decryption under [`KEYSTORE_V3_DERIVED_KEY`]
+/// instead of running the file's KDF). Both readers refuse files over 64 KiB before parsing.
 pub fn keystore_file(data: &[u8]) {
     if data.len() as u64 > crate::keys::soft::file::MAX_FILE_BYTES {
         return;
     }
     let passphrase = SecretString::from(KEYSTORE_PASSPHRASE);
     let _ = crate::keys::soft::file::decode(KEYSTORE_ID, data, &passphrase);
-    let _ = crate::keys::hazmat::check_keystore_v3(data);
+    if let Ok(v3) = crate::keys::hazmat::keystore_v3::Keystore::parse(data) {
+        let _ = v3.decrypt_with_derived_key(&KEYSTORE_V3_DERIVED_KEY);
+    }
 }
 
 /// Vault-wrapped key files (`<id>.wrapped.json`), refused over 64 KiB like key files.

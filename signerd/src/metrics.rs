@@ -136,7 +136,25 @@ fn describe() {
     );
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves, then lets open scrapes
+/// finish. Histogram samples are also drained every 5 seconds in this future, not in a
+/// task of their own, so that nothing outlives it.
+///
+/// This is a small axum server rather than the HTTP listener of `metrics-exporter-prometheus`
+/// (its `http-listener` feature, `PrometheusBuilder::with_http_listener` and `build()`),
+/// because that listener cannot do what this one does and the daemon relies on:
+/// - it binds inside `build()` and never tells the address it bound, so port `0` (documented,
+///   and used by the tests) could not be reported (`signerd metrics on http://ADDR/metrics`);
+/// - it answers every path with the metrics (and `/health` with `OK`), where this serves
+///   `/metrics` only and answers 404 elsewhere, and it sends `text/plain` without the format
+///   version;
+/// - `build()` spawns its upkeep loop and each connection with a bare `tokio::spawn`: tasks
+///   that [`crate::tasks::Background`] cannot own or end, with no graceful shutdown;
+/// - `build()` makes a new recorder each time and must run when the listener is bound, while
+///   the recorder here is installed once per process ([`install`]), first thing at start, so
+///   that what opening records is counted, and the listener is bound later.
+///
+/// Dropping axum would not shrink the build either: tonic depends on it.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     handle: PrometheusHandle,
@@ -145,7 +163,7 @@ pub async fn serve(
     use axum::routing::get;
     // Histogram samples wait in the recorder until drained into their buckets; a scrape
     // drains them, and so does this, so that memory stays bounded when nobody scrapes.
-    let upkeep = tokio::spawn({
+    let upkeep = {
         let handle = handle.clone();
         async move {
             let mut every = tokio::time::interval(UPKEEP_EVERY);
@@ -155,7 +173,7 @@ pub async fn serve(
                 handle.run_upkeep();
             }
         }
-    });
+    };
     let app = axum::Router::new().route(
         "/metrics",
         get(move || {
@@ -171,10 +189,12 @@ pub async fn serve(
             }
         }),
     );
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    upkeep.abort();
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    // The upkeep loop never ends; it stops when the server does.
+    let served = tokio::select! {
+        served = served => served,
+        never = upkeep => match never {},
+    };
     served.map_err(|e| MetricsError(e.to_string()))
 }
 

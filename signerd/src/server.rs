@@ -169,6 +169,9 @@ impl Daemon {
                 "a new audit log: give the verifier key of its checkpoint signing key to auditors"
             );
         }
+        for deprecation in config.deprecations() {
+            tracing::warn!("{deprecation}");
+        }
         if config.audit.bench_unsafe_no_fsync {
             tracing::error!(
                 "audit.bench_unsafe_no_fsync is set: signatures are returned before their audit \

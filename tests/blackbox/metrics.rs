@@ -8,13 +8,13 @@ use signerd_proto::v1;
 
 use crate::util::*;
 
-/// `GET /metrics` over a plain TCP connection; the body.
-pub(crate) fn scrape(addr: &str) -> String {
+/// `GET path` over a plain TCP connection; the response head and body.
+fn get(addr: &str, path: &str) -> (String, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     write!(
         s,
-        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
     )
     .unwrap();
     let mut out = String::new();
@@ -22,13 +22,19 @@ pub(crate) fn scrape(addr: &str) -> String {
     let (head, body) = out
         .split_once("\r\n\r\n")
         .unwrap_or_else(|| panic!("{out}"));
+    (head.to_owned(), body.to_owned())
+}
+
+/// `GET /metrics` over a plain TCP connection; the body.
+pub(crate) fn scrape(addr: &str) -> String {
+    let (head, body) = get(addr, "/metrics");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
-            .contains("content-type: text/plain"),
+            .contains("content-type: text/plain; version=0.0.4"),
         "{head}"
     );
-    body.to_owned()
+    body
 }
 
 /// The value of the sample whose name and labels start with `series` (labels in the order the
@@ -81,6 +87,11 @@ async fn metrics_serve_and_move_with_requests() {
     let addr = metrics_addr(&d);
 
     let before = scrape(&addr);
+    // Only /metrics is served.
+    for path in ["/", "/health", "/metrics/x"] {
+        let (head, _) = get(&addr, path);
+        assert!(head.starts_with("HTTP/1.1 404"), "{path}: {head}");
+    }
     assert_eq!(value(&before, "signerd_policy_serial"), 1.0, "{before}");
     assert_eq!(
         value(&before, "signerd_backend_healthy{backend=\"soft\"}"),

@@ -199,7 +199,7 @@ async fn silent_tcp_client_does_not_block_and_is_closed() {
     let env = TestEnv::with(
         "mtls-silent",
         Opts {
-            handshake_timeout_ms: Some(500),
+            handshake_timeout: Some(Duration::from_millis(500)),
             ..Opts::default()
         },
     );
@@ -239,4 +239,46 @@ async fn silent_tcp_client_does_not_block_and_is_closed() {
     c.sign_evm_transaction(eip1559("after-silent"))
         .await
         .unwrap();
+}
+
+/// A configuration written for an earlier release, with the integer `handshake_timeout_ms`,
+/// still starts, is warned about, and its value applies (the default is 5 s).
+#[test]
+fn deprecated_handshake_timeout_ms_still_applies() {
+    let env = TestEnv::with(
+        "mtls-deprecated-key",
+        Opts {
+            handshake_timeout: Some(Duration::from_millis(300)),
+            ..Opts::default()
+        },
+    );
+    let config = std::fs::read_to_string(env.config_path()).unwrap();
+    let legacy = config.replace(
+        "handshake_timeout = \"300ms\"",
+        "handshake_timeout_ms = 300",
+    );
+    assert_ne!(legacy, config, "the test configuration changed shape");
+    std::fs::write(env.config_path(), legacy).unwrap();
+    let d = env.start();
+    let warning = "server.handshake_timeout_ms is deprecated: write handshake_timeout = \"300ms\"";
+    // stderr is read by another thread: give it a moment to catch up with stdout.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !d.stderr().contains(warning) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.stderr().contains(warning), "{}", d.stderr());
+    let mut silent = TcpStream::connect(d.addr).unwrap();
+    let opened = Instant::now();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    match silent.read(&mut buf) {
+        Ok(0) => {}
+        Ok(n) => panic!("server sent {n} bytes to a client that said nothing"),
+        Err(e) => panic!(
+            "silent client still open {:?} after connecting ({e}): the deprecated key did not apply",
+            opened.elapsed()
+        ),
+    }
 }

@@ -511,7 +511,7 @@ fn read_pubkey_point(hsm: &SoftHsm, label: &str) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pkcs11_token_lost_then_back() {
-    let (env, hsm) = installation("p11-lost", "call_timeout_ms = 2000\n");
+    let (env, hsm) = installation("p11-lost", "call_timeout = \"2s\"\n");
     let k = hsm.generate(&env, "hsm-k1", "secp256k1");
     let address = k["evm_address"].as_str().unwrap().to_owned();
     let d = hsm.start(&env);

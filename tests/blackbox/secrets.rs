@@ -268,7 +268,7 @@ async fn no_pin_in_logs_audit_or_errors_when_the_hsm_fails() {
     );
     let hsm = SoftHsm::create(&env);
     let mut env = env;
-    env.opts.keys = Some(hsm.keys_toml("call_timeout_ms = 1000\n"));
+    env.opts.keys = Some(hsm.keys_toml("call_timeout = \"1s\"\n"));
     env.write_config();
     let generated = hsm.generate(&env, "hsm-k1", "secp256k1");
     let mut cmd = env.run_command();

@@ -13,7 +13,6 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -119,8 +118,8 @@ enum Cert {
 pub(crate) struct Opts {
     /// `server.max_message_bytes`.
     pub(crate) max_message_bytes: Option<usize>,
-    /// `server.handshake_timeout_ms`.
-    pub(crate) handshake_timeout_ms: Option<u64>,
+    /// `server.handshake_timeout`.
+    pub(crate) handshake_timeout: Option<Duration>,
     /// Configure `tls.crls` with the CRL that revokes `app-revoked`.
     pub(crate) crl: bool,
     /// The policy file's text.
@@ -134,7 +133,7 @@ impl Default for Opts {
     fn default() -> Opts {
         Opts {
             max_message_bytes: None,
-            handshake_timeout_ms: None,
+            handshake_timeout: None,
             crl: false,
             policy: DEFAULT_POLICY.to_owned(),
             keys: None,
@@ -306,8 +305,8 @@ impl TestEnv {
         if let Some(n) = self.opts.max_message_bytes {
             server.push_str(&format!("max_message_bytes = {n}\n"));
         }
-        if let Some(n) = self.opts.handshake_timeout_ms {
-            server.push_str(&format!("handshake_timeout_ms = {n}\n"));
+        if let Some(t) = self.opts.handshake_timeout {
+            server.push_str(&format!("handshake_timeout = \"{}ms\"\n", t.as_millis()));
         }
         let crls = if self.opts.crl {
             "crls = [\"pki/crl.pem\"]\n"
@@ -446,14 +445,15 @@ impl Drop for TestEnv {
     }
 }
 
-/// A new, empty, unique directory under the system temporary directory.
+/// A new, empty, unique directory (mode 0700) under the system temporary directory, named
+/// for the test. It is not removed automatically: [`TestEnv`] removes it, or keeps it for
+/// inspection when the test fails.
 pub(crate) fn unique_dir(name: &str) -> PathBuf {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("signerd-bb-{name}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    mkdir(&dir);
-    dir
+    tempfile::Builder::new()
+        .prefix(&format!("signerd-bb-{name}-"))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("a temporary directory for {name}: {e}"))
+        .keep()
 }
 
 /// A running daemon (or any process that prints `signerd listening on ADDR`).

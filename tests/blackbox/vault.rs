@@ -313,7 +313,7 @@ fn use_vault(env: &TestEnv, bao: &Bao, auth: &str) {
     assert!(text.contains(soft), "the test config changed shape");
     let vault = format!(
         "backend = \"vault\"\n\n[keys.vault]\naddress = \"{}\"\nwrapping_key = \"signerd-wrap\"\n\
-         wrapped_dir = \"wrapped\"\ntimeout_ms = 2000\n{auth}\n",
+         wrapped_dir = \"wrapped\"\ntimeout = \"2s\"\n{auth}\n",
         bao.addr
     );
     let text = text.replace(soft, &vault).replace(
@@ -695,7 +695,7 @@ async fn vault_hung_fails_fast_once_known_down_and_recovers() {
     sign_and_verify(&mut c, "before", &ked, b"before").await;
     wait_health(&channel, SERVING, "at start").await;
 
-    // Hung: the first call waits out timeout_ms (2000) and is UNAVAILABLE; health goes down.
+    // Hung: the first call waits out timeout (2 s) and is UNAVAILABLE; health goes down.
     signal(&bao, "STOP");
     let started = Instant::now();
     let st = refused(

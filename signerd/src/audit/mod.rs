@@ -172,7 +172,7 @@ impl AuditOptions {
         AuditOptions {
             fsync: !config.bench_unsafe_no_fsync,
             max_batch: config.max_batch,
-            group_commit_wait: Duration::from_micros(config.group_commit_wait_micros),
+            group_commit_wait: config.group_commit_wait(),
             signer,
             checkpoint_every_records: config.checkpoint_every_records,
             checkpoint_every: Duration::from_secs(config.checkpoint_every_seconds),

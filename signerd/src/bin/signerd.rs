@@ -233,6 +233,9 @@ async fn dev(
 async fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     harden(false)?;
+    for deprecation in config.deprecations() {
+        tracing::warn!("{deprecation}");
+    }
     let policy = signerd::server::load_policy(&config.policy.file)?;
     signerd::tls::server_config(&config.tls)?;
     // The audit key is looked for, never created, here.

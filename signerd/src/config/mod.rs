@@ -12,7 +12,9 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+pub(crate) mod duration;
 mod secret;
+use duration::{DurationSetting, LegacyUnit};
 pub use secret::SecretSource;
 
 /// Longest identity id, in bytes.
@@ -102,12 +104,19 @@ pub struct ServerConfig {
     /// Largest request message accepted, in bytes.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: usize,
-    /// Deadline for one request, in milliseconds (a shorter client deadline also applies).
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: u64,
-    /// Deadline for a TLS handshake, in milliseconds.
-    #[serde(default = "default_handshake_timeout_ms")]
-    pub handshake_timeout_ms: u64,
+    /// Deadline for one request (a shorter client deadline also applies); read it with
+    /// [`ServerConfig::request_timeout`].
+    #[serde(default, with = "humantime_serde")]
+    request_timeout: Option<Duration>,
+    /// Deprecated: `request_timeout` in milliseconds.
+    #[serde(default)]
+    request_timeout_ms: Option<u64>,
+    /// Deadline for a TLS handshake; read it with [`ServerConfig::handshake_timeout`].
+    #[serde(default, with = "humantime_serde")]
+    handshake_timeout: Option<Duration>,
+    /// Deprecated: `handshake_timeout` in milliseconds.
+    #[serde(default)]
+    handshake_timeout_ms: Option<u64>,
     /// Most client connections open at once; more wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -122,12 +131,6 @@ pub struct ServerConfig {
 fn default_max_message_bytes() -> usize {
     1024 * 1024
 }
-fn default_request_timeout_ms() -> u64 {
-    10_000
-}
-fn default_handshake_timeout_ms() -> u64 {
-    5_000
-}
 fn default_max_connections() -> usize {
     1024
 }
@@ -135,14 +138,42 @@ fn default_max_concurrent_streams() -> u32 {
     256
 }
 
+const REQUEST_TIMEOUT: DurationSetting = DurationSetting {
+    table: "server",
+    key: "request_timeout",
+    legacy_key: "request_timeout_ms",
+    legacy_unit: LegacyUnit::Millis,
+    default: Duration::from_secs(10),
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(600),
+};
+const HANDSHAKE_TIMEOUT: DurationSetting = DurationSetting {
+    table: "server",
+    key: "handshake_timeout",
+    legacy_key: "handshake_timeout_ms",
+    legacy_unit: LegacyUnit::Millis,
+    default: Duration::from_secs(5),
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(60),
+};
+const GROUP_COMMIT_WAIT: DurationSetting = DurationSetting {
+    table: "audit",
+    key: "group_commit_wait",
+    legacy_key: "group_commit_wait_micros",
+    legacy_unit: LegacyUnit::Micros,
+    default: crate::audit::DEFAULT_GROUP_COMMIT_WAIT,
+    min: Duration::ZERO,
+    max: Duration::from_millis(100),
+};
+
 impl ServerConfig {
-    /// [`ServerConfig::request_timeout_ms`] as a duration.
+    /// The deadline for one request (`request_timeout`, default 10 s).
     pub fn request_timeout(&self) -> Duration {
-        Duration::from_millis(self.request_timeout_ms)
+        REQUEST_TIMEOUT.value(self.request_timeout, self.request_timeout_ms)
     }
-    /// [`ServerConfig::handshake_timeout_ms`] as a duration.
+    /// The deadline for a TLS handshake (`handshake_timeout`, default 5 s).
     pub fn handshake_timeout(&self) -> Duration {
-        Duration::from_millis(self.handshake_timeout_ms)
+        HANDSHAKE_TIMEOUT.value(self.handshake_timeout, self.handshake_timeout_ms)
     }
 }
 
@@ -231,11 +262,15 @@ pub struct AuditConfig {
     /// Most records per group commit.
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
-    /// Longest wait, in microseconds, of a group commit for the results of signatures being
-    /// made, so that one fdatasync covers them too, and of records nobody waits for, so that
-    /// they are written with the next record someone waits for (0: write and sync at once).
-    #[serde(default = "default_group_commit_wait_micros")]
-    pub group_commit_wait_micros: u64,
+    /// Longest wait of a group commit for the results of signatures being made, so that one
+    /// fdatasync covers them too, and of records nobody waits for, so that they are written
+    /// with the next record someone waits for (0: write and sync at once); read it with
+    /// [`AuditConfig::group_commit_wait`].
+    #[serde(default, with = "humantime_serde")]
+    group_commit_wait: Option<Duration>,
+    /// Deprecated: `group_commit_wait` in microseconds.
+    #[serde(default)]
+    group_commit_wait_micros: Option<u64>,
     /// Where the audit log's checkpoint signing key lives: `soft` (a keystore of its own in
     /// `signing_key_dir`), or `pkcs11` / `vault` (the token or Vault server of `[keys]`, which
     /// must then use that backend; the key is kept apart from client keys).
@@ -296,9 +331,6 @@ pub struct AuditConfig {
 
 fn default_max_batch() -> usize {
     1024
-}
-fn default_group_commit_wait_micros() -> u64 {
-    crate::audit::DEFAULT_GROUP_COMMIT_WAIT.as_micros() as u64
 }
 fn default_signing_key_backend() -> String {
     "soft".to_owned()
@@ -409,18 +441,8 @@ impl Config {
             1024,
             64 << 20,
         )?;
-        bounded(
-            "server.request_timeout_ms",
-            s.request_timeout_ms,
-            100,
-            600_000,
-        )?;
-        bounded(
-            "server.handshake_timeout_ms",
-            s.handshake_timeout_ms,
-            100,
-            60_000,
-        )?;
+        REQUEST_TIMEOUT.check(s.request_timeout, s.request_timeout_ms)?;
+        HANDSHAKE_TIMEOUT.check(s.handshake_timeout, s.handshake_timeout_ms)?;
         bounded(
             "server.max_connections",
             s.max_connections as u64,
@@ -434,11 +456,9 @@ impl Config {
             10_000,
         )?;
         bounded("audit.max_batch", self.audit.max_batch as u64, 1, 65_536)?;
-        bounded(
-            "audit.group_commit_wait_micros",
+        GROUP_COMMIT_WAIT.check(
+            self.audit.group_commit_wait,
             self.audit.group_commit_wait_micros,
-            0,
-            100_000,
         )?;
         self.validate_audit()?;
 
@@ -519,6 +539,23 @@ impl Config {
 }
 
 impl Config {
+    /// One warning for each deprecated key the file uses (the integer `*_ms` and `*_micros`
+    /// spellings of duration settings), to be logged at start.
+    pub fn deprecations(&self) -> Vec<String> {
+        let s = &self.server;
+        let a = &self.audit;
+        [
+            REQUEST_TIMEOUT.deprecation(s.request_timeout_ms),
+            HANDSHAKE_TIMEOUT.deprecation(s.handshake_timeout_ms),
+            GROUP_COMMIT_WAIT.deprecation(a.group_commit_wait_micros),
+            self.keys.pkcs11.as_ref().and_then(|p| p.deprecation()),
+            self.keys.vault.as_ref().and_then(|v| v.deprecation()),
+        ]
+        .into_iter()
+        .flatten()
+        .collect()
+    }
+
     fn validate_audit(&self) -> Result<(), String> {
         let a = &self.audit;
         bounded(
@@ -648,6 +685,11 @@ impl AuditConfig {
             env: self.signing_key_passphrase_env.clone(),
             credential: self.signing_key_passphrase_credential.clone(),
         }
+    }
+
+    /// The longest hold of a group commit (`group_commit_wait`, default 1 ms).
+    pub fn group_commit_wait(&self) -> Duration {
+        GROUP_COMMIT_WAIT.value(self.group_commit_wait, self.group_commit_wait_micros)
     }
 }
 
@@ -937,6 +979,148 @@ dir = "audit"
         ];
         for (src, want) in cases {
             let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn durations_take_units_and_read_deprecated_integer_keys() {
+        let ok = |src: &str| match parse(src) {
+            Ok(c) => c,
+            Err(e) => panic!("{e}"),
+        };
+        let c = ok(GOOD);
+        assert_eq!(c.server.request_timeout(), Duration::from_secs(10));
+        assert_eq!(c.server.handshake_timeout(), Duration::from_secs(5));
+        assert_eq!(c.audit.group_commit_wait(), Duration::from_millis(1));
+        assert!(c.deprecations().is_empty());
+
+        let with = |server: &str, audit: &str| {
+            GOOD.replace("[server]\n", &format!("[server]\n{server}\n"))
+                .replace("[audit]\n", &format!("[audit]\n{audit}\n"))
+        };
+        let c = ok(&with(
+            "request_timeout = \"1m 30s\"\nhandshake_timeout = \"750ms\"",
+            "group_commit_wait = \"0s\"",
+        ));
+        assert_eq!(c.server.request_timeout(), Duration::from_secs(90));
+        assert_eq!(c.server.handshake_timeout(), Duration::from_millis(750));
+        assert_eq!(c.audit.group_commit_wait(), Duration::ZERO);
+        assert!(c.deprecations().is_empty());
+
+        // The spellings of earlier releases still work, with a warning for each.
+        let c = ok(&with(
+            "request_timeout_ms = 90000\nhandshake_timeout_ms = 750",
+            "group_commit_wait_micros = 2500",
+        ));
+        assert_eq!(c.server.request_timeout(), Duration::from_secs(90));
+        assert_eq!(c.server.handshake_timeout(), Duration::from_millis(750));
+        assert_eq!(c.audit.group_commit_wait(), Duration::from_micros(2500));
+        assert_eq!(
+            c.deprecations(),
+            [
+                "server.request_timeout_ms is deprecated: write request_timeout = \"1m 30s\"",
+                "server.handshake_timeout_ms is deprecated: write handshake_timeout = \"750ms\"",
+                "audit.group_commit_wait_micros is deprecated: write group_commit_wait = \"2ms 500us\"",
+            ]
+        );
+
+        let cases = [
+            (
+                with("request_timeout = \"10s\"\nrequest_timeout_ms = 10000", ""),
+                "signerd.toml: server: both `request_timeout` and `request_timeout_ms` are set",
+            ),
+            (
+                with(
+                    "",
+                    "group_commit_wait = \"1ms\"\ngroup_commit_wait_micros = 1000",
+                ),
+                "audit: both `group_commit_wait` and `group_commit_wait_micros` are set",
+            ),
+            (
+                with("request_timeout = \"11m\"", ""),
+                "server.request_timeout = \"11m\" is outside \"100ms\"..=\"10m\"",
+            ),
+            (
+                with("handshake_timeout = \"99ms\"", ""),
+                "server.handshake_timeout = \"99ms\" is outside \"100ms\"..=\"1m\"",
+            ),
+            (
+                with("request_timeout_ms = 99", ""),
+                "server.request_timeout_ms = 99 is outside 100..=600000",
+            ),
+            (
+                with("", "group_commit_wait = \"101ms\""),
+                "audit.group_commit_wait = \"101ms\" is outside \"0s\"..=\"100ms\"",
+            ),
+            (
+                with("request_timeout = 5000", ""),
+                "signerd.toml:3:19: invalid type: integer `5000`, expected a duration",
+            ),
+            (
+                with("request_timeout = \"5 parsecs\"", ""),
+                "signerd.toml:3:19: invalid value: string \"5 parsecs\", expected a duration",
+            ),
+        ];
+        for (src, want) in cases {
+            let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();
+            assert!(e.contains(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn pkcs11_call_timeout_takes_a_unit_and_its_deprecated_key() {
+        let with = |extra: &str| {
+            GOOD.replace(
+                "[keys]\nbackend = \"soft\"\n[keys.soft]\ndir = \"keys\"\npassphrase_file = \"keystore.pass\"\n",
+                &format!(
+                    "[keys]\nbackend = \"pkcs11\"\n[keys.pkcs11]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\n\
+                     token_label = \"signerd\"\npin_env = \"PIN\"\n{extra}\n"
+                ),
+            )
+            .replace("[audit]\n", "[audit]\nsigning_key_passphrase_env = \"AUDIT\"\n")
+        };
+        let ok = |src: &str| match parse(src) {
+            Ok(c) => c
+                .keys
+                .pkcs11
+                .as_ref()
+                .map(|p| (p.call_timeout(), c.deprecations())),
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(ok(&with("")), Some((Duration::from_secs(5), vec![])));
+        assert_eq!(
+            ok(&with("call_timeout = \"15s\"")),
+            Some((Duration::from_secs(15), vec![]))
+        );
+        assert_eq!(
+            ok(&with("call_timeout_ms = 15000")),
+            Some((
+                Duration::from_secs(15),
+                vec![
+                    "keys.pkcs11.call_timeout_ms is deprecated: write call_timeout = \"15s\""
+                        .to_owned()
+                ]
+            ))
+        );
+        for (extra, want) in [
+            (
+                "call_timeout = \"15s\"\ncall_timeout_ms = 15000",
+                "keys.pkcs11: both `call_timeout` and `call_timeout_ms` are set",
+            ),
+            (
+                "call_timeout = \"61s\"",
+                "keys.pkcs11.call_timeout = \"1m 1s\" is outside \"100ms\"..=\"1m\"",
+            ),
+            (
+                "call_timeout_ms = 60001",
+                "keys.pkcs11.call_timeout_ms = 60001 is outside 100..=60000",
+            ),
+        ] {
+            let e = parse(&with(extra))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
             assert!(e.contains(want), "want {want:?}, got {e:?}");
         }
     }

@@ -21,7 +21,8 @@ use tonic::{Request, Response, Status};
 pub(crate) struct Floor {
     /// Client settings that reach it as a mapped client.
     pub(crate) settings: ClientSettings,
-    dir: PathBuf,
+    // Dropped (and so removed) after `drop` below has stopped the server.
+    _dir: tempfile::TempDir,
     child: Option<std::process::Child>,
 }
 
@@ -33,7 +34,6 @@ impl Drop for Floor {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -145,16 +145,12 @@ fn write(path: &std::path::Path, body: &str, mode: u32) -> anyhow::Result<()> {
 
 /// Starts the floor server, in its own process like signerd, on a free loopback port.
 pub(crate) fn start() -> anyhow::Result<Floor> {
-    let mut nonce = [0u8; 8];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-    let dir = std::env::temp_dir().join(format!("signerctl-floor-{}", hex::encode(nonce)));
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| dir.display().to_string())?;
-    }
+    // Mode 0700, removed when the floor is dropped.
+    let temp = tempfile::Builder::new()
+        .prefix("signerctl-floor-")
+        .tempdir()
+        .context("creating the floor's temporary directory")?;
+    let dir = temp.path().to_path_buf();
     let mut floor = Floor {
         settings: ClientSettings {
             endpoint: String::new(),
@@ -162,7 +158,7 @@ pub(crate) fn start() -> anyhow::Result<Floor> {
             identity: Some((dir.join("client.pem"), dir.join("client-key.pem"))),
             server_name: None,
         },
-        dir: dir.clone(),
+        _dir: temp,
         child: None,
     };
     let ca = DevCa::generate("signerctl floor CA")?;

@@ -5,10 +5,12 @@
 //! ([`SecretSource`]).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::config::SecretSource;
+use crate::config::duration::{DurationSetting, LegacyUnit};
 
 /// `[keys.pkcs11]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,9 +31,13 @@ pub struct Pkcs11Config {
     /// Sessions kept open for signing; at most this many calls run at once.
     #[serde(default = "default_sessions")]
     pub sessions: usize,
-    /// Longest wait for one PKCS#11 call (and for a free session), in milliseconds.
-    #[serde(default = "default_call_timeout_ms")]
-    pub call_timeout_ms: u64,
+    /// Longest wait for one PKCS#11 call (and for a free session); read it with
+    /// [`Pkcs11Config::call_timeout`].
+    #[serde(default, with = "humantime_serde")]
+    call_timeout: Option<Duration>,
+    /// Deprecated: `call_timeout` in milliseconds.
+    #[serde(default)]
+    call_timeout_ms: Option<u64>,
     /// Token objects made by other tools, given signerd key ids.
     #[serde(default)]
     pub adopt: Vec<AdoptConfig>,
@@ -52,9 +58,15 @@ pub struct AdoptConfig {
 fn default_sessions() -> usize {
     4
 }
-fn default_call_timeout_ms() -> u64 {
-    5_000
-}
+const CALL_TIMEOUT: DurationSetting = DurationSetting {
+    table: "keys.pkcs11",
+    key: "call_timeout",
+    legacy_key: "call_timeout_ms",
+    legacy_unit: LegacyUnit::Millis,
+    default: Duration::from_secs(5),
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(60),
+};
 
 impl Pkcs11Config {
     /// Where the PIN comes from.
@@ -66,9 +78,14 @@ impl Pkcs11Config {
         }
     }
 
-    /// The per-call timeout.
-    pub fn call_timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.call_timeout_ms)
+    /// The per-call timeout (`call_timeout`, default 5 s).
+    pub fn call_timeout(&self) -> Duration {
+        CALL_TIMEOUT.value(self.call_timeout, self.call_timeout_ms)
+    }
+
+    /// A warning if the table uses a deprecated key.
+    pub(crate) fn deprecation(&self) -> Option<String> {
+        CALL_TIMEOUT.deprecation(self.call_timeout_ms)
     }
 
     /// Makes relative paths absolute against the configuration file's directory. The module
@@ -112,12 +129,7 @@ impl Pkcs11Config {
                 self.sessions
             ));
         }
-        if !(100..=60_000).contains(&self.call_timeout_ms) {
-            return Err(format!(
-                "keys.pkcs11.call_timeout_ms = {} is outside 100 ..= 60000",
-                self.call_timeout_ms
-            ));
-        }
+        CALL_TIMEOUT.check(self.call_timeout, self.call_timeout_ms)?;
         let mut ids = std::collections::BTreeSet::new();
         for a in &self.adopt {
             crate::keys::key_id(&a.id).map_err(|e| format!("keys.pkcs11.adopt: {e}"))?;

@@ -44,8 +44,20 @@ pub(super) fn algorithm_of(params: &[u8]) -> Option<Algorithm> {
 
 /// Decodes `CKA_EC_POINT` into signerd's public key form: 33-byte compressed SEC1 for ECDSA
 /// curves, 32 bytes for Ed25519. Accepts the DER OCTET STRING wrapping and the raw value.
+///
+/// A raw uncompressed point starts with `0x04`, the OCTET STRING tag, and may happen to read
+/// as a DER OCTET STRING too (when its x coordinate starts with `0x3f`). So both readings are
+/// tried, DER first: the lengths of the two never both give a valid key.
 pub(super) fn public_key_from_point(algorithm: Algorithm, point: &[u8]) -> Result<Vec<u8>, String> {
-    let raw = unwrap_octet_string(point).unwrap_or(point);
+    use der::Decode;
+    der::asn1::OctetStringRef::from_der(point)
+        .ok()
+        .and_then(|wrapped| public_key_from_raw(algorithm, wrapped.as_bytes()).ok())
+        .map_or_else(|| public_key_from_raw(algorithm, point), Ok)
+}
+
+/// Decodes a raw SEC1 point (ECDSA curves) or 32-byte public key (Ed25519).
+fn public_key_from_raw(algorithm: Algorithm, raw: &[u8]) -> Result<Vec<u8>, String> {
     match algorithm {
         Algorithm::Secp256k1 => k256::PublicKey::from_sec1_bytes(raw)
             .map(|k| {
@@ -71,30 +83,6 @@ pub(super) fn public_key_from_point(algorithm: Algorithm, point: &[u8]) -> Resul
                 .map_err(|_| "CKA_EC_POINT is not a valid Ed25519 public key".to_owned())
         }
     }
-}
-
-/// The content of a DER OCTET STRING that spans all of `der`, or `None` if `der` is not one.
-fn unwrap_octet_string(der: &[u8]) -> Option<&[u8]> {
-    let (&tag, rest) = der.split_first()?;
-    if tag != 0x04 {
-        return None;
-    }
-    let (&first, rest) = rest.split_first()?;
-    let (len, body) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 2 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    // A raw uncompressed point also starts with 0x04; it is only taken as DER when the length
-    // covers exactly the rest (65-byte raw points never satisfy that: 0x41 != 63).
-    (body.len() == len).then_some(body)
 }
 
 #[cfg(test)]
@@ -148,5 +136,82 @@ mod tests {
         assert_eq!(public_key_from_point(Algorithm::Ed25519, &ed).unwrap(), ed);
         assert!(public_key_from_point(Algorithm::P256, &wrapped).is_err());
         assert!(public_key_from_point(Algorithm::Ed25519, &[0x04, 3, 1, 2, 3]).is_err());
+    }
+
+    #[test]
+    fn wrapped_p256_and_compressed_points() {
+        let sk = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+        let compressed = sk
+            .verifying_key()
+            .to_encoded_point(true)
+            .as_bytes()
+            .to_vec();
+        let mut wrapped = vec![0x04, 33];
+        wrapped.extend_from_slice(&compressed);
+        for form in [&compressed, &wrapped] {
+            assert_eq!(
+                public_key_from_point(Algorithm::P256, form).unwrap(),
+                compressed
+            );
+        }
+    }
+
+    /// A raw uncompressed point whose x coordinate starts with 0x3f also reads as a DER OCTET
+    /// STRING of 63 bytes; it is still taken as the raw point.
+    #[test]
+    fn raw_point_that_looks_like_der_is_read_raw() {
+        // About one key in 256 has such an x.
+        let key = (1u32..100_000)
+            .map(|i| {
+                let mut secret = [0u8; 32];
+                secret[28..].copy_from_slice(&i.to_be_bytes());
+                k256::ecdsa::SigningKey::from_slice(&secret).unwrap()
+            })
+            .find(|sk| sk.verifying_key().to_encoded_point(false).as_bytes()[1] == 0x3f)
+            .expect("a key whose x starts with 0x3f");
+        let uncompressed = key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        let compressed = key
+            .verifying_key()
+            .to_encoded_point(true)
+            .as_bytes()
+            .to_vec();
+        use der::Decode;
+        assert_eq!(
+            der::asn1::OctetStringRef::from_der(&uncompressed)
+                .unwrap()
+                .as_bytes()
+                .len(),
+            63
+        );
+        assert_eq!(
+            public_key_from_point(Algorithm::Secp256k1, &uncompressed).unwrap(),
+            compressed
+        );
+    }
+
+    #[test]
+    fn non_der_wrappings_are_refused() {
+        let ed = ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])
+            .verifying_key()
+            .to_bytes();
+        // BER's long-form length for a short value is not DER.
+        let mut long_form = vec![0x04, 0x81, 32];
+        long_form.extend_from_slice(&ed);
+        // A length that does not cover the rest, and trailing bytes after the string.
+        let mut short = vec![0x04, 31];
+        short.extend_from_slice(&ed);
+        let mut trailing = vec![0x04, 32];
+        trailing.extend_from_slice(&ed);
+        trailing.push(0);
+        for bad in [long_form, short, trailing] {
+            assert!(
+                public_key_from_point(Algorithm::Ed25519, &bad).is_err(),
+                "{bad:02x?}"
+            );
+        }
     }
 }

@@ -8,7 +8,7 @@
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
@@ -465,37 +465,28 @@ pub(crate) fn refuse_existing(dir: &Path, id: &str) -> Result<(), KeyError> {
     }
 }
 
-/// Removes a temporary file when dropped, so no error path leaves one behind.
-pub(crate) struct RemoveOnDrop(pub(crate) PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// Writes `contents` to a new file in `dir` named `.{prefix}.tmp-<random>` with mode 0600,
-/// fsynced. The returned guard deletes it.
+/// Writes `contents` to a new file in `dir` named `.{prefix}.tmp-<random>`, mode 0600 (what
+/// `tempfile` creates), fsynced. The file is deleted when the returned value is dropped, so
+/// no error path leaves one behind.
 pub(crate) fn write_temp(
     dir: &Path,
     prefix: &str,
     contents: &[u8],
-) -> Result<RemoveOnDrop, KeyError> {
-    let mut random = [0u8; 8];
-    OsRng.fill_bytes(&mut random);
-    let path = dir.join(format!(".{prefix}.tmp-{}", hex::encode(random)));
-    let shown = path.display().to_string();
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| keystore_err(format!("cannot create {shown}: {e}")))?;
-    let guard = RemoveOnDrop(path);
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| keystore_err(format!("cannot write {shown}: {e}")))?;
-    Ok(guard)
+) -> Result<tempfile::NamedTempFile, KeyError> {
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{prefix}.tmp-"))
+        .rand_bytes(16)
+        .tempfile_in(dir)
+        .map_err(|e| {
+            keystore_err(format!(
+                "cannot create a temporary file in {}: {e}",
+                dir.display()
+            ))
+        })?;
+    temp.write_all(contents)
+        .and_then(|()| temp.as_file().sync_all())
+        .map_err(|e| keystore_err(format!("cannot write {}: {e}", temp.path().display())))?;
+    Ok(temp)
 }
 
 /// Writes key `id` atomically and never over an existing file: temporary file, fsync,
@@ -504,7 +495,7 @@ pub(super) fn write_new(dir: &Path, id: &str, contents: &[u8]) -> Result<PathBuf
     let final_path = key_path(dir, id);
     let temp = write_temp(dir, &format!("{id}{FILE_SUFFIX}"), contents)?;
     // rename() would replace an existing key; link() refuses to, atomically.
-    fs::hard_link(&temp.0, &final_path).map_err(|e| {
+    fs::hard_link(temp.path(), &final_path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AlreadyExists {
             already_exists(dir, id)
         } else {

@@ -6,10 +6,12 @@
 //! errors never contain one.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use crate::config::SecretSource;
+use crate::config::duration::{DurationSetting, LegacyUnit};
 
 /// `[keys.vault]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -29,9 +31,12 @@ pub struct VaultKeysConfig {
     pub wrapping_key: Option<String>,
     /// Directory of transit-wrapped key files (ciphertext only); needed with `wrapping_key`.
     pub wrapped_dir: Option<PathBuf>,
-    /// Deadline for one call to Vault, in milliseconds.
-    #[serde(default = "default_timeout_ms")]
-    pub timeout_ms: u64,
+    /// Deadline for one call to Vault; read it with [`VaultKeysConfig::timeout`].
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    /// Deprecated: `timeout` in milliseconds.
+    #[serde(default)]
+    timeout_ms: Option<u64>,
     /// Most calls to Vault in flight at once (and idle pooled connections kept).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -68,9 +73,15 @@ fn default_mount() -> String {
 fn default_key_prefix() -> String {
     "signerd-".to_owned()
 }
-fn default_timeout_ms() -> u64 {
-    5_000
-}
+const TIMEOUT: DurationSetting = DurationSetting {
+    table: "keys.vault",
+    key: "timeout",
+    legacy_key: "timeout_ms",
+    legacy_unit: LegacyUnit::Millis,
+    default: Duration::from_secs(5),
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(120),
+};
 fn default_max_connections() -> usize {
     64
 }
@@ -120,9 +131,14 @@ impl VaultKeysConfig {
         }
     }
 
-    /// Per-call deadline.
-    pub fn timeout(&self) -> std::time::Duration {
-        std::time::Duration::from_millis(self.timeout_ms)
+    /// Per-call deadline (`timeout`, default 5 s).
+    pub fn timeout(&self) -> Duration {
+        TIMEOUT.value(self.timeout, self.timeout_ms)
+    }
+
+    /// A warning if the table uses a deprecated key.
+    pub(crate) fn deprecation(&self) -> Option<String> {
+        TIMEOUT.deprecation(self.timeout_ms)
     }
 
     /// Makes relative paths absolute against `base`.
@@ -205,12 +221,7 @@ impl VaultKeysConfig {
                 );
             }
         }
-        if !(100..=120_000).contains(&self.timeout_ms) {
-            return Err(format!(
-                "keys.vault.timeout_ms: {} is out of range 100..=120000",
-                self.timeout_ms
-            ));
-        }
+        TIMEOUT.check(self.timeout, self.timeout_ms)?;
         if !(1..=4096).contains(&self.max_connections) {
             return Err(format!(
                 "keys.vault.max_connections: {} is out of range 1..=4096",
@@ -282,10 +293,25 @@ mod tests {
             parse("address = \"http://127.0.0.1:8200\"\ntoken_env = \"VAULT_TOKEN\"\n").unwrap();
         assert_eq!(c.mount, "transit");
         assert_eq!(c.key_prefix, "signerd-");
-        assert_eq!(c.timeout_ms, 5000);
+        assert_eq!(c.timeout(), Duration::from_secs(5));
+        assert_eq!(c.deprecation(), None);
         assert_eq!(c.max_connections, 64);
         assert!(
             matches!(c.auth(), AuthMethod::Token(s) if s.env.as_deref() == Some("VAULT_TOKEN"))
+        );
+    }
+
+    #[test]
+    fn timeout_is_a_duration_with_a_deprecated_alias() {
+        let base = "address = \"http://127.0.0.1:8200\"\ntoken_env = \"T\"\n";
+        let c = parse(&format!("{base}timeout = \"2s 500ms\"\n")).unwrap();
+        assert_eq!(c.timeout(), Duration::from_millis(2500));
+        assert_eq!(c.deprecation(), None);
+        let c = parse(&format!("{base}timeout_ms = 2500\n")).unwrap();
+        assert_eq!(c.timeout(), Duration::from_millis(2500));
+        assert_eq!(
+            c.deprecation().as_deref(),
+            Some("keys.vault.timeout_ms is deprecated: write timeout = \"2s 500ms\"")
         );
     }
 
@@ -346,7 +372,19 @@ mod tests {
                 format!("{base}wrapping_key = \"w\"\n"),
                 "`wrapping_key` and `wrapped_dir`",
             ),
-            (format!("{base}timeout_ms = 5\n"), "keys.vault.timeout_ms"),
+            (
+                format!("{base}timeout_ms = 5\n"),
+                "keys.vault.timeout_ms = 5 is outside 100..=120000",
+            ),
+            (
+                format!("{base}timeout = \"121s\"\n"),
+                "keys.vault.timeout = \"2m 1s\" is outside \"100ms\"..=\"2m\"",
+            ),
+            (
+                format!("{base}timeout = \"2s\"\ntimeout_ms = 2000\n"),
+                "keys.vault: both `timeout` and `timeout_ms` are set",
+            ),
+            (format!("{base}timeout = 2000\n"), "expected a duration"),
             (
                 format!("{base}max_connections = 0\n"),
                 "keys.vault.max_connections",

@@ -185,7 +185,7 @@ pub(crate) async fn generate(
     let json = serde_json::to_vec_pretty(&stored)
         .map_err(|e| KeyError::Keystore(format!("wrapped key `{id}`: {e}")))?;
     let temp = write_temp(dir, &format!("{id}{SUFFIX}"), &json)?;
-    std::fs::hard_link(&temp.0, &final_path)
+    std::fs::hard_link(temp.path(), &final_path)
         .map_err(|e| KeyError::Keystore(format!("cannot create {}: {e}", final_path.display())))?;
     drop(temp);
     std::fs::File::open(dir)

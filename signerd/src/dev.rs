@@ -111,7 +111,7 @@ pub fn prepare(
     let config = dir.join("signerd.toml");
     if config.exists() {
         let made = crate::config::Config::load(&config).map_err(|e| DevError(e.to_string()))?;
-        if made.keys.backend != backend.name() {
+        if made.keys.backend.as_str() != backend.name() {
             return Err(DevError(format!(
                 "{} was made for the {} backend, not {}; choose another --dir",
                 dir.display(),

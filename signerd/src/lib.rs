@@ -23,6 +23,7 @@ pub mod hardening;
 pub mod ids;
 pub mod keys;
 pub mod metrics;
+pub mod policy_file;
 pub mod request;
 pub mod server;
 pub mod service;

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use signerd_policy::{MAX_POLICY_BYTES, Policy};
 use signerd_proto::v1::admin_server::AdminServer;
 use signerd_proto::v1::approvals_server::ApprovalsServer;
 use signerd_proto::v1::signer_server::SignerServer;
@@ -19,6 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::api::{AdminApi, ApprovalsApi, SignerApi};
 use crate::audit::{AuditLog, AuditOptions};
+use crate::config::Backend;
 use crate::config::Config;
 use crate::keys::pkcs11::Pkcs11Backend;
 use crate::keys::soft::SoftBackend;
@@ -43,20 +43,6 @@ fn start<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> ServerError + '_
     move |e| ServerError::Start(format!("{what}: {e}"))
 }
 
-/// Reads and validates a policy file.
-pub fn load_policy(path: &std::path::Path) -> Result<Policy, ServerError> {
-    let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(start(&shown))?;
-    if meta.len() > MAX_POLICY_BYTES as u64 {
-        return Err(ServerError::Start(format!(
-            "{shown}: policy is {} bytes, more than the {MAX_POLICY_BYTES} allowed",
-            meta.len()
-        )));
-    }
-    let src = std::fs::read_to_string(path).map_err(start(&shown))?;
-    Policy::parse(&shown, &src).map_err(|e| ServerError::Start(e.to_string()))
-}
-
 /// Opens the configured key backend (`[keys] backend`); with `audit`, it holds the audit
 /// checkpoint key too, apart from client keys.
 pub fn open_keys(
@@ -64,8 +50,8 @@ pub fn open_keys(
     audit: Option<&AuditKeySpec>,
     background: &Background,
 ) -> Result<Arc<dyn KeyBackend>, ServerError> {
-    match config.keys.backend.as_str() {
-        "soft" => {
+    match config.keys.backend {
+        Backend::Soft => {
             let soft = config
                 .keys
                 .soft
@@ -75,7 +61,7 @@ pub fn open_keys(
             let backend = SoftBackend::open(&soft.dir, &passphrase).map_err(start("keys.soft"))?;
             Ok(Arc::new(backend))
         }
-        "pkcs11" => {
+        Backend::Pkcs11 => {
             let cfg = config
                 .keys
                 .pkcs11
@@ -89,12 +75,9 @@ pub fn open_keys(
                 Pkcs11Backend::open(cfg, pin, audit, background).map_err(start("keys.pkcs11"))?;
             Ok(Arc::new(backend))
         }
-        "vault" => Err(ServerError::Start(
+        Backend::Vault => Err(ServerError::Start(
             "keys.backend = \"vault\" opens asynchronously: use open_vault_keys".into(),
         )),
-        other => Err(ServerError::Start(format!(
-            "keys.backend: unknown backend `{other}`"
-        ))),
     }
 }
 
@@ -145,7 +128,8 @@ impl Daemon {
         if config.metrics.is_some() {
             crate::metrics::install().map_err(start("metrics"))?;
         }
-        let policy = load_policy(&config.policy.file)?;
+        let policy =
+            crate::policy_file::load_policy(&config.policy.file).map_err(start("policy"))?;
         // An audit key held by the key backend is created only for a new log.
         let audit_spec = crate::audit::key::backend_spec(
             &config,
@@ -153,9 +137,9 @@ impl Daemon {
         );
         // Every background task, the key backend's own included, is tracked from here.
         let background = Background::new();
-        let keys = match config.keys.backend.as_str() {
+        let keys = match config.keys.backend {
             // Vault is reached over async HTTP, so it opens here rather than in `open_keys`.
-            "vault" => open_vault_keys(&config, audit_spec.as_ref(), &background).await?,
+            Backend::Vault => open_vault_keys(&config, audit_spec.as_ref(), &background).await?,
             _ => open_keys(&config, audit_spec.as_ref(), &background)?,
         };
         let state = crate::state::open_sled(&config.state.dir).map_err(start("state"))?;

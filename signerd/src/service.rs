@@ -323,7 +323,7 @@ impl Signer {
         force: bool,
     ) -> Result<v1::ReloadPolicyResponse, ServiceError> {
         let path = self.policy_path.clone();
-        let new = tokio::task::spawn_blocking(move || crate::server::load_policy(&path))
+        let new = tokio::task::spawn_blocking(move || crate::policy_file::load_policy(&path))
             .await
             .map_err(|e| ServiceError::Unavailable(format!("policy reload: {e}")))?
             .map_err(|e| ServiceError::FailedPrecondition(format!("policy not reloaded: {e}")))?;

@@ -71,20 +71,27 @@ impl SignerApi {
     }
 }
 
-/// Maps a pipeline error to its status code.
-pub fn status(e: ServiceError) -> Status {
-    match e {
-        ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
-        ServiceError::NotFound(m) => Status::not_found(m),
-        ServiceError::PermissionDenied { rule, reason } => match rule {
-            Some(rule) => Status::permission_denied(format!("{reason} (rule: {rule})")),
-            None => Status::permission_denied(reason),
-        },
-        ServiceError::Aborted(m) => Status::aborted(m),
-        ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
-        ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
-        ServiceError::Unavailable(m) => Status::unavailable(m),
+/// A pipeline error as the client sees it: each variant has one status code.
+impl From<ServiceError> for Status {
+    fn from(e: ServiceError) -> Status {
+        match e {
+            ServiceError::InvalidArgument(m) => Status::invalid_argument(m),
+            ServiceError::NotFound(m) => Status::not_found(m),
+            ServiceError::PermissionDenied { rule, reason } => match rule {
+                Some(rule) => Status::permission_denied(format!("{reason} (rule: {rule})")),
+                None => Status::permission_denied(reason),
+            },
+            ServiceError::Aborted(m) => Status::aborted(m),
+            ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
+            ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
+            ServiceError::Unavailable(m) => Status::unavailable(m),
+        }
     }
+}
+
+/// Maps a pipeline error to its status code (see the `From` impl).
+pub fn status(e: ServiceError) -> Status {
+    e.into()
 }
 
 fn key_proto(k: KeyInfo) -> v1::Key {

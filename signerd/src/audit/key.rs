@@ -16,7 +16,7 @@ use std::sync::Arc;
 use secrecy::SecretString;
 use signerd_auditor::note::{CheckpointSigner, VerifierKey};
 
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::keys::soft::{self, SoftBackend};
 use crate::keys::{Algorithm, AuditKeySpec, KeyBackend, KeyInfo, Payload, RawSignature};
 
@@ -192,13 +192,13 @@ pub fn log_is_new(dir: &Path) -> bool {
 /// What to ask of the key backend when the audit key lives there (`signing_key_backend` is
 /// `pkcs11` or `vault`): its name, and whether it may be created. `None` for a soft audit key.
 pub fn backend_spec(config: &Config, create: bool) -> Option<AuditKeySpec> {
-    match config.audit.signing_key_backend.as_str() {
-        "pkcs11" | "vault" => Some(AuditKeySpec {
+    match config.audit.signing_key_backend {
+        Backend::Pkcs11 | Backend::Vault => Some(AuditKeySpec {
             name: config.audit.signing_key_name.clone(),
             create,
             version: config.audit.signing_key_version.unwrap_or(1),
         }),
-        _ => None,
+        Backend::Soft => None,
     }
 }
 

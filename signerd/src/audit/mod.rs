@@ -119,8 +119,7 @@ pub struct AuditOptions {
     pub stall_after: Duration,
 }
 
-/// The longest wait of a batch for announced records when none is configured.
-pub const DEFAULT_GROUP_COMMIT_WAIT: Duration = Duration::from_micros(1000);
+pub use crate::config::DEFAULT_GROUP_COMMIT_WAIT;
 
 /// The free-space floor when none is configured (capped at a quarter of the filesystem).
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 64 << 20;

@@ -236,12 +236,12 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     for deprecation in config.deprecations() {
         tracing::warn!("{deprecation}");
     }
-    let policy = signerd::server::load_policy(&config.policy.file)?;
+    let policy = signerd::policy_file::load_policy(&config.policy.file)?;
     signerd::tls::server_config(&config.tls)?;
     // The audit key is looked for, never created, here.
     let audit_spec = signerd::audit::key::backend_spec(&config, false);
     let background = signerd::tasks::Background::new();
-    let keys = if config.keys.backend == "vault" {
+    let keys = if config.keys.backend == signerd::config::Backend::Vault {
         signerd::server::open_vault_keys(&config, audit_spec.as_ref(), &background).await?
     } else {
         signerd::server::open_keys(&config, audit_spec.as_ref(), &background)?

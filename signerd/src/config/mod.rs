@@ -15,7 +15,10 @@ use serde::Deserialize;
 pub(crate) mod duration;
 mod secret;
 use duration::{DurationSetting, LegacyUnit};
-pub use secret::SecretSource;
+pub use secret::{SecretSource, check_secret_file};
+
+/// The longest wait of a batch for announced records when none is configured.
+pub const DEFAULT_GROUP_COMMIT_WAIT: std::time::Duration = std::time::Duration::from_micros(1000);
 
 /// Longest identity id, in bytes.
 pub const MAX_IDENTITY_ID_LEN: usize = crate::ids::MAX_CLIENT_ID_LEN;
@@ -161,7 +164,7 @@ const GROUP_COMMIT_WAIT: DurationSetting = DurationSetting {
     key: "group_commit_wait",
     legacy_key: "group_commit_wait_micros",
     legacy_unit: LegacyUnit::Micros,
-    default: crate::audit::DEFAULT_GROUP_COMMIT_WAIT,
+    default: DEFAULT_GROUP_COMMIT_WAIT,
     min: Duration::ZERO,
     max: Duration::from_millis(100),
 };
@@ -217,12 +220,55 @@ pub struct PolicyConfig {
     pub file: PathBuf,
 }
 
+/// Where keys live: `keys.backend`, and `audit.signing_key_backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// The encrypted software keystore (`[keys.soft]`).
+    Soft,
+    /// A PKCS#11 token (`[keys.pkcs11]`).
+    Pkcs11,
+    /// Vault or OpenBao transit (`[keys.vault]`).
+    Vault,
+}
+
+impl Backend {
+    /// The name configuration files use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Backend::Soft => "soft",
+            Backend::Pkcs11 => "pkcs11",
+            Backend::Vault => "vault",
+        }
+    }
+}
+
+impl std::str::FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Backend, String> {
+        match s {
+            "soft" => Ok(Backend::Soft),
+            "pkcs11" => Ok(Backend::Pkcs11),
+            "vault" => Ok(Backend::Vault),
+            other => Err(format!(
+                "unknown backend `{other}` (expected soft, pkcs11 or vault)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `[keys]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeysConfig {
-    /// `soft` or `pkcs11`.
-    pub backend: String,
+    /// `soft`, `pkcs11` or `vault`.
+    pub backend: Backend,
     /// `[keys.soft]`, required when `backend = "soft"`.
     pub soft: Option<SoftKeysConfig>,
     /// `[keys.pkcs11]`, required when `backend = "pkcs11"`.
@@ -275,7 +321,7 @@ pub struct AuditConfig {
     /// `signing_key_dir`), or `pkcs11` / `vault` (the token or Vault server of `[keys]`, which
     /// must then use that backend; the key is kept apart from client keys).
     #[serde(default = "default_signing_key_backend")]
-    pub signing_key_backend: String,
+    pub signing_key_backend: Backend,
     /// The audit key's name in a `pkcs11` or `vault` backend: its `CKA_LABEL`, or its transit
     /// key name (outside `keys.vault.key_prefix`). Unused for `soft`.
     #[serde(default = "default_signing_key_name")]
@@ -332,8 +378,8 @@ pub struct AuditConfig {
 fn default_max_batch() -> usize {
     1024
 }
-fn default_signing_key_backend() -> String {
-    "soft".to_owned()
+fn default_signing_key_backend() -> Backend {
+    Backend::Soft
 }
 fn default_signing_key_name() -> String {
     "audit-checkpoint".to_owned()
@@ -505,8 +551,8 @@ impl Config {
                 ));
             }
         }
-        match self.keys.backend.as_str() {
-            "soft" => {
+        match self.keys.backend {
+            Backend::Soft => {
                 let soft = self
                     .keys
                     .soft
@@ -514,24 +560,19 @@ impl Config {
                     .ok_or("keys.backend = \"soft\" needs a [keys.soft] table")?;
                 soft.passphrase_source().validate("keys.soft.passphrase")?;
             }
-            "pkcs11" => {
+            Backend::Pkcs11 => {
                 self.keys
                     .pkcs11
                     .as_ref()
                     .ok_or("keys.backend = \"pkcs11\" needs a [keys.pkcs11] table")?
                     .validate()?;
             }
-            "vault" => {
+            Backend::Vault => {
                 self.keys
                     .vault
                     .as_ref()
                     .ok_or("keys.backend = \"vault\" needs a [keys.vault] table")?
                     .validate()?;
-            }
-            other => {
-                return Err(format!(
-                    "keys.backend: unknown backend `{other}` (expected `soft`, `pkcs11` or `vault`)"
-                ));
             }
         }
         Ok(())
@@ -585,7 +626,8 @@ impl Config {
         if let Some(min) = a.min_free_bytes {
             bounded("audit.min_free_bytes", min, 0, 1 << 40)?;
         }
-        crate::audit::note::validate_name(&a.origin).map_err(|e| format!("audit.origin: {e}"))?;
+        signerd_auditor::note::validate_name(&a.origin)
+            .map_err(|e| format!("audit.origin: {e}"))?;
         if let Some(max) = a.max_unattested_records {
             bounded(
                 "audit.max_unattested_records",
@@ -595,13 +637,13 @@ impl Config {
             )?;
         }
         let source = a.signing_key_passphrase_source();
-        match a.signing_key_backend.as_str() {
-            "soft" => {
+        match a.signing_key_backend {
+            Backend::Soft => {
                 if a.signing_key_version.is_some() {
                     return Err("audit.signing_key_version is for a vault audit key (transit keys have versions)".into());
                 }
             }
-            held @ ("pkcs11" | "vault") => {
+            held @ (Backend::Pkcs11 | Backend::Vault) => {
                 if self.keys.backend != held {
                     return Err(format!(
                         "audit.signing_key_backend = \"{held}\" needs keys.backend = \"{held}\": \
@@ -616,7 +658,7 @@ impl Config {
                 }
                 crate::keys::key_id(&a.signing_key_name)
                     .map_err(|e| format!("audit.signing_key_name: {e}"))?;
-                if held != "vault" && a.signing_key_version.is_some() {
+                if held != Backend::Vault && a.signing_key_version.is_some() {
                     return Err(
                         "audit.signing_key_version is for a vault audit key (transit keys have versions)".into(),
                     );
@@ -644,11 +686,6 @@ impl Config {
                     ));
                 }
                 return Ok(());
-            }
-            other => {
-                return Err(format!(
-                    "audit.signing_key_backend: unknown backend `{other}` (expected soft, pkcs11 or vault)"
-                ));
             }
         }
         if source != SecretSource::default() {
@@ -799,7 +836,7 @@ dir = "audit"
             ),
             (
                 GOOD.replace("backend = \"soft\"", "backend = \"tpm\""),
-                "unknown backend `tpm`",
+                "unknown variant `tpm`, expected one of `soft`, `pkcs11`, `vault`",
             ),
             (
                 GOOD.replace("passphrase_file = \"keystore.pass\"", ""),
@@ -909,7 +946,7 @@ dir = "audit"
             ),
             (
                 with("signing_key_backend = \"hsm\""),
-                "unknown backend `hsm` (expected soft, pkcs11 or vault)",
+                "unknown variant `hsm`, expected one of `soft`, `pkcs11`, `vault`",
             ),
             (
                 with("signing_key_backend = \"vault\""),
@@ -944,7 +981,7 @@ dir = "audit"
             Ok(c) => c,
             Err(e) => panic!("{e}"),
         };
-        assert_eq!(c.audit.signing_key_backend, "vault");
+        assert_eq!(c.audit.signing_key_backend, Backend::Vault);
         assert_eq!(c.audit.signing_key_name, "audit-checkpoint");
         assert_eq!(c.audit.signing_key_version, None);
         let c = match parse(&with(

@@ -106,7 +106,7 @@ impl SecretSource {
 
 fn read_secret_file(path: &Path, what: &str) -> Result<Zeroizing<String>, String> {
     use std::io::Read;
-    crate::tls::check_secret_file(path).map_err(|e| format!("{what}: {e}"))?;
+    check_secret_file(path).map_err(|e| format!("{what}: {e}"))?;
     let file = std::fs::File::open(path).map_err(|e| format!("{what} {}: {e}", path.display()))?;
     let mut raw = Zeroizing::new(String::new());
     file.take(MAX_SECRET_BYTES + 1)
@@ -119,6 +119,21 @@ fn read_secret_file(path: &Path, what: &str) -> Result<Zeroizing<String>, String
         ));
     }
     Ok(raw)
+}
+
+/// Refuses a secret file that other users could read (group or world permission bits).
+pub fn check_secret_file(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "{}: secret file is accessible by other users (mode {:o}); run `chmod 600` on it",
+            path.display(),
+            mode & 0o777
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

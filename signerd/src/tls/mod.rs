@@ -52,21 +52,6 @@ fn file_err(path: &Path, message: impl std::fmt::Display) -> TlsError {
     }
 }
 
-/// Refuses a secret file that other users could read (group or world permission bits).
-pub fn check_secret_file(path: &Path) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mode = meta.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "{}: secret file is accessible by other users (mode {:o}); run `chmod 600` on it",
-            path.display(),
-            mode & 0o777
-        ));
-    }
-    Ok(())
-}
-
 /// Loads every certificate in a PEM file; an empty file is an error.
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
@@ -104,7 +89,7 @@ pub fn server_config(cfg: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, TlsEr
         .build()
         .map_err(|e| TlsError::Config(format!("client verifier: {e}")))?;
 
-    check_secret_file(&cfg.key).map_err(TlsError::Config)?;
+    crate::config::check_secret_file(&cfg.key).map_err(TlsError::Config)?;
     let chain = load_certs(&cfg.cert)?;
     let key = PrivateKeyDer::from_pem_file(&cfg.key).map_err(|e| file_err(&cfg.key, e))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -7,6 +7,7 @@
 //! of the auditor crate ([`signerd_auditor::commands`]), as its own binary `signerd-auditor`
 //! does, so both print the same.
 
+use signerd::config::Backend;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -155,11 +156,12 @@ async fn blocking(
 /// Generates the audit checkpoint key in the `pkcs11` token or `vault` server of `[keys]`.
 async fn generate_held(
     cfg: &signerd::config::Config,
-    backend: &str,
+    backend: Backend,
     name: &str,
 ) -> anyhow::Result<signerd::keys::KeyInfo> {
     match backend {
-        "pkcs11" => {
+        Backend::Soft => bail!("the soft audit key is not held by a key backend"),
+        Backend::Pkcs11 => {
             let p = cfg
                 .keys
                 .pkcs11
@@ -180,7 +182,7 @@ async fn generate_held(
             })
             .await??)
         }
-        "vault" => {
+        Backend::Vault => {
             let v = cfg
                 .keys
                 .vault
@@ -188,7 +190,6 @@ async fn generate_held(
                 .context("keys: [keys.vault] is missing")?;
             Ok(signerd::keys::vault::generate_audit_key(v, name).await?)
         }
-        other => bail!("audit.signing_key_backend: unknown backend `{other}`"),
     }
 }
 
@@ -197,8 +198,8 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
     match cmd {
         AuditCmd::Keygen { config } => {
             let cfg = load_config(&config)?;
-            let (vkey, place) = match cfg.audit.signing_key_backend.as_str() {
-                "soft" => {
+            let (vkey, place) = match cfg.audit.signing_key_backend {
+                Backend::Soft => {
                     let pass = key::passphrase(&cfg).map_err(anyhow::Error::msg)?;
                     key::generate(&cfg.audit.signing_key_dir, &pass)?;
                     let k = SoftCheckpointKey::open(
@@ -240,7 +241,7 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
                 }
                 Some(spec) => {
                     let background = signerd::tasks::Background::new();
-                    let backend = if cfg.keys.backend == "vault" {
+                    let backend = if cfg.keys.backend == Backend::Vault {
                         signerd::server::open_vault_keys(&cfg, Some(&spec), &background).await?
                     } else {
                         signerd::server::open_keys(&cfg, Some(&spec), &background)?

@@ -109,7 +109,7 @@ enum KeysCmd {
         /// The backend to create the key in: soft, pkcs11 or vault (default: the
         /// configuration's `[keys] backend`).
         #[arg(long)]
-        backend: Option<String>,
+        backend: Option<signerd::config::Backend>,
         /// The new key's id.
         #[arg(long)]
         id: String,
@@ -430,7 +430,7 @@ fn local_keystore(config: &Path) -> anyhow::Result<(PathBuf, secrecy::SecretStri
 
 /// The first line of a secret file, which must not be readable by other users.
 fn secret_line(path: &Path) -> anyhow::Result<secrecy::SecretString> {
-    signerd::tls::check_secret_file(path).map_err(anyhow::Error::msg)?;
+    signerd::config::check_secret_file(path).map_err(anyhow::Error::msg)?;
     let raw = zeroize::Zeroizing::new(
         std::fs::read_to_string(path).with_context(|| path.display().to_string())?,
     );
@@ -466,14 +466,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             algorithm,
         }) => {
             let cfg = signerd::config::Config::load(&config)?;
-            let backend = backend.unwrap_or_else(|| cfg.keys.backend.clone());
-            let k = match backend.as_str() {
-                "soft" => {
+            use signerd::config::Backend;
+            let k = match backend.unwrap_or(cfg.keys.backend) {
+                Backend::Soft => {
                     let (dir, passphrase) = local_keystore(&config)?;
                     signerd::keys::soft::generate(&dir, &id, algorithm, &passphrase)?
                 }
-                "pkcs11" => {
-                    if cfg.audit.signing_key_backend == "pkcs11" && id == cfg.audit.signing_key_name
+                Backend::Pkcs11 => {
+                    if cfg.audit.signing_key_backend == Backend::Pkcs11
+                        && id == cfg.audit.signing_key_name
                     {
                         bail!(
                             "`{id}` is the audit checkpoint key's label (audit.signing_key_name); \
@@ -490,15 +491,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                         .map_err(anyhow::Error::msg)?;
                     signerd::keys::pkcs11::Pkcs11Backend::generate(&p, &pin, &id, algorithm)?
                 }
-                "vault" => {
+                Backend::Vault => {
                     let vault =
                         cfg.keys.vault.as_ref().with_context(|| {
                             format!("{}: no [keys.vault] table", config.display())
                         })?;
                     signerd::keys::vault::generate(vault, &id, algorithm).await?
-                }
-                other => {
-                    bail!("--backend: unknown backend `{other}` (expected soft, pkcs11 or vault)")
                 }
             };
             print_local_key(json_out, &k);

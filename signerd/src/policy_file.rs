@@ -1,0 +1,49 @@
+//! The policy file: read, bounded in size, parsed and validated. Start-up, reloads (SIGHUP and
+//! `ReloadPolicy`) and `signerd check-config` all read it here.
+
+use std::path::Path;
+
+use signerd_policy::{MAX_POLICY_BYTES, Policy, PolicyError};
+
+/// Why the policy file cannot be used. The running policy (if any) stays in force.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PolicyFileError {
+    /// The file cannot be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file, as configured.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is larger than any policy may be.
+    #[error("{path}: policy is {len} bytes, more than the {MAX_POLICY_BYTES} allowed")]
+    TooLarge {
+        /// The file, as configured.
+        path: String,
+        /// Its size.
+        len: u64,
+    },
+    /// The policy does not parse or does not validate (the error names the line and field).
+    #[error(transparent)]
+    Invalid(#[from] PolicyError),
+}
+
+/// Reads and validates the policy file at `path`.
+pub fn load_policy(path: &Path) -> Result<Policy, PolicyFileError> {
+    let shown = path.display().to_string();
+    let read = |source| PolicyFileError::Read {
+        path: shown.clone(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read)?;
+    if meta.len() > MAX_POLICY_BYTES as u64 {
+        return Err(PolicyFileError::TooLarge {
+            path: shown,
+            len: meta.len(),
+        });
+    }
+    let src = std::fs::read_to_string(path).map_err(read)?;
+    Ok(Policy::parse(&shown, &src)?)
+}

@@ -16,7 +16,7 @@ use signerd_proto::v1;
 use crate::approvals::{PendingRecord, Requirement, Status, StoredVote, Vote};
 use crate::keys::{Algorithm, KeyInfo};
 use crate::request::{Method, SignRequest};
-use crate::service::{self, VoteRequest};
+use crate::service;
 use signerd_auditor::note::{self, Checkpoint, Note, VerifierKey};
 
 /// A target's entry point.
@@ -221,9 +221,9 @@ pub fn rpc_vote(data: &[u8]) {
         return;
     };
     let vote = if kind.is_multiple_of(2) {
-        v1::ApproveRequest::decode(encoded).map(VoteRequest::approve)
+        v1::ApproveRequest::decode(encoded).map(crate::api::wire::approve_request)
     } else {
-        v1::RejectRequest::decode(encoded).map(VoteRequest::reject)
+        v1::RejectRequest::decode(encoded).map(crate::api::wire::reject_request)
     };
     let Ok(vote) = vote else {
         return;

@@ -154,3 +154,60 @@ pub enum SignOutcome {
     /// Evaluated only (a dry run).
     Evaluated(Evaluation),
 }
+
+/// Where one of a client's requests stands, as the state store has it (`GetSignRequest`,
+/// `WatchSignRequest`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestState {
+    /// The request id.
+    pub request_id: String,
+    /// The record of a request that needed approval.
+    pub pending: Option<PendingRecord>,
+    /// The stored answer, if it has one.
+    pub answer: Option<crate::state::StoredRequest>,
+    /// When it was read, Unix seconds (approvals that expired by then no longer count).
+    pub now: i64,
+}
+
+impl RequestState {
+    /// Whether it can change no more: signed, denied, or ended while waiting for approval.
+    pub fn is_final(&self) -> bool {
+        use crate::state::StoredOutcome;
+        let answered = self.answer.as_ref().map(|a| &a.outcome);
+        if matches!(answered, Some(StoredOutcome::Signed { .. })) {
+            return true;
+        }
+        match &self.pending {
+            Some(rec) => rec.status.is_final(),
+            None => matches!(answered, Some(StoredOutcome::Denied { .. })),
+        }
+    }
+}
+
+/// A vote that counted.
+#[derive(Debug, Clone)]
+pub struct VoteOutcome {
+    /// The request voted on, with the vote.
+    pub record: PendingRecord,
+    /// When the vote was cast, Unix seconds.
+    pub now: i64,
+    /// The `seq` of the vote's audit record.
+    pub audit_seq: u64,
+    /// Whether this vote completed every quorum (the request is then being signed).
+    pub quorum_reached: bool,
+}
+
+/// A policy (re)load: the policy in force and the one before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyReloaded {
+    /// Serial in force.
+    pub serial: u64,
+    /// SHA-256 in force, hex.
+    pub hash: String,
+    /// Serial before.
+    pub previous_serial: u64,
+    /// SHA-256 before, hex.
+    pub previous_hash: String,
+    /// Whether the file differed from the running policy.
+    pub changed: bool,
+}

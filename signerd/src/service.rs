@@ -16,7 +16,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use alloy_primitives::B256;
 use sha2::{Digest, Sha256};
 use signerd_policy::{Action, BucketKey, Decision, Identity, Kind, Policy, Request, Usage, Used};
-use signerd_proto::v1;
 
 use crate::api::wire;
 use crate::audit::events::{self, Outcome, PolicySource};
@@ -24,7 +23,9 @@ use crate::audit::{AuditLog, Receipt};
 use crate::chain::evm::{self, PreparedTx};
 use crate::ids::RequestId;
 use crate::keys::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignature};
-use crate::request::{Evaluation, Method, SignOutcome, SignRequest, SignatureParts, Signed};
+use crate::request::{
+    Evaluation, Method, PolicyReloaded, SignOutcome, SignRequest, SignatureParts, Signed,
+};
 use crate::state::{StateStore, StoredOutcome, StoredRequest};
 
 mod approvals;
@@ -321,7 +322,7 @@ impl Signer {
         source: PolicySource,
         actor: Option<&str>,
         force: bool,
-    ) -> Result<v1::ReloadPolicyResponse, ServiceError> {
+    ) -> Result<PolicyReloaded, ServiceError> {
         let path = self.policy_path.clone();
         let new = tokio::task::spawn_blocking(move || crate::policy_file::load_policy(&path))
             .await
@@ -330,7 +331,7 @@ impl Signer {
         let record = {
             let _serial = self.reload.lock().unwrap_or_else(|p| p.into_inner());
             let old = self.policy();
-            let mut response = v1::ReloadPolicyResponse {
+            let mut response = PolicyReloaded {
                 serial: new.serial(),
                 hash: new.hash_hex(),
                 previous_serial: old.serial(),

@@ -186,11 +186,14 @@ impl signer_server::Signer for SignerApi {
         req: Request<v1::GetSignRequestRequest>,
     ) -> Result<Response<v1::SignRequestState>, Status> {
         let caller = self.caller(&req)?;
-        self.signer
+        let state = self
+            .signer
             .sign_request_state(&caller, &req.get_ref().request_id)
             .await
+            .map_err(status)?;
+        wire::request_state_proto(state)
             .map(Response::new)
-            .map_err(status)
+            .map_err(|e| Status::unavailable(e.to_string()))
     }
 
     type WatchSignRequestStream = std::pin::Pin<
@@ -208,10 +211,25 @@ impl signer_server::Signer for SignerApi {
             .watch_sign_request(caller, req.request_id, u64::from(req.max_wait_secs))
             .await
             .map_err(status)?;
-        let stream =
-            tokio_stream::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), |item| {
-                item.map_err(status)
-            });
+        // The service reports the state at every change and every second; the client hears
+        // of it only when what it sees changed.
+        let mut last: Option<v1::SignRequestState> = None;
+        let stream = tokio_stream::StreamExt::filter_map(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            move |item| {
+                let shown = item.map_err(status).and_then(|state| {
+                    wire::request_state_proto(state).map_err(|e| Status::unavailable(e.to_string()))
+                });
+                match shown {
+                    Ok(now) if last.as_ref() == Some(&now) => None,
+                    Ok(now) => {
+                        last = Some(now.clone());
+                        Some(Ok(now))
+                    }
+                    Err(e) => Some(Err(e)),
+                }
+            },
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 }
@@ -241,7 +259,7 @@ impl ApprovalsApi {
             .signer
             .vote(caller, vote)
             .await
-            .map(Response::new)
+            .map(|v| Response::new(wire::vote_proto(v)))
             .map_err(status)
     }
 }
@@ -257,7 +275,7 @@ impl approvals_server::Approvals for ApprovalsApi {
             .signer
             .list_pending(&caller)
             .await
-            .map(Response::new)
+            .map(|(open, now)| Response::new(wire::pending_list_proto(&open, now)))
             .map_err(status)
     }
 
@@ -267,7 +285,7 @@ impl approvals_server::Approvals for ApprovalsApi {
     ) -> Result<Response<v1::ApprovalResponse>, Status> {
         let caller = self.inner.caller(&req)?;
         let r = req.into_inner();
-        let vote = VoteRequest::approve(r);
+        let vote = wire::approve_request(r);
         self.vote(caller, vote).await
     }
 
@@ -277,7 +295,7 @@ impl approvals_server::Approvals for ApprovalsApi {
     ) -> Result<Response<v1::ApprovalResponse>, Status> {
         let caller = self.inner.caller(&req)?;
         let r = req.into_inner();
-        let vote = VoteRequest::reject(r);
+        let vote = wire::reject_request(r);
         self.vote(caller, vote).await
     }
 }
@@ -318,7 +336,7 @@ impl admin_server::Admin for AdminApi {
                 req.get_ref().force,
             )
             .await
-            .map(Response::new)
+            .map(|r| Response::new(wire::reload_proto(r)))
             .map_err(status)
     }
 }

@@ -7,10 +7,15 @@
 use prost::Message;
 use signerd_proto::v1;
 
-use crate::approvals::{self as quorum, PendingRecord, Status};
+use crate::approvals::{self as quorum, PendingRecord, Status, Vote};
 use crate::audit::Receipt;
 use crate::chain::evm::SignedTx;
-use crate::request::{Evaluation, Method, SignOutcome, SignatureParts, Signed};
+use crate::request::{
+    Evaluation, Method, PolicyReloaded, RequestState, SignOutcome, SignatureParts, Signed,
+    VoteOutcome,
+};
+use crate::service::VoteRequest;
+use crate::state::{StoredOutcome, StoredRequest};
 
 /// A signing response message.
 pub trait SignResponse: Message + Default + Sized {
@@ -262,6 +267,121 @@ pub fn pending_proto(rec: &PendingRecord, now: i64) -> v1::PendingApproval {
         rules: rec.rules.clone(),
         policy_serial: rec.policy_serial,
         policy_hash: rec.policy_hash.clone(),
+    }
+}
+
+/// An approval as the `Approve` RPC received it.
+pub fn approve_request(r: v1::ApproveRequest) -> VoteRequest {
+    VoteRequest {
+        client: r.client,
+        request_id: r.request_id,
+        fingerprint: r.fingerprint,
+        expires_unix: r.expires_unix,
+        signature: r.signature,
+        vote: Vote::Approve,
+        reason: None,
+    }
+}
+
+/// A rejection as the `Reject` RPC received it (an empty reason is none).
+pub fn reject_request(r: v1::RejectRequest) -> VoteRequest {
+    VoteRequest {
+        client: r.client,
+        request_id: r.request_id,
+        fingerprint: r.fingerprint,
+        expires_unix: r.expires_unix,
+        signature: r.signature,
+        vote: Vote::Reject,
+        reason: (!r.reason.is_empty()).then_some(r.reason),
+    }
+}
+
+/// A request's state as `GetSignRequest` and `WatchSignRequest` answer it. A signed answer
+/// wins over the approval record (which may still say "signing" for a moment); a denial without
+/// an approval record is the policy's.
+pub fn request_state_proto(st: RequestState) -> Result<v1::SignRequestState, BadAnswer> {
+    let mut out = v1::SignRequestState {
+        request_id: st.request_id,
+        ..Default::default()
+    };
+    if let Some(rec) = &st.pending {
+        out.status = status_proto(rec.status).into();
+        out.pending = Some(pending_proto(rec, st.now));
+        out.reason = rec.reason.clone().unwrap_or_default();
+    }
+    match st.answer {
+        Some(StoredRequest {
+            outcome: StoredOutcome::Signed { response },
+            method,
+            ..
+        }) => {
+            let method = Method::parse(&method).ok_or(BadAnswer)?;
+            let bytes = hex::decode(response).map_err(|_| BadAnswer)?;
+            out.status = v1::SignStatus::Signed.into();
+            out.reason.clear();
+            out.response = Some(stored_response(method, &bytes)?);
+        }
+        Some(StoredRequest {
+            outcome: StoredOutcome::Denied { rule, reason },
+            ..
+        }) if st.pending.is_none() => {
+            out.status = v1::SignStatus::Denied.into();
+            out.reason = match rule {
+                Some(rule) => format!("{reason} (rule: {rule})"),
+                None => reason,
+            };
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// A vote's answer.
+pub fn vote_proto(v: VoteOutcome) -> v1::ApprovalResponse {
+    v1::ApprovalResponse {
+        status: status_proto(v.record.status).into(),
+        pending: Some(pending_proto(&v.record, v.now)),
+        audit_seq: v.audit_seq,
+        quorum_reached: v.quorum_reached,
+    }
+}
+
+/// The requests waiting for approval, as approvers see them (as of `now`).
+pub fn pending_list_proto(open: &[PendingRecord], now: i64) -> v1::ListPendingResponse {
+    let requests = open
+        .iter()
+        .map(|rec| v1::PendingRequest {
+            client: rec.client.clone(),
+            request_id: rec.request_id.clone(),
+            method: rec.method.clone(),
+            key_id: rec.key_id.clone(),
+            action_json: rec.action.to_string(),
+            explanation: rec.explanation.clone(),
+            pending: Some(pending_proto(rec, now)),
+            votes: rec
+                .votes
+                .iter()
+                .map(|v| v1::ApprovalVote {
+                    approver: v.approver.clone(),
+                    decision: v.vote.as_str().to_owned(),
+                    expires_unix: v.expires,
+                    reason: v.reason.clone().unwrap_or_default(),
+                })
+                .collect(),
+            created_unix: rec.created,
+        })
+        .collect();
+    v1::ListPendingResponse { requests }
+}
+
+/// A policy reload's answer.
+pub fn reload_proto(r: PolicyReloaded) -> v1::ReloadPolicyResponse {
+    v1::ReloadPolicyResponse {
+        serial: r.serial,
+        hash: r.hash,
+        previous_serial: r.previous_serial,
+        previous_hash: r.previous_hash,
+        changed: r.changed,
     }
 }
 

@@ -79,7 +79,7 @@ fn fuzz_targets_match_entry_points() {
 /// passing rather than from the first refusal.
 #[test]
 fn vote_seed_verifies() {
-    let vote = VoteRequest::approve(approve_seed());
+    let vote = crate::api::wire::approve_request(approve_seed());
     vote.check_fields().unwrap();
     service::check_ballot(
         &vote_pending(),
@@ -92,7 +92,7 @@ fn vote_seed_verifies() {
     // A flipped bit in the signature is refused.
     let mut bad = approve_seed();
     bad.signature[0] ^= 1;
-    let bad = VoteRequest::approve(bad);
+    let bad = crate::api::wire::approve_request(bad);
     assert!(
         service::check_ballot(
             &vote_pending(),

@@ -11,16 +11,14 @@
 use std::sync::Arc;
 
 use signerd_policy::{ApprovalRequirement, Decision, Identity, Policy};
-use signerd_proto::v1;
 
 use super::{
     Caller, Decided, Prepared, Reservation, ServiceError, Signer, decision_record, unavailable,
     unix_now, validate_request_id,
 };
-use crate::api::wire::{self, pending_proto, status_proto};
 use crate::approvals::{self as quorum, PendingRecord, Requirement, Status, StoredVote, Vote};
 use crate::audit::events::{self, Outcome};
-use crate::request::{Method, SignOutcome, SignRequest};
+use crate::request::{Method, RequestState, SignOutcome, SignRequest, VoteOutcome};
 use crate::state::{StoredOutcome, StoredRequest};
 
 /// Most requests one `ListPending` answer holds (the oldest first).
@@ -64,32 +62,6 @@ pub struct VoteRequest {
 }
 
 impl VoteRequest {
-    /// An approval as the `Approve` RPC received it.
-    pub fn approve(r: v1::ApproveRequest) -> VoteRequest {
-        VoteRequest {
-            client: r.client,
-            request_id: r.request_id,
-            fingerprint: r.fingerprint,
-            expires_unix: r.expires_unix,
-            signature: r.signature,
-            vote: Vote::Approve,
-            reason: None,
-        }
-    }
-
-    /// A rejection as the `Reject` RPC received it (an empty reason is none).
-    pub fn reject(r: v1::RejectRequest) -> VoteRequest {
-        VoteRequest {
-            client: r.client,
-            request_id: r.request_id,
-            fingerprint: r.fingerprint,
-            expires_unix: r.expires_unix,
-            signature: r.signature,
-            vote: Vote::Reject,
-            reason: (!r.reason.is_empty()).then_some(r.reason),
-        }
-    }
-
     /// Checks the fields that need no state: the request id, the requester's client id and
     /// the reason.
     pub(crate) fn check_fields(&self) -> Result<(), ServiceError> {
@@ -303,7 +275,7 @@ impl Signer {
         self: &Arc<Self>,
         caller: Caller,
         v: VoteRequest,
-    ) -> Result<v1::ApprovalResponse, ServiceError> {
+    ) -> Result<VoteOutcome, ServiceError> {
         let this = self.clone();
         super::to_completion(
             async move { this.cast_vote(caller, v).await },
@@ -316,7 +288,7 @@ impl Signer {
         self: &Arc<Self>,
         caller: Caller,
         v: VoteRequest,
-    ) -> Result<v1::ApprovalResponse, ServiceError> {
+    ) -> Result<VoteOutcome, ServiceError> {
         let me = caller.identity.id.clone();
         if !caller.identity.roles.iter().any(|r| r == APPROVER_ROLE) {
             return Err(denied(quorum::ApprovalError::NotApprover(me)));
@@ -431,9 +403,9 @@ impl Signer {
             quorum_reached,
             "vote recorded"
         );
-        Ok(v1::ApprovalResponse {
-            status: status_proto(rec.status).into(),
-            pending: Some(pending_proto(&rec, now)),
+        Ok(VoteOutcome {
+            record: rec,
+            now,
             audit_seq: receipt.seq,
             quorum_reached,
         })
@@ -745,61 +717,32 @@ impl Signer {
         &self,
         caller: &Caller,
         request_id: &str,
-    ) -> Result<v1::SignRequestState, ServiceError> {
+    ) -> Result<RequestState, ServiceError> {
         validate_request_id(request_id)?;
         let me = caller.identity.id.as_str();
         let pending = state_call(self.state.get_pending(me, request_id)).await?;
-        let stored = state_call(self.state.get_request(me, request_id)).await?;
-        let mut out = v1::SignRequestState {
+        let answer = state_call(self.state.get_request(me, request_id)).await?;
+        if pending.is_none() && answer.is_none() {
+            return Err(ServiceError::NotFound(format!(
+                "no request `{request_id}` of `{me}`"
+            )));
+        }
+        Ok(RequestState {
             request_id: request_id.to_owned(),
-            ..Default::default()
-        };
-        if let Some(rec) = &pending {
-            out.status = status_proto(rec.status).into();
-            out.pending = Some(pending_proto(rec, unix_now()));
-            out.reason = rec.reason.clone().unwrap_or_default();
-        }
-        match stored {
-            Some(StoredRequest {
-                outcome: StoredOutcome::Signed { response },
-                method,
-                ..
-            }) => {
-                out.status = v1::SignStatus::Signed.into();
-                out.reason.clear();
-                out.response = Some(decode_response(&method, &response)?);
-            }
-            Some(StoredRequest {
-                outcome: StoredOutcome::Denied { rule, reason },
-                ..
-            }) if pending.is_none() => {
-                out.status = v1::SignStatus::Denied.into();
-                out.reason = match rule {
-                    Some(rule) => format!("{reason} (rule: {rule})"),
-                    None => reason,
-                };
-            }
-            Some(_) => {}
-            None if pending.is_none() => {
-                return Err(ServiceError::NotFound(format!(
-                    "no request `{request_id}` of `{}`",
-                    caller.identity.id
-                )));
-            }
-            None => {}
-        }
-        Ok(out)
+            pending,
+            answer,
+            now: unix_now(),
+        })
     }
 
-    /// A receiver of the state of one of `caller`'s requests: now, then at every change, until
-    /// a final state or `max_wait_secs`.
+    /// A receiver of the state of one of `caller`'s requests: now, then at every change (and at
+    /// least every second, as approvals expire), until a final state or `max_wait_secs`.
     pub async fn watch_sign_request(
         self: &Arc<Self>,
         caller: Caller,
         request_id: String,
         max_wait_secs: u64,
-    ) -> Result<tokio::sync::mpsc::Receiver<Result<v1::SignRequestState, ServiceError>>, ServiceError>
-    {
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<RequestState, ServiceError>>, ServiceError> {
         let first = self.sign_request_state(&caller, &request_id).await?;
         let wait = match max_wait_secs {
             0 => MAX_WATCH_SECS,
@@ -810,12 +753,12 @@ impl Signer {
         let mut changes = self.changes.subscribe();
         self.background.spawn("approval watch stream", async move {
             let until = tokio::time::Instant::now() + std::time::Duration::from_secs(wait);
-            let mut last = first;
-            if tx.send(Ok(last.clone())).await.is_err() {
+            let mut done = first.is_final();
+            if tx.send(Ok(first)).await.is_err() {
                 return;
             }
             let _open = crate::metrics::WatchOpen::open();
-            while !is_final(&last) && tokio::time::Instant::now() < until {
+            while !done && tokio::time::Instant::now() < until {
                 tokio::select! {
                     // The client went away: stop polling at once, not at `until`.
                     () = tx.closed() => return,
@@ -832,11 +775,9 @@ impl Signer {
                         return;
                     }
                 };
-                if now != last {
-                    last = now;
-                    if tx.send(Ok(last.clone())).await.is_err() {
-                        return;
-                    }
+                done = now.is_final();
+                if tx.send(Ok(now)).await.is_err() {
+                    return;
                 }
             }
         });
@@ -844,10 +785,12 @@ impl Signer {
     }
 
     /// Requests waiting for approval, for approvers.
+    /// The requests waiting for approval now, oldest first (at most 500), and the time they
+    /// were read (Unix seconds).
     pub async fn list_pending(
         &self,
         caller: &Caller,
-    ) -> Result<v1::ListPendingResponse, ServiceError> {
+    ) -> Result<(Vec<PendingRecord>, i64), ServiceError> {
         if !caller.identity.roles.iter().any(|r| r == APPROVER_ROLE) {
             return Err(denied(quorum::ApprovalError::NotApprover(
                 caller.identity.id.clone(),
@@ -860,38 +803,8 @@ impl Signer {
             (a.created, &a.client, &a.request_id).cmp(&(b.created, &b.client, &b.request_id))
         });
         open.truncate(MAX_LISTED);
-        let requests = open
-            .iter()
-            .map(|rec| v1::PendingRequest {
-                client: rec.client.clone(),
-                request_id: rec.request_id.clone(),
-                method: rec.method.clone(),
-                key_id: rec.key_id.clone(),
-                action_json: rec.action.to_string(),
-                explanation: rec.explanation.clone(),
-                pending: Some(pending_proto(rec, now)),
-                votes: rec
-                    .votes
-                    .iter()
-                    .map(|v| v1::ApprovalVote {
-                        approver: v.approver.clone(),
-                        decision: v.vote.as_str().to_owned(),
-                        expires_unix: v.expires,
-                        reason: v.reason.clone().unwrap_or_default(),
-                    })
-                    .collect(),
-                created_unix: rec.created,
-            })
-            .collect();
-        Ok(v1::ListPendingResponse { requests })
+        Ok((open, now))
     }
-}
-
-fn is_final(s: &v1::SignRequestState) -> bool {
-    !matches!(
-        s.status(),
-        v1::SignStatus::PendingApproval | v1::SignStatus::Unspecified
-    )
 }
 
 fn status_word(s: Status) -> &'static str {
@@ -911,16 +824,4 @@ fn denied(e: quorum::ApprovalError) -> ServiceError {
         rule: None,
         reason: e.to_string(),
     }
-}
-
-fn decode_response(
-    method: &str,
-    hex_bytes: &str,
-) -> Result<v1::sign_request_state::Response, ServiceError> {
-    let bad = || ServiceError::Unavailable("stored response cannot be decoded".into());
-    let method = Method::parse(method).ok_or_else(|| {
-        ServiceError::Unavailable(format!("stored response of unknown method `{method}`"))
-    })?;
-    let bytes = hex::decode(hex_bytes).map_err(|_| bad())?;
-    wire::stored_response(method, &bytes).map_err(|_| bad())
 }

@@ -209,7 +209,7 @@ impl Pipeline {
         who: &str,
         p: &v1::PendingApproval,
         vote: Vote,
-    ) -> Result<v1::ApprovalResponse, ServiceError> {
+    ) -> Result<crate::request::VoteOutcome, ServiceError> {
         let expires = p.deadline_unix;
         let msg = crate::approvals::message("app", &p.request_id, &p.fingerprint, vote, expires);
         let v = VoteRequest {
@@ -228,11 +228,12 @@ impl Pipeline {
     async fn settled(&self, request_id: &str) -> v1::SignRequestState {
         let until = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let s = self
+            let state = self
                 .signer
                 .sign_request_state(&app(), request_id)
                 .await
                 .unwrap();
+            let s = crate::api::wire::request_state_proto(state).unwrap();
             if s.status() != v1::SignStatus::PendingApproval || tokio::time::Instant::now() > until
             {
                 return s;

@@ -378,7 +378,7 @@ pub fn audit_proof(data: &[u8]) {
 /// (parsed and checked, then the MAC check and decryption under [`KEYSTORE_V3_DERIVED_KEY`]
 /// instead of running the file's KDF). Both readers refuse files over 64 KiB before parsing.
 pub fn keystore_file(data: &[u8]) {
-    if data.len() as u64 > crate::keys::soft::file::MAX_FILE_BYTES {
+    if data.len() as u64 > crate::keys::files::MAX_FILE_BYTES {
         return;
     }
     let passphrase = SecretString::from(KEYSTORE_PASSPHRASE);
@@ -390,7 +390,7 @@ pub fn keystore_file(data: &[u8]) {
 
 /// Vault-wrapped key files (`<id>.wrapped.json`), refused over 64 KiB like key files.
 pub fn wrapped_key(data: &[u8]) {
-    if data.len() as u64 > crate::keys::soft::file::MAX_FILE_BYTES {
+    if data.len() as u64 > crate::keys::files::MAX_FILE_BYTES {
         return;
     }
     let path = Path::new("evm.wrapped.json");

@@ -64,11 +64,11 @@ pub fn import_keystore_v3(
     let shown = v3_json_path.display().to_string();
     let err = |message: String| KeyError::Keystore(format!("keystore v3 file {shown}: {message}"));
 
-    let bytes = soft::file::read_bounded(v3_json_path)?;
+    let bytes = crate::keys::files::read_bounded(v3_json_path)?;
     let v3 = keystore_v3::Keystore::parse(&bytes).map_err(|e| err(e.to_string()))?;
 
     // Fail on the cheap checks before the expensive KDF.
-    soft::file::ensure_dir(dir)?;
+    crate::keys::files::ensure_dir(dir)?;
     soft::file::refuse_existing(dir, id)?;
     let secret = v3
         .decrypt(v3_password.expose_secret().as_bytes())

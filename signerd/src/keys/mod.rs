@@ -6,7 +6,9 @@
 
 #[cfg(test)]
 pub(crate) mod faulty;
+pub(crate) mod files;
 pub mod hazmat;
+pub(crate) mod local;
 pub mod pkcs11;
 pub mod soft;
 pub mod vault;

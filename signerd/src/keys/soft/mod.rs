@@ -301,42 +301,6 @@ pub(crate) fn store_new_key(
     })
 }
 
-/// Signs a 32-byte digest with ECDSA, returning a low-s signature and its recovery id.
-pub(crate) fn sign_prehash(
-    id: &str,
-    key: &k256::ecdsa::SigningKey,
-    digest: &[u8; 32],
-) -> Result<RawSignature, KeyError> {
-    let (sig, recid) = key
-        .sign_prehash_recoverable(digest)
-        .map_err(|_| KeyError::Keystore(format!("key `{id}`: ECDSA signing failed")))?;
-    let (sig, y_parity) = low_s(sig, recid.is_y_odd());
-    if recid.is_x_reduced() {
-        // Probability about 2^-128; such a signature has no Ethereum recovery id.
-        return Err(KeyError::Keystore(format!(
-            "key `{id}`: signature has an x-reduced recovery id that cannot be encoded; retry \
-             with a different payload"
-        )));
-    }
-    let bytes = sig.to_bytes();
-    let mut r = [0u8; 32];
-    let mut s = [0u8; 32];
-    r.copy_from_slice(&bytes[..32]);
-    s.copy_from_slice(&bytes[32..]);
-    Ok(RawSignature::Ecdsa { r, s, y_parity })
-}
-
-/// Returns the low-s form of `sig` with its recovery parity.
-///
-/// k256 already returns low s; checking again costs nothing and keeps the guarantee
-/// independent of the library. Negating s corresponds to negating R, so the parity flips.
-fn low_s(sig: k256::ecdsa::Signature, y_odd: bool) -> (k256::ecdsa::Signature, bool) {
-    match sig.normalize_s() {
-        Some(low) => (low, !y_odd),
-        None => (sig, y_odd),
-    }
-}
-
 impl SoftBackend {
     /// Signs with key `id` on this thread: soft keys sign in microseconds and never wait, so
     /// a caller outside the runtime (the audit writer) needs no executor.
@@ -357,7 +321,9 @@ impl Entry {
             what: what.to_owned(),
         };
         match (&self.secret, payload) {
-            (SecretKey::Secp256k1(key), Payload::Prehash(digest)) => sign_prehash(id, key, digest),
+            (SecretKey::Secp256k1(key), Payload::Prehash(digest)) => {
+                crate::keys::local::sign_prehash(id, key, digest)
+            }
             (SecretKey::Ed25519(key), Payload::Message(message)) => {
                 Ok(RawSignature::Ed25519(key.sign(message).to_bytes()))
             }

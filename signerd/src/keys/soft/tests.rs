@@ -662,7 +662,7 @@ fn low_s_normalization_flips_parity() {
         .as_bytes()
         .to_vec();
     let digest = [0x17u8; 32];
-    let RawSignature::Ecdsa { r, s, y_parity } = super::sign_prehash("k", &key, &digest).unwrap()
+    let RawSignature::Ecdsa { r, s, y_parity } = crate::keys::local::sign_prehash("k", &key, &digest).unwrap()
     else {
         panic!("expected ECDSA")
     };
@@ -686,6 +686,6 @@ fn low_s_normalization_flips_parity() {
         .unwrap();
     assert_eq!(recovered.serialize().as_slice(), &public[..]);
 
-    assert_eq!(super::low_s(high, !y_parity), (low, y_parity));
-    assert_eq!(super::low_s(low, y_parity), (low, y_parity));
+    assert_eq!(crate::keys::local::low_s(high, !y_parity), (low, y_parity));
+    assert_eq!(crate::keys::local::low_s(low, y_parity), (low, y_parity));
 }

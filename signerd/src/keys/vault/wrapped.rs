@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use super::client::Connection;
 use super::transit;
-use crate::keys::soft::file::{ensure_dir, read_bounded, write_temp};
+use crate::keys::files::{ensure_dir, read_bounded, write_temp};
 use crate::keys::{Algorithm, KeyError, RawSignature};
 
 /// File name suffix of wrapped key files.
@@ -235,7 +235,7 @@ pub(crate) async fn sign(
 ) -> Result<RawSignature, KeyError> {
     let signing = unwrap_key(conn, mount, key).await?;
     // SigningKey zeroizes its scalar on drop.
-    crate::keys::soft::sign_prehash(&key.id, &signing, digest)
+    crate::keys::local::sign_prehash(&key.id, &signing, digest)
 }
 
 #[cfg(test)]

@@ -662,7 +662,8 @@ fn low_s_normalization_flips_parity() {
         .as_bytes()
         .to_vec();
     let digest = [0x17u8; 32];
-    let RawSignature::Ecdsa { r, s, y_parity } = crate::keys::local::sign_prehash("k", &key, &digest).unwrap()
+    let RawSignature::Ecdsa { r, s, y_parity } =
+        crate::keys::local::sign_prehash("k", &key, &digest).unwrap()
     else {
         panic!("expected ECDSA")
     };

@@ -316,8 +316,39 @@ impl Signer {
     }
 
     /// Re-reads, validates and atomically installs the policy file. The running policy stays
-    /// on any error. A serial that does not increase is refused unless `force`.
+    /// on any error, and every refusal is recorded (`policy.refused`). A serial that does not
+    /// increase is refused unless `force`.
     pub async fn reload_policy(
+        &self,
+        source: PolicySource,
+        actor: Option<&str>,
+        force: bool,
+    ) -> Result<PolicyReloaded, ServiceError> {
+        let reloaded = self.install_policy(source, actor, force).await;
+        if let Err(
+            e @ (ServiceError::FailedPrecondition(_) | ServiceError::PermissionDenied { .. }),
+        ) = &reloaded
+        {
+            self.record_policy_refused(source, actor, &e.to_string());
+        }
+        reloaded
+    }
+
+    /// Records a reload that installed nothing (best effort: the refusal is the answer either
+    /// way, and a log that cannot take it refuses signing by itself).
+    pub fn record_policy_refused(&self, source: PolicySource, actor: Option<&str>, reason: &str) {
+        let rec = events::PolicyRefused {
+            source,
+            actor: actor.map(str::to_owned),
+            file: self.policy_path.display().to_string(),
+            reason: reason.to_owned(),
+        };
+        if let Err(e) = self.audit.append(rec) {
+            tracing::error!(error = %e, "cannot record policy.refused");
+        }
+    }
+
+    async fn install_policy(
         &self,
         source: PolicySource,
         actor: Option<&str>,

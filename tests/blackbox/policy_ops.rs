@@ -1,6 +1,6 @@
 //! Operating the policy on a running daemon: dry runs, and hot reload through SIGHUP and the
 //! Admin API (validate first, refuse a serial that does not increase, keep the running policy
-//! on any error, record `policy.load`).
+//! on any error, record `policy.load`, and record every refusal as `policy.refused`).
 
 use std::process::Command;
 
@@ -118,6 +118,23 @@ async fn sighup_reloads_a_newer_policy_and_keeps_the_old_on_error() {
     );
     assert_status("broken file", &st, Code::PermissionDenied, "no rule allows");
 
+    // The refusal is on record, with the reason the log said.
+    let audit = env.wait_audit(|a| a.of_type("policy.refused").len() == 1);
+    let refusal = audit.of_type("policy.refused")[0];
+    assert_eq!(refusal["source"], "sighup");
+    assert_eq!(refusal.get("actor"), Some(&serde_json::Value::Null));
+    assert!(
+        refusal["file"].as_str().unwrap().ends_with("policy.toml"),
+        "{refusal}"
+    );
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .unwrap()
+            .contains("policy.toml:4:6"),
+        "{refusal}"
+    );
+
     write_policy(&env, 2);
     hup(&d);
     let audit = env.wait_audit(|a| a.of_type("policy.load").len() == 2);
@@ -221,7 +238,33 @@ async fn admin_rpc_reloads_with_serial_rules() {
     );
     assert_status("lower serial", &st, Code::FailedPrecondition, "serial 4");
 
-    let audit = env.wait_audit(|a| a.of_type("policy.load").len() == 3);
+    let audit = env.wait_audit(|a| {
+        a.of_type("policy.load").len() == 3 && a.of_type("policy.refused").len() == 3
+    });
+    // Every refused reload is on record with its caller and reason: the caller without the
+    // role, the same serial unforced, the lower serial.
+    let refusals: Vec<(String, String)> = audit
+        .of_type("policy.refused")
+        .iter()
+        .map(|r| {
+            assert_eq!(r["source"], "rpc", "{r}");
+            (
+                r["actor"].as_str().unwrap().to_owned(),
+                r["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(refusals[0].0, "app");
+    assert!(refusals[0].1.contains("`admin` role"), "{refusals:?}");
+    assert_eq!(refusals[1].0, "admin");
+    assert!(
+        refusals[1]
+            .1
+            .contains("not higher than the running serial 1"),
+        "{refusals:?}"
+    );
+    assert_eq!(refusals[2].0, "admin");
+    assert!(refusals[2].1.contains("serial 4"), "{refusals:?}");
     let loads = audit.of_type("policy.load");
     assert_eq!(loads[1]["source"], "rpc");
     assert_eq!(loads[1]["actor"], "admin");

@@ -730,6 +730,7 @@ impl Checker {
             Kind::AuthFailure => self.stats.auth_failures += 1,
             Kind::AuditStop
             | Kind::PolicyLoad
+            | Kind::PolicyRefused
             | Kind::SignDryRun
             | Kind::ApprovalRequest
             | Kind::ApprovalExpire => {}

@@ -91,6 +91,8 @@ closed_set! {
         AuthFailure = "auth.failure",
         /// [`PolicyLoad`].
         PolicyLoad = "policy.load",
+        /// [`PolicyRefused`].
+        PolicyRefused = "policy.refused",
         /// [`SignRequest`].
         SignRequest = "sign.request",
         /// [`SignDecision`].
@@ -218,6 +220,7 @@ event! {
     AuditRecover => AuditRecover,
     AuthFailure => AuthFailure,
     PolicyLoad => PolicyLoad,
+    PolicyRefused => PolicyRefused,
     SignRequest => SignRequest,
     SignDecision => SignDecision,
     SignDryRun => SignDryRun,
@@ -382,6 +385,19 @@ pub struct PolicyLoad {
     pub new_hash: String,
     /// The serial did not increase and the reload was forced.
     pub forced: bool,
+}
+
+/// `policy.refused`: a reload that did not install a policy (the running one stays).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRefused {
+    /// `sighup` or `rpc`.
+    pub source: PolicySource,
+    /// The caller's identity id (`rpc`), or `None` for SIGHUP.
+    pub actor: Option<String>,
+    /// The policy file.
+    pub file: String,
+    /// Why it was refused.
+    pub reason: String,
 }
 
 /// `sign.request`: a signing call from an authenticated client.

@@ -323,10 +323,16 @@ impl admin_server::Admin for AdminApi {
     ) -> Result<Response<v1::ReloadPolicyResponse>, Status> {
         let caller = self.inner.caller(&req)?;
         if !caller.identity.roles.iter().any(|r| r == "admin") {
-            return Err(Status::permission_denied(format!(
+            let reason = format!(
                 "ReloadPolicy needs the `admin` role; `{}` does not have it",
                 caller.identity.id
-            )));
+            );
+            self.inner.signer.record_policy_refused(
+                crate::audit::events::PolicySource::Rpc,
+                Some(&caller.identity.id),
+                &reason,
+            );
+            return Err(Status::permission_denied(reason));
         }
         self.inner
             .signer

@@ -95,6 +95,12 @@ fn examples() -> Vec<Record> {
             new_hash: HASH.to_owned(),
             forced: false,
         }),
+        Record::from_event(&PolicyRefused {
+            source: PolicySource::Sighup,
+            actor: None,
+            file: "policy.toml".to_owned(),
+            reason: "policy.toml:4:6: bad".to_owned(),
+        }),
         Record::from_event(&SignRequest {
             req_id: Some("r1".to_owned()),
             method: Method::SignEvmTransaction,
@@ -902,6 +908,7 @@ fn the_example_log_reads_as_events_and_writes_back_the_same_bytes() {
                 Kind::AuditRecover => Record::from_event(&read::<AuditRecover>(line).unwrap()),
                 Kind::AuthFailure => Record::from_event(&read::<AuthFailure>(line).unwrap()),
                 Kind::PolicyLoad => Record::from_event(&read::<PolicyLoad>(line).unwrap()),
+                Kind::PolicyRefused => Record::from_event(&read::<PolicyRefused>(line).unwrap()),
                 Kind::SignRequest => Record::from_event(&read::<SignRequest>(line).unwrap()),
                 Kind::SignDecision => Record::from_event(&read::<SignDecision>(line).unwrap()),
                 Kind::SignDryRun => Record::from_event(&read::<SignDryRun>(line).unwrap()),

@@ -121,9 +121,22 @@ impl std::fmt::Debug for Daemon {
     }
 }
 
+/// How one start may differ from the configuration's defaults.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartOptions {
+    /// Start with a policy whose serial is lower than one the audit log records as loaded
+    /// (`signerd run --allow-policy-rollback`). The start-up `policy.load` then says `forced`.
+    pub allow_policy_rollback: bool,
+}
+
 impl Daemon {
     /// Opens every component and binds the listener.
     pub async fn open(config: Config) -> Result<Daemon, ServerError> {
+        Daemon::open_with(config, StartOptions::default()).await
+    }
+
+    /// [`Daemon::open`], with `options` for this start.
+    pub async fn open_with(config: Config, options: StartOptions) -> Result<Daemon, ServerError> {
         // First, so that what opening records (the audit log's first checkpoint) is counted.
         if config.metrics.is_some() {
             crate::metrics::install().map_err(start("metrics"))?;
@@ -201,10 +214,32 @@ impl Daemon {
                 .map_err(start("state"))?;
             restored += 1;
         }
-        let spend = scan
+        let scanned = scan
             .await
             .map_err(start("reconciling from the audit log"))?
             .map_err(start("reconciling from the audit log"))?;
+        // A policy older than one this log has loaded is a rollback (a restart on an old file
+        // brings back rules that were replaced): refused unless allowed for this start.
+        let rollback = scanned
+            .highest_policy_serial
+            .filter(|&highest| policy.serial() < highest);
+        if let Some(highest) = rollback {
+            if !options.allow_policy_rollback {
+                return Err(ServerError::Start(format!(
+                    "policy: serial {} in {} is lower than serial {highest}, which this audit \
+                     log has loaded; install a policy with a serial of at least {highest}, or \
+                     start once with --allow-policy-rollback (recorded in the audit log)",
+                    policy.serial(),
+                    config.policy.file.display()
+                )));
+            }
+            tracing::warn!(
+                serial = policy.serial(),
+                highest,
+                "starting with a policy older than the audit log has loaded (--allow-policy-rollback)"
+            );
+        }
+        let spend = scanned.spend;
         let reconciled = spend.len();
         state.reconcile(spend).await.map_err(start("state"))?;
         state.flush().await.map_err(start("state"))?;
@@ -244,7 +279,9 @@ impl Daemon {
             audit,
             background.clone(),
         ));
-        signer.record_startup_policy().map_err(start("audit"))?;
+        signer
+            .record_startup_policy(rollback.is_some())
+            .map_err(start("audit"))?;
         Ok(Daemon {
             config,
             signer,

@@ -299,8 +299,9 @@ impl Signer {
         }
     }
 
-    /// Records the policy the daemon starts with.
-    pub fn record_startup_policy(&self) -> Result<(), ServiceError> {
+    /// Records the policy the daemon starts with; `forced` when its serial is lower than one
+    /// the log has loaded and the start allowed that.
+    pub fn record_startup_policy(&self, forced: bool) -> Result<(), ServiceError> {
         let p = self.policy();
         let rec = events::PolicyLoad {
             source: PolicySource::Startup,
@@ -310,7 +311,7 @@ impl Signer {
             old_hash: None,
             new_serial: p.serial(),
             new_hash: p.hash_hex(),
-            forced: false,
+            forced,
         };
         self.audit.append(rec).map_err(unavailable)
     }

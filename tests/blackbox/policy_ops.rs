@@ -272,3 +272,38 @@ async fn admin_rpc_reloads_with_serial_rules() {
     assert_eq!(loads[2]["forced"], false);
     assert_eq!(loads[2]["new_serial"], 5);
 }
+
+/// A restart on a policy file older than one the audit log has loaded (the old file put
+/// back) is refused; allowed once with `--allow-policy-rollback`, and the start says so in the
+/// log.
+#[tokio::test]
+async fn a_restart_on_an_older_policy_is_refused_unless_allowed_on_record() {
+    let env = TestEnv::new("rollback");
+    let d = env.start();
+    write_policy(&env, 3);
+    hup(&d);
+    env.wait_audit(|a| a.of_type("policy.load").len() == 2);
+    assert!(d.stop().success());
+
+    // The file of serial 1 comes back.
+    std::fs::write(env.dir.join("policy.toml"), DEFAULT_POLICY).unwrap();
+    let Err(err) = Daemon::spawn(env.run_command()) else {
+        panic!("signerd started on a policy older than its log has loaded");
+    };
+    assert!(
+        err.contains("serial 1") && err.contains("lower than serial 3"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-policy-rollback"), "{err}");
+
+    let mut cmd = env.run_command();
+    cmd.arg("--allow-policy-rollback");
+    let d = Daemon::spawn(cmd).unwrap_or_else(|e| panic!("{e}"));
+    let audit = env.wait_audit(|a| a.of_type("policy.load").len() == 3);
+    let loads = audit.of_type("policy.load");
+    assert_eq!(loads[2]["source"], "startup");
+    assert_eq!(loads[2]["new_serial"], 1);
+    assert_eq!(loads[2]["forced"], true, "{}", loads[2]);
+    assert_eq!(loads[0]["forced"], false);
+    assert!(d.stop().success());
+}

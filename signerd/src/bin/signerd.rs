@@ -64,6 +64,10 @@ enum Command {
         /// The configuration file.
         #[arg(long)]
         config: PathBuf,
+        /// Start even though the policy's serial is lower than one the audit log has loaded
+        /// (a deliberate rollback; the start-up `policy.load` record says `forced`).
+        #[arg(long)]
+        allow_policy_rollback: bool,
     },
     /// Validate a configuration: the file, the policy, the TLS material and the keystore.
     CheckConfig {
@@ -120,7 +124,10 @@ fn main() -> anyhow::Result<()> {
                 backend,
                 listen,
             } => dev(dir, backend, listen).await,
-            Command::Run { config } => run(config).await,
+            Command::Run {
+                config,
+                allow_policy_rollback,
+            } => run(config, allow_policy_rollback).await,
             Command::CheckConfig { config } => check(config).await,
         }
     })
@@ -139,10 +146,13 @@ fn harden(lock_memory: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(path: PathBuf) -> anyhow::Result<()> {
+async fn run(path: PathBuf, allow_policy_rollback: bool) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     harden(config.server.lock_memory)?;
-    let daemon = Daemon::open(config).await?;
+    let options = signerd::server::StartOptions {
+        allow_policy_rollback,
+    };
+    let daemon = Daemon::open_with(config, options).await?;
     let shutdown = shutdown_signal();
     println!("signerd listening on {}", daemon.local_addr()?);
     if let Some(a) = daemon.metrics_addr() {

@@ -13,7 +13,7 @@ use std::path::Path;
 use alloy_primitives::U256;
 use signerd_auditor::envelope;
 use signerd_auditor::events::{
-    self, Decision, Kind, Method, SignDecision, SignRequest, SignResult, Status,
+    self, Decision, Kind, Method, PolicyLoad, SignDecision, SignRequest, SignResult, Status,
 };
 use signerd_auditor::segments::{self, LineReader, Next};
 
@@ -44,7 +44,16 @@ pub struct LoggedAnswer<'a> {
 /// audit log in `dir` since
 /// `now - MAX_WINDOW_SECS`, as ledger entries. A request is its (`client`, `req_id`).
 pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
-    scan(dir, now, &mut |_| Ok(()))
+    scan(dir, now, &mut |_| Ok(())).map(|s| s.spend)
+}
+
+/// What start-up learns from the audit log.
+#[derive(Debug, Clone, Default)]
+pub struct Scanned {
+    /// The spend of signed requests, and of requests still waiting for approval.
+    pub spend: Vec<Entry>,
+    /// The highest policy serial the log records as loaded (`policy.load`), if any.
+    pub highest_policy_serial: Option<u64>,
 }
 
 /// [`signed_spend`], also handing every final answer in the log to `on_answer`, in log order
@@ -56,7 +65,8 @@ pub fn scan(
     dir: &Path,
     now: i64,
     on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
-) -> Result<Vec<Entry>, String> {
+) -> Result<Scanned, String> {
+    let mut highest_policy_serial: Option<u64> = None;
     let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
     let mut client_of: HashMap<String, String> = HashMap::new();
     // (method, fingerprint) of the last `sign.request` of each request without a result yet.
@@ -86,6 +96,12 @@ pub fn scan(
             let Ok(env) = envelope::parse(line) else {
                 continue;
             };
+            if env.kind == Some(Kind::PolicyLoad) {
+                let load: PolicyLoad = events::read(line)
+                    .map_err(|e| format!("{}: malformed policy.load: {e}", at()))?;
+                highest_policy_serial = highest_policy_serial.max(Some(load.new_serial));
+                continue;
+            }
             let (Some(kind), Some(req_id)) = (env.kind, env.req_id.as_str()) else {
                 continue;
             };
@@ -178,11 +194,15 @@ pub fn scan(
             }
         }
     }
-    Ok(charged
+    let spend = charged
         .into_iter()
         .filter(|(owner, _)| signed.contains(owner) || waiting.contains(owner))
         .flat_map(|(_, e)| e)
-        .collect())
+        .collect();
+    Ok(Scanned {
+        spend,
+        highest_policy_serial,
+    })
 }
 
 #[cfg(test)]
@@ -340,7 +360,8 @@ mod tests {
             assert_eq!(line["seq"], a.seq);
             Ok(())
         })
-        .unwrap();
+        .unwrap()
+        .spend;
         assert_eq!(spend.len(), 1);
         assert_eq!(answers.len(), 2, "{answers:?}");
         assert_eq!(answers[0].1, "new");

@@ -111,6 +111,10 @@ pub struct Daemon {
     tls: Arc<rustls::ServerConfig>,
     /// Every background task of the daemon; the signer holds a clone to spawn its own.
     background: Background,
+    /// The state store, to record at shutdown how much of the log it has seen.
+    state: Arc<dyn crate::state::StateStore>,
+    /// The audit log the state store is bound to.
+    log: crate::state::LogBinding,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -127,6 +131,9 @@ pub struct StartOptions {
     /// Start with a policy whose serial is lower than one the audit log records as loaded
     /// (`signerd run --allow-policy-rollback`). The start-up `policy.load` then says `forced`.
     pub allow_policy_rollback: bool,
+    /// Bind a state store that belongs to another audit log (or to this one when it held more
+    /// records) to this log (`signerd run --rebind-state-to-log`), recorded as `state.rebind`.
+    pub rebind_state_to_log: bool,
 }
 
 impl Daemon {
@@ -239,6 +246,48 @@ impl Daemon {
                 "starting with a policy older than the audit log has loaded (--allow-policy-rollback)"
             );
         }
+        // The state store belongs to one log: a log removed, replaced or cut back must not be
+        // paired with the answers and the spend the store remembers.
+        let current = crate::state::LogBinding {
+            origin: config.audit.origin.clone(),
+            first_record: scanned.first_record.map(hex::encode).unwrap_or_default(),
+            records: scanned.records,
+        };
+        let bound = state.log_binding().await.map_err(start("state"))?;
+        let rebind = match bound {
+            Some(b)
+                if b.origin == current.origin
+                    && b.first_record == current.first_record
+                    && b.records <= current.records =>
+            {
+                None
+            }
+            Some(b) if options.rebind_state_to_log => Some(b),
+            Some(b) => {
+                let how = if b.origin == current.origin && b.first_record == current.first_record {
+                    format!(
+                        "it has seen {} records in this log, which now holds {}",
+                        b.records, current.records
+                    )
+                } else {
+                    format!(
+                        "it belongs to the audit log `{}` whose first record has leaf hash {}, \
+                         not to the log in {}",
+                        b.origin,
+                        b.first_record,
+                        config.audit.dir.display()
+                    )
+                };
+                return Err(ServerError::Start(format!(
+                    "state store in {}: {how}; restore the audit directory the store belongs to, \
+                     or start once with --rebind-state-to-log (recorded in the audit log)",
+                    config.state.dir.display()
+                )));
+            }
+            // A new store, or one from a release that did not bind: bound now.
+            None => None,
+        };
+        state.bind_log(&current).await.map_err(start("state"))?;
         let spend = scanned.spend;
         let reconciled = spend.len();
         state.reconcile(spend).await.map_err(start("state"))?;
@@ -275,13 +324,30 @@ impl Daemon {
             keys,
             policy,
             config.policy.file.clone(),
-            state,
+            state.clone(),
             audit,
             background.clone(),
         ));
         signer
             .record_startup_policy(rollback.is_some())
             .map_err(start("audit"))?;
+        if let Some(previous) = rebind {
+            tracing::warn!(
+                previous_origin = %previous.origin,
+                previous_records = previous.records,
+                "state store bound to this audit log (--rebind-state-to-log)"
+            );
+            signer
+                .audit()
+                .append(crate::audit::events::StateRebind {
+                    previous_origin: previous.origin,
+                    previous_first_record: previous.first_record,
+                    previous_records: previous.records,
+                    first_record: current.first_record.clone(),
+                    records: current.records,
+                })
+                .map_err(start("audit"))?;
+        }
         Ok(Daemon {
             config,
             signer,
@@ -289,6 +355,8 @@ impl Daemon {
             metrics,
             tls,
             background,
+            state,
+            log: current,
         })
     }
 
@@ -503,6 +571,16 @@ impl Daemon {
             );
         }
         let closed = self.signer.audit().shutdown().await;
+        if closed.is_ok() {
+            // The store has seen every record: a start on a shorter copy of the log is refused.
+            let seen = crate::state::LogBinding {
+                records: self.signer.audit().durable_records(),
+                ..self.log.clone()
+            };
+            if let Err(e) = self.state.bind_log(&seen).await {
+                tracing::error!(error = %e, "cannot record the audit log's size in the state store");
+            }
+        }
         result.map_err(|e| ServerError::Serve(e.to_string()))?;
         closed.map_err(|e| ServerError::Serve(e.to_string()))
     }

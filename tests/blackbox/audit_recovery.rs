@@ -8,7 +8,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::audit_support::*;
-use crate::util::{TestEnv, eip1559, run_to_exit};
+use crate::util::{Daemon, TestEnv, eip1559, run_to_exit};
 
 const SEG: &str = "segment-00000001.jsonl";
 
@@ -26,6 +26,10 @@ async fn torn_tails_are_cut_and_recorded_on_restart() {
     let vkey = vkey(&env);
     let pristine = env.dir.join("pristine-audit");
     copy_tree(&env.audit_dir(), &pristine);
+    // The state store is bound to the log it has seen: each round restores both, as a restore
+    // from backup would (a log shorter than its store remembers is refused).
+    let pristine_state = env.dir.join("pristine-state");
+    copy_tree(&env.dir.join("state"), &pristine_state);
     let full = std::fs::read(pristine.join(SEG)).unwrap();
     let lines = read_lines(&pristine.join(SEG));
     let last = full.len() - lines.last().unwrap().len() - 1;
@@ -35,6 +39,7 @@ async fn torn_tails_are_cut_and_recorded_on_restart() {
     // newline missing.
     for cut in [last + 1, last + (full.len() - last) / 2, full.len() - 1] {
         copy_tree(&pristine, &env.audit_dir());
+        copy_tree(&pristine_state, &env.dir.join("state"));
         std::fs::write(env.audit_dir().join(SEG), &full[..cut]).unwrap();
         let d = env.start();
         // A call first: it also makes sure the daemon serves (and handles SIGTERM) before
@@ -68,6 +73,7 @@ async fn torn_tails_are_cut_and_recorded_on_restart() {
 
     // A cut into audit.stop leaves fewer records than the checkpoint file covers: refused.
     copy_tree(&pristine, &env.audit_dir());
+    copy_tree(&pristine_state, &env.dir.join("state"));
     let stop = last - lines[lines.len() - 2].len() - 1;
     std::fs::write(env.audit_dir().join(SEG), &full[..stop + 5]).unwrap();
     let out = run_to_exit(env.run_command(), Duration::from_secs(60));
@@ -126,4 +132,58 @@ async fn corruption_and_low_disk_space_stop_startup() {
         out.stderr
     );
     assert_eq!(std::fs::read(&seg).unwrap(), good);
+}
+
+/// The state store remembers the log it belongs to: a daemon whose audit directory was moved
+/// aside (a new, empty log) or replaced by a shorter copy refuses to start, rather than sign a
+/// fresh set of limits against answers and spend the store still holds. The documented
+/// override binds the store to the log and says so in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_store_refuses_an_audit_log_that_is_not_its_own() {
+    let env = TestEnv::new("state-bound");
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    c.sign_evm_transaction(eip1559("bound-1")).await.unwrap();
+    assert!(d.stop().success());
+    let shorter = env.dir.join("shorter-audit");
+    copy_tree(&env.audit_dir(), &shorter);
+    // One more run: the store has now seen more records than the copy holds.
+    let d = env.start();
+    assert!(d.stop().success());
+
+    // The audit directory moved aside: signerd would start a new log.
+    std::fs::rename(env.audit_dir(), env.dir.join("moved-audit")).unwrap();
+    let out = run_to_exit(env.run_command(), Duration::from_secs(60));
+    assert!(!out.status.success(), "started on a new log: {out:?}");
+    assert!(
+        out.stderr.contains("belongs to the audit log")
+            && out.stderr.contains("--rebind-state-to-log"),
+        "{}",
+        out.stderr
+    );
+
+    // A shorter copy of its own log.
+    copy_tree(&shorter, &env.audit_dir());
+    let out = run_to_exit(env.run_command(), Duration::from_secs(60));
+    assert!(!out.status.success(), "started on a shorter log: {out:?}");
+    assert!(
+        out.stderr.contains("records in this log, which now holds"),
+        "{}",
+        out.stderr
+    );
+
+    // The override binds the store to this log, on the record.
+    let mut cmd = env.run_command();
+    cmd.arg("--rebind-state-to-log");
+    let d = Daemon::spawn(cmd).unwrap_or_else(|e| panic!("{e}"));
+    let audit = env.wait_audit(|a| a.of_type("state.rebind").len() == 1);
+    let rebind = audit.of_type("state.rebind")[0];
+    assert!(
+        rebind["previous_records"].as_u64() > rebind["records"].as_u64(),
+        "{rebind}"
+    );
+    assert!(d.stop().success());
+    // Bound now: a plain start works.
+    let d = env.start();
+    assert!(d.stop().success());
 }

@@ -731,6 +731,7 @@ impl Checker {
             Kind::AuditStop
             | Kind::PolicyLoad
             | Kind::PolicyRefused
+            | Kind::StateRebind
             | Kind::SignDryRun
             | Kind::ApprovalRequest
             | Kind::ApprovalExpire => {}

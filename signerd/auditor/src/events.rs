@@ -93,6 +93,8 @@ closed_set! {
         PolicyLoad = "policy.load",
         /// [`PolicyRefused`].
         PolicyRefused = "policy.refused",
+        /// [`StateRebind`].
+        StateRebind = "state.rebind",
         /// [`SignRequest`].
         SignRequest = "sign.request",
         /// [`SignDecision`].
@@ -221,6 +223,7 @@ event! {
     AuthFailure => AuthFailure,
     PolicyLoad => PolicyLoad,
     PolicyRefused => PolicyRefused,
+    StateRebind => StateRebind,
     SignRequest => SignRequest,
     SignDecision => SignDecision,
     SignDryRun => SignDryRun,
@@ -398,6 +401,22 @@ pub struct PolicyRefused {
     pub file: String,
     /// Why it was refused.
     pub reason: String,
+}
+
+/// `state.rebind`: the state store, which belonged to another audit log (or to this one when
+/// it held more records), was bound to this log by an operator's override.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateRebind {
+    /// The origin of the log the store belonged to.
+    pub previous_origin: String,
+    /// The leaf hash of that log's first record, hex.
+    pub previous_first_record: String,
+    /// How many records that log held when the store last saw it.
+    pub previous_records: u64,
+    /// This log's first record's leaf hash, hex.
+    pub first_record: String,
+    /// How many records this log holds.
+    pub records: u64,
 }
 
 /// `sign.request`: a signing call from an authenticated client.

@@ -497,6 +497,15 @@ impl AuditLog {
         &self.inner.verifier
     }
 
+    /// How many records the log holds durably, as of the writer's last committed batch (after
+    /// [`AuditLog::shutdown`], every record it will ever hold).
+    pub fn durable_records(&self) -> u64 {
+        self.inner
+            .shared
+            .durable_records
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Writes `audit.stop` and a final checkpoint, syncs and stops the writer. Later appends
     /// fail with [`AuditError::Unavailable`]; a record appended concurrently with the shutdown
     /// may be refused. Calling it again does nothing. Fails if the log had already failed.

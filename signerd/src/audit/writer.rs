@@ -91,6 +91,8 @@ pub(super) struct Shared {
     io_since: AtomicU64,
     /// See [`super::AuditOptions::stall_after`].
     stall_after: Duration,
+    /// Records the log holds, durable, as of the writer's last committed batch.
+    pub(super) durable_records: AtomicU64,
 }
 
 impl Shared {
@@ -106,6 +108,7 @@ impl Shared {
             writer_waiting: AtomicBool::new(false),
             writer_holding: AtomicBool::new(false),
             writer_thread: OnceLock::new(),
+            durable_records: AtomicU64::new(0),
         }
     }
 
@@ -865,6 +868,9 @@ impl Writer {
                     // Unavailable. Nothing is ever written again.
                     return;
                 }
+                self.shared
+                    .durable_records
+                    .store(self.tail.next_seq, Ordering::SeqCst);
                 for (msg, receipt) in batch.drain(..).zip(receipts.iter()) {
                     if let Some(reply) = msg.reply {
                         // The waiter may have gone away; the record is written regardless.

@@ -68,6 +68,10 @@ enum Command {
         /// (a deliberate rollback; the start-up `policy.load` record says `forced`).
         #[arg(long)]
         allow_policy_rollback: bool,
+        /// Bind the state store to this audit log although it belongs to another one (or to
+        /// this one when it held more records); recorded as `state.rebind`.
+        #[arg(long)]
+        rebind_state_to_log: bool,
     },
     /// Validate a configuration: the file, the policy, the TLS material and the keystore.
     CheckConfig {
@@ -127,7 +131,14 @@ fn main() -> anyhow::Result<()> {
             Command::Run {
                 config,
                 allow_policy_rollback,
-            } => run(config, allow_policy_rollback).await,
+                rebind_state_to_log,
+            } => {
+                let options = signerd::server::StartOptions {
+                    allow_policy_rollback,
+                    rebind_state_to_log,
+                };
+                run(config, options).await
+            }
             Command::CheckConfig { config } => check(config).await,
         }
     })
@@ -146,12 +157,9 @@ fn harden(lock_memory: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run(path: PathBuf, allow_policy_rollback: bool) -> anyhow::Result<()> {
+async fn run(path: PathBuf, options: signerd::server::StartOptions) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     harden(config.server.lock_memory)?;
-    let options = signerd::server::StartOptions {
-        allow_policy_rollback,
-    };
     let daemon = Daemon::open_with(config, options).await?;
     let shutdown = shutdown_signal();
     println!("signerd listening on {}", daemon.local_addr()?);

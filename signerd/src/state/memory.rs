@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::spend::{Charge, Entry, Exceeded, Ledger, Used};
-use super::{PendingRecord, StateError, StateStore, StoredRequest, UsageQuery};
+use super::{LogBinding, PendingRecord, StateError, StateStore, StoredRequest, UsageQuery};
 
 /// Everything the store holds, behind one lock: check-and-reserve is atomic.
 #[derive(Default)]
@@ -18,6 +18,7 @@ struct Inner {
     requests: HashMap<(String, String), StoredRequest>,
     pending: BTreeMap<(String, String), PendingRecord>,
     ledger: Ledger,
+    log: Option<LogBinding>,
 }
 
 /// [`StateStore`] in memory.
@@ -189,6 +190,16 @@ impl StateStore for MemoryStore {
         self.lock()
             .pending
             .insert(key(&rec.client, &rec.request_id), rec.clone());
+        Ok(())
+    }
+
+    async fn log_binding(&self) -> Result<Option<LogBinding>, StateError> {
+        Ok(self.lock().log.clone())
+    }
+
+    async fn bind_log(&self, binding: &LogBinding) -> Result<(), StateError> {
+        self.writable()?;
+        self.lock().log = Some(binding.clone());
         Ok(())
     }
 

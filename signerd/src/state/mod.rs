@@ -49,6 +49,19 @@ pub enum StoredOutcome {
     },
 }
 
+/// The audit log a state store belongs to: what start-up checks before serving, so that a
+/// log that was removed, replaced or cut cannot be paired with the answers and spend the store
+/// remembers.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogBinding {
+    /// The log's checkpoint origin (`[audit] origin`).
+    pub origin: String,
+    /// The leaf hash of the log's first record, hex.
+    pub first_record: String,
+    /// How many records the log held when the store last saw it.
+    pub records: u64,
+}
+
 /// Why the state store failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -168,6 +181,12 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Every record whose status is not final (pending, or signing).
     async fn open_pending(&self) -> Result<Vec<PendingRecord>, StateError>;
+
+    /// The audit log this store belongs to, if it was bound to one.
+    async fn log_binding(&self) -> Result<Option<LogBinding>, StateError>;
+
+    /// Binds the store to `binding`; durable when this returns.
+    async fn bind_log(&self, binding: &LogBinding) -> Result<(), StateError>;
 }
 
 /// Opens the default store in `dir` (created with mode 0700 if missing).

@@ -54,6 +54,10 @@ pub struct Scanned {
     pub spend: Vec<Entry>,
     /// The highest policy serial the log records as loaded (`policy.load`), if any.
     pub highest_policy_serial: Option<u64>,
+    /// The leaf hash of the log's first record.
+    pub first_record: Option<[u8; 32]>,
+    /// How many records the log holds.
+    pub records: u64,
 }
 
 /// [`signed_spend`], also handing every final answer in the log to `on_answer`, in log order
@@ -67,6 +71,8 @@ pub fn scan(
     on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
 ) -> Result<Scanned, String> {
     let mut highest_policy_serial: Option<u64> = None;
+    let mut first_record: Option<[u8; 32]> = None;
+    let mut records = 0u64;
     let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
     let mut client_of: HashMap<String, String> = HashMap::new();
     // (method, fingerprint) of the last `sign.request` of each request without a result yet.
@@ -93,6 +99,10 @@ pub fn scan(
                 Next::Line { bytes, lineno, .. } => (bytes, lineno),
             };
             let at = || format!("{}:{lineno}", seg.path.display());
+            records += 1;
+            if first_record.is_none() {
+                first_record = Some(signerd_auditor::merkle::leaf_hash(line));
+            }
             let Ok(env) = envelope::parse(line) else {
                 continue;
             };
@@ -202,6 +212,8 @@ pub fn scan(
     Ok(Scanned {
         spend,
         highest_policy_serial,
+        first_record,
+        records,
     })
 }
 

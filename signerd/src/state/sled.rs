@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::spend::{Charge, Entry, Exceeded, Ledger, Used};
-use super::{PendingRecord, StateError, StateStore, StoredRequest, UsageQuery};
+use super::{LogBinding, PendingRecord, StateError, StateStore, StoredRequest, UsageQuery};
 
 /// Longest client id or request id, in bytes. Both are validated upstream far below this.
 const MAX_KEY_PART_BYTES: usize = 1024;
@@ -29,6 +29,9 @@ const SPEND_TREE: &str = "spend";
 
 /// Key of the record [`StateStore::probe`] rewrites, in the default tree.
 const PROBE_KEY: &[u8] = b"signerd.probe";
+
+/// Key of the [`LogBinding`], in the default tree.
+const LOG_KEY: &[u8] = b"signerd.log";
 
 /// Name of the tree holding requests that needed approval, keyed like `requests`.
 const PENDING_TREE: &str = "pending";
@@ -481,6 +484,31 @@ impl StateStore for SledStore {
 
     async fn probe(&self) -> Result<(), StateError> {
         off_runtime(self, SledStore::probe).await
+    }
+
+    async fn log_binding(&self) -> Result<Option<LogBinding>, StateError> {
+        let value = self
+            .db
+            .get(LOG_KEY)
+            .map_err(|e| StateError::Unavailable(format!("read the log binding: {e}")))?;
+        value
+            .map(|v| {
+                serde_json::from_slice(&v).map_err(|e| {
+                    StateError::Corrupt(format!("the log binding cannot be decoded: {e}"))
+                })
+            })
+            .transpose()
+    }
+
+    async fn bind_log(&self, binding: &LogBinding) -> Result<(), StateError> {
+        let value = serde_json::to_vec(binding)
+            .map_err(|e| StateError::Unavailable(format!("encode the log binding: {e}")))?;
+        off_runtime(self, move |s| {
+            s.db.insert(LOG_KEY, value)
+                .map_err(|e| StateError::Unavailable(format!("write the log binding: {e}")))?;
+            s.flush()
+        })
+        .await
     }
 
     async fn reserve(

@@ -101,6 +101,13 @@ fn examples() -> Vec<Record> {
             file: "policy.toml".to_owned(),
             reason: "policy.toml:4:6: bad".to_owned(),
         }),
+        Record::from_event(&StateRebind {
+            previous_origin: "o".to_owned(),
+            previous_first_record: HASH.to_owned(),
+            previous_records: 9,
+            first_record: HASH.to_owned(),
+            records: 3,
+        }),
         Record::from_event(&SignRequest {
             req_id: Some("r1".to_owned()),
             method: Method::SignEvmTransaction,
@@ -909,6 +916,7 @@ fn the_example_log_reads_as_events_and_writes_back_the_same_bytes() {
                 Kind::AuthFailure => Record::from_event(&read::<AuthFailure>(line).unwrap()),
                 Kind::PolicyLoad => Record::from_event(&read::<PolicyLoad>(line).unwrap()),
                 Kind::PolicyRefused => Record::from_event(&read::<PolicyRefused>(line).unwrap()),
+                Kind::StateRebind => Record::from_event(&read::<StateRebind>(line).unwrap()),
                 Kind::SignRequest => Record::from_event(&read::<SignRequest>(line).unwrap()),
                 Kind::SignDecision => Record::from_event(&read::<SignDecision>(line).unwrap()),
                 Kind::SignDryRun => Record::from_event(&read::<SignDryRun>(line).unwrap()),

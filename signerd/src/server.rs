@@ -99,6 +99,15 @@ pub async fn open_vault_keys(
     Ok(Arc::new(backend))
 }
 
+/// Refuses a start whose state store does not belong to the audit log found (`how` says why).
+fn refuse_binding(config: &Config, how: &str) -> ServerError {
+    ServerError::Start(format!(
+        "state store in {}: {how}; restore the audit directory the store belongs to, or start \
+         once with --rebind-state-to-log (recorded in the audit log)",
+        config.state.dir.display()
+    ))
+}
+
 /// How often health looks at the key backend.
 const HEALTH_POLL: Duration = Duration::from_millis(500);
 
@@ -195,6 +204,37 @@ impl Daemon {
         // (they are not flushed one by one) are restored before serving.
         // The scan reads the log on a blocking thread and hands each final answer to this task,
         // which asks the store (a store call may wait on the network) and restores the missing.
+        // The state store belongs to one log: a log removed, replaced or cut back must not be
+        // paired with the answers and the spend the store remembers. Which log it is, is
+        // checked before anything from it reaches the store; its length after the scan.
+        let first = crate::state::reconcile::first_record(&config.audit.dir)
+            .map_err(start("reconciling from the audit log"))?;
+        let identity = crate::state::LogBinding {
+            origin: config.audit.origin.clone(),
+            first_record: first.map(hex::encode).unwrap_or_default(),
+            records: 0,
+        };
+        let bound = state.log_binding().await.map_err(start("state"))?;
+        // A store bound to another log (a new or replaced audit directory). A new store, or
+        // one from a release that did not bind, has no binding and is bound below.
+        let (bound, rebind) = match bound {
+            Some(b) if b.origin != identity.origin || b.first_record != identity.first_record => {
+                if !options.rebind_state_to_log {
+                    return Err(refuse_binding(
+                        &config,
+                        &format!(
+                            "it belongs to the audit log `{}` whose first record has leaf hash \
+                             {}, not to the log in {}",
+                            b.origin,
+                            b.first_record,
+                            config.audit.dir.display()
+                        ),
+                    ));
+                }
+                (None, Some(b))
+            }
+            other => (other, None),
+        };
         let (answers, mut to_restore) = tokio::sync::mpsc::channel(256);
         let audit_dir = config.audit.dir.clone();
         let scan = tokio::task::spawn_blocking(move || {
@@ -246,47 +286,24 @@ impl Daemon {
                 "starting with a policy older than the audit log has loaded (--allow-policy-rollback)"
             );
         }
-        // The state store belongs to one log: a log removed, replaced or cut back must not be
-        // paired with the answers and the spend the store remembers.
         let current = crate::state::LogBinding {
-            origin: config.audit.origin.clone(),
-            first_record: scanned.first_record.map(hex::encode).unwrap_or_default(),
             records: scanned.records,
+            ..identity
         };
-        let bound = state.log_binding().await.map_err(start("state"))?;
-        let rebind = match bound {
-            Some(b)
-                if b.origin == current.origin
-                    && b.first_record == current.first_record
-                    && b.records <= current.records =>
-            {
-                None
-            }
-            Some(b) if options.rebind_state_to_log => Some(b),
-            Some(b) => {
-                let how = if b.origin == current.origin && b.first_record == current.first_record {
-                    format!(
-                        "it has seen {} records in this log, which now holds {}",
-                        b.records, current.records
-                    )
-                } else {
-                    format!(
-                        "it belongs to the audit log `{}` whose first record has leaf hash {}, \
-                         not to the log in {}",
-                        b.origin,
-                        b.first_record,
-                        config.audit.dir.display()
-                    )
-                };
-                return Err(ServerError::Start(format!(
-                    "state store in {}: {how}; restore the audit directory the store belongs to, \
-                     or start once with --rebind-state-to-log (recorded in the audit log)",
-                    config.state.dir.display()
-                )));
-            }
-            // A new store, or one from a release that did not bind: bound now.
-            None => None,
-        };
+        // The same log, cut back below what the store has seen.
+        let shorter = bound.filter(|b| b.records > current.records);
+        if let Some(b) = &shorter
+            && !options.rebind_state_to_log
+        {
+            return Err(refuse_binding(
+                &config,
+                &format!(
+                    "it has seen {} records in this log, which now holds {}",
+                    b.records, current.records
+                ),
+            ));
+        }
+        let rebind = rebind.or(shorter);
         state.bind_log(&current).await.map_err(start("state"))?;
         let spend = scanned.spend;
         let reconciled = spend.len();

@@ -47,6 +47,26 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
     scan(dir, now, &mut |_| Ok(())).map(|s| s.spend)
 }
 
+/// The leaf hash of the first record of the log in `dir` (`None` for an empty log): which
+/// log it is, read before anything else at start-up.
+pub fn first_record(dir: &Path) -> Result<Option<[u8; 32]>, String> {
+    let Some(seg) = segments::list(dir)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let mut reader = LineReader::open(&seg.path)?;
+    match reader
+        .next_line()
+        .map_err(|e| format!("cannot read {}: {e}", seg.path.display()))?
+    {
+        Next::Line {
+            bytes,
+            terminated: true,
+            ..
+        } => Ok(Some(signerd_auditor::merkle::leaf_hash(bytes))),
+        _ => Ok(None),
+    }
+}
+
 /// What start-up learns from the audit log.
 #[derive(Debug, Clone, Default)]
 pub struct Scanned {
@@ -54,8 +74,6 @@ pub struct Scanned {
     pub spend: Vec<Entry>,
     /// The highest policy serial the log records as loaded (`policy.load`), if any.
     pub highest_policy_serial: Option<u64>,
-    /// The leaf hash of the log's first record.
-    pub first_record: Option<[u8; 32]>,
     /// How many records the log holds.
     pub records: u64,
 }
@@ -71,7 +89,6 @@ pub fn scan(
     on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
 ) -> Result<Scanned, String> {
     let mut highest_policy_serial: Option<u64> = None;
-    let mut first_record: Option<[u8; 32]> = None;
     let mut records = 0u64;
     let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
     let mut client_of: HashMap<String, String> = HashMap::new();
@@ -100,9 +117,6 @@ pub fn scan(
             };
             let at = || format!("{}:{lineno}", seg.path.display());
             records += 1;
-            if first_record.is_none() {
-                first_record = Some(signerd_auditor::merkle::leaf_hash(line));
-            }
             let Ok(env) = envelope::parse(line) else {
                 continue;
             };
@@ -212,7 +226,6 @@ pub fn scan(
     Ok(Scanned {
         spend,
         highest_policy_serial,
-        first_record,
         records,
     })
 }

@@ -324,6 +324,8 @@ pub fn audit_verify(data: &[u8]) {
             .into_iter()
             .map(|c| ("kept checkpoint".to_owned(), c))
             .collect(),
+        live: data.first().is_some_and(|b| b & 1 == 1),
+        since: None,
     };
     let _ = verify_dir(dir.path(), &with_key);
     let _ = verify_dir(dir.path(), &VerifyOptions::default());

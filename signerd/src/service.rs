@@ -778,11 +778,27 @@ impl Signer {
         let t = std::time::Instant::now();
         let durable = self.audit.submit_durable(result_rec);
         drop(expected);
-        let receipt = durable
-            .map_err(unavailable)?
-            .wait()
-            .await
-            .map_err(unavailable)?;
+        let receipt = match durable {
+            Ok(durable) => durable.wait().await,
+            Err(e) => Err(e),
+        };
+        let receipt = match receipt {
+            Ok(receipt) => receipt,
+            Err(e) => {
+                // The signature stays in the process: the log could not take its result, or
+                // could not sign the checkpoint that must cover the result before it leaves
+                // (the result was then not written). Best effort, like any record nobody
+                // waits for: a checkpoint covers it once the audit key signs again.
+                let _ = self.audit.append(events::SignResult {
+                    req_id: Some(prepared.request_id.as_str().to_owned()),
+                    client: Some(caller.identity.id.clone()),
+                    outcome: Outcome::Unavailable {
+                        message: format!("no signature was returned: {e}"),
+                    },
+                });
+                return Err(unavailable(e));
+            }
+        };
         crate::metrics::stage("audit_commit", t.elapsed());
         let signed = Signed {
             signature,

@@ -98,6 +98,10 @@ pub struct Options {
     pub strict_semantics: bool,
     /// Checkpoints kept outside the log.
     pub expected: Vec<Expected>,
+    /// Records before this `seq` were verified before (`audit verify --since`): they are
+    /// hashed into the chain and the tree, which must reach the checkpoint verified then, but
+    /// their checkpoint signatures and request pairing are not checked again.
+    pub verified_below: u64,
 }
 
 /// A signing request that has no result yet.
@@ -422,6 +426,9 @@ pub struct Checker {
     expected_next: usize,
     /// Kind of the last record.
     last_kind: Option<String>,
+    /// `seq` after the last record that a checkpoint covers, or that the log before it fully
+    /// determines (a seal, and the next segment's open, right after covered records).
+    attested_next: u64,
     /// `audit.recover` records.
     recovered: Vec<Recovered>,
 }
@@ -454,6 +461,7 @@ impl Checker {
             stats: Stats::default(),
             expected_next: 0,
             last_kind: None,
+            attested_next: 0,
             recovered: Vec::new(),
         }
     }
@@ -492,6 +500,12 @@ impl Checker {
     /// The last `audit.checkpoint` record checked.
     pub fn last_checkpoint(&self) -> Option<&LastCheckpoint> {
         self.last_checkpoint.as_ref()
+    }
+
+    /// Records at the end that no checkpoint covers (a seal or an open that only follows
+    /// covered records is not counted: the log before it determines it).
+    pub fn unattested(&self) -> u64 {
+        self.next_seq - self.attested_next
     }
 
     /// The type of the last record checked.
@@ -550,8 +564,11 @@ impl Checker {
         }
     }
 
-    /// Checks the external checkpoints whose size is the current tree size.
-    fn check_expected(&mut self) -> Result<(), String> {
+    /// Checks the external checkpoints whose size is the current tree size. Every checkpoint
+    /// signerd publishes or hands out is the note of the `audit.checkpoint` record right after
+    /// the records it covers, so `next` (the record at that position: `Some(type)`, or `None`
+    /// when the log ends there) must be that record.
+    fn check_expected(&mut self, next: Option<(Option<Kind>, &str)>) -> Result<(), String> {
         while let Some(e) = self.opts.expected.get(self.expected_next) {
             if e.checkpoint.size != self.tree.size() {
                 break;
@@ -566,6 +583,21 @@ impl Checker {
                     e.checkpoint.size,
                     hex::encode(root)
                 ));
+            }
+            match next {
+                Some((Some(Kind::AuditCheckpoint), _)) => {}
+                Some((_, type_name)) => {
+                    return Err(format!(
+                        "{} covers {} records, so record {} must be the audit.checkpoint it was published from, but it is {type_name}: records were replaced",
+                        e.label, e.checkpoint.size, e.checkpoint.size
+                    ));
+                }
+                None => {
+                    return Err(format!(
+                        "the log ends after {} records, right before the audit.checkpoint record that {} was published from: records at the end were removed (the log was cut)",
+                        e.checkpoint.size, e.label
+                    ));
+                }
             }
             self.expected_next += 1;
         }
@@ -600,7 +632,8 @@ impl Checker {
                 hex::encode(self.prev)
             )));
         }
-        self.check_expected().map_err(&fail)?;
+        self.check_expected(Some((env.kind, env.type_name)))
+            .map_err(&fail)?;
         let Some(seg) = self.segment.as_mut() else {
             return Err(fail("record outside a segment".to_owned()));
         };
@@ -678,7 +711,9 @@ impl Checker {
                 if !is_hex32(&b.sha256)
                     || b.bytes == 0
                     || crate::segments::parse_segment_name(&b.segment).is_none()
-                    || !b.saved_as.starts_with("recovered/torn-")
+                    || !(b.saved_as.starts_with("recovered/torn-") && b.unattested_records == 0
+                        || b.saved_as.starts_with("recovered/unattested-")
+                            && b.unattested_records > 0)
                 {
                     return Err(fail(format!(
                         "malformed audit.recover record (segment {:?}, offset {}, {} bytes, sha256 {:?}, saved as {:?})",
@@ -696,6 +731,7 @@ impl Checker {
                 self.stats.starts += 1;
                 if self.stats.starts > 1
                     && self.opts.strict_semantics
+                    && seq >= self.opts.verified_below
                     && let Some(r) = self.pairing.open_allows().first()
                 {
                     return Err(fail(format!(
@@ -767,6 +803,13 @@ impl Checker {
             .ok_or_else(|| fail("seq overflows".to_owned()))?;
         self.stats.records += 1;
         self.last_kind = Some(env.type_name.to_owned());
+        match env.kind {
+            Some(Kind::AuditCheckpoint) => self.attested_next = seq + 1,
+            Some(Kind::AuditSegmentSeal | Kind::AuditSegmentOpen) if self.attested_next == seq => {
+                self.attested_next = seq + 1;
+            }
+            _ => {}
+        }
         Ok(leaf)
     }
 
@@ -778,7 +821,9 @@ impl Checker {
     ) -> Result<(), Failure> {
         match f(&mut self.pairing) {
             Ok(()) => Ok(()),
-            Err(e) if self.opts.strict_semantics => Err(Failure::at(pos, Some(seq), e)),
+            Err(e) if self.opts.strict_semantics && seq >= self.opts.verified_below => {
+                Err(Failure::at(pos, Some(seq), e))
+            }
             Err(_) => Ok(()),
         }
     }
@@ -819,7 +864,12 @@ impl Checker {
             Some(_) => {}
             None => self.origin = Some(cp.origin.clone()),
         }
-        if let Some(key) = &self.opts.key {
+        if let Some(key) = self
+            .opts
+            .key
+            .as_ref()
+            .filter(|_| seq >= self.opts.verified_below)
+        {
             note::verify_note(&b.note, key).map_err(|e| {
                 format!("checkpoint signature: {e} (a forged or replaced checkpoint, or the wrong verifier key)")
             })?;
@@ -835,7 +885,7 @@ impl Checker {
 
     /// After the last record: checks the external checkpoints not reached yet.
     pub fn finish(&mut self) -> Result<(), Failure> {
-        self.check_expected().map_err(Failure::general)?;
+        self.check_expected(None).map_err(Failure::general)?;
         if let Some(e) = self.opts.expected.get(self.expected_next) {
             return Err(Failure::general(format!(
                 "the log has {} records, but {} covers {}: records at the end were removed (the log was truncated or replaced)",

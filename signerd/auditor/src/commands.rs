@@ -91,18 +91,38 @@ pub fn read_input(file: &Path) -> Result<String, CommandError> {
     Ok(text)
 }
 
+/// How `verify` reads the log, besides its key and the checkpoints kept elsewhere.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyFlags {
+    /// `--live`: the log is being written; records after the last checkpoint are reported,
+    /// not a failure.
+    pub live: bool,
+    /// `--since FILE`: a checkpoint verified before; only what was appended since is checked
+    /// in full.
+    pub since: Option<PathBuf>,
+}
+
 /// `verify DIR`: the whole verification procedure, with checkpoints kept elsewhere.
 pub fn verify(
     dir: &Path,
     key: Option<VerifierKey>,
     checkpoints: &[PathBuf],
+    flags: &VerifyFlags,
     json_out: bool,
     out: &mut dyn Write,
 ) -> Result<(), CommandError> {
     let mut opts = VerifyOptions {
         key,
         checkpoints: Vec::new(),
+        live: flags.live,
+        since: None,
     };
+    if let Some(f) = &flags.since {
+        opts.since = Some((
+            format!("the --since checkpoint {}", f.display()),
+            read_input(f)?,
+        ));
+    }
     for f in checkpoints {
         opts.checkpoints
             .push((format!("checkpoint {}", f.display()), read_input(f)?));
@@ -152,6 +172,12 @@ pub fn render(r: &Report) -> String {
         r.segments.last().map_or("-", String::as_str)
     ));
     line("hash chain:   OK (envelopes, seq without gaps, prev chain, segment chaining)".to_owned());
+    if r.verified_from > 0 {
+        line(format!(
+            "since:        the log is consistent with the --since checkpoint ({} records); records from seq {} on were checked in full",
+            r.verified_from, r.verified_from
+        ));
+    }
     line(match &r.last_checkpoint {
         Some(c) => format!(
             "checkpoints:  {} OK, origin {}; the last covers {} records, root {}",
@@ -163,6 +189,10 @@ pub fn render(r: &Report) -> String {
         None => "checkpoints:  none in the log".to_owned(),
     });
     line(match &r.signatures_checked_with {
+        Some(k) if r.verified_from > 0 => format!(
+            "signatures:   every checkpoint signature from seq {} on verified with {k}",
+            r.verified_from
+        ),
         Some(k) => format!("signatures:   every checkpoint signature verified with {k}"),
         None => "signatures:   NOT checked (give --pubkey with the verifier key from `signerctl audit pubkey`)".to_owned(),
     });
@@ -196,7 +226,7 @@ pub fn render(r: &Report) -> String {
         "unattested:   none (every record is covered by the last checkpoint, except that checkpoint record itself)".to_owned()
     } else {
         format!(
-            "unattested:   {} record(s) after the last checkpoint record, not yet covered by a signed tree head",
+            "unattested:   {} record(s) after the last checkpoint record, not yet covered by a signed tree head (--live: the log is being written)",
             r.unattested
         )
     });
@@ -269,6 +299,59 @@ pub fn check_proof(
             out,
             "OK: record {} (leaf {}) is in the tree of {} records of {}; checkpoint {signed}",
             proof.seq, proof.leaf_hash, cp.size, cp.origin
+        )?;
+    }
+    Ok(())
+}
+
+/// `consistency --dir DIR OLD [NEW]`: the consistency proof from the checkpoint in file `old`
+/// to the one in `new` (default: the log's latest), as pretty JSON; with a key, both must be
+/// signed by it.
+pub fn consistency(
+    dir: &Path,
+    old: &Path,
+    new: Option<&Path>,
+    key: Option<&VerifierKey>,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let old = read_input(old)?;
+    let new = new.map(read_input).transpose()?;
+    let proof = prove::prove_consistency(dir, &old, new.as_deref())?;
+    if let Some(k) = key {
+        prove::check_consistency(&proof, Some(k))?;
+    }
+    let text =
+        serde_json::to_string_pretty(&proof).map_err(|e| CommandError::Input(e.to_string()))?;
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
+/// `check-consistency FILE`: checks a proof printed by `consistency` (`-`: stdin).
+pub fn check_consistency(
+    file: &Path,
+    key: Option<&VerifierKey>,
+    json_out: bool,
+    out: &mut dyn Write,
+) -> Result<(), CommandError> {
+    let proof: prove::ConsistencyProof = serde_json::from_str(&read_input(file)?)
+        .map_err(|e| CommandError::Input(format!("parsing the proof: {e}")))?;
+    let (old, new) = prove::check_consistency(&proof, key)?;
+    if json_out {
+        writeln!(
+            out,
+            "{}",
+            json!({"ok": true, "origin": new.origin, "old_size": old.size,
+                   "new_size": new.size, "signature_checked": key.is_some()})
+        )?;
+    } else {
+        let signed = match key {
+            Some(k) => format!("both signed by {k}"),
+            None => "signatures NOT checked (give --pubkey)".to_owned(),
+        };
+        writeln!(
+            out,
+            "OK: the tree of {} records of {} extends the tree of {} records; {signed}",
+            new.size, new.origin, old.size
         )?;
     }
     Ok(())

@@ -337,7 +337,13 @@ pub struct AuditSegmentOpen {
     pub previous_bytes: u64,
 }
 
-/// `audit.recover`: crash recovery cut a torn tail.
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// `audit.recover`: start-up moved aside the records after the last checkpoint (which no
+/// signed tree head covers) and a torn tail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecover {
     /// The segment that was cut.
@@ -350,6 +356,10 @@ pub struct AuditRecover {
     pub sha256: String,
     /// Where the cut bytes were saved, relative to the log directory.
     pub saved_as: String,
+    /// Complete records among the cut bytes: records after the last checkpoint. Absent when
+    /// only a torn write was cut (0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unattested_records: u64,
 }
 
 /// `auth.failure`: a refused client (failed handshake, or no single identity).
@@ -574,7 +584,8 @@ pub enum Outcome {
         /// Why.
         message: String,
     },
-    /// Not decoded in time.
+    /// Not decoded in time; or signed, but the result could not be attested, so the signature
+    /// never left the process.
     Unavailable {
         /// Why.
         message: String,

@@ -18,6 +18,9 @@ signerd-auditor: read and verify a signerd audit log (docs/audit-log.md)
 
 Usage:
   signerd-auditor [--json] verify DIR [--pubkey VKEY | --pubkey-file FILE] [--checkpoint FILE]...
+                        [--since FILE] [--live]
+  signerd-auditor consistency --dir DIR OLD [NEW] [--pubkey VKEY | --pubkey-file FILE]
+  signerd-auditor [--json] check-consistency FILE [--pubkey VKEY | --pubkey-file FILE]
   signerd-auditor prove --dir DIR SEQ [--pubkey VKEY | --pubkey-file FILE]
   signerd-auditor [--json] check-proof FILE [--pubkey VKEY | --pubkey-file FILE] [--leaf-hash HEX]
   signerd-auditor query --dir DIR [--key ID] [--client ID] [--req-id ID] [--type TYPE]
@@ -28,6 +31,10 @@ Commands:
   verify       Verify a log directory: records, hash chain, segments, Merkle tree heads,
                checkpoint signatures (with --pubkey) and request/result pairing. Exits 1 on
                the first failure.
+  consistency  Print an RFC 6962 consistency proof (JSON) from checkpoint file OLD to NEW
+               (default: the log's latest checkpoint), after checking both against the log.
+  check-consistency
+               Check a consistency proof printed by `consistency` (FILE, or - for stdin).
   prove        Print an inclusion proof (JSON) of record SEQ against the latest checkpoint.
   check-proof  Check an inclusion proof printed by `prove` (FILE, or - for stdin).
   query        Print the records that match every given filter.
@@ -37,6 +44,10 @@ Options:
   --pubkey VKEY        The checkpoint verifier key (C2SP vkey: <name>+<key id>+<base64 key>)
   --pubkey-file FILE   A file holding the verifier key
   --checkpoint FILE    A checkpoint kept elsewhere: the log must contain its tree (repeatable)
+  --since FILE         A checkpoint verified before: the log must be consistent with it, and
+                       only the records appended since are checked in full
+  --live               The log is being written: records after the last checkpoint are
+                       reported instead of failing the verification
   --leaf-hash HEX      The leaf hash you hold (a receipt's): the proof must be for it
   --key, --client, --req-id
                        Records of requests for this key, by this client, with this request id
@@ -59,10 +70,21 @@ enum Command {
         dir: PathBuf,
         key: KeyArgs,
         checkpoints: Vec<PathBuf>,
+        flags: commands::VerifyFlags,
     },
     Prove {
         dir: PathBuf,
         seq: u64,
+        key: KeyArgs,
+    },
+    Consistency {
+        dir: PathBuf,
+        old: PathBuf,
+        new: Option<PathBuf>,
+        key: KeyArgs,
+    },
+    CheckConsistency {
+        file: PathBuf,
         key: KeyArgs,
     },
     CheckProof {
@@ -227,18 +249,51 @@ fn parse(args: &[OsString]) -> Result<(Command, bool), String> {
         "verify" => {
             let o = Options::parse(
                 rest,
-                &[KEY[0], KEY[1], ("--checkpoint", &["--checkpoint"])],
-                &[],
+                &[
+                    KEY[0],
+                    KEY[1],
+                    ("--checkpoint", &["--checkpoint"]),
+                    ("--since", &["--since"]),
+                ],
+                &[("--live", &["--live"])],
             )?;
             Command::Verify {
                 dir: PathBuf::from(o.single("DIR")?),
                 key: o.key()?,
+                flags: commands::VerifyFlags {
+                    live: o.flag("--live"),
+                    since: o.path("--since")?,
+                },
                 checkpoints: o
                     .values
                     .iter()
                     .filter(|(n, _)| *n == "--checkpoint")
                     .map(|(_, v)| PathBuf::from(v))
                     .collect(),
+            }
+        }
+        "consistency" => {
+            let o = Options::parse(rest, &[KEY[0], KEY[1], ("--dir", &["--dir"])], &[])?;
+            let (old, new) = match o.positional.as_slice() {
+                [old] => (PathBuf::from(old), None),
+                [old, new] => (PathBuf::from(old), Some(PathBuf::from(new))),
+                [] => return Err("OLD (a checkpoint file) is required".to_owned()),
+                [_, _, extra, ..] => {
+                    return Err(format!("unexpected argument {}", extra.to_string_lossy()));
+                }
+            };
+            Command::Consistency {
+                dir: o.required_path("--dir")?,
+                old,
+                new,
+                key: o.key()?,
+            }
+        }
+        "check-consistency" => {
+            let o = Options::parse(rest, &[KEY[0], KEY[1]], &[])?;
+            Command::CheckConsistency {
+                file: PathBuf::from(o.single("FILE")?),
+                key: o.key()?,
             }
         }
         "prove" => {
@@ -339,9 +394,19 @@ fn run(command: Command, json: bool) -> Result<(), CommandError> {
             dir,
             key: k,
             checkpoints,
-        } => commands::verify(&dir, key(&k)?, &checkpoints, json, &mut out),
+            flags,
+        } => commands::verify(&dir, key(&k)?, &checkpoints, &flags, json, &mut out),
         Command::Prove { dir, seq, key: k } => {
             commands::prove(&dir, seq, key(&k)?.as_ref(), &mut out)
+        }
+        Command::Consistency {
+            dir,
+            old,
+            new,
+            key: k,
+        } => commands::consistency(&dir, &old, new.as_deref(), key(&k)?.as_ref(), &mut out),
+        Command::CheckConsistency { file, key: k } => {
+            commands::check_consistency(&file, key(&k)?.as_ref(), json, &mut out)
         }
         Command::CheckProof {
             file,
@@ -416,6 +481,7 @@ mod tests {
                         file: Some("vkey".into())
                     },
                     checkpoints: vec!["a".into(), "b".into()],
+                    flags: commands::VerifyFlags::default(),
                 },
                 true
             )

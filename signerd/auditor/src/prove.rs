@@ -1,5 +1,7 @@
 //! Inclusion proofs: that the record with a given `seq` (a client's receipt) is in the tree
-//! that a signed checkpoint commits to (RFC 6962 §2.1.1), and checking such a proof.
+//! that a signed checkpoint commits to (RFC 6962 §2.1.1), and checking such a proof; and
+//! consistency proofs: that the tree of a newer checkpoint extends the tree of an older one
+//! (RFC 6962 §2.1.2), so that nothing the older one covered was changed or removed.
 //!
 //! The proof is built against the latest `audit.checkpoint` in the log and checked before it
 //! is printed. It must never be built from leaves that are not the log's lines in `seq`
@@ -39,8 +41,12 @@ fn decode_hash(what: &str, s: &str) -> Result<Hash, String> {
     Ok(out)
 }
 
-/// Builds the inclusion proof of record `seq` against the latest checkpoint in `dir`.
-pub fn prove(dir: &Path, seq: u64) -> Result<InclusionProof, String> {
+/// The `seq` and note of an `audit.checkpoint` record.
+type CheckpointRecord = (u64, String);
+
+/// The leaf hashes of every complete record in `dir`, in `seq` order, and the latest
+/// `audit.checkpoint` record.
+fn read_leaves(dir: &Path) -> Result<(Vec<Hash>, Option<CheckpointRecord>), String> {
     let mut leaves: Vec<Hash> = Vec::new();
     let mut latest: Option<(u64, String)> = None;
     for seg in segments::list(dir)? {
@@ -85,6 +91,12 @@ pub fn prove(dir: &Path, seq: u64) -> Result<InclusionProof, String> {
             }
         }
     }
+    Ok((leaves, latest))
+}
+
+/// Builds the inclusion proof of record `seq` against the latest checkpoint in `dir`.
+pub fn prove(dir: &Path, seq: u64) -> Result<InclusionProof, String> {
+    let (leaves, latest) = read_leaves(dir)?;
     let Some((size, note_text)) = latest else {
         return Err("the log has no checkpoint yet".to_owned());
     };
@@ -138,6 +150,102 @@ pub fn check(proof: &InclusionProof, key: Option<&VerifierKey>) -> Result<Checkp
     Ok(checkpoint)
 }
 
+/// A consistency proof in the JSON form `signerctl audit consistency` prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyProof {
+    /// The older signed checkpoint note.
+    pub old: String,
+    /// The newer signed checkpoint note.
+    pub new: String,
+    /// The proof's hashes, hex, in RFC 6962 order.
+    pub proof: Vec<String>,
+}
+
+/// Builds the consistency proof from the checkpoint `old` to `new` (both note texts; `None`:
+/// the latest checkpoint in the log), after checking that the log holds both trees.
+pub fn prove_consistency(
+    dir: &Path,
+    old: &str,
+    new: Option<&str>,
+) -> Result<ConsistencyProof, String> {
+    let (leaves, latest) = read_leaves(dir)?;
+    let new = match new {
+        Some(n) => n.to_owned(),
+        None => latest.ok_or("the log has no checkpoint yet")?.1,
+    };
+    let (old_cp, _) = note::parse_note(old).map_err(|e| format!("old checkpoint: {e}"))?;
+    let (new_cp, _) = note::parse_note(&new).map_err(|e| format!("new checkpoint: {e}"))?;
+    for (what, cp) in [("old", &old_cp), ("new", &new_cp)] {
+        let size = usize::try_from(cp.size).unwrap_or(usize::MAX);
+        if size > leaves.len() {
+            return Err(format!(
+                "the {what} checkpoint covers {} records, but the log holds {}: records at the end were removed (the log was cut or rolled back)",
+                cp.size,
+                leaves.len()
+            ));
+        }
+        if merkle::root(&leaves[..size]) != cp.root {
+            return Err(format!(
+                "the {what} checkpoint's tree of {} records is not the log's: the log was rewritten, or the checkpoint is of another log",
+                cp.size
+            ));
+        }
+    }
+    if old_cp.size > new_cp.size {
+        return Err(format!(
+            "the old checkpoint covers {} records, more than the new one's {}",
+            old_cp.size, new_cp.size
+        ));
+    }
+    let size = usize::try_from(new_cp.size).map_err(|e| e.to_string())?;
+    let path =
+        merkle::consistency_proof(&leaves[..size], old_cp.size).map_err(|e| e.to_string())?;
+    let proof = ConsistencyProof {
+        old: old.to_owned(),
+        new,
+        proof: path.iter().map(hex::encode).collect(),
+    };
+    check_consistency(&proof, None)?;
+    Ok(proof)
+}
+
+/// Checks a consistency proof: both checkpoints parse (and are signed by `key`, if given),
+/// name the same origin, and the proof shows the newer tree extends the older one. Returns
+/// (old, new).
+pub fn check_consistency(
+    proof: &ConsistencyProof,
+    key: Option<&VerifierKey>,
+) -> Result<(Checkpoint, Checkpoint), String> {
+    let read = |what: &str, text: &str| {
+        match key {
+            Some(k) => note::verify_note(text, k),
+            None => note::parse_note(text).map(|(c, _)| c),
+        }
+        .map_err(|e| format!("{what} checkpoint: {e}"))
+    };
+    let old = read("old", &proof.old)?;
+    let new = read("new", &proof.new)?;
+    if old.origin != new.origin {
+        return Err(format!(
+            "the checkpoints are of two logs: {:?} and {:?}",
+            old.origin, new.origin
+        ));
+    }
+    let path = proof
+        .proof
+        .iter()
+        .map(|h| decode_hash("a proof hash", h))
+        .collect::<Result<Vec<_>, _>>()?;
+    merkle::verify_consistency(old.size, new.size, &old.root, &new.root, &path).map_err(|e| {
+        format!(
+            "consistency proof from {} to {} records: {e} (the newer tree does not extend the older one: a fork or a rewrite)",
+            old.size, new.size
+        )
+    })?;
+    Ok((old, new))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -172,5 +280,47 @@ mod tests {
         }
         let err = prove(tmp.path(), 15).unwrap_err();
         assert!(err.contains("not covered by a checkpoint yet"), "{err}");
+    }
+
+    #[test]
+    fn consistency_between_every_pair_of_checkpoints() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut log = TestLog::new(tmp.path());
+        let mut notes = Vec::new();
+        for round in 0..4u32 {
+            for i in 0..=round {
+                log.append(Record::new("x.n").field("i", i));
+            }
+            log.checkpoint();
+            notes.push(std::fs::read_to_string(tmp.path().join("checkpoint")).unwrap());
+        }
+        for (i, old) in notes.iter().enumerate() {
+            for new in &notes[i..] {
+                let p = prove_consistency(tmp.path(), old, Some(new)).unwrap();
+                let (o, n) = check_consistency(&p, Some(&vkey())).unwrap();
+                assert!(o.size <= n.size);
+                if o.size < n.size && !p.proof.is_empty() {
+                    let mut bad = p.clone();
+                    bad.proof[0] = hex::encode([7u8; 32]);
+                    assert!(check_consistency(&bad, Some(&vkey())).is_err());
+                }
+            }
+            // Old to latest, and the two swapped.
+            prove_consistency(tmp.path(), old, None).unwrap();
+            if i + 1 < notes.len() {
+                let err = prove_consistency(tmp.path(), &notes[i + 1], Some(old)).unwrap_err();
+                assert!(err.contains("more than the new one"), "{err}");
+            }
+        }
+        // A checkpoint of a longer (or other) log is not in this one.
+        let other = tempfile::tempdir().unwrap();
+        let mut longer = TestLog::new(other.path());
+        for i in 0..30u32 {
+            longer.append(Record::new("x.n").field("i", i));
+        }
+        longer.checkpoint();
+        let far = std::fs::read_to_string(other.path().join("checkpoint")).unwrap();
+        let err = prove_consistency(tmp.path(), &notes[0], Some(&far)).unwrap_err();
+        assert!(err.contains("records at the end were removed"), "{err}");
     }
 }

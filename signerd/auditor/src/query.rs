@@ -445,6 +445,8 @@ mod tests {
         let opts = VerifyOptions {
             key: Some(crate::testlog::vkey()),
             checkpoints: Vec::new(),
+            live: false,
+            since: None,
         };
         let r = verify_dir(tmp.path(), &opts).unwrap();
         assert!(r.pending.is_empty());

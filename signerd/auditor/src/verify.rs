@@ -25,6 +25,14 @@ pub struct VerifyOptions {
     /// Checkpoints kept elsewhere (label, note text), e.g. shipped off the host earlier: the
     /// log must contain each one's tree.
     pub checkpoints: Vec<(String, String)>,
+    /// The log is being written: records after the last checkpoint are reported, not a
+    /// failure. Without it they fail the verification: no signed tree head covers them, so
+    /// anyone with the disk could have written them.
+    pub live: bool,
+    /// `(label, note text)`: a checkpoint of this log that the auditor verified before. The
+    /// log must still contain its tree (which is what a consistency proof shows), and only the
+    /// records from its size on are checked in full.
+    pub since: Option<(String, String)>,
 }
 
 /// The last checkpoint in the log.
@@ -74,6 +82,9 @@ pub struct Report {
     pub pending: Vec<Pending>,
     /// Things worth knowing that are not failures.
     pub warnings: Vec<String>,
+    /// With `--since`: records before this `seq` were only hashed into the chain and the tree
+    /// (shown consistent with the checkpoint verified before), not checked again.
+    pub verified_from: u64,
 }
 
 /// Verifies the log in `dir`.
@@ -106,10 +117,24 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         });
     }
     let external_checkpoints = opts.checkpoints.len();
+    let mut verified_below = 0;
+    if let Some((label, text)) = &opts.since {
+        let checkpoint = match &opts.key {
+            Some(key) => note::verify_note(text, key),
+            None => note::parse_note(text).map(|(c, _)| c),
+        }
+        .map_err(|e| Failure::general(format!("{label}: {e}")))?;
+        verified_below = checkpoint.size;
+        expected.push(Expected {
+            label: label.clone(),
+            checkpoint,
+        });
+    }
     let mut checker = Checker::new(check::Options {
         key: opts.key.clone(),
         strict_semantics: true,
         expected,
+        verified_below,
     });
     let mut warnings = Vec::new();
     for (i, seg) in segs.iter().enumerate() {
@@ -191,10 +216,14 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         bytes,
     } in checker.recovered()
     {
-        // Recovery saves cut bytes as `recovered/torn-<seq>-<time>.bin`, never more than it may
+        // Recovery saves cut bytes as `recovered/torn-<seq>-<time>.bin` (a torn write) or
+        // `recovered/unattested-<seq>-<time>.bin` (records no checkpoint covered), never more than it may
         // cut: anything else is not its record, and must not make this tool read outside the
         // directory or without bound.
-        let name = saved_as.strip_prefix("recovered/torn-").unwrap_or("");
+        let name = saved_as
+            .strip_prefix("recovered/torn-")
+            .or_else(|| saved_as.strip_prefix("recovered/unattested-"))
+            .unwrap_or("");
         // No `/` is allowed, so the name cannot leave `recovered/`.
         if !name.ends_with(".bin")
             || !name
@@ -232,7 +261,13 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         root: hex::encode(c.root),
         note: c.note.clone(),
     });
-    let unattested = checker.next_seq() - checker.last_checkpoint().map_or(0, |c| c.seq + 1);
+    let unattested = checker.unattested();
+    if unattested > 0 && !opts.live {
+        return Err(Failure::general(format!(
+            "the last {unattested} record(s), from seq {}, are covered by no checkpoint: anyone with the disk could have written them (signerd answers nothing before a checkpoint covers it, and moves such records aside at its next start); pass --live to verify a log that is being written",
+            checker.next_seq() - unattested
+        )));
+    }
     let pending = checker
         .open_allows()
         .into_iter()
@@ -253,6 +288,7 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
         pending,
         warnings,
         stats: checker.stats().clone(),
+        verified_from: verified_below,
     })
 }
 
@@ -271,6 +307,8 @@ mod tests {
         VerifyOptions {
             key: Some(vkey()),
             checkpoints: Vec::new(),
+            live: false,
+            since: None,
         }
     }
 
@@ -468,6 +506,8 @@ mod tests {
         let opts = VerifyOptions {
             key: Some(VerifierKey::parse(&vkey).unwrap()),
             checkpoints: Vec::new(),
+            live: false,
+            since: None,
         };
         let r = verify_dir(&example.join("audit"), &opts).unwrap();
         assert_eq!(r.stats.records, 83);

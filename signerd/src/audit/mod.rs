@@ -320,12 +320,18 @@ impl AuditLog {
             // A finished rotation looks like any other: audit.segment_open, then a checkpoint.
             let rest = records.split_off(n.min(records.len()));
             if !records.is_empty() {
-                writer.commit(&records, true).map_err(written)?;
+                writer
+                    .commit(&records, true, writer::Attest::No)
+                    .map_err(written)?;
             }
             writer.write_checkpoint().map_err(written)?;
             records = rest;
         }
-        writer.commit(&records, true).map_err(written)?;
+        // The start-up records end with a checkpoint: a log is never left with a record that no
+        // signed tree head covers, except records written while the key could not sign.
+        writer
+            .commit(&records, true, writer::Attest::Required)
+            .map_err(written)?;
         Self::spawn(writer, dir.to_owned(), shared, verifier)
     }
 

@@ -92,7 +92,8 @@ pub(super) fn prepare_dir(dir: &Path) -> Result<File, AuditError> {
     }
 }
 
-/// A torn tail found at start-up.
+/// What start-up cuts from the end of the log: the records after the last checkpoint, which
+/// no signed tree head covers, and a torn tail.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Torn {
     /// The segment it is in (always the last one).
@@ -101,6 +102,20 @@ pub(crate) struct Torn {
     pub(crate) offset: u64,
     /// The bytes that will be cut.
     pub(crate) bytes: Vec<u8>,
+    /// Complete records among them (0: only a torn write).
+    pub(crate) records: u64,
+}
+
+/// The end of the records that a checkpoint covers, or that are fully determined by the log
+/// before them (a segment's seal and the next segment's open, which the checks recompute).
+#[derive(Debug, Clone, Copy, Default)]
+struct Attested {
+    /// Index of the segment.
+    segment: usize,
+    /// Byte offset after the last such record in it.
+    offset: u64,
+    /// `seq` of the next record.
+    next_seq: u64,
 }
 
 /// What the start-up scan found.
@@ -121,6 +136,54 @@ pub(crate) struct Scan {
 /// Reads every segment of `dir` and checks it (structure, chain, checkpoints signed by `key`,
 /// consistency with `DIR/checkpoint`). Read-only: it decides what recovery must do.
 pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
+    let first = scan_until(dir, key, None)?;
+    let unattested = first.scan.checker.next_seq() - first.attested.next_seq;
+    if unattested == 0 {
+        return Ok(first.scan);
+    }
+    let last = first.scan.segments.len() - 1;
+    let Some(seg) = first.scan.segments.last().cloned() else {
+        return Ok(first.scan);
+    };
+    if first.attested.segment < last {
+        return Err(open_err(format!(
+            "{}: the {unattested} records from seq {} on are covered by no checkpoint, and some of them are in a sealed segment, where only a crash of a release that answered before it attested could leave them; refusing to start (fail closed)",
+            dir.display(),
+            first.attested.next_seq
+        )));
+    }
+    let offset = first.attested.offset;
+    let file_len = fs::metadata(&seg.path)
+        .map_err(|e| open_err(format!("cannot inspect {}: {e}", seg.path.display())))?
+        .len();
+    // The writer attests every group someone waits for and pauses while its key cannot sign,
+    // so an honest tail is far smaller; a longer one is refused rather than read into memory.
+    if file_len - offset > MAX_TORN_BYTES {
+        return Err(open_err(format!(
+            "{}: {} bytes after byte offset {offset} hold {unattested} records that no checkpoint covers, more than the {MAX_TORN_BYTES} bytes start-up moves aside; refusing to start (fail closed)",
+            seg.path.display(),
+            file_len - offset
+        )));
+    }
+    // The checks again, up to the last attested record: the state the log continues from.
+    let mut again = scan_until(dir, key, Some(offset))?.scan;
+    again.torn = Some(Torn {
+        bytes: tail_bytes(&seg.path, offset)?,
+        segment: seg,
+        offset,
+        records: unattested,
+    });
+    Ok(again)
+}
+
+/// A scan, and where its attested records end.
+struct Scanned {
+    scan: Scan,
+    attested: Attested,
+}
+
+/// [`scan`], reading the last segment only up to byte `limit` when given.
+fn scan_until(dir: &Path, key: &VerifierKey, limit: Option<u64>) -> Result<Scanned, AuditError> {
     let mut expected = Vec::new();
     if let Some((_, checkpoint)) = read_checkpoint_file(dir, Some(key)).map_err(open_err)? {
         expected.push(Expected {
@@ -133,6 +196,7 @@ pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
         key: Some(key.clone()),
         strict_semantics: false,
         expected,
+        verified_below: 0,
     });
     let refuse = |f: check::Failure| {
         open_err(format!(
@@ -143,8 +207,10 @@ pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
     let mut torn = None;
     let mut active_bytes = 0;
     let mut active_sha = Sha256::new();
+    let mut attested = Attested::default();
     for (i, seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
+        let limit = limit.filter(|_| last);
         checker.begin_segment(seg.no, &seg.name).map_err(refuse)?;
         let file_len = fs::metadata(&seg.path)
             .map_err(|e| open_err(format!("cannot inspect {}: {e}", seg.path.display())))?
@@ -158,6 +224,11 @@ pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
                 .map_err(|e| open_err(format!("cannot read {}: {e}", seg.path.display())))?;
             match next {
                 Next::Eof => break,
+                Next::TooLong { offset, .. } | Next::Line { offset, .. }
+                    if limit.is_some_and(|l| offset >= l) =>
+                {
+                    break;
+                }
                 Next::TooLong { lineno, offset } => {
                     if last {
                         let rest = tail_bytes(&seg.path, offset)?;
@@ -166,6 +237,7 @@ pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
                                 segment: seg.clone(),
                                 offset,
                                 bytes: rest,
+                                records: 0,
                             });
                             break;
                         }
@@ -193,6 +265,7 @@ pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
                             segment: seg.clone(),
                             offset,
                             bytes: bytes.to_vec(),
+                            records: 0,
                         });
                         break;
                     }
@@ -206,6 +279,21 @@ pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
                             sha.update(bytes);
                             sha.update(b"\n");
                             kept = end;
+                            let seq = checker.next_seq() - 1;
+                            let covered = match checker.last_kind().and_then(Kind::parse) {
+                                Some(Kind::AuditCheckpoint) => true,
+                                Some(Kind::AuditSegmentSeal | Kind::AuditSegmentOpen) => {
+                                    attested.next_seq == seq
+                                }
+                                _ => false,
+                            };
+                            if covered {
+                                attested = Attested {
+                                    segment: i,
+                                    offset: end,
+                                    next_seq: seq + 1,
+                                };
+                            }
                         }
                         Err(f) if f.syntax && last && end == file_len => {
                             // The final line is not a record: a write that stopped part-way
@@ -216,6 +304,7 @@ pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
                                 segment: seg.clone(),
                                 offset,
                                 bytes: cut,
+                                records: 0,
                             });
                             break;
                         }
@@ -248,12 +337,15 @@ pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
         )));
     }
     checker.finish().map_err(refuse)?;
-    Ok(Scan {
-        segments,
-        checker,
-        active_bytes,
-        active_sha,
-        torn,
+    Ok(Scanned {
+        scan: Scan {
+            segments,
+            checker,
+            active_bytes,
+            active_sha,
+            torn,
+        },
+        attested,
     })
 }
 
@@ -283,7 +375,12 @@ fn cut_torn_tail(dir: &Path, torn: &Torn, seq: u64) -> Result<String, AuditError
         .mode(0o700)
         .create(&recovered)
         .map_err(|e| open_err(format!("cannot create {}: {e}", recovered.display())))?;
-    let name = format!("torn-{seq}-{}.bin", compact_ts(SystemTime::now()));
+    let what = if torn.records > 0 {
+        "unattested"
+    } else {
+        "torn"
+    };
+    let name = format!("{what}-{seq}-{}.bin", compact_ts(SystemTime::now()));
     let path = recovered.join(&name);
     let mut f = OpenOptions::new()
         .write(true)
@@ -313,8 +410,9 @@ fn cut_torn_tail(dir: &Path, torn: &Torn, seq: u64) -> Result<String, AuditError
         segment = %torn.segment.path.display(),
         offset = torn.offset,
         bytes = torn.bytes.len(),
+        records = torn.records,
         saved_as = %path.display(),
-        "cut a torn tail left by a crash"
+        "moved aside the end of the log that no checkpoint covers (left by a crash, or written by someone else)"
     );
     Ok(format!("{RECOVERED_DIR}/{name}"))
 }
@@ -476,6 +574,7 @@ pub(super) fn apply(
             bytes: t.bytes.len() as u64,
             sha256: hex::encode(sha.finalize()),
             saved_as,
+            unattested_records: t.records,
         })?);
     }
     for open in checker.open_allows() {

@@ -162,6 +162,8 @@ fn verify(dir: &Path) -> verify::Report {
         &VerifyOptions {
             key: Some(vkey()),
             checkpoints: Vec::new(),
+            live: false,
+            since: None,
         },
     )
     .unwrap_or_else(|f| panic!("verify {}: {f}", dir.display()))
@@ -173,6 +175,8 @@ fn verify_err(dir: &Path) -> String {
         &VerifyOptions {
             key: Some(vkey()),
             checkpoints: Vec::new(),
+            live: false,
+            since: None,
         },
     ) {
         Ok(r) => panic!("verify passed: {r:?}"),
@@ -268,13 +272,13 @@ async fn writes_exact_envelope_chain_and_final_checkpoint() {
         )
         .await
         .unwrap();
-    assert_eq!(receipt.seq, 2);
+    assert_eq!(receipt.seq, 3);
     log.shutdown().await.unwrap();
 
     let leaves = check_chain(dir.path());
     let lines = lines(&dir.segment());
-    assert_eq!(lines.len(), 5);
-    assert_eq!(receipt.leaf_hash, leaves[2]);
+    assert_eq!(lines.len(), 7);
+    assert_eq!(receipt.leaf_hash, leaves[3]);
     let start = json(&lines[0]);
     assert_eq!(start["type"], "audit.start");
     assert_eq!(start["pid"], std::process::id());
@@ -283,27 +287,38 @@ async fn writes_exact_envelope_chain_and_final_checkpoint() {
     let text = std::str::from_utf8(&lines[0]).unwrap();
     assert!(text.contains("\"type\":\"audit.start\",\"pid\":"), "{text}");
     assert!(text.ends_with(&format!(",\"prev\":\"{}\"}}", "0".repeat(64))));
-    let text = std::str::from_utf8(&lines[1]).unwrap();
+    // Start-up ends with a checkpoint of its own records.
+    assert_eq!(json(&lines[1])["type"], "audit.checkpoint");
+    assert_eq!(json(&lines[1])["size"], 1);
+    let text = std::str::from_utf8(&lines[2]).unwrap();
     assert!(
         text.contains(r#""type":"sign.request","req_id":"r1","amount":5,"prev":"#),
         "{text}"
     );
-    let text = std::str::from_utf8(&lines[2]).unwrap();
+    let text = std::str::from_utf8(&lines[3]).unwrap();
     assert!(
         text.contains(r#""type":"x.result","zulu":"last-alphabetically-first","alpha":{"a":1,"b":2},"rule":null,"prev":"#),
         "{text}"
     );
-    assert_eq!(json(&lines[3])["type"], "audit.stop");
+    // The record someone waited for was answered only with the checkpoint that covers it,
+    // written in the same group (one timestamp).
+    let attest = json(&lines[4]);
+    assert_eq!(attest["type"], "audit.checkpoint");
+    assert_eq!(attest["size"], 4);
+    assert_eq!(attest["ts"], json(&lines[3])["ts"]);
+    assert_eq!(attest["root"], hex::encode(merkle::root(&leaves[..4])));
+    verify_note(attest["note"].as_str().unwrap(), &vkey()).unwrap();
+    assert_eq!(json(&lines[5])["type"], "audit.stop");
 
     // The final checkpoint covers every record before it, audit.stop included.
-    let cp = json(&lines[4]);
+    let cp = json(&lines[6]);
     assert_eq!(cp["type"], "audit.checkpoint");
-    assert_eq!(cp["size"], 4);
-    let root = merkle::root(&leaves[..4]);
+    assert_eq!(cp["size"], 6);
+    let root = merkle::root(&leaves[..6]);
     assert_eq!(cp["root"], hex::encode(root));
     let note = cp["note"].as_str().unwrap();
     let checked = verify_note(note, &vkey()).unwrap();
-    assert_eq!(checked.size, 4);
+    assert_eq!(checked.size, 6);
     assert_eq!(checked.root, root);
     assert_eq!(checked.origin, ORIGIN);
     let file = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
@@ -314,7 +329,7 @@ async fn writes_exact_envelope_chain_and_final_checkpoint() {
     let mode = std::fs::metadata(dir.path()).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o700);
     let r = verify(dir.path());
-    assert_eq!(r.stats.records, 5);
+    assert_eq!(r.stats.records, 7);
     assert_eq!(r.unattested, 0);
     assert!(r.checkpoint_file);
 }
@@ -326,22 +341,23 @@ async fn reopen_continues_seq_prev_and_tree() {
     log.append_durable(Record::new("x.one")).await.unwrap();
     log.shutdown().await.unwrap();
     let before = lines(&dir.segment());
-    assert_eq!(before.len(), 4);
+    // audit.start, its checkpoint, x.one and its attestation, audit.stop, the last checkpoint.
+    assert_eq!(before.len(), 6);
 
     let log = AuditLog::open(dir.path(), opts()).unwrap();
     let receipt = log.append_durable(Record::new("x.two")).await.unwrap();
-    assert_eq!(receipt.seq, 5);
+    assert_eq!(receipt.seq, 8);
     log.shutdown().await.unwrap();
 
     let leaves = check_chain(dir.path());
     let after = lines(&dir.segment());
-    assert_eq!(&after[..4], &before[..]);
-    assert_eq!(json(&after[4])["type"], "audit.start");
-    assert_eq!(json(&after[4])["prev"], hex::encode(ring_leaf(&before[3])));
-    assert_eq!(receipt.leaf_hash, leaves[5]);
-    assert_eq!(after.len(), 8);
+    assert_eq!(&after[..6], &before[..]);
+    assert_eq!(json(&after[6])["type"], "audit.start");
+    assert_eq!(json(&after[6])["prev"], hex::encode(ring_leaf(&before[5])));
+    assert_eq!(receipt.leaf_hash, leaves[8]);
+    assert_eq!(after.len(), 12);
     let r = verify(dir.path());
-    assert_eq!(r.stats.checkpoints, 2);
+    assert_eq!(r.stats.checkpoints, 6);
     assert_eq!(r.stats.starts, 2);
 }
 
@@ -643,7 +659,8 @@ async fn a_stalled_sync_makes_the_log_unhealthy_until_it_returns() {
     assert!(started.elapsed() >= Duration::from_secs(2));
     assert!(log.is_healthy() && log.stalled().is_none());
     let next = log.append_durable(Record::new("t.after")).await.unwrap();
-    assert_eq!(next.seq, receipt.seq + 1);
+    // After the slow record's attestation.
+    assert_eq!(next.seq, receipt.seq + 2);
     assert!(*health.borrow_and_update());
 }
 
@@ -699,7 +716,12 @@ async fn shutdown_stops_appends() {
     assert!(matches!(err, AuditError::Unavailable(_)));
     assert_eq!(
         types(dir.path()),
-        ["audit.start", "audit.stop", "audit.checkpoint"]
+        [
+            "audit.start",
+            "audit.checkpoint",
+            "audit.stop",
+            "audit.checkpoint"
+        ]
     );
 }
 
@@ -712,9 +734,10 @@ async fn invalid_record_is_refused_and_log_stays_healthy() {
         .unwrap_err();
     assert!(matches!(err, AuditError::InvalidRecord(_)), "{err}");
     assert!(log.is_healthy());
+    // After audit.start and its checkpoint.
     assert_eq!(
         log.append_durable(Record::new("x.two")).await.unwrap().seq,
-        1
+        2
     );
     log.shutdown().await.unwrap();
 }
@@ -773,18 +796,30 @@ async fn checkpoint_after_t_seconds_and_not_when_idle() {
         },
     )
     .unwrap();
-    log.append_durable(Record::new("x.one")).await.unwrap();
+    // A record nobody waits for is covered by a checkpoint after T.
+    log.append(Record::new("x.one")).unwrap();
     tokio::time::sleep(Duration::from_millis(700)).await;
     let t = types(dir.path());
-    assert_eq!(t, ["audit.start", "x.one", "audit.checkpoint"]);
+    let start = ["audit.start", "audit.checkpoint"];
+    assert_eq!(t, [&start[..], &["x.one", "audit.checkpoint"]].concat());
     let first = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
+    assert_eq!(verify_note(&first, &vkey()).unwrap().size, 3);
     // Idle: no new records, so no new checkpoint.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(types(dir.path()).len(), 3);
+    assert_eq!(types(dir.path()).len(), 4);
     assert_eq!(
         std::fs::read_to_string(dir.path().join("checkpoint")).unwrap(),
         first
     );
+    // A record someone waits for is attested at once; after T the checkpoint file gets that
+    // attestation, and no further record is written for it.
+    log.append_durable(Record::new("x.two")).await.unwrap();
+    assert_eq!(types(dir.path()).len(), 6);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(types(dir.path()).len(), 6);
+    let published = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
+    assert_eq!(verify_note(&published, &vkey()).unwrap().size, 5);
+    assert_eq!(json(&all_lines(dir.path())[5])["note"], published.as_str());
     log.shutdown().await.unwrap();
     verify(dir.path());
 }
@@ -822,7 +857,7 @@ async fn wait_health(log: &AuditLog, want: bool) {
 }
 
 #[tokio::test]
-async fn checkpoint_key_outage_pauses_at_the_unattested_limit_then_resumes() {
+async fn checkpoint_key_outage_refuses_answers_and_pauses_at_the_unattested_limit() {
     let dir = TempDir::new("cp-outage");
     let flaky = Arc::new(FlakySigner {
         inner: MemorySigner::from_seed(ORIGIN, [42; 32]),
@@ -842,21 +877,25 @@ async fn checkpoint_key_outage_pauses_at_the_unattested_limit_then_resumes() {
     .unwrap();
     let mut health = log.health();
     flaky.fail.store(true, Ordering::SeqCst);
-    // Records stay durable while checkpoints fail, up to the limit.
+    // Nobody hears of a record that no checkpoint covers: while the key fails, a record
+    // someone waits for is refused, and not written.
+    let err = log
+        .append_durable(Record::new("x.refused"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AuditError::Unavailable(m) if m.contains("cannot sign the checkpoint")),
+        "{err}"
+    );
+    // Records nobody waits for are written, up to the limit.
     for i in 0..20u32 {
-        log.append_durable(Record::new("x.n").field("i", i))
-            .await
-            .unwrap();
+        log.append(Record::new("x.n").field("i", i)).unwrap();
     }
     // The writer retries within a second; at 12 or more unattested records it pauses: the
     // log reports itself unhealthy, so the service admits no new request.
     wait_health(&log, false).await;
     assert!(log.is_paused());
     assert!(!*health.borrow_and_update());
-    // Records of requests admitted before the pause are still written.
-    log.append_durable(Record::new("x.in_flight"))
-        .await
-        .unwrap();
     // The key is back: the next attempt checkpoints everything and the pause ends.
     flaky.fail.store(false, Ordering::SeqCst);
     wait_health(&log, true).await;
@@ -866,13 +905,14 @@ async fn checkpoint_key_outage_pauses_at_the_unattested_limit_then_resumes() {
     log.shutdown().await.unwrap();
 
     let t = types(dir.path());
+    assert!(!t.iter().any(|t| t == "x.refused"), "{t:?}");
     assert_eq!(t.iter().filter(|t| *t == "x.n").count(), 20);
-    let in_flight = t.iter().position(|t| t == "x.in_flight").unwrap();
+    let last_n = t.iter().rposition(|t| t == "x.n").unwrap();
     let after = t.iter().position(|t| t == "x.after").unwrap();
-    let resumed = t.iter().position(|t| t == "audit.checkpoint").unwrap();
-    // Nothing was signed while the key failed: the first checkpoint covers every record
-    // written during the outage, and comes before the first record after it.
-    assert!(in_flight < resumed && resumed < after, "{t:?}");
+    // Nothing was signed while the key failed: the first checkpoint after start-up's covers
+    // every record written during the outage, and comes before the first record after it.
+    let resumed = 2 + t[2..].iter().position(|t| t == "audit.checkpoint").unwrap();
+    assert!(last_n < resumed && resumed < after, "{t:?}");
     let r = verify(dir.path());
     assert_eq!(r.unattested, 0);
 }
@@ -1067,7 +1107,8 @@ async fn crash_with_allowed_request_records_unknown_crash() {
         .clone();
     assert_eq!(new[0]["decision_seq"], decision_seq);
     assert_eq!(new[1]["type"], "audit.start");
-    assert_eq!(new.len(), 4, "{new:?}");
+    assert_eq!(new[2]["type"], "audit.checkpoint");
+    assert_eq!(new.len(), 5, "{new:?}");
     let r = verify(dir.path());
     assert!(r.pending.is_empty());
     assert_eq!(r.stats.results.get("unknown_crash"), Some(&1));
@@ -1266,13 +1307,13 @@ async fn refuses_broken_chain() {
         .unwrap();
     log.shutdown().await.unwrap();
     let mut lines = lines(&dir.segment());
-    // Edit one byte of line 2's body: it still parses, but line 3's prev no longer matches.
-    let pos = lines[1].windows(5).position(|w| w == b"hello").unwrap();
-    lines[1][pos] = b'j';
+    // Edit one byte of line 3's body: it still parses, but line 4's prev no longer matches.
+    let pos = lines[2].windows(5).position(|w| w == b"hello").unwrap();
+    lines[2][pos] = b'j';
     std::fs::write(dir.segment(), join(&lines)).unwrap();
     let msg = open_err(dir.path());
     assert!(
-        msg.contains("segment-00000001.jsonl:3 (seq 2): prev is"),
+        msg.contains("segment-00000001.jsonl:4 (seq 3): prev is"),
         "{msg}"
     );
     assert!(
@@ -1306,15 +1347,28 @@ async fn refuses_log_shorter_than_checkpoint_file() {
     std::fs::write(dir.segment(), join(&l[..l.len() - 3])).unwrap();
     let msg = open_err(dir.path());
     assert!(
-        msg.contains("the log has 6 records, but the checkpoint in"),
+        msg.contains("the log has 9 records, but the checkpoint in"),
         "{msg}"
     );
     assert!(
-        msg.contains("covers 8: records at the end were removed"),
+        msg.contains("covers 11: records at the end were removed"),
         "{msg}"
     );
     let v = verify_err(dir.path());
-    assert!(v.contains("covers 8"), "{v}");
+    assert!(v.contains("covers 11"), "{v}");
+    // Only the closing checkpoint removed: the log still holds every record the checkpoint
+    // file covers, but not the record the file was published from.
+    std::fs::write(dir.segment(), join(&l[..l.len() - 1])).unwrap();
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains("the log ends after 11 records, right before the audit.checkpoint record that the checkpoint in"),
+        "{msg}"
+    );
+    let v = verify_err(dir.path());
+    assert!(
+        v.contains("records at the end were removed (the log was cut)"),
+        "{v}"
+    );
 }
 
 #[tokio::test]
@@ -1381,7 +1435,7 @@ async fn refuses_wrong_file_types_gaps_and_second_writer() {
 /// `audit.segment_open` and a checkpoint.
 async fn rotated_log(dir: &TempDir) {
     let o = AuditOptions {
-        max_segment_bytes: 1500,
+        max_segment_bytes: 3000,
         ..opts()
     };
     let log = AuditLog::open(dir.path(), o).unwrap();
@@ -1434,6 +1488,7 @@ async fn interrupted_rotation_is_finished_at_start() {
             "audit.segment_open",
             "audit.checkpoint",
             "audit.start",
+            "audit.checkpoint",
             "audit.stop",
             "audit.checkpoint"
         ]
@@ -1515,23 +1570,33 @@ async fn truncation_at_every_byte_offset_of_the_last_records() {
     let key = vkey();
     let work = TempDir::new("trunc-work");
     let mut opened = 0;
+    // Where the records that a checkpoint covers end, for a log cut at `cut`: after the last
+    // complete checkpoint line. Everything after it is moved aside.
+    let checkpoint_ends: Vec<usize> = l
+        .iter()
+        .enumerate()
+        .filter(|(_, line)| json(line)["type"] == "audit.checkpoint")
+        .map(|(i, _)| starts[i + 1])
+        .collect();
     for cut in from..=full.len() {
         let _ = std::fs::remove_dir_all(work.path());
         std::fs::create_dir_all(work.path()).unwrap();
         std::fs::write(work.segment(), &full[..cut]).unwrap();
         // What recovery decides (read-only).
         let scan = recover::scan(work.path(), &key).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        let attested_end = *checkpoint_ends.iter().rfind(|e| **e <= cut).unwrap();
+        let kept = starts.iter().position(|s| *s == attested_end).unwrap();
         let complete = starts.iter().filter(|s| **s <= cut).count() - 1;
-        assert_eq!(scan.checker.next_seq(), complete as u64, "cut {cut}");
-        let line_start = starts[complete];
+        assert_eq!(scan.checker.next_seq(), kept as u64, "cut {cut}");
         match &scan.torn {
-            None => assert_eq!(cut, line_start, "cut {cut}: no torn tail found"),
+            None => assert_eq!(cut, attested_end, "cut {cut}: nothing moved aside"),
             Some(t) => {
-                assert_eq!(t.offset, line_start as u64, "cut {cut}");
-                assert_eq!(t.bytes, &full[line_start..cut], "cut {cut}");
+                assert_eq!(t.offset, attested_end as u64, "cut {cut}");
+                assert_eq!(t.bytes, &full[attested_end..cut], "cut {cut}");
+                assert_eq!(t.records, (complete - kept) as u64, "cut {cut}");
             }
         }
-        assert_eq!(scan.active_bytes, line_start as u64);
+        assert_eq!(scan.active_bytes, attested_end as u64);
         // A real start at some offsets: every line boundary and its neighbours, and a sample.
         let near = starts.iter().any(|s| cut.abs_diff(*s) <= 1);
         if near || cut % 23 == 0 {
@@ -1540,17 +1605,22 @@ async fn truncation_at_every_byte_offset_of_the_last_records() {
                 AuditLog::open(work.path(), opts()).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
             log.shutdown().await.unwrap();
             let now = all_lines(work.path());
-            assert_eq!(&now[..complete], &l[..complete], "cut {cut}");
-            let next = json(&now[complete]);
-            if cut == line_start {
+            assert_eq!(&now[..kept], &l[..kept], "cut {cut}");
+            let next = json(&now[kept]);
+            if cut == attested_end {
                 assert_ne!(next["type"], "audit.recover", "cut {cut}");
             } else {
                 assert_eq!(next["type"], "audit.recover", "cut {cut}");
-                assert_eq!(next["offset"], line_start as u64);
-                assert_eq!(next["bytes"], (cut - line_start) as u64);
-                assert_eq!(next["sha256"], ring_sha(&full[line_start..cut]));
+                assert_eq!(next["offset"], attested_end as u64);
+                assert_eq!(next["bytes"], (cut - attested_end) as u64);
+                assert_eq!(next["sha256"], ring_sha(&full[attested_end..cut]));
+                if complete > kept {
+                    assert_eq!(next["unattested_records"], (complete - kept) as u64);
+                } else {
+                    assert!(next.get("unattested_records").is_none(), "cut {cut}");
+                }
                 let saved = work.path().join(next["saved_as"].as_str().unwrap());
-                assert_eq!(std::fs::read(saved).unwrap(), &full[line_start..cut]);
+                assert_eq!(std::fs::read(saved).unwrap(), &full[attested_end..cut]);
             }
             verify(work.path());
         }

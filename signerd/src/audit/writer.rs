@@ -292,6 +292,18 @@ pub(super) struct Settings {
     pub(super) max_unattested_records: u64,
 }
 
+/// Whether [`Writer::commit`] ends the group with a signed checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Attest {
+    /// No checkpoint (records nobody waits for, bookkeeping, a checkpoint record itself).
+    No,
+    /// Someone waits for a record: a checkpoint covers the group before anyone hears of it;
+    /// when the key cannot sign, the waited-for records are not written.
+    Answers,
+    /// A checkpoint must cover the group, or the commit fails (start-up).
+    Required,
+}
+
 /// How long the writer waits before trying again to sign a checkpoint that failed.
 const CHECKPOINT_RETRY: Duration = Duration::from_secs(1);
 
@@ -354,7 +366,12 @@ pub(super) struct Writer {
     settings: Settings,
     /// `seq` of the last `audit.checkpoint` record.
     last_checkpoint_seq: Option<u64>,
-    last_checkpoint_at: Instant,
+    /// The note of that record, once this writer wrote it (not yet published when an answer's
+    /// attestation made it).
+    last_note: Option<String>,
+    /// Records the log held when `DIR/checkpoint` was last written, and when.
+    published_records: u64,
+    published_at: Instant,
     /// Set while checkpoints cannot be signed.
     checkpoint_failure: Option<CheckpointFailure>,
     shared: Arc<Shared>,
@@ -381,6 +398,7 @@ impl Writer {
         shared: Arc<Shared>,
     ) -> Result<Writer, AuditError> {
         let identity = identity_of(&seg.file, &seg.path).map_err(AuditError::Open)?;
+        let published_records = tail.next_seq;
         Ok(Writer {
             dir,
             seg,
@@ -388,8 +406,10 @@ impl Writer {
             tail,
             signer,
             settings,
+            published_records,
             last_checkpoint_seq,
-            last_checkpoint_at: Instant::now(),
+            last_note: None,
+            published_at: Instant::now(),
             checkpoint_failure: None,
             shared,
             buf: Vec::with_capacity(64 * 1024),
@@ -429,13 +449,84 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes `batch` as one group: envelope, chain, tree, one write, and one sync when fsync is
-    /// enabled and someone waits for a record of the batch, or when `force_sync`. On success `self.receipts[i]` is the receipt of `batch[i]`. On error the
-    /// message says what failed; the caller must stop the log.
-    pub(super) fn commit(&mut self, batch: &[Msg], force_sync: bool) -> Result<(), String> {
-        self.check_identity()?;
+    /// Appends one record line for `kind`/`body` at the position `tail` to `self.buf`, and
+    /// advances `tail`. Returns the record's receipt.
+    fn encode(&mut self, tail: &mut Tail, kind: &str, body: &[u8]) -> Result<Receipt, String> {
+        let start = self.buf.len();
+        let mut prev_hex = [0u8; 64];
+        self.buf.extend_from_slice(b"{\"v\":1,\"seq\":");
+        write!(self.buf, "{}", tail.next_seq).map_err(|e| format!("seq: {e}"))?;
+        self.buf.extend_from_slice(b",\"ts\":\"");
+        self.buf.extend_from_slice(&self.ts);
+        // `kind` was checked to need no escaping by Record::encode.
+        self.buf.extend_from_slice(b"\",\"type\":\"");
+        self.buf.extend_from_slice(kind.as_bytes());
+        self.buf.push(b'"');
+        self.buf.extend_from_slice(body);
+        self.buf.extend_from_slice(b",\"prev\":\"");
+        hex::encode_to_slice(tail.prev, &mut prev_hex).map_err(|e| format!("prev: {e}"))?;
+        self.buf.extend_from_slice(&prev_hex);
+        self.buf.extend_from_slice(b"\"}");
+        let leaf = merkle::leaf_hash(&self.buf[start..]);
+        self.buf.push(b'\n');
+        let receipt = Receipt {
+            seq: tail.next_seq,
+            leaf_hash: leaf,
+        };
+        tail.tree.push(leaf);
+        tail.prev = leaf;
+        tail.next_seq = tail
+            .next_seq
+            .checked_add(1)
+            .ok_or_else(|| format!("seq overflows; {STOPPED}"))?;
+        Ok(receipt)
+    }
+
+    /// Encodes the records of `batch` that `keep` selects into `self.buf`, from the writer's
+    /// tail; returns the tail after them and whether any is a content record.
+    fn encode_batch(
+        &mut self,
+        batch: &[Msg],
+        keep: impl Fn(&Msg) -> bool,
+    ) -> Result<(Tail, bool), String> {
         self.buf.clear();
         self.receipts.clear();
+        let mut tail = self.tail.clone();
+        let mut content = false;
+        for msg in batch {
+            if !keep(msg) {
+                // Keeps `receipts[i]` the receipt of `batch[i]`; never sent (see `commit`).
+                self.receipts.push(Receipt {
+                    seq: u64::MAX,
+                    leaf_hash: [0; 32],
+                });
+                continue;
+            }
+            let receipt = self.encode(&mut tail, msg.kind, &msg.body)?;
+            self.receipts.push(receipt);
+            content |= !Kind::parse(msg.kind).is_some_and(Kind::is_bookkeeping);
+        }
+        Ok((tail, content))
+    }
+
+    /// Writes `batch` as one group: envelope, chain, tree, one write, and one sync when fsync is
+    /// enabled and someone waits for a record of the batch, or when `force_sync`. On success
+    /// `self.receipts[i]` is the receipt of `batch[i]`. On error the message says what failed;
+    /// the caller must stop the log.
+    ///
+    /// With `attest` other than [`Attest::No`], the group ends with an `audit.checkpoint` over
+    /// every record up to it, signed before anything is written and made durable by the same
+    /// write and sync: nobody hears of a record before a signed tree head covers it. When the
+    /// key cannot sign, [`Attest::Answers`] writes only the records nobody waits for (and the
+    /// stop record) and returns the signing error for the waiters, which the caller answers
+    /// with [`AuditError::Unavailable`]; [`Attest::Required`] fails.
+    pub(super) fn commit(
+        &mut self,
+        batch: &[Msg],
+        force_sync: bool,
+        attest: Attest,
+    ) -> Result<Option<String>, String> {
+        self.check_identity()?;
         // One clock read per batch: the records of a group become durable together.
         let now = SystemTime::now();
         if now.duration_since(UNIX_EPOCH).is_err() {
@@ -444,39 +535,42 @@ impl Writer {
         self.ts.clear();
         write!(self.ts, "{}", humantime::format_rfc3339_micros(now))
             .map_err(|e| format!("timestamp: {e}"))?;
-        let mut prev_hex = [0u8; 64];
-        let mut tail = self.tail.clone();
-        let mut content = false;
-        for msg in batch {
-            let start = self.buf.len();
-            self.buf.extend_from_slice(b"{\"v\":1,\"seq\":");
-            write!(self.buf, "{}", tail.next_seq).map_err(|e| format!("seq: {e}"))?;
-            self.buf.extend_from_slice(b",\"ts\":\"");
-            self.buf.extend_from_slice(&self.ts);
-            // `kind` was checked to need no escaping by Record::encode.
-            self.buf.extend_from_slice(b"\",\"type\":\"");
-            self.buf.extend_from_slice(msg.kind.as_bytes());
-            self.buf.push(b'"');
-            self.buf.extend_from_slice(&msg.body);
-            self.buf.extend_from_slice(b",\"prev\":\"");
-            hex::encode_to_slice(tail.prev, &mut prev_hex).map_err(|e| format!("prev: {e}"))?;
-            self.buf.extend_from_slice(&prev_hex);
-            self.buf.extend_from_slice(b"\"}");
-            let leaf = merkle::leaf_hash(&self.buf[start..]);
-            self.buf.push(b'\n');
-            self.receipts.push(Receipt {
-                seq: tail.next_seq,
-                leaf_hash: leaf,
-            });
-            tail.tree.push(leaf);
-            tail.prev = leaf;
-            tail.next_seq = tail
-                .next_seq
-                .checked_add(1)
-                .ok_or_else(|| format!("seq overflows; {STOPPED}"))?;
-            content |= !Kind::parse(msg.kind).is_some_and(Kind::is_bookkeeping);
+        let (mut tail, mut content) = self.encode_batch(batch, |_| true)?;
+        let mut refused = None;
+        let mut attestation = None;
+        if attest != Attest::No {
+            let signed = match &self.checkpoint_failure {
+                // The key failed a moment ago: the answers wait no longer than that.
+                Some(f) if attest == Attest::Answers && Instant::now() < f.retry_at => {
+                    Err(f.error.clone())
+                }
+                _ => self.sign_at(&tail),
+            };
+            match signed {
+                Ok((_, note)) => {
+                    let record = Record::from_event(&AuditCheckpoint {
+                        size: tail.next_seq,
+                        root: hex::encode(tail.tree.root()),
+                        note: note.clone(),
+                    });
+                    let body = record.encode().map_err(|e| e.to_string())?;
+                    let seq = tail.next_seq;
+                    self.encode(&mut tail, record.kind(), &body)?;
+                    attestation = Some((seq, note));
+                }
+                Err(e) if attest == Attest::Answers => {
+                    // The answers wait; records nobody waits for are written unattested.
+                    (tail, content) = self.encode_batch(batch, |m| m.reply.is_none() || m.stop)?;
+                    refused = Some(e);
+                }
+                Err(e) => return Err(format!("cannot sign the audit checkpoint: {e}; {STOPPED}")),
+            }
         }
-        let _io = self.shared.io();
+        if self.buf.is_empty() {
+            return Ok(refused);
+        }
+        let records = tail.next_seq - self.tail.next_seq;
+        let io = self.shared.io();
         self.seg.file.write_all(&self.buf).map_err(|e| {
             format!(
                 "write to {} failed: {e}; {STOPPED}",
@@ -499,17 +593,21 @@ impl Writer {
             })?;
             synced = Some(t.elapsed());
         }
-        crate::metrics::audit_batch(batch.len() as u64, self.buf.len() as u64, synced);
+        crate::metrics::audit_batch(records, self.buf.len() as u64, synced);
         if self.seg.first_seq.is_none() {
             self.seg.first_seq = Some(self.tail.next_seq);
             self.seg.started = Some(now);
         }
-        self.seg.records += batch.len() as u64;
+        self.seg.records += records;
         self.seg.bytes += self.buf.len() as u64;
         self.seg.sha.update(&self.buf);
         self.seg.content |= content;
         self.tail = tail;
-        Ok(())
+        drop(io);
+        if let Some((seq, note)) = attestation {
+            self.attested(seq, note);
+        }
+        Ok(refused)
     }
 
     /// Signs a checkpoint of every record so far, appends it as `audit.checkpoint` (synced)
@@ -523,10 +621,15 @@ impl Writer {
     }
 
     fn sign_checkpoint(&self) -> Result<(Checkpoint, String), String> {
+        self.sign_at(&self.tail)
+    }
+
+    /// Signs the checkpoint of the tree at `tail`.
+    fn sign_at(&self, tail: &Tail) -> Result<(Checkpoint, String), String> {
         let checkpoint = Checkpoint {
             origin: self.signer.name().to_owned(),
-            size: self.tail.next_seq,
-            root: self.tail.tree.root(),
+            size: tail.next_seq,
+            root: tail.tree.root(),
         };
         let note = checkpoint
             .sign(self.signer.as_ref())
@@ -542,14 +645,44 @@ impl Writer {
         });
         let msg = Msg::internal(&record)?;
         let seq = self.tail.next_seq;
-        self.commit(std::slice::from_ref(&msg), true)?;
+        self.commit(std::slice::from_ref(&msg), true, Attest::No)?;
+        self.attested(seq, note.to_owned());
+        self.publish()
+    }
+
+    /// After the `audit.checkpoint` record `seq` with `note` was written: it attests every
+    /// record before it; a key that failed signs again.
+    fn attested(&mut self, seq: u64, note: String) {
         self.last_checkpoint_seq = Some(seq);
-        self.last_checkpoint_at = Instant::now();
+        self.last_note = Some(note);
         crate::metrics::checkpoint_written();
-        if let Some(dir) = &self.dir {
+        if let Some(failure) = self.checkpoint_failure.take() {
+            tracing::info!(
+                failed_attempts = failure.attempts,
+                size = seq,
+                "audit checkpoints are signed again"
+            );
+            self.shared.resume();
+        }
+    }
+
+    /// Writes the note of the last checkpoint record to `DIR/checkpoint`.
+    fn publish(&mut self) -> Result<(), String> {
+        if let (Some(dir), Some(note)) = (&self.dir, &self.last_note) {
             publish_checkpoint(dir, note).map_err(|e| format!("{e}; {STOPPED}"))?;
         }
+        self.published_records = self.tail.next_seq;
+        self.published_at = Instant::now();
         Ok(())
+    }
+
+    /// Publishes a checkpoint of every record so far: the last checkpoint record's when no
+    /// record follows it, else a new one ([`Writer::checkpoint`]).
+    fn publish_latest(&mut self) -> Result<(), String> {
+        if self.unattested() == 0 && self.last_note.is_some() {
+            return self.publish();
+        }
+        self.checkpoint()
     }
 
     /// Checkpoints while serving. A key that cannot sign (an HSM or Vault that is away) is
@@ -565,16 +698,7 @@ impl Writer {
                 return Ok(());
             }
         };
-        self.append_checkpoint(&checkpoint, &note)?;
-        if let Some(failure) = self.checkpoint_failure.take() {
-            tracing::info!(
-                failed_attempts = failure.attempts,
-                size = checkpoint.size,
-                "audit checkpoints are signed again"
-            );
-            self.shared.resume();
-        }
-        Ok(())
+        self.append_checkpoint(&checkpoint, &note)
     }
 
     fn checkpoint_failed(&mut self, error: String) {
@@ -616,17 +740,30 @@ impl Writer {
         }
     }
 
-    /// Seals the active segment, starts the next one and checkpoints.
+    /// Seals the active segment, starts the next one and checkpoints. The segment is sealed
+    /// only once a checkpoint covers every record before the seal, so that a sealed segment
+    /// never holds records that no signed tree head covers (recovery could not move them aside).
     fn rotate(&mut self) -> Result<(), String> {
+        if self.unattested() > 0 {
+            self.checkpoint()?;
+            if self.unattested() > 0 {
+                // The key cannot sign; the rotation waits for it.
+                return Ok(());
+            }
+        }
         let name = segment_name(self.seg.no);
         let seal = AuditSegmentSeal {
             segment: name,
             first_seq: self.seg.first_seq.unwrap_or(self.tail.next_seq),
             records: self.seg.records + 1,
         };
-        self.commit(&[Msg::internal(&Record::from_event(&seal))?], true)?;
+        self.commit(
+            &[Msg::internal(&Record::from_event(&seal))?],
+            true,
+            Attest::No,
+        )?;
         let open = self.open_next_segment()?;
-        self.commit(&[open], true)?;
+        self.commit(&[open], true, Attest::No)?;
         self.checkpoint()
     }
 
@@ -699,16 +836,15 @@ impl Writer {
         {
             return self.rotate();
         }
-        let unattested = self.unattested();
-        let due = unattested >= self.settings.checkpoint_every_records
-            || (unattested > 0
-                && self.last_checkpoint_at.elapsed() >= self.settings.checkpoint_every);
+        let unpublished = self.tail.next_seq - self.published_records;
+        let due = unpublished >= self.settings.checkpoint_every_records
+            || (unpublished > 0 && self.published_at.elapsed() >= self.settings.checkpoint_every);
         let may_try = self
             .checkpoint_failure
             .as_ref()
             .is_none_or(|f| Instant::now() >= f.retry_at);
         if due && may_try {
-            return self.checkpoint();
+            return self.publish_latest();
         }
         Ok(())
     }
@@ -720,11 +856,11 @@ impl Writer {
         let mut next: Option<Duration> = None;
         if let Some(f) = &self.checkpoint_failure {
             next = Some(f.retry_at.saturating_duration_since(Instant::now()));
-        } else if self.unattested() > 0 {
+        } else if self.tail.next_seq > self.published_records {
             next = Some(
                 self.settings
                     .checkpoint_every
-                    .saturating_sub(self.last_checkpoint_at.elapsed()),
+                    .saturating_sub(self.published_at.elapsed()),
             );
         }
         if self.seg.content {
@@ -846,12 +982,26 @@ impl Writer {
                         .wait_for_expected(Instant::now() + self.settings.group_commit_wait);
                     stop = drain(&rx, &mut batch, stop, self.settings.max_batch);
                 }
-                let mut written = self.check_space().and_then(|()| self.commit(&batch, stop));
+                let attest = if batch.iter().any(|m| m.reply.is_some()) {
+                    Attest::Answers
+                } else {
+                    Attest::No
+                };
+                let committed = self
+                    .check_space()
+                    .and_then(|()| self.commit(&batch, stop, attest));
                 let receipts = std::mem::take(&mut self.receipts);
-                // At shutdown the last checkpoint covers audit.stop; the stop waiter hears
-                // about it only once the checkpoint is durable too.
+                let (mut written, refused) = match committed {
+                    Ok(refused) => (Ok(()), refused),
+                    Err(e) => (Err(e), None),
+                };
+                if let Some(e) = &refused {
+                    self.checkpoint_failed(e.clone());
+                }
+                // At shutdown the last checkpoint covers audit.stop and is published; the stop
+                // waiter hears about it only once the checkpoint is durable too.
                 if stop && written.is_ok() {
-                    written = self.checkpoint();
+                    written = self.publish_latest();
                     if let Some(f) = &self.checkpoint_failure {
                         tracing::error!(
                             error = %f.error,
@@ -872,10 +1022,15 @@ impl Writer {
                     .durable_records
                     .store(self.tail.next_seq, Ordering::SeqCst);
                 for (msg, receipt) in batch.drain(..).zip(receipts.iter()) {
-                    if let Some(reply) = msg.reply {
-                        // The waiter may have gone away; the record is written regardless.
-                        let _ = reply.send(Ok(*receipt));
-                    }
+                    let Some(reply) = msg.reply else { continue };
+                    // The waiter may have gone away; the record is written regardless.
+                    let _ = match &refused {
+                        Some(e) if !msg.stop => reply.send(Err(AuditError::Unavailable(format!(
+                            "the audit signing key cannot sign the checkpoint that must cover \
+                             this record before it is answered ({e}); the record was not written"
+                        )))),
+                        _ => reply.send(Ok(*receipt)),
+                    };
                 }
                 // Hand the buffer back so the next batch does not allocate.
                 self.receipts = receipts;

@@ -78,7 +78,8 @@ fn examples() -> Vec<Record> {
             offset: 10,
             bytes: 5,
             sha256: HASH.to_owned(),
-            saved_as: "recovered/torn-3-x.bin".to_owned(),
+            saved_as: "recovered/unattested-3-x.bin".to_owned(),
+            unattested_records: 2,
         }),
         Record::from_event(&AuthFailure {
             peer: Some("127.0.0.1:5000".to_owned()),
@@ -855,6 +856,7 @@ mod golden {
                 bytes: 77,
                 sha256: HASH.to_owned(),
                 saved_as: "recovered/torn-69-20261124T141721.860082Z.bin".to_owned(),
+                unattested_records: 0,
             },
             Record::new("audit.recover")
                 .field("segment", "segment-00000002.jsonl")

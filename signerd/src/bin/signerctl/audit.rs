@@ -45,6 +45,34 @@ pub(crate) enum AuditCmd {
         /// tree. May be repeated.
         #[arg(long = "checkpoint", value_name = "FILE")]
         checkpoints: Vec<PathBuf>,
+        /// A checkpoint verified before: the log must be consistent with it (still hold its
+        /// tree), and only the records appended since are checked in full.
+        #[arg(long, value_name = "FILE")]
+        since: Option<PathBuf>,
+        /// The log is being written: records after the last checkpoint are reported instead of
+        /// failing the verification.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Print an RFC 6962 consistency proof (JSON) from the checkpoint in file OLD to the one in
+    /// NEW (default: the log's latest), after checking both against the log.
+    Consistency {
+        /// The log directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The older checkpoint (a copy of the `checkpoint` file).
+        old: PathBuf,
+        /// The newer checkpoint; default: the latest in the log.
+        new: Option<PathBuf>,
+        #[command(flatten)]
+        key: PubkeyArgs,
+    },
+    /// Check a consistency proof printed by `consistency` (file, or `-` for stdin).
+    CheckConsistency {
+        /// The proof file.
+        file: PathBuf,
+        #[command(flatten)]
+        key: PubkeyArgs,
     },
     /// Print an inclusion proof (JSON) of record SEQ against the latest checkpoint.
     Prove {
@@ -268,9 +296,25 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
             dir,
             key,
             checkpoints,
+            since,
+            live,
         } => {
             let key = key.key()?;
-            blocking(move |out| commands::verify(&dir, key, &checkpoints, json_out, out)).await
+            let flags = commands::VerifyFlags { live, since };
+            blocking(move |out| commands::verify(&dir, key, &checkpoints, &flags, json_out, out))
+                .await
+        }
+        AuditCmd::Consistency { dir, old, new, key } => {
+            let key = key.key()?;
+            blocking(move |out| {
+                commands::consistency(&dir, &old, new.as_deref(), key.as_ref(), out)
+            })
+            .await
+        }
+        AuditCmd::CheckConsistency { file, key } => {
+            let key = key.key()?;
+            blocking(move |out| commands::check_consistency(&file, key.as_ref(), json_out, out))
+                .await
         }
         AuditCmd::Prove { dir, seq, key } => {
             let key = key.key()?;

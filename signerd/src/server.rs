@@ -191,22 +191,10 @@ impl Daemon {
                  records are on disk; this setting is for benchmarks only"
             );
         }
-        let audit = AuditLog::open(
-            &config.audit.dir,
-            AuditOptions::from_config(&config.audit, audit_key.signer),
-        )
-        .map_err(start("audit"))?;
-        // The audit log is the source of truth for spend: count exactly what was signed.
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        // It is the durable copy of every answer too: answers the state store lost in a crash
-        // (they are not flushed one by one) are restored before serving.
-        // The scan reads the log on a blocking thread and hands each final answer to this task,
-        // which asks the store (a store call may wait on the network) and restores the missing.
         // The state store belongs to one log: a log removed, replaced or cut back must not be
         // paired with the answers and the spend the store remembers. Which log it is, is
-        // checked before anything from it reaches the store; its length after the scan.
+        // checked before the log is opened (opening a missing directory starts a new log) and
+        // before anything from it reaches the store; its length after the scan.
         let first = crate::state::reconcile::first_record(&config.audit.dir)
             .map_err(start("reconciling from the audit log"))?;
         let identity = crate::state::LogBinding {
@@ -235,6 +223,19 @@ impl Daemon {
             }
             other => (other, None),
         };
+        let audit = AuditLog::open(
+            &config.audit.dir,
+            AuditOptions::from_config(&config.audit, audit_key.signer),
+        )
+        .map_err(start("audit"))?;
+        // The audit log is the source of truth for spend: count exactly what was signed.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        // It is the durable copy of every answer too: answers the state store lost in a crash
+        // (they are not flushed one by one) are restored before serving.
+        // The scan reads the log on a blocking thread and hands each final answer to this task,
+        // which asks the store (a store call may wait on the network) and restores the missing.
         let (answers, mut to_restore) = tokio::sync::mpsc::channel(256);
         let audit_dir = config.audit.dir.clone();
         let scan = tokio::task::spawn_blocking(move || {
@@ -286,8 +287,12 @@ impl Daemon {
                 "starting with a policy older than the audit log has loaded (--allow-policy-rollback)"
             );
         }
+        // A new log has its first record only now that it is open.
+        let first = crate::state::reconcile::first_record(&config.audit.dir)
+            .map_err(start("reconciling from the audit log"))?;
         let current = crate::state::LogBinding {
             records: scanned.records,
+            first_record: first.map(hex::encode).unwrap_or_default(),
             ..identity
         };
         // The same log, cut back below what the store has seen.

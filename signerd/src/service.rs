@@ -541,9 +541,9 @@ impl Signer {
         if !self.audit.is_healthy() {
             // The backend's error is in the daemon's log, not in answers to clients.
             return Err(ServiceError::Unavailable(if self.audit.is_paused() {
-                "audit checkpoints cannot be signed and audit.max_unattested_records records \
-                 wait for one; nothing was signed; signing resumes by itself once the audit \
-                 signing key signs again"
+                "audit checkpoints cannot be signed, and nothing is answered before one covers \
+                 it; nothing was signed; signing resumes by itself once the audit signing key \
+                 signs again"
                     .into()
             } else if let Some(took) = self.audit.stalled() {
                 format!(

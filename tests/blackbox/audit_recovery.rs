@@ -34,13 +34,20 @@ async fn torn_tails_are_cut_and_recorded_on_restart() {
     let lines = read_lines(&pristine.join(SEG));
     let last = full.len() - lines.last().unwrap().len() - 1;
     assert_eq!(record(lines.last().unwrap())["type"], "audit.checkpoint");
+    // What a crash leaves: a write after the last checkpoint that stopped part-way (here the
+    // bytes of a record line with the next seq).
+    let next = format!(
+        "{{\"v\":1,\"seq\":{},\"ts\":\"2026-01-01T00:00:00.000000Z\",\"type\":\"auth.failure\"}}\n",
+        lines.len()
+    );
+    let torn_full = [full.as_slice(), next.as_bytes()].concat();
+    let end = full.len();
 
-    // Cuts inside the last record (the final checkpoint): one byte in, half-way, and just the
-    // newline missing.
-    for cut in [last + 1, last + (full.len() - last) / 2, full.len() - 1] {
+    // Cuts inside that write: one byte in, half-way, and just the newline missing.
+    for cut in [end + 1, end + next.len() / 2, torn_full.len() - 1] {
         copy_tree(&pristine, &env.audit_dir());
         copy_tree(&pristine_state, &env.dir.join("state"));
-        std::fs::write(env.audit_dir().join(SEG), &full[..cut]).unwrap();
+        std::fs::write(env.audit_dir().join(SEG), &torn_full[..cut]).unwrap();
         let d = env.start();
         // A call first: it also makes sure the daemon serves (and handles SIGTERM) before
         // it is stopped.
@@ -50,26 +57,46 @@ async fn torn_tails_are_cut_and_recorded_on_restart() {
             .unwrap();
         assert!(d.stop().success(), "cut {cut}");
         let now = read_lines(&env.audit_dir().join(SEG));
-        assert_eq!(
-            &now[..lines.len() - 1],
-            &lines[..lines.len() - 1],
-            "cut {cut}"
-        );
-        let rec = record(&now[lines.len() - 1]);
+        assert_eq!(&now[..lines.len()], &lines[..], "cut {cut}");
+        let rec = record(&now[lines.len()]);
         assert_eq!(rec["type"], "audit.recover", "cut {cut}");
-        assert_eq!(rec["offset"], last as u64);
-        assert_eq!(rec["bytes"], (cut - last) as u64);
-        assert_eq!(rec["sha256"], hex::encode(Sha256::digest(&full[last..cut])));
+        assert_eq!(rec["offset"], end as u64);
+        assert_eq!(rec["bytes"], (cut - end) as u64);
+        assert!(rec.get("unattested_records").is_none(), "{rec}");
+        assert_eq!(
+            rec["sha256"],
+            hex::encode(Sha256::digest(&torn_full[end..cut]))
+        );
         let saved = env.audit_dir().join(rec["saved_as"].as_str().unwrap());
+        assert!(
+            rec["saved_as"]
+                .as_str()
+                .unwrap()
+                .starts_with("recovered/torn-")
+        );
         assert_eq!(
             std::fs::read(&saved).unwrap(),
-            &full[last..cut],
+            &torn_full[end..cut],
             "cut {cut}"
         );
-        assert_eq!(record(&now[lines.len()])["type"], "audit.start");
+        assert_eq!(record(&now[lines.len() + 1])["type"], "audit.start");
         let report = assert_verifies(&env.audit_dir(), &vkey);
         assert!(report.contains("1 crash recovery record(s)"), "{report}");
     }
+
+    // A cut inside the closing checkpoint, which the checkpoint file was published from:
+    // refused, as is a cut into audit.stop, which leaves fewer records than the file covers.
+    copy_tree(&pristine, &env.audit_dir());
+    copy_tree(&pristine_state, &env.dir.join("state"));
+    std::fs::write(env.audit_dir().join(SEG), &full[..last + 7]).unwrap();
+    let out = run_to_exit(env.run_command(), Duration::from_secs(60));
+    assert!(!out.status.success(), "started on a cut log: {out:?}");
+    assert!(
+        out.stderr
+            .contains("right before the audit.checkpoint record"),
+        "{}",
+        out.stderr
+    );
 
     // A cut into audit.stop leaves fewer records than the checkpoint file covers: refused.
     copy_tree(&pristine, &env.audit_dir());
@@ -160,6 +187,11 @@ async fn a_state_store_refuses_an_audit_log_that_is_not_its_own() {
             && out.stderr.contains("--rebind-state-to-log"),
         "{}",
         out.stderr
+    );
+    // Refused before the log was opened: no new log was started in its place.
+    assert!(
+        !env.audit_dir().exists(),
+        "a new audit directory was created"
     );
 
     // A shorter copy of its own log.

@@ -125,9 +125,14 @@ async fn verify_detects_each_kind_of_tampering() {
         l.insert(first_result + 1, copy);
     });
     assert_verify_fails(&dir, Some(&vkey), &[], "expected");
-    // Truncated at a record boundary: the chain of what is left is intact, but the
-    // checkpoint file covers more.
-    let dir = case("truncate", &|l| l.truncate(n - 4));
+    // Truncated right after an earlier checkpoint: the chain of what is left is intact and
+    // covered, but the checkpoint file covers more.
+    let covered_end = lines[..n - 3]
+        .iter()
+        .rposition(|l| record(l)["type"] == "audit.checkpoint")
+        .unwrap()
+        + 1;
+    let dir = case("truncate", &|l| l.truncate(covered_end));
     assert_verify_fails(&dir, Some(&vkey), &[], "but the checkpoint file covers");
     // ... and with the checkpoint file removed too, only a checkpoint kept elsewhere helps.
     std::fs::remove_file(dir.join("checkpoint")).unwrap();

@@ -11,6 +11,7 @@
 mod approvals;
 mod audit_crash;
 mod audit_example;
+mod audit_integrity;
 mod audit_key;
 mod audit_recovery;
 mod audit_support;

@@ -878,7 +878,8 @@ async fn checkpoint_key_outage_refuses_answers_and_pauses_at_the_unattested_limi
     let mut health = log.health();
     flaky.fail.store(true, Ordering::SeqCst);
     // Nobody hears of a record that no checkpoint covers: while the key fails, a record
-    // someone waits for is refused, and not written.
+    // someone waits for is refused, and not written; nothing can be answered, so the log
+    // pauses at once (health says so, and the service admits no new request).
     let err = log
         .append_durable(Record::new("x.refused"))
         .await
@@ -887,21 +888,29 @@ async fn checkpoint_key_outage_refuses_answers_and_pauses_at_the_unattested_limi
         matches!(&err, AuditError::Unavailable(m) if m.contains("cannot sign the checkpoint")),
         "{err}"
     );
-    // Records nobody waits for are written, up to the limit.
-    for i in 0..20u32 {
-        log.append(Record::new("x.n").field("i", i)).unwrap();
-    }
-    // The writer retries within a second; at 12 or more unattested records it pauses: the
-    // log reports itself unhealthy, so the service admits no new request.
     wait_health(&log, false).await;
     assert!(log.is_paused());
     assert!(!*health.borrow_and_update());
-    // The key is back: the next attempt checkpoints everything and the pause ends.
+    // Records nobody waits for (of requests admitted before) are still written.
+    for i in 0..20u32 {
+        log.append(Record::new("x.n").field("i", i)).unwrap();
+    }
+    // The key is back: the next attempt (within a second) checkpoints everything and the
+    // pause ends.
     flaky.fail.store(false, Ordering::SeqCst);
     wait_health(&log, true).await;
     assert!(!log.is_paused());
     assert!(*health.borrow_and_update());
     log.append_durable(Record::new("x.after")).await.unwrap();
+
+    // Records nobody waits for alone pause the log at the unattested limit.
+    flaky.fail.store(true, Ordering::SeqCst);
+    for i in 0..20u32 {
+        log.append(Record::new("x.m").field("i", i)).unwrap();
+    }
+    wait_health(&log, false).await;
+    flaky.fail.store(false, Ordering::SeqCst);
+    wait_health(&log, true).await;
     log.shutdown().await.unwrap();
 
     let t = types(dir.path());

@@ -694,14 +694,17 @@ impl Writer {
         let (checkpoint, note) = match self.sign_checkpoint() {
             Ok(signed) => signed,
             Err(e) => {
-                self.checkpoint_failed(e);
+                self.checkpoint_failed(e, false);
                 return Ok(());
             }
         };
         self.append_checkpoint(&checkpoint, &note)
     }
 
-    fn checkpoint_failed(&mut self, error: String) {
+    /// Notes a checkpoint that could not be signed. `answering`: it had to cover records that
+    /// someone waits for, who are refused; nothing can be answered until the key signs again,
+    /// so the log pauses at once (health says so), instead of at `max_unattested_records`.
+    fn checkpoint_failed(&mut self, error: String, answering: bool) {
         crate::metrics::checkpoint_failed();
         let unattested = self.unattested();
         let retry_at = Instant::now() + CHECKPOINT_RETRY;
@@ -719,8 +722,9 @@ impl Writer {
                     error = %error,
                     unattested,
                     limit = self.settings.max_unattested_records,
-                    "the audit checkpoint cannot be signed; records stay durable, and signing \
-                     stops if the unattested records reach audit.max_unattested_records"
+                    "the audit checkpoint cannot be signed: nothing is answered until it is; \
+                     records nobody waits for stay durable, and signing pauses if they reach \
+                     audit.max_unattested_records"
                 );
                 self.checkpoint_failure = Some(CheckpointFailure {
                     error: error.clone(),
@@ -729,12 +733,14 @@ impl Writer {
                 });
             }
         }
-        if unattested >= self.settings.max_unattested_records && !self.shared.is_paused() {
+        if (answering || unattested >= self.settings.max_unattested_records)
+            && !self.shared.is_paused()
+        {
             tracing::error!(
                 unattested,
                 limit = self.settings.max_unattested_records,
-                "signing is paused: too many audit records wait for a checkpoint; it resumes by \
-                 itself once the audit signing key signs again"
+                "signing is paused: the audit signing key cannot sign checkpoints, and nothing is \
+                 answered before one covers it; it resumes by itself once the key signs again"
             );
             self.shared.pause();
         }
@@ -843,7 +849,12 @@ impl Writer {
             .checkpoint_failure
             .as_ref()
             .is_none_or(|f| Instant::now() >= f.retry_at);
-        if due && may_try {
+        if self.checkpoint_failure.is_some() {
+            // While the key fails, a checkpoint is tried every second even with nothing new to
+            // cover: the pause ends only with a signed one.
+            return if may_try { self.checkpoint() } else { Ok(()) };
+        }
+        if due {
             return self.publish_latest();
         }
         Ok(())
@@ -996,7 +1007,7 @@ impl Writer {
                     Err(e) => (Err(e), None),
                 };
                 if let Some(e) = &refused {
-                    self.checkpoint_failed(e.clone());
+                    self.checkpoint_failed(e.clone(), true);
                 }
                 // At shutdown the last checkpoint covers audit.stop and is published; the stop
                 // waiter hears about it only once the checkpoint is durable too.

@@ -50,6 +50,10 @@ pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
 /// The leaf hash of the first record of the log in `dir` (`None` for an empty log): which
 /// log it is, read before anything else at start-up.
 pub fn first_record(dir: &Path) -> Result<Option<[u8; 32]>, String> {
+    if !dir.exists() {
+        // A new log: the directory is created when the log is opened.
+        return Ok(None);
+    }
     let Some(seg) = segments::list(dir)?.into_iter().next() else {
         return Ok(None);
     };

@@ -275,7 +275,15 @@ pub struct KeysConfig {
     pub pkcs11: Option<crate::keys::pkcs11::Pkcs11Config>,
     /// `[keys.vault]`, required when `backend = "vault"`.
     pub vault: Option<crate::keys::vault::config::VaultKeysConfig>,
+    /// Keys that may sign although they lack a protection (a PKCS#11 key that is extractable,
+    /// not sensitive or was once extractable; an exportable transit key), by key id. Every
+    /// other such key is refused; each use of the allowance is recorded (`key.allowance`).
+    #[serde(default)]
+    pub allow_weak_keys: Vec<String>,
 }
+
+/// Most entries of `keys.allow_weak_keys`.
+pub const MAX_ALLOW_WEAK_KEYS: usize = 1024;
 
 /// `[keys.soft]`: the encrypted software keystore.
 #[derive(Debug, Clone, Deserialize)]
@@ -549,6 +557,18 @@ impl Config {
                     "identity `{}`: another identity already matches {}",
                     ident.id, set[0]
                 ));
+            }
+        }
+        if self.keys.allow_weak_keys.len() > MAX_ALLOW_WEAK_KEYS {
+            return Err(format!(
+                "keys.allow_weak_keys: {} entries, at most {MAX_ALLOW_WEAK_KEYS}",
+                self.keys.allow_weak_keys.len()
+            ));
+        }
+        for (i, id) in self.keys.allow_weak_keys.iter().enumerate() {
+            crate::ids::KeyId::parse(id).map_err(|e| format!("keys.allow_weak_keys[{i}]: {e}"))?;
+            if self.keys.allow_weak_keys[..i].contains(id) {
+                return Err(format!("keys.allow_weak_keys: `{id}` is listed twice"));
             }
         }
         match self.keys.backend {

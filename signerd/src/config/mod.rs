@@ -1182,6 +1182,33 @@ dir = "audit"
         }
     }
 
+    /// `keys.allow_weak_keys` holds valid key ids, each once; it is empty by default.
+    #[test]
+    fn weak_keys_are_allowed_by_valid_id_only() {
+        let with = |list: &str| {
+            GOOD.replace(
+                "[keys]\nbackend = \"soft\"\n",
+                &format!("[keys]\nbackend = \"soft\"\nallow_weak_keys = {list}\n"),
+            )
+        };
+        let listed = |src: &str| match parse(src) {
+            Ok(c) => c.keys.allow_weak_keys,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(listed(GOOD).is_empty());
+        assert_eq!(listed(&with(r#"["legacy", "hot-2"]"#)), ["legacy", "hot-2"]);
+        for (list, want) in [
+            (r#"["a b"]"#, "keys.allow_weak_keys[0]: invalid key id"),
+            (r#"["x", "x"]"#, "keys.allow_weak_keys: `x` is listed twice"),
+        ] {
+            let e = parse(&with(list))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(want), "want {want:?}, got {e:?}");
+        }
+    }
+
     #[test]
     fn fingerprints_normalize() {
         let fp = "AB:".repeat(31) + "AB";

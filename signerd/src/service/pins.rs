@@ -321,3 +321,184 @@ impl Pins {
 fn version_text(version: Option<u32>) -> String {
     version.map_or_else(String::new, |v| format!(" version {v}"))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use std::sync::Arc;
+
+    use ed25519_dalek::Signer as _;
+
+    use super::*;
+    use crate::audit::{AuditOptions, CheckpointSigner};
+    use crate::keys::Algorithm;
+
+    struct TestSigner(ed25519_dalek::SigningKey);
+
+    impl CheckpointSigner for TestSigner {
+        fn name(&self) -> &str {
+            "pins-test"
+        }
+        fn public_key(&self) -> [u8; 32] {
+            self.0.verifying_key().to_bytes()
+        }
+        fn sign(&self, message: &[u8]) -> Result<[u8; 64], String> {
+            Ok(self.0.sign(message).to_bytes())
+        }
+    }
+
+    fn log(dir: &std::path::Path) -> AuditLog {
+        let opts = AuditOptions {
+            min_free_bytes: Some(0),
+            ..AuditOptions::new(Arc::new(TestSigner(ed25519_dalek::SigningKey::from_bytes(
+                &[9; 32],
+            ))))
+        };
+        AuditLog::open(dir, opts).unwrap()
+    }
+
+    fn info(id: &str, version: Option<u32>, public: u8) -> KeyInfo {
+        KeyInfo {
+            id: id.to_owned(),
+            algorithm: Algorithm::Ed25519,
+            backend: "vault",
+            public_key: vec![public; 32],
+            version,
+        }
+    }
+
+    fn transit(exportable: bool) -> Protection {
+        Protection::Transit {
+            name: "signerd-k".to_owned(),
+            key_type: "ed25519",
+            exportable,
+        }
+    }
+
+    fn records(dir: &std::path::Path, kind: &str) -> usize {
+        let needle = format!("\"type\":\"{kind}\"");
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("segment-"))
+            .map(|e| std::fs::read_to_string(e.path()).unwrap())
+            .map(|text| text.matches(&needle).count())
+            .sum()
+    }
+
+    fn refused(r: Result<u64, PinError>) -> Refused {
+        match r {
+            Err(PinError::Refused(r)) => r,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    /// A key is pinned once; another public key under its (id, version), a version below the
+    /// highest pinned one, and a weak key that is not allowed are refused; an allowed weak key
+    /// is pinned with its weaknesses and its allowance recorded once per run; a new run learns
+    /// the pins from the log and refuses the same keys.
+    #[tokio::test]
+    async fn pins_refuse_other_keys_lower_versions_and_weak_keys_across_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let audit = log(&dir);
+        let pins = Pins::default();
+        pins.learn(Vec::new(), &["weak".to_owned()]).unwrap();
+        let strong = transit(false);
+
+        let v1 = pins.check(&audit, &info("k", Some(1), 1), &strong).await;
+        let v1 = v1.unwrap();
+        let again = pins.check(&audit, &info("k", Some(1), 1), &strong).await;
+        assert_eq!(again.unwrap(), v1);
+        assert_eq!(records(&dir, "key.pin"), 1);
+
+        let other = refused(pins.check(&audit, &info("k", Some(1), 2), &strong).await);
+        assert_eq!((other.reason, other.pin), (Reason::PublicKey, Some(v1)));
+
+        let v3 = pins.check(&audit, &info("k", Some(3), 3), &strong).await;
+        let v3 = v3.unwrap();
+        let lower = refused(pins.check(&audit, &info("k", Some(2), 4), &strong).await);
+        assert_eq!((lower.reason, lower.pin), (Reason::Version, Some(v3)));
+        assert!(
+            lower.message.contains("below version 3"),
+            "{}",
+            lower.message
+        );
+
+        // Made exportable after it was pinned: refused from then on.
+        let exported = refused(
+            pins.check(&audit, &info("k", Some(3), 3), &transit(true))
+                .await,
+        );
+        assert_eq!((exported.reason, exported.pin), (Reason::Weak, Some(v3)));
+
+        // An allowed weak key: pinned with what it lacks, its allowance recorded once.
+        let weak = pins
+            .check(&audit, &info("weak", Some(1), 5), &transit(true))
+            .await;
+        let weak = weak.unwrap();
+        let weak_again = pins
+            .check(&audit, &info("weak", Some(1), 5), &transit(true))
+            .await;
+        assert_eq!(weak_again.unwrap(), weak);
+        assert_eq!(records(&dir, "key.allowance"), 1);
+        assert_eq!(records(&dir, "key.pin"), 3);
+        audit.shutdown().await.unwrap();
+        drop(audit);
+
+        // The next run learns the pins from the log.
+        let audit = log(&dir);
+        let scanned = crate::state::reconcile::scan(&dir, 0, &mut |_| Ok(())).unwrap();
+        let pins = Pins::default();
+        assert_eq!(pins.learn(scanned.pins, &[]).unwrap(), 3);
+        let other = refused(pins.check(&audit, &info("k", Some(3), 2), &strong).await);
+        assert_eq!((other.reason, other.pin), (Reason::PublicKey, Some(v3)));
+        let lower = refused(pins.check(&audit, &info("k", Some(2), 4), &strong).await);
+        assert_eq!(lower.reason, Reason::Version);
+        assert_eq!(
+            pins.check(&audit, &info("k", Some(3), 3), &strong)
+                .await
+                .unwrap(),
+            v3
+        );
+        // Not allowed in this run: refused although it is pinned.
+        let weak_now = refused(
+            pins.check(&audit, &info("weak", Some(1), 5), &transit(true))
+                .await,
+        );
+        assert_eq!((weak_now.reason, weak_now.pin), (Reason::Weak, Some(weak)));
+        assert_eq!(records(&dir, "key.pin"), 3);
+    }
+
+    /// What the token does not report counts as its unsafe value.
+    #[test]
+    fn unreported_token_attributes_are_weaknesses() {
+        let token = |s, e, n| Protection::Token {
+            serial: "1".to_owned(),
+            ckid: vec![1],
+            sensitive: s,
+            extractable: e,
+            never_extractable: n,
+        };
+        assert!(
+            token(Some(true), Some(false), Some(true))
+                .weaknesses()
+                .is_empty()
+        );
+        assert_eq!(
+            token(None, None, None).weaknesses(),
+            ["not_sensitive", "extractable", "was_extractable"]
+        );
+        let checked = token(None, None, None).checked();
+        assert_eq!(
+            (
+                checked.sensitive,
+                checked.extractable,
+                checked.never_extractable
+            ),
+            (Some(false), Some(true), Some(false))
+        );
+        assert!(Protection::Soft.weaknesses().is_empty());
+        assert_eq!(transit(true).weaknesses(), ["exportable"]);
+    }
+}

@@ -185,4 +185,6 @@ async fn soft_keys_are_pinned_results_name_the_pin_and_a_replaced_key_is_refused
         "{after}"
     );
     assert!(d.stop().success());
+    // The log with its pins, allowances and refusals verifies.
+    crate::audit_support::assert_verifies(&env.audit_dir(), &crate::audit_support::vkey(&env));
 }

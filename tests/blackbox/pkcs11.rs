@@ -920,4 +920,5 @@ async fn pkcs11_extractable_key_is_refused_unless_allowed_and_a_replaced_key_aga
     assert_eq!(r["pin"], weak_pins[0]["seq"]);
     assert!(allowances[0]["seq"].as_u64() < r["seq"].as_u64());
     assert!(d.stop().success());
+    crate::audit_support::assert_verifies(&env.audit_dir(), &crate::audit_support::vkey(&env));
 }

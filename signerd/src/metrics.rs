@@ -25,6 +25,8 @@
 //! | `signerd_sign_request_watches` | gauge | |
 //! | `signerd_policy_serial` | gauge | |
 //! | `signerd_policy_info` | gauge (1) | `hash` |
+//! | `signerd_key_pin_mismatch_total` | counter | `reason` (`public_key`, `version`) |
+//! | `signerd_key_weak_refused_total` | counter | |
 
 use std::net::SocketAddr;
 use std::sync::OnceLock;
@@ -121,6 +123,19 @@ fn describe() {
         "signerd_audit_checkpoint_failures_total",
         "Checkpoints the audit signing key could not sign (retried every second)"
     );
+    describe_counter!(
+        "signerd_key_pin_mismatch_total",
+        "Signatures refused because the key differs from its pin in the audit log: another public key (public_key), or a version below the highest pinned (version)"
+    );
+    describe_counter!(
+        "signerd_key_weak_refused_total",
+        "Signatures refused because the key lacks a protection (extractable, not sensitive, exportable) and keys.allow_weak_keys does not name it"
+    );
+    // Shown from the start, so that an alert on any increase has a series to watch.
+    for reason in ["public_key", "version"] {
+        metrics::counter!("signerd_key_pin_mismatch_total", "reason" => reason).absolute(0);
+    }
+    metrics::counter!("signerd_key_weak_refused_total").absolute(0);
     describe_gauge!(
         "signerd_pending_approvals",
         "Signing requests waiting for approval"
@@ -237,6 +252,16 @@ pub fn checkpoint_written() {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     metrics::gauge!("signerd_audit_last_checkpoint_timestamp_seconds").set(now);
+}
+
+/// A key was refused before it signed: `reason` is `public_key` or `version` (it differs from
+/// its pin) or `weak`.
+pub fn key_refused(reason: &'static str) {
+    if reason == "weak" {
+        metrics::counter!("signerd_key_weak_refused_total").increment(1);
+    } else {
+        metrics::counter!("signerd_key_pin_mismatch_total", "reason" => reason).increment(1);
+    }
 }
 
 /// The audit signing key could not sign a checkpoint.

@@ -353,6 +353,11 @@ impl Daemon {
         signer
             .record_startup_policy(rollback.is_some())
             .map_err(start("audit"))?;
+        // Keys pinned in the log: every key must match its pin before it signs.
+        let pinned = signer
+            .learn_pins(scanned.pins, &config.keys.allow_weak_keys)
+            .map_err(start("reconciling from the audit log"))?;
+        tracing::info!(pins = pinned, "key pins learned from the audit log");
         if let Some(previous) = rebind {
             tracing::warn!(
                 previous_origin = %previous.origin,

@@ -29,6 +29,7 @@ use crate::request::{
 use crate::state::{StateStore, StoredOutcome, StoredRequest};
 
 mod approvals;
+mod pins;
 #[cfg(test)]
 mod pipeline_tests;
 pub use approvals::VoteRequest;
@@ -209,6 +210,8 @@ pub struct Signer {
     /// Where the approval sweep, approved signings and watch streams run: tracked, and
     /// stopped on shutdown before the audit log closes.
     background: crate::tasks::Background,
+    /// The public key of each (key, version) as first served, from the audit log.
+    pins: pins::Pins,
 }
 
 /// A request whose encoding is larger than this, and every typed-data request, is prepared
@@ -250,7 +253,19 @@ impl Signer {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             )),
             background,
+            pins: pins::Pins::default(),
         }
+    }
+
+    /// Installs the key pins the audit log holds (`(seq, key.pin record)`, in log order) and
+    /// the keys that may sign although they are weak (`keys.allow_weak_keys`). Called once at
+    /// start, before serving. Returns how many pins were learned.
+    pub fn learn_pins(
+        &self,
+        pins: Vec<(u64, events::KeyPin)>,
+        allow_weak_keys: &[String],
+    ) -> Result<usize, String> {
+        self.pins.learn(pins, allow_weak_keys)
     }
 
     /// Probes the state store (a small durable write); false once a probe
@@ -751,22 +766,43 @@ impl Signer {
         let signed = match self.keys.failure() {
             // Known to be down: refused at once rather than after the backend's timeout. The
             // backend's own health check finds it back, and then requests reach it again.
-            Some(e) => Err(e),
+            Some(e) => Err(Unsigned::Backend(e)),
             None => self.sign_prepared(prepared).await,
         };
         crate::metrics::stage("backend", t.elapsed());
-        let signature = match signed {
-            Ok(sig) => sig,
-            Err(e) => {
+        let (signature, pin) = match signed {
+            Ok(signed) => signed,
+            Err(Unsigned::Backend(e)) => {
                 drop(expected);
                 let msg = e.to_string();
                 self.record_unsigned(caller, prepared, &msg).await;
                 tracing::warn!(error = %msg, "backend failed");
                 return Err(e.into());
             }
+            Err(Unsigned::Pin(pins::PinError::Audit(e))) => {
+                drop(expected);
+                tracing::error!(error = %e, "cannot record the key's pin; nothing was signed");
+                return Err(unavailable(e));
+            }
+            Err(Unsigned::Pin(pins::PinError::Refused(refused))) => {
+                drop(expected);
+                crate::metrics::key_refused(refused.reason.as_str());
+                tracing::error!(error = %refused.message, "key refused");
+                let rec = events::SignResult {
+                    req_id: Some(prepared.request_id.as_str().to_owned()),
+                    client: Some(caller.identity.id.clone()),
+                    outcome: Outcome::KeyRefused {
+                        pin: refused.pin,
+                        message: refused.message.clone(),
+                    },
+                };
+                self.audit.append_durable(rec).await.map_err(unavailable)?;
+                return Err(ServiceError::Unavailable(refused.message));
+            }
         };
 
-        let ((signature, tx), result_rec) = match build_response(caller, prepared, &signature) {
+        let ((signature, tx), result_rec) = match build_response(caller, prepared, &signature, pin)
+        {
             Ok(built) => built,
             Err(e) => {
                 drop(expected);
@@ -984,24 +1020,33 @@ impl Signer {
     /// Signs with exactly the key the request was prepared for: a key that changed under its
     /// id since (Vault transit rotation) is refused, so the audit record names the key that
     /// signed.
-    async fn sign_prepared(&self, p: &Prepared) -> Result<RawSignature, KeyError> {
+    ///
+    /// The key must match its pin in the audit log ([`pins`]); the first signature of a
+    /// (key, version) pins it. Returns the signature and the `seq` of the pin.
+    async fn sign_prepared(&self, p: &Prepared) -> Result<(RawSignature, u64), Unsigned> {
         let key = self
             .keys
             .handle(&p.key.id)
-            .ok_or_else(|| KeyError::NotFound(p.key.id.clone()))?;
+            .ok_or_else(|| Unsigned::Backend(KeyError::NotFound(p.key.id.clone())))?;
         if *key.info() != p.key {
-            return Err(KeyError::Unavailable(format!(
+            return Err(Unsigned::Backend(KeyError::Unavailable(format!(
                 "key `{}` changed (now version {:?}) while the request was prepared for version \
                  {:?}; retry to sign with the key as it is now",
                 p.key.id,
                 key.info().version,
                 p.key.version
-            )));
+            ))));
         }
-        match p.payload {
+        let pin = self
+            .pins
+            .check(&self.audit, key.info(), key.protection())
+            .await
+            .map_err(Unsigned::Pin)?;
+        let signed = match p.payload {
             PayloadKind::Ed25519Digest => key.sign(Payload::Message(&p.commitment)).await,
             _ => key.sign(Payload::Prehash(&p.commitment)).await,
-        }
+        };
+        signed.map(|sig| (sig, pin)).map_err(Unsigned::Backend)
     }
 
     /// Releases the reservations of a request that ended unsigned (the caller holds its lock).
@@ -1409,6 +1454,14 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Why an allowed request was not signed by its key.
+enum Unsigned {
+    /// The key backend failed or the key changed.
+    Backend(KeyError),
+    /// The key differs from its pin, or is weak, or its pin could not be recorded.
+    Pin(pins::PinError),
+}
+
 /// The signature as answered, the signed transaction (for transactions), and the
 /// `sign.result` record.
 type Built = ((SignatureParts, Option<evm::SignedTx>), events::SignResult);
@@ -1418,6 +1471,7 @@ fn build_response(
     caller: &Caller,
     p: &Prepared,
     sig: &RawSignature,
+    pin: u64,
 ) -> Result<Built, ServiceError> {
     let mut out = SignatureParts::default();
     let mut tx_fields = None;
@@ -1458,6 +1512,8 @@ fn build_response(
             },
             // Versioned keys (Vault transit): which version signed, so rotation is auditable.
             key_version: p.key.version.map(u64::from),
+            // The key.pin record whose public key verifies this signature.
+            pin: Some(pin),
         },
     };
     Ok(((out, tx_fields), rec))

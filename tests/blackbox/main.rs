@@ -21,6 +21,7 @@ mod bypasses;
 mod dev;
 mod failclosed;
 mod idempotency;
+mod key_pins;
 mod limits;
 mod metrics;
 mod mtls;

@@ -1119,3 +1119,198 @@ async fn the_documented_vault_policy_is_enough_and_no_more() {
         }
     }
 }
+
+/// Deletes transit key `name` and creates it again (a new key, version 1), then rotates it
+/// `rotations` times.
+fn recreate_transit_key(bao: &Bao, name: &str, key_type: &str, rotations: usize) {
+    bao.cli(&[
+        "write",
+        &format!("transit/keys/{name}/config"),
+        "deletion_allowed=true",
+    ]);
+    bao.cli(&["delete", &format!("transit/keys/{name}")]);
+    bao.cli(&[
+        "write",
+        &format!("transit/keys/{name}"),
+        &format!("type={key_type}"),
+    ]);
+    for _ in 0..rotations {
+        bao.cli(&["write", "-f", &format!("transit/keys/{name}/rotate")]);
+    }
+}
+
+/// Polls GetKey until key `id` is at `version` with a public key other than `not`.
+async fn wait_key(c: &mut SignerClient<Channel>, id: &str, version: u32, not: &[u8]) -> v1::Key {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let k = get_key(c, id).await;
+        if k.version == version && k.public_key != not {
+            return k;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: GetKey still shows version {}",
+            k.version
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A transit key deleted and created again under the same name (a new public key at version
+/// 1), and one rolled back below its highest pinned version (deleted, created again with fewer
+/// versions), are refused against their pins in the audit log, before and after a restart of
+/// signerd; an exportable transit key is refused until the operator allows it by name, and
+/// the allowance is recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vault_keys_recreated_rolled_back_or_exportable_are_refused_against_their_pins() {
+    let env = TestEnv::new("vault-pins");
+    let bao = Bao::start(&env.dir);
+    write_token(&env, ROOT_TOKEN);
+    use_vault(&env, &bao, "token_file = \"vault.token\"");
+    write_file(
+        &env.dir.join("policy.toml"),
+        VAULT_POLICY
+            .replace(
+                "keys = [\"ved\", \"vp256\", \"vevm\"]",
+                "keys = [\"ved\", \"vp256\", \"vevm\", \"vexp\"]",
+            )
+            .as_bytes(),
+        0o644,
+    );
+    generate(&env, VED, "ed25519");
+    generate(&env, VP256, "p256");
+    bao.cli(&[
+        "write",
+        "transit/keys/signerd-vexp",
+        "type=ed25519",
+        "exportable=true",
+    ]);
+
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    let kp = get_key(&mut c, VP256).await;
+    sign_and_verify(&mut c, "p256-v1", &kp, b"first").await;
+    // ved signs at version 1, then at version 3.
+    let ked = get_key(&mut c, VED).await;
+    sign_and_verify(&mut c, "ed-v1", &ked, b"first").await;
+    bao.cli(&["write", "-f", "transit/keys/signerd-ved/rotate"]);
+    bao.cli(&["write", "-f", "transit/keys/signerd-ved/rotate"]);
+    let ked3 = wait_key(&mut c, VED, 3, &ked.public_key).await;
+    sign_and_verify(&mut c, "ed-v3", &ked3, b"third").await;
+    // The exportable key is refused, and not pinned.
+    let st = refused(
+        "exportable",
+        c.sign_digest(digest_req("exp-1", "vexp", &[1; 32])).await,
+    );
+    assert_status("exportable", &st, Code::Unavailable, "exportable");
+    assert!(st.message().contains("keys.allow_weak_keys"), "{st:?}");
+
+    let audit = env.wait_audit(|a| a.results("exp-1").len() == 1);
+    assert_eq!(audit.results("exp-1"), ["key_refused"]);
+    assert!(crate::key_pins::pins_of(&audit, "vexp").is_empty());
+    let p256_pins = crate::key_pins::pins_of(&audit, VP256);
+    assert_eq!(p256_pins.len(), 1, "{p256_pins:?}");
+    assert_eq!(p256_pins[0]["version"], 1);
+    assert_eq!(
+        p256_pins[0]["public_key"],
+        format!("0x{}", hex::encode(&kp.public_key))
+    );
+    assert_eq!(
+        p256_pins[0]["checked"],
+        serde_json::json!({"exportable": false, "key_type": "ecdsa-p256", "transit_key": "signerd-vp256"})
+    );
+    assert_eq!(p256_pins[0]["weak"], serde_json::json!([]));
+    let ed_pins = crate::key_pins::pins_of(&audit, VED);
+    let versions: Vec<Option<u64>> = ed_pins.iter().map(|p| p["version"].as_u64()).collect();
+    assert_eq!(versions, [Some(1), Some(3)], "{ed_pins:?}");
+    let ed3_pin = ed_pins[1]["seq"].as_u64().unwrap();
+    assert_eq!(
+        ed_pins[1]["public_key"],
+        format!("0x{}", hex::encode(&ked3.public_key))
+    );
+    let r = crate::key_pins::result_of(&audit, "ed-v3");
+    assert_eq!(r["pin"].as_u64(), Some(ed3_pin), "{r}");
+    assert_eq!(r["key_version"], 3);
+    let p256_pin = p256_pins[0]["seq"].as_u64().unwrap();
+    assert_eq!(
+        crate::key_pins::result_of(&audit, "p256-v1")["pin"].as_u64(),
+        Some(p256_pin)
+    );
+
+    // vp256 deleted and created again: version 1 again, another public key.
+    recreate_transit_key(&bao, "signerd-vp256", "ecdsa-p256", 0);
+    let swapped = wait_key(&mut c, VP256, 1, &kp.public_key).await;
+    assert_ne!(swapped.public_key, kp.public_key);
+    // ved deleted and created again with two versions: below the pinned version 3.
+    recreate_transit_key(&bao, "signerd-ved", "ed25519", 1);
+    wait_key(&mut c, VED, 2, &ked3.public_key).await;
+    let digest: [u8; 32] = Sha256::digest(b"swapped").into();
+    let st = refused(
+        "recreated p256",
+        c.sign_digest(digest_req("p256-swapped", VP256, &digest))
+            .await,
+    );
+    assert_status("recreated p256", &st, Code::Unavailable, "pins");
+    let st = refused(
+        "rolled back ed25519",
+        c.sign_digest(digest_req("ed-rolled-back", VED, &digest))
+            .await,
+    );
+    assert_status(
+        "rolled back ed25519",
+        &st,
+        Code::Unavailable,
+        &format!("below version 3 pinned in the audit log at seq {ed3_pin}"),
+    );
+    assert!(d.stop().success());
+
+    // A restart learns the pins from the log: both are still refused. The exportable key is
+    // allowed by name now, pinned with what it lacks, and its allowance recorded.
+    let path = env.config_path();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "backend = \"vault\"\n",
+        "backend = \"vault\"\nallow_weak_keys = [\"vexp\"]\n",
+    );
+    write_file(&path, text.as_bytes(), 0o600);
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    for (req, key) in [("p256-after", VP256), ("ed-after", VED)] {
+        let st = refused(req, c.sign_digest(digest_req(req, key, &digest)).await);
+        assert_eq!(st.code(), Code::Unavailable, "{req}: {st:?}");
+    }
+    let kexp = get_key(&mut c, "vexp").await;
+    c.sign_digest(digest_req("exp-2", "vexp", &digest))
+        .await
+        .unwrap();
+    let audit = env.wait_audit(|a| a.results("exp-2").len() == 1);
+    for req in ["p256-swapped", "p256-after"] {
+        let r = crate::key_pins::result_of(&audit, req);
+        assert_eq!(r["status"], "key_refused", "{r}");
+        assert_eq!(r["pin"].as_u64(), Some(p256_pin), "{r}");
+    }
+    for req in ["ed-rolled-back", "ed-after"] {
+        let r = crate::key_pins::result_of(&audit, req);
+        assert_eq!(r["status"], "key_refused", "{r}");
+        assert_eq!(r["pin"].as_u64(), Some(ed3_pin), "{r}");
+    }
+    // Neither substitute was ever pinned.
+    assert_eq!(crate::key_pins::pins_of(&audit, VP256).len(), 1);
+    assert_eq!(crate::key_pins::pins_of(&audit, VED).len(), 2);
+    let exp_pins = crate::key_pins::pins_of(&audit, "vexp");
+    assert_eq!(exp_pins.len(), 1, "{exp_pins:?}");
+    assert_eq!(exp_pins[0]["weak"], serde_json::json!(["exportable"]));
+    assert_eq!(exp_pins[0]["checked"]["exportable"], true);
+    assert_eq!(
+        exp_pins[0]["public_key"],
+        format!("0x{}", hex::encode(&kexp.public_key))
+    );
+    let allowances = audit.of_type("key.allowance");
+    assert_eq!(allowances.len(), 1, "{allowances:?}");
+    assert_eq!(allowances[0]["key"], "vexp");
+    assert_eq!(allowances[0]["pin"], exp_pins[0]["seq"]);
+    assert_eq!(allowances[0]["setting"], "keys.allow_weak_keys");
+    let r = crate::key_pins::result_of(&audit, "exp-2");
+    assert!(allowances[0]["seq"].as_u64() < r["seq"].as_u64());
+    assert_eq!(r["pin"], exp_pins[0]["seq"]);
+    assert!(d.stop().success());
+}

@@ -768,6 +768,8 @@ impl Checker {
             | Kind::PolicyLoad
             | Kind::PolicyRefused
             | Kind::StateRebind
+            | Kind::KeyPin
+            | Kind::KeyAllowance
             | Kind::SignDryRun
             | Kind::ApprovalRequest
             | Kind::ApprovalExpire => {}

@@ -95,6 +95,10 @@ closed_set! {
         PolicyRefused = "policy.refused",
         /// [`StateRebind`].
         StateRebind = "state.rebind",
+        /// [`KeyPin`].
+        KeyPin = "key.pin",
+        /// [`KeyAllowance`].
+        KeyAllowance = "key.allowance",
         /// [`SignRequest`].
         SignRequest = "sign.request",
         /// [`SignDecision`].
@@ -180,6 +184,8 @@ closed_set! {
         BackendError = "backend_error",
         /// Written by crash recovery for an allowed request without a durable result.
         UnknownCrash = "unknown_crash",
+        /// The key differs from its pin, or lacks a protection, and was not used.
+        KeyRefused = "key_refused",
     }
 }
 
@@ -224,6 +230,8 @@ event! {
     PolicyLoad => PolicyLoad,
     PolicyRefused => PolicyRefused,
     StateRebind => StateRebind,
+    KeyPin => KeyPin,
+    KeyAllowance => KeyAllowance,
     SignRequest => SignRequest,
     SignDecision => SignDecision,
     SignDryRun => SignDryRun,
@@ -429,6 +437,77 @@ pub struct StateRebind {
     pub records: u64,
 }
 
+/// What signerd checked about a key when it pinned it (`checked` of `key.pin`): the members
+/// its backend has, in alphabetical order; the others are absent.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyChecked {
+    /// PKCS#11: the private key's `CKA_ID`, lowercase hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ckid: Option<String>,
+    /// Vault transit: the key's `exportable` setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exportable: Option<bool>,
+    /// PKCS#11: `CKA_EXTRACTABLE` (one the token does not report counts as `true`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extractable: Option<bool>,
+    /// Vault transit: the key's `type` (`ed25519`, `ecdsa-p256`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_type: Option<String>,
+    /// PKCS#11: `CKA_NEVER_EXTRACTABLE` (one the token does not report counts as
+    /// `false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub never_extractable: Option<bool>,
+    /// PKCS#11: `CKA_SENSITIVE` (one the token does not report counts as `false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitive: Option<bool>,
+    /// PKCS#11: the token's serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_serial: Option<String>,
+    /// Vault transit: the transit key's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transit_key: Option<String>,
+    /// Vault, transit-wrapped keys: the transit key that wraps the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wrapping_key: Option<String>,
+}
+
+/// `key.pin`: the first time signerd served a (key, version), before its first signature:
+/// the public key every later use of that (key, version) must have.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPin {
+    /// The key id.
+    pub key: String,
+    /// Keys with versions (Vault transit): the version; `null` for every other key.
+    pub version: Option<u64>,
+    /// `secp256k1`, `ed25519` or `p256`.
+    pub algorithm: String,
+    /// `soft`, `pkcs11` or `vault`.
+    pub backend: String,
+    /// The public key, `0x`-hex (33-byte compressed SEC1 for ECDSA, 32 bytes for Ed25519).
+    pub public_key: String,
+    /// What was checked about the key in its backend.
+    pub checked: KeyChecked,
+    /// The protections the key lacks (empty for a key that has them all).
+    pub weak: Vec<String>,
+}
+
+/// `key.allowance`: a key that lacks a protection was served because the operator allows it
+/// by name (`keys.allow_weak_keys`); written once per run and (key, version), before its
+/// first signature of the run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyAllowance {
+    /// The key id.
+    pub key: String,
+    /// As in `key.pin`.
+    pub version: Option<u64>,
+    /// The `seq` of the key's `key.pin` record.
+    pub pin: u64,
+    /// The protections it lacks, as in `key.pin`.
+    pub weak: Vec<String>,
+    /// The configuration setting that allows it: `keys.allow_weak_keys`.
+    pub setting: String,
+}
+
 /// `sign.request`: a signing call from an authenticated client.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignRequest {
@@ -556,6 +635,10 @@ pub enum Outcome {
         /// Keys with versions only (Vault transit): the version that signed.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         key_version: Option<u64>,
+        /// The `seq` of the `key.pin` record of the key (and version) that signed, whose
+        /// `public_key` verifies the signature (absent from records of earlier releases).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pin: Option<u64>,
     },
     /// Denied by policy.
     Denied {
@@ -602,6 +685,15 @@ pub enum Outcome {
         /// What it means.
         message: String,
     },
+    /// Allowed, but the key was refused before it signed: its public key differs from its
+    /// pin, its version is below the highest pinned one, or it lacks a protection the
+    /// operator did not waive.
+    KeyRefused {
+        /// The `seq` of the `key.pin` record the key was checked against, or `null`.
+        pin: Option<u64>,
+        /// Why.
+        message: String,
+    },
 }
 
 impl Outcome {
@@ -617,6 +709,7 @@ impl Outcome {
             Outcome::Unavailable { .. } => Status::Unavailable,
             Outcome::BackendError { .. } => Status::BackendError,
             Outcome::UnknownCrash { .. } => Status::UnknownCrash,
+            Outcome::KeyRefused { .. } => Status::KeyRefused,
         }
     }
 }

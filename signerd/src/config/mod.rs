@@ -275,7 +275,15 @@ pub struct KeysConfig {
     pub pkcs11: Option<crate::keys::pkcs11::Pkcs11Config>,
     /// `[keys.vault]`, required when `backend = "vault"`.
     pub vault: Option<crate::keys::vault::config::VaultKeysConfig>,
+    /// Keys that may sign although they lack a protection (a PKCS#11 key that is extractable,
+    /// not sensitive or was once extractable; an exportable transit key), by key id. Every
+    /// other such key is refused; each use of the allowance is recorded (`key.allowance`).
+    #[serde(default)]
+    pub allow_weak_keys: Vec<String>,
 }
+
+/// Most entries of `keys.allow_weak_keys`.
+pub const MAX_ALLOW_WEAK_KEYS: usize = 1024;
 
 /// `[keys.soft]`: the encrypted software keystore.
 #[derive(Debug, Clone, Deserialize)]
@@ -549,6 +557,18 @@ impl Config {
                     "identity `{}`: another identity already matches {}",
                     ident.id, set[0]
                 ));
+            }
+        }
+        if self.keys.allow_weak_keys.len() > MAX_ALLOW_WEAK_KEYS {
+            return Err(format!(
+                "keys.allow_weak_keys: {} entries, at most {MAX_ALLOW_WEAK_KEYS}",
+                self.keys.allow_weak_keys.len()
+            ));
+        }
+        for (i, id) in self.keys.allow_weak_keys.iter().enumerate() {
+            crate::ids::KeyId::parse(id).map_err(|e| format!("keys.allow_weak_keys[{i}]: {e}"))?;
+            if self.keys.allow_weak_keys[..i].contains(id) {
+                return Err(format!("keys.allow_weak_keys: `{id}` is listed twice"));
             }
         }
         match self.keys.backend {
@@ -1155,6 +1175,33 @@ dir = "audit"
             ),
         ] {
             let e = parse(&with(extra))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(e.contains(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    /// `keys.allow_weak_keys` holds valid key ids, each once; it is empty by default.
+    #[test]
+    fn weak_keys_are_allowed_by_valid_id_only() {
+        let with = |list: &str| {
+            GOOD.replace(
+                "[keys]\nbackend = \"soft\"\n",
+                &format!("[keys]\nbackend = \"soft\"\nallow_weak_keys = {list}\n"),
+            )
+        };
+        let listed = |src: &str| match parse(src) {
+            Ok(c) => c.keys.allow_weak_keys,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(listed(GOOD).is_empty());
+        assert_eq!(listed(&with(r#"["legacy", "hot-2"]"#)), ["legacy", "hot-2"]);
+        for (list, want) in [
+            (r#"["a b"]"#, "keys.allow_weak_keys[0]: invalid key id"),
+            (r#"["x", "x"]"#, "keys.allow_weak_keys: `x` is listed twice"),
+        ] {
+            let e = parse(&with(list))
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default();

@@ -68,6 +68,10 @@ impl KeyHandle for FaultyHandle {
         self.inner.info()
     }
 
+    fn protection(&self) -> &super::Protection {
+        self.inner.protection()
+    }
+
     async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
         let fault = self
             .state

@@ -85,6 +85,117 @@ pub struct KeyInfo {
     pub version: Option<u32>,
 }
 
+/// How a backend protects one key, as read from the backend: what its `key.pin` record
+/// lists as `checked`, and what decides whether the key is weak ([`Protection::weaknesses`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Protection {
+    /// A key of the soft keystore: nothing to read beyond the public key.
+    Soft,
+    /// A private key object in a PKCS#11 token. An attribute the token does not report is
+    /// `None` and counts as its unsafe value.
+    Token {
+        /// The token's serial number.
+        serial: String,
+        /// The private key's `CKA_ID`.
+        ckid: Vec<u8>,
+        /// `CKA_SENSITIVE`.
+        sensitive: Option<bool>,
+        /// `CKA_EXTRACTABLE`.
+        extractable: Option<bool>,
+        /// `CKA_NEVER_EXTRACTABLE`.
+        never_extractable: Option<bool>,
+    },
+    /// A Vault transit signing key.
+    Transit {
+        /// The transit key's name.
+        name: String,
+        /// Transit's `type` (`ed25519`, `ecdsa-p256`).
+        key_type: &'static str,
+        /// Transit's `exportable`.
+        exportable: bool,
+    },
+    /// A transit-wrapped secp256k1 key (see [`vault`]).
+    Wrapped {
+        /// The transit key that wraps it.
+        wrapping_key: String,
+    },
+}
+
+/// The soft backend's protection, for handles that return a reference.
+pub(crate) static SOFT: Protection = Protection::Soft;
+
+impl Protection {
+    /// The protections the key lacks, in the words of `key.pin`'s `weak`: `not_sensitive`,
+    /// `extractable`, `was_extractable` (PKCS#11) and `exportable` (Vault transit). Empty for
+    /// a key that has them all.
+    pub fn weaknesses(&self) -> Vec<&'static str> {
+        let mut weak = Vec::new();
+        match self {
+            Protection::Token {
+                sensitive,
+                extractable,
+                never_extractable,
+                ..
+            } => {
+                if *sensitive != Some(true) {
+                    weak.push("not_sensitive");
+                }
+                if *extractable != Some(false) {
+                    weak.push("extractable");
+                }
+                if *never_extractable != Some(true) {
+                    weak.push("was_extractable");
+                }
+            }
+            Protection::Transit { exportable, .. } => {
+                if *exportable {
+                    weak.push("exportable");
+                }
+            }
+            Protection::Soft | Protection::Wrapped { .. } => {}
+        }
+        weak
+    }
+
+    /// What a `key.pin` record says was checked.
+    pub fn checked(&self) -> crate::audit::events::KeyChecked {
+        use crate::audit::events::KeyChecked;
+        match self {
+            Protection::Soft => KeyChecked::default(),
+            Protection::Token {
+                serial,
+                ckid,
+                sensitive,
+                extractable,
+                never_extractable,
+            } => KeyChecked {
+                ckid: Some(hex::encode(ckid)),
+                // What the token does not report is written as its unsafe value.
+                extractable: Some(extractable.unwrap_or(true)),
+                never_extractable: Some(never_extractable.unwrap_or(false)),
+                sensitive: Some(sensitive.unwrap_or(false)),
+                token_serial: Some(serial.clone()),
+                ..KeyChecked::default()
+            },
+            Protection::Transit {
+                name,
+                key_type,
+                exportable,
+            } => KeyChecked {
+                exportable: Some(*exportable),
+                key_type: Some((*key_type).to_owned()),
+                transit_key: Some(name.clone()),
+                ..KeyChecked::default()
+            },
+            Protection::Wrapped { wrapping_key } => KeyChecked {
+                wrapping_key: Some(wrapping_key.clone()),
+                ..KeyChecked::default()
+            },
+        }
+    }
+}
+
 /// What to sign.
 #[derive(Debug, Clone, Copy)]
 pub enum Payload<'a> {
@@ -165,6 +276,8 @@ pub struct AuditKeySpec {
 pub trait KeyHandle: Send + Sync + 'static {
     /// The key's public facts.
     fn info(&self) -> &KeyInfo;
+    /// How the backend protects the key, as read when the backend last looked at it.
+    fn protection(&self) -> &Protection;
     /// Signs `payload`. ECDSA results are low-s normalized with their recovery id; a result
     /// that does not verify under the key is an error, never returned.
     async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError>;

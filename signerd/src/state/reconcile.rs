@@ -13,7 +13,7 @@ use std::path::Path;
 use alloy_primitives::U256;
 use signerd_auditor::envelope;
 use signerd_auditor::events::{
-    self, Decision, Kind, Method, PolicyLoad, SignDecision, SignRequest, SignResult, Status,
+    self, Decision, KeyPin, Kind, Method, PolicyLoad, SignDecision, SignRequest, SignResult, Status,
 };
 use signerd_auditor::segments::{self, LineReader, Next};
 
@@ -80,6 +80,8 @@ pub struct Scanned {
     pub highest_policy_serial: Option<u64>,
     /// How many records the log holds.
     pub records: u64,
+    /// Every `key.pin` record, with its `seq`, in log order.
+    pub pins: Vec<(u64, KeyPin)>,
 }
 
 /// [`signed_spend`], also handing every final answer in the log to `on_answer`, in log order
@@ -94,6 +96,7 @@ pub fn scan(
 ) -> Result<Scanned, String> {
     let mut highest_policy_serial: Option<u64> = None;
     let mut records = 0u64;
+    let mut pins = Vec::new();
     let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
     let mut client_of: HashMap<String, String> = HashMap::new();
     // (method, fingerprint) of the last `sign.request` of each request without a result yet.
@@ -128,6 +131,12 @@ pub fn scan(
                 let load: PolicyLoad = events::read(line)
                     .map_err(|e| format!("{}: malformed policy.load: {e}", at()))?;
                 highest_policy_serial = highest_policy_serial.max(Some(load.new_serial));
+                continue;
+            }
+            if env.kind == Some(Kind::KeyPin) {
+                let pin: KeyPin =
+                    events::read(line).map_err(|e| format!("{}: malformed key.pin: {e}", at()))?;
+                pins.push((env.seq, pin));
                 continue;
             }
             let (Some(kind), Some(req_id)) = (env.kind, env.req_id.as_str()) else {
@@ -231,6 +240,7 @@ pub fn scan(
         spend,
         highest_policy_serial,
         records,
+        pins,
     })
 }
 
@@ -288,6 +298,7 @@ mod tests {
                 v: 27,
             },
             key_version: None,
+            pin: None,
         }
     }
 

@@ -109,6 +109,27 @@ fn examples() -> Vec<Record> {
             first_record: HASH.to_owned(),
             records: 3,
         }),
+        Record::from_event(&KeyPin {
+            key: "hot".to_owned(),
+            version: Some(2),
+            algorithm: "ed25519".to_owned(),
+            backend: "vault".to_owned(),
+            public_key: format!("0x{HASH}"),
+            checked: KeyChecked {
+                exportable: Some(true),
+                key_type: Some("ed25519".to_owned()),
+                transit_key: Some("signerd-hot".to_owned()),
+                ..KeyChecked::default()
+            },
+            weak: vec!["exportable".to_owned()],
+        }),
+        Record::from_event(&KeyAllowance {
+            key: "hot".to_owned(),
+            version: Some(2),
+            pin: 1,
+            weak: vec!["exportable".to_owned()],
+            setting: "keys.allow_weak_keys".to_owned(),
+        }),
         Record::from_event(&SignRequest {
             req_id: Some("r1".to_owned()),
             method: Method::SignEvmTransaction,
@@ -199,6 +220,7 @@ fn results() -> Vec<SignResult> {
             raw_tx: Some("0x02f8".to_owned()),
             signature: signature(),
             key_version: Some(2),
+            pin: Some(1),
         },
         Outcome::Denied {
             rule: Some("deny-all".to_owned()),
@@ -212,6 +234,10 @@ fn results() -> Vec<SignResult> {
         Outcome::BackendError { message: m() },
         Outcome::UnknownCrash {
             decision_seq: 4,
+            message: m(),
+        },
+        Outcome::KeyRefused {
+            pin: Some(1),
             message: m(),
         },
     ]
@@ -570,6 +596,7 @@ mod golden {
                     raw_tx: Some("0x02f86c".to_owned()),
                     signature: signature(),
                     key_version: Some(3),
+                    pin: Some(12),
                 },
             },
             Record::new("sign.result")
@@ -580,7 +607,8 @@ mod golden {
                 .field("tx_hash", format!("0x{CERT}"))
                 .field("raw_tx", "0x02f86c")
                 .field("signature", sig)
-                .field("key_version", 3u64),
+                .field("key_version", 3u64)
+                .field("pin", 12u64),
         );
         let ed = "0x".to_owned() + &"ab".repeat(64);
         same(
@@ -598,6 +626,7 @@ mod golden {
                         v: 0,
                     },
                     key_version: None,
+                    pin: None,
                 },
             },
             Record::new("sign.result")
@@ -919,6 +948,8 @@ fn the_example_log_reads_as_events_and_writes_back_the_same_bytes() {
                 Kind::PolicyLoad => Record::from_event(&read::<PolicyLoad>(line).unwrap()),
                 Kind::PolicyRefused => Record::from_event(&read::<PolicyRefused>(line).unwrap()),
                 Kind::StateRebind => Record::from_event(&read::<StateRebind>(line).unwrap()),
+                Kind::KeyPin => Record::from_event(&read::<KeyPin>(line).unwrap()),
+                Kind::KeyAllowance => Record::from_event(&read::<KeyAllowance>(line).unwrap()),
                 Kind::SignRequest => Record::from_event(&read::<SignRequest>(line).unwrap()),
                 Kind::SignDecision => Record::from_event(&read::<SignDecision>(line).unwrap()),
                 Kind::SignDryRun => Record::from_event(&read::<SignDryRun>(line).unwrap()),
@@ -1210,6 +1241,23 @@ fn the_spec_and_the_events_agree() {
         nested(&Record::from_event(&results()[0]), "signature"),
         braced_names(&spec.statuses[0].2)
     );
+    // `checked` of key.pin: every member the spec names, in alphabetical order.
+    let every = KeyChecked {
+        ckid: Some("01".to_owned()),
+        exportable: Some(false),
+        extractable: Some(false),
+        key_type: Some("ed25519".to_owned()),
+        never_extractable: Some(true),
+        sensitive: Some(true),
+        token_serial: Some("1".to_owned()),
+        transit_key: Some("t".to_owned()),
+        wrapping_key: Some("w".to_owned()),
+    };
+    let names = member_names(serde_json::to_string(&every).unwrap().as_bytes()).unwrap();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "checked is not in alphabetical order");
+    assert_eq!(names, braced_names(spec.meaning("key.pin", "checked")));
 }
 
 /// The parser finds what it must in a spec shaped like the real one, and a wrong member is

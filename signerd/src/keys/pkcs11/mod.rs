@@ -439,6 +439,10 @@ impl KeyHandle for TokenHandle {
         &self.key.info
     }
 
+    fn protection(&self) -> &super::Protection {
+        &self.key.protection
+    }
+
     async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
         self.inner.sign_with(&self.slot, &self.key, payload).await
     }

@@ -20,7 +20,7 @@ use secrecy::SecretString;
 
 use super::config::Pkcs11Config;
 use super::ec;
-use crate::keys::{Algorithm, KeyInfo};
+use crate::keys::{Algorithm, KeyInfo, Protection};
 
 /// The handle slot of the audit checkpoint key: a name no key id can take (key ids have no
 /// spaces), so no client request can reach its handle.
@@ -35,6 +35,8 @@ pub(super) struct TokenKey {
     pub(super) ckid: Vec<u8>,
     /// The private key's `CKA_LABEL`.
     pub(super) label: Vec<u8>,
+    /// The token's serial and the private key's protection attributes, as read at start.
+    pub(super) protection: Protection,
 }
 
 /// A connection: module, slot, login, key handles and idle sessions. Fields drop in order:
@@ -43,6 +45,8 @@ pub(super) struct Conn {
     idle: Mutex<Vec<Session>>,
     handles: HashMap<String, ObjectHandle>,
     slot: Slot,
+    /// The token's serial number.
+    serial: String,
     ctx: Module,
 }
 
@@ -114,7 +118,7 @@ impl Conn {
         }
         // From here on, every exit finalizes the module.
         let ctx = Module(ctx);
-        let slot = find_slot(&ctx, cfg)?;
+        let (slot, serial) = find_slot(&ctx, cfg)?;
         let session = ctx.open_rw_session(slot).map_err(|e| describe(&e))?;
         match session.login(UserType::User, Some(pin)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => {}
@@ -129,6 +133,7 @@ impl Conn {
         Ok(Conn {
             ctx,
             slot,
+            serial,
             handles: HashMap::new(),
             idle: Mutex::new(vec![session]),
         })
@@ -201,6 +206,7 @@ impl Conn {
                     }
                     let public_key = read_public(session, &label, &ckid, Algorithm::Ed25519)
                         .map_err(|e| format!("the audit checkpoint key `{audit_label}`: {e}"))?;
+                    let protection = read_protection(session, obj, &self.serial, &ckid)?;
                     audit = Some(TokenKey {
                         info: KeyInfo {
                             id: audit_label.to_owned(),
@@ -211,6 +217,7 @@ impl Conn {
                         },
                         ckid,
                         label,
+                        protection,
                     });
                     self.handles.insert(AUDIT_SLOT.to_owned(), obj);
                     continue;
@@ -239,6 +246,8 @@ impl Conn {
                 };
                 let public_key = read_public(session, &label, &ckid, algorithm)
                     .map_err(|e| format!("key `{id}`: {e}"))?;
+                let protection = read_protection(session, obj, &self.serial, &ckid)
+                    .map_err(|e| format!("key `{id}`: {e}"))?;
                 let key = TokenKey {
                     info: KeyInfo {
                         id: id.clone(),
@@ -249,6 +258,7 @@ impl Conn {
                     },
                     ckid,
                     label,
+                    protection,
                 };
                 if found.insert(id.clone(), key).is_some() {
                     return Err(format!(
@@ -360,7 +370,8 @@ pub(super) fn sign(
     }
 }
 
-fn find_slot(ctx: &Pkcs11, cfg: &Pkcs11Config) -> Result<Slot, String> {
+/// The slot of the configured token, and the token's serial number.
+fn find_slot(ctx: &Pkcs11, cfg: &Pkcs11Config) -> Result<(Slot, String), String> {
     let slots = ctx.get_slots_with_token().map_err(|e| describe(&e))?;
     let mut seen = Vec::new();
     let mut matches = Vec::new();
@@ -374,7 +385,7 @@ fn find_slot(ctx: &Pkcs11, cfg: &Pkcs11Config) -> Result<Slot, String> {
             _ => false,
         };
         if hit {
-            matches.push(slot);
+            matches.push((slot, serial.clone()));
         }
         seen.push(format!("`{label}` (serial {serial})"));
     }
@@ -383,8 +394,8 @@ fn find_slot(ctx: &Pkcs11, cfg: &Pkcs11Config) -> Result<Slot, String> {
         (_, Some(s)) => format!("serial `{s}`"),
         _ => "nothing".into(),
     };
-    match matches[..] {
-        [slot] => Ok(slot),
+    match &matches[..] {
+        [found] => Ok(found.clone()),
         [] => Err(format!(
             "no token with {wanted}; tokens present: {}",
             if seen.is_empty() {
@@ -505,6 +516,19 @@ pub(super) fn generate(conn: &Conn, id: &str, algorithm: Algorithm) -> Result<To
         .generate_key_pair(&mechanism, &public, &private)
         .map_err(|e| format!("key generation failed: {}", describe(&e)))?;
     let public_key = read_public(&session, &label, &ckid, algorithm)?;
+    let objects = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(ckid.clone()),
+        ])
+        .map_err(|e| describe(&e))?;
+    let [private] = objects[..] else {
+        return Err(format!(
+            "expected one private key with the new key's CKA_ID, found {}",
+            objects.len()
+        ));
+    };
+    let protection = read_protection(&session, private, &conn.serial, &ckid)?;
     conn.put_back(session);
     Ok(TokenKey {
         info: KeyInfo {
@@ -516,5 +540,42 @@ pub(super) fn generate(conn: &Conn, id: &str, algorithm: Algorithm) -> Result<To
         },
         ckid,
         label,
+        protection,
+    })
+}
+
+/// The protection attributes of private key `obj`: `CKA_SENSITIVE`, `CKA_EXTRACTABLE` and
+/// `CKA_NEVER_EXTRACTABLE` (each `None` when the token does not report it).
+fn read_protection(
+    session: &Session,
+    obj: ObjectHandle,
+    serial: &str,
+    ckid: &[u8],
+) -> Result<Protection, String> {
+    let attrs = session
+        .get_attributes(
+            obj,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::NeverExtractable,
+            ],
+        )
+        .map_err(|e| describe(&e))?;
+    let (mut sensitive, mut extractable, mut never_extractable) = (None, None, None);
+    for a in attrs {
+        match a {
+            Attribute::Sensitive(v) => sensitive = Some(v),
+            Attribute::Extractable(v) => extractable = Some(v),
+            Attribute::NeverExtractable(v) => never_extractable = Some(v),
+            _ => {}
+        }
+    }
+    Ok(Protection::Token {
+        serial: serial.to_owned(),
+        ckid: ckid.to_vec(),
+        sensitive,
+        extractable,
+        never_extractable,
     })
 }

@@ -347,6 +347,10 @@ impl KeyHandle for SoftHandle {
         &self.0.info
     }
 
+    fn protection(&self) -> &super::Protection {
+        &super::SOFT
+    }
+
     async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
         // Signing takes microseconds and never touches the KDF, so it runs inline.
         self.0.sign(payload)

@@ -27,7 +27,8 @@ use self::client::Connection;
 use self::config::VaultKeysConfig;
 use self::wrapped::WrappedKey;
 use super::{
-    Algorithm, AuditKeySpec, KeyBackend, KeyError, KeyHandle, KeyInfo, Payload, RawSignature,
+    Algorithm, AuditKeySpec, KeyBackend, KeyError, KeyHandle, KeyInfo, Payload, Protection,
+    RawSignature,
 };
 
 /// The backend name reported in [`KeyInfo::backend`] and audit records.
@@ -51,6 +52,8 @@ enum Holder {
 struct Entry {
     info: KeyInfo,
     holder: Holder,
+    /// What transit says about the key (or which key wraps it).
+    protection: Protection,
 }
 
 type Keys = Arc<RwLock<BTreeMap<String, Entry>>>;
@@ -63,7 +66,7 @@ pub struct VaultBackend {
     /// The audit checkpoint key (see [`crate::keys::AuditKeySpec`]): a transit key outside the
     /// client key prefix, pinned to `[audit] signing_key_version` so that every checkpoint of
     /// a log is signed by the key `signerctl audit pubkey` prints, whatever rotation adds.
-    audit: Option<KeyInfo>,
+    audit: Option<(KeyInfo, Protection)>,
     /// Stops the maintenance task (it also stops on shutdown).
     stop: tokio_util::sync::CancellationToken,
 }
@@ -102,6 +105,11 @@ async fn discover_native(
         }
         match transit::read(conn, &cfg.mount, &name).await {
             Ok(Some(k)) => {
+                let protection = Protection::Transit {
+                    name: name.clone(),
+                    key_type: k.key_type(),
+                    exportable: k.exportable,
+                };
                 out.insert(
                     id.to_owned(),
                     Entry {
@@ -113,6 +121,7 @@ async fn discover_native(
                             version: Some(k.version),
                         },
                         holder: Holder::Transit(name.clone()),
+                        protection,
                     },
                 );
             }
@@ -166,6 +175,9 @@ impl VaultBackend {
                             version: None,
                         },
                         holder: Holder::Wrapped(Box::new(w)),
+                        protection: Protection::Wrapped {
+                            wrapping_key: wk.clone(),
+                        },
                     },
                 );
             }
@@ -227,7 +239,7 @@ async fn open_audit_key(
     conn: &Connection,
     cfg: &VaultKeysConfig,
     spec: &AuditKeySpec,
-) -> Result<Option<KeyInfo>, KeyError> {
+) -> Result<Option<(KeyInfo, Protection)>, KeyError> {
     let name = spec.name.as_str();
     // An empty prefix makes every transit key a client key.
     if name.starts_with(&cfg.key_prefix) || cfg.wrapping_key.as_deref() == Some(name) {
@@ -251,13 +263,21 @@ async fn open_audit_key(
     }
     let k = transit::read_version(conn, &cfg.mount, name, Some(spec.version)).await?;
     match k {
-        Some(k) if k.algorithm == Algorithm::Ed25519 => Ok(Some(KeyInfo {
-            id: name.to_owned(),
-            algorithm: Algorithm::Ed25519,
-            backend: BACKEND_NAME,
-            public_key: k.public_key,
-            version: Some(k.version),
-        })),
+        Some(k) if k.algorithm == Algorithm::Ed25519 => {
+            let protection = Protection::Transit {
+                name: name.to_owned(),
+                key_type: k.key_type(),
+                exportable: k.exportable,
+            };
+            let info = KeyInfo {
+                id: name.to_owned(),
+                algorithm: Algorithm::Ed25519,
+                backend: BACKEND_NAME,
+                public_key: k.public_key,
+                version: Some(k.version),
+            };
+            Ok(Some((info, protection)))
+        }
         _ => Err(KeyError::Keystore(format!(
             "transit key `{name}` is the audit checkpoint key but is not an ed25519 key"
         ))),
@@ -278,28 +298,52 @@ async fn maintain(conn: Arc<Connection>, cfg: VaultKeysConfig, keys: Keys) {
 }
 
 /// Re-reads native keys so that a rotation shows in `GetKey` and signs with the new version.
+/// Any change is followed (a new version, a different public key under the same version, a
+/// key made exportable): whether the key may still sign is the pins' decision, made before
+/// every signature (`service/pins.rs`), not this task's.
 async fn refresh(conn: &Connection, cfg: &VaultKeysConfig, keys: &Keys) {
-    let names: Vec<(String, String, KeyInfo)> = {
+    let names: Vec<(String, String, KeyInfo, Protection)> = {
         let map = keys
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         map.values()
             .filter_map(|e| match &e.holder {
-                Holder::Transit(n) => Some((e.info.id.clone(), n.clone(), e.info.clone())),
+                Holder::Transit(n) => Some((
+                    e.info.id.clone(),
+                    n.clone(),
+                    e.info.clone(),
+                    e.protection.clone(),
+                )),
                 Holder::Wrapped(_) => None,
             })
             .collect()
     };
-    for (id, name, old) in names {
+    for (id, name, old, old_protection) in names {
         match transit::read(conn, &cfg.mount, &name).await {
-            Ok(Some(k)) if k.algorithm == old.algorithm && Some(k.version) != old.version => {
-                tracing::info!(key = %id, from = ?old.version, to = k.version, "transit key rotated");
+            Ok(Some(k)) if k.algorithm == old.algorithm => {
+                let protection = Protection::Transit {
+                    name: name.clone(),
+                    key_type: k.key_type(),
+                    exportable: k.exportable,
+                };
+                if Some(k.version) == old.version
+                    && k.public_key == old.public_key
+                    && protection == old_protection
+                {
+                    continue;
+                }
+                if Some(k.version) == old.version && k.public_key != old.public_key {
+                    tracing::warn!(key = %id, version = k.version, "transit key has a different public key under the same version");
+                } else {
+                    tracing::info!(key = %id, from = ?old.version, to = k.version, "transit key changed");
+                }
                 let mut map = keys
                     .write()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if let Some(e) = map.get_mut(&id) {
                     e.info.version = Some(k.version);
                     e.info.public_key = k.public_key;
+                    e.protection = protection;
                 }
             }
             Ok(_) => {}
@@ -345,10 +389,12 @@ impl KeyBackend for VaultBackend {
     }
 
     fn audit_handle(&self) -> Option<Arc<dyn KeyHandle>> {
+        let (info, protection) = self.audit.clone()?;
         Some(Arc::new(AuditHandle {
             conn: self.conn.clone(),
             mount: self.mount.clone(),
-            info: self.audit.clone()?,
+            info,
+            protection,
         }))
     }
 }
@@ -366,6 +412,10 @@ struct VaultHandle {
 impl KeyHandle for VaultHandle {
     fn info(&self) -> &KeyInfo {
         &self.entry.info
+    }
+
+    fn protection(&self) -> &Protection {
+        &self.entry.protection
     }
 
     async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
@@ -396,12 +446,17 @@ struct AuditHandle {
     conn: Arc<Connection>,
     mount: String,
     info: KeyInfo,
+    protection: Protection,
 }
 
 #[async_trait]
 impl KeyHandle for AuditHandle {
     fn info(&self) -> &KeyInfo {
         &self.info
+    }
+
+    fn protection(&self) -> &Protection {
+        &self.protection
     }
 
     async fn sign(&self, payload: Payload<'_>) -> Result<RawSignature, KeyError> {
@@ -505,6 +560,7 @@ pub async fn generate_audit_key(cfg: &VaultKeysConfig, name: &str) -> Result<Key
     };
     open_audit_key(&conn, cfg, &spec)
         .await?
+        .map(|(info, _)| info)
         .ok_or_else(|| KeyError::Keystore(format!("transit key `{name}` was not created")))
 }
 

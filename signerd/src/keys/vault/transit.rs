@@ -28,6 +28,19 @@ pub(crate) struct TransitKey {
     pub(crate) algorithm: Algorithm,
     pub(crate) version: u32,
     pub(crate) public_key: Vec<u8>,
+    /// Whether transit lets the key be exported (a setting that can only ever be turned on).
+    pub(crate) exportable: bool,
+}
+
+impl TransitKey {
+    /// Transit's `type` of the key.
+    pub(crate) fn key_type(&self) -> &'static str {
+        match self.algorithm {
+            Algorithm::Ed25519 => "ed25519",
+            Algorithm::P256 => "ecdsa-p256",
+            Algorithm::Secp256k1 => "secp256k1",
+        }
+    }
 }
 
 /// Splits `vault:v<N>:<payload>` into the version and the payload.
@@ -230,6 +243,7 @@ pub(crate) fn key_from_response(
         algorithm,
         version,
         public_key,
+        exportable: r.exportable,
     }))
 }
 

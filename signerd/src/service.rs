@@ -1313,6 +1313,7 @@ fn decision_record(caller: &Caller, p: &Prepared, d: &Decided) -> events::SignDe
     events::SignDecision {
         req_id: p.request_id.as_str().to_owned(),
         client: Some(caller.identity.id.clone()),
+        roles: Some(caller.identity.roles.clone()),
         decision: effect,
         rules,
         reason,

@@ -119,6 +119,7 @@ fn examples() -> Vec<Record> {
         Record::from_event(&SignDecision {
             req_id: "r1".to_owned(),
             client: Some("app".to_owned()),
+            roles: Some(vec!["requester".to_owned()]),
             decision: Decision::Allow,
             rules: vec!["a".to_owned()],
             reason: None,
@@ -492,6 +493,7 @@ mod golden {
             let mut built = Record::new("sign.decision")
                 .field("req_id", "order-1")
                 .field("client", "payments")
+                .field("roles", vec!["requester"])
                 .field("decision", decision.as_str())
                 .field("rules", rules.clone())
                 .field("reason", reason)
@@ -509,6 +511,7 @@ mod golden {
                 SignDecision {
                     req_id: "order-1".to_owned(),
                     client: Some("payments".to_owned()),
+                    roles: Some(vec!["requester".to_owned()]),
                     decision,
                     rules,
                     reason: reason.map(str::to_owned),

@@ -22,6 +22,7 @@
 //! restarts signerd), write when the audit filesystem is nearly full, or accept a log on disk
 //! whose chain, tree or checkpoints it cannot validate.
 
+pub mod archive;
 pub mod key;
 pub(crate) mod recover;
 mod writer;

@@ -12,6 +12,7 @@ mod approvals;
 mod audit_crash;
 mod audit_example;
 mod audit_key;
+mod audit_recheck;
 mod audit_recovery;
 mod audit_support;
 mod audit_tamper;

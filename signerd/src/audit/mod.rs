@@ -24,6 +24,7 @@
 
 pub mod archive;
 pub mod key;
+pub mod recheck;
 pub(crate) mod recover;
 mod writer;
 

@@ -355,3 +355,60 @@ async fn recheck_finds_a_decision_edited_and_resigned_with_the_audit_key() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(out.stderr.contains("was altered"), "{}", out.stderr);
 }
+
+/// A policy that cannot be archived is never installed: a reload whose archive cannot be
+/// written is refused and recorded, and a start whose policy's archived copy was altered is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_that_cannot_be_archived_is_not_installed() {
+    let env = TestEnv::new("archive-refused");
+    let d = env.start();
+    let first = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        DEFAULT_POLICY.as_bytes(),
+    ));
+    let archive = env.audit_dir().join("policies");
+    let archived = archive.join(format!("{first}.toml"));
+    assert_eq!(std::fs::read_to_string(&archived).unwrap(), DEFAULT_POLICY);
+
+    // The archive's directory is replaced by a file: the reload cannot archive its policy.
+    let aside = env.dir.join("policies-aside");
+    std::fs::rename(&archive, &aside).unwrap();
+    std::fs::write(&archive, b"not a directory").unwrap();
+    std::fs::write(
+        env.dir.join("policy.toml"),
+        DEFAULT_POLICY.replace("serial = 1", "serial = 2"),
+    )
+    .unwrap();
+    let settings = env.settings(&d, "admin");
+    let mut admin = AdminClient::new(signerd::client::channel(&settings).await.unwrap());
+    let st = refused(
+        "reload",
+        admin
+            .reload_policy(v1::ReloadPolicyRequest { force: false })
+            .await,
+    );
+    assert_status("reload", &st, Code::FailedPrecondition, "policy archive");
+    let audit = env.wait_audit(|a| !a.of_type("policy.refused").is_empty());
+    let refusal = audit.of_type("policy.refused")[0];
+    assert!(
+        refusal["reason"]
+            .as_str()
+            .unwrap()
+            .contains("policy archive"),
+        "{refusal}"
+    );
+    assert_eq!(audit.of_type("policy.load").len(), 1);
+    drop(admin);
+    assert!(d.stop().success());
+
+    // The directory comes back with the running policy's copy altered: no start.
+    std::fs::remove_file(&archive).unwrap();
+    std::fs::rename(&aside, &archive).unwrap();
+    std::fs::write(env.dir.join("policy.toml"), DEFAULT_POLICY).unwrap();
+    std::fs::set_permissions(&archived, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&archived, "version = 1\nserial = 1\n").unwrap();
+    let Err(err) = Daemon::spawn(env.run_command()) else {
+        panic!("signerd started although its policy's archived copy was altered");
+    };
+    assert!(err.contains("was altered"), "{err}");
+}

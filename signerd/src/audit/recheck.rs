@@ -984,3 +984,89 @@ pub fn print(report: &Report, out: &mut dyn std::io::Write) -> std::io::Result<(
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+
+    /// The indexed ledger answers exactly what a plain scan of its entries answers, through
+    /// holds, releases, several windows and a clock that sometimes goes back.
+    #[test]
+    fn the_indexed_ledger_agrees_with_a_plain_scan() {
+        let mut ledger = Ledger::default();
+        // (owner, bucket, ts, amount) of every entry held now.
+        let mut plain: Vec<(String, String, i64, u64)> = Vec::new();
+        let mut seed: u64 = 0x5eed;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (seed >> 33) % n
+        };
+        let mut now: i64 = 1_000_000;
+        for step in 0..4000u64 {
+            // Mostly forward, sometimes a little back.
+            now = now + i64::try_from(next(5)).unwrap() - 1;
+            let bucket = format!("b{}", next(3));
+            let window = [10u64, 60, 3600][usize::try_from(next(3)).unwrap()];
+            match next(4) {
+                0 | 1 => {
+                    let owner = format!("o{step}");
+                    let amount = next(1000);
+                    ledger.hold(&owner, now, &[(bucket.clone(), window, U256::from(amount))]);
+                    plain.push((owner, bucket.clone(), now, amount));
+                }
+                2 if !plain.is_empty() => {
+                    let i = usize::try_from(next(plain.len() as u64)).unwrap();
+                    let owner = plain[i].0.clone();
+                    ledger.release(&owner);
+                    plain.retain(|e| e.0 != owner);
+                }
+                _ => {}
+            }
+            let since = now - i64::try_from(window).unwrap();
+            let inside: Vec<_> = plain
+                .iter()
+                .filter(|e| e.1 == bucket && e.2 > since)
+                .collect();
+            let want = Used {
+                amount: U256::from(inside.iter().map(|e| e.3).sum::<u64>()),
+                count: inside.len() as u64,
+            };
+            assert_eq!(
+                ledger.used(&bucket, window, now, None).used(),
+                want,
+                "step {step}"
+            );
+            // Leaving one request out, as at quorum.
+            if let Some(e) = plain.iter().find(|e| e.1 == bucket) {
+                let owner = e.0.clone();
+                let others: Vec<_> = inside.iter().filter(|x| x.0 != owner).collect();
+                let want = Used {
+                    amount: U256::from(others.iter().map(|e| e.3).sum::<u64>()),
+                    count: others.len() as u64,
+                };
+                assert_eq!(
+                    ledger.used(&bucket, window, now, Some(&owner)).used(),
+                    want,
+                    "step {step}, without {owner}"
+                );
+            }
+        }
+    }
+
+    /// Amounts beyond 256 bits in sum (unlimited permits) saturate, as the daemon's do.
+    #[test]
+    fn sums_saturate_at_the_largest_amount() {
+        let mut ledger = Ledger::default();
+        ledger.hold("a", 10, &[("b".to_owned(), 60, U256::MAX)]);
+        ledger.hold("c", 10, &[("b".to_owned(), 60, U256::from(5u64))]);
+        assert_eq!(ledger.used("b", 60, 20, None).used().amount, U256::MAX);
+        ledger.release("a");
+        assert_eq!(
+            ledger.used("b", 60, 20, None).used().amount,
+            U256::from(5u64)
+        );
+    }
+}

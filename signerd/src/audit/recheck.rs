@@ -370,6 +370,8 @@ struct Replay {
     /// Spend released recently: (ts, bucket, amount).
     released: VecDeque<(i64, String, U256)>,
     pending: VecDeque<Pending>,
+    /// The serial and hash of the policy loaded last.
+    last_load: Option<(u64, String)>,
     report: Report,
 }
 
@@ -434,6 +436,7 @@ impl Replay {
             client_of: HashMap::new(),
             released: VecDeque::new(),
             pending: VecDeque::new(),
+            last_load: None,
             report: Report::default(),
         }
     }
@@ -459,7 +462,8 @@ impl Replay {
         match env.kind {
             Some(Kind::PolicyLoad) => {
                 let load: PolicyLoad = events::read(line).map_err(|e| bad("policy.load", e))?;
-                self.policy(&load.new_hash)?;
+                let policy = self.policy(&load.new_hash)?;
+                self.policy_load(env.seq, &load, policy.serial());
             }
             Some(Kind::AuditStart) => {
                 // The daemon's start-up keeps the spend of signed requests and of requests
@@ -530,6 +534,53 @@ impl Replay {
             self.released.pop_front();
         }
         Ok(())
+    }
+
+    /// The policy history is consistent: a load names the archived policy's serial, a reload
+    /// replaces the policy loaded last, and a serial goes down only when the record says the
+    /// load was forced.
+    fn policy_load(&mut self, seq: u64, load: &PolicyLoad, archived_serial: u64) {
+        let mut why = Vec::new();
+        if archived_serial != load.new_serial {
+            why.push(format!(
+                "new_serial is {}, but the archived policy has serial {archived_serial}",
+                load.new_serial
+            ));
+        }
+        if let Some((last_serial, last_hash)) = &self.last_load {
+            if load.old_hash.is_some() && load.old_hash.as_ref() != Some(last_hash) {
+                why.push(format!(
+                    "it replaces the policy {}, but the policy loaded last is {last_hash}",
+                    load.old_hash.as_deref().unwrap_or_default()
+                ));
+            }
+            // A reload must raise the serial; a start may keep it, not lower it.
+            let reload = load.old_serial.is_some();
+            let lower = if reload {
+                load.new_serial <= *last_serial
+            } else {
+                load.new_serial < *last_serial
+            };
+            if lower && !load.forced {
+                why.push(format!(
+                    "serial {} does not follow serial {last_serial}, loaded before, and the \
+                     load is not marked forced",
+                    load.new_serial
+                ));
+            }
+        }
+        if !why.is_empty() {
+            self.report.findings.push(Finding {
+                seq,
+                kind: "policy.load".to_owned(),
+                req_id: String::new(),
+                client: load.actor.clone().flatten().unwrap_or_default(),
+                recorded: format!("serial {} hash {}", load.new_serial, load.new_hash),
+                recomputed: String::new(),
+                why: why.join("; "),
+            });
+        }
+        self.last_load = Some((load.new_serial, load.new_hash.clone()));
     }
 
     fn finish(&mut self) {
@@ -1054,6 +1105,85 @@ mod tests {
                 );
             }
         }
+    }
+
+    fn line(seq: u64, event: &impl signerd_auditor::events::Event) -> String {
+        let record = signerd_auditor::Record::from_event(event);
+        format!(
+            r#"{{"v":1,"seq":{seq},"ts":"2026-01-01T00:00:00.000000Z","type":"{}"{},"prev":"{}"}}"#,
+            record.kind(),
+            String::from_utf8(record.encode().unwrap()).unwrap(),
+            "0".repeat(64)
+        )
+    }
+
+    fn load(serial: u64, hash: &str, old: Option<(u64, &str)>, forced: bool) -> PolicyLoad {
+        PolicyLoad {
+            source: if old.is_some() {
+                events::PolicySource::Sighup
+            } else {
+                events::PolicySource::Startup
+            },
+            actor: old.map(|_| None),
+            file: "policy.toml".to_owned(),
+            old_serial: old.map(|o| o.0),
+            old_hash: old.map(|o| o.1.to_owned()),
+            new_serial: serial,
+            new_hash: hash.to_owned(),
+            forced,
+        }
+    }
+
+    /// The policy history must hold together: what a reload replaces, serials that only go
+    /// down when forced, and the archived policy's serial.
+    #[test]
+    fn an_inconsistent_policy_history_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |serial: u64| format!("version = 1\nserial = {serial}\n");
+        let h1 = archive::store(dir.path(), p(1).as_bytes()).unwrap();
+        let h2 = archive::store(dir.path(), p(2).as_bytes()).unwrap();
+        let h3 = archive::store(dir.path(), p(3).as_bytes()).unwrap();
+        let lines = [
+            line(0, &load(1, &h1, None, false)),
+            line(1, &load(2, &h2, Some((1, &h1)), false)),
+            // A restart on the same policy; then on an older one, forced.
+            line(2, &load(2, &h2, None, false)),
+            line(3, &load(1, &h1, None, true)),
+            // Bad: an older serial, not forced; a reload that replaces another policy than
+            // the one loaded; a serial that is not the archived policy's.
+            line(4, &load(2, &h2, Some((1, &h1)), false)),
+            line(5, &load(1, &h1, Some((2, &h2)), false)),
+            line(6, &load(3, &h3, Some((1, &h2)), false)),
+            line(7, &load(4, &h3, None, false)),
+        ];
+        std::fs::write(
+            dir.path().join("segment-00000001.jsonl"),
+            lines.join("\n") + "\n",
+        )
+        .unwrap();
+        let report = recheck(dir.path(), &[]).unwrap();
+        let found: Vec<(u64, &str)> = report
+            .findings
+            .iter()
+            .map(|f| (f.seq, f.why.as_str()))
+            .collect();
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert_eq!(found[0].0, 5);
+        assert!(found[0].1.contains("is not marked forced"), "{found:?}");
+        assert_eq!(found[1].0, 6);
+        assert!(
+            found[1].1.contains("the policy loaded last is"),
+            "{found:?}"
+        );
+        assert_eq!(found[2].0, 7);
+        assert!(
+            found[2].1.contains("the archived policy has serial 3"),
+            "{found:?}"
+        );
+        // A policy the log names and the archive lacks stops the recheck.
+        std::fs::remove_file(archive::path_in(&dir.path().join(archive::DIR), &h3)).unwrap();
+        let e = recheck(dir.path(), &[]).unwrap_err();
+        assert!(e.to_string().contains("is missing"), "{e}");
     }
 
     /// Amounts beyond 256 bits in sum (unlimited permits) saturate, as the daemon's do.

@@ -273,7 +273,7 @@ pub struct Action {
     pub value: U256,
     /// First four bytes of calldata (a transaction's or a `SafeTx`'s), when there are at
     /// least four.
-    #[serde(skip_serializing_if = "Option::is_none", with = "opt_hex4")]
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex4")]
     pub selector: Option<[u8; 4]>,
     /// Decoded ERC-20 arguments for the ERC-20 kinds, and for a `SafeTx` whose call is a
     /// canonical ERC-20 `transfer`, `transferFrom` or `approve`.
@@ -337,6 +337,43 @@ mod opt_hex4 {
                     .map_err(|_| serde::de::Error::custom("a selector is 4 bytes"))?;
                 Ok(Some(arr))
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The audit log records actions as this JSON, and `signerctl audit recheck` reads them
+    /// back: every action must come back as it was, optional members absent or present.
+    #[test]
+    fn an_action_reads_back_from_its_json() {
+        let mut plain = Action::new("hot", Kind::NativeTransfer);
+        plain.chain_id = Some(1);
+        plain.to = Some(Address::repeat_byte(0x35));
+        plain.value = U256::from(1000u64);
+        plain.gas_limit = Some(21_000);
+        plain.max_fee_per_gas = Some(U256::ZERO);
+        let mut call = plain.clone();
+        call.kind = Kind::Erc20Transfer;
+        call.selector = Some([0xa9, 0x05, 0x9c, 0xbb]);
+        call.erc20 = Some(Erc20Call {
+            token: Address::repeat_byte(0x35),
+            from: None,
+            counterparty: Address::repeat_byte(0x11),
+            amount: U256::from(7u64),
+        });
+        let mut message = Action::new("hot", Kind::Eip191Message);
+        message.message = Some(MessageFacts {
+            len: 5,
+            text_head: Some("hello".to_owned()),
+        });
+        for a in [plain, call, message] {
+            let json = serde_json::to_value(&a).unwrap();
+            let back: Action = serde_json::from_value(json.clone()).unwrap();
+            assert_eq!(back, a, "{json}");
         }
     }
 }

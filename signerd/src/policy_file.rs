@@ -32,6 +32,12 @@ pub enum PolicyFileError {
 
 /// Reads and validates the policy file at `path`.
 pub fn load_policy(path: &Path) -> Result<Policy, PolicyFileError> {
+    load_policy_source(path).map(|(policy, _)| policy)
+}
+
+/// Reads and validates the policy file at `path`, and returns its exact text too (what the
+/// policy archive keeps; its SHA-256 is the policy's hash).
+pub fn load_policy_source(path: &Path) -> Result<(Policy, String), PolicyFileError> {
     let shown = path.display().to_string();
     let read = |source| PolicyFileError::Read {
         path: shown.clone(),
@@ -45,5 +51,6 @@ pub fn load_policy(path: &Path) -> Result<Policy, PolicyFileError> {
         });
     }
     let src = std::fs::read_to_string(path).map_err(read)?;
-    Ok(Policy::parse(&shown, &src)?)
+    let policy = Policy::parse(&shown, &src)?;
+    Ok((policy, src))
 }

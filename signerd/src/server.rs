@@ -157,8 +157,8 @@ impl Daemon {
         if config.metrics.is_some() {
             crate::metrics::install().map_err(start("metrics"))?;
         }
-        let policy =
-            crate::policy_file::load_policy(&config.policy.file).map_err(start("policy"))?;
+        let (policy, policy_source) =
+            crate::policy_file::load_policy_source(&config.policy.file).map_err(start("policy"))?;
         // An audit key held by the key backend is created only for a new log.
         let audit_spec = crate::audit::key::backend_spec(
             &config,
@@ -350,6 +350,9 @@ impl Daemon {
             audit,
             background.clone(),
         ));
+        // Archived beside the log before the record that names its hash.
+        crate::audit::archive::store(&config.audit.dir, policy_source.as_bytes())
+            .map_err(start("policy"))?;
         signer
             .record_startup_policy(rollback.is_some())
             .map_err(start("audit"))?;

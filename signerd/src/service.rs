@@ -371,10 +371,24 @@ impl Signer {
         force: bool,
     ) -> Result<PolicyReloaded, ServiceError> {
         let path = self.policy_path.clone();
-        let new = tokio::task::spawn_blocking(move || crate::policy_file::load_policy(&path))
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("policy reload: {e}")))?
-            .map_err(|e| ServiceError::FailedPrecondition(format!("policy not reloaded: {e}")))?;
+        let archive = self.audit.dir().to_owned();
+        let running = self.policy();
+        let (running_serial, running_hash) = (running.serial(), running.hash());
+        drop(running);
+        // A policy that would be installed is archived beside the log first (checked again
+        // below, under the reload lock; a policy archived and then not installed is harmless).
+        let new = tokio::task::spawn_blocking(move || {
+            let (new, source) = crate::policy_file::load_policy_source(&path)
+                .map_err(|e| format!("policy not reloaded: {e}"))?;
+            if new.hash() != running_hash && (new.serial() > running_serial || force) {
+                crate::audit::archive::store(&archive, source.as_bytes())
+                    .map_err(|e| format!("policy not reloaded: {e}"))?;
+            }
+            Ok::<_, String>(new)
+        })
+        .await
+        .map_err(|e| ServiceError::Unavailable(format!("policy reload: {e}")))?
+        .map_err(ServiceError::FailedPrecondition)?;
         let record = {
             let _serial = self.reload.lock().unwrap_or_else(|p| p.into_inner());
             let old = self.policy();
@@ -1374,6 +1388,7 @@ fn decision_record(caller: &Caller, p: &Prepared, d: &Decided) -> events::SignDe
     events::SignDecision {
         req_id: p.request_id.as_str().to_owned(),
         client: Some(caller.identity.id.clone()),
+        roles: Some(caller.identity.roles.clone()),
         decision: effect,
         rules,
         reason,

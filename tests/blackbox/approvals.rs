@@ -19,7 +19,7 @@ use crate::audit_support::{assert_verifies, vkey};
 use crate::util::*;
 
 /// Each approver's key seed (test keys only).
-fn key(who: &str) -> SigningKey {
+pub(crate) fn key(who: &str) -> SigningKey {
     let seed = match who {
         "bob" => 0x0b,
         "carol" => 0x0c,
@@ -30,7 +30,7 @@ fn key(who: &str) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
-fn public(who: &str) -> String {
+pub(crate) fn public(who: &str) -> String {
     format!(
         "ed25519:{}",
         hex::encode(key(who).verifying_key().to_bytes())
@@ -95,19 +95,19 @@ fn approvals_env(name: &str, ttl: &str) -> TestEnv {
     )
 }
 
-fn tx(request_id: &str, value: u64) -> v1::SignEvmTransactionRequest {
+pub(crate) fn tx(request_id: &str, value: u64) -> v1::SignEvmTransactionRequest {
     let mut t = eip1559(request_id);
     t.value = value.to_string();
     t
 }
 
-async fn approver(env: &TestEnv, d: &Daemon, who: &str) -> ApprovalsClient<Channel> {
+pub(crate) async fn approver(env: &TestEnv, d: &Daemon, who: &str) -> ApprovalsClient<Channel> {
     let settings = env.settings(d, who);
     ApprovalsClient::new(signerd::client::channel(&settings).await.unwrap())
 }
 
 /// The approval message of docs/approvals.md, signed by `signer`.
-fn signed(
+pub(crate) fn signed(
     signer: &str,
     client: &str,
     request_id: &str,
@@ -121,7 +121,11 @@ fn signed(
     key(signer).sign(msg.as_bytes()).to_bytes().to_vec()
 }
 
-fn approve_req(p: &v1::PendingApproval, client: &str, signature: Vec<u8>) -> v1::ApproveRequest {
+pub(crate) fn approve_req(
+    p: &v1::PendingApproval,
+    client: &str,
+    signature: Vec<u8>,
+) -> v1::ApproveRequest {
     v1::ApproveRequest {
         client: client.to_owned(),
         request_id: p.request_id.clone(),
@@ -132,7 +136,7 @@ fn approve_req(p: &v1::PendingApproval, client: &str, signature: Vec<u8>) -> v1:
 }
 
 /// A valid approval of `p` (made by `client`) by `who`.
-fn approval(who: &str, client: &str, p: &v1::PendingApproval) -> v1::ApproveRequest {
+pub(crate) fn approval(who: &str, client: &str, p: &v1::PendingApproval) -> v1::ApproveRequest {
     let sig = signed(
         who,
         client,
@@ -144,7 +148,7 @@ fn approval(who: &str, client: &str, p: &v1::PendingApproval) -> v1::ApproveRequ
     approve_req(p, client, sig)
 }
 
-async fn pending(
+pub(crate) async fn pending(
     c: &mut signerd_proto::v1::signer_client::SignerClient<Channel>,
     rid: &str,
     value: u64,
@@ -163,7 +167,7 @@ async fn pending(
 }
 
 /// Watches `rid` until a final state (or panics after a minute).
-async fn final_state(
+pub(crate) async fn final_state(
     c: &mut signerd_proto::v1::signer_client::SignerClient<Channel>,
     rid: &str,
 ) -> v1::SignRequestState {

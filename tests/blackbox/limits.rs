@@ -78,6 +78,15 @@ async fn concurrent_requests_never_exceed_a_limit() {
             assert_eq!(dec["rules"][0], "daily-eth", "{dec}");
         }
     }
+    // Recorded in whatever order the 40 reached the log, every decision is the policy's.
+    assert!(d.stop().success());
+    let out = crate::audit_support::ctl(&["audit", "recheck", env.audit_dir().to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("40 decisions rechecked"),
+        "{}",
+        out.stdout
+    );
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ mod audit_crash;
 mod audit_example;
 mod audit_integrity;
 mod audit_key;
+mod audit_recheck;
 mod audit_recovery;
 mod audit_support;
 mod audit_tamper;

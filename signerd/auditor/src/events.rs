@@ -547,6 +547,10 @@ pub struct SignDecision {
     /// The requesting client (always written; absent from records of earlier releases).
     #[serde(default)]
     pub client: Option<String>,
+    /// The requesting client's roles, as the policy saw them (always written; absent from
+    /// records of earlier releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
     /// The decision.
     pub decision: Decision,
     /// The rules that decided.

@@ -22,7 +22,9 @@
 //! restarts signerd), write when the audit filesystem is nearly full, or accept a log on disk
 //! whose chain, tree or checkpoints it cannot validate.
 
+pub mod archive;
 pub mod key;
+pub mod recheck;
 pub(crate) mod recover;
 mod writer;
 

@@ -268,6 +268,7 @@ mod tests {
             &SignDecision {
                 req_id: req.to_owned(),
                 client: Some("app".to_owned()),
+                roles: None,
                 decision,
                 rules: Vec::new(),
                 reason: None,

@@ -141,6 +141,7 @@ fn examples() -> Vec<Record> {
         Record::from_event(&SignDecision {
             req_id: "r1".to_owned(),
             client: Some("app".to_owned()),
+            roles: Some(vec!["requester".to_owned()]),
             decision: Decision::Allow,
             rules: vec!["a".to_owned()],
             reason: None,
@@ -519,6 +520,7 @@ mod golden {
             let mut built = Record::new("sign.decision")
                 .field("req_id", "order-1")
                 .field("client", "payments")
+                .field("roles", vec!["requester"])
                 .field("decision", decision.as_str())
                 .field("rules", rules.clone())
                 .field("reason", reason)
@@ -536,6 +538,7 @@ mod golden {
                 SignDecision {
                     req_id: "order-1".to_owned(),
                     client: Some("payments".to_owned()),
+                    roles: Some(vec!["requester".to_owned()]),
                     decision,
                     rules,
                     reason: reason.map(str::to_owned),

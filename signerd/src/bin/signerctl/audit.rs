@@ -1,7 +1,7 @@
 //! `signerctl audit ...`: the auditor's and operator's tools for the audit log.
 //!
 //! `keygen` and `pubkey` work on the audit signing key named by a configuration file;
-//! `verify`, `prove`, `check-proof`, `query` and `tail` only read a log directory (a copy is
+//! `verify`, `prove`, `check-proof`, `query`, `tail` and `recheck` only read a log directory (a copy is
 //! fine) and never need the daemon or any secret. A failed verification exits non-zero and
 //! names the first bad record; nothing here ever modifies a log. Those five run the commands
 //! of the auditor crate ([`signerd_auditor::commands`]), as its own binary `signerd-auditor`
@@ -121,6 +121,18 @@ pub(crate) enum AuditCmd {
         /// `json`: the exact lines (JSON Lines); `table`: one summary line per record.
         #[arg(long, value_enum, default_value_t = Format::Json)]
         format: Format,
+    },
+    /// Re-evaluate every recorded decision with the policies archived beside the log
+    /// (`<dir>/policies`), rebuilding spend in log order; print each decision (or vote) the
+    /// recorded policy would not have made. Exits 1 if there is one, or if a policy the log
+    /// names is missing from the archive or altered.
+    Recheck {
+        /// The log directory (the daemon's `[audit] dir`, or a copy of it).
+        dir: PathBuf,
+        /// A policy file to use besides the archive, under its own hash (e.g. one loaded
+        /// before the archive existed). May be repeated.
+        #[arg(long = "policy", value_name = "FILE")]
+        policies: Vec<PathBuf>,
     },
     /// Print the last records; with -f, keep printing new ones (across segment rotation).
     Tail {
@@ -354,6 +366,29 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
                 Format::Table => commands::Format::Table,
             };
             blocking(move |out| commands::query(&dir, &filter, format, out)).await
+        }
+        AuditCmd::Recheck { dir, policies } => {
+            let report = tokio::task::spawn_blocking(move || {
+                signerd::audit::recheck::recheck(&dir, &policies)
+            })
+            .await
+            .context("recheck task")??;
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            if json_out {
+                serde_json::to_writer(&mut out, &report)?;
+                writeln!(out)?;
+            } else {
+                signerd::audit::recheck::print(&report, &mut out)?;
+            }
+            out.flush()?;
+            if !report.findings.is_empty() {
+                bail!(
+                    "recheck: {} records differ from what the recorded policy decides",
+                    report.findings.len()
+                );
+            }
+            Ok(())
         }
         AuditCmd::Tail { dir, lines, follow } => {
             blocking(move |out| commands::tail(&dir, lines, follow, out)).await

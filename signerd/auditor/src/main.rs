@@ -12,12 +12,14 @@ use std::process::ExitCode;
 
 use signerd_auditor::commands::{self, CommandError, Format};
 use signerd_auditor::query::Filter;
+use signerd_auditor::witnessed;
 
 const USAGE: &str = "\
 signerd-auditor: read and verify a signerd audit log (docs/audit-log.md)
 
 Usage:
   signerd-auditor [--json] verify DIR [--pubkey VKEY | --pubkey-file FILE] [--checkpoint FILE]...
+                        [--witness VKEY... --min-witnesses K]
   signerd-auditor prove --dir DIR SEQ [--pubkey VKEY | --pubkey-file FILE]
   signerd-auditor [--json] check-proof FILE [--pubkey VKEY | --pubkey-file FILE] [--leaf-hash HEX]
   signerd-auditor query --dir DIR [--key ID] [--client ID] [--req-id ID] [--type TYPE]
@@ -37,6 +39,10 @@ Options:
   --pubkey VKEY        The checkpoint verifier key (C2SP vkey: <name>+<key id>+<base64 key>)
   --pubkey-file FILE   A file holding the verifier key
   --checkpoint FILE    A checkpoint kept elsewhere: the log must contain its tree (repeatable)
+  --witness VKEY       A witness's key (<name>+<key id>+<base64(0x04 || key)>): the checkpoints
+                       it cosigned (DIR/cosignatures/) must be in the log (repeatable)
+  --min-witnesses K    At least K of the --witness keys must have cosigned a checkpoint of the
+                       log (default: 1 with --witness)
   --leaf-hash HEX      The leaf hash you hold (a receipt's): the proof must be for it
   --key, --client, --req-id
                        Records of requests for this key, by this client, with this request id
@@ -59,6 +65,8 @@ enum Command {
         dir: PathBuf,
         key: KeyArgs,
         checkpoints: Vec<PathBuf>,
+        witnesses: Vec<String>,
+        min_witnesses: Option<usize>,
     },
     Prove {
         dir: PathBuf,
@@ -227,18 +235,43 @@ fn parse(args: &[OsString]) -> Result<(Command, bool), String> {
         "verify" => {
             let o = Options::parse(
                 rest,
-                &[KEY[0], KEY[1], ("--checkpoint", &["--checkpoint"])],
+                &[
+                    KEY[0],
+                    KEY[1],
+                    ("--checkpoint", &["--checkpoint"]),
+                    ("--witness", &["--witness"]),
+                    ("--min-witnesses", &["--min-witnesses"]),
+                ],
                 &[],
             )?;
+            let values = |name: &str| -> Vec<&OsString> {
+                o.values
+                    .iter()
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, v)| v)
+                    .collect()
+            };
+            let min_witnesses = match values("--min-witnesses").as_slice() {
+                [] => None,
+                [k] => Some(
+                    k.to_str()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| "--min-witnesses needs a number".to_owned())?,
+                ),
+                _ => return Err("--min-witnesses is given twice".to_owned()),
+            };
             Command::Verify {
                 dir: PathBuf::from(o.single("DIR")?),
                 key: o.key()?,
-                checkpoints: o
-                    .values
-                    .iter()
-                    .filter(|(n, _)| *n == "--checkpoint")
-                    .map(|(_, v)| PathBuf::from(v))
+                checkpoints: values("--checkpoint")
+                    .into_iter()
+                    .map(PathBuf::from)
                     .collect(),
+                witnesses: values("--witness")
+                    .into_iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect(),
+                min_witnesses,
             }
         }
         "prove" => {
@@ -339,7 +372,17 @@ fn run(command: Command, json: bool) -> Result<(), CommandError> {
             dir,
             key: k,
             checkpoints,
-        } => commands::verify(&dir, key(&k)?, &checkpoints, json, &mut out),
+            witnesses,
+            min_witnesses,
+        } => {
+            if witnesses.is_empty() && min_witnesses.is_none() {
+                commands::verify(&dir, key(&k)?, &checkpoints, json, &mut out)
+            } else {
+                let keys = witnessed::parse_keys(&witnesses)?;
+                let min = min_witnesses.unwrap_or(1);
+                witnessed::verify(&dir, key(&k)?, &checkpoints, &keys, min, json, &mut out)
+            }
+        }
         Command::Prove { dir, seq, key: k } => {
             commands::prove(&dir, seq, key(&k)?.as_ref(), &mut out)
         }
@@ -416,6 +459,8 @@ mod tests {
                         file: Some("vkey".into())
                     },
                     checkpoints: vec!["a".into(), "b".into()],
+                    witnesses: vec![],
+                    min_witnesses: None,
                 },
                 true
             )

@@ -209,6 +209,9 @@ pub struct Signer {
     /// Where the approval sweep, approved signings and watch streams run: tracked, and
     /// stopped on shutdown before the audit log closes.
     background: crate::tasks::Background,
+    /// Set when witnesses are configured: paused while one lags beyond
+    /// `audit.witness_max_lag`.
+    witness_gate: std::sync::OnceLock<Arc<crate::witness::Gate>>,
 }
 
 /// A request whose encoding is larger than this, and every typed-data request, is prepared
@@ -250,7 +253,19 @@ impl Signer {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             )),
             background,
+            witness_gate: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Makes admission wait for witnesses: while `gate` is paused, new requests are refused
+    /// (UNAVAILABLE). Set once, before serving.
+    pub fn set_witness_gate(&self, gate: Arc<crate::witness::Gate>) {
+        let _ = self.witness_gate.set(gate);
+    }
+
+    /// Why witnesses pause signing, if they do.
+    pub fn witness_paused(&self) -> Option<String> {
+        self.witness_gate.get().and_then(|g| g.paused())
     }
 
     /// Probes the state store (a small durable write); false once a probe
@@ -538,6 +553,9 @@ impl Signer {
         heavy: bool,
         prepare: impl FnOnce() -> Result<Prepared, ServiceError> + Send + 'static,
     ) -> Result<SignOutcome, ServiceError> {
+        if let Some(why) = self.witness_paused() {
+            return Err(ServiceError::Unavailable(why));
+        }
         if !self.audit.is_healthy() {
             // The backend's error is in the daemon's log, not in answers to clients.
             return Err(ServiceError::Unavailable(if self.audit.is_paused() {

@@ -368,11 +368,45 @@ pub struct AuditConfig {
     /// signed. Unset: ten times `checkpoint_every_records`.
     #[serde(default)]
     pub max_unattested_records: Option<u64>,
+    /// Independent witnesses that cosign the log's checkpoints (`[[audit.witnesses]]`).
+    #[serde(default)]
+    pub witnesses: Vec<WitnessConfig>,
+    /// Pause signing while a witness has not cosigned this many of the latest checkpoint's
+    /// records (unset: never pause; signing goes on and the lag is reported).
+    #[serde(default)]
+    pub witness_max_lag: Option<u64>,
+    /// Longest wait for one witness's answer; read it with [`AuditConfig::witness_timeout`].
+    #[serde(default, with = "humantime_serde")]
+    witness_timeout: Option<Duration>,
     /// Benchmarks only: skip the fsync of each group commit, so a signature can be returned
     /// before its record is on disk. Never set this in production; signerd logs an error at
     /// every start while it is set.
     #[serde(default)]
     pub bench_unsafe_no_fsync: bool,
+}
+
+/// One `[[audit.witnesses]]` entry: a C2SP tlog-witness that cosigns checkpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// A short local name: the file `cosignatures/<name>` beside the log and the metric label
+    /// (1 to 64 characters of `A-Z a-z 0-9 . _ -`, not starting with `.`).
+    pub name: String,
+    /// The witness's submission prefix (`http://` or `https://`); requests go to
+    /// `<url>/add-checkpoint`.
+    pub url: String,
+    /// The witness's public key: `<witness name>+<key id>+<base64(0x04 || key)>`.
+    pub key: String,
+}
+
+/// Default [`AuditConfig::witness_timeout`].
+pub const DEFAULT_WITNESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AuditConfig {
+    /// Longest wait for one witness answer (default 10 s).
+    pub fn witness_timeout(&self) -> Duration {
+        self.witness_timeout.unwrap_or(DEFAULT_WITNESS_TIMEOUT)
+    }
 }
 
 fn default_max_batch() -> usize {
@@ -636,6 +670,7 @@ impl Config {
                 1 << 40,
             )?;
         }
+        validate_witnesses(a)?;
         let source = a.signing_key_passphrase_source();
         match a.signing_key_backend {
             Backend::Soft => {
@@ -744,6 +779,73 @@ impl SoftKeysConfig {
     pub fn passphrase(&self) -> Result<SecretString, String> {
         self.passphrase_source().read("keys.soft.passphrase")
     }
+}
+
+/// `[[audit.witnesses]]` and the settings that go with them.
+fn validate_witnesses(a: &AuditConfig) -> Result<(), String> {
+    if a.witnesses.len() > 16 {
+        return Err(format!(
+            "audit.witnesses: {} witnesses; at most 16",
+            a.witnesses.len()
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for w in &a.witnesses {
+        let valid = (1..=64).contains(&w.name.len())
+            && !w.name.starts_with('.')
+            && w.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            return Err(format!(
+                "audit.witnesses: name {:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ - \
+                 and not start with `.`",
+                w.name
+            ));
+        }
+        if !names.insert(w.name.as_str()) {
+            return Err(format!("audit.witnesses: name {:?} is used twice", w.name));
+        }
+        let key = signerd_auditor::cosignature::CosignerKey::parse(&w.key)
+            .map_err(|e| format!("audit.witnesses `{}`: key: {e}", w.name))?;
+        if !keys.insert(key.to_string()) {
+            return Err(format!(
+                "audit.witnesses `{}`: the same witness key is configured twice",
+                w.name
+            ));
+        }
+        let url = url::Url::parse(&w.url)
+            .map_err(|e| format!("audit.witnesses `{}`: url {:?}: {e}", w.name, w.url))?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(format!(
+                "audit.witnesses `{}`: url {:?} must be http:// or https:// with a host, and no \
+                 credentials, query or fragment",
+                w.name, w.url
+            ));
+        }
+    }
+    if let Some(max) = a.witness_max_lag {
+        if a.witnesses.is_empty() {
+            return Err("audit.witness_max_lag is set but no [[audit.witnesses]] is".into());
+        }
+        bounded("audit.witness_max_lag", max, 0, 1 << 40)?;
+    }
+    if let Some(t) = a.witness_timeout
+        && (t < Duration::from_millis(100) || t > Duration::from_secs(300))
+    {
+        return Err(format!(
+            "audit.witness_timeout = {} is outside 100ms..=300s",
+            humantime::format_duration(t)
+        ));
+    }
+    Ok(())
 }
 
 fn bounded(name: &str, v: u64, min: u64, max: u64) -> Result<(), String> {

@@ -448,6 +448,25 @@ mod tests {
     }
 
     #[test]
+    fn verify_takes_witness_keys_and_a_minimum() {
+        let (
+            Command::Verify {
+                witnesses,
+                min_witnesses,
+                ..
+            },
+            _,
+        ) = ok("verify /log --witness a+1 --witness=b+2 --min-witnesses 2")
+        else {
+            panic!("not verify");
+        };
+        assert_eq!(witnesses, ["a+1", "b+2"]);
+        assert_eq!(min_witnesses, Some(2));
+        assert!(err("verify /log --min-witnesses x").contains("needs a number"));
+        assert!(err("verify /log --min-witnesses 1 --min-witnesses 2").contains("twice"));
+    }
+
+    #[test]
     fn commands_parse_as_signerctl_audit_spells_them() {
         assert_eq!(
             ok("verify /log --pubkey-file vkey --checkpoint a --checkpoint=b --json"),

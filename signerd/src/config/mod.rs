@@ -397,6 +397,9 @@ pub struct WitnessConfig {
     pub url: String,
     /// The witness's public key: `<witness name>+<key id>+<base64(0x04 || key)>`.
     pub key: String,
+    /// For an `https://` url: the CA certificate(s) (PEM) that issued the witness's server
+    /// certificate. No other roots are trusted.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Default [`AuditConfig::witness_timeout`].
@@ -510,6 +513,11 @@ impl Config {
         abs(&mut self.audit.signing_key_dir);
         if let Some(f) = &mut self.audit.signing_key_passphrase_file {
             abs(f);
+        }
+        for w in &mut self.audit.witnesses {
+            if let Some(f) = &mut w.ca_file {
+                abs(f);
+            }
         }
     }
 
@@ -812,6 +820,12 @@ fn validate_witnesses(a: &AuditConfig) -> Result<(), String> {
         if !keys.insert(key.to_string()) {
             return Err(format!(
                 "audit.witnesses `{}`: the same witness key is configured twice",
+                w.name
+            ));
+        }
+        if w.url.starts_with("https://") != w.ca_file.is_some() {
+            return Err(format!(
+                "audit.witnesses `{}`: ca_file is required for an https:// url and only for one",
                 w.name
             ));
         }
@@ -1261,6 +1275,78 @@ dir = "audit"
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(e.contains(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn witnesses_are_checked() {
+        let with = |extra: &str| GOOD.replace("[audit]\n", &format!("[audit]\n{extra}\n"));
+        let public = ed25519_dalek::SigningKey::from_bytes(&[1; 32])
+            .verifying_key()
+            .to_bytes();
+        let key = signerd_auditor::cosignature::CosignerKey::new("witness.example/w1", &public)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        let entry = |name: &str, url: &str, key: &str| {
+            format!("{{ name = \"{name}\", url = \"{url}\", key = \"{key}\" }}")
+        };
+        let good = with(&format!(
+            "witnesses = [{}]\nwitness_max_lag = 100\nwitness_timeout = \"2s\"",
+            entry("w1", "http://127.0.0.1:7380", &key)
+        ));
+        let c = parse(&good).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.audit.witnesses.len(), 1);
+        assert_eq!(c.audit.witness_max_lag, Some(100));
+        assert_eq!(c.audit.witness_timeout(), Duration::from_secs(2));
+        assert_eq!(
+            parse(GOOD)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .audit
+                .witness_timeout(),
+            DEFAULT_WITNESS_TIMEOUT
+        );
+        let one = |name: &str, url: &str, key: &str| {
+            with(&format!("witnesses = [{}]", entry(name, url, key)))
+        };
+        let as_log_key = signerd_auditor::note::VerifierKey::new("witness.example/w1", &public)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        for (text, want) in [
+            (one("a/b", "http://h", &key), "name \"a/b\""),
+            (one(".w", "http://h", &key), "name \".w\""),
+            (one("w", "ftp://h", &key), "must be http:// or https://"),
+            (one("w", "http://u:p@h", &key), "no credentials"),
+            (one("w", "https://h", &key), "ca_file is required"),
+            (one("w", "http://h", &as_log_key), "0x04"),
+            (
+                with(&format!(
+                    "witnesses = [{}, {}]",
+                    entry("w", "http://h", &key),
+                    entry("w", "http://g", &key)
+                )),
+                "used twice",
+            ),
+            (
+                with(&format!(
+                    "witnesses = [{}, {}]",
+                    entry("w", "http://h", &key),
+                    entry("v", "http://g", &key)
+                )),
+                "configured twice",
+            ),
+            (with("witness_max_lag = 5"), "no [[audit.witnesses]]"),
+            (
+                with(&format!(
+                    "witnesses = [{}]\nwitness_timeout = \"1ms\"",
+                    entry("w", "http://h", &key)
+                )),
+                "outside 100ms..=300s",
+            ),
+        ] {
+            match parse(&text) {
+                Ok(_) => panic!("accepted: {want}"),
+                Err(e) => assert!(e.to_string().contains(want), "{want}: {e}"),
+            }
         }
     }
 

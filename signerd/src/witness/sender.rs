@@ -46,6 +46,8 @@ pub struct Peer {
     pub url: String,
     /// The witness's cosignature key.
     pub key: CosignerKey,
+    /// For https: the CA certificates that may issue the witness's server certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// What the sender needs.
@@ -106,6 +108,7 @@ pub fn start(
                 name: w.name.clone(),
                 url: w.url.clone(),
                 key: CosignerKey::parse(&w.key).map_err(|e| format!("`{}`: {e}", w.name))?,
+                ca_file: w.ca_file.clone(),
             })
         })
         .collect::<Result<Vec<_>, String>>()?;
@@ -126,21 +129,48 @@ pub fn start(
 
 /// Starts the sender as a background task.
 pub fn spawn(background: &Background, opts: SenderOptions, gate: Arc<Gate>) -> Result<(), String> {
-    let http = reqwest::Client::builder()
-        .timeout(opts.timeout)
-        .connect_timeout(opts.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .no_proxy()
-        .build()
-        .map_err(|e| format!("audit.witnesses: HTTP client set-up: {e}"))?;
+    let clients = opts
+        .peers
+        .iter()
+        .map(|p| http_client(p, opts.timeout))
+        .collect::<Result<Vec<_>, String>>()?;
     let bg = background.clone();
     background.spawn("audit witness sender", async move {
-        run(opts, gate, http, bg).await;
+        run(opts, gate, clients, bg).await;
     });
     Ok(())
 }
 
-async fn run(opts: SenderOptions, gate: Arc<Gate>, http: reqwest::Client, bg: Background) {
+/// One witness's HTTP client: rustls with the ring provider and only the witness's CA (for
+/// https), the answer deadline, no redirects, no proxy.
+fn http_client(peer: &Peer, timeout: Duration) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &peer.ca_file {
+        let certs = crate::tls::load_certs(ca).map_err(|e| format!("`{}`: {e}", peer.name))?;
+        for c in certs {
+            roots
+                .add(c)
+                .map_err(|e| format!("`{}`: {}: {e}", peer.name, ca.display()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| format!("`{}`: TLS set-up: {e}", peer.name))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("`{}`: HTTP client set-up: {e}", peer.name))
+}
+
+async fn run(opts: SenderOptions, gate: Arc<Gate>, clients: Vec<reqwest::Client>, bg: Background) {
     let now = Instant::now();
     let mut peers: Vec<PeerState> = Vec::new();
     for p in &opts.peers {
@@ -226,7 +256,7 @@ async fn run(opts: SenderOptions, gate: Arc<Gate>, http: reqwest::Client, bg: Ba
             .to_body();
             p.in_flight = true;
             let url = format!("{}/add-checkpoint", p.peer.url.trim_end_matches('/'));
-            let http = http.clone();
+            let http = clients[i].clone();
             let sent = p.size;
             let size = checkpoint.size;
             let note_text = note_text.clone();

@@ -30,3 +30,4 @@ mod secrets;
 mod signing;
 mod util;
 mod vault;
+mod witness;

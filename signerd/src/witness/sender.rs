@@ -294,15 +294,21 @@ async fn run(opts: SenderOptions, gate: Arc<Gate>, clients: Vec<reqwest::Client>
         }
         gate.set(pause);
         // Keep only the leaves some witness may still need a proof from.
-        let low = peers
-            .iter()
-            .map(|p| p.size)
-            .min()
-            .unwrap_or(checkpoint.size)
-            .min(checkpoint.size);
-        tree.tree.rebase(low);
+        tree.tree.rebase(floor(&peers, checkpoint.size));
     }
     inflight.abort_all();
+}
+
+/// The smallest size a witness may need a consistency proof from: the least size a witness
+/// holds, ignoring 0 (a proof from the empty tree is empty), at most `size`.
+fn floor(peers: &[PeerState], size: u64) -> u64 {
+    peers
+        .iter()
+        .map(|p| p.size)
+        .filter(|s| *s > 0)
+        .min()
+        .unwrap_or(size)
+        .min(size)
 }
 
 /// The kept tree and the reader that feeds it; rebuilt from the log's start when a witness
@@ -354,12 +360,7 @@ async fn refresh(
     if !changed && tree.rebuild.is_none() {
         return Ok(());
     }
-    let floor = peers
-        .iter()
-        .map(|p| p.size)
-        .min()
-        .unwrap_or(checkpoint.size)
-        .min(checkpoint.size);
+    let floor = floor(peers, checkpoint.size);
     let mut state = std::mem::replace(tree, Tree::new(&opts.dir));
     let target = checkpoint.size;
     let (state, result) = tokio::task::spawn_blocking(move || {

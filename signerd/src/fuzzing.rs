@@ -349,8 +349,8 @@ pub fn audit_recover(data: &[u8]) {
 }
 
 /// C2SP checkpoints and signed notes (the `checkpoint` file, `audit.checkpoint` records,
-/// checkpoints given to `signerctl audit verify --checkpoint`, witness input) and verifier
-/// keys.
+/// checkpoints given to `signerctl audit verify --checkpoint`, witness input), verifier
+/// keys, witness keys and cosignatures, and `add-checkpoint` request bodies.
 pub fn audit_note(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -360,6 +360,16 @@ pub fn audit_note(data: &[u8]) {
     let _ = note::verify_note(text, audit_key());
     let _ = Checkpoint::parse_body(text);
     let _ = VerifierKey::parse(text.trim_end());
+    // Witness input: cosignature keys and lines, and add-checkpoint request bodies.
+    use signerd_auditor::cosignature::{self, AddCheckpoint, CosignerKey};
+    let _ = CosignerKey::parse(text.trim_end());
+    if let Ok(k) = CosignerKey::new("witness.example/w1", &[0x3d; 32]) {
+        let _ = cosignature::verify_cosignature(text, &k);
+    }
+    if let Ok(req) = AddCheckpoint::parse(data) {
+        let _ = note::parse_note(&req.checkpoint);
+        let _ = AddCheckpoint::parse(req.to_body().as_bytes());
+    }
 }
 
 /// Inclusion-proof JSON as `signerctl audit check-proof` reads it, checked without and with

@@ -21,6 +21,8 @@
 //! | `signerd_audit_fsync_duration_seconds` | histogram | |
 //! | `signerd_audit_last_checkpoint_timestamp_seconds` | gauge | |
 //! | `signerd_audit_checkpoint_failures_total` | counter | |
+//! | `signerd_audit_witness_lag_records` | gauge | `witness` (the configured name) |
+//! | `signerd_audit_witness_up` | gauge (0/1) | `witness` |
 //! | `signerd_pending_approvals` | gauge | |
 //! | `signerd_sign_request_watches` | gauge | |
 //! | `signerd_policy_serial` | gauge | |
@@ -98,6 +100,14 @@ fn describe() {
     describe_gauge!(
         "signerd_backend_sessions",
         "Key backend sessions configured"
+    );
+    describe_gauge!(
+        "signerd_audit_witness_lag_records",
+        "Audit records in the latest checkpoint that a witness has not cosigned yet"
+    );
+    describe_gauge!(
+        "signerd_audit_witness_up",
+        "1 while a witness's last add-checkpoint request succeeded, 0 while it fails"
     );
     describe_gauge!(
         "signerd_audit_healthy",
@@ -267,6 +277,18 @@ pub fn key_refused(reason: &'static str) {
 /// The audit signing key could not sign a checkpoint.
 pub fn checkpoint_failed() {
     metrics::counter!("signerd_audit_checkpoint_failures_total").increment(1);
+}
+
+/// One witness: records published but not cosigned by it, and whether its last request
+/// succeeded. `name` is the operator's name for it in `[[audit.witnesses]]` (bounded).
+pub fn witness(name: &str, lag: u64, up: bool) {
+    metrics::gauge!("signerd_audit_witness_lag_records", "witness" => name.to_owned())
+        .set(lag as f64);
+    metrics::gauge!("signerd_audit_witness_up", "witness" => name.to_owned()).set(if up {
+        1.0
+    } else {
+        0.0
+    });
 }
 
 /// The audit log's health.

@@ -353,6 +353,11 @@ impl Daemon {
         // Archived beside the log before the record that names its hash.
         crate::audit::archive::store(&config.audit.dir, policy_source.as_bytes())
             .map_err(start("policy"))?;
+        if !config.audit.witnesses.is_empty() {
+            let gate = crate::witness::sender::start(&config, signer.audit(), &background)
+                .map_err(start("audit.witnesses"))?;
+            signer.set_witness_gate(gate);
+        }
         signer
             .record_startup_policy(rollback.is_some())
             .map_err(start("audit"))?;
@@ -474,7 +479,8 @@ impl Daemon {
                 crate::metrics::backend(keys.name(), keys_ok, keys.sessions());
                 let (serial, hash) = watched.policy_version();
                 crate::metrics::policy(serial, &hash);
-                let now = audit_ok && keys_ok && state_ok;
+                let witness_pause = watched.witness_paused();
+                let now = audit_ok && keys_ok && state_ok && witness_pause.is_none();
                 if now == serving {
                     continue;
                 }
@@ -482,11 +488,13 @@ impl Daemon {
                 let status = if now {
                     tracing::info!(
                         backend = keys.name(),
-                        "key backend and audit log ready again: reporting SERVING"
+                        "key backend, audit log and witnesses ready again: reporting SERVING"
                     );
                     tonic_health::ServingStatus::Serving
                 } else {
-                    if !audit_ok && watched.audit().is_paused() {
+                    if let Some(why) = &witness_pause {
+                        tracing::error!("{why}: reporting NOT_SERVING until witnesses catch up");
+                    } else if !audit_ok && watched.audit().is_paused() {
                         tracing::error!(
                             "audit checkpoints cannot be signed: reporting NOT_SERVING until one is"
                         );

@@ -212,6 +212,9 @@ pub struct Signer {
     background: crate::tasks::Background,
     /// The public key of each (key, version) as first served, from the audit log.
     pins: pins::Pins,
+    /// Set when witnesses are configured: paused while one lags beyond
+    /// `audit.witness_max_lag`.
+    witness_gate: std::sync::OnceLock<Arc<crate::witness::Gate>>,
 }
 
 /// A request whose encoding is larger than this, and every typed-data request, is prepared
@@ -254,6 +257,7 @@ impl Signer {
             )),
             background,
             pins: pins::Pins::default(),
+            witness_gate: std::sync::OnceLock::new(),
         }
     }
 
@@ -266,6 +270,17 @@ impl Signer {
         allow_weak_keys: &[String],
     ) -> Result<usize, String> {
         self.pins.learn(pins, allow_weak_keys)
+    }
+
+    /// Makes admission wait for witnesses: while `gate` is paused, new requests are refused
+    /// (UNAVAILABLE). Set once, before serving.
+    pub fn set_witness_gate(&self, gate: Arc<crate::witness::Gate>) {
+        let _ = self.witness_gate.set(gate);
+    }
+
+    /// Why witnesses pause signing, if they do.
+    pub fn witness_paused(&self) -> Option<String> {
+        self.witness_gate.get().and_then(|g| g.paused())
     }
 
     /// Probes the state store (a small durable write); false once a probe
@@ -567,6 +582,9 @@ impl Signer {
         heavy: bool,
         prepare: impl FnOnce() -> Result<Prepared, ServiceError> + Send + 'static,
     ) -> Result<SignOutcome, ServiceError> {
+        if let Some(why) = self.witness_paused() {
+            return Err(ServiceError::Unavailable(why));
+        }
         if !self.audit.is_healthy() {
             // The backend's error is in the daemon's log, not in answers to clients.
             return Err(ServiceError::Unavailable(if self.audit.is_paused() {

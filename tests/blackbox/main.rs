@@ -33,3 +33,4 @@ mod secrets;
 mod signing;
 mod util;
 mod vault;
+mod witness;

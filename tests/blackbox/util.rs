@@ -549,7 +549,13 @@ fn wait_bounded(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
 
 impl Daemon {
     /// Spawns `cmd` with piped output and waits (bounded) for its listening line.
-    pub(crate) fn spawn(mut cmd: Command) -> Result<Daemon, String> {
+    pub(crate) fn spawn(cmd: Command) -> Result<Daemon, String> {
+        Daemon::spawn_until(cmd, "signerd listening on ")
+    }
+
+    /// Spawns `cmd` (signerd, or another server such as `signerctl witness run`) and waits
+    /// (bounded) for the stdout line `<listening> ADDR`.
+    pub(crate) fn spawn_until(mut cmd: Command, listening: &str) -> Result<Daemon, String> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -560,7 +566,7 @@ impl Daemon {
             let left = deadline.saturating_duration_since(Instant::now());
             match lines.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(addr) = line.strip_prefix("signerd listening on ") {
+                    if let Some(addr) = line.strip_prefix(listening) {
                         match addr.trim().parse::<SocketAddr>() {
                             Ok(a) => break a,
                             Err(e) => {

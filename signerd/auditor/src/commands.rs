@@ -102,6 +102,18 @@ pub struct VerifyFlags {
     pub since: Option<PathBuf>,
 }
 
+/// Sets `--live` and `--since` in `opts`.
+pub fn apply_flags(opts: &mut VerifyOptions, flags: &VerifyFlags) -> Result<(), CommandError> {
+    opts.live = flags.live;
+    if let Some(f) = &flags.since {
+        opts.since = Some((
+            format!("the --since checkpoint {}", f.display()),
+            read_input(f)?,
+        ));
+    }
+    Ok(())
+}
+
 /// `verify DIR`: the whole verification procedure, with checkpoints kept elsewhere.
 pub fn verify(
     dir: &Path,

@@ -5,8 +5,10 @@
 //! The format, in the order `docs/audit-log.md` specifies it: [`events`] (every record type,
 //! typed), [`record`] (a record body and its exact bytes), [`envelope`] (reading one line), [`segments`] and [`layout`] (the files of
 //! a log directory), [`merkle`] (RFC 6962 hashing and proofs), [`note`] (C2SP signed
-//! checkpoints and verifier keys), [`approval`] (the message approvers sign). Reading it:
-//! [`check`] (the record-by-record checks), [`verify`], [`prove`] and [`query`], and
+//! checkpoints and verifier keys), [`cosignature`] (witness cosignatures and `add-checkpoint`
+//! requests), [`approval`] (the message approvers sign). Reading it:
+//! [`check`] (the record-by-record checks), [`verify`], [`witnessed`] (the log against its
+//! witnesses' cosignatures), [`prove`] and [`query`], and
 //! [`commands`] (what the `signerd-auditor` binary and `signerctl audit` run, with their
 //! output).
 //!
@@ -17,6 +19,7 @@
 pub mod approval;
 pub mod check;
 pub mod commands;
+pub mod cosignature;
 pub mod envelope;
 pub mod events;
 pub mod layout;
@@ -30,6 +33,7 @@ pub mod segments;
 #[cfg(test)]
 mod testlog;
 pub mod verify;
+pub mod witnessed;
 
 pub use check::{Failure, Stats};
 pub use events::{Event, Kind};

@@ -12,13 +12,14 @@ use std::process::ExitCode;
 
 use signerd_auditor::commands::{self, CommandError, Format};
 use signerd_auditor::query::Filter;
+use signerd_auditor::witnessed;
 
 const USAGE: &str = "\
 signerd-auditor: read and verify a signerd audit log (docs/audit-log.md)
 
 Usage:
   signerd-auditor [--json] verify DIR [--pubkey VKEY | --pubkey-file FILE] [--checkpoint FILE]...
-                        [--since FILE] [--live]
+                        [--since FILE] [--live] [--witness VKEY... --min-witnesses K]
   signerd-auditor consistency --dir DIR OLD [NEW] [--pubkey VKEY | --pubkey-file FILE]
   signerd-auditor [--json] check-consistency FILE [--pubkey VKEY | --pubkey-file FILE]
   signerd-auditor prove --dir DIR SEQ [--pubkey VKEY | --pubkey-file FILE]
@@ -48,6 +49,10 @@ Options:
                        only the records appended since are checked in full
   --live               The log is being written: records after the last checkpoint are
                        reported instead of failing the verification
+  --witness VKEY       A witness's key (<name>+<key id>+<base64(0x04 || key)>): the checkpoints
+                       it cosigned (DIR/cosignatures/) must be in the log (repeatable)
+  --min-witnesses K    At least K of the --witness keys must have cosigned a checkpoint of the
+                       log (default: 1 with --witness)
   --leaf-hash HEX      The leaf hash you hold (a receipt's): the proof must be for it
   --key, --client, --req-id
                        Records of requests for this key, by this client, with this request id
@@ -71,6 +76,8 @@ enum Command {
         key: KeyArgs,
         checkpoints: Vec<PathBuf>,
         flags: commands::VerifyFlags,
+        witnesses: Vec<String>,
+        min_witnesses: Option<usize>,
     },
     Prove {
         dir: PathBuf,
@@ -254,9 +261,27 @@ fn parse(args: &[OsString]) -> Result<(Command, bool), String> {
                     KEY[1],
                     ("--checkpoint", &["--checkpoint"]),
                     ("--since", &["--since"]),
+                    ("--witness", &["--witness"]),
+                    ("--min-witnesses", &["--min-witnesses"]),
                 ],
                 &[("--live", &["--live"])],
             )?;
+            let values = |name: &str| -> Vec<&OsString> {
+                o.values
+                    .iter()
+                    .filter(|(n, _)| *n == name)
+                    .map(|(_, v)| v)
+                    .collect()
+            };
+            let min_witnesses = match values("--min-witnesses").as_slice() {
+                [] => None,
+                [k] => Some(
+                    k.to_str()
+                        .and_then(|s| s.parse().ok())
+                        .ok_or_else(|| "--min-witnesses needs a number".to_owned())?,
+                ),
+                _ => return Err("--min-witnesses is given twice".to_owned()),
+            };
             Command::Verify {
                 dir: PathBuf::from(o.single("DIR")?),
                 key: o.key()?,
@@ -264,12 +289,15 @@ fn parse(args: &[OsString]) -> Result<(Command, bool), String> {
                     live: o.flag("--live"),
                     since: o.path("--since")?,
                 },
-                checkpoints: o
-                    .values
-                    .iter()
-                    .filter(|(n, _)| *n == "--checkpoint")
-                    .map(|(_, v)| PathBuf::from(v))
+                checkpoints: values("--checkpoint")
+                    .into_iter()
+                    .map(PathBuf::from)
                     .collect(),
+                witnesses: values("--witness")
+                    .into_iter()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .collect(),
+                min_witnesses,
             }
         }
         "consistency" => {
@@ -394,8 +422,27 @@ fn run(command: Command, json: bool) -> Result<(), CommandError> {
             dir,
             key: k,
             checkpoints,
+            witnesses,
+            min_witnesses,
             flags,
-        } => commands::verify(&dir, key(&k)?, &checkpoints, &flags, json, &mut out),
+        } => {
+            if witnesses.is_empty() && min_witnesses.is_none() {
+                commands::verify(&dir, key(&k)?, &checkpoints, &flags, json, &mut out)
+            } else {
+                let keys = witnessed::parse_keys(&witnesses)?;
+                let min = min_witnesses.unwrap_or(1);
+                witnessed::verify(
+                    &dir,
+                    key(&k)?,
+                    &checkpoints,
+                    &flags,
+                    &keys,
+                    min,
+                    json,
+                    &mut out,
+                )
+            }
+        }
         Command::Prove { dir, seq, key: k } => {
             commands::prove(&dir, seq, key(&k)?.as_ref(), &mut out)
         }
@@ -470,6 +517,25 @@ mod tests {
     }
 
     #[test]
+    fn verify_takes_witness_keys_and_a_minimum() {
+        let (
+            Command::Verify {
+                witnesses,
+                min_witnesses,
+                ..
+            },
+            _,
+        ) = ok("verify /log --witness a+1 --witness=b+2 --min-witnesses 2")
+        else {
+            panic!("not verify");
+        };
+        assert_eq!(witnesses, ["a+1", "b+2"]);
+        assert_eq!(min_witnesses, Some(2));
+        assert!(err("verify /log --min-witnesses x").contains("needs a number"));
+        assert!(err("verify /log --min-witnesses 1 --min-witnesses 2").contains("twice"));
+    }
+
+    #[test]
     fn commands_parse_as_signerctl_audit_spells_them() {
         assert_eq!(
             ok("verify /log --pubkey-file vkey --checkpoint a --checkpoint=b --json"),
@@ -482,6 +548,8 @@ mod tests {
                     },
                     checkpoints: vec!["a".into(), "b".into()],
                     flags: commands::VerifyFlags::default(),
+                    witnesses: vec![],
+                    min_witnesses: None,
                 },
                 true
             )

@@ -376,11 +376,48 @@ pub struct AuditConfig {
     /// signed. Unset: ten times `checkpoint_every_records`.
     #[serde(default)]
     pub max_unattested_records: Option<u64>,
+    /// Independent witnesses that cosign the log's checkpoints (`[[audit.witnesses]]`).
+    #[serde(default)]
+    pub witnesses: Vec<WitnessConfig>,
+    /// Pause signing while a witness has not cosigned this many of the latest checkpoint's
+    /// records (unset: never pause; signing goes on and the lag is reported).
+    #[serde(default)]
+    pub witness_max_lag: Option<u64>,
+    /// Longest wait for one witness's answer; read it with [`AuditConfig::witness_timeout`].
+    #[serde(default, with = "humantime_serde")]
+    witness_timeout: Option<Duration>,
     /// Benchmarks only: skip the fsync of each group commit, so a signature can be returned
     /// before its record is on disk. Never set this in production; signerd logs an error at
     /// every start while it is set.
     #[serde(default)]
     pub bench_unsafe_no_fsync: bool,
+}
+
+/// One `[[audit.witnesses]]` entry: a C2SP tlog-witness that cosigns checkpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// A short local name: the file `cosignatures/<name>` beside the log and the metric label
+    /// (1 to 64 characters of `A-Z a-z 0-9 . _ -`, not starting with `.`).
+    pub name: String,
+    /// The witness's submission prefix (`http://` or `https://`); requests go to
+    /// `<url>/add-checkpoint`.
+    pub url: String,
+    /// The witness's public key: `<witness name>+<key id>+<base64(0x04 || key)>`.
+    pub key: String,
+    /// For an `https://` url: the CA certificate(s) (PEM) that issued the witness's server
+    /// certificate. No other roots are trusted.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Default [`AuditConfig::witness_timeout`].
+pub const DEFAULT_WITNESS_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl AuditConfig {
+    /// Longest wait for one witness answer (default 10 s).
+    pub fn witness_timeout(&self) -> Duration {
+        self.witness_timeout.unwrap_or(DEFAULT_WITNESS_TIMEOUT)
+    }
 }
 
 fn default_max_batch() -> usize {
@@ -484,6 +521,11 @@ impl Config {
         abs(&mut self.audit.signing_key_dir);
         if let Some(f) = &mut self.audit.signing_key_passphrase_file {
             abs(f);
+        }
+        for w in &mut self.audit.witnesses {
+            if let Some(f) = &mut w.ca_file {
+                abs(f);
+            }
         }
     }
 
@@ -656,6 +698,7 @@ impl Config {
                 1 << 40,
             )?;
         }
+        validate_witnesses(a)?;
         let source = a.signing_key_passphrase_source();
         match a.signing_key_backend {
             Backend::Soft => {
@@ -764,6 +807,79 @@ impl SoftKeysConfig {
     pub fn passphrase(&self) -> Result<SecretString, String> {
         self.passphrase_source().read("keys.soft.passphrase")
     }
+}
+
+/// `[[audit.witnesses]]` and the settings that go with them.
+fn validate_witnesses(a: &AuditConfig) -> Result<(), String> {
+    if a.witnesses.len() > 16 {
+        return Err(format!(
+            "audit.witnesses: {} witnesses; at most 16",
+            a.witnesses.len()
+        ));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut keys = std::collections::BTreeSet::new();
+    for w in &a.witnesses {
+        let valid = (1..=64).contains(&w.name.len())
+            && !w.name.starts_with('.')
+            && w.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid {
+            return Err(format!(
+                "audit.witnesses: name {:?} must be 1 to 64 characters of A-Z a-z 0-9 . _ - \
+                 and not start with `.`",
+                w.name
+            ));
+        }
+        if !names.insert(w.name.as_str()) {
+            return Err(format!("audit.witnesses: name {:?} is used twice", w.name));
+        }
+        let key = signerd_auditor::cosignature::CosignerKey::parse(&w.key)
+            .map_err(|e| format!("audit.witnesses `{}`: key: {e}", w.name))?;
+        if !keys.insert(key.to_string()) {
+            return Err(format!(
+                "audit.witnesses `{}`: the same witness key is configured twice",
+                w.name
+            ));
+        }
+        if w.url.starts_with("https://") != w.ca_file.is_some() {
+            return Err(format!(
+                "audit.witnesses `{}`: ca_file is required for an https:// url and only for one",
+                w.name
+            ));
+        }
+        let url = url::Url::parse(&w.url)
+            .map_err(|e| format!("audit.witnesses `{}`: url {:?}: {e}", w.name, w.url))?;
+        if !matches!(url.scheme(), "http" | "https")
+            || url.host().is_none()
+            || url.query().is_some()
+            || url.fragment().is_some()
+            || !url.username().is_empty()
+            || url.password().is_some()
+        {
+            return Err(format!(
+                "audit.witnesses `{}`: url {:?} must be http:// or https:// with a host, and no \
+                 credentials, query or fragment",
+                w.name, w.url
+            ));
+        }
+    }
+    if let Some(max) = a.witness_max_lag {
+        if a.witnesses.is_empty() {
+            return Err("audit.witness_max_lag is set but no [[audit.witnesses]] is".into());
+        }
+        bounded("audit.witness_max_lag", max, 0, 1 << 40)?;
+    }
+    if let Some(t) = a.witness_timeout
+        && (t < Duration::from_millis(100) || t > Duration::from_secs(300))
+    {
+        return Err(format!(
+            "audit.witness_timeout = {} is outside 100ms..=300s",
+            humantime::format_duration(t)
+        ));
+    }
+    Ok(())
 }
 
 fn bounded(name: &str, v: u64, min: u64, max: u64) -> Result<(), String> {
@@ -1206,6 +1322,78 @@ dir = "audit"
                 .map(|e| e.to_string())
                 .unwrap_or_default();
             assert!(e.contains(want), "want {want:?}, got {e:?}");
+        }
+    }
+
+    #[test]
+    fn witnesses_are_checked() {
+        let with = |extra: &str| GOOD.replace("[audit]\n", &format!("[audit]\n{extra}\n"));
+        let public = ed25519_dalek::SigningKey::from_bytes(&[1; 32])
+            .verifying_key()
+            .to_bytes();
+        let key = signerd_auditor::cosignature::CosignerKey::new("witness.example/w1", &public)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        let entry = |name: &str, url: &str, key: &str| {
+            format!("{{ name = \"{name}\", url = \"{url}\", key = \"{key}\" }}")
+        };
+        let good = with(&format!(
+            "witnesses = [{}]\nwitness_max_lag = 100\nwitness_timeout = \"2s\"",
+            entry("w1", "http://127.0.0.1:7380", &key)
+        ));
+        let c = parse(&good).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.audit.witnesses.len(), 1);
+        assert_eq!(c.audit.witness_max_lag, Some(100));
+        assert_eq!(c.audit.witness_timeout(), Duration::from_secs(2));
+        assert_eq!(
+            parse(GOOD)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .audit
+                .witness_timeout(),
+            DEFAULT_WITNESS_TIMEOUT
+        );
+        let one = |name: &str, url: &str, key: &str| {
+            with(&format!("witnesses = [{}]", entry(name, url, key)))
+        };
+        let as_log_key = signerd_auditor::note::VerifierKey::new("witness.example/w1", &public)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string();
+        for (text, want) in [
+            (one("a/b", "http://h", &key), "name \"a/b\""),
+            (one(".w", "http://h", &key), "name \".w\""),
+            (one("w", "ftp://h", &key), "must be http:// or https://"),
+            (one("w", "http://u:p@h", &key), "no credentials"),
+            (one("w", "https://h", &key), "ca_file is required"),
+            (one("w", "http://h", &as_log_key), "0x04"),
+            (
+                with(&format!(
+                    "witnesses = [{}, {}]",
+                    entry("w", "http://h", &key),
+                    entry("w", "http://g", &key)
+                )),
+                "used twice",
+            ),
+            (
+                with(&format!(
+                    "witnesses = [{}, {}]",
+                    entry("w", "http://h", &key),
+                    entry("v", "http://g", &key)
+                )),
+                "configured twice",
+            ),
+            (with("witness_max_lag = 5"), "no [[audit.witnesses]]"),
+            (
+                with(&format!(
+                    "witnesses = [{}]\nwitness_timeout = \"1ms\"",
+                    entry("w", "http://h", &key)
+                )),
+                "outside 100ms..=300s",
+            ),
+        ] {
+            match parse(&text) {
+                Ok(_) => panic!("accepted: {want}"),
+                Err(e) => assert!(e.to_string().contains(want), "{want}: {e}"),
+            }
         }
     }
 

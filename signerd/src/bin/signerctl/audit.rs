@@ -18,6 +18,7 @@ use signerd::audit::key::{self, SoftCheckpointKey};
 use signerd_auditor::commands::{self, CommandError};
 use signerd_auditor::note::VerifierKey;
 use signerd_auditor::query::Filter;
+use signerd_auditor::witnessed;
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCmd {
@@ -53,6 +54,8 @@ pub(crate) enum AuditCmd {
         /// failing the verification.
         #[arg(long)]
         live: bool,
+        #[command(flatten)]
+        witnesses: WitnessArgs,
     },
     /// Print an RFC 6962 consistency proof (JSON) from the checkpoint in file OLD to the one in
     /// NEW (default: the log's latest), after checking both against the log.
@@ -152,6 +155,19 @@ pub(crate) enum AuditCmd {
 pub(crate) enum Format {
     Json,
     Table,
+}
+
+/// `verify`'s witness options.
+#[derive(clap::Args)]
+pub(crate) struct WitnessArgs {
+    /// A witness's key (<name>+<key id>+<base64(0x04 || key)>): the checkpoints it cosigned
+    /// (DIR/cosignatures/) must be in the log. Repeatable.
+    #[arg(long = "witness", value_name = "VKEY")]
+    keys: Vec<String>,
+    /// At least K of the --witness keys must have cosigned a checkpoint of the log (default:
+    /// 1 with --witness).
+    #[arg(long, value_name = "K")]
+    min_witnesses: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -310,11 +326,22 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
             checkpoints,
             since,
             live,
+            witnesses,
         } => {
             let key = key.key()?;
             let flags = commands::VerifyFlags { live, since };
-            blocking(move |out| commands::verify(&dir, key, &checkpoints, &flags, json_out, out))
-                .await
+            if witnesses.keys.is_empty() && witnesses.min_witnesses.is_none() {
+                return blocking(move |out| {
+                    commands::verify(&dir, key, &checkpoints, &flags, json_out, out)
+                })
+                .await;
+            }
+            let keys = witnessed::parse_keys(&witnesses.keys)?;
+            let min = witnesses.min_witnesses.unwrap_or(1);
+            blocking(move |out| {
+                witnessed::verify(&dir, key, &checkpoints, &flags, &keys, min, json_out, out)
+            })
+            .await
         }
         AuditCmd::Consistency { dir, old, new, key } => {
             let key = key.key()?;

@@ -11,6 +11,7 @@ mod bench;
 mod bench_floor;
 mod bench_vault;
 mod policy;
+mod witness;
 
 use std::path::{Path, PathBuf};
 
@@ -78,6 +79,10 @@ enum Command {
     /// The audit log: verify, prove, query, tail; the checkpoint signing key.
     #[command(subcommand)]
     Audit(audit::AuditCmd),
+    /// A witness that cosigns signerd's audit checkpoints (C2SP tlog-witness), run on a
+    /// host of its own: keygen, pubkey, run.
+    #[command(subcommand)]
+    Witness(witness::WitnessCmd),
     /// An approver's own Ed25519 key: generate it, print its public key.
     #[command(subcommand)]
     Approver(approvals::ApproverCmd),
@@ -577,6 +582,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(settings(&cli.conn)?, args, json_out).await,
         Command::BenchFloorServer { dir } => bench_floor::serve(dir).await,
         Command::Audit(cmd) => audit::run(cmd, json_out).await,
+        Command::Witness(cmd) => witness::run(cmd, json_out).await,
         Command::Approver(cmd) => approvals::run_approver(cmd, json_out),
         Command::Approvals(cmd) => {
             approvals::run_approvals(settings(&cli.conn)?, cmd, json_out).await

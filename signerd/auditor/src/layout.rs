@@ -53,6 +53,58 @@ pub fn read_checkpoint_file(
     Ok(Some((text, checkpoint)))
 }
 
+/// The checkpoints of this log that witnesses cosigned, as kept in `DIR/cosignatures/`
+/// (`(file name, checkpoint)`): each note must be signed by `key`, the log's own key (the
+/// witnesses' cosignature lines are not checked here). Start-up refuses a log shorter than any
+/// of them, as it does for the `checkpoint` file.
+pub fn read_cosigned_checkpoints(
+    dir: &Path,
+    key: &VerifierKey,
+) -> Result<Vec<(String, Checkpoint)>, String> {
+    let path = dir.join(crate::witnessed::COSIGNATURES_DIR);
+    let entries = match std::fs::read_dir(&path) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot list {}: {e}", path.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if name.starts_with('.') || name.ends_with(".tmp") {
+            continue;
+        }
+        if out.len() >= MAX_COSIGNED_FILES {
+            return Err(format!(
+                "{} holds more than {MAX_COSIGNED_FILES} files",
+                path.display()
+            ));
+        }
+        let file = path.join(&name);
+        let mut text = String::new();
+        segments::open_regular(&file)
+            .and_then(|f| {
+                f.take(note::MAX_NOTE_BYTES as u64 + 1)
+                    .read_to_string(&mut text)
+            })
+            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+        let checkpoint = note::verify_note(&text, key).map_err(|e| {
+            format!(
+                "{}: {e}: the file was replaced, or the audit key or audit.origin changed",
+                file.display()
+            )
+        })?;
+        out.push((name, checkpoint));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Most files [`read_cosigned_checkpoints`] reads (one per witness is what signerd keeps).
+const MAX_COSIGNED_FILES: usize = 1024;
+
 /// The bytes of `path` from `offset` on, at most one more than a torn tail may have (so that
 /// a caller can tell a torn tail from something larger).
 pub fn read_tail(path: &Path, offset: u64) -> std::io::Result<Vec<u8>> {

@@ -191,6 +191,14 @@ fn scan_until(dir: &Path, key: &VerifierKey, limit: Option<u64>) -> Result<Scann
             checkpoint,
         });
     }
+    for (name, checkpoint) in
+        signerd_auditor::layout::read_cosigned_checkpoints(dir, key).map_err(open_err)?
+    {
+        expected.push(Expected {
+            label: format!("the checkpoint a witness cosigned (cosignatures/{name})"),
+            checkpoint,
+        });
+    }
     let segments = segments::list(dir).map_err(open_err)?;
     let mut checker = Checker::new(check::Options {
         key: Some(key.clone()),

@@ -1381,6 +1381,36 @@ async fn refuses_log_shorter_than_checkpoint_file() {
 }
 
 #[tokio::test]
+async fn refuses_a_log_shorter_than_a_checkpoint_a_witness_cosigned() {
+    let dir = TempDir::new("cosigned-short");
+    let log = log_with_requests(&dir, opts()).await;
+    log.shutdown().await.unwrap();
+    // The latest checkpoint, as a witness cosigned it (the cosignature lines do not matter to
+    // signerd: the note is signed by its own key).
+    let note = std::fs::read_to_string(dir.path().join("checkpoint")).unwrap();
+    std::fs::create_dir_all(dir.path().join("cosignatures")).unwrap();
+    std::fs::write(dir.path().join("cosignatures/w1"), &note).unwrap();
+    // The log cut back to an earlier checkpoint, and the checkpoint file removed with it.
+    let l = lines(&dir.segment());
+    let earlier = l[..l.len() - 1]
+        .iter()
+        .rposition(|line| json(line)["type"] == "audit.checkpoint")
+        .unwrap();
+    std::fs::write(dir.segment(), join(&l[..=earlier])).unwrap();
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    let msg = open_err(dir.path());
+    assert!(
+        msg.contains("the checkpoint a witness cosigned (cosignatures/w1)")
+            && msg.contains("records at the end were removed"),
+        "{msg}"
+    );
+    // A cosigned file that the log's key did not sign is refused too.
+    std::fs::write(dir.path().join("cosignatures/w1"), "not a note\n").unwrap();
+    let msg = open_err(dir.path());
+    assert!(msg.contains("cosignatures/w1"), "{msg}");
+}
+
+#[tokio::test]
 async fn refuses_checkpoints_of_another_key_or_origin() {
     let dir = TempDir::new("otherkey");
     let log = log_with_requests(&dir, opts()).await;

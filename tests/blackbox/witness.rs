@@ -555,3 +555,102 @@ async fn with_witness_max_lag_signing_pauses_until_the_witness_catches_up() {
     });
     assert!(d.stop().success());
 }
+
+/// The latest checkpoint note witness `w` cosigned for the log, from its own state (what an
+/// auditor asks the witness's operators for).
+fn witness_note(w: &TestWitness) -> String {
+    let entry = std::fs::read_dir(&w.state_dir)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("log-"))
+        .expect("a log state");
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(entry.path()).unwrap()).unwrap();
+    v["note"].as_str().unwrap().to_owned()
+}
+
+/// A split view: whoever holds the host shows one history of the log to one witness and
+/// another history (a copy grown apart from a common prefix) to a second witness. Each witness
+/// alone sees a consistent log; an auditor who takes the checkpoint each witness cosigned finds
+/// that no log holds both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_shown_to_two_witnesses_is_caught_by_comparing_their_checkpoints() {
+    let env = TestEnv::new("witness-split");
+    let log = audit_vkey(&env);
+    let w1 = TestWitness::start(&env.dir, "w1", &log);
+    let w2 = TestWitness::start(&env.dir, "w2", &log);
+    configure(&env, FAST, &[("w1", &w1)]);
+    let d = env.start();
+    sign(&env, &d, "common").await.unwrap();
+    assert!(d.stop().success());
+    // The common prefix, with the state store that belongs to it.
+    let prefix_audit = env.dir.join("prefix-audit");
+    let prefix_state = env.dir.join("prefix-state");
+    copy_tree(&env.audit_dir(), &prefix_audit);
+    copy_tree(&env.dir.join("state"), &prefix_state);
+
+    // History A, shown to w1.
+    let d = env.start();
+    for i in 0..3 {
+        sign(&env, &d, &format!("a-{i}")).await.unwrap();
+    }
+    wait_for("w1 to cosign history A", Duration::from_secs(30), || {
+        cosigned(&env, "w1").is_some_and(|(_, s)| s == checkpoint_size(&env.audit_dir()))
+    });
+    assert!(d.stop().success());
+    let history_a = env.dir.join("history-a");
+    copy_tree(&env.audit_dir(), &history_a);
+
+    // History B, grown from the same prefix, shown to w2 only.
+    std::fs::remove_dir_all(env.audit_dir()).unwrap();
+    std::fs::remove_dir_all(env.dir.join("state")).unwrap();
+    copy_tree(&prefix_audit, &env.audit_dir());
+    copy_tree(&prefix_state, &env.dir.join("state"));
+    let text = std::fs::read_to_string(env.config_path()).unwrap();
+    let text = text
+        .replace("name = \"w1\"", "name = \"w2\"")
+        .replace(&w1.url(), &w2.url())
+        .replace(&w1.vkey, &w2.vkey);
+    write_file(&env.config_path(), text.as_bytes(), 0o600);
+    let d = env.start();
+    for i in 0..5 {
+        sign(&env, &d, &format!("b-{i}")).await.unwrap();
+    }
+    wait_for("w2 to cosign history B", Duration::from_secs(30), || {
+        cosigned(&env, "w2").is_some_and(|(_, s)| s == checkpoint_size(&env.audit_dir()))
+    });
+    assert!(d.stop().success());
+    let history_b = env.audit_dir();
+
+    // Each history verifies with the witness it was shown to.
+    let a = verify(&history_a, &log, &["--witness", &w1.vkey]);
+    assert!(a.status.success(), "{a:?}");
+    let b = verify(&history_b, &log, &["--witness", &w2.vkey]);
+    assert!(b.status.success(), "{b:?}");
+
+    // The auditor takes what each witness cosigned: neither history holds the other's.
+    let seen_by_1 = env.dir.join("w1.checkpoint");
+    let seen_by_2 = env.dir.join("w2.checkpoint");
+    std::fs::write(&seen_by_1, witness_note(&w1)).unwrap();
+    std::fs::write(&seen_by_2, witness_note(&w2)).unwrap();
+    for (dir, other) in [(&history_a, &seen_by_2), (&history_b, &seen_by_1)] {
+        let out = verify(dir, &log, &["--checkpoint", other.to_str().unwrap()]);
+        assert!(!out.status.success(), "{out:?}");
+        assert!(
+            out.stderr.contains("the log was rewritten or replaced")
+                || out.stderr.contains("records at the end were removed"),
+            "{}",
+            out.stderr
+        );
+    }
+    // And no consistency proof links the two checkpoints in either history.
+    let out = Command::new(SIGNERCTL)
+        .args(["audit", "consistency", "--dir"])
+        .arg(&history_b)
+        .arg(&seen_by_1)
+        .arg(&seen_by_2)
+        .args(["--pubkey", &log])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{out:?}");
+}

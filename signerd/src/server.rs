@@ -124,6 +124,9 @@ pub struct Daemon {
     state: Arc<dyn crate::state::StateStore>,
     /// The audit log the state store is bound to.
     log: crate::state::LogBinding,
+    /// SIGHUP, taken over when the daemon is opened: a SIGHUP that comes once the daemon is
+    /// listening reloads the policy, and never terminates the process (its default action).
+    hangup: Option<tokio::signal::unix::Signal>,
 }
 
 impl std::fmt::Debug for Daemon {
@@ -383,6 +386,16 @@ impl Daemon {
                 })
                 .map_err(start("audit"))?;
         }
+        let hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(
+                    error = %e,
+                    "cannot listen for SIGHUP; reload the policy through the Admin API"
+                );
+                None
+            }
+        };
         Ok(Daemon {
             config,
             signer,
@@ -392,6 +405,7 @@ impl Daemon {
             background,
             state,
             log: current,
+            hangup,
         })
     }
 
@@ -409,7 +423,7 @@ impl Daemon {
 
     /// Serves until `shutdown` resolves, then drains and closes the audit log.
     pub async fn serve(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         let server = &self.config.server;
@@ -527,13 +541,9 @@ impl Daemon {
 
         let signer = self.signer.clone();
         let bg = background.clone();
+        let hangup = self.hangup.take();
         background.spawn("SIGHUP reloader", async move {
-            let Ok(mut hup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                tracing::error!(
-                    "cannot listen for SIGHUP; reload the policy through the Admin API"
-                );
+            let Some(mut hup) = hangup else {
                 return;
             };
             loop {

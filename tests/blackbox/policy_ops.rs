@@ -307,3 +307,20 @@ async fn a_restart_on_an_older_policy_is_refused_unless_allowed_on_record() {
     assert_eq!(loads[0]["forced"], false);
     assert!(d.stop().success());
 }
+
+/// A SIGHUP the moment the daemon says it is listening reloads the policy; it never ends the
+/// process (SIGHUP's default action), however early it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_right_after_listening_never_kills_the_daemon() {
+    let env = TestEnv::new("sighup-early");
+    for round in 0..5 {
+        let mut d = env.start();
+        hup(&d);
+        let mut c = env.client(&d, "app").await;
+        c.sign_evm_transaction(crate::util::eip1559(&format!("early-hup-{round}")))
+            .await
+            .unwrap_or_else(|st| panic!("round {round}: {st:?}"));
+        assert!(d.is_running(), "round {round}: the daemon died");
+        assert!(d.stop().success(), "round {round}");
+    }
+}

@@ -111,6 +111,11 @@ fn refuse_binding(config: &Config, how: &str) -> ServerError {
 /// How often health looks at the key backend.
 const HEALTH_POLL: Duration = Duration::from_millis(500);
 
+/// The gRPC health service name that says whether every witness cosigns (with
+/// `[[audit.witnesses]]` only). Signing does not depend on it unless `audit.witness_max_lag`
+/// is set.
+pub const WITNESS_HEALTH: &str = "signerd.audit.Witnesses";
+
 /// A daemon that has opened everything and bound its listener, ready to serve.
 pub struct Daemon {
     config: Config,
@@ -474,6 +479,7 @@ impl Daemon {
             // backend's comes and goes, and so does an audit log paused for a checkpoint, so
             // health follows them both ways.
             let mut serving = true;
+            let mut witnesses_serving: Option<bool> = None;
             let mut tick = tokio::time::interval(HEALTH_POLL);
             loop {
                 tokio::select! {
@@ -494,6 +500,22 @@ impl Daemon {
                 let (serial, hash) = watched.policy_version();
                 crate::metrics::policy(serial, &hash);
                 let witness_pause = watched.witness_paused();
+                // The health detail of witnesses: signing goes on while one is down (unless
+                // audit.witness_max_lag pauses it), and this service says so.
+                if let Some(failing) = watched.witness_failing()
+                    && witnesses_serving != Some(!failing)
+                {
+                    witnesses_serving = Some(!failing);
+                    let status = if failing {
+                        tracing::warn!(
+                            "a witness does not cosign: reporting NOT_SERVING for {WITNESS_HEALTH}; signing goes on"
+                        );
+                        tonic_health::ServingStatus::NotServing
+                    } else {
+                        tonic_health::ServingStatus::Serving
+                    };
+                    health.set_service_status(WITNESS_HEALTH, status).await;
+                }
                 let now = audit_ok && keys_ok && state_ok && witness_pause.is_none();
                 if now == serving {
                     continue;

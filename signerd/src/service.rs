@@ -283,6 +283,11 @@ impl Signer {
         self.witness_gate.get().and_then(|g| g.paused())
     }
 
+    /// With witnesses configured: whether some witness's last `add-checkpoint` failed.
+    pub fn witness_failing(&self) -> Option<bool> {
+        self.witness_gate.get().map(|g| g.failing())
+    }
+
     /// Probes the state store (a small durable write); false once a probe
     /// or an answer's write has failed. A failure is final until a restart: a store that failed
     /// a write may still accept a small one, and sled keeps no promise after an I/O error.

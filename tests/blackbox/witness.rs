@@ -221,6 +221,22 @@ async fn sign(env: &TestEnv, d: &Daemon, id: &str) -> Result<(), tonic::Status> 
     c.sign_evm_transaction(eip1559(id)).await.map(|_| ())
 }
 
+/// Waits (bounded) until the witnesses' health detail (`signerd.audit.Witnesses`) is `want`.
+async fn wait_witness_health(channel: &tonic::transport::Channel, want: i32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = health(channel.clone(), signerd::server::WITNESS_HEALTH).await;
+        if got.as_ref().is_ok_and(|g| *g == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "witness health {got:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 const FAST: &str = "checkpoint_every_records = 4\ncheckpoint_every_seconds = 1";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -477,6 +493,12 @@ async fn a_witness_outage_never_stops_signing_and_it_catches_up() {
         health(channel.clone(), SIGNER_SERVICE).await.unwrap(),
         SERVING
     );
+    // The health detail says a witness does not cosign; signing goes on.
+    wait_witness_health(&channel, NOT_SERVING).await;
+    assert_eq!(
+        health(channel.clone(), SIGNER_SERVICE).await.unwrap(),
+        SERVING
+    );
 
     w.restart();
     wait_for("the witness to catch up", Duration::from_secs(40), || {
@@ -488,6 +510,7 @@ async fn a_witness_outage_never_stops_signing_and_it_catches_up() {
         sample(&body, "signerd_audit_witness_lag_records{witness=\"w1\"}") == Some(0.0)
             && sample(&body, "signerd_audit_witness_up{witness=\"w1\"}") == Some(1.0)
     });
+    wait_witness_health(&channel, SERVING).await;
     assert!(d.stop().success());
     let out = verify(&env.audit_dir(), &log, &["--witness", &w.vkey]);
     assert!(out.status.success(), "{out:?}");

@@ -640,8 +640,23 @@ mod tests {
         assert_eq!(store.get_request("svc-a", "r3").unwrap(), None);
     }
 
+    /// Opens the store; a store just dropped in this process may still hold the lock for a
+    /// moment (sled's flusher thread lets go of the database after the handle is dropped), so
+    /// a lock held is retried for a bounded time.
     fn open_sled_for_test(dir: &Path) -> SledStore {
-        SledStore::open(dir).unwrap()
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir) {
+                Ok(store) => return store,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     #[test]

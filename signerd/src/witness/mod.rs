@@ -28,6 +28,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct Gate {
     paused: AtomicBool,
     reason: Mutex<Option<String>>,
+    /// Set while some witness's last `add-checkpoint` failed (down, refusing, or answering
+    /// without a valid cosignature): the health detail `signerd.audit.Witnesses`.
+    failing: AtomicBool,
 }
 
 impl Gate {
@@ -45,6 +48,16 @@ impl Gate {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// Whether some witness's last `add-checkpoint` failed.
+    pub fn failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    /// Records whether some witness's last `add-checkpoint` failed.
+    pub fn set_failing(&self, failing: bool) {
+        self.failing.store(failing, Ordering::Release);
     }
 
     /// Pauses admission with `reason`, or opens it with `None`.

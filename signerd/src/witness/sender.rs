@@ -293,6 +293,7 @@ async fn run(opts: SenderOptions, gate: Arc<Gate>, clients: Vec<reqwest::Client>
             }
         }
         gate.set(pause);
+        gate.set_failing(peers.iter().any(|p| p.failing.is_some()));
         // Keep only the leaves some witness may still need a proof from.
         tree.tree.rebase(floor(&peers, checkpoint.size));
     }

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::envelope::{self, Field, LineError};
 use crate::events::{
     self, ApprovalVote, AuditCheckpoint, AuditRecover, AuditSegmentOpen, AuditSegmentSeal,
-    Decision, Event, Kind,
+    Decision, Event, KeyPin, Kind, Outcome, SignResult,
 };
 use crate::merkle::{self, Frontier, Hash};
 use crate::note::{self, Checkpoint, VerifierKey};
@@ -422,6 +422,8 @@ pub struct Checker {
     origin: Option<String>,
     last_checkpoint: Option<LastCheckpoint>,
     pairing: Pairing,
+    /// `key.pin` records by `seq`: (key, version).
+    pins: HashMap<u64, (String, Option<u64>)>,
     stats: Stats,
     expected_next: usize,
     /// Kind of the last record.
@@ -458,6 +460,7 @@ impl Checker {
             origin: None,
             last_checkpoint: None,
             pairing: Pairing::default(),
+            pins: HashMap::new(),
             stats: Stats::default(),
             expected_next: 0,
             last_kind: None,
@@ -757,8 +760,16 @@ impl Checker {
             Kind::SignResult => {
                 let status = env.status.as_str().unwrap_or("(none)").to_owned();
                 *self.stats.results.entry(status).or_default() += 1;
+                let pinned = self.check_pin(line, self.pairing.peek(&env));
                 self.semantic(pos, seq, |p| p.result(&env).map(|_| ()))?;
+                self.semantic(pos, seq, |_| pinned)?;
             }
+            Kind::KeyPin => match body::<KeyPin>(line, kind) {
+                Ok(b) => {
+                    self.pins.insert(seq, (b.key, b.version));
+                }
+                Err(e) => self.semantic(pos, seq, |_| Err(e))?,
+            },
             Kind::ApprovalGrant | Kind::ApprovalReject => {
                 let b: Result<ApprovalVote, String> = body(line, kind);
                 self.semantic(pos, seq, |_| b.and_then(|b| verify_vote(&b, kind)))?;
@@ -768,13 +779,44 @@ impl Checker {
             | Kind::PolicyLoad
             | Kind::PolicyRefused
             | Kind::StateRebind
-            | Kind::KeyPin
             | Kind::KeyAllowance
             | Kind::SignDryRun
             | Kind::ApprovalRequest
             | Kind::ApprovalExpire => {}
         }
         self.accept(line, &env, pos)
+    }
+
+    /// A signed `sign.result` that names its key's pin (`pin`, the `seq` of a `key.pin`) must
+    /// name the pin of the key its request asked for, and of the version that signed.
+    fn check_pin(&self, line: &[u8], open: Option<&OpenRequest>) -> Result<(), String> {
+        let Ok(SignResult {
+            outcome:
+                Outcome::Signed {
+                    pin: Some(pin),
+                    key_version,
+                    ..
+                },
+            ..
+        }) = body::<SignResult>(line, Kind::SignResult)
+        else {
+            return Ok(());
+        };
+        let Some((key, version)) = self.pins.get(&pin) else {
+            return Err(format!(
+                "sign.result names the key pin at seq {pin}, but no key.pin record is there: the pin was removed or the result changed"
+            ));
+        };
+        if open
+            .and_then(|o| o.key.as_deref())
+            .is_some_and(|k| k != key)
+            || *version != key_version
+        {
+            return Err(format!(
+                "sign.result names the key pin at seq {pin}, which pins key {key:?} version {version:?}, not the key and version that signed"
+            ));
+        }
+        Ok(())
     }
 
     /// Adds a checked record to the segment, the chain and the tree.

@@ -517,4 +517,77 @@ mod tests {
         assert_eq!(r.unattested, 0);
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     }
+
+    /// A signed result must name the pin of its own key: a pin of another key, or a seq that
+    /// holds no pin, fails.
+    #[test]
+    fn a_result_names_the_pin_of_the_key_that_signed() {
+        use crate::events::{
+            Decision, KeyChecked, KeyPin, Method, Outcome, SignDecision, SignRequest, SignResult,
+            Signature,
+        };
+        let run = |pin_of: &dyn Fn(u64, u64) -> u64| -> Result<Report, Failure> {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut log = TestLog::new(tmp.path());
+            let mut pins = Vec::new();
+            for key in ["hot", "cold"] {
+                let (seq, _) = log.append(KeyPin {
+                    key: key.to_owned(),
+                    version: None,
+                    algorithm: "ed25519".to_owned(),
+                    backend: "soft".to_owned(),
+                    public_key: format!("0x{}", "11".repeat(32)),
+                    checked: KeyChecked::default(),
+                    weak: Vec::new(),
+                });
+                pins.push(seq);
+            }
+            log.append(SignRequest {
+                req_id: Some("r1".to_owned()),
+                method: Method::SignDigest,
+                client: "app".to_owned(),
+                cert_sha256: "ab".repeat(32),
+                key: Some("hot".to_owned()),
+                fingerprint: Some("cd".repeat(32)),
+            });
+            log.append(SignDecision {
+                req_id: "r1".to_owned(),
+                client: Some("app".to_owned()),
+                decision: Decision::Allow,
+                rules: vec!["r".to_owned()],
+                reason: None,
+                policy_serial: 1,
+                policy_hash: "ef".repeat(32),
+                action: serde_json::json!({}),
+                charges: Vec::new(),
+                approved_by: None,
+                roles: Some(Vec::new()),
+            });
+            log.append(SignResult {
+                req_id: Some("r1".to_owned()),
+                client: Some("app".to_owned()),
+                outcome: Outcome::Signed {
+                    signing_hash: format!("0x{}", "22".repeat(32)),
+                    tx_hash: None,
+                    raw_tx: None,
+                    signature: Signature {
+                        bytes: format!("0x{}", "33".repeat(64)),
+                        r: "0x".to_owned(),
+                        s: "0x".to_owned(),
+                        v: 0,
+                    },
+                    key_version: None,
+                    pin: Some(pin_of(pins[0], pins[1])),
+                },
+            });
+            log.append(AuditStop {});
+            log.checkpoint();
+            verify_dir(tmp.path(), &with_key())
+        };
+        run(&|hot, _| hot).unwrap();
+        let err = run(&|_, cold| cold).unwrap_err().to_string();
+        assert!(err.contains("which pins key \"cold\""), "{err}");
+        let err = run(&|_, _| 3).unwrap_err().to_string();
+        assert!(err.contains("no key.pin record is there"), "{err}");
+    }
 }

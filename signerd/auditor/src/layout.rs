@@ -61,49 +61,19 @@ pub fn read_cosigned_checkpoints(
     dir: &Path,
     key: &VerifierKey,
 ) -> Result<Vec<(String, Checkpoint)>, String> {
-    let path = dir.join(crate::witnessed::COSIGNATURES_DIR);
-    let entries = match std::fs::read_dir(&path) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("cannot list {}: {e}", path.display())),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry.map_err(|e| format!("cannot list {}: {e}", path.display()))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        if name.starts_with('.') || name.ends_with(".tmp") {
-            continue;
-        }
-        if out.len() >= MAX_COSIGNED_FILES {
-            return Err(format!(
-                "{} holds more than {MAX_COSIGNED_FILES} files",
-                path.display()
-            ));
-        }
-        let file = path.join(&name);
-        let mut text = String::new();
-        segments::open_regular(&file)
-            .and_then(|f| {
-                f.take(note::MAX_NOTE_BYTES as u64 + 1)
-                    .read_to_string(&mut text)
-            })
-            .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-        let checkpoint = note::verify_note(&text, key).map_err(|e| {
-            format!(
-                "{}: {e}: the file was replaced, or the audit key or audit.origin changed",
-                file.display()
-            )
-        })?;
-        out.push((name, checkpoint));
-    }
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(out)
+    crate::witnessed::cosignature_files(dir)?
+        .into_iter()
+        .map(|(name, text)| {
+            let checkpoint = note::verify_note(&text, key).map_err(|e| {
+                format!(
+                    "{}/{name}: {e}: the file was replaced, or the audit key or audit.origin changed",
+                    dir.join(crate::witnessed::COSIGNATURES_DIR).display()
+                )
+            })?;
+            Ok((name, checkpoint))
+        })
+        .collect()
 }
-
-/// Most files [`read_cosigned_checkpoints`] reads (one per witness is what signerd keeps).
-const MAX_COSIGNED_FILES: usize = 1024;
 
 /// The bytes of `path` from `offset` on, at most one more than a torn tail may have (so that
 /// a caller can tell a torn tail from something larger).

@@ -46,15 +46,9 @@ pub struct Witnessed {
     pub note: String,
 }
 
-/// Reads `DIR/cosignatures/` and returns, for each key in `witnesses` that cosigned a
-/// checkpoint there, the largest one (in the order of `witnesses`). A file with a cosignature
-/// line by a trusted key that does not verify, or (with `log_key`) a cosigned note the log's
-/// key did not sign, is an error: it was forged or damaged.
-pub fn read_cosigned(
-    dir: &Path,
-    witnesses: &[CosignerKey],
-    log_key: Option<&VerifierKey>,
-) -> Result<Vec<Witnessed>, String> {
+/// The files of `DIR/cosignatures/` (name, text), in name order: at most [`MAX_FILES`], each at
+/// most a note's size; temporary files are skipped.
+pub fn cosignature_files(dir: &Path) -> Result<Vec<(String, String)>, String> {
     let path = dir.join(COSIGNATURES_DIR);
     let entries = match std::fs::read_dir(&path) {
         Ok(e) => e,
@@ -79,17 +73,32 @@ pub fn read_cosigned(
         }
     }
     names.sort();
-    let mut best: Vec<Option<Witnessed>> = vec![None; witnesses.len()];
+    let mut out = Vec::with_capacity(names.len());
     for name in names {
-        let file = path.join(&name);
-        let shown = format!("{COSIGNATURES_DIR}/{name}");
         let mut text = String::new();
-        segments::open_regular(&file)
+        segments::open_regular(&path.join(&name))
             .and_then(|f| {
                 f.take(note::MAX_NOTE_BYTES as u64 + 1)
                     .read_to_string(&mut text)
             })
-            .map_err(|e| format!("cannot read {shown}: {e}"))?;
+            .map_err(|e| format!("cannot read {COSIGNATURES_DIR}/{name}: {e}"))?;
+        out.push((name, text));
+    }
+    Ok(out)
+}
+
+/// Reads `DIR/cosignatures/` and returns, for each key in `witnesses` that cosigned a
+/// checkpoint there, the largest one (in the order of `witnesses`). A file with a cosignature
+/// line by a trusted key that does not verify, or (with `log_key`) a cosigned note the log's
+/// key did not sign, is an error: it was forged or damaged.
+pub fn read_cosigned(
+    dir: &Path,
+    witnesses: &[CosignerKey],
+    log_key: Option<&VerifierKey>,
+) -> Result<Vec<Witnessed>, String> {
+    let mut best: Vec<Option<Witnessed>> = vec![None; witnesses.len()];
+    for (name, text) in cosignature_files(dir)? {
+        let shown = format!("{COSIGNATURES_DIR}/{name}");
         for (i, key) in witnesses.iter().enumerate() {
             let cosigned = match cosignature::verify_cosignature(&text, key) {
                 Ok(c) => c,

@@ -8,9 +8,9 @@
 //! to its name, or the policy is not installed. This module must never install a policy it
 //! could not archive, or hand out an archived policy whose bytes do not match its name.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -103,26 +103,10 @@ pub fn store(audit_dir: &Path, source: &[u8]) -> Result<String, ArchiveError> {
         read_checked(&path, &hash)?;
         return Ok(hash);
     }
-    let tmp = dir.join(format!(".{hash}.toml.tmp"));
-    // Left by a crash between creating and renaming it: never adopted, always rewritten.
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io(&tmp)(e)),
-    }
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    file.write_all(source).map_err(io(&tmp))?;
-    file.set_permissions(fs::Permissions::from_mode(0o444))
-        .map_err(io(&tmp))?;
-    file.sync_all().map_err(io(&tmp))?;
-    drop(file);
-    fs::rename(&tmp, &path).map_err(io(&path))?;
-    sync_dir(&dir)?;
+    // A temporary file left by a crash between creating and renaming it is never adopted,
+    // always rewritten.
+    let name = format!("{hash}.toml");
+    super::replace_file(&dir, &name, &format!(".{name}.tmp"), source, 0o444).map_err(io(&path))?;
     Ok(hash)
 }
 
@@ -199,6 +183,7 @@ fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     const POLICY: &str = "version = 1\nserial = 3\n";
 

@@ -45,6 +45,7 @@ pub use signerd_auditor::note;
 pub use signerd_auditor::note::{Checkpoint, CheckpointSigner, VerifierKey};
 use signerd_auditor::record::RecordError;
 pub use signerd_auditor::record::{MAX_LINE_BYTES, Record};
+pub(crate) use writer::replace_file;
 use writer::{Msg, Settings, Shared, Writer};
 
 /// How many records may wait for the writer. When the queue is full the disk is far behind;

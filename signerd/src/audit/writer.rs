@@ -329,28 +329,46 @@ pub(super) fn fs_size(dir: &Path) -> std::io::Result<u64> {
     Ok(st.f_blocks.saturating_mul(st.f_frsize))
 }
 
-/// Writes `note` to `DIR/checkpoint` atomically: a temporary file, fsync, rename, fsync of
-/// the directory. Readers see the old or the new checkpoint, never a mix.
-pub(super) fn publish_checkpoint(dir: &Path, note: &str) -> Result<(), String> {
-    let path = dir.join(CHECKPOINT_FILE);
-    let tmp = dir.join(format!("{CHECKPOINT_FILE}.tmp"));
-    let shown = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
+/// Replaces `dir/name` with `bytes`, mode `mode`, so that readers see the old or the new
+/// content, never a mix, and a crash leaves one of them: a temporary file `dir/tmp_name`
+/// (a leftover from a crash is removed first, never adopted), fsync, rename, fsync of the
+/// directory. Shared by the `checkpoint` file, witness cosignatures and the policy archive.
+pub(crate) fn replace_file(
+    dir: &Path,
+    name: &str,
+    tmp_name: &str,
+    bytes: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    let tmp = dir.join(tmp_name);
     match fs::remove_file(&tmp) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(shown(e)),
+        Err(e) => return Err(e),
     }
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(shown)?;
-    f.write_all(note.as_bytes()).map_err(shown)?;
-    f.sync_all().map_err(shown)?;
+        .mode(mode)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
     drop(f);
-    fs::rename(&tmp, &path).map_err(shown)?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(shown)
+    fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `note` to `DIR/checkpoint` atomically ([`replace_file`]). Readers see the old or
+/// the new checkpoint, never a mix.
+pub(super) fn publish_checkpoint(dir: &Path, note: &str) -> Result<(), String> {
+    replace_file(
+        dir,
+        CHECKPOINT_FILE,
+        &format!("{CHECKPOINT_FILE}.tmp"),
+        note.as_bytes(),
+        0o644,
+    )
+    .map_err(|e| format!("cannot write {}: {e}", dir.join(CHECKPOINT_FILE).display()))
 }
 
 /// The writer thread's state.

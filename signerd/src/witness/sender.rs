@@ -575,31 +575,15 @@ async fn handle(
     }
 }
 
-/// Writes `cosignatures/<name>` atomically (temporary file, sync, rename, sync the directory).
+/// Writes `cosignatures/<name>` atomically ([`crate::audit::replace_file`]).
 fn store(dir: &Path, name: &str, note: &str) -> Result<(), String> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    use std::os::unix::fs::DirBuilderExt as _;
     let cdir = dir.join(COSIGNATURES_DIR);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(&cdir)
         .map_err(|e| format!("cannot create {}: {e}", cdir.display()))?;
-    let path = cdir.join(name);
-    let tmp = cdir.join(format!(".{name}.tmp"));
-    let shown = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .map_err(shown)?;
-    f.write_all(note.as_bytes()).map_err(shown)?;
-    f.sync_all().map_err(shown)?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(shown)?;
-    std::fs::File::open(&cdir)
-        .and_then(|d| d.sync_all())
-        .map_err(shown)
+    crate::audit::replace_file(&cdir, name, &format!(".{name}.tmp"), note.as_bytes(), 0o644)
+        .map_err(|e| format!("cannot write {}: {e}", cdir.join(name).display()))
 }

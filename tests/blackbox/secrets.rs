@@ -295,8 +295,8 @@ async fn no_pin_in_logs_audit_or_errors_when_the_hsm_fails() {
         !errors.is_empty(),
         "signing never failed with the token gone"
     );
-    let stderr = d.stderr();
-    assert!(d.stop().success());
+    let (status, stderr) = d.stop_logged();
+    assert!(status.success(), "{status}; stderr:\n{stderr}");
 
     // A wrong PIN at start: the error names the source, not the value.
     let real_pin = std::fs::read_to_string(hsm.dir.join("pin")).unwrap();

@@ -54,8 +54,20 @@ pub(super) struct Conn {
 /// again (cryptoki does not finalize on drop).
 struct Module(Pkcs11);
 
+/// `C_Initialize` and `C_Finalize` act on the whole process, not on one context: a connection
+/// being dropped on one thread (the last call of a lost connection returning late) must not
+/// finalize the module while the monitor initializes it again on another. Both take this lock.
+/// No other call can overlap a `C_Finalize`: every call holds the connection it runs on, and the
+/// module is finalized only when the last holder lets go.
+static LIFECYCLE: Mutex<()> = Mutex::new(());
+
+fn lifecycle() -> std::sync::MutexGuard<'static, ()> {
+    LIFECYCLE.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Drop for Module {
     fn drop(&mut self) {
+        let _lifecycle = lifecycle();
         if let Err(e) = self.0.clone().finalize() {
             tracing::debug!(error = %describe(&e), "C_Finalize");
         }
@@ -103,6 +115,7 @@ fn rv_name(rv: RvError) -> String {
 impl Conn {
     /// Loads the module, finds the token, logs in and opens the first session.
     pub(super) fn open(cfg: &Pkcs11Config, pin: &SecretString) -> Result<Conn, String> {
+        let lifecycle = lifecycle();
         let ctx = Pkcs11::new(&cfg.module)
             .map_err(|e| format!("{}: {}", cfg.module.display(), describe(&e)))?;
         match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
@@ -116,6 +129,7 @@ impl Conn {
             }
             Err(e) => return Err(describe(&e)),
         }
+        drop(lifecycle);
         // From here on, every exit finalizes the module.
         let ctx = Module(ctx);
         let (slot, serial) = find_slot(&ctx, cfg)?;

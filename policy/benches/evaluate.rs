@@ -1,4 +1,6 @@
-//! Policy evaluation against a 1,000-rule policy with a realistic ERC-20 transfer.
+//! Policy evaluation against a 1,000-rule policy with a realistic ERC-20 transfer, and against
+//! the same policy with argument matchers (`function`/`args`) on its contract-call rules and on
+//! global deny rules, with a Uniswap V3 swap whose arguments every key rule decodes.
 //!
 //! Criterion reports the mean; after it, a plain loop prints p50/p99/p99.9 over 100,000
 //! evaluations (the DESIGN target is p99 <= 20 µs). Run with
@@ -24,6 +26,17 @@ fn addr(i: usize) -> String {
 /// A policy like a large deployment's: per-key rules over 50 keys, a few global deny rules,
 /// address books, assets, limits and a rate limit.
 fn policy_src() -> String {
+    policy_src_with(false)
+}
+
+/// The Uniswap V3 SwapRouter.
+const ROUTER: &str = "0xe592427a0aece92de3edee1f18e0157c05861564";
+const SWAP: &str = "exactInputSingle((address tokenIn,address tokenOut,uint24 fee,address recipient,uint256 deadline,uint256 amountIn,uint256 amountOutMinimum,uint160 sqrtPriceLimitX96) params)";
+
+/// [`policy_src`], or with `args`: every contract-call rule allows `exactInputSingle` on the
+/// router with argument matchers (recipient `self`, amount in USDC, fee), and every global
+/// deny rule also refuses swaps paying a blocked address.
+fn policy_src_with(args: bool) -> String {
     let mut s = String::from("version = 1\nserial = 1\n");
     let _ = write!(
         s,
@@ -50,6 +63,13 @@ fn policy_src() -> String {
         let _ = write!(s, "[[rule]]\nid = \"r{r}\"\n");
         match r % 10 {
             // Global deny rules (no key): every request is tested against these.
+            0 if r % 100 == 0 && args && r % 200 == 0 => {
+                let _ = write!(
+                    s,
+                    "effect = \"deny\"\nfunction = \"{SWAP}\"\n\
+                     args = [{{ arg = \"params.recipient\", in = [\"book:blocked\"] }}]\n"
+                );
+            }
             0 if r % 100 == 0 => {
                 let _ = write!(
                     s,
@@ -73,6 +93,18 @@ fn policy_src() -> String {
                      kinds = [\"native_transfer\"]\nto = [\"book:book{}\"]\nvalue_max = \"0.{} ether\"\n",
                     r % 20,
                     r % 9 + 1
+                );
+            }
+            6 if args => {
+                let _ = write!(
+                    s,
+                    "effect = \"allow\"\ngroups = [\"ops\"]\nkeys = [\"key-{key}\"]\nchain_ids = [1]\n\
+                     contracts = [\"{ROUTER}\"]\nfunction = \"{SWAP}\"\n\
+                     args = [{{ arg = \"params.recipient\", eq = \"self\" }}, \
+                     {{ arg = \"params.amountIn\", max = \"{} USDC\", token = \"params.tokenIn\" }}, \
+                     {{ arg = \"params.fee\", max = 10000 }}]\n\
+                     hours = {{ from = \"08:00\", to = \"20:00\", utc_offset = \"+01:00\" }}\n",
+                    1000 + r
                 );
             }
             6 => {
@@ -147,6 +179,50 @@ fn transfer() -> (Action, Identity) {
     (a, who)
 }
 
+/// A 1,000 USDC → WETH swap by `o1` with `key-6` paying the key itself, matched by rule `r6`
+/// of the `args` policy (after decoding it for the 20 rules of `key-6` and the global denies).
+fn swap() -> (Action, Identity) {
+    let me = Address::repeat_byte(0x66);
+    let word = |h: &str| format!("{h:0>64}");
+    let mut hex = String::from("414bf389");
+    hex += &word(USDC.trim_start_matches("0x"));
+    hex += &word("c02aaa39b223fe8d0a0e5c4f27ead9083c756cc2");
+    hex += &word(&format!("{:x}", 500));
+    hex += &word(&hex_addr(me));
+    hex += &word(&format!("{:x}", 1_767_270_000u64));
+    hex += &word(&format!("{:x}", 1_000_000_000u64));
+    hex += &word(&format!("{:x}", 1u64));
+    hex += &word("0");
+    let data = decode_hex(&hex);
+    let mut a = Action::new("key-6", Kind::ContractCall);
+    a.chain_id = Some(1);
+    a.to = Some(ROUTER.parse().unwrap());
+    a.selector = Some([0x41, 0x4b, 0xf3, 0x89]);
+    a.calldata = Some(data.into());
+    a.signer = Some(me);
+    a.gas_limit = Some(200_000);
+    a.max_fee_per_gas = Some(U256::from(30_000_000_000u64));
+    let who = Identity {
+        id: "o1".into(),
+        roles: vec![],
+    };
+    (a, who)
+}
+
+fn hex_addr(a: Address) -> String {
+    a.0.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+fn decode_hex(h: &str) -> Vec<u8> {
+    (0..h.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+        .collect()
+}
+
 /// Usage that always finds some spend, as a warm store would.
 struct Warm;
 
@@ -188,22 +264,37 @@ fn bench(c: &mut Criterion) {
     c.bench_function("explain_request/1000 rules/erc20 transfer", |b| {
         b.iter(|| black_box(policy.explain_request(black_box(&req))));
     });
+    let args = Policy::parse("bench-args.toml", &policy_src_with(true)).unwrap();
+    let (swap, ops) = swap();
+    let swap_req = Request {
+        action: &swap,
+        identity: &ops,
+        ..req
+    };
+    let e = args.evaluate_request(&swap_req);
+    assert!(
+        matches!(&e.decision, signerd_policy::Decision::Allow { rules } if rules == &["r6"]),
+        "{e:#?}"
+    );
+    c.bench_function("evaluate_request/1000 rules with args/uniswap swap", |b| {
+        b.iter(|| black_box(args.evaluate_request(black_box(&swap_req))));
+    });
     let src = policy_src();
     c.bench_function("parse/1000 rules", |b| {
         b.iter(|| black_box(Policy::parse("bench.toml", black_box(&src)).unwrap()));
     });
 }
 
-/// p50/p99/p99.9 over 100,000 single evaluations, measured one by one.
-fn percentiles() {
-    let policy = Policy::parse("bench.toml", &policy_src()).unwrap();
-    let (action, who) = transfer();
+/// p50/p99/p99.9 over 100,000 single evaluations of `action` against `policy`, measured one
+/// by one.
+fn percentiles(label: &str, policy: &Policy, (action, who): (Action, Identity)) {
     let req = Request {
         action: &action,
         identity: &who,
         now_unix: 1_767_268_800,
         usage: &Warm,
     };
+    assert!(policy.evaluate_request(&req).decision.is_allow());
     for _ in 0..10_000 {
         black_box(policy.evaluate_request(black_box(&req)));
     }
@@ -216,7 +307,7 @@ fn percentiles() {
     samples.sort_unstable();
     let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
     println!(
-        "evaluate_request, 1000 rules, ERC-20 transfer, 100000 runs: p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
+        "evaluate_request, 1000 rules, {label}, 100000 runs: p50 {:?}  p99 {:?}  p99.9 {:?}  max {:?}",
         at(0.50),
         at(0.99),
         at(0.999),
@@ -231,5 +322,13 @@ fn main() {
         .configure_from_args();
     bench(&mut c);
     c.final_summary();
-    percentiles();
+    let base = Policy::parse("bench.toml", &policy_src()).unwrap();
+    let args = Policy::parse("bench-args.toml", &policy_src_with(true)).unwrap();
+    percentiles("ERC-20 transfer (baseline)", &base, transfer());
+    percentiles("with argument matchers, ERC-20 transfer", &args, transfer());
+    percentiles(
+        "with argument matchers, Uniswap V3 swap (args decoded)",
+        &args,
+        swap(),
+    );
 }

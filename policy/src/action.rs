@@ -3,7 +3,7 @@
 //! The daemon decodes every request (transaction fields, calldata, typed data) into an
 //! [`Action`] before the policy sees it; the policy never parses wire formats itself.
 
-use alloy_primitives::{Address, U256};
+use alloy_primitives::{Address, Bytes, U256};
 use serde::{Deserialize, Serialize};
 
 /// What kind of signature a request asks for, as policy rules name it.
@@ -275,6 +275,14 @@ pub struct Action {
     /// least four.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex4")]
     pub selector: Option<[u8; 4]>,
+    /// The whole calldata of a transaction or of a `SafeTx`'s call (selector included), for
+    /// rules with `function` and `args`; `None` for other kinds. Bounded by the daemon's
+    /// request limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calldata: Option<Bytes>,
+    /// The signing key's address (`self` in argument matchers), when the key has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<Address>,
     /// Decoded ERC-20 arguments for the ERC-20 kinds, and for a `SafeTx` whose call is a
     /// canonical ERC-20 `transfer`, `transferFrom` or `approve`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -304,6 +312,8 @@ impl Action {
             to: None,
             value: U256::ZERO,
             selector: None,
+            calldata: None,
+            signer: None,
             erc20: None,
             typed_data: None,
             message: None,
@@ -359,6 +369,8 @@ mod tests {
         let mut call = plain.clone();
         call.kind = Kind::Erc20Transfer;
         call.selector = Some([0xa9, 0x05, 0x9c, 0xbb]);
+        call.calldata = Some(Bytes::from(vec![0xa9, 0x05, 0x9c, 0xbb, 0x00]));
+        call.signer = Some(Address::repeat_byte(0x22));
         call.erc20 = Some(Erc20Call {
             token: Address::repeat_byte(0x35),
             from: None,

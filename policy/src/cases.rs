@@ -19,8 +19,9 @@
 //! domain_chain_id, verifying_contract, standard, grants = [{ token (default:
 //! verifying_contract), counterparty, amount }], deadline, safe_tx = { operation, gas_price,
 //! gas_token, refund_receiver, nonce } }`, `message = { len, text }` (`len` defaults to the
-//! length of `text`; `text` only for `eip191_message`). Amounts take the same literals as the
-//! policy. This module evaluates only; it never reads files or the clock.
+//! length of `text`; `text` only for `eip191_message`), `calldata` (`0x` hex, selector
+//! included; the selector defaults to its first 4 bytes) and `signer` (the signing key's
+//! address, `self` in argument matchers). Amounts take the same literals as the policy. This module evaluates only; it never reads files or the clock.
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
@@ -94,6 +95,8 @@ struct RawAction {
     to: Option<AddrLit>,
     value: Amount,
     selector: Option<Selector>,
+    calldata: Option<Spanned<String>>,
+    signer: Option<AddrLit>,
     gas_limit: Option<u64>,
     max_fee_per_gas: Amount,
     erc20: Option<RawErc20>,
@@ -398,6 +401,26 @@ fn build_action(env: &Env<'_>, r: RawAction) -> Result<Action, PolicyError> {
         Kind::Erc20Approve => Some([0x09, 0x5e, 0xa7, 0xb3]),
         _ => None,
     });
+    a.signer = r.signer.map(|x| x.0);
+    if let Some(c) = &r.calldata {
+        let bytes = c
+            .get_ref()
+            .strip_prefix("0x")
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| {
+                env.cx
+                    .invalid(c.span(), "`calldata` must be 0x-prefixed hex".into())
+            })?;
+        let head = bytes.get(..4).and_then(|s| <[u8; 4]>::try_from(s).ok());
+        if r.selector.is_some() && a.selector != head {
+            return Err(env.cx.invalid(
+                c.span(),
+                "`selector` is not the first 4 bytes of `calldata`; give only `calldata`".into(),
+            ));
+        }
+        a.selector = head;
+        a.calldata = Some(bytes.into());
+    }
     if let Some(e) = r.erc20 {
         let token = e.token.map(|t| t.0).or(a.to);
         let unit = match (r.chain_id, token) {
@@ -501,7 +524,7 @@ pub(crate) mod tests {
     use crate::check;
 
     /// Every shipped example with its test suite.
-    pub(crate) const EXAMPLES: [(&str, &str, &str); 4] = [
+    pub(crate) const EXAMPLES: [(&str, &str, &str); 5] = [
         (
             "hot-wallet",
             include_str!("../examples/hot-wallet.toml"),
@@ -521,6 +544,11 @@ pub(crate) mod tests {
             "freeze",
             include_str!("../examples/freeze.toml"),
             include_str!("../examples/freeze.cases.toml"),
+        ),
+        (
+            "swap-and-supply",
+            include_str!("../examples/swap-and-supply.toml"),
+            include_str!("../examples/swap-and-supply.cases.toml"),
         ),
     ];
 

@@ -627,6 +627,14 @@ pub(crate) fn covers(g: &Matchers, s: &Matchers) -> bool {
                 _ => false,
             },
             Field::Hours => g.hours == s.hours,
+            // Same function, and every constraint of `g` is also one of `s`.
+            Field::Args => match (&g.args, &s.args) {
+                (Some(ga), Some(sa)) => {
+                    ga.canonical == sa.canonical
+                        && ga.constraints.iter().all(|c| sa.constraints.contains(c))
+                }
+                _ => false,
+            },
         };
         if !ok {
             return false;

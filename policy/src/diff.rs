@@ -278,6 +278,7 @@ fn changed_fields(o: &Matchers, n: &Matchers) -> Vec<&'static str> {
             Field::MessagePrefixes => o.message_prefixes != n.message_prefixes,
             Field::Registered => o.registered.as_deref() != n.registered.as_deref(),
             Field::Hours => o.hours != n.hours,
+            Field::Args => o.args != n.args,
         };
         if differs && !names.contains(&f.name()) {
             names.push(f.name());

@@ -10,6 +10,7 @@
 use alloy_primitives::U256;
 
 use crate::amount::AmountFormat;
+use crate::args::Calls;
 use crate::limit::{BucketKey, Limit, Moves, destination, effective_chain};
 use crate::rule::{Effect, KindSet, Outcome};
 use crate::{Action, ApprovalRequirement, Decision, Identity, Policy};
@@ -189,18 +190,20 @@ impl Policy {
         let mut deny: Option<(usize, Option<crate::rule::Field>)> = None;
         let mut approvals: Vec<usize> = Vec::new();
         let mut allows: Vec<usize> = Vec::new();
+        // Calldata decoded once per distinct `function` for all rules of this request.
+        let calls = Calls::default();
         let mut visit = |pos: usize, lines: &mut Vec<String>| {
             let Some(rule) = self.rules.get(pos) else {
                 return;
             };
             let head = || format!("rule `{}` ({})", rule.id, rule.effect);
-            match (rule.effect, rule.m.test(a, who, now)) {
+            match (rule.effect, rule.m.test(a, who, now, &calls)) {
                 (_, Outcome::No(f)) => {
                     if explain {
                         lines.push(format!(
                             "{} does not match: {}",
                             head(),
-                            rule.m.describe(f, a, who, now)
+                            rule.m.describe(f, a, who, now, &calls)
                         ));
                     }
                 }
@@ -213,7 +216,7 @@ impl Policy {
                     lines.push(format!(
                         "{} is indeterminate ({}): counts as a deny (fail closed)",
                         head(),
-                        rule.m.describe(f, a, who, now)
+                        rule.m.describe(f, a, who, now, &calls)
                     ));
                 }
                 (Effect::RequireApproval, Outcome::Yes) => {
@@ -228,9 +231,16 @@ impl Policy {
                     lines.push(format!(
                         "{} is indeterminate ({}): does not allow (fail closed)",
                         head(),
-                        rule.m.describe(f, a, who, now)
+                        rule.m.describe(f, a, who, now, &calls)
                     ));
                 }
+            }
+            if explain && let Some(spec) = &rule.m.args {
+                lines.extend(
+                    spec.explain(a, &calls)
+                        .into_iter()
+                        .map(|l| format!("  rule `{}`: {l}", rule.id)),
+                );
             }
         };
         if explain {
@@ -271,12 +281,12 @@ impl Policy {
                 (Some(f), Effect::RequireApproval) => format!(
                     "denied: rule `{}` (require_approval) is indeterminate: {}",
                     rule.id,
-                    rule.m.describe(f, a, who, now)
+                    rule.m.describe(f, a, who, now, &calls)
                 ),
                 (Some(f), _) => format!(
                     "denied by rule `{}` (indeterminate: {})",
                     rule.id,
-                    rule.m.describe(f, a, who, now)
+                    rule.m.describe(f, a, who, now, &calls)
                 ),
             };
             return deny_with(lines, Some(rule.id.clone()), reason);

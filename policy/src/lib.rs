@@ -96,7 +96,10 @@
 //! `gas_limit_max`, `max_fee_per_gas_max` (`gas_price` for legacy transactions),
 //! `primary_types`, `domain_names`, `verifying_contracts`, `domain_chain_ids`,
 //! `permit_spenders` (every grant of an `eip712_permit` to a listed spender),
-//! `message_max_bytes`, `message_prefixes` (EIP-191 text), and `hours`.
+//! `message_max_bytes`, `message_prefixes` (EIP-191 text), and `hours`. `function` (a
+//! Solidity signature with argument names) and `args` constrain a call's decoded arguments
+//! (`{ arg = "params.recipient", eq = "self" }`, see the `args` module); calldata with the
+//! function's selector that is not its canonical ABI encoding is indeterminate.
 //!
 //! Amount literals are base units (`1000000` or `"1000000"`) or a decimal with a unit:
 //! `wei`, `gwei`, `ether`/`ETH` for the native coin, or an `[[asset]]` symbol resolved among
@@ -123,6 +126,7 @@
 
 mod action;
 mod amount;
+mod args;
 mod cases;
 mod check;
 mod diff;

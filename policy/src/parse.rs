@@ -384,6 +384,8 @@ struct RawRule {
     not_to: Addrs,
     contracts: Addrs,
     selectors: List<Spanned<String>>,
+    function: Option<Spanned<String>>,
+    args: Option<Spanned<Vec<crate::args::RawArg>>>,
     erc20_counterparty: Addrs,
     erc20_amount_max: Amount,
     erc20_amount_min: Amount,
@@ -792,7 +794,7 @@ impl Env<'_> {
         }))
     }
 
-    fn addrs(&self, field: &str, v: Addrs) -> Result<Option<AddrSet>, PolicyError> {
+    pub(crate) fn addrs(&self, field: &str, v: Addrs) -> Result<Option<AddrSet>, PolicyError> {
         let Some(list) = self.list(field, v)? else {
             return Ok(None);
         };
@@ -973,6 +975,10 @@ impl Env<'_> {
             )
             .map_err(ctx)?;
         let hours = r.hours.map(|h| self.hours(h)).transpose().map_err(ctx)?;
+        let selectors_span = r.selectors.as_ref().map(Spanned::span);
+        let args = self
+            .function(r.function.as_ref(), r.args, selectors_span, chains)
+            .map_err(ctx)?;
         let m = Matchers {
             kinds: kinds.as_deref().map_or(KindSet::DEFAULT, KindSet::of),
             kinds_written: kinds.is_some(),
@@ -1012,6 +1018,7 @@ impl Env<'_> {
             message_prefixes: self.prefixes(r.message_prefixes).map_err(ctx)?,
             hours,
             registered: (r.effect != Effect::Deny).then(|| Arc::clone(tokens)),
+            args,
         };
         let approval = match r.effect {
             Effect::RequireApproval => {
@@ -1094,6 +1101,35 @@ impl Env<'_> {
             m,
             approval,
         })
+    }
+
+    /// `function` and `args` (see [`crate::args`]): `args` needs `function`, and `function`
+    /// replaces `selectors`.
+    fn function(
+        &self,
+        function: Option<&Spanned<String>>,
+        args: Option<Spanned<Vec<crate::args::RawArg>>>,
+        selectors: Option<Range<usize>>,
+        chains: Option<&BTreeSet<u64>>,
+    ) -> Result<Option<Arc<crate::args::CallSpec>>, PolicyError> {
+        let Some(function) = function else {
+            if let Some(args) = &args {
+                return Err(self.cx.invalid(
+                    args.span(),
+                    "`args` needs `function` (the signature whose arguments it constrains)".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if let Some(s) = selectors {
+            return Err(self.cx.invalid(
+                s,
+                "`selectors` and `function` cannot both be given: `function` implies its selector"
+                    .into(),
+            ));
+        }
+        self.call_spec(function, args, chains)
+            .map(|s| Some(Arc::new(s)))
     }
 
     fn token_bound(

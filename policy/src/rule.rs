@@ -14,6 +14,7 @@ use std::sync::Arc;
 use alloy_primitives::{Address, U256};
 
 use crate::amount::{AmountFormat, AssetId, format_units};
+use crate::args::{CallSpec, Calls};
 use crate::time::{Duration, Hours};
 use crate::{Action, Identity, Kind, TokenGrant};
 
@@ -215,6 +216,8 @@ pub(crate) struct Matchers {
     /// indeterminate unless `domain_chain_ids` names its chain, so a grant no limit can
     /// count is never allowed by accident.
     pub(crate) registered: Option<Arc<BTreeSet<AssetId>>>,
+    /// `function` and its `args` constraints.
+    pub(crate) args: Option<Arc<CallSpec>>,
 }
 
 /// The matchers, by the names policy files use.
@@ -246,6 +249,8 @@ pub(crate) enum Field {
     Hours,
     /// Not written: the asset registry an allow or require_approval rule checks grants against.
     Registered,
+    /// `function` and its `args`.
+    Args,
 }
 
 impl Field {
@@ -276,6 +281,7 @@ impl Field {
             Field::MessagePrefixes => "message_prefixes",
             Field::Hours => "hours",
             Field::Registered => "[[asset]] registry",
+            Field::Args => "function/args",
         }
     }
 
@@ -290,7 +296,7 @@ impl Field {
             }
             Field::GasLimitMax | Field::MaxFeeMax => KindSet::TX,
             Field::To => or(KindSet::DEST, KindSet::SAFE),
-            Field::Contracts | Field::Selectors => or(KindSet::CALL, KindSet::SAFE),
+            Field::Contracts | Field::Selectors | Field::Args => or(KindSet::CALL, KindSet::SAFE),
             Field::Counterparty | Field::Erc20Amount => {
                 or(or(KindSet::ERC20, KindSet::GRANTS), KindSet::SAFE)
             }
@@ -337,13 +343,13 @@ pub enum Match {
 
 /// Three-valued result of one matcher.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum T {
+pub(crate) enum T {
     Y,
     N,
     U,
 }
 
-fn t(b: bool) -> T {
+pub(crate) fn t(b: bool) -> T {
     if b { T::Y } else { T::N }
 }
 
@@ -396,19 +402,28 @@ impl Matchers {
             (Field::MessagePrefixes, self.message_prefixes.is_some()),
             (Field::Hours, self.hours.is_some()),
             (Field::Registered, self.registered.is_some()),
+            // Last: decoding calldata costs most.
+            (Field::Args, self.args.is_some()),
         ];
         all.into_iter().filter(|(_, p)| *p).map(|(f, _)| f)
     }
 
     /// Tests every present matcher (Kleene conjunction: any no → no; else any unknown →
-    /// unknown). Cheap matchers first; allocation-free.
-    pub(crate) fn test(&self, a: &Action, who: &Identity, now_unix: i64) -> Outcome {
+    /// unknown). Cheap matchers first; allocation-free but for decoding calldata, which
+    /// `calls` keeps for the other rules of the same request.
+    pub(crate) fn test<'p>(
+        &'p self,
+        a: &Action,
+        who: &Identity,
+        now_unix: i64,
+        calls: &Calls<'p>,
+    ) -> Outcome {
         if !self.kinds.contains(a.kind) {
             return Outcome::No(Field::Kinds);
         }
         let mut unknown = None;
         for f in self.present() {
-            match self.test_one(f, a, who, now_unix) {
+            match self.test_one(f, a, who, now_unix, calls) {
                 T::Y => {}
                 T::N => return Outcome::No(f),
                 T::U => {
@@ -422,7 +437,14 @@ impl Matchers {
         }
     }
 
-    fn test_one(&self, f: Field, a: &Action, who: &Identity, now_unix: i64) -> T {
+    fn test_one<'p>(
+        &'p self,
+        f: Field,
+        a: &Action,
+        who: &Identity,
+        now_unix: i64,
+        calls: &Calls<'p>,
+    ) -> T {
         if !f.applies_to().contains(a.kind) {
             return T::N;
         }
@@ -548,11 +570,19 @@ impl Matchers {
                     Some(_) => T::U,
                 })
             }),
+            Field::Args => self.args.as_ref().map_or(T::Y, |s| s.test(a, calls)),
         }
     }
 
     /// Why `f` did not hold (or was indeterminate) for this request, for people.
-    pub(crate) fn describe(&self, f: Field, a: &Action, who: &Identity, now_unix: i64) -> String {
+    pub(crate) fn describe<'p>(
+        &'p self,
+        f: Field,
+        a: &Action,
+        who: &Identity,
+        now_unix: i64,
+        calls: &Calls<'p>,
+    ) -> String {
         let name = f.name();
         if f == Field::Kinds {
             return if !self.kinds_written && KindSet::BLIND.contains(a.kind) {
@@ -716,6 +746,11 @@ impl Matchers {
                 Some(h) => format!("{} is outside `hours` {h}", h.local(now_unix)),
                 None => String::new(),
             },
+            Field::Args => self
+                .args
+                .as_ref()
+                .map(|s| s.describe(a, calls))
+                .unwrap_or_default(),
         }
     }
 
@@ -872,7 +907,7 @@ impl Rule {
     /// Whether every matcher of this rule holds for `action` requested by `who` at
     /// `now_unix` (seconds since the Unix epoch).
     pub fn matches(&self, action: &Action, who: &Identity, now_unix: i64) -> Match {
-        match self.m.test(action, who, now_unix) {
+        match self.m.test(action, who, now_unix, &Calls::default()) {
             Outcome::Yes => Match::Yes,
             Outcome::No(_) => Match::No,
             Outcome::Unknown(_) => Match::Indeterminate,

@@ -215,7 +215,14 @@ pub struct Signer {
     /// Set when witnesses are configured: paused while one lags beyond
     /// `audit.witness_max_lag`.
     witness_gate: std::sync::OnceLock<Arc<crate::witness::Gate>>,
+    /// EVM addresses of the public keys seen, so that a call's `self` (the signing key's
+    /// address) costs no point decompression per request.
+    addresses: Mutex<HashMap<Vec<u8>, Option<alloy_primitives::Address>>>,
 }
+
+/// Most public keys [`Signer::signer_address`] remembers; more keys than this (every key
+/// version of a large deployment) start it afresh.
+const MAX_REMEMBERED_ADDRESSES: usize = 4096;
 
 /// A request whose encoding is larger than this, and every typed-data request, is prepared
 /// (decoded, validated, hashed) on a blocking thread instead of a runtime worker.
@@ -258,7 +265,26 @@ impl Signer {
             background,
             pins: pins::Pins::default(),
             witness_gate: std::sync::OnceLock::new(),
+            addresses: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The EVM address of `key` (`self` in the policy's argument matchers); `None` for keys
+    /// that have none, which leaves `self` unknown to the policy (indeterminate).
+    fn signer_address(&self, key: &KeyInfo) -> Option<alloy_primitives::Address> {
+        if key.algorithm != Algorithm::Secp256k1 {
+            return None;
+        }
+        let mut known = self.addresses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = known.get(&key.public_key) {
+            return *a;
+        }
+        let a = evm::address_of(&key.public_key).ok();
+        if known.len() >= MAX_REMEMBERED_ADDRESSES {
+            known.clear();
+        }
+        known.insert(key.public_key.clone(), a);
+        a
     }
 
     /// Installs the key pins the audit log holds (`(seq, key.pin record)`, in log order) and
@@ -495,7 +521,12 @@ impl Signer {
     /// Validates a request into what to sign. A request that waited for approval is prepared
     /// again from its stored bytes the same way.
     fn prepare(&self, request: SignRequest) -> Result<Prepared, ServiceError> {
-        prepare_request(&|id| self.keys.key(id), request)
+        let mut p = prepare_request(&|id| self.keys.key(id), request)?;
+        // Only calls (with calldata, a Safe transaction's too) can meet an argument matcher.
+        if p.action.calldata.is_some() {
+            p.action.signer = self.signer_address(&p.key);
+        }
+        Ok(p)
     }
 
     /// Runs a heavy preparation on a blocking thread, one per core at a time, refusing the

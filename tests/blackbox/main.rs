@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod approvals;
+mod arguments;
 mod audit_crash;
 mod audit_example;
 mod audit_integrity;

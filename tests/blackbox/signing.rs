@@ -48,7 +48,7 @@ pub(crate) const MAIL_TYPED_DATA: &str = r#"{
 const MAIL_HASH: &str = "be609aee343fb3c4b28e1df9e632fca64fcfaede20f02e86244efddf30957bd2";
 
 /// Decodes a signed transaction with alloy and checks it against the response and the key.
-fn check_transaction(
+pub(crate) fn check_transaction(
     resp: &v1::SignEvmTransactionResponse,
     req: &v1::SignEvmTransactionRequest,
     address: &str,

@@ -452,6 +452,27 @@ fn classifies_native_transfer() {
     assert_eq!(a.to, Some(DEST.parse().unwrap()));
     assert_eq!(a.value, U256::from(1000u64));
     assert!(a.selector.is_none() && a.erc20.is_none() && a.typed_data.is_none());
+    assert!(a.calldata.is_none());
+}
+
+/// Every call carries its whole calldata for the policy's argument matchers, decoded or not.
+#[test]
+fn a_call_carries_its_calldata() {
+    let data = call("414bf389", &[word_addr(BOB), word_u256(U256::from(7u64))]);
+    let a = classify(DEST, data.clone());
+    assert_eq!(a.kind, Kind::ContractCall);
+    assert_eq!(a.calldata.as_ref().map(|c| c.to_vec()), Some(data));
+    let transfer = call("a9059cbb", &[word_addr(BOB), word_u256(U256::from(5u64))]);
+    let a = classify(TOKEN, transfer.clone());
+    assert_eq!(a.kind, Kind::Erc20Transfer);
+    assert_eq!(a.calldata.as_ref().map(|c| c.to_vec()), Some(transfer));
+    // Init code is not calldata.
+    let mut req = base(EvmTransactionType::Eip1559);
+    req.to = String::new();
+    req.data = vec![0x60, 0x00];
+    let a = prepare_transaction(&req).unwrap().action().clone();
+    assert_eq!(a.kind, Kind::ContractCreation);
+    assert!(a.calldata.is_none());
 }
 
 #[test]

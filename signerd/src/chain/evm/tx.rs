@@ -437,6 +437,8 @@ fn tx_action(key_id: &str, chain_id: u64, to: Option<Address>, value: U256, data
     }
     let (selector, decoded) = decode_call(token, data);
     action.selector = selector;
+    // For argument matchers; at most MAX_CALLDATA_BYTES, checked when the request was read.
+    action.calldata = Some(data.to_vec().into());
     if let Some((kind, erc)) = decoded {
         action.kind = kind;
         action.erc20 = Some(erc);

@@ -178,6 +178,9 @@ pub(super) fn action(
                 let (selector, erc20) = super::super::tx::decode_call(to, &data);
                 action.selector = selector;
                 action.erc20 = erc20.map(|(_, e)| e);
+                // Kept even when empty: a call without calldata is then no function's call,
+                // rather than a call whose calldata is unknown.
+                action.calldata = Some(data.into());
             }
             let operation = message
                 .get("operation")

@@ -414,6 +414,8 @@ fn a_safe_transaction_is_decoded_into_its_call() {
         a.value,
         U256::from(100u64) * U256::from(10u64).pow(U256::from(18))
     );
+    // A call without calldata: the empty calldata is known (no function's call), not missing.
+    assert_eq!(a.calldata.as_ref().map(|c| c.to_vec()), Some(vec![]));
     let st = a.typed_data.unwrap().safe_tx.unwrap();
     assert_eq!((st.operation, st.nonce), (0, U256::from(7)));
     // Its call, when an ERC-20 transfer, is decoded like a transaction's.
@@ -430,6 +432,11 @@ fn a_safe_transaction_is_decoded_into_its_call() {
     assert_eq!(erc.counterparty, Address::repeat_byte(0x77));
     assert_eq!(erc.amount, U256::from(1000));
     assert_eq!(a.selector, Some([0xa9, 0x05, 0x9c, 0xbb]));
+    // The whole call, for the policy's argument matchers.
+    assert_eq!(
+        a.calldata.as_ref().map(hex::encode),
+        Some(transfer[2..].to_owned())
+    );
 }
 
 /// A small deterministic generator for the differential test.

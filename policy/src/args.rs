@@ -31,6 +31,9 @@ pub(crate) const MAX_SIGNATURE_BYTES: usize = 2048;
 pub(crate) const MAX_ARGS: usize = 64;
 /// Longest `eq`/`bytes` byte string or text accepted, in bytes.
 const MAX_EXACT_BYTES: usize = 4096;
+/// Most 32-byte words the arguments of a `function` may take before their dynamic parts:
+/// 128 KiB, the daemon's calldata limit.
+const MAX_HEAD_WORDS: usize = 128 * 1024 / 32;
 /// Most characters of a decoded string or byte string shown in an explanation.
 const SHOWN_CHARS: usize = 80;
 
@@ -487,6 +490,19 @@ impl Env<'_> {
                     format!("`function`: argument type `{}`: {e}", p.ty),
                 )
             })?);
+        }
+        // The decoder lays out every fixed-size array before reading: bound it by what
+        // calldata can hold, so a policy cannot make one request allocate without limit.
+        let words = types
+            .iter()
+            .fold(0usize, |n, t| n.saturating_add(head_words(t)));
+        if words > MAX_HEAD_WORDS {
+            return Err(cx.invalid(
+                function.span(),
+                format!(
+                    "`function`: its arguments take {words} or more 32-byte words; calldata has at most {MAX_HEAD_WORDS}"
+                ),
+            ));
         }
         let canonical = f.canonical();
         let mut spec = CallSpec {
@@ -990,6 +1006,19 @@ impl Env<'_> {
             format,
             token,
         })
+    }
+}
+
+/// Words a value of `t` takes in the head of an encoding, counting fixed-size arrays and
+/// tuples in full (saturating).
+fn head_words(t: &DynSolType) -> usize {
+    match t {
+        DynSolType::FixedArray(inner, n) => n.saturating_mul(head_words(inner).max(1)),
+        DynSolType::Tuple(ts) => ts
+            .iter()
+            .fold(0usize, |n, t| n.saturating_add(head_words(t)))
+            .max(1),
+        _ => 1,
     }
 }
 
@@ -1707,7 +1736,15 @@ mod tests {
     #[test]
     fn mistakes_are_errors_with_their_position() {
         // The messages docs/policy.md quotes are among these.
-        let cases: [(&str, &str); 16] = [
+        let cases: [(&str, &str); 18] = [
+            (
+                "function = \"f(uint256[100000] a)\"",
+                "its arguments take 100000 or more 32-byte words; calldata has at most 4096",
+            ),
+            (
+                "function = \"f(uint256[1000][1000][1000][1000][1000][1000][1000] a)\"",
+                "or more 32-byte words",
+            ),
             (
                 "function = \"f(uint256\"",
                 "`function` \"f(uint256\" is not a Solidity function signature: expected `,` at character 10",

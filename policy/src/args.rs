@@ -1871,4 +1871,35 @@ mod tests {
         assert_eq!(loosens(&strict, &no_args), Some(true));
         assert_eq!(loosens(&no_args, &strict), Some(false));
     }
+
+    proptest::proptest! {
+        /// The signature parser never panics, whatever the text.
+        #[test]
+        fn any_signature_text_parses_or_is_refused(text in "[a-z0-9(), \\[\\]_$]{0,96}") {
+            if let Ok(sig) = Sig::parse(&text) {
+                let canonical = sig.canonical();
+                proptest::prop_assert!(canonical.ends_with(')'), "{}", canonical);
+            }
+        }
+
+        /// A swap is allowed exactly when it pays `self` and spends at most the bound, for
+        /// any recipient and amount.
+        #[test]
+        fn a_swap_is_allowed_exactly_when_its_arguments_hold(
+            pay_self in proptest::bool::ANY,
+            other in proptest::array::uniform20(proptest::num::u8::ANY),
+            amount in 0u64..20_000_000_000,
+        ) {
+            let p = policy(&swap_rule(
+                "{ arg = \"params.recipient\", eq = \"self\" }, { arg = \"params.amountIn\", max = \"10000 USDC\", token = \"params.tokenIn\" }",
+            ))
+            .unwrap();
+            let other = format!("0x{}", hex::encode(other));
+            let recipient = if pay_self { ME } else { other.as_str() };
+            let a = call(ROUTER, swap(USDC, recipient, amount), Some(ME));
+            let pays_self = recipient.eq_ignore_ascii_case(ME);
+            let want = pays_self && amount <= 10_000_000_000;
+            proptest::prop_assert_eq!(eval(&p, &a).decision.is_allow(), want);
+        }
+    }
 }

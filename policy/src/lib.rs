@@ -5,7 +5,7 @@
 //! crate performs no I/O, reads no clock and holds no global state, so it can be unit-tested,
 //! fuzzed and run by `signerctl` exactly as the daemon runs it. The entry points are
 //! [`Policy::parse`], [`Policy::evaluate_request`] (and [`Policy::explain_request`]),
-//! [`check`], [`run_tests`] and [`diff`].
+//! [`check`], [`signatures`], [`Policy::unknown_keys`], [`run_tests`] and [`diff`].
 //!
 //! # Semantics
 //!
@@ -129,12 +129,14 @@ mod diff;
 mod eval;
 mod index;
 mod limit;
+mod lint;
 mod literal;
 mod parse;
 #[cfg(test)]
 mod proptests;
 mod rule;
 mod time;
+mod xref;
 
 pub use action::{
     Action, Erc20Call, Kind, MESSAGE_HEAD_BYTES, MessageFacts, SafeTxFacts, TokenGrant,
@@ -146,6 +148,7 @@ pub use check::{Warning, check, counted};
 pub use diff::{Change, DiffReport, diff};
 pub use eval::{Charge, Evaluation, NoUsage, Request, Usage, Used, fits};
 pub use limit::BucketKey;
+pub use lint::{SignatureNote, signatures};
 pub use parse::{MAX_POLICY_BYTES, Policy, PolicyError, line_col, parse_approver_key};
 pub use rule::{Effect, Match, Rule};
 

@@ -93,6 +93,8 @@
 //! (`"0xa9059cbb"` or a canonical signature `"transfer(address,uint256)"`),
 //! `erc20_counterparty` (recipient or spender), `erc20_amount_min`/`erc20_amount_max`
 //! (written with a token symbol they also pin the token), `value_min`/`value_max` (native),
+//! `value_above`/`erc20_amount_above` (exclusive lower bounds: `value_min`/`erc20_amount_min`
+//! one base unit higher),
 //! `gas_limit_max`, `max_fee_per_gas_max` (`gas_price` for legacy transactions),
 //! `primary_types`, `domain_names`, `verifying_contracts`, `domain_chain_ids`,
 //! `permit_spenders` (every grant of an `eip712_permit` to a listed spender),

@@ -367,6 +367,24 @@ async fn a_policy_naming_a_key_the_daemon_does_not_hold_is_refused() {
         "{refusal}"
     );
     assert_eq!(audit.of_type("policy.load").len(), 1);
+    // The Admin API refuses it the same way, forced or not, and says where.
+    let settings = env.settings(&d, "admin");
+    let mut admin = AdminClient::new(signerd::client::channel(&settings).await.unwrap());
+    for force in [false, true] {
+        let st = refused(
+            "unknown key admin reload",
+            admin.reload_policy(v1::ReloadPolicyRequest { force }).await,
+        );
+        assert_status(
+            "unknown key admin reload",
+            &st,
+            Code::FailedPrecondition,
+            &format!("policy.toml:{line}:9: rule `freeze-legacy`: `keys` names `legacy_hot`"),
+        );
+    }
+    let audit = env.wait_audit(|a| a.of_type("policy.refused").len() == 3);
+    assert_eq!(audit.of_type("policy.refused")[2]["source"], "rpc");
+    assert_eq!(audit.of_type("policy.load").len(), 1);
     let st = refused(
         "unknown key reload",
         bob.sign_digest(digest_req("k1", ED, false)).await,

@@ -225,3 +225,41 @@ fn check_with_a_config_refuses_keys_the_keystore_does_not_hold() {
         out.stderr
     );
 }
+
+#[test]
+fn check_with_a_config_says_when_the_keys_cannot_be_listed_offline() {
+    let env = TestEnv::new("policy-check-vault");
+    let path = env.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let soft =
+        "backend = \"soft\"\n\n[keys.soft]\ndir = \"keys\"\npassphrase_file = \"keystore.pass\"\n";
+    assert!(text.contains(soft), "the test config changed shape");
+    let vault = "backend = \"vault\"\n\n[keys.vault]\naddress = \"http://127.0.0.1:9\"\ntoken_file = \"vault.token\"\n";
+    let text = text.replace(soft, vault).replace(
+        "[audit]\ndir = \"audit\"\n",
+        "[audit]\ndir = \"audit\"\nsigning_key_passphrase_file = \"keystore.pass\"\n",
+    );
+    write_file(&path, text.as_bytes(), 0o600);
+    let out = signerctl(&["policy", "check", "--config", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("note: keys not checked: the vault backend's keys are in Vault transit, which cannot be listed offline"),
+        "{}",
+        out.stdout
+    );
+    let json = signerctl(&[
+        "--json",
+        "policy",
+        "check",
+        "--config",
+        path.to_str().unwrap(),
+    ]);
+    assert!(json.status.success(), "{}{}", json.stdout, json.stderr);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert!(
+        v["keys_not_checked"]
+            .as_str()
+            .is_some_and(|n| n.contains("vault")),
+        "{v}"
+    );
+}

@@ -224,6 +224,18 @@ fn check_with_a_config_refuses_keys_the_keystore_does_not_hold() {
         "{}",
         out.stderr
     );
+    // `signerd check-config` refuses it too, as the daemon would at start.
+    let mut cmd = Command::new(SIGNERD);
+    cmd.args(["check-config", "--config", config.to_str().unwrap()]);
+    let out = run_to_exit(cmd, Duration::from_secs(60));
+    assert!(!out.status.success(), "{}", out.stdout);
+    assert!(
+        out.stderr.contains(&format!(
+            "policy.toml:{line}:9: rule `freeze-legacy`: `keys` names `legacy_hot`"
+        )),
+        "{}",
+        out.stderr
+    );
 }
 
 #[test]

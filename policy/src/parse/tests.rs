@@ -479,3 +479,45 @@ clients = ["c"]
         .contains("`value_above`: no amount is above the largest one")
     );
 }
+
+/// `diff` and `check` read an exclusive bound as the inclusive bound one base unit higher.
+#[test]
+fn diff_and_check_know_exclusive_bounds() {
+    let rule = |bound: &str| {
+        with(&format!(
+            "[[rule]]\nid = \"pay\"\neffect = \"allow\"\nclients = [\"c\"]\nchain_ids = [1]\nkinds = [\"native_transfer\"]\n{bound}\n"
+        ))
+    };
+    let min = Policy::parse("old.toml", &rule("value_min = \"10 ether\"")).unwrap();
+    let above = Policy::parse(
+        "new.toml",
+        &rule("value_above = \"10 ether\"").replace("serial = 1", "serial = 2"),
+    )
+    .unwrap();
+    let narrower = crate::diff(&min, &above);
+    assert!(!narrower.loosens(), "{narrower}");
+    assert!(
+        narrower
+            .to_string()
+            .contains("rule `pay`: matchers changed: value_min"),
+        "{narrower}"
+    );
+    let wider = crate::diff(&above, &min);
+    assert!(wider.loosens(), "{wider}");
+    // Nothing is above 2 ether and at most 2 ether.
+    let never = Policy::parse(
+        "p.toml",
+        &rule("value_above = \"2 ether\"\nvalue_max = \"2 ether\""),
+    )
+    .unwrap();
+    let w: Vec<String> = crate::check(&never)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        w.iter()
+            .any(|x| x
+                .contains("rule `pay`: can never match: `value_min` is larger than `value_max`")),
+        "{w:#?}"
+    );
+}

@@ -94,6 +94,9 @@ pub fn check(policy: &Policy) -> Vec<Warning> {
                 warn(&mut out, message);
             }
         }
+        for message in crate::lint::rule_lints(policy, rule) {
+            warn(&mut out, message);
+        }
         if rule.effect == Effect::Allow {
             if m.effective_kinds().contains(crate::Kind::RawDigest) && m.keys.is_none() {
                 warn(

@@ -30,9 +30,18 @@ pub struct Change {
 pub struct DiffReport {
     /// The changes, rules first, in the new policy's order.
     pub changes: Vec<Change>,
+    /// The old policy's serial.
+    pub old_serial: u64,
+    /// The new policy's serial.
+    pub new_serial: u64,
 }
 
 impl DiffReport {
+    /// Whether the new serial is higher than the old one, as the daemon requires to load it.
+    pub fn serial_increases(&self) -> bool {
+        self.new_serial > self.old_serial
+    }
+
     /// Whether any change loosens the policy.
     pub fn loosens(&self) -> bool {
         self.changes.iter().any(|c| c.loosens)
@@ -192,19 +201,26 @@ pub fn diff(old: &Policy, new: &Policy) -> DiffReport {
     for (name, addrs) in &new.books {
         match old.books.get(name) {
             None => push(format!("address book `{name}`"), "added".into(), false),
-            Some(before) if before != addrs => push(
-                format!("address book `{name}`"),
-                format!(
-                    "{} added, {} removed",
-                    crate::counted(
-                        addrs.difference(before).count() as u64,
-                        "address",
-                        "addresses"
+            Some(before) if before != addrs => {
+                let list = |a: &BTreeSet<alloy_primitives::Address>,
+                            b: &BTreeSet<alloy_primitives::Address>| {
+                    let v: Vec<String> = a.difference(b).map(ToString::to_string).collect();
+                    if v.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        v.join(", ")
+                    }
+                };
+                push(
+                    format!("address book `{name}`"),
+                    format!(
+                        "added {}; removed {}",
+                        list(addrs, before),
+                        list(before, addrs)
                     ),
-                    before.difference(addrs).count()
-                ),
-                false,
-            ),
+                    false,
+                );
+            }
             Some(_) => {}
         }
     }
@@ -231,7 +247,11 @@ pub fn diff(old: &Policy, new: &Policy) -> DiffReport {
             Some(_) => {}
         }
     }
-    DiffReport { changes: out }
+    DiffReport {
+        changes: out,
+        old_serial: old.serial,
+        new_serial: new.serial,
+    }
 }
 
 fn changed_fields(o: &Matchers, n: &Matchers) -> Vec<&'static str> {
@@ -618,8 +638,29 @@ max_requests = 10
         loosens(
             &format!("addresses = [\"{A}\"]"),
             &format!("addresses = [\"{B}\"]"),
-            "address book `payees`: 1 address added, 1 removed",
+            "address book `payees`: added 0x00000000000000000000000000000000000000bb; removed 0x00000000000000000000000000000000000000AA",
         );
+        let r = d(
+            &format!("addresses = [\"{A}\"]"),
+            &format!("addresses = [\"{A}\", \"{B}\"]"),
+        );
+        assert!(
+            r.to_string()
+                .contains("address book `payees`: added 0x00000000000000000000000000000000000000bb; removed none"),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn the_serial_must_increase() {
+        assert!(d("", "").serial_increases());
+        let old = Policy::parse("old.toml", &base()).unwrap();
+        for serial in ["serial = 1", "serial = 0"] {
+            let new = Policy::parse("new.toml", &base().replace("serial = 1", serial)).unwrap();
+            let r = diff(&old, &new);
+            assert!(!r.serial_increases(), "{serial}");
+            assert!(r.to_string().contains("does not increase"), "{r}");
+        }
     }
 
     #[test]

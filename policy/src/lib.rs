@@ -5,7 +5,7 @@
 //! crate performs no I/O, reads no clock and holds no global state, so it can be unit-tested,
 //! fuzzed and run by `signerctl` exactly as the daemon runs it. The entry points are
 //! [`Policy::parse`], [`Policy::evaluate_request`] (and [`Policy::explain_request`]),
-//! [`check`], [`run_tests`] and [`diff`].
+//! [`check`], [`signatures`], [`Policy::unknown_keys`], [`run_tests`] and [`diff`].
 //!
 //! # Semantics
 //!
@@ -93,6 +93,8 @@
 //! (`"0xa9059cbb"` or a canonical signature `"transfer(address,uint256)"`),
 //! `erc20_counterparty` (recipient or spender), `erc20_amount_min`/`erc20_amount_max`
 //! (written with a token symbol they also pin the token), `value_min`/`value_max` (native),
+//! `value_above`/`erc20_amount_above` (exclusive lower bounds: `value_min`/`erc20_amount_min`
+//! one base unit higher),
 //! `gas_limit_max`, `max_fee_per_gas_max` (`gas_price` for legacy transactions),
 //! `primary_types`, `domain_names`, `verifying_contracts`, `domain_chain_ids`,
 //! `permit_spenders` (every grant of an `eip712_permit` to a listed spender),
@@ -133,12 +135,14 @@ mod diff;
 mod eval;
 mod index;
 mod limit;
+mod lint;
 mod literal;
 mod parse;
 #[cfg(test)]
 mod proptests;
 mod rule;
 mod time;
+mod xref;
 
 pub use action::{
     Action, Erc20Call, Kind, MESSAGE_HEAD_BYTES, MessageFacts, SafeTxFacts, TokenGrant,
@@ -150,6 +154,7 @@ pub use check::{Warning, check, counted};
 pub use diff::{Change, DiffReport, diff};
 pub use eval::{Charge, Evaluation, NoUsage, Request, Usage, Used, fits};
 pub use limit::BucketKey;
+pub use lint::{SignatureNote, signatures};
 pub use parse::{MAX_POLICY_BYTES, Policy, PolicyError, line_col, parse_approver_key};
 pub use rule::{Effect, Match, Rule};
 

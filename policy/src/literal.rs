@@ -110,7 +110,13 @@ impl Selector {
             }
             return Ok(Selector(out));
         }
-        check_signature(s)?;
+        check_signature(s).map_err(|e| match canonical(s) {
+            Some(c) => format!(
+                "{e}; did you mean `{c}` (selector 0x{})?",
+                hex::encode(&keccak256(c.as_bytes())[..4])
+            ),
+            None => e,
+        })?;
         let h = keccak256(s.as_bytes());
         let mut out = [0u8; 4];
         out.copy_from_slice(&h[..4]);
@@ -129,6 +135,15 @@ impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "0x{}", hex::encode(self.0))
     }
+}
+
+/// The canonical form of a human-readable signature that is not canonical (spaces, parameter
+/// names, `uint` for `uint256`), as alloy's ABI parser reads it; `None` if it does not parse
+/// or is canonical already.
+fn canonical(s: &str) -> Option<String> {
+    let f = alloy_json_abi::Function::parse(s).ok()?;
+    let c = f.signature();
+    (c != s).then_some(c)
 }
 
 /// Checks that `s` is a canonical Solidity function signature, the exact string whose
@@ -264,5 +279,22 @@ mod tests {
         ] {
             assert!(Selector::parse(bad).is_err(), "{bad}");
         }
+        // A signature alloy reads is shown in its canonical form, with its selector.
+        for (bad, meant) in [
+            ("transfer(address, uint256)", "transfer(address,uint256)"),
+            (
+                "transfer(address to,uint256 amount)",
+                "transfer(address,uint256)",
+            ),
+            ("transfer(address,uint)", "transfer(address,uint256)"),
+        ] {
+            let e = Selector::parse(bad).unwrap_err();
+            assert!(
+                e.ends_with(&format!("; did you mean `{meant}` (selector 0xa9059cbb)?")),
+                "{bad}: {e}"
+            );
+        }
+        let e = Selector::parse("transfer(address,,uint256)").unwrap_err();
+        assert!(!e.contains("did you mean"), "{e}");
     }
 }

@@ -20,6 +20,7 @@ use crate::limit::{KeyBy, Limit, LimitAsset, RateLimit, Scope};
 use crate::literal::{AddrRef, ContractLit, Selector, check_name, parse_address};
 use crate::rule::{AddrSet, ApprovalSpec, Effect, Groups, KindSet, Matchers, Rule, TokenBound};
 use crate::time::{DAYS, Duration, Hours, TimeOfDay, UtcOffset, Weekday};
+use crate::xref::{KeyRefs, KeyUser};
 use crate::{Kind, MESSAGE_HEAD_BYTES};
 
 /// Largest policy file accepted, in bytes.
@@ -82,6 +83,8 @@ pub struct Policy {
     /// Approvers' Ed25519 public keys, by client id.
     pub(crate) approvers: BTreeMap<String, [u8; 32]>,
     pub(crate) index: RuleIndex,
+    /// Where rules and limits name keys, for [`Policy::unknown_keys`].
+    pub(crate) key_refs: KeyRefs,
     hash: [u8; 32],
 }
 
@@ -140,6 +143,21 @@ impl Policy {
                 .filter(|id| id.contract.is_some())
                 .collect(),
         );
+        let mut key_refs = KeyRefs::collect(
+            file,
+            src,
+            raw.rules
+                .iter()
+                .map(|r| (KeyUser::Rule, r.id.get_ref(), &r.keys))
+                .chain(
+                    raw.limits
+                        .iter()
+                        .map(|l| (KeyUser::Limit, l.id.get_ref(), &l.keys)),
+                ),
+        );
+        for r in &raw.rules {
+            key_refs.add_signatures(src, r.id.get_ref(), &r.selectors);
+        }
         let mut rules = Vec::with_capacity(raw.rules.len());
         for r in raw.rules {
             unique(&r.id)?;
@@ -166,6 +184,7 @@ impl Policy {
             groups,
             approvers,
             index,
+            key_refs,
             hash: Sha256::digest(src.as_bytes()).into(),
         })
     }
@@ -279,7 +298,7 @@ fn explain_toml_error(src: &str, span: Option<Range<usize>>, message: &str) -> S
 
 /// The known name closest to `unknown` by edit distance, if it is close enough to be a typo
 /// (at most a third of the longer name, and at least one edit allowed), or starts with it.
-fn closest<'a>(unknown: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+pub(crate) fn closest<'a>(unknown: &str, known: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let mut best: Option<(usize, &str)> = None;
     for k in known {
         let d = edit_distance(unknown, k);
@@ -377,7 +396,7 @@ struct RawRule {
     clients: List<String>,
     groups: List<Spanned<String>>,
     roles: List<String>,
-    keys: List<String>,
+    keys: List<Spanned<String>>,
     chain_ids: List<u64>,
     kinds: List<Kind>,
     to: Addrs,
@@ -389,8 +408,10 @@ struct RawRule {
     erc20_counterparty: Addrs,
     erc20_amount_max: Amount,
     erc20_amount_min: Amount,
+    erc20_amount_above: Amount,
     value_max: Amount,
     value_min: Amount,
+    value_above: Amount,
     gas_limit_max: Option<u64>,
     max_fee_per_gas_max: Amount,
     primary_types: List<String>,
@@ -432,7 +453,7 @@ struct RawLimit {
     clients: List<String>,
     groups: List<Spanned<String>>,
     roles: List<String>,
-    keys: List<String>,
+    keys: List<Spanned<String>>,
     chain_ids: List<u64>,
     kinds: List<Kind>,
     to: Addrs,
@@ -951,7 +972,7 @@ impl Env<'_> {
         let ctx = |e: PolicyError| prefix(e, &format!("rule `{id}`: "));
         let clients = self.strings("clients", r.clients).map_err(ctx)?;
         let roles = self.strings("roles", r.roles).map_err(ctx)?;
-        let keys = self.strings("keys", r.keys).map_err(ctx)?;
+        let keys = self.strings("keys", unspanned(r.keys)).map_err(ctx)?;
         let kinds = self.list("kinds", r.kinds).map_err(ctx)?;
         let chain_ids: Option<BTreeSet<u64>> = self
             .list("chain_ids", r.chain_ids)
@@ -965,14 +986,25 @@ impl Env<'_> {
                 .map_err(ctx)
         };
         let value_max = native("value_max", &r.value_max)?;
-        let value_min = native("value_min", &r.value_min)?;
+        let value_min = match (&r.value_min, &r.value_above) {
+            (Some(_), Some(a)) => return Err(both_bounds(cx, &id, "value", a)),
+            (None, Some(a)) => Some(above(
+                cx,
+                &id,
+                "value_above",
+                a,
+                native("value_above", &r.value_above)?,
+            )?),
+            _ => native("value_min", &r.value_min)?,
+        };
         let max_fee_max = native("max_fee_per_gas_max", &r.max_fee_per_gas_max)?;
+        let erc20_min = match (&r.erc20_amount_min, &r.erc20_amount_above) {
+            (Some(_), Some(a)) => return Err(both_bounds(cx, &id, "erc20_amount", a)),
+            (None, Some(a)) => Some(("erc20_amount_above", a)),
+            (m, None) => m.as_ref().map(|m| ("erc20_amount_min", m)),
+        };
         let erc20_amount = self
-            .token_bound(
-                r.erc20_amount_min.as_ref(),
-                r.erc20_amount_max.as_ref(),
-                chains,
-            )
+            .token_bound(erc20_min, r.erc20_amount_max.as_ref(), chains)
             .map_err(ctx)?;
         let hours = r.hours.map(|h| self.hours(h)).transpose().map_err(ctx)?;
         let selectors_span = r.selectors.as_ref().map(Spanned::span);
@@ -1134,7 +1166,7 @@ impl Env<'_> {
 
     fn token_bound(
         &self,
-        min: Option<&Spanned<AmountLit>>,
+        min: Option<(&str, &Spanned<AmountLit>)>,
         max: Option<&Spanned<AmountLit>>,
         chains: Option<&BTreeSet<u64>>,
     ) -> Result<Option<TokenBound>, PolicyError> {
@@ -1142,9 +1174,20 @@ impl Env<'_> {
             return Ok(None);
         }
         let min = min
-            .map(|l| {
-                self.amount("erc20_amount_min", l, Unit::Token(chains))
-                    .map(|r| (r, l.span()))
+            .map(|(field, l)| {
+                let (v, token, format) = self.amount(field, l, Unit::Token(chains))?;
+                // An exclusive bound is the inclusive bound one base unit higher.
+                let v = if field == "erc20_amount_above" {
+                    v.checked_add(U256::from(1u8)).ok_or_else(|| {
+                        self.cx.invalid(
+                            l.span(),
+                            format!("`{field}`: no amount is above the largest one"),
+                        )
+                    })?
+                } else {
+                    v
+                };
+                Ok::<_, PolicyError>(((v, token, format), l.span()))
             })
             .transpose()?;
         let max = max
@@ -1311,7 +1354,7 @@ impl Env<'_> {
         let kinds = self.list("kinds", l.kinds).map_err(ctx)?;
         let scope = Scope {
             kinds: kinds.as_deref().map_or(KindSet::ALL, KindSet::of),
-            keys: self.strings("keys", l.keys).map_err(ctx)?,
+            keys: self.strings("keys", unspanned(l.keys)).map_err(ctx)?,
             clients: self.strings("clients", l.clients).map_err(ctx)?,
             groups: self.group_set(l.groups).map_err(ctx)?,
             roles: self.strings("roles", l.roles).map_err(ctx)?,
@@ -1447,6 +1490,47 @@ impl Env<'_> {
             max_requests: r.max_requests.into_inner(),
         })
     }
+}
+
+/// `value_above`/`erc20_amount_above` next to the `_min` of the same quantity.
+fn both_bounds(cx: Cx<'_>, id: &str, what: &str, at: &Spanned<AmountLit>) -> PolicyError {
+    cx.invalid(
+        at.span(),
+        format!(
+            "rule `{id}`: `{what}_min` and `{what}_above` both bound the amount from below; keep one"
+        ),
+    )
+}
+
+/// The inclusive bound equivalent to the exclusive bound `v` (amounts are whole base units).
+fn above(
+    cx: Cx<'_>,
+    id: &str,
+    field: &str,
+    at: &Spanned<AmountLit>,
+    v: Option<U256>,
+) -> Result<U256, PolicyError> {
+    v.and_then(|v| v.checked_add(U256::from(1u8)))
+        .ok_or_else(|| {
+            cx.invalid(
+                at.span(),
+                format!("rule `{id}`: `{field}`: no amount is above the largest one"),
+            )
+        })
+}
+
+/// A list of spanned strings without the inner spans (the list keeps its own).
+fn unspanned(v: List<Spanned<String>>) -> List<String> {
+    v.map(|s| {
+        let span = s.span();
+        Spanned::new(
+            span,
+            s.into_inner()
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
+        )
+    })
 }
 
 /// Prefixes the message of a located error with the item it is about.

@@ -28,6 +28,10 @@ pub enum PolicyFileError {
     /// The policy does not parse or does not validate (the error names the line and field).
     #[error(transparent)]
     Invalid(#[from] PolicyError),
+    /// Rules or limits name keys the daemon does not hold (one located error per entry,
+    /// joined with `; `): a freeze or a limit on such a key would do nothing.
+    #[error("{0}")]
+    UnknownKeys(String),
 }
 
 /// Reads and validates the policy file at `path`.
@@ -53,4 +57,19 @@ pub fn load_policy_source(path: &Path) -> Result<(Policy, String), PolicyFileErr
     let src = std::fs::read_to_string(path).map_err(read)?;
     let policy = Policy::parse(&shown, &src)?;
     Ok((policy, src))
+}
+
+/// Refuses `policy` when a rule or a limit names a key that is not among `held` (the ids the
+/// key backend holds): the error names the file, line and column of every such entry.
+pub fn check_keys(
+    policy: &Policy,
+    held: impl IntoIterator<Item = String>,
+) -> Result<(), PolicyFileError> {
+    let held: std::collections::BTreeSet<String> = held.into_iter().collect();
+    let unknown = policy.unknown_keys(&held);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+    Err(PolicyFileError::UnknownKeys(list.join("; ")))
 }

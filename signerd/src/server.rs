@@ -179,6 +179,9 @@ impl Daemon {
             Backend::Vault => open_vault_keys(&config, audit_spec.as_ref(), &background).await?,
             _ => open_keys(&config, audit_spec.as_ref(), &background)?,
         };
+        // A rule or limit naming a key this daemon does not hold would do nothing.
+        crate::policy_file::check_keys(&policy, keys.keys().into_iter().map(|k| k.id))
+            .map_err(start("policy"))?;
         let state = crate::state::open_sled(&config.state.dir).map_err(start("state"))?;
         let tls = tls::server_config(&config.tls).map_err(start("tls"))?;
         let audit_key =

@@ -418,6 +418,7 @@ impl Signer {
     ) -> Result<PolicyReloaded, ServiceError> {
         let path = self.policy_path.clone();
         let archive = self.audit.dir().to_owned();
+        let held: Vec<String> = self.keys.keys().into_iter().map(|k| k.id).collect();
         let running = self.policy();
         let (running_serial, running_hash) = (running.serial(), running.hash());
         drop(running);
@@ -425,6 +426,8 @@ impl Signer {
         // below, under the reload lock; a policy archived and then not installed is harmless).
         let new = tokio::task::spawn_blocking(move || {
             let (new, source) = crate::policy_file::load_policy_source(&path)
+                .map_err(|e| format!("policy not reloaded: {e}"))?;
+            crate::policy_file::check_keys(&new, held)
                 .map_err(|e| format!("policy not reloaded: {e}"))?;
             if new.hash() != running_hash && (new.serial() > running_serial || force) {
                 crate::audit::archive::store(&archive, source.as_bytes())

@@ -324,3 +324,87 @@ async fn a_sighup_right_after_listening_never_kills_the_daemon() {
         assert!(d.stop().success(), "round {round}");
     }
 }
+
+/// A rule or limit naming a key the daemon does not hold would do nothing (a freeze that
+/// freezes nothing): the daemon refuses to start on it, and a reload of it is refused, on
+/// record, with the running policy kept.
+#[tokio::test]
+async fn a_policy_naming_a_key_the_daemon_does_not_hold_is_refused() {
+    let freeze = "\n[[rule]]\nid = \"freeze-legacy\"\neffect = \"deny\"\nkeys = [\"legacy_hot\"]\n";
+    let policy = format!("{DEFAULT_POLICY}{freeze}");
+    let line = policy.lines().count();
+    let env = TestEnv::with(
+        "unknown-key",
+        Opts {
+            policy: policy.clone(),
+            ..Opts::default()
+        },
+    );
+    let Err(err) = Daemon::spawn(env.run_command()) else {
+        panic!("signerd started on a policy naming a key it does not hold");
+    };
+    let located = format!(
+        "policy.toml:{line}:9: rule `freeze-legacy`: `keys` names `legacy_hot`, a key this signerd does not hold"
+    );
+    assert!(err.contains(&located), "{err}");
+
+    std::fs::write(env.dir.join("policy.toml"), DEFAULT_POLICY).unwrap();
+    let d = env.start();
+    let mut bob = env.client(&d, "bob").await;
+    // Serial 2 would let bob sign digests with `ed`, but it also names the unknown key.
+    let text = write_policy(&env, 2) + freeze;
+    write_file(&env.dir.join("policy.toml"), text.as_bytes(), 0o644);
+    let line = text.lines().count();
+    hup(&d);
+    let audit = env.wait_audit(|a| a.of_type("policy.refused").len() == 1);
+    let refusal = audit.of_type("policy.refused")[0];
+    assert_eq!(refusal["source"], "sighup");
+    let reason = refusal["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&format!(
+            "policy.toml:{line}:9: rule `freeze-legacy`: `keys` names `legacy_hot`"
+        )),
+        "{refusal}"
+    );
+    assert_eq!(audit.of_type("policy.load").len(), 1);
+    // The Admin API refuses it the same way, forced or not, and says where.
+    let settings = env.settings(&d, "admin");
+    let mut admin = AdminClient::new(signerd::client::channel(&settings).await.unwrap());
+    for force in [false, true] {
+        let st = refused(
+            "unknown key admin reload",
+            admin.reload_policy(v1::ReloadPolicyRequest { force }).await,
+        );
+        assert_status(
+            "unknown key admin reload",
+            &st,
+            Code::FailedPrecondition,
+            &format!("policy.toml:{line}:9: rule `freeze-legacy`: `keys` names `legacy_hot`"),
+        );
+    }
+    let audit = env.wait_audit(|a| a.of_type("policy.refused").len() == 3);
+    assert_eq!(audit.of_type("policy.refused")[2]["source"], "rpc");
+    assert_eq!(audit.of_type("policy.load").len(), 1);
+    let st = refused(
+        "unknown key reload",
+        bob.sign_digest(digest_req("k1", ED, false)).await,
+    );
+    assert_status(
+        "unknown key reload",
+        &st,
+        Code::PermissionDenied,
+        "no rule allows",
+    );
+
+    // The same file without the unknown key loads.
+    write_policy(&env, 2);
+    hup(&d);
+    env.wait_audit(|a| a.of_type("policy.load").len() == 2);
+    let r = bob
+        .sign_digest(digest_req("k2", ED, false))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.signature.is_some());
+    assert!(d.stop().success());
+}

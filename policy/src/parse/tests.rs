@@ -409,3 +409,115 @@ fn an_unknown_kind_suggests_the_closest() {
     ));
     assert!(e.ends_with("; did you mean `raw_digest`?"), "{e}");
 }
+
+/// `value_above` and `erc20_amount_above` are exclusive: "above 10 ether" is not 10 ether.
+#[test]
+fn exclusive_lower_bounds() {
+    let policy = with(&format!(
+        r#"{}
+[[rule]]
+id = "big-eth"
+effect = "deny"
+chain_ids = [1]
+value_above = "10 ether"
+[[rule]]
+id = "big-usdc"
+effect = "deny"
+chain_ids = [1]
+erc20_amount_above = "250000 USDC"
+[[rule]]
+id = "all"
+effect = "allow"
+clients = ["c"]
+"#,
+        assets()
+    ));
+    let p = Policy::parse("p.toml", &policy).unwrap_or_else(|e| panic!("{e}"));
+    let case = |name: &str, action: &str, expect: &str| {
+        format!(
+            "[[case]]\nname = \"{name}\"\nclient = \"c\"\naction = {{ key = \"k\", chain_id = 1, gas_limit = 65000, max_fee_per_gas = \"1 gwei\", {action} }}\nexpect = \"{expect}\"\n"
+        )
+    };
+    let eth = |v: &str| {
+        format!(
+            "kind = \"native_transfer\", to = \"0x1111111111111111111111111111111111111111\", value = \"{v}\""
+        )
+    };
+    let usdc = |v: &str| {
+        format!(
+            "kind = \"erc20_transfer\", to = \"{USDC}\", erc20 = {{ counterparty = \"0x1111111111111111111111111111111111111111\", amount = \"{v}\" }}"
+        )
+    };
+    let cases = [
+        case("exactly 10 ether", &eth("10 ether"), "allow"),
+        case("1 wei more", &eth("10.000000000000000001 ether"), "deny"),
+        case("exactly 250k", &usdc("250000 USDC"), "allow"),
+        case("one base unit more", &usdc("250000.000001 USDC"), "deny"),
+    ]
+    .concat();
+    let report = crate::run_tests(&p, &cases).unwrap_or_else(|e| panic!("{e}"));
+    assert!(report.is_success(), "{report}");
+
+    // One lower bound per quantity.
+    assert_eq!(
+        err(&with(
+            "[[rule]]\nid = \"r\"\neffect = \"deny\"\nvalue_min = 1\nvalue_above = 1\n"
+        )),
+        "p.toml:7:15: rule `r`: `value_min` and `value_above` both bound the amount from below; keep one"
+    );
+    assert!(
+        err(&with(
+            "[[rule]]\nid = \"r\"\neffect = \"deny\"\nerc20_amount_min = 1\nerc20_amount_above = 1\n"
+        ))
+        .contains("`erc20_amount_min` and `erc20_amount_above` both bound the amount from below")
+    );
+    let max = "115792089237316195423570985008687907853269984665640564039457584007913129639935";
+    assert!(
+        err(&with(&format!(
+            "[[rule]]\nid = \"r\"\neffect = \"deny\"\nvalue_above = \"{max}\"\n"
+        )))
+        .contains("`value_above`: no amount is above the largest one")
+    );
+}
+
+/// `diff` and `check` read an exclusive bound as the inclusive bound one base unit higher.
+#[test]
+fn diff_and_check_know_exclusive_bounds() {
+    let rule = |bound: &str| {
+        with(&format!(
+            "[[rule]]\nid = \"pay\"\neffect = \"allow\"\nclients = [\"c\"]\nchain_ids = [1]\nkinds = [\"native_transfer\"]\n{bound}\n"
+        ))
+    };
+    let min = Policy::parse("old.toml", &rule("value_min = \"10 ether\"")).unwrap();
+    let above = Policy::parse(
+        "new.toml",
+        &rule("value_above = \"10 ether\"").replace("serial = 1", "serial = 2"),
+    )
+    .unwrap();
+    let narrower = crate::diff(&min, &above);
+    assert!(!narrower.loosens(), "{narrower}");
+    assert!(
+        narrower
+            .to_string()
+            .contains("rule `pay`: matchers changed: value_min"),
+        "{narrower}"
+    );
+    let wider = crate::diff(&above, &min);
+    assert!(wider.loosens(), "{wider}");
+    // Nothing is above 2 ether and at most 2 ether.
+    let never = Policy::parse(
+        "p.toml",
+        &rule("value_above = \"2 ether\"\nvalue_max = \"2 ether\""),
+    )
+    .unwrap();
+    let w: Vec<String> = crate::check(&never)
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        w.iter()
+            .any(|x| x
+                .contains("rule `pay`: can never match: `value_min` is larger than `value_max`")),
+        "{w:#?}"
+    );
+}

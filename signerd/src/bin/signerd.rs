@@ -264,6 +264,7 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
     } else {
         signerd::server::open_keys(&config, audit_spec.as_ref(), &background)?
     };
+    signerd::policy_file::check_keys(&policy, keys.keys().into_iter().map(|k| k.id))?;
     println!(
         "{}: OK ({} identities, policy serial {} sha256 {}, {} keys in the {} backend)",
         path.display(),

@@ -12,8 +12,14 @@ pub(crate) enum PolicyCmd {
     /// Validate a policy file (errors with file:line:column) and warn about rules that can
     /// never match or are shadowed by a deny.
     Check {
-        /// The policy file.
-        file: PathBuf,
+        /// The policy file (default with `--config`: the configuration's `policy.file`).
+        #[arg(required_unless_present = "config")]
+        file: Option<PathBuf>,
+        /// A daemon configuration: also refuse rules and limits naming keys its key backend
+        /// does not hold (the soft keystore is listed offline; a PKCS#11 token or Vault
+        /// cannot be, which the output says).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run a test-case file against a policy; exits non-zero on any mismatch.
     Test {
@@ -59,6 +65,39 @@ fn load(path: &Path) -> anyhow::Result<Policy> {
     )?)
 }
 
+/// `policy check --config`: refuses a policy naming keys the configured backend does not
+/// hold, as the daemon would. Returns why the keys could not be listed offline, if so.
+fn check_keys_offline(
+    config: &signerd::config::Config,
+    policy: &Policy,
+) -> anyhow::Result<Option<String>> {
+    use signerd::config::Backend;
+    let held = match config.keys.backend {
+        Backend::Soft => {
+            let Some(soft) = &config.keys.soft else {
+                bail!("{}: [keys.soft] is missing", config.source.display());
+            };
+            signerd::keys::soft::list_ids(&soft.dir)?
+        }
+        Backend::Pkcs11 => {
+            return Ok(Some(
+                "keys not checked: the pkcs11 backend's keys are in the token, which cannot be listed offline; signerd checks them when it loads the policy".into(),
+            ));
+        }
+        Backend::Vault => {
+            return Ok(Some(
+                "keys not checked: the vault backend's keys are in Vault transit, which cannot be listed offline; signerd checks them when it loads the policy".into(),
+            ));
+        }
+    };
+    let unknown = policy.unknown_keys(&held.into_iter().collect());
+    if !unknown.is_empty() {
+        let lines: Vec<String> = unknown.iter().map(ToString::to_string).collect();
+        bail!("{}", lines.join("\n"));
+    }
+    Ok(None)
+}
+
 /// The last line of `policy check`.
 fn check_summary(file: &Path, policy: &Policy, warnings: usize) -> String {
     format!(
@@ -73,9 +112,23 @@ fn check_summary(file: &Path, policy: &Policy, warnings: usize) -> String {
 
 pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
     match cmd {
-        PolicyCmd::Check { file } => {
+        PolicyCmd::Check { file, config } => {
+            let config = config
+                .map(|c| signerd::config::Config::load(&c).with_context(|| c.display().to_string()))
+                .transpose()?;
+            let Some(file) = file.or_else(|| config.as_ref().map(|c| c.policy.file.clone())) else {
+                bail!("name a policy file, or a configuration with --config");
+            };
             let policy = load(&file)?;
+            let keys_note = match &config {
+                None => None,
+                Some(c) => check_keys_offline(c, &policy)?,
+            };
             let warnings = signerd_policy::check(&policy);
+            let selectors: Vec<String> = signerd_policy::signatures(&policy)
+                .iter()
+                .map(ToString::to_string)
+                .collect();
             if json_out {
                 let list: Vec<String> = warnings.iter().map(ToString::to_string).collect();
                 let out = serde_json::json!({
@@ -84,9 +137,17 @@ pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
                     "hash": policy.hash_hex(),
                     "rules": policy.rules().len(),
                     "warnings": list,
+                    "keys_not_checked": keys_note,
+                    "selectors": selectors,
                 });
                 println!("{out:#}");
             } else {
+                if let Some(note) = &keys_note {
+                    println!("note: {note}");
+                }
+                for s in &selectors {
+                    println!("selector: {s}");
+                }
                 for w in &warnings {
                     println!("warning: {w}");
                 }
@@ -99,8 +160,8 @@ pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
             let src = read_bounded(&cases)?;
             let report =
                 signerd_policy::run_test_file(&policy, &cases.display().to_string(), &src)?;
-            print!("{report}");
-            println!("{} passed, {} failed", report.passed(), report.failed());
+            // The report ends with its summary line.
+            println!("{report}");
             if !report.is_success() {
                 bail!(
                     "{} of {} failed",
@@ -115,6 +176,9 @@ pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
             let src = read_bounded(&request)?;
             let report =
                 signerd_policy::run_test_file(&policy, &request.display().to_string(), &src)?;
+            for s in signerd_policy::signatures(&policy) {
+                println!("selector: {s}");
+            }
             for r in &report.results {
                 println!("{}: {}", r.name, r.decision.as_str());
                 for line in &r.explanation {
@@ -127,10 +191,26 @@ pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
             Ok(())
         }
         PolicyCmd::Diff { old, new } => {
-            let report = signerd_policy::diff(&load(&old)?, &load(&new)?);
+            let (old_policy, new_policy) = (load(&old)?, load(&new)?);
+            let report = signerd_policy::diff(&old_policy, &new_policy);
             println!("{report}");
-            if report.loosens() {
-                bail!("{} loosens {}", new.display(), old.display());
+            // A policy the daemon would refuse to load must not pass a review gate either (an
+            // identical file is not refused: reloading it changes nothing).
+            let refused = !report.serial_increases() && old_policy.hash() != new_policy.hash();
+            let serial = refused.then(|| {
+                format!(
+                    "{}: serial {} is not higher than the serial {} of {}; the daemon refuses to load it: raise `serial`",
+                    new.display(),
+                    report.new_serial,
+                    report.old_serial,
+                    old.display()
+                )
+            });
+            match (report.loosens(), serial) {
+                (true, Some(s)) => bail!("{} loosens {}; and {s}", new.display(), old.display()),
+                (true, None) => bail!("{} loosens {}", new.display(), old.display()),
+                (false, Some(s)) => bail!("{s}"),
+                (false, None) => {}
             }
             println!("nothing is loosened");
             Ok(())

@@ -236,6 +236,15 @@ impl SoftBackend {
     }
 }
 
+/// The ids of the keys in the keystore `dir`, sorted, read from the file names without the
+/// passphrase and without decrypting anything (`signerctl policy check --config`).
+pub fn list_ids(dir: &Path) -> Result<Vec<String>, KeyError> {
+    Ok(file::list_key_files(dir)?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect())
+}
+
 /// Generates a new key `id` in `dir`, encrypted under `passphrase`.
 ///
 /// Creates `dir` (mode `0700`) if it is missing. Refuses an invalid id, an id that already

@@ -82,6 +82,8 @@ pub struct Policy {
     /// Approvers' Ed25519 public keys, by client id.
     pub(crate) approvers: BTreeMap<String, [u8; 32]>,
     pub(crate) index: RuleIndex,
+    /// `[governance]`: who may sign the next policy.
+    pub(crate) governance: Option<crate::governance::Governance>,
     hash: [u8; 32],
 }
 
@@ -110,6 +112,13 @@ impl Policy {
         let books = cx.books(raw.address_books)?;
         let groups = cx.groups(raw.groups)?;
         let approvers = cx.approvers(raw.approvers)?;
+        let governance = match raw.governance {
+            Some(g) => {
+                let span = g.span();
+                Some(crate::governance::compile(&cx, span, g.into_inner())?)
+            }
+            None => None,
+        };
         let env = Env {
             cx,
             assets: &assets,
@@ -166,6 +175,7 @@ impl Policy {
             groups,
             approvers,
             index,
+            governance,
             hash: Sha256::digest(src.as_bytes()).into(),
         })
     }
@@ -343,6 +353,7 @@ struct RawFile {
     limits: Vec<RawLimit>,
     #[serde(default, rename = "rate_limit")]
     rate_limits: Vec<RawRateLimit>,
+    governance: Option<Spanned<crate::governance::RawGovernance>>,
 }
 
 #[derive(Deserialize)]

@@ -201,6 +201,16 @@ closed_set! {
     }
 }
 
+closed_set! {
+    /// `threshold` of `policy.load`: which quorum of policy administrators admitted the policy.
+    pub enum PolicyThreshold {
+        /// The full `threshold` (any change).
+        Full = "full",
+        /// `tighten_threshold`: a change that only tightens.
+        Tighten = "tighten",
+    }
+}
+
 /// A typed record body: one of the structs of this module.
 pub trait Event: Serialize {
     /// The record type it is written as.
@@ -406,6 +416,13 @@ pub struct PolicyLoad {
     pub new_hash: String,
     /// The serial did not increase and the reload was forced.
     pub forced: bool,
+    /// The policy administrators whose valid signatures admitted it, sorted (empty in records
+    /// of releases that did not check signatures).
+    #[serde(default)]
+    pub signers: Vec<String>,
+    /// Which quorum admitted it (`None` in records of releases that did not check signatures).
+    #[serde(default)]
+    pub threshold: Option<PolicyThreshold>,
 }
 
 /// `policy.refused`: a reload that did not install a policy (the running one stays).
@@ -419,6 +436,10 @@ pub struct PolicyRefused {
     pub file: String,
     /// Why it was refused.
     pub reason: String,
+    /// The policy administrators whose valid signatures were found, sorted (empty when the
+    /// refusal came before the signatures were checked, and in records of earlier releases).
+    #[serde(default)]
+    pub signers: Vec<String>,
 }
 
 /// `state.rebind`: the state store, which belonged to another audit log (or to this one when

@@ -321,7 +321,7 @@ fn use_vault(env: &TestEnv, bao: &Bao, auth: &str) {
         "[audit]\ndir = \"audit\"\nsigning_key_passphrase_file = \"keystore.pass\"\n",
     );
     write_file(&path, text.as_bytes(), 0o600);
-    write_file(&env.dir.join("policy.toml"), VAULT_POLICY.as_bytes(), 0o644);
+    env.write_policy(VAULT_POLICY);
 }
 
 fn write_token(env: &TestEnv, token: &str) {
@@ -1167,16 +1167,10 @@ async fn vault_keys_recreated_rolled_back_or_exportable_are_refused_against_thei
     let bao = Bao::start(&env.dir);
     write_token(&env, ROOT_TOKEN);
     use_vault(&env, &bao, "token_file = \"vault.token\"");
-    write_file(
-        &env.dir.join("policy.toml"),
-        VAULT_POLICY
-            .replace(
-                "keys = [\"ved\", \"vp256\", \"vevm\"]",
-                "keys = [\"ved\", \"vp256\", \"vevm\", \"vexp\"]",
-            )
-            .as_bytes(),
-        0o644,
-    );
+    env.write_policy(&VAULT_POLICY.replace(
+        "keys = [\"ved\", \"vp256\", \"vevm\"]",
+        "keys = [\"ved\", \"vp256\", \"vevm\", \"vexp\"]",
+    ));
     generate(&env, VED, "ed25519");
     generate(&env, VP256, "p256");
     bao.cli(&[

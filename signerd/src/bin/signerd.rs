@@ -242,6 +242,21 @@ async fn dev(
         signerd::dev::DEV_SECP256K1
     );
     println!();
+    println!(
+        "Policies load only when signed by the policy administrators. To change it, edit \
+         {shown}/policy.toml (raise `serial`), sign it as the development administrator `{}` \
+         and reload (SIGHUP, or `signerctl admin reload-policy`):",
+        signerd::dev::DEV_ADMINISTRATOR
+    );
+    println!();
+    println!(
+        "  cargo run --release --bin signerctl -- policy sign --config {shown}/signerd.toml \\\n    \
+         --key {shown}/{} --name {} {shown}/policy.toml",
+        signerd::dev::DEV_ADMINISTRATOR_KEY,
+        signerd::dev::DEV_ADMINISTRATOR
+    );
+    println!("  kill -HUP {}", std::process::id());
+    println!();
     println!("Stop with Ctrl-C.");
     daemon.serve(shutdown).await?;
     println!("signerd stopped");

@@ -86,8 +86,26 @@ async fn unsigned_policies_are_refused_at_start_and_at_reload() {
             .is_empty()
     );
 
+    // `signerd check-config` counts the signatures as the start does.
+    let check = || {
+        let mut cmd = Command::new(SIGNERD);
+        cmd.args(["check-config", "--config"])
+            .arg(env.config_path());
+        run_to_exit(cmd, AUDIT_WAIT)
+    };
+    let out = check();
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("found 0 of the 1 needed"), "{out:?}");
+
     // Signed, it starts; the load names its signer and the threshold.
     env.write_policy(DEFAULT_POLICY);
+    let out = check();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout
+            .contains("policy signatures: loads (full threshold), signed by ops"),
+        "{out:?}"
+    );
     let d = env.start();
     let load = nth(&env, "policy.load", 1);
     assert_eq!(names(&load), [ADMIN]);

@@ -270,6 +270,25 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
         tracing::warn!("{deprecation}");
     }
     let policy = signerd::policy_file::load_policy(&config.policy.file)?;
+    // The signatures, as a start would count them: against the policy the log loaded last
+    // (the log is only read).
+    let trust = signerd::policy_file::Trust::from_config(&config).map_err(anyhow::Error::msg)?;
+    let last = if config.audit.dir.exists() {
+        signerd::state::reconcile::last_policy_hash(&config.audit.dir)
+            .map_err(anyhow::Error::msg)?
+    } else {
+        None
+    };
+    let (governance, in_force) =
+        signerd::policy_file::in_force(&config.audit.dir, last.as_deref(), &trust.anchor)
+            .map_err(anyhow::Error::msg)?;
+    let admitted = signerd::policy_file::admit(
+        &config.policy.file,
+        &policy,
+        &trust,
+        &governance,
+        in_force.as_ref(),
+    )?;
     signerd::tls::server_config(&config.tls)?;
     // The audit key is looked for, never created, here.
     let audit_spec = signerd::audit::key::backend_spec(&config, false);
@@ -287,6 +306,11 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
         policy.hash_hex(),
         keys.keys().len(),
         keys.name()
+    );
+    println!(
+        "policy signatures: loads ({} threshold), signed by {}",
+        admitted.threshold.as_str(),
+        admitted.signers.join(", ")
     );
     if let Some(spec) = audit_spec {
         match keys.audit_handle().map(|h| h.info().clone()) {

@@ -190,7 +190,7 @@ closed_set! {
 }
 
 closed_set! {
-    /// `source` of `policy.load`: what installed the policy.
+    /// `source` of `policy.load` and `policy.refused`: what installed (or tried to install) the policy.
     pub enum PolicySource {
         /// Start-up.
         Startup = "startup",
@@ -425,12 +425,13 @@ pub struct PolicyLoad {
     pub threshold: Option<PolicyThreshold>,
 }
 
-/// `policy.refused`: a reload that did not install a policy (the running one stays).
+/// `policy.refused`: a policy that was not installed: on a reload the running one stays; at
+/// start-up (a policy not signed by enough administrators) the start stops.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRefused {
-    /// `sighup` or `rpc`.
+    /// `startup`, `sighup` or `rpc`.
     pub source: PolicySource,
-    /// The caller's identity id (`rpc`), or `None` for SIGHUP.
+    /// The caller's identity id (`rpc`), or `None` for SIGHUP and at start-up.
     pub actor: Option<String>,
     /// The policy file.
     pub file: String,

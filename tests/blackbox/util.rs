@@ -451,19 +451,25 @@ dir = "audit"
     }
 
     /// Writes `text` (governed) as the policy file and a signature file with the signatures of
-    /// `signers` (over this file, for this installation's origin) and nothing else. A text that
-    /// does not parse is written unsigned.
+    /// `signers` (over this file, for the origin the configuration names) and nothing else. A
+    /// text that does not parse is written unsigned.
     pub(crate) fn write_policy_signed(&self, text: &str, signers: &[&str]) {
         let text = self.governed(text);
         write_file(&self.policy_path(), text.as_bytes(), 0o644);
         let sigs: String = match signerd_policy::Policy::parse("policy.toml", &text) {
             Ok(p) => signers
                 .iter()
-                .map(|n| self.signature(n, ORIGIN, &p).to_toml() + "\n")
+                .map(|n| self.signature(n, &self.origin(), &p).to_toml() + "\n")
                 .collect(),
             Err(_) => String::new(),
         };
         write_file(&self.signatures_path(), sigs.as_bytes(), 0o644);
+    }
+
+    /// The audit log origin the configuration names (policy signatures are bound to it).
+    pub(crate) fn origin(&self) -> String {
+        signerd::config::Config::load(&self.config_path())
+            .map_or_else(|_| ORIGIN.to_owned(), |c| c.audit.origin)
     }
 
     /// The signature of the administrator `name` over `policy` for `origin`.

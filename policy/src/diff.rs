@@ -85,6 +85,19 @@ pub fn diff(old: &Policy, new: &Policy) -> DiffReport {
             false,
         );
     }
+    // Who may sign the next policy: any change to it needs the full quorum.
+    if new.governance != old.governance {
+        let show = |g: Option<&crate::Governance>| g.map_or("none".to_owned(), |g| g.to_string());
+        push(
+            "governance".into(),
+            format!(
+                "{} → {}",
+                show(old.governance.as_ref()),
+                show(new.governance.as_ref())
+            ),
+            true,
+        );
+    }
 
     for r in &new.rules {
         let subject = format!("rule `{}`", r.id);

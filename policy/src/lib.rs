@@ -84,6 +84,11 @@
 //! id = "per-client"
 //! window = "1m"
 //! max_requests = 600
+//!
+//! [governance]                     # who may sign the next policy (the daemon requires it)
+//! threshold = 2                    # signatures that admit any change
+//! tighten_threshold = 1            # signatures that admit a change that only tightens
+//! administrators = { alice = "ed25519:<64 hex digits>", bob = "ed25519:<64 hex digits>" }
 //! ```
 //!
 //! Rule matchers (all present ones must hold; an absent one matches anything; lists must
@@ -133,6 +138,7 @@ mod cases;
 mod check;
 mod diff;
 mod eval;
+mod governance;
 mod index;
 mod limit;
 mod lint;
@@ -153,6 +159,11 @@ pub use cases::{CaseResult, TestReport, run_test_file, run_tests};
 pub use check::{Warning, check, counted};
 pub use diff::{Change, DiffReport, diff};
 pub use eval::{Charge, Evaluation, NoUsage, Request, Usage, Used, fits};
+pub use governance::{
+    Admitted, Candidate, Governance, MAX_ADMINISTRATORS, MAX_SIGNATURE_FILE_BYTES, MAX_SIGNATURES,
+    PolicySignature, Refused, SIGNATURE_CONTEXT, Threshold, admit, parse_signatures,
+    signing_message,
+};
 pub use limit::BucketKey;
 pub use lint::{SignatureNote, signatures};
 pub use parse::{MAX_POLICY_BYTES, Policy, PolicyError, line_col, parse_approver_key};

@@ -85,6 +85,8 @@ pub struct Policy {
     pub(crate) index: RuleIndex,
     /// Where rules and limits name keys, for [`Policy::unknown_keys`].
     pub(crate) key_refs: KeyRefs,
+    /// `[governance]`: who may sign the next policy.
+    pub(crate) governance: Option<crate::governance::Governance>,
     hash: [u8; 32],
 }
 
@@ -113,6 +115,13 @@ impl Policy {
         let books = cx.books(raw.address_books)?;
         let groups = cx.groups(raw.groups)?;
         let approvers = cx.approvers(raw.approvers)?;
+        let governance = match raw.governance {
+            Some(g) => {
+                let span = g.span();
+                Some(crate::governance::compile(&cx, span, g.into_inner())?)
+            }
+            None => None,
+        };
         let env = Env {
             cx,
             assets: &assets,
@@ -185,6 +194,7 @@ impl Policy {
             approvers,
             index,
             key_refs,
+            governance,
             hash: Sha256::digest(src.as_bytes()).into(),
         })
     }
@@ -362,6 +372,7 @@ struct RawFile {
     limits: Vec<RawLimit>,
     #[serde(default, rename = "rate_limit")]
     rate_limits: Vec<RawRateLimit>,
+    governance: Option<Spanned<crate::governance::RawGovernance>>,
 }
 
 #[derive(Deserialize)]

@@ -3,8 +3,9 @@
 //!
 //! The directory holds a development CA and certificates (server for localhost; clients `app`,
 //! `alice`, `bob`, `carol`, `admin`), an encrypted software keystore with one secp256k1 and one
-//! Ed25519 key, the audit log's own checkpoint key (`audit-key/`), a sample policy, the
-//! configuration, and (once the daemon runs) the state store and the audit log. It is built in
+//! Ed25519 key, the audit log's own checkpoint key (`audit-key/`), a sample policy signed by
+//! the development policy administrator (`policy-admin.key`, trusted by the configuration's
+//! `[policy.trust]`), the configuration, and (once the daemon runs) the state store and the audit log. It is built in
 //! a temporary sibling directory and renamed into place, so an interrupted first run never
 //! leaves a half-made directory behind. Nothing here is fit for production: the CA key and the
 //! keystore passphrase sit next to what they protect.
@@ -36,6 +37,13 @@ pub const DEV_CLIENTS: [(&str, &str); 5] = [
 pub const DEV_SECP256K1: &str = "dev-secp256k1";
 /// The development Ed25519 key id.
 pub const DEV_ED25519: &str = "dev-ed25519";
+/// The development policy administrator, who signs the sample policy.
+pub const DEV_ADMINISTRATOR: &str = "dev-admin";
+/// The development policy administrator's key file (the Ed25519 seed, 64 hex digits, mode
+/// 0600), in the development directory.
+pub const DEV_ADMINISTRATOR_KEY: &str = "policy-admin.key";
+/// The development audit log's origin, to which policy signatures are bound.
+const DEV_ORIGIN: &str = "signerd-dev/audit";
 /// The default listen address of `signerd dev`.
 pub const DEV_LISTEN: &str = "127.0.0.1:50051";
 
@@ -306,8 +314,25 @@ fn build(
     crate::audit::key::generate(&dir.join("audit-key"), &passphrase)
         .map_err(|e| DevError(e.to_string()))?;
 
-    write_new(&dir.join("policy.toml"), POLICY.as_bytes(), 0o644)?;
-    let config = config_text(&listen, &keys_toml, backend);
+    // The policy administrator: its key signs the policy, its public key is the trust anchor.
+    let admin = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let seed = zeroize::Zeroizing::new(format!("{}\n", hex::encode(admin.to_bytes())));
+    write_new(&dir.join(DEV_ADMINISTRATOR_KEY), seed.as_bytes(), 0o600)?;
+    let admin_public = format!("ed25519:{}", hex::encode(admin.verifying_key().to_bytes()));
+    let governance = format!(
+        "threshold = 1\ntighten_threshold = 1\nadministrators = {{ {DEV_ADMINISTRATOR} = \"{admin_public}\" }}\n"
+    );
+    let policy_text = format!("{POLICY}\n[governance]\n{governance}");
+    let policy = signerd_policy::Policy::parse("policy.toml", &policy_text)
+        .map_err(|e| DevError(format!("the sample policy: {e}")))?;
+    write_new(&dir.join("policy.toml"), policy_text.as_bytes(), 0o644)?;
+    let sig = crate::policy_file::sign(&admin, DEV_ADMINISTRATOR, DEV_ORIGIN, &policy);
+    write_new(
+        &dir.join("policy.toml.sig"),
+        sig.to_toml().as_bytes(),
+        0o644,
+    )?;
+    let config = config_text(&listen, &keys_toml, backend, &governance);
     if backend == DevBackend::Soft {
         write_new(&dir.join("signerd.toml"), config.as_bytes(), 0o600)?;
         return Ok(None);
@@ -352,7 +377,7 @@ fn softhsm_files(dir: &Path, target: &Path) -> Result<PathBuf, DevError> {
     Ok(PathBuf::from(module))
 }
 
-fn config_text(listen: &str, keys: &str, backend: DevBackend) -> String {
+fn config_text(listen: &str, keys: &str, backend: DevBackend, governance: &str) -> String {
     let audit_pass = match backend {
         DevBackend::Soft => "",
         DevBackend::Pkcs11 => "signing_key_passphrase_file = \"keystore.pass\"\n",
@@ -378,6 +403,9 @@ client_ca = "pki/ca.pem"
 {identities}[policy]
 file = "policy.toml"
 
+# Who signs the first policy (later ones: the administrators of the policy in force).
+[policy.trust]
+{governance}
 {keys}
 [state]
 dir = "state"
@@ -385,7 +413,7 @@ dir = "state"
 [audit]
 dir = "audit"
 signing_key_dir = "audit-key"
-origin = "signerd-dev/audit"
+origin = "{DEV_ORIGIN}"
 {audit_pass}"#
     )
 }

@@ -43,6 +43,7 @@ pub const TARGETS: &[(&str, EntryPoint)] = &[
     ("tls_identity", tls_identity),
     ("vault_response", vault_response),
     ("policy_cases", policy_cases),
+    ("policy_signatures", policy_signatures),
 ];
 
 /// The verifier key of the example log in `docs/audit-example`, whose files are the audit
@@ -541,6 +542,40 @@ pub fn policy_cases(data: &[u8]) {
     });
     if let Some(policy) = policy {
         let _ = signerd_policy::run_test_file(policy, "fuzz.cases.toml", src);
+    }
+}
+
+/// The governed policy whose signatures `policy_signatures` counts.
+pub const SIGNED_POLICY: &str = include_str!("fuzzing/policy_signatures.toml");
+/// The origin `policy_signatures` checks signatures for.
+pub const SIGNED_POLICY_ORIGIN: &str = "fuzz/audit";
+
+/// Policy signature files (`policy.toml.sig`), parsed and counted against a governed policy,
+/// with and without a policy in force to compare with.
+pub fn policy_signatures(data: &[u8]) {
+    static POLICY: OnceLock<Option<signerd_policy::Policy>> = OnceLock::new();
+    let Ok(src) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(signatures) = signerd_policy::parse_signatures("fuzz.sig", src) else {
+        return;
+    };
+    let policy =
+        POLICY.get_or_init(|| signerd_policy::Policy::parse("signed.toml", SIGNED_POLICY).ok());
+    let Some(policy) = policy else {
+        return;
+    };
+    let Some(governance) = policy.governance() else {
+        return;
+    };
+    for in_force in [None, Some(policy)] {
+        let _ = signerd_policy::admit(&signerd_policy::Candidate {
+            governance,
+            in_force,
+            new: policy,
+            origin: SIGNED_POLICY_ORIGIN,
+            signatures: &signatures,
+        });
     }
 }
 

@@ -1,9 +1,15 @@
-//! The policy file: read, bounded in size, parsed and validated. Start-up, reloads (SIGHUP and
-//! `ReloadPolicy`) and `signerd check-config` all read it here.
+//! The policy file: read, bounded in size, parsed and validated, and admitted only when enough
+//! policy administrators signed it (the signature file beside it). Start-up, reloads (SIGHUP
+//! and `ReloadPolicy`), `signerd check-config` and `signerctl policy sign` all read it here.
+//! Nothing here loads a policy whose signatures were not counted.
 
-use std::path::Path;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 
-use signerd_policy::{MAX_POLICY_BYTES, Policy, PolicyError};
+use signerd_policy::{
+    Admitted, Candidate, Governance, MAX_POLICY_BYTES, MAX_SIGNATURE_FILE_BYTES, Policy,
+    PolicyError, PolicySignature, Refused,
+};
 
 /// Why the policy file cannot be used. The running policy (if any) stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +38,139 @@ pub enum PolicyFileError {
     /// joined with `; `): a freeze or a limit on such a key would do nothing.
     #[error("{0}")]
     UnknownKeys(String),
+    /// The signature file exists but cannot be read.
+    #[error("{path}: {source}")]
+    ReadSignatures {
+        /// The signature file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The signature file does not parse (the error names the line and column).
+    #[error("{source}")]
+    SignatureFile {
+        /// What is wrong.
+        source: PolicyError,
+    },
+    /// Not enough policy administrators signed the policy.
+    #[error("{path}: not loaded: {} (signatures read from {signatures})", .refused.reason)]
+    NotAdmitted {
+        /// The policy file.
+        path: String,
+        /// The signature file, and whether it was missing.
+        signatures: String,
+        /// What was found and what is missing.
+        refused: Refused,
+    },
+}
+
+impl PolicyFileError {
+    /// The administrators whose valid signatures were found (empty unless the refusal is
+    /// about signatures).
+    pub fn signers(&self) -> &[String] {
+        match self {
+            PolicyFileError::NotAdmitted { refused, .. } => &refused.signers,
+            _ => &[],
+        }
+    }
+}
+
+/// What checking a policy's signatures needs besides the governance in force.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// The deployment: the audit log's origin, which every signature is bound to.
+    pub origin: String,
+    /// `[policy.trust]`: who signs the first policy of a log.
+    pub anchor: Governance,
+    /// The signature file.
+    pub signatures: PathBuf,
+}
+
+impl Trust {
+    /// The trust of a validated configuration.
+    pub fn from_config(config: &crate::config::Config) -> Result<Trust, String> {
+        Ok(Trust {
+            origin: config.audit.origin.clone(),
+            anchor: config.policy.trust_anchor()?,
+            signatures: config.policy.signatures_path(),
+        })
+    }
+}
+
+/// Reads the signature file at `path`: `None` when there is none.
+pub fn read_signatures(path: &Path) -> Result<Option<Vec<PolicySignature>>, PolicyFileError> {
+    let shown = path.display().to_string();
+    let read = |source| PolicyFileError::ReadSignatures {
+        path: shown.clone(),
+        source,
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read(e)),
+    };
+    let mut src = String::new();
+    // One byte more than allowed, so that the parser reports a file that is too large.
+    file.take(MAX_SIGNATURE_FILE_BYTES as u64 + 1)
+        .read_to_string(&mut src)
+        .map_err(read)?;
+    signerd_policy::parse_signatures(&shown, &src)
+        .map(Some)
+        .map_err(|source| PolicyFileError::SignatureFile { source })
+}
+
+/// Decides whether `new`, read from `path`, may be loaded under `governance` (the governance in
+/// force) replacing `in_force`, with the signatures in `trust.signatures`.
+pub fn admit(
+    path: &Path,
+    new: &Policy,
+    trust: &Trust,
+    governance: &Governance,
+    in_force: Option<&Policy>,
+) -> Result<Admitted, PolicyFileError> {
+    let found = read_signatures(&trust.signatures)?;
+    let shown = trust.signatures.display().to_string();
+    let signatures = match &found {
+        Some(_) => shown,
+        None => format!("{shown}, which does not exist"),
+    };
+    signerd_policy::admit(&Candidate {
+        governance,
+        in_force,
+        new,
+        origin: &trust.origin,
+        signatures: found.as_deref().unwrap_or_default(),
+    })
+    .map_err(|refused| PolicyFileError::NotAdmitted {
+        path: path.display().to_string(),
+        signatures,
+        refused,
+    })
+}
+
+/// The governance in force and the policy it belongs to, for a log whose last `policy.load`
+/// named `last_hash` (`None`: no policy was ever loaded, the trust anchor decides). A policy
+/// in force without `[governance]` (loaded by a release that did not check signatures) leaves
+/// the decision to the trust anchor too.
+pub fn in_force(
+    audit_dir: &Path,
+    last_hash: Option<&str>,
+    anchor: &Governance,
+) -> Result<(Governance, Option<Policy>), String> {
+    let Some(hash) = last_hash else {
+        return Ok((anchor.clone(), None));
+    };
+    let archive = audit_dir.join(crate::audit::archive::DIR);
+    let policy = crate::audit::archive::load(&archive, hash).map_err(|e| {
+        format!(
+            "the policy this audit log loaded last ({hash}) decides who may sign the next one,              and it cannot be read from the archive: {e}"
+        )
+    })?;
+    let governance = policy
+        .governance()
+        .cloned()
+        .unwrap_or_else(|| anchor.clone());
+    Ok((governance, Some(policy)))
 }
 
 /// Reads and validates the policy file at `path`.
@@ -72,4 +211,58 @@ pub fn check_keys(
     }
     let list: Vec<String> = unknown.iter().map(ToString::to_string).collect();
     Err(PolicyFileError::UnknownKeys(list.join("; ")))
+}
+
+/// Signs `policy` (the SHA-256 of its exact bytes, and its serial) as the administrator `name`
+/// for the deployment whose audit log origin is `origin`.
+pub fn sign(
+    key: &ed25519_dalek::SigningKey,
+    name: &str,
+    origin: &str,
+    policy: &Policy,
+) -> PolicySignature {
+    use ed25519_dalek::Signer as _;
+    let msg = signerd_policy::signing_message(origin, policy.serial(), &policy.hash());
+    PolicySignature {
+        administrator: name.to_owned(),
+        public_key: key.verifying_key().to_bytes(),
+        serial: policy.serial(),
+        sha256: policy.hash(),
+        signature: key.sign(&msg).to_bytes(),
+    }
+}
+
+/// Adds `sig` to the signature file at `path`, replacing it atomically (readers see the old or
+/// the new file, never a mix). Signatures over other bytes (an earlier version of the policy
+/// file) are dropped, and so is an earlier signature of the same administrator and key.
+/// Returns how many signatures the file holds.
+pub fn add_signature(path: &Path, sig: PolicySignature) -> Result<usize, PolicyFileError> {
+    let mut all: Vec<PolicySignature> = read_signatures(path)?
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| {
+            s.sha256 == sig.sha256
+                && !(s.administrator == sig.administrator && s.public_key == sig.public_key)
+        })
+        .collect();
+    all.push(sig);
+    let text: String = all.iter().map(|s| s.to_toml() + "\n").collect();
+    // Checked as the daemon will read it (size, count).
+    signerd_policy::parse_signatures(&path.display().to_string(), &text)
+        .map_err(|source| PolicyFileError::SignatureFile { source })?;
+    let io = |source| PolicyFileError::ReadSignatures {
+        path: path.display().to_string(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io(std::io::Error::other("not a file name")))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    crate::audit::replace_file(dir, name, &format!(".{name}.tmp"), text.as_bytes(), 0o644)
+        .map_err(io)?;
+    Ok(all.len())
 }

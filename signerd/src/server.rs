@@ -167,6 +167,7 @@ impl Daemon {
         }
         let (policy, policy_source) =
             crate::policy_file::load_policy_source(&config.policy.file).map_err(start("policy"))?;
+        let trust = crate::policy_file::Trust::from_config(&config).map_err(start("policy"))?;
         // An audit key held by the key backend is created only for a new log.
         let audit_spec = crate::audit::key::backend_spec(
             &config,
@@ -298,6 +299,42 @@ impl Daemon {
                 "starting with a policy older than the audit log has loaded (--allow-policy-rollback)"
             );
         }
+        // Only a policy signed by enough administrators of the governance in force loads: the
+        // last policy this log loaded decides, and the configured trust anchor only for the
+        // first one. A refusal is recorded, and the start stops.
+        let admitted = {
+            let (governance, in_force) = crate::policy_file::in_force(
+                &config.audit.dir,
+                scanned.last_policy_hash.as_deref(),
+                &trust.anchor,
+            )
+            .map_err(start("policy"))?;
+            match crate::policy_file::admit(
+                &config.policy.file,
+                &policy,
+                &trust,
+                &governance,
+                in_force.as_ref(),
+            ) {
+                Ok(a) => a,
+                Err(e) => {
+                    let refused = crate::audit::events::PolicyRefused {
+                        source: crate::audit::events::PolicySource::Startup,
+                        actor: None,
+                        file: config.policy.file.display().to_string(),
+                        reason: e.to_string(),
+                        signers: e.signers().to_vec(),
+                    };
+                    if let Err(a) = audit.append_durable(refused).await {
+                        tracing::error!(error = %a, "cannot record policy.refused");
+                    }
+                    if let Err(a) = audit.shutdown().await {
+                        tracing::error!(error = %a, "cannot close the audit log");
+                    }
+                    return Err(start("policy")(e));
+                }
+            }
+        };
         // A new log has its first record only now that it is open.
         let first = crate::state::reconcile::first_record(&config.audit.dir)
             .map_err(start("reconciling from the audit log"))?;
@@ -369,8 +406,9 @@ impl Daemon {
                 .map_err(start("audit.witnesses"))?;
             signer.set_witness_gate(gate);
         }
+        signer.set_policy_trust(trust);
         signer
-            .record_startup_policy(rollback.is_some())
+            .record_startup_policy(rollback.is_some(), &admitted)
             .map_err(start("audit"))?;
         // Keys pinned in the log: every key must match its pin before it signs.
         let pinned = signer

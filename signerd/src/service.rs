@@ -218,6 +218,8 @@ pub struct Signer {
     /// EVM addresses of the public keys seen, so that a call's `self` (the signing key's
     /// address) costs no point decompression per request.
     addresses: Mutex<HashMap<Vec<u8>, Option<alloy_primitives::Address>>>,
+    /// What reloads check policy signatures with; without it every reload is refused.
+    policy_trust: std::sync::OnceLock<crate::policy_file::Trust>,
 }
 
 /// Most public keys [`Signer::signer_address`] remembers; more keys than this (every key
@@ -266,6 +268,7 @@ impl Signer {
             pins: pins::Pins::default(),
             witness_gate: std::sync::OnceLock::new(),
             addresses: Mutex::new(HashMap::new()),
+            policy_trust: std::sync::OnceLock::new(),
         }
     }
 
@@ -296,6 +299,13 @@ impl Signer {
         allow_weak_keys: &[String],
     ) -> Result<usize, String> {
         self.pins.learn(pins, allow_weak_keys)
+    }
+
+    /// Sets what reloads check the policy administrators' signatures with (the audit log's
+    /// origin, the trust anchor, the signature file). Set once, before serving; until it is
+    /// set, every reload is refused.
+    pub fn set_policy_trust(&self, trust: crate::policy_file::Trust) {
+        let _ = self.policy_trust.set(trust);
     }
 
     /// Makes admission wait for witnesses: while `gate` is paused, new requests are refused
@@ -362,7 +372,11 @@ impl Signer {
 
     /// Records the policy the daemon starts with; `forced` when its serial is lower than one
     /// the log has loaded and the start allowed that.
-    pub fn record_startup_policy(&self, forced: bool) -> Result<(), ServiceError> {
+    pub fn record_startup_policy(
+        &self,
+        forced: bool,
+        admitted: &signerd_policy::Admitted,
+    ) -> Result<(), ServiceError> {
         let p = self.policy();
         let rec = events::PolicyLoad {
             source: PolicySource::Startup,
@@ -373,6 +387,8 @@ impl Signer {
             new_serial: p.serial(),
             new_hash: p.hash_hex(),
             forced,
+            signers: admitted.signers.clone(),
+            threshold: Some(threshold_of(admitted)),
         };
         self.audit.append(rec).map_err(unavailable)
     }
@@ -386,24 +402,35 @@ impl Signer {
         actor: Option<&str>,
         force: bool,
     ) -> Result<PolicyReloaded, ServiceError> {
-        let reloaded = self.install_policy(source, actor, force).await;
+        let mut signers = Vec::new();
+        let reloaded = self
+            .install_policy(source, actor, force, &mut signers)
+            .await;
         if let Err(
             e @ (ServiceError::FailedPrecondition(_) | ServiceError::PermissionDenied { .. }),
         ) = &reloaded
         {
-            self.record_policy_refused(source, actor, &e.to_string());
+            self.record_policy_refused(source, actor, &e.to_string(), signers);
         }
         reloaded
     }
 
     /// Records a reload that installed nothing (best effort: the refusal is the answer either
     /// way, and a log that cannot take it refuses signing by itself).
-    pub fn record_policy_refused(&self, source: PolicySource, actor: Option<&str>, reason: &str) {
+    /// `signers`: the policy administrators whose valid signatures were found.
+    pub fn record_policy_refused(
+        &self,
+        source: PolicySource,
+        actor: Option<&str>,
+        reason: &str,
+        signers: Vec<String>,
+    ) {
         let rec = events::PolicyRefused {
             source,
             actor: actor.map(str::to_owned),
             file: self.policy_path.display().to_string(),
             reason: reason.to_owned(),
+            signers,
         };
         if let Err(e) = self.audit.append(rec) {
             tracing::error!(error = %e, "cannot record policy.refused");
@@ -415,32 +442,57 @@ impl Signer {
         source: PolicySource,
         actor: Option<&str>,
         force: bool,
+        signers: &mut Vec<String>,
     ) -> Result<PolicyReloaded, ServiceError> {
         let path = self.policy_path.clone();
         let archive = self.audit.dir().to_owned();
         let held: Vec<String> = self.keys.keys().into_iter().map(|k| k.id).collect();
+        let trust = self.policy_trust.get().cloned().ok_or_else(|| {
+            ServiceError::FailedPrecondition(
+                "policy not reloaded: no trust anchor for policy signatures is set".into(),
+            )
+        })?;
         let running = self.policy();
         let (running_serial, running_hash) = (running.serial(), running.hash());
-        drop(running);
-        // A policy that would be installed is archived beside the log first (checked again
-        // below, under the reload lock; a policy archived and then not installed is harmless).
+        // The policy is admitted (signed by enough administrators of the running policy's
+        // governance), then archived beside the log (checked again below, under the reload
+        // lock; a policy archived and then not installed is harmless).
         let new = tokio::task::spawn_blocking(move || {
             let (new, source) = crate::policy_file::load_policy_source(&path)
-                .map_err(|e| format!("policy not reloaded: {e}"))?;
+                .map_err(|e| (format!("policy not reloaded: {e}"), Vec::new()))?;
             crate::policy_file::check_keys(&new, held)
-                .map_err(|e| format!("policy not reloaded: {e}"))?;
+                .map_err(|e| (format!("policy not reloaded: {e}"), Vec::new()))?;
+            let mut admitted = None;
             if new.hash() != running_hash && (new.serial() > running_serial || force) {
+                let governance = running.governance().unwrap_or(&trust.anchor);
+                let a = crate::policy_file::admit(&path, &new, &trust, governance, Some(&running))
+                    .map_err(|e| (format!("policy not reloaded: {e}"), e.signers().to_vec()))?;
                 crate::audit::archive::store(&archive, source.as_bytes())
-                    .map_err(|e| format!("policy not reloaded: {e}"))?;
+                    .map_err(|e| (format!("policy not reloaded: {e}"), a.signers.clone()))?;
+                admitted = Some(a);
             }
-            Ok::<_, String>(new)
+            Ok::<_, (String, Vec<String>)>((new, admitted))
         })
         .await
-        .map_err(|e| ServiceError::Unavailable(format!("policy reload: {e}")))?
-        .map_err(ServiceError::FailedPrecondition)?;
+        .map_err(|e| ServiceError::Unavailable(format!("policy reload: {e}")))?;
+        let (new, admitted) = match new {
+            Ok(n) => n,
+            Err((reason, found)) => {
+                *signers = found;
+                return Err(ServiceError::FailedPrecondition(reason));
+            }
+        };
         let record = {
             let _serial = self.reload.lock().unwrap_or_else(|p| p.into_inner());
             let old = self.policy();
+            // Admitted against the policy that was running when the reload began.
+            if admitted.is_some() && old.hash() != running_hash {
+                return Err(ServiceError::FailedPrecondition(
+                    "policy not reloaded: another reload replaced the running policy meanwhile; \
+                     reload again"
+                        .into(),
+                ));
+            }
             let mut response = PolicyReloaded {
                 serial: new.serial(),
                 hash: new.hash_hex(),
@@ -469,6 +521,19 @@ impl Signer {
                 new_serial: new.serial(),
                 new_hash: new.hash_hex(),
                 forced: force && new.serial() <= old.serial(),
+                signers: Vec::new(),
+                threshold: None,
+            };
+            // Only an admitted policy is installed.
+            let Some(admitted) = admitted else {
+                return Err(ServiceError::FailedPrecondition(
+                    "policy not reloaded: its signatures were not checked".into(),
+                ));
+            };
+            let rec = events::PolicyLoad {
+                signers: admitted.signers.clone(),
+                threshold: Some(threshold_of(&admitted)),
+                ..rec
             };
             let mut slot = self.policy.write().unwrap_or_else(|p| p.into_inner());
             *slot = Arc::new(new);
@@ -1705,6 +1770,14 @@ fn ecdsa_proto(r: &[u8; 32], s: &[u8; 32], y_parity: bool, v: u64) -> SignatureP
         y_parity: u32::from(y_parity),
         v,
         bytes,
+    }
+}
+
+/// The audit record's name for the threshold that admitted a policy.
+fn threshold_of(admitted: &signerd_policy::Admitted) -> events::PolicyThreshold {
+    match admitted.threshold {
+        signerd_policy::Threshold::Full => events::PolicyThreshold::Full,
+        signerd_policy::Threshold::Tighten => events::PolicyThreshold::Tighten,
     }
 }
 

@@ -438,7 +438,7 @@ async fn quorum_signs_and_bad_votes_never_count() {
     h.update(b"signerd.approval.fingerprint.v1\0SignEvmTransaction\0hot\0");
     h.update(b"1\0");
     h.update(&signed_tx.signing_hash);
-    h.update(Sha256::digest(env.opts.policy.as_bytes()));
+    h.update(Sha256::digest(env.governed(&env.opts.policy).as_bytes()));
     assert_eq!(hex::encode(h.finalize()), p.fingerprint);
     // GetSignRequest also answers for requests that never waited, and only for one's own.
     let direct = app
@@ -656,7 +656,7 @@ async fn limits_are_checked_again_at_signing() {
     bob.approve(approval("bob", "app", &p)).await.unwrap();
 
     // Meanwhile the daily limit is lowered below what the request needs.
-    std::fs::write(env.dir.join("policy.toml"), policy(2, "1h", 5000)).unwrap();
+    env.write_policy(&policy(2, "1h", 5000));
     let settings = env.settings(&d, "admin");
     let mut admin =
         v1::admin_client::AdminClient::new(signerd::client::channel(&settings).await.unwrap());

@@ -207,7 +207,7 @@ async fn recheck_finds_a_decision_edited_and_resigned_with_the_audit_key() {
     assert_status("over", &st, Code::PermissionDenied, "daily-eth");
 
     // A reload raises the limit: the new policy is archived before it is recorded.
-    std::fs::write(env.dir.join("policy.toml"), policy(2, 18_000)).unwrap();
+    env.write_policy(&policy(2, 18_000));
     let settings = env.settings(&d, "admin");
     let mut admin = AdminClient::new(signerd::client::channel(&settings).await.unwrap());
     let r = admin
@@ -236,7 +236,7 @@ async fn recheck_finds_a_decision_edited_and_resigned_with_the_audit_key() {
     let loads = audit.of_type("policy.load");
     assert_eq!(loads.len(), 3, "{loads:?}");
     for (serial, max) in [(1, 10_000), (2, 18_000)] {
-        let text = policy(serial, max);
+        let text = env.governed(&policy(serial, max));
         let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes()));
         let path = archive.join(format!("{hash}.toml"));
         assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
@@ -343,7 +343,7 @@ async fn recheck_finds_a_decision_edited_and_resigned_with_the_audit_key() {
     );
     // The file kept elsewhere can be given by hand.
     let kept = env.dir.join("kept.toml");
-    std::fs::write(&kept, policy(2, 18_000)).unwrap();
+    std::fs::write(&kept, env.governed(&policy(2, 18_000))).unwrap();
     let out = recheck(&missing, &["--policy", kept.to_str().unwrap()]);
     assert!(out.status.success(), "{out:?}");
     let altered = env.dir.join("altered");
@@ -364,21 +364,20 @@ async fn a_policy_that_cannot_be_archived_is_not_installed() {
     let env = TestEnv::new("archive-refused");
     let d = env.start();
     let first = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
-        DEFAULT_POLICY.as_bytes(),
+        env.governed(DEFAULT_POLICY).as_bytes(),
     ));
     let archive = env.audit_dir().join("policies");
     let archived = archive.join(format!("{first}.toml"));
-    assert_eq!(std::fs::read_to_string(&archived).unwrap(), DEFAULT_POLICY);
+    assert_eq!(
+        std::fs::read_to_string(&archived).unwrap(),
+        env.governed(DEFAULT_POLICY)
+    );
 
     // The archive's directory is replaced by a file: the reload cannot archive its policy.
     let aside = env.dir.join("policies-aside");
     std::fs::rename(&archive, &aside).unwrap();
     std::fs::write(&archive, b"not a directory").unwrap();
-    std::fs::write(
-        env.dir.join("policy.toml"),
-        DEFAULT_POLICY.replace("serial = 1", "serial = 2"),
-    )
-    .unwrap();
+    env.write_policy(&DEFAULT_POLICY.replace("serial = 1", "serial = 2"));
     let settings = env.settings(&d, "admin");
     let mut admin = AdminClient::new(signerd::client::channel(&settings).await.unwrap());
     let st = refused(
@@ -404,7 +403,7 @@ async fn a_policy_that_cannot_be_archived_is_not_installed() {
     // The directory comes back with the running policy's copy altered: no start.
     std::fs::remove_file(&archive).unwrap();
     std::fs::rename(&aside, &archive).unwrap();
-    std::fs::write(env.dir.join("policy.toml"), DEFAULT_POLICY).unwrap();
+    env.write_policy(DEFAULT_POLICY);
     std::fs::set_permissions(&archived, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(&archived, "version = 1\nserial = 1\n").unwrap();
     let Err(err) = Daemon::spawn(env.run_command()) else {

@@ -25,6 +25,8 @@ pub(crate) fn configure_audit(env: &TestEnv, settings: &str) {
     text.push_str(settings);
     text.push('\n');
     std::fs::write(&path, text).unwrap();
+    // Policy signatures are bound to the origin, which `settings` may change.
+    env.write_policy(&env.opts.policy);
 }
 
 /// Runs `signerctl` with `args` to completion.

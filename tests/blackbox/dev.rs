@@ -66,9 +66,14 @@ fn hex_field<'a>(v: &'a Value, name: &str) -> &'a str {
 /// The arguments of the `signerctl` example that `signerd dev` prints (after the `--` of
 /// `cargo run`), with its shell line continuations joined.
 fn printed_example(stdout: &[String]) -> Vec<String> {
+    printed_command(stdout, "sign evm-tx")
+}
+
+/// The arguments of the printed `signerctl` command whose first line contains `marker`.
+fn printed_command(stdout: &[String], marker: &str) -> Vec<String> {
     let start = stdout
         .iter()
-        .position(|l| l.contains("signerctl") && l.contains("sign evm-tx"))
+        .position(|l| l.contains("signerctl") && l.contains(marker))
         .unwrap_or_else(|| panic!("no signerctl example in {stdout:?}"));
     let mut words = Vec::new();
     for line in &stdout[start..] {
@@ -108,6 +113,8 @@ async fn dev_mode_serves_signerctl_and_stops_cleanly() {
         "pki/app-key.pem",
         "signerd.toml",
         "policy.toml",
+        "policy.toml.sig",
+        "policy-admin.key",
         "keystore.pass",
     ] {
         assert!(dir.join(f).is_file(), "{f} missing");
@@ -119,6 +126,11 @@ async fn dev_mode_serves_signerctl_and_stops_cleanly() {
         mode_of(&dir.join("keystore.pass")),
         0o600,
         "keystore.pass mode"
+    );
+    assert_eq!(
+        mode_of(&dir.join("policy-admin.key")),
+        0o600,
+        "policy administrator key mode"
     );
     assert_eq!(
         mode_of(&dir.join("pki/server-key.pem")),
@@ -195,6 +207,29 @@ async fn dev_mode_serves_signerctl_and_stops_cleanly() {
         "keys list:\n{}",
         out.stdout
     );
+
+    // The printed way to change the policy works: edit, sign as printed, SIGHUP.
+    let policy = dir.join("policy.toml");
+    let text = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(&policy, text.replace("serial = 1\n", "serial = 2\n")).unwrap();
+    let sign = printed_command(&d.stdout(), "policy sign");
+    let mut cmd = Command::new(SIGNERCTL);
+    cmd.args(&sign).arg("--yes");
+    let out = run_to_exit(cmd, Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "the printed policy sign fails: signerctl {sign:?}: {out:?}\nprinted:\n{shown}"
+    );
+    assert!(shown.contains(&format!("kill -HUP {}", d.pid())), "{shown}");
+    let hup = Command::new("kill")
+        .args(["-HUP", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let audit = wait_audit_in(&dir.join("audit"), |a| a.of_type("policy.load").len() == 2);
+    let load = audit.of_type("policy.load")[1];
+    assert_eq!(load["new_serial"], 2, "{load}");
+    assert_eq!(load["signers"], serde_json::json!(["dev-admin"]), "{load}");
 
     // SIGTERM: clean exit; the log ends with audit.stop and the checkpoint that attests it.
     let status = d.stop();

@@ -28,6 +28,7 @@ mod limits;
 mod metrics;
 mod mtls;
 mod pkcs11;
+mod policy_governance;
 mod policy_ops;
 mod policy_tools;
 mod secrets;

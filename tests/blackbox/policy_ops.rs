@@ -75,8 +75,8 @@ fn hup(d: &Daemon) {
 fn write_policy(env: &TestEnv, serial: u64) -> String {
     let text = DEFAULT_POLICY.replace("serial = 1", &format!("serial = {serial}"))
         + "\n[[rule]]\nid = \"bob-ed-digest\"\neffect = \"allow\"\nclients = [\"bob\"]\nkeys = [\"ed\"]\nkinds = [\"raw_digest\"]\n";
-    write_file(&env.dir.join("policy.toml"), text.as_bytes(), 0o644);
-    text
+    env.write_policy(&text);
+    env.governed(&text)
 }
 
 #[tokio::test]
@@ -286,7 +286,7 @@ async fn a_restart_on_an_older_policy_is_refused_unless_allowed_on_record() {
     assert!(d.stop().success());
 
     // The file of serial 1 comes back.
-    std::fs::write(env.dir.join("policy.toml"), DEFAULT_POLICY).unwrap();
+    env.write_policy(DEFAULT_POLICY);
     let Err(err) = Daemon::spawn(env.run_command()) else {
         panic!("signerd started on a policy older than its log has loaded");
     };

@@ -86,6 +86,41 @@ keys = ["hot"]
 kinds = ["contract_creation"]
 "#;
 
+/// The policy administrator who signs every test policy unless a test says otherwise.
+pub(crate) const ADMIN: &str = "ops";
+
+/// The Ed25519 key of the test policy administrator `name` (derived from the name: test keys
+/// only).
+pub(crate) fn admin_key(name: &str) -> ed25519_dalek::SigningKey {
+    let seed: [u8; 32] = Sha256::digest(format!("blackbox policy administrator {name}")).into();
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+}
+
+/// `name = "ed25519:<hex>"` entries for `names`, for `administrators = { ... }`.
+pub(crate) fn administrators(names: &[&str]) -> String {
+    let entries: Vec<String> = names
+        .iter()
+        .map(|n| {
+            format!(
+                "{n} = \"ed25519:{}\"",
+                hex::encode(admin_key(n).verifying_key().to_bytes())
+            )
+        })
+        .collect();
+    format!("{{ {} }}", entries.join(", "))
+}
+
+/// The members of a `[governance]` or `[policy.trust]` table.
+pub(crate) fn governance_body(threshold: u32, tighten: u32, names: &[&str]) -> String {
+    format!(
+        "threshold = {threshold}\ntighten_threshold = {tighten}\nadministrators = {}\n",
+        administrators(names)
+    )
+}
+
+/// The audit log origin of every test installation (the configuration's default).
+pub(crate) const ORIGIN: &str = "signerd/audit";
+
 /// Client certificates every installation issues: (file name, subject CN, options).
 /// `app`, `bob`, `admin`, `payments`, `carol`, `dave` and `erin` are mapped; the others are
 /// refused for one reason each.
@@ -127,6 +162,11 @@ pub(crate) struct Opts {
     /// Replaces the `[keys]` tables (the soft keystore) when set; the audit key then uses
     /// `keystore.pass` as its own passphrase.
     pub(crate) keys: Option<String>,
+    /// The members of `[policy.trust]` and of the `[governance]` added to a policy that has
+    /// none: by default `ops` alone, threshold 1.
+    pub(crate) governance: String,
+    /// Who signs the policy [`TestEnv::write_config`] writes.
+    pub(crate) signers: Vec<String>,
 }
 
 impl Default for Opts {
@@ -137,6 +177,8 @@ impl Default for Opts {
             crl: false,
             policy: DEFAULT_POLICY.to_owned(),
             keys: None,
+            governance: governance_body(1, 1, &[ADMIN]),
+            signers: vec![ADMIN.to_owned()],
         }
     }
 }
@@ -321,6 +363,7 @@ impl TestEnv {
         } else {
             ""
         };
+        let trust = &self.opts.governance;
         let text = format!(
             r#"[server]
 {server}
@@ -367,6 +410,8 @@ subject_cn = "erin"
 [policy]
 file = "policy.toml"
 
+[policy.trust]
+{trust}
 {keys}
 [state]
 dir = "state"
@@ -376,11 +421,65 @@ dir = "audit"
 {audit_pass}"#
         );
         write_file(&self.config_path(), text.as_bytes(), 0o600);
-        write_file(
-            &self.dir.join("policy.toml"),
-            self.opts.policy.as_bytes(),
-            0o644,
-        );
+        let signers: Vec<&str> = self.opts.signers.iter().map(String::as_str).collect();
+        self.write_policy_signed(&self.opts.policy, &signers);
+    }
+
+    /// The policy file.
+    pub(crate) fn policy_path(&self) -> PathBuf {
+        self.dir.join("policy.toml")
+    }
+
+    /// The policy's signature file.
+    pub(crate) fn signatures_path(&self) -> PathBuf {
+        self.dir.join("policy.toml.sig")
+    }
+
+    /// `text` with the installation's `[governance]` added when it has none.
+    pub(crate) fn governed(&self, text: &str) -> String {
+        if text.contains("[governance]") {
+            text.to_owned()
+        } else {
+            format!("{text}\n[governance]\n{}", self.opts.governance)
+        }
+    }
+
+    /// Writes `text` (governed) as the policy file, signed by the installation's signers.
+    pub(crate) fn write_policy(&self, text: &str) {
+        let signers: Vec<&str> = self.opts.signers.iter().map(String::as_str).collect();
+        self.write_policy_signed(text, &signers);
+    }
+
+    /// Writes `text` (governed) as the policy file and a signature file with the signatures of
+    /// `signers` (over this file, for the origin the configuration names) and nothing else. A
+    /// text that does not parse is written unsigned.
+    pub(crate) fn write_policy_signed(&self, text: &str, signers: &[&str]) {
+        let text = self.governed(text);
+        write_file(&self.policy_path(), text.as_bytes(), 0o644);
+        let sigs: String = match signerd_policy::Policy::parse("policy.toml", &text) {
+            Ok(p) => signers
+                .iter()
+                .map(|n| self.signature(n, &self.origin(), &p).to_toml() + "\n")
+                .collect(),
+            Err(_) => String::new(),
+        };
+        write_file(&self.signatures_path(), sigs.as_bytes(), 0o644);
+    }
+
+    /// The audit log origin the configuration names (policy signatures are bound to it).
+    pub(crate) fn origin(&self) -> String {
+        signerd::config::Config::load(&self.config_path())
+            .map_or_else(|_| ORIGIN.to_owned(), |c| c.audit.origin)
+    }
+
+    /// The signature of the administrator `name` over `policy` for `origin`.
+    pub(crate) fn signature(
+        &self,
+        name: &str,
+        origin: &str,
+        policy: &signerd_policy::Policy,
+    ) -> signerd_policy::PolicySignature {
+        signerd::policy_file::sign(&admin_key(name), name, origin, policy)
     }
 
     /// `signerd run --config` for this installation, not yet started.

@@ -319,7 +319,7 @@ fn use_vault(env: &TestEnv, bao: &Bao, auth: &str) {
         "[audit]\ndir = \"audit\"\nsigning_key_passphrase_file = \"keystore.pass\"\n",
     );
     write_file(&path, text.as_bytes(), 0o600);
-    write_file(&env.dir.join("policy.toml"), VAULT_POLICY.as_bytes(), 0o644);
+    env.write_policy(VAULT_POLICY);
 }
 
 fn write_token(env: &TestEnv, token: &str) {

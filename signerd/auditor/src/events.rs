@@ -190,7 +190,7 @@ closed_set! {
 }
 
 closed_set! {
-    /// `source` of `policy.load`: what installed the policy.
+    /// `source` of `policy.load` and `policy.refused`: what installed (or tried to install) the policy.
     pub enum PolicySource {
         /// Start-up.
         Startup = "startup",
@@ -198,6 +198,16 @@ closed_set! {
         Sighup = "sighup",
         /// A reload by `Admin.ReloadPolicy`.
         Rpc = "rpc",
+    }
+}
+
+closed_set! {
+    /// `threshold` of `policy.load`: which quorum of policy administrators admitted the policy.
+    pub enum PolicyThreshold {
+        /// The full `threshold` (any change).
+        Full = "full",
+        /// `tighten_threshold`: a change that only tightens.
+        Tighten = "tighten",
     }
 }
 
@@ -406,19 +416,31 @@ pub struct PolicyLoad {
     pub new_hash: String,
     /// The serial did not increase and the reload was forced.
     pub forced: bool,
+    /// The policy administrators whose valid signatures admitted it, sorted (empty in records
+    /// of releases that did not check signatures).
+    #[serde(default)]
+    pub signers: Vec<String>,
+    /// Which quorum admitted it (`None` in records of releases that did not check signatures).
+    #[serde(default)]
+    pub threshold: Option<PolicyThreshold>,
 }
 
-/// `policy.refused`: a reload that did not install a policy (the running one stays).
+/// `policy.refused`: a policy that was not installed: on a reload the running one stays; at
+/// start-up (a policy not signed by enough administrators) the start stops.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRefused {
-    /// `sighup` or `rpc`.
+    /// `startup`, `sighup` or `rpc`.
     pub source: PolicySource,
-    /// The caller's identity id (`rpc`), or `None` for SIGHUP.
+    /// The caller's identity id (`rpc`), or `None` for SIGHUP and at start-up.
     pub actor: Option<String>,
     /// The policy file.
     pub file: String,
     /// Why it was refused.
     pub reason: String,
+    /// The policy administrators whose valid signatures were found, sorted (empty when the
+    /// refusal came before the signatures were checked, and in records of earlier releases).
+    #[serde(default)]
+    pub signers: Vec<String>,
 }
 
 /// `state.rebind`: the state store, which belonged to another audit log (or to this one when

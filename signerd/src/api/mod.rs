@@ -331,6 +331,7 @@ impl admin_server::Admin for AdminApi {
                 crate::audit::events::PolicySource::Rpc,
                 Some(&caller.identity.id),
                 &reason,
+                Vec::new(),
             );
             return Err(Status::permission_denied(reason));
         }

@@ -1131,6 +1131,8 @@ mod tests {
             new_serial: serial,
             new_hash: hash.to_owned(),
             forced,
+            signers: Vec::new(),
+            threshold: None,
         }
     }
 

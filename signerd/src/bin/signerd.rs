@@ -242,6 +242,21 @@ async fn dev(
         signerd::dev::DEV_SECP256K1
     );
     println!();
+    println!(
+        "Policies load only when signed by the policy administrators. To change it, edit \
+         {shown}/policy.toml (raise `serial`), sign it as the development administrator `{}` \
+         and reload (SIGHUP, or `signerctl admin reload-policy`):",
+        signerd::dev::DEV_ADMINISTRATOR
+    );
+    println!();
+    println!(
+        "  cargo run --release --bin signerctl -- policy sign --config {shown}/signerd.toml \\\n    \
+         --key {shown}/{} --name {} {shown}/policy.toml",
+        signerd::dev::DEV_ADMINISTRATOR_KEY,
+        signerd::dev::DEV_ADMINISTRATOR
+    );
+    println!("  kill -HUP {}", std::process::id());
+    println!();
     println!("Stop with Ctrl-C.");
     daemon.serve(shutdown).await?;
     println!("signerd stopped");
@@ -255,6 +270,25 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
         tracing::warn!("{deprecation}");
     }
     let policy = signerd::policy_file::load_policy(&config.policy.file)?;
+    // The signatures, as a start would count them: against the policy the log loaded last
+    // (the log is only read).
+    let trust = signerd::policy_file::Trust::from_config(&config).map_err(anyhow::Error::msg)?;
+    let last = if config.audit.dir.exists() {
+        signerd::state::reconcile::last_policy_hash(&config.audit.dir)
+            .map_err(anyhow::Error::msg)?
+    } else {
+        None
+    };
+    let (governance, in_force) =
+        signerd::policy_file::in_force(&config.audit.dir, last.as_deref(), &trust.anchor)
+            .map_err(anyhow::Error::msg)?;
+    let admitted = signerd::policy_file::admit(
+        &config.policy.file,
+        &policy,
+        &trust,
+        &governance,
+        in_force.as_ref(),
+    )?;
     signerd::tls::server_config(&config.tls)?;
     // The audit key is looked for, never created, here.
     let audit_spec = signerd::audit::key::backend_spec(&config, false);
@@ -273,6 +307,11 @@ async fn check(path: PathBuf) -> anyhow::Result<()> {
         policy.hash_hex(),
         keys.keys().len(),
         keys.name()
+    );
+    println!(
+        "policy signatures: loads ({} threshold), signed by {}",
+        admitted.threshold.as_str(),
+        admitted.signers.join(", ")
     );
     if let Some(spec) = audit_spec {
         match keys.audit_handle().map(|h| h.info().clone()) {

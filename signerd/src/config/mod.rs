@@ -218,6 +218,54 @@ pub struct IdentityConfig {
 pub struct PolicyConfig {
     /// The policy file.
     pub file: PathBuf,
+    /// The policy administrators' signature file; default: the policy file's path with `.sig`
+    /// appended.
+    pub signatures: Option<PathBuf>,
+    /// `[policy.trust]`: who signs the first policy this audit log loads (required). Later
+    /// policies are signed by the administrators of the policy in force.
+    pub trust: Option<TrustConfig>,
+}
+
+/// `[policy.trust]`: the trust anchor for the first policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustConfig {
+    /// Signatures of `administrators` that admit the first policy.
+    pub threshold: u32,
+    /// Signatures that admit a change that only tightens (at most `threshold`).
+    pub tighten_threshold: u32,
+    /// Administrator name = `"ed25519:<64 hex digits>"`.
+    pub administrators: std::collections::BTreeMap<String, String>,
+}
+
+impl PolicyConfig {
+    /// Where the signatures of the policy file are.
+    pub fn signatures_path(&self) -> PathBuf {
+        match &self.signatures {
+            Some(p) => p.clone(),
+            None => {
+                let mut p = self.file.clone().into_os_string();
+                p.push(".sig");
+                PathBuf::from(p)
+            }
+        }
+    }
+
+    /// The configured trust anchor, validated.
+    pub fn trust_anchor(&self) -> Result<signerd_policy::Governance, String> {
+        let Some(t) = &self.trust else {
+            return Err("[policy.trust] is missing: name the policy administrators who sign the                  first policy (`threshold`, `tighten_threshold`, `administrators`); signerd loads                  only signed policies"
+                .into());
+        };
+        let mut admins = std::collections::BTreeMap::new();
+        for (name, key) in &t.administrators {
+            let k = signerd_policy::parse_approver_key(key)
+                .map_err(|e| format!("policy.trust.administrators.{name}: {e}"))?;
+            admins.insert(name.clone(), k);
+        }
+        signerd_policy::Governance::new(t.threshold, t.tighten_threshold, admins)
+            .map_err(|e| format!("policy.trust: {e}"))
+    }
 }
 
 /// Where keys live: `keys.backend`, and `audit.signing_key_backend`.
@@ -504,6 +552,9 @@ impl Config {
         abs(&mut self.tls.client_ca);
         self.tls.crls.iter_mut().for_each(abs);
         abs(&mut self.policy.file);
+        if let Some(f) = &mut self.policy.signatures {
+            abs(f);
+        }
         if let Some(soft) = &mut self.keys.soft {
             abs(&mut soft.dir);
             if let Some(f) = &mut soft.passphrase_file {
@@ -530,6 +581,7 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        self.policy.trust_anchor()?;
         let s = &self.server;
         bounded(
             "server.max_message_bytes",
@@ -932,6 +984,11 @@ dir = "state"
 
 [audit]
 dir = "audit"
+
+[policy.trust]
+threshold = 1
+tighten_threshold = 1
+administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a" }
 "#;
 
     fn parse(src: &str) -> Result<Config, ConfigError> {
@@ -948,6 +1005,42 @@ dir = "audit"
         assert_eq!(c.audit.dir, PathBuf::from("/etc/signerd/audit"));
         assert_eq!(c.server.max_message_bytes, 1024 * 1024);
         assert_eq!(c.identities[0].id, "app");
+    }
+
+    #[test]
+    fn the_policy_trust_anchor_is_required_and_checked() {
+        let c = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.policy.signatures_path(),
+            PathBuf::from("/etc/signerd/policy.toml.sig")
+        );
+        let g = c.policy.trust_anchor().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((g.threshold(), g.tighten_threshold()), (1, 1));
+        let c = parse(&GOOD.replace(
+            "file = \"policy.toml\"\n",
+            "file = \"policy.toml\"\nsignatures = \"sigs/p.sig\"\n",
+        ))
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.policy.signatures_path(),
+            PathBuf::from("/etc/signerd/sigs/p.sig")
+        );
+        let cut = GOOD.find("[policy.trust]").unwrap_or(GOOD.len());
+        let e = parse(&GOOD[..cut])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("[policy.trust] is missing"), "{e}");
+        let e = parse(&GOOD.replace("threshold = 1\ntighten", "threshold = 2\ntighten"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("policy.trust: `threshold` is 2"), "{e}");
+        let e = parse(&GOOD.replace("ed25519:d75a", "ed25519:zz5a"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("policy.trust.administrators.ops:"), "{e}");
     }
 
     #[test]

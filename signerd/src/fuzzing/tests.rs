@@ -42,6 +42,40 @@ fn fuzz_corpora_replay() {
     assert!(replayed >= TARGETS.len());
 }
 
+/// The signature seeds reach the counting: one admits the policy with the full quorum, the other
+/// has one valid signature among replays and strangers.
+#[test]
+fn policy_signature_seeds_verify() {
+    let root = fuzz_dir().join("seeds/policy_signatures");
+    let policy = signerd_policy::Policy::parse("signed.toml", SIGNED_POLICY).unwrap();
+    let count = |name: &str| {
+        let src = std::fs::read_to_string(root.join(name)).unwrap();
+        let signatures = signerd_policy::parse_signatures(name, &src).unwrap();
+        signerd_policy::admit(&signerd_policy::Candidate {
+            governance: policy.governance().unwrap(),
+            in_force: None,
+            new: &policy,
+            origin: SIGNED_POLICY_ORIGIN,
+            signatures: &signatures,
+        })
+    };
+    assert_eq!(count("quorum.toml").unwrap().signers, ["alice", "bob"]);
+    let refused = count("one-and-replays.toml").unwrap_err();
+    assert_eq!(refused.signers, ["alice"]);
+    for needle in [
+        "counted once",
+        "origin `fuzz/audit`",
+        "signed serial 4",
+        "`carol`",
+    ] {
+        assert!(
+            refused.reason.contains(needle),
+            "{needle}: {}",
+            refused.reason
+        );
+    }
+}
+
 /// Every fuzz target has an entry point here and a `[[bin]]` in fuzz/Cargo.toml, and every
 /// entry point has a target; seeds and regressions belong to known targets.
 #[test]

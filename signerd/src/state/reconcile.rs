@@ -71,6 +71,45 @@ pub fn first_record(dir: &Path) -> Result<Option<[u8; 32]>, String> {
     }
 }
 
+/// The hash of the policy the log in `dir` records as loaded last (`policy.load`), if any; read
+/// without opening the log for writing (`signerctl policy sign` and `verify-signatures`). A
+/// torn last line is not a record and is skipped.
+pub fn last_policy_hash(dir: &Path) -> Result<Option<String>, String> {
+    let mut last = None;
+    for seg in segments::list(dir)? {
+        let mut reader = LineReader::open(&seg.path)?;
+        loop {
+            let next = reader
+                .next_line()
+                .map_err(|e| format!("cannot read {}: {e}", seg.path.display()))?;
+            let (line, lineno) = match next {
+                Next::Eof => break,
+                Next::TooLong { lineno, .. } => {
+                    return Err(format!(
+                        "{}:{lineno}: longer than a record may be",
+                        seg.path.display()
+                    ));
+                }
+                Next::Line { terminated, .. } if !terminated => break,
+                Next::Line { bytes, lineno, .. } => (bytes, lineno),
+            };
+            let Ok(env) = envelope::parse(line) else {
+                continue;
+            };
+            if env.kind == Some(Kind::PolicyLoad) {
+                let load: PolicyLoad = events::read(line).map_err(|e| {
+                    format!(
+                        "{}:{lineno}: malformed policy.load: {e}",
+                        seg.path.display()
+                    )
+                })?;
+                last = Some(load.new_hash);
+            }
+        }
+    }
+    Ok(last)
+}
+
 /// What start-up learns from the audit log.
 #[derive(Debug, Clone, Default)]
 pub struct Scanned {
@@ -78,6 +117,9 @@ pub struct Scanned {
     pub spend: Vec<Entry>,
     /// The highest policy serial the log records as loaded (`policy.load`), if any.
     pub highest_policy_serial: Option<u64>,
+    /// The hash of the policy the log records as loaded last (`policy.load`), if any: the
+    /// policy in force, whose administrators sign the next one.
+    pub last_policy_hash: Option<String>,
     /// How many records the log holds.
     pub records: u64,
     /// Every `key.pin` record, with its `seq`, in log order.
@@ -95,6 +137,7 @@ pub fn scan(
     on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
 ) -> Result<Scanned, String> {
     let mut highest_policy_serial: Option<u64> = None;
+    let mut last_policy_hash: Option<String> = None;
     let mut records = 0u64;
     let mut pins = Vec::new();
     let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
@@ -131,6 +174,7 @@ pub fn scan(
                 let load: PolicyLoad = events::read(line)
                     .map_err(|e| format!("{}: malformed policy.load: {e}", at()))?;
                 highest_policy_serial = highest_policy_serial.max(Some(load.new_serial));
+                last_policy_hash = Some(load.new_hash);
                 continue;
             }
             if env.kind == Some(Kind::KeyPin) {
@@ -239,6 +283,7 @@ pub fn scan(
     Ok(Scanned {
         spend,
         highest_policy_serial,
+        last_policy_hash,
         records,
         pins,
     })

@@ -95,12 +95,15 @@ fn examples() -> Vec<Record> {
             new_serial: 2,
             new_hash: HASH.to_owned(),
             forced: false,
+            signers: vec!["alice".to_owned(), "bob".to_owned()],
+            threshold: Some(PolicyThreshold::Full),
         }),
         Record::from_event(&PolicyRefused {
             source: PolicySource::Sighup,
             actor: None,
             file: "policy.toml".to_owned(),
             reason: "policy.toml:4:6: bad".to_owned(),
+            signers: vec!["alice".to_owned()],
         }),
         Record::from_event(&StateRebind {
             previous_origin: "o".to_owned(),
@@ -324,9 +327,17 @@ fn events_read_back_as_written() {
         let line = format!(
             r#"{{{text},"file":"p","old_serial":null,"old_hash":null,"new_serial":1,"new_hash":"h","forced":false}}"#
         );
+        // Written before signed policies: no signers, no threshold.
         let p: PolicyLoad = read(line.as_bytes()).unwrap();
         assert_eq!(p.actor, actor);
-        assert_eq!(body_object(&p), line.as_bytes());
+        assert_eq!((p.signers.len(), p.threshold), (0, None));
+        let now = line.replace(
+            r#""forced":false}"#,
+            r#""forced":false,"signers":["a"],"threshold":"tighten"}"#,
+        );
+        let p: PolicyLoad = read(now.as_bytes()).unwrap();
+        assert_eq!(p.threshold, Some(PolicyThreshold::Tighten));
+        assert_eq!(body_object(&p), now.as_bytes());
     }
 }
 
@@ -405,6 +416,8 @@ mod golden {
                 new_serial: 3,
                 new_hash: HASH.to_owned(),
                 forced: false,
+                signers: vec!["alice".to_owned()],
+                threshold: Some(PolicyThreshold::Tighten),
             },
             Record::new("policy.load")
                 .field("source", "startup")
@@ -413,7 +426,9 @@ mod golden {
                 .field("old_hash", serde_json::Value::Null)
                 .field("new_serial", 3u64)
                 .field("new_hash", HASH)
-                .field("forced", false),
+                .field("forced", false)
+                .field("signers", vec!["alice"])
+                .field("threshold", "tighten"),
         );
         // service.rs, reload_policy: by SIGHUP (no actor) and by RPC.
         for (source, actor) in [
@@ -430,6 +445,8 @@ mod golden {
                     new_serial: 3,
                     new_hash: CERT.to_owned(),
                     forced: true,
+                    signers: vec!["alice".to_owned(), "bob".to_owned()],
+                    threshold: Some(PolicyThreshold::Full),
                 },
                 Record::new("policy.load")
                     .field("source", source.as_str())
@@ -439,7 +456,9 @@ mod golden {
                     .field("old_hash", HASH)
                     .field("new_serial", 3u64)
                     .field("new_hash", CERT)
-                    .field("forced", true),
+                    .field("forced", true)
+                    .field("signers", vec!["alice", "bob"])
+                    .field("threshold", "full"),
             );
         }
     }
@@ -922,7 +941,8 @@ mod golden {
 
 /// The records of the example log (`docs/audit-example`, written by a real daemon) read as
 /// their events, and the events write them back byte for byte, except the `client` member
-/// that the release which wrote that log did not write yet.
+/// and the policy records' `signers` and `threshold` that the release which wrote that log did
+/// not write yet.
 #[test]
 fn the_example_log_reads_as_events_and_writes_back_the_same_bytes() {
     let dir = repo().join("docs/audit-example/audit");
@@ -975,10 +995,16 @@ fn the_example_log_reads_as_events_and_writes_back_the_same_bytes() {
             let on_disk = &text[start..text.rfind(",\"prev\":\"").unwrap()];
             let written = String::from_utf8(typed.encode().unwrap()).unwrap();
             let without_client = written.replacen(",\"client\":null", "", 1);
+            // Policy records before signed policies had no signers nor threshold.
+            let unsigned = written
+                .replacen(",\"signers\":[],\"threshold\":null", "", 1)
+                .replacen(",\"signers\":[]", "", 1);
             if written != on_disk {
                 assert!(
-                    matches!(kind, Kind::SignDecision | Kind::SignResult)
-                        && without_client == on_disk,
+                    (matches!(kind, Kind::SignDecision | Kind::SignResult)
+                        && without_client == on_disk)
+                        || (matches!(kind, Kind::PolicyLoad | Kind::PolicyRefused)
+                            && unsigned == on_disk),
                     "{}:\n{on_disk}\n{written}",
                     env.type_name
                 );

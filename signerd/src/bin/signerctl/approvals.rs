@@ -130,7 +130,7 @@ fn print_public(json_out: bool, key: &SigningKey, file: Option<&Path>) {
 }
 
 /// Reads a key file: 64 hex digits (the Ed25519 seed), refused when others may read it.
-fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
+pub(crate) fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {

@@ -11,6 +11,7 @@ mod bench;
 mod bench_floor;
 mod bench_vault;
 mod policy;
+mod policy_sign;
 mod witness;
 
 use std::path::{Path, PathBuf};

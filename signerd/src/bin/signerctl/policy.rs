@@ -44,6 +44,11 @@ pub(crate) enum PolicyCmd {
         /// The proposed policy.
         new: PathBuf,
     },
+    /// Sign a policy file as a policy administrator: shows what it changes against the policy
+    /// in force, asks, and adds the signature to the signature file beside it.
+    Sign(crate::policy_sign::SignArgs),
+    /// Check offline whether the signatures beside a policy file let the daemon load it.
+    VerifySignatures(crate::policy_sign::VerifyArgs),
 }
 
 fn read_bounded(path: &Path) -> anyhow::Result<String> {
@@ -190,6 +195,8 @@ pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        PolicyCmd::Sign(args) => crate::policy_sign::sign(args),
+        PolicyCmd::VerifySignatures(args) => crate::policy_sign::verify(args),
         PolicyCmd::Diff { old, new } => {
             let (old_policy, new_policy) = (load(&old)?, load(&new)?);
             let report = signerd_policy::diff(&old_policy, &new_policy);

@@ -348,12 +348,12 @@ async fn a_policy_naming_a_key_the_daemon_does_not_hold_is_refused() {
     );
     assert!(err.contains(&located), "{err}");
 
-    std::fs::write(env.dir.join("policy.toml"), DEFAULT_POLICY).unwrap();
+    env.write_policy(DEFAULT_POLICY);
     let d = env.start();
     let mut bob = env.client(&d, "bob").await;
     // Serial 2 would let bob sign digests with `ed`, but it also names the unknown key.
     let text = write_policy(&env, 2) + freeze;
-    write_file(&env.dir.join("policy.toml"), text.as_bytes(), 0o644);
+    env.write_policy(&text);
     let line = text.lines().count();
     hup(&d);
     let audit = env.wait_audit(|a| a.of_type("policy.refused").len() == 1);

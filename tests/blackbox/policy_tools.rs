@@ -207,7 +207,7 @@ fn check_with_a_config_refuses_keys_the_keystore_does_not_hold() {
         "{DEFAULT_POLICY}\n[[rule]]\nid = \"freeze-legacy\"\neffect = \"deny\"\nkeys = [\"legacy_hot\", \"hot\"]\n"
     );
     let line = policy.lines().count();
-    write_file(&env.dir.join("policy.toml"), policy.as_bytes(), 0o644);
+    env.write_policy(&policy);
     // Without the configuration the file is fine; with it, the unknown key is located.
     let plain = signerctl(&[
         "policy",

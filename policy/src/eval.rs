@@ -185,16 +185,23 @@ impl Policy {
     fn run(&self, req: &Request<'_>, explain: bool) -> Evaluation {
         let (a, who, now) = (req.action, req.identity, req.now_unix);
         let mut lines = Vec::new();
-        // (rule position, indeterminate field)
-        let mut deny: Option<(usize, Option<crate::rule::Field>)> = None;
+        // (rule position, indeterminate field, whether it waits for an entry cooling off)
+        let mut deny: Option<(usize, Option<crate::rule::Field>, bool)> = None;
         let mut approvals: Vec<usize> = Vec::new();
         let mut allows: Vec<usize> = Vec::new();
+        // The first allow rule that would match but for an address-book entry cooling off.
+        let mut waiting: Option<String> = None;
         let mut visit = |pos: usize, lines: &mut Vec<String>| {
             let Some(rule) = self.rules.get(pos) else {
                 return;
             };
             let head = || format!("rule `{}` ({})", rule.id, rule.effect);
-            match (rule.effect, rule.m.test(a, who, now)) {
+            let outcome = match rule.m.test(a, who, now) {
+                // Cooling-off never delays a restriction: a deny rule matches at once.
+                Outcome::NotYet(_) if rule.effect == Effect::Deny => Outcome::Yes,
+                o => o,
+            };
+            match (rule.effect, outcome) {
                 (_, Outcome::No(f)) => {
                     if explain {
                         lines.push(format!(
@@ -205,11 +212,11 @@ impl Policy {
                     }
                 }
                 (Effect::Deny, Outcome::Yes) => {
-                    deny.get_or_insert((pos, None));
+                    deny.get_or_insert((pos, None, false));
                     lines.push(format!("{} matches", head()));
                 }
                 (Effect::Deny | Effect::RequireApproval, Outcome::Unknown(f)) => {
-                    deny.get_or_insert((pos, Some(f)));
+                    deny.get_or_insert((pos, Some(f), false));
                     lines.push(format!(
                         "{} is indeterminate ({}): counts as a deny (fail closed)",
                         head(),
@@ -223,6 +230,21 @@ impl Policy {
                 (Effect::Allow, Outcome::Yes) => {
                     allows.push(pos);
                     lines.push(format!("{} matches", head()));
+                }
+                (Effect::Allow, Outcome::NotYet(f)) => {
+                    let note = rule.m.cooling_note(f, a, now);
+                    lines.push(format!("{} does not match yet: {note}", head()));
+                    waiting.get_or_insert_with(|| {
+                        format!("rule `{}` would allow, but {note}", rule.id)
+                    });
+                }
+                (Effect::Deny | Effect::RequireApproval, Outcome::NotYet(f)) => {
+                    deny.get_or_insert((pos, Some(f), true));
+                    lines.push(format!(
+                        "{} depends on an entry still cooling off ({}): counts as a deny (fail closed)",
+                        head(),
+                        rule.m.cooling_note(f, a, now)
+                    ));
                 }
                 (Effect::Allow, Outcome::Unknown(f)) => {
                     lines.push(format!(
@@ -258,7 +280,7 @@ impl Policy {
                 explanation: lines,
             }
         };
-        if let Some((pos, unknown)) = deny {
+        if let Some((pos, unknown, cooling)) = deny {
             let Some(rule) = self.rules.get(pos) else {
                 return deny_with(
                     lines,
@@ -268,6 +290,12 @@ impl Policy {
             };
             let reason = match (unknown, rule.effect) {
                 (None, _) => format!("denied by rule `{}`", rule.id),
+                (Some(f), _) if cooling => format!(
+                    "denied: rule `{}` ({}) depends on an address-book entry still cooling off: {}",
+                    rule.id,
+                    rule.effect,
+                    rule.m.cooling_note(f, a, now)
+                ),
                 (Some(f), Effect::RequireApproval) => format!(
                     "denied: rule `{}` (require_approval) is indeterminate: {}",
                     rule.id,
@@ -291,7 +319,11 @@ impl Policy {
                 rules: ids(&allows),
             }
         } else {
-            return deny_with(lines, None, "no rule allows".into());
+            let reason = match waiting {
+                Some(w) => format!("no rule allows: {w}"),
+                None => "no rule allows".into(),
+            };
+            return deny_with(lines, None, reason);
         };
 
         let mut charges = Vec::new();

@@ -123,6 +123,7 @@
 
 mod action;
 mod amount;
+mod book;
 mod cases;
 mod check;
 mod diff;
@@ -141,6 +142,7 @@ pub use action::{
     TypedDataFacts, TypedStandard,
 };
 pub use amount::{AmountFormat, Asset, AssetId};
+pub use book::FirstLoaded;
 pub use cases::{CaseResult, TestReport, run_test_file, run_tests};
 pub use check::{Warning, check, counted};
 pub use diff::{Change, DiffReport, diff};

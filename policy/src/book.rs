@@ -302,25 +302,28 @@ impl Policy {
     }
 
     /// Attaches when each entry of a book with a cooling-off period was first loaded: the time
-    /// in `known` when it has one (an entry of the policy loaded before), else `now_unix` (an
-    /// entry this load adds). Returns the entries that took `now_unix`. Until this is called,
-    /// no such entry is usable.
+    /// in `known` when it has one (an entry of the policy loaded before), else `new_at` (an
+    /// entry this load adds; `None` leaves its first load unknown, and the entry unusable).
+    /// Returns the entries that were not in `known`. Until this is called, no such entry is
+    /// usable.
     pub fn set_first_loaded(
         &mut self,
         known: &FirstLoaded,
-        now_unix: i64,
+        new_at: Option<i64>,
     ) -> Vec<(String, Address)> {
         let mut all = FirstLoaded::new();
         let mut new = Vec::new();
         for key in self.cooling_entries() {
             let at = match known.get(&key) {
-                Some(t) => *t,
+                Some(t) => Some(*t),
                 None => {
                     new.push(key.clone());
-                    now_unix
+                    new_at
                 }
             };
-            all.insert(key, at);
+            if let Some(at) = at {
+                all.insert(key, at);
+            }
         }
         for rule in &mut self.rules {
             for set in addr_sets_mut(&mut rule.m) {
@@ -407,7 +410,7 @@ to = ["book:payees"]
         let mut p = policy(&src(""));
         // Before any load time is attached, no entry of a cooling-off book is usable.
         assert!(!decide(&p, OLD, T0).is_allow());
-        let new = p.set_first_loaded(&known(&[("payees", OLD, T0 - 86_400)]), T0);
+        let new = p.set_first_loaded(&known(&[("payees", OLD, T0 - 86_400)]), Some(T0));
         assert_eq!(
             new,
             vec![
@@ -432,11 +435,25 @@ to = ["book:payees"]
     }
 
     #[test]
+    fn an_entry_whose_first_load_is_not_known_is_not_usable() {
+        let mut p = policy(&src(""));
+        p.set_first_loaded(&known(&[("payees", OLD, T0)]), None);
+        assert!(decide(&p, OLD, T0 + 7200).is_allow());
+        match decide(&p, NEW, i64::MAX) {
+            Decision::Deny { reason, .. } => {
+                assert!(reason.contains("first load is not known"), "{reason}")
+            }
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(p.first_loaded().len(), 1);
+    }
+
+    #[test]
     fn a_deny_book_applies_at_once() {
         let mut p = policy(&src(
             "\n[[rule]]\nid = \"block\"\neffect = \"deny\"\nto = [\"book:blocked\"]\n",
         ));
-        p.set_first_loaded(&known(&[("payees", NEW, T0 - 86_400)]), T0);
+        p.set_first_loaded(&known(&[("payees", NEW, T0 - 86_400)]), Some(T0));
         // `blocked` was loaded just now (1d cooling-off) and `payees` long ago: deny wins.
         match decide(&p, NEW, T0) {
             Decision::Deny { rule, .. } => assert_eq!(rule.as_deref(), Some("block")),
@@ -448,12 +465,12 @@ to = ["book:payees"]
     fn not_to_restricts_at_once_in_allow_rules_and_loosens_only_later_in_deny_rules() {
         let allow = "\n[[rule]]\nid = \"any-but\"\neffect = \"allow\"\nkinds = [\"native_transfer\"]\nnot_to = [\"book:blocked\"]\n";
         let mut p = policy(&src(allow));
-        p.set_first_loaded(&FirstLoaded::new(), T0);
+        p.set_first_loaded(&FirstLoaded::new(), Some(T0));
         // Neither `pay` (payees still cooling off) nor `any-but` (NEW is blocked at once).
         assert!(!decide(&p, NEW, T0).is_allow());
         let deny = "\n[[rule]]\nid = \"only-trusted\"\neffect = \"deny\"\nnot_to = [\"book:payees\"]\n[[rule]]\nid = \"all\"\neffect = \"allow\"\nkinds = [\"native_transfer\"]\n";
         let mut p = policy(&src(deny));
-        p.set_first_loaded(&known(&[("payees", OLD, 0)]), T0);
+        p.set_first_loaded(&known(&[("payees", OLD, 0)]), Some(T0));
         match decide(&p, NEW, T0) {
             Decision::Deny { rule, .. } => assert_eq!(rule.as_deref(), Some("only-trusted")),
             d => panic!("{d:?}"),
@@ -484,7 +501,7 @@ b = "ed25519:5866666666666666666666666666666666666666666666666666666666666666"
 "#
         );
         let mut p = policy(&src);
-        p.set_first_loaded(&FirstLoaded::new(), T0);
+        p.set_first_loaded(&FirstLoaded::new(), Some(T0));
         match decide(&p, NEW, T0 + 10) {
             Decision::Deny { rule, reason } => {
                 assert_eq!(rule.as_deref(), Some("vendors"));
@@ -545,7 +562,7 @@ b = "ed25519:5866666666666666666666666666666666666666666666666666666666666666"
             "\n[[rule]]\nid = \"all\"\neffect = \"allow\"\nkinds = [\"native_transfer\"]\n[[limit]]\nid = \"cap\"\nto = [\"book:payees\"]\nchain_ids = [1]\nasset = \"native\"\nper_tx_max = 0\n",
         );
         let mut p = policy(&src);
-        p.set_first_loaded(&FirstLoaded::new(), T0);
+        p.set_first_loaded(&FirstLoaded::new(), Some(T0));
         match decide(&p, NEW, T0) {
             Decision::Deny { rule, .. } => assert_eq!(rule.as_deref(), Some("cap")),
             d => panic!("{d:?}"),

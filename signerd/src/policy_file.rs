@@ -1,9 +1,12 @@
 //! The policy file: read, bounded in size, parsed and validated. Start-up, reloads (SIGHUP and
-//! `ReloadPolicy`) and `signerd check-config` all read it here.
+//! `ReloadPolicy`) and `signerd check-config` all read it here. Also the conversion between the
+//! first loads of address-book entries a policy carries and those a `policy.load` record lists.
 
 use std::path::Path;
 
-use signerd_policy::{MAX_POLICY_BYTES, Policy, PolicyError};
+use alloy_primitives::Address;
+use signerd_auditor::events::BookEntryLoad;
+use signerd_policy::{FirstLoaded, MAX_POLICY_BYTES, Policy, PolicyError};
 
 /// Why the policy file cannot be used. The running policy (if any) stays in force.
 #[derive(Debug, thiserror::Error)]
@@ -53,4 +56,36 @@ pub fn load_policy_source(path: &Path) -> Result<(Policy, String), PolicyFileErr
     let src = std::fs::read_to_string(path).map_err(read)?;
     let policy = Policy::parse(&shown, &src)?;
     Ok((policy, src))
+}
+
+/// The first loads of address-book entries as a `policy.load` record lists them.
+pub fn book_entries(first: &FirstLoaded) -> Vec<BookEntryLoad> {
+    first
+        .iter()
+        .map(|((book, address), at)| BookEntryLoad {
+            address: address.to_checksum(None),
+            book: book.clone(),
+            first_loaded: crate::approvals::rfc3339(*at),
+        })
+        .collect()
+}
+
+/// The first loads a `policy.load` record lists. A malformed entry is an error: the log is the
+/// only source of these times, and guessing one would shorten a cooling-off period.
+pub fn first_loaded(entries: &[BookEntryLoad]) -> Result<FirstLoaded, String> {
+    let mut out = FirstLoaded::new();
+    for e in entries {
+        let address: Address = e
+            .address
+            .parse()
+            .map_err(|_| format!("book_entries: `{}` is not an address", e.address))?;
+        let at = signerd_auditor::rfc3339::parse_unix(&e.first_loaded).ok_or_else(|| {
+            format!(
+                "book_entries: first_loaded `{}` is not an RFC 3339 time",
+                e.first_loaded
+            )
+        })?;
+        out.insert((e.book.clone(), address), at);
+    }
+    Ok(out)
 }

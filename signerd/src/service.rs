@@ -347,6 +347,7 @@ impl Signer {
             new_serial: p.serial(),
             new_hash: p.hash_hex(),
             forced,
+            book_entries: crate::policy_file::book_entries(p.first_loaded()),
         };
         self.audit.append(rec).map_err(unavailable)
     }
@@ -409,6 +410,7 @@ impl Signer {
         .await
         .map_err(|e| ServiceError::Unavailable(format!("policy reload: {e}")))?
         .map_err(ServiceError::FailedPrecondition)?;
+        let mut new = new;
         let record = {
             let _serial = self.reload.lock().unwrap_or_else(|p| p.into_inner());
             let old = self.policy();
@@ -431,6 +433,8 @@ impl Signer {
                     old.serial()
                 )));
             }
+            // Entries the running policy holds keep their first load; new ones start now.
+            new.set_first_loaded(old.first_loaded(), Some(unix_now()));
             let rec = events::PolicyLoad {
                 source,
                 actor: Some(actor.map(str::to_owned)),
@@ -440,6 +444,7 @@ impl Signer {
                 new_serial: new.serial(),
                 new_hash: new.hash_hex(),
                 forced: force && new.serial() <= old.serial(),
+                book_entries: crate::policy_file::book_entries(new.first_loaded()),
             };
             let mut slot = self.policy.write().unwrap_or_else(|p| p.into_inner());
             *slot = Arc::new(new);

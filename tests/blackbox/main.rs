@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod address_books;
 mod approvals;
 mod audit_crash;
 mod audit_example;

@@ -10,6 +10,7 @@ mod audit;
 mod bench;
 mod bench_floor;
 mod bench_vault;
+mod books;
 mod policy;
 mod witness;
 

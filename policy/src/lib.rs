@@ -127,6 +127,7 @@ mod book;
 mod cases;
 mod check;
 mod diff;
+mod display;
 mod eval;
 mod index;
 mod limit;

@@ -27,6 +27,7 @@ mod key_pins;
 mod limits;
 mod metrics;
 mod mtls;
+mod operator_tools;
 mod pkcs11;
 mod policy_ops;
 mod policy_tools;

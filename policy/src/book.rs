@@ -449,6 +449,30 @@ to = ["book:payees"]
     }
 
     #[test]
+    fn an_entry_removed_and_added_back_starts_a_new_period() {
+        // Each load carries forward the first loads of the policy it replaces, as the daemon
+        // does on reload.
+        let mut first = policy(&src(""));
+        first.set_first_loaded(&FirstLoaded::new(), Some(T0));
+        let without = src("").replace(
+            &format!("\"{OLD}\", {{ address = \"{NEW}\", label = \"Kraken deposit\" }}"),
+            &format!("\"{OLD}\""),
+        );
+        let mut second = policy(&without);
+        assert!(
+            second
+                .set_first_loaded(first.first_loaded(), Some(T0 + 100))
+                .is_empty()
+        );
+        let mut third = policy(&src(""));
+        let new = third.set_first_loaded(second.first_loaded(), Some(T0 + 200));
+        assert_eq!(new, vec![("payees".to_owned(), NEW.parse().unwrap())]);
+        assert!(!decide(&third, NEW, T0 + 7200).is_allow());
+        assert!(decide(&third, NEW, T0 + 7400).is_allow());
+        assert!(decide(&third, OLD, T0 + 7200).is_allow());
+    }
+
+    #[test]
     fn a_deny_book_applies_at_once() {
         let mut p = policy(&src(
             "\n[[rule]]\nid = \"block\"\neffect = \"deny\"\nto = [\"book:blocked\"]\n",

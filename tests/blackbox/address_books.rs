@@ -152,6 +152,18 @@ async fn a_new_address_waits_out_its_cooling_off_across_a_restart() {
     assert!(!r.raw_transaction.is_empty());
     assert!(d.stop().success());
 
+    // The log plus the archive re-evaluates every decision as the daemon made it: the refusals
+    // during the period and the signature after it (the first loads come from the log).
+    let mut cmd = std::process::Command::new(SIGNERCTL);
+    cmd.args(["audit", "recheck"]).arg(env.audit_dir());
+    let recheck = run_to_exit(cmd, Duration::from_secs(60));
+    assert!(recheck.status.success(), "{recheck:?}");
+    assert!(
+        recheck.stdout.trim_end().ends_with("OK"),
+        "{}",
+        recheck.stdout
+    );
+
     // `policy explain` offline: the first loads from the log, or as if loaded at a time.
     let cases = env.dir.join("cases.toml");
     let before = signerd::approvals::rfc3339(first_unix + 1);

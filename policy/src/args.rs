@@ -22,6 +22,7 @@ use toml::Spanned;
 
 use crate::Action;
 use crate::amount::{AmountFormat, AmountLit, AssetId};
+use crate::book::Membership;
 use crate::parse::{Env, PolicyError, Unit};
 use crate::rule::{AddrSet, T};
 
@@ -853,12 +854,14 @@ impl Env<'_> {
             AddrSet {
                 set: BTreeSet::new(),
                 written: Vec::new(),
+                cooling: None,
             }
         } else {
             self.addrs(op, Some(Spanned::new(span, rest)))?
                 .unwrap_or(AddrSet {
                     set: BTreeSet::new(),
                     written: Vec::new(),
+                    cooling: None,
                 })
         };
         if me {
@@ -1138,14 +1141,15 @@ impl CallSpec {
     /// Whether `a` is a call of this function whose arguments satisfy every constraint
     /// (Kleene conjunction). Calldata of another function: no. Undecodable calldata, or
     /// none to read: indeterminate.
-    pub(crate) fn test<'p>(&'p self, a: &Action, calls: &Calls<'p>) -> T {
+    pub(crate) fn test<'p>(&'p self, a: &Action, now_unix: i64, calls: &Calls<'p>) -> T {
         let r = self.with_args(a, calls, |args| {
             let mut out = T::Y;
             for c in &self.constraints {
-                match c.verdict(args, a) {
+                match c.verdict(args, a, now_unix) {
                     T::N => return T::N,
                     T::U => out = T::U,
-                    T::Y => {}
+                    T::C if out == T::Y => out = T::C,
+                    T::C | T::Y => {}
                 }
             }
             out
@@ -1157,13 +1161,24 @@ impl CallSpec {
         }
     }
 
+    /// The address sets of `in`/`not_in`/`eq` constraints (cooling-off times are attached to
+    /// them as to every other matcher's).
+    pub(crate) fn addr_sets_mut(&mut self) -> impl Iterator<Item = &mut AddrSet> {
+        self.constraints
+            .iter_mut()
+            .filter_map(|c| match &mut c.test {
+                Test::Addr { set, .. } => Some(set),
+                _ => None,
+            })
+    }
+
     /// Why `a` did not match (or was indeterminate), for people.
-    pub(crate) fn describe<'p>(&'p self, a: &Action, calls: &Calls<'p>) -> String {
+    pub(crate) fn describe<'p>(&'p self, a: &Action, now_unix: i64, calls: &Calls<'p>) -> String {
         let r = self.with_args(a, calls, |args| {
             self.constraints
                 .iter()
-                .find(|c| c.verdict(args, a) != T::Y)
-                .map(|c| c.line(args, a))
+                .find(|c| c.verdict(args, a, now_unix) != T::Y)
+                .map(|c| c.line(args, a, now_unix))
         });
         match r {
             Err(Miss::NoCalldata) => {
@@ -1192,11 +1207,16 @@ impl CallSpec {
 
     /// One line per constraint: the argument's decoded value and the verdict; empty when the
     /// request is not a call of this function (the rule's reason says why).
-    pub(crate) fn explain<'p>(&'p self, a: &Action, calls: &Calls<'p>) -> Vec<String> {
+    pub(crate) fn explain<'p>(
+        &'p self,
+        a: &Action,
+        now_unix: i64,
+        calls: &Calls<'p>,
+    ) -> Vec<String> {
         self.with_args(a, calls, |args| {
             self.constraints
                 .iter()
-                .map(|c| format!("argument {}", c.line(args, a)))
+                .map(|c| format!("argument {}", c.line(args, a, now_unix)))
                 .collect()
         })
         .unwrap_or_default()
@@ -1217,7 +1237,7 @@ fn at<'v>(args: &'v DynSolValue, path: &[usize]) -> Option<&'v DynSolValue> {
 
 impl Constraint {
     /// This constraint's verdict on decoded `args` of `a`.
-    fn verdict(&self, args: &DynSolValue, a: &Action) -> T {
+    fn verdict(&self, args: &DynSolValue, a: &Action, now_unix: i64) -> T {
         let Some(v) = at(args, &self.path) else {
             return T::U;
         };
@@ -1228,15 +1248,16 @@ impl Constraint {
                 },
                 DynSolValue::Address(x),
             ) => {
-                let found = if set.contains(x) {
-                    T::Y
-                } else if *me {
-                    match a.signer {
+                // An entry still cooling off (`C`) restricts whichever way the matcher
+                // points: it does not grant `in`, and `not_in` excludes it at once.
+                let found = match set.holds(x, now_unix) {
+                    Membership::In => T::Y,
+                    Membership::Cooling => T::C,
+                    Membership::Out if *me => match a.signer {
                         Some(s) => crate::rule::t(s == *x),
                         None => T::U,
-                    }
-                } else {
-                    T::N
+                    },
+                    Membership::Out => T::N,
                 };
                 match (found, negate) {
                     (T::Y, true) => T::N,
@@ -1281,7 +1302,7 @@ impl Constraint {
     }
 
     /// `` `params.recipient` (address) = 0x…: eq self (0x…): yes ``.
-    fn line(&self, args: &DynSolValue, a: &Action) -> String {
+    fn line(&self, args: &DynSolValue, a: &Action, now_unix: i64) -> String {
         // Amounts are shown in the token's units only when they are of that token.
         let other_token = match &self.test {
             Test::Uint {
@@ -1296,8 +1317,9 @@ impl Constraint {
         };
         let value = at(args, &self.path)
             .map_or_else(|| "?".to_owned(), |v| self.show(v, other_token.is_none()));
-        let verdict = match self.verdict(args, a) {
+        let verdict = match self.verdict(args, a, now_unix) {
             T::Y => "yes".to_owned(),
+            T::C => "not yet (an address-book entry is still cooling off)".to_owned(),
             T::N => match other_token {
                 Some(why) => format!("no ({why})"),
                 None => "no".to_owned(),
@@ -1532,6 +1554,51 @@ mod tests {
         );
     }
 
+    /// An address-book entry still cooling off grants nothing through `in`, and `not_in`
+    /// excludes it at once.
+    #[test]
+    fn book_entries_cooling_off_restrict_arguments_both_ways() {
+        let src = |op: &str| {
+            format!(
+                "version = 1\nserial = 1\n[address_books.payees]\naddresses = [\"{EVIL}\"]\ncooling_off = \"1h\"\n\
+                 [[rule]]\nid = \"r\"\neffect = \"allow\"\nkeys = [\"bot\"]\n{}\n",
+                swap_rule(&format!(
+                    "{{ arg = \"params.recipient\", {op} = [\"book:payees\"] }}"
+                ))
+            )
+        };
+        let at = |p: &Policy, recipient: &str, now_unix: i64| {
+            p.explain_request(&Request {
+                action: &call(ROUTER, swap(USDC, recipient, 1_000_000), Some(ME)),
+                identity: &bot(),
+                now_unix,
+                usage: &NoUsage,
+            })
+        };
+        const T0: i64 = 1_767_225_600;
+        let known: crate::FirstLoaded = [(("payees".to_owned(), EVIL.parse().unwrap()), T0)]
+            .into_iter()
+            .collect();
+        let mut inside = Policy::parse("p.toml", &src("in")).unwrap();
+        // No first load known: not usable.
+        assert!(!at(&inside, EVIL, T0 + 7200).decision.is_allow());
+        inside.set_first_loaded(&known, Some(T0));
+        let early = at(&inside, EVIL, T0 + 3599);
+        assert!(!early.decision.is_allow(), "{:#?}", early.explanation);
+        assert!(
+            early.explanation.iter().any(|l| l.contains("not yet")),
+            "{:#?}",
+            early.explanation
+        );
+        let late = at(&inside, EVIL, T0 + 3600);
+        assert!(late.decision.is_allow(), "{:#?}", late.explanation);
+        let mut outside = Policy::parse("p.toml", &src("not_in")).unwrap();
+        outside.set_first_loaded(&known, Some(T0));
+        assert!(!at(&outside, EVIL, T0 + 1).decision.is_allow());
+        assert!(!at(&outside, EVIL, T0 + 3600).decision.is_allow());
+        assert!(at(&outside, ME, T0 + 1).decision.is_allow());
+    }
+
     /// The same policy without the constraint allows the swap that pays the attacker: the
     /// constraint is what refuses it.
     #[test]
@@ -1728,7 +1795,7 @@ mod tests {
         let calls = Calls::default();
         let spec = p.rules[0].m.args.as_ref().unwrap();
         for _ in 0..3 {
-            assert!(spec.test(&a, &calls) == T::Y);
+            assert!(spec.test(&a, 0, &calls) == T::Y);
         }
         assert_eq!(calls.slots.borrow().len(), 1);
     }

@@ -258,6 +258,7 @@ pub fn run_test_file(policy: &Policy, file: &str, src: &str) -> Result<TestRepor
         cx: Cx { file, src },
         assets: &policy.assets,
         books: &policy.books,
+        book_meta: &policy.book_meta,
         groups: &policy.groups,
         approvers: &policy.approvers,
     };

@@ -186,18 +186,25 @@ impl Policy {
     fn run(&self, req: &Request<'_>, explain: bool) -> Evaluation {
         let (a, who, now) = (req.action, req.identity, req.now_unix);
         let mut lines = Vec::new();
-        // (rule position, indeterminate field)
-        let mut deny: Option<(usize, Option<crate::rule::Field>)> = None;
+        // (rule position, indeterminate field, whether it waits for an entry cooling off)
+        let mut deny: Option<(usize, Option<crate::rule::Field>, bool)> = None;
         let mut approvals: Vec<usize> = Vec::new();
         let mut allows: Vec<usize> = Vec::new();
         // Calldata decoded once per distinct `function` for all rules of this request.
         let calls = Calls::default();
+        // The first allow rule that would match but for an address-book entry cooling off.
+        let mut waiting: Option<String> = None;
         let mut visit = |pos: usize, lines: &mut Vec<String>| {
             let Some(rule) = self.rules.get(pos) else {
                 return;
             };
             let head = || format!("rule `{}` ({})", rule.id, rule.effect);
-            match (rule.effect, rule.m.test(a, who, now, &calls)) {
+            let outcome = match rule.m.test(a, who, now, &calls) {
+                // Cooling-off never delays a restriction: a deny rule matches at once.
+                Outcome::NotYet(_) if rule.effect == Effect::Deny => Outcome::Yes,
+                o => o,
+            };
+            match (rule.effect, outcome) {
                 (_, Outcome::No(f)) => {
                     if explain {
                         lines.push(format!(
@@ -208,11 +215,11 @@ impl Policy {
                     }
                 }
                 (Effect::Deny, Outcome::Yes) => {
-                    deny.get_or_insert((pos, None));
+                    deny.get_or_insert((pos, None, false));
                     lines.push(format!("{} matches", head()));
                 }
                 (Effect::Deny | Effect::RequireApproval, Outcome::Unknown(f)) => {
-                    deny.get_or_insert((pos, Some(f)));
+                    deny.get_or_insert((pos, Some(f), false));
                     lines.push(format!(
                         "{} is indeterminate ({}): counts as a deny (fail closed)",
                         head(),
@@ -227,6 +234,21 @@ impl Policy {
                     allows.push(pos);
                     lines.push(format!("{} matches", head()));
                 }
+                (Effect::Allow, Outcome::NotYet(f)) => {
+                    let note = rule.m.cooling_note(f, a, now);
+                    lines.push(format!("{} does not match yet: {note}", head()));
+                    waiting.get_or_insert_with(|| {
+                        format!("rule `{}` would allow, but {note}", rule.id)
+                    });
+                }
+                (Effect::Deny | Effect::RequireApproval, Outcome::NotYet(f)) => {
+                    deny.get_or_insert((pos, Some(f), true));
+                    lines.push(format!(
+                        "{} depends on an entry still cooling off ({}): counts as a deny (fail closed)",
+                        head(),
+                        rule.m.cooling_note(f, a, now)
+                    ));
+                }
                 (Effect::Allow, Outcome::Unknown(f)) => {
                     lines.push(format!(
                         "{} is indeterminate ({}): does not allow (fail closed)",
@@ -237,7 +259,7 @@ impl Policy {
             }
             if explain && let Some(spec) = &rule.m.args {
                 lines.extend(
-                    spec.explain(a, &calls)
+                    spec.explain(a, now, &calls)
                         .into_iter()
                         .map(|l| format!("  rule `{}`: {l}", rule.id)),
                 );
@@ -268,7 +290,7 @@ impl Policy {
                 explanation: lines,
             }
         };
-        if let Some((pos, unknown)) = deny {
+        if let Some((pos, unknown, cooling)) = deny {
             let Some(rule) = self.rules.get(pos) else {
                 return deny_with(
                     lines,
@@ -278,6 +300,12 @@ impl Policy {
             };
             let reason = match (unknown, rule.effect) {
                 (None, _) => format!("denied by rule `{}`", rule.id),
+                (Some(f), _) if cooling => format!(
+                    "denied: rule `{}` ({}) depends on an address-book entry still cooling off: {}",
+                    rule.id,
+                    rule.effect,
+                    rule.m.cooling_note(f, a, now)
+                ),
                 (Some(f), Effect::RequireApproval) => format!(
                     "denied: rule `{}` (require_approval) is indeterminate: {}",
                     rule.id,
@@ -301,7 +329,11 @@ impl Policy {
                 rules: ids(&allows),
             }
         } else {
-            return deny_with(lines, None, "no rule allows".into());
+            let reason = match waiting {
+                Some(w) => format!("no rule allows: {w}"),
+                None => "no rule allows".into(),
+            };
+            return deny_with(lines, None, reason);
         };
 
         let mut charges = Vec::new();

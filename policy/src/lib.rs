@@ -134,9 +134,11 @@
 mod action;
 mod amount;
 mod args;
+mod book;
 mod cases;
 mod check;
 mod diff;
+mod display;
 mod eval;
 mod governance;
 mod index;
@@ -155,6 +157,7 @@ pub use action::{
     TypedDataFacts, TypedStandard,
 };
 pub use amount::{AmountFormat, Asset, AssetId};
+pub use book::FirstLoaded;
 pub use cases::{CaseResult, TestReport, run_test_file, run_tests};
 pub use check::{Warning, check, counted};
 pub use diff::{Change, DiffReport, diff};

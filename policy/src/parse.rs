@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use crate::amount::{self, AmountFormat, AmountLit, Asset, AssetId, MAX_DECIMALS};
+use crate::book::{BookMeta, FirstLoaded, RawEntry, check_label};
 use crate::index::RuleIndex;
 use crate::limit::{KeyBy, Limit, LimitAsset, RateLimit, Scope};
 use crate::literal::{AddrRef, ContractLit, Selector, check_name, parse_address};
@@ -79,6 +80,10 @@ pub struct Policy {
     pub(crate) rate_limits: Vec<RateLimit>,
     pub(crate) assets: Vec<Asset>,
     pub(crate) books: BTreeMap<String, BTreeSet<Address>>,
+    /// Labels and cooling-off periods of the address books.
+    pub(crate) book_meta: BTreeMap<String, BookMeta>,
+    /// When each entry of a book with a cooling-off period was first loaded.
+    pub(crate) first_loaded: FirstLoaded,
     pub(crate) groups: BTreeMap<String, BTreeSet<String>>,
     /// Approvers' Ed25519 public keys, by client id.
     pub(crate) approvers: BTreeMap<String, [u8; 32]>,
@@ -112,7 +117,7 @@ impl Policy {
             ));
         }
         let assets = cx.assets(raw.assets)?;
-        let books = cx.books(raw.address_books)?;
+        let (books, book_meta) = cx.books(raw.address_books)?;
         let groups = cx.groups(raw.groups)?;
         let approvers = cx.approvers(raw.approvers)?;
         let governance = match raw.governance {
@@ -126,6 +131,7 @@ impl Policy {
             cx,
             assets: &assets,
             books: &books,
+            book_meta: &book_meta,
             groups: &groups,
             approvers: &approvers,
         };
@@ -190,6 +196,8 @@ impl Policy {
             rate_limits,
             assets,
             books,
+            book_meta,
+            first_loaded: FirstLoaded::new(),
             groups,
             approvers,
             index,
@@ -381,7 +389,8 @@ struct RawBook {
     #[serde(default)]
     #[allow(dead_code)]
     description: String,
-    addresses: Spanned<Vec<Spanned<String>>>,
+    addresses: Spanned<Vec<Spanned<RawEntry>>>,
+    cooling_off: Option<Spanned<Duration>>,
 }
 
 #[derive(Deserialize)]
@@ -619,11 +628,9 @@ impl Cx<'_> {
         Ok(out)
     }
 
-    fn books(
-        &self,
-        raw: BTreeMap<String, Spanned<RawBook>>,
-    ) -> Result<BTreeMap<String, BTreeSet<Address>>, PolicyError> {
+    fn books(&self, raw: BTreeMap<String, Spanned<RawBook>>) -> Result<Books, PolicyError> {
         let mut out = BTreeMap::new();
+        let mut metas = BTreeMap::new();
         for (name, book) in raw {
             check_name(&name)
                 .map_err(|e| self.invalid(book.span(), format!("address book {e}")))?;
@@ -635,13 +642,37 @@ impl Cx<'_> {
                 ));
             }
             let mut set = BTreeSet::new();
+            let mut meta = BookMeta {
+                cooling_off: book.cooling_off.map(Spanned::into_inner),
+                labels: BTreeMap::new(),
+            };
             for a in book.addresses.into_inner() {
-                let addr = parse_address(a.get_ref()).map_err(|e| self.invalid(a.span(), e))?;
-                set.insert(addr);
+                let entry = a.get_ref();
+                let addr = parse_address(&entry.address).map_err(|e| self.invalid(a.span(), e))?;
+                let fresh = set.insert(addr);
+                if let Some(label) = &entry.label {
+                    check_label(label).map_err(|e| {
+                        self.invalid(a.span(), format!("address book `{name}`: {e}"))
+                    })?;
+                    if meta.labels.insert(addr, label.clone()).is_some() || !fresh {
+                        return Err(self.invalid(
+                            a.span(),
+                            format!("address book `{name}` lists {addr} twice; list it once, with one label"),
+                        ));
+                    }
+                } else if meta.labels.contains_key(&addr) {
+                    return Err(self.invalid(
+                        a.span(),
+                        format!(
+                            "address book `{name}` lists {addr} twice; list it once, with one label"
+                        ),
+                    ));
+                }
             }
-            out.insert(name, set);
+            out.insert(name.clone(), set);
+            metas.insert(name, meta);
         }
-        Ok(out)
+        Ok((out, metas))
     }
 
     fn groups(
@@ -704,11 +735,18 @@ pub fn parse_approver_key(text: &str) -> Result<[u8; 32], String> {
     Ok(key)
 }
 
+/// Address books by name, and their labels and cooling-off periods.
+type Books = (
+    BTreeMap<String, BTreeSet<Address>>,
+    BTreeMap<String, BookMeta>,
+);
+
 /// Everything name resolution needs.
 pub(crate) struct Env<'a> {
     pub(crate) cx: Cx<'a>,
     pub(crate) assets: &'a [Asset],
     pub(crate) books: &'a BTreeMap<String, BTreeSet<Address>>,
+    pub(crate) book_meta: &'a BTreeMap<String, BookMeta>,
     pub(crate) groups: &'a BTreeMap<String, BTreeSet<String>>,
     pub(crate) approvers: &'a BTreeMap<String, [u8; 32]>,
 }
@@ -831,6 +869,7 @@ impl Env<'_> {
             return Ok(None);
         };
         let mut set = BTreeSet::new();
+        let mut cooling = Vec::new();
         let mut written = Vec::with_capacity(list.len());
         for entry in list {
             let parsed =
@@ -840,6 +879,12 @@ impl Env<'_> {
                     set.insert(*a);
                 }
                 AddrRef::Book(name) => {
+                    let period = self.book_meta.get(name).and_then(|m| m.cooling_off);
+                    if let (Some(book), Some(period)) = (self.books.get(name), period) {
+                        cooling.push((name.clone(), book, period));
+                        written.push(parsed.to_string());
+                        continue;
+                    }
                     let Some(book) = self.books.get(name) else {
                         return Err(self.cx.invalid(
                             entry.span(),
@@ -853,7 +898,7 @@ impl Env<'_> {
             }
             written.push(parsed.to_string());
         }
-        Ok(Some(AddrSet { set, written }))
+        Ok(Some(AddrSet::build(set, cooling, written)))
     }
 
     /// Resolves an amount literal; returns base units, the token it names (for `Unit::Token`

@@ -15,6 +15,7 @@ use alloy_primitives::{Address, U256};
 
 use crate::amount::{AmountFormat, AssetId, format_units};
 use crate::args::{CallSpec, Calls};
+use crate::book::Membership;
 use crate::time::{Duration, Hours};
 use crate::{Action, Identity, Kind, TokenGrant};
 
@@ -101,8 +102,11 @@ impl fmt::Display for KindSet {
 /// A set of addresses with the entries as written (for explanations).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct AddrSet {
+    /// Every address, usable or still cooling off (limits and checks use this).
     pub(crate) set: BTreeSet<Address>,
     pub(crate) written: Vec<String>,
+    /// Entries of address books with a cooling-off period, when the set names any.
+    pub(crate) cooling: Option<Box<crate::book::Cooling>>,
 }
 
 impl AddrSet {
@@ -168,7 +172,8 @@ fn grants(a: &Action, each: impl Fn(Option<u64>, &TokenGrant) -> T) -> T {
         match each(chain, g) {
             T::N => return T::N,
             T::U => out = T::U,
-            T::Y => {}
+            T::C if out == T::Y => out = T::C,
+            T::C | T::Y => {}
         }
     }
     out
@@ -327,6 +332,9 @@ pub(crate) enum Outcome {
     No(Field),
     /// No matcher fails, but this one needs a field the request lacks.
     Unknown(Field),
+    /// No matcher fails and none is unknown, but this one holds or fails only through an
+    /// address-book entry still cooling off: the rule's effect decides which way restricts.
+    NotYet(Field),
 }
 
 /// Whether a rule matches a request, as reported by [`Rule::matches`].
@@ -347,10 +355,21 @@ pub(crate) enum T {
     Y,
     N,
     U,
+    /// Depends on an address-book entry still cooling off.
+    C,
 }
 
 pub(crate) fn t(b: bool) -> T {
     if b { T::Y } else { T::N }
+}
+
+/// Whether `a` is in `set` at `now_unix` (`C` when only through entries still cooling off).
+fn member(set: &AddrSet, a: &Address, now_unix: i64) -> T {
+    match set.holds(a, now_unix) {
+        Membership::In => T::Y,
+        Membership::Out => T::N,
+        Membership::Cooling => T::C,
+    }
 }
 
 fn in_set<X: Ord>(set: &BTreeSet<X>, x: &X) -> T {
@@ -422,6 +441,7 @@ impl Matchers {
             return Outcome::No(Field::Kinds);
         }
         let mut unknown = None;
+        let mut cooling = None;
         for f in self.present() {
             match self.test_one(f, a, who, now_unix, calls) {
                 T::Y => {}
@@ -429,11 +449,15 @@ impl Matchers {
                 T::U => {
                     unknown.get_or_insert(f);
                 }
+                T::C => {
+                    cooling.get_or_insert(f);
+                }
             }
         }
-        match unknown {
-            Some(f) => Outcome::Unknown(f),
-            None => Outcome::Yes,
+        match (unknown, cooling) {
+            (Some(f), _) => Outcome::Unknown(f),
+            (None, Some(f)) => Outcome::NotYet(f),
+            (None, None) => Outcome::Yes,
         }
     }
 
@@ -464,32 +488,36 @@ impl Matchers {
                 .chain_ids
                 .as_ref()
                 .map_or(T::Y, |s| expected(a.chain_id, |c| s.contains(&c))),
-            Field::To => self
-                .to
-                .as_ref()
-                .map_or(T::Y, |s| expected(a.to, |to| s.contains(&to))),
+            Field::To => self.to.as_ref().map_or(T::Y, |s| match a.to {
+                Some(to) => member(s, &to, now_unix),
+                None => T::U,
+            }),
             Field::NotTo => self.not_to.as_ref().map_or(T::Y, |s| {
                 if a.kind == Kind::ContractCreation {
                     // A creation has no destination, so it is not sent to any listed one.
-                    T::Y
-                } else {
-                    expected(a.to, |to| !s.contains(&to))
+                    return T::Y;
+                }
+                match a.to.map(|to| member(s, &to, now_unix)) {
+                    Some(T::Y) => T::N,
+                    Some(T::N) => T::Y,
+                    Some(other) => other,
+                    None => T::U,
                 }
             }),
-            Field::Contracts => self
-                .contracts
-                .as_ref()
-                .map_or(T::Y, |s| expected(a.to, |to| s.contains(&to))),
+            Field::Contracts => self.contracts.as_ref().map_or(T::Y, |s| match a.to {
+                Some(to) => member(s, &to, now_unix),
+                None => T::U,
+            }),
             Field::Selectors => self
                 .selectors
                 .as_ref()
                 .map_or(T::Y, |s| expected(a.selector, |sel| s.contains(&sel))),
             Field::Counterparty => self.counterparty.as_ref().map_or(T::Y, |s| {
                 if KindSet::GRANTS.contains(a.kind) {
-                    return grants(a, |_, g| t(s.contains(&g.counterparty)));
+                    return grants(a, |_, g| member(s, &g.counterparty, now_unix));
                 }
                 match a.erc20.as_ref() {
-                    Some(e) => t(s.contains(&e.counterparty)),
+                    Some(e) => member(s, &e.counterparty, now_unix),
                     // A Safe call that is not an ERC-20 call has no counterparty, as a
                     // contract call has none; an ERC-20 kind without arguments is undecoded.
                     None if a.kind == Kind::Eip712SafeTx => T::N,
@@ -523,11 +551,16 @@ impl Matchers {
                     td.domain_name.as_ref().is_some_and(|n| s.contains(n))
                 })
             }),
-            Field::VerifyingContracts => self.verifying_contracts.as_ref().map_or(T::Y, |s| {
-                expected(a.typed_data.as_ref(), |td| {
-                    td.verifying_contract.is_some_and(|v| s.contains(&v))
-                })
-            }),
+            Field::VerifyingContracts => {
+                self.verifying_contracts
+                    .as_ref()
+                    .map_or(T::Y, |s| match a.typed_data.as_ref() {
+                        Some(td) => td
+                            .verifying_contract
+                            .map_or(T::N, |v| member(s, &v, now_unix)),
+                        None => T::U,
+                    })
+            }
             Field::DomainChainIds => self.domain_chain_ids.as_ref().map_or(T::Y, |s| {
                 expected(a.typed_data.as_ref(), |td| {
                     td.domain_chain_id
@@ -535,10 +568,9 @@ impl Matchers {
                         .is_some_and(|c| s.contains(&c))
                 })
             }),
-            Field::PermitSpenders => self
-                .permit_spenders
-                .as_ref()
-                .map_or(T::Y, |s| grants(a, |_, g| t(s.contains(&g.counterparty)))),
+            Field::PermitSpenders => self.permit_spenders.as_ref().map_or(T::Y, |s| {
+                grants(a, |_, g| member(s, &g.counterparty, now_unix))
+            }),
             Field::MessageMaxBytes => self
                 .message_max_bytes
                 .map_or(T::Y, |m| expected(a.message.as_ref(), |x| x.len <= m)),
@@ -570,7 +602,10 @@ impl Matchers {
                     Some(_) => T::U,
                 })
             }),
-            Field::Args => self.args.as_ref().map_or(T::Y, |s| s.test(a, calls)),
+            Field::Args => self
+                .args
+                .as_ref()
+                .map_or(T::Y, |s| s.test(a, now_unix, calls)),
         }
     }
 
@@ -749,7 +784,7 @@ impl Matchers {
             Field::Args => self
                 .args
                 .as_ref()
-                .map(|s| s.describe(a, calls))
+                .map(|s| s.describe(a, now_unix, calls))
                 .unwrap_or_default(),
         }
     }
@@ -911,6 +946,12 @@ impl Rule {
             Outcome::Yes => Match::Yes,
             Outcome::No(_) => Match::No,
             Outcome::Unknown(_) => Match::Indeterminate,
+            // An entry still cooling off counts the way that restricts.
+            Outcome::NotYet(_) => match self.effect {
+                Effect::Deny => Match::Yes,
+                Effect::Allow => Match::No,
+                Effect::RequireApproval => Match::Indeterminate,
+            },
         }
     }
 

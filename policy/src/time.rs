@@ -227,6 +227,29 @@ pub(crate) fn weekday(days: i64) -> u8 {
     u8::try_from((days + 3).rem_euclid(7)).unwrap_or(0)
 }
 
+/// Formats Unix seconds as an RFC 3339 UTC time, `2026-01-01T10:00:00Z` (proleptic Gregorian
+/// calendar, days from the epoch to a civil date).
+pub(crate) fn format_rfc3339(unix: i64) -> String {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01, in 400-year eras starting on March 1st.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// Parses an RFC 3339 timestamp (`2026-01-01T10:00:00Z`, `2026-01-01T11:00:00+01:00`,
 /// optional fractional seconds, which are dropped) into Unix seconds, with the `time` crate.
 /// (Not `humantime`, which signerd uses for audit times: it refuses UTC offsets and the space
@@ -284,6 +307,22 @@ mod tests {
         assert_eq!(TimeOfDay::parse("24:00").unwrap().0, 1440);
         assert!(TimeOfDay::parse("24:01").is_err());
         assert!(TimeOfDay::parse("9:00").is_err());
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        for t in [
+            0,
+            951_782_400,
+            1_709_164_800,
+            1_767_261_600,
+            4_107_542_399,
+            -86_400,
+        ] {
+            assert_eq!(parse_rfc3339(&format_rfc3339(t)).unwrap(), t, "{t}");
+        }
+        assert_eq!(format_rfc3339(1_767_261_600), "2026-01-01T10:00:00Z");
+        assert_eq!(format_rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 
     #[test]

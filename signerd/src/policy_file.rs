@@ -2,13 +2,17 @@
 //! policy administrators signed it (the signature file beside it). Start-up, reloads (SIGHUP
 //! and `ReloadPolicy`), `signerd check-config` and `signerctl policy sign` all read it here.
 //! Nothing here loads a policy whose signatures were not counted.
+//! Also the conversion between the first loads of address-book entries a policy carries and
+//! those a `policy.load` record lists.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
+use alloy_primitives::Address;
+use signerd_auditor::events::BookEntryLoad;
 use signerd_policy::{
-    Admitted, Candidate, Governance, MAX_POLICY_BYTES, MAX_SIGNATURE_FILE_BYTES, Policy,
-    PolicyError, PolicySignature, Refused,
+    Admitted, Candidate, FirstLoaded, Governance, MAX_POLICY_BYTES, MAX_SIGNATURE_FILE_BYTES,
+    Policy, PolicyError, PolicySignature, Refused,
 };
 
 /// Why the policy file cannot be used. The running policy (if any) stays in force.
@@ -265,4 +269,36 @@ pub fn add_signature(path: &Path, sig: PolicySignature) -> Result<usize, PolicyF
     crate::audit::replace_file(dir, name, &format!(".{name}.tmp"), text.as_bytes(), 0o644)
         .map_err(io)?;
     Ok(all.len())
+}
+
+/// The first loads of address-book entries as a `policy.load` record lists them.
+pub fn book_entries(first: &FirstLoaded) -> Vec<BookEntryLoad> {
+    first
+        .iter()
+        .map(|((book, address), at)| BookEntryLoad {
+            address: address.to_checksum(None),
+            book: book.clone(),
+            first_loaded: crate::approvals::rfc3339(*at),
+        })
+        .collect()
+}
+
+/// The first loads a `policy.load` record lists. A malformed entry is an error: the log is the
+/// only source of these times, and guessing one would shorten a cooling-off period.
+pub fn first_loaded(entries: &[BookEntryLoad]) -> Result<FirstLoaded, String> {
+    let mut out = FirstLoaded::new();
+    for e in entries {
+        let address: Address = e
+            .address
+            .parse()
+            .map_err(|_| format!("book_entries: `{}` is not an address", e.address))?;
+        let at = signerd_auditor::rfc3339::parse_unix(&e.first_loaded).ok_or_else(|| {
+            format!(
+                "book_entries: first_loaded `{}` is not an RFC 3339 time",
+                e.first_loaded
+            )
+        })?;
+        out.insert((e.book.clone(), address), at);
+    }
+    Ok(out)
 }

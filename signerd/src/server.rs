@@ -165,7 +165,7 @@ impl Daemon {
         if config.metrics.is_some() {
             crate::metrics::install().map_err(start("metrics"))?;
         }
-        let (policy, policy_source) =
+        let (mut policy, policy_source) =
             crate::policy_file::load_policy_source(&config.policy.file).map_err(start("policy"))?;
         let trust = crate::policy_file::Trust::from_config(&config).map_err(start("policy"))?;
         // An audit key held by the key backend is created only for a new log.
@@ -335,6 +335,11 @@ impl Daemon {
                 }
             }
         };
+        // Address-book entries keep the first load the log recorded (a restart does not
+        // restart a cooling-off period); entries the last load did not hold are new now.
+        let known = crate::policy_file::first_loaded(&scanned.book_entries)
+            .map_err(start("reconciling from the audit log"))?;
+        policy.set_first_loaded(&known, Some(now));
         // A new log has its first record only now that it is open.
         let first = crate::state::reconcile::first_record(&config.audit.dir)
             .map_err(start("reconciling from the audit log"))?;

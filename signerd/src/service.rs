@@ -389,6 +389,7 @@ impl Signer {
             forced,
             signers: admitted.signers.clone(),
             threshold: Some(threshold_of(admitted)),
+            book_entries: crate::policy_file::book_entries(p.first_loaded()),
         };
         self.audit.append(rec).map_err(unavailable)
     }
@@ -475,7 +476,7 @@ impl Signer {
         })
         .await
         .map_err(|e| ServiceError::Unavailable(format!("policy reload: {e}")))?;
-        let (new, admitted) = match new {
+        let (mut new, admitted) = match new {
             Ok(n) => n,
             Err((reason, found)) => {
                 *signers = found;
@@ -512,6 +513,8 @@ impl Signer {
                     old.serial()
                 )));
             }
+            // Entries the running policy holds keep their first load; new ones start now.
+            new.set_first_loaded(old.first_loaded(), Some(unix_now()));
             let rec = events::PolicyLoad {
                 source,
                 actor: Some(actor.map(str::to_owned)),
@@ -523,6 +526,7 @@ impl Signer {
                 forced: force && new.serial() <= old.serial(),
                 signers: Vec::new(),
                 threshold: None,
+                book_entries: crate::policy_file::book_entries(new.first_loaded()),
             };
             // Only an admitted policy is installed.
             let Some(admitted) = admitted else {

@@ -8,6 +8,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod address_books;
 mod approvals;
 mod arguments;
 mod audit_crash;
@@ -27,6 +28,7 @@ mod key_pins;
 mod limits;
 mod metrics;
 mod mtls;
+mod operator_tools;
 mod pkcs11;
 mod policy_governance;
 mod policy_ops;

@@ -423,6 +423,22 @@ pub struct PolicyLoad {
     /// Which quorum admitted it (`None` in records of releases that did not check signatures).
     #[serde(default)]
     pub threshold: Option<PolicyThreshold>,
+    /// The first load of every entry of the installed policy's address books that have a
+    /// cooling-off period (absent when there is none, and in records of earlier releases).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub book_entries: Vec<BookEntryLoad>,
+}
+
+/// When one entry of an address book with a cooling-off period was first loaded (the time of
+/// the first `policy.load` that contained it in that book, since it was last absent).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookEntryLoad {
+    /// The address, `0x` and 40 hex digits (EIP-55).
+    pub address: String,
+    /// The address book's name.
+    pub book: String,
+    /// The first load, RFC 3339 UTC to the second.
+    pub first_loaded: String,
 }
 
 /// `policy.refused`: a policy that was not installed: on a reload the running one stays; at

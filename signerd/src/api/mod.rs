@@ -275,7 +275,13 @@ impl approvals_server::Approvals for ApprovalsApi {
             .signer
             .list_pending(&caller)
             .await
-            .map(|(open, now)| Response::new(wire::pending_list_proto(&open, now)))
+            .map(|(open, now)| {
+                let mut list = wire::pending_list_proto(&open, now);
+                for (shown, rec) in list.requests.iter_mut().zip(&open) {
+                    shown.summary = self.inner.signer.describe_pending(rec);
+                }
+                Response::new(list)
+            })
             .map_err(status)
     }
 

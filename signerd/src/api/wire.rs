@@ -369,6 +369,8 @@ pub fn pending_list_proto(open: &[PendingRecord], now: i64) -> v1::ListPendingRe
                 })
                 .collect(),
             created_unix: rec.created,
+            // Filled by the caller, which knows the policy in force.
+            summary: Vec::new(),
         })
         .collect();
     v1::ListPendingResponse { requests }

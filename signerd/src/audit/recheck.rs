@@ -464,6 +464,16 @@ impl Replay {
                 let load: PolicyLoad = events::read(line).map_err(|e| bad("policy.load", e))?;
                 let policy = self.policy(&load.new_hash)?;
                 self.policy_load(env.seq, &load, policy.serial());
+                // Decisions under this load saw its address-book entries' first loads (an
+                // entry the record does not list was new at this load, as the daemon takes it).
+                if !policy.cooling_entries().is_empty() {
+                    let known = crate::policy_file::first_loaded(&load.book_entries)
+                        .map_err(|e| RecheckError::Log(format!("policy.load: {e}")))?;
+                    let mut timed = (*policy).clone();
+                    timed.set_first_loaded(&known, Some(ts));
+                    self.policies
+                        .insert(load.new_hash.clone(), std::rc::Rc::new(timed));
+                }
             }
             Some(Kind::AuditStart) => {
                 // The daemon's start-up keeps the spend of signed requests and of requests
@@ -1133,6 +1143,7 @@ mod tests {
             forced,
             signers: Vec::new(),
             threshold: None,
+            book_entries: Vec::new(),
         }
     }
 

@@ -807,6 +807,17 @@ impl Signer {
     }
 }
 
+impl Signer {
+    /// What a waiting request does, in words for approvers: the decoded action it will sign,
+    /// with amounts and labels from the policy in force.
+    pub fn describe_pending(&self, rec: &PendingRecord) -> Vec<String> {
+        match serde_json::from_value::<signerd_policy::Action>(rec.action.clone()) {
+            Ok(action) => self.policy().describe_action(&action),
+            Err(_) => vec!["the decoded action cannot be shown; read `action`".to_owned()],
+        }
+    }
+}
+
 fn status_word(s: Status) -> &'static str {
     match s {
         Status::Pending => "pending",

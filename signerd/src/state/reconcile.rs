@@ -13,7 +13,8 @@ use std::path::Path;
 use alloy_primitives::U256;
 use signerd_auditor::envelope;
 use signerd_auditor::events::{
-    self, Decision, KeyPin, Kind, Method, PolicyLoad, SignDecision, SignRequest, SignResult, Status,
+    self, BookEntryLoad, Decision, KeyPin, Kind, Method, PolicyLoad, SignDecision, SignRequest,
+    SignResult, Status,
 };
 use signerd_auditor::segments::{self, LineReader, Next};
 
@@ -124,6 +125,9 @@ pub struct Scanned {
     pub records: u64,
     /// Every `key.pin` record, with its `seq`, in log order.
     pub pins: Vec<(u64, KeyPin)>,
+    /// The `book_entries` of the last `policy.load`: when each entry of an address book with
+    /// a cooling-off period was first loaded.
+    pub book_entries: Vec<BookEntryLoad>,
 }
 
 /// [`signed_spend`], also handing every final answer in the log to `on_answer`, in log order
@@ -140,6 +144,7 @@ pub fn scan(
     let mut last_policy_hash: Option<String> = None;
     let mut records = 0u64;
     let mut pins = Vec::new();
+    let mut book_entries = Vec::new();
     let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
     let mut client_of: HashMap<String, String> = HashMap::new();
     // (method, fingerprint) of the last `sign.request` of each request without a result yet.
@@ -175,6 +180,8 @@ pub fn scan(
                     .map_err(|e| format!("{}: malformed policy.load: {e}", at()))?;
                 highest_policy_serial = highest_policy_serial.max(Some(load.new_serial));
                 last_policy_hash = Some(load.new_hash);
+                // Each load lists every entry it holds, so the last one is the whole history.
+                book_entries = load.book_entries;
                 continue;
             }
             if env.kind == Some(Kind::KeyPin) {
@@ -286,6 +293,7 @@ pub fn scan(
         last_policy_hash,
         records,
         pins,
+        book_entries,
     })
 }
 

@@ -97,6 +97,11 @@ fn examples() -> Vec<Record> {
             forced: false,
             signers: vec!["alice".to_owned(), "bob".to_owned()],
             threshold: Some(PolicyThreshold::Full),
+            book_entries: vec![BookEntryLoad {
+                address: "0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed".to_owned(),
+                book: "payees".to_owned(),
+                first_loaded: "2026-01-01T10:00:00Z".to_owned(),
+            }],
         }),
         Record::from_event(&PolicyRefused {
             source: PolicySource::Sighup,
@@ -418,6 +423,7 @@ mod golden {
                 forced: false,
                 signers: vec!["alice".to_owned()],
                 threshold: Some(PolicyThreshold::Tighten),
+                book_entries: Vec::new(),
             },
             Record::new("policy.load")
                 .field("source", "startup")
@@ -447,6 +453,7 @@ mod golden {
                     forced: true,
                     signers: vec!["alice".to_owned(), "bob".to_owned()],
                     threshold: Some(PolicyThreshold::Full),
+                    book_entries: Vec::new(),
                 },
                 Record::new("policy.load")
                     .field("source", source.as_str())
@@ -1266,6 +1273,10 @@ fn the_spec_and_the_events_agree() {
         .collect();
     groups.sort();
     assert_eq!(nested(&example("approval.request"), "requirements"), groups);
+    assert_eq!(
+        nested(&example("policy.load"), "book_entries"),
+        braced_names(spec.meaning("policy.load", "book_entries"))
+    );
     assert_eq!(
         nested(&Record::from_event(&results()[0]), "signature"),
         braced_names(&spec.statuses[0].2)

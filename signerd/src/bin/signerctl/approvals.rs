@@ -56,8 +56,8 @@ pub(crate) enum ApprovalsCmd {
         /// Your approver key file.
         #[arg(long)]
         key_file: PathBuf,
-        /// How long your approval counts (e.g. "30m"); at most until the request's deadline,
-        /// which is the default.
+        /// How long your approval counts (e.g. "30m"); the default is until the request's
+        /// deadline. A duration that would end after the deadline is refused.
         #[arg(long)]
         expires_in: Option<humantime::Duration>,
     },
@@ -154,6 +154,32 @@ pub(crate) fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// When an approval given now stops counting: after `expires_in`, or at the request's
+/// deadline. An approver who asks for longer than the request lives is told, not silently cut
+/// short: what they sign is what they asked for, or nothing.
+fn approval_expiry(
+    expires_in: Option<std::time::Duration>,
+    now: i64,
+    deadline: i64,
+) -> anyhow::Result<i64> {
+    let Some(d) = expires_in else {
+        return Ok(deadline);
+    };
+    let until = now.saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    if until > deadline {
+        bail!(
+            "--expires-in {} would end at {}, after the request's deadline {} ({} from now); give a shorter --expires-in, or leave it out to approve until the deadline",
+            humantime::format_duration(d),
+            when(until),
+            when(deadline),
+            humantime::format_duration(std::time::Duration::from_secs(
+                u64::try_from(deadline.saturating_sub(now)).unwrap_or(0)
+            ))
+        );
+    }
+    Ok(until)
+}
+
 fn split(request: &str) -> anyhow::Result<(&str, &str)> {
     // Request ids never contain `/`, so the last one separates.
     match request.rsplit_once('/') {
@@ -221,6 +247,7 @@ fn request_json(r: &v1::PendingRequest) -> serde_json::Value {
         "method": r.method,
         "key": r.key_id,
         "created": when(r.created_unix),
+        "summary": r.summary,
         "action": action,
         "explanation": r.explanation,
         "pending": r.pending.as_ref().map(pending_json),
@@ -280,6 +307,9 @@ pub(crate) async fn run_approvals(
                 let p = r.pending.clone().unwrap_or_default();
                 println!("{:>12}: {}/{}", "request", r.client, r.request_id);
                 println!("{:>12}: {} with key {}", "method", r.method, r.key_id);
+                for line in &r.summary {
+                    println!("{:>12}: {line}", "does");
+                }
                 println!("{:>12}: {}", "action", v["action"]);
                 for line in &r.explanation {
                     println!("{:>12}: {line}", "policy");
@@ -304,12 +334,7 @@ pub(crate) async fn run_approvals(
             let key = read_key(&key_file)?;
             let (p, client_id, request_id) =
                 reviewed(&list(&mut client).await?, &request, &fingerprint)?;
-            let expires = match expires_in {
-                Some(d) => unix_now()
-                    .saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-                    .min(p.deadline_unix),
-                None => p.deadline_unix,
-            };
+            let expires = approval_expiry(expires_in.map(Into::into), unix_now(), p.deadline_unix)?;
             let msg = approvals::message(
                 &client_id,
                 &request_id,

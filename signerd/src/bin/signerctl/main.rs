@@ -5,11 +5,13 @@
 //! commands (`keys generate`, `keys import`) work on the local keystore named by a
 //! configuration file and never send key material anywhere.
 
+mod admin;
 mod approvals;
 mod audit;
 mod bench;
 mod bench_floor;
 mod bench_vault;
+mod books;
 mod policy;
 mod policy_sign;
 mod witness;
@@ -93,6 +95,9 @@ enum Command {
     /// Where one of your signing requests stands (pending approval, signed, rejected, ...).
     #[command(subcommand)]
     Request(approvals::RequestCmd),
+    /// Operations on a running daemon for clients with the `admin` role: reload-policy.
+    #[command(subcommand)]
+    Admin(admin::AdminCmd),
     /// The transport floor server that `bench --baseline floor` starts as its own process.
     #[command(hide = true)]
     BenchFloorServer {
@@ -589,6 +594,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             approvals::run_approvals(settings(&cli.conn)?, cmd, json_out).await
         }
         Command::Request(cmd) => approvals::run_request(settings(&cli.conn)?, cmd, json_out).await,
+        Command::Admin(cmd) => admin::run(settings(&cli.conn)?, cmd, json_out).await,
     }
 }
 

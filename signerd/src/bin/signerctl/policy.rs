@@ -35,6 +35,14 @@ pub(crate) enum PolicyCmd {
         file: PathBuf,
         /// The requests, in the test-case format.
         request: PathBuf,
+        /// Take the first loads of address-book entries (cooling-off) from the last
+        /// `policy.load` of this audit log directory.
+        #[arg(long, value_name = "DIR")]
+        audit: Option<PathBuf>,
+        /// Take every address-book entry as first loaded at this RFC 3339 time (or, with
+        /// --audit, every entry the log does not list).
+        #[arg(long, value_name = "TIME")]
+        loaded_at: Option<String>,
     },
     /// List what changed between two policies and say whether anything was loosened; exits 1
     /// when the new policy loosens the old one.
@@ -176,8 +184,20 @@ pub(crate) fn run(cmd: PolicyCmd, json_out: bool) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        PolicyCmd::Explain { file, request } => {
-            let policy = load(&file)?;
+        PolicyCmd::Explain {
+            file,
+            request,
+            audit,
+            loaded_at,
+        } => {
+            let mut policy = load(&file)?;
+            if let Some(note) = crate::books::attach_first_loads(
+                &mut policy,
+                audit.as_deref(),
+                loaded_at.as_deref(),
+            )? {
+                println!("{note}");
+            }
             let src = read_bounded(&request)?;
             let report =
                 signerd_policy::run_test_file(&policy, &request.display().to_string(), &src)?;

@@ -73,15 +73,10 @@ async fn a_new_address_waits_out_its_cooling_off_across_a_restart() {
     );
     let d = env.start();
     // The reload adds NEW, labelled.
-    write_file(
-        &env.dir.join("policy.toml"),
-        policy(
-            2,
-            &format!("\"{OLD}\", {{ address = \"{NEW}\", label = \"Kraken deposit\" }}"),
-        )
-        .as_bytes(),
-        0o644,
-    );
+    env.write_policy(&policy(
+        2,
+        &format!("\"{OLD}\", {{ address = \"{NEW}\", label = \"Kraken deposit\" }}"),
+    ));
     let channel = signerd::client::channel(&env.settings(&d, "admin"))
         .await
         .unwrap();

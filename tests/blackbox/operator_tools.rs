@@ -25,11 +25,7 @@ async fn signerctl_admin_reload_policy_prints_the_answer() {
         same.stdout
     );
 
-    std::fs::write(
-        env.dir.join("policy.toml"),
-        DEFAULT_POLICY.replace("serial = 1", "serial = 2"),
-    )
-    .unwrap();
+    env.write_policy(&DEFAULT_POLICY.replace("serial = 1", "serial = 2"));
     // A client without the `admin` role is refused, and told why.
     let app = ctl_as(&env, &d, "app", &["admin", "reload-policy"]);
     assert!(!app.status.success(), "{app:?}");
@@ -51,7 +47,7 @@ async fn signerctl_admin_reload_policy_prints_the_answer() {
     assert_eq!(answer["hash"], load["new_hash"]);
 
     // A lower serial: the daemon's refusal, as it said it.
-    std::fs::write(env.dir.join("policy.toml"), DEFAULT_POLICY).unwrap();
+    env.write_policy(DEFAULT_POLICY);
     let low = ctl_as(&env, &d, "admin", &["admin", "reload-policy"]);
     assert!(!low.status.success());
     assert!(

@@ -411,6 +411,36 @@ to = ["book:payees"]
     }
 
     #[test]
+    fn cooling_off_books_are_bounded_so_a_load_record_fits() {
+        let list = |n: usize| {
+            (0..n)
+                .map(|i| format!("\"0x{i:040x}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let text = |n: usize| {
+            format!(
+                "version = 1\nserial = 1\n[address_books.a]\ncooling_off = \"1h\"\naddresses = [{}]\n\
+                 [address_books.b]\ncooling_off = \"1h\"\naddresses = [\"0x{:040x}\"]\n",
+                list(n),
+                n + 1
+            )
+        };
+        let max = crate::parse::MAX_COOLING_ENTRIES;
+        assert!(crate::Policy::parse("p.toml", &text(max - 1)).is_ok());
+        let e = crate::Policy::parse("p.toml", &text(max))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("p.toml:") && e.contains(&format!("more than {max} entries")),
+            "{e}"
+        );
+        // A record listing the most entries allowed fits the audit log's line limit.
+        let one = r#"{"address":"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed","book":"abcdefghijklmnopqrstuvwxyz0123456789abcd","first_loaded":"2026-01-01T10:00:00Z"},"#;
+        assert!(one.len() * max < 900 * 1024);
+    }
+
+    #[test]
     fn a_new_entry_allows_only_after_its_cooling_off() {
         let mut p = policy(&src(""));
         // Before any load time is attached, no entry of a cooling-off book is usable.

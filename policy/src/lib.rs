@@ -169,7 +169,9 @@ pub use governance::{
 };
 pub use limit::BucketKey;
 pub use lint::{SignatureNote, signatures};
-pub use parse::{MAX_POLICY_BYTES, Policy, PolicyError, line_col, parse_approver_key};
+pub use parse::{
+    MAX_COOLING_ENTRIES, MAX_POLICY_BYTES, Policy, PolicyError, line_col, parse_approver_key,
+};
 pub use rule::{Effect, Match, Rule};
 
 /// Who is asking: the identity the daemon mapped from the client certificate.

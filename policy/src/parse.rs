@@ -27,6 +27,11 @@ use crate::{Kind, MESSAGE_HEAD_BYTES};
 /// Largest policy file accepted, in bytes.
 pub const MAX_POLICY_BYTES: usize = 4 * 1024 * 1024;
 
+/// Most entries all address books with a `cooling_off` period may hold together: every
+/// `policy.load` audit record lists each of them with its first load (about 110 bytes each),
+/// and a record is at most 1 MiB.
+pub const MAX_COOLING_ENTRIES: usize = 4096;
+
 /// The only policy language version this crate understands.
 const VERSION: u32 = 1;
 
@@ -631,10 +636,26 @@ impl Cx<'_> {
     fn books(&self, raw: BTreeMap<String, Spanned<RawBook>>) -> Result<Books, PolicyError> {
         let mut out = BTreeMap::new();
         let mut metas = BTreeMap::new();
+        let mut cooling_entries = 0usize;
         for (name, book) in raw {
             check_name(&name)
                 .map_err(|e| self.invalid(book.span(), format!("address book {e}")))?;
             let book = book.into_inner();
+            if let Some(period) = &book.cooling_off {
+                // Every `policy.load` lists each entry of these books with its first load.
+                cooling_entries += book.addresses.get_ref().len();
+                if cooling_entries > MAX_COOLING_ENTRIES {
+                    return Err(self.invalid(
+                        period.span(),
+                        format!(
+                            "address books with `cooling_off` hold more than \
+                             {MAX_COOLING_ENTRIES} entries together (each load records every \
+                             one); split the list or drop `cooling_off` from a book that does \
+                             not need it"
+                        ),
+                    ));
+                }
+            }
             if book.addresses.get_ref().is_empty() {
                 return Err(self.invalid(
                     book.addresses.span(),

@@ -242,6 +242,48 @@ pub fn diff(old: &Policy, new: &Policy) -> DiffReport {
             push(format!("address book `{name}`"), "removed".into(), false);
         }
     }
+    // A shorter or removed cooling-off period makes new entries usable sooner; a changed label
+    // changes what approvers are shown about a destination. Both need the full quorum.
+    for (name, meta) in &new.book_meta {
+        let Some(before) = old.book_meta.get(name) else {
+            continue;
+        };
+        let (was, now) = (
+            before.cooling_off.map(|d| d.0),
+            meta.cooling_off.map(|d| d.0),
+        );
+        if was != now {
+            let show = |d: Option<u64>| d.map_or_else(|| "none".to_owned(), |s| format!("{s} s"));
+            let loosens = match (was, now) {
+                (Some(_), None) => true,
+                (Some(w), Some(n)) => n < w,
+                _ => false,
+            };
+            push(
+                format!("address book `{name}`"),
+                format!("cooling_off {} -> {}", show(was), show(now)),
+                loosens,
+            );
+        }
+        let relabelled: Vec<String> = meta
+            .labels
+            .iter()
+            .filter(|(addr, label)| {
+                before
+                    .labels
+                    .get(*addr)
+                    .is_some_and(|old_label| old_label != *label)
+            })
+            .map(|(addr, label)| format!("{addr} now labelled {label:?}"))
+            .collect();
+        if !relabelled.is_empty() {
+            push(
+                format!("address book `{name}`"),
+                format!("labels changed: {}", relabelled.join(", ")),
+                true,
+            );
+        }
+    }
     for a in &new.assets {
         match old.assets.iter().find(|o| o.id == a.id) {
             None => push(
@@ -662,6 +704,32 @@ max_requests = 10
                 .contains("address book `payees`: added 0x00000000000000000000000000000000000000bb; removed none"),
             "{r}"
         );
+    }
+
+    #[test]
+    fn a_shorter_cooling_off_or_a_new_label_is_a_loosening() {
+        let src = |serial: u32, book: &str| {
+            format!(
+                "version = 1\nserial = {serial}\n[address_books.payees]\n{book}\n\
+                 [[rule]]\nid = \"pay\"\neffect = \"allow\"\nkinds = [\"native_transfer\"]\nto = [\"book:payees\"]\n"
+            )
+        };
+        let entry = "addresses = [{ address = \"0x5aAeb6053F3E94C9b9A09f33669435E7Ef1BeAed\", label = \"cold\" }]";
+        let p = |serial, book: String| Policy::parse("p.toml", &src(serial, &book)).unwrap();
+        let old = p(1, format!("cooling_off = \"48h\"\n{entry}"));
+        for (book, loosens) in [
+            (format!("cooling_off = \"1h\"\n{entry}"), true),
+            (entry.to_owned(), true),
+            (format!("cooling_off = \"72h\"\n{entry}"), false),
+            (
+                format!("cooling_off = \"48h\"\n{}", entry.replace("cold", "hot")),
+                true,
+            ),
+        ] {
+            let report = diff(&old, &p(2, book.clone()));
+            assert_eq!(report.loosens(), loosens, "{book}: {report}");
+            assert!(!report.changes.is_empty(), "{book}");
+        }
     }
 
     #[test]

@@ -513,6 +513,12 @@ impl Signer {
                     old.serial()
                 )));
             }
+            // Only an admitted policy is installed.
+            let Some(admitted) = admitted else {
+                return Err(ServiceError::FailedPrecondition(
+                    "policy not reloaded: its signatures were not checked".into(),
+                ));
+            };
             // Entries the running policy holds keep their first load; new ones start now.
             new.set_first_loaded(old.first_loaded(), Some(unix_now()));
             let rec = events::PolicyLoad {
@@ -524,20 +530,9 @@ impl Signer {
                 new_serial: new.serial(),
                 new_hash: new.hash_hex(),
                 forced: force && new.serial() <= old.serial(),
-                signers: Vec::new(),
-                threshold: None,
-                book_entries: crate::policy_file::book_entries(new.first_loaded()),
-            };
-            // Only an admitted policy is installed.
-            let Some(admitted) = admitted else {
-                return Err(ServiceError::FailedPrecondition(
-                    "policy not reloaded: its signatures were not checked".into(),
-                ));
-            };
-            let rec = events::PolicyLoad {
-                signers: admitted.signers.clone(),
                 threshold: Some(threshold_of(&admitted)),
-                ..rec
+                signers: admitted.signers,
+                book_entries: crate::policy_file::book_entries(new.first_loaded()),
             };
             let mut slot = self.policy.write().unwrap_or_else(|p| p.into_inner());
             *slot = Arc::new(new);

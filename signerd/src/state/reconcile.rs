@@ -77,6 +77,25 @@ pub fn first_record(dir: &Path) -> Result<Option<[u8; 32]>, String> {
 /// torn last line is not a record and is skipped.
 pub fn last_policy_hash(dir: &Path) -> Result<Option<String>, String> {
     let mut last = None;
+    for_each_line(dir, |line, at| {
+        if let Ok(env) = envelope::parse(line)
+            && env.kind == Some(Kind::PolicyLoad)
+        {
+            let load: PolicyLoad =
+                events::read(line).map_err(|e| format!("{}: malformed policy.load: {e}", at()))?;
+            last = Some(load.new_hash);
+        }
+        Ok(())
+    })?;
+    Ok(last)
+}
+
+/// Calls `each` with every complete line of the log in `dir`, in log order, and a function
+/// that says where it is (`file:line`). A torn last line is not a record and ends its segment.
+fn for_each_line(
+    dir: &Path,
+    mut each: impl FnMut(&[u8], &dyn Fn() -> String) -> Result<(), String>,
+) -> Result<(), String> {
     for seg in segments::list(dir)? {
         let mut reader = LineReader::open(&seg.path)?;
         loop {
@@ -94,21 +113,10 @@ pub fn last_policy_hash(dir: &Path) -> Result<Option<String>, String> {
                 Next::Line { terminated, .. } if !terminated => break,
                 Next::Line { bytes, lineno, .. } => (bytes, lineno),
             };
-            let Ok(env) = envelope::parse(line) else {
-                continue;
-            };
-            if env.kind == Some(Kind::PolicyLoad) {
-                let load: PolicyLoad = events::read(line).map_err(|e| {
-                    format!(
-                        "{}:{lineno}: malformed policy.load: {e}",
-                        seg.path.display()
-                    )
-                })?;
-                last = Some(load.new_hash);
-            }
+            each(line, &|| format!("{}:{lineno}", seg.path.display()))?;
         }
     }
-    Ok(last)
+    Ok(())
 }
 
 /// What start-up learns from the audit log.
@@ -153,135 +161,117 @@ pub fn scan(
     let mut signed: HashSet<String> = HashSet::new();
     // Requests whose last decision was `require_approval`, until a result ends them.
     let mut waiting: HashSet<String> = HashSet::new();
-    for seg in segments::list(dir)? {
-        let mut reader = LineReader::open(&seg.path)?;
-        loop {
-            let next = reader
-                .next_line()
-                .map_err(|e| format!("cannot read {}: {e}", seg.path.display()))?;
-            let (line, lineno) = match next {
-                Next::Eof => break,
-                Next::TooLong { lineno, .. } => {
-                    return Err(format!(
-                        "{}:{lineno}: longer than a record may be",
-                        seg.path.display()
-                    ));
-                }
-                Next::Line { terminated, .. } if !terminated => break,
-                Next::Line { bytes, lineno, .. } => (bytes, lineno),
-            };
-            let at = || format!("{}:{lineno}", seg.path.display());
-            records += 1;
-            let Ok(env) = envelope::parse(line) else {
-                continue;
-            };
-            if env.kind == Some(Kind::PolicyLoad) {
-                let load: PolicyLoad = events::read(line)
-                    .map_err(|e| format!("{}: malformed policy.load: {e}", at()))?;
-                highest_policy_serial = highest_policy_serial.max(Some(load.new_serial));
-                last_policy_hash = Some(load.new_hash);
-                // Each load lists every entry it holds, so the last one is the whole history.
-                book_entries = load.book_entries;
-                continue;
-            }
-            if env.kind == Some(Kind::KeyPin) {
-                let pin: KeyPin =
-                    events::read(line).map_err(|e| format!("{}: malformed key.pin: {e}", at()))?;
-                pins.push((env.seq, pin));
-                continue;
-            }
-            let (Some(kind), Some(req_id)) = (env.kind, env.req_id.as_str()) else {
-                continue;
-            };
-            if kind == Kind::SignRequest {
-                if let Some(client) = env.client.as_str() {
-                    client_of.insert(req_id.to_owned(), client.to_owned());
-                    if let Ok(SignRequest {
-                        method,
-                        fingerprint: Some(fingerprint),
-                        ..
-                    }) = events::read(line)
-                    {
-                        requested.insert(format!("{client}\0{req_id}"), (method, fingerprint));
-                    }
-                }
-                continue;
-            }
-            // Decision and result records name their client; pairing through the request
-            // record is the fallback for records of earlier releases, which do not.
-            let Some(client) = env
-                .client
-                .as_str()
-                .map(str::to_owned)
-                .or_else(|| client_of.get(req_id).cloned())
-            else {
-                continue;
-            };
-            let owner = format!("{client}\0{req_id}");
-            match (kind, env.decision()) {
-                (Kind::SignDecision, Some(d @ (Decision::Allow | Decision::RequireApproval))) => {
-                    if d == Decision::RequireApproval {
-                        waiting.insert(owner.clone());
-                    } else {
-                        waiting.remove(&owner);
-                    }
-                    let ts = signerd_auditor::rfc3339::parse_unix(env.ts)
-                        .ok_or_else(|| format!("{}: `ts` is not an RFC 3339 time", at()))?;
-                    if ts <= since {
-                        continue;
-                    }
-                    let decision: SignDecision = events::read(line)
-                        .map_err(|e| format!("{}: malformed sign.decision: {e}", at()))?;
-                    let mut entries = Vec::with_capacity(decision.charges.len());
-                    for c in decision.charges {
-                        let amount: U256 = c
-                            .amount
-                            .parse()
-                            .map_err(|e| format!("{}: charge amount: {e}", at()))?;
-                        entries.push(Entry {
-                            owner: owner.clone(),
-                            bucket: c.bucket,
-                            ts,
-                            amount,
-                        });
-                    }
-                    // The decision at quorum replaces the one that sent the request to wait.
-                    charged.insert(owner, entries);
-                }
-                (Kind::SignDecision, _) => {
-                    waiting.remove(&owner);
-                    charged.remove(&owner);
-                }
-                (Kind::SignResult, _) => {
-                    waiting.remove(&owner);
-                    let request = requested.remove(&owner);
-                    let status = env.status();
-                    if matches!(status, Some(Status::Signed | Status::Denied))
-                        && let Some((method, fingerprint)) = &request
-                    {
-                        let record: SignResult = events::read(line)
-                            .map_err(|e| format!("{}: malformed sign.result: {e}", at()))?;
-                        let text =
-                            std::str::from_utf8(line).map_err(|e| format!("{}: {e}", at()))?;
-                        on_answer(LoggedAnswer {
-                            client: &client,
-                            req_id,
-                            method: method.as_str(),
-                            fingerprint,
-                            record: &record,
-                            seq: env.seq,
-                            line: text,
-                        })
-                        .map_err(|e| format!("{}: {e}", at()))?;
-                    }
-                    if status == Some(Status::Signed) {
-                        signed.insert(owner);
-                    }
-                }
-                _ => {}
-            }
+    for_each_line(dir, |line, at| {
+        records += 1;
+        let Ok(env) = envelope::parse(line) else {
+            return Ok(());
+        };
+        if env.kind == Some(Kind::PolicyLoad) {
+            let load: PolicyLoad =
+                events::read(line).map_err(|e| format!("{}: malformed policy.load: {e}", at()))?;
+            highest_policy_serial = highest_policy_serial.max(Some(load.new_serial));
+            last_policy_hash = Some(load.new_hash);
+            // Each load lists every entry it holds, so the last one is the whole history.
+            book_entries = load.book_entries;
+            return Ok(());
         }
-    }
+        if env.kind == Some(Kind::KeyPin) {
+            let pin: KeyPin =
+                events::read(line).map_err(|e| format!("{}: malformed key.pin: {e}", at()))?;
+            pins.push((env.seq, pin));
+            return Ok(());
+        }
+        let (Some(kind), Some(req_id)) = (env.kind, env.req_id.as_str()) else {
+            return Ok(());
+        };
+        if kind == Kind::SignRequest {
+            if let Some(client) = env.client.as_str() {
+                client_of.insert(req_id.to_owned(), client.to_owned());
+                if let Ok(SignRequest {
+                    method,
+                    fingerprint: Some(fingerprint),
+                    ..
+                }) = events::read(line)
+                {
+                    requested.insert(format!("{client}\0{req_id}"), (method, fingerprint));
+                }
+            }
+            return Ok(());
+        }
+        // Decision and result records name their client; pairing through the request
+        // record is the fallback for records of earlier releases, which do not.
+        let Some(client) = env
+            .client
+            .as_str()
+            .map(str::to_owned)
+            .or_else(|| client_of.get(req_id).cloned())
+        else {
+            return Ok(());
+        };
+        let owner = format!("{client}\0{req_id}");
+        match (kind, env.decision()) {
+            (Kind::SignDecision, Some(d @ (Decision::Allow | Decision::RequireApproval))) => {
+                if d == Decision::RequireApproval {
+                    waiting.insert(owner.clone());
+                } else {
+                    waiting.remove(&owner);
+                }
+                let ts = signerd_auditor::rfc3339::parse_unix(env.ts)
+                    .ok_or_else(|| format!("{}: `ts` is not an RFC 3339 time", at()))?;
+                if ts <= since {
+                    return Ok(());
+                }
+                let decision: SignDecision = events::read(line)
+                    .map_err(|e| format!("{}: malformed sign.decision: {e}", at()))?;
+                let mut entries = Vec::with_capacity(decision.charges.len());
+                for c in decision.charges {
+                    let amount: U256 = c
+                        .amount
+                        .parse()
+                        .map_err(|e| format!("{}: charge amount: {e}", at()))?;
+                    entries.push(Entry {
+                        owner: owner.clone(),
+                        bucket: c.bucket,
+                        ts,
+                        amount,
+                    });
+                }
+                // The decision at quorum replaces the one that sent the request to wait.
+                charged.insert(owner, entries);
+            }
+            (Kind::SignDecision, _) => {
+                waiting.remove(&owner);
+                charged.remove(&owner);
+            }
+            (Kind::SignResult, _) => {
+                waiting.remove(&owner);
+                let request = requested.remove(&owner);
+                let status = env.status();
+                if matches!(status, Some(Status::Signed | Status::Denied))
+                    && let Some((method, fingerprint)) = &request
+                {
+                    let record: SignResult = events::read(line)
+                        .map_err(|e| format!("{}: malformed sign.result: {e}", at()))?;
+                    let text = std::str::from_utf8(line).map_err(|e| format!("{}: {e}", at()))?;
+                    on_answer(LoggedAnswer {
+                        client: &client,
+                        req_id,
+                        method: method.as_str(),
+                        fingerprint,
+                        record: &record,
+                        seq: env.seq,
+                        line: text,
+                    })
+                    .map_err(|e| format!("{}: {e}", at()))?;
+                }
+                if status == Some(Status::Signed) {
+                    signed.insert(owner);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
     let spend = charged
         .into_iter()
         .filter(|(owner, _)| signed.contains(owner) || waiting.contains(owner))

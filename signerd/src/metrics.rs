@@ -84,6 +84,10 @@ fn describe() {
         Unit::Seconds,
         "End-to-end time of signing requests inside signerd"
     );
+    describe_counter!(
+        "signerd_requests_shed_total",
+        "Signing requests refused with RESOURCE_EXHAUSTED because they waited longer than server.queue_timeout for one of server.max_in_flight turns (nothing evaluated, signed, recorded or stored)"
+    );
     describe_histogram!(
         "signerd_stage_duration_seconds",
         Unit::Seconds,
@@ -146,6 +150,9 @@ fn describe() {
         metrics::counter!("signerd_key_pin_mismatch_total", "reason" => reason).absolute(0);
     }
     metrics::counter!("signerd_key_weak_refused_total").absolute(0);
+    for method in crate::request::Method::ALL {
+        metrics::counter!("signerd_requests_shed_total", "method" => method.as_str()).absolute(0);
+    }
     describe_gauge!(
         "signerd_pending_approvals",
         "Signing requests waiting for approval"
@@ -239,6 +246,11 @@ pub fn request(method: &'static str, decision: &'static str, status: &'static st
         .increment(1);
     metrics::histogram!("signerd_request_duration_seconds", "method" => method)
         .record(took.as_secs_f64());
+}
+
+/// One signing request shed before its work started (overload).
+pub fn shed(method: &'static str) {
+    metrics::counter!("signerd_requests_shed_total", "method" => method).increment(1);
 }
 
 /// One stage of a signing request.

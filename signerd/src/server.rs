@@ -395,14 +395,24 @@ impl Daemon {
             backend = keys.name(),
             "opened"
         );
-        let signer = Arc::new(Signer::new(
-            keys,
-            policy,
-            config.policy.file.clone(),
-            state.clone(),
-            audit,
-            background.clone(),
-        ));
+        let admission = config.admission();
+        tracing::info!(
+            max_in_flight = admission.max_in_flight,
+            queue_timeout_ms =
+                u64::try_from(admission.queue_timeout.as_millis()).unwrap_or(u64::MAX),
+            "signing admission"
+        );
+        let signer = Arc::new(
+            Signer::new(
+                keys,
+                policy,
+                config.policy.file.clone(),
+                state.clone(),
+                audit,
+                background.clone(),
+            )
+            .with_admission(admission),
+        );
         // Archived beside the log before the record that names its hash.
         crate::audit::archive::store(&config.audit.dir, policy_source.as_bytes())
             .map_err(start("policy"))?;

@@ -28,10 +28,12 @@ use crate::request::{
 };
 use crate::state::{StateStore, StoredOutcome, StoredRequest};
 
+mod admission;
 mod approvals;
 mod pins;
 #[cfg(test)]
 mod pipeline_tests;
+pub use admission::Admission;
 pub use approvals::VoteRequest;
 use approvals::Waiting;
 pub(crate) use approvals::check_ballot;
@@ -69,6 +71,10 @@ pub enum ServiceError {
     /// A backend, the state store or the audit log cannot serve (UNAVAILABLE).
     #[error("{0}")]
     Unavailable(String),
+    /// The daemon is overloaded: the request waited longer than `server.queue_timeout` for
+    /// its turn and was shed before its work started (RESOURCE_EXHAUSTED).
+    #[error("{0}")]
+    ResourceExhausted(String),
 }
 
 /// A key backend's failure as the client sees it. A backend that cannot serve, including one
@@ -104,6 +110,7 @@ impl ServiceError {
             ServiceError::FailedPrecondition(_) => ("none", "FAILED_PRECONDITION"),
             ServiceError::Unauthenticated(_) => ("none", "UNAUTHENTICATED"),
             ServiceError::Unavailable(_) => ("none", "UNAVAILABLE"),
+            ServiceError::ResourceExhausted(_) => ("none", "RESOURCE_EXHAUSTED"),
         }
     }
 }
@@ -207,6 +214,8 @@ pub struct Signer {
     /// core, on blocking threads, so that they can neither starve the runtime's workers nor
     /// grow the blocking pool without bound.
     heavy: Arc<tokio::sync::Semaphore>,
+    /// The turns of signing work (`server.max_in_flight`, `server.queue_timeout`).
+    gate: admission::Gate,
     /// Where the approval sweep, approved signings and watch streams run: tracked, and
     /// stopped on shutdown before the audit log closes.
     background: crate::tasks::Background,
@@ -264,12 +273,26 @@ impl Signer {
             heavy: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             )),
+            gate: admission::Gate::new(Admission::DEFAULT),
             background,
             pins: pins::Pins::default(),
             witness_gate: std::sync::OnceLock::new(),
             addresses: Mutex::new(HashMap::new()),
             policy_trust: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets how much signing work runs at once and how long a request waits for its turn
+    /// (before the service is shared).
+    #[must_use]
+    pub fn with_admission(mut self, admission: Admission) -> Signer {
+        self.gate = admission::Gate::new(admission);
+        self
+    }
+
+    /// How much signing work runs at once and how long a request waits for its turn.
+    pub fn admission(&self) -> Admission {
+        self.gate.admission()
     }
 
     /// The EVM address of `key` (`self` in the policy's argument matchers); `None` for keys
@@ -710,6 +733,10 @@ impl Signer {
             }));
         }
         self.check_state()?;
+        // The request's turn: shed here, before anything is evaluated, reserved, signed,
+        // recorded or stored, when it cannot start within `server.queue_timeout`. Held until
+        // the request ends, on every path.
+        let _turn = self.gate.enter(method).await?;
         // This request may soon want a durable result: the audit writer may hold its current
         // batch briefly so that one fdatasync covers this result too. Dropped before any wait
         // on the log other than the signing path's own result.

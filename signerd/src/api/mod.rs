@@ -85,6 +85,7 @@ impl From<ServiceError> for Status {
             ServiceError::Unauthenticated(m) => Status::unauthenticated(m),
             ServiceError::FailedPrecondition(m) => Status::failed_precondition(m),
             ServiceError::Unavailable(m) => Status::unavailable(m),
+            ServiceError::ResourceExhausted(m) => Status::resource_exhausted(m),
         }
     }
 }

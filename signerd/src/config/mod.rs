@@ -129,6 +129,13 @@ pub struct ServerConfig {
     /// Lock all of the daemon's memory (`mlockall`) so keys never reach swap.
     #[serde(default)]
     pub lock_memory: bool,
+    /// Most signing requests doing their work at once; read it with [`Config::admission`].
+    #[serde(default)]
+    max_in_flight: Option<usize>,
+    /// Longest a signing request waits for its turn before it is shed with
+    /// RESOURCE_EXHAUSTED; read it with [`Config::admission`].
+    #[serde(default, with = "humantime_serde")]
+    queue_timeout: Option<Duration>,
 }
 
 fn default_max_message_bytes() -> usize {
@@ -140,6 +147,12 @@ fn default_max_connections() -> usize {
 fn default_max_concurrent_streams() -> u32 {
     256
 }
+
+/// Largest `server.max_in_flight`.
+const MAX_IN_FLIGHT: usize = 100_000;
+/// Range of `server.queue_timeout`.
+const QUEUE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_millis(1)..=Duration::from_secs(60);
 
 const REQUEST_TIMEOUT: DurationSetting = DurationSetting {
     table: "server",
@@ -603,6 +616,29 @@ impl Config {
             1,
             10_000,
         )?;
+        if let Some(n) = s.max_in_flight {
+            bounded("server.max_in_flight", n as u64, 1, MAX_IN_FLIGHT as u64)?;
+        }
+        if let Some(t) = s.queue_timeout {
+            if !QUEUE_TIMEOUT_RANGE.contains(&t) {
+                return Err(format!(
+                    "server.queue_timeout = \"{}\" is outside \"{}\"..=\"{}\"",
+                    humantime::format_duration(t),
+                    humantime::format_duration(*QUEUE_TIMEOUT_RANGE.start()),
+                    humantime::format_duration(*QUEUE_TIMEOUT_RANGE.end()),
+                ));
+            }
+            // A longer wait than the request's own deadline would never shed: the deadline
+            // would end the request first, without telling the client to back off.
+            if t >= s.request_timeout() {
+                return Err(format!(
+                    "server.queue_timeout = \"{}\" must be shorter than server.request_timeout \
+                     (\"{}\"), or no request is ever shed",
+                    humantime::format_duration(t),
+                    humantime::format_duration(s.request_timeout()),
+                ));
+            }
+        }
         bounded("audit.max_batch", self.audit.max_batch as u64, 1, 65_536)?;
         GROUP_COMMIT_WAIT.check(
             self.audit.group_commit_wait,
@@ -694,6 +730,34 @@ impl Config {
 }
 
 impl Config {
+    /// How much signing work runs at once (`server.max_in_flight`; by default 64, or twice
+    /// the key backend's own concurrency, `keys.pkcs11.sessions` or `keys.vault.max_connections`,
+    /// when that is larger) and how long a request waits for its turn
+    /// (`server.queue_timeout`; by default 250 ms, or half of `server.request_timeout` when
+    /// that is shorter).
+    pub fn admission(&self) -> crate::service::Admission {
+        let default = crate::service::Admission::DEFAULT;
+        let backend = match self.keys.backend {
+            Backend::Soft => 0,
+            Backend::Pkcs11 => self.keys.pkcs11.as_ref().map_or(0, |p| p.sessions),
+            Backend::Vault => self.keys.vault.as_ref().map_or(0, |v| v.max_connections),
+        };
+        let max_in_flight = self.server.max_in_flight.unwrap_or_else(|| {
+            default
+                .max_in_flight
+                .max(backend.saturating_mul(2))
+                .min(MAX_IN_FLIGHT)
+        });
+        let queue_timeout = self
+            .server
+            .queue_timeout
+            .unwrap_or_else(|| default.queue_timeout.min(self.server.request_timeout() / 2));
+        crate::service::Admission {
+            max_in_flight,
+            queue_timeout,
+        }
+    }
+
     /// One warning for each deprecated key the file uses (the integer `*_ms` and `*_micros`
     /// spellings of duration settings), to be logged at start.
     pub fn deprecations(&self) -> Vec<String> {
@@ -1247,6 +1311,59 @@ administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa623
             let e = parse(&src).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(want), "want {want:?}, got {e:?}");
         }
+    }
+
+    #[test]
+    fn admission_defaults_follow_the_backend_and_bounds_are_checked() {
+        let server = |lines: &str| GOOD.replace("[server]\n", &format!("[server]\n{lines}\n"));
+        let admission = |src: &str| match parse(src) {
+            Ok(c) => c.admission(),
+            Err(e) => panic!("{e}"),
+        };
+        let refused = |src: &str| match parse(src) {
+            Ok(_) => panic!("accepted:\n{src}"),
+            Err(e) => e.to_string(),
+        };
+        let a = admission(GOOD);
+        assert_eq!(a.max_in_flight, 64);
+        assert_eq!(a.queue_timeout, Duration::from_millis(250));
+        let a = admission(&server("max_in_flight = 8\nqueue_timeout = \"40ms\""));
+        assert_eq!(a.max_in_flight, 8);
+        assert_eq!(a.queue_timeout, Duration::from_millis(40));
+        // A short request deadline shortens the default wait, so requests are still shed.
+        let a = admission(&server("request_timeout = \"200ms\""));
+        assert_eq!(a.queue_timeout, Duration::from_millis(100));
+        // Twice the backend's own concurrency when that is above the default.
+        let vault = GOOD.replace(
+            "backend = \"soft\"\n[keys.soft]\ndir = \"keys\"\npassphrase_file = \"keystore.pass\"\n",
+            "backend = \"vault\"\n[keys.vault]\naddress = \"https://vault:8200\"\n\
+             ca_file = \"vault-ca.pem\"\ntoken_file = \"vault.token\"\nmax_connections = 100\n",
+        )
+        .replace(
+            "[audit]\ndir = \"audit\"\n",
+            "[audit]\ndir = \"audit\"\nsigning_key_passphrase_file = \"audit.pass\"\n",
+        );
+        assert_ne!(vault, GOOD);
+        assert_eq!(admission(&vault).max_in_flight, 200);
+
+        assert_eq!(
+            refused(&server("max_in_flight = 0")),
+            "signerd.toml: server.max_in_flight = 0 is outside 1..=100000"
+        );
+        assert_eq!(
+            refused(&server("queue_timeout = \"0s\"")),
+            "signerd.toml: server.queue_timeout = \"0s\" is outside \"1ms\"..=\"1m\""
+        );
+        assert_eq!(
+            refused(&server("queue_timeout = \"10s\"")),
+            "signerd.toml: server.queue_timeout = \"10s\" must be shorter than \
+             server.request_timeout (\"10s\"), or no request is ever shed"
+        );
+        assert!(
+            refused(&server("queue_timeout = 250")).starts_with("signerd.toml:3:17: "),
+            "{}",
+            refused(&server("queue_timeout = 250"))
+        );
     }
 
     #[test]

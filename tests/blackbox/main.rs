@@ -29,6 +29,7 @@ mod limits;
 mod metrics;
 mod mtls;
 mod operator_tools;
+mod overload;
 mod pkcs11;
 mod policy_governance;
 mod policy_ops;

@@ -39,7 +39,7 @@ pub(crate) fn scrape(addr: &str) -> String {
 
 /// The value of the sample whose name and labels start with `series` (labels in the order the
 /// exporter prints them), or 0 if absent.
-fn value(body: &str, series: &str) -> f64 {
+pub(crate) fn value(body: &str, series: &str) -> f64 {
     body.lines()
         .filter(|l| !l.starts_with('#'))
         .find(|l| l.starts_with(series) && l[series.len()..].starts_with([' ', ',', '}']))

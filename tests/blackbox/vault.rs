@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 
 use crate::util::*;
 
-const ROOT_TOKEN: &str = "blackbox-root-token";
+pub(crate) const ROOT_TOKEN: &str = "blackbox-root-token";
 const VED: &str = "ved";
 const VP256: &str = "vp256";
 const VEVM: &str = "vevm";
@@ -44,9 +44,9 @@ kinds = ["raw_digest"]
 "#;
 
 /// A `bao server -dev` on a free loopback port, killed on drop.
-struct Bao {
+pub(crate) struct Bao {
     child: Child,
-    addr: String,
+    pub(crate) addr: String,
     unseal_key: String,
     log: std::path::PathBuf,
     /// The dev server's generated CA, when it serves TLS.
@@ -59,7 +59,7 @@ struct Bao {
 }
 
 impl Bao {
-    fn start(dir: &std::path::Path) -> Bao {
+    pub(crate) fn start(dir: &std::path::Path) -> Bao {
         Bao::start_with(dir, false)
     }
 
@@ -303,7 +303,7 @@ impl Drop for Bao {
 }
 
 /// Points the installation at `bao` with `auth` (TOML lines of `[keys.vault]`).
-fn use_vault(env: &TestEnv, bao: &Bao, auth: &str) {
+pub(crate) fn use_vault(env: &TestEnv, bao: &Bao, auth: &str) {
     let path = env.config_path();
     let text = std::fs::read_to_string(&path).unwrap();
     let soft =
@@ -322,7 +322,7 @@ fn use_vault(env: &TestEnv, bao: &Bao, auth: &str) {
     env.write_policy(VAULT_POLICY);
 }
 
-fn write_token(env: &TestEnv, token: &str) {
+pub(crate) fn write_token(env: &TestEnv, token: &str) {
     write_file(
         &env.dir.join("vault.token"),
         format!("{token}\n").as_bytes(),
@@ -331,7 +331,7 @@ fn write_token(env: &TestEnv, token: &str) {
 }
 
 /// `signerctl keys generate --backend vault`, returning its JSON.
-fn generate(env: &TestEnv, id: &str, algorithm: &str) -> serde_json::Value {
+pub(crate) fn generate(env: &TestEnv, id: &str, algorithm: &str) -> serde_json::Value {
     let out = Command::new(SIGNERCTL)
         .args([
             "--json",

@@ -228,14 +228,6 @@ async fn overload_is_shed_fast_and_accepted_requests_finish_within_the_bound() {
 
     let (accepted, shed): (Vec<&Answer>, Vec<&Answer>) =
         answers.iter().partition(|a| a.code == Code::Ok);
-    let others: Vec<String> = shed
-        .iter()
-        .filter(|a| a.code != Code::ResourceExhausted)
-        .map(|a| format!("{}: {:?} {}", a.id, a.code, a.message))
-        .collect();
-    assert!(others.is_empty(), "neither signed nor shed: {others:?}");
-    assert!(!accepted.is_empty(), "nothing was signed");
-    assert!(!shed.is_empty(), "nothing was shed among 512 requests");
     let slowest = |v: &[&Answer]| v.iter().map(|a| a.took).max().unwrap_or_default();
     eprintln!(
         "overload: {} signed (slowest {:?}), {} shed (slowest {:?}), storm {storm_took:?}",
@@ -244,6 +236,14 @@ async fn overload_is_shed_fast_and_accepted_requests_finish_within_the_bound() {
         shed.len(),
         slowest(&shed)
     );
+    let others: Vec<String> = shed
+        .iter()
+        .filter(|a| a.code != Code::ResourceExhausted)
+        .map(|a| format!("{}: {:?} {}", a.id, a.code, a.message))
+        .collect();
+    assert!(others.is_empty(), "neither signed nor shed: {others:?}");
+    assert!(!accepted.is_empty(), "nothing was signed");
+    assert!(!shed.is_empty(), "nothing was shed among 512 requests");
     for a in &shed {
         assert!(
             a.message.contains("overloaded") && a.message.contains("retry"),

@@ -102,6 +102,10 @@ struct Pipeline {
 }
 
 async fn pipeline() -> Pipeline {
+    pipeline_admitting(super::Admission::DEFAULT).await
+}
+
+async fn pipeline_admitting(admission: super::Admission) -> Pipeline {
     let dir = tempfile::tempdir().unwrap();
     let pass = SecretString::from("pipeline test passphrase".to_owned());
     let keys_dir = dir.path().join("keys");
@@ -115,14 +119,17 @@ async fn pipeline() -> Pipeline {
         ..AuditOptions::new(Arc::new(TestSigner(person("audit"))))
     };
     let audit = AuditLog::open(&dir.path().join("audit"), opts).unwrap();
-    let signer = Arc::new(Signer::new(
-        keys.clone() as Arc<dyn KeyBackend>,
-        policy(),
-        dir.path().join("policy.toml"),
-        store.clone() as Arc<dyn StateStore>,
-        audit,
-        crate::tasks::Background::new(),
-    ));
+    let signer = Arc::new(
+        Signer::new(
+            keys.clone() as Arc<dyn KeyBackend>,
+            policy(),
+            dir.path().join("policy.toml"),
+            store.clone() as Arc<dyn StateStore>,
+            audit,
+            crate::tasks::Background::new(),
+        )
+        .with_admission(admission),
+    );
     signer.start_approvals().await.unwrap();
     Pipeline {
         signer,
@@ -505,4 +512,66 @@ async fn retries_replay_the_stored_answer() {
         .unwrap_err();
     assert_eq!(denied.to_string(), again.to_string());
     assert_eq!(status_name(&again), "PERMISSION_DENIED");
+}
+
+/// Requests beyond `max_in_flight` that wait longer than `queue_timeout` are shed with
+/// RESOURCE_EXHAUSTED: nothing signed, reserved or stored for them, and their retry, once
+/// the load is gone, is a fresh try that signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_wait_too_long_are_shed_without_a_trace_and_retry_fresh() {
+    let admission = super::Admission {
+        max_in_flight: 2,
+        queue_timeout: Duration::from_millis(50),
+    };
+    let p = pipeline_admitting(admission).await;
+    assert_eq!(p.signer.admission(), admission);
+    // Far longer than the wait for a turn: the two requests that get one hold them.
+    p.keys.set(Fault::Delay(Duration::from_millis(1500)));
+    let tries: Vec<_> = (0..10)
+        .map(|i| {
+            let s = p.signer.clone();
+            let id = format!("o{i}");
+            tokio::spawn(async move {
+                let t = std::time::Instant::now();
+                let r = s.sign(app(), SignRequest::Transaction(tx(&id, 900))).await;
+                (id, r, t.elapsed())
+            })
+        })
+        .collect();
+    let (mut ok, mut shed) = (Vec::new(), Vec::new());
+    for t in tries {
+        let (id, r, took) = t.await.unwrap();
+        match r {
+            Ok(_) => ok.push(id),
+            Err(e) => {
+                assert_eq!(status_name(&e), "RESOURCE_EXHAUSTED", "{id}: {e}");
+                assert!(e.to_string().contains("overloaded"), "{e}");
+                assert!(
+                    took < Duration::from_millis(1000),
+                    "{id} shed after {took:?}"
+                );
+                shed.push(id);
+            }
+        }
+    }
+    assert_eq!(
+        (ok.len(), shed.len()),
+        (2, 8),
+        "signed {ok:?}, shed {shed:?}"
+    );
+    assert_eq!(p.keys.signed(), 2);
+    // Only the two signed requests count against the daily limit.
+    assert_eq!(p.reserved(), 1_800);
+    for id in &shed {
+        let stored = p.store.get_request("app", id).await.unwrap();
+        assert!(stored.is_none(), "{id} was shed but its outcome is stored");
+    }
+    p.keys.set(Fault::None);
+    let again = p
+        .signer
+        .sign(app(), SignRequest::Transaction(tx(&shed[0], 900)))
+        .await;
+    assert!(again.is_ok(), "retry of {}: {again:?}", shed[0]);
+    assert_eq!(p.keys.signed(), 3);
+    assert_eq!(p.reserved(), 2_700);
 }

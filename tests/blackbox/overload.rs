@@ -299,9 +299,22 @@ async fn overload_is_shed_fast_and_accepted_requests_finish_within_the_bound() {
     }
 
     // Its retry, once the load is gone, is a fresh try that signs (nothing was stored).
+    // A second after the last report, the admitted retry also logs the rest of the burst.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let retried = &shed[0].id;
     let sig = warm.sign_digest(digest_req(retried)).await;
     assert!(sig.is_ok(), "retry of {retried}: {sig:?}");
+    let logged: usize = d
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("signing requests shed"))
+        .map(|l| {
+            let n = l.split("shed=").nth(1).unwrap_or_else(|| panic!("{l}"));
+            let digits: String = n.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse::<usize>().unwrap_or_else(|_| panic!("{l}"))
+        })
+        .sum();
+    assert_eq!(logged, shed.len(), "shed requests in the log lines");
     let audit = env.wait_audit(|a| a.results(retried) == vec!["signed".to_owned()]);
     assert_eq!(audit.count("sign.request", retried), 1);
     audit.assert_seq_contiguous();

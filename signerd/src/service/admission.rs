@@ -77,7 +77,10 @@ impl Gate {
     pub(super) async fn enter(&self, method: Method) -> Result<OwnedSemaphorePermit, ServiceError> {
         // The common case, a free turn, costs no timer.
         match self.permits.clone().try_acquire_owned() {
-            Ok(permit) => return Ok(permit),
+            Ok(permit) => {
+                self.report_pending();
+                return Ok(permit);
+            }
             Err(tokio::sync::TryAcquireError::Closed) => return Err(closed()),
             Err(tokio::sync::TryAcquireError::NoPermits) => {}
         }
@@ -87,7 +90,10 @@ impl Gate {
         )
         .await;
         match waited {
-            Ok(Ok(permit)) => Ok(permit),
+            Ok(Ok(permit)) => {
+                self.report_pending();
+                Ok(permit)
+            }
             Ok(Err(_)) => Err(closed()),
             Err(_) => {
                 self.shed(method);
@@ -106,6 +112,20 @@ impl Gate {
     fn shed(&self, method: Method) {
         crate::metrics::shed(method.as_str());
         self.unreported.fetch_add(1, Ordering::Relaxed);
+        self.report();
+    }
+
+    /// Logs the shed requests not yet reported once the load is gone (by the next admitted
+    /// request), so that the end of a burst reaches the log too.
+    fn report_pending(&self) {
+        if self.unreported.load(Ordering::Relaxed) != 0 {
+            self.report();
+        }
+    }
+
+    /// Logs how many requests were shed since the last line, unless a line was written less
+    /// than [`SHED_LOG_EVERY`] ago.
+    fn report(&self) {
         // Milliseconds since `epoch`, plus one so that 0 keeps meaning "never".
         let now = u64::try_from(self.epoch.elapsed().as_millis())
             .unwrap_or(u64::MAX)
@@ -124,6 +144,9 @@ impl Gate {
             return;
         }
         let shed = self.unreported.swap(0, Ordering::Relaxed);
+        if shed == 0 {
+            return;
+        }
         tracing::warn!(
             shed,
             max_in_flight = self.admission.max_in_flight,

@@ -1127,6 +1127,103 @@ administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa623
         Config::parse("signerd.toml", src, Path::new("/etc/signerd"))
     }
 
+    fn with_server(lines: &str) -> Result<Config, ConfigError> {
+        parse(&GOOD.replace(
+            "listen = \"127.0.0.1:50051\"\n",
+            &format!("listen = \"127.0.0.1:50051\"\n{lines}\n"),
+        ))
+    }
+
+    #[test]
+    fn connection_settings_default_safely() {
+        let c = parse(GOOD).unwrap();
+        let s = &c.server;
+        assert_eq!(s.max_connections, 1024);
+        assert_eq!(s.max_connections_per_identity(), 256);
+        assert_eq!(s.max_connections_unmapped, 4);
+        assert_eq!(s.preface_timeout(), Duration::from_secs(5));
+        assert_eq!(s.idle_timeout(), Duration::from_secs(300));
+        assert_eq!(c.audit.auth_failure_window(), Duration::from_secs(60));
+        let c = with_server(
+            "max_connections = 100\nmax_connections_per_identity = 10\n\
+             max_connections_unmapped = 0\npreface_timeout = \"250ms\"\nidle_timeout = \"1m\"",
+        )
+        .unwrap();
+        assert_eq!(c.server.max_connections_per_identity(), 10);
+        assert_eq!(c.server.max_connections_unmapped, 0);
+        assert_eq!(c.server.preface_timeout(), Duration::from_millis(250));
+        assert_eq!(c.server.idle_timeout(), Duration::from_secs(60));
+        // A small max_connections gets a per-identity default of at least one.
+        let c = with_server("max_connections = 3\nmax_connections_unmapped = 1").unwrap();
+        assert_eq!(c.server.max_connections_per_identity(), 1);
+    }
+
+    #[test]
+    fn connection_caps_must_leave_room_for_everybody_else() {
+        let e = with_server("max_connections = 100\nmax_connections_per_identity = 96")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "signerd.toml: server.max_connections_per_identity (96) + \
+             server.max_connections_unmapped (4) = 100 must be below server.max_connections \
+             (100), so that one identity and the unmapped certificates together can never take \
+             every connection"
+        );
+        let e = with_server("max_connections = 4").unwrap_err().to_string();
+        assert!(
+            e.contains("(1, the default: a quarter of max_connections)"),
+            "{e}"
+        );
+        let e = with_server("max_connections_per_identity = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.max_connections_per_identity = 0 is outside 1..=1024"),
+            "{e}"
+        );
+        let e = with_server("max_connections_unmapped = 2000")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.max_connections_unmapped = 2000 is outside 0..=1024"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn connection_timeouts_are_bounded() {
+        for (line, message) in [
+            (
+                "preface_timeout = \"50ms\"",
+                "server.preface_timeout = \"50ms\" is outside \"100ms\"..=\"1m\"",
+            ),
+            (
+                "idle_timeout = \"500ms\"",
+                "server.idle_timeout = \"500ms\" is outside \"1s\"..=\"1day\"",
+            ),
+        ] {
+            let e = with_server(line).unwrap_err().to_string();
+            assert!(e.contains(message), "{e}");
+        }
+        let e = parse(&GOOD.replace(
+            "dir = \"audit\"\n",
+            "dir = \"audit\"\nauth_failure_window = \"2h\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("audit.auth_failure_window = \"2h\" is outside \"1s\"..=\"1h\""),
+            "{e}"
+        );
+        // A misspelt key is an error with its position.
+        let e = with_server("idle_timout = \"1s\"").unwrap_err().to_string();
+        assert!(
+            e.starts_with("signerd.toml:4:1: unknown field `idle_timout`"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn good_config_resolves_paths_and_defaults() {
         let c = match parse(GOOD) {

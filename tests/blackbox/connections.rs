@@ -52,6 +52,12 @@ fn raise_open_files() {
 fn installation(name: &str, server: &str, audit: &str) -> TestEnv {
     raise_open_files();
     let env = TestEnv::new(name);
+    configure(&env, server, audit);
+    env
+}
+
+/// Adds `server` to the `[server]` table of `env`'s configuration and `audit` to `[audit]`.
+fn configure(env: &TestEnv, server: &str, audit: &str) {
     let config = std::fs::read_to_string(env.config_path()).unwrap();
     let listen = "[server]\nlisten = \"127.0.0.1:0\"\n";
     assert!(
@@ -61,7 +67,6 @@ fn installation(name: &str, server: &str, audit: &str) -> TestEnv {
     assert!(config.trim_end().ends_with("dir = \"audit\""), "{config}");
     let config = config.replace(listen, &format!("{listen}{server}\n"));
     std::fs::write(env.config_path(), format!("{config}{audit}\n")).unwrap();
-    env
 }
 
 /// A raw TLS client with `client`'s certificate (in the installation's `pki/`).
@@ -354,4 +359,39 @@ async fn repeated_refusals_of_an_unmapped_certificate_are_folded() {
     assert_eq!(count, calls + 10);
     assert!(records <= 4 + windows as usize, "{records} records");
     assert_verifies(&dir, &vkey(&env));
+}
+
+/// A call in flight longer than the idle timeout (a `WatchSignRequest` stream of 3 s, with an
+/// idle timeout of 1 s) keeps its connection: only connections without calls are closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_longer_than_the_idle_timeout_is_not_cut() {
+    let env = crate::approvals::approvals_env("conn-watch", "1h");
+    configure(&env, "idle_timeout = \"1s\"", "");
+    let d = env.start();
+    let mut c = env.client(&d, "app").await;
+    crate::approvals::pending(&mut c, "watch-1", 5_000).await;
+    let started = Instant::now();
+    let mut stream = c
+        .watch_sign_request(signerd_proto::v1::WatchSignRequestRequest {
+            request_id: "watch-1".to_owned(),
+            max_wait_secs: 3,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut states = 0;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await {
+            Ok(Ok(Some(_))) => states += 1,
+            Ok(Ok(None)) => break,
+            Ok(Err(st)) => panic!("the stream was cut after {:?}: {st:?}", started.elapsed()),
+            Err(_) => panic!("the stream did not end after max_wait_secs"),
+        }
+    }
+    assert!(states >= 1);
+    assert!(
+        started.elapsed() >= Duration::from_millis(2_800),
+        "the stream ended after {:?}, before its 3 s",
+        started.elapsed()
+    );
 }

@@ -1135,6 +1135,7 @@ administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa623
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn connection_settings_default_safely() {
         let c = parse(GOOD).unwrap();
         let s = &c.server;
@@ -1159,6 +1160,7 @@ administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa623
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn connection_caps_must_leave_room_for_everybody_else() {
         let e = with_server("max_connections = 100\nmax_connections_per_identity = 96")
             .unwrap_err()
@@ -1192,6 +1194,7 @@ administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa623
     }
 
     #[test]
+    #[allow(clippy::unwrap_used)]
     fn connection_timeouts_are_bounded() {
         for (line, message) in [
             (

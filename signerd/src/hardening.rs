@@ -56,3 +56,27 @@ pub fn current() -> Result<(Option<u64>, bool), HardeningError> {
         .map_err(|e| HardeningError(format!("prctl(PR_GET_DUMPABLE): {e}")))?;
     Ok((core.current, dumpable != DumpableBehavior::NotDumpable))
 }
+
+/// Open files the daemon needs beside its client connections: audit segments, the state
+/// store, key backends, listeners and their in-flight handshakes.
+pub const FILES_BESIDE_CONNECTIONS: u64 = 256;
+
+/// Raises the soft limit of open files (`RLIMIT_NOFILE`) to the hard limit, which needs no
+/// privilege, and returns the limit in force. Every client connection takes a file
+/// descriptor, so `server.max_connections` needs about as many plus
+/// [`FILES_BESIDE_CONNECTIONS`]; under systemd, `LimitNOFILE=` sets the hard limit.
+pub fn raise_open_files() -> Result<Option<u64>, HardeningError> {
+    let limit = rustix::process::getrlimit(Resource::Nofile);
+    if limit.current == limit.maximum {
+        return Ok(limit.current);
+    }
+    rustix::process::setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    )
+    .map_err(|e| HardeningError(format!("raising RLIMIT_NOFILE to its hard limit: {e}")))?;
+    Ok(limit.maximum)
+}

@@ -422,6 +422,7 @@ impl Daemon {
             signer.set_witness_gate(gate);
         }
         signer.set_policy_trust(trust);
+        signer.set_auth_failure_window(config.audit.auth_failure_window());
         signer
             .record_startup_policy(rollback.is_some(), &admitted)
             .map_err(start("audit"))?;
@@ -498,7 +499,11 @@ impl Daemon {
             identities,
             AcceptOptions {
                 handshake_timeout: server.handshake_timeout(),
+                preface_timeout: server.preface_timeout(),
+                idle_timeout: server.idle_timeout(),
                 max_connections: server.max_connections,
+                max_connections_per_identity: server.max_connections_per_identity(),
+                max_connections_unmapped: server.max_connections_unmapped,
             },
             fail_tx,
         );
@@ -510,10 +515,28 @@ impl Daemon {
                     // Failures already reported are recorded before stopping.
                     biased;
                     f = fail_rx.recv() => match f {
-                        Some(f) => signer.record_auth_failure(Some(f.peer), None, &f.reason),
+                        Some(f) => signer.record_auth_failure(
+                            Some(f.peer),
+                            f.cert_sha256.as_deref(),
+                            &f.reason,
+                        ),
                         None => return,
                     },
                     () = bg.cancelled() => return,
+                }
+            }
+        });
+        // Folded auth.failure records are written when their windows end (the rest at
+        // shutdown, below).
+        let signer = self.signer.clone();
+        let bg = background.clone();
+        background.spawn("auth.failure folding", async move {
+            loop {
+                let window = signer.flush_auth_failures(false);
+                let tick = (window / 10).clamp(Duration::from_millis(100), Duration::from_secs(1));
+                tokio::select! {
+                    () = bg.cancelled() => return,
+                    () = tokio::time::sleep(tick) => {}
                 }
             }
         });
@@ -661,6 +684,8 @@ impl Daemon {
             });
         }
         let serve = tonic::transport::Server::builder()
+            // Counts each connection's requests in flight for its idle timeout.
+            .layer(tls::idle::TrackRequests)
             .timeout(server.request_timeout())
             .max_concurrent_streams(server.max_concurrent_streams)
             .http2_max_header_list_size(16 * 1024)
@@ -696,6 +721,9 @@ impl Daemon {
                 "closing the audit log with background tasks still running"
             );
         }
+        // Repeated authentication failures still being folded are written before the log
+        // closes.
+        self.signer.flush_auth_failures(true);
         let closed = self.signer.audit().shutdown().await;
         if closed.is_ok() {
             // The store has seen every record: a start on a shorter copy of the log is refused.

@@ -30,6 +30,7 @@ use crate::state::{StateStore, StoredOutcome, StoredRequest};
 
 mod admission;
 mod approvals;
+pub mod auth_failures;
 mod pins;
 #[cfg(test)]
 mod pipeline_tests;
@@ -229,6 +230,8 @@ pub struct Signer {
     addresses: Mutex<HashMap<Vec<u8>, Option<alloy_primitives::Address>>>,
     /// What reloads check policy signatures with; without it every reload is refused.
     policy_trust: std::sync::OnceLock<crate::policy_file::Trust>,
+    /// Repeated authentication failures, folded before they reach the audit log.
+    auth_failures: Mutex<auth_failures::Folder>,
 }
 
 /// Most public keys [`Signer::signer_address`] remembers; more keys than this (every key
@@ -279,6 +282,9 @@ impl Signer {
             witness_gate: std::sync::OnceLock::new(),
             addresses: Mutex::new(HashMap::new()),
             policy_trust: std::sync::OnceLock::new(),
+            auth_failures: Mutex::new(auth_failures::Folder::new(
+                crate::config::DEFAULT_AUTH_FAILURE_WINDOW,
+            )),
         }
     }
 
@@ -574,18 +580,48 @@ impl Signer {
         Ok(response)
     }
 
-    /// Records a refused authentication (no mapped identity, failed handshake).
+    /// Sets the window over which repeated authentication failures are folded
+    /// (`audit.auth_failure_window`); called once at start, before serving.
+    pub fn set_auth_failure_window(&self, window: std::time::Duration) {
+        let mut folder = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
+        *folder = auth_failures::Folder::new(window);
+    }
+
+    /// Records a refused authentication (no mapped identity, failed handshake, a connection
+    /// over its cap): at once when it is the first of its certificate (or address) and reason
+    /// in a window, else folded (see [`auth_failures`]).
     pub fn record_auth_failure(
         &self,
         peer: Option<SocketAddr>,
         cert_sha256: Option<&str>,
         reason: &str,
     ) {
-        let rec = events::AuthFailure {
-            peer: peer.map(|p| p.to_string()),
-            cert_sha256: cert_sha256.map(str::to_owned),
-            reason: reason.to_owned(),
+        let now = tokio::time::Instant::now();
+        let rec = {
+            let mut folder = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
+            folder.failure(now, peer, cert_sha256, reason)
         };
+        if let Some(rec) = rec {
+            self.append_auth_failure(rec);
+        }
+    }
+
+    /// Writes the folded `auth.failure` records of windows that have ended; with `all`, every
+    /// folded record (at shutdown). Returns the window, for the caller's next look.
+    pub fn flush_auth_failures(&self, all: bool) -> std::time::Duration {
+        let now = tokio::time::Instant::now();
+        let (records, window) = {
+            let mut folder = self.auth_failures.lock().unwrap_or_else(|p| p.into_inner());
+            let records = if all { folder.drain() } else { folder.due(now) };
+            (records, folder.window())
+        };
+        for rec in records {
+            self.append_auth_failure(rec);
+        }
+        window
+    }
+
+    fn append_auth_failure(&self, rec: events::AuthFailure) {
         if let Err(e) = self.audit.append(rec) {
             tracing::error!(error = %e, "cannot record auth.failure");
         }

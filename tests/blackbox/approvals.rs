@@ -85,7 +85,7 @@ max_amount = "{max} wei"
     )
 }
 
-fn approvals_env(name: &str, ttl: &str) -> TestEnv {
+pub(crate) fn approvals_env(name: &str, ttl: &str) -> TestEnv {
     TestEnv::with(
         name,
         Opts {

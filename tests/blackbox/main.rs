@@ -21,6 +21,7 @@ mod audit_support;
 mod audit_tamper;
 mod badinput;
 mod bypasses;
+mod connections;
 mod dev;
 mod failclosed;
 mod idempotency;

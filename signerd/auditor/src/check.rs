@@ -313,7 +313,7 @@ pub struct Stats {
     pub denied: u64,
     /// `sign.result` records, by status.
     pub results: BTreeMap<String, u64>,
-    /// `auth.failure` records.
+    /// Refused clients: `auth.failure` records, each counted `count` times (1 when absent).
     pub auth_failures: u64,
     /// Requests without a result that were forgotten at a restart (refused before a decision).
     pub abandoned: u64,
@@ -774,7 +774,11 @@ impl Checker {
                 let b: Result<ApprovalVote, String> = body(line, kind);
                 self.semantic(pos, seq, |_| b.and_then(|b| verify_vote(&b, kind)))?;
             }
-            Kind::AuthFailure => self.stats.auth_failures += 1,
+            Kind::AuthFailure => {
+                // A folded record stands for `count` refusals.
+                let n = body::<events::AuthFailure>(line, kind).map_or(1, |a| a.count.unwrap_or(1));
+                self.stats.auth_failures = self.stats.auth_failures.saturating_add(n);
+            }
             Kind::AuditStop
             | Kind::PolicyLoad
             | Kind::PolicyRefused

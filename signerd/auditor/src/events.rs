@@ -387,8 +387,14 @@ pub struct AuthFailure {
     pub peer: Option<String>,
     /// SHA-256 of the client certificate (DER), or `null` when the handshake failed.
     pub cert_sha256: Option<String>,
-    /// The TLS error or the identity-mapping error.
+    /// The TLS error, the identity-mapping error, or the connection cap.
     pub reason: String,
+    /// How many failures of this certificate (or address) and reason the record stands for:
+    /// absent for one failure, recorded as it happened; `n` for the repeats within one
+    /// `audit.auth_failure_window` that were folded into this record, written when the window
+    /// ended (or at shutdown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
 }
 
 /// `policy.load`: a policy was installed, at start-up or by a reload.

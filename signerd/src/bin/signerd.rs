@@ -145,8 +145,23 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Hardens the process before any secret is read, and says what holds.
-fn harden(lock_memory: bool) -> anyhow::Result<()> {
+fn harden(lock_memory: bool, max_connections: Option<usize>) -> anyhow::Result<()> {
     let done = signerd::hardening::apply(lock_memory)?;
+    // Each connection is a file descriptor: a limit below max_connections would refuse
+    // clients with "too many open files" before the configured caps apply.
+    let files = signerd::hardening::raise_open_files()?;
+    let needed = max_connections
+        .map(|n| (n as u64).saturating_add(signerd::hardening::FILES_BESIDE_CONNECTIONS));
+    if let (Some(files), Some(needed)) = (files, needed)
+        && files < needed
+    {
+        tracing::warn!(
+            open_files = files,
+            needed,
+            "RLIMIT_NOFILE is below server.max_connections + {}: raise it (LimitNOFILE= under systemd)",
+            signerd::hardening::FILES_BESIDE_CONNECTIONS
+        );
+    }
     let (core, dumpable) = signerd::hardening::current()?;
     tracing::info!(
         core_limit = core.unwrap_or(u64::MAX),
@@ -159,7 +174,10 @@ fn harden(lock_memory: bool) -> anyhow::Result<()> {
 
 async fn run(path: PathBuf, options: signerd::server::StartOptions) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    harden(config.server.lock_memory)?;
+    harden(
+        config.server.lock_memory,
+        Some(config.server.max_connections),
+    )?;
     let daemon = Daemon::open_with(config, options).await?;
     let shutdown = shutdown_signal();
     println!("signerd listening on {}", daemon.local_addr()?);
@@ -204,7 +222,7 @@ async fn dev(
         signerd::dev::DevBackend::Soft => PathBuf::from(".signerd-dev"),
         signerd::dev::DevBackend::Pkcs11 => PathBuf::from(".signerd-dev-pkcs11"),
     });
-    harden(false)?;
+    harden(false, None)?;
     let config_path = signerd::dev::prepare(&dir, listen, backend)?;
     let config = Config::load(&config_path)?;
     let daemon = Daemon::open(config.clone()).await?;
@@ -265,7 +283,7 @@ async fn dev(
 
 async fn check(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    harden(false)?;
+    harden(false, None)?;
     for deprecation in config.deprecations() {
         tracing::warn!("{deprecation}");
     }

@@ -120,9 +120,26 @@ pub struct ServerConfig {
     /// Deprecated: `handshake_timeout` in milliseconds.
     #[serde(default)]
     handshake_timeout_ms: Option<u64>,
-    /// Most client connections open at once; more wait in the listen backlog.
+    /// Most client connections open at once (TLS handshakes in progress included); a
+    /// connection beyond it is closed as soon as it is accepted.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Most connections one configured identity holds at once; read it with
+    /// [`ServerConfig::max_connections_per_identity`].
+    #[serde(default)]
+    max_connections_per_identity: Option<usize>,
+    /// Most connections that certificates mapped to no identity hold at once, all such
+    /// certificates together.
+    #[serde(default = "default_max_connections_unmapped")]
+    pub max_connections_unmapped: usize,
+    /// Deadline, after the TLS handshake, for the HTTP/2 client preface and its first SETTINGS
+    /// frame; read it with [`ServerConfig::preface_timeout`].
+    #[serde(default, with = "humantime_serde")]
+    preface_timeout: Option<Duration>,
+    /// A connection with no request in flight for this long is closed; read it with
+    /// [`ServerConfig::idle_timeout`].
+    #[serde(default, with = "humantime_serde")]
+    idle_timeout: Option<Duration>,
     /// Most requests in flight on one connection.
     #[serde(default = "default_max_concurrent_streams")]
     pub max_concurrent_streams: u32,
@@ -146,6 +163,51 @@ fn default_max_connections() -> usize {
 }
 fn default_max_concurrent_streams() -> u32 {
     256
+}
+fn default_max_connections_unmapped() -> usize {
+    4
+}
+
+/// The default of `server.max_connections_per_identity`, as a share of `max_connections`:
+/// a quarter, so that one identity and the unmapped certificates together leave most of the
+/// connections to everybody else.
+const PER_IDENTITY_SHARE: usize = 4;
+/// Range of `server.preface_timeout` and its default.
+const PREFACE_TIMEOUT: (Duration, Duration, Duration) = (
+    Duration::from_secs(5),
+    Duration::from_millis(100),
+    Duration::from_secs(60),
+);
+/// Range of `server.idle_timeout` and its default.
+const IDLE_TIMEOUT: (Duration, Duration, Duration) = (
+    Duration::from_secs(300),
+    Duration::from_secs(1),
+    Duration::from_secs(86_400),
+);
+/// The default of `audit.auth_failure_window`.
+pub const DEFAULT_AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Range of `audit.auth_failure_window` and its default.
+const AUTH_FAILURE_WINDOW: (Duration, Duration, Duration) = (
+    DEFAULT_AUTH_FAILURE_WINDOW,
+    Duration::from_secs(1),
+    Duration::from_secs(3_600),
+);
+
+/// Refuses a duration setting (without a deprecated spelling) outside its range.
+fn check_duration(
+    name: &str,
+    value: Option<Duration>,
+    (_, min, max): (Duration, Duration, Duration),
+) -> Result<(), String> {
+    match value {
+        Some(d) if !(min..=max).contains(&d) => Err(format!(
+            "{name} = \"{}\" is outside \"{}\"..=\"{}\"",
+            humantime::format_duration(d),
+            humantime::format_duration(min),
+            humantime::format_duration(max),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Largest `server.max_in_flight`.
@@ -190,6 +252,22 @@ impl ServerConfig {
     /// The deadline for a TLS handshake (`handshake_timeout`, default 5 s).
     pub fn handshake_timeout(&self) -> Duration {
         HANDSHAKE_TIMEOUT.value(self.handshake_timeout, self.handshake_timeout_ms)
+    }
+    /// The deadline for the HTTP/2 client preface after the handshake (`preface_timeout`,
+    /// default 5 s).
+    pub fn preface_timeout(&self) -> Duration {
+        self.preface_timeout.unwrap_or(PREFACE_TIMEOUT.0)
+    }
+    /// How long a connection may stay open with no request in flight (`idle_timeout`, default
+    /// 5 min).
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout.unwrap_or(IDLE_TIMEOUT.0)
+    }
+    /// Most connections of one identity (`max_connections_per_identity`, default a quarter of
+    /// `max_connections`).
+    pub fn max_connections_per_identity(&self) -> usize {
+        self.max_connections_per_identity
+            .unwrap_or((self.max_connections / PER_IDENTITY_SHARE).max(1))
     }
 }
 
@@ -447,6 +525,10 @@ pub struct AuditConfig {
     /// Longest wait for one witness's answer; read it with [`AuditConfig::witness_timeout`].
     #[serde(default, with = "humantime_serde")]
     witness_timeout: Option<Duration>,
+    /// Repeated `auth.failure`s of one certificate (or address) and reason within this window
+    /// are folded into one record; read it with [`AuditConfig::auth_failure_window`].
+    #[serde(default, with = "humantime_serde")]
+    auth_failure_window: Option<Duration>,
     /// Benchmarks only: skip the fsync of each group commit, so a signature can be returned
     /// before its record is on disk. Never set this in production; signerd logs an error at
     /// every start while it is set.
@@ -478,6 +560,10 @@ impl AuditConfig {
     /// Longest wait for one witness answer (default 10 s).
     pub fn witness_timeout(&self) -> Duration {
         self.witness_timeout.unwrap_or(DEFAULT_WITNESS_TIMEOUT)
+    }
+    /// The window over which repeated authentication failures are folded (default 60 s).
+    pub fn auth_failure_window(&self) -> Duration {
+        self.auth_failure_window.unwrap_or(AUTH_FAILURE_WINDOW.0)
     }
 }
 
@@ -639,6 +725,9 @@ impl Config {
                 ));
             }
         }
+        check_duration("server.preface_timeout", s.preface_timeout, PREFACE_TIMEOUT)?;
+        check_duration("server.idle_timeout", s.idle_timeout, IDLE_TIMEOUT)?;
+        self.validate_connection_caps()?;
         bounded("audit.max_batch", self.audit.max_batch as u64, 1, 65_536)?;
         GROUP_COMMIT_WAIT.check(
             self.audit.group_commit_wait,
@@ -775,8 +864,51 @@ impl Config {
         .collect()
     }
 
+    /// One identity and the unmapped certificates, each at its cap, must leave connections
+    /// for everybody else (a health check included).
+    fn validate_connection_caps(&self) -> Result<(), String> {
+        let s = &self.server;
+        if let Some(n) = s.max_connections_per_identity {
+            bounded(
+                "server.max_connections_per_identity",
+                n as u64,
+                1,
+                s.max_connections as u64,
+            )?;
+        }
+        bounded(
+            "server.max_connections_unmapped",
+            s.max_connections_unmapped as u64,
+            0,
+            s.max_connections as u64,
+        )?;
+        let per_identity = s.max_connections_per_identity();
+        let held = per_identity.saturating_add(s.max_connections_unmapped);
+        if held >= s.max_connections {
+            return Err(format!(
+                "server.max_connections_per_identity ({per_identity}{}) + \
+                 server.max_connections_unmapped ({}) = {held} must be below \
+                 server.max_connections ({}), so that one identity and the unmapped \
+                 certificates together can never take every connection",
+                if s.max_connections_per_identity.is_none() {
+                    ", the default: a quarter of max_connections"
+                } else {
+                    ""
+                },
+                s.max_connections_unmapped,
+                s.max_connections,
+            ));
+        }
+        Ok(())
+    }
+
     fn validate_audit(&self) -> Result<(), String> {
         let a = &self.audit;
+        check_duration(
+            "audit.auth_failure_window",
+            a.auth_failure_window,
+            AUTH_FAILURE_WINDOW,
+        )?;
         bounded(
             "audit.checkpoint_every_records",
             a.checkpoint_every_records,
@@ -1057,6 +1189,106 @@ administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa623
 
     fn parse(src: &str) -> Result<Config, ConfigError> {
         Config::parse("signerd.toml", src, Path::new("/etc/signerd"))
+    }
+
+    fn with_server(lines: &str) -> Result<Config, ConfigError> {
+        parse(&GOOD.replace(
+            "listen = \"127.0.0.1:50051\"\n",
+            &format!("listen = \"127.0.0.1:50051\"\n{lines}\n"),
+        ))
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn connection_settings_default_safely() {
+        let c = parse(GOOD).unwrap();
+        let s = &c.server;
+        assert_eq!(s.max_connections, 1024);
+        assert_eq!(s.max_connections_per_identity(), 256);
+        assert_eq!(s.max_connections_unmapped, 4);
+        assert_eq!(s.preface_timeout(), Duration::from_secs(5));
+        assert_eq!(s.idle_timeout(), Duration::from_secs(300));
+        assert_eq!(c.audit.auth_failure_window(), Duration::from_secs(60));
+        let c = with_server(
+            "max_connections = 100\nmax_connections_per_identity = 10\n\
+             max_connections_unmapped = 0\npreface_timeout = \"250ms\"\nidle_timeout = \"1m\"",
+        )
+        .unwrap();
+        assert_eq!(c.server.max_connections_per_identity(), 10);
+        assert_eq!(c.server.max_connections_unmapped, 0);
+        assert_eq!(c.server.preface_timeout(), Duration::from_millis(250));
+        assert_eq!(c.server.idle_timeout(), Duration::from_secs(60));
+        // A small max_connections gets a per-identity default of at least one.
+        let c = with_server("max_connections = 3\nmax_connections_unmapped = 1").unwrap();
+        assert_eq!(c.server.max_connections_per_identity(), 1);
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn connection_caps_must_leave_room_for_everybody_else() {
+        let e = with_server("max_connections = 100\nmax_connections_per_identity = 96")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "signerd.toml: server.max_connections_per_identity (96) + \
+             server.max_connections_unmapped (4) = 100 must be below server.max_connections \
+             (100), so that one identity and the unmapped certificates together can never take \
+             every connection"
+        );
+        let e = with_server("max_connections = 4").unwrap_err().to_string();
+        assert!(
+            e.contains("(1, the default: a quarter of max_connections)"),
+            "{e}"
+        );
+        let e = with_server("max_connections_per_identity = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.max_connections_per_identity = 0 is outside 1..=1024"),
+            "{e}"
+        );
+        let e = with_server("max_connections_unmapped = 2000")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.max_connections_unmapped = 2000 is outside 0..=1024"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn connection_timeouts_are_bounded() {
+        for (line, message) in [
+            (
+                "preface_timeout = \"50ms\"",
+                "server.preface_timeout = \"50ms\" is outside \"100ms\"..=\"1m\"",
+            ),
+            (
+                "idle_timeout = \"500ms\"",
+                "server.idle_timeout = \"500ms\" is outside \"1s\"..=\"1day\"",
+            ),
+        ] {
+            let e = with_server(line).unwrap_err().to_string();
+            assert!(e.contains(message), "{e}");
+        }
+        let e = parse(&GOOD.replace(
+            "dir = \"audit\"\n",
+            "dir = \"audit\"\nauth_failure_window = \"2h\"\n",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("audit.auth_failure_window = \"2h\" is outside \"1s\"..=\"1h\""),
+            "{e}"
+        );
+        // A misspelt key is an error with its position.
+        let e = with_server("idle_timout = \"1s\"").unwrap_err().to_string();
+        assert!(
+            e.starts_with("signerd.toml:4:1: unknown field `idle_timout`"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,12 +1,22 @@
 //! Mutual TLS for the gRPC listener: rustls configuration (TLS 1.3 only, client certificates
-//! required and checked against the configured CA and CRLs), the accept loop with a handshake
-//! deadline, and the mapping from a verified client certificate to an [`Identity`].
+//! required and checked against the configured CA and CRLs), the accept loop with its
+//! connection limits, and the mapping from a verified client certificate to an [`Identity`].
 //!
 //! A handshake never blocks the accept loop: each one runs in its own task under a deadline.
 //! A certificate that verifies but maps to no configured identity is not an identity: requests
 //! on such a connection are refused by the API layer.
+//!
+//! No client holds a connection it does not use: the accept loop never waits for a free slot
+//! (a connection beyond `server.max_connections` is closed at once, so a client learns it
+//! immediately instead of hanging in the listen backlog); after its handshake a connection
+//! counts against its identity's cap ([`caps`]), must send the HTTP/2 client preface within
+//! `server.preface_timeout` ([`preface`]), and is closed once it has had no request in flight
+//! for `server.idle_timeout` ([`idle`]).
 
+pub mod caps;
+pub mod idle;
 pub mod pki;
+pub mod preface;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -213,13 +223,28 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The verified client certificate.
     pub cert: Option<ClientCert>,
+    /// The connection's requests in flight, counted by [`idle::TrackRequests`].
+    pub activity: Arc<idle::ConnActivity>,
 }
 
-/// An accepted, handshaken mTLS connection. Holds its connection-limit permit.
+/// An accepted, handshaken mTLS connection that has sent its HTTP/2 preface. Holds its
+/// connection-limit permit and its slot under its identity's cap.
+///
+/// Reads hand on the preface read by the accept path first, then the TLS stream. Once the
+/// connection has had no request in flight for the idle timeout, it sends TLS close_notify,
+/// shuts down its sending side and reads as ended, so the HTTP/2 server closes it.
 pub struct TlsConn {
     inner: TlsStream<TcpStream>,
     info: ConnInfo,
+    /// The preface and first SETTINGS frame, read before the HTTP/2 server saw the connection.
+    replay: Vec<u8>,
+    /// How much of `replay` was handed on.
+    replayed: usize,
+    idle: idle::IdleTimer,
+    /// The idle timeout passed: the connection is being closed.
+    closing: bool,
     _permit: OwnedSemaphorePermit,
+    _cap: caps::CapSlot,
 }
 
 impl tonic::transport::server::Connected for TlsConn {
@@ -235,7 +260,30 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.replayed < this.replay.len() {
+            let n = buf.remaining().min(this.replay.len() - this.replayed);
+            buf.put_slice(&this.replay[this.replayed..this.replayed + n]);
+            this.replayed += n;
+            if this.replayed == this.replay.len() {
+                this.replay = Vec::new();
+                this.replayed = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if !this.closing && this.idle.poll_expired(cx).is_ready() {
+            this.closing = true;
+            tracing::debug!(peer = %this.info.peer, "closing a connection idle for server.idle_timeout");
+        }
+        if this.closing {
+            // close_notify and FIN, then the end of the stream for the HTTP/2 server, which has
+            // no stream open on this connection.
+            if let Err(e) = std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx)) {
+                tracing::debug!(peer = %this.info.peer, error = %e, "closing an idle connection");
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
     }
 }
 
@@ -265,12 +313,15 @@ impl AsyncWrite for TlsConn {
     }
 }
 
-/// A handshake that failed: who tried and why (reported to the audit log).
+/// A handshake that failed, or a connection refused over its identity's cap: who tried and
+/// why (reported to the audit log).
 #[derive(Debug, Clone)]
 pub struct HandshakeFailure {
     /// The peer's address.
     pub peer: SocketAddr,
-    /// rustls's reason, or the deadline.
+    /// The client certificate's SHA-256, when the handshake verified one.
+    pub cert_sha256: Option<String>,
+    /// rustls's reason, the deadline, or the cap.
     pub reason: String,
 }
 
@@ -279,14 +330,27 @@ pub struct HandshakeFailure {
 pub struct AcceptOptions {
     /// Deadline for one handshake.
     pub handshake_timeout: Duration,
+    /// Deadline, after the handshake, for the HTTP/2 client preface.
+    pub preface_timeout: Duration,
+    /// A connection with no request in flight this long is closed.
+    pub idle_timeout: Duration,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Most connections of one identity.
+    pub max_connections_per_identity: usize,
+    /// Most connections of all unmapped certificates together.
+    pub max_connections_unmapped: usize,
 }
 
-/// Accepts TCP connections and hands back handshaken [`TlsConn`]s on a channel. Each handshake
-/// runs in its own task under `handshake_timeout`; failures go to `failures`. The loop and
-/// the handshakes are tracked by `background`; the loop ends when it is cancelled or the
-/// receiver is dropped.
+/// How often, at most, the accept loop logs that it closed connections over
+/// `server.max_connections`.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(10);
+
+/// Accepts TCP connections and hands back handshaken [`TlsConn`]s that sent their HTTP/2
+/// preface on a channel. Each connection is set up in its own task: the handshake under
+/// `handshake_timeout`, its identity's cap, then the preface under `preface_timeout`.
+/// Handshake failures and connections over a cap go to `failures`. The loop and the set-ups
+/// are tracked by `background`; the loop ends when it is cancelled or the receiver is dropped.
 pub fn accept_loop(
     background: &crate::tasks::Background,
     listener: TcpListener,
@@ -298,13 +362,14 @@ pub fn accept_loop(
     let (tx, rx) = mpsc::channel(64);
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(opts.max_connections));
+    let caps = caps::ConnCaps::new(
+        opts.max_connections_per_identity,
+        opts.max_connections_unmapped,
+    );
     let bg = background.clone();
     background.spawn("TLS accept loop", async move {
+        let mut full = FullWarning::default();
         loop {
-            // Wait for a free slot before accepting, so excess clients queue in the backlog.
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
-            };
             let (tcp, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
@@ -317,36 +382,142 @@ pub fn accept_loop(
                 () = tx.closed() => return,
                 () = bg.cancelled() => return,
             };
+            // Never wait for a slot: a client kept in the listen backlog would only see its
+            // deadline pass. Closed at once, it can retry or go elsewhere.
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                drop(tcp);
+                full.refused(opts.max_connections);
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
-            let acceptor = acceptor.clone();
-            let identities = identities.clone();
+            let setup = Setup {
+                acceptor: acceptor.clone(),
+                identities: identities.clone(),
+                caps: caps.clone(),
+                opts: opts.clone(),
+                failures: failures.clone(),
+            };
             let tx = tx.clone();
-            let failures = failures.clone();
-            let deadline = opts.handshake_timeout;
-            bg.spawn("TLS handshake", async move {
-                let reason = match tokio::time::timeout(deadline, acceptor.accept(tcp)).await {
-                    Ok(Ok(stream)) => {
-                        let cert = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .map(|der| identities.resolve(der));
-                        let conn = TlsConn {
-                            inner: stream,
-                            info: ConnInfo { peer, cert },
-                            _permit: permit,
-                        };
-                        let _ = tx.send(Ok(conn)).await;
-                        return;
-                    }
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => format!("TLS handshake not completed within {deadline:?}"),
-                };
-                tracing::info!(%peer, %reason, "TLS handshake failed");
-                let _ = failures.send(HandshakeFailure { peer, reason });
+            bg.spawn("TLS connection set-up", async move {
+                if let Some(conn) = setup.run(tcp, peer, permit).await {
+                    let _ = tx.send(Ok(conn)).await;
+                }
             });
         }
     });
     rx
+}
+
+/// Logs connections closed over `server.max_connections`, at most every
+/// [`FULL_WARNING_EVERY`].
+#[derive(Debug, Default)]
+struct FullWarning {
+    last: Option<tokio::time::Instant>,
+    since: u64,
+}
+
+impl FullWarning {
+    fn refused(&mut self, max: usize) {
+        self.since += 1;
+        if self.last.is_some_and(|t| t.elapsed() < FULL_WARNING_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            closed = self.since,
+            max_connections = max,
+            "server.max_connections connections are open: closing new connections at once"
+        );
+        self.last = Some(tokio::time::Instant::now());
+        self.since = 0;
+    }
+}
+
+/// What one connection's set-up needs.
+struct Setup {
+    acceptor: TlsAcceptor,
+    identities: Arc<IdentityMap>,
+    caps: Arc<caps::ConnCaps>,
+    opts: AcceptOptions,
+    failures: mpsc::UnboundedSender<HandshakeFailure>,
+}
+
+impl Setup {
+    /// Handshake, cap, preface: the connection, or `None` when it was closed.
+    async fn run(
+        self,
+        tcp: TcpStream,
+        peer: SocketAddr,
+        permit: OwnedSemaphorePermit,
+    ) -> Option<TlsConn> {
+        let deadline = self.opts.handshake_timeout;
+        let refuse = |cert_sha256: Option<String>, reason: String| {
+            tracing::info!(%peer, %reason, "connection refused");
+            let _ = self.failures.send(HandshakeFailure {
+                peer,
+                cert_sha256,
+                reason,
+            });
+        };
+        let mut stream = match tokio::time::timeout(deadline, self.acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => {
+                refuse(None, e.to_string());
+                return None;
+            }
+            Err(_) => {
+                refuse(
+                    None,
+                    format!("TLS handshake not completed within {deadline:?}"),
+                );
+                return None;
+            }
+        };
+        let cert = stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|der| self.identities.resolve(der));
+        let holder = match cert.as_ref().map(|c| &c.identity) {
+            Some(Ok(identity)) => caps::Holder::Identity(identity.id.clone()),
+            _ => caps::Holder::Unmapped,
+        };
+        let cap = match self.caps.take(holder) {
+            Ok(slot) => slot,
+            Err(reason) => {
+                refuse(cert.map(|c| c.sha256), reason);
+                return None;
+            }
+        };
+        let wait = self.opts.preface_timeout;
+        let replay = match tokio::time::timeout(wait, preface::read(&mut stream)).await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "connection closed before serving");
+                return None;
+            }
+            Err(_) => {
+                tracing::info!(
+                    %peer,
+                    "no HTTP/2 client preface within server.preface_timeout ({wait:?}): closing"
+                );
+                return None;
+            }
+        };
+        let activity = idle::ConnActivity::new();
+        Some(TlsConn {
+            inner: stream,
+            info: ConnInfo {
+                peer,
+                cert,
+                activity: activity.clone(),
+            },
+            replay,
+            replayed: 0,
+            idle: idle::IdleTimer::new(activity, self.opts.idle_timeout),
+            closing: false,
+            _permit: permit,
+            _cap: cap,
+        })
+    }
 }

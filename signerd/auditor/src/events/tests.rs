@@ -85,6 +85,7 @@ fn examples() -> Vec<Record> {
             peer: Some("127.0.0.1:5000".to_owned()),
             cert_sha256: Some(CERT.to_owned()),
             reason: "r".to_owned(),
+            count: Some(3),
         }),
         Record::from_event(&PolicyLoad {
             source: PolicySource::Rpc,
@@ -393,6 +394,7 @@ fn a_record_from_an_event_is_checked_like_a_built_one() {
         peer: None,
         cert_sha256: None,
         reason: "a".repeat(crate::MAX_LINE_BYTES),
+        count: None,
     };
     let e = Record::from_event(&big).encode().unwrap_err();
     assert!(e.to_string().contains("longer than 1048576 bytes"), "{e}");
@@ -472,13 +474,14 @@ mod golden {
 
     #[test]
     fn auth_failure() {
-        // service.rs, record_auth_failure.
+        // service/auth_failures.rs: a failure recorded at once has no count.
         for (peer, cert) in [(Some("10.0.0.1:4242"), Some(CERT)), (None, None)] {
             same(
                 AuthFailure {
                     peer: peer.map(str::to_owned),
                     cert_sha256: cert.map(str::to_owned),
                     reason: "tls handshake: \"unknown ca\"\n".to_owned(),
+                    count: None,
                 },
                 Record::new("auth.failure")
                     .field("peer", peer.map(str::to_owned))
@@ -486,6 +489,20 @@ mod golden {
                     .field("reason", "tls handshake: \"unknown ca\"\n"),
             );
         }
+        // Repeats folded into one record.
+        same(
+            AuthFailure {
+                peer: Some("10.0.0.1:4243".to_owned()),
+                cert_sha256: Some(CERT.to_owned()),
+                reason: "not mapped".to_owned(),
+                count: Some(1999),
+            },
+            Record::new("auth.failure")
+                .field("peer", "10.0.0.1:4243")
+                .field("cert_sha256", CERT)
+                .field("reason", "not mapped")
+                .field("count", 1999u64),
+        );
     }
 
     #[test]

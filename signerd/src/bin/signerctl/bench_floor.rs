@@ -211,9 +211,15 @@ pub(crate) async fn serve(dir: PathBuf) -> anyhow::Result<()> {
         listener,
         tls,
         Arc::new(signerd::tls::IdentityMap::new(&[])),
+        // The daemon's connection handling, without caps that would refuse the load generator
+        // (its certificates map to no identity here).
         signerd::tls::AcceptOptions {
             handshake_timeout: std::time::Duration::from_secs(5),
+            preface_timeout: std::time::Duration::from_secs(5),
+            idle_timeout: std::time::Duration::from_secs(300),
             max_connections: 4096,
+            max_connections_per_identity: 4096,
+            max_connections_unmapped: 4096,
         },
         fail_tx,
     );
@@ -227,6 +233,7 @@ pub(crate) async fn serve(dir: PathBuf) -> anyhow::Result<()> {
         .await;
     };
     tonic::transport::Server::builder()
+        .layer(signerd::tls::idle::TrackRequests)
         .add_service(service)
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::ReceiverStream::new(conns),

@@ -23,6 +23,7 @@ fn stored_answer() -> StoredRequest {
         outcome: StoredOutcome::Signed {
             response: "5a".repeat(218),
         },
+        answered_at: Some(1_800_000_000),
     }
 }
 

@@ -353,6 +353,70 @@ pub struct SoftKeysConfig {
 pub struct StateConfig {
     /// Directory of the embedded state store.
     pub dir: PathBuf,
+    /// Most bytes of the store sled keeps in memory (its page cache).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// How long an answer is kept for retries of its `request_id`; read it with
+    /// [`StateConfig::idempotency_retention`].
+    #[serde(default, with = "humantime_serde")]
+    idempotency_retention: Option<Duration>,
+    /// How often expired answers are pruned; read it with [`StateConfig::prune_interval`].
+    #[serde(default, with = "humantime_serde")]
+    prune_interval: Option<Duration>,
+}
+
+fn default_cache_bytes() -> u64 {
+    crate::state::DEFAULT_CACHE_BYTES
+}
+
+/// Default of `state.idempotency_retention`: 30 days.
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// Shortest `state.idempotency_retention`: a second (a retry after it is refused, never signed
+/// again, so a short retention costs retries, not safety).
+const MIN_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(1);
+/// Longest `state.idempotency_retention`: 100 years.
+const MAX_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// Default of `state.prune_interval`.
+const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl StateConfig {
+    /// `idempotency_retention` (default 30 days).
+    pub fn idempotency_retention(&self) -> Duration {
+        self.idempotency_retention
+            .unwrap_or(DEFAULT_IDEMPOTENCY_RETENTION)
+    }
+
+    /// `prune_interval` (default 10 s).
+    pub fn prune_interval(&self) -> Duration {
+        self.prune_interval.unwrap_or(DEFAULT_PRUNE_INTERVAL)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        bounded("state.cache_bytes", self.cache_bytes, 1 << 20, 1 << 40)?;
+        let within = |key: &str, v: Option<Duration>, min: Duration, max: Duration| match v {
+            Some(v) if v < min || v > max => Err(format!(
+                "state.{key} = \"{}\" is out of range: allowed {} to {}",
+                humantime::format_duration(v),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            )),
+            _ => Ok(()),
+        };
+        within(
+            "idempotency_retention",
+            self.idempotency_retention,
+            MIN_IDEMPOTENCY_RETENTION,
+            MAX_IDEMPOTENCY_RETENTION,
+        )?;
+        within(
+            "prune_interval",
+            self.prune_interval,
+            MIN_PRUNE_INTERVAL,
+            MAX_PRUNE_INTERVAL,
+        )
+    }
 }
 
 /// `[audit]`.
@@ -609,6 +673,7 @@ impl Config {
             self.audit.group_commit_wait_micros,
         )?;
         self.validate_audit()?;
+        self.state.validate()?;
 
         let mut ids = std::collections::HashSet::new();
         let mut matchers = std::collections::HashSet::new();

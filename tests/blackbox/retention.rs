@@ -116,3 +116,63 @@ async fn a_retry_after_retention_is_refused_and_never_signed_again() {
     );
     assert_eq!(audit.results("fresh"), ["signed"]);
 }
+
+/// A request waiting for approval keeps its record past the retention: it is still pending,
+/// is signed at quorum, and replays; its retention counts from when it was signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_for_approval_outlives_the_retention() {
+    use crate::approvals::{approval, approver, final_state, pending};
+    use signerd_proto::v1::SignStatus;
+
+    let env = TestEnv::with(
+        "retention-waiting",
+        Opts {
+            policy: crate::approvals::policy(1, "1h", 10_000),
+            state: "idempotency_retention = \"2s\"\nprune_interval = \"100ms\"\n".to_owned(),
+            ..Opts::default()
+        },
+    );
+    let d = env.start();
+    let mut app = env.client(&d, "app").await;
+    let p = pending(&mut app, "waits", 6000).await;
+    // Well past the retention, and many passes later: still waiting, the same request.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        pending(&mut app, "waits", 6000).await.fingerprint,
+        p.fingerprint
+    );
+    let mut bob = approver(&env, &d, "bob").await;
+    bob.approve(approval("bob", "app", &p)).await.unwrap();
+    let mut carol = approver(&env, &d, "carol").await;
+    assert!(
+        carol
+            .approve(approval("carol", "app", &p))
+            .await
+            .unwrap()
+            .into_inner()
+            .quorum_reached
+    );
+    let s = final_state(&mut app, "waits").await;
+    assert_eq!(s.status(), SignStatus::Signed, "{s:?}");
+    assert!(s.response.is_some(), "{s:?}");
+    // Its answer is kept for the retention after it was signed, then expires.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let st = loop {
+        match app
+            .sign_evm_transaction(crate::approvals::tx("waits", 6000))
+            .await
+        {
+            Ok(_) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "still replayed 15 s after a retention of 2 s"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(st) => break st,
+        }
+    };
+    assert_expired("retry of the approved request", &st, "waits");
+    assert!(d.stop().success());
+    assert_eq!(env.audit().results("waits"), ["signed"]);
+}

@@ -18,8 +18,8 @@ pub use self::sled::SledStore;
 pub use self::spend::{Charge, Exceeded, Used};
 pub use crate::approvals::PendingRecord;
 
-/// The embedded store's page cache when `[state] cache_bytes` is not set: 64 MiB.
-pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
+/// The embedded store's page cache when `[state] cache_bytes` is not set: 16 MiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 16 << 20;
 
 /// What the daemon remembers about one `request_id` of one client.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

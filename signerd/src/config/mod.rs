@@ -374,8 +374,8 @@ pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(30 * 86_
 /// Shortest `state.idempotency_retention`: a second (a retry after it is refused, never signed
 /// again, so a short retention costs retries, not safety).
 const MIN_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(1);
-/// Longest `state.idempotency_retention`: 100 years.
-const MAX_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(100 * 365 * 86_400);
+/// Longest `state.idempotency_retention`: 100 years (of 365.25 days, as `humantime` counts).
+const MAX_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(100 * 31_557_600);
 /// Default of `state.prune_interval`.
 const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(100);
@@ -1070,6 +1070,48 @@ administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa623
         assert_eq!(c.audit.dir, PathBuf::from("/etc/signerd/audit"));
         assert_eq!(c.server.max_message_bytes, 1024 * 1024);
         assert_eq!(c.identities[0].id, "app");
+    }
+
+    #[test]
+    fn state_settings_have_defaults_and_ranges() {
+        let c = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.state.cache_bytes, 16 << 20);
+        assert_eq!(
+            c.state.idempotency_retention(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(c.state.prune_interval(), Duration::from_secs(10));
+        let with = |lines: &str| parse(&GOOD.replace("[state]\n", &format!("[state]\n{lines}\n")));
+        let c = with(
+            "cache_bytes = 1048576\nidempotency_retention = \"7days\"\nprune_interval = \"250ms\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.state.cache_bytes, 1 << 20);
+        assert_eq!(
+            c.state.idempotency_retention(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(c.state.prune_interval(), Duration::from_millis(250));
+        for (lines, message) in [
+            (
+                "idempotency_retention = \"0s\"",
+                "state.idempotency_retention = \"0s\" is out of range: allowed 1s to 100years",
+            ),
+            (
+                "prune_interval = \"10ms\"",
+                "state.prune_interval = \"10ms\" is out of range: allowed 100ms to 1h",
+            ),
+            (
+                "cache_bytes = 1024",
+                "state.cache_bytes = 1024 is outside 1048576..=1099511627776",
+            ),
+        ] {
+            let e = match with(lines) {
+                Ok(_) => panic!("{lines}: accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(message), "{lines}: {e}");
+        }
     }
 
     #[test]

@@ -183,7 +183,8 @@ impl Daemon {
         // A rule or limit naming a key this daemon does not hold would do nothing.
         crate::policy_file::check_keys(&policy, keys.keys().into_iter().map(|k| k.id))
             .map_err(start("policy"))?;
-        let state = crate::state::open_sled(&config.state.dir).map_err(start("state"))?;
+        let state = crate::state::open_sled(&config.state.dir, config.state.cache_bytes)
+            .map_err(start("state"))?;
         let tls = tls::server_config(&config.tls).map_err(start("tls"))?;
         let audit_key =
             crate::audit::key::open_for_daemon(&config, &keys).map_err(start("audit"))?;
@@ -260,6 +261,9 @@ impl Daemon {
             })
         });
         let mut restored = 0u64;
+        // Answers older than the retention come back as expiry markers, never as answers, so
+        // a store rebuilt from the log neither revives them nor forgets they were answered.
+        let cutoff = crate::state::retention::cutoff(now, config.state.idempotency_retention());
         while let Some((client, req_id, rec)) = to_restore.recv().await {
             let stored = state
                 .get_request(&client, &req_id)
@@ -268,10 +272,24 @@ impl Daemon {
             if stored.is_some_and(|s| s.outcome != crate::state::StoredOutcome::Pending) {
                 continue;
             }
-            state
-                .put_request(&client, &req_id, &rec)
-                .await
-                .map_err(start("state"))?;
+            match rec.answered_at {
+                Some(at) if at < cutoff => {
+                    let marked = state
+                        .expired(&client, &req_id)
+                        .await
+                        .map_err(start("state"))?;
+                    if marked.is_none() {
+                        state
+                            .put_expired(&client, &req_id, at)
+                            .await
+                            .map_err(start("state"))?;
+                    }
+                }
+                _ => state
+                    .put_request(&client, &req_id, &rec)
+                    .await
+                    .map_err(start("state"))?,
+            }
             restored += 1;
         }
         let scanned = scan
@@ -423,6 +441,16 @@ impl Daemon {
         }
         signer.set_policy_trust(trust);
         signer.set_auth_failure_window(config.audit.auth_failure_window());
+        signer.set_idempotency_retention(config.state.idempotency_retention());
+        background.spawn(
+            "idempotency retention",
+            crate::state::retention::run(
+                state.clone(),
+                config.state.idempotency_retention(),
+                config.state.prune_interval(),
+                background.cancelled_owned(),
+            ),
+        );
         signer
             .record_startup_policy(rollback.is_some(), &admitted)
             .map_err(start("audit"))?;

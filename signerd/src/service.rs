@@ -232,6 +232,8 @@ pub struct Signer {
     policy_trust: std::sync::OnceLock<crate::policy_file::Trust>,
     /// Repeated authentication failures, folded before they reach the audit log.
     auth_failures: Mutex<auth_failures::Folder>,
+    /// `[state] idempotency_retention`, for the messages of expired requests.
+    retention: std::sync::OnceLock<std::time::Duration>,
 }
 
 /// Most public keys [`Signer::signer_address`] remembers; more keys than this (every key
@@ -285,6 +287,7 @@ impl Signer {
             auth_failures: Mutex::new(auth_failures::Folder::new(
                 crate::config::DEFAULT_AUTH_FAILURE_WINDOW,
             )),
+            retention: std::sync::OnceLock::new(),
         }
     }
 
@@ -1292,15 +1295,60 @@ impl Signer {
         ServiceError::Unavailable(e.to_string())
     }
 
+    /// The stored answer of the caller's `request_id`, if any; FAILED_PRECONDITION when its
+    /// answer expired (the request is never signed again).
     async fn stored(
         &self,
         caller: &Caller,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, ServiceError> {
-        self.state
-            .get_request(&caller.identity.id, request_id)
+        let client = &caller.identity.id;
+        let stored = self
+            .state
+            .get_request(client, request_id)
             .await
-            .map_err(|e| self.state_failed(&e))
+            .map_err(|e| self.state_failed(&e))?;
+        if stored.is_some() {
+            return Ok(stored);
+        }
+        self.refuse_expired(client, request_id).await?;
+        Ok(None)
+    }
+
+    /// FAILED_PRECONDITION when the answer of `client`'s `request_id` expired.
+    pub(crate) async fn refuse_expired(
+        &self,
+        client: &str,
+        request_id: &str,
+    ) -> Result<(), ServiceError> {
+        let expired = self
+            .state
+            .expired(client, request_id)
+            .await
+            .map_err(|e| self.state_failed(&e))?;
+        match expired {
+            None => Ok(()),
+            Some(answered_at) => Err(ServiceError::FailedPrecondition(
+                crate::state::retention::expired_message(
+                    request_id,
+                    answered_at,
+                    self.idempotency_retention(),
+                ),
+            )),
+        }
+    }
+
+    /// Sets `[state] idempotency_retention` (named in the messages of expired requests; the
+    /// pruning task applies it). Called once at start; unset, the default applies.
+    pub fn set_idempotency_retention(&self, retention: std::time::Duration) {
+        let _ = self.retention.set(retention);
+    }
+
+    fn idempotency_retention(&self) -> std::time::Duration {
+        self.retention
+            .get()
+            .copied()
+            .unwrap_or(crate::config::DEFAULT_IDEMPOTENCY_RETENTION)
     }
 
     async fn store(
@@ -1314,6 +1362,7 @@ impl Signer {
             fingerprint: fingerprint.to_owned(),
             method: p.method.as_str().to_owned(),
             outcome,
+            answered_at: Some(unix_now()),
         };
         // Not durable on return: the answer's durable copy is its `sign.result` record.
         let stored = self
@@ -1754,6 +1803,7 @@ pub fn answer_from_log(
         fingerprint: a.fingerprint.to_owned(),
         method: method.as_str().to_owned(),
         outcome,
+        answered_at: Some(a.ts),
     })
 }
 

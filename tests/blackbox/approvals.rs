@@ -38,7 +38,7 @@ pub(crate) fn public(who: &str) -> String {
 }
 
 /// Requesters sign with `hot`; 1,000 wei or more needs 2 of treasury; at most `max` wei a day.
-fn policy(serial: u32, ttl: &str, max: u64) -> String {
+pub(crate) fn policy(serial: u32, ttl: &str, max: u64) -> String {
     policy_with(serial, ttl, max, &public("bob"))
 }
 

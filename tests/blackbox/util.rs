@@ -167,6 +167,8 @@ pub(crate) struct Opts {
     pub(crate) governance: String,
     /// Who signs the policy [`TestEnv::write_config`] writes.
     pub(crate) signers: Vec<String>,
+    /// Lines added to the `[state]` table.
+    pub(crate) state: String,
 }
 
 impl Default for Opts {
@@ -179,6 +181,7 @@ impl Default for Opts {
             keys: None,
             governance: governance_body(1, 1, &[ADMIN]),
             signers: vec![ADMIN.to_owned()],
+            state: String::new(),
         }
     }
 }
@@ -364,6 +367,7 @@ impl TestEnv {
             ""
         };
         let trust = &self.opts.governance;
+        let state = &self.opts.state;
         let text = format!(
             r#"[server]
 {server}
@@ -415,6 +419,7 @@ file = "policy.toml"
 {keys}
 [state]
 dir = "state"
+{state}
 
 [audit]
 dir = "audit"

@@ -444,6 +444,70 @@ pub struct SoftKeysConfig {
 pub struct StateConfig {
     /// Directory of the embedded state store.
     pub dir: PathBuf,
+    /// Most bytes of the store sled keeps in memory (its page cache).
+    #[serde(default = "default_cache_bytes")]
+    pub cache_bytes: u64,
+    /// How long an answer is kept for retries of its `request_id`; read it with
+    /// [`StateConfig::idempotency_retention`].
+    #[serde(default, with = "humantime_serde")]
+    idempotency_retention: Option<Duration>,
+    /// How often expired answers are pruned; read it with [`StateConfig::prune_interval`].
+    #[serde(default, with = "humantime_serde")]
+    prune_interval: Option<Duration>,
+}
+
+fn default_cache_bytes() -> u64 {
+    crate::state::DEFAULT_CACHE_BYTES
+}
+
+/// Default of `state.idempotency_retention`: 30 days.
+pub const DEFAULT_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(30 * 86_400);
+/// Shortest `state.idempotency_retention`: a second (a retry after it is refused, never signed
+/// again, so a short retention costs retries, not safety).
+const MIN_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(1);
+/// Longest `state.idempotency_retention`: 100 years (of 365.25 days, as `humantime` counts).
+const MAX_IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(100 * 31_557_600);
+/// Default of `state.prune_interval`.
+const DEFAULT_PRUNE_INTERVAL: Duration = Duration::from_secs(10);
+const MIN_PRUNE_INTERVAL: Duration = Duration::from_millis(100);
+const MAX_PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl StateConfig {
+    /// `idempotency_retention` (default 30 days).
+    pub fn idempotency_retention(&self) -> Duration {
+        self.idempotency_retention
+            .unwrap_or(DEFAULT_IDEMPOTENCY_RETENTION)
+    }
+
+    /// `prune_interval` (default 10 s).
+    pub fn prune_interval(&self) -> Duration {
+        self.prune_interval.unwrap_or(DEFAULT_PRUNE_INTERVAL)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        bounded("state.cache_bytes", self.cache_bytes, 1 << 20, 1 << 40)?;
+        let within = |key: &str, v: Option<Duration>, min: Duration, max: Duration| match v {
+            Some(v) if v < min || v > max => Err(format!(
+                "state.{key} = \"{}\" is out of range: allowed {} to {}",
+                humantime::format_duration(v),
+                humantime::format_duration(min),
+                humantime::format_duration(max)
+            )),
+            _ => Ok(()),
+        };
+        within(
+            "idempotency_retention",
+            self.idempotency_retention,
+            MIN_IDEMPOTENCY_RETENTION,
+            MAX_IDEMPOTENCY_RETENTION,
+        )?;
+        within(
+            "prune_interval",
+            self.prune_interval,
+            MIN_PRUNE_INTERVAL,
+            MAX_PRUNE_INTERVAL,
+        )
+    }
 }
 
 /// `[audit]`.
@@ -734,6 +798,7 @@ impl Config {
             self.audit.group_commit_wait_micros,
         )?;
         self.validate_audit()?;
+        self.state.validate()?;
 
         let mut ids = std::collections::HashSet::new();
         let mut matchers = std::collections::HashSet::new();
@@ -1301,6 +1366,48 @@ administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa623
         assert_eq!(c.audit.dir, PathBuf::from("/etc/signerd/audit"));
         assert_eq!(c.server.max_message_bytes, 1024 * 1024);
         assert_eq!(c.identities[0].id, "app");
+    }
+
+    #[test]
+    fn state_settings_have_defaults_and_ranges() {
+        let c = parse(GOOD).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.state.cache_bytes, 16 << 20);
+        assert_eq!(
+            c.state.idempotency_retention(),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(c.state.prune_interval(), Duration::from_secs(10));
+        let with = |lines: &str| parse(&GOOD.replace("[state]\n", &format!("[state]\n{lines}\n")));
+        let c = with(
+            "cache_bytes = 1048576\nidempotency_retention = \"7days\"\nprune_interval = \"250ms\"",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.state.cache_bytes, 1 << 20);
+        assert_eq!(
+            c.state.idempotency_retention(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(c.state.prune_interval(), Duration::from_millis(250));
+        for (lines, message) in [
+            (
+                "idempotency_retention = \"0s\"",
+                "state.idempotency_retention = \"0s\" is out of range: allowed 1s to 100years",
+            ),
+            (
+                "prune_interval = \"10ms\"",
+                "state.prune_interval = \"10ms\" is out of range: allowed 100ms to 1h",
+            ),
+            (
+                "cache_bytes = 1024",
+                "state.cache_bytes = 1024 is outside 1048576..=1099511627776",
+            ),
+        ] {
+            let e = match with(lines) {
+                Ok(_) => panic!("{lines}: accepted"),
+                Err(e) => e.to_string(),
+            };
+            assert!(e.contains(message), "{lines}: {e}");
+        }
     }
 
     #[test]

@@ -222,6 +222,7 @@ impl Signer {
             fingerprint: w.fingerprint.to_owned(),
             method: p.method.as_str().to_owned(),
             outcome: StoredOutcome::Pending,
+            answered_at: Some(now),
         };
         // The durable write of put_pending makes the request's answer durable too.
         state_call(
@@ -723,6 +724,7 @@ impl Signer {
         let pending = state_call(self.state.get_pending(me, request_id)).await?;
         let answer = state_call(self.state.get_request(me, request_id)).await?;
         if pending.is_none() && answer.is_none() {
+            self.refuse_expired(me, request_id).await?;
             return Err(ServiceError::NotFound(format!(
                 "no request `{request_id}` of `{me}`"
             )));

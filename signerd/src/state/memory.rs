@@ -5,17 +5,24 @@
 //! Writes can be made to fail on demand ([`MemoryStore::fail_writes`]), to test that every
 //! path of the pipeline fails closed when the store does.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::spend::{Charge, Entry, Exceeded, Ledger, Used};
-use super::{LogBinding, PendingRecord, StateError, StateStore, StoredRequest, UsageQuery};
+use super::{
+    LogBinding, PendingRecord, Pruned, StateError, StateStore, StoredRequest, UsageQuery, Verdict,
+    verdict,
+};
 
 /// Everything the store holds, behind one lock: check-and-reserve is atomic.
 #[derive(Default)]
 struct Inner {
     requests: HashMap<(String, String), StoredRequest>,
+    /// The answer-time index: (answered_at, client, request_id).
+    answered: BTreeSet<(i64, String, String)>,
+    /// Expiry markers: when each pruned request was answered.
+    expired: HashMap<(String, String), i64>,
     pending: BTreeMap<(String, String), PendingRecord>,
     ledger: Ledger,
     log: Option<LogBinding>,
@@ -98,10 +105,76 @@ impl StateStore for MemoryStore {
         rec: &StoredRequest,
     ) -> Result<(), StateError> {
         self.writable()?;
-        self.lock()
-            .requests
-            .insert(key(client, request_id), rec.clone());
+        let mut inner = self.lock();
+        if let Some(at) = rec.answered_at {
+            inner
+                .answered
+                .insert((at, client.to_owned(), request_id.to_owned()));
+        }
+        inner.requests.insert(key(client, request_id), rec.clone());
         Ok(())
+    }
+
+    async fn expired(&self, client: &str, request_id: &str) -> Result<Option<i64>, StateError> {
+        Ok(self.lock().expired.get(&key(client, request_id)).copied())
+    }
+
+    async fn put_expired(
+        &self,
+        client: &str,
+        request_id: &str,
+        answered_at: i64,
+    ) -> Result<(), StateError> {
+        self.writable()?;
+        let mut inner = self.lock();
+        inner.expired.insert(key(client, request_id), answered_at);
+        inner.requests.remove(&key(client, request_id));
+        Ok(())
+    }
+
+    async fn prune_answers(&self, cutoff: i64, now: i64, max: usize) -> Result<Pruned, StateError> {
+        self.writable()?;
+        let mut inner = self.lock();
+        let mut done = Pruned::default();
+        while let Some(first) = inner.answered.first().cloned() {
+            let (at, client, request_id) = &first;
+            if *at >= cutoff {
+                break;
+            }
+            if done.examined == max {
+                done.more = true;
+                break;
+            }
+            done.examined += 1;
+            inner.answered.remove(&first);
+            let k = key(client, request_id);
+            match verdict(
+                *at,
+                inner.requests.get(&k),
+                inner.pending.get(&k),
+                cutoff,
+                now,
+            ) {
+                Verdict::Drop => {}
+                Verdict::Keep(later) => {
+                    if let Some(rec) = inner.requests.get_mut(&k) {
+                        rec.answered_at = Some(later);
+                    }
+                    inner
+                        .answered
+                        .insert((later, client.clone(), request_id.clone()));
+                }
+                Verdict::Expire(answered_at) => {
+                    inner.expired.insert(k.clone(), answered_at);
+                    inner.requests.remove(&k);
+                    if inner.pending.get(&k).is_some_and(|p| p.status.is_final()) {
+                        inner.pending.remove(&k);
+                    }
+                    done.expired += 1;
+                }
+            }
+        }
+        Ok(done)
     }
 
     async fn flush(&self) -> Result<(), StateError> {

@@ -36,6 +36,8 @@ pub struct LoggedAnswer<'a> {
     pub record: &'a SignResult,
     /// The `seq` of the `sign.result` record.
     pub seq: u64,
+    /// The `ts` of the `sign.result` record, Unix seconds: when the request was answered.
+    pub ts: i64,
     /// The exact line of the `sign.result` record (without its newline): its leaf hash is
     /// part of the answer.
     pub line: &'a str,
@@ -253,6 +255,8 @@ pub fn scan(
                     let record: SignResult = events::read(line)
                         .map_err(|e| format!("{}: malformed sign.result: {e}", at()))?;
                     let text = std::str::from_utf8(line).map_err(|e| format!("{}: {e}", at()))?;
+                    let ts = signerd_auditor::rfc3339::parse_unix(env.ts)
+                        .ok_or_else(|| format!("{}: `ts` is not an RFC 3339 time", at()))?;
                     on_answer(LoggedAnswer {
                         client: &client,
                         req_id,
@@ -260,6 +264,7 @@ pub fn scan(
                         fingerprint,
                         record: &record,
                         seq: env.seq,
+                        ts,
                         line: text,
                     })
                     .map_err(|e| format!("{}: {e}", at()))?;

@@ -8,6 +8,13 @@
 //! gets signed twice for lack of a record. Pending-approval records are flushed before their
 //! writes return. This module must never build a key that two different (client, request_id)
 //! pairs could share.
+//!
+//! Idempotency retention: the tree `answered` indexes every answer by the time it was answered
+//! (key `answered_at` as a big-endian biased u64 `||` the request's key, empty value), so a
+//! pruning pass reads only what is due, oldest first. An expired answer leaves a marker in the
+//! tree `expired` (the request's key; value `answered_at`, 8 bytes big-endian), kept for
+//! ever. The page cache is bounded (`cache_capacity`); what it does not hold is read from
+//! the files.
 
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
@@ -16,7 +23,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::spend::{Charge, Entry, Exceeded, Ledger, Used};
-use super::{LogBinding, PendingRecord, StateError, StateStore, StoredRequest, UsageQuery};
+use super::{
+    LogBinding, PendingRecord, Pruned, StateError, StateStore, StoredRequest, UsageQuery, Verdict,
+    verdict,
+};
 
 /// Longest client id or request id, in bytes. Both are validated upstream far below this.
 const MAX_KEY_PART_BYTES: usize = 1024;
@@ -36,6 +46,17 @@ const LOG_KEY: &[u8] = b"signerd.log";
 /// Name of the tree holding requests that needed approval, keyed like `requests`.
 const PENDING_TREE: &str = "pending";
 
+/// Name of the tree indexing answers by the time they were answered.
+const ANSWERED_TREE: &str = "answered";
+
+/// Name of the tree holding the expiry markers of pruned answers, keyed like `requests`.
+const EXPIRED_TREE: &str = "expired";
+
+/// Key, in the default tree, present once every record of `requests` is in `answered`
+/// (records of releases before the index are stamped with the time of the first start that
+/// indexes them).
+const INDEXED_KEY: &[u8] = b"signerd.answers-indexed";
+
 /// [`StateStore`] on a sled database. Its methods of the same names are the blocking core: the
 /// store's [`StateStore`] implementation calls those that only touch memory (sled's page cache
 /// and the ledger) inline, and moves those that flush to a blocking thread. Cloning is cheap
@@ -46,6 +67,8 @@ pub struct SledStore {
     requests: sled::Tree,
     pending: sled::Tree,
     spend: sled::Tree,
+    answered: sled::Tree,
+    expired: sled::Tree,
     /// The in-memory view of `spend`; its lock makes check-and-reserve atomic.
     ledger: Arc<Mutex<Ledger>>,
     dir: PathBuf,
@@ -116,8 +139,15 @@ impl SledStore {
         Ok(())
     }
 
-    /// Opens (or creates, mode 0700) the database in `dir`.
+    /// Opens (or creates, mode 0700) the database in `dir`, with the default page cache
+    /// ([`super::DEFAULT_CACHE_BYTES`]).
     pub fn open(dir: &Path) -> Result<SledStore, StateError> {
+        SledStore::open_with_cache(dir, super::DEFAULT_CACHE_BYTES)
+    }
+
+    /// Opens (or creates, mode 0700) the database in `dir`, with a page cache of at most
+    /// `cache_bytes` (sled's own default is 1 GiB).
+    pub fn open_with_cache(dir: &Path, cache_bytes: u64) -> Result<SledStore, StateError> {
         match std::fs::metadata(dir) {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
@@ -150,6 +180,7 @@ impl SledStore {
             // Writes are flushed explicitly; the background flush only bounds the loss of
             // anything else sled keeps.
             .flush_every_ms(Some(500))
+            .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| {
                 StateError::Unavailable(format!("cannot open sled database {}: {e}", dir.display()))
@@ -172,6 +203,16 @@ impl SledStore {
                 dir.display()
             ))
         })?;
+        let open_tree = |name: &str| {
+            db.open_tree(name).map_err(|e| {
+                StateError::Unavailable(format!(
+                    "cannot open tree `{name}` in {}: {e}",
+                    dir.display()
+                ))
+            })
+        };
+        let answered = open_tree(ANSWERED_TREE)?;
+        let expired = open_tree(EXPIRED_TREE)?;
         let mut ledger = Ledger::default();
         for item in spend.iter() {
             let (key, value) = item.map_err(|e| {
@@ -185,15 +226,97 @@ impl SledStore {
             })?;
             ledger.restore(entry);
         }
-        Ok(SledStore {
+        let store = SledStore {
             db,
             requests,
             pending,
             spend,
+            answered,
+            expired,
             ledger: Arc::new(Mutex::new(ledger)),
             dir: dir.to_owned(),
-        })
+        };
+        store.index_earlier_records()?;
+        Ok(store)
     }
+
+    /// Once per store: stamps the records of releases before the answer-time index with now
+    /// and indexes them, so that they expire one retention after the upgrade.
+    fn index_earlier_records(&self) -> Result<(), StateError> {
+        let unavailable = |e: sled::Error| {
+            StateError::Unavailable(format!("index the answers of an earlier release: {e}"))
+        };
+        if self.db.get(INDEXED_KEY).map_err(unavailable)?.is_some() {
+            return Ok(());
+        }
+        let now = unix_now();
+        for item in self.requests.iter() {
+            let (key, value) = item.map_err(unavailable)?;
+            let mut rec = decode_request(&key, &value)?;
+            if rec.answered_at.is_some() {
+                continue;
+            }
+            rec.answered_at = Some(now);
+            self.answered
+                .insert(index_key(now, &key), &[])
+                .map_err(unavailable)?;
+            self.requests
+                .insert(key, encode(REQUESTS_TREE, &rec)?)
+                .map_err(unavailable)?;
+        }
+        self.db.insert(INDEXED_KEY, &[]).map_err(unavailable)?;
+        self.flush()
+    }
+}
+
+/// Now, Unix seconds.
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+fn encode<T: serde::Serialize>(name: &str, rec: &T) -> Result<Vec<u8>, StateError> {
+    serde_json::to_vec(rec).map_err(|e| StateError::Unavailable(format!("encode {name}: {e}")))
+}
+
+fn decode_request(key: &[u8], value: &[u8]) -> Result<StoredRequest, StateError> {
+    serde_json::from_slice(value).map_err(|e| {
+        StateError::Corrupt(format!(
+            "{REQUESTS_TREE}[{}]: cannot decode the stored value: {e}",
+            String::from_utf8_lossy(key).replace('\0', "/")
+        ))
+    })
+}
+
+/// The key of `answered`: the time, ordered as signed numbers are, then the request's key.
+fn index_key(answered_at: i64, request_key: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(8 + request_key.len());
+    key.extend_from_slice(&((answered_at as u64) ^ (1 << 63)).to_be_bytes());
+    key.extend_from_slice(request_key);
+    key
+}
+
+/// (answered_at, request key) of an `answered` key.
+fn split_index_key(key: &[u8]) -> Result<(i64, &[u8]), StateError> {
+    match key.split_first_chunk::<8>() {
+        Some((ts, rest)) => Ok(((u64::from_be_bytes(*ts) ^ (1 << 63)) as i64, rest)),
+        None => Err(StateError::Corrupt(format!(
+            "{ANSWERED_TREE}: a key of {} bytes, shorter than its time",
+            key.len()
+        ))),
+    }
+}
+
+fn decode_marker(key: &[u8], value: &[u8]) -> Result<i64, StateError> {
+    let bytes: [u8; 8] = value.try_into().map_err(|_| {
+        StateError::Corrupt(format!(
+            "{EXPIRED_TREE}[{}]: a marker of {} bytes, not 8",
+            String::from_utf8_lossy(key).replace('\0', "/"),
+            value.len()
+        ))
+    })?;
+    Ok(i64::from_be_bytes(bytes))
 }
 
 /// `client || 0x00 || request_id`. A client id without NUL makes the split unambiguous; the
@@ -265,6 +388,17 @@ impl SledStore {
         request_id: &str,
         rec: &StoredRequest,
     ) -> Result<(), StateError> {
+        // The index entry first: one without its record is dropped by the next pass; a record
+        // without its entry would never expire.
+        if let Some(at) = rec.answered_at {
+            self.answered
+                .insert(index_key(at, &request_key(client, request_id)?), &[])
+                .map_err(|e| {
+                    StateError::Unavailable(format!(
+                        "write {ANSWERED_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+                    ))
+                })?;
+        }
         self.write_record(
             &self.requests,
             REQUESTS_TREE,
@@ -273,6 +407,119 @@ impl SledStore {
             rec,
             false,
         )
+    }
+
+    /// See [`StateStore::expired`].
+    pub fn expired(&self, client: &str, request_id: &str) -> Result<Option<i64>, StateError> {
+        let key = request_key(client, request_id)?;
+        let value = self.expired.get(&key).map_err(|e| {
+            StateError::Unavailable(format!(
+                "read {EXPIRED_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        })?;
+        value.map(|v| decode_marker(&key, &v)).transpose()
+    }
+
+    /// See [`StateStore::put_expired`].
+    pub fn put_expired(
+        &self,
+        client: &str,
+        request_id: &str,
+        answered_at: i64,
+    ) -> Result<(), StateError> {
+        let key = request_key(client, request_id)?;
+        let unavailable = |e: sled::Error| {
+            StateError::Unavailable(format!(
+                "write {EXPIRED_TREE}[client={client:?}, request_id={request_id:?}]: {e}"
+            ))
+        };
+        self.expired
+            .insert(&key, &answered_at.to_be_bytes())
+            .map_err(unavailable)?;
+        self.requests.remove(&key).map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// See [`StateStore::prune_answers`].
+    pub fn prune_answers(&self, cutoff: i64, now: i64, max: usize) -> Result<Pruned, StateError> {
+        let unavailable =
+            |e: sled::Error| StateError::Unavailable(format!("prune {REQUESTS_TREE}: {e}"));
+        let mut done = Pruned::default();
+        for item in self.answered.iter() {
+            let (ikey, _) = item.map_err(unavailable)?;
+            let (at, rkey) = split_index_key(&ikey)?;
+            if at >= cutoff {
+                break;
+            }
+            if done.examined == max {
+                done.more = true;
+                break;
+            }
+            done.examined += 1;
+            let old = self.requests.get(rkey).map_err(unavailable)?;
+            let rec = old.as_ref().map(|v| decode_request(rkey, v)).transpose()?;
+            let pending = self.pending_at(rkey)?;
+            match verdict(at, rec.as_ref(), pending.as_ref(), cutoff, now) {
+                Verdict::Drop => {}
+                Verdict::Keep(later) => {
+                    let Some(mut rec) = rec else { continue };
+                    rec.answered_at = Some(later);
+                    let new_index = index_key(later, rkey);
+                    self.answered
+                        .insert(new_index.as_slice(), &[])
+                        .map_err(unavailable)?;
+                    let swapped = self
+                        .requests
+                        .compare_and_swap(rkey, old, Some(encode(REQUESTS_TREE, &rec)?))
+                        .map_err(unavailable)?;
+                    if swapped.is_err() {
+                        // Answered again meanwhile, with an index entry of its own.
+                        self.answered.remove(new_index).map_err(unavailable)?;
+                    }
+                }
+                Verdict::Expire(answered_at) => {
+                    // The marker first: a crash between the two writes leaves the answer, or
+                    // the marker, never neither.
+                    let marker = answered_at.to_be_bytes();
+                    self.expired.insert(rkey, &marker).map_err(unavailable)?;
+                    let swapped = self
+                        .requests
+                        .compare_and_swap(rkey, old, None as Option<&[u8]>)
+                        .map_err(unavailable)?;
+                    if swapped.is_err() {
+                        let _ = self
+                            .expired
+                            .compare_and_swap(rkey, Some(&marker), None as Option<&[u8]>)
+                            .map_err(unavailable)?;
+                    } else {
+                        if pending.is_some_and(|p| p.status.is_final()) {
+                            self.pending.remove(rkey).map_err(unavailable)?;
+                        }
+                        done.expired += 1;
+                    }
+                }
+            }
+            self.answered.remove(&ikey).map_err(unavailable)?;
+        }
+        Ok(done)
+    }
+
+    /// The approval record under a request's key, if any.
+    fn pending_at(&self, key: &[u8]) -> Result<Option<PendingRecord>, StateError> {
+        let value = self
+            .pending
+            .get(key)
+            .map_err(|e| StateError::Unavailable(format!("read {PENDING_TREE}: {e}")))?;
+        value
+            .map(|v| {
+                serde_json::from_slice(&v).map_err(|e| {
+                    StateError::Corrupt(format!(
+                        "{PENDING_TREE}[{}]: cannot decode the stored value: {e}",
+                        String::from_utf8_lossy(key).replace('\0', "/")
+                    ))
+                })
+            })
+            .transpose()
     }
 
     /// See [`StateStore::probe`].
@@ -478,6 +725,24 @@ impl StateStore for SledStore {
         SledStore::put_request(self, client, request_id, rec)
     }
 
+    async fn expired(&self, client: &str, request_id: &str) -> Result<Option<i64>, StateError> {
+        SledStore::expired(self, client, request_id)
+    }
+
+    async fn put_expired(
+        &self,
+        client: &str,
+        request_id: &str,
+        answered_at: i64,
+    ) -> Result<(), StateError> {
+        SledStore::put_expired(self, client, request_id, answered_at)
+    }
+
+    async fn prune_answers(&self, cutoff: i64, now: i64, max: usize) -> Result<Pruned, StateError> {
+        // A pass reads records that may have left the page cache: off the runtime.
+        off_runtime(self, move |s| s.prune_answers(cutoff, now, max)).await
+    }
+
     async fn flush(&self) -> Result<(), StateError> {
         off_runtime(self, SledStore::flush).await
     }
@@ -602,6 +867,7 @@ mod tests {
             outcome: StoredOutcome::Signed {
                 response: resp.to_owned(),
             },
+            answered_at: Some(1000),
         }
     }
 
@@ -615,6 +881,7 @@ mod tests {
                 rule: Some("no-blind".to_owned()),
                 reason: "raw digests are not allowed".to_owned(),
             },
+            answered_at: Some(1001),
         };
         {
             let store = SledStore::open(&dir.0).unwrap();
@@ -657,6 +924,39 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
+    }
+
+    #[test]
+    fn markers_survive_reopen_and_earlier_records_are_indexed() {
+        let dir = TempDir::new("markers");
+        {
+            let store = open_sled_for_test(&dir.0);
+            store.put_expired("app", "gone", 5).unwrap();
+            // A record as an earlier release wrote it: no time, no index entry.
+            store
+                .requests
+                .insert(
+                    request_key("app", "legacy").unwrap(),
+                    br#"{"fingerprint":"ab","method":"SignEvmMessage","outcome":{"status":"denied","rule":null,"reason":"no"}}"#.to_vec(),
+                )
+                .unwrap();
+            store.db.remove(INDEXED_KEY).unwrap();
+            store.flush().unwrap();
+        }
+        let before = unix_now();
+        let store = open_sled_for_test(&dir.0);
+        assert_eq!(store.expired("app", "gone").unwrap(), Some(5));
+        assert_eq!(store.get_request("app", "gone").unwrap(), None);
+        let legacy = store.get_request("app", "legacy").unwrap().unwrap();
+        let stamped = legacy.answered_at.unwrap();
+        assert!(stamped >= before && stamped <= unix_now(), "{stamped}");
+        assert_eq!(
+            store.prune_answers(stamped, stamped, 10).unwrap().expired,
+            0
+        );
+        let done = store.prune_answers(stamped + 1, stamped + 1, 10).unwrap();
+        assert_eq!(done.expired, 1, "{done:?}");
+        assert_eq!(store.expired("app", "legacy").unwrap(), Some(stamped));
     }
 
     #[test]

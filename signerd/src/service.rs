@@ -28,6 +28,7 @@ use crate::request::{
 };
 use crate::state::{StateStore, StoredOutcome, StoredRequest};
 
+pub mod answers;
 mod approvals;
 mod pins;
 #[cfg(test)]
@@ -220,6 +221,8 @@ pub struct Signer {
     addresses: Mutex<HashMap<Vec<u8>, Option<alloy_primitives::Address>>>,
     /// What reloads check policy signatures with; without it every reload is refused.
     policy_trust: std::sync::OnceLock<crate::policy_file::Trust>,
+    /// Answers between their durable `sign.result` and the state store.
+    answers: Arc<answers::AnswerWatermark>,
 }
 
 /// Most public keys [`Signer::signer_address`] remembers; more keys than this (every key
@@ -269,7 +272,13 @@ impl Signer {
             witness_gate: std::sync::OnceLock::new(),
             addresses: Mutex::new(HashMap::new()),
             policy_trust: std::sync::OnceLock::new(),
+            answers: Arc::default(),
         }
+    }
+
+    /// Which answers are in the state store (see [`answers`]).
+    pub fn answers(&self) -> &Arc<answers::AnswerWatermark> {
+        &self.answers
     }
 
     /// The EVM address of `key` (`self` in the policy's argument matchers); `None` for keys
@@ -873,8 +882,17 @@ impl Signer {
                 message: reason.clone(),
             },
         };
-        if let Err(e) = self.audit.append_durable(result).await {
-            return unavailable(e);
+        let answer = self.answers.begin(self.audit.durable_records());
+        match self.audit.submit_durable(result) {
+            Ok(durable) => match durable.wait().await {
+                Ok(receipt) => answer.at(receipt.seq),
+                // Perhaps written: the watermark stops (dropped below).
+                Err(e) => return unavailable(e),
+            },
+            Err(e) => {
+                answer.not_written();
+                return unavailable(e);
+            }
         }
         let outcome = StoredOutcome::Denied {
             rule: rule.clone(),
@@ -883,6 +901,7 @@ impl Signer {
         if let Err(e) = self.store(caller, prepared, fingerprint, outcome).await {
             return e;
         }
+        answer.stored();
         tracing::info!(rule = rule.as_deref().unwrap_or("-"), "denied");
         ServiceError::PermissionDenied { rule, reason }
     }
@@ -947,29 +966,22 @@ impl Signer {
             }
         };
         let t = std::time::Instant::now();
+        let answer = self.answers.begin(self.audit.durable_records());
         let durable = self.audit.submit_durable(result_rec);
         drop(expected);
         let receipt = match durable {
             Ok(durable) => durable.wait().await,
-            Err(e) => Err(e),
+            Err(e) => {
+                answer.not_written();
+                return self.result_refused(caller, prepared, e);
+            }
         };
         let receipt = match receipt {
             Ok(receipt) => receipt,
-            Err(e) => {
-                // The signature stays in the process: the log could not take its result, or
-                // could not sign the checkpoint that must cover the result before it leaves
-                // (the result was then not written). Best effort, like any record nobody
-                // waits for: a checkpoint covers it once the audit key signs again.
-                let _ = self.audit.append(events::SignResult {
-                    req_id: Some(prepared.request_id.as_str().to_owned()),
-                    client: Some(caller.identity.id.clone()),
-                    outcome: Outcome::Unavailable {
-                        message: format!("no signature was returned: {e}"),
-                    },
-                });
-                return Err(unavailable(e));
-            }
+            // Perhaps written: the watermark stops (`answer` is dropped).
+            Err(e) => return self.result_refused(caller, prepared, e),
         };
+        answer.at(receipt.seq);
         crate::metrics::stage("audit_commit", t.elapsed());
         let signed = Signed {
             signature,
@@ -983,8 +995,29 @@ impl Signer {
             response: hex::encode(wire::encode_answer(prepared.method, signed.clone())),
         };
         self.store(caller, prepared, fingerprint, outcome).await?;
+        answer.stored();
         tracing::debug!(audit_seq = receipt.seq, "signed");
         Ok(signed)
+    }
+
+    /// The signature stays in the process: the log could not take its result, or could not
+    /// sign the checkpoint that must cover the result before it leaves (the result was then
+    /// not written). Best effort, like any record nobody waits for: a checkpoint covers it
+    /// once the audit key signs again.
+    fn result_refused<T>(
+        &self,
+        caller: &Caller,
+        prepared: &Prepared,
+        e: crate::audit::AuditError,
+    ) -> Result<T, ServiceError> {
+        let _ = self.audit.append(events::SignResult {
+            req_id: Some(prepared.request_id.as_str().to_owned()),
+            client: Some(caller.identity.id.clone()),
+            outcome: Outcome::Unavailable {
+                message: format!("no signature was returned: {e}"),
+            },
+        });
+        Err(unavailable(e))
     }
 
     /// Records that an allowed request ended without a signature leaving the process. Best

@@ -35,6 +35,7 @@ mod policy_ops;
 mod policy_tools;
 mod secrets;
 mod signing;
+mod snapshots;
 mod util;
 mod vault;
 mod witness;

@@ -339,7 +339,20 @@ impl Derived {
 
 /// Reads the sealed segments of `dir` after `derived`'s last one, up to segment `through`.
 pub fn advance(dir: &Path, derived: &mut Derived, through: u64) -> Result<(), String> {
+    advance_until(dir, derived, through, &|| false)
+}
+
+/// [`advance`], stopping early (between segments, without an error) once `stop` says so.
+fn advance_until(
+    dir: &Path,
+    derived: &mut Derived,
+    through: u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<(), String> {
     for seg in segments::list(dir)? {
+        if stop() {
+            return Ok(());
+        }
         if seg.no > derived.segment() && seg.no <= through {
             derived.read_segment(&seg)?;
         }
@@ -513,11 +526,17 @@ async fn build_once(
     let dir = b.dir.clone();
     let key = b.key.clone();
     let before = derived.as_ref().map_or(0, Derived::segment);
+    // Shutdown ends a long first read between two segments.
+    let stopping = bg.child();
     let work = tokio::task::spawn_blocking(move || {
         let mut d = derived.unwrap_or_else(|| Derived::new(&key));
         // Every segment but the last (the active one) is sealed and durable.
         let last = segments::list(&dir)?.last().map_or(0, |s| s.no);
-        advance(&dir, &mut d, last.saturating_sub(1))?;
+        let stop = || stopping.is_cancelled();
+        advance_until(&dir, &mut d, last.saturating_sub(1), &stop)?;
+        if stop() {
+            return Ok((d, None));
+        }
         let written = match d.snapshot() {
             Some(s) if d.segment() > before => Some((s.records, write(&dir, &s)?)),
             _ => None,

@@ -346,7 +346,7 @@ pub fn audit_recover(data: &[u8]) {
     let Some((_, dir)) = write_log(data) else {
         return;
     };
-    let _ = crate::audit::recover::scan(dir.path(), audit_key());
+    let _ = crate::audit::recover::scan(dir.path(), audit_key(), None);
 }
 
 /// C2SP checkpoints and signed notes (the `checkpoint` file, `audit.checkpoint` records,

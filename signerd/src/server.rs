@@ -214,6 +214,7 @@ impl Daemon {
             origin: config.audit.origin.clone(),
             first_record: first.map(hex::encode).unwrap_or_default(),
             records: 0,
+            answers_complete: None,
         };
         let bound = state.log_binding().await.map_err(start("state"))?;
         // A store bound to another log (a new or replaced audit directory). A new store, or
@@ -236,11 +237,37 @@ impl Daemon {
             }
             other => (other, None),
         };
-        let audit = AuditLog::open(
+        // The newest snapshot the log vouches for spares reading the records it covers. The
+        // answers below it must be in the store: only snapshots up to the position through
+        // which the store says it holds every answer are tried.
+        let answers_complete = bound.as_ref().and_then(|b| b.answers_complete);
+        let candidates = snapshot_candidates(&config.audit.dir, answers_complete);
+        let (audit, used) = AuditLog::open_from(
             &config.audit.dir,
             AuditOptions::from_config(&config.audit, audit_key.signer),
+            &candidates,
         )
         .map_err(start("audit"))?;
+        let used = used.and_then(|i| candidates.into_iter().nth(i));
+        let (ledger, first_segment, answers_from) = match &used {
+            Some(l) => {
+                tracing::info!(
+                    snapshot = %l.file,
+                    records = l.snapshot.records,
+                    "start-up continues from a snapshot the audit log vouches for"
+                );
+                (
+                    l.snapshot.ledger.clone(),
+                    l.snapshot.segment + 1,
+                    l.snapshot.records,
+                )
+            }
+            None => (
+                crate::state::reconcile::Ledger::default(),
+                1,
+                answers_complete.unwrap_or(0),
+            ),
+        };
         // The audit log is the source of truth for spend: count exactly what was signed.
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -252,13 +279,20 @@ impl Daemon {
         let (answers, mut to_restore) = tokio::sync::mpsc::channel(256);
         let audit_dir = config.audit.dir.clone();
         let scan = tokio::task::spawn_blocking(move || {
-            crate::state::reconcile::scan(&audit_dir, now, &mut |answer| {
-                let rec = crate::service::answer_from_log(&answer)?;
-                let owned = (answer.client.to_owned(), answer.req_id.to_owned(), rec);
-                answers
-                    .blocking_send(owned)
-                    .map_err(|_| "the state store stopped taking answers".to_owned())
-            })
+            crate::state::reconcile::scan_from(
+                &audit_dir,
+                ledger,
+                first_segment,
+                answers_from,
+                &mut |answer| {
+                    let rec = crate::service::answer_from_log(&answer)?;
+                    let owned = (answer.client.to_owned(), answer.req_id.to_owned(), rec);
+                    answers
+                        .blocking_send(owned)
+                        .map_err(|_| "the state store stopped taking answers".to_owned())
+                },
+            )
+            .map(|ledger| ledger.finish(now))
         });
         let mut restored = 0u64;
         // Answers older than the retention come back as expiry markers, never as answers, so
@@ -361,9 +395,12 @@ impl Daemon {
         // A new log has its first record only now that it is open.
         let first = crate::state::reconcile::first_record(&config.audit.dir)
             .map_err(start("reconciling from the audit log"))?;
+        // Every answer the log holds is in the store once the binding below is durable (it
+        // flushes the answers restored above).
         let current = crate::state::LogBinding {
             records: scanned.records,
             first_record: first.map(hex::encode).unwrap_or_default(),
+            answers_complete: Some(scanned.records),
             ..identity
         };
         // The same log, cut back below what the store has seen.
@@ -459,6 +496,17 @@ impl Daemon {
             .learn_pins(scanned.pins, &config.keys.allow_weak_keys)
             .map_err(start("reconciling from the audit log"))?;
         tracing::info!(pins = pinned, "key pins learned from the audit log");
+        crate::audit::snapshot::spawn_builder(
+            &background,
+            crate::audit::snapshot::Builder {
+                dir: config.audit.dir.clone(),
+                key: signer.audit().verifier_key().clone(),
+                audit: signer.audit().clone(),
+                state: state.clone(),
+                answers: signer.answers().clone(),
+            },
+            used.map(|l| l.snapshot),
+        );
         if let Some(previous) = rebind {
             tracing::warn!(
                 previous_origin = %previous.origin,
@@ -755,8 +803,18 @@ impl Daemon {
         let closed = self.signer.audit().shutdown().await;
         if closed.is_ok() {
             // The store has seen every record: a start on a shorter copy of the log is refused.
+            // Every request has ended: unless an answer was lost, the store holds them all.
+            let records = self.signer.audit().durable_records();
+            let answers_complete = match self.signer.answers().complete_through(records) {
+                Some(true) => Some(records),
+                _ => match self.state.log_binding().await {
+                    Ok(Some(b)) => b.answers_complete,
+                    _ => None,
+                },
+            };
             let seen = crate::state::LogBinding {
-                records: self.signer.audit().durable_records(),
+                records,
+                answers_complete,
                 ..self.log.clone()
             };
             if let Err(e) = self.state.bind_log(&seen).await {
@@ -766,6 +824,51 @@ impl Daemon {
         result.map_err(|e| ServerError::Serve(e.to_string()))?;
         closed.map_err(|e| ServerError::Serve(e.to_string()))
     }
+}
+
+/// The snapshots start-up may continue from, newest first: those at or below the position
+/// through which the state store holds every answer (`answers_complete`; none without it),
+/// that can be read. Each one passed over is named in a warning with the reason.
+fn snapshot_candidates(
+    dir: &std::path::Path,
+    answers_complete: Option<u64>,
+) -> Vec<crate::audit::snapshot::Loaded> {
+    let found = match crate::audit::snapshot::list(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "no snapshot used: reading the whole audit log");
+            return Vec::new();
+        }
+    };
+    if found.is_empty() {
+        return Vec::new();
+    }
+    let Some(complete) = answers_complete else {
+        tracing::warn!(
+            "no snapshot used: the state store does not say which answers it holds (a new or replaced store, or one of an earlier release); reading the whole audit log"
+        );
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for (records, path) in found {
+        if records > complete {
+            tracing::warn!(
+                snapshot = %path.display(),
+                answers_complete = complete,
+                "snapshot not used: the state store holds every answer only through an earlier position"
+            );
+            continue;
+        }
+        match crate::audit::snapshot::load(&path) {
+            Ok(l) => out.push(l),
+            Err(e) => tracing::warn!(
+                snapshot = %path.display(),
+                error = %e,
+                "snapshot not used; trying an older snapshot, then the whole log"
+            ),
+        }
+    }
+    out
 }
 
 /// A future that resolves on SIGTERM or SIGINT. The handlers are installed when this is

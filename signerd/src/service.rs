@@ -29,6 +29,7 @@ use crate::request::{
 use crate::state::{StateStore, StoredOutcome, StoredRequest};
 
 mod admission;
+pub mod answers;
 mod approvals;
 pub mod auth_failures;
 mod pins;
@@ -234,6 +235,8 @@ pub struct Signer {
     auth_failures: Mutex<auth_failures::Folder>,
     /// `[state] idempotency_retention`, for the messages of expired requests.
     retention: std::sync::OnceLock<std::time::Duration>,
+    /// Answers between their durable `sign.result` and the state store.
+    answers: Arc<answers::AnswerWatermark>,
 }
 
 /// Most public keys [`Signer::signer_address`] remembers; more keys than this (every key
@@ -288,6 +291,7 @@ impl Signer {
                 crate::config::DEFAULT_AUTH_FAILURE_WINDOW,
             )),
             retention: std::sync::OnceLock::new(),
+            answers: Arc::default(),
         }
     }
 
@@ -302,6 +306,11 @@ impl Signer {
     /// How much signing work runs at once and how long a request waits for its turn.
     pub fn admission(&self) -> Admission {
         self.gate.admission()
+    }
+
+    /// Which answers are in the state store (see [`answers`]).
+    pub fn answers(&self) -> &Arc<answers::AnswerWatermark> {
+        &self.answers
     }
 
     /// The EVM address of `key` (`self` in the policy's argument matchers); `None` for keys
@@ -939,8 +948,17 @@ impl Signer {
                 message: reason.clone(),
             },
         };
-        if let Err(e) = self.audit.append_durable(result).await {
-            return unavailable(e);
+        let answer = self.answers.begin(self.audit.durable_records());
+        match self.audit.submit_durable(result) {
+            Ok(durable) => match durable.wait().await {
+                Ok(receipt) => answer.at(receipt.seq),
+                // Perhaps written: the watermark stops (dropped below).
+                Err(e) => return unavailable(e),
+            },
+            Err(e) => {
+                answer.not_written();
+                return unavailable(e);
+            }
         }
         let outcome = StoredOutcome::Denied {
             rule: rule.clone(),
@@ -949,6 +967,7 @@ impl Signer {
         if let Err(e) = self.store(caller, prepared, fingerprint, outcome).await {
             return e;
         }
+        answer.stored();
         tracing::info!(rule = rule.as_deref().unwrap_or("-"), "denied");
         ServiceError::PermissionDenied { rule, reason }
     }
@@ -1013,29 +1032,22 @@ impl Signer {
             }
         };
         let t = std::time::Instant::now();
+        let answer = self.answers.begin(self.audit.durable_records());
         let durable = self.audit.submit_durable(result_rec);
         drop(expected);
         let receipt = match durable {
             Ok(durable) => durable.wait().await,
-            Err(e) => Err(e),
+            Err(e) => {
+                answer.not_written();
+                return self.result_refused(caller, prepared, e);
+            }
         };
         let receipt = match receipt {
             Ok(receipt) => receipt,
-            Err(e) => {
-                // The signature stays in the process: the log could not take its result, or
-                // could not sign the checkpoint that must cover the result before it leaves
-                // (the result was then not written). Best effort, like any record nobody
-                // waits for: a checkpoint covers it once the audit key signs again.
-                let _ = self.audit.append(events::SignResult {
-                    req_id: Some(prepared.request_id.as_str().to_owned()),
-                    client: Some(caller.identity.id.clone()),
-                    outcome: Outcome::Unavailable {
-                        message: format!("no signature was returned: {e}"),
-                    },
-                });
-                return Err(unavailable(e));
-            }
+            // Perhaps written: the watermark stops (`answer` is dropped).
+            Err(e) => return self.result_refused(caller, prepared, e),
         };
+        answer.at(receipt.seq);
         crate::metrics::stage("audit_commit", t.elapsed());
         let signed = Signed {
             signature,
@@ -1049,8 +1061,29 @@ impl Signer {
             response: hex::encode(wire::encode_answer(prepared.method, signed.clone())),
         };
         self.store(caller, prepared, fingerprint, outcome).await?;
+        answer.stored();
         tracing::debug!(audit_seq = receipt.seq, "signed");
         Ok(signed)
+    }
+
+    /// The signature stays in the process: the log could not take its result, or could not
+    /// sign the checkpoint that must cover the result before it leaves (the result was then
+    /// not written). Best effort, like any record nobody waits for: a checkpoint covers it
+    /// once the audit key signs again.
+    fn result_refused<T>(
+        &self,
+        caller: &Caller,
+        prepared: &Prepared,
+        e: crate::audit::AuditError,
+    ) -> Result<T, ServiceError> {
+        let _ = self.audit.append(events::SignResult {
+            req_id: Some(prepared.request_id.as_str().to_owned()),
+            client: Some(caller.identity.id.clone()),
+            outcome: Outcome::Unavailable {
+                message: format!("no signature was returned: {e}"),
+            },
+        });
+        Err(unavailable(e))
     }
 
     /// Records that an allowed request ended without a signature leaving the process. Best

@@ -38,6 +38,7 @@ mod policy_tools;
 mod retention;
 mod secrets;
 mod signing;
+mod snapshots;
 mod util;
 mod vault;
 mod witness;

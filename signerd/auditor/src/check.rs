@@ -15,7 +15,7 @@ use serde::Deserialize;
 use crate::envelope::{self, Field, LineError};
 use crate::events::{
     self, ApprovalVote, AuditCheckpoint, AuditRecover, AuditSegmentOpen, AuditSegmentSeal,
-    Decision, Event, KeyPin, Kind, Outcome, SignResult,
+    AuditSnapshot, Decision, Event, KeyPin, Kind, Outcome, SignResult,
 };
 use crate::merkle::{self, Frontier, Hash};
 use crate::note::{self, Checkpoint, VerifierKey};
@@ -105,7 +105,7 @@ pub struct Options {
 }
 
 /// A signing request that has no result yet.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct OpenRequest {
     /// `seq` of its `sign.request`.
     pub seq: u64,
@@ -293,7 +293,7 @@ impl Pairing {
 }
 
 /// Counts for the verification report.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Stats {
     /// Records checked.
     pub records: u64,
@@ -320,11 +320,12 @@ pub struct Stats {
 }
 
 /// The last `audit.checkpoint` record seen.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LastCheckpoint {
     /// Its `seq` (which is also the tree size it covers).
     pub seq: u64,
     /// Its root.
+    #[serde(with = "hex32")]
     pub root: Hash,
     /// The note text.
     pub note: String,
@@ -350,11 +351,12 @@ pub struct SegmentState {
 }
 
 /// A sealed segment: what the next `audit.segment_open` must name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SealedSegment {
     /// Its file name.
     pub name: String,
     /// SHA-256 of the whole file.
+    #[serde(with = "hex32")]
     pub sha256: Hash,
     /// Its size in bytes.
     pub bytes: u64,
@@ -436,7 +438,7 @@ pub struct Checker {
 }
 
 /// What an `audit.recover` record says recovery cut and saved.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Recovered {
     /// Where the cut bytes were saved, relative to the log directory.
     pub saved_as: String,
@@ -446,7 +448,172 @@ pub struct Recovered {
     pub bytes: u64,
 }
 
+/// A hash as lowercase hex in serialized state.
+mod hex32 {
+    use super::Hash;
+
+    pub(super) fn serialize<S: serde::Serializer>(h: &Hash, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(h))
+    }
+
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Hash, D::Error> {
+        let text = <String as serde::Deserialize>::deserialize(d)?;
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&text, &mut out).map_err(serde::de::Error::custom)?;
+        Ok(out)
+    }
+}
+
+/// One perfect subtree of the tree's right edge, in serialized state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FrontierNode {
+    /// Its height (0: a leaf).
+    pub height: u32,
+    /// Its hash.
+    #[serde(with = "hex32")]
+    pub hash: Hash,
+}
+
+/// A `key.pin` record the checker remembers, in serialized state.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PinSeen {
+    /// `seq` of the `key.pin` record.
+    pub seq: u64,
+    /// The pinned key.
+    pub key: String,
+    /// The pinned version, if the key has versions.
+    pub version: Option<u64>,
+}
+
+/// Everything a [`Checker`] knows after the last record of a sealed segment, so that a
+/// checker resumed from it ([`Checker::resume`]) checks the records after that segment
+/// exactly as a checker that read the whole log would. Deterministic: serializing the state
+/// of two checkers that read the same records gives the same bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckerState {
+    /// The `seq` of the next record: how many records were checked.
+    pub next_seq: u64,
+    /// The leaf hash of the last record.
+    #[serde(with = "hex32")]
+    pub prev: Hash,
+    /// The right edge of the Merkle tree, largest subtree first.
+    pub tree: Vec<FrontierNode>,
+    /// The last sealed segment, which the next `audit.segment_open` names.
+    pub sealed: SealedSegment,
+    /// The checkpoints' origin, once a checkpoint was seen.
+    pub origin: Option<String>,
+    /// The last `audit.checkpoint` record.
+    pub last_checkpoint: Option<LastCheckpoint>,
+    /// Requests without a result, in the order of their `sign.request`.
+    pub open: Vec<OpenRequest>,
+    /// `key.pin` records, by `seq`.
+    pub pins: Vec<PinSeen>,
+    /// Counts so far.
+    pub stats: Stats,
+    /// The type of the last record.
+    pub last_kind: Option<String>,
+    /// `seq` after the last attested record.
+    pub attested_next: u64,
+    /// `audit.recover` records, in order.
+    pub recovered: Vec<Recovered>,
+}
+
 impl Checker {
+    /// The checker's state, between segments: right after [`Checker::end_segment`] of a sealed
+    /// segment (`None` elsewhere).
+    pub fn state(&self) -> Option<CheckerState> {
+        if self.segment.is_some() {
+            return None;
+        }
+        let sealed = self.sealed.clone()?;
+        let mut open: Vec<OpenRequest> = self.pairing.open.values().flatten().cloned().collect();
+        open.sort_by_key(|r| r.seq);
+        let mut pins: Vec<PinSeen> = self
+            .pins
+            .iter()
+            .map(|(seq, (key, version))| PinSeen {
+                seq: *seq,
+                key: key.clone(),
+                version: *version,
+            })
+            .collect();
+        pins.sort_by_key(|p| p.seq);
+        Some(CheckerState {
+            next_seq: self.next_seq,
+            prev: self.prev,
+            tree: self
+                .tree
+                .nodes()
+                .iter()
+                .map(|&(height, hash)| FrontierNode { height, hash })
+                .collect(),
+            sealed,
+            origin: self.origin.clone(),
+            last_checkpoint: self.last_checkpoint.clone(),
+            open,
+            pins,
+            stats: self.stats.clone(),
+            last_kind: self.last_kind.clone(),
+            attested_next: self.attested_next,
+            recovered: self.recovered.clone(),
+        })
+    }
+
+    /// A checker that continues after the sealed segment `state` was taken at. External
+    /// checkpoints in `opts.expected` smaller than the state's tree are not checked (their
+    /// roots are not in the state); the others are, as by [`Checker::new`].
+    pub fn resume(mut opts: Options, state: CheckerState) -> Result<Checker, String> {
+        let tree = Frontier::from_nodes(
+            state.next_seq,
+            state.tree.iter().map(|n| (n.height, n.hash)).collect(),
+        )?;
+        if state.attested_next > state.next_seq
+            || state.stats.records != state.next_seq
+            || state
+                .last_checkpoint
+                .as_ref()
+                .is_some_and(|c| c.seq >= state.next_seq)
+        {
+            return Err("the checker state is inconsistent".to_owned());
+        }
+        opts.expected.sort_by_key(|e| e.checkpoint.size);
+        let expected_next = opts
+            .expected
+            .iter()
+            .take_while(|e| e.checkpoint.size < state.next_seq)
+            .count();
+        let mut pairing = Pairing::default();
+        for r in state.open {
+            pairing
+                .open
+                .entry((r.client.clone(), r.req_id.clone()))
+                .or_default()
+                .push_back(r);
+        }
+        Ok(Checker {
+            opts,
+            next_seq: state.next_seq,
+            prev: state.prev,
+            tree,
+            segment: None,
+            sealed: Some(state.sealed),
+            origin: state.origin,
+            last_checkpoint: state.last_checkpoint,
+            pairing,
+            pins: state
+                .pins
+                .into_iter()
+                .map(|p| (p.seq, (p.key, p.version)))
+                .collect(),
+            stats: state.stats,
+            expected_next,
+            last_kind: state.last_kind,
+            attested_next: state.attested_next,
+            recovered: state.recovered,
+        })
+    }
+
     /// A checker for a log that starts at `seq` 0.
     pub fn new(mut opts: Options) -> Checker {
         opts.expected.sort_by_key(|e| e.checkpoint.size);
@@ -729,6 +896,21 @@ impl Checker {
                     sha256: b.sha256,
                     bytes: b.bytes,
                 });
+            }
+            Kind::AuditSnapshot => {
+                let b: AuditSnapshot = body(line, kind).map_err(&fail)?;
+                if !is_hex32(&b.sha256)
+                    || b.records >= seq
+                    || b.file != crate::layout::snapshot_file(b.records)
+                {
+                    return Err(fail(format!(
+                        "malformed audit.snapshot record (records {}, sha256 {:?}, file {:?}): it must name a snapshot of fewer records than come before it, as {}",
+                        b.records,
+                        b.sha256,
+                        b.file,
+                        crate::layout::snapshot_file(b.records)
+                    )));
+                }
             }
             Kind::AuditStart => {
                 self.stats.starts += 1;

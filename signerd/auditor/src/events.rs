@@ -87,6 +87,8 @@ closed_set! {
         AuditSegmentOpen = "audit.segment_open",
         /// [`AuditRecover`].
         AuditRecover = "audit.recover",
+        /// [`AuditSnapshot`].
+        AuditSnapshot = "audit.snapshot",
         /// [`AuthFailure`].
         AuthFailure = "auth.failure",
         /// [`PolicyLoad`].
@@ -236,6 +238,7 @@ event! {
     AuditSegmentSeal => AuditSegmentSeal,
     AuditSegmentOpen => AuditSegmentOpen,
     AuditRecover => AuditRecover,
+    AuditSnapshot => AuditSnapshot,
     AuthFailure => AuthFailure,
     PolicyLoad => PolicyLoad,
     PolicyRefused => PolicyRefused,
@@ -340,6 +343,19 @@ pub struct AuditSegmentSeal {
     pub first_seq: u64,
     /// Number of records in the segment, this one included.
     pub records: u64,
+}
+
+/// `audit.snapshot`: a snapshot of the state derived from the first `records` records was
+/// written beside the log and made durable; start-up uses a snapshot only when such a record
+/// names its hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditSnapshot {
+    /// How many records the snapshot covers (records `0 .. records-1`, whole sealed segments).
+    pub records: u64,
+    /// SHA-256 of the snapshot file (every byte), lowercase hex.
+    pub sha256: String,
+    /// The snapshot file, relative to the log directory (`snapshots/snapshot-<records>.json`).
+    pub file: String,
 }
 
 /// `audit.segment_open`: the first record of every segment after the first.

@@ -1,5 +1,6 @@
-//! The files of a log directory besides its segments: the `checkpoint` file, and the bytes
-//! crash recovery cut, kept in `recovered/` (`docs/audit-log.md`, "Files").
+//! The files of a log directory besides its segments: the `checkpoint` file, the bytes
+//! crash recovery cut, kept in `recovered/`, and snapshots of derived state in `snapshots/`
+//! (`docs/audit-log.md`, "Files").
 //!
 //! This module only reads. It must never follow a symbolic link to a file it reads, or read
 //! more of a file than the format allows (a note, a torn tail).
@@ -16,6 +17,27 @@ pub const CHECKPOINT_FILE: &str = "checkpoint";
 
 /// Directory (inside the log directory) where crash recovery keeps the bytes it cut.
 pub const RECOVERED_DIR: &str = "recovered";
+
+/// Directory (inside the log directory) holding snapshots of the state derived from the log.
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+
+/// Largest snapshot file start-up or an auditor reads; a bigger one is refused unread.
+pub const MAX_SNAPSHOT_BYTES: u64 = 256 << 20;
+
+/// The snapshot file of the first `records` records, relative to the log directory:
+/// `snapshots/snapshot-<records>.json`, `records` in 20 digits (so that names sort by it).
+pub fn snapshot_file(records: u64) -> String {
+    format!("{SNAPSHOTS_DIR}/snapshot-{records:020}.json")
+}
+
+/// The number of records a snapshot file name (without directory) says it covers.
+pub fn parse_snapshot_name(name: &str) -> Option<u64> {
+    let digits = name.strip_prefix("snapshot-")?.strip_suffix(".json")?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
 
 /// Largest torn tail crash recovery cuts (a batch of maximal records); anything bigger is not
 /// a torn write.

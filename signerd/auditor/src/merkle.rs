@@ -99,6 +99,25 @@ impl Frontier {
         self.size += 1;
     }
 
+    /// (height, hash) of each maximal perfect subtree, largest first: with [`Frontier::size`],
+    /// everything needed to continue the tree.
+    pub fn nodes(&self) -> &[(u32, Hash)] {
+        &self.nodes
+    }
+
+    /// The frontier of a tree of `size` leaves whose maximal perfect subtrees are `nodes`
+    /// (largest first). Refuses nodes that cannot be the frontier of `size` leaves: their
+    /// heights must be the set bits of `size`, highest first.
+    pub fn from_nodes(size: u64, nodes: Vec<(u32, Hash)>) -> Result<Frontier, String> {
+        let heights: Vec<u32> = (0..64).rev().filter(|h| size >> h & 1 == 1).collect();
+        if nodes.iter().map(|(h, _)| *h).ne(heights.iter().copied()) {
+            return Err(format!(
+                "a tree of {size} leaves has perfect subtrees of heights {heights:?}"
+            ));
+        }
+        Ok(Frontier { size, nodes })
+    }
+
     /// The tree head over every leaf pushed so far.
     pub fn root(&self) -> Hash {
         let mut iter = self.nodes.iter().rev();
@@ -109,6 +128,28 @@ impl Frontier {
             acc = node_hash(left, &acc);
         }
         acc
+    }
+}
+
+#[cfg(test)]
+mod frontier_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_frontier_rebuilt_from_its_nodes_continues_the_same_tree() {
+        let mut a = Frontier::new();
+        for i in 0..13u8 {
+            a.push(leaf_hash(&[i]));
+        }
+        let mut b = Frontier::from_nodes(a.size(), a.nodes().to_vec()).unwrap();
+        for i in 13..40u8 {
+            a.push(leaf_hash(&[i]));
+            b.push(leaf_hash(&[i]));
+        }
+        assert_eq!(a, b);
+        assert!(Frontier::from_nodes(12, a.nodes().to_vec()).is_err());
+        assert!(Frontier::from_nodes(3, vec![(0, [0; 32]), (1, [0; 32])]).is_err());
     }
 }
 

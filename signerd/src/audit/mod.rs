@@ -23,9 +23,11 @@
 //! whose chain, tree or checkpoints it cannot validate.
 
 pub mod archive;
+pub mod generate;
 pub mod key;
 pub mod recheck;
 pub(crate) mod recover;
+pub mod snapshot;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -284,6 +286,19 @@ impl AuditLog {
     /// result get `sign.result` `unknown_crash`, all before `audit.start`. These records are
     /// fsynced before this returns, whatever `opts.fsync` says.
     pub fn open(dir: &Path, opts: AuditOptions) -> Result<AuditLog, AuditError> {
+        Self::open_from(dir, opts, &[]).map(|(log, _)| log)
+    }
+
+    /// [`AuditLog::open`], resuming the checks after the first of `snapshots` (newest first)
+    /// that the log vouches for: an `audit.snapshot` record after the records it covers names
+    /// its SHA-256, and the records after it check from its state. A snapshot that is not
+    /// vouched for, or from which the checks fail, is skipped with a warning; without one, the
+    /// whole log is read. Returns the log and the index of the snapshot used.
+    pub fn open_from(
+        dir: &Path,
+        opts: AuditOptions,
+        snapshots: &[snapshot::Loaded],
+    ) -> Result<(AuditLog, Option<usize>), AuditError> {
         let lock = recover::prepare_dir(dir)?;
         let verifier = VerifierKey::new(opts.signer.name(), &opts.signer.public_key())
             .map_err(|e| AuditError::Open(format!("the audit signing key: {e}")))?;
@@ -303,7 +318,36 @@ impl AuditLog {
                 )));
             }
         }
-        let scan = recover::scan(dir, &verifier)?;
+        let mut used = None;
+        let mut found = None;
+        for (i, c) in snapshots.iter().enumerate() {
+            let sha = hex::encode(c.sha256);
+            match recover::scan(dir, &verifier, Some(&c.snapshot)) {
+                Ok(s)
+                    if s.vouched
+                        .iter()
+                        .any(|(r, h)| *r == c.snapshot.records && *h == sha) =>
+                {
+                    found = Some(s);
+                    used = Some(i);
+                    break;
+                }
+                Ok(_) => tracing::warn!(
+                    snapshot = %c.file,
+                    sha256 = %sha,
+                    "snapshot not used: no audit.snapshot record after it names its SHA-256 (changed, forged, or written just before a crash); trying an older snapshot, then the whole log"
+                ),
+                Err(e) => tracing::warn!(
+                    snapshot = %c.file,
+                    error = %e,
+                    "snapshot not used: the log after it does not check from it; trying an older snapshot, then the whole log"
+                ),
+            }
+        }
+        let scan = match found {
+            Some(s) => s,
+            None => recover::scan(dir, &verifier, None)?,
+        };
         let shared = Arc::new(Shared::new(opts.stall_after));
         let mut recovery =
             recover::apply(dir, scan, lock, opts.signer, settings, Arc::clone(&shared))?;
@@ -335,7 +379,7 @@ impl AuditLog {
         writer
             .commit(&records, true, writer::Attest::Required)
             .map_err(written)?;
-        Self::spawn(writer, dir.to_owned(), shared, verifier)
+        Self::spawn(writer, dir.to_owned(), shared, verifier).map(|log| (log, used))
     }
 
     /// A log whose writer appends to an arbitrary open `file` checked against `path`, starting
@@ -494,6 +538,12 @@ impl AuditLog {
     /// then back to `true` around a pause.
     pub fn health(&self) -> tokio::sync::watch::Receiver<bool> {
         self.inner.shared.subscribe()
+    }
+
+    /// A receiver of the number of the last segment this log sealed since it was opened
+    /// (0 before the first seal).
+    pub fn sealed(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.shared.sealed.subscribe()
     }
 
     /// The log directory.

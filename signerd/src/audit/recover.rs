@@ -131,12 +131,22 @@ pub(crate) struct Scan {
     pub(crate) active_sha: Sha256,
     /// The torn tail, if any.
     pub(crate) torn: Option<Torn>,
+    /// (`records`, `sha256`) of every `audit.snapshot` record read (attested ones only: an
+    /// unattested tail is read again without them).
+    pub(crate) vouched: Vec<(u64, String)>,
 }
 
 /// Reads every segment of `dir` and checks it (structure, chain, checkpoints signed by `key`,
 /// consistency with `DIR/checkpoint`). Read-only: it decides what recovery must do.
-pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
-    let first = scan_until(dir, key, None)?;
+///
+/// With `start`, the checks resume after the snapshot instead of reading the segments it
+/// covers; external checkpoints smaller than the snapshot are then not checked.
+pub(crate) fn scan(
+    dir: &Path,
+    key: &VerifierKey,
+    start: Option<&super::snapshot::Snapshot>,
+) -> Result<Scan, AuditError> {
+    let first = scan_until(dir, key, None, start)?;
     let unattested = first.scan.checker.next_seq() - first.attested.next_seq;
     if unattested == 0 {
         return Ok(first.scan);
@@ -166,7 +176,7 @@ pub(crate) fn scan(dir: &Path, key: &VerifierKey) -> Result<Scan, AuditError> {
         )));
     }
     // The checks again, up to the last attested record: the state the log continues from.
-    let mut again = scan_until(dir, key, Some(offset))?.scan;
+    let mut again = scan_until(dir, key, Some(offset), start)?.scan;
     again.torn = Some(Torn {
         bytes: tail_bytes(&seg.path, offset)?,
         segment: seg,
@@ -183,7 +193,12 @@ struct Scanned {
 }
 
 /// [`scan`], reading the last segment only up to byte `limit` when given.
-fn scan_until(dir: &Path, key: &VerifierKey, limit: Option<u64>) -> Result<Scanned, AuditError> {
+fn scan_until(
+    dir: &Path,
+    key: &VerifierKey,
+    limit: Option<u64>,
+    start: Option<&super::snapshot::Snapshot>,
+) -> Result<Scanned, AuditError> {
     let mut expected = Vec::new();
     if let Some((_, checkpoint)) = read_checkpoint_file(dir, Some(key)).map_err(open_err)? {
         expected.push(Expected {
@@ -200,12 +215,21 @@ fn scan_until(dir: &Path, key: &VerifierKey, limit: Option<u64>) -> Result<Scann
         });
     }
     let segments = segments::list(dir).map_err(open_err)?;
-    let mut checker = Checker::new(check::Options {
+    let opts = check::Options {
         key: Some(key.clone()),
         strict_semantics: false,
         expected,
         verified_below: 0,
-    });
+    };
+    let (mut checker, skip) = match start {
+        Some(s) => (
+            Checker::resume(opts, s.checker.clone())
+                .map_err(|e| open_err(format!("snapshot of {} records: {e}", s.records)))?,
+            s.segment,
+        ),
+        None => (Checker::new(opts), 0),
+    };
+    let mut vouched = Vec::new();
     let refuse = |f: check::Failure| {
         open_err(format!(
             "{} {f}; refusing to start (fail closed)",
@@ -215,9 +239,29 @@ fn scan_until(dir: &Path, key: &VerifierKey, limit: Option<u64>) -> Result<Scann
     let mut torn = None;
     let mut active_bytes = 0;
     let mut active_sha = Sha256::new();
-    let mut attested = Attested::default();
+    // After a snapshot, everything it covers is attested (a segment is sealed only once a
+    // checkpoint covers it).
+    let mut attested = Attested {
+        segment: segments
+            .iter()
+            .take_while(|s| s.no <= skip)
+            .count()
+            .saturating_sub(1),
+        offset: 0,
+        next_seq: checker.next_seq() - checker.unattested(),
+    };
     for (i, seg) in segments.iter().enumerate() {
         let last = i + 1 == segments.len();
+        if seg.no <= skip {
+            if last {
+                return Err(open_err(format!(
+                    "{}: the log ends within the snapshot of {} records",
+                    dir.display(),
+                    checker.next_seq()
+                )));
+            }
+            continue;
+        }
         let limit = limit.filter(|_| last);
         checker.begin_segment(seg.no, &seg.name).map_err(refuse)?;
         let file_len = fs::metadata(&seg.path)
@@ -288,7 +332,15 @@ fn scan_until(dir: &Path, key: &VerifierKey, limit: Option<u64>) -> Result<Scann
                             sha.update(b"\n");
                             kept = end;
                             let seq = checker.next_seq() - 1;
-                            let covered = match checker.last_kind().and_then(Kind::parse) {
+                            let kind = checker.last_kind().and_then(Kind::parse);
+                            if kind == Some(Kind::AuditSnapshot)
+                                && let Ok(v) = signerd_auditor::events::read::<
+                                    signerd_auditor::events::AuditSnapshot,
+                                >(bytes)
+                            {
+                                vouched.push((v.records, v.sha256));
+                            }
+                            let covered = match kind {
                                 Some(Kind::AuditCheckpoint) => true,
                                 Some(Kind::AuditSegmentSeal | Kind::AuditSegmentOpen) => {
                                     attested.next_seq == seq
@@ -352,6 +404,7 @@ fn scan_until(dir: &Path, key: &VerifierKey, limit: Option<u64>) -> Result<Scann
             active_bytes,
             active_sha,
             torn,
+            vouched,
         },
         attested,
     })
@@ -455,6 +508,7 @@ pub(super) fn apply(
         active_bytes,
         active_sha,
         torn,
+        vouched: _,
     } = scan;
     let mut records = Vec::new();
     let mut checkpoint_after = None;

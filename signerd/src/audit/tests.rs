@@ -1622,7 +1622,8 @@ async fn truncation_at_every_byte_offset_of_the_last_records() {
         std::fs::create_dir_all(work.path()).unwrap();
         std::fs::write(work.segment(), &full[..cut]).unwrap();
         // What recovery decides (read-only).
-        let scan = recover::scan(work.path(), &key).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        let scan =
+            recover::scan(work.path(), &key, None).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
         let attested_end = *checkpoint_ends.iter().rfind(|e| **e <= cut).unwrap();
         let kept = starts.iter().position(|s| *s == attested_end).unwrap();
         let complete = starts.iter().filter(|s| **s <= cut).count() - 1;
@@ -1731,7 +1732,7 @@ async fn bench_scan_and_verify_1m() {
         .map(|s| std::fs::metadata(&s.path).unwrap().len())
         .sum();
     let t = std::time::Instant::now();
-    let scan = recover::scan(dir.path(), &vkey()).unwrap();
+    let scan = recover::scan(dir.path(), &vkey(), None).unwrap();
     let records = scan.checker.next_seq();
     let scan_time = t.elapsed();
     let t = std::time::Instant::now();
@@ -1758,3 +1759,5 @@ async fn bench_scan_and_verify_1m() {
         );
     }
 }
+
+mod snapshots;

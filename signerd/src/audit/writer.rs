@@ -93,6 +93,8 @@ pub(super) struct Shared {
     stall_after: Duration,
     /// Records the log holds, durable, as of the writer's last committed batch.
     pub(super) durable_records: AtomicU64,
+    /// The number of the last segment this writer sealed (0: none yet).
+    pub(super) sealed: tokio::sync::watch::Sender<u64>,
 }
 
 impl Shared {
@@ -109,6 +111,7 @@ impl Shared {
             writer_holding: AtomicBool::new(false),
             writer_thread: OnceLock::new(),
             durable_records: AtomicU64::new(0),
+            sealed: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -788,7 +791,10 @@ impl Writer {
         )?;
         let open = self.open_next_segment()?;
         self.commit(&[open], true, Attest::No)?;
-        self.checkpoint()
+        self.checkpoint()?;
+        // The sealed segment is durable and read-only: snapshots may be built from it.
+        self.shared.sealed.send_replace(self.seg.no - 1);
+        Ok(())
     }
 
     /// After the active segment was sealed: makes it read-only, creates the next segment and

@@ -135,6 +135,12 @@ pub struct LogBinding {
     pub first_record: String,
     /// How many records the log held when the store last saw it.
     pub records: u64,
+    /// The store holds the answer of every request whose final `sign.result` has a `seq`
+    /// below this, durably: start-up restores answers from the log only from here (or from
+    /// an earlier snapshot's position). `None` (a new store, or one of an earlier release):
+    /// start-up reads the whole log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers_complete: Option<u64>,
 }
 
 /// Why the state store failed.

@@ -7,7 +7,7 @@
 //! window a limit may have, plus the charges of requests still waiting for approval (a
 //! `require_approval` decision and no result yet): they hold their spend across restarts.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use alloy_primitives::U256;
@@ -96,9 +96,23 @@ pub fn last_policy_hash(dir: &Path) -> Result<Option<String>, String> {
 /// that says where it is (`file:line`). A torn last line is not a record and ends its segment.
 fn for_each_line(
     dir: &Path,
+    each: impl FnMut(&[u8], &dyn Fn() -> String) -> Result<(), String>,
+) -> Result<(), String> {
+    for_each_line_from(dir, 1, each)
+}
+
+/// Calls `each` with every complete line of the segments of `dir` numbered `first_segment`
+/// and later, in log order, and a function that says where it is (`file:line`). A torn last
+/// line is not a record and ends its segment.
+pub fn for_each_line_from(
+    dir: &Path,
+    first_segment: u64,
     mut each: impl FnMut(&[u8], &dyn Fn() -> String) -> Result<(), String>,
 ) -> Result<(), String> {
-    for seg in segments::list(dir)? {
+    for seg in segments::list(dir)?
+        .into_iter()
+        .filter(|s| s.no >= first_segment)
+    {
         let mut reader = LineReader::open(&seg.path)?;
         loop {
             let next = reader
@@ -140,62 +154,113 @@ pub struct Scanned {
     pub book_entries: Vec<BookEntryLoad>,
 }
 
-/// [`signed_spend`], also handing every final answer in the log to `on_answer`, in log order
-/// (a later answer for the same request comes later).
+/// What the log's records say about spend, policies, key pins and answers, record by record:
+/// the state start-up needs, derived by [`Ledger::apply`] from each line in log order. A full
+/// read, a snapshot (`crate::audit::snapshot`) and the read of the records after a snapshot
+/// all go through `apply`, so they cannot disagree.
 ///
-/// The log has been checked and recovered before this runs (`AuditLog::open`), so every line
-/// is a record; one that is not is skipped.
-pub fn scan(
-    dir: &Path,
-    now: i64,
-    on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
-) -> Result<Scanned, String> {
-    let mut highest_policy_serial: Option<u64> = None;
-    let mut last_policy_hash: Option<String> = None;
-    let mut records = 0u64;
-    let mut pins = Vec::new();
-    let mut book_entries = Vec::new();
-    let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
-    let mut client_of: HashMap<String, String> = HashMap::new();
-    // (method, fingerprint) of the last `sign.request` of each request without a result yet.
-    let mut requested: HashMap<String, (Method, String)> = HashMap::new();
-    let mut charged: HashMap<String, Vec<Entry>> = HashMap::new();
-    let mut signed: HashSet<String> = HashSet::new();
-    // Requests whose last decision was `require_approval`, until a result ends them.
-    let mut waiting: HashSet<String> = HashSet::new();
-    for_each_line(dir, |line, at| {
-        records += 1;
+/// Its size does not grow with the number of records: charges older than the longest window
+/// ([`MAX_WINDOW_SECS`]) before the latest decision are dropped, a request is forgotten once
+/// its result is recorded, and at a restart (`audit.start`) requests that can no longer get a
+/// result (never decided, denied, or closed by recovery) are forgotten too. Serializing it is
+/// deterministic (ordered maps).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ledger {
+    /// Records applied.
+    records: u64,
+    /// See [`Scanned::highest_policy_serial`].
+    highest_policy_serial: Option<u64>,
+    /// See [`Scanned::last_policy_hash`].
+    last_policy_hash: Option<String>,
+    /// See [`Scanned::pins`].
+    pins: Vec<(u64, KeyPin)>,
+    /// See [`Scanned::book_entries`].
+    book_entries: Vec<BookEntryLoad>,
+    /// The latest `ts` of a charging decision, Unix seconds: charges older than the longest
+    /// window before it can never count again.
+    latest: i64,
+    /// The client of each `req_id` with a request and no result yet (records of earlier
+    /// releases name no client in decisions and results).
+    client_of: BTreeMap<String, String>,
+    /// (method, fingerprint) of the last `sign.request` of each request without a result yet,
+    /// by owner (`client || 0x00 || req_id`).
+    requested: BTreeMap<String, (Method, String)>,
+    /// Charges of the last charging decision of each request without a result yet.
+    charged: BTreeMap<String, Vec<Entry>>,
+    /// Charges of signed requests, in log order.
+    spent: Vec<Entry>,
+    /// Requests whose last decision was `require_approval`, until a result ends them.
+    waiting: BTreeSet<String>,
+    /// Length of `spent` after the last pruning (not state: when to prune again).
+    #[serde(skip)]
+    pruned_len: usize,
+}
+
+impl Ledger {
+    /// How many records were applied.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+
+    /// Applies one complete line of the log (the record of `seq` [`Ledger::records`]). `at`
+    /// says where it is (`file:line`), for errors. Every final answer (`sign.result` `signed`
+    /// or `denied` of a request whose `sign.request` was applied) goes to `on_answer`.
+    ///
+    /// The log has been checked before this runs, so every line is a record; one that is not
+    /// is counted and skipped.
+    pub fn apply(
+        &mut self,
+        line: &[u8],
+        at: &dyn Fn() -> String,
+        on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
+    ) -> Result<(), String> {
+        self.records += 1;
         let Ok(env) = envelope::parse(line) else {
             return Ok(());
         };
-        if env.kind == Some(Kind::PolicyLoad) {
-            let load: PolicyLoad =
-                events::read(line).map_err(|e| format!("{}: malformed policy.load: {e}", at()))?;
-            highest_policy_serial = highest_policy_serial.max(Some(load.new_serial));
-            last_policy_hash = Some(load.new_hash);
-            // Each load lists every entry it holds, so the last one is the whole history.
-            book_entries = load.book_entries;
-            return Ok(());
-        }
-        if env.kind == Some(Kind::KeyPin) {
-            let pin: KeyPin =
-                events::read(line).map_err(|e| format!("{}: malformed key.pin: {e}", at()))?;
-            pins.push((env.seq, pin));
-            return Ok(());
+        match env.kind {
+            Some(Kind::PolicyLoad) => {
+                let load: PolicyLoad = events::read(line)
+                    .map_err(|e| format!("{}: malformed policy.load: {e}", at()))?;
+                self.highest_policy_serial = self.highest_policy_serial.max(Some(load.new_serial));
+                self.last_policy_hash = Some(load.new_hash);
+                // Each load lists every entry it holds, so the last one is the whole history.
+                self.book_entries = load.book_entries;
+                return Ok(());
+            }
+            Some(Kind::KeyPin) => {
+                let pin: KeyPin =
+                    events::read(line).map_err(|e| format!("{}: malformed key.pin: {e}", at()))?;
+                self.pins.push((env.seq, pin));
+                return Ok(());
+            }
+            Some(Kind::AuditStart) => {
+                // Recovery closed the allowed requests of the previous run before this record;
+                // only requests waiting for approval can still get a result.
+                let waiting = &self.waiting;
+                self.requested.retain(|owner, _| waiting.contains(owner));
+                self.charged.retain(|owner, _| waiting.contains(owner));
+                self.client_of
+                    .retain(|req_id, client| waiting.contains(&format!("{client}\0{req_id}")));
+                return Ok(());
+            }
+            _ => {}
         }
         let (Some(kind), Some(req_id)) = (env.kind, env.req_id.as_str()) else {
             return Ok(());
         };
         if kind == Kind::SignRequest {
             if let Some(client) = env.client.as_str() {
-                client_of.insert(req_id.to_owned(), client.to_owned());
+                self.client_of.insert(req_id.to_owned(), client.to_owned());
                 if let Ok(SignRequest {
                     method,
                     fingerprint: Some(fingerprint),
                     ..
                 }) = events::read(line)
                 {
-                    requested.insert(format!("{client}\0{req_id}"), (method, fingerprint));
+                    self.requested
+                        .insert(format!("{client}\0{req_id}"), (method, fingerprint));
                 }
             }
             return Ok(());
@@ -206,7 +271,7 @@ pub fn scan(
             .client
             .as_str()
             .map(str::to_owned)
-            .or_else(|| client_of.get(req_id).cloned())
+            .or_else(|| self.client_of.get(req_id).cloned())
         else {
             return Ok(());
         };
@@ -214,15 +279,12 @@ pub fn scan(
         match (kind, env.decision()) {
             (Kind::SignDecision, Some(d @ (Decision::Allow | Decision::RequireApproval))) => {
                 if d == Decision::RequireApproval {
-                    waiting.insert(owner.clone());
+                    self.waiting.insert(owner.clone());
                 } else {
-                    waiting.remove(&owner);
+                    self.waiting.remove(&owner);
                 }
                 let ts = signerd_auditor::rfc3339::parse_unix(env.ts)
                     .ok_or_else(|| format!("{}: `ts` is not an RFC 3339 time", at()))?;
-                if ts <= since {
-                    return Ok(());
-                }
                 let decision: SignDecision = events::read(line)
                     .map_err(|e| format!("{}: malformed sign.decision: {e}", at()))?;
                 let mut entries = Vec::with_capacity(decision.charges.len());
@@ -239,15 +301,23 @@ pub fn scan(
                     });
                 }
                 // The decision at quorum replaces the one that sent the request to wait.
-                charged.insert(owner, entries);
+                self.charged.insert(owner, entries);
+                if ts > self.latest {
+                    self.latest = ts;
+                    self.prune();
+                }
             }
             (Kind::SignDecision, _) => {
-                waiting.remove(&owner);
-                charged.remove(&owner);
+                self.waiting.remove(&owner);
+                self.charged.remove(&owner);
             }
             (Kind::SignResult, _) => {
-                waiting.remove(&owner);
-                let request = requested.remove(&owner);
+                self.waiting.remove(&owner);
+                if self.client_of.get(req_id) == Some(&client) {
+                    self.client_of.remove(req_id);
+                }
+                let request = self.requested.remove(&owner);
+                let charges = self.charged.remove(&owner);
                 let status = env.status();
                 if matches!(status, Some(Status::Signed | Status::Denied))
                     && let Some((method, fingerprint)) = &request
@@ -270,26 +340,98 @@ pub fn scan(
                     .map_err(|e| format!("{}: {e}", at()))?;
                 }
                 if status == Some(Status::Signed) {
-                    signed.insert(owner);
+                    self.spent.extend(charges.into_iter().flatten());
                 }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// Drops charges that no window can reach any more: older than the longest window before
+    /// the latest decision. Amortized: only once `spent` has doubled since the last time.
+    fn prune(&mut self) {
+        if self.spent.len() < self.pruned_len.saturating_mul(2).max(1024) {
+            return;
+        }
+        let horizon = self.latest.saturating_sub(MAX_WINDOW_SECS as i64);
+        self.spent.retain(|e| e.ts > horizon);
+        self.pruned_len = self.spent.len();
+    }
+
+    /// The state as it would be serialized: old charges dropped, so that two ledgers that
+    /// applied the same records serialize to the same bytes however often they pruned.
+    pub fn compacted(&self) -> Ledger {
+        let horizon = self.latest.saturating_sub(MAX_WINDOW_SECS as i64);
+        let mut out = self.clone();
+        out.spent.retain(|e| e.ts > horizon);
+        for entries in out.charged.values_mut() {
+            entries.retain(|e| e.ts > horizon);
+        }
+        out
+    }
+
+    /// What start-up needs, at `now` (Unix seconds): the charges of signed requests and of
+    /// requests still waiting for approval inside the longest window before `now` (and before
+    /// the latest decision, so the result does not depend on when the ledger was pruned).
+    pub fn finish(self, now: i64) -> Scanned {
+        let since = now
+            .saturating_sub(MAX_WINDOW_SECS as i64)
+            .max(self.latest.saturating_sub(MAX_WINDOW_SECS as i64));
+        let waiting = &self.waiting;
+        let mut spend: Vec<Entry> = self.spent.into_iter().filter(|e| e.ts > since).collect();
+        spend.extend(
+            self.charged
+                .into_iter()
+                .filter(|(owner, _)| waiting.contains(owner))
+                .flat_map(|(_, e)| e)
+                .filter(|e| e.ts > since),
+        );
+        Scanned {
+            spend,
+            highest_policy_serial: self.highest_policy_serial,
+            last_policy_hash: self.last_policy_hash,
+            records: self.records,
+            pins: self.pins,
+            book_entries: self.book_entries,
+        }
+    }
+}
+
+/// [`signed_spend`], also handing every final answer in the log to `on_answer`, in log order
+/// (a later answer for the same request comes later).
+///
+/// The log has been checked and recovered before this runs (`AuditLog::open`), so every line
+/// is a record; one that is not is skipped.
+pub fn scan(
+    dir: &Path,
+    now: i64,
+    on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
+) -> Result<Scanned, String> {
+    scan_from(dir, Ledger::default(), 1, 0, on_answer).map(|l| l.finish(now))
+}
+
+/// Continues `ledger` with the segments of `dir` numbered `first_segment` and later (the
+/// records after a snapshot), handing the final answers whose `sign.result` has a `seq` of at
+/// least `answers_from` to `on_answer`.
+pub fn scan_from(
+    dir: &Path,
+    mut ledger: Ledger,
+    first_segment: u64,
+    answers_from: u64,
+    on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
+) -> Result<Ledger, String> {
+    let mut hand = |a: LoggedAnswer<'_>| {
+        if a.seq >= answers_from {
+            on_answer(a)
+        } else {
+            Ok(())
+        }
+    };
+    for_each_line_from(dir, first_segment, |line, at| {
+        ledger.apply(line, at, &mut hand)
     })?;
-    let spend = charged
-        .into_iter()
-        .filter(|(owner, _)| signed.contains(owner) || waiting.contains(owner))
-        .flat_map(|(_, e)| e)
-        .collect();
-    Ok(Scanned {
-        spend,
-        highest_policy_serial,
-        last_policy_hash,
-        records,
-        pins,
-        book_entries,
-    })
+    Ok(ledger)
 }
 
 #[cfg(test)]

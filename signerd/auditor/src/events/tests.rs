@@ -73,6 +73,11 @@ fn examples() -> Vec<Record> {
             previous_sha256: HASH.to_owned(),
             previous_bytes: 1000,
         }),
+        Record::from_event(&AuditSnapshot {
+            records: 120,
+            sha256: HASH.to_owned(),
+            file: "snapshots/snapshot-00000000000000000120.json".to_owned(),
+        }),
         Record::from_event(&AuditRecover {
             segment: "segment-00000001.jsonl".to_owned(),
             offset: 10,
@@ -991,6 +996,7 @@ fn the_example_log_reads_as_events_and_writes_back_the_same_bytes() {
                     Record::from_event(&read::<AuditSegmentOpen>(line).unwrap())
                 }
                 Kind::AuditRecover => Record::from_event(&read::<AuditRecover>(line).unwrap()),
+                Kind::AuditSnapshot => Record::from_event(&read::<AuditSnapshot>(line).unwrap()),
                 Kind::AuthFailure => Record::from_event(&read::<AuthFailure>(line).unwrap()),
                 Kind::PolicyLoad => Record::from_event(&read::<PolicyLoad>(line).unwrap()),
                 Kind::PolicyRefused => Record::from_event(&read::<PolicyRefused>(line).unwrap()),

@@ -137,6 +137,24 @@ pub(crate) enum AuditCmd {
         #[arg(long = "policy", value_name = "FILE")]
         policies: Vec<PathBuf>,
     },
+    /// Snapshots of the state the daemon derives from the log (`DIR/snapshots/`).
+    #[command(subcommand)]
+    Snapshot(SnapshotCmd),
+    /// Append realistic generated records (requests, decisions with limit charges, results,
+    /// approvals) to the log of a configuration, with the real writer and audit key: for
+    /// start-up benchmarks only. Never on a production log.
+    #[command(hide = true)]
+    Generate {
+        /// signerd configuration (its `[audit]` directory, key and segment size are used).
+        #[arg(long)]
+        config: PathBuf,
+        /// At least this many records.
+        #[arg(long)]
+        records: u64,
+        /// Sync every group of records (default: off, as `audit.bench_unsafe_no_fsync`).
+        #[arg(long)]
+        fsync: bool,
+    },
     /// Print the last records; with -f, keep printing new ones (across segment rotation).
     Tail {
         /// The log directory.
@@ -148,6 +166,22 @@ pub(crate) enum AuditCmd {
         /// Keep printing records as they are written.
         #[arg(short = 'f', long)]
         follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum SnapshotCmd {
+    /// Recompute the state each snapshot holds from the log's records before it and compare
+    /// byte for byte, and check that an `audit.snapshot` record after it names its SHA-256.
+    /// Exits 1 on the first snapshot that fails.
+    Verify {
+        /// The log directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The snapshot file; default: every file in DIR/snapshots/.
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        key: PubkeyArgs,
     },
 }
 
@@ -420,5 +454,85 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
         AuditCmd::Tail { dir, lines, follow } => {
             blocking(move |out| commands::tail(&dir, lines, follow, out)).await
         }
+        AuditCmd::Snapshot(SnapshotCmd::Verify { dir, file, key }) => {
+            let key = key.key()?.context(
+                "snapshot verify needs the checkpoint verifier key (--pubkey or --pubkey-file)",
+            )?;
+            let files: Vec<PathBuf> = file.into_iter().collect();
+            let checked = tokio::task::spawn_blocking(move || {
+                signerd::audit::snapshot::verify(&dir, &key, &files)
+            })
+            .await?;
+            match checked {
+                Ok(ok) => {
+                    for v in ok {
+                        if json_out {
+                            println!(
+                                "{}",
+                                json!({"file": v.file, "records": v.records, "sha256": v.sha256, "named_at": v.named_at, "ok": true})
+                            );
+                        } else {
+                            println!(
+                                "{}: ok: the state of the first {} records, SHA-256 {}, named by the audit.snapshot record at seq {}",
+                                v.file, v.records, v.sha256, v.named_at
+                            );
+                        }
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    eprintln!("FAILED: {e}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        AuditCmd::Generate {
+            config,
+            records,
+            fsync,
+        } => generate(&config, records, fsync, json_out).await,
     }
+}
+
+/// `signerctl audit generate`: opens the configuration's log with its real audit key and
+/// appends generated records.
+async fn generate(config: &Path, records: u64, fsync: bool, json_out: bool) -> anyhow::Result<()> {
+    use signerd::audit::{AuditLog, AuditOptions};
+    let cfg = load_config(config)?;
+    let spec = key::backend_spec(&cfg, key::log_is_new(&cfg.audit.dir));
+    let background = signerd::tasks::Background::new();
+    let keys = match cfg.keys.backend {
+        Backend::Vault => {
+            signerd::server::open_vault_keys(&cfg, spec.as_ref(), &background).await?
+        }
+        _ => signerd::server::open_keys(&cfg, spec.as_ref(), &background)?,
+    };
+    let audit_key = key::open_for_daemon(&cfg, &keys)?;
+    let mut opts = AuditOptions::from_config(&cfg.audit, audit_key.signer);
+    opts.fsync = fsync;
+    let dir = cfg.audit.dir.clone();
+    let log = tokio::task::spawn_blocking(move || AuditLog::open(&dir, opts)).await??;
+    let first = log.durable_records();
+    let t = std::time::Instant::now();
+    let g = signerd::audit::generate::Generate {
+        records,
+        first_request: first,
+    };
+    let requests = signerd::audit::generate::generate(&log, &g).await?;
+    log.shutdown().await?;
+    let written = log.durable_records() - first;
+    let secs = t.elapsed().as_secs_f64();
+    background.shutdown(std::time::Duration::from_secs(5)).await;
+    if json_out {
+        println!(
+            "{}",
+            json!({"records": written, "requests": requests, "seconds": secs, "records_per_second": written as f64 / secs})
+        );
+    } else {
+        println!(
+            "{written} records ({requests} requests) in {secs:.1} s: {:.0} records/s",
+            written as f64 / secs
+        );
+    }
+    Ok(())
 }

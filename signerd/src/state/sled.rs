@@ -16,6 +16,7 @@
 //! ever. The page cache is bounded (`cache_capacity`); what it does not hold is read from
 //! the files.
 
+use std::collections::HashMap;
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
@@ -584,25 +585,46 @@ impl SledStore {
     /// See [`StateStore::reconcile`].
     pub fn reconcile(&self, entries: Vec<Entry>) -> Result<(), StateError> {
         let mut ledger = self.ledger();
-        let mut batch = sled::Batch::default();
-        for item in self.spend.iter().keys() {
-            let key =
-                item.map_err(|e| StateError::Unavailable(format!("read {SPEND_TREE}: {e}")))?;
-            batch.remove(key);
-        }
+        // Only the difference is written: after a clean stop the stored ledger already is
+        // what the log says, and rewriting hundreds of thousands of entries would hold up
+        // every start.
+        let mut wanted: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(entries.len());
         let mut fresh = Ledger::default();
         for e in entries {
             let value = serde_json::to_vec(&e)
                 .map_err(|err| StateError::Unavailable(format!("encode {SPEND_TREE}: {err}")))?;
-            batch.insert(spend_key(&e), value);
+            wanted.insert(spend_key(&e), value);
             fresh.restore(e);
         }
-        self.spend
-            .apply_batch(batch)
-            .map_err(|e| StateError::Unavailable(format!("write {SPEND_TREE}: {e}")))?;
-        self.db
-            .flush()
-            .map_err(|e| StateError::Unavailable(format!("flush {SPEND_TREE}: {e}")))?;
+        let mut batch = sled::Batch::default();
+        let mut changes = 0usize;
+        for item in self.spend.iter() {
+            let (key, value) =
+                item.map_err(|e| StateError::Unavailable(format!("read {SPEND_TREE}: {e}")))?;
+            match wanted.get(key.as_ref()) {
+                Some(w) if w.as_slice() == value.as_ref() => {
+                    wanted.remove(key.as_ref());
+                }
+                // A changed value is written below.
+                Some(_) => {}
+                None => {
+                    batch.remove(key);
+                    changes += 1;
+                }
+            }
+        }
+        for (key, value) in wanted {
+            batch.insert(key, value);
+            changes += 1;
+        }
+        if changes > 0 {
+            self.spend
+                .apply_batch(batch)
+                .map_err(|e| StateError::Unavailable(format!("write {SPEND_TREE}: {e}")))?;
+            self.db
+                .flush()
+                .map_err(|e| StateError::Unavailable(format!("flush {SPEND_TREE}: {e}")))?;
+        }
         *ledger = fresh;
         Ok(())
     }
@@ -1067,6 +1089,52 @@ mod tests {
                 .unwrap()
                 .is_err()
         );
+    }
+
+    /// Reconciling writes only the difference, and leaves exactly the given entries, on disk
+    /// too: a reservation the log does not know goes, a changed amount is replaced, a missing
+    /// entry is added, and an unchanged one stays.
+    #[test]
+    fn reconcile_leaves_exactly_the_given_entries() {
+        let dir = TempDir::new("reconcile");
+        let entry = |owner: &str, amount: u64| Entry {
+            owner: format!("app\0{owner}"),
+            bucket: bucket(),
+            ts: 1000,
+            amount: alloy_primitives::U256::from(amount),
+        };
+        {
+            let store = open_sled_for_test(&dir.0);
+            for (id, amount) in [("kept", 10), ("changed", 20), ("crashed", 30)] {
+                assert_eq!(
+                    store
+                        .reserve("app", id, 1000, &[limit(amount, 1000)])
+                        .unwrap(),
+                    Ok(())
+                );
+            }
+            store
+                .reconcile(vec![
+                    entry("kept", 10),
+                    entry("changed", 25),
+                    entry("new", 40),
+                ])
+                .unwrap();
+            let used = store.used(&bucket(), 86_400, 2000).unwrap();
+            assert_eq!(used.amount, alloy_primitives::U256::from(75));
+            // The same entries again: nothing to write, nothing lost.
+            store
+                .reconcile(vec![
+                    entry("kept", 10),
+                    entry("changed", 25),
+                    entry("new", 40),
+                ])
+                .unwrap();
+        }
+        let store = open_sled_for_test(&dir.0);
+        let used = store.used(&bucket(), 86_400, 2000).unwrap();
+        assert_eq!(used.amount, alloy_primitives::U256::from(75));
+        assert_eq!(used.count, 3);
     }
 
     #[test]

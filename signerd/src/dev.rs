@@ -394,6 +394,8 @@ fn config_text(listen: &str, keys: &str, backend: DevBackend, governance: &str) 
 
 [server]
 listen = "{listen}"
+# `signerctl bench` opens one connection per client, all as `app`: room for 768 of them.
+max_connections_per_identity = 768
 
 [tls]
 cert = "pki/server.pem"

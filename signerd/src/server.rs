@@ -101,10 +101,16 @@ pub async fn open_vault_keys(
 
 /// Refuses a start whose state store does not belong to the audit log found (`how` says why).
 fn refuse_binding(config: &Config, how: &str) -> ServerError {
+    let store = match &config.state.postgres {
+        Some(pg) => format!(
+            "state database {}:{}/{} (for the log origin `{}`)",
+            pg.host, pg.port, pg.dbname, config.audit.origin
+        ),
+        None => format!("state store in {}", config.state.dir.display()),
+    };
     ServerError::Start(format!(
-        "state store in {}: {how}; restore the audit directory the store belongs to, or start \
-         once with --rebind-state-to-log (recorded in the audit log)",
-        config.state.dir.display()
+        "{store}: {how}; restore the audit directory the store belongs to, or start \
+         once with --rebind-state-to-log (recorded in the audit log)"
     ))
 }
 
@@ -183,8 +189,16 @@ impl Daemon {
         // A rule or limit naming a key this daemon does not hold would do nothing.
         crate::policy_file::check_keys(&policy, keys.keys().into_iter().map(|k| k.id))
             .map_err(start("policy"))?;
-        let state = crate::state::open_sled(&config.state.dir, config.state.cache_bytes)
-            .map_err(start("state"))?;
+        let state: Arc<dyn crate::state::StateStore> = match &config.state.postgres {
+            // Replicas tell each other apart by their audit logs' origins.
+            Some(pg) => Arc::new(
+                crate::state::PostgresStore::open(pg, &config.audit.origin)
+                    .await
+                    .map_err(start("state"))?,
+            ),
+            None => crate::state::open_sled(&config.state.dir, config.state.cache_bytes)
+                .map_err(start("state"))?,
+        };
         let tls = tls::server_config(&config.tls).map_err(start("tls"))?;
         let audit_key =
             crate::audit::key::open_for_daemon(&config, &keys).map_err(start("audit"))?;

@@ -26,7 +26,10 @@ use crate::keys::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignatur
 use crate::request::{
     Evaluation, Method, PolicyReloaded, SignOutcome, SignRequest, SignatureParts, Signed,
 };
-use crate::state::{StateStore, StoredOutcome, StoredRequest};
+use crate::state::{Claim, StateStore, StoredOutcome, StoredRequest};
+
+/// How much longer than a claim's lease a request waits for another replica to let go of it.
+const CLAIM_WAIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 mod admission;
 pub mod answers;
@@ -210,6 +213,9 @@ pub struct Signer {
     /// False from a failed state store write (or probe) until a restart: signing is refused,
     /// before anything is signed.
     state_ok: std::sync::atomic::AtomicBool,
+    /// Answers whose `sign.result` is durable but which a shared store did not take (it
+    /// failed): written again before signing resumes.
+    unstored: Mutex<Vec<(String, String, StoredRequest)>>,
     /// Bumped whenever a request waiting for approval changes, to wake watchers.
     changes: tokio::sync::watch::Sender<u64>,
     /// Heavy preparations (typed data, large requests) running at once: at most one per
@@ -277,6 +283,7 @@ impl Signer {
             audit,
             inflight: Mutex::new(HashMap::new()),
             state_ok: std::sync::atomic::AtomicBool::new(true),
+            unstored: Mutex::new(Vec::new()),
             changes: tokio::sync::watch::Sender::new(0),
             heavy: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
@@ -369,18 +376,56 @@ impl Signer {
     /// or an answer's write has failed. A failure is final until a restart: a store that failed
     /// a write may still accept a small one, and sled keeps no promise after an I/O error.
     /// Polled by the health watcher.
+    ///
+    /// A shared store (a database) fails when the network or the server does, and comes back:
+    /// once it takes the answers it missed and a probe, signing resumes.
     pub async fn probe_state(&self) -> bool {
         use std::sync::atomic::Ordering;
         if !self.state_ok.load(Ordering::Relaxed) {
-            return false;
+            if !self.state.shared() || !self.store_missed_answers().await {
+                return false;
+            }
+            if self.state.probe().await.is_err() {
+                return false;
+            }
+            tracing::warn!("the state database answers again; signing resumes");
+            self.state_ok.store(true, Ordering::Relaxed);
+            return true;
         }
         let failure = match self.state.probe().await {
             Ok(()) => return true,
             Err(e) => e.to_string(),
         };
-        tracing::error!(error = %failure, "state store probe failed; signing stops until a restart");
+        if self.state.shared() {
+            tracing::error!(error = %failure, "state database probe failed; signing stops until it answers again");
+        } else {
+            tracing::error!(error = %failure, "state store probe failed; signing stops until a restart");
+        }
         self.state_ok.store(false, Ordering::Relaxed);
         false
+    }
+
+    /// Writes the answers a shared store missed; true when none is left. An answer another
+    /// replica stored meanwhile (it took the request over) is left as it is.
+    async fn store_missed_answers(&self) -> bool {
+        let missed = std::mem::take(&mut *self.unstored.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut left = Vec::new();
+        for (client, request_id, rec) in missed {
+            let stored = match self.state.get_request(&client, &request_id).await {
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => self.state.put_request(&client, &request_id, &rec).await,
+                Err(e) => Err(e),
+            };
+            if stored.is_err() {
+                left.push((client, request_id, rec));
+            }
+        }
+        let done = left.is_empty();
+        self.unstored
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(left);
+        done
     }
 
     /// The key backend.
@@ -833,9 +878,9 @@ impl Signer {
         }
 
         let fingerprint = fingerprint(&prepared);
-        let _guard = self
+        let guard = self
             .lock_request(&caller.identity.id, &prepared.request_id)
-            .await;
+            .await?;
         if let Some(stored) = self.stored(&caller, &prepared.request_id).await? {
             drop(expected);
             if stored.fingerprint == fingerprint && stored.outcome == StoredOutcome::Pending {
@@ -847,7 +892,12 @@ impl Signer {
         }
 
         let t = std::time::Instant::now();
-        let decided = self.decide(&caller, &prepared, true, false).await?;
+        // A request taken over from a replica that stopped may hold that replica's
+        // reservations: they are its own, so its evaluation leaves them out.
+        let taken_over = guard.taken_over.is_some();
+        let decided = self
+            .decide(&caller, &prepared, true, false, taken_over)
+            .await?;
         crate::metrics::stage("policy", t.elapsed());
         // Until the result record is durable, a reservation belongs to a request that may end
         // unsigned: it is released on every path that ends without a signature, before the
@@ -1111,11 +1161,20 @@ impl Signer {
         p: &Prepared,
         reserve: bool,
         explain: bool,
+        excluding_own: bool,
     ) -> Result<Decided, ServiceError> {
         let policy = self.policy();
         let now = unix_now();
+        let own = (caller.identity.id.as_str(), p.request_id.as_str());
         let eval = self
-            .evaluate(&policy, caller, p, now, explain, None)
+            .evaluate(
+                &policy,
+                caller,
+                p,
+                now,
+                explain,
+                excluding_own.then_some(own),
+            )
             .await?;
         let mut explanation = eval.explanation;
         let mut decision = eval.decision;
@@ -1212,7 +1271,7 @@ impl Signer {
             explanation,
             policy,
             ..
-        } = self.decide(caller, p, false, true).await?;
+        } = self.decide(caller, p, false, true, false).await?;
         let (effect, rules, reason) = match &decision {
             Decision::Allow { rules } => {
                 (events::Decision::Allow, rules.clone(), "allowed".to_owned())
@@ -1290,18 +1349,65 @@ impl Signer {
         }
     }
 
-    async fn lock_request(&self, client: &str, request_id: &str) -> RequestGuard<'_> {
+    /// Holds (`client`, `request_id`) for the caller: within this process, and against every
+    /// replica sharing the state store (a claim in the store, waited for while another replica
+    /// holds it, at most [`crate::state::CLAIM_LEASE`] and a little more: a claim lapses that
+    /// long after its replica stopped).
+    pub(crate) async fn lock_request(
+        &self,
+        client: &str,
+        request_id: &str,
+    ) -> Result<RequestGuard<'_>, ServiceError> {
         let key = (client.to_owned(), request_id.to_owned());
         let lock = {
             let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             map.entry(key.clone()).or_default().clone()
         };
         let guard = lock.clone().lock_owned().await;
-        RequestGuard {
+        let mut held = RequestGuard {
             map: &self.inflight,
             key,
             lock,
             _guard: guard,
+            claim: None,
+            taken_over: None,
+        };
+        if !self.state.shared() {
+            return Ok(held);
+        }
+        let until = tokio::time::Instant::now() + crate::state::CLAIM_LEASE + CLAIM_WAIT_MARGIN;
+        let mut pause = std::time::Duration::from_millis(5);
+        loop {
+            let claim = self
+                .state
+                .claim(client, request_id)
+                .await
+                .map_err(|e| self.state_failed(&e))?;
+            match claim {
+                Claim::Held { token, taken_over } => {
+                    if let Some(replica) = &taken_over {
+                        tracing::warn!(
+                            client,
+                            req_id = request_id,
+                            replica = %replica,
+                            "taking over a request from a replica that stopped while working on it"
+                        );
+                    }
+                    held.claim = Some((self.state.clone(), token));
+                    held.taken_over = taken_over;
+                    return Ok(held);
+                }
+                Claim::Busy { holder } => {
+                    if tokio::time::Instant::now() + pause > until {
+                        return Err(ServiceError::Unavailable(format!(
+                            "request `{request_id}` is being worked on by the replica \
+                             `{holder}`; nothing was done here, retry with the same request_id"
+                        )));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(std::time::Duration::from_millis(100));
+                }
+            }
         }
     }
 
@@ -1310,10 +1416,14 @@ impl Signer {
         if self.state_ok.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(());
         }
-        Err(ServiceError::Unavailable(
+        Err(ServiceError::Unavailable(if self.state.shared() {
+            "state database unavailable; nothing was signed; signing resumes by itself once the \
+             database answers again"
+                .into()
+        } else {
             "state store unavailable; nothing was signed; signing is stopped until an operator restarts signerd"
-                .into(),
-        ))
+                .into()
+        }))
     }
 
     /// Records that the state store failed (final until a restart: nothing more is signed)
@@ -1323,7 +1433,11 @@ impl Signer {
             .state_ok
             .swap(false, std::sync::atomic::Ordering::Relaxed)
         {
-            tracing::error!(error = %e, "the state store failed; signing stops until a restart");
+            if self.state.shared() {
+                tracing::error!(error = %e, "the state database failed; signing stops until it answers again");
+            } else {
+                tracing::error!(error = %e, "the state store failed; signing stops until a restart");
+            }
         }
         ServiceError::Unavailable(e.to_string())
     }
@@ -1404,13 +1518,27 @@ impl Signer {
             .await;
         stored.map_err(|e| {
             // The outcome is durable in the audit log (the next start restores it) but is not
-            // returned; no further request is signed until the store can write.
+            // returned; no further request is signed until the store can write. A shared
+            // store gets it again before signing resumes.
             self.state_ok
                 .store(false, std::sync::atomic::Ordering::Relaxed);
+            if self.state.shared() {
+                self.unstored
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push((caller.identity.id.clone(), p.request_id.to_string(), rec.clone()));
+            }
             tracing::error!(error = %e, "cannot store request outcome; signing stops until a restart");
-            ServiceError::Unavailable(format!(
-                "{e}; the outcome is in the audit log, and a retry after a restart returns it"
-            ))
+            ServiceError::Unavailable(if self.state.shared() {
+                format!(
+                    "{e}; the outcome is in the audit log, and a retry once the database \
+                     answers again returns it"
+                )
+            } else {
+                format!(
+                    "{e}; the outcome is in the audit log, and a retry after a restart returns it"
+                )
+            })
         })
     }
 }
@@ -1429,15 +1557,31 @@ async fn to_completion<T: Send + 'static>(
 }
 
 /// Holds the per-(client, request_id) lock; removes the map entry when nobody else waits.
-struct RequestGuard<'a> {
+pub(crate) struct RequestGuard<'a> {
     map: &'a InFlight,
     key: (String, String),
     lock: Arc<tokio::sync::Mutex<()>>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
+    /// The claim in a shared store, let go when the guard is dropped.
+    claim: Option<(Arc<dyn StateStore>, i64)>,
+    /// The replica whose lapsed claim this one replaced.
+    pub(crate) taken_over: Option<String>,
 }
 
 impl Drop for RequestGuard<'_> {
     fn drop(&mut self) {
+        if let Some((state, token)) = self.claim.take() {
+            // Let go in the background; a later claim of this process replaces this one's
+            // token, so a late let-go cannot drop it. Should it never run, the claim lapses.
+            let (client, request_id) = self.key.clone();
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = state.unclaim(&client, &request_id, token).await {
+                        tracing::warn!(error = %e, "cannot let go of a request's claim; it lapses");
+                    }
+                });
+            }
+        }
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         // One reference in the map, one here, one inside the owned guard: nobody else waits.
         if Arc::strong_count(&self.lock) <= 3 {

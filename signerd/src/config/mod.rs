@@ -442,8 +442,15 @@ pub struct SoftKeysConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateConfig {
-    /// Directory of the embedded state store.
+    /// Where the state lives: the embedded store (`sled`, the default) or a PostgreSQL
+    /// database shared by replicas (`postgres`, with `[state.postgres]`).
+    #[serde(default)]
+    pub backend: StateBackend,
+    /// Directory of the embedded state store (`backend = "sled"`).
+    #[serde(default)]
     pub dir: PathBuf,
+    /// The database of `backend = "postgres"`.
+    pub postgres: Option<PostgresConfig>,
     /// Most bytes of the store sled keeps in memory (its page cache).
     #[serde(default = "default_cache_bytes")]
     pub cache_bytes: u64,
@@ -458,6 +465,114 @@ pub struct StateConfig {
 
 fn default_cache_bytes() -> u64 {
     crate::state::DEFAULT_CACHE_BYTES
+}
+
+/// `[state] backend`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// The embedded sled store in `[state] dir`: one instance.
+    #[default]
+    Sled,
+    /// A PostgreSQL database (`[state.postgres]`), which several replicas may share.
+    Postgres,
+}
+
+/// `[state.postgres] tls`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PgTls {
+    /// TLS, with the server's certificate checked against `ca_file` and the host name.
+    #[default]
+    VerifyFull,
+    /// No TLS: only for a database on this host or a network that is otherwise protected.
+    Disable,
+}
+
+/// `[state.postgres]`: the database of `[state] backend = "postgres"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    /// The server's host name or address.
+    pub host: String,
+    /// Its port (default 5432).
+    #[serde(default = "default_pg_port")]
+    pub port: u16,
+    /// The role signerd logs in as.
+    pub user: String,
+    /// The database.
+    pub dbname: String,
+    /// File holding the role's password (first line).
+    pub password_file: Option<PathBuf>,
+    /// Environment variable holding the role's password.
+    pub password_env: Option<String>,
+    /// systemd credential holding the role's password.
+    pub password_credential: Option<String>,
+    /// TLS to the database (default `verify-full`).
+    #[serde(default)]
+    pub tls: PgTls,
+    /// PEM file of the certificate authorities the server's certificate must chain to
+    /// (`tls = "verify-full"`).
+    pub ca_file: Option<PathBuf>,
+    /// Most connections this replica opens (default 16).
+    #[serde(default = "default_pg_pool_size")]
+    pub pool_size: usize,
+    /// Longest wait for a connection, and for any one database call (default 5 s): past it the
+    /// call fails and the request gets `UNAVAILABLE`.
+    #[serde(default = "default_pg_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_pg_port() -> u16 {
+    5432
+}
+
+fn default_pg_pool_size() -> usize {
+    16
+}
+
+fn default_pg_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+impl PostgresConfig {
+    /// Where the password comes from.
+    pub fn password_source(&self) -> SecretSource {
+        SecretSource {
+            file: self.password_file.clone(),
+            env: self.password_env.clone(),
+            credential: self.password_credential.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.host.is_empty() || self.user.is_empty() || self.dbname.is_empty() {
+            return Err("state.postgres: `host`, `user` and `dbname` must not be empty".into());
+        }
+        if self.port == 0 {
+            return Err("state.postgres.port: 0 is not a port".into());
+        }
+        self.password_source().validate("state.postgres.password")?;
+        bounded("state.postgres.pool_size", self.pool_size as u64, 2, 256)?;
+        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(60) {
+            return Err(format!(
+                "state.postgres.timeout = \"{}\" is out of range: allowed 100ms to 1m",
+                humantime::format_duration(self.timeout)
+            ));
+        }
+        match (self.tls, &self.ca_file) {
+            (PgTls::VerifyFull, None) => Err(
+                "state.postgres: tls = \"verify-full\" needs `ca_file` (the authorities of the \
+                 database's certificate); set tls = \"disable\" only for a database reached \
+                 over a protected network"
+                    .into(),
+            ),
+            (PgTls::Disable, Some(_)) => Err(
+                "state.postgres: `ca_file` is set but tls = \"disable\"; remove one of them".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Default of `state.idempotency_retention`: 30 days.
@@ -486,6 +601,22 @@ impl StateConfig {
 
     fn validate(&self) -> Result<(), String> {
         bounded("state.cache_bytes", self.cache_bytes, 1 << 20, 1 << 40)?;
+        match (self.backend, &self.postgres) {
+            (StateBackend::Sled, Some(_)) => {
+                return Err(
+                    "state: [state.postgres] is set but backend is \"sled\"; set backend = \"postgres\""
+                        .into(),
+                );
+            }
+            (StateBackend::Sled, None) if self.dir.as_os_str().is_empty() => {
+                return Err("state.dir: missing (the embedded store's directory)".into());
+            }
+            (StateBackend::Postgres, None) => {
+                return Err("state: backend = \"postgres\" needs a [state.postgres] table".into());
+            }
+            (StateBackend::Postgres, Some(pg)) => pg.validate()?,
+            _ => {}
+        }
         let within = |key: &str, v: Option<Duration>, min: Duration, max: Duration| match v {
             Some(v) if v < min || v > max => Err(format!(
                 "state.{key} = \"{}\" is out of range: allowed {} to {}",
@@ -730,7 +861,17 @@ impl Config {
         if let Some(vault) = &mut self.keys.vault {
             vault.resolve(base);
         }
-        abs(&mut self.state.dir);
+        if !self.state.dir.as_os_str().is_empty() {
+            abs(&mut self.state.dir);
+        }
+        if let Some(pg) = &mut self.state.postgres {
+            if let Some(f) = &mut pg.password_file {
+                abs(f);
+            }
+            if let Some(f) = &mut pg.ca_file {
+                abs(f);
+            }
+        }
         abs(&mut self.audit.dir);
         abs(&mut self.audit.signing_key_dir);
         if let Some(f) = &mut self.audit.signing_key_passphrase_file {

@@ -295,7 +295,7 @@ impl Signer {
             return Err(denied(quorum::ApprovalError::NotApprover(me)));
         }
         v.check_fields()?;
-        let _guard = self.lock_request(&v.client, &v.request_id).await;
+        let _guard = self.lock_request(&v.client, &v.request_id).await?;
         let (c, r) = (v.client.clone(), v.request_id.clone());
         let Some(mut rec) = state_call(self.state.get_pending(&c, &r)).await? else {
             return Err(ServiceError::NotFound(format!(
@@ -481,7 +481,7 @@ impl Signer {
             if rec.status != Status::Pending || rec.deadline > now {
                 continue;
             }
-            let _guard = self.lock_request(&rec.client, &rec.request_id).await;
+            let _guard = self.lock_request(&rec.client, &rec.request_id).await?;
             let (c, r) = (rec.client.clone(), rec.request_id.clone());
             if let Some(mut fresh) = state_call(self.state.get_pending(&c, &r)).await?
                 && fresh.status == Status::Pending
@@ -498,7 +498,23 @@ impl Signer {
     /// are signed, and a task expires requests whose deadline passes.
     pub async fn start_approvals(self: &Arc<Self>) -> Result<(), ServiceError> {
         let open = state_call(self.state.open_pending()).await?;
-        for mut rec in open {
+        for rec in open {
+            if rec.status != Status::Signing {
+                continue;
+            }
+            // Replicas sharing the store: another may be signing it right now. Once it is
+            // held here and still signing, nobody is.
+            let _guard = match self.lock_request(&rec.client, &rec.request_id).await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(error = %e, req_id = %rec.request_id, "an approved request is busy elsewhere; left to its replica");
+                    continue;
+                }
+            };
+            let (c, r) = (rec.client.clone(), rec.request_id.clone());
+            let Some(mut rec) = state_call(self.state.get_pending(&c, &r)).await? else {
+                continue;
+            };
             if rec.status == Status::Signing {
                 // Its result may have reached the audit log (and been restored as the
                 // request's answer at start-up) before signerd stopped.
@@ -554,7 +570,15 @@ impl Signer {
     /// limits, with live usage that leaves out the request's own reservation), then records
     /// and signs exactly as an allowed request.
     async fn complete(self: Arc<Self>, client: String, request_id: String) {
-        let _guard = self.lock_request(&client, &request_id).await;
+        let _guard = match self.lock_request(&client, &request_id).await {
+            Ok(g) => g,
+            Err(e) => {
+                // Another replica holds it (and signs it), or the store failed: the request
+                // stays approved and signing, and is looked at again at the next start.
+                tracing::error!(error = %e, req_id = %request_id, "cannot sign the approved request now");
+                return;
+            }
+        };
         let (c, r) = (client.clone(), request_id.clone());
         let mut rec = match state_call(self.state.get_pending(&c, &r)).await {
             Ok(Some(rec)) if rec.status == Status::Signing => rec,

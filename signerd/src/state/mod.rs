@@ -6,6 +6,7 @@
 //! in process. The audit log, not this store, is the source of truth after a crash.
 
 mod memory;
+mod postgres;
 pub mod reconcile;
 pub mod retention;
 mod sled;
@@ -14,6 +15,7 @@ pub mod spend;
 use std::path::Path;
 
 pub use self::memory::MemoryStore;
+pub use self::postgres::{CLAIM_LEASE, PostgresStore, SCHEMA_VERSION};
 pub use self::sled::SledStore;
 pub use self::spend::{Charge, Exceeded, Used};
 pub use crate::approvals::PendingRecord;
@@ -153,10 +155,32 @@ pub enum StateError {
     /// A stored value cannot be decoded.
     #[error("state store corrupt: {0}")]
     Corrupt(String),
+    /// The store's schema is not one this release can use (a newer release migrated it).
+    #[error("state store incompatible: {0}")]
+    Incompatible(String),
     /// A key part is not storable (a NUL byte, or too long). The caller validates first, so
     /// this is a bug upstream.
     #[error("state store: invalid key: {0}")]
     InvalidKey(String),
+}
+
+/// What [`StateStore::claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This process holds the request until it lets go ([`StateStore::unclaim`] with `token`)
+    /// or stops renewing it. `taken_over` names the replica whose claim had lapsed (it stopped
+    /// while working on the request).
+    Held {
+        /// Identifies this hold.
+        token: i64,
+        /// The replica that held it before, when its claim lapsed.
+        taken_over: Option<String>,
+    },
+    /// Another replica works on the request now.
+    Busy {
+        /// That replica (its audit log's origin).
+        holder: String,
+    },
 }
 
 /// One windowed usage a policy evaluation needs: what `bucket` used in the `window_secs`
@@ -300,6 +324,33 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Binds the store to `binding`; durable when this returns.
     async fn bind_log(&self, binding: &LogBinding) -> Result<(), StateError>;
+
+    /// Claims (`client`, `request_id`) for this process, against every other process sharing
+    /// the store: while one holds it, no other works on that request (answers, votes, expiry,
+    /// signing at quorum). A store of one process only (sled, memory) has nothing to claim
+    /// against: the daemon's own per-request lock is enough, and this always holds.
+    async fn claim(&self, _client: &str, _request_id: &str) -> Result<Claim, StateError> {
+        Ok(Claim::Held {
+            token: 0,
+            taken_over: None,
+        })
+    }
+
+    /// Lets go of a claim taken with `token` (a later claim of the same request is left).
+    async fn unclaim(
+        &self,
+        _client: &str,
+        _request_id: &str,
+        _token: i64,
+    ) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    /// Whether other processes share this store: its failures are then the network's or the
+    /// server's, and pass (the daemon probes it and serves again), and it holds claims.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// Opens the default store in `dir` (created with mode 0700 if missing), with a page cache of

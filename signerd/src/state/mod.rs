@@ -5,6 +5,7 @@
 //! embedded default and [`MemoryStore`] keeps everything in memory, for tests of the pipeline
 //! in process. The audit log, not this store, is the source of truth after a crash.
 
+pub mod crosscheck;
 mod memory;
 mod postgres;
 pub mod reconcile;

@@ -53,6 +53,7 @@ const MIGRATIONS: &[&str] = &[
         request_id text NOT NULL,
         record text NOT NULL,
         answered_at bigint,
+        signed boolean NOT NULL,
         PRIMARY KEY (client, request_id)
     );
     CREATE INDEX signerd_requests_answered_at ON signerd_requests (answered_at);
@@ -199,6 +200,24 @@ impl PostgresStore {
     /// Connects to the database of `cfg` as the replica `origin`, and creates or migrates the
     /// schema. Errors say what failed and where, never the password.
     pub async fn open(cfg: &PostgresConfig, origin: &str) -> Result<PostgresStore, StateError> {
+        PostgresStore::connect(cfg, origin, true).await
+    }
+
+    /// Connects to a database whose schema signerd already created, for reading (the
+    /// cross-check): nothing is created or migrated, and a schema of another version is
+    /// refused.
+    pub async fn open_existing(
+        cfg: &PostgresConfig,
+        origin: &str,
+    ) -> Result<PostgresStore, StateError> {
+        PostgresStore::connect(cfg, origin, false).await
+    }
+
+    async fn connect(
+        cfg: &PostgresConfig,
+        origin: &str,
+        create: bool,
+    ) -> Result<PostgresStore, StateError> {
         let password = cfg
             .password_source()
             .read("state.postgres.password")
@@ -243,12 +262,14 @@ impl PostgresStore {
             .build()
             .map_err(|e| StateError::Unavailable(format!("PostgreSQL: pool: {e}")))?;
         let where_ = format!("{}@{}:{}/{}", cfg.user, cfg.host, cfg.port, cfg.dbname);
-        migrate(&pool, cfg.timeout).await.map_err(|e| match e {
-            StateError::Unavailable(m) => {
-                StateError::Unavailable(format!("{m} (database {where_})"))
-            }
-            other => other,
-        })?;
+        migrate(&pool, cfg.timeout, create)
+            .await
+            .map_err(|e| match e {
+                StateError::Unavailable(m) => {
+                    StateError::Unavailable(format!("{m} (database {where_})"))
+                }
+                other => other,
+            })?;
         let renewer = tokio::spawn(renew(pool.clone(), origin.to_owned(), cfg.timeout));
         Ok(PostgresStore {
             pool,
@@ -257,6 +278,26 @@ impl PostgresStore {
             tokens: AtomicI64::new(1),
             renewer,
         })
+    }
+
+    /// Every committed answer that is a signature: (client, request_id, answer).
+    pub async fn signed_answers(&self) -> Result<Vec<(String, String, StoredRequest)>, StateError> {
+        let rows = self
+            .rows(
+                "read the answers",
+                "SELECT client, request_id, record FROM signerd_requests ORDER BY client, request_id",
+                &[],
+            )
+            .await?;
+        let mut out = Vec::new();
+        for r in &rows {
+            let (client, request_id): (String, String) = (r.get(0), r.get(1));
+            let rec: StoredRequest = decode("signerd_requests", &client, &request_id, r.get(2))?;
+            if matches!(rec.outcome, super::StoredOutcome::Signed { .. }) {
+                out.push((client, request_id, rec));
+            }
+        }
+        Ok(out)
     }
 
     /// Runs `f` on a pooled connection, within the timeout.
@@ -427,7 +468,7 @@ fn client_tls(cfg: &PostgresConfig) -> Result<rustls::ClientConfig, StateError> 
 }
 
 /// Creates or migrates the schema, one replica at a time; refuses a newer one.
-async fn migrate(pool: &Pool, timeout: Duration) -> Result<(), StateError> {
+async fn migrate(pool: &Pool, timeout: Duration, create: bool) -> Result<(), StateError> {
     let work = async {
         let mut c = pool.get().await.map_err(|e| pool_err(&e))?;
         let tx = c.transaction().await.map_err(|e| pg_err("begin", &e))?;
@@ -451,6 +492,11 @@ async fn migrate(pool: &Pool, timeout: Duration) -> Result<(), StateError> {
             return Err(StateError::Incompatible(format!(
                 "the database's schema is version {found}, newer than this signerd's \
                  ({SCHEMA_VERSION}): another replica runs a newer release; upgrade this one"
+            )));
+        }
+        if !create && found != SCHEMA_VERSION {
+            return Err(StateError::Incompatible(format!(
+                "the database's schema is version {found}, this signerd's is {SCHEMA_VERSION}"
             )));
         }
         let from = usize::try_from(found).unwrap_or(0);
@@ -533,13 +579,15 @@ impl StateStore for PostgresStore {
     ) -> Result<(), StateError> {
         check_key(client, request_id)?;
         let record = encode("signerd_requests", rec)?;
+        let signed = matches!(rec.outcome, super::StoredOutcome::Signed { .. });
         self.exec(
             "store the answer",
-            "INSERT INTO signerd_requests (client, request_id, record, answered_at)
-             VALUES ($1, $2, $3, $4)
+            "INSERT INTO signerd_requests (client, request_id, record, answered_at, signed)
+             VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT (client, request_id)
-             DO UPDATE SET record = excluded.record, answered_at = excluded.answered_at",
-            &[&client, &request_id, &record, &rec.answered_at],
+             DO UPDATE SET record = excluded.record, answered_at = excluded.answered_at,
+                 signed = excluded.signed",
+            &[&client, &request_id, &record, &rec.answered_at, &signed],
         )
         .await
         .map(drop)
@@ -696,11 +744,59 @@ impl StateStore for PostgresStore {
     }
 
     /// The database, not a replica's log, is the durable copy of every replica's
-    /// reservations, so nothing is replaced: this replica's claims from before its start are
-    /// let go, and the reservations of those requests released when they ended with no
-    /// answer and no approval record (the replica stopped before their result was durable,
-    /// and the answers its log holds were restored before this).
-    async fn reconcile(&self, _entries: Vec<Entry>) -> Result<(), StateError> {
+    /// reservations, so nothing is replaced:
+    /// - the spend of this log's signed requests that the database lacks is added (a store
+    ///   moved from the embedded one, or an answer restored from the log): only for requests
+    ///   whose committed answer is a signature (or expired), and that hold no reservation;
+    /// - this replica's claims from before its start are let go, and the reservations of
+    ///   those requests released when they ended with no answer and no approval record (the
+    ///   replica stopped before their result was durable; the answers its log holds were
+    ///   restored before this).
+    async fn reconcile(&self, entries: Vec<Entry>) -> Result<(), StateError> {
+        let mut clients = Vec::with_capacity(entries.len());
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut buckets = Vec::with_capacity(entries.len());
+        let mut times = Vec::with_capacity(entries.len());
+        let mut amounts = Vec::with_capacity(entries.len());
+        for e in &entries {
+            let Some((client, request_id)) = e.owner.split_once('\0') else {
+                return Err(StateError::Corrupt(format!(
+                    "spend entry of the log: owner {:?} is not client and request id",
+                    e.owner
+                )));
+            };
+            check_key(client, request_id)?;
+            clients.push(client);
+            ids.push(request_id);
+            buckets.push(e.bucket.as_str());
+            times.push(e.ts);
+            amounts.push(e.amount.to_string());
+        }
+        // Large logs: one statement per batch, each within the call timeout.
+        for start in (0..entries.len()).step_by(10_000) {
+            let end = (start + 10_000).min(entries.len());
+            self.exec(
+                "add the log's signed spend",
+                "INSERT INTO signerd_spend (client, request_id, bucket, ts, amount)
+                 SELECT e.c, e.r, e.b, e.t, e.a::numeric
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])
+                     AS e(c, r, b, t, a)
+                 WHERE (EXISTS (SELECT 1 FROM signerd_requests q
+                                WHERE q.client = e.c AND q.request_id = e.r AND q.signed)
+                        OR EXISTS (SELECT 1 FROM signerd_expired x
+                                   WHERE x.client = e.c AND x.request_id = e.r))
+                   AND NOT EXISTS (SELECT 1 FROM signerd_spend s
+                                   WHERE s.client = e.c AND s.request_id = e.r)",
+                &[
+                    &&clients[start..end],
+                    &&ids[start..end],
+                    &&buckets[start..end],
+                    &&times[start..end],
+                    &&amounts[start..end],
+                ],
+            )
+            .await?;
+        }
         self.exec(
             "let go of this replica's earlier claims",
             "WITH mine AS (

@@ -14,6 +14,7 @@ mod bench_vault;
 mod books;
 mod policy;
 mod policy_sign;
+mod state;
 mod witness;
 
 use std::path::{Path, PathBuf};
@@ -98,6 +99,9 @@ enum Command {
     /// Operations on a running daemon for clients with the `admin` role: reload-policy.
     #[command(subcommand)]
     Admin(admin::AdminCmd),
+    /// The state database that replicas share: cross-check it against their audit logs.
+    #[command(subcommand)]
+    State(state::StateCmd),
     /// The transport floor server that `bench --baseline floor` starts as its own process.
     #[command(hide = true)]
     BenchFloorServer {
@@ -595,6 +599,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Request(cmd) => approvals::run_request(settings(&cli.conn)?, cmd, json_out).await,
         Command::Admin(cmd) => admin::run(settings(&cli.conn)?, cmd, json_out).await,
+        Command::State(cmd) => state::run(cmd, json_out).await,
     }
 }
 

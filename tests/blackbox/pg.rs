@@ -286,7 +286,8 @@ impl PgServer {
     }
 
     /// The settings of `port`, in a file included from `postgresql.conf` (so a retry on
-    /// another port rewrites it).
+    /// another port rewrites it). The log never shows a failed statement: it may hold a
+    /// password, and failure messages print the log.
     fn write_settings(&self, tls: bool) {
         let mut conf = format!(
             "listen_addresses = '127.0.0.1'\n\
@@ -296,7 +297,8 @@ impl PgServer {
              synchronous_commit = on\n\
              full_page_writes = on\n\
              password_encryption = 'scram-sha-256'\n\
-             shared_buffers = '16MB'\n",
+             shared_buffers = '16MB'\n\
+             log_min_error_statement = panic\n",
             self.port
         );
         if tls {

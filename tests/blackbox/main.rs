@@ -31,6 +31,7 @@ mod metrics;
 mod mtls;
 mod operator_tools;
 mod overload;
+mod pg;
 mod pkcs11;
 mod policy_governance;
 mod policy_ops;

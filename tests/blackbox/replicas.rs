@@ -386,7 +386,7 @@ async fn start_refuses_what_it_cannot_trust() {
         out.stderr
     );
     assert!(
-        !out.stderr.contains(&r.pg.password()),
+        !out.stderr.contains(r.pg.password()),
         "the password leaked"
     );
     r.pg.start_again();

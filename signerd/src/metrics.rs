@@ -85,6 +85,10 @@ fn describe() {
         "End-to-end time of signing requests inside signerd"
     );
     describe_counter!(
+        "signerd_state_db_round_trips_total",
+        "Statements sent to the state database ([state] backend = \"postgres\"), BEGIN and COMMIT included: each waits for one answer of the server"
+    );
+    describe_counter!(
         "signerd_requests_shed_total",
         "Signing requests refused with RESOURCE_EXHAUSTED because they waited longer than server.queue_timeout for one of server.max_in_flight turns (nothing evaluated, signed, recorded or stored)"
     );
@@ -251,6 +255,11 @@ pub fn request(method: &'static str, decision: &'static str, status: &'static st
 /// One signing request shed before its work started (overload).
 pub fn shed(method: &'static str) {
     metrics::counter!("signerd_requests_shed_total", "method" => method).increment(1);
+}
+
+/// Statements sent to the state database, each one round trip.
+pub fn db_round_trips(n: u64) {
+    metrics::counter!("signerd_state_db_round_trips_total").increment(n);
 }
 
 /// One stage of a signing request.

@@ -369,7 +369,9 @@ impl PostgresStore {
             for (charge, row) in charges.iter().zip(&rows) {
                 let used = used_of(row)?;
                 if let Some(detail) = charge.exceeded(used) {
-                    // Dropping the transaction rolls it back: nothing changed.
+                    // Dropping the transaction rolls it back: nothing changed. BEGIN, the
+                    // locks, the usage and ROLLBACK.
+                    crate::metrics::db_round_trips(4);
                     return Ok(Err(Exceeded {
                         limit_id: charge.limit_id.clone(),
                         detail,
@@ -390,6 +392,8 @@ impl PostgresStore {
                 .await
                 .map_err(|e| pg_err("reserve", &e))?;
             tx.commit().await.map_err(|e| pg_err("commit", &e))?;
+            // BEGIN, the locks, the usage, the write and COMMIT.
+            crate::metrics::db_round_trips(5);
             Ok(Ok(()))
         })
         .await
@@ -406,6 +410,7 @@ impl PostgresStore {
                 .prepare_cached(sql)
                 .await
                 .map_err(|e| pg_err("prepare", &e))?;
+            crate::metrics::db_round_trips(1);
             c.execute(&st, params).await.map_err(|e| pg_err(what, &e))
         })
         .await
@@ -422,6 +427,7 @@ impl PostgresStore {
                 .prepare_cached(sql)
                 .await
                 .map_err(|e| pg_err("prepare", &e))?;
+            crate::metrics::db_round_trips(1);
             c.query(&st, params).await.map_err(|e| pg_err(what, &e))
         })
         .await

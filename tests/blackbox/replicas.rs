@@ -34,6 +34,19 @@ impl Replicas {
         Replicas { env, pg }
     }
 
+    /// [`Replicas::new`] on a database that takes only TLS connections.
+    pub(crate) fn new_tls(name: &str, policy: &str) -> Replicas {
+        let env = TestEnv::with(
+            name,
+            Opts {
+                policy: policy.to_owned(),
+                ..Opts::default()
+            },
+        );
+        let pg = PgServer::start_tls(name);
+        Replicas { env, pg }
+    }
+
     pub(crate) fn origin(i: usize) -> String {
         format!("replica-{i}.blackbox.test/signerd")
     }
@@ -698,5 +711,38 @@ async fn a_request_left_by_a_dead_replica_is_taken_over() {
     assert!(
         log.contains("taking over a request") && log.contains("replica-9.dead/signerd"),
         "{log}"
+    );
+}
+
+/// TLS to the database: the server's certificate is checked against `ca_file` (a server whose
+/// certificate another authority issued is refused at start), and a replica signs over it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_is_reached_over_checked_tls() {
+    let r = Replicas::new_tls("replicas-tls", LIMITED);
+    let d = r.start(0);
+    let mut c = r.env.client(&d, "app").await;
+    c.sign_evm_transaction(eip1559("over-tls")).await.unwrap();
+    assert!(d.stop().success());
+    assert_eq!(
+        r.pg.psql("SELECT count(*) FROM signerd_requests WHERE request_id = 'over-tls'"),
+        "1"
+    );
+    // The same database, checked against another authority (the clients' CA): refused.
+    let config = r.config(0);
+    let other_ca = r.env.dir.join("pki").join("ca.pem");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("ca_file = {:?}", r.pg.ca_file().display().to_string()),
+        &format!("ca_file = {:?}", other_ca.display().to_string()),
+    );
+    assert!(text.contains(&other_ca.display().to_string()), "{text}");
+    write_file(&config, text.as_bytes(), 0o600);
+    let mut cmd = Command::new(SIGNERD);
+    cmd.arg("run").arg("--config").arg(&config);
+    let out = run_to_exit(cmd, Duration::from_secs(60));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.contains("PostgreSQL") && out.stderr.to_lowercase().contains("certificate"),
+        "{}",
+        out.stderr
     );
 }

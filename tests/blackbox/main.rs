@@ -35,6 +35,7 @@ mod pkcs11;
 mod policy_governance;
 mod policy_ops;
 mod policy_tools;
+mod replica_tools;
 mod retention;
 mod secrets;
 mod signing;

@@ -28,7 +28,7 @@ use crate::verify::{self, Report, VerifyOptions};
 /// Most logs verified together.
 pub const MAX_LOGS: usize = 1024;
 
-/// Most signed (client, request id) pairs remembered across all logs (about 80 bytes each):
+/// Most signed (client, request id) pairs remembered across all logs (about 100 bytes each):
 /// beyond this the verification fails rather than exhaust memory.
 pub const MAX_SIGNED: usize = 50_000_000;
 
@@ -48,7 +48,7 @@ struct Verified {
 /// A request signed in one of the logs: (client, request id) is the key, by its digest.
 struct Signed {
     /// Index of the first log that signed it.
-    log: usize,
+    log: u32,
     /// `seq` of that `sign.result`.
     result_seq: u64,
     /// SHA-256 of its request fingerprint.
@@ -197,11 +197,9 @@ struct Tracker<'a> {
 
 impl Tracker<'_> {
     fn observe(&mut self, checker: &Checker, pos: &Position, line: &[u8]) -> Result<(), Failure> {
-        // The checker accepted the line: it parses.
-        let env = envelope::parse(line)
-            .map_err(|e| failure_at(pos, checker.next_seq(), e.to_string()))?;
-        let seq = env.seq;
-        match env.kind {
+        // The checker accepted the line, and counted it.
+        let seq = checker.next_seq().saturating_sub(1);
+        match checker.last_kind().and_then(Kind::parse) {
             Some(Kind::SignRequest) => {
                 let r: SignRequest = events::read(line).map_err(|e| {
                     failure_at(pos, seq, format!("malformed sign.request record: {e}"))
@@ -228,6 +226,7 @@ impl Tracker<'_> {
                     return Ok(());
                 };
                 let fingerprint = self.waiting.remove(&closed.seq);
+                let env = envelope::parse(line).map_err(|e| failure_at(pos, seq, e.to_string()))?;
                 if env.status() != Some(Status::Signed) {
                     return Ok(());
                 }
@@ -255,6 +254,11 @@ impl Tracker<'_> {
         Ok(())
     }
 
+    fn log_index(&self) -> u32 {
+        // At most MAX_LOGS logs.
+        u32::try_from(self.log).unwrap_or(u32::MAX)
+    }
+
     fn signed(
         &mut self,
         client: &str,
@@ -264,6 +268,7 @@ impl Tracker<'_> {
         seq: u64,
     ) -> Result<(), Failure> {
         let full = self.system.signed.len() >= MAX_SIGNED;
+        let this = self.log_index();
         match self.system.signed.entry(pair_key(client, req_id)) {
             Entry::Vacant(v) => {
                 if full {
@@ -276,7 +281,7 @@ impl Tracker<'_> {
                     ));
                 }
                 v.insert(Signed {
-                    log: self.log,
+                    log: this,
                     result_seq: seq,
                     fingerprint,
                     several: false,
@@ -285,10 +290,12 @@ impl Tracker<'_> {
             Entry::Occupied(mut o) => {
                 let first = o.get_mut();
                 if first.fingerprint != fingerprint {
-                    let there = if first.log == self.log {
+                    let there = if first.log == this {
                         "this log".to_owned()
                     } else {
-                        self.dirs[first.log].display().to_string()
+                        self.dirs
+                            .get(first.log as usize)
+                            .map_or_else(|| "another log".to_owned(), |d| d.display().to_string())
                     };
                     return Err(failure_at(
                         pos,
@@ -299,7 +306,7 @@ impl Tracker<'_> {
                         ),
                     ));
                 }
-                if first.log != self.log && !first.several {
+                if first.log != this && !first.several {
                     first.several = true;
                     self.system.in_several += 1;
                 }

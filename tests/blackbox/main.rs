@@ -36,6 +36,7 @@ mod pkcs11;
 mod policy_governance;
 mod policy_ops;
 mod policy_tools;
+mod replica_tools;
 mod replicas;
 mod retention;
 mod secrets;

@@ -435,6 +435,9 @@ pub struct Checker {
     attested_next: u64,
     /// `audit.recover` records.
     recovered: Vec<Recovered>,
+    /// The request the last record closed, when it was a `sign.result` that closed one (not
+    /// part of [`CheckerState`]: it describes one record, not the log).
+    closed: Option<OpenRequest>,
 }
 
 /// What an `audit.recover` record says recovery cut and saved.
@@ -611,6 +614,7 @@ impl Checker {
             last_kind: state.last_kind,
             attested_next: state.attested_next,
             recovered: state.recovered,
+            closed: None,
         })
     }
 
@@ -633,7 +637,19 @@ impl Checker {
             last_kind: None,
             attested_next: 0,
             recovered: Vec::new(),
+            closed: None,
         }
+    }
+
+    /// The request that the last record checked closed: its `sign.request`'s `seq`, client
+    /// and `req_id`, when that record was a `sign.result` matched to an open request.
+    pub fn closed(&self) -> Option<&OpenRequest> {
+        self.closed.as_ref()
+    }
+
+    /// The `seq` of every `sign.request` that has no result yet and can still get one.
+    pub fn open_request_seqs(&self) -> impl Iterator<Item = u64> + '_ {
+        self.pairing.open.values().flatten().map(|r| r.seq)
     }
 
     /// The `seq` the next record must have: the number of records checked so far.
@@ -776,6 +792,7 @@ impl Checker {
 
     /// Checks one line (without its newline) at `pos`.
     pub fn record(&mut self, pos: &Position, line: &[u8]) -> Result<Hash, Failure> {
+        self.closed = None;
         let expected_seq = self.next_seq;
         let env = envelope::parse(line).map_err(|e| {
             let syntax = matches!(e, LineError::Syntax(_));
@@ -943,8 +960,10 @@ impl Checker {
                 let status = env.status.as_str().unwrap_or("(none)").to_owned();
                 *self.stats.results.entry(status).or_default() += 1;
                 let pinned = self.check_pin(line, self.pairing.peek(&env));
-                self.semantic(pos, seq, |p| p.result(&env).map(|_| ()))?;
+                let mut closed = None;
+                self.semantic(pos, seq, |p| p.result(&env).map(|r| closed = Some(r)))?;
                 self.semantic(pos, seq, |_| pinned)?;
+                self.closed = closed;
             }
             Kind::KeyPin => match body::<KeyPin>(line, kind) {
                 Ok(b) => {

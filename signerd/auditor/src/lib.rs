@@ -8,9 +8,9 @@
 //! checkpoints and verifier keys), [`cosignature`] (witness cosignatures and `add-checkpoint`
 //! requests), [`approval`] (the message approvers sign). Reading it:
 //! [`check`] (the record-by-record checks), [`verify`], [`witnessed`] (the log against its
-//! witnesses' cosignatures), [`prove`] and [`query`], and
-//! [`commands`] (what the `signerd-auditor` binary and `signerctl audit` run, with their
-//! output).
+//! witnesses' cosignatures), [`replicas`] (the logs of several replicas as one system),
+//! [`prove`] and [`query`], and [`commands`] (what the `signerd-auditor` binary and
+//! `signerctl audit` run, with their output).
 //!
 //! This crate only reads logs and verifies signatures. It must never write to a log
 //! directory, hold a signing key, or depend on anything that reaches a key backend, the network
@@ -28,6 +28,7 @@ pub mod note;
 pub mod prove;
 pub mod query;
 pub mod record;
+pub mod replicas;
 pub mod rfc3339;
 pub mod segments;
 #[cfg(test)]

@@ -20,6 +20,7 @@ signerd-auditor: read and verify a signerd audit log (docs/audit-log.md)
 Usage:
   signerd-auditor [--json] verify DIR [--pubkey VKEY | --pubkey-file FILE] [--checkpoint FILE]...
                         [--since FILE] [--live] [--witness VKEY... --min-witnesses K]
+  signerd-auditor [--json] verify DIR DIR... [--pubkey VKEY]... [--pubkey-file FILE]... [--live]
   signerd-auditor consistency --dir DIR OLD [NEW] [--pubkey VKEY | --pubkey-file FILE]
   signerd-auditor [--json] check-consistency FILE [--pubkey VKEY | --pubkey-file FILE]
   signerd-auditor prove --dir DIR SEQ [--pubkey VKEY | --pubkey-file FILE]
@@ -31,7 +32,9 @@ Usage:
 Commands:
   verify       Verify a log directory: records, hash chain, segments, Merkle tree heads,
                checkpoint signatures (with --pubkey) and request/result pairing. Exits 1 on
-               the first failure.
+               the first failure. Given the logs of several replicas: verify each, with the
+               --pubkey named by its origin, then that no two share an origin and no request
+               id was signed as two different requests.
   consistency  Print an RFC 6962 consistency proof (JSON) from checkpoint file OLD to NEW
                (default: the log's latest checkpoint), after checking both against the log.
   check-consistency
@@ -78,6 +81,13 @@ enum Command {
         flags: commands::VerifyFlags,
         witnesses: Vec<String>,
         min_witnesses: Option<usize>,
+    },
+    /// `verify` with several directories: the logs of several replicas.
+    VerifyLogs {
+        dirs: Vec<PathBuf>,
+        keys: Vec<String>,
+        key_files: Vec<PathBuf>,
+        live: bool,
     },
     Prove {
         dir: PathBuf,
@@ -273,6 +283,30 @@ fn parse(args: &[OsString]) -> Result<(Command, bool), String> {
                     .map(|(_, v)| v)
                     .collect()
             };
+            if o.positional.len() > 1 {
+                for one_log in ["--checkpoint", "--since", "--witness", "--min-witnesses"] {
+                    if !values(one_log).is_empty() {
+                        return Err(format!(
+                            "{one_log} is about one log: verify that log on its own"
+                        ));
+                    }
+                }
+                return Ok((
+                    Command::VerifyLogs {
+                        dirs: o.positional.iter().map(PathBuf::from).collect(),
+                        keys: values("--pubkey")
+                            .into_iter()
+                            .map(|v| v.to_string_lossy().into_owned())
+                            .collect(),
+                        key_files: values("--pubkey-file")
+                            .into_iter()
+                            .map(PathBuf::from)
+                            .collect(),
+                        live: o.flag("--live"),
+                    },
+                    json,
+                ));
+            }
             let min_witnesses = match values("--min-witnesses").as_slice() {
                 [] => None,
                 [k] => Some(
@@ -442,6 +476,21 @@ fn run(command: Command, json: bool) -> Result<(), CommandError> {
                     &mut out,
                 )
             }
+        }
+        Command::VerifyLogs {
+            dirs,
+            keys,
+            key_files,
+            live,
+        } => {
+            let mut parsed = Vec::new();
+            for text in &keys {
+                parsed.extend(commands::verifier_key(Some(text), None)?);
+            }
+            for file in &key_files {
+                parsed.extend(commands::verifier_key(None, Some(file))?);
+            }
+            signerd_auditor::replicas::verify_logs(&dirs, parsed, live, json, &mut out)
         }
         Command::Prove { dir, seq, key: k } => {
             commands::prove(&dir, seq, key(&k)?.as_ref(), &mut out)
@@ -625,6 +674,18 @@ mod tests {
                 follow: false
             }
         );
+        assert_eq!(
+            ok("verify /a /b --pubkey a+1+A --pubkey-file vb --pubkey=c+1+C --live"),
+            (
+                Command::VerifyLogs {
+                    dirs: vec!["/a".into(), "/b".into()],
+                    keys: vec!["a+1+A".into(), "c+1+C".into()],
+                    key_files: vec!["vb".into()],
+                    live: true,
+                },
+                false
+            )
+        );
         assert_eq!(ok("").0, Command::Help);
         assert_eq!(ok("verify --help").0, Command::Help);
         assert_eq!(ok("-V").0, Command::Version);
@@ -640,7 +701,8 @@ mod tests {
         for (line, want) in [
             ("frobnicate", "unknown command"),
             ("verify", "DIR is required"),
-            ("verify a b", "unexpected argument b"),
+            ("verify a b --since c", "--since is about one log"),
+            ("verify a b --witness w", "--witness is about one log"),
             ("verify a --pubkey", "--pubkey needs a value"),
             ("verify a --pubkey k --pubkey-file f", "not both"),
             ("verify a --frob", "unknown option --frob"),

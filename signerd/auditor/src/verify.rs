@@ -89,6 +89,20 @@ pub struct Report {
 
 /// Verifies the log in `dir`.
 pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
+    verify_dir_observed(dir, opts, &mut |_, _, _| Ok(()))
+}
+
+/// What [`verify_dir_observed`] calls with each record once the checker has accepted it: the
+/// checker (which now includes the record), where the record is, and its line.
+pub(crate) type Observer<'a> = dyn FnMut(&Checker, &Position, &[u8]) -> Result<(), Failure> + 'a;
+
+/// Verifies the log in `dir` as [`verify_dir`] does, showing every accepted record to
+/// `observe`, which may fail the verification at that record.
+pub(crate) fn verify_dir_observed(
+    dir: &Path,
+    opts: &VerifyOptions,
+    observe: &mut Observer<'_>,
+) -> Result<Report, Failure> {
     let segs = segments::list(dir).map_err(Failure::general)?;
     if segs.is_empty() {
         return Err(Failure::general(format!(
@@ -196,6 +210,7 @@ pub fn verify_dir(dir: &Path, opts: &VerifyOptions) -> Result<Report, Failure> {
                         ));
                     }
                     checker.record(&pos, bytes)?;
+                    observe(&checker, &pos, bytes)?;
                     sha.update(bytes);
                     sha.update(b"\n");
                 }

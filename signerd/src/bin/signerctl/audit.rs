@@ -5,7 +5,8 @@
 //! fine) and never need the daemon or any secret. A failed verification exits non-zero and
 //! names the first bad record; nothing here ever modifies a log. Those five run the commands
 //! of the auditor crate ([`signerd_auditor::commands`]), as its own binary `signerd-auditor`
-//! does, so both print the same.
+//! does, so both print the same. `verify` over the logs of several replicas runs
+//! [`signerd_auditor::replicas`].
 
 use signerd::config::Backend;
 use std::io::Write;
@@ -18,7 +19,7 @@ use signerd::audit::key::{self, SoftCheckpointKey};
 use signerd_auditor::commands::{self, CommandError};
 use signerd_auditor::note::VerifierKey;
 use signerd_auditor::query::Filter;
-use signerd_auditor::witnessed;
+use signerd_auditor::{replicas, witnessed};
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCmd {
@@ -37,11 +38,16 @@ pub(crate) enum AuditCmd {
     },
     /// Verify a log directory: records, hash chain, segments, Merkle tree heads, checkpoint
     /// signatures (with --pubkey) and request/result pairing. Exits 1 on the first failure.
+    /// Given the logs of several replicas, verify each (with the --pubkey named by its
+    /// origin), then that no two share an origin and no request id was signed as two
+    /// different requests.
     Verify {
-        /// The log directory (the daemon's `[audit] dir`, or a copy of it).
-        dir: PathBuf,
+        /// The log directory (the daemon's `[audit] dir`, or a copy of it); several for the
+        /// logs of several replicas.
+        #[arg(required = true, value_name = "DIR")]
+        dirs: Vec<PathBuf>,
         #[command(flatten)]
-        key: PubkeyArgs,
+        key: VerifyKeyArgs,
         /// A checkpoint kept elsewhere (e.g. shipped off the host): the log must contain its
         /// tree. May be repeated.
         #[arg(long = "checkpoint", value_name = "FILE")]
@@ -214,6 +220,33 @@ pub(crate) struct PubkeyArgs {
     pubkey_file: Option<PathBuf>,
 }
 
+/// `verify`'s checkpoint verifier keys: one for one log, one per log (matched by its name,
+/// which is the log's origin) for several.
+#[derive(clap::Args)]
+pub(crate) struct VerifyKeyArgs {
+    /// The checkpoint verifier key (C2SP vkey), as printed by `signerctl audit pubkey`.
+    /// Repeat it for the logs of several replicas: each log takes the key named by its
+    /// origin.
+    #[arg(long)]
+    pubkey: Vec<String>,
+    /// A file holding a verifier key (repeatable, as --pubkey).
+    #[arg(long)]
+    pubkey_file: Vec<PathBuf>,
+}
+
+impl VerifyKeyArgs {
+    fn keys(&self) -> anyhow::Result<Vec<VerifierKey>> {
+        let mut keys = Vec::new();
+        for text in &self.pubkey {
+            keys.extend(commands::verifier_key(Some(text), None)?);
+        }
+        for file in &self.pubkey_file {
+            keys.extend(commands::verifier_key(None, Some(file))?);
+        }
+        Ok(keys)
+    }
+}
+
 impl PubkeyArgs {
     fn key(&self) -> anyhow::Result<Option<VerifierKey>> {
         Ok(commands::verifier_key(
@@ -355,14 +388,36 @@ pub(crate) async fn run(cmd: AuditCmd, json_out: bool) -> anyhow::Result<()> {
             Ok(())
         }
         AuditCmd::Verify {
-            dir,
+            dirs,
             key,
             checkpoints,
             since,
             live,
             witnesses,
         } => {
-            let key = key.key()?;
+            let mut keys = key.keys()?;
+            let dir = match <[PathBuf; 1]>::try_from(dirs) {
+                Ok([dir]) => dir,
+                Err(dirs) => {
+                    if !checkpoints.is_empty()
+                        || since.is_some()
+                        || !witnesses.keys.is_empty()
+                        || witnesses.min_witnesses.is_some()
+                    {
+                        bail!(
+                            "--checkpoint, --since, --witness and --min-witnesses are about one log: verify that log on its own"
+                        );
+                    }
+                    return blocking(move |out| {
+                        replicas::verify_logs(&dirs, keys, live, json_out, out)
+                    })
+                    .await;
+                }
+            };
+            if keys.len() > 1 {
+                bail!("one log takes one --pubkey or --pubkey-file");
+            }
+            let key = keys.pop();
             let flags = commands::VerifyFlags { live, since };
             if witnesses.keys.is_empty() && witnesses.min_witnesses.is_none() {
                 return blocking(move |out| {

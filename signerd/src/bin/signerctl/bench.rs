@@ -2,6 +2,9 @@
 //! N concurrent mTLS clients (one connection each) send signing requests for a fixed time and
 //! the tool reports throughput, latency percentiles and errors.
 //!
+//! With `--endpoint` given several times (replicas sharing one state store), client `k` uses
+//! endpoint `k mod n`, and the report adds what each endpoint signed and refused.
+//!
 //! With `--baseline`, the same run first measures the raw limit of the key backend at the same
 //! concurrency and for the same time (in-process signing for `soft`, `C_Sign` straight through
 //! cryptoki for `pkcs11`), then signerd end to end, and prints the ratio.
@@ -65,6 +68,17 @@ struct Measured {
     latencies: Vec<Duration>,
     errors: std::collections::BTreeMap<String, u64>,
     elapsed: f64,
+    /// Per endpoint, in the order given, when there are several.
+    endpoints: Vec<PerEndpoint>,
+}
+
+/// What one endpoint of a run over several answered.
+#[derive(Default)]
+struct PerEndpoint {
+    endpoint: String,
+    clients: usize,
+    signed: u64,
+    errors: u64,
 }
 
 impl Measured {
@@ -81,7 +95,7 @@ impl Measured {
     }
 
     fn json(&self, concurrency: usize) -> serde_json::Value {
-        json!({
+        let mut report = json!({
             "concurrency": concurrency,
             "offered_per_s": self.offered,
             "duration_s": self.elapsed,
@@ -92,7 +106,18 @@ impl Measured {
                 "p50": self.pct(50.0), "p90": self.pct(90.0), "p99": self.pct(99.0),
                 "p99.9": self.pct(99.9), "max": self.pct(100.0),
             },
-        })
+        });
+        if !self.endpoints.is_empty() {
+            report["endpoints"] = self
+                .endpoints
+                .iter()
+                .map(|e| {
+                    json!({"endpoint": e.endpoint, "clients": e.clients,
+                           "ok": e.signed, "errors": e.errors})
+                })
+                .collect();
+        }
+        report
     }
 
     fn print(&self, what: &str, concurrency: usize) {
@@ -115,16 +140,24 @@ impl Measured {
         );
         let total: u64 = self.errors.values().sum();
         println!("  errors: {total} {:?}", self.errors);
+        for e in &self.endpoints {
+            println!(
+                "  endpoint {}: {} signed, {} errors ({} clients)",
+                e.endpoint, e.signed, e.errors, e.clients
+            );
+        }
     }
 }
 
 struct Worker {
+    /// Index of its endpoint.
+    endpoint: usize,
     latencies: Vec<Duration>,
     errors: Vec<String>,
 }
 
 pub(crate) async fn run(
-    settings: ClientSettings,
+    endpoints: Vec<ClientSettings>,
     args: BenchArgs,
     json_out: bool,
 ) -> anyhow::Result<()> {
@@ -143,15 +176,39 @@ pub(crate) async fn run(
     if args.keys.len() > 10_000 {
         bail!("--key may be given at most 10000 times");
     }
-    let mut probe = connect(&settings).await?;
+    if endpoints.is_empty() || endpoints.len() > 256 {
+        bail!("--endpoint may be given 1 to 256 times");
+    }
+    if endpoints.len() > args.concurrency {
+        bail!(
+            "--concurrency {} is below the {} endpoints: every endpoint needs a client",
+            args.concurrency,
+            endpoints.len()
+        );
+    }
+    // Every endpoint must answer and hold every key before the run, so that a replica that
+    // is down or configured differently is named here rather than counted as errors.
     let mut algorithms = std::collections::BTreeSet::new();
-    for id in &args.keys {
-        let key = probe
-            .get_key(v1::GetKeyRequest { key_id: id.clone() })
+    for settings in &endpoints {
+        let several = endpoints.len() > 1;
+        let at = |what: String| {
+            if several {
+                format!("endpoint {}: {what}", settings.endpoint)
+            } else {
+                what
+            }
+        };
+        let mut probe = connect(settings)
             .await
-            .map_err(|s| anyhow::anyhow!("GetKey {id}: {}", s.message()))?
-            .into_inner();
-        algorithms.insert(key.algorithm);
+            .map_err(|e| anyhow::anyhow!(at(e.to_string())))?;
+        for id in &args.keys {
+            let key = probe
+                .get_key(v1::GetKeyRequest { key_id: id.clone() })
+                .await
+                .map_err(|s| anyhow::anyhow!(at(format!("GetKey {id}: {}", s.message()))))?
+                .into_inner();
+            algorithms.insert(key.algorithm);
+        }
     }
     let [algorithm] = algorithms.into_iter().collect::<Vec<_>>()[..] else {
         bail!("every --key must have the same algorithm");
@@ -164,7 +221,7 @@ pub(crate) async fn run(
             Some((name, m))
         }
     };
-    let signerd = run_signerd(&settings, &args, algorithm, duration).await?;
+    let signerd = run_signerd(&endpoints, &args, algorithm, duration).await?;
     if json_out {
         let mut report = signerd.json(args.concurrency);
         report["keys"] = json!(args.keys.len());
@@ -208,7 +265,13 @@ async fn run_baseline(
                 bail!("--baseline floor compares EIP-191 signing: give a secp256k1 --key");
             }
             let floor = crate::bench_floor::start()?;
-            let m = run_signerd(&floor.settings, args, algorithm, duration).await?;
+            let m = run_signerd(
+                std::slice::from_ref(&floor.settings),
+                args,
+                algorithm,
+                duration,
+            )
+            .await?;
             drop(floor);
             Ok(("floor: bare tonic + rustls mTLS server that only signs", m))
         }
@@ -237,6 +300,7 @@ async fn run_baseline(
                     latencies,
                     errors: errs,
                     elapsed,
+                    endpoints: Vec::new(),
                 },
             ))
         }
@@ -272,6 +336,7 @@ async fn run_baseline(
                     latencies,
                     errors,
                     elapsed: raw.elapsed.as_secs_f64(),
+                    endpoints: Vec::new(),
                 },
             ))
         }
@@ -330,6 +395,7 @@ fn soft_baseline(
         latencies,
         errors: Default::default(),
         elapsed: started.elapsed().as_secs_f64(),
+        endpoints: Vec::new(),
     })
 }
 
@@ -359,9 +425,9 @@ fn pace(started: Instant, deadline: Instant, rate: f64, clients: &[Arc<tokio::sy
 }
 
 /// signerd end to end: EIP-191 messages for secp256k1 keys, raw digests (a rule must name
-/// `raw_digest`) for the others.
+/// `raw_digest`) for the others. Client `k` connects to `endpoints[k mod n]`.
 async fn run_signerd(
-    settings: &ClientSettings,
+    endpoints: &[ClientSettings],
     args: &BenchArgs,
     algorithm: v1::Algorithm,
     duration: Duration,
@@ -370,8 +436,12 @@ async fn run_signerd(
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
     let run_id = hex::encode(nonce);
     let mut clients = Vec::with_capacity(args.concurrency);
-    for _ in 0..args.concurrency {
-        clients.push(connect(settings).await?);
+    for k in 0..args.concurrency {
+        let settings = &endpoints[k % endpoints.len()];
+        let client = connect(settings)
+            .await
+            .map_err(|e| anyhow::anyhow!("client {k}: endpoint {}: {e}", settings.endpoint))?;
+        clients.push(client);
     }
     let deadline = Instant::now() + duration;
     let started = Instant::now();
@@ -391,6 +461,14 @@ async fn run_signerd(
         }
     };
     let n = args.concurrency as u64;
+    let mut per_endpoint: Vec<PerEndpoint> = endpoints
+        .iter()
+        .map(|e| PerEndpoint {
+            endpoint: e.endpoint.clone(),
+            ..PerEndpoint::default()
+        })
+        .collect();
+    let endpoints = endpoints.len();
     let mut tasks = Vec::new();
     for (w, mut client) in clients.into_iter().enumerate() {
         let keys = args.keys.clone();
@@ -399,6 +477,7 @@ async fn run_signerd(
         let waker = Arc::clone(&wakers[w]);
         tasks.push(tokio::spawn(async move {
             let mut out = Worker {
+                endpoint: w % endpoints,
                 latencies: Vec::new(),
                 errors: Vec::new(),
             };
@@ -459,6 +538,11 @@ async fn run_signerd(
     let mut errors: std::collections::BTreeMap<String, u64> = Default::default();
     for t in tasks {
         let w = t.await?;
+        if let Some(e) = per_endpoint.get_mut(w.endpoint) {
+            e.clients += 1;
+            e.signed += w.latencies.len() as u64;
+            e.errors += w.errors.len() as u64;
+        }
         latencies.extend(w.latencies);
         for e in w.errors {
             *errors.entry(e).or_default() += 1;
@@ -476,5 +560,11 @@ async fn run_signerd(
         latencies,
         errors,
         elapsed,
+        // The per-endpoint lines are for runs over several; one endpoint reports as before.
+        endpoints: if endpoints > 1 {
+            per_endpoint
+        } else {
+            Vec::new()
+        },
     })
 }

@@ -44,9 +44,10 @@ struct Cli {
 
 #[derive(Args)]
 struct Conn {
-    /// signerd's address (default: from --dev, else https://127.0.0.1:50051).
+    /// signerd's address (default: from --dev, else https://127.0.0.1:50051). `bench` takes it
+    /// more than once, to spread its clients over several replicas.
     #[arg(long, global = true)]
-    endpoint: Option<String>,
+    endpoint: Vec<String>,
     /// CA certificate that issued the server's certificate (PEM).
     #[arg(long, global = true, value_name = "FILE")]
     ca: Option<PathBuf>,
@@ -260,9 +261,33 @@ fn parse_hex(what: &str, s: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 fn settings(c: &Conn) -> anyhow::Result<ClientSettings> {
+    let endpoint = match c.endpoint.as_slice() {
+        [] => None,
+        [one] => Some(one.clone()),
+        many => bail!(
+            "--endpoint is given {} times: only `bench` spreads its clients over several daemons",
+            many.len()
+        ),
+    };
+    settings_for(c, endpoint)
+}
+
+/// One client setting per `--endpoint` (`bench` over several replicas), in the order given;
+/// the one default endpoint when none is given.
+fn settings_each(c: &Conn) -> anyhow::Result<Vec<ClientSettings>> {
+    if c.endpoint.is_empty() {
+        return Ok(vec![settings_for(c, None)?]);
+    }
+    c.endpoint
+        .iter()
+        .map(|e| settings_for(c, Some(e.clone())))
+        .collect()
+}
+
+fn settings_for(c: &Conn, endpoint: Option<String>) -> anyhow::Result<ClientSettings> {
     if let Some(dir) = &c.dev {
-        let endpoint = match &c.endpoint {
-            Some(e) => e.clone(),
+        let endpoint = match endpoint {
+            Some(e) => e,
             None => {
                 let mut addr = signerd::dev::listen_of(dir)?;
                 if addr.ip().is_unspecified() {
@@ -279,10 +304,7 @@ fn settings(c: &Conn) -> anyhow::Result<ClientSettings> {
         bail!("give --ca, --client-cert and --client-key (or --dev DIR --as NAME)");
     };
     Ok(ClientSettings {
-        endpoint: c
-            .endpoint
-            .clone()
-            .unwrap_or_else(|| "https://127.0.0.1:50051".into()),
+        endpoint: endpoint.unwrap_or_else(|| "https://127.0.0.1:50051".into()),
         ca: ca.clone(),
         identity: Some((cert.clone(), key.clone())),
         server_name: c.server_name.clone(),
@@ -589,7 +611,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Sign(cmd) => sign(&cli.conn, json_out, cmd).await,
         Command::Policy(cmd) => policy::run(cmd, json_out),
-        Command::Bench(args) => bench::run(settings(&cli.conn)?, args, json_out).await,
+        Command::Bench(args) => bench::run(settings_each(&cli.conn)?, args, json_out).await,
         Command::BenchFloorServer { dir } => bench_floor::serve(dir).await,
         Command::Audit(cmd) => audit::run(cmd, json_out).await,
         Command::Witness(cmd) => witness::run(cmd, json_out).await,

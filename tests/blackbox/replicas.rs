@@ -398,10 +398,7 @@ async fn start_refuses_what_it_cannot_trust() {
         "{}",
         out.stderr
     );
-    assert!(
-        !out.stderr.contains(r.pg.password()),
-        "the password leaked"
-    );
+    assert!(!out.stderr.contains(r.pg.password()), "the password leaked");
     r.pg.start_again();
 
     let d = r.start(0);
@@ -602,6 +599,21 @@ async fn failover_under_kill_9_loses_nothing() {
         "reservations of {held} requests, {} signed",
         signed_ids.len()
     );
+    // The auditor's verification of the three logs, each with its key, as one system.
+    let mut verify = vec!["audit".to_owned(), "verify".to_owned()];
+    for i in 0..3 {
+        let config = r.config(i);
+        let out =
+            crate::audit_support::ctl(&["audit", "pubkey", "--config", config.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        verify.push("--pubkey".to_owned());
+        verify.push(out.stdout.trim().to_owned());
+        verify.push(r.audit_dir(i).display().to_string());
+    }
+    let verify: Vec<&str> = verify.iter().map(String::as_str).collect();
+    let out = crate::audit_support::ctl(&verify);
+    assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("all logs"), "{}", out.stdout);
     // The auditor's cross-check of the three logs against the database.
     let dirs: Vec<String> = (0..3)
         .map(|i| r.audit_dir(i).display().to_string())

@@ -1404,6 +1404,54 @@ administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa623
         ))
     }
 
+    fn with_state(section: &str) -> Result<Config, ConfigError> {
+        parse(&GOOD.replace("[state]\ndir = \"state\"\n", section))
+    }
+
+    #[test]
+    #[allow(clippy::unwrap_used)]
+    fn a_postgres_state_is_checked_and_defaults_to_checked_tls() {
+        let pg = "[state]\nbackend = \"postgres\"\n\n[state.postgres]\nhost = \"db\"\n\
+                  user = \"signerd\"\ndbname = \"signerd\"\npassword_file = \"pg.pass\"\n";
+        let c = with_state(&format!("{pg}ca_file = \"db-ca.pem\"\n")).unwrap();
+        assert_eq!(c.state.backend, StateBackend::Postgres);
+        let p = c.state.postgres.as_ref().unwrap();
+        assert_eq!((p.port, p.pool_size, p.tls), (5432, 16, PgTls::VerifyFull));
+        assert_eq!(p.timeout, Duration::from_secs(5));
+        assert_eq!(
+            p.password_file.as_deref(),
+            Some(Path::new("/etc/signerd/pg.pass"))
+        );
+        assert_eq!(
+            p.ca_file.as_deref(),
+            Some(Path::new("/etc/signerd/db-ca.pem"))
+        );
+        let refused = |section: &str| with_state(section).unwrap_err().to_string();
+        assert!(
+            refused(pg).contains("needs `ca_file`"),
+            "verify-full without authorities"
+        );
+        assert!(
+            refused(&format!("{pg}tls = \"disable\"\nca_file = \"x.pem\"\n"))
+                .contains("remove one")
+        );
+        assert!(
+            refused(&pg.replace("password_file = \"pg.pass\"\n", "tls = \"disable\"\n"))
+                .contains("set exactly one of `password_file`")
+        );
+        assert!(refused(&format!("{pg}tls = \"disable\"\npool_size = 1\n")).contains("pool_size"));
+        assert!(
+            refused(&format!("{pg}tls = \"disable\"\ntimeout = \"10m\"\n")).contains("timeout")
+        );
+        assert!(refused(&format!("{pg}tls = \"prefer\"\n")).contains("unknown variant"));
+        assert!(refused("[state]\nbackend = \"postgres\"\n").contains("needs a [state.postgres]"));
+        assert!(
+            refused("[state]\ndir = \"state\"\n\n[state.postgres]\nhost = \"db\"\nuser = \"u\"\ndbname = \"d\"\npassword_env = \"P\"\ntls = \"disable\"\n")
+                .contains("backend is \"sled\"")
+        );
+        assert!(refused("[state]\ncache_bytes = 1048576\n").contains("state.dir: missing"));
+    }
+
     #[test]
     #[allow(clippy::unwrap_used)]
     fn connection_settings_default_safely() {

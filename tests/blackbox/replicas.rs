@@ -19,6 +19,8 @@ use crate::util::*;
 pub(crate) struct Replicas {
     pub(crate) env: TestEnv,
     pub(crate) pg: PgServer,
+    /// More `[state]` settings of every replica.
+    pub(crate) state: String,
 }
 
 impl Replicas {
@@ -31,7 +33,11 @@ impl Replicas {
             },
         );
         let pg = PgServer::start(name);
-        Replicas { env, pg }
+        Replicas {
+            env,
+            pg,
+            state: String::new(),
+        }
     }
 
     /// [`Replicas::new`] on a database that takes only TLS connections.
@@ -44,7 +50,11 @@ impl Replicas {
             },
         );
         let pg = PgServer::start_tls(name);
-        Replicas { env, pg }
+        Replicas {
+            env,
+            pg,
+            state: String::new(),
+        }
     }
 
     pub(crate) fn origin(i: usize) -> String {
@@ -60,7 +70,10 @@ impl Replicas {
     pub(crate) fn config(&self, i: usize) -> PathBuf {
         let base = std::fs::read_to_string(self.env.config_path()).unwrap();
         let origin = Replicas::origin(i);
-        let mut state = self.pg.state_toml();
+        let mut state = self.pg.state_toml().replace(
+            "backend = \"postgres\"\n",
+            &format!("backend = \"postgres\"\n{}", self.state),
+        );
         if !state.contains("tls =") {
             // The test database listens on loopback only.
             state.push_str("tls = \"disable\"\n");
@@ -757,4 +770,68 @@ async fn the_database_is_reached_over_checked_tls() {
         "{}",
         out.stderr
     );
+}
+
+/// Idempotency retention on the shared database: an answer older than the retention is
+/// pruned (by any replica), and a retry of its request_id on any replica is refused with
+/// FAILED_PRECONDITION, never signed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_holds_on_the_shared_database() {
+    let mut r = Replicas::new("replicas-retention", LIMITED);
+    r.state = "idempotency_retention = \"2s\"\nprune_interval = \"100ms\"\n".to_owned();
+    let daemons: Vec<Daemon> = (0..2).map(|i| r.start(i)).collect();
+    let mut c0 = r.env.client(&daemons[0], "app").await;
+    let mut c1 = r.env.client(&daemons[1], "app").await;
+    let first = c0
+        .sign_evm_transaction(eip1559("kept-then-expired"))
+        .await
+        .unwrap()
+        .into_inner();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let st = loop {
+        match c1.sign_evm_transaction(eip1559("kept-then-expired")).await {
+            Ok(resp) => {
+                assert_eq!(resp.into_inner(), first, "a retry got another answer");
+                assert!(
+                    Instant::now() < deadline,
+                    "still replayed 15 s after a retention of 2 s"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(st) => break st,
+        }
+    };
+    assert_status(
+        "retry after retention",
+        &st,
+        Code::FailedPrecondition,
+        "use a new request_id",
+    );
+    let st = refused(
+        "retry on the other replica",
+        c0.sign_evm_transaction(eip1559("kept-then-expired")).await,
+    );
+    assert_status(
+        "retry on the other replica",
+        &st,
+        Code::FailedPrecondition,
+        "not signed again",
+    );
+    for d in daemons {
+        assert!(d.stop().success());
+    }
+    assert_eq!(r.signed_results(2, Some("kept-then-expired")), 1);
+    assert_eq!(
+        r.pg.psql("SELECT count(*) FROM signerd_expired WHERE request_id = 'kept-then-expired'"),
+        "1"
+    );
+    // A replica restarted on its log does not bring the answer back.
+    let d = r.start(0);
+    let mut c = r.env.client(&d, "app").await;
+    let st = refused(
+        "after a restart",
+        c.sign_evm_transaction(eip1559("kept-then-expired")).await,
+    );
+    assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
+    assert!(d.stop().success());
 }

@@ -26,7 +26,7 @@ use crate::keys::{Algorithm, KeyBackend, KeyError, KeyInfo, Payload, RawSignatur
 use crate::request::{
     Evaluation, Method, PolicyReloaded, SignOutcome, SignRequest, SignatureParts, Signed,
 };
-use crate::state::{Claim, StateStore, StoredOutcome, StoredRequest};
+use crate::state::{Claim, Lookup, StateStore, StoredOutcome, StoredRequest};
 
 /// How much longer than a claim's lease a request waits for another replica to let go of it.
 const CLAIM_WAIT_MARGIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -199,6 +199,9 @@ enum PayloadKind {
 /// Per-(client, request_id) locks of requests in progress.
 type InFlight = Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>;
 
+/// The claims this process holds in a shared store, by request: the token of each.
+type Claims = Mutex<HashMap<(String, String), i64>>;
+
 /// The signing service shared by every connection.
 pub struct Signer {
     keys: Arc<dyn KeyBackend>,
@@ -210,6 +213,9 @@ pub struct Signer {
     state: Arc<dyn StateStore>,
     audit: AuditLog,
     inflight: InFlight,
+    /// The claims held in a shared store (their tokens), so that an answer's write lets go of
+    /// its request's claim in the same trip.
+    claims: Claims,
     /// False from a failed state store write (or probe) until a restart: signing is refused,
     /// before anything is signed.
     state_ok: std::sync::atomic::AtomicBool,
@@ -282,6 +288,7 @@ impl Signer {
             state,
             audit,
             inflight: Mutex::new(HashMap::new()),
+            claims: Mutex::new(HashMap::new()),
             state_ok: std::sync::atomic::AtomicBool::new(true),
             unstored: Mutex::new(Vec::new()),
             changes: tokio::sync::watch::Sender::new(0),
@@ -1366,6 +1373,7 @@ impl Signer {
         let guard = lock.clone().lock_owned().await;
         let mut held = RequestGuard {
             map: &self.inflight,
+            claims: &self.claims,
             key,
             lock,
             _guard: guard,
@@ -1395,6 +1403,10 @@ impl Signer {
                     }
                     held.claim = Some((self.state.clone(), token));
                     held.taken_over = taken_over;
+                    self.claims
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(held.key.clone(), token);
                     return Ok(held);
                 }
                 Claim::Busy { holder } => {
@@ -1450,16 +1462,22 @@ impl Signer {
         request_id: &str,
     ) -> Result<Option<StoredRequest>, ServiceError> {
         let client = &caller.identity.id;
-        let stored = self
+        let found = self
             .state
-            .get_request(client, request_id)
+            .lookup(client, request_id)
             .await
             .map_err(|e| self.state_failed(&e))?;
-        if stored.is_some() {
-            return Ok(stored);
+        match found {
+            Lookup::Answer(rec) => Ok(Some(rec)),
+            Lookup::New => Ok(None),
+            Lookup::Expired(answered_at) => Err(ServiceError::FailedPrecondition(
+                crate::state::retention::expired_message(
+                    request_id,
+                    answered_at,
+                    self.idempotency_retention(),
+                ),
+            )),
         }
-        self.refuse_expired(client, request_id).await?;
-        Ok(None)
     }
 
     /// FAILED_PRECONDITION when the answer of `client`'s `request_id` expired.
@@ -1511,11 +1529,35 @@ impl Signer {
             outcome,
             answered_at: Some(unix_now()),
         };
-        // Not durable on return: the answer's durable copy is its `sign.result` record.
-        let stored = self
-            .state
-            .put_request(&caller.identity.id, &p.request_id, &rec)
-            .await;
+        // Not durable on return: the answer's durable copy is its `sign.result` record. In a
+        // shared store the request's claim is let go in the same write.
+        let key = (caller.identity.id.clone(), p.request_id.to_string());
+        let token = self
+            .claims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .copied();
+        let stored = match token {
+            Some(token) => {
+                let stored = self
+                    .state
+                    .put_request_releasing(&key.0, &key.1, &rec, token)
+                    .await;
+                if stored.is_ok() {
+                    let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+                    if claims.get(&key) == Some(&token) {
+                        claims.remove(&key);
+                    }
+                }
+                stored
+            }
+            None => {
+                self.state
+                    .put_request(&caller.identity.id, &p.request_id, &rec)
+                    .await
+            }
+        };
         stored.map_err(|e| {
             // The outcome is durable in the audit log (the next start restores it) but is not
             // returned; no further request is signed until the store can write. A shared
@@ -1559,6 +1601,7 @@ async fn to_completion<T: Send + 'static>(
 /// Holds the per-(client, request_id) lock; removes the map entry when nobody else waits.
 pub(crate) struct RequestGuard<'a> {
     map: &'a InFlight,
+    claims: &'a Claims,
     key: (String, String),
     lock: Arc<tokio::sync::Mutex<()>>,
     _guard: tokio::sync::OwnedMutexGuard<()>,
@@ -1570,7 +1613,16 @@ pub(crate) struct RequestGuard<'a> {
 
 impl Drop for RequestGuard<'_> {
     fn drop(&mut self) {
-        if let Some((state, token)) = self.claim.take() {
+        let claimed = self.claim.take().filter(|(_, token)| {
+            // Still held: the answer's write did not let go of it already.
+            let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+            let held = claims.get(&self.key) == Some(token);
+            if held {
+                claims.remove(&self.key);
+            }
+            held
+        });
+        if let Some((state, token)) = claimed {
             // Let go in the background; a later claim of this process replaces this one's
             // token, so a late let-go cannot drop it. Should it never run, the claim lapses.
             let (client, request_id) = self.key.clone();

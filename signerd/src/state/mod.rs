@@ -165,6 +165,17 @@ pub enum StateError {
     InvalidKey(String),
 }
 
+/// What the store knows of a (client, request_id): [`StateStore::lookup`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// Its answer.
+    Answer(StoredRequest),
+    /// Its answer expired; it was answered at this time (Unix seconds).
+    Expired(i64),
+    /// Nothing: a new request.
+    New,
+}
+
 /// What [`StateStore::claim`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
@@ -325,6 +336,31 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// Binds the store to `binding`; durable when this returns.
     async fn bind_log(&self, binding: &LogBinding) -> Result<(), StateError>;
+
+    /// Its answer, or the marker that its answer expired, or neither: [`StateStore::get_request`]
+    /// then [`StateStore::expired`], which a networked store answers in one trip.
+    async fn lookup(&self, client: &str, request_id: &str) -> Result<Lookup, StateError> {
+        if let Some(rec) = self.get_request(client, request_id).await? {
+            return Ok(Lookup::Answer(rec));
+        }
+        Ok(match self.expired(client, request_id).await? {
+            Some(at) => Lookup::Expired(at),
+            None => Lookup::New,
+        })
+    }
+
+    /// [`StateStore::put_request`], and lets go of the claim taken with `token` in the same
+    /// write, so that no other replica can take the request between the two. A store without
+    /// claims just stores.
+    async fn put_request_releasing(
+        &self,
+        client: &str,
+        request_id: &str,
+        rec: &StoredRequest,
+        _token: i64,
+    ) -> Result<(), StateError> {
+        self.put_request(client, request_id, rec).await
+    }
 
     /// Claims (`client`, `request_id`) for this process, against every other process sharing
     /// the store: while one holds it, no other works on that request (answers, votes, expiry,

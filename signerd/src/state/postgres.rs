@@ -27,8 +27,8 @@ use secrecy::ExposeSecret;
 
 use super::spend::{Charge, Entry, Exceeded, Used};
 use super::{
-    Claim, LogBinding, PendingRecord, Pruned, StateError, StateStore, StoredRequest, UsageQuery,
-    Verdict, verdict,
+    Claim, LogBinding, Lookup, PendingRecord, Pruned, StateError, StateStore, StoredRequest,
+    UsageQuery, Verdict, verdict,
 };
 use crate::config::{PgTls, PostgresConfig};
 
@@ -965,6 +965,66 @@ impl StateStore for PostgresStore {
                 holder: holder.unwrap_or_default(),
             },
         })
+    }
+
+    async fn lookup(&self, client: &str, request_id: &str) -> Result<Lookup, StateError> {
+        check_key(client, request_id)?;
+        let rows = self
+            .rows(
+                "read the answer",
+                "SELECT
+                    (SELECT record FROM signerd_requests WHERE client = $1 AND request_id = $2),
+                    (SELECT answered_at FROM signerd_expired WHERE client = $1 AND request_id = $2)",
+                &[&client, &request_id],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| StateError::Unavailable("PostgreSQL: lookup: no row".into()))?;
+        let record: Option<&str> = row.get(0);
+        let expired: Option<i64> = row.get(1);
+        Ok(match (record, expired) {
+            (Some(text), _) => {
+                Lookup::Answer(decode("signerd_requests", client, request_id, text)?)
+            }
+            (None, Some(at)) => Lookup::Expired(at),
+            (None, None) => Lookup::New,
+        })
+    }
+
+    async fn put_request_releasing(
+        &self,
+        client: &str,
+        request_id: &str,
+        rec: &StoredRequest,
+        token: i64,
+    ) -> Result<(), StateError> {
+        check_key(client, request_id)?;
+        let record = encode("signerd_requests", rec)?;
+        let signed = matches!(rec.outcome, super::StoredOutcome::Signed { .. });
+        self.exec(
+            "store the answer",
+            "WITH released AS (
+                DELETE FROM signerd_claims
+                WHERE client = $1 AND request_id = $2 AND holder = $6 AND token = $7
+             )
+             INSERT INTO signerd_requests (client, request_id, record, answered_at, signed)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (client, request_id)
+             DO UPDATE SET record = excluded.record, answered_at = excluded.answered_at,
+                 signed = excluded.signed",
+            &[
+                &client,
+                &request_id,
+                &record,
+                &rec.answered_at,
+                &signed,
+                &self.origin,
+                &token,
+            ],
+        )
+        .await
+        .map(drop)
     }
 
     async fn unclaim(&self, client: &str, request_id: &str, token: i64) -> Result<(), StateError> {

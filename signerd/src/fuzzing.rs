@@ -199,6 +199,7 @@ fn vote_pending() -> PendingRecord {
         }],
         status: Status::Pending,
         reason: None,
+        signing_since: None,
     }
 }
 

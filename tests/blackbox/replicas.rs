@@ -68,6 +68,12 @@ impl Replicas {
     /// Writes replica `i`'s configuration: the installation's, with the database as its state,
     /// its own audit directory and origin, and the policy signed for that origin.
     pub(crate) fn config(&self, i: usize) -> PathBuf {
+        self.config_on(i, true)
+    }
+
+    /// [`Replicas::config`], on the database (`postgres`) or on the embedded store in the
+    /// installation's `state` directory.
+    pub(crate) fn config_on(&self, i: usize, postgres: bool) -> PathBuf {
         let base = std::fs::read_to_string(self.env.config_path()).unwrap();
         let origin = Replicas::origin(i);
         let mut state = self.pg.state_toml().replace(
@@ -84,7 +90,14 @@ impl Replicas {
                 "[server]\nlisten = \"127.0.0.1:0\"\n",
                 "[server]\nlisten = \"127.0.0.1:0\"\nrequest_timeout = \"30s\"\nqueue_timeout = \"20s\"\n",
             )
-            .replace("[state]\ndir = \"state\"\n", &format!("{state}\n"))
+            .replace(
+                "[state]\ndir = \"state\"\n",
+                &if postgres {
+                    format!("{state}\n")
+                } else {
+                    "[state]\ndir = \"state\"\n".to_owned()
+                },
+            )
             .replace(
                 "[audit]\ndir = \"audit\"\n",
                 &format!("[audit]\ndir = \"audit-{i}\"\norigin = \"{origin}\"\n"),
@@ -94,7 +107,7 @@ impl Replicas {
                 &format!("[policy]\nfile = \"policy.toml\"\nsignatures = \"policy-{i}.sig\"\n"),
             );
         assert!(
-            text.contains("backend = \"postgres\"")
+            text.contains("backend = \"postgres\"") == postgres
                 && text.contains(&origin)
                 && text.contains("queue_timeout"),
             "the configuration did not take the replica's settings:\n{text}"
@@ -834,4 +847,91 @@ async fn retention_holds_on_the_shared_database() {
     );
     assert_eq!(st.code(), Code::FailedPrecondition, "{st:?}");
     assert!(d.stop().success());
+}
+
+/// A single instance moved from the embedded store to the database (docs/operations.md,
+/// "Move from the embedded store"): its answers and the spend of its limits carry over, to
+/// every replica of the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_moved_from_sled_keeps_its_answers_and_limits() {
+    let r = Replicas::new("replicas-move", LIMITED);
+    let mut cmd = Command::new(SIGNERD);
+    cmd.arg("run").arg("--config").arg(r.config_on(0, false));
+    let d = Daemon::spawn(cmd).unwrap();
+    let mut c = r.env.client(&d, "app").await;
+    let mut first = Vec::new();
+    for i in 0..7 {
+        let resp = c
+            .sign_evm_transaction(eip1559(&format!("m-{i}")))
+            .await
+            .unwrap();
+        first.push(resp.into_inner());
+    }
+    assert!(d.stop().success());
+
+    // The same instance (its log and origin) on the database, and a second replica.
+    let d0 = r.start(0);
+    let d1 = r.start(1);
+    let mut c0 = r.env.client(&d0, "app").await;
+    let mut c1 = r.env.client(&d1, "app").await;
+    // Answers carried over, on either replica.
+    let again = c1
+        .sign_evm_transaction(eip1559("m-3"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again, first[3]);
+    // 7,000 of 10,000 wei were spent before the move: three more fit, the next does not, on
+    // whichever replica.
+    for i in 0..3 {
+        c0.sign_evm_transaction(eip1559(&format!("after-{i}")))
+            .await
+            .unwrap();
+    }
+    let st = refused(
+        "over the limit",
+        c1.sign_evm_transaction(eip1559("after-3")).await,
+    );
+    assert_status("over the limit", &st, Code::PermissionDenied, "daily-eth");
+    assert!(d0.stop().success());
+    assert!(d1.stop().success());
+    assert_eq!(
+        r.pg.psql("SELECT count(DISTINCT request_id) FROM signerd_spend"),
+        "10"
+    );
+}
+
+/// A request a replica left `signing` at quorum (it stopped while signing, and is not
+/// restarted) is settled by another replica a minute later: failed, its reservation released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_left_signing_is_settled_by_another_replica() {
+    let r = Replicas::new("replicas-stuck", &crate::approvals::policy(1, "1h", 10_000));
+    let d0 = r.start(0);
+    let mut app = r.env.client(&d0, "app").await;
+    let p = pending(&mut app, "stuck", 6000).await;
+    assert_eq!(
+        r.pg.psql("SELECT count(*) FROM signerd_spend WHERE request_id = 'stuck'"),
+        "1"
+    );
+    // What a replica that died right after quorum leaves: the record `signing` since two
+    // minutes, and nobody's claim.
+    r.pg.psql(
+        "UPDATE signerd_pending SET record = jsonb_set(jsonb_set(record::jsonb, '{status}', \
+         '\"signing\"'), '{signing_since}', to_jsonb(extract(epoch from now())::bigint - 120))::text \
+         WHERE request_id = 'stuck'",
+    );
+    let d1 = r.start(1);
+    let mut app1 = r.env.client(&d1, "app").await;
+    let state = final_state(&mut app1, "stuck").await;
+    assert_eq!(state.status(), SignStatus::Failed, "{state:?}");
+    assert_eq!(
+        r.pg.psql("SELECT count(*) FROM signerd_spend WHERE request_id = 'stuck'"),
+        "0"
+    );
+    // It takes no votes and is never signed.
+    let mut bob = approver(&r.env, &d1, "bob").await;
+    assert!(bob.approve(approval("bob", "app", &p)).await.is_err());
+    assert!(d0.stop().success());
+    assert!(d1.stop().success());
+    assert_eq!(r.signed_results(2, Some("stuck")), 0);
 }

@@ -248,6 +248,10 @@ pub struct PendingRecord {
     pub status: Status,
     /// Why it ended, when it ended unsigned.
     pub reason: Option<String>,
+    /// When it reached quorum and began to be signed (Unix seconds); records of earlier
+    /// releases have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_since: Option<i64>,
 }
 
 /// The result of counting the votes of a request.

@@ -30,6 +30,11 @@ pub(super) const MAX_WATCH_SECS: u64 = 3600;
 /// How often due deadlines are enforced, and how often a watcher looks again without news.
 const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long after reaching quorum a request still `signing` in a shared store is taken for
+/// left by a replica that stopped: far longer than signing takes (its key backend's and the
+/// audit log's own bounds), while its replica's claim held it.
+const STALE_SIGNING_SECS: i64 = 60;
+
 /// The role that may vote.
 const APPROVER_ROLE: &str = "approver";
 
@@ -201,6 +206,7 @@ impl Signer {
             votes: Vec::new(),
             status: Status::Pending,
             reason: None,
+            signing_since: None,
         };
         let audit = events::ApprovalRequest {
             req_id: rec.request_id.clone(),
@@ -378,6 +384,7 @@ impl Signer {
             self.end_unsigned(&mut rec, Status::Rejected, why).await?;
         } else if t.met {
             rec.status = Status::Signing;
+            rec.signing_since = Some(now);
             quorum_reached = true;
         }
         let stored = rec.clone();
@@ -468,6 +475,76 @@ impl Signer {
         Ok(())
     }
 
+    /// A request left `signing` by a replica (or process) that stopped while signing it: the
+    /// answer its log restored decides, and without one it failed and its reservation is
+    /// released (it is never signed again without a new request). The caller holds its lock.
+    async fn settle_interrupted(&self, mut rec: PendingRecord) -> Result<(), ServiceError> {
+        // Its result may have reached the audit log (and been restored as the request's
+        // answer) before its signer stopped.
+        let (c, r) = (rec.client.clone(), rec.request_id.clone());
+        let answer = state_call(self.state.get_request(&c, &r)).await?;
+        let ended = match answer.map(|a| a.outcome) {
+            Some(StoredOutcome::Signed { .. }) => Some((Status::Signed, None)),
+            Some(StoredOutcome::Denied { rule, reason }) => Some((
+                Status::Denied,
+                Some(match rule {
+                    Some(rule) => format!("{reason} (rule: {rule})"),
+                    None => reason,
+                }),
+            )),
+            _ => None,
+        };
+        if let Some((status, reason)) = ended {
+            rec.status = status;
+            rec.reason = reason;
+            state_call(self.state.put_pending(&rec)).await?;
+            self.changed();
+            return Ok(());
+        }
+        // Whatever it held is released: it will not be signed.
+        state_call(self.state.release(&c, &r)).await?;
+        rec.status = Status::Failed;
+        rec.reason = Some(
+            "signerd stopped while signing this request; nothing was returned, make a new request"
+                .into(),
+        );
+        tracing::warn!(req_id = %rec.request_id, client = %rec.client, "approved request was interrupted while signing");
+        state_call(self.state.put_pending(&rec)).await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// Requests left `signing` for longer than signing can take, in a store replicas share:
+    /// their replica stopped (or could not take them) and nobody holds them now.
+    async fn settle_stale_signing(
+        &self,
+        open: &[PendingRecord],
+        now: i64,
+    ) -> Result<(), ServiceError> {
+        if !self.state.shared() {
+            return Ok(());
+        }
+        for rec in open {
+            let stale = rec.status == Status::Signing
+                && rec
+                    .signing_since
+                    .is_some_and(|t| t.saturating_add(STALE_SIGNING_SECS) < now);
+            if !stale {
+                continue;
+            }
+            let Ok(_guard) = self.lock_request(&rec.client, &rec.request_id).await else {
+                continue;
+            };
+            let (c, r) = (rec.client.clone(), rec.request_id.clone());
+            if let Some(fresh) = state_call(self.state.get_pending(&c, &r)).await?
+                && fresh.status == Status::Signing
+            {
+                self.settle_interrupted(fresh).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Expires every pending request whose deadline has passed.
     async fn expire_due(&self) -> Result<(), ServiceError> {
         let now = unix_now();
@@ -477,6 +554,7 @@ impl Signer {
             .filter(|r| r.status == Status::Pending && r.deadline > now)
             .count();
         crate::metrics::pending_approvals(waiting);
+        self.settle_stale_signing(&open, now).await?;
         for rec in open {
             if rec.status != Status::Pending || rec.deadline > now {
                 continue;
@@ -512,41 +590,11 @@ impl Signer {
                 }
             };
             let (c, r) = (rec.client.clone(), rec.request_id.clone());
-            let Some(mut rec) = state_call(self.state.get_pending(&c, &r)).await? else {
+            let Some(rec) = state_call(self.state.get_pending(&c, &r)).await? else {
                 continue;
             };
             if rec.status == Status::Signing {
-                // Its result may have reached the audit log (and been restored as the
-                // request's answer at start-up) before signerd stopped.
-                let (c, r) = (rec.client.clone(), rec.request_id.clone());
-                let answer = state_call(self.state.get_request(&c, &r)).await?;
-                let ended = match answer.map(|a| a.outcome) {
-                    Some(StoredOutcome::Signed { .. }) => Some((Status::Signed, None)),
-                    Some(StoredOutcome::Denied { rule, reason }) => Some((
-                        Status::Denied,
-                        Some(match rule {
-                            Some(rule) => format!("{reason} (rule: {rule})"),
-                            None => reason,
-                        }),
-                    )),
-                    _ => None,
-                };
-                if let Some((status, reason)) = ended {
-                    rec.status = status;
-                    rec.reason = reason;
-                    state_call(self.state.put_pending(&rec)).await?;
-                    continue;
-                }
-                // Whatever it held is released: it will not be signed.
-                let (c, r) = (rec.client.clone(), rec.request_id.clone());
-                state_call(self.state.release(&c, &r)).await?;
-                rec.status = Status::Failed;
-                rec.reason = Some(
-                    "signerd stopped while signing this request; nothing was returned, make a new request"
-                        .into(),
-                );
-                tracing::warn!(req_id = %rec.request_id, client = %rec.client, "approved request was interrupted while signing");
-                state_call(self.state.put_pending(&rec)).await?;
+                self.settle_interrupted(rec).await?;
             }
         }
         let this = self.clone();

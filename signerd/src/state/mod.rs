@@ -450,6 +450,7 @@ pub(crate) mod retention_tests {
             votes: Vec::new(),
             status,
             reason: None,
+            signing_since: None,
         }
     }
 

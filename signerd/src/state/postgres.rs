@@ -366,6 +366,13 @@ impl PostgresStore {
                 .query(&usage, &[&names, &since, &client, &request_id])
                 .await
                 .map_err(|e| pg_err("read the limits", &e))?;
+            if rows.len() != charges.len() {
+                return Err(StateError::Corrupt(format!(
+                    "signerd_spend: {} usages for {} charges",
+                    rows.len(),
+                    charges.len()
+                )));
+            }
             for (charge, row) in charges.iter().zip(&rows) {
                 let used = used_of(row)?;
                 if let Some(detail) = charge.exceeded(used) {
@@ -839,6 +846,13 @@ impl StateStore for PostgresStore {
                 &[&names, &since, &client, &request_id],
             )
             .await?;
+        if rows.len() != queries.len() {
+            return Err(StateError::Corrupt(format!(
+                "signerd_spend: {} usages for {} queries",
+                rows.len(),
+                queries.len()
+            )));
+        }
         rows.iter().map(used_of).collect()
     }
 

@@ -199,6 +199,16 @@ fn check_duration(
     value: Option<Duration>,
     (_, min, max): (Duration, Duration, Duration),
 ) -> Result<(), String> {
+    check_range(name, value, min, max)
+}
+
+/// Refuses a duration setting outside `min..=max`: every duration range is said one way.
+fn check_range(
+    name: &str,
+    value: Option<Duration>,
+    min: Duration,
+    max: Duration,
+) -> Result<(), String> {
     match value {
         Some(d) if !(min..=max).contains(&d) => Err(format!(
             "{name} = \"{}\" is outside \"{}\"..=\"{}\"",
@@ -212,9 +222,9 @@ fn check_duration(
 
 /// Largest `server.max_in_flight`.
 const MAX_IN_FLIGHT: usize = 100_000;
-/// Range of `server.queue_timeout`.
-const QUEUE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
-    Duration::from_millis(1)..=Duration::from_secs(60);
+/// Range of `server.queue_timeout` (its default follows `request_timeout`).
+const QUEUE_TIMEOUT_RANGE: (Duration, Duration) =
+    (Duration::from_millis(1), Duration::from_secs(60));
 
 const REQUEST_TIMEOUT: DurationSetting = DurationSetting {
     table: "server",
@@ -554,12 +564,12 @@ impl PostgresConfig {
         }
         self.password_source().validate("state.postgres.password")?;
         bounded("state.postgres.pool_size", self.pool_size as u64, 2, 256)?;
-        if self.timeout < Duration::from_millis(100) || self.timeout > Duration::from_secs(60) {
-            return Err(format!(
-                "state.postgres.timeout = \"{}\" is out of range: allowed 100ms to 1m",
-                humantime::format_duration(self.timeout)
-            ));
-        }
+        check_range(
+            "state.postgres.timeout",
+            Some(self.timeout),
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        )?;
         match (self.tls, &self.ca_file) {
             (PgTls::VerifyFull, None) => Err(
                 "state.postgres: tls = \"verify-full\" needs `ca_file` (the authorities of the \
@@ -617,23 +627,14 @@ impl StateConfig {
             (StateBackend::Postgres, Some(pg)) => pg.validate()?,
             _ => {}
         }
-        let within = |key: &str, v: Option<Duration>, min: Duration, max: Duration| match v {
-            Some(v) if v < min || v > max => Err(format!(
-                "state.{key} = \"{}\" is out of range: allowed {} to {}",
-                humantime::format_duration(v),
-                humantime::format_duration(min),
-                humantime::format_duration(max)
-            )),
-            _ => Ok(()),
-        };
-        within(
-            "idempotency_retention",
+        check_range(
+            "state.idempotency_retention",
             self.idempotency_retention,
             MIN_IDEMPOTENCY_RETENTION,
             MAX_IDEMPOTENCY_RETENTION,
         )?;
-        within(
-            "prune_interval",
+        check_range(
+            "state.prune_interval",
             self.prune_interval,
             MIN_PRUNE_INTERVAL,
             MAX_PRUNE_INTERVAL,
@@ -910,15 +911,13 @@ impl Config {
         if let Some(n) = s.max_in_flight {
             bounded("server.max_in_flight", n as u64, 1, MAX_IN_FLIGHT as u64)?;
         }
+        check_range(
+            "server.queue_timeout",
+            s.queue_timeout,
+            QUEUE_TIMEOUT_RANGE.0,
+            QUEUE_TIMEOUT_RANGE.1,
+        )?;
         if let Some(t) = s.queue_timeout {
-            if !QUEUE_TIMEOUT_RANGE.contains(&t) {
-                return Err(format!(
-                    "server.queue_timeout = \"{}\" is outside \"{}\"..=\"{}\"",
-                    humantime::format_duration(t),
-                    humantime::format_duration(*QUEUE_TIMEOUT_RANGE.start()),
-                    humantime::format_duration(*QUEUE_TIMEOUT_RANGE.end()),
-                ));
-            }
             // A longer wait than the request's own deadline would never shed: the deadline
             // would end the request first, without telling the client to back off.
             if t >= s.request_timeout() {
@@ -1580,11 +1579,11 @@ administrators = { ops = "ed25519:d75a980182b10ab7d54bfed3c964073a0ee172f3daa623
         for (lines, message) in [
             (
                 "idempotency_retention = \"0s\"",
-                "state.idempotency_retention = \"0s\" is out of range: allowed 1s to 100years",
+                "state.idempotency_retention = \"0s\" is outside \"1s\"..=\"100years\"",
             ),
             (
                 "prune_interval = \"10ms\"",
-                "state.prune_interval = \"10ms\" is out of range: allowed 100ms to 1h",
+                "state.prune_interval = \"10ms\" is outside \"100ms\"..=\"1h\"",
             ),
             (
                 "cache_bytes = 1024",

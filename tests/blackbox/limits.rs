@@ -48,19 +48,7 @@ async fn concurrent_requests_never_exceed_a_limit() {
             c.sign_evm_transaction(eip1559(&format!("race-{i}"))).await
         }));
     }
-    let (mut signed, mut denied) = (0, 0);
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(r) => {
-                assert!(!r.into_inner().raw_transaction.is_empty());
-                signed += 1;
-            }
-            Err(st) => {
-                assert_status("over the limit", &st, Code::PermissionDenied, "daily-eth");
-                denied += 1;
-            }
-        }
-    }
+    let (signed, denied) = signed_and_denied(tasks, "daily-eth").await;
     assert_eq!((signed, denied), (10, 30));
     let audit = env.wait_audit(|a| a.of_type("sign.result").len() == 40);
     let signed_results = audit

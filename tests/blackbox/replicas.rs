@@ -160,8 +160,10 @@ impl Replicas {
     }
 }
 
-/// Requesters may sign with `hot`, at most 10,000 wei of ETH a day.
-const LIMITED: &str = r#"version = 1
+/// Requesters may sign with `hot`, at most `max_wei` wei of ETH a day.
+fn limited(max_wei: u64) -> String {
+    format!(
+        r#"version = 1
 serial = 1
 
 [[rule]]
@@ -175,8 +177,15 @@ id = "daily-eth"
 asset = "native"
 chain_ids = [1]
 window = "24h"
-max_amount = "10000 wei"
-"#;
+max_amount = "{max_wei} wei"
+"#
+    )
+}
+
+/// At most 10,000 wei a day: ten transfers of 1,000.
+fn limited_to_ten() -> String {
+    limited(10_000)
+}
 
 /// `app` may make at most 25 requests a minute.
 const RATED: &str = r#"version = 1
@@ -199,7 +208,7 @@ max_requests = 25
 /// exactly 10 sign, on whichever replicas, and the three logs together hold exactly 10.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_limit_is_global_across_three_replicas() {
-    let r = Replicas::new("replicas-limit", LIMITED);
+    let r = Replicas::new("replicas-limit", &limited_to_ten());
     let daemons: Vec<Daemon> = (0..3).map(|i| r.start(i)).collect();
     let mut clients = Vec::new();
     for d in &daemons {
@@ -215,19 +224,7 @@ async fn a_limit_is_global_across_three_replicas() {
             c.sign_evm_transaction(eip1559(&format!("race-{i}"))).await
         }));
     }
-    let (mut signed, mut denied) = (0, 0);
-    for t in tasks {
-        match t.await.unwrap() {
-            Ok(resp) => {
-                assert!(!resp.into_inner().raw_transaction.is_empty());
-                signed += 1;
-            }
-            Err(st) => {
-                assert_status("over the limit", &st, Code::PermissionDenied, "daily-eth");
-                denied += 1;
-            }
-        }
-    }
+    let (signed, denied) = signed_and_denied(tasks, "daily-eth").await;
     assert_eq!((signed, denied), (10, 990));
     for (i, d) in daemons.into_iter().enumerate() {
         assert!(d.stop().success(), "replica {i}");
@@ -270,7 +267,7 @@ async fn a_rate_limit_is_global_across_three_replicas() {
 /// every replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_is_global_across_three_replicas() {
-    let r = Replicas::new("replicas-idempotency", LIMITED);
+    let r = Replicas::new("replicas-idempotency", &limited_to_ten());
     let daemons: Vec<Daemon> = (0..3).map(|i| r.start(i)).collect();
     let mut clients = Vec::new();
     for d in &daemons {
@@ -366,7 +363,7 @@ async fn approvals_are_global_across_three_replicas() {
 /// NOT_SERVING; when it is back, signing resumes without a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_fails_closed_and_passes() {
-    let mut r = Replicas::new("replicas-outage", LIMITED);
+    let mut r = Replicas::new("replicas-outage", &limited_to_ten());
     let d = r.start(0);
     let mut c = r.env.client(&d, "app").await;
     c.sign_evm_transaction(eip1559("before")).await.unwrap();
@@ -415,7 +412,7 @@ async fn wait_health(channel: &tonic::transport::Channel, want: i32) {
 /// replica with the origin of another each stop the start with a clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_refuses_what_it_cannot_trust() {
-    let mut r = Replicas::new("replicas-start", LIMITED);
+    let mut r = Replicas::new("replicas-start", &limited_to_ten());
     r.pg.stop();
     let out = run_to_exit(r.command(0), Duration::from_secs(60));
     assert!(!out.status.success(), "{out:?}");
@@ -455,24 +452,6 @@ async fn start_refuses_what_it_cannot_trust() {
         out.stderr
     );
 }
-
-/// Requesters may sign with `hot`, at most 300,000 wei of ETH a day: 300 transfers of 1,000.
-const FAILOVER: &str = r#"version = 1
-serial = 1
-
-[[rule]]
-id = "requesters-hot"
-effect = "allow"
-roles = ["requester"]
-keys = ["hot"]
-
-[[limit]]
-id = "daily-eth"
-asset = "native"
-chain_ids = [1]
-window = "24h"
-max_amount = "300000 wei"
-"#;
 
 /// What a client was finally told about one request.
 #[derive(Debug, Clone, PartialEq)]
@@ -529,7 +508,7 @@ async fn send_until_answered(
 /// stays held, and the logs and the database cross-check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_under_kill_9_loses_nothing() {
-    let r = Replicas::new("replicas-failover", FAILOVER);
+    let r = Replicas::new("replicas-failover", &limited(300_000));
     let mut daemons: Vec<Daemon> = (0..3).map(|i| r.start(i)).collect();
     let dir = std::sync::Arc::new(r.env.dir.clone());
     let mut told: Vec<(String, Told)> = Vec::new();
@@ -660,7 +639,7 @@ async fn failover_under_kill_9_loses_nothing() {
 /// answer is missing from the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cross_check_finds_what_differs() {
-    let r = Replicas::new("replicas-crosscheck", LIMITED);
+    let r = Replicas::new("replicas-crosscheck", &limited_to_ten());
     let daemons: Vec<Daemon> = (0..2).map(|i| r.start(i)).collect();
     for (i, d) in daemons.iter().enumerate() {
         let mut c = r.env.client(d, "app").await;
@@ -714,7 +693,7 @@ async fn the_cross_check_finds_what_differs() {
 /// lapses, and completed once: the dead replica's reservation is replaced, not added to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_left_by_a_dead_replica_is_taken_over() {
-    let r = Replicas::new("replicas-takeover", LIMITED);
+    let r = Replicas::new("replicas-takeover", &limited_to_ten());
     let d = r.start(0);
     let mut c = r.env.client(&d, "app").await;
     for i in 0..9 {
@@ -756,7 +735,7 @@ async fn a_request_left_by_a_dead_replica_is_taken_over() {
 /// certificate another authority issued is refused at start), and a replica signs over it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_is_reached_over_checked_tls() {
-    let r = Replicas::new_tls("replicas-tls", LIMITED);
+    let r = Replicas::new_tls("replicas-tls", &limited_to_ten());
     let d = r.start(0);
     let mut c = r.env.client(&d, "app").await;
     c.sign_evm_transaction(eip1559("over-tls")).await.unwrap();
@@ -790,7 +769,7 @@ async fn the_database_is_reached_over_checked_tls() {
 /// FAILED_PRECONDITION, never signed again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retention_holds_on_the_shared_database() {
-    let mut r = Replicas::new("replicas-retention", LIMITED);
+    let mut r = Replicas::new("replicas-retention", &limited_to_ten());
     r.state = "idempotency_retention = \"2s\"\nprune_interval = \"100ms\"\n".to_owned();
     let daemons: Vec<Daemon> = (0..2).map(|i| r.start(i)).collect();
     let mut c0 = r.env.client(&daemons[0], "app").await;
@@ -854,7 +833,7 @@ async fn retention_holds_on_the_shared_database() {
 /// every replica of the database.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_instance_moved_from_sled_keeps_its_answers_and_limits() {
-    let r = Replicas::new("replicas-move", LIMITED);
+    let r = Replicas::new("replicas-move", &limited_to_ten());
     let mut cmd = Command::new(SIGNERD);
     cmd.arg("run").arg("--config").arg(r.config_on(0, false));
     let d = Daemon::spawn(cmd).unwrap();

@@ -1205,3 +1205,26 @@ pub(crate) async fn assert_audit_key_hidden(
     );
     assert_ne!(st.code(), tonic::Code::Ok);
 }
+
+/// A signing call racing others for the last of a limit.
+pub(crate) type Racer =
+    tokio::task::JoinHandle<Result<tonic::Response<v1::SignEvmTransactionResponse>, tonic::Status>>;
+
+/// Awaits `racers`: how many signed (each with a transaction) and how many the limit `limit`
+/// denied. Any other outcome fails the test.
+pub(crate) async fn signed_and_denied(racers: Vec<Racer>, limit: &str) -> (usize, usize) {
+    let (mut signed, mut denied) = (0, 0);
+    for t in racers {
+        match t.await.unwrap() {
+            Ok(resp) => {
+                assert!(!resp.into_inner().raw_transaction.is_empty());
+                signed += 1;
+            }
+            Err(st) => {
+                assert_status("over the limit", &st, tonic::Code::PermissionDenied, limit);
+                denied += 1;
+            }
+        }
+    }
+    (signed, denied)
+}

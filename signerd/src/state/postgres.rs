@@ -406,6 +406,62 @@ impl PostgresStore {
         .await
     }
 
+    /// The JSON record of (`client`, `request_id`) that `sql` selects from `table`.
+    async fn record<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+        sql: &str,
+        client: &str,
+        request_id: &str,
+    ) -> Result<Option<T>, StateError> {
+        check_key(client, request_id)?;
+        let rows = self
+            .rows(&format!("read {table}"), sql, &[&client, &request_id])
+            .await?;
+        rows.first()
+            .map(|r| decode(table, client, request_id, r.get(0)))
+            .transpose()
+    }
+
+    /// Stores an answer; with `release`, lets go of this replica's claim of that token in
+    /// the same statement.
+    async fn write_answer(
+        &self,
+        client: &str,
+        request_id: &str,
+        rec: &StoredRequest,
+        release: Option<i64>,
+    ) -> Result<(), StateError> {
+        check_key(client, request_id)?;
+        let record = encode("signerd_requests", rec)?;
+        let signed = matches!(rec.outcome, super::StoredOutcome::Signed { .. });
+        // Without a claim to let go of, the delete names no token (tokens start at 1).
+        let token = release.unwrap_or(0);
+        self.exec(
+            "store the answer",
+            "WITH released AS (
+                DELETE FROM signerd_claims
+                WHERE $7::bigint <> 0 AND client = $1 AND request_id = $2 AND holder = $6 AND token = $7
+             )
+             INSERT INTO signerd_requests (client, request_id, record, answered_at, signed)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (client, request_id)
+             DO UPDATE SET record = excluded.record, answered_at = excluded.answered_at,
+                 signed = excluded.signed",
+            &[
+                &client,
+                &request_id,
+                &record,
+                &rec.answered_at,
+                &signed,
+                &self.origin,
+                &token,
+            ],
+        )
+        .await
+        .map(drop)
+    }
+
     async fn exec(
         &self,
         what: &str,
@@ -571,17 +627,13 @@ impl StateStore for PostgresStore {
         client: &str,
         request_id: &str,
     ) -> Result<Option<StoredRequest>, StateError> {
-        check_key(client, request_id)?;
-        let rows = self
-            .rows(
-                "read the answer",
-                "SELECT record FROM signerd_requests WHERE client = $1 AND request_id = $2",
-                &[&client, &request_id],
-            )
-            .await?;
-        rows.first()
-            .map(|r| decode("signerd_requests", client, request_id, r.get(0)))
-            .transpose()
+        self.record(
+            "signerd_requests",
+            "SELECT record FROM signerd_requests WHERE client = $1 AND request_id = $2",
+            client,
+            request_id,
+        )
+        .await
     }
 
     async fn put_request(
@@ -590,20 +642,7 @@ impl StateStore for PostgresStore {
         request_id: &str,
         rec: &StoredRequest,
     ) -> Result<(), StateError> {
-        check_key(client, request_id)?;
-        let record = encode("signerd_requests", rec)?;
-        let signed = matches!(rec.outcome, super::StoredOutcome::Signed { .. });
-        self.exec(
-            "store the answer",
-            "INSERT INTO signerd_requests (client, request_id, record, answered_at, signed)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (client, request_id)
-             DO UPDATE SET record = excluded.record, answered_at = excluded.answered_at,
-                 signed = excluded.signed",
-            &[&client, &request_id, &record, &rec.answered_at, &signed],
-        )
-        .await
-        .map(drop)
+        self.write_answer(client, request_id, rec, None).await
     }
 
     async fn expired(&self, client: &str, request_id: &str) -> Result<Option<i64>, StateError> {
@@ -872,17 +911,13 @@ impl StateStore for PostgresStore {
         client: &str,
         request_id: &str,
     ) -> Result<Option<PendingRecord>, StateError> {
-        check_key(client, request_id)?;
-        let rows = self
-            .rows(
-                "read the approval record",
-                "SELECT record FROM signerd_pending WHERE client = $1 AND request_id = $2",
-                &[&client, &request_id],
-            )
-            .await?;
-        rows.first()
-            .map(|r| decode("signerd_pending", client, request_id, r.get(0)))
-            .transpose()
+        self.record(
+            "signerd_pending",
+            "SELECT record FROM signerd_pending WHERE client = $1 AND request_id = $2",
+            client,
+            request_id,
+        )
+        .await
     }
 
     async fn put_pending(&self, rec: &PendingRecord) -> Result<(), StateError> {
@@ -1013,32 +1048,8 @@ impl StateStore for PostgresStore {
         rec: &StoredRequest,
         token: i64,
     ) -> Result<(), StateError> {
-        check_key(client, request_id)?;
-        let record = encode("signerd_requests", rec)?;
-        let signed = matches!(rec.outcome, super::StoredOutcome::Signed { .. });
-        self.exec(
-            "store the answer",
-            "WITH released AS (
-                DELETE FROM signerd_claims
-                WHERE client = $1 AND request_id = $2 AND holder = $6 AND token = $7
-             )
-             INSERT INTO signerd_requests (client, request_id, record, answered_at, signed)
-             VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (client, request_id)
-             DO UPDATE SET record = excluded.record, answered_at = excluded.answered_at,
-                 signed = excluded.signed",
-            &[
-                &client,
-                &request_id,
-                &record,
-                &rec.answered_at,
-                &signed,
-                &self.origin,
-                &token,
-            ],
-        )
-        .await
-        .map(drop)
+        self.write_answer(client, request_id, rec, Some(token))
+            .await
     }
 
     async fn unclaim(&self, client: &str, request_id: &str, token: i64) -> Result<(), StateError> {

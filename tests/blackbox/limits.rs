@@ -8,29 +8,11 @@ use tonic::Code;
 
 use crate::util::*;
 
-/// Requesters may sign with `hot`, at most 10,000 wei of ETH per 24 h on chain 1.
-const LIMITED: &str = r#"version = 1
-serial = 1
-
-[[rule]]
-id = "requesters-hot"
-effect = "allow"
-roles = ["requester"]
-keys = ["hot"]
-
-[[limit]]
-id = "daily-eth"
-asset = "native"
-chain_ids = [1]
-window = "24h"
-max_amount = "10000 wei"
-"#;
-
 fn limited_env(name: &str) -> TestEnv {
     TestEnv::with(
         name,
         Opts {
-            policy: LIMITED.into(),
+            policy: limited_policy(10_000),
             ..Opts::default()
         },
     )

@@ -25,23 +25,15 @@ pub(crate) struct Replicas {
 
 impl Replicas {
     pub(crate) fn new(name: &str, policy: &str) -> Replicas {
-        let env = TestEnv::with(
-            name,
-            Opts {
-                policy: policy.to_owned(),
-                ..Opts::default()
-            },
-        );
-        let pg = PgServer::start(name);
-        Replicas {
-            env,
-            pg,
-            state: String::new(),
-        }
+        Replicas::on(name, policy, PgServer::start(name))
     }
 
     /// [`Replicas::new`] on a database that takes only TLS connections.
     pub(crate) fn new_tls(name: &str, policy: &str) -> Replicas {
+        Replicas::on(name, policy, PgServer::start_tls(name))
+    }
+
+    fn on(name: &str, policy: &str, pg: PgServer) -> Replicas {
         let env = TestEnv::with(
             name,
             Opts {
@@ -49,7 +41,6 @@ impl Replicas {
                 ..Opts::default()
             },
         );
-        let pg = PgServer::start_tls(name);
         Replicas {
             env,
             pg,
@@ -160,31 +151,9 @@ impl Replicas {
     }
 }
 
-/// Requesters may sign with `hot`, at most `max_wei` wei of ETH a day.
-fn limited(max_wei: u64) -> String {
-    format!(
-        r#"version = 1
-serial = 1
-
-[[rule]]
-id = "requesters-hot"
-effect = "allow"
-roles = ["requester"]
-keys = ["hot"]
-
-[[limit]]
-id = "daily-eth"
-asset = "native"
-chain_ids = [1]
-window = "24h"
-max_amount = "{max_wei} wei"
-"#
-    )
-}
-
 /// At most 10,000 wei a day: ten transfers of 1,000.
 fn limited_to_ten() -> String {
-    limited(10_000)
+    limited_policy(10_000)
 }
 
 /// `app` may make at most 25 requests a minute.
@@ -508,7 +477,7 @@ async fn send_until_answered(
 /// stays held, and the logs and the database cross-check.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_under_kill_9_loses_nothing() {
-    let r = Replicas::new("replicas-failover", &limited(300_000));
+    let r = Replicas::new("replicas-failover", &limited_policy(300_000));
     let mut daemons: Vec<Daemon> = (0..3).map(|i| r.start(i)).collect();
     let dir = std::sync::Arc::new(r.env.dir.clone());
     let mut told: Vec<(String, Told)> = Vec::new();

@@ -1228,3 +1228,26 @@ pub(crate) async fn signed_and_denied(racers: Vec<Racer>, limit: &str) -> (usize
     }
     (signed, denied)
 }
+
+/// Requesters may sign with `hot`, at most `max_wei` wei of ETH per 24 h on chain 1 (the
+/// limit `daily-eth`).
+pub(crate) fn limited_policy(max_wei: u64) -> String {
+    format!(
+        r#"version = 1
+serial = 1
+
+[[rule]]
+id = "requesters-hot"
+effect = "allow"
+roles = ["requester"]
+keys = ["hot"]
+
+[[limit]]
+id = "daily-eth"
+asset = "native"
+chain_ids = [1]
+window = "24h"
+max_amount = "{max_wei} wei"
+"#
+    )
+}

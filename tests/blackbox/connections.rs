@@ -395,3 +395,47 @@ async fn a_call_longer_than_the_idle_timeout_is_not_cut() {
         started.elapsed()
     );
 }
+
+/// A connection over its identity's cap is told why before it is closed: the daemon's SETTINGS,
+/// then a GOAWAY that accepts no stream, with ENHANCE_YOUR_CALM and the reason, then a clean
+/// TLS close. (tonic's client reports such a connection's calls as CANCELLED, "connection
+/// closed", without the reason.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_over_its_cap_is_told_why() {
+    let env = installation(
+        "conn-cap-told",
+        "preface_timeout = \"30s\"\nmax_connections_per_identity = 2",
+        "",
+    );
+    let d = env.start();
+    let held = open(
+        d.addr,
+        &connector(&env, "app"),
+        2,
+        Sends::PrefaceAndSettings,
+    )
+    .await;
+    let mut over = open(d.addr, &connector(&env, "app"), 1, Sends::Nothing).await;
+    let mut stream = over.pop().unwrap().stream.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+    assert!(matches!(read, Ok(Ok(_))), "{read:?}");
+    // SETTINGS (9 octets), then GOAWAY: last stream 0, ENHANCE_YOUR_CALM, the reason.
+    assert_eq!(got[3], 0x4, "{got:?}");
+    assert_eq!(got[12], 0x7, "{got:?}");
+    assert_eq!(&got[18..26], &[0, 0, 0, 0, 0, 0, 0, 0xb]);
+    let reason = String::from_utf8_lossy(&got[26..]);
+    assert!(reason.contains("max_connections_per_identity"), "{reason}");
+    // A gRPC client over the cap.
+    for _ in 0..5 {
+        let mut c = signerd_proto::v1::signer_client::SignerClient::new(
+            signerd::client::channel(&env.settings(&d, "app"))
+                .await
+                .unwrap(),
+        );
+        let st = c.list_keys(ListKeysRequest {}).await.unwrap_err();
+        assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    }
+    drop(held);
+    assert!(d.stop().success());
+}

@@ -441,6 +441,25 @@ struct Setup {
     failures: mpsc::UnboundedSender<HandshakeFailure>,
 }
 
+/// Longest a connection refused over a cap is kept to be told why.
+const REFUSAL_WAIT: Duration = Duration::from_millis(250);
+
+/// Sends a refused connection's GOAWAY, reads (and drops) what the client sends until it
+/// closes or [`REFUSAL_WAIT`] passes, so that closing does not reset the connection before the
+/// client read why, then closes it (TLS close_notify). Bounded: about twice `REFUSAL_WAIT`.
+async fn tell_refused(stream: &mut TlsStream<TcpStream>, reason: &str) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let told = async {
+        stream.write_all(&preface::refusal(reason)).await?;
+        stream.flush().await?;
+        let mut buf = [0u8; 4096];
+        while stream.read(&mut buf).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(REFUSAL_WAIT, told).await;
+    let _ = tokio::time::timeout(REFUSAL_WAIT, stream.shutdown()).await;
+}
+
 impl Setup {
     /// Handshake, cap, preface: the connection, or `None` when it was closed.
     async fn run(
@@ -485,7 +504,12 @@ impl Setup {
         let cap = match self.caps.take(holder) {
             Ok(slot) => slot,
             Err(reason) => {
-                refuse(cert.map(|c| c.sha256), reason);
+                refuse(cert.map(|c| c.sha256), reason.clone());
+                // The connection no longer counts; the client is told why (a GOAWAY that
+                // gRPC clients report as RESOURCE_EXHAUSTED) within a short, fixed time.
+                drop(permit);
+                let _ =
+                    tokio::time::timeout(REFUSAL_WAIT, tell_refused(&mut stream, &reason)).await;
                 return None;
             }
         };

@@ -4,8 +4,8 @@
 //!
 //! A client that sends nothing, or only part of it, after its TLS handshake would otherwise
 //! hold a connection slot for as long as it likes. What is read here is handed on unchanged
-//! (see [`super::TlsConn`]); this module never answers the client and never trusts a length
-//! beyond [`MAX_SETTINGS_PAYLOAD`].
+//! (see [`super::TlsConn`]); this module never trusts a length beyond
+//! [`MAX_SETTINGS_PAYLOAD`]. It answers a client only to refuse its connection ([`refusal`]).
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
@@ -17,6 +17,13 @@ const FRAME_HEADER: usize = 9;
 const SETTINGS: u8 = 0x4;
 /// The ACK flag of a SETTINGS frame.
 const ACK: u8 = 0x1;
+/// The GOAWAY frame type.
+const GOAWAY: u8 = 0x7;
+/// The HTTP/2 error code ENHANCE_YOUR_CALM (RFC 9113, section 7): gRPC clients report a
+/// connection refused with it as `RESOURCE_EXHAUSTED`.
+const ENHANCE_YOUR_CALM: u32 = 0xb;
+/// Most octets of the reason carried in a refusal's GOAWAY.
+const MAX_REFUSAL_REASON: usize = 256;
 /// Largest SETTINGS payload accepted: the smallest maximum frame size a peer must accept
 /// (`SETTINGS_MAX_FRAME_SIZE`'s initial value, 2^14 octets).
 pub const MAX_SETTINGS_PAYLOAD: usize = 1 << 14;
@@ -37,6 +44,32 @@ pub enum PrefaceError {
     /// The SETTINGS payload is not a whole number of settings, or is too large.
     #[error("the first SETTINGS frame has a payload of {0} octets")]
     BadSettings(usize),
+}
+
+/// What a connection refused after its TLS handshake (over a connection cap) is sent before it
+/// is closed: the server's connection preface (an empty SETTINGS frame) and a GOAWAY that
+/// accepts no stream, with ENHANCE_YOUR_CALM and `reason` (cut to 256 octets) as its debug
+/// data.
+pub fn refusal(reason: &str) -> Vec<u8> {
+    let mut end = reason.len().min(MAX_REFUSAL_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let debug = &reason.as_bytes()[..end];
+    let mut out = Vec::with_capacity(2 * FRAME_HEADER + 8 + debug.len());
+    out.extend_from_slice(&frame_header(0, SETTINGS, 0));
+    out.extend_from_slice(&frame_header(8 + debug.len(), GOAWAY, 0));
+    // Last stream id 0: no stream was or will be processed.
+    out.extend_from_slice(&0u32.to_be_bytes());
+    out.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+    out.extend_from_slice(debug);
+    out
+}
+
+/// A frame header on stream 0 (`length` fits: callers bound it far below 2^24).
+fn frame_header(length: usize, ty: u8, flags: u8) -> [u8; FRAME_HEADER] {
+    let len = u32::try_from(length).unwrap_or(0).to_be_bytes();
+    [len[1], len[2], len[3], ty, flags, 0, 0, 0, 0]
 }
 
 /// Reads the client preface and its SETTINGS frame, and returns every octet read, to be
@@ -96,6 +129,20 @@ mod tests {
             read_all(&settings(0, SETTINGS, 0, 0)).await.unwrap().len(),
             33
         );
+    }
+
+    #[test]
+    fn a_refusal_is_settings_then_goaway_with_its_reason() {
+        let out = refusal("too many");
+        assert_eq!(&out[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        assert_eq!(&out[9..18], &[0, 0, 16, 7, 0, 0, 0, 0, 0]);
+        assert_eq!(&out[18..22], &[0, 0, 0, 0]);
+        assert_eq!(&out[22..26], &[0, 0, 0, 0xb]);
+        assert_eq!(&out[26..], b"too many");
+        let long = "é".repeat(200);
+        let out = refusal(&long);
+        assert_eq!(out.len(), 26 + 256);
+        assert!(std::str::from_utf8(&out[26..]).is_ok());
     }
 
     #[tokio::test]

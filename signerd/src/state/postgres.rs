@@ -280,24 +280,33 @@ impl PostgresStore {
         })
     }
 
-    /// Every committed answer that is a signature: (client, request_id, answer).
+    /// Every committed answer that is a signature: (client, request_id, answer). Read in
+    /// pages in key order, each one statement within the call timeout, however large the
+    /// table.
     pub async fn signed_answers(&self) -> Result<Vec<(String, String, StoredRequest)>, StateError> {
-        let rows = self
-            .rows(
-                "read the answers",
-                "SELECT client, request_id, record FROM signerd_requests ORDER BY client, request_id",
-                &[],
-            )
-            .await?;
+        const PAGE: i64 = 10_000;
         let mut out = Vec::new();
-        for r in &rows {
-            let (client, request_id): (String, String) = (r.get(0), r.get(1));
-            let rec: StoredRequest = decode("signerd_requests", &client, &request_id, r.get(2))?;
-            if matches!(rec.outcome, super::StoredOutcome::Signed { .. }) {
-                out.push((client, request_id, rec));
+        let (mut client, mut request_id) = (String::new(), String::new());
+        loop {
+            let rows = self
+                .rows(
+                    "read the signed answers",
+                    "SELECT client, request_id, record FROM signerd_requests
+                     WHERE signed AND (client, request_id) > ($1, $2)
+                     ORDER BY client, request_id LIMIT $3",
+                    &[&client, &request_id, &PAGE],
+                )
+                .await?;
+            for r in &rows {
+                let (c, id): (String, String) = (r.get(0), r.get(1));
+                let rec: StoredRequest = decode("signerd_requests", &c, &id, r.get(2))?;
+                (client, request_id) = (c.clone(), id.clone());
+                out.push((c, id, rec));
+            }
+            if rows.len() < PAGE as usize {
+                return Ok(out);
             }
         }
-        Ok(out)
     }
 
     /// Runs `f` on a pooled connection, within the timeout.

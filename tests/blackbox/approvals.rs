@@ -42,6 +42,14 @@ pub(crate) fn policy(serial: u32, ttl: &str, max: u64) -> String {
     policy_with(serial, ttl, max, &public("bob"))
 }
 
+/// [`policy`] where `value_min` wei or more needs approval.
+pub(crate) fn policy_from(serial: u32, ttl: &str, max: u64, value_min: u64) -> String {
+    policy_with(serial, ttl, max, &public("bob")).replace(
+        "value_min = \"1000 wei\"",
+        &format!("value_min = \"{value_min} wei\""),
+    )
+}
+
 /// [`policy`] with `bob_key` registered for `bob`.
 fn policy_with(serial: u32, ttl: &str, max: u64, bob_key: &str) -> String {
     format!(

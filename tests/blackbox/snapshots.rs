@@ -10,50 +10,14 @@ use std::process::Command;
 
 use signerd_proto::v1;
 
-use crate::approvals::{approver, pending, public, tx};
+use crate::approvals::{approver, pending, tx};
 use crate::audit_support::{ctl, vkey};
 use crate::util::*;
 
 /// Requesters sign with `hot`; 5,000 wei or more needs 2 of treasury; at most 10,000 wei a
 /// day.
 fn policy() -> String {
-    format!(
-        r#"version = 1
-serial = 1
-
-[groups]
-treasury = ["bob", "carol", "dave"]
-
-[approvers]
-bob = "{}"
-carol = "{}"
-dave = "{}"
-
-[[rule]]
-id = "requesters-hot"
-effect = "allow"
-roles = ["requester"]
-keys = ["hot"]
-
-[[rule]]
-id = "large"
-effect = "require_approval"
-keys = ["hot"]
-value_min = "5000 wei"
-approvals = [{{ group = "treasury", min = 2 }}]
-ttl = "1h"
-
-[[limit]]
-id = "daily-eth"
-asset = "native"
-chain_ids = [1]
-window = "24h"
-max_amount = "10000 wei"
-"#,
-        public("bob"),
-        public("carol"),
-        public("dave"),
-    )
+    crate::approvals::policy_from(1, "1h", 10_000, 5_000)
 }
 
 /// An installation whose segments seal every 16 KiB (the smallest allowed).

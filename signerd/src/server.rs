@@ -167,6 +167,7 @@ impl Daemon {
 
     /// [`Daemon::open`], with `options` for this start.
     pub async fn open_with(config: Config, options: StartOptions) -> Result<Daemon, ServerError> {
+        let started = std::time::Instant::now();
         // First, so that what opening records (the audit log's first checkpoint) is counted.
         if config.metrics.is_some() {
             crate::metrics::install().map_err(start("metrics"))?;
@@ -199,6 +200,10 @@ impl Daemon {
             None => crate::state::open_sled(&config.state.dir, config.state.cache_bytes)
                 .map_err(start("state"))?,
         };
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis(),
+            "start-up: keys and state store open"
+        );
         let tls = tls::server_config(&config.tls).map_err(start("tls"))?;
         let audit_key =
             crate::audit::key::open_for_daemon(&config, &keys).map_err(start("audit"))?;
@@ -263,6 +268,10 @@ impl Daemon {
         )
         .map_err(start("audit"))?;
         let used = used.and_then(|i| candidates.into_iter().nth(i));
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis(),
+            "start-up: audit log open"
+        );
         let (ledger, first_segment, answers_from) = match &used {
             Some(l) => {
                 tracing::info!(
@@ -271,13 +280,13 @@ impl Daemon {
                     "start-up continues from a snapshot the audit log vouches for"
                 );
                 (
-                    l.snapshot.ledger.clone(),
+                    l.snapshot.ledger.clone().keeping_signed(),
                     l.snapshot.segment + 1,
                     l.snapshot.records,
                 )
             }
             None => (
-                crate::state::reconcile::Ledger::default(),
+                crate::state::reconcile::Ledger::default().keeping_signed(),
                 1,
                 answers_complete.unwrap_or(0),
             ),
@@ -344,6 +353,10 @@ impl Daemon {
             .await
             .map_err(start("reconciling from the audit log"))?
             .map_err(start("reconciling from the audit log"))?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis(),
+            "start-up: audit log read"
+        );
         // A policy older than one this log has loaded is a rollback (a restart on an old file
         // brings back rules that were replaced): refused unless allowed for this start.
         let rollback = scanned
@@ -433,12 +446,14 @@ impl Daemon {
         let rebind = rebind.or(shorter);
         state.bind_log(&current).await.map_err(start("state"))?;
         let spend = scanned.spend;
-        let reconciled = spend.len();
+        let (spend_slots, spend_waiting) = (spend.settled.len(), spend.waiting.len());
         state.reconcile(spend).await.map_err(start("state"))?;
         state.flush().await.map_err(start("state"))?;
         tracing::info!(
-            entries = reconciled,
+            settled_slots = spend_slots,
+            waiting = spend_waiting,
             answers_restored = restored,
+            elapsed_ms = started.elapsed().as_millis(),
             "spend ledger and answers reconciled from the audit log"
         );
         let listener = TcpListener::bind(config.server.listen)

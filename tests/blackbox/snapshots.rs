@@ -193,7 +193,7 @@ fn change_one_byte(path: &Path) {
 /// The newest snapshot with every signed charge removed, as a consistent file of its own.
 fn forge(path: &Path) {
     let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
-    v["ledger"]["spent"] = serde_json::json!([]);
+    v["ledger"]["settled"] = serde_json::json!({});
     let mut bytes = serde_json::to_vec(&v).unwrap();
     bytes.push(b'\n');
     std::fs::write(path, bytes).unwrap();

@@ -41,8 +41,9 @@ use super::AuditLog;
 use crate::state::reconcile::Ledger;
 
 /// The snapshot format this binary writes and reads. A snapshot of another version is not
-/// used (start-up falls back to an older one, or to the full read).
-pub const VERSION: u32 = 1;
+/// used (start-up falls back to an older one, or to the full read). Version 2 keeps signed
+/// charges by bucket and second instead of by request.
+pub const VERSION: u32 = 2;
 
 /// How many snapshot files the daemon keeps (the newest).
 pub const KEEP: usize = 2;

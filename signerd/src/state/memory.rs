@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::spend::{Charge, Entry, Exceeded, Ledger, Used};
+use super::spend::{Charge, Entry, Exceeded, Ledger, Spend, Used};
 use super::{
     LogBinding, PendingRecord, Pruned, StateError, StateStore, StoredRequest, UsageQuery, Verdict,
     verdict,
@@ -206,10 +206,13 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
-    async fn reconcile(&self, entries: Vec<Entry>) -> Result<(), StateError> {
+    async fn reconcile(&self, spend: Spend) -> Result<(), StateError> {
         self.writable()?;
         let mut fresh = Ledger::default();
-        for e in entries {
+        for s in spend.settled {
+            fresh.settle(s);
+        }
+        for e in spend.waiting {
             fresh.restore(e);
         }
         self.lock().ledger = fresh;

@@ -292,9 +292,10 @@ pub trait StateStore: Send + Sync + 'static {
     /// Releases every reservation of a request that ended unsigned.
     async fn release(&self, client: &str, request_id: &str) -> Result<(), StateError>;
 
-    /// Replaces every reservation with `entries` (the signed spend reconciled from the audit
-    /// log at start-up); durable when this returns.
-    async fn reconcile(&self, entries: Vec<spend::Entry>) -> Result<(), StateError>;
+    /// Makes the reservations what the audit log says at start-up: the signed spend and the
+    /// spend of requests waiting for approval; durable when this returns. A store of one
+    /// instance replaces its ledger with it; a shared store adds what it lacks.
+    async fn reconcile(&self, spend: spend::Spend) -> Result<(), StateError>;
 
     /// What each query's bucket used in its window before `now`, in the order asked; with
     /// `excluding` (`client`, `request_id`), not counting that request's own reservations

@@ -25,7 +25,7 @@ use alloy_primitives::U256;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use secrecy::ExposeSecret;
 
-use super::spend::{Charge, Entry, Exceeded, Used};
+use super::spend::{Charge, Entry, Exceeded, Spend, Used};
 use super::{
     Claim, LogBinding, Lookup, PendingRecord, Pruned, StateError, StateStore, StoredRequest,
     UsageQuery, Verdict, verdict,
@@ -813,7 +813,11 @@ impl StateStore for PostgresStore {
     ///   those requests released when they ended with no answer and no approval record (the
     ///   replica stopped before their result was durable; the answers its log holds were
     ///   restored before this).
-    async fn reconcile(&self, entries: Vec<Entry>) -> Result<(), StateError> {
+    async fn reconcile(&self, spend: Spend) -> Result<(), StateError> {
+        // The signed charges before a snapshot are in the database already: the snapshot is
+        // used only up to where the store holds every answer, and a signed answer's
+        // reservation was written before it was signed.
+        let entries: Vec<Entry> = spend.signed.into_iter().chain(spend.waiting).collect();
         let mut clients = Vec::with_capacity(entries.len());
         let mut ids = Vec::with_capacity(entries.len());
         let mut buckets = Vec::with_capacity(entries.len());

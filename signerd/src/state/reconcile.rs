@@ -18,7 +18,7 @@ use signerd_auditor::events::{
 };
 use signerd_auditor::segments::{self, LineReader, Next};
 
-use super::spend::{Entry, MAX_WINDOW_SECS};
+use super::spend::{Entry, MAX_WINDOW_SECS, Settled, Spend};
 
 /// A request's final answer as the audit log holds it: the `sign.result` record that ended it
 /// `signed` or `denied`, with its last `sign.request` record's method and fingerprint.
@@ -46,7 +46,7 @@ pub struct LoggedAnswer<'a> {
 /// The charges of signed requests (and of requests still waiting for approval) recorded in the
 /// audit log in `dir` since
 /// `now - MAX_WINDOW_SECS`, as ledger entries. A request is its (`client`, `req_id`).
-pub fn signed_spend(dir: &Path, now: i64) -> Result<Vec<Entry>, String> {
+pub fn signed_spend(dir: &Path, now: i64) -> Result<Spend, String> {
     scan(dir, now, &mut |_| Ok(())).map(|s| s.spend)
 }
 
@@ -139,7 +139,7 @@ pub fn for_each_line_from(
 #[derive(Debug, Clone, Default)]
 pub struct Scanned {
     /// The spend of signed requests, and of requests still waiting for approval.
-    pub spend: Vec<Entry>,
+    pub spend: Spend,
     /// The highest policy serial the log records as loaded (`policy.load`), if any.
     pub highest_policy_serial: Option<u64>,
     /// The hash of the policy the log records as loaded last (`policy.load`), if any: the
@@ -188,16 +188,43 @@ pub struct Ledger {
     requested: BTreeMap<String, (Method, String)>,
     /// Charges of the last charging decision of each request without a result yet.
     charged: BTreeMap<String, Vec<Entry>>,
-    /// Charges of signed requests, in log order.
-    spent: Vec<Entry>,
+    /// Charges of signed requests: (amount, count) by bucket and second. Their size is at
+    /// most one slot per bucket and second of the longest window, whatever the number of
+    /// requests.
+    settled: BTreeMap<String, BTreeMap<i64, (U256, u64)>>,
     /// Requests whose last decision was `require_approval`, until a result ends them.
     waiting: BTreeSet<String>,
-    /// Length of `spent` after the last pruning (not state: when to prune again).
+    /// The `ts` before which `settled` was last pruned (not state: when to prune again).
     #[serde(skip)]
-    pruned_len: usize,
+    pruned_at: NotState<i64>,
+    /// Charges of signed requests by request, of the records applied since
+    /// [`Ledger::keeping_signed`] (not state: what a shared store checks it holds at start-up;
+    /// the snapshot builder, which runs for the life of the daemon, keeps none).
+    #[serde(skip)]
+    signed: NotState<Option<Vec<Entry>>>,
 }
 
+/// Data carried beside a ledger's state that is not part of it: it does not take part in
+/// comparisons, so a ledger read from a snapshot equals the one a full read derives.
+#[derive(Debug, Clone, Default)]
+struct NotState<T>(T);
+
+impl<T> PartialEq for NotState<T> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<T> Eq for NotState<T> {}
+
 impl Ledger {
+    /// From now on, also keeps the charges of signed requests by request, for
+    /// [`Spend::signed`].
+    pub fn keeping_signed(mut self) -> Ledger {
+        self.signed.0.get_or_insert_with(Vec::new);
+        self
+    }
+
     /// How many records were applied.
     pub fn records(&self) -> u64 {
         self.records
@@ -340,7 +367,19 @@ impl Ledger {
                     .map_err(|e| format!("{}: {e}", at()))?;
                 }
                 if status == Some(Status::Signed) {
-                    self.spent.extend(charges.into_iter().flatten());
+                    for e in charges.into_iter().flatten() {
+                        let slot = self
+                            .settled
+                            .entry(e.bucket.clone())
+                            .or_default()
+                            .entry(e.ts)
+                            .or_insert((U256::ZERO, 0));
+                        slot.0 = slot.0.saturating_add(e.amount);
+                        slot.1 = slot.1.saturating_add(1);
+                        if let Some(signed) = &mut self.signed.0 {
+                            signed.push(e);
+                        }
+                    }
                 }
             }
             _ => {}
@@ -349,14 +388,25 @@ impl Ledger {
     }
 
     /// Drops charges that no window can reach any more: older than the longest window before
-    /// the latest decision. Amortized: only once `spent` has doubled since the last time.
+    /// the latest decision. Amortized: at most once an hour of log time.
     fn prune(&mut self) {
-        if self.spent.len() < self.pruned_len.saturating_mul(2).max(1024) {
+        let horizon = self.latest.saturating_sub(MAX_WINDOW_SECS as i64);
+        if horizon < self.pruned_at.0.saturating_add(3600) {
             return;
         }
-        let horizon = self.latest.saturating_sub(MAX_WINDOW_SECS as i64);
-        self.spent.retain(|e| e.ts > horizon);
-        self.pruned_len = self.spent.len();
+        self.drop_before(horizon);
+        self.pruned_at.0 = horizon;
+    }
+
+    /// Drops the charges of signed requests at or before `horizon`.
+    fn drop_before(&mut self, horizon: i64) {
+        for slots in self.settled.values_mut() {
+            *slots = slots.split_off(&horizon.saturating_add(1));
+        }
+        self.settled.retain(|_, slots| !slots.is_empty());
+        if let Some(signed) = &mut self.signed.0 {
+            signed.retain(|e| e.ts > horizon);
+        }
     }
 
     /// The state as it would be serialized: old charges dropped, so that two ledgers that
@@ -364,7 +414,7 @@ impl Ledger {
     pub fn compacted(&self) -> Ledger {
         let horizon = self.latest.saturating_sub(MAX_WINDOW_SECS as i64);
         let mut out = self.clone();
-        out.spent.retain(|e| e.ts > horizon);
+        out.drop_before(horizon);
         for entries in out.charged.values_mut() {
             entries.retain(|e| e.ts > horizon);
         }
@@ -379,14 +429,34 @@ impl Ledger {
             .saturating_sub(MAX_WINDOW_SECS as i64)
             .max(self.latest.saturating_sub(MAX_WINDOW_SECS as i64));
         let waiting = &self.waiting;
-        let mut spend: Vec<Entry> = self.spent.into_iter().filter(|e| e.ts > since).collect();
-        spend.extend(
-            self.charged
+        let spend = Spend {
+            settled: self
+                .settled
+                .into_iter()
+                .flat_map(|(bucket, slots)| {
+                    slots.into_iter().filter(|(ts, _)| *ts > since).map(
+                        move |(ts, (amount, count))| Settled {
+                            bucket: bucket.clone(),
+                            ts,
+                            amount,
+                            count,
+                        },
+                    )
+                })
+                .collect(),
+            signed: (self.signed.0)
+                .into_iter()
+                .flatten()
+                .filter(|e| e.ts > since)
+                .collect(),
+            waiting: self
+                .charged
                 .into_iter()
                 .filter(|(owner, _)| waiting.contains(owner))
                 .flat_map(|(_, e)| e)
-                .filter(|e| e.ts > since),
-        );
+                .filter(|e| e.ts > since)
+                .collect(),
+        };
         Scanned {
             spend,
             highest_policy_serial: self.highest_policy_serial,
@@ -408,7 +478,7 @@ pub fn scan(
     now: i64,
     on_answer: &mut dyn FnMut(LoggedAnswer<'_>) -> Result<(), String>,
 ) -> Result<Scanned, String> {
-    scan_from(dir, Ledger::default(), 1, 0, on_answer).map(|l| l.finish(now))
+    scan_from(dir, Ledger::default().keeping_signed(), 1, 0, on_answer).map(|l| l.finish(now))
 }
 
 /// Continues `ledger` with the segments of `dir` numbered `first_segment` and later (the
@@ -552,14 +622,23 @@ mod tests {
             decision("denied-at-quorum", Deny, 0),
             decision("allowed-then-crashed", Allow, 100000),
         ]);
-        let mut amounts: Vec<u64> = signed_spend(tmp.path(), NOW)
-            .unwrap()
+        let spend = signed_spend(tmp.path(), NOW).unwrap();
+        let amounts = |entries: &[Entry]| {
+            let mut a: Vec<u64> = entries.iter().map(|e| e.amount.to::<u64>()).collect();
+            a.sort_unstable();
+            a
+        };
+        // Signed (1), approved at its final charge (200); still waiting (10).
+        assert_eq!(amounts(&spend.signed), vec![1, 200]);
+        assert_eq!(amounts(&spend.waiting), vec![10]);
+        // The same signed charges by bucket and second: one slot, since both were decided in
+        // the same second.
+        let settled: Vec<(u64, u64)> = spend
+            .settled
             .iter()
-            .map(|e| e.amount.to::<u64>())
+            .map(|s| (s.amount.to::<u64>(), s.count))
             .collect();
-        amounts.sort_unstable();
-        // Signed (1), still waiting (10), approved at its final charge (200).
-        assert_eq!(amounts, vec![1, 10, 200]);
+        assert_eq!(settled, vec![(201, 2)]);
     }
 
     /// Signed and denied results are handed over with their request's method and fingerprint,
@@ -593,7 +672,7 @@ mod tests {
         })
         .unwrap()
         .spend;
-        assert_eq!(spend.len(), 1);
+        assert_eq!(spend.signed.len(), 1);
         assert_eq!(answers.len(), 2, "{answers:?}");
         assert_eq!(answers[0].1, "new");
         assert_eq!(answers[0].2, "SignDigest");

@@ -16,14 +16,13 @@
 //! ever. The page cache is bounded (`cache_capacity`); what it does not hold is read from
 //! the files.
 
-use std::collections::HashMap;
 use std::fs::DirBuilder;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use std::sync::{Arc, Mutex};
 
-use super::spend::{Charge, Entry, Exceeded, Ledger, Used};
+use super::spend::{Charge, Exceeded, Ledger, Spend, Used};
 use super::{
     LogBinding, PendingRecord, Pruned, StateError, StateStore, StoredRequest, UsageQuery, Verdict,
     verdict,
@@ -35,7 +34,7 @@ const MAX_KEY_PART_BYTES: usize = 1024;
 /// Name of the tree holding idempotency records.
 const REQUESTS_TREE: &str = "requests";
 
-/// Name of the tree holding limit reservations, keyed `owner || 0x00 || bucket`.
+/// Name of the tree in which earlier releases kept limit reservations.
 const SPEND_TREE: &str = "spend";
 
 /// Key of the record [`StateStore::probe`] rewrites, in the default tree.
@@ -67,10 +66,11 @@ pub struct SledStore {
     db: sled::Db,
     requests: sled::Tree,
     pending: sled::Tree,
-    spend: sled::Tree,
     answered: sled::Tree,
     expired: sled::Tree,
-    /// The in-memory view of `spend`; its lock makes check-and-reserve atomic.
+    /// The spend ledger. It lives in memory only: start-up rebuilds it from the audit log,
+    /// the source of truth for spend, whatever a store would hold. Its lock makes
+    /// check-and-reserve atomic.
     ledger: Arc<Mutex<Ledger>>,
     dir: PathBuf,
 }
@@ -192,9 +192,11 @@ impl SledStore {
                 dir.display()
             ))
         })?;
-        let spend = db.open_tree(SPEND_TREE).map_err(|e| {
+        // Earlier releases kept the ledger here too; it was never read after start-up's
+        // reconciliation, and is dropped.
+        db.drop_tree(SPEND_TREE).map_err(|e| {
             StateError::Unavailable(format!(
-                "cannot open tree `{SPEND_TREE}` in {}: {e}",
+                "cannot drop the old tree `{SPEND_TREE}` in {}: {e}",
                 dir.display()
             ))
         })?;
@@ -214,27 +216,13 @@ impl SledStore {
         };
         let answered = open_tree(ANSWERED_TREE)?;
         let expired = open_tree(EXPIRED_TREE)?;
-        let mut ledger = Ledger::default();
-        for item in spend.iter() {
-            let (key, value) = item.map_err(|e| {
-                StateError::Unavailable(format!("read {SPEND_TREE} in {}: {e}", dir.display()))
-            })?;
-            let entry: Entry = serde_json::from_slice(&value).map_err(|e| {
-                StateError::Corrupt(format!(
-                    "{SPEND_TREE}[{}]: cannot decode the stored value: {e}",
-                    String::from_utf8_lossy(&key)
-                ))
-            })?;
-            ledger.restore(entry);
-        }
         let store = SledStore {
             db,
             requests,
             pending,
-            spend,
             answered,
             expired,
-            ledger: Arc::new(Mutex::new(ledger)),
+            ledger: Arc::new(Mutex::new(Ledger::default())),
             dir: dir.to_owned(),
         };
         store.index_earlier_records()?;
@@ -341,28 +329,6 @@ fn request_key(client: &str, request_id: &str) -> Result<Vec<u8>, StateError> {
     key.push(0);
     key.extend_from_slice(request_id.as_bytes());
     Ok(key)
-}
-
-/// One write to the spend tree: removes the entries of `removed`, then writes `written`.
-fn spend_batch(removed: &[Entry], written: &[Entry]) -> Result<sled::Batch, StateError> {
-    let mut batch = sled::Batch::default();
-    for e in removed {
-        batch.remove(spend_key(e));
-    }
-    for e in written {
-        let value = serde_json::to_vec(e)
-            .map_err(|err| StateError::Unavailable(format!("encode {SPEND_TREE}: {err}")))?;
-        batch.insert(spend_key(e), value);
-    }
-    Ok(batch)
-}
-
-fn spend_key(e: &Entry) -> Vec<u8> {
-    let mut key = Vec::with_capacity(e.owner.len() + 1 + e.bucket.len());
-    key.extend_from_slice(e.owner.as_bytes());
-    key.push(0);
-    key.extend_from_slice(e.bucket.as_bytes());
-    key
 }
 
 impl SledStore {
@@ -542,7 +508,8 @@ impl SledStore {
             .map_err(|e| StateError::Unavailable(format!("flush: {e}")))
     }
 
-    /// See [`StateStore::reserve`].
+    /// See [`StateStore::reserve`]. In memory only: a crash loses nothing, since start-up
+    /// takes the spend from the audit log.
     pub fn reserve(
         &self,
         client: &str,
@@ -552,80 +519,28 @@ impl SledStore {
     ) -> Result<Result<(), Exceeded>, StateError> {
         let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
         let mut ledger = self.ledger();
-        let pruned = ledger.prune(now);
-        let entries = match ledger.reserve(&owner, now, charges) {
-            Ok(entries) => entries,
-            Err(exceeded) => return Ok(Err(exceeded)),
-        };
-        let batch = spend_batch(&pruned, &entries)?;
-        // Not flushed here: the request's outcome record is flushed before any answer, and the
-        // audit log restores signed spend after a crash.
-        if let Err(err) = self.spend.apply_batch(batch) {
-            ledger.release(&owner);
-            return Err(StateError::Unavailable(format!(
-                "write {SPEND_TREE}: {err}"
-            )));
-        }
-        Ok(Ok(()))
+        ledger.prune(now);
+        Ok(ledger.reserve(&owner, now, charges).map(drop))
     }
 
     /// See [`StateStore::release`].
     pub fn release(&self, client: &str, request_id: &str) -> Result<(), StateError> {
         let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
-        let gone = self.ledger().release(&owner);
-        let mut batch = sled::Batch::default();
-        for e in &gone {
-            batch.remove(spend_key(e));
-        }
-        self.spend
-            .apply_batch(batch)
-            .map_err(|e| StateError::Unavailable(format!("write {SPEND_TREE}: {e}")))
+        self.ledger().release(&owner);
+        Ok(())
     }
 
-    /// See [`StateStore::reconcile`].
-    pub fn reconcile(&self, entries: Vec<Entry>) -> Result<(), StateError> {
-        let mut ledger = self.ledger();
-        // Only the difference is written: after a clean stop the stored ledger already is
-        // what the log says, and rewriting hundreds of thousands of entries would hold up
-        // every start.
-        let mut wanted: HashMap<Vec<u8>, Vec<u8>> = HashMap::with_capacity(entries.len());
+    /// See [`StateStore::reconcile`]: the ledger becomes the signed charges by bucket and
+    /// second, and the charges of requests waiting for approval by request.
+    pub fn reconcile(&self, spend: Spend) -> Result<(), StateError> {
         let mut fresh = Ledger::default();
-        for e in entries {
-            let value = serde_json::to_vec(&e)
-                .map_err(|err| StateError::Unavailable(format!("encode {SPEND_TREE}: {err}")))?;
-            wanted.insert(spend_key(&e), value);
+        for s in spend.settled {
+            fresh.settle(s);
+        }
+        for e in spend.waiting {
             fresh.restore(e);
         }
-        let mut batch = sled::Batch::default();
-        let mut changes = 0usize;
-        for item in self.spend.iter() {
-            let (key, value) =
-                item.map_err(|e| StateError::Unavailable(format!("read {SPEND_TREE}: {e}")))?;
-            match wanted.get(key.as_ref()) {
-                Some(w) if w.as_slice() == value.as_ref() => {
-                    wanted.remove(key.as_ref());
-                }
-                // A changed value is written below.
-                Some(_) => {}
-                None => {
-                    batch.remove(key);
-                    changes += 1;
-                }
-            }
-        }
-        for (key, value) in wanted {
-            batch.insert(key, value);
-            changes += 1;
-        }
-        if changes > 0 {
-            self.spend
-                .apply_batch(batch)
-                .map_err(|e| StateError::Unavailable(format!("write {SPEND_TREE}: {e}")))?;
-            self.db
-                .flush()
-                .map_err(|e| StateError::Unavailable(format!("flush {SPEND_TREE}: {e}")))?;
-        }
-        *ledger = fresh;
+        *self.ledger() = fresh;
         Ok(())
     }
 
@@ -658,22 +573,7 @@ impl SledStore {
         charges: &[Charge],
     ) -> Result<Result<(), Exceeded>, StateError> {
         let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
-        let mut ledger = self.ledger();
-        let (old, new) = match ledger.rereserve(&owner, now, charges) {
-            Ok(changed) => changed,
-            Err(exceeded) => return Ok(Err(exceeded)),
-        };
-        let batch = spend_batch(&old, &new)?;
-        if let Err(err) = self.spend.apply_batch(batch) {
-            ledger.release(&owner);
-            for e in old {
-                ledger.restore(e);
-            }
-            return Err(StateError::Unavailable(format!(
-                "write {SPEND_TREE}: {err}"
-            )));
-        }
-        Ok(Ok(()))
+        Ok(self.ledger().rereserve(&owner, now, charges).map(drop))
     }
 
     /// See [`StateStore::get_pending`].
@@ -812,8 +712,8 @@ impl StateStore for SledStore {
         SledStore::release(self, client, request_id)
     }
 
-    async fn reconcile(&self, entries: Vec<Entry>) -> Result<(), StateError> {
-        off_runtime(self, move |s| s.reconcile(entries)).await
+    async fn reconcile(&self, spend: Spend) -> Result<(), StateError> {
+        SledStore::reconcile(self, spend)
     }
 
     async fn usage(
@@ -867,6 +767,7 @@ mod tests {
 
     use super::*;
     use crate::state::StoredOutcome;
+    use crate::state::spend::{Entry, Settled};
     use std::sync::atomic::AtomicU64;
 
     /// A path for a state store, not created yet, inside a fresh temp dir removed on drop.
@@ -1056,8 +957,10 @@ mod tests {
         limit(1, 1).bucket.as_str().to_owned()
     }
 
+    /// The ledger lives in memory: a reopened store holds no reservation until start-up
+    /// reconciles it from the audit log, and a spend tree an earlier release left is dropped.
     #[test]
-    fn reservations_survive_reopen_and_release() {
+    fn the_ledger_is_rebuilt_by_reconciliation_not_read_back() {
         let dir = TempDir::new("spend");
         {
             let store = open_sled_for_test(&dir.0);
@@ -1065,76 +968,62 @@ mod tests {
                 store.reserve("app", "r1", 1000, &[limit(70, 100)]).unwrap(),
                 Ok(())
             );
-            assert!(
-                store
-                    .reserve("app", "r2", 1001, &[limit(40, 100)])
-                    .unwrap()
-                    .is_err()
-            );
-            assert_eq!(
-                store.reserve("app", "r3", 1002, &[limit(20, 100)]).unwrap(),
-                Ok(())
-            );
-            store.release("app", "r3").unwrap();
-            // Make the spend tree durable the way the pipeline does: through a request write.
-            store.put_request("app", "r1", &signed("00")).unwrap();
+            // What an earlier release kept.
+            let old = store.db.open_tree(SPEND_TREE).unwrap();
+            old.insert(b"app\0r1\0limit=daily", b"{}".as_slice())
+                .unwrap();
+            store.flush().unwrap();
         }
         let store = open_sled_for_test(&dir.0);
+        assert!(
+            !store
+                .db
+                .tree_names()
+                .iter()
+                .any(|t| t.as_ref() == SPEND_TREE.as_bytes())
+        );
+        assert_eq!(store.used(&bucket(), 86_400, 2000).unwrap(), Used::ZERO);
+        let waiting = Entry {
+            owner: "app\0waiting".to_owned(),
+            bucket: bucket(),
+            ts: 1500,
+            amount: alloy_primitives::U256::from(20),
+        };
+        store
+            .reconcile(Spend {
+                settled: vec![Settled {
+                    bucket: bucket(),
+                    ts: 1000,
+                    amount: alloy_primitives::U256::from(70),
+                    count: 3,
+                }],
+                // A shared store's copy by request: not added again.
+                signed: vec![Entry {
+                    owner: "app\0r1".to_owned(),
+                    bucket: bucket(),
+                    ts: 1000,
+                    amount: alloy_primitives::U256::from(70),
+                }],
+                waiting: vec![waiting],
+            })
+            .unwrap();
         let used = store.used(&bucket(), 86_400, 2000).unwrap();
-        assert_eq!(used.amount, alloy_primitives::U256::from(70));
-        assert_eq!(used.count, 1);
+        assert_eq!(used.amount, alloy_primitives::U256::from(90));
+        assert_eq!(used.count, 4);
         assert!(
             store
-                .reserve("app", "r4", 2000, &[limit(31, 100)])
+                .reserve("app", "r4", 2000, &[limit(11, 100)])
                 .unwrap()
                 .is_err()
         );
-    }
-
-    /// Reconciling writes only the difference, and leaves exactly the given entries, on disk
-    /// too: a reservation the log does not know goes, a changed amount is replaced, a missing
-    /// entry is added, and an unchanged one stays.
-    #[test]
-    fn reconcile_leaves_exactly_the_given_entries() {
-        let dir = TempDir::new("reconcile");
-        let entry = |owner: &str, amount: u64| Entry {
-            owner: format!("app\0{owner}"),
-            bucket: bucket(),
-            ts: 1000,
-            amount: alloy_primitives::U256::from(amount),
-        };
-        {
-            let store = open_sled_for_test(&dir.0);
-            for (id, amount) in [("kept", 10), ("changed", 20), ("crashed", 30)] {
-                assert_eq!(
-                    store
-                        .reserve("app", id, 1000, &[limit(amount, 1000)])
-                        .unwrap(),
-                    Ok(())
-                );
-            }
-            store
-                .reconcile(vec![
-                    entry("kept", 10),
-                    entry("changed", 25),
-                    entry("new", 40),
-                ])
-                .unwrap();
-            let used = store.used(&bucket(), 86_400, 2000).unwrap();
-            assert_eq!(used.amount, alloy_primitives::U256::from(75));
-            // The same entries again: nothing to write, nothing lost.
-            store
-                .reconcile(vec![
-                    entry("kept", 10),
-                    entry("changed", 25),
-                    entry("new", 40),
-                ])
-                .unwrap();
-        }
-        let store = open_sled_for_test(&dir.0);
+        // The waiting request ends unsigned: its charge goes, the signed ones stay.
+        store.release("app", "waiting").unwrap();
         let used = store.used(&bucket(), 86_400, 2000).unwrap();
-        assert_eq!(used.amount, alloy_primitives::U256::from(75));
+        assert_eq!(used.amount, alloy_primitives::U256::from(70));
         assert_eq!(used.count, 3);
+        // They leave the window together, a day after their second.
+        let used = store.used(&bucket(), 86_400, 1000 + 86_400).unwrap();
+        assert_eq!(used, Used::ZERO);
     }
 
     #[test]

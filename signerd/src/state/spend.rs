@@ -6,7 +6,9 @@
 //! request (`owner`): it is released when the request ends unsigned and otherwise stays until
 //! it ages out of every window. This module holds plain data; persistence is the store's job.
 
-use std::collections::HashMap;
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use alloy_primitives::U256;
 use serde::{Deserialize, Serialize};
@@ -37,34 +39,193 @@ pub struct Entry {
     pub amount: U256,
 }
 
-/// Reservations by bucket, in memory.
+/// Signed charges of one bucket in one second, added up: a signed charge is never released,
+/// so its request no longer matters, and a year of a busy signer's charges takes at most one
+/// slot per bucket and second, however many requests it signed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settled {
+    /// The bucket.
+    pub bucket: String,
+    /// The second, Unix seconds.
+    pub ts: i64,
+    /// The amounts added up (saturating).
+    pub amount: U256,
+    /// How many charges.
+    pub count: u64,
+}
+
+/// The spend start-up reconciles from the audit log.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Spend {
+    /// Every signed charge inside the longest window, by bucket and second.
+    pub settled: Vec<Settled>,
+    /// The signed charges of the records read at this start, by request: all of them after a
+    /// full read, those after the snapshot otherwise. The charges before a snapshot are in
+    /// `settled` only; a shared store, which keeps its own copy by request, checks these.
+    pub signed: Vec<Entry>,
+    /// Charges of requests still waiting for approval, by request: released if they end
+    /// unsigned.
+    pub waiting: Vec<Entry>,
+}
+
+/// A bucket's reservations, ordered by time, and the sum of the last window asked about.
+#[derive(Debug, Default)]
+struct Bucket {
+    /// (amount, count) by (`ts`, owner). An owner holds at most one entry, of count 1, in a
+    /// bucket; the empty owner holds the [`Settled`] charges of that second.
+    entries: BTreeMap<(i64, Arc<str>), (U256, u64)>,
+    /// What the entries after `since` add up to, for the window last asked about: a limit
+    /// asks about the same window at a later `now` each time, so only the entries that left
+    /// it since are subtracted. `None` until asked, and after a sum that saturated.
+    window: Cell<Option<Window>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    secs: u64,
+    since: i64,
+    used: Used,
+}
+
+impl Bucket {
+    fn used(&self, window_secs: u64, since: i64) -> Used {
+        if let Some(mut w) = self.window.get()
+            && w.secs == window_secs
+            && w.since <= since
+        {
+            let mut exact = true;
+            for (amount, count) in self
+                .entries
+                .range(after(w.since)..after(since))
+                .map(|(_, v)| v)
+            {
+                match w.used.amount.checked_sub(*amount) {
+                    Some(left) => w.used.amount = left,
+                    None => exact = false,
+                }
+                w.used.count = w.used.count.saturating_sub(*count);
+            }
+            if exact {
+                w.since = since;
+                self.window.set(Some(w));
+                return w.used;
+            }
+        }
+        let mut used = Used::ZERO;
+        let mut exact = true;
+        for (amount, count) in self.entries.range(after(since)..).map(|(_, v)| v) {
+            match used.amount.checked_add(*amount) {
+                Some(sum) => used.amount = sum,
+                None => {
+                    used.amount = U256::MAX;
+                    exact = false;
+                }
+            }
+            used.count = used.count.saturating_add(*count);
+        }
+        self.window.set(exact.then_some(Window {
+            secs: window_secs,
+            since,
+            used,
+        }));
+        used
+    }
+
+    /// Adds (amount, count) at (`ts`, `owner`), to what is there.
+    fn add(&mut self, ts: i64, owner: Arc<str>, amount: U256, count: u64) {
+        let slot = self.entries.entry((ts, owner)).or_insert((U256::ZERO, 0));
+        let sum = slot.0.checked_add(amount);
+        slot.0 = sum.unwrap_or(U256::MAX);
+        slot.1 = slot.1.saturating_add(count);
+        if sum.is_none() {
+            // A saturated slot cannot be taken out of a sum exactly: sums are taken afresh.
+            self.window.set(None);
+        }
+        if let Some(mut w) = self.window.get()
+            && ts > w.since
+        {
+            w.used.count = w.used.count.saturating_add(count);
+            let sum = w.used.amount.checked_add(amount);
+            self.window.set(sum.map(|amount| {
+                w.used.amount = amount;
+                w
+            }));
+        }
+    }
+
+    fn remove(&mut self, ts: i64, owner: &Arc<str>) -> Option<(U256, u64)> {
+        let (amount, count) = self.entries.remove(&(ts, Arc::clone(owner)))?;
+        if let Some(mut w) = self.window.get()
+            && ts > w.since
+        {
+            w.used.count = w.used.count.saturating_sub(count);
+            let left = w.used.amount.checked_sub(amount);
+            self.window.set(left.map(|amount| {
+                w.used.amount = amount;
+                w
+            }));
+        }
+        Some((amount, count))
+    }
+}
+
+/// The first key of a bucket after `ts`: the empty owner sorts before every other.
+fn after(ts: i64) -> (i64, Arc<str>) {
+    (ts.saturating_add(1), Arc::from(""))
+}
+
+/// Reservations by bucket, in memory. Looking up a window, recording, restoring and releasing
+/// cost about log(n) each, not a pass over every entry: a busy signer holds a year of charges.
 #[derive(Debug, Default)]
 pub struct Ledger {
-    buckets: HashMap<String, Vec<Entry>>,
+    buckets: HashMap<Arc<str>, Bucket>,
+    /// Where each owner's entries are: (bucket, `ts`).
+    owners: HashMap<Arc<str>, Vec<(Arc<str>, i64)>>,
+    /// Every entry by (`ts`, bucket, owner), to drop the old ones.
+    by_time: BTreeSet<(i64, Arc<str>, Arc<str>)>,
 }
 
 impl Ledger {
     /// What `bucket` used in the `window_secs` before `now`.
     pub fn used(&self, bucket: &str, window_secs: u64, now: i64) -> Used {
         let since = now.saturating_sub(i64::try_from(window_secs).unwrap_or(i64::MAX));
-        let mut used = Used::ZERO;
-        for e in self.buckets.get(bucket).into_iter().flatten() {
-            if e.ts > since {
-                used.amount = used.amount.saturating_add(e.amount);
-                used.count += 1;
-            }
-        }
-        used
+        self.buckets
+            .get(bucket)
+            .map_or(Used::ZERO, |b| b.used(window_secs, since))
     }
 
     /// What `bucket` used in the `window_secs` before `now`, not counting `owner`'s entries.
     pub fn used_excluding(&self, bucket: &str, window_secs: u64, now: i64, owner: &str) -> Used {
         let since = now.saturating_sub(i64::try_from(window_secs).unwrap_or(i64::MAX));
+        let Some(b) = self.buckets.get(bucket) else {
+            return Used::ZERO;
+        };
+        let mut used = b.used(window_secs, since);
+        let own = self
+            .owners
+            .get(owner)
+            .into_iter()
+            .flatten()
+            .filter(|(ob, ts)| ob.as_ref() == bucket && *ts > since);
+        for (_, ts) in own {
+            if let Some((amount, _)) = b.entries.get(&(*ts, Arc::from(owner))) {
+                if used.amount == U256::MAX {
+                    // The sum saturated: take it again without the owner.
+                    return self.sum_without(b, since, owner);
+                }
+                used.amount -= *amount;
+                used.count = used.count.saturating_sub(1);
+            }
+        }
+        used
+    }
+
+    fn sum_without(&self, b: &Bucket, since: i64, owner: &str) -> Used {
         let mut used = Used::ZERO;
-        for e in self.buckets.get(bucket).into_iter().flatten() {
-            if e.ts > since && e.owner != owner {
-                used.amount = used.amount.saturating_add(e.amount);
-                used.count += 1;
+        for ((_, o), (amount, count)) in b.entries.range(after(since)..) {
+            if o.as_ref() != owner {
+                used.amount = used.amount.saturating_add(*amount);
+                used.count = used.count.saturating_add(*count);
             }
         }
         used
@@ -117,52 +278,143 @@ impl Ledger {
                 ts: now,
                 amount: c.amount,
             };
-            self.buckets
-                .entry(entry.bucket.clone())
-                .or_default()
-                .push(entry.clone());
+            self.restore(entry.clone());
             recorded.push(entry);
         }
         Ok(recorded)
     }
 
-    /// Adds an entry read back from storage or reconciled from the audit log (idempotent).
+    /// Adds an entry read back from storage or reconciled from the audit log (idempotent:
+    /// an owner holds at most one entry in a bucket, and the first one stays).
     pub fn restore(&mut self, entry: Entry) {
-        let list = self.buckets.entry(entry.bucket.clone()).or_default();
-        if !list.iter().any(|e| e.owner == entry.owner) {
-            list.push(entry);
+        let held = self.owners.get(entry.owner.as_str());
+        if held.is_some_and(|h| h.iter().any(|(b, _)| b.as_ref() == entry.bucket)) {
+            return;
         }
+        let owner: Arc<str> = match self.owners.get_key_value(entry.owner.as_str()) {
+            Some((o, _)) => Arc::clone(o),
+            None => Arc::from(entry.owner),
+        };
+        let bucket = self.add(entry.bucket, entry.ts, Arc::clone(&owner), entry.amount, 1);
+        self.owners
+            .entry(owner)
+            .or_default()
+            .push((bucket, entry.ts));
+    }
+
+    /// Adds signed charges of one bucket and second, read back from the audit log.
+    pub fn settle(&mut self, settled: Settled) {
+        let Settled {
+            bucket,
+            ts,
+            amount,
+            count,
+        } = settled;
+        self.add(bucket, ts, Arc::from(""), amount, count);
+    }
+
+    fn add(
+        &mut self,
+        bucket: String,
+        ts: i64,
+        owner: Arc<str>,
+        amount: U256,
+        count: u64,
+    ) -> Arc<str> {
+        let bucket: Arc<str> = match self.buckets.get_key_value(bucket.as_str()) {
+            Some((b, _)) => Arc::clone(b),
+            None => Arc::from(bucket),
+        };
+        self.buckets.entry(Arc::clone(&bucket)).or_default().add(
+            ts,
+            Arc::clone(&owner),
+            amount,
+            count,
+        );
+        self.by_time.insert((ts, Arc::clone(&bucket), owner));
+        bucket
     }
 
     /// Drops every entry of `owner`; returns them (to delete from storage).
     pub fn release(&mut self, owner: &str) -> Vec<Entry> {
-        let mut out = Vec::new();
-        for list in self.buckets.values_mut() {
-            let (gone, kept): (Vec<Entry>, Vec<Entry>) =
-                list.drain(..).partition(|e| e.owner == owner);
-            *list = kept;
-            out.extend(gone);
+        let Some((owner, held)) = self.owners.remove_entry(owner) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(held.len());
+        for (bucket, ts) in held {
+            self.by_time
+                .remove(&(ts, Arc::clone(&bucket), Arc::clone(&owner)));
+            if let Some((amount, _)) = self.remove_from_bucket(&bucket, ts, &owner) {
+                out.push(Entry {
+                    owner: owner.to_string(),
+                    bucket: bucket.to_string(),
+                    ts,
+                    amount,
+                });
+            }
         }
-        self.buckets.retain(|_, l| !l.is_empty());
         out
     }
 
-    /// Every entry, in no particular order.
-    pub fn entries(&self) -> Vec<Entry> {
-        self.buckets.values().flatten().cloned().collect()
+    fn remove_from_bucket(
+        &mut self,
+        bucket: &Arc<str>,
+        ts: i64,
+        owner: &Arc<str>,
+    ) -> Option<(U256, u64)> {
+        let b = self.buckets.get_mut(bucket)?;
+        let amount = b.remove(ts, owner);
+        if b.entries.is_empty() {
+            self.buckets.remove(bucket);
+        }
+        amount
     }
 
-    /// Drops entries older than [`MAX_WINDOW_SECS`]; returns them.
+    /// Every entry held by a request, in no particular order ([`Settled`] charges are not).
+    pub fn entries(&self) -> Vec<Entry> {
+        self.buckets
+            .iter()
+            .flat_map(|(bucket, b)| {
+                b.entries
+                    .iter()
+                    .filter(|((_, owner), _)| !owner.is_empty())
+                    .map(|((ts, owner), (amount, _))| Entry {
+                        owner: owner.to_string(),
+                        bucket: bucket.to_string(),
+                        ts: *ts,
+                        amount: *amount,
+                    })
+            })
+            .collect()
+    }
+
+    /// Drops entries older than [`MAX_WINDOW_SECS`]; returns those held by a request.
     pub fn prune(&mut self, now: i64) -> Vec<Entry> {
         let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
         let mut out = Vec::new();
-        for list in self.buckets.values_mut() {
-            let (gone, kept): (Vec<Entry>, Vec<Entry>) =
-                list.drain(..).partition(|e| e.ts <= since);
-            *list = kept;
-            out.extend(gone);
+        while let Some(first) = self.by_time.first()
+            && first.0 <= since
+        {
+            let Some((ts, bucket, owner)) = self.by_time.pop_first() else {
+                break;
+            };
+            if let Some(held) = self.owners.get_mut(&owner) {
+                held.retain(|(b, t)| !(*t == ts && *b == bucket));
+                if held.is_empty() {
+                    self.owners.remove(&owner);
+                }
+            }
+            if let Some((amount, _)) = self.remove_from_bucket(&bucket, ts, &owner)
+                && !owner.is_empty()
+            {
+                out.push(Entry {
+                    owner: owner.to_string(),
+                    bucket: bucket.to_string(),
+                    ts,
+                    amount,
+                });
+            }
         }
-        self.buckets.retain(|_, l| !l.is_empty());
         out
     }
 }
@@ -263,5 +515,131 @@ pub(crate) mod tests {
                 .is_ok()
         );
         assert_eq!(l.used(&bucket, 60, 1).amount, U256::from(90));
+    }
+
+    /// The plain definition the indexed ledger must agree with: every entry, summed by scan.
+    /// Settled charges are entries of the empty owner, with their count.
+    #[derive(Default)]
+    struct Naive(Vec<Entry>, Vec<(Entry, u64)>);
+
+    impl Naive {
+        fn used(&self, bucket: &str, window: u64, now: i64, without: Option<&str>) -> Used {
+            let since = now - window as i64;
+            let mut used = Used::ZERO;
+            let settled = self.1.iter().map(|(e, n)| (e, *n));
+            for (e, n) in self.0.iter().map(|e| (e, 1)).chain(settled) {
+                if e.bucket == bucket && e.ts > since && Some(e.owner.as_str()) != without {
+                    used.amount = used.amount.saturating_add(e.amount);
+                    used.count += n;
+                }
+            }
+            used
+        }
+    }
+
+    #[test]
+    fn indexed_sums_agree_with_a_plain_scan_under_random_operations() {
+        // xorshift: a fixed, reproducible sequence of operations.
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let buckets = ["b0", "b1", "b2"];
+        let windows = [10u64, 60, 3600];
+        let mut l = Ledger::default();
+        let mut naive = Naive::default();
+        let mut now = 1_000i64;
+        for step in 0..20_000 {
+            now += next(4) as i64;
+            let owner = format!("o{}", next(300));
+            let bucket = buckets[next(3) as usize];
+            match next(7) {
+                6 => {
+                    let (ts, count) = (now - next(50) as i64, 1 + next(5));
+                    let amount = U256::from(next(10_000));
+                    l.settle(Settled {
+                        bucket: bucket.into(),
+                        ts,
+                        amount,
+                        count,
+                    });
+                    let e = Entry {
+                        owner: String::new(),
+                        bucket: bucket.into(),
+                        ts,
+                        amount,
+                    };
+                    naive.1.push((e, count));
+                }
+                0 | 1 => {
+                    let e = Entry {
+                        owner: owner.clone(),
+                        bucket: bucket.into(),
+                        ts: now - next(50) as i64,
+                        amount: if next(50) == 0 {
+                            U256::MAX - U256::from(next(3))
+                        } else {
+                            U256::from(next(1_000))
+                        },
+                    };
+                    if !naive
+                        .0
+                        .iter()
+                        .any(|x| x.owner == e.owner && x.bucket == e.bucket)
+                    {
+                        naive.0.push(e.clone());
+                    }
+                    l.restore(e);
+                }
+                2 => {
+                    let mut gone = l.release(&owner);
+                    let mut want: Vec<Entry> = naive
+                        .0
+                        .iter()
+                        .filter(|e| e.owner == owner)
+                        .cloned()
+                        .collect();
+                    naive.0.retain(|e| e.owner != owner);
+                    gone.sort_by(|a, b| a.bucket.cmp(&b.bucket));
+                    want.sort_by(|a, b| a.bucket.cmp(&b.bucket));
+                    assert_eq!(gone, want, "step {step}");
+                }
+                3 => {
+                    let at = now + MAX_WINDOW_SECS as i64 - 40 + next(40) as i64;
+                    let mut gone = l.prune(at);
+                    let since = at - MAX_WINDOW_SECS as i64;
+                    let mut want: Vec<Entry> =
+                        naive.0.iter().filter(|e| e.ts <= since).cloned().collect();
+                    naive.0.retain(|e| e.ts > since);
+                    naive.1.retain(|(e, _)| e.ts > since);
+                    let key = |e: &Entry| (e.ts, e.bucket.clone(), e.owner.clone());
+                    gone.sort_by_key(key);
+                    want.sort_by_key(key);
+                    assert_eq!(gone, want, "step {step}");
+                }
+                _ => {
+                    let w = windows[next(3) as usize];
+                    let at = now - next(3) as i64;
+                    assert_eq!(
+                        l.used(bucket, w, at),
+                        naive.used(bucket, w, at, None),
+                        "step {step}"
+                    );
+                    assert_eq!(
+                        l.used_excluding(bucket, w, at, &owner),
+                        naive.used(bucket, w, at, Some(&owner)),
+                        "step {step}"
+                    );
+                }
+            }
+        }
+        let mut all = l.entries();
+        let key = |e: &Entry| (e.ts, e.bucket.clone(), e.owner.clone());
+        all.sort_by_key(key);
+        naive.0.sort_by_key(key);
+        assert_eq!(all, naive.0);
     }
 }

@@ -112,6 +112,9 @@ impl StateStore for MemoryStore {
                 .insert((at, client.to_owned(), request_id.to_owned()));
         }
         inner.requests.insert(key(client, request_id), rec.clone());
+        if matches!(rec.outcome, super::StoredOutcome::Signed { .. }) {
+            inner.ledger.settle_owner(&owner(client, request_id)?);
+        }
         Ok(())
     }
 

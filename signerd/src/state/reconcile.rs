@@ -18,7 +18,7 @@ use signerd_auditor::events::{
 };
 use signerd_auditor::segments::{self, LineReader, Next};
 
-use super::spend::{Entry, MAX_WINDOW_SECS, Settled, Spend};
+use super::spend::{Entry, MAX_WINDOW_SECS, SETTLE_RATIO, Settled, Spend, settled_at};
 
 /// A request's final answer as the audit log holds it: the `sign.result` record that ended it
 /// `signed` or `denied`, with its last `sign.request` record's method and fingerprint.
@@ -188,9 +188,9 @@ pub struct Ledger {
     requested: BTreeMap<String, (Method, String)>,
     /// Charges of the last charging decision of each request without a result yet.
     charged: BTreeMap<String, Vec<Entry>>,
-    /// Charges of signed requests: (amount, count) by bucket and second. Their size is at
-    /// most one slot per bucket and second of the longest window, whatever the number of
-    /// requests.
+    /// Charges of signed requests: (amount, count) by bucket and the second they count at
+    /// ([`settled_at`] the latest decision). A bucket holds at most about 16,000 slots, whatever
+    /// the number of requests.
     settled: BTreeMap<String, BTreeMap<i64, (U256, u64)>>,
     /// Requests whose last decision was `require_approval`, until a result ends them.
     waiting: BTreeSet<String>,
@@ -387,21 +387,36 @@ impl Ledger {
         Ok(())
     }
 
-    /// Drops charges that no window can reach any more: older than the longest window before
-    /// the latest decision. Amortized: at most once an hour of log time.
+    /// Drops charges that no window can reach any more (older than the longest window before
+    /// the latest decision), and moves old signed charges to wider slots. Amortized: at most
+    /// once an hour of log time.
     fn prune(&mut self) {
-        let horizon = self.latest.saturating_sub(MAX_WINDOW_SECS as i64);
-        if horizon < self.pruned_at.0.saturating_add(3600) {
+        if self.latest < self.pruned_at.0.saturating_add(3600) {
             return;
         }
-        self.drop_before(horizon);
-        self.pruned_at.0 = horizon;
+        self.settle_old();
+        self.pruned_at.0 = self.latest;
     }
 
-    /// Drops the charges of signed requests at or before `horizon`.
-    fn drop_before(&mut self, horizon: i64) {
+    /// Drops the charges of signed requests that no window can reach any more, and moves the
+    /// old ones to the slots [`settled_at`] gives at the latest decision. The result does not
+    /// depend on how often this ran before.
+    fn settle_old(&mut self) {
+        let latest = self.latest;
+        let horizon = latest.saturating_sub(MAX_WINDOW_SECS as i64);
+        let cut = latest.saturating_sub(2 * SETTLE_RATIO);
         for slots in self.settled.values_mut() {
             *slots = slots.split_off(&horizon.saturating_add(1));
+            // Only charges at least 2,048 s old can move, and they stay below the others.
+            let young = slots.split_off(&cut.saturating_add(1));
+            let old = std::mem::replace(slots, young);
+            for (ts, (amount, count)) in old {
+                let slot = slots
+                    .entry(settled_at(ts, latest))
+                    .or_insert((U256::ZERO, 0));
+                slot.0 = slot.0.saturating_add(amount);
+                slot.1 = slot.1.saturating_add(count);
+            }
         }
         self.settled.retain(|_, slots| !slots.is_empty());
         if let Some(signed) = &mut self.signed.0 {
@@ -414,7 +429,7 @@ impl Ledger {
     pub fn compacted(&self) -> Ledger {
         let horizon = self.latest.saturating_sub(MAX_WINDOW_SECS as i64);
         let mut out = self.clone();
-        out.drop_before(horizon);
+        out.settle_old();
         for entries in out.charged.values_mut() {
             entries.retain(|e| e.ts > horizon);
         }
@@ -424,7 +439,8 @@ impl Ledger {
     /// What start-up needs, at `now` (Unix seconds): the charges of signed requests and of
     /// requests still waiting for approval inside the longest window before `now` (and before
     /// the latest decision, so the result does not depend on when the ledger was pruned).
-    pub fn finish(self, now: i64) -> Scanned {
+    pub fn finish(mut self, now: i64) -> Scanned {
+        self.settle_old();
         let since = now
             .saturating_sub(MAX_WINDOW_SECS as i64)
             .max(self.latest.saturating_sub(MAX_WINDOW_SECS as i64));
@@ -682,5 +698,55 @@ mod tests {
             ("app", "old")
         );
         assert_eq!(answers[1].4, old);
+    }
+
+    /// Signed charges are moved to wider slots as the log's time goes on; a ledger that did it
+    /// every hour of log time and one that did it only when serialized hold the same state, so a
+    /// snapshot plus the records after it still derives what a full read derives.
+    #[test]
+    fn signed_charges_add_up_the_same_however_often_the_ledger_was_pruned() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut often, mut once) = (Ledger::default(), Ledger::default());
+        let mut ts = 1_800_000_000i64;
+        let charges = 5_000u64;
+        for i in 0..charges {
+            // About 580 days in all: old charges move, and the oldest leave the longest window.
+            ts += next(20_000) as i64;
+            for l in [&mut often, &mut once] {
+                l.latest = ts;
+                let slot = l
+                    .settled
+                    .entry(format!("limit=l{}", i % 3))
+                    .or_default()
+                    .entry(ts)
+                    .or_insert((U256::ZERO, 0));
+                slot.0 += U256::from(i);
+                slot.1 += 1;
+            }
+            often.prune();
+        }
+        let (often, once) = (often.compacted(), once.compacted());
+        assert_eq!(
+            serde_json::to_string(&often).unwrap(),
+            serde_json::to_string(&once).unwrap()
+        );
+        let slots: usize = once.settled.values().map(BTreeMap::len).sum();
+        let counted: u64 = once
+            .settled
+            .values()
+            .flat_map(|s| s.values())
+            .map(|s| s.1)
+            .sum();
+        assert!(
+            slots < counted as usize,
+            "{slots} slots for {counted} charges"
+        );
+        assert!(counted < charges, "the oldest left the window");
     }
 }

@@ -373,7 +373,12 @@ impl SledStore {
             request_id,
             rec,
             false,
-        )
+        )?;
+        if matches!(rec.outcome, super::StoredOutcome::Signed { .. }) {
+            let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
+            self.ledger().settle_owner(&owner);
+        }
+        Ok(())
     }
 
     /// See [`StateStore::expired`].

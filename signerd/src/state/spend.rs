@@ -39,14 +39,46 @@ pub struct Entry {
     pub amount: U256,
 }
 
-/// Signed charges of one bucket in one second, added up: a signed charge is never released,
-/// so its request no longer matters, and a year of a busy signer's charges takes at most one
-/// slot per bucket and second, however many requests it signed.
+/// How much older than a slot's width a signed charge must be before it is counted in a slot
+/// that wide: at most 1/1024 of its age, so of the window it is leaving.
+pub const SETTLE_RATIO: i64 = 1024;
+
+/// The widest slot, in seconds (about 4.5 hours; charges reach it at about 194 days old).
+const MAX_SLOT_SECS: i64 = 1 << 14;
+
+/// The second at which a signed charge made at `ts` is counted, `reference` being now (or the
+/// log's latest decision): `ts` itself for a charge younger than about 34 minutes; otherwise the
+/// last second of the aligned slot of the widest power-of-two width `w` whose end is at least
+/// [`SETTLE_RATIO`] x `w` before `reference`. So a charge leaves a window at most 1/1024 of the
+/// window late (a 24-hour window: 64 s at most; 30 days: 34 minutes), never early: a limit can
+/// only be stricter than exact, and a year of charges of one bucket takes about 16,000 slots
+/// however busy the signer is.
+///
+/// Applying it again later gives what applying it once then gives
+/// (`settled_at(settled_at(t, r1), r2) == settled_at(t, r2)` for `r1 <= r2`), so ledgers that
+/// added up at different times agree.
+pub fn settled_at(ts: i64, reference: i64) -> i64 {
+    let mut at = ts;
+    let mut width = 2i64;
+    while width <= MAX_SLOT_SECS {
+        let end = ts.div_euclid(width) * width + (width - 1);
+        if reference.saturating_sub(end) < SETTLE_RATIO * width {
+            break;
+        }
+        at = end;
+        width *= 2;
+    }
+    at
+}
+
+/// Signed charges of one bucket counted at one second, added up: a signed charge is never
+/// released, so its request no longer matters. Old charges share wider slots
+/// ([`settled_at`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settled {
     /// The bucket.
     pub bucket: String,
-    /// The second, Unix seconds.
+    /// The second they count at, Unix seconds ([`settled_at`]).
     pub ts: i64,
     /// The amounts added up (saturating).
     pub amount: U256,
@@ -57,7 +89,7 @@ pub struct Settled {
 /// The spend start-up reconciles from the audit log.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Spend {
-    /// Every signed charge inside the longest window, by bucket and second.
+    /// Every signed charge inside the longest window, by bucket and [`settled_at`] second.
     pub settled: Vec<Settled>,
     /// The signed charges of the records read at this start, by request: all of them after a
     /// full read, those after the snapshot otherwise. The charges before a snapshot are in
@@ -183,6 +215,8 @@ pub struct Ledger {
     owners: HashMap<Arc<str>, Vec<(Arc<str>, i64)>>,
     /// Every entry by (`ts`, bucket, owner), to drop the old ones.
     by_time: BTreeSet<(i64, Arc<str>, Arc<str>)>,
+    /// When old signed charges were last moved to wider slots.
+    coarsened_at: i64,
 }
 
 impl Ledger {
@@ -370,26 +404,66 @@ impl Ledger {
         amount
     }
 
-    /// Every entry held by a request, in no particular order ([`Settled`] charges are not).
+    /// Every entry, in no particular order: those held by a request, and the [`Settled`]
+    /// charges of each bucket and second under the empty owner, their amounts added up.
     pub fn entries(&self) -> Vec<Entry> {
         self.buckets
             .iter()
             .flat_map(|(bucket, b)| {
-                b.entries
-                    .iter()
-                    .filter(|((_, owner), _)| !owner.is_empty())
-                    .map(|((ts, owner), (amount, _))| Entry {
-                        owner: owner.to_string(),
-                        bucket: bucket.to_string(),
-                        ts: *ts,
-                        amount: *amount,
-                    })
+                b.entries.iter().map(|((ts, owner), (amount, _))| Entry {
+                    owner: owner.to_string(),
+                    bucket: bucket.to_string(),
+                    ts: *ts,
+                    amount: *amount,
+                })
             })
             .collect()
     }
 
-    /// Drops entries older than [`MAX_WINDOW_SECS`]; returns those held by a request.
+    /// A request's answer is committed with a signature: its charges stay until they age out,
+    /// and are held from now on with the other signed charges of their bucket and second.
+    pub fn settle_owner(&mut self, owner: &str) {
+        for e in self.release(owner) {
+            self.settle(Settled {
+                bucket: e.bucket,
+                ts: e.ts,
+                amount: e.amount,
+                count: 1,
+            });
+        }
+    }
+
+    /// Moves signed charges to the slots [`settled_at`] gives at `now`.
+    fn coarsen(&mut self, now: i64) {
+        let cut = now.saturating_sub(2 * SETTLE_RATIO);
+        let moving: Vec<(i64, Arc<str>, i64)> = self
+            .by_time
+            .iter()
+            .take_while(|(ts, _, _)| *ts <= cut)
+            .filter(|(_, _, owner)| owner.is_empty())
+            .filter_map(|(ts, bucket, _)| {
+                let at = settled_at(*ts, now);
+                (at != *ts).then(|| (*ts, Arc::clone(bucket), at))
+            })
+            .collect();
+        let settled: Arc<str> = Arc::from("");
+        for (ts, bucket, at) in moving {
+            self.by_time
+                .remove(&(ts, Arc::clone(&bucket), Arc::clone(&settled)));
+            if let Some((amount, count)) = self.remove_from_bucket(&bucket, ts, &settled) {
+                self.add(bucket.to_string(), at, Arc::clone(&settled), amount, count);
+            }
+        }
+        self.coarsened_at = now;
+    }
+
+    /// Drops entries older than [`MAX_WINDOW_SECS`]; returns those held by a request. About
+    /// once an hour, also moves old signed charges to wider slots ([`settled_at`]), which
+    /// keeps the ledger's size bounded whatever the traffic.
     pub fn prune(&mut self, now: i64) -> Vec<Entry> {
+        if now >= self.coarsened_at.saturating_add(3600) {
+            self.coarsen(now);
+        }
         let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
         let mut out = Vec::new();
         while let Some(first) = self.by_time.first()
@@ -552,6 +626,7 @@ pub(crate) mod tests {
         let mut l = Ledger::default();
         let mut naive = Naive::default();
         let mut now = 1_000i64;
+        let mut coarsened_at = 0i64;
         for step in 0..20_000 {
             now += next(4) as i64;
             let owner = format!("o{}", next(300));
@@ -610,6 +685,13 @@ pub(crate) mod tests {
                 3 => {
                     let at = now + MAX_WINDOW_SECS as i64 - 40 + next(40) as i64;
                     let mut gone = l.prune(at);
+                    // Settled charges move to the slots of `at`, once an hour.
+                    if at >= coarsened_at + 3600 {
+                        for (e, _) in &mut naive.1 {
+                            e.ts = settled_at(e.ts, at);
+                        }
+                        coarsened_at = at;
+                    }
                     let since = at - MAX_WINDOW_SECS as i64;
                     let mut want: Vec<Entry> =
                         naive.0.iter().filter(|e| e.ts <= since).cloned().collect();
@@ -636,10 +718,94 @@ pub(crate) mod tests {
                 }
             }
         }
-        let mut all = l.entries();
+        let mut all: Vec<Entry> = l
+            .entries()
+            .into_iter()
+            .filter(|e| !e.owner.is_empty())
+            .collect();
         let key = |e: &Entry| (e.ts, e.bucket.clone(), e.owner.clone());
         all.sort_by_key(key);
         naive.0.sort_by_key(key);
         assert_eq!(all, naive.0);
+    }
+
+    #[test]
+    fn settled_charges_count_late_never_early_and_agree_however_often_added_up() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let year = MAX_WINDOW_SECS as i64;
+        for _ in 0..100_000 {
+            let r2 = 1_800_000_000 + next(1_000_000) as i64;
+            let r1 = r2 - next(year as u64) as i64;
+            let t = r1 - next(year as u64) as i64;
+            let at = settled_at(t, r1);
+            // Late, never early, by at most 1/1024 of its age, and never in the future.
+            assert!(at >= t, "{t} {r1}");
+            assert!(
+                at == t || (at - t) * SETTLE_RATIO <= r1 - t,
+                "{t} {r1} {at}"
+            );
+            assert!(at <= r1.max(t));
+            // Adding up again later gives what adding up once then gives.
+            assert_eq!(settled_at(at, r2), settled_at(t, r2), "{t} {r1} {r2}");
+        }
+        // A year of one bucket, charged every second: about 16,000 slots.
+        let now = 1_800_000_000i64;
+        let (mut t, mut slots) = (now - year, 0u64);
+        while t <= now {
+            t = settled_at(t, now) + 1;
+            slots += 1;
+        }
+        assert!((15_000..17_500).contains(&slots), "{slots}");
+    }
+
+    #[test]
+    fn signed_charges_move_to_wider_slots_and_leave_their_window_at_most_a_little_late() {
+        let mut l = Ledger::default();
+        let bucket = charge("d", 1, 1, 86_400).bucket.as_str().to_owned();
+        let day = 86_400i64;
+        let start = 1_800_000_000i64;
+        // A charge every 10 s for two days, each signed (settled) when made.
+        for i in 0..(2 * day / 10) {
+            let ts = start + i * 10;
+            l.prune(ts);
+            let owner = format!("app\0r{i}");
+            assert!(
+                l.reserve(&owner, ts, &[charge("d", 1, u64::MAX, 86_400)])
+                    .is_ok()
+            );
+            l.settle_owner(&owner);
+        }
+        let now = start + 2 * day;
+        l.prune(now + 3600);
+        let slots = l
+            .buckets
+            .get(bucket.as_str())
+            .map_or(0, |b| b.entries.len());
+        // About 1,024 slots per doubling of age once a slot holds several charges.
+        assert!(slots < 5_000, "{slots} slots for {} charges", 2 * day / 10);
+        assert!(l.owners.is_empty());
+        // Exactly, the last day holds `exact` charges; added up, a few more that are up to
+        // 84 s (1/1024 of a day) past the window may still count, and none inside is lost.
+        let exact = (0..(2 * day / 10))
+            .filter(|i| start + i * 10 > now - day)
+            .count() as u64;
+        let used = l.used(&bucket, 86_400, now).count;
+        assert!(
+            (exact..=exact + 9).contains(&used),
+            "{used} against {exact}"
+        );
+        // An hour later and after moving again: the same.
+        l.prune(now + 2 * 3600);
+        let used = l.used(&bucket, 86_400, now).count;
+        assert!(
+            (exact..=exact + 9).contains(&used),
+            "{used} against {exact}"
+        );
     }
 }

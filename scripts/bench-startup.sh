@@ -2,11 +2,14 @@
 # Start-up time and memory against the audit log's size, with and without snapshots of derived
 # state (docs/benchmarks.md, "Start-up").
 #
-#   [SEGMENT_BYTES=N] scripts/bench-startup.sh RECORDS DIR [SIGNERD_BIN_DIR]
+#   [SEGMENT_BYTES=N] [RETENTION=DURATION] scripts/bench-startup.sh RECORDS DIR [SIGNERD_BIN_DIR]
 #
 # Snapshots are taken at segment seals, so the log must span several segments (the default
 # `audit.max_segment_bytes` of 64 MiB holds about 100,000 generated records; SEGMENT_BYTES
-# sets it for a smaller run).
+# sets it for a smaller run). RETENTION sets `state.idempotency_retention` (default 30 days):
+# every generated record is written now, so with the default the state store holds an answer
+# for every generated request; a short retention stands for a log much older than it, whose
+# requests left only expiry markers in the store.
 # 1. `signerd dev --dir DIR` creates a development installation and is stopped once listening;
 # 2. `signerctl audit generate` appends RECORDS realistic records to its log with the real
 #    writer and audit key (fsync off);
@@ -55,6 +58,9 @@ start setup >/dev/null
 stop
 if [ -n "${SEGMENT_BYTES:-}" ]; then
   sed -i "/^\[audit\]/a max_segment_bytes = $SEGMENT_BYTES" "$dir/signerd.toml"
+fi
+if [ -n "${RETENTION:-}" ]; then
+  sed -i "/^\[state\]/a idempotency_retention = \"$RETENTION\"" "$dir/signerd.toml"
 fi
 t0=$(date +%s.%N)
 "$bin/signerctl" audit generate --config "$dir/signerd.toml" --records "$n"

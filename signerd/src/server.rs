@@ -268,6 +268,15 @@ impl Daemon {
         )
         .map_err(start("audit"))?;
         let used = used.and_then(|i| candidates.into_iter().nth(i));
+        // Only a shared store checks the signed spend request by request; for the embedded
+        // store, keeping it would hold an entry per signed request of a full read in memory.
+        let keep_signed = |l: crate::state::reconcile::Ledger| {
+            if state.shared() {
+                l.keeping_signed()
+            } else {
+                l
+            }
+        };
         tracing::debug!(
             elapsed_ms = started.elapsed().as_millis(),
             "start-up: audit log open"
@@ -280,13 +289,13 @@ impl Daemon {
                     "start-up continues from a snapshot the audit log vouches for"
                 );
                 (
-                    l.snapshot.ledger.clone().keeping_signed(),
+                    keep_signed(l.snapshot.ledger.clone()),
                     l.snapshot.segment + 1,
                     l.snapshot.records,
                 )
             }
             None => (
-                crate::state::reconcile::Ledger::default().keeping_signed(),
+                keep_signed(crate::state::reconcile::Ledger::default()),
                 1,
                 answers_complete.unwrap_or(0),
             ),

@@ -243,11 +243,14 @@ impl Ledger {
             .filter(|(ob, ts)| ob.as_ref() == bucket && *ts > since);
         for (_, ts) in own {
             if let Some((amount, _)) = b.entries.get(&(*ts, Arc::from(owner))) {
-                if used.amount == U256::MAX {
-                    // The sum saturated: take it again without the owner.
-                    return self.sum_without(b, since, owner);
+                match used.amount.checked_sub(*amount) {
+                    // A saturated sum cannot lose a part exactly: take it again without it.
+                    Some(_) if used.amount == U256::MAX => {
+                        return self.sum_without(b, since, owner);
+                    }
+                    Some(left) => used.amount = left,
+                    None => return self.sum_without(b, since, owner),
                 }
-                used.amount -= *amount;
                 used.count = used.count.saturating_sub(1);
             }
         }

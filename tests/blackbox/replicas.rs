@@ -883,3 +883,55 @@ async fn a_request_left_signing_is_settled_by_another_replica() {
     assert!(d1.stop().success());
     assert_eq!(r.signed_results(2, Some("stuck")), 0);
 }
+
+/// A replica that restarts from a snapshot of its own log leaves the database's spend as it
+/// is: the signed spend before the snapshot is neither added again nor lost, and the limit
+/// still allows exactly what is left of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarting_from_a_snapshot_keeps_the_shared_spend() {
+    let r = Replicas::new("replicas-snapshot", &limited_to_ten());
+    // Segments seal every 16 KiB (the smallest allowed), so snapshots follow quickly.
+    let base = std::fs::read_to_string(r.env.config_path()).unwrap();
+    let small = base.replace(
+        "[audit]\ndir = \"audit\"\n",
+        "[audit]\ndir = \"audit\"\nmax_segment_bytes = 16384\n",
+    );
+    assert_ne!(small, base);
+    write_file(&r.env.config_path(), small.as_bytes(), 0o600);
+    let d = r.start(0);
+    let mut c = r.env.client(&d, "app").await;
+    for i in 0..7 {
+        c.sign_evm_transaction(eip1559(&format!("s-{i}")))
+            .await
+            .unwrap();
+    }
+    let audit = wait_audit_in(&r.audit_dir(0), |a| !a.of_type("audit.snapshot").is_empty());
+    let snapshot = audit.of_type("audit.snapshot");
+    assert!(!snapshot.is_empty(), "no snapshot was recorded");
+    assert!(d.stop().success());
+
+    let d = r.start(0);
+    let mut c = r.env.client(&d, "app").await;
+    // 7,000 of 10,000 wei are spent: three more fit, the next does not.
+    for i in 0..3 {
+        c.sign_evm_transaction(eip1559(&format!("after-{i}")))
+            .await
+            .unwrap();
+    }
+    let st = refused(
+        "over the limit",
+        c.sign_evm_transaction(eip1559("after-3")).await,
+    );
+    assert_status("over the limit", &st, Code::PermissionDenied, "daily-eth");
+    let (status, stderr) = d.stop_logged();
+    assert!(status.success());
+    assert!(
+        stderr.contains("start-up continues from a snapshot the audit log vouches for"),
+        "{stderr}"
+    );
+    assert_eq!(
+        r.pg.psql("SELECT count(*) FROM signerd_spend"),
+        "10",
+        "one reservation per signed request, none added twice"
+    );
+}

@@ -344,12 +344,14 @@ impl Daemon {
                         .expired(&client, &req_id)
                         .await
                         .map_err(start("state"))?;
-                    if marked.is_none() {
-                        state
-                            .put_expired(&client, &req_id, at)
-                            .await
-                            .map_err(start("state"))?;
+                    if marked.is_some() {
+                        // Already marked: nothing to restore.
+                        continue;
                     }
+                    state
+                        .put_expired(&client, &req_id, at)
+                        .await
+                        .map_err(start("state"))?;
                 }
                 _ => state
                     .put_request(&client, &req_id, &rec)

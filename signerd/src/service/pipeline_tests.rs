@@ -202,13 +202,21 @@ fn status_name(e: &ServiceError) -> &'static str {
 }
 
 impl Pipeline {
-    /// Wei reserved now, across every request.
+    /// Wei reserved now, across every request, signed or not.
     fn reserved(&self) -> u64 {
-        self.store
+        let held: u64 = self
+            .store
             .reservations()
             .iter()
             .map(|e| u64::try_from(e.amount).unwrap())
-            .sum()
+            .sum();
+        let signed: u64 = self
+            .store
+            .settled()
+            .iter()
+            .map(|s| u64::try_from(s.amount).unwrap())
+            .sum();
+        held + signed
     }
 
     async fn vote(

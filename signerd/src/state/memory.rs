@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::spend::{Charge, Entry, Exceeded, Ledger, Spend, Used};
+use super::spend::{Charge, Entry, Exceeded, Ledger, Settled, Spend, Used};
 use super::{
     LogBinding, PendingRecord, Pruned, StateError, StateStore, StoredRequest, UsageQuery, Verdict,
     verdict,
@@ -53,9 +53,14 @@ impl MemoryStore {
         self.failing.store(fail, Ordering::SeqCst);
     }
 
-    /// Every reservation held now, for tests: (owner, bucket, amount).
+    /// Every reservation a request holds now, for tests.
     pub fn reservations(&self) -> Vec<Entry> {
         self.lock().ledger.entries()
+    }
+
+    /// The signed charges held now, added up by bucket and second, for tests.
+    pub fn settled(&self) -> Vec<Settled> {
+        self.lock().ledger.settled()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -199,7 +204,7 @@ impl StateStore for MemoryStore {
         let owner = owner(client, request_id)?;
         let mut inner = self.lock();
         inner.ledger.prune(now);
-        Ok(inner.ledger.reserve(&owner, now, charges).map(drop))
+        Ok(inner.ledger.reserve(&owner, now, charges))
     }
 
     async fn release(&self, client: &str, request_id: &str) -> Result<(), StateError> {
@@ -253,7 +258,7 @@ impl StateStore for MemoryStore {
     ) -> Result<Result<(), Exceeded>, StateError> {
         self.writable()?;
         let owner = owner(client, request_id)?;
-        Ok(self.lock().ledger.rereserve(&owner, now, charges).map(drop))
+        Ok(self.lock().ledger.rereserve(&owner, now, charges))
     }
 
     async fn get_pending(

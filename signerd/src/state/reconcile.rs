@@ -705,13 +705,7 @@ mod tests {
     /// snapshot plus the records after it still derives what a full read derives.
     #[test]
     fn signed_charges_add_up_the_same_however_often_the_ledger_was_pruned() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = crate::state::spend::tests::xorshift(0x9e37_79b9_7f4a_7c15_u64);
         let (mut often, mut once) = (Ledger::default(), Ledger::default());
         let mut ts = 1_800_000_000i64;
         let charges = 5_000u64;

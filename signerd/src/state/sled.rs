@@ -331,6 +331,11 @@ fn request_key(client: &str, request_id: &str) -> Result<Vec<u8>, StateError> {
     Ok(key)
 }
 
+/// The ledger's name of a request: its [`request_key`], as text.
+fn owner(client: &str, request_id: &str) -> Result<String, StateError> {
+    Ok(String::from_utf8_lossy(&request_key(client, request_id)?).into_owned())
+}
+
 impl SledStore {
     fn ledger(&self) -> std::sync::MutexGuard<'_, Ledger> {
         // The ledger is plain data; a panic elsewhere cannot leave it half-updated.
@@ -375,7 +380,7 @@ impl SledStore {
             false,
         )?;
         if matches!(rec.outcome, super::StoredOutcome::Signed { .. }) {
-            let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
+            let owner = owner(client, request_id)?;
             self.ledger().settle_owner(&owner);
         }
         Ok(())
@@ -522,15 +527,15 @@ impl SledStore {
         now: i64,
         charges: &[Charge],
     ) -> Result<Result<(), Exceeded>, StateError> {
-        let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
+        let owner = owner(client, request_id)?;
         let mut ledger = self.ledger();
         ledger.prune(now);
-        Ok(ledger.reserve(&owner, now, charges).map(drop))
+        Ok(ledger.reserve(&owner, now, charges))
     }
 
     /// See [`StateStore::release`].
     pub fn release(&self, client: &str, request_id: &str) -> Result<(), StateError> {
-        let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
+        let owner = owner(client, request_id)?;
         self.ledger().release(&owner);
         Ok(())
     }
@@ -563,7 +568,7 @@ impl SledStore {
         client: &str,
         request_id: &str,
     ) -> Result<Used, StateError> {
-        let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
+        let owner = owner(client, request_id)?;
         Ok(self
             .ledger()
             .used_excluding(bucket, window_secs, now, &owner))
@@ -577,8 +582,8 @@ impl SledStore {
         now: i64,
         charges: &[Charge],
     ) -> Result<Result<(), Exceeded>, StateError> {
-        let owner = String::from_utf8_lossy(&request_key(client, request_id)?).into_owned();
-        Ok(self.ledger().rereserve(&owner, now, charges).map(drop))
+        let owner = owner(client, request_id)?;
+        Ok(self.ledger().rereserve(&owner, now, charges))
     }
 
     /// See [`StateStore::get_pending`].

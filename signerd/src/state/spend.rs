@@ -100,12 +100,21 @@ pub struct Spend {
     pub waiting: Vec<Entry>,
 }
 
+/// Who holds a bucket's entry at one second: the signed charges of that second, added up
+/// ([`Settled`]), or one request (`client || 0x00 || request_id`) whose charge can still be
+/// released. `Settled` sorts first, so (`ts`, `Settled`) is the first key of a second.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Holder {
+    Settled,
+    Request(Arc<str>),
+}
+
 /// A bucket's reservations, ordered by time, and the sum of the last window asked about.
 #[derive(Debug, Default)]
 struct Bucket {
-    /// (amount, count) by (`ts`, owner). An owner holds at most one entry, of count 1, in a
-    /// bucket; the empty owner holds the [`Settled`] charges of that second.
-    entries: BTreeMap<(i64, Arc<str>), (U256, u64)>,
+    /// What each holder reserved at each second. A request holds at most one entry, of count
+    /// 1, in a bucket.
+    entries: BTreeMap<(i64, Holder), Used>,
     /// What the entries after `since` add up to, for the window last asked about: a limit
     /// asks about the same window at a later `now` each time, so only the entries that left
     /// it since are subtracted. `None` until asked, and after a sum that saturated.
@@ -119,41 +128,48 @@ struct Window {
     used: Used,
 }
 
+/// `a` + `b`, or `None` when the amount saturates (and a sum can no longer lose a part
+/// exactly).
+fn checked_add(a: Used, b: Used) -> Option<Used> {
+    Some(Used {
+        amount: a.amount.checked_add(b.amount)?,
+        count: a.count.saturating_add(b.count),
+    })
+}
+
+/// `a` - `b`, or `None` when `b` is not part of `a`.
+fn checked_sub(a: Used, b: Used) -> Option<Used> {
+    Some(Used {
+        amount: a.amount.checked_sub(b.amount)?,
+        count: a.count.saturating_sub(b.count),
+    })
+}
+
 impl Bucket {
     fn used(&self, window_secs: u64, since: i64) -> Used {
-        if let Some(mut w) = self.window.get()
+        if let Some(w) = self.window.get()
             && w.secs == window_secs
             && w.since <= since
         {
-            let mut exact = true;
-            for (amount, count) in self
+            let left = self
                 .entries
                 .range(after(w.since)..after(since))
-                .map(|(_, v)| v)
-            {
-                match w.used.amount.checked_sub(*amount) {
-                    Some(left) => w.used.amount = left,
-                    None => exact = false,
-                }
-                w.used.count = w.used.count.saturating_sub(*count);
-            }
-            if exact {
-                w.since = since;
-                self.window.set(Some(w));
-                return w.used;
+                .try_fold(w.used, |sum, (_, u)| checked_sub(sum, *u));
+            if let Some(used) = left {
+                self.window.set(Some(Window { since, used, ..w }));
+                return used;
             }
         }
         let mut used = Used::ZERO;
         let mut exact = true;
-        for (amount, count) in self.entries.range(after(since)..).map(|(_, v)| v) {
-            match used.amount.checked_add(*amount) {
-                Some(sum) => used.amount = sum,
-                None => {
-                    used.amount = U256::MAX;
-                    exact = false;
+        for u in self.entries.range(after(since)..).map(|(_, u)| *u) {
+            used = checked_add(used, u).unwrap_or_else(|| {
+                exact = false;
+                Used {
+                    amount: U256::MAX,
+                    count: used.count.saturating_add(u.count),
                 }
-            }
-            used.count = used.count.saturating_add(*count);
+            });
         }
         self.window.set(exact.then_some(Window {
             secs: window_secs,
@@ -163,47 +179,43 @@ impl Bucket {
         used
     }
 
-    /// Adds (amount, count) at (`ts`, `owner`), to what is there.
-    fn add(&mut self, ts: i64, owner: Arc<str>, amount: U256, count: u64) {
-        let slot = self.entries.entry((ts, owner)).or_insert((U256::ZERO, 0));
-        let sum = slot.0.checked_add(amount);
-        slot.0 = sum.unwrap_or(U256::MAX);
-        slot.1 = slot.1.saturating_add(count);
-        if sum.is_none() {
-            // A saturated slot cannot be taken out of a sum exactly: sums are taken afresh.
-            self.window.set(None);
+    /// Adds `add` at (`ts`, `holder`), to what is there.
+    fn add(&mut self, ts: i64, holder: Holder, add: Used) {
+        let slot = self.entries.entry((ts, holder)).or_insert(Used::ZERO);
+        match checked_add(*slot, add) {
+            Some(sum) => *slot = sum,
+            None => {
+                *slot = Used {
+                    amount: U256::MAX,
+                    count: slot.count.saturating_add(add.count),
+                };
+                // A saturated slot cannot be taken out of a sum exactly: sums are taken afresh.
+                self.window.set(None);
+            }
         }
-        if let Some(mut w) = self.window.get()
+        if let Some(w) = self.window.get()
             && ts > w.since
         {
-            w.used.count = w.used.count.saturating_add(count);
-            let sum = w.used.amount.checked_add(amount);
-            self.window.set(sum.map(|amount| {
-                w.used.amount = amount;
-                w
-            }));
+            let sum = checked_add(w.used, add);
+            self.window.set(sum.map(|used| Window { used, ..w }));
         }
     }
 
-    fn remove(&mut self, ts: i64, owner: &Arc<str>) -> Option<(U256, u64)> {
-        let (amount, count) = self.entries.remove(&(ts, Arc::clone(owner)))?;
-        if let Some(mut w) = self.window.get()
+    fn remove(&mut self, ts: i64, holder: Holder) -> Option<Used> {
+        let gone = self.entries.remove(&(ts, holder))?;
+        if let Some(w) = self.window.get()
             && ts > w.since
         {
-            w.used.count = w.used.count.saturating_sub(count);
-            let left = w.used.amount.checked_sub(amount);
-            self.window.set(left.map(|amount| {
-                w.used.amount = amount;
-                w
-            }));
+            let left = checked_sub(w.used, gone);
+            self.window.set(left.map(|used| Window { used, ..w }));
         }
-        Some((amount, count))
+        Some(gone)
     }
 }
 
-/// The first key of a bucket after `ts`: the empty owner sorts before every other.
-fn after(ts: i64) -> (i64, Arc<str>) {
-    (ts.saturating_add(1), Arc::from(""))
+/// The first key of a bucket after `ts`.
+fn after(ts: i64) -> (i64, Holder) {
+    (ts.saturating_add(1), Holder::Settled)
 }
 
 /// Reservations by bucket, in memory. Looking up a window, recording, restoring and releasing
@@ -211,10 +223,10 @@ fn after(ts: i64) -> (i64, Arc<str>) {
 #[derive(Debug, Default)]
 pub struct Ledger {
     buckets: HashMap<Arc<str>, Bucket>,
-    /// Where each owner's entries are: (bucket, `ts`).
+    /// Where each request's entries are: (bucket, `ts`).
     owners: HashMap<Arc<str>, Vec<(Arc<str>, i64)>>,
-    /// Every entry by (`ts`, bucket, owner), to drop the old ones.
-    by_time: BTreeSet<(i64, Arc<str>, Arc<str>)>,
+    /// Every entry by (`ts`, bucket, holder), to drop the old ones.
+    by_time: BTreeSet<(i64, Arc<str>, Holder)>,
     /// When old signed charges were last moved to wider slots.
     coarsened_at: i64,
 }
@@ -234,35 +246,28 @@ impl Ledger {
         let Some(b) = self.buckets.get(bucket) else {
             return Used::ZERO;
         };
-        let mut used = b.used(window_secs, since);
+        let used = b.used(window_secs, since);
         let own = self
             .owners
-            .get(owner)
+            .get_key_value(owner)
             .into_iter()
-            .flatten()
-            .filter(|(ob, ts)| ob.as_ref() == bucket && *ts > since);
-        for (_, ts) in own {
-            if let Some((amount, _)) = b.entries.get(&(*ts, Arc::from(owner))) {
-                match used.amount.checked_sub(*amount) {
-                    // A saturated sum cannot lose a part exactly: take it again without it.
-                    Some(_) if used.amount == U256::MAX => {
-                        return self.sum_without(b, since, owner);
-                    }
-                    Some(left) => used.amount = left,
-                    None => return self.sum_without(b, since, owner),
-                }
-                used.count = used.count.saturating_sub(1);
-            }
+            .flat_map(|(o, held)| held.iter().map(move |h| (o, h)))
+            .filter(|(_, (ob, ts))| ob.as_ref() == bucket && *ts > since)
+            .filter_map(|(o, (_, ts))| b.entries.get(&(*ts, Holder::Request(Arc::clone(o)))));
+        let mut left = Some(used).filter(|u| u.amount != U256::MAX);
+        for u in own {
+            left = left.and_then(|sum| checked_sub(sum, *u));
         }
-        used
+        // A saturated sum cannot lose a part exactly: take it again without the owner.
+        left.unwrap_or_else(|| Ledger::sum_without(b, since, owner))
     }
 
-    fn sum_without(&self, b: &Bucket, since: i64, owner: &str) -> Used {
+    fn sum_without(b: &Bucket, since: i64, owner: &str) -> Used {
         let mut used = Used::ZERO;
-        for ((_, o), (amount, count)) in b.entries.range(after(since)..) {
-            if o.as_ref() != owner {
-                used.amount = used.amount.saturating_add(*amount);
-                used.count = used.count.saturating_add(*count);
+        for ((_, holder), u) in b.entries.range(after(since)..) {
+            if !matches!(holder, Holder::Request(o) if o.as_ref() == owner) {
+                used.amount = used.amount.saturating_add(u.amount);
+                used.count = used.count.saturating_add(u.count);
             }
         }
         used
@@ -270,33 +275,18 @@ impl Ledger {
 
     /// Replaces `owner`'s entries with `charges` if they all fit without them (a request that
     /// waited for approval, checked again at signing). On refusal the old entries stay.
-    /// Returns (removed, recorded) entries to persist, or the first limit exceeded.
-    pub fn rereserve(
-        &mut self,
-        owner: &str,
-        now: i64,
-        charges: &[Charge],
-    ) -> Result<(Vec<Entry>, Vec<Entry>), Exceeded> {
+    pub fn rereserve(&mut self, owner: &str, now: i64, charges: &[Charge]) -> Result<(), Exceeded> {
         let old = self.release(owner);
-        match self.reserve(owner, now, charges) {
-            Ok(new) => Ok((old, new)),
-            Err(e) => {
-                for entry in old {
-                    self.restore(entry);
-                }
-                Err(e)
+        self.reserve(owner, now, charges).inspect_err(|_| {
+            for entry in old {
+                self.restore(entry);
             }
-        }
+        })
     }
 
-    /// Checks every charge and, only if all fit, records them for `owner`. Returns the new
-    /// entries (to persist) or the first limit exceeded.
-    pub fn reserve(
-        &mut self,
-        owner: &str,
-        now: i64,
-        charges: &[Charge],
-    ) -> Result<Vec<Entry>, Exceeded> {
+    /// Checks every charge and, only if all fit, records them for `owner`; otherwise returns
+    /// the first limit exceeded.
+    pub fn reserve(&mut self, owner: &str, now: i64, charges: &[Charge]) -> Result<(), Exceeded> {
         // Bucket keys include the limit id, so the charges of one request are independent.
         // `Charge::exceeded` is the policy's own definition of "within the limit".
         for c in charges {
@@ -307,22 +297,19 @@ impl Ledger {
                 });
             }
         }
-        let mut recorded = Vec::new();
         for c in charges.iter().filter(|c| c.window_secs > 0) {
-            let entry = Entry {
+            self.restore(Entry {
                 owner: owner.to_owned(),
                 bucket: c.bucket.as_str().to_owned(),
                 ts: now,
                 amount: c.amount,
-            };
-            self.restore(entry.clone());
-            recorded.push(entry);
+            });
         }
-        Ok(recorded)
+        Ok(())
     }
 
-    /// Adds an entry read back from storage or reconciled from the audit log (idempotent:
-    /// an owner holds at most one entry in a bucket, and the first one stays).
+    /// Adds an entry reconciled from the audit log (idempotent: a request holds at most one
+    /// entry in a bucket, and the first one stays).
     pub fn restore(&mut self, entry: Entry) {
         let held = self.owners.get(entry.owner.as_str());
         if held.is_some_and(|h| h.iter().any(|(b, _)| b.as_ref() == entry.bucket)) {
@@ -332,7 +319,16 @@ impl Ledger {
             Some((o, _)) => Arc::clone(o),
             None => Arc::from(entry.owner),
         };
-        let bucket = self.add(entry.bucket, entry.ts, Arc::clone(&owner), entry.amount, 1);
+        let one = Used {
+            amount: entry.amount,
+            count: 1,
+        };
+        let bucket = self.add(
+            entry.bucket,
+            entry.ts,
+            Holder::Request(Arc::clone(&owner)),
+            one,
+        );
         self.owners
             .entry(owner)
             .or_default()
@@ -347,78 +343,88 @@ impl Ledger {
             amount,
             count,
         } = settled;
-        self.add(bucket, ts, Arc::from(""), amount, count);
+        self.add(bucket, ts, Holder::Settled, Used { amount, count });
     }
 
-    fn add(
-        &mut self,
-        bucket: String,
-        ts: i64,
-        owner: Arc<str>,
-        amount: U256,
-        count: u64,
-    ) -> Arc<str> {
+    fn add(&mut self, bucket: String, ts: i64, holder: Holder, add: Used) -> Arc<str> {
         let bucket: Arc<str> = match self.buckets.get_key_value(bucket.as_str()) {
             Some((b, _)) => Arc::clone(b),
             None => Arc::from(bucket),
         };
-        self.buckets.entry(Arc::clone(&bucket)).or_default().add(
-            ts,
-            Arc::clone(&owner),
-            amount,
-            count,
-        );
-        self.by_time.insert((ts, Arc::clone(&bucket), owner));
+        self.buckets
+            .entry(Arc::clone(&bucket))
+            .or_default()
+            .add(ts, holder.clone(), add);
+        self.by_time.insert((ts, Arc::clone(&bucket), holder));
         bucket
     }
 
-    /// Drops every entry of `owner`; returns them (to delete from storage).
+    /// Drops every entry of `owner`, and returns them.
     pub fn release(&mut self, owner: &str) -> Vec<Entry> {
         let Some((owner, held)) = self.owners.remove_entry(owner) else {
             return Vec::new();
         };
         let mut out = Vec::with_capacity(held.len());
         for (bucket, ts) in held {
-            self.by_time
-                .remove(&(ts, Arc::clone(&bucket), Arc::clone(&owner)));
-            if let Some((amount, _)) = self.remove_from_bucket(&bucket, ts, &owner) {
+            if let Some(gone) = self.remove(&bucket, ts, Holder::Request(Arc::clone(&owner))) {
                 out.push(Entry {
                     owner: owner.to_string(),
                     bucket: bucket.to_string(),
                     ts,
-                    amount,
+                    amount: gone.amount,
                 });
             }
         }
         out
     }
 
-    fn remove_from_bucket(
-        &mut self,
-        bucket: &Arc<str>,
-        ts: i64,
-        owner: &Arc<str>,
-    ) -> Option<(U256, u64)> {
+    /// Removes the entry of `holder` at `ts` from `bucket` and from the time index (not from
+    /// `owners`).
+    fn remove(&mut self, bucket: &Arc<str>, ts: i64, holder: Holder) -> Option<Used> {
+        self.by_time
+            .remove(&(ts, Arc::clone(bucket), holder.clone()));
         let b = self.buckets.get_mut(bucket)?;
-        let amount = b.remove(ts, owner);
+        let gone = b.remove(ts, holder);
         if b.entries.is_empty() {
             self.buckets.remove(bucket);
         }
-        amount
+        gone
     }
 
-    /// Every entry, in no particular order: those held by a request, and the [`Settled`]
-    /// charges of each bucket and second under the empty owner, their amounts added up.
+    /// Every entry held by a request, in no particular order.
     pub fn entries(&self) -> Vec<Entry> {
         self.buckets
             .iter()
             .flat_map(|(bucket, b)| {
-                b.entries.iter().map(|((ts, owner), (amount, _))| Entry {
-                    owner: owner.to_string(),
-                    bucket: bucket.to_string(),
-                    ts: *ts,
-                    amount: *amount,
-                })
+                b.entries
+                    .iter()
+                    .filter_map(|((ts, holder), u)| match holder {
+                        Holder::Settled => None,
+                        Holder::Request(owner) => Some(Entry {
+                            owner: owner.to_string(),
+                            bucket: bucket.to_string(),
+                            ts: *ts,
+                            amount: u.amount,
+                        }),
+                    })
+            })
+            .collect()
+    }
+
+    /// Every [`Settled`] slot, in no particular order.
+    pub fn settled(&self) -> Vec<Settled> {
+        self.buckets
+            .iter()
+            .flat_map(|(bucket, b)| {
+                b.entries
+                    .iter()
+                    .filter(|((_, holder), _)| *holder == Holder::Settled)
+                    .map(|((ts, _), u)| Settled {
+                        bucket: bucket.to_string(),
+                        ts: *ts,
+                        amount: u.amount,
+                        count: u.count,
+                    })
             })
             .collect()
     }
@@ -443,56 +449,41 @@ impl Ledger {
             .by_time
             .iter()
             .take_while(|(ts, _, _)| *ts <= cut)
-            .filter(|(_, _, owner)| owner.is_empty())
+            .filter(|(_, _, holder)| *holder == Holder::Settled)
             .filter_map(|(ts, bucket, _)| {
                 let at = settled_at(*ts, now);
                 (at != *ts).then(|| (*ts, Arc::clone(bucket), at))
             })
             .collect();
-        let settled: Arc<str> = Arc::from("");
         for (ts, bucket, at) in moving {
-            self.by_time
-                .remove(&(ts, Arc::clone(&bucket), Arc::clone(&settled)));
-            if let Some((amount, count)) = self.remove_from_bucket(&bucket, ts, &settled) {
-                self.add(bucket.to_string(), at, Arc::clone(&settled), amount, count);
+            if let Some(slot) = self.remove(&bucket, ts, Holder::Settled) {
+                self.add(bucket.to_string(), at, Holder::Settled, slot);
             }
         }
         self.coarsened_at = now;
     }
 
-    /// Drops entries older than [`MAX_WINDOW_SECS`]; returns those held by a request. About
-    /// once an hour, also moves old signed charges to wider slots ([`settled_at`]), which
-    /// keeps the ledger's size bounded whatever the traffic.
-    pub fn prune(&mut self, now: i64) -> Vec<Entry> {
+    /// Drops entries older than [`MAX_WINDOW_SECS`]. About once an hour, also moves old signed
+    /// charges to wider slots ([`settled_at`]), which keeps the ledger's size bounded whatever
+    /// the traffic.
+    pub fn prune(&mut self, now: i64) {
         if now >= self.coarsened_at.saturating_add(3600) {
             self.coarsen(now);
         }
         let since = now.saturating_sub(MAX_WINDOW_SECS as i64);
-        let mut out = Vec::new();
-        while let Some(first) = self.by_time.first()
-            && first.0 <= since
+        while let Some((ts, bucket, holder)) = self.by_time.first().cloned()
+            && ts <= since
         {
-            let Some((ts, bucket, owner)) = self.by_time.pop_first() else {
-                break;
-            };
-            if let Some(held) = self.owners.get_mut(&owner) {
+            if let Holder::Request(owner) = &holder
+                && let Some(held) = self.owners.get_mut(owner)
+            {
                 held.retain(|(b, t)| !(*t == ts && *b == bucket));
                 if held.is_empty() {
-                    self.owners.remove(&owner);
+                    self.owners.remove(owner);
                 }
             }
-            if let Some((amount, _)) = self.remove_from_bucket(&bucket, ts, &owner)
-                && !owner.is_empty()
-            {
-                out.push(Entry {
-                    owner: owner.to_string(),
-                    bucket: bucket.to_string(),
-                    ts,
-                    amount,
-                });
-            }
+            self.remove(&bucket, ts, holder);
         }
-        out
     }
 }
 
@@ -612,18 +603,42 @@ pub(crate) mod tests {
             }
             used
         }
+
+        /// The ledger holds exactly the entries of requests and the settled sums this does.
+        fn agrees_with(&self, l: &Ledger, step: usize) {
+            let key = |e: &Entry| (e.ts, e.bucket.clone(), e.owner.clone());
+            let mut held = l.entries();
+            held.sort_by_key(key);
+            let mut want = self.0.clone();
+            want.sort_by_key(key);
+            assert_eq!(held, want, "step {step}");
+            let mut settled: BTreeMap<(String, i64), (U256, u64)> = BTreeMap::new();
+            for (e, n) in &self.1 {
+                let slot = settled.entry((e.bucket.clone(), e.ts)).or_default();
+                *slot = (slot.0.saturating_add(e.amount), slot.1 + n);
+            }
+            let held: BTreeMap<(String, i64), (U256, u64)> = l
+                .settled()
+                .into_iter()
+                .map(|s| ((s.bucket, s.ts), (s.amount, s.count)))
+                .collect();
+            assert_eq!(held, settled, "step {step}");
+        }
     }
 
-    #[test]
-    fn indexed_sums_agree_with_a_plain_scan_under_random_operations() {
-        // xorshift: a fixed, reproducible sequence of operations.
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
+    /// A fixed, reproducible sequence of numbers below `n` (xorshift), for randomized tests.
+    pub(crate) fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed % n
-        };
+        }
+    }
+
+    #[test]
+    fn indexed_sums_agree_with_a_plain_scan_under_random_operations() {
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15_u64);
         let buckets = ["b0", "b1", "b2"];
         let windows = [10u64, 60, 3600];
         let mut l = Ledger::default();
@@ -687,7 +702,7 @@ pub(crate) mod tests {
                 }
                 3 => {
                     let at = now + MAX_WINDOW_SECS as i64 - 40 + next(40) as i64;
-                    let mut gone = l.prune(at);
+                    l.prune(at);
                     // Settled charges move to the slots of `at`, once an hour.
                     if at >= coarsened_at + 3600 {
                         for (e, _) in &mut naive.1 {
@@ -696,14 +711,9 @@ pub(crate) mod tests {
                         coarsened_at = at;
                     }
                     let since = at - MAX_WINDOW_SECS as i64;
-                    let mut want: Vec<Entry> =
-                        naive.0.iter().filter(|e| e.ts <= since).cloned().collect();
                     naive.0.retain(|e| e.ts > since);
                     naive.1.retain(|(e, _)| e.ts > since);
-                    let key = |e: &Entry| (e.ts, e.bucket.clone(), e.owner.clone());
-                    gone.sort_by_key(key);
-                    want.sort_by_key(key);
-                    assert_eq!(gone, want, "step {step}");
+                    naive.agrees_with(&l, step);
                 }
                 _ => {
                     let w = windows[next(3) as usize];
@@ -721,26 +731,12 @@ pub(crate) mod tests {
                 }
             }
         }
-        let mut all: Vec<Entry> = l
-            .entries()
-            .into_iter()
-            .filter(|e| !e.owner.is_empty())
-            .collect();
-        let key = |e: &Entry| (e.ts, e.bucket.clone(), e.owner.clone());
-        all.sort_by_key(key);
-        naive.0.sort_by_key(key);
-        assert_eq!(all, naive.0);
+        naive.agrees_with(&l, 20_000);
     }
 
     #[test]
     fn settled_charges_count_late_never_early_and_agree_however_often_added_up() {
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: u64| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed % n
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d_u64);
         let year = MAX_WINDOW_SECS as i64;
         for _ in 0..100_000 {
             let r2 = 1_800_000_000 + next(1_000_000) as i64;
